@@ -1,0 +1,421 @@
+/* Decoders for the three layer compressions behind one cursor interface, and
+ * random access into the uncompressed stream through checkpoints (the zran
+ * technique for gzip: a saved inflate window every SPAN bytes of output). */
+#include "decode.h"
+
+#include <zlib.h>
+#include <zstd.h>
+
+#define INPUT_BUFFER_SIZE (128u << 10)
+#define GZIP_WINDOW_SIZE 32768u
+
+struct cursor {
+	struct layer *layer;
+	enum layer_compression compression;
+	uint64_t in_off;      /* next compressed byte to read from the blob */
+	uint64_t pos;         /* uncompressed offset of the next output byte */
+	bool eof;
+	bool valid;
+	unsigned last_used;
+	unsigned char *in_buf;
+	size_t in_len, in_pos;
+	/* gzip */
+	z_stream z;
+	bool z_ready;
+	bool z_raw;
+	/* zstd */
+	ZSTD_DCtx *zstd;
+	bool zstd_frame_done; /* at a frame boundary */
+};
+
+static int fill_input(struct cursor *c)
+{
+	if (c->in_pos < c->in_len)
+		return 1;
+	if (c->in_off >= c->layer->blob_size)
+		return 0;
+	size_t want = INPUT_BUFFER_SIZE;
+	if (c->layer->blob_size - c->in_off < want)
+		want = (size_t)(c->layer->blob_size - c->in_off);
+	int r = read_full_at(c->layer->blob_fd, c->in_buf, want, (off_t)c->in_off);
+	if (r < 0)
+		return r == -ENODATA ? -EIO : r;
+	c->in_len = want;
+	c->in_pos = 0;
+	c->in_off += want;
+	return 1;
+}
+
+static int gzip_setup(struct cursor *c, const struct checkpoint *cp)
+{
+	int r;
+	if (c->z_ready) {
+		inflateEnd(&c->z);
+		c->z_ready = false;
+	}
+	memset(&c->z, 0, sizeof(c->z));
+	c->in_off = cp->in;
+	c->in_len = c->in_pos = 0;
+	c->z_raw = cp->raw;
+	if (inflateInit2(&c->z, cp->raw ? -15 : 15 + 32) != Z_OK)
+		return -ENOMEM;
+	c->z_ready = true;
+	if (cp->raw) {
+		if (cp->bits) {
+			/* The block starts inside the byte before cp->in. */
+			unsigned char byte;
+			r = read_full_at(c->layer->blob_fd, &byte, 1, (off_t)cp->in - 1);
+			if (r < 0)
+				return r == -ENODATA ? -EIO : r;
+			if (inflatePrime(&c->z, cp->bits, byte >> (8 - cp->bits)) != Z_OK)
+				return -EIO;
+		}
+		if (cp->window_len && inflateSetDictionary(&c->z, cp->window, cp->window_len) != Z_OK)
+			return -EIO;
+	}
+	return 0;
+}
+
+/* A gzip stream may hold several members (eStargz is made of them).  After
+ * one ends, decoding goes on with the next if its magic follows. */
+static int gzip_next_member(struct cursor *c)
+{
+	if (c->z_raw) {
+		/* A raw inflate stops before the 8-byte trailer. */
+		for (int skip = 8; skip > 0;) {
+			int r = fill_input(c);
+			if (r <= 0)
+				return r < 0 ? r : -EIO;
+			size_t n = c->in_len - c->in_pos < (size_t)skip ? c->in_len - c->in_pos : (size_t)skip;
+			c->in_pos += n;
+			skip -= (int)n;
+		}
+	}
+	int r = fill_input(c);
+	if (r < 0)
+		return r;
+	if (r == 0)
+		return 0;
+	/* Need two bytes of magic; they may straddle the input buffer. */
+	unsigned char magic[2];
+	uint64_t at = c->in_off - (c->in_len - c->in_pos);
+	if (at + 2 > c->layer->blob_size || read_full_at(c->layer->blob_fd, magic, 2, (off_t)at) < 0 ||
+	    magic[0] != 0x1f || magic[1] != 0x8b)
+		return 0; /* trailing padding or garbage: gzip(1) ignores it too */
+	inflateEnd(&c->z);
+	memset(&c->z, 0, sizeof(c->z));
+	if (inflateInit2(&c->z, 15 + 32) != Z_OK) {
+		c->z_ready = false;
+		return -ENOMEM;
+	}
+	c->z_raw = false;
+	return 1;
+}
+
+/* Decodes up to len bytes; records checkpoints through rec when non-NULL. */
+static ssize_t gzip_read(struct cursor *c, unsigned char *out, size_t len, struct checkpoint_recorder *rec)
+{
+	size_t produced = 0;
+	while (produced < len && !c->eof) {
+		int r = fill_input(c);
+		if (r < 0)
+			return r;
+		if (r == 0)
+			return -EIO; /* the stream ended before the deflate data did */
+		c->z.next_in = c->in_buf + c->in_pos;
+		c->z.avail_in = (uInt)(c->in_len - c->in_pos);
+		c->z.next_out = out + produced;
+		c->z.avail_out = (uInt)(len - produced);
+		int zr = inflate(&c->z, rec ? Z_BLOCK : Z_NO_FLUSH);
+		size_t used = (c->in_len - c->in_pos) - c->z.avail_in;
+		size_t made = (len - produced) - c->z.avail_out;
+		c->in_pos += used;
+		produced += made;
+		c->pos += made;
+		if (zr == Z_STREAM_END) {
+			r = gzip_next_member(c);
+			if (r < 0)
+				return r;
+			if (r == 0)
+				c->eof = true;
+			continue;
+		}
+		if (zr == Z_BUF_ERROR && used == 0 && made == 0)
+			continue; /* needs more input; fill_input will say if there is none */
+		if (zr != Z_OK)
+			return -EBADMSG;
+		if (rec && (c->z.data_type & 128) && !(c->z.data_type & 64) && !(c->z.data_type & 256) &&
+		    checkpoint_due(rec, c->pos)) {
+			struct checkpoint cp = {
+				.in = c->in_off - (c->in_len - c->in_pos),
+				.out = c->pos,
+				.bits = (uint8_t)(c->z.data_type & 7),
+				.raw = true,
+			};
+			unsigned char window[GZIP_WINDOW_SIZE];
+			uInt wlen = sizeof(window);
+			if (inflateGetDictionary(&c->z, window, &wlen) != Z_OK)
+				return -EIO;
+			r = checkpoint_add(rec, &cp, window, wlen);
+			if (r < 0)
+				return r;
+		}
+	}
+	return (ssize_t)produced;
+}
+
+static int zstd_setup(struct cursor *c, const struct checkpoint *cp)
+{
+	if (!c->zstd && !(c->zstd = ZSTD_createDCtx()))
+		return -ENOMEM;
+	ZSTD_DCtx_reset(c->zstd, ZSTD_reset_session_only);
+	/* Bound the window a hostile frame can make us allocate (128 MiB). */
+	ZSTD_DCtx_setParameter(c->zstd, ZSTD_d_windowLogMax, 27);
+	c->in_off = cp->in;
+	c->in_len = c->in_pos = 0;
+	c->zstd_frame_done = true;
+	return 0;
+}
+
+static ssize_t zstd_read(struct cursor *c, unsigned char *out, size_t len, struct checkpoint_recorder *rec)
+{
+	size_t produced = 0;
+	while (produced < len && !c->eof) {
+		int r = fill_input(c);
+		if (r < 0)
+			return r;
+		if (r == 0) {
+			if (!c->zstd_frame_done)
+				return -EIO; /* truncated frame */
+			c->eof = true;
+			break;
+		}
+		if (rec && c->zstd_frame_done && checkpoint_due(rec, c->pos)) {
+			struct checkpoint cp = { .in = c->in_off - (c->in_len - c->in_pos), .out = c->pos };
+			r = checkpoint_add(rec, &cp, NULL, 0);
+			if (r < 0)
+				return r;
+		}
+		ZSTD_inBuffer in = { c->in_buf, c->in_len, c->in_pos };
+		ZSTD_outBuffer o = { out, len, produced };
+		size_t zr = ZSTD_decompressStream(c->zstd, &o, &in);
+		if (ZSTD_isError(zr))
+			return -EBADMSG;
+		c->in_pos = in.pos;
+		c->pos += o.pos - produced;
+		produced = o.pos;
+		/* 0 means a frame was completely decoded and flushed. */
+		c->zstd_frame_done = zr == 0;
+	}
+	return (ssize_t)produced;
+}
+
+static ssize_t plain_read(struct cursor *c, unsigned char *out, size_t len)
+{
+	uint64_t left = c->layer->blob_size - c->pos;
+	if (len > left)
+		len = (size_t)left;
+	if (len == 0) {
+		c->eof = true;
+		return 0;
+	}
+	int r = read_full_at(c->layer->blob_fd, out, len, (off_t)c->pos);
+	if (r < 0)
+		return r == -ENODATA ? -EIO : r;
+	c->pos += len;
+	return (ssize_t)len;
+}
+
+struct cursor *cursor_new(struct layer *l)
+{
+	struct cursor *c = calloc(1, sizeof(*c));
+	if (!c)
+		return NULL;
+	c->layer = l;
+	c->compression = l->compression;
+	c->in_buf = malloc(INPUT_BUFFER_SIZE);
+	if (!c->in_buf) {
+		free(c);
+		return NULL;
+	}
+	return c;
+}
+
+void cursor_free(struct cursor *c)
+{
+	if (!c)
+		return;
+	if (c->z_ready)
+		inflateEnd(&c->z);
+	ZSTD_freeDCtx(c->zstd);
+	free(c->in_buf);
+	free(c);
+}
+
+int cursor_seek_checkpoint(struct cursor *c, const struct checkpoint *cp)
+{
+	int r = 0;
+	c->eof = false;
+	c->pos = cp->out;
+	c->valid = false;
+	if (c->compression == COMPRESSION_GZIP)
+		r = gzip_setup(c, cp);
+	else if (c->compression == COMPRESSION_ZSTD)
+		r = zstd_setup(c, cp);
+	if (r == 0)
+		c->valid = true;
+	return r;
+}
+
+ssize_t cursor_read(struct cursor *c, void *out, size_t len, struct checkpoint_recorder *rec)
+{
+	ssize_t n;
+	if (!c->valid)
+		return -EIO;
+	switch (c->compression) {
+	case COMPRESSION_GZIP:
+		n = gzip_read(c, out, len, rec);
+		break;
+	case COMPRESSION_ZSTD:
+		n = zstd_read(c, out, len, rec);
+		break;
+	default:
+		n = plain_read(c, out, len);
+		break;
+	}
+	if (n < 0)
+		c->valid = false;
+	return n;
+}
+
+uint64_t cursor_position(const struct cursor *c)
+{
+	return c->pos;
+}
+
+/* ---- random access -------------------------------------------------------- */
+
+#define CURSORS_PER_LAYER 4
+#define DISCARD_CHUNK (64u << 10)
+
+static const struct checkpoint *checkpoint_before(const struct layer *l, uint64_t off)
+{
+	size_t lo = 0, hi = l->n_checkpoints;
+	/* checkpoints[0].out == 0 always; find the last with out <= off. */
+	while (hi - lo > 1) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (l->checkpoints[mid].out <= off)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	return &l->checkpoints[lo];
+}
+
+/* Picks a cursor already positioned in [checkpoint, off], else the least
+ * recently used one, reset to the checkpoint.  Caller holds l->lock. */
+static int cursor_for(struct layer *l, uint64_t off, struct cursor **ret)
+{
+	const struct checkpoint *cp = checkpoint_before(l, off);
+	struct cursor *lru = NULL;
+	int r;
+
+	if (!l->cursors) {
+		l->cursors = calloc(CURSORS_PER_LAYER, sizeof(struct cursor));
+		if (!l->cursors)
+			return -ENOMEM;
+	}
+	for (int i = 0; i < CURSORS_PER_LAYER; i++) {
+		struct cursor *c = &l->cursors[i];
+		if (c->valid && c->pos >= cp->out && c->pos <= off) {
+			*ret = c;
+			return 0;
+		}
+		/* Prefer a slot never used, then the least recently used. */
+		if (!lru || (lru->in_buf && (!c->in_buf || c->last_used < lru->last_used)))
+			lru = c;
+	}
+	if (!lru->in_buf) {
+		lru->layer = l;
+		lru->compression = l->compression;
+		lru->in_buf = malloc(INPUT_BUFFER_SIZE);
+		if (!lru->in_buf)
+			return -ENOMEM;
+	}
+	r = cursor_seek_checkpoint(lru, cp);
+	if (r < 0)
+		return r;
+	*ret = lru;
+	return 0;
+}
+
+int layer_read(struct layer *l, void *buf, size_t len, uint64_t off)
+{
+	if (off > l->tar_size || len > l->tar_size - off)
+		return -EIO;
+	if (l->compression == COMPRESSION_NONE)
+		return read_full_at(l->blob_fd, buf, len, (off_t)off) == 0 ? 0 : -EIO;
+
+	pthread_mutex_lock(&l->lock);
+	struct cursor *c;
+	int r = cursor_for(l, off, &c);
+	if (r < 0)
+		goto out;
+	c->last_used = ++l->cursor_clock;
+	while (c->pos < off) {
+		unsigned char discard[DISCARD_CHUNK];
+		uint64_t gap = off - c->pos;
+		ssize_t n = cursor_read(c, discard, gap < sizeof(discard) ? (size_t)gap : sizeof(discard), NULL);
+		if (n <= 0) {
+			r = n < 0 ? (int)n : -EIO;
+			goto out;
+		}
+	}
+	for (size_t done = 0; done < len;) {
+		ssize_t n = cursor_read(c, (char *)buf + done, len - done, NULL);
+		if (n <= 0) {
+			r = n < 0 ? (int)n : -EIO;
+			goto out;
+		}
+		done += (size_t)n;
+	}
+out:
+	pthread_mutex_unlock(&l->lock);
+	return r;
+}
+
+void layer_cursors_free(struct layer *l)
+{
+	if (!l->cursors)
+		return;
+	for (int i = 0; i < CURSORS_PER_LAYER; i++) {
+		struct cursor *c = &l->cursors[i];
+		if (c->z_ready)
+			inflateEnd(&c->z);
+		ZSTD_freeDCtx(c->zstd);
+		free(c->in_buf);
+	}
+	free(l->cursors);
+	l->cursors = NULL;
+}
+
+ssize_t layer_read_entry(struct layer *l, const struct entry *e, void *buf, size_t len, uint64_t off)
+{
+	if (off >= e->size)
+		return 0;
+	if (len > e->size - off)
+		len = (size_t)(e->size - off);
+	memset(buf, 0, len);
+	for (uint32_t i = 0; i < e->n_extents; i++) {
+		const struct extent *x = &e->extents[i];
+		uint64_t start = off > x->file_off ? off : x->file_off;
+		uint64_t end = off + len < x->file_off + x->len ? off + len : x->file_off + x->len;
+		if (start >= end)
+			continue;
+		int r = layer_read(l, (char *)buf + (start - off), (size_t)(end - start),
+				   x->stream_off + (start - x->file_off));
+		if (r < 0)
+			return r;
+	}
+	return (ssize_t)len;
+}

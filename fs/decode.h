@@ -1,0 +1,25 @@
+/* Cursors: sequential decoders over a layer blob (private to fs/). */
+#pragma once
+
+#include "layer.h"
+
+struct checkpoint_recorder {
+	struct checkpoint *checkpoints;
+	size_t n, allocated;
+	uint64_t span;     /* minimum distance between checkpoints */
+};
+
+static inline bool checkpoint_due(const struct checkpoint_recorder *rec, uint64_t out)
+{
+	return rec->n == 0 || out - rec->checkpoints[rec->n - 1].out >= rec->span;
+}
+int checkpoint_add(struct checkpoint_recorder *rec, const struct checkpoint *cp, const void *window, size_t len);
+
+struct cursor *cursor_new(struct layer *l);
+void cursor_free(struct cursor *c);
+int cursor_seek_checkpoint(struct cursor *c, const struct checkpoint *cp);
+/* Returns bytes decoded (0 at the end of the stream) or -errno. */
+ssize_t cursor_read(struct cursor *c, void *out, size_t len, struct checkpoint_recorder *rec);
+uint64_t cursor_position(const struct cursor *c);
+void layer_cursors_free(struct layer *l);
+struct layer *layer_alloc(const char *digest, enum layer_compression compression, int blob_fd);

@@ -1,0 +1,329 @@
+/* Every operation answers with exactly one fuse_reply_*.  The tree is
+ * immutable, so nothing here takes a lock and the kernel may cache entries,
+ * attributes, directory listings and pages for as long as it likes. */
+#include "fuse_ops.h"
+
+#include <sys/statvfs.h>
+
+/* The image never changes under the mount. */
+#define CACHE_TIMEOUT (365.0 * 24 * 3600)
+#define MAX_READ_BUFFER (1u << 20)
+
+static struct image *image_of(fuse_req_t req)
+{
+	return fuse_req_userdata(req);
+}
+
+static struct tree_inode *inode_of(fuse_req_t req, fuse_ino_t ino)
+{
+	return tree_get(image_of(req)->tree, ino);
+}
+
+static void op_init(void *userdata, struct fuse_conn_info *conn)
+{
+	(void)userdata;
+	if (conn->capable & FUSE_CAP_CACHE_SYMLINKS)
+		conn->want |= FUSE_CAP_CACHE_SYMLINKS;
+	/* Attribute changes never happen, so never drop cached pages for them. */
+	conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+	/* max_write also sets how many pages one read request may carry. */
+	conn->max_write = MAX_READ_BUFFER;
+	conn->max_readahead = MAX_READ_BUFFER;
+}
+
+static void fill_entry(const struct tree_inode *i, struct fuse_entry_param *e)
+{
+	memset(e, 0, sizeof(*e));
+	e->ino = i->ino;
+	e->generation = 1;
+	tree_stat(i, &e->attr);
+	e->attr_timeout = CACHE_TIMEOUT;
+	e->entry_timeout = CACHE_TIMEOUT;
+}
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct tree_inode *dir = inode_of(req, parent);
+	if (!dir) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	if (!S_ISDIR(dir->mode)) {
+		fuse_reply_err(req, ENOTDIR);
+		return;
+	}
+	struct fuse_entry_param e;
+	struct tree_inode *child = tree_lookup(dir, name);
+	if (!child) {
+		/* A negative entry the kernel may keep: the name will never appear. */
+		memset(&e, 0, sizeof(e));
+		e.entry_timeout = CACHE_TIMEOUT;
+		fuse_reply_entry(req, &e);
+		return;
+	}
+	fill_entry(child, &e);
+	fuse_reply_entry(req, &e);
+}
+
+static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+	/* Inodes live as long as the tree: nothing to count. */
+	(void)ino;
+	(void)nlookup;
+	fuse_reply_none(req);
+}
+
+static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
+{
+	(void)count;
+	(void)forgets;
+	fuse_reply_none(req);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)fi;
+	struct tree_inode *i = inode_of(req, ino);
+	if (!i) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	struct stat st;
+	tree_stat(i, &st);
+	fuse_reply_attr(req, &st, CACHE_TIMEOUT);
+}
+
+static void op_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+	struct tree_inode *i = inode_of(req, ino);
+	if (!i || !S_ISLNK(i->mode) || !i->entry) {
+		fuse_reply_err(req, i ? EINVAL : ENOENT);
+		return;
+	}
+	fuse_reply_readlink(req, i->entry->link);
+}
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct tree_inode *i = inode_of(req, ino);
+	if (!i) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	if (S_ISDIR(i->mode)) {
+		fuse_reply_err(req, EISDIR);
+		return;
+	}
+	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	fi->keep_cache = 1;
+	fi->noflush = 1;
+	fuse_reply_open(req, fi);
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	(void)fi;
+	struct tree_inode *i = inode_of(req, ino);
+	if (!i || !S_ISREG(i->mode) || !i->entry) {
+		fuse_reply_err(req, i ? EINVAL : ENOENT);
+		return;
+	}
+	if (off < 0) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	if ((uint64_t)off >= i->size || size == 0) {
+		fuse_reply_buf(req, NULL, 0);
+		return;
+	}
+	if (size > MAX_READ_BUFFER)
+		size = MAX_READ_BUFFER;
+	_cleanup_free_ char *buf = malloc(size);
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	ssize_t n = layer_read_entry(i->layer, i->entry, buf, size, (uint64_t)off);
+	if (n < 0) {
+		/* Never hand out bytes we could not decode; the caller sees EIO. */
+		fuse_reply_err(req, EIO);
+		return;
+	}
+	fuse_reply_buf(req, buf, (size_t)n);
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	(void)fi;
+	fuse_reply_err(req, 0);
+}
+
+static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct tree_inode *i = inode_of(req, ino);
+	if (!i) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	if (!S_ISDIR(i->mode)) {
+		fuse_reply_err(req, ENOTDIR);
+		return;
+	}
+	fi->cache_readdir = 1;
+	fi->keep_cache = 1;
+	fuse_reply_open(req, fi);
+}
+
+/* Directory offsets: 1 and 2 follow "." and "..", k + 3 follows child k. */
+static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus)
+{
+	struct tree_inode *dir = inode_of(req, ino);
+	if (!dir || !S_ISDIR(dir->mode)) {
+		fuse_reply_err(req, dir ? ENOTDIR : ENOENT);
+		return;
+	}
+	if (size > MAX_READ_BUFFER)
+		size = MAX_READ_BUFFER;
+	_cleanup_free_ char *buf = malloc(size);
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	size_t used = 0;
+	for (off_t pos = off < 0 ? 0 : off; (size_t)pos < dir->n_children + 2; pos++) {
+		const char *name;
+		const struct tree_inode *child;
+		if (pos == 0)
+			name = ".", child = dir;
+		else if (pos == 1)
+			name = "..", child = dir->parent ? dir->parent : dir;
+		else
+			name = dir->children[pos - 2].name, child = dir->children[pos - 2].inode;
+		size_t n;
+		if (plus) {
+			struct fuse_entry_param e;
+			fill_entry(child, &e);
+			n = fuse_add_direntry_plus(req, buf + used, size - used, name, &e, pos + 1);
+		} else {
+			struct stat st = { .st_ino = child->ino, .st_mode = child->mode };
+			n = fuse_add_direntry(req, buf + used, size - used, name, &st, pos + 1);
+		}
+		if (n > size - used)
+			break;
+		used += n;
+	}
+	fuse_reply_buf(req, buf, used);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	(void)fi;
+	do_readdir(req, ino, size, off, false);
+}
+
+static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	(void)fi;
+	do_readdir(req, ino, size, off, true);
+}
+
+static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	(void)fi;
+	fuse_reply_err(req, 0);
+}
+
+static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+	struct tree_inode *i = inode_of(req, ino);
+	if (!i) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	const struct entry *e = i->entry;
+	for (uint32_t k = 0; e && k < e->n_xattrs; k++) {
+		const struct xattr *x = &e->xattrs[k];
+		if (strcmp(x->name, name) != 0)
+			continue;
+		if (size == 0)
+			fuse_reply_xattr(req, x->len);
+		else if (size < x->len)
+			fuse_reply_err(req, ERANGE);
+		else
+			fuse_reply_buf(req, x->value, x->len);
+		return;
+	}
+	fuse_reply_err(req, ENODATA);
+}
+
+static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	struct tree_inode *i = inode_of(req, ino);
+	if (!i) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	const struct entry *e = i->entry;
+	size_t total = 0;
+	for (uint32_t k = 0; e && k < e->n_xattrs; k++)
+		total += strlen(e->xattrs[k].name) + 1;
+	if (size == 0) {
+		fuse_reply_xattr(req, total);
+		return;
+	}
+	if (size < total) {
+		fuse_reply_err(req, ERANGE);
+		return;
+	}
+	_cleanup_free_ char *buf = malloc(total ? total : 1);
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	size_t used = 0;
+	for (uint32_t k = 0; e && k < e->n_xattrs; k++) {
+		size_t len = strlen(e->xattrs[k].name) + 1;
+		memcpy(buf + used, e->xattrs[k].name, len);
+		used += len;
+	}
+	fuse_reply_buf(req, buf, used);
+}
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	(void)ino;
+	const struct tree *t = image_of(req)->tree;
+	struct statvfs st = {
+		.f_bsize = 4096,
+		.f_frsize = 4096,
+		.f_blocks = (t->total_size + 4095) / 4096,
+		.f_files = t->n_inodes - 1,
+		.f_namemax = 255,
+		.f_flag = ST_RDONLY,
+	};
+	fuse_reply_statfs(req, &st);
+}
+
+const struct fuse_lowlevel_ops imgfs_ops = {
+	.init = op_init,
+	.lookup = op_lookup,
+	.forget = op_forget,
+	.forget_multi = op_forget_multi,
+	.getattr = op_getattr,
+	.readlink = op_readlink,
+	.open = op_open,
+	.read = op_read,
+	.release = op_release,
+	.opendir = op_opendir,
+	.readdir = op_readdir,
+	.readdirplus = op_readdirplus,
+	.releasedir = op_releasedir,
+	.getxattr = op_getxattr,
+	.listxattr = op_listxattr,
+	.statfs = op_statfs,
+};

@@ -1,0 +1,9 @@
+/* The FUSE low-level operations over an image's merged tree (read-only). */
+#pragma once
+
+#define FUSE_USE_VERSION 312
+#include <fuse_lowlevel.h>
+
+#include "image.h"
+
+extern const struct fuse_lowlevel_ops imgfs_ops;

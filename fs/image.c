@@ -1,0 +1,200 @@
+/* Fetching an image's layers into the content-addressed cache and indexing them.
+ *
+ * Cache layout (shared by every mount; each file is written under a
+ * temporary name and renamed into place only once verified, so two daemons
+ * filling the same cache never see half an object):
+ *   blobs/sha256/<hex>   verified blobs (layers and configs)
+ *   index/sha256/<hex>   layer indexes (see index_io.c) */
+#include "image.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#define CONFIG_MAX_SIZE (8u << 20)
+
+char *image_default_cache_dir(void)
+{
+	const char *env = getenv("IMGFS_CACHE");
+	if (env && *env)
+		return strdup(env);
+	if (geteuid() == 0)
+		return strdup("/var/lib/imgfs");
+	env = getenv("XDG_CACHE_HOME");
+	if (env && *env)
+		return strdup_printf("%s/imgfs", env);
+	env = getenv("HOME");
+	return strdup_printf("%s/.cache/imgfs", env && *env ? env : "/tmp");
+}
+
+static char *cache_path(const char *cache_dir, const char *kind, const char *digest)
+{
+	/* digest_is_valid() was checked by the manifest parser: no "/" or "..". */
+	return strdup_printf("%s/%s/sha256/%s", cache_dir, kind, digest + strlen("sha256:"));
+}
+
+/* Opens the cached blob, fetching and verifying it first if it is missing. */
+static int ensure_blob(struct registry_client *client, const struct image_options *opts,
+		       const struct descriptor *d, int *ret_fd, struct err *err)
+{
+	_cleanup_free_ char *path = cache_path(opts->cache_dir, "blobs", d->digest);
+	if (!path)
+		return -ENOMEM;
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd >= 0) {
+		struct stat st;
+		if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size == d->size) {
+			*ret_fd = fd;
+			return 0;
+		}
+		close(fd);
+	}
+	_cleanup_free_ char *tmp = strdup_printf("%s.part.XXXXXX", path);
+	if (!tmp)
+		return -ENOMEM;
+	_cleanup_close_ int tmp_fd = mkostemp(tmp, O_CLOEXEC);
+	if (tmp_fd < 0)
+		return err_set(err, errno, "cannot create a file in the cache \"%s\": %s", opts->cache_dir,
+			       strerror(errno));
+	if (opts->progress) {
+		char line[256];
+		snprintf(line, sizeof(line), "fetching %s (%lld bytes)", d->digest, (long long)d->size);
+		opts->progress(line);
+	}
+	int r = registry_fetch_blob_to_fd(client, d->digest, d->size, tmp_fd, err);
+	if (r == 0 && fsync(tmp_fd) < 0)
+		r = err_set(err, errno, "cannot sync %s into the cache: %s", d->digest, strerror(errno));
+	if (r == 0 && fchmod(tmp_fd, 0644) < 0)
+		r = -errno;
+	if (r == 0 && rename(tmp, path) < 0)
+		r = err_set(err, errno, "cannot store %s in the cache: %s", d->digest, strerror(errno));
+	if (r < 0) {
+		unlink(tmp);
+		return r;
+	}
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		return err_set(err, errno, "cannot open %s in the cache: %s", d->digest, strerror(errno));
+	*ret_fd = fd;
+	return 0;
+}
+
+static int open_layer(struct registry_client *client, const struct image_options *opts,
+		      const struct descriptor *d, struct layer **ret, struct err *err)
+{
+	enum layer_compression compression;
+	if (layer_compression_from_media_type(d->media_type, &compression) < 0)
+		return err_set(err, ENOTSUP, "layer %s has unsupported media type \"%s\"", d->digest, d->media_type);
+	int fd;
+	int r = ensure_blob(client, opts, d, &fd, err);
+	if (r < 0)
+		return r;
+	_cleanup_free_ char *index_path = cache_path(opts->cache_dir, "index", d->digest);
+	if (!index_path) {
+		close(fd);
+		return -ENOMEM;
+	}
+	if (layer_open_saved(d->digest, compression, fd, index_path, ret) == 0)
+		return 0;
+	if (opts->progress) {
+		char line[256];
+		snprintf(line, sizeof(line), "indexing %s", d->digest);
+		opts->progress(line);
+	}
+	r = layer_open_scan(d->digest, compression, fd, ret, err);
+	if (r < 0)
+		return r;
+	/* A failure to save only costs the next mount a rescan. */
+	(void)layer_save(*ret, index_path);
+	return 0;
+}
+
+static int prepare_cache(const char *cache_dir, struct err *err)
+{
+	static const char *const subdirs[] = { "blobs/sha256", "index/sha256" };
+	for (size_t i = 0; i < ARRAY_SIZE(subdirs); i++) {
+		_cleanup_free_ char *p = strdup_printf("%s/%s", cache_dir, subdirs[i]);
+		if (!p)
+			return -ENOMEM;
+		int r = mkdir_parents(p, 0755);
+		if (r < 0)
+			return err_set(err, r, "cannot create the cache directory \"%s\": %s", p, strerror(-r));
+	}
+	return 0;
+}
+
+int image_open(const char *ref_text, const struct image_options *opts, struct image **ret, struct err *err)
+{
+	struct image_ref ref = { 0 };
+	struct registry_client *client = NULL;
+	struct manifest m = { 0 };
+	struct image *img = NULL;
+	int r;
+
+	r = image_ref_parse(ref_text, &ref, err);
+	if (r < 0)
+		return r;
+	r = prepare_cache(opts->cache_dir, err);
+	if (r < 0)
+		goto out;
+	r = registry_client_new(&ref, &opts->registry, &client, err);
+	if (r < 0)
+		goto out;
+	img = calloc(1, sizeof(*img));
+	if (!img || !(img->ref_text = strdup(ref_text))) {
+		r = -ENOMEM;
+		goto out;
+	}
+	r = registry_get_image_manifest(client, &m, &img->manifest_digest, err);
+	if (r < 0)
+		goto out;
+
+	/* The config is small; fetching it verifies the image is complete. */
+	int config_fd;
+	if (m.config.size > CONFIG_MAX_SIZE) {
+		r = err_set(err, EFBIG, "config %s of \"%s\" is larger than %u bytes", m.config.digest, ref_text,
+			    CONFIG_MAX_SIZE);
+		goto out;
+	}
+	r = ensure_blob(client, opts, &m.config, &config_fd, err);
+	if (r < 0)
+		goto out;
+	close(config_fd);
+
+	img->layers = calloc(m.n_layers ? m.n_layers : 1, sizeof(*img->layers));
+	if (!img->layers) {
+		r = -ENOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < m.n_layers; i++) {
+		r = open_layer(client, opts, &m.layers[i], &img->layers[i], err);
+		if (r < 0)
+			goto out;
+		img->n_layers++;
+	}
+	r = tree_build(img->layers, img->n_layers, &img->tree, err);
+	if (r < 0)
+		goto out;
+	*ret = TAKE_PTR(img);
+out:
+	if (r < 0 && err && err->code)
+		err_wrap(err, "image \"%s\"", ref_text);
+	image_free(img);
+	manifest_done(&m);
+	registry_client_free(client);
+	image_ref_done(&ref);
+	return r;
+}
+
+struct image *image_free(struct image *img)
+{
+	if (!img)
+		return NULL;
+	tree_free(img->tree);
+	for (size_t i = 0; i < img->n_layers; i++)
+		layer_free(img->layers[i]);
+	free(img->layers);
+	free(img->manifest_digest);
+	free(img->ref_text);
+	free(img);
+	return NULL;
+}

@@ -1,0 +1,28 @@
+/* An image ready to serve: its layers fetched into the cache, indexed, and
+ * merged into one tree. */
+#pragma once
+
+#include "registry.h"
+#include "tree.h"
+
+struct image_options {
+	const char *cache_dir;
+	struct registry_options registry;
+	/* Called with a line of progress (not an error) when non-NULL. */
+	void (*progress)(const char *line);
+};
+
+struct image {
+	char *ref_text;
+	char *manifest_digest;
+	struct layer **layers;
+	size_t n_layers;
+	struct tree *tree;
+};
+
+int image_open(const char *ref_text, const struct image_options *opts, struct image **ret, struct err *err);
+struct image *image_free(struct image *img);
+
+/* The default cache: /var/lib/imgfs for root, else $XDG_CACHE_HOME/imgfs
+ * (~/.cache/imgfs).  $IMGFS_CACHE overrides both.  Caller frees. */
+char *image_default_cache_dir(void);

@@ -1,0 +1,268 @@
+/* The on-disk form of a layer index, so that a second mount of an image does
+ * not decode its layers again.  Little-endian, versioned, and closed by a
+ * sha256 of everything before it: a damaged or foreign file reads as absent. */
+#include "decode.h"
+#include "registry.h"
+
+#include <endian.h>
+#include <sys/stat.h>
+
+#define INDEX_MAGIC "IMGFSIX1"
+#define INDEX_MAX_FILE_SIZE (4ull << 30)
+
+struct wbuf {
+	unsigned char *data;
+	size_t len, cap;
+	bool failed;
+};
+
+static void put(struct wbuf *b, const void *p, size_t n)
+{
+	if (b->failed)
+		return;
+	if (b->len + n > b->cap) {
+		size_t cap = b->cap ? b->cap : 65536;
+		while (cap < b->len + n)
+			cap *= 2;
+		unsigned char *d = realloc(b->data, cap);
+		if (!d) {
+			b->failed = true;
+			return;
+		}
+		b->data = d;
+		b->cap = cap;
+	}
+	memcpy(b->data + b->len, p, n);
+	b->len += n;
+}
+
+static void put_u32(struct wbuf *b, uint32_t v)
+{
+	v = htole32(v);
+	put(b, &v, 4);
+}
+
+static void put_u64(struct wbuf *b, uint64_t v)
+{
+	v = htole64(v);
+	put(b, &v, 8);
+}
+
+static void put_bytes(struct wbuf *b, const void *p, uint32_t n)
+{
+	put_u32(b, n);
+	put(b, p, n);
+}
+
+static void put_str(struct wbuf *b, const char *s)
+{
+	if (!s) {
+		put_u32(b, UINT32_MAX);
+		return;
+	}
+	put_bytes(b, s, (uint32_t)strlen(s));
+}
+
+int layer_save(const struct layer *l, const char *index_path)
+{
+	struct wbuf b = { 0 };
+	put(&b, INDEX_MAGIC, 8);
+	put_str(&b, l->digest);
+	put_u32(&b, l->compression);
+	put_u64(&b, l->blob_size);
+	put_u64(&b, l->tar_size);
+	put_u64(&b, l->n_entries);
+	for (size_t i = 0; i < l->n_entries; i++) {
+		const struct entry *e = &l->entries[i];
+		put_str(&b, e->path);
+		put_str(&b, e->link);
+		put_u32(&b, e->type);
+		put_u32(&b, e->mode);
+		put_u32(&b, e->uid);
+		put_u32(&b, e->gid);
+		put_u64(&b, (uint64_t)e->mtime_sec);
+		put_u32(&b, e->mtime_nsec);
+		put_u64(&b, e->size);
+		put_u32(&b, e->rdev_major);
+		put_u32(&b, e->rdev_minor);
+		put_u32(&b, e->n_xattrs);
+		for (uint32_t j = 0; j < e->n_xattrs; j++) {
+			put_str(&b, e->xattrs[j].name);
+			put_bytes(&b, e->xattrs[j].value, e->xattrs[j].len);
+		}
+		put_u32(&b, e->n_extents);
+		for (uint32_t j = 0; j < e->n_extents; j++) {
+			put_u64(&b, e->extents[j].file_off);
+			put_u64(&b, e->extents[j].stream_off);
+			put_u64(&b, e->extents[j].len);
+		}
+	}
+	put_u64(&b, l->n_checkpoints);
+	for (size_t i = 0; i < l->n_checkpoints; i++) {
+		const struct checkpoint *c = &l->checkpoints[i];
+		put_u64(&b, c->in);
+		put_u64(&b, c->out);
+		put_u32(&b, c->bits | (c->raw ? 0x100u : 0));
+		put_bytes(&b, c->window, c->window_len);
+	}
+	char digest[DIGEST_SHA256_LEN + 1];
+	if (!b.failed)
+		digest_sha256(b.data, b.len, digest);
+	put(&b, digest, DIGEST_SHA256_LEN);
+	int r = b.failed ? -ENOMEM : write_file_atomic(index_path, b.data, b.len);
+	free(b.data);
+	return r;
+}
+
+struct rbuf {
+	const unsigned char *p, *end;
+	bool bad;
+};
+
+static void get(struct rbuf *b, void *out, size_t n)
+{
+	if (b->bad || (size_t)(b->end - b->p) < n) {
+		b->bad = true;
+		memset(out, 0, n);
+		return;
+	}
+	memcpy(out, b->p, n);
+	b->p += n;
+}
+
+static uint32_t get_u32(struct rbuf *b)
+{
+	uint32_t v;
+	get(b, &v, 4);
+	return le32toh(v);
+}
+
+static uint64_t get_u64(struct rbuf *b)
+{
+	uint64_t v;
+	get(b, &v, 8);
+	return le64toh(v);
+}
+
+/* Returns a NUL-terminated copy; *ret_len gets the length.  NULL for an
+ * absent string (and for errors, which also set b->bad). */
+static void *get_bytes(struct rbuf *b, uint32_t *ret_len, bool allow_absent)
+{
+	uint32_t n = get_u32(b);
+	if (n == UINT32_MAX && allow_absent)
+		return NULL;
+	if (b->bad || (size_t)(b->end - b->p) < n) {
+		b->bad = true;
+		return NULL;
+	}
+	char *s = malloc((size_t)n + 1);
+	if (!s) {
+		b->bad = true;
+		return NULL;
+	}
+	memcpy(s, b->p, n);
+	s[n] = '\0';
+	b->p += n;
+	if (ret_len)
+		*ret_len = n;
+	return s;
+}
+
+int layer_open_saved(const char *digest, enum layer_compression compression, int blob_fd,
+		     const char *index_path, struct layer **ret)
+{
+	_cleanup_free_ char *data = NULL;
+	size_t len;
+	int r = read_file_capped(index_path, INDEX_MAX_FILE_SIZE, &data, &len);
+	if (r < 0)
+		return -ENOENT;
+	if (len < 8 + DIGEST_SHA256_LEN || memcmp(data, INDEX_MAGIC, 8) != 0)
+		return -ENOENT;
+	char actual[DIGEST_SHA256_LEN + 1];
+	digest_sha256(data, len - DIGEST_SHA256_LEN, actual);
+	if (memcmp(actual, data + len - DIGEST_SHA256_LEN, DIGEST_SHA256_LEN) != 0)
+		return -ENOENT;
+
+	struct rbuf b = { (unsigned char *)data + 8, (unsigned char *)data + len - DIGEST_SHA256_LEN, false };
+	struct layer *l = layer_alloc(digest, compression, blob_fd);
+	if (!l)
+		return -ENOMEM;
+	_cleanup_free_ char *saved_digest = get_bytes(&b, NULL, false);
+	uint32_t saved_compression = get_u32(&b);
+	uint64_t saved_blob_size = get_u64(&b);
+	l->tar_size = get_u64(&b);
+	uint64_t n_entries = get_u64(&b);
+	if (b.bad || !saved_digest || strcmp(saved_digest, digest) != 0 || saved_compression != compression ||
+	    saved_blob_size != l->blob_size || n_entries > (uint64_t)(b.end - b.p) / 16)
+		goto bad;
+	l->entries = calloc(n_entries ? n_entries : 1, sizeof(struct entry));
+	if (!l->entries)
+		goto bad;
+	for (uint64_t i = 0; i < n_entries && !b.bad; i++) {
+		struct entry *e = &l->entries[i];
+		l->n_entries++;
+		e->path = get_bytes(&b, NULL, false);
+		e->link = get_bytes(&b, NULL, true);
+		e->type = (uint8_t)get_u32(&b);
+		e->mode = get_u32(&b);
+		e->uid = get_u32(&b);
+		e->gid = get_u32(&b);
+		e->mtime_sec = (int64_t)get_u64(&b);
+		e->mtime_nsec = get_u32(&b);
+		e->size = get_u64(&b);
+		e->rdev_major = get_u32(&b);
+		e->rdev_minor = get_u32(&b);
+		uint32_t n_xattrs = get_u32(&b);
+		if (b.bad || !e->path || e->type > ENTRY_FIFO || n_xattrs > (size_t)(b.end - b.p) / 8)
+			goto bad;
+		if (n_xattrs && !(e->xattrs = calloc(n_xattrs, sizeof(struct xattr))))
+			goto bad;
+		for (uint32_t j = 0; j < n_xattrs && !b.bad; j++) {
+			e->n_xattrs++;
+			e->xattrs[j].name = get_bytes(&b, NULL, false);
+			e->xattrs[j].value = get_bytes(&b, &e->xattrs[j].len, false);
+		}
+		uint32_t n_extents = get_u32(&b);
+		if (b.bad || n_extents > (size_t)(b.end - b.p) / 24)
+			goto bad;
+		if (n_extents && !(e->extents = calloc(n_extents, sizeof(struct extent))))
+			goto bad;
+		e->n_extents = n_extents;
+		for (uint32_t j = 0; j < n_extents; j++) {
+			struct extent *x = &e->extents[j];
+			x->file_off = get_u64(&b);
+			x->stream_off = get_u64(&b);
+			x->len = get_u64(&b);
+			if (x->file_off > e->size || x->len > e->size - x->file_off || x->stream_off > l->tar_size ||
+			    x->len > l->tar_size - x->stream_off)
+				goto bad;
+		}
+	}
+	uint64_t n_checkpoints = get_u64(&b);
+	if (b.bad || n_checkpoints == 0 || n_checkpoints > (uint64_t)(b.end - b.p) / 20)
+		goto bad;
+	l->checkpoints = calloc(n_checkpoints, sizeof(struct checkpoint));
+	if (!l->checkpoints)
+		goto bad;
+	for (uint64_t i = 0; i < n_checkpoints && !b.bad; i++) {
+		struct checkpoint *c = &l->checkpoints[i];
+		l->n_checkpoints++;
+		c->in = get_u64(&b);
+		c->out = get_u64(&b);
+		uint32_t flags = get_u32(&b);
+		c->bits = flags & 7;
+		c->raw = flags & 0x100;
+		c->window = get_bytes(&b, &c->window_len, false);
+		if (c->window_len > 32768 || c->in > l->blob_size ||
+		    (i > 0 && c->out <= l->checkpoints[i - 1].out) || (c->bits && c->in == 0))
+			goto bad;
+	}
+	if (b.bad || b.p != b.end || l->checkpoints[0].out != 0)
+		goto bad;
+	*ret = l;
+	return 0;
+bad:
+	l->blob_fd = -1; /* the caller keeps its fd when we decline */
+	layer_free(l);
+	return -ENOENT;
+}

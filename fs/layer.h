@@ -1,0 +1,109 @@
+/* Layers: one blob, its decompressed tar stream, and the index of its entries.
+ *
+ * The read path every file read goes through is layer_read(): "bytes
+ * [off, off+len) of the uncompressed tar stream of layer L".  Today the blob is
+ * a verified file in the cache and the bytes come out of it through
+ * decompression checkpoints; a lazy source can replace the blob file without
+ * changing anything above this interface.
+ *
+ * Locking: a layer's entries and checkpoints are immutable once built.  The
+ * decoder cursors are guarded by layer->lock; layer_read() may be called from
+ * any thread. */
+#pragma once
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "util.h"
+
+enum layer_compression { COMPRESSION_NONE, COMPRESSION_GZIP, COMPRESSION_ZSTD };
+
+/* Where decoding can start without decoding what comes before. */
+struct checkpoint {
+	uint64_t in;         /* offset in the compressed blob */
+	uint64_t out;        /* offset in the uncompressed stream */
+	uint8_t bits;        /* gzip: bits of the byte before `in` still to use */
+	bool raw;            /* gzip: inside a deflate stream (needs window) */
+	uint32_t window_len; /* gzip: bytes of window (at most 32 KiB) */
+	unsigned char *window;
+};
+
+enum entry_type {
+	ENTRY_REG,
+	ENTRY_DIR,
+	ENTRY_SYMLINK,
+	ENTRY_HARDLINK,
+	ENTRY_CHR,
+	ENTRY_BLK,
+	ENTRY_FIFO,
+};
+
+/* A run of file bytes: logical [file_off, file_off+len) at stream_off.  More
+ * than one only for sparse files; what no extent covers reads as zeros. */
+struct extent {
+	uint64_t file_off, stream_off, len;
+};
+
+struct xattr {
+	char *name;
+	void *value;
+	uint32_t len;
+};
+
+struct entry {
+	char *path;           /* normalised: no leading "/", no "." or ".." components, "" for root */
+	char *link;           /* symlink target or hardlink target path (normalised) */
+	uint8_t type;         /* enum entry_type */
+	uint32_t mode;        /* permission bits including setuid/setgid/sticky */
+	uint32_t uid, gid;
+	int64_t mtime_sec;
+	uint32_t mtime_nsec;
+	uint64_t size;
+	uint32_t rdev_major, rdev_minor;
+	struct xattr *xattrs;
+	uint32_t n_xattrs;
+	struct extent *extents;
+	uint32_t n_extents;
+};
+
+struct cursor;
+
+struct layer {
+	char digest[72];
+	enum layer_compression compression;
+	int blob_fd;
+	uint64_t blob_size;
+	uint64_t tar_size;   /* uncompressed stream length */
+	struct entry *entries;
+	size_t n_entries;
+	struct checkpoint *checkpoints;
+	size_t n_checkpoints;
+
+	pthread_mutex_t lock;
+	struct cursor *cursors;
+	unsigned cursor_clock;
+};
+
+/* Media type to compression; -ENOTSUP for media types that are not layers. */
+int layer_compression_from_media_type(const char *media_type, enum layer_compression *ret);
+
+/* Builds the index by decoding the whole blob once.  The layer takes
+ * ownership of blob_fd.  Errors name the layer digest. */
+int layer_open_scan(const char *digest, enum layer_compression compression, int blob_fd, struct layer **ret,
+		    struct err *err);
+/* Loads a saved index; -ENOENT if there is none or it is stale or damaged.
+ * Takes ownership of blob_fd only on success. */
+int layer_open_saved(const char *digest, enum layer_compression compression, int blob_fd,
+		     const char *index_path, struct layer **ret);
+int layer_save(const struct layer *l, const char *index_path);
+struct layer *layer_free(struct layer *l);
+
+/* Reads exactly len bytes at off of the uncompressed stream. */
+int layer_read(struct layer *l, void *buf, size_t len, uint64_t off);
+/* Reads a file's bytes through its extents, zero-filling holes; returns bytes read. */
+ssize_t layer_read_entry(struct layer *l, const struct entry *e, void *buf, size_t len, uint64_t off);
+
+/* Normalises a tar member name; -EINVAL for names that leave the root. */
+int path_normalise(const char *name, char **ret);

@@ -1,0 +1,233 @@
+/* imgfs: mount a registry image as a FUSE file system. */
+#include "fuse_ops.h"
+
+#include <getopt.h>
+#include <sys/mount.h>
+#include <sys/wait.h>
+
+#define IMGFS_VERSION "0.1.0"
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"Usage: imgfs mount [OPTIONS] REF DIR\n"
+		"       imgfs umount DIR\n"
+		"\n"
+		"Mounts the image REF from its registry on DIR, read-only, fetching layer\n"
+		"contents into a shared cache instead of unpacking them.\n"
+		"\n"
+		"Options for mount:\n"
+		"  --cache DIR                 cache directory (default: $IMGFS_CACHE,\n"
+		"                              /var/lib/imgfs for root, else $XDG_CACHE_HOME/imgfs)\n"
+		"  --platform OS/ARCH[/VAR]    platform to pick from a multi-platform image\n"
+		"  --insecure-registry HOST    allow plain HTTP to HOST[:PORT] (repeatable;\n"
+		"                              also $IMGFS_INSECURE_REGISTRIES, comma-separated)\n"
+		"  -f, --foreground            stay in the foreground\n"
+		"  -d, --debug                 print FUSE requests (implies -f)\n"
+		"  -h, --help                  show this help\n"
+		"  --version                   show the version\n");
+}
+
+static void progress_line(const char *line)
+{
+	fprintf(stderr, "imgfs: %s\n", line);
+}
+
+static int insecure_add(char ***list, size_t *n, const char *host)
+{
+	char **v = realloc(*list, (*n + 2) * sizeof(char *));
+	if (!v)
+		return -ENOMEM;
+	*list = v;
+	if (!(v[*n] = strdup(host)))
+		return -ENOMEM;
+	v[++*n] = NULL;
+	return 0;
+}
+
+static void insecure_free(char **list)
+{
+	for (char **p = list; p && *p; p++)
+		free(*p);
+	free(list);
+}
+
+static int cmd_mount(int argc, char **argv)
+{
+	enum { OPT_CACHE = 256, OPT_PLATFORM, OPT_INSECURE, OPT_VERSION };
+	static const struct option options[] = {
+		{ "cache", required_argument, NULL, OPT_CACHE },
+		{ "platform", required_argument, NULL, OPT_PLATFORM },
+		{ "insecure-registry", required_argument, NULL, OPT_INSECURE },
+		{ "foreground", no_argument, NULL, 'f' },
+		{ "debug", no_argument, NULL, 'd' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	struct image_options opts = { 0 };
+	_cleanup_free_ char *cache_dir = NULL;
+	char **insecure = NULL;
+	size_t n_insecure = 0;
+	const char *platform = NULL;
+	bool foreground = false, debug = false;
+	struct err err = { 0 };
+	int ret = 1, c;
+
+	const char *env = getenv("IMGFS_INSECURE_REGISTRIES");
+	if (env && *env) {
+		_cleanup_free_ char *copy = strdup(env);
+		char *save = NULL;
+		for (char *tok = copy ? strtok_r(copy, ", ", &save) : NULL; tok; tok = strtok_r(NULL, ", ", &save))
+			if (insecure_add(&insecure, &n_insecure, tok) < 0)
+				goto out;
+	}
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "+fdh", options, NULL)) != -1) {
+		switch (c) {
+		case OPT_CACHE:
+			free(cache_dir);
+			cache_dir = strdup(optarg);
+			break;
+		case OPT_PLATFORM:
+			platform = optarg;
+			break;
+		case OPT_INSECURE:
+			if (insecure_add(&insecure, &n_insecure, optarg) < 0)
+				goto out;
+			break;
+		case 'f':
+			foreground = true;
+			break;
+		case 'd':
+			debug = foreground = true;
+			break;
+		case 'h':
+			usage(stdout);
+			ret = 0;
+			goto out;
+		default:
+			usage(stderr);
+			ret = 2;
+			goto out;
+		}
+	}
+	if (argc - optind != 2) {
+		fprintf(stderr, "imgfs mount: expected REF and DIR\n");
+		usage(stderr);
+		ret = 2;
+		goto out;
+	}
+	const char *ref = argv[optind], *dir = argv[optind + 1];
+	if (platform_parse(platform, &opts.registry.platform) < 0) {
+		fprintf(stderr, "imgfs: invalid platform \"%s\": expected OS/ARCH[/VARIANT]\n", platform);
+		ret = 2;
+		goto out;
+	}
+	if (!cache_dir && !(cache_dir = image_default_cache_dir()))
+		goto out;
+	opts.cache_dir = cache_dir;
+	opts.registry.insecure_registries = insecure;
+	if (isatty(STDERR_FILENO))
+		opts.progress = progress_line;
+
+	struct image *img = NULL;
+	int r = image_open(ref, &opts, &img, &err);
+	if (r < 0) {
+		fprintf(stderr, "imgfs: %s\n", err.code ? err.msg : strerror(-r));
+		goto out;
+	}
+
+	char mount_opts[256];
+	snprintf(mount_opts, sizeof(mount_opts), "ro,default_permissions,fsname=imgfs,subtype=imgfs%s",
+		 geteuid() == 0 ? ",allow_other" : "");
+	char *fuse_argv[] = { argv[0], "-o", mount_opts, debug ? "-d" : NULL, NULL };
+	struct fuse_args args = FUSE_ARGS_INIT(debug ? 4 : 3, fuse_argv);
+	struct fuse_session *se = fuse_session_new(&args, &imgfs_ops, sizeof(imgfs_ops), img);
+	if (!se) {
+		fprintf(stderr, "imgfs: cannot create the FUSE session for \"%s\"\n", ref);
+		image_free(img);
+		goto out;
+	}
+	if (fuse_set_signal_handlers(se) != 0) {
+		fprintf(stderr, "imgfs: cannot install signal handlers\n");
+		goto destroy;
+	}
+	if (fuse_session_mount(se, dir) != 0) {
+		fprintf(stderr, "imgfs: cannot mount \"%s\" on \"%s\"\n", ref, dir);
+		goto handlers;
+	}
+	/* The mount exists before the parent returns: the caller can use it at once. */
+	if (fuse_daemonize(foreground) != 0) {
+		fprintf(stderr, "imgfs: cannot go to the background\n");
+		goto unmount;
+	}
+	struct fuse_loop_config *cfg = fuse_loop_cfg_create();
+	if (!cfg)
+		goto unmount;
+	fuse_loop_cfg_set_clone_fd(cfg, 0);
+	fuse_loop_cfg_set_max_threads(cfg, 16);
+	ret = fuse_session_loop_mt(se, cfg) == 0 ? 0 : 1;
+	fuse_loop_cfg_destroy(cfg);
+unmount:
+	fuse_session_unmount(se);
+handlers:
+	fuse_remove_signal_handlers(se);
+destroy:
+	fuse_session_destroy(se);
+	fuse_opt_free_args(&args);
+	image_free(img);
+out:
+	insecure_free(insecure);
+	return ret;
+}
+
+static int cmd_umount(int argc, char **argv)
+{
+	if (argc != 2) {
+		fprintf(stderr, "Usage: imgfs umount DIR\n");
+		return 2;
+	}
+	if (geteuid() == 0) {
+		if (umount2(argv[1], UMOUNT_NOFOLLOW) == 0)
+			return 0;
+		fprintf(stderr, "imgfs: cannot unmount \"%s\": %s\n", argv[1], strerror(errno));
+		return 1;
+	}
+	pid_t pid = fork();
+	if (pid < 0) {
+		fprintf(stderr, "imgfs: cannot unmount \"%s\": %s\n", argv[1], strerror(errno));
+		return 1;
+	}
+	if (pid == 0) {
+		execlp("fusermount3", "fusermount3", "-u", "--", argv[1], (char *)NULL);
+		fprintf(stderr, "imgfs: cannot run fusermount3: %s\n", strerror(errno));
+		_exit(127);
+	}
+	int status;
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : 1;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2) {
+		usage(stderr);
+		return 2;
+	}
+	if (strcmp(argv[1], "mount") == 0)
+		return cmd_mount(argc - 1, argv + 1);
+	if (strcmp(argv[1], "umount") == 0 || strcmp(argv[1], "unmount") == 0)
+		return cmd_umount(argc - 1, argv + 1);
+	if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+		usage(stdout);
+		return 0;
+	}
+	if (strcmp(argv[1], "--version") == 0) {
+		printf("imgfs %s\n", IMGFS_VERSION);
+		return 0;
+	}
+	fprintf(stderr, "imgfs: unknown command \"%s\"\n", argv[1]);
+	usage(stderr);
+	return 2;
+}

@@ -1,0 +1,404 @@
+/* Building a layer's index: decode the blob once, let libarchive parse the
+ * tar stream, and record every entry and where its bytes sit. */
+#include "decode.h"
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <sys/stat.h>
+
+#define SCAN_BUFFER_SIZE (256u << 10)
+#define CHECKPOINT_SPAN (2u << 20)
+#define MAX_ENTRIES (4u << 20)
+#define MAX_PATH_LEN 4096
+#define MAX_XATTR_SIZE (64u << 10)
+#define MAX_XATTRS 256
+/* Decompression bombs: a layer may not expand beyond this ratio (gzip's
+ * own maximum is about 1032:1) or the absolute limit. */
+#define MAX_EXPANSION_RATIO 4096ull
+#define MIN_EXPANSION_LIMIT (1ull << 30)
+#define MAX_LAYER_TAR_SIZE (1ull << 40)
+
+int layer_compression_from_media_type(const char *media_type, enum layer_compression *ret)
+{
+	static const struct {
+		const char *media_type;
+		enum layer_compression compression;
+	} table[] = {
+		{ "application/vnd.oci.image.layer.v1.tar", COMPRESSION_NONE },
+		{ "application/vnd.oci.image.layer.v1.tar+gzip", COMPRESSION_GZIP },
+		{ "application/vnd.oci.image.layer.v1.tar+zstd", COMPRESSION_ZSTD },
+		{ "application/vnd.oci.image.layer.nondistributable.v1.tar", COMPRESSION_NONE },
+		{ "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip", COMPRESSION_GZIP },
+		{ "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd", COMPRESSION_ZSTD },
+		{ "application/vnd.docker.image.rootfs.diff.tar", COMPRESSION_NONE },
+		{ "application/vnd.docker.image.rootfs.diff.tar.gzip", COMPRESSION_GZIP },
+		{ "application/vnd.docker.image.rootfs.diff.tar.zstd", COMPRESSION_ZSTD },
+		{ "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip", COMPRESSION_GZIP },
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(table); i++)
+		if (strcmp(media_type, table[i].media_type) == 0) {
+			*ret = table[i].compression;
+			return 0;
+		}
+	return -ENOTSUP;
+}
+
+int path_normalise(const char *name, char **ret)
+{
+	size_t len = strlen(name);
+	if (len > MAX_PATH_LEN)
+		return -ENAMETOOLONG;
+	char *out = malloc(len + 1);
+	if (!out)
+		return -ENOMEM;
+	size_t n = 0;
+	for (const char *p = name; *p;) {
+		while (*p == '/')
+			p++;
+		const char *end = strchrnul(p, '/');
+		size_t clen = (size_t)(end - p);
+		if (clen == 0)
+			break;
+		if (clen == 1 && p[0] == '.') {
+			p = end;
+			continue;
+		}
+		if (clen == 2 && p[0] == '.' && p[1] == '.') {
+			free(out);
+			return -EINVAL;
+		}
+		if (n > 0)
+			out[n++] = '/';
+		memcpy(out + n, p, clen);
+		n += clen;
+		p = end;
+	}
+	out[n] = '\0';
+	*ret = out;
+	return 0;
+}
+
+int checkpoint_add(struct checkpoint_recorder *rec, const struct checkpoint *cp, const void *window, size_t len)
+{
+	if (grow_array((void **)&rec->checkpoints, &rec->allocated, rec->n + 1, sizeof(*cp)) < 0)
+		return -ENOMEM;
+	struct checkpoint *slot = &rec->checkpoints[rec->n];
+	*slot = *cp;
+	slot->window = NULL;
+	slot->window_len = 0;
+	if (len) {
+		slot->window = malloc(len);
+		if (!slot->window)
+			return -ENOMEM;
+		memcpy(slot->window, window, len);
+		slot->window_len = (uint32_t)len;
+	}
+	rec->n++;
+	return 0;
+}
+
+struct scan {
+	struct layer *layer;
+	struct cursor *cursor;
+	struct checkpoint_recorder rec;
+	unsigned char *buf;
+	uint64_t limit;
+	int error;
+	size_t allocated_entries;
+};
+
+static la_ssize_t scan_read(struct archive *a, void *userdata, const void **ret_buf)
+{
+	struct scan *s = userdata;
+	ssize_t n = cursor_read(s->cursor, s->buf, SCAN_BUFFER_SIZE, &s->rec);
+	if (n < 0) {
+		s->error = (int)n;
+		archive_set_error(a, (int)-n, "decoding the layer failed");
+		return ARCHIVE_FATAL;
+	}
+	if (cursor_position(s->cursor) > s->limit) {
+		s->error = -EFBIG;
+		archive_set_error(a, EFBIG, "the layer expands beyond %llu bytes", (unsigned long long)s->limit);
+		return ARCHIVE_FATAL;
+	}
+	*ret_buf = s->buf;
+	return n;
+}
+
+static void entry_done(struct entry *e)
+{
+	free(e->path);
+	free(e->link);
+	for (uint32_t i = 0; i < e->n_xattrs; i++) {
+		free(e->xattrs[i].name);
+		free(e->xattrs[i].value);
+	}
+	free(e->xattrs);
+	free(e->extents);
+}
+
+struct layer *layer_free(struct layer *l)
+{
+	if (!l)
+		return NULL;
+	for (size_t i = 0; i < l->n_entries; i++)
+		entry_done(&l->entries[i]);
+	free(l->entries);
+	for (size_t i = 0; i < l->n_checkpoints; i++)
+		free(l->checkpoints[i].window);
+	free(l->checkpoints);
+	layer_cursors_free(l);
+	if (l->blob_fd >= 0)
+		close(l->blob_fd);
+	pthread_mutex_destroy(&l->lock);
+	free(l);
+	return NULL;
+}
+
+struct layer *layer_alloc(const char *digest, enum layer_compression compression, int blob_fd)
+{
+	struct stat st;
+	struct layer *l = calloc(1, sizeof(*l));
+	if (!l)
+		return NULL;
+	l->blob_fd = blob_fd;
+	snprintf(l->digest, sizeof(l->digest), "%s", digest);
+	l->compression = compression;
+	pthread_mutex_init(&l->lock, NULL);
+	if (fstat(blob_fd, &st) == 0)
+		l->blob_size = (uint64_t)st.st_size;
+	return l;
+}
+
+static int add_extent(struct entry *e, size_t *allocated, uint64_t file_off, uint64_t stream_off, uint64_t len)
+{
+	if (e->n_extents > 0) {
+		struct extent *last = &e->extents[e->n_extents - 1];
+		if (last->file_off + last->len == file_off && last->stream_off + last->len == stream_off) {
+			last->len += len;
+			return 0;
+		}
+	}
+	if (grow_array((void **)&e->extents, allocated, e->n_extents + 1, sizeof(struct extent)) < 0)
+		return -ENOMEM;
+	e->extents[e->n_extents++] = (struct extent){ file_off, stream_off, len };
+	return 0;
+}
+
+static int read_entry(struct scan *s, struct archive *a, struct archive_entry *ae, struct entry *e,
+		      struct err *err)
+{
+	const char *name = archive_entry_pathname(ae);
+	int r;
+	if (!name)
+		return err_set(err, EINVAL, "an entry has no name");
+	r = path_normalise(name, &e->path);
+	if (r == -EINVAL)
+		return err_set(err, EINVAL, "entry \"%s\" leaves the image root", name);
+	if (r < 0)
+		return err_set(err, -r, "entry \"%.200s...\": %s", name, strerror(-r));
+
+	const char *hardlink = archive_entry_hardlink(ae);
+	mode_t type = archive_entry_filetype(ae);
+	if (hardlink) {
+		e->type = ENTRY_HARDLINK;
+		r = path_normalise(hardlink, &e->link);
+		if (r < 0)
+			return err_set(err, EINVAL, "hardlink \"%s\" points outside the image root (\"%s\")", e->path,
+				       hardlink);
+	} else if (type == AE_IFREG || type == 0) {
+		e->type = ENTRY_REG;
+	} else if (type == AE_IFDIR) {
+		e->type = ENTRY_DIR;
+	} else if (type == AE_IFLNK) {
+		const char *target = archive_entry_symlink(ae);
+		e->type = ENTRY_SYMLINK;
+		if (!target || strlen(target) >= MAX_PATH_LEN)
+			return err_set(err, EINVAL, "symlink \"%s\" has no valid target", e->path);
+		/* Kept verbatim: the kernel resolves it inside the mount, never against the host. */
+		e->link = strdup(target);
+		if (!e->link)
+			return -ENOMEM;
+	} else if (type == AE_IFCHR) {
+		e->type = ENTRY_CHR;
+	} else if (type == AE_IFBLK) {
+		e->type = ENTRY_BLK;
+	} else if (type == AE_IFIFO) {
+		e->type = ENTRY_FIFO;
+	} else {
+		return err_set(err, EINVAL, "entry \"%s\" has an unsupported type 0%o", e->path, (unsigned)type);
+	}
+
+	e->mode = archive_entry_perm(ae) & 07777;
+	int64_t uid = archive_entry_uid(ae), gid = archive_entry_gid(ae);
+	if (uid < 0 || uid > UINT32_MAX - 1 || gid < 0 || gid > UINT32_MAX - 1)
+		return err_set(err, EINVAL, "entry \"%s\" has an invalid owner", e->path);
+	e->uid = (uint32_t)uid;
+	e->gid = (uint32_t)gid;
+	e->mtime_sec = archive_entry_mtime(ae);
+	e->mtime_nsec = (uint32_t)archive_entry_mtime_nsec(ae);
+	if (e->type == ENTRY_CHR || e->type == ENTRY_BLK) {
+		e->rdev_major = (uint32_t)archive_entry_rdevmajor(ae);
+		e->rdev_minor = (uint32_t)archive_entry_rdevminor(ae);
+	}
+
+	int n_xattrs = archive_entry_xattr_reset(ae);
+	if (n_xattrs > MAX_XATTRS)
+		return err_set(err, EINVAL, "entry \"%s\" has more than %d xattrs", e->path, MAX_XATTRS);
+	if (n_xattrs > 0) {
+		e->xattrs = calloc((size_t)n_xattrs, sizeof(*e->xattrs));
+		if (!e->xattrs)
+			return -ENOMEM;
+		const char *xname;
+		const void *value;
+		size_t size;
+		while (archive_entry_xattr_next(ae, &xname, &value, &size) == ARCHIVE_OK &&
+		       e->n_xattrs < (uint32_t)n_xattrs) {
+			if (size > MAX_XATTR_SIZE || strlen(xname) > 255)
+				return err_set(err, EINVAL, "entry \"%s\": xattr too large", e->path);
+			struct xattr *x = &e->xattrs[e->n_xattrs++];
+			x->name = strdup(xname);
+			x->value = malloc(size ? size : 1);
+			if (!x->name || !x->value)
+				return -ENOMEM;
+			memcpy(x->value, value, size);
+			x->len = (uint32_t)size;
+		}
+	}
+
+	if (e->type != ENTRY_REG)
+		return 0;
+	int64_t size = archive_entry_size(ae);
+	if (size < 0 || (uint64_t)size > s->limit)
+		return err_set(err, EFBIG, "entry \"%s\" claims an impossible size %lld", e->path, (long long)size);
+	e->size = (uint64_t)size;
+	/* After archive_read_data_block() returns, the format has consumed the
+	 * stream up to the start of the block it hands out: that position is
+	 * where the block sits in the uncompressed stream. */
+	size_t allocated = 0;
+	for (;;) {
+		const void *buf;
+		size_t len;
+		la_int64_t offset;
+		r = archive_read_data_block(a, &buf, &len, &offset);
+		if (r == ARCHIVE_EOF)
+			break;
+		if (r != ARCHIVE_OK && r != ARCHIVE_WARN)
+			return err_set(err, s->error ? -s->error : EIO, "entry \"%s\": %s", e->path,
+				       archive_error_string(a) ? archive_error_string(a) : "cannot read data");
+		if (len == 0)
+			continue;
+		if (offset < 0 || (uint64_t)offset + len > e->size)
+			return err_set(err, EINVAL, "entry \"%s\": data beyond its size", e->path);
+		la_int64_t stream_off = archive_filter_bytes(a, 0);
+		r = add_extent(e, &allocated, (uint64_t)offset, (uint64_t)stream_off, len);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+int layer_open_scan(const char *digest, enum layer_compression compression, int blob_fd, struct layer **ret,
+		    struct err *err)
+{
+	struct scan s = { .rec.span = CHECKPOINT_SPAN };
+	struct archive *a = NULL;
+	int r;
+
+	s.layer = layer_alloc(digest, compression, blob_fd);
+	if (!s.layer) {
+		close(blob_fd);
+		return -ENOMEM;
+	}
+	struct layer *l = s.layer;
+	uint64_t ratio_limit = l->blob_size * MAX_EXPANSION_RATIO;
+	s.limit = ratio_limit < MIN_EXPANSION_LIMIT ? MIN_EXPANSION_LIMIT : ratio_limit;
+	if (s.limit > MAX_LAYER_TAR_SIZE)
+		s.limit = MAX_LAYER_TAR_SIZE;
+	s.buf = malloc(SCAN_BUFFER_SIZE);
+	s.cursor = cursor_new(l);
+	if (!s.buf || !s.cursor) {
+		r = -ENOMEM;
+		goto out;
+	}
+	struct checkpoint start = { 0 };
+	r = checkpoint_add(&s.rec, &start, NULL, 0);
+	if (r < 0)
+		goto out;
+	r = cursor_seek_checkpoint(s.cursor, &start);
+	if (r < 0)
+		goto out;
+
+	a = archive_read_new();
+	if (!a) {
+		r = -ENOMEM;
+		goto out;
+	}
+	archive_read_support_format_tar(a);
+	if (archive_read_open(a, &s, NULL, scan_read, NULL) != ARCHIVE_OK) {
+		r = err_set(err, s.error ? -s.error : EINVAL, "not a tar stream: %s", archive_error_string(a));
+		goto out;
+	}
+	for (;;) {
+		struct archive_entry *ae;
+		int ar = archive_read_next_header(a, &ae);
+		if (ar == ARCHIVE_EOF)
+			break;
+		if (ar == ARCHIVE_RETRY)
+			continue;
+		if (ar != ARCHIVE_OK && ar != ARCHIVE_WARN) {
+			/* A FAILED entry header still leaves the stream position unknown
+			 * for what follows, so both FAILED and FATAL end the scan. */
+			r = err_set(err, s.error ? -s.error : EINVAL, "corrupt tar stream after %zu entries: %s",
+				    l->n_entries, archive_error_string(a) ? archive_error_string(a) : "unknown error");
+			goto out;
+		}
+		if (l->n_entries >= MAX_ENTRIES) {
+			r = err_set(err, EFBIG, "more than %u entries", MAX_ENTRIES);
+			goto out;
+		}
+		if (grow_array((void **)&l->entries, &s.allocated_entries, l->n_entries + 1, sizeof(struct entry)) <
+		    0) {
+			r = -ENOMEM;
+			goto out;
+		}
+		struct entry *e = &l->entries[l->n_entries];
+		memset(e, 0, sizeof(*e));
+		l->n_entries++;
+		r = read_entry(&s, a, ae, e, err);
+		if (r < 0)
+			goto out;
+	}
+	/* Decode to the end: the stream must be whole even past the tar end marker. */
+	for (;;) {
+		ssize_t n = cursor_read(s.cursor, s.buf, SCAN_BUFFER_SIZE, &s.rec);
+		if (n < 0) {
+			r = err_set(err, (int)-n, "the compressed stream is corrupt or truncated");
+			goto out;
+		}
+		if (n == 0)
+			break;
+		if (cursor_position(s.cursor) > s.limit) {
+			r = err_set(err, EFBIG, "the layer expands beyond %llu bytes", (unsigned long long)s.limit);
+			goto out;
+		}
+	}
+	l->tar_size = cursor_position(s.cursor);
+	l->checkpoints = TAKE_PTR(s.rec.checkpoints);
+	l->n_checkpoints = s.rec.n;
+	s.rec.n = 0;
+	*ret = TAKE_PTR(s.layer);
+	r = 0;
+out:
+	if (a)
+		archive_read_free(a);
+	cursor_free(s.cursor);
+	free(s.buf);
+	for (size_t i = 0; i < s.rec.n; i++)
+		free(s.rec.checkpoints[i].window);
+	free(s.rec.checkpoints);
+	if (r < 0 && err && err->code)
+		err_wrap(err, "layer %s", digest);
+	layer_free(s.layer);
+	return r;
+}

@@ -1,0 +1,358 @@
+#include "tree.h"
+
+#include <sys/sysmacros.h>
+
+#define WHITEOUT_PREFIX ".wh."
+#define OPAQUE_MARKER ".wh..wh..opq"
+
+struct builder {
+	struct tree *tree;
+	struct tree_inode *root;
+};
+
+static struct tree_inode *inode_new(struct builder *b, uint32_t mode)
+{
+	struct tree_inode *i = calloc(1, sizeof(*i));
+	if (!i)
+		return NULL;
+	i->mode = mode;
+	i->next_all = b->tree->all;
+	b->tree->all = i;
+	return i;
+}
+
+static void inode_set_from_entry(struct tree_inode *i, struct layer *l, const struct entry *e)
+{
+	static const uint32_t type_bits[] = {
+		[ENTRY_REG] = S_IFREG, [ENTRY_DIR] = S_IFDIR, [ENTRY_SYMLINK] = S_IFLNK,
+		[ENTRY_CHR] = S_IFCHR, [ENTRY_BLK] = S_IFBLK, [ENTRY_FIFO] = S_IFIFO,
+	};
+	i->mode = type_bits[e->type] | (e->mode & 07777);
+	i->uid = e->uid;
+	i->gid = e->gid;
+	i->mtime_sec = e->mtime_sec;
+	i->mtime_nsec = e->mtime_nsec;
+	i->rdev_major = e->rdev_major;
+	i->rdev_minor = e->rdev_minor;
+	i->size = e->type == ENTRY_SYMLINK ? strlen(e->link) : e->type == ENTRY_REG ? e->size : 0;
+	i->layer = l;
+	i->entry = e;
+}
+
+static ssize_t child_index(const struct tree_inode *dir, const char *name, size_t *ret_insert)
+{
+	size_t lo = 0, hi = dir->n_children;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		int c = strcmp(name, dir->children[mid].name);
+		if (c == 0)
+			return (ssize_t)mid;
+		if (c < 0)
+			hi = mid;
+		else
+			lo = mid + 1;
+	}
+	if (ret_insert)
+		*ret_insert = lo;
+	return -1;
+}
+
+struct tree_inode *tree_lookup(const struct tree_inode *dir, const char *name)
+{
+	if (!S_ISDIR(dir->mode))
+		return NULL;
+	ssize_t i = child_index(dir, name, NULL);
+	return i < 0 ? NULL : dir->children[i].inode;
+}
+
+static void unlink_inode(struct tree_inode *i)
+{
+	if (S_ISDIR(i->mode)) {
+		for (size_t k = 0; k < i->n_children; k++) {
+			unlink_inode(i->children[k].inode);
+			free(i->children[k].name);
+		}
+		i->n_children = 0;
+	}
+	if (i->nlink > 0)
+		i->nlink--;
+}
+
+static void remove_child(struct tree_inode *dir, size_t idx)
+{
+	unlink_inode(dir->children[idx].inode);
+	free(dir->children[idx].name);
+	memmove(&dir->children[idx], &dir->children[idx + 1], (dir->n_children - idx - 1) * sizeof(*dir->children));
+	dir->n_children--;
+}
+
+static int add_child(struct tree_inode *dir, const char *name, size_t len, struct tree_inode *child)
+{
+	_cleanup_free_ char *copy = strndup(name, len);
+	size_t at = 0;
+	if (!copy)
+		return -ENOMEM;
+	if (child_index(dir, copy, &at) >= 0)
+		return -EEXIST;
+	if (grow_array((void **)&dir->children, &dir->allocated_children, dir->n_children + 1,
+		       sizeof(*dir->children)) < 0)
+		return -ENOMEM;
+	memmove(&dir->children[at + 1], &dir->children[at], (dir->n_children - at) * sizeof(*dir->children));
+	dir->children[at] = (struct tree_dirent){ TAKE_PTR(copy), child };
+	dir->n_children++;
+	child->nlink++;
+	if (S_ISDIR(child->mode))
+		child->parent = dir;
+	return 0;
+}
+
+/* Walks to the directory that holds the last component of path, creating
+ * (or, over a non-directory, replacing) missing parents as plain 0755 dirs.
+ * *ret_name points into path. */
+static int walk_parent(struct builder *b, const char *path, bool create, struct tree_inode **ret_dir,
+		       const char **ret_name)
+{
+	struct tree_inode *dir = b->root;
+	const char *p = path;
+	for (;;) {
+		const char *slash = strchr(p, '/');
+		if (!slash)
+			break;
+		_cleanup_free_ char *name = strndup(p, (size_t)(slash - p));
+		if (!name)
+			return -ENOMEM;
+		size_t at;
+		ssize_t idx = child_index(dir, name, &at);
+		struct tree_inode *next = idx >= 0 ? dir->children[idx].inode : NULL;
+		if (!next || !S_ISDIR(next->mode)) {
+			if (!create)
+				return -ENOENT;
+			if (next)
+				remove_child(dir, (size_t)idx);
+			next = inode_new(b, S_IFDIR | 0755);
+			if (!next)
+				return -ENOMEM;
+			int r = add_child(dir, name, strlen(name), next);
+			if (r < 0)
+				return r;
+		}
+		dir = next;
+		p = slash + 1;
+	}
+	*ret_dir = dir;
+	*ret_name = p;
+	return 0;
+}
+
+static struct tree_inode *find_path(struct builder *b, const char *path)
+{
+	if (!*path)
+		return b->root;
+	struct tree_inode *dir;
+	const char *name;
+	if (walk_parent(b, path, false, &dir, &name) < 0)
+		return NULL;
+	return tree_lookup(dir, name);
+}
+
+static const char *basename_of(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	return slash ? slash + 1 : path;
+}
+
+/* Whiteouts hide what the layers below put there, so they are applied before
+ * the layer's own entries, whatever their order in the tar. */
+static int apply_whiteouts(struct builder *b, const struct layer *l)
+{
+	for (size_t k = 0; k < l->n_entries; k++) {
+		const struct entry *e = &l->entries[k];
+		const char *base = basename_of(e->path);
+		if (!str_has_prefix(base, WHITEOUT_PREFIX))
+			continue;
+		size_t dir_len = (size_t)(base - e->path);
+		_cleanup_free_ char *dir_path = strndup(e->path, dir_len ? dir_len - 1 : 0);
+		if (!dir_path)
+			return -ENOMEM;
+		struct tree_inode *dir = find_path(b, dir_path);
+		if (!dir || !S_ISDIR(dir->mode))
+			continue;
+		if (strcmp(base, OPAQUE_MARKER) == 0) {
+			while (dir->n_children > 0)
+				remove_child(dir, dir->n_children - 1);
+			continue;
+		}
+		if (str_has_prefix(base, ".wh..wh."))
+			continue; /* aufs bookkeeping, not a whiteout */
+		ssize_t idx = child_index(dir, base + strlen(WHITEOUT_PREFIX), NULL);
+		if (idx >= 0)
+			remove_child(dir, (size_t)idx);
+	}
+	return 0;
+}
+
+static int apply_entry(struct builder *b, struct layer *l, const struct entry *e, struct err *err)
+{
+	struct tree_inode *dir;
+	const char *name;
+	int r;
+
+	if (!*e->path) {
+		if (e->type == ENTRY_DIR)
+			inode_set_from_entry(b->root, l, e);
+		return 0;
+	}
+	r = walk_parent(b, e->path, true, &dir, &name);
+	if (r < 0)
+		return r;
+	size_t at;
+	ssize_t idx = child_index(dir, name, &at);
+	struct tree_inode *existing = idx >= 0 ? dir->children[idx].inode : NULL;
+
+	if (e->type == ENTRY_DIR && existing && S_ISDIR(existing->mode)) {
+		/* A directory seen again: its metadata changes, its children stay. */
+		inode_set_from_entry(existing, l, e);
+		return 0;
+	}
+	struct tree_inode *inode;
+	if (e->type == ENTRY_HARDLINK) {
+		inode = find_path(b, e->link);
+		if (!inode || S_ISDIR(inode->mode))
+			return err_set(err, EINVAL, "hardlink \"%s\" points to \"%s\", which is %s", e->path, e->link,
+				       inode ? "a directory" : "not in the image");
+		if (inode == existing)
+			return 0;
+	} else {
+		inode = inode_new(b, 0);
+		if (!inode)
+			return -ENOMEM;
+		inode_set_from_entry(inode, l, e);
+	}
+	if (existing)
+		remove_child(dir, (size_t)idx);
+	return add_child(dir, name, strlen(name), inode);
+}
+
+struct inode_table {
+	struct tree_inode **v;
+	size_t n, allocated;
+};
+
+static int number_inodes(struct inode_table *table, struct tree *t, struct tree_inode *dir)
+{
+	uint32_t subdirs = 0;
+	for (size_t k = 0; k < dir->n_children; k++) {
+		struct tree_inode *c = dir->children[k].inode;
+		if (S_ISDIR(c->mode))
+			subdirs++;
+		if (c->ino)
+			continue; /* another name of a hardlinked inode */
+		if (grow_array((void **)&table->v, &table->allocated, table->n + 1, sizeof(*table->v)) < 0)
+			return -ENOMEM;
+		c->ino = table->n;
+		table->v[table->n++] = c;
+		if (S_ISREG(c->mode))
+			t->total_size += c->size;
+		if (S_ISDIR(c->mode)) {
+			int r = number_inodes(table, t, c);
+			if (r < 0)
+				return r;
+		}
+	}
+	dir->nlink = 2 + subdirs;
+	return 0;
+}
+
+int tree_build(struct layer *const *layers, size_t n, struct tree **ret, struct err *err)
+{
+	struct builder b = { 0 };
+	int r;
+
+	b.tree = calloc(1, sizeof(*b.tree));
+	if (!b.tree)
+		return -ENOMEM;
+	b.root = inode_new(&b, S_IFDIR | 0755);
+	if (!b.root) {
+		tree_free(b.tree);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct layer *l = layers[i];
+		r = apply_whiteouts(&b, l);
+		for (size_t k = 0; r >= 0 && k < l->n_entries; k++) {
+			const struct entry *e = &l->entries[k];
+			if (str_has_prefix(basename_of(e->path), WHITEOUT_PREFIX))
+				continue;
+			r = apply_entry(&b, l, e, err);
+		}
+		if (r < 0) {
+			if (err && err->code)
+				err_wrap(err, "layer %s", l->digest);
+			else
+				err_set(err, r, "layer %s: %s", l->digest, strerror(-r));
+			tree_free(b.tree);
+			return r;
+		}
+	}
+	/* Depth-first numbering: ino 1 is the root, as FUSE wants. */
+	struct inode_table table = { 0 };
+	if (grow_array((void **)&table.v, &table.allocated, 2, sizeof(*table.v)) < 0) {
+		tree_free(b.tree);
+		return -ENOMEM;
+	}
+	table.v[0] = NULL;
+	table.v[1] = b.root;
+	table.n = 2;
+	b.root->ino = 1;
+	b.root->parent = b.root;
+	r = number_inodes(&table, b.tree, b.root);
+	b.tree->inodes = table.v;
+	b.tree->n_inodes = table.n;
+	if (r < 0) {
+		tree_free(b.tree);
+		return r;
+	}
+	*ret = b.tree;
+	return 0;
+}
+
+struct tree *tree_free(struct tree *t)
+{
+	if (!t)
+		return NULL;
+	for (struct tree_inode *i = t->all, *next; i; i = next) {
+		next = i->next_all;
+		for (size_t k = 0; k < i->n_children; k++)
+			free(i->children[k].name);
+		free(i->children);
+		free(i);
+	}
+	free(t->inodes);
+	free(t);
+	return NULL;
+}
+
+struct tree_inode *tree_get(const struct tree *t, uint64_t ino)
+{
+	if (ino == 0 || ino >= t->n_inodes)
+		return NULL;
+	return t->inodes[ino];
+}
+
+void tree_stat(const struct tree_inode *i, struct stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_ino = i->ino;
+	st->st_mode = i->mode;
+	st->st_nlink = i->nlink;
+	st->st_uid = i->uid;
+	st->st_gid = i->gid;
+	st->st_size = (off_t)i->size;
+	st->st_blksize = 4096;
+	st->st_blocks = (blkcnt_t)((i->size + 511) / 512);
+	st->st_rdev = makedev(i->rdev_major, i->rdev_minor);
+	st->st_mtim.tv_sec = i->mtime_sec;
+	st->st_mtim.tv_nsec = i->mtime_nsec;
+	st->st_atim = st->st_mtim;
+	st->st_ctim = st->st_mtim;
+}

@@ -1,0 +1,50 @@
+/* The merged tree: the layers of an image combined by the OCI layer rules
+ * (whiteouts, opaque directories, replacement across types), with hardlinks
+ * sharing one inode.
+ *
+ * Built once, then immutable: every lookup may run on any thread without a
+ * lock, and inodes live as long as the tree, so FUSE forget needs no work. */
+#pragma once
+
+#include <sys/stat.h>
+
+#include "layer.h"
+
+struct tree_inode;
+
+struct tree_dirent {
+	char *name;
+	struct tree_inode *inode;
+};
+
+struct tree_inode {
+	uint64_t ino;
+	uint32_t mode; /* S_IFMT | permissions */
+	uint32_t uid, gid;
+	uint32_t nlink;
+	uint64_t size;
+	int64_t mtime_sec;
+	uint32_t mtime_nsec;
+	uint32_t rdev_major, rdev_minor;
+	struct layer *layer;        /* NULL for directories no layer named */
+	const struct entry *entry;  /* xattrs, symlink target, extents */
+	struct tree_inode *parent;  /* directories only */
+	struct tree_dirent *children; /* directories only, sorted by name */
+	size_t n_children, allocated_children;
+	struct tree_inode *next_all;
+};
+
+struct tree {
+	struct tree_inode **inodes; /* by ino; inodes[1] is the root */
+	size_t n_inodes;            /* highest ino + 1 */
+	struct tree_inode *all;
+	uint64_t total_size;
+};
+
+/* Merges layers[0] (bottom) .. layers[n-1] (top).  Errors name the layer. */
+int tree_build(struct layer *const *layers, size_t n, struct tree **ret, struct err *err);
+struct tree *tree_free(struct tree *t);
+
+struct tree_inode *tree_get(const struct tree *t, uint64_t ino);
+struct tree_inode *tree_lookup(const struct tree_inode *dir, const char *name);
+void tree_stat(const struct tree_inode *i, struct stat *st);

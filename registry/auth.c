@@ -1,0 +1,201 @@
+/* WWW-Authenticate challenges and credentials from container auth files. */
+#include "registry.h"
+
+#include <ctype.h>
+#include <json-c/json.h>
+#include <openssl/evp.h>
+
+#define AUTH_FILE_MAX_SIZE (1u << 20)
+
+void auth_challenge_done(struct auth_challenge *c)
+{
+	free(c->scheme);
+	free(c->realm);
+	free(c->service);
+	free(c->scope);
+	memset(c, 0, sizeof(*c));
+}
+
+static const char *skip_space(const char *p)
+{
+	while (*p == ' ' || *p == '\t')
+		p++;
+	return p;
+}
+
+/* RFC 7235: challenge = auth-scheme [ 1*SP ( token68 / #auth-param ) ]
+ * auth-param = token BWS "=" BWS ( token / quoted-string ).
+ * Parses params until the next challenge starts or the string ends. */
+int auth_challenge_parse(const char *header, struct auth_challenge *ret)
+{
+	struct auth_challenge c = { 0 };
+	const char *p = skip_space(header);
+	const char *start = p;
+	int r = -EINVAL;
+
+	while (*p && !isspace((unsigned char)*p) && *p != ',')
+		p++;
+	if (p == start)
+		return -EINVAL;
+	c.scheme = strndup(start, (size_t)(p - start));
+	if (!c.scheme)
+		return -ENOMEM;
+	for (char *s = c.scheme; *s; s++)
+		*s = (char)tolower((unsigned char)*s);
+
+	for (;;) {
+		p = skip_space(p);
+		while (*p == ',')
+			p = skip_space(p + 1);
+		if (!*p)
+			break;
+		const char *name = p;
+		while (*p && *p != '=' && *p != ',' && !isspace((unsigned char)*p))
+			p++;
+		size_t name_len = (size_t)(p - name);
+		p = skip_space(p);
+		if (*p != '=') {
+			/* A bare token: the start of the next challenge. */
+			break;
+		}
+		p = skip_space(p + 1);
+		char *value;
+		if (*p == '"') {
+			p++;
+			size_t cap = strlen(p) + 1, n = 0;
+			value = malloc(cap);
+			if (!value) {
+				r = -ENOMEM;
+				goto fail;
+			}
+			while (*p && *p != '"') {
+				if (*p == '\\' && p[1])
+					p++;
+				value[n++] = *p++;
+			}
+			value[n] = '\0';
+			if (*p != '"') {
+				free(value);
+				goto fail;
+			}
+			p++;
+		} else {
+			const char *v = p;
+			while (*p && *p != ',' && !isspace((unsigned char)*p))
+				p++;
+			value = strndup(v, (size_t)(p - v));
+			if (!value) {
+				r = -ENOMEM;
+				goto fail;
+			}
+		}
+		char **slot = NULL;
+		if (name_len == 5 && strncasecmp(name, "realm", 5) == 0)
+			slot = &c.realm;
+		else if (name_len == 7 && strncasecmp(name, "service", 7) == 0)
+			slot = &c.service;
+		else if (name_len == 5 && strncasecmp(name, "scope", 5) == 0)
+			slot = &c.scope;
+		if (slot) {
+			free(*slot);
+			*slot = value;
+		} else {
+			free(value);
+		}
+	}
+	*ret = c;
+	return 0;
+fail:
+	auth_challenge_done(&c);
+	return r;
+}
+
+/* Auth file keys are "host", "host:port", or URLs such as "https://host/v1/". */
+static bool auth_key_matches(const char *key, const char *domain)
+{
+	if (str_has_prefix(key, "https://"))
+		key += 8;
+	else if (str_has_prefix(key, "http://"))
+		key += 7;
+	size_t len = strcspn(key, "/");
+	return strlen(domain) == len && strncmp(key, domain, len) == 0;
+}
+
+int auth_credentials_from_json(const char *json, size_t len, const char *domain, char **ret)
+{
+	struct json_tokener *tok = json_tokener_new();
+	if (!tok)
+		return -ENOMEM;
+	struct json_object *root = json_tokener_parse_ex(tok, json, (int)len);
+	json_tokener_free(tok);
+	if (!root)
+		return -EINVAL;
+	int r = -ENOENT;
+	struct json_object *auths;
+	if (!json_object_object_get_ex(root, "auths", &auths) || !json_object_is_type(auths, json_type_object))
+		goto out;
+	json_object_object_foreach(auths, key, entry)
+	{
+		struct json_object *auth;
+		if (!auth_key_matches(key, domain) || !json_object_is_type(entry, json_type_object) ||
+		    !json_object_object_get_ex(entry, "auth", &auth) || !json_object_is_type(auth, json_type_string))
+			continue;
+		const char *b64 = json_object_get_string(auth);
+		size_t b64_len = strlen(b64);
+		if (b64_len == 0 || b64_len % 4 != 0 || b64_len > 16384) {
+			r = -EINVAL;
+			goto out;
+		}
+		unsigned char *decoded = malloc(b64_len / 4 * 3 + 1);
+		if (!decoded) {
+			r = -ENOMEM;
+			goto out;
+		}
+		int n = EVP_DecodeBlock(decoded, (const unsigned char *)b64, (int)b64_len);
+		if (n < 0) {
+			free(decoded);
+			r = -EINVAL;
+			goto out;
+		}
+		/* EVP_DecodeBlock counts padding as output bytes. */
+		for (const char *q = b64 + b64_len; q > b64 && q[-1] == '='; q--)
+			n--;
+		decoded[n] = '\0';
+		if (!strchr((char *)decoded, ':') || strlen((char *)decoded) != (size_t)n) {
+			free(decoded);
+			r = -EINVAL;
+			goto out;
+		}
+		*ret = (char *)decoded;
+		r = 0;
+		goto out;
+	}
+out:
+	json_object_put(root);
+	return r;
+}
+
+int auth_lookup_credentials(const char *domain, char **ret)
+{
+	const char *files[3] = { 0 };
+	_cleanup_free_ char *runtime_file = NULL, *docker_file = NULL;
+	const char *env;
+
+	if ((env = getenv("REGISTRY_AUTH_FILE")) && *env)
+		files[0] = env;
+	if ((env = getenv("XDG_RUNTIME_DIR")) && *env)
+		files[1] = runtime_file = strdup_printf("%s/containers/auth.json", env);
+	if ((env = getenv("HOME")) && *env)
+		files[2] = docker_file = strdup_printf("%s/.docker/config.json", env);
+
+	for (size_t i = 0; i < ARRAY_SIZE(files); i++) {
+		_cleanup_free_ char *data = NULL;
+		size_t len;
+		if (!files[i] || read_file_capped(files[i], AUTH_FILE_MAX_SIZE, &data, &len) < 0)
+			continue;
+		int r = auth_credentials_from_json(data, len, domain, ret);
+		if (r != -ENOENT)
+			return r;
+	}
+	return -ENOENT;
+}

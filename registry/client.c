@@ -1,0 +1,643 @@
+/* The distribution API v2 over libcurl: manifests and blobs, with the bearer
+ * token flow, retries and digest verification. */
+#include "registry.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <curl/curl.h>
+#include <json-c/json.h>
+#include <openssl/evp.h>
+#include <time.h>
+
+#define MAX_ATTEMPTS 5
+#define MAX_RETRY_AFTER_SECONDS 30
+#define TOKEN_MAX_SIZE (1u << 20)
+#define ERROR_BODY_MAX_SIZE (64u << 10)
+
+static const char manifest_accept[] =
+	"Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, "
+	"application/vnd.docker.distribution.manifest.v2+json, "
+	"application/vnd.docker.distribution.manifest.list.v2+json";
+
+struct registry_client {
+	CURL *curl;
+	struct image_ref ref;
+	char *base_url;         /* "https://host:port" */
+	char *credentials;      /* "user:password" or NULL */
+	char *token;            /* bearer token for the repository's pull scope */
+	time_t token_expiry;
+	bool basic_auth;        /* the registry asked for basic credentials */
+	struct platform platform;
+	size_t max_document_size;
+	bool insecure;
+};
+
+/* One HTTP exchange: the body goes to memory (bounded) or to a file. */
+struct response {
+	long status;
+	char *www_authenticate;
+	char *content_type;
+	char *docker_digest;
+	long retry_after;
+	/* memory sink */
+	char *body;
+	size_t body_len, body_cap, body_max;
+	bool too_big;
+	/* file sink */
+	int fd;
+	uint64_t written;
+	int64_t max_written;
+	struct digester *digester;
+	int write_errno;
+};
+
+static void response_reset(struct response *r)
+{
+	free(r->www_authenticate);
+	free(r->content_type);
+	free(r->docker_digest);
+	free(r->body);
+	int fd = r->fd;
+	size_t max = r->body_max;
+	int64_t max_written = r->max_written;
+	struct digester *d = r->digester;
+	memset(r, 0, sizeof(*r));
+	r->fd = fd;
+	r->body_max = max;
+	r->max_written = max_written;
+	r->digester = d;
+}
+
+static void response_done(struct response *r)
+{
+	r->digester = NULL;
+	response_reset(r);
+}
+
+static size_t header_cb(char *buf, size_t size, size_t n, void *userdata)
+{
+	struct response *r = userdata;
+	size_t len = size * n;
+	char **slot = NULL;
+	size_t name_len = 0;
+
+	/* A redirect or a 100-continue starts a new header block. */
+	if (len > 5 && strncmp(buf, "HTTP/", 5) == 0) {
+		free(r->www_authenticate);
+		free(r->content_type);
+		free(r->docker_digest);
+		r->www_authenticate = r->content_type = r->docker_digest = NULL;
+		r->retry_after = 0;
+		const char *sp = memchr(buf, ' ', len);
+		r->status = sp ? strtol(sp + 1, NULL, 10) : 0;
+		return len;
+	}
+	if (len > 17 && strncasecmp(buf, "WWW-Authenticate:", 17) == 0)
+		slot = &r->www_authenticate, name_len = 17;
+	else if (len > 13 && strncasecmp(buf, "Content-Type:", 13) == 0)
+		slot = &r->content_type, name_len = 13;
+	else if (len > 22 && strncasecmp(buf, "Docker-Content-Digest:", 22) == 0)
+		slot = &r->docker_digest, name_len = 22;
+	else if (len > 12 && strncasecmp(buf, "Retry-After:", 12) == 0) {
+		char tmp[32];
+		size_t l = len - 12 < sizeof(tmp) - 1 ? len - 12 : sizeof(tmp) - 1;
+		memcpy(tmp, buf + 12, l);
+		tmp[l] = '\0';
+		r->retry_after = strtol(tmp, NULL, 10);
+		return len;
+	}
+	if (!slot || *slot)
+		return len;
+	const char *v = buf + name_len, *end = buf + len;
+	while (v < end && isspace((unsigned char)*v))
+		v++;
+	while (end > v && isspace((unsigned char)end[-1]))
+		end--;
+	*slot = strndup(v, (size_t)(end - v));
+	return len;
+}
+
+static size_t body_cb(char *buf, size_t size, size_t n, void *userdata)
+{
+	struct response *r = userdata;
+	size_t len = size * n;
+
+	/* Error bodies always go to memory so that they can be reported. */
+	if (r->fd >= 0 && r->status >= 200 && r->status < 300) {
+		if (r->max_written >= 0 && r->written + len > (uint64_t)r->max_written) {
+			r->too_big = true;
+			return 0;
+		}
+		int e = write_full(r->fd, buf, len);
+		if (e < 0) {
+			r->write_errno = -e;
+			return 0;
+		}
+		if (r->digester)
+			digester_update(r->digester, buf, len);
+		r->written += len;
+		return len;
+	}
+	size_t max = r->fd >= 0 ? ERROR_BODY_MAX_SIZE : r->body_max;
+	if (r->body_len + len > max) {
+		r->too_big = true;
+		return 0;
+	}
+	if (r->body_len + len + 1 > r->body_cap) {
+		size_t cap = r->body_cap ? r->body_cap : 4096;
+		while (cap < r->body_len + len + 1)
+			cap *= 2;
+		char *p = realloc(r->body, cap);
+		if (!p)
+			return 0;
+		r->body = p;
+		r->body_cap = cap;
+	}
+	memcpy(r->body + r->body_len, buf, len);
+	r->body_len += len;
+	r->body[r->body_len] = '\0';
+	return len;
+}
+
+static bool is_loopback_host(const char *domain)
+{
+	char host[256];
+	const char *end;
+	if (domain[0] == '[') {
+		end = strchr(domain, ']');
+		if (!end)
+			return false;
+		domain++;
+	} else {
+		end = strchr(domain, ':');
+		if (!end)
+			end = domain + strlen(domain);
+	}
+	if ((size_t)(end - domain) >= sizeof(host))
+		return false;
+	memcpy(host, domain, (size_t)(end - domain));
+	host[end - domain] = '\0';
+	if (strcmp(host, "localhost") == 0)
+		return true;
+	struct in_addr a4;
+	struct in6_addr a6;
+	if (inet_pton(AF_INET, host, &a4) == 1)
+		return (ntohl(a4.s_addr) >> 24) == 127;
+	if (inet_pton(AF_INET6, host, &a6) == 1)
+		return IN6_IS_ADDR_LOOPBACK(&a6);
+	return false;
+}
+
+bool registry_host_is_insecure(const char *domain, char *const *insecure)
+{
+	if (is_loopback_host(domain))
+		return true;
+	for (char *const *p = insecure; p && *p; p++) {
+		if (strcmp(*p, domain) == 0)
+			return true;
+		/* "host" covers every port of host. */
+		size_t len = strlen(*p);
+		if (!strchr(*p, ':') && strncmp(*p, domain, len) == 0 && domain[len] == ':')
+			return true;
+	}
+	return false;
+}
+
+int registry_client_new(const struct image_ref *ref, const struct registry_options *opts,
+			struct registry_client **ret, struct err *err)
+{
+	static bool curl_ready;
+	if (!curl_ready) {
+		if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0)
+			return err_set(err, EIO, "cannot initialise libcurl");
+		curl_ready = true;
+	}
+	struct registry_client *c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	c->insecure = registry_host_is_insecure(ref->domain, opts->insecure_registries);
+	c->ref.domain = strdup(ref->domain);
+	c->ref.repository = strdup(ref->repository);
+	c->ref.tag = ref->tag ? strdup(ref->tag) : NULL;
+	c->ref.digest = ref->digest ? strdup(ref->digest) : NULL;
+	c->base_url = strdup_printf("%s://%s", c->insecure ? "http" : "https", ref->domain);
+	c->platform = opts->platform;
+	c->max_document_size = opts->max_document_size ? opts->max_document_size : MANIFEST_MAX_SIZE;
+	c->curl = curl_easy_init();
+	if (!c->ref.domain || !c->ref.repository || !c->base_url || !c->curl ||
+	    (ref->tag && !c->ref.tag) || (ref->digest && !c->ref.digest)) {
+		registry_client_free(c);
+		return -ENOMEM;
+	}
+	if (auth_lookup_credentials(ref->domain, &c->credentials) < 0)
+		c->credentials = NULL;
+	*ret = c;
+	return 0;
+}
+
+struct registry_client *registry_client_free(struct registry_client *c)
+{
+	if (!c)
+		return NULL;
+	if (c->curl)
+		curl_easy_cleanup(c->curl);
+	image_ref_done(&c->ref);
+	free(c->base_url);
+	if (c->credentials) {
+		explicit_bzero(c->credentials, strlen(c->credentials));
+		free(c->credentials);
+	}
+	free(c->token);
+	free(c);
+	return NULL;
+}
+
+static bool curl_error_is_transient(CURLcode code)
+{
+	switch (code) {
+	case CURLE_COULDNT_CONNECT:
+	case CURLE_COULDNT_RESOLVE_HOST:
+	case CURLE_OPERATION_TIMEDOUT:
+	case CURLE_SEND_ERROR:
+	case CURLE_RECV_ERROR:
+	case CURLE_GOT_NOTHING:
+	case CURLE_PARTIAL_FILE:
+	case CURLE_HTTP2:
+	case CURLE_HTTP2_STREAM:
+		return true;
+	default:
+		return false;
+	}
+}
+
+static void sleep_ms(long ms)
+{
+	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L };
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
+/* Performs one GET with retries on transient failures.  Authorization is
+ * passed as a header; libcurl (>= 7.58) does not send custom Authorization
+ * headers to a different host when following a redirect, which is what keeps
+ * registry tokens away from the object storage a blob redirects to. */
+static int http_get(struct registry_client *c, const char *url, const char *accept, const char *authorization,
+		    struct response *resp, const char *what, struct err *err)
+{
+	char errbuf[CURL_ERROR_SIZE];
+	long backoff_ms = 200;
+
+	for (int attempt = 1;; attempt++) {
+		struct curl_slist *headers = NULL, *h;
+		response_reset(resp);
+		if (resp->fd >= 0) {
+			if (ftruncate(resp->fd, 0) < 0 || lseek(resp->fd, 0, SEEK_SET) < 0)
+				return err_set(err, errno, "%s: cannot reset the cache file", what);
+			if (resp->digester) {
+				char discard[DIGEST_SHA256_LEN + 1];
+				digester_final(resp->digester, discard);
+			}
+		}
+		if (accept && (h = curl_slist_append(headers, accept)))
+			headers = h;
+		if (authorization && (h = curl_slist_append(headers, authorization)))
+			headers = h;
+
+		curl_easy_reset(c->curl);
+		errbuf[0] = '\0';
+		curl_easy_setopt(c->curl, CURLOPT_URL, url);
+		curl_easy_setopt(c->curl, CURLOPT_HTTPHEADER, headers);
+		curl_easy_setopt(c->curl, CURLOPT_ERRORBUFFER, errbuf);
+		curl_easy_setopt(c->curl, CURLOPT_FOLLOWLOCATION, 1L);
+		curl_easy_setopt(c->curl, CURLOPT_MAXREDIRS, 10L);
+		curl_easy_setopt(c->curl, CURLOPT_REDIR_PROTOCOLS_STR, c->insecure ? "http,https" : "https");
+		curl_easy_setopt(c->curl, CURLOPT_PROTOCOLS_STR, c->insecure ? "http,https" : "https");
+		curl_easy_setopt(c->curl, CURLOPT_CONNECTTIMEOUT, 20L);
+		/* A stalled transfer counts as a connection error. */
+		curl_easy_setopt(c->curl, CURLOPT_LOW_SPEED_LIMIT, 1L);
+		curl_easy_setopt(c->curl, CURLOPT_LOW_SPEED_TIME, 30L);
+		curl_easy_setopt(c->curl, CURLOPT_USERAGENT, "imgfs/0.1");
+		curl_easy_setopt(c->curl, CURLOPT_HEADERFUNCTION, header_cb);
+		curl_easy_setopt(c->curl, CURLOPT_HEADERDATA, resp);
+		curl_easy_setopt(c->curl, CURLOPT_WRITEFUNCTION, body_cb);
+		curl_easy_setopt(c->curl, CURLOPT_WRITEDATA, resp);
+		curl_easy_setopt(c->curl, CURLOPT_NOSIGNAL, 1L);
+		/* body_cb needs the status before the body arrives. */
+		CURLcode code = curl_easy_perform(c->curl);
+		curl_slist_free_all(headers);
+		curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &resp->status);
+
+		if (code == CURLE_WRITE_ERROR && resp->too_big)
+			return err_set(err, EFBIG, "%s: response is larger than allowed", what);
+		if (code == CURLE_WRITE_ERROR && resp->write_errno)
+			return err_set(err, resp->write_errno, "%s: cannot write to the cache: %s", what,
+				       strerror(resp->write_errno));
+		bool transient = code != CURLE_OK ? curl_error_is_transient(code)
+						  : resp->status == 429 || resp->status >= 500;
+		if (!transient || attempt >= MAX_ATTEMPTS) {
+			if (code != CURLE_OK)
+				return err_set(err, EIO, "%s: %s", what, errbuf[0] ? errbuf : curl_easy_strerror(code));
+			return 0;
+		}
+		long wait_ms = backoff_ms;
+		if (resp->status == 429 && resp->retry_after > 0)
+			wait_ms = (resp->retry_after > MAX_RETRY_AFTER_SECONDS ? MAX_RETRY_AFTER_SECONDS
+										: resp->retry_after) *
+				  1000L;
+		sleep_ms(wait_ms);
+		backoff_ms *= 2;
+	}
+}
+
+/* The registry's {"errors":[{"code":..,"message":..}]} body, as one line. */
+static void describe_error_body(const struct response *resp, char *buf, size_t size)
+{
+	buf[0] = '\0';
+	if (!resp->body)
+		return;
+	struct json_object *root = json_tokener_parse(resp->body), *errors;
+	if (root && json_object_object_get_ex(root, "errors", &errors) &&
+	    json_object_is_type(errors, json_type_array) && json_object_array_length(errors) > 0) {
+		struct json_object *e = json_object_array_get_idx(errors, 0), *v;
+		const char *msg = NULL;
+		if (json_object_is_type(e, json_type_object) && json_object_object_get_ex(e, "message", &v))
+			msg = json_object_get_string(v);
+		else if (json_object_is_type(e, json_type_object) && json_object_object_get_ex(e, "code", &v))
+			msg = json_object_get_string(v);
+		if (msg)
+			snprintf(buf, size, "%s", msg);
+	}
+	json_object_put(root);
+}
+
+static int status_error(const struct response *resp, const char *what, struct err *err)
+{
+	char detail[256];
+	describe_error_body(resp, detail, sizeof(detail));
+	int code = resp->status == 404 ? ENOENT : resp->status == 401 || resp->status == 403 ? EACCES : EIO;
+	const char *fallback = resp->status == 404   ? "not found"
+			       : resp->status == 401 ? "unauthorized"
+			       : resp->status == 403 ? "denied"
+			       : resp->status == 429 ? "too many requests"
+						     : "unexpected response";
+	return err_set(err, code, "%s: HTTP %ld: %s", what, resp->status, detail[0] ? detail : fallback);
+}
+
+static char *url_escape(CURL *curl, const char *s)
+{
+	char *e = curl_easy_escape(curl, s, 0);
+	char *r = e ? strdup(e) : NULL;
+	curl_free(e);
+	return r;
+}
+
+static int fetch_token(struct registry_client *c, const struct auth_challenge *ch, struct err *err)
+{
+	_cleanup_free_ char *scope = ch->scope ? strdup(ch->scope)
+					       : strdup_printf("repository:%s:pull", c->ref.repository);
+	if (!scope || !ch->realm)
+		return err_set(err, EACCES, "registry \"%s\" sent a bearer challenge without a realm", c->ref.domain);
+	_cleanup_free_ char *escaped_scope = url_escape(c->curl, scope);
+	_cleanup_free_ char *escaped_service = ch->service ? url_escape(c->curl, ch->service) : NULL;
+	_cleanup_free_ char *url = strdup_printf("%s%sscope=%s%s%s", ch->realm, strchr(ch->realm, '?') ? "&" : "?",
+						 escaped_scope ? escaped_scope : "", escaped_service ? "&service=" : "",
+						 escaped_service ? escaped_service : "");
+	if (!url)
+		return -ENOMEM;
+	/* Token servers live on other hosts; plain HTTP only where the registry itself may use it. */
+	if (!str_has_prefix(url, "https://") && !(c->insecure && str_has_prefix(url, "http://")))
+		return err_set(err, EACCES, "registry \"%s\": refusing token realm that is not https", c->ref.domain);
+
+	_cleanup_free_ char *authorization = NULL;
+	if (c->credentials) {
+		size_t len = strlen(c->credentials);
+		_cleanup_free_ char *b64 = malloc(4 * ((len + 2) / 3) + 1);
+		if (!b64)
+			return -ENOMEM;
+		EVP_EncodeBlock((unsigned char *)b64, (const unsigned char *)c->credentials, (int)len);
+		authorization = strdup_printf("Authorization: Basic %s", b64);
+		explicit_bzero(b64, strlen(b64));
+	}
+	struct response resp = { .fd = -1, .body_max = TOKEN_MAX_SIZE };
+	char what[512];
+	snprintf(what, sizeof(what), "token for \"%s/%s\"", c->ref.domain, c->ref.repository);
+	int r = http_get(c, url, NULL, authorization, &resp, what, err);
+	if (authorization)
+		explicit_bzero(authorization, strlen(authorization));
+	if (r < 0)
+		goto out;
+	if (resp.status != 200) {
+		r = status_error(&resp, what, err);
+		goto out;
+	}
+	struct json_object *root = json_tokener_parse(resp.body ? resp.body : ""), *v;
+	const char *token = NULL;
+	if (root && json_object_is_type(root, json_type_object)) {
+		if (json_object_object_get_ex(root, "token", &v) && json_object_is_type(v, json_type_string))
+			token = json_object_get_string(v);
+		else if (json_object_object_get_ex(root, "access_token", &v) &&
+			 json_object_is_type(v, json_type_string))
+			token = json_object_get_string(v);
+	}
+	if (!token || !*token) {
+		json_object_put(root);
+		r = err_set(err, EACCES, "%s: the token server answered without a token", what);
+		goto out;
+	}
+	long expires = 60;
+	if (json_object_object_get_ex(root, "expires_in", &v) && json_object_get_int64(v) > 0)
+		expires = (long)json_object_get_int64(v);
+	free(c->token);
+	c->token = strdup(token);
+	/* Renew a little early so that a long transfer does not start with a dying token. */
+	c->token_expiry = time(NULL) + (expires > 30 ? expires - 10 : expires);
+	json_object_put(root);
+	r = c->token ? 0 : -ENOMEM;
+out:
+	response_done(&resp);
+	return r;
+}
+
+static char *authorization_header(struct registry_client *c)
+{
+	if (c->token && time(NULL) < c->token_expiry)
+		return strdup_printf("Authorization: Bearer %s", c->token);
+	if (c->basic_auth && c->credentials) {
+		size_t len = strlen(c->credentials);
+		_cleanup_free_ char *b64 = malloc(4 * ((len + 2) / 3) + 1);
+		if (!b64)
+			return NULL;
+		EVP_EncodeBlock((unsigned char *)b64, (const unsigned char *)c->credentials, (int)len);
+		return strdup_printf("Authorization: Basic %s", b64);
+	}
+	return NULL;
+}
+
+/* GET a registry path, answering one authentication challenge if needed. */
+static int registry_get(struct registry_client *c, const char *path, const char *accept, struct response *resp,
+			const char *what, struct err *err)
+{
+	_cleanup_free_ char *url = strdup_printf("%s/v2/%s", c->base_url, path);
+	if (!url)
+		return -ENOMEM;
+	for (int round = 0;; round++) {
+		_cleanup_free_ char *authorization = authorization_header(c);
+		int r = http_get(c, url, accept, authorization, resp, what, err);
+		if (authorization)
+			explicit_bzero(authorization, strlen(authorization));
+		if (r < 0)
+			return r;
+		if (resp->status != 401 || round > 0)
+			break;
+		struct auth_challenge ch = { 0 };
+		if (!resp->www_authenticate || auth_challenge_parse(resp->www_authenticate, &ch) < 0)
+			break;
+		if (strcmp(ch.scheme, "bearer") == 0) {
+			r = fetch_token(c, &ch, err);
+			auth_challenge_done(&ch);
+			if (r < 0)
+				return err_wrap(err, "authenticating");
+		} else if (strcmp(ch.scheme, "basic") == 0 && c->credentials) {
+			auth_challenge_done(&ch);
+			c->basic_auth = true;
+		} else {
+			auth_challenge_done(&ch);
+			break;
+		}
+	}
+	if (resp->status < 200 || resp->status >= 300)
+		return status_error(resp, what, err);
+	return 0;
+}
+
+static int get_manifest(struct registry_client *c, const char *reference, const char *expected_digest,
+			struct manifest *ret, char **ret_digest, struct err *err)
+{
+	_cleanup_free_ char *path = strdup_printf("%s/manifests/%s", c->ref.repository, reference);
+	_cleanup_free_ char *name = strdup_printf("%s/%s", c->ref.domain, c->ref.repository);
+	char what[1024];
+	snprintf(what, sizeof(what), "manifest \"%s%s%s\"", name ? name : "", reference[6] == ':' ? "@" : ":",
+		 reference);
+	struct response resp = { .fd = -1, .body_max = MANIFEST_MAX_SIZE };
+	int r = registry_get(c, path, manifest_accept, &resp, what, err);
+	if (r < 0)
+		goto out;
+
+	char digest[DIGEST_SHA256_LEN + 1];
+	digest_sha256(resp.body ? resp.body : "", resp.body_len, digest);
+	const char *want = expected_digest ? expected_digest : resp.docker_digest;
+	if (want && str_has_prefix(want, "sha256:") && strcmp(want, digest) != 0) {
+		r = err_set(err, EBADMSG, "%s: content digest %s does not match %s", what, digest, want);
+		goto out;
+	}
+	r = manifest_parse(resp.body ? resp.body : "", resp.body_len, resp.content_type, ret, err);
+	if (r < 0) {
+		err_wrap(err, "%s", what);
+		goto out;
+	}
+	*ret_digest = strdup(digest);
+	if (!*ret_digest) {
+		manifest_done(ret);
+		r = -ENOMEM;
+	}
+out:
+	response_done(&resp);
+	return r;
+}
+
+int registry_get_image_manifest(struct registry_client *c, struct manifest *ret, char **ret_digest,
+				struct err *err)
+{
+	struct manifest m;
+	char *digest = NULL;
+	const char *reference = c->ref.digest ? c->ref.digest : c->ref.tag;
+	int r = get_manifest(c, reference, c->ref.digest, &m, &digest, err);
+	if (r < 0)
+		return r;
+	if (m.kind == MANIFEST_INDEX) {
+		int i = manifest_select_platform(&m, &c->platform);
+		if (i < 0) {
+			r = err_set(err, ENOENT, "image \"%s/%s\" has no manifest for platform %s/%s%s%s", c->ref.domain,
+				    c->ref.repository, c->platform.os, c->platform.architecture,
+				    *c->platform.variant ? "/" : "", c->platform.variant);
+			manifest_done(&m);
+			free(digest);
+			return r;
+		}
+		_cleanup_free_ char *child = strdup(m.layers[i].digest);
+		manifest_done(&m);
+		free(digest);
+		digest = NULL;
+		if (!child)
+			return -ENOMEM;
+		r = get_manifest(c, child, child, &m, &digest, err);
+		if (r < 0)
+			return r;
+		if (m.kind != MANIFEST_IMAGE) {
+			manifest_done(&m);
+			free(digest);
+			return err_set(err, EINVAL, "manifest \"%s/%s@%s\": an index may not point at another index",
+				       c->ref.domain, c->ref.repository, child);
+		}
+	}
+	*ret = m;
+	*ret_digest = digest;
+	return 0;
+}
+
+int registry_get_blob(struct registry_client *c, const char *digest, char **ret_data, size_t *ret_len,
+		      struct err *err)
+{
+	_cleanup_free_ char *path = strdup_printf("%s/blobs/%s", c->ref.repository, digest);
+	char what[1024];
+	snprintf(what, sizeof(what), "blob %s of \"%s/%s\"", digest, c->ref.domain, c->ref.repository);
+	struct response resp = { .fd = -1, .body_max = c->max_document_size };
+	int r = registry_get(c, path, NULL, &resp, what, err);
+	if (r < 0)
+		goto out;
+	char actual[DIGEST_SHA256_LEN + 1];
+	digest_sha256(resp.body ? resp.body : "", resp.body_len, actual);
+	if (strcmp(actual, digest) != 0) {
+		r = err_set(err, EBADMSG, "%s: content digest %s does not match", what, actual);
+		goto out;
+	}
+	if (!resp.body && !(resp.body = strdup(""))) {
+		r = -ENOMEM;
+		goto out;
+	}
+	*ret_data = TAKE_PTR(resp.body);
+	*ret_len = resp.body_len;
+out:
+	response_done(&resp);
+	return r;
+}
+
+int registry_fetch_blob_to_fd(struct registry_client *c, const char *digest, int64_t size, int fd,
+			      struct err *err)
+{
+	_cleanup_free_ char *path = strdup_printf("%s/blobs/%s", c->ref.repository, digest);
+	char what[1024];
+	snprintf(what, sizeof(what), "blob %s of \"%s/%s\"", digest, c->ref.domain, c->ref.repository);
+	struct digester *d = digester_new();
+	if (!path || !d) {
+		digester_free(d);
+		return -ENOMEM;
+	}
+	struct response resp = { .fd = fd, .max_written = size, .digester = d };
+	int r = registry_get(c, path, NULL, &resp, what, err);
+	if (r < 0)
+		goto out;
+	if (resp.written != (uint64_t)size) {
+		r = err_set(err, EBADMSG, "%s: got %llu bytes, the manifest says %lld", what,
+			    (unsigned long long)resp.written, (long long)size);
+		goto out;
+	}
+	char actual[DIGEST_SHA256_LEN + 1];
+	digester_final(d, actual);
+	if (strcmp(actual, digest) != 0)
+		r = err_set(err, EBADMSG, "%s: content digest %s does not match", what, actual);
+out:
+	response_done(&resp);
+	digester_free(d);
+	return r;
+}

@@ -1,0 +1,134 @@
+/* registry: references, the distribution API v2, authentication, digests.
+ *
+ * Knows nothing of FUSE, tar or containers.  Every function that talks to a
+ * registry takes a `struct err *` and returns -errno; the message names the
+ * reference or digest concerned and never contains credentials.
+ *
+ * A `struct registry_client` is not thread-safe: use one per thread. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util.h"
+
+/* ---- references -------------------------------------------------------- */
+
+struct image_ref {
+	char *domain;     /* "docker.io", "localhost:5000", "[::1]:5000" */
+	char *repository; /* "library/busybox" */
+	char *tag;        /* NULL when only a digest was given */
+	char *digest;     /* "sha256:<64 hex>" or NULL */
+};
+
+/* Parses a reference the way docker and podman do: a short name normalises to
+ * docker.io/library/NAME and a missing tag to "latest". */
+int image_ref_parse(const char *text, struct image_ref *ret, struct err *err);
+void image_ref_done(struct image_ref *ref);
+/* "domain/repository:tag@digest" in canonical form; caller frees. */
+char *image_ref_format(const struct image_ref *ref);
+
+/* ---- digests ----------------------------------------------------------- */
+
+#define DIGEST_SHA256_LEN 71 /* "sha256:" + 64 hex, without NUL */
+
+/* True for "sha256:" followed by exactly 64 lowercase hex digits. */
+bool digest_is_valid(const char *digest);
+void digest_sha256(const void *data, size_t len, char ret[DIGEST_SHA256_LEN + 1]);
+
+struct digester;
+struct digester *digester_new(void);
+void digester_update(struct digester *d, const void *data, size_t len);
+/* Writes "sha256:<hex>" and resets the digester for reuse. */
+void digester_final(struct digester *d, char ret[DIGEST_SHA256_LEN + 1]);
+struct digester *digester_free(struct digester *d);
+
+/* ---- authentication ---------------------------------------------------- */
+
+struct auth_challenge {
+	char *scheme; /* "bearer", "basic" (lowercased) */
+	char *realm;
+	char *service;
+	char *scope;
+};
+
+/* Parses the first challenge of a WWW-Authenticate header value. */
+int auth_challenge_parse(const char *header, struct auth_challenge *ret);
+void auth_challenge_done(struct auth_challenge *c);
+
+/* Looks up "user:password" for a registry host in $REGISTRY_AUTH_FILE,
+ * $XDG_RUNTIME_DIR/containers/auth.json and ~/.docker/config.json, in that
+ * order.  Returns 0 and *ret (caller frees) when found, -ENOENT when not. */
+int auth_lookup_credentials(const char *domain, char **ret);
+/* Same, in one JSON document (exposed for tests and fuzzing). */
+int auth_credentials_from_json(const char *json, size_t len, const char *domain, char **ret);
+
+/* ---- manifests ---------------------------------------------------------- */
+
+#define MANIFEST_MAX_SIZE (4u << 20)
+
+enum manifest_kind { MANIFEST_IMAGE, MANIFEST_INDEX };
+
+struct descriptor {
+	char *media_type;
+	char *digest;
+	int64_t size;
+	char *os, *architecture, *variant; /* index entries only */
+	char **annotations;                /* key, value, key, value, ..., NULL */
+};
+
+struct manifest {
+	enum manifest_kind kind;
+	char *media_type;
+	struct descriptor config;   /* image only */
+	struct descriptor *layers;  /* image: layers; index: manifests */
+	size_t n_layers;
+};
+
+/* Parses a manifest or index.  content_type (may be NULL) is the HTTP
+ * Content-Type, used when the document does not carry mediaType itself. */
+int manifest_parse(const char *json, size_t len, const char *content_type, struct manifest *ret,
+		   struct err *err);
+void manifest_done(struct manifest *m);
+const char *descriptor_annotation(const struct descriptor *d, const char *key);
+
+struct platform {
+	char os[32], architecture[32], variant[32];
+};
+/* "os/arch[/variant]"; NULL text means the host's platform. */
+int platform_parse(const char *text, struct platform *ret);
+/* Index of the best matching entry of an index, or -ENOENT. */
+int manifest_select_platform(const struct manifest *index, const struct platform *p);
+
+/* ---- client ------------------------------------------------------------- */
+
+struct registry_options {
+	/* Hosts ("host" or "host:port") that may be reached over plain HTTP.
+	 * Loopback registries always may. NULL-terminated, may be NULL. */
+	char **insecure_registries;
+	struct platform platform;
+	/* Maximum bytes for a blob fetched to memory (configs). */
+	size_t max_document_size;
+};
+
+struct registry_client;
+
+int registry_client_new(const struct image_ref *ref, const struct registry_options *opts,
+			struct registry_client **ret, struct err *err);
+struct registry_client *registry_client_free(struct registry_client *c);
+
+/* Resolves ref to an image manifest: fetches it, verifies its digest, and
+ * follows an index to the entry for the configured platform. *ret_digest is
+ * the digest of the image manifest (caller frees). */
+int registry_get_image_manifest(struct registry_client *c, struct manifest *ret,
+				char **ret_digest, struct err *err);
+/* Fetches a small blob (a config) into memory and verifies it. */
+int registry_get_blob(struct registry_client *c, const char *digest, char **ret_data,
+		      size_t *ret_len, struct err *err);
+/* Streams a blob into fd (truncated first), verifying size and digest; on
+ * any mismatch the content of fd is garbage and an error is returned. */
+int registry_fetch_blob_to_fd(struct registry_client *c, const char *digest, int64_t size,
+			      int fd, struct err *err);
+/* True when a host may be contacted over plain HTTP under these options. */
+bool registry_host_is_insecure(const char *domain, char *const *insecure);

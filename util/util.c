@@ -1,0 +1,184 @@
+#include "util.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+
+int err_set(struct err *err, int code, const char *fmt, ...)
+{
+	if (code < 0)
+		code = -code;
+	if (code == 0)
+		code = EIO;
+	if (err) {
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+		va_end(ap);
+		err->code = code;
+	}
+	return -code;
+}
+
+int err_wrap(struct err *err, const char *fmt, ...)
+{
+	if (!err)
+		return -EIO;
+	char prefix[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(prefix, sizeof(prefix), fmt, ap);
+	va_end(ap);
+	/* Shift the old message right; what no longer fits is cut at the end. */
+	size_t plen = strlen(prefix), olen = strlen(err->msg);
+	if (plen + 2 + olen >= sizeof(err->msg))
+		olen = sizeof(err->msg) - plen - 3;
+	memmove(err->msg + plen + 2, err->msg, olen);
+	err->msg[plen + 2 + olen] = '\0';
+	memcpy(err->msg, prefix, plen);
+	memcpy(err->msg + plen, ": ", 2);
+	if (err->code == 0)
+		err->code = EIO;
+	return -err->code;
+}
+
+char *strdup_printf(const char *fmt, ...)
+{
+	char *s = NULL;
+	va_list ap;
+	va_start(ap, fmt);
+	int r = vasprintf(&s, fmt, ap);
+	va_end(ap);
+	return r < 0 ? NULL : s;
+}
+
+bool str_has_prefix(const char *s, const char *prefix)
+{
+	return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+int grow_array(void **array, size_t *allocated, size_t want, size_t size)
+{
+	if (want <= *allocated)
+		return 0;
+	size_t n = *allocated ? *allocated : 8;
+	while (n < want) {
+		if (n > SIZE_MAX / 2)
+			return -ENOMEM;
+		n *= 2;
+	}
+	if (n > SIZE_MAX / size)
+		return -ENOMEM;
+	void *p = realloc(*array, n * size);
+	if (!p)
+		return -ENOMEM;
+	memset((char *)p + *allocated * size, 0, (n - *allocated) * size);
+	*array = p;
+	*allocated = n;
+	return 0;
+}
+
+int mkdir_parents(const char *path, mode_t mode)
+{
+	_cleanup_free_ char *copy = strdup(path);
+	if (!copy)
+		return -ENOMEM;
+	for (char *p = copy + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		if (mkdir(copy, mode) < 0 && errno != EEXIST)
+			return -errno;
+		*p = '/';
+	}
+	if (mkdir(copy, mode) < 0 && errno != EEXIST)
+		return -errno;
+	return 0;
+}
+
+int write_full(int fd, const void *buf, size_t len)
+{
+	const char *p = buf;
+	while (len > 0) {
+		ssize_t n = write(fd, p, len);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int read_full_at(int fd, void *buf, size_t len, off_t off)
+{
+	char *p = buf;
+	while (len > 0) {
+		ssize_t n = pread(fd, p, len, off);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			return -ENODATA;
+		p += n;
+		len -= (size_t)n;
+		off += n;
+	}
+	return 0;
+}
+
+int write_file_atomic(const char *path, const void *data, size_t len)
+{
+	_cleanup_free_ char *tmp = strdup_printf("%s.tmp.XXXXXX", path);
+	if (!tmp)
+		return -ENOMEM;
+	_cleanup_close_ int fd = mkostemp(tmp, O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	int r = write_full(fd, data, len);
+	if (r == 0 && fsync(fd) < 0)
+		r = -errno;
+	if (r == 0 && fchmod(fd, 0644) < 0)
+		r = -errno;
+	if (r == 0 && rename(tmp, path) < 0)
+		r = -errno;
+	if (r < 0)
+		unlink(tmp);
+	return r;
+}
+
+int read_file_capped(const char *path, size_t cap, char **ret_data, size_t *ret_len)
+{
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	struct stat st;
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	if ((uint64_t)st.st_size > cap)
+		return -EFBIG;
+	_cleanup_free_ char *data = malloc((size_t)st.st_size + 1);
+	if (!data)
+		return -ENOMEM;
+	size_t got = 0;
+	for (;;) {
+		if (got == (size_t)st.st_size + 1)
+			return -EFBIG; /* grew while we read it */
+		ssize_t n = read(fd, data + got, (size_t)st.st_size + 1 - got);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			break;
+		got += (size_t)n;
+	}
+	data[got] = '\0';
+	*ret_len = got;
+	*ret_data = TAKE_PTR(data);
+	return 0;
+}

@@ -1,0 +1,66 @@
+/* Shared helpers: ownership, errors, small file utilities.
+ * This layer depends on nothing else in imgfs and on no external library. */
+#pragma once
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---- ownership --------------------------------------------------------- */
+
+static inline void freep(void *p) { free(*(void **)p); }
+static inline void closep(int *fd) { if (*fd >= 0) { int saved = errno; close(*fd); errno = saved; } }
+static inline void fclosep(FILE **f) { if (*f) fclose(*f); }
+
+#define _cleanup_(f) __attribute__((cleanup(f)))
+#define _cleanup_free_ _cleanup_(freep)
+#define _cleanup_close_ _cleanup_(closep)
+#define _cleanup_fclose_ _cleanup_(fclosep)
+
+/* Hands ownership out of a _cleanup_ variable. */
+#define TAKE_PTR(p) ({ __typeof__(p) _tp = (p); (p) = NULL; _tp; })
+#define TAKE_FD(fd) ({ int _tf = (fd); (fd) = -1; _tf; })
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* ---- errors -------------------------------------------------------------
+ * Functions that can fail for reasons a user must understand (a registry
+ * answer, a corrupt layer) take a `struct err *` and return -errno.  The
+ * message says what failed on which object; callers add context in front
+ * with err_wrap() as the error travels up.  Library code never prints. */
+
+struct err {
+	int code;        /* positive errno-style value, 0 when unset */
+	char msg[1024];
+};
+
+/* Sets the error (if err is non-NULL) and returns -code. */
+int err_set(struct err *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Prefixes "context: " to the message already in err; returns -err->code. */
+int err_wrap(struct err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---- strings and memory ------------------------------------------------- */
+
+/* asprintf that returns NULL on failure instead of leaving the pointer undefined. */
+char *strdup_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+bool str_has_prefix(const char *s, const char *prefix);
+/* Grows *array to hold at least `want` elements of `size` bytes; -ENOMEM on failure. */
+int grow_array(void **array, size_t *allocated, size_t want, size_t size);
+
+/* ---- files -------------------------------------------------------------- */
+
+/* mkdir -p with mode 0700 for created components. */
+int mkdir_parents(const char *path, mode_t mode);
+/* Writes data to path through a temporary file in the same directory, fsyncs
+ * and renames it into place, so readers see the old or the new whole file. */
+int write_file_atomic(const char *path, const void *data, size_t len);
+/* Reads at most `cap` bytes of path; -EFBIG if the file is larger. */
+int read_file_capped(const char *path, size_t cap, char **ret_data, size_t *ret_len);
+int read_full_at(int fd, void *buf, size_t len, off_t off);
+int write_full(int fd, const void *buf, size_t len);
