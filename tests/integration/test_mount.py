@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""imgfs mount against a real registry, compared entry by entry with an
+unpack of the same image by skopeo + umoci."""
+
+import json
+import os
+import stat
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import (Mount, Registry, Tap, diff_snapshots, is_mounted, make_tar, Entry, push_image,  # noqa: E402
+                     require_root_and_fuse, run, skopeo_umoci_unpack, snapshot, workspace, IMGFS,
+                     MT_OCI_INDEX)
+from images import busybox_layer, push_rich  # noqa: E402
+
+tap = Tap()
+require_root_and_fuse(tap)
+
+with workspace() as work:
+    reg = Registry(work)
+    cache = os.path.join(work, "cache")
+    try:
+        # -- the rich image, mixed compressions, against umoci's unpack of the gzip twin
+        push_rich(reg, "test/rich", "mixed", ["gzip", "zstd", "none"])
+        push_rich(reg, "test/rich", "gzip", ["gzip", "gzip", "gzip"], docker=True)
+        reference = skopeo_umoci_unpack(reg, "test/rich:gzip", work)
+        want = snapshot(reference)
+
+        for tag in ("mixed", "gzip"):
+            m = Mount(f"{reg.host}/test/rich:{tag}", os.path.join(work, f"mnt-{tag}"), cache)
+            tap.ok(m.ok, f"mount rich:{tag}", m.stderr())
+            if m.ok:
+                tap.ok(is_mounted(m.dir), f"rich:{tag} is mounted when imgfs mount returns")
+                got = snapshot(m.dir)
+                tap.ok(got == want, f"rich:{tag} equals the skopeo+umoci unpack, entry by entry",
+                       diff_snapshots(want, got))
+                m.umount()
+                tap.ok(not is_mounted(m.dir), f"imgfs umount unmounts rich:{tag}")
+
+        # Spot checks of what the layer rules must produce, independent of umoci.
+        m = Mount(f"{reg.host}/test/rich:mixed", os.path.join(work, "mnt-spot"), cache)
+        if tap.ok(m.ok, "second mount of rich:mixed (index cache)", m.stderr()):
+            d = m.dir
+            tap.ok(not os.path.exists(f"{d}/gone") and not os.path.exists(f"{d}/gone-file"),
+                   "whiteouts hide lower entries")
+            tap.ok(sorted(os.listdir(f"{d}/opq")) == ["upper"], "opaque directory hides lower children",
+                   os.listdir(f"{d}/opq"))
+            tap.ok(os.path.isdir(f"{d}/file-to-dir") and os.path.isfile(f"{d}/dir-to-file"),
+                   "a later layer replaces a path of another type")
+            st = os.stat(f"{d}/etc")
+            tap.ok(stat.S_IMODE(st.st_mode) == 0o711 and int(st.st_mtime) == 1650000000,
+                   "directory metadata follows the upper layer")
+            a, b = os.stat(f"{d}/usr/hard-a"), os.stat(f"{d}/usr/hard-b")
+            tap.ok(a.st_ino == b.st_ino and a.st_nlink == 2,
+                   "hardlinks share an inode; a whiteout of one name lowers st_nlink", (a.st_nlink, b.st_nlink))
+            tap.ok(os.stat(f"{d}/keep-hard-1").st_nlink == 1, "replacing a hardlinked name unlinks it")
+            tap.ok(len(os.listdir(f"{d}/usr/share/many")) == 2000, "a 2000-entry directory lists whole")
+            with open(f"{d}/usr/big.bin", "rb") as f:
+                f.seek(5 << 20)
+                chunk = f.read(4096)
+            from images import deterministic_bytes
+            tap.ok(chunk == deterministic_bytes(1, 8 << 20)[5 << 20:(5 << 20) + 4096],
+                   "random read in the middle of an 8 MiB file")
+            tap.ok(os.readlink(f"{d}/usr/link-abs") == "/etc/hostname", "absolute symlinks are kept verbatim")
+            tap.ok(os.getxattr(f"{d}/xattr-file", "user.greeting") == b"hello", "xattrs from PAX headers")
+            try:
+                open(f"{d}/etc/hostname", "w")
+                tap.ok(False, "writing is refused on a read-only mount")
+            except OSError as e:
+                tap.ok(e.errno in (30,), "writing is refused with EROFS", e)
+            sv = os.statvfs(d)
+            tap.ok(sv.f_files > 2000 and sv.f_blocks > (8 << 20) // 4096, "statfs reports the image's size",
+                   (sv.f_files, sv.f_blocks))
+            idx = os.listdir(os.path.join(cache, "index", "sha256"))
+            # 3 layers of rich:mixed, and rich:gzip shares its gzip base: 5 distinct layers.
+            tap.ok(len([x for x in idx if "." not in x]) == 5, "layer indexes are cached by digest", idx)
+            m.umount()
+
+        # -- the busybox image: a real binary runs from the mount
+        push_image(reg, "test/busybox", "latest", [(busybox_layer(), "gzip")])
+        m = Mount(f"{reg.host}/test/busybox", os.path.join(work, "mnt-busybox"), cache)
+        if tap.ok(m.ok, "mount busybox", m.stderr()):
+            r = run(["chroot", m.dir, "/bin/sh", "-c", "echo hello from $(ls /etc/passwd)"])
+            tap.ok(r.stdout == b"hello from /etc/passwd\n", "busybox runs from the mount (chroot)", r.stderr)
+            m.umount()
+
+        # -- an OCI index with two platforms
+        amd = push_image(reg, "test/multi", "amd64-only",
+                         [(make_tar([Entry("which", data=b"amd64\n")]), "gzip")], arch="amd64")
+        arm = push_image(reg, "test/multi", "arm64-only",
+                         [(make_tar([Entry("which", data=b"arm64\n")]), "zstd")], arch="arm64")
+        index = {"schemaVersion": 2, "mediaType": MT_OCI_INDEX, "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": amd[0], "size": amd[1],
+             "platform": {"os": "linux", "architecture": "amd64"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": arm[0], "size": arm[1],
+             "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}}]}
+        reg.push_manifest("test/multi", "latest", index, MT_OCI_INDEX)
+        for platform, expect in (("linux/amd64", b"amd64\n"), ("linux/arm64", b"arm64\n"),
+                                 ("linux/arm64/v8", b"arm64\n")):
+            m = Mount(f"{reg.host}/test/multi", os.path.join(work, "mnt-multi"), cache, ["--platform", platform])
+            if tap.ok(m.ok, f"mount the index for {platform}", m.stderr()):
+                with open(f"{m.dir}/which", "rb") as f:
+                    tap.ok(f.read() == expect, f"{platform} picks its own manifest")
+                m.umount()
+        m = Mount(f"{reg.host}/test/multi", os.path.join(work, "mnt-multi"), cache, ["--platform", "linux/s390x"])
+        tap.ok(not m.ok and "no manifest for platform linux/s390x" in m.stderr(),
+               "a platform the index lacks is a clear error", m.stderr())
+        m.umount()
+        # by digest
+        m = Mount(f"{reg.host}/test/multi@{amd[0]}", os.path.join(work, "mnt-multi"), cache)
+        tap.ok(m.ok, "mount by digest", m.stderr())
+        m.umount()
+    finally:
+        reg.stop()
+
+tap.done()
