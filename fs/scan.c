@@ -256,8 +256,19 @@ static int read_entry(struct scan *s, struct archive *a, struct archive_entry *a
 		       e->n_xattrs < (uint32_t)n_xattrs) {
 			if (size > MAX_XATTR_SIZE || strlen(xname) > 255)
 				return err_set(err, EINVAL, "entry \"%s\": xattr too large", e->path);
-			struct xattr *x = &e->xattrs[e->n_xattrs++];
-			x->name = strdup(xname);
+			/* bsdtar writes each xattr twice (LIBARCHIVE.xattr and
+			 * SCHILY.xattr); libarchive reports both. The last one wins. */
+			struct xattr *x = NULL;
+			for (uint32_t k = 0; k < e->n_xattrs && !x; k++)
+				if (strcmp(e->xattrs[k].name, xname) == 0)
+					x = &e->xattrs[k];
+			if (x) {
+				free(x->value);
+				x->value = NULL;
+			} else {
+				x = &e->xattrs[e->n_xattrs++];
+				x->name = strdup(xname);
+			}
 			x->value = malloc(size ? size : 1);
 			if (!x->name || !x->value)
 				return -ENOMEM;

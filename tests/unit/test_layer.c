@@ -1,0 +1,279 @@
+/* Layer scanning, random access through checkpoints, the saved index, and
+ * the whiteout merge, on tar streams written here with libarchive. */
+#include <archive.h>
+#include <archive_entry.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+#include "decode.h"
+#include "tap.h"
+#include "tree.h"
+
+#define BIG_SIZE (12u << 20)
+
+static unsigned char *big_data(void)
+{
+	/* Compressible but not trivially: gzip output spans several checkpoints. */
+	unsigned char *d = malloc(BIG_SIZE);
+	uint32_t x = 12345;
+	for (size_t i = 0; i < BIG_SIZE; i++) {
+		x = x * 1103515245 + 12345;
+		d[i] = (unsigned char)((x >> 16) % 16 + 'a');
+	}
+	return d;
+}
+
+static int write_tar(enum layer_compression c, const unsigned char *big)
+{
+	int fd = memfd_create("layer", MFD_CLOEXEC);
+	struct archive *a = archive_write_new();
+	archive_write_set_format_pax(a);
+	if (c == COMPRESSION_GZIP)
+		archive_write_add_filter_gzip(a);
+	else if (c == COMPRESSION_ZSTD)
+		archive_write_add_filter_zstd(a);
+	archive_write_open_fd(a, fd);
+
+	struct archive_entry *e = archive_entry_new();
+	archive_entry_set_pathname(e, "./dir/");
+	archive_entry_set_filetype(e, AE_IFDIR);
+	archive_entry_set_perm(e, 0750);
+	archive_write_header(a, e);
+
+	archive_entry_clear(e);
+	archive_entry_set_pathname(e, "dir/small");
+	archive_entry_set_filetype(e, AE_IFREG);
+	archive_entry_set_perm(e, 0644);
+	archive_entry_set_size(e, 5);
+	archive_entry_set_mtime(e, 1700000000, 42);
+	archive_entry_xattr_add_entry(e, "user.k", "val", 3);
+	archive_write_header(a, e);
+	archive_write_data(a, "hello", 5);
+
+	archive_entry_clear(e);
+	archive_entry_set_pathname(e, "/big");
+	archive_entry_set_filetype(e, AE_IFREG);
+	archive_entry_set_perm(e, 0600);
+	archive_entry_set_size(e, BIG_SIZE);
+	archive_write_header(a, e);
+	archive_write_data(a, big, BIG_SIZE);
+
+	archive_entry_clear(e);
+	archive_entry_set_pathname(e, "link");
+	archive_entry_set_filetype(e, AE_IFLNK);
+	archive_entry_set_symlink(e, "/abs/target");
+	archive_write_header(a, e);
+
+	archive_entry_free(e);
+	archive_write_close(a);
+	archive_write_free(a);
+	return fd;
+}
+
+static const struct entry *find(const struct layer *l, const char *path)
+{
+	for (size_t i = 0; i < l->n_entries; i++)
+		if (strcmp(l->entries[i].path, path) == 0)
+			return &l->entries[i];
+	return NULL;
+}
+
+static void test_format(enum layer_compression c, const char *name, const unsigned char *big)
+{
+	int fd = write_tar(c, big);
+	struct layer *l = NULL;
+	struct err err = { 0 };
+	int r = layer_open_scan("sha256:test", c, dup(fd), &l, &err);
+	ok(r == 0, "%s: scan (%s)", name, err.msg);
+	if (r < 0) {
+		close(fd);
+		return;
+	}
+	ok(l->n_entries == 4, "%s: four entries", name);
+	const struct entry *dir = find(l, "dir"), *small = find(l, "dir/small"), *bige = find(l, "big"),
+			   *link = find(l, "link");
+	ok(dir && dir->type == ENTRY_DIR && dir->mode == 0750, "%s: ./dir/ normalises to dir", name);
+	ok(small && small->size == 5 && small->mtime_sec == 1700000000 && small->mtime_nsec == 42,
+	   "%s: size and mtime with nanoseconds", name);
+	ok(small && small->n_xattrs == 1 && strcmp(small->xattrs[0].name, "user.k") == 0 &&
+		   small->xattrs[0].len == 3 && memcmp(small->xattrs[0].value, "val", 3) == 0,
+	   "%s: xattr", name);
+	ok(link && link->type == ENTRY_SYMLINK && strcmp(link->link, "/abs/target") == 0,
+	   "%s: absolute symlink target kept", name);
+	if (c == COMPRESSION_GZIP)
+		ok(l->n_checkpoints >= 4, "%s: %zu checkpoints over 12 MiB", name, l->n_checkpoints);
+
+	char buf[8];
+	ok(small && layer_read_entry(l, small, buf, sizeof(buf), 0) == 5 && memcmp(buf, "hello", 5) == 0,
+	   "%s: read a small file", name);
+	bool all_good = bige != NULL;
+	unsigned char *chunk = malloc(300000);
+	/* Backwards and forwards, so that cursors are reused and reset. */
+	static const uint64_t offsets[] = { 11u << 20, 0, 5000000, 5000001, 2u << 20, (12u << 20) - 7, 7777777, 1 };
+	for (size_t i = 0; all_good && i < ARRAY_SIZE(offsets); i++) {
+		size_t want = 300000;
+		if (offsets[i] + want > BIG_SIZE)
+			want = BIG_SIZE - offsets[i];
+		ssize_t n = layer_read_entry(l, bige, chunk, 300000, offsets[i]);
+		if (n != (ssize_t)want || memcmp(chunk, big + offsets[i], want) != 0) {
+			all_good = false;
+			printf("#   read at %llu gave %zd\n", (unsigned long long)offsets[i], n);
+		}
+	}
+	ok(all_good, "%s: random reads of a 12 MiB file return the right bytes", name);
+
+	char path[] = "/tmp/imgfs-index-XXXXXX";
+	int tmp = mkstemp(path);
+	close(tmp);
+	ok(layer_save(l, path) == 0, "%s: save the index", name);
+	struct layer *again = NULL;
+	ok(layer_open_saved("sha256:test", c, dup(fd), path, &again) == 0, "%s: load the saved index", name);
+	if (again) {
+		const struct entry *b2 = find(again, "big");
+		ok(again->n_entries == l->n_entries && again->n_checkpoints == l->n_checkpoints && b2 &&
+			   layer_read_entry(again, b2, chunk, 1000, 6000000) == 1000 &&
+			   memcmp(chunk, big + 6000000, 1000) == 0,
+		   "%s: the loaded index reads the same bytes", name);
+		layer_free(again);
+	}
+	int dfd = dup(fd);
+	ok(layer_open_saved("sha256:other", c, dfd, path, &again) == -ENOENT, "%s: an index of another layer is stale",
+	   name);
+	close(dfd);
+	/* Damage one byte: the checksum must catch it. */
+	int w = open(path, O_RDWR);
+	char byte;
+	pread(w, &byte, 1, 100);
+	byte ^= 1;
+	pwrite(w, &byte, 1, 100);
+	close(w);
+	dfd = dup(fd);
+	ok(layer_open_saved("sha256:test", c, dfd, path, &again) == -ENOENT, "%s: a damaged index reads as absent",
+	   name);
+	close(dfd);
+	unlink(path);
+	free(chunk);
+	layer_free(l);
+	close(fd);
+}
+
+/* ---- merge ----------------------------------------------------------------- */
+
+struct spec {
+	const char *path;
+	uint8_t type;
+	const char *link;
+	uint32_t mode;
+};
+
+static struct layer *fake_layer(const struct spec *specs, size_t n)
+{
+	struct layer *l = calloc(1, sizeof(*l));
+	l->blob_fd = -1;
+	pthread_mutex_init(&l->lock, NULL);
+	strcpy(l->digest, "sha256:fake");
+	l->entries = calloc(n, sizeof(struct entry));
+	l->n_entries = n;
+	for (size_t i = 0; i < n; i++) {
+		l->entries[i].path = strdup(specs[i].path);
+		l->entries[i].type = specs[i].type;
+		l->entries[i].link = specs[i].link ? strdup(specs[i].link) : NULL;
+		l->entries[i].mode = specs[i].mode ? specs[i].mode : 0644;
+	}
+	return l;
+}
+
+static struct tree_inode *at(struct tree *t, const char *path)
+{
+	struct tree_inode *i = tree_get(t, 1);
+	_cleanup_free_ char *copy = strdup(path);
+	char *save = NULL;
+	for (char *c = strtok_r(copy, "/", &save); c && i; c = strtok_r(NULL, "/", &save))
+		i = tree_lookup(i, c);
+	return i;
+}
+
+static void test_merge(void)
+{
+	static const struct spec lower[] = {
+		{ "a", ENTRY_DIR, NULL, 0755 },        { "a/x", ENTRY_REG },       { "a/y", ENTRY_REG },
+		{ "o", ENTRY_DIR, NULL, 0755 },        { "o/1", ENTRY_REG },       { "o/sub", ENTRY_DIR },
+		{ "o/sub/2", ENTRY_REG },              { "f2d", ENTRY_REG },       { "d2f", ENTRY_DIR },
+		{ "d2f/c", ENTRY_REG },                { "h1", ENTRY_REG },        { "h2", ENTRY_HARDLINK, "h1" },
+		{ "h3", ENTRY_HARDLINK, "h1" },        { "keep", ENTRY_REG },
+	};
+	static const struct spec upper[] = {
+		/* The opaque marker comes after a new child: it still only hides lower ones. */
+		{ "o/new", ENTRY_REG },                { "o/.wh..wh..opq", ENTRY_REG },
+		{ "a/.wh.x", ENTRY_REG },              { "a/.wh.nothing", ENTRY_REG },
+		{ "f2d", ENTRY_DIR, NULL, 0700 },      { "f2d/in", ENTRY_REG },
+		{ "d2f", ENTRY_REG },                  { ".wh.h2", ENTRY_REG },
+		{ "a", ENTRY_DIR, NULL, 0711 },        { "implicit/deep/file", ENTRY_REG },
+		{ ".wh..wh.plnk", ENTRY_REG },
+	};
+	struct layer *layers[2] = { fake_layer(lower, ARRAY_SIZE(lower)), fake_layer(upper, ARRAY_SIZE(upper)) };
+	struct tree *t = NULL;
+	struct err err = { 0 };
+	ok(tree_build(layers, 2, &t, &err) == 0, "merge two layers (%s)", err.msg);
+	if (!t)
+		return;
+	ok(!at(t, "a/x") && at(t, "a/y"), "a whiteout hides the lower name only");
+	ok(at(t, "a") && (at(t, "a")->mode & 07777) == 0711 && at(t, "a")->n_children == 1,
+	   "a directory seen again takes the new metadata and keeps its children");
+	ok(at(t, "o") && at(t, "o")->n_children == 1 && at(t, "o/new"), "an opaque directory shows only the upper children");
+	ok(at(t, "f2d") && S_ISDIR(at(t, "f2d")->mode) && at(t, "f2d/in"), "a directory replaces a file");
+	ok(at(t, "d2f") && S_ISREG(at(t, "d2f")->mode) && !at(t, "d2f/c"), "a file replaces a directory and its subtree");
+	ok(at(t, "h1") && at(t, "h1") == at(t, "h3") && at(t, "h1")->nlink == 2 && !at(t, "h2"),
+	   "hardlinks share an inode, and nlink follows whiteouts");
+	ok(at(t, "implicit/deep/file") && S_ISDIR(at(t, "implicit")->mode), "missing parents are created");
+	ok(!at(t, ".wh..wh.plnk") && !at(t, "a/.wh.nothing"), "whiteout entries are never shown");
+	ok(tree_get(t, 1)->nlink == 2 + 4, "root nlink counts its subdirectories (%u)", tree_get(t, 1)->nlink);
+	bool unique = true;
+	for (size_t i = 2; i < t->n_inodes; i++)
+		for (size_t j = i + 1; j < t->n_inodes && j < i + 50; j++)
+			if (t->inodes[i] == t->inodes[j])
+				unique = false;
+	ok(unique && t->inodes[1]->ino == 1, "inode numbers are unique and the root is 1");
+	tree_free(t);
+
+	static const struct spec dangling[] = { { "h", ENTRY_HARDLINK, "nope" } };
+	struct layer *bad = fake_layer(dangling, 1);
+	memset(&err, 0, sizeof(err));
+	ok(tree_build(&bad, 1, &t, &err) == -EINVAL && strstr(err.msg, "sha256:fake") && strstr(err.msg, "\"h\""),
+	   "a dangling hardlink names the layer and the entry (%s)", err.msg);
+	layer_free(bad);
+	layer_free(layers[0]);
+	layer_free(layers[1]);
+}
+
+static void test_paths(void)
+{
+	static const struct {
+		const char *in, *out;
+	} cases[] = {
+		{ "./a/b/", "a/b" }, { "/abs//x/./y", "abs/x/y" }, { "./", "" }, { ".", "" }, { "a/../b", NULL },
+		{ "..", NULL },      { "../x", NULL },             { "x/..", NULL }, { "..a/b..", "..a/b.." },
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+		char *out = NULL;
+		int r = path_normalise(cases[i].in, &out);
+		if (cases[i].out)
+			is_str(r == 0 ? out : NULL, cases[i].out, "normalise \"%s\"", cases[i].in);
+		else
+			ok(r == -EINVAL, "\"%s\" leaves the root", cases[i].in);
+		free(out);
+	}
+}
+
+int main(void)
+{
+	unsigned char *big = big_data();
+	test_format(COMPRESSION_NONE, "plain", big);
+	test_format(COMPRESSION_GZIP, "gzip", big);
+	test_format(COMPRESSION_ZSTD, "zstd", big);
+	free(big);
+	test_merge();
+	test_paths();
+	return tap_done();
+}

@@ -1,0 +1,217 @@
+/* Reference, challenge, credential and manifest parsing. */
+#include <stdbool.h>
+
+#include "registry.h"
+#include "tap.h"
+
+static void check_ref(const char *text, const char *domain, const char *repo, const char *tag, const char *digest)
+{
+	struct image_ref ref = { 0 };
+	struct err err = { 0 };
+	int r = image_ref_parse(text, &ref, &err);
+	ok(r == 0, "parse \"%s\"", text);
+	if (r < 0) {
+		printf("#   %s\n", err.msg);
+		return;
+	}
+	is_str(ref.domain, domain, "  domain of \"%s\"", text);
+	is_str(ref.repository, repo, "  repository of \"%s\"", text);
+	is_str(ref.tag, tag, "  tag of \"%s\"", text);
+	is_str(ref.digest, digest, "  digest of \"%s\"", text);
+	image_ref_done(&ref);
+}
+
+static void check_bad_ref(const char *text)
+{
+	struct image_ref ref = { 0 };
+	struct err err = { 0 };
+	int r = image_ref_parse(text, &ref, &err);
+	char quoted[512];
+	snprintf(quoted, sizeof(quoted), "\"%s\"", text);
+	ok(r == -EINVAL && strstr(err.msg, quoted), "reject \"%s\" with a message quoting it (%s)", text, err.msg);
+}
+
+#define D64 "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
+static void test_refs(void)
+{
+	check_ref("busybox", "docker.io", "library/busybox", "latest", NULL);
+	check_ref("library/busybox:1.36", "docker.io", "library/busybox", "1.36", NULL);
+	check_ref("docker.io/busybox", "docker.io", "library/busybox", "latest", NULL);
+	check_ref("user/app", "docker.io", "user/app", "latest", NULL);
+	check_ref("localhost/app", "localhost", "app", "latest", NULL);
+	check_ref("localhost:5000/ns/name:tag", "localhost:5000", "ns/name", "tag", NULL);
+	check_ref("127.0.0.1:5000/a/b/c:v1.2-x_y", "127.0.0.1:5000", "a/b/c", "v1.2-x_y", NULL);
+	check_ref("[::1]:5000/app", "[::1]:5000", "app", "latest", NULL);
+	check_ref("quay.example/a__b/c--d.e:t", "quay.example", "a__b/c--d.e", "t", NULL);
+	check_ref("name@" D64, "docker.io", "library/name", NULL, D64);
+	check_ref("host:1/name:tag@" D64, "host:1", "name", "tag", D64);
+
+	check_bad_ref("");
+	check_bad_ref("UPPER");
+	check_bad_ref("name:");
+	check_bad_ref("name:-tag");
+	check_bad_ref("a//b");
+	check_bad_ref("/a");
+	check_bad_ref("a/");
+	check_bad_ref("a@sha256:abc");
+	check_bad_ref("a@md5:0123");
+	check_bad_ref("host:port/x");
+	check_bad_ref("a_-b");
+	check_bad_ref("-a");
+	check_bad_ref("a/..");
+	check_bad_ref("[zz]:1/a");
+	check_bad_ref("bad host.com/a");
+
+	struct image_ref ref;
+	ok(image_ref_parse("x", &ref, NULL) == 0, "parse without an error object");
+	char *s = image_ref_format(&ref);
+	is_str(s, "docker.io/library/x:latest", "canonical form");
+	free(s);
+	image_ref_done(&ref);
+}
+
+static void test_challenges(void)
+{
+	struct auth_challenge c;
+	ok(auth_challenge_parse("Bearer realm=\"https://auth.example/token\",service=\"registry.example\","
+				"scope=\"repository:library/busybox:pull\"",
+				&c) == 0,
+	   "parse a bearer challenge");
+	is_str(c.scheme, "bearer", "  scheme");
+	is_str(c.realm, "https://auth.example/token", "  realm");
+	is_str(c.service, "registry.example", "  service");
+	is_str(c.scope, "repository:library/busybox:pull", "  scope");
+	auth_challenge_done(&c);
+
+	ok(auth_challenge_parse("basic  REALM=plain , charset=\"UTF-8\"", &c) == 0, "parse a basic challenge");
+	is_str(c.scheme, "basic", "  scheme is lowercased");
+	is_str(c.realm, "plain", "  unquoted value");
+	ok(c.scope == NULL, "  no scope");
+	auth_challenge_done(&c);
+
+	ok(auth_challenge_parse("Bearer realm=\"a\\\"b\"", &c) == 0, "quoted-pair in a value");
+	is_str(c.realm, "a\"b", "  escaped quote");
+	auth_challenge_done(&c);
+
+	ok(auth_challenge_parse("Bearer realm=\"unterminated", &c) == -EINVAL, "unterminated quote is an error");
+	ok(auth_challenge_parse("", &c) == -EINVAL, "empty header is an error");
+	ok(auth_challenge_parse("Bearer realm=\"x\", Basic realm=\"y\"", &c) == 0, "two challenges: the first wins");
+	is_str(c.realm, "x", "  realm of the first");
+	auth_challenge_done(&c);
+}
+
+static void test_credentials(void)
+{
+	/* "user:pa:ss" */
+	const char *json = "{\"auths\":{\"other.example\":{\"auth\":\"eDp5\"},"
+			   "\"https://reg.example:5000/v1/\":{\"auth\":\"dXNlcjpwYTpzcw==\"}}}";
+	char *cred = NULL;
+	ok(auth_credentials_from_json(json, strlen(json), "reg.example:5000", &cred) == 0,
+	   "credentials for a URL-shaped key");
+	is_str(cred, "user:pa:ss", "  decoded user:password");
+	free(cred);
+	ok(auth_credentials_from_json(json, strlen(json), "reg.example", &cred) == -ENOENT,
+	   "a host without the port does not match host:port");
+	ok(auth_credentials_from_json("{\"auths\":{\"h\":{\"auth\":\"!!!!\"}}}", 30, "h", &cred) == -EINVAL,
+	   "invalid base64 is an error");
+	ok(auth_credentials_from_json("{\"auths\":{\"h\":{\"auth\":\"bm9jb2xvbg==\"}}}", 37, "h", &cred) == -EINVAL,
+	   "credentials without a colon are an error");
+	ok(auth_credentials_from_json("not json", 8, "h", &cred) == -EINVAL, "malformed auth file");
+}
+
+static const char oci_manifest[] =
+	"{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\","
+	"\"config\":{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"" D64 "\",\"size\":7},"
+	"\"layers\":[{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+zstd\",\"digest\":\"" D64 "\","
+	"\"size\":123,\"annotations\":{\"k\":\"v\"}}]}";
+
+static void test_manifests(void)
+{
+	struct manifest m;
+	struct err err = { 0 };
+	ok(manifest_parse(oci_manifest, strlen(oci_manifest), NULL, &m, &err) == 0, "parse an OCI manifest");
+	ok(m.kind == MANIFEST_IMAGE && m.n_layers == 1 && m.config.size == 7, "  kind, layers, config");
+	is_str(m.layers[0].media_type, "application/vnd.oci.image.layer.v1.tar+zstd", "  layer media type");
+	is_str(descriptor_annotation(&m.layers[0], "k"), "v", "  annotation");
+	manifest_done(&m);
+
+	const char *no_type = "{\"schemaVersion\":2,\"manifests\":[{\"digest\":\"" D64 "\",\"size\":1,"
+			      "\"platform\":{\"os\":\"linux\",\"architecture\":\"arm64\",\"variant\":\"v8\"}},"
+			      "{\"digest\":\"" D64 "\",\"size\":2,\"platform\":{\"os\":\"linux\",\"architecture\":\"amd64\"}}]}";
+	ok(manifest_parse(no_type, strlen(no_type), NULL, &m, &err) == 0 && m.kind == MANIFEST_INDEX,
+	   "an index without mediaType is recognised by its shape");
+	struct platform p;
+	ok(platform_parse("linux/amd64", &p) == 0 && manifest_select_platform(&m, &p) == 1, "select linux/amd64");
+	ok(platform_parse("linux/arm64", &p) == 0 && manifest_select_platform(&m, &p) == 0,
+	   "linux/arm64 matches the v8 entry");
+	ok(platform_parse("linux/arm64/v9", &p) == 0 && manifest_select_platform(&m, &p) == -ENOENT,
+	   "linux/arm64/v9 matches nothing");
+	ok(platform_parse("linux", &p) == -EINVAL && platform_parse("linux/", &p) == -EINVAL &&
+		   platform_parse("a/b/c/d", &p) == -EINVAL,
+	   "malformed platforms are rejected");
+	manifest_done(&m);
+
+	const char *docker_list = "{\"schemaVersion\":2,\"manifests\":[]}";
+	ok(manifest_parse(docker_list, strlen(docker_list),
+			  "application/vnd.docker.distribution.manifest.list.v2+json; charset=utf-8", &m, &err) == 0 &&
+		   m.kind == MANIFEST_INDEX && m.n_layers == 0,
+	   "Content-Type decides when the body has no mediaType");
+	manifest_done(&m);
+
+	static const char *const bad[] = {
+		"",
+		"[]",
+		"{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\"}",
+		"{\"mediaType\":\"text/plain\",\"layers\":[]}",
+		"{\"layers\":[],\"config\":{\"digest\":\"sha256:00\",\"size\":1}}",
+		"{\"layers\":[{}],\"config\":{\"digest\":\"" D64 "\",\"size\":1}}",
+		"{\"layers\":[],\"config\":{\"digest\":\"" D64 "\",\"size\":-1}}",
+		"{\"layers\":{},\"config\":{\"digest\":\"" D64 "\",\"size\":1}}",
+		"{\"layers\":[]} trailing",
+		"{\"layers\":[],\"config\":{\"digest\":\"" D64 "/../x\",\"size\":1}}",
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+		memset(&err, 0, sizeof(err));
+		int r = manifest_parse(bad[i], strlen(bad[i]), NULL, &m, &err);
+		ok(r < 0 && err.msg[0], "reject bad manifest %zu (%s)", i, err.msg);
+	}
+	char *huge = malloc(MANIFEST_MAX_SIZE + 2);
+	memset(huge, ' ', MANIFEST_MAX_SIZE + 1);
+	huge[MANIFEST_MAX_SIZE + 1] = '\0';
+	ok(manifest_parse(huge, MANIFEST_MAX_SIZE + 1, NULL, &m, &err) == -EFBIG, "a manifest over 4 MiB is refused");
+	free(huge);
+}
+
+static void test_digests(void)
+{
+	char d[DIGEST_SHA256_LEN + 1];
+	digest_sha256("abc", 3, d);
+	is_str(d, "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", "sha256 of \"abc\"");
+	struct digester *g = digester_new();
+	digester_update(g, "a", 1);
+	digester_update(g, "bc", 2);
+	char d2[DIGEST_SHA256_LEN + 1];
+	digester_final(g, d2);
+	is_str(d2, d, "streaming digest equals the one-shot digest");
+	digester_free(g);
+	ok(digest_is_valid(d) && !digest_is_valid("sha256:ABC") && !digest_is_valid("sha512:00"),
+	   "digest validation");
+	ok(registry_host_is_insecure("127.0.0.1:5000", NULL) && registry_host_is_insecure("localhost", NULL) &&
+		   registry_host_is_insecure("[::1]:5000", NULL) && !registry_host_is_insecure("example.com", NULL),
+	   "loopback registries may use plain HTTP, others may not");
+	char *list[] = { "reg.lan", "other.lan:5000", NULL };
+	ok(registry_host_is_insecure("reg.lan:443", list) && registry_host_is_insecure("other.lan:5000", list) &&
+		   !registry_host_is_insecure("other.lan:6000", list),
+	   "--insecure-registry HOST covers every port, HOST:PORT one");
+}
+
+int main(void)
+{
+	test_refs();
+	test_challenges();
+	test_credentials();
+	test_manifests();
+	test_digests();
+	return tap_done();
+}
