@@ -1,23 +1,23 @@
 /* A minimal TAP producer for unit tests run by `meson test`. */
 #pragma once
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
 static int tap_count, tap_failed;
 
-#define ok(cond, ...)                                                      \
-	do {                                                               \
-		tap_count++;                                               \
-		if (!(cond)) {                                             \
-			tap_failed++;                                      \
-			printf("not ok %d - ", tap_count);                 \
-		} else {                                                   \
-			printf("ok %d - ", tap_count);                     \
-		}                                                          \
-		printf(__VA_ARGS__);                                       \
-		printf("\n");                                              \
-		if (!(cond))                                               \
+/* Evaluates cond exactly once: tests pass calls with side effects. */
+#define ok(cond, ...)                                                                  \
+	do {                                                                           \
+		bool _pass = (cond);                                                   \
+		tap_count++;                                                           \
+		if (!_pass)                                                            \
+			tap_failed++;                                                  \
+		printf("%s %d - ", _pass ? "ok" : "not ok", tap_count);                \
+		printf(__VA_ARGS__);                                                   \
+		printf("\n");                                                          \
+		if (!_pass)                                                            \
 			printf("#   failed at %s:%d: %s\n", __FILE__, __LINE__, #cond); \
 	} while (0)
 

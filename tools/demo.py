@@ -1,0 +1,35 @@
+#!/usr/bin/env python3
+"""The main job, shown end to end on loopback: push an image to a local
+registry, mount it with imgfs, look around and run a program from it."""
+
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "integration"))
+from harness import IMGFS, Registry, is_mounted, push_image, workspace  # noqa: E402
+from images import busybox_layer  # noqa: E402
+
+
+def show(cmd):
+    print("$ " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+with workspace("imgfs-demo-") as work:
+    reg = Registry(work)
+    try:
+        ref = f"{reg.host}/demo/busybox:latest"
+        push_image(reg, "demo/busybox", "latest", [(busybox_layer(), "gzip")])
+        print(f"pushed {ref} to a docker-registry on {reg.host}")
+        mnt = os.path.join(work, "mnt")
+        os.makedirs(mnt)
+        show([IMGFS, "mount", "--cache", os.path.join(work, "cache"), ref, mnt])
+        assert is_mounted(mnt)
+        show(["ls", "-l", mnt, os.path.join(mnt, "bin")])
+        show(["chroot", mnt, "/bin/sh", "-c", "echo hello from busybox $(busybox | head -1 | cut -d' ' -f2)"])
+        show(["df", "-h", mnt])
+        show([IMGFS, "umount", mnt])
+        print("demo finished: the image was mounted without being unpacked")
+    finally:
+        reg.stop()
