@@ -18,7 +18,7 @@ struct wbuf {
 
 static void put(struct wbuf *b, const void *p, size_t n)
 {
-	if (b->failed)
+	if (b->failed || n == 0)
 		return;
 	if (b->len + n > b->cap) {
 		size_t cap = b->cap ? b->cap : 65536;

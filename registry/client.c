@@ -516,7 +516,7 @@ static int get_manifest(struct registry_client *c, const char *reference, const 
 	_cleanup_free_ char *path = strdup_printf("%s/manifests/%s", c->ref.repository, reference);
 	_cleanup_free_ char *name = strdup_printf("%s/%s", c->ref.domain, c->ref.repository);
 	char what[1024];
-	snprintf(what, sizeof(what), "manifest \"%s%s%s\"", name ? name : "", reference[6] == ':' ? "@" : ":",
+	snprintf(what, sizeof(what), "manifest \"%s%s%s\"", name ? name : "", str_has_prefix(reference, "sha256:") ? "@" : ":",
 		 reference);
 	struct response resp = { .fd = -1, .body_max = MANIFEST_MAX_SIZE };
 	int r = registry_get(c, path, manifest_accept, &resp, what, err);
