@@ -19,9 +19,22 @@ static struct tree_inode *inode_of(fuse_req_t req, fuse_ino_t ino)
 	return tree_get(image_of(req)->tree, ino);
 }
 
+/* Set in init when the kernel can skip OPEN/OPENDIR: for an immutable tree
+ * the replies carry nothing but "keep the cache", which is also what the
+ * kernel assumes without them, so every open and close saves two round trips. */
+static bool skip_open, skip_opendir;
+
 static void op_init(void *userdata, struct fuse_conn_info *conn)
 {
 	(void)userdata;
+	if (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT) {
+		conn->want |= FUSE_CAP_NO_OPEN_SUPPORT;
+		skip_open = true;
+	}
+	if (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT) {
+		conn->want |= FUSE_CAP_NO_OPENDIR_SUPPORT;
+		skip_opendir = true;
+	}
 	if (conn->capable & FUSE_CAP_CACHE_SYMLINKS)
 		conn->want |= FUSE_CAP_CACHE_SYMLINKS;
 	/* Attribute changes never happen, so never drop cached pages for them. */
@@ -118,6 +131,12 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, EROFS);
 		return;
 	}
+	/* The kernel then opens every file itself, with FOPEN_KEEP_CACHE; the
+	 * mount is MS_RDONLY, so the VFS refuses writes before they get here. */
+	if (skip_open) {
+		fuse_reply_err(req, ENOSYS);
+		return;
+	}
 	fi->keep_cache = 1;
 	fi->noflush = 1;
 	fuse_reply_open(req, fi);
@@ -171,6 +190,11 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	}
 	if (!S_ISDIR(i->mode)) {
 		fuse_reply_err(req, ENOTDIR);
+		return;
+	}
+	if (skip_opendir) {
+		/* The kernel's default then is FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR. */
+		fuse_reply_err(req, ENOSYS);
 		return;
 	}
 	fi->cache_readdir = 1;
