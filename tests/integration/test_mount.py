@@ -5,6 +5,7 @@ unpack of the same image by skopeo + umoci."""
 import json
 import os
 import stat
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -74,6 +75,25 @@ with workspace() as work:
             idx = os.listdir(os.path.join(cache, "index", "sha256"))
             # 3 layers of rich:mixed, and rich:gzip shares its gzip base: 5 distinct layers.
             tap.ok(len([x for x in idx if "." not in x]) == 5, "layer indexes are cached by digest", idx)
+            m.umount()
+
+        # -- sparse files (GNU tar's PAX sparse format) read back with their holes
+        src = os.path.join(work, "sparse-src")
+        os.makedirs(src)
+        with open(os.path.join(src, "sparse"), "wb") as f:
+            for off in (0, 3 << 20, 9 << 20):
+                f.seek(off)
+                f.write(b"data at %d\n" % off)
+            f.truncate(12 << 20)
+        tar = subprocess.run(["tar", "--sparse", "--format=pax", "-C", src, "-cf", "-", "."], check=True,
+                             stdout=subprocess.PIPE).stdout
+        push_image(reg, "test/sparse", "gzip", [(tar, "gzip")])
+        reference = skopeo_umoci_unpack(reg, "test/sparse:gzip", work)
+        m = Mount(f"{reg.host}/test/sparse:gzip", os.path.join(work, "mnt-sparse"), cache)
+        if tap.ok(m.ok, "mount an image with a sparse file", m.stderr()):
+            want, got = snapshot(reference, with_mtime_dirs=False), snapshot(m.dir, with_mtime_dirs=False)
+            tap.ok(got == want and got["sparse"]["size"] == 12 << 20,
+                   "the sparse file reads like umoci's dense copy", diff_snapshots(want, got))
             m.umount()
 
         # -- the busybox image: a real binary runs from the mount

@@ -1,0 +1,113 @@
+"""A registry front of our own, between imgfs and a real docker-registry:
+it demands bearer tokens (issued by its own token endpoint against basic
+credentials), redirects blob downloads to a second loopback host, and can
+answer with 503 or 429 first.  It records what it saw, so tests can check
+what imgfs sent where."""
+
+import base64
+import http.server
+import json
+import secrets
+import threading
+import urllib.error
+import urllib.request
+
+
+class AuthProxy:
+    def __init__(self, upstream, user, password, fail_first=None, token_expires=300):
+        self.upstream = upstream
+        self.user, self.password = user, password
+        self.tokens = set()
+        self.token_requests = 0
+        self.blob_host_auth_headers = []   # Authorization headers seen on the redirect target
+        self.fail_first = dict(fail_first or {})  # path suffix -> [status, ...] to answer first
+        self.token_expires = token_expires
+        self.requests = []
+        proxy = self
+
+        class Front(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                proxy.requests.append(self.path)
+                if self.path.startswith("/token"):
+                    return proxy.token(self)
+                for suffix, statuses in proxy.fail_first.items():
+                    if self.path.endswith(suffix) and statuses:
+                        status = statuses.pop(0)
+                        self.send_response(status)
+                        if status == 429:
+                            self.send_header("Retry-After", "1")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                auth = self.headers.get("Authorization", "")
+                if not (auth.startswith("Bearer ") and auth[7:] in proxy.tokens):
+                    repo = self.path.split("/")[2:4]
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate",
+                                     f'Bearer realm="http://{proxy.front_host}/token",service="imgfs-test",'
+                                     f'scope="repository:{"/".join(repo)}:pull"')
+                    body = b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}'
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                if "/blobs/" in self.path:
+                    self.send_response(307)
+                    self.send_header("Location", f"http://{proxy.blob_host}/storage{self.path}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                proxy.forward(self, self.path)
+
+        class Storage(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                proxy.blob_host_auth_headers.append(self.headers.get("Authorization"))
+                proxy.forward(self, self.path[len("/storage"):])
+
+        self.front = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Front)
+        self.storage = http.server.ThreadingHTTPServer(("127.0.0.2", 0), Storage)
+        self.front_host = f"127.0.0.1:{self.front.server_address[1]}"
+        self.blob_host = f"127.0.0.2:{self.storage.server_address[1]}"
+        for server in (self.front, self.storage):
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def token(self, handler):
+        self.token_requests += 1
+        want = "Basic " + base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+        if handler.headers.get("Authorization") != want:
+            handler.send_response(401)
+            body = b'{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}'
+        else:
+            token = secrets.token_hex(16)
+            self.tokens.add(token)
+            handler.send_response(200)
+            body = json.dumps({"token": token, "expires_in": self.token_expires}).encode()
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    def forward(self, handler, path):
+        req = urllib.request.Request(f"http://{self.upstream}{path}",
+                                     headers={"Accept": handler.headers.get("Accept", "*/*")})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                body, status, headers = r.read(), r.status, r.headers
+        except urllib.error.HTTPError as e:
+            body, status, headers = e.read(), e.code, e.headers
+        handler.send_response(status)
+        for h in ("Content-Type", "Docker-Content-Digest"):
+            if headers.get(h):
+                handler.send_header(h, headers[h])
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    def stop(self):
+        self.front.shutdown()
+        self.storage.shutdown()
