@@ -401,6 +401,8 @@ void layer_cursors_free(struct layer *l)
 
 ssize_t layer_read_entry(struct layer *l, const struct entry *e, void *buf, size_t len, uint64_t off)
 {
+	if (l->format == LAYER_CHUNKED)
+		return chunked_read_entry(l, e, buf, len, off);
 	if (off >= e->size)
 		return 0;
 	if (len > e->size - off)

@@ -23,3 +23,7 @@ ssize_t cursor_read(struct cursor *c, void *out, size_t len, struct checkpoint_r
 uint64_t cursor_position(const struct cursor *c);
 void layer_cursors_free(struct layer *l);
 struct layer *layer_alloc(const char *digest, enum layer_compression compression, int blob_fd);
+
+/* estargz.c */
+void remote_free(struct remote *r);
+ssize_t chunked_read_entry(struct layer *l, const struct entry *e, void *buf, size_t len, uint64_t off);

@@ -269,6 +269,21 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 		fuse_reply_err(req, ENOENT);
 		return;
 	}
+	/* `imgfs stats DIR` asks here; listxattr does not show it, so copies of
+	 * the tree never carry it along. */
+	if (ino == FUSE_ROOT_ID && strcmp(name, IMGFS_STATS_XATTR) == 0) {
+		char stats[1024];
+		int n = image_format_stats(image_of(req), stats, sizeof(stats));
+		if (n < 0)
+			fuse_reply_err(req, EIO);
+		else if (size == 0)
+			fuse_reply_xattr(req, (size_t)n);
+		else if (size < (size_t)n)
+			fuse_reply_err(req, ERANGE);
+		else
+			fuse_reply_buf(req, stats, (size_t)n);
+		return;
+	}
 	const struct entry *e = i->entry;
 	for (uint32_t k = 0; e && k < e->n_xattrs; k++) {
 		const struct xattr *x = &e->xattrs[k];

@@ -6,4 +6,7 @@
 
 #include "image.h"
 
+/* Virtual xattr of the mount's root that reports fetch statistics. */
+#define IMGFS_STATS_XATTR "user.imgfs.stats"
+
 extern const struct fuse_lowlevel_ops imgfs_ops;

@@ -34,7 +34,7 @@ static char *cache_path(const char *cache_dir, const char *kind, const char *dig
 
 /* Opens the cached blob, fetching and verifying it first if it is missing. */
 static int ensure_blob(struct registry_client *client, const struct image_options *opts,
-		       const struct descriptor *d, int *ret_fd, struct err *err)
+		       const struct descriptor *d, int *ret_fd, bool *ret_cached, struct err *err)
 {
 	_cleanup_free_ char *path = cache_path(opts->cache_dir, "blobs", d->digest);
 	if (!path)
@@ -44,6 +44,7 @@ static int ensure_blob(struct registry_client *client, const struct image_option
 		struct stat st;
 		if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size == d->size) {
 			*ret_fd = fd;
+			*ret_cached = true;
 			return 0;
 		}
 		close(fd);
@@ -78,14 +79,28 @@ static int ensure_blob(struct registry_client *client, const struct image_option
 	return 0;
 }
 
-static int open_layer(struct registry_client *client, const struct image_options *opts,
-		      const struct descriptor *d, struct layer **ret, struct err *err)
+#define ESTARGZ_TOC_ANNOTATION "containerd.io/snapshot/stargz/toc.digest"
+
+static int open_layer(struct image *img, const struct image_ref *ref, struct registry_client *client,
+		      const struct image_options *opts, const struct descriptor *d, struct layer **ret, struct err *err)
 {
 	enum layer_compression compression;
 	if (layer_compression_from_media_type(d->media_type, &compression) < 0)
 		return err_set(err, ENOTSUP, "layer %s has unsupported media type \"%s\"", d->digest, d->media_type);
+	const char *toc_digest = descriptor_annotation(d, ESTARGZ_TOC_ANNOTATION);
+	if (compression == COMPRESSION_GZIP && toc_digest && digest_is_valid(toc_digest)) {
+		/* Lazy: each eStargz layer gets its own connection, so layers fetch in parallel. */
+		struct registry_client *layer_client;
+		int r = registry_client_new(ref, &opts->registry, &layer_client, err);
+		if (r < 0)
+			return r;
+		return estargz_open(layer_client, d->digest, (uint64_t)d->size, toc_digest, opts->cache_dir, ret, err);
+	}
 	int fd;
-	int r = ensure_blob(client, opts, d, &fd, err);
+	bool cached = false;
+	int r = ensure_blob(client, opts, d, &fd, &cached, err);
+	if (r == 0 && !cached)
+		img->bytes_fetched_whole += (uint64_t)d->size;
 	if (r < 0)
 		return r;
 	_cleanup_free_ char *index_path = cache_path(opts->cache_dir, "index", d->digest);
@@ -155,7 +170,8 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 			    CONFIG_MAX_SIZE);
 		goto out;
 	}
-	r = ensure_blob(client, opts, &m.config, &config_fd, err);
+	bool config_cached;
+	r = ensure_blob(client, opts, &m.config, &config_fd, &config_cached, err);
 	if (r < 0)
 		goto out;
 	close(config_fd);
@@ -166,10 +182,11 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 		goto out;
 	}
 	for (size_t i = 0; i < m.n_layers; i++) {
-		r = open_layer(client, opts, &m.layers[i], &img->layers[i], err);
+		r = open_layer(img, &ref, client, opts, &m.layers[i], &img->layers[i], err);
 		if (r < 0)
 			goto out;
 		img->n_layers++;
+		img->image_size += (uint64_t)m.layers[i].size;
 	}
 	r = tree_build(img->layers, img->n_layers, &img->tree, err);
 	if (r < 0)
@@ -197,4 +214,28 @@ struct image *image_free(struct image *img)
 	free(img->ref_text);
 	free(img);
 	return NULL;
+}
+
+int image_format_stats(struct image *img, char *buf, size_t size)
+{
+	struct layer_stats total = { 0 };
+	for (size_t i = 0; i < img->n_layers; i++) {
+		struct layer_stats s;
+		layer_get_stats(img->layers[i], &s);
+		total.bytes_fetched += s.bytes_fetched;
+		total.requests += s.requests;
+		total.chunk_hits += s.chunk_hits;
+		total.chunk_misses += s.chunk_misses;
+	}
+	int n = snprintf(buf, size,
+			 "image_size %llu\n"
+			 "bytes_fetched_whole %llu\n"
+			 "bytes_fetched_ranges %llu\n"
+			 "range_requests %llu\n"
+			 "cache_hits %llu\n"
+			 "cache_misses %llu\n",
+			 (unsigned long long)img->image_size, (unsigned long long)img->bytes_fetched_whole,
+			 (unsigned long long)total.bytes_fetched, (unsigned long long)total.requests,
+			 (unsigned long long)total.chunk_hits, (unsigned long long)total.chunk_misses);
+	return n < 0 || (size_t)n >= size ? -ERANGE : n;
 }

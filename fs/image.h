@@ -18,7 +18,12 @@ struct image {
 	struct layer **layers;
 	size_t n_layers;
 	struct tree *tree;
+	uint64_t image_size;          /* compressed layers, as the manifest says */
+	uint64_t bytes_fetched_whole; /* blobs fetched whole by this mount */
 };
+
+/* "key value" lines: what this mount fetched and from where it was served. */
+int image_format_stats(struct image *img, char *buf, size_t size);
 
 int image_open(const char *ref_text, const struct image_options *opts, struct image **ret, struct err *err);
 struct image *image_free(struct image *img);

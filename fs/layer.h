@@ -46,6 +46,15 @@ struct extent {
 	uint64_t file_off, stream_off, len;
 };
 
+/* A piece of a file in a chunked layer (eStargz): its bytes are the output
+ * of the gzip member at comp_off (ending before comp_end) from inner_off on,
+ * and their sha256 is digest.  Verified chunks are cached by that digest. */
+struct chunk {
+	uint64_t file_off, size;
+	uint64_t comp_off, comp_end, inner_off;
+	char digest[72];
+};
+
 struct xattr {
 	char *name;
 	void *value;
@@ -66,9 +75,16 @@ struct entry {
 	uint32_t n_xattrs;
 	struct extent *extents;
 	uint32_t n_extents;
+	struct chunk *chunks;   /* chunked layers only */
+	uint32_t n_chunks;
 };
 
 struct cursor;
+struct remote;
+
+/* How a layer's file bytes are found: through the tar stream of a local blob,
+ * or chunk by chunk from the registry. */
+enum layer_format { LAYER_TAR_STREAM, LAYER_CHUNKED };
 
 struct layer {
 	char digest[72];
@@ -81,9 +97,16 @@ struct layer {
 	struct checkpoint *checkpoints;
 	size_t n_checkpoints;
 
+	enum layer_format format;
+	struct remote *remote;  /* LAYER_CHUNKED: fetches and caches chunks */
+
 	pthread_mutex_t lock;
 	struct cursor *cursors;
 	unsigned cursor_clock;
+};
+
+struct layer_stats {
+	uint64_t bytes_fetched, requests, chunk_hits, chunk_misses;
 };
 
 /* Media type to compression; -ENOTSUP for media types that are not layers. */
@@ -104,6 +127,16 @@ struct layer *layer_free(struct layer *l);
 int layer_read(struct layer *l, void *buf, size_t len, uint64_t off);
 /* Reads a file's bytes through its extents, zero-filling holes; returns bytes read. */
 ssize_t layer_read_entry(struct layer *l, const struct entry *e, void *buf, size_t len, uint64_t off);
+
+/* Opens an eStargz layer from its table of contents alone: the footer and
+ * the TOC are fetched with Range requests and the TOC is verified against
+ * toc_digest (from the verified manifest).  File bytes are fetched later, a
+ * chunk at a time, verified and kept in <cache_dir>/chunks.  Takes
+ * ownership of client. */
+struct registry_client;
+int estargz_open(struct registry_client *client, const char *digest, uint64_t blob_size, const char *toc_digest,
+		 const char *cache_dir, struct layer **ret, struct err *err);
+void layer_get_stats(struct layer *l, struct layer_stats *ret);
 
 /* Normalises a tar member name; -EINVAL for names that leave the root. */
 int path_normalise(const char *name, char **ret);

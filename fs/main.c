@@ -4,6 +4,7 @@
 #include <getopt.h>
 #include <sys/mount.h>
 #include <sys/wait.h>
+#include <sys/xattr.h>
 
 #define IMGFS_VERSION "0.1.0"
 
@@ -12,6 +13,7 @@ static void usage(FILE *out)
 	fprintf(out,
 		"Usage: imgfs mount [OPTIONS] REF DIR\n"
 		"       imgfs umount DIR\n"
+		"       imgfs stats DIR\n"
 		"\n"
 		"Mounts the image REF from its registry on DIR, read-only, fetching layer\n"
 		"contents into a shared cache instead of unpacking them.\n"
@@ -181,6 +183,23 @@ out:
 	return ret;
 }
 
+static int cmd_stats(int argc, char **argv)
+{
+	if (argc != 2) {
+		fprintf(stderr, "Usage: imgfs stats DIR\n");
+		return 2;
+	}
+	char buf[1024];
+	ssize_t n = getxattr(argv[1], IMGFS_STATS_XATTR, buf, sizeof(buf) - 1);
+	if (n < 0) {
+		fprintf(stderr, "imgfs: cannot read statistics of \"%s\": %s\n", argv[1],
+			errno == ENODATA || errno == ENOTSUP ? "not an imgfs mount" : strerror(errno));
+		return 1;
+	}
+	fwrite(buf, 1, (size_t)n, stdout);
+	return 0;
+}
+
 static int cmd_umount(int argc, char **argv)
 {
 	if (argc != 2) {
@@ -217,6 +236,8 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(argv[1], "mount") == 0)
 		return cmd_mount(argc - 1, argv + 1);
+	if (strcmp(argv[1], "stats") == 0)
+		return cmd_stats(argc - 1, argv + 1);
 	if (strcmp(argv[1], "umount") == 0 || strcmp(argv[1], "unmount") == 0)
 		return cmd_umount(argc - 1, argv + 1);
 	if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {

@@ -135,6 +135,7 @@ static void entry_done(struct entry *e)
 	}
 	free(e->xattrs);
 	free(e->extents);
+	free(e->chunks);
 }
 
 struct layer *layer_free(struct layer *l)
@@ -148,6 +149,7 @@ struct layer *layer_free(struct layer *l)
 		free(l->checkpoints[i].window);
 	free(l->checkpoints);
 	layer_cursors_free(l);
+	remote_free(l->remote);
 	if (l->blob_fd >= 0)
 		close(l->blob_fd);
 	pthread_mutex_destroy(&l->lock);

@@ -49,6 +49,12 @@ struct response {
 	int64_t max_written;
 	struct digester *digester;
 	int write_errno;
+	/* range sink: exactly range_len bytes into range_buf */
+	unsigned char *range_buf;
+	size_t range_len, range_got;
+	uint64_t range_off;     /* where the range starts in the blob */
+	uint64_t range_skip;    /* bytes still to drop when the server sent the whole blob */
+	bool range_done;
 };
 
 static void response_reset(struct response *r)
@@ -61,11 +67,18 @@ static void response_reset(struct response *r)
 	size_t max = r->body_max;
 	int64_t max_written = r->max_written;
 	struct digester *d = r->digester;
+	unsigned char *range_buf = r->range_buf;
+	size_t range_len = r->range_len;
+	uint64_t range_off = r->range_off;
 	memset(r, 0, sizeof(*r));
 	r->fd = fd;
 	r->body_max = max;
 	r->max_written = max_written;
 	r->digester = d;
+	r->range_buf = range_buf;
+	r->range_len = range_len;
+	r->range_off = range_off;
+	r->range_skip = range_off;
 }
 
 static void response_done(struct response *r)
@@ -122,6 +135,33 @@ static size_t body_cb(char *buf, size_t size, size_t n, void *userdata)
 	struct response *r = userdata;
 	size_t len = size * n;
 
+	if (r->range_buf && (r->status == 206 || r->status == 200)) {
+		/* A 200 means the server ignored the Range header: drop what
+		 * comes before the range and stop once it has arrived. */
+		if (r->status == 200 && r->range_skip > 0) {
+			size_t drop = r->range_skip < len ? (size_t)r->range_skip : len;
+			r->range_skip -= drop;
+			buf += drop;
+			len -= drop;
+			if (len == 0)
+				return size * n;
+		}
+		size_t room = r->range_len - r->range_got;
+		if (len > room) {
+			if (r->status == 206) {
+				r->too_big = true;
+				return 0;
+			}
+			len = room;
+		}
+		memcpy(r->range_buf + r->range_got, buf, len);
+		r->range_got += len;
+		if (r->status == 200 && r->range_got == r->range_len) {
+			r->range_done = true;
+			return 0;
+		}
+		return size * n;
+	}
 	/* Error bodies always go to memory so that they can be reported. */
 	if (r->fd >= 0 && r->status >= 200 && r->status < 300) {
 		if (r->max_written >= 0 && r->written + len > (uint64_t)r->max_written) {
@@ -282,7 +322,7 @@ static void sleep_ms(long ms)
  * headers to a different host when following a redirect, which is what keeps
  * registry tokens away from the object storage a blob redirects to. */
 static int http_get(struct registry_client *c, const char *url, const char *accept, const char *authorization,
-		    struct response *resp, const char *what, struct err *err)
+		    const char *range, struct response *resp, const char *what, struct err *err)
 {
 	char errbuf[CURL_ERROR_SIZE];
 	long backoff_ms = 200;
@@ -301,6 +341,8 @@ static int http_get(struct registry_client *c, const char *url, const char *acce
 		if (accept && (h = curl_slist_append(headers, accept)))
 			headers = h;
 		if (authorization && (h = curl_slist_append(headers, authorization)))
+			headers = h;
+		if (range && (h = curl_slist_append(headers, range)))
 			headers = h;
 
 		curl_easy_reset(c->curl);
@@ -327,6 +369,8 @@ static int http_get(struct registry_client *c, const char *url, const char *acce
 		curl_slist_free_all(headers);
 		curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &resp->status);
 
+		if (code == CURLE_WRITE_ERROR && resp->range_done)
+			code = CURLE_OK;
 		if (code == CURLE_WRITE_ERROR && resp->too_big)
 			return err_set(err, EFBIG, "%s: response is larger than allowed", what);
 		if (code == CURLE_WRITE_ERROR && resp->write_errno)
@@ -421,7 +465,7 @@ static int fetch_token(struct registry_client *c, const struct auth_challenge *c
 	struct response resp = { .fd = -1, .body_max = TOKEN_MAX_SIZE };
 	char what[512];
 	snprintf(what, sizeof(what), "token for \"%s/%s\"", c->ref.domain, c->ref.repository);
-	int r = http_get(c, url, NULL, authorization, &resp, what, err);
+	int r = http_get(c, url, NULL, authorization, NULL, &resp, what, err);
 	if (authorization)
 		explicit_bzero(authorization, strlen(authorization));
 	if (r < 0)
@@ -474,15 +518,15 @@ static char *authorization_header(struct registry_client *c)
 }
 
 /* GET a registry path, answering one authentication challenge if needed. */
-static int registry_get(struct registry_client *c, const char *path, const char *accept, struct response *resp,
-			const char *what, struct err *err)
+static int registry_get(struct registry_client *c, const char *path, const char *accept, const char *range,
+			struct response *resp, const char *what, struct err *err)
 {
 	_cleanup_free_ char *url = strdup_printf("%s/v2/%s", c->base_url, path);
 	if (!url)
 		return -ENOMEM;
 	for (int round = 0;; round++) {
 		_cleanup_free_ char *authorization = authorization_header(c);
-		int r = http_get(c, url, accept, authorization, resp, what, err);
+		int r = http_get(c, url, accept, authorization, range, resp, what, err);
 		if (authorization)
 			explicit_bzero(authorization, strlen(authorization));
 		if (r < 0)
@@ -519,7 +563,7 @@ static int get_manifest(struct registry_client *c, const char *reference, const 
 	snprintf(what, sizeof(what), "manifest \"%s%s%s\"", name ? name : "", str_has_prefix(reference, "sha256:") ? "@" : ":",
 		 reference);
 	struct response resp = { .fd = -1, .body_max = MANIFEST_MAX_SIZE };
-	int r = registry_get(c, path, manifest_accept, &resp, what, err);
+	int r = registry_get(c, path, manifest_accept, NULL, &resp, what, err);
 	if (r < 0)
 		goto out;
 
@@ -592,7 +636,7 @@ int registry_get_blob(struct registry_client *c, const char *digest, char **ret_
 	char what[1024];
 	snprintf(what, sizeof(what), "blob %s of \"%s/%s\"", digest, c->ref.domain, c->ref.repository);
 	struct response resp = { .fd = -1, .body_max = c->max_document_size };
-	int r = registry_get(c, path, NULL, &resp, what, err);
+	int r = registry_get(c, path, NULL, NULL, &resp, what, err);
 	if (r < 0)
 		goto out;
 	char actual[DIGEST_SHA256_LEN + 1];
@@ -624,7 +668,7 @@ int registry_fetch_blob_to_fd(struct registry_client *c, const char *digest, int
 		return -ENOMEM;
 	}
 	struct response resp = { .fd = fd, .max_written = size, .digester = d };
-	int r = registry_get(c, path, NULL, &resp, what, err);
+	int r = registry_get(c, path, NULL, NULL, &resp, what, err);
 	if (r < 0)
 		goto out;
 	if (resp.written != (uint64_t)size) {
@@ -639,5 +683,27 @@ int registry_fetch_blob_to_fd(struct registry_client *c, const char *digest, int
 out:
 	response_done(&resp);
 	digester_free(d);
+	return r;
+}
+
+int registry_fetch_range(struct registry_client *c, const char *digest, uint64_t off, size_t len, void *buf,
+			 struct err *err)
+{
+	if (len == 0)
+		return 0;
+	_cleanup_free_ char *path = strdup_printf("%s/blobs/%s", c->ref.repository, digest);
+	char range[96], what[1024];
+	snprintf(range, sizeof(range), "Range: bytes=%llu-%llu", (unsigned long long)off,
+		 (unsigned long long)(off + len - 1));
+	snprintf(what, sizeof(what), "blob %s of \"%s/%s\" bytes %llu-%llu", digest, c->ref.domain, c->ref.repository,
+		 (unsigned long long)off, (unsigned long long)(off + len - 1));
+	if (!path)
+		return -ENOMEM;
+	struct response resp = { .fd = -1, .body_max = ERROR_BODY_MAX_SIZE, .range_buf = buf, .range_len = len,
+				 .range_off = off };
+	int r = registry_get(c, path, NULL, range, &resp, what, err);
+	if (r == 0 && resp.range_got != len)
+		r = err_set(err, EIO, "%s: got %zu bytes", what, resp.range_got);
+	response_done(&resp);
 	return r;
 }

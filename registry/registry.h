@@ -130,5 +130,10 @@ int registry_get_blob(struct registry_client *c, const char *digest, char **ret_
  * any mismatch the content of fd is garbage and an error is returned. */
 int registry_fetch_blob_to_fd(struct registry_client *c, const char *digest, int64_t size,
 			      int fd, struct err *err);
+/* Reads bytes [off, off+len) of a blob with an HTTP Range request.  The
+ * bytes are NOT verified: the caller checks them against a digest it trusts
+ * (a chunk digest from a verified table of contents, say). */
+int registry_fetch_range(struct registry_client *c, const char *digest, uint64_t off, size_t len, void *buf,
+			 struct err *err);
 /* True when a host may be contacted over plain HTTP under these options. */
 bool registry_host_is_insecure(const char *domain, char *const *insecure);

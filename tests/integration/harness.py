@@ -174,29 +174,41 @@ class Entry:
         self.xattrs = xattrs or {}
 
 
-def make_tar(entries):
-    kinds = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
+TAR_KINDS = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
              "hardlink": tarfile.LNKTYPE, "chr": tarfile.CHRTYPE, "blk": tarfile.BLKTYPE,
              "fifo": tarfile.FIFOTYPE}
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for e in entries:
-            ti = tarfile.TarInfo(e.path)
-            ti.type = kinds[e.kind]
-            ti.mode, ti.uid, ti.gid, ti.mtime = e.mode, e.uid, e.gid, e.mtime
-            ti.uname = ti.gname = ""
-            if e.kind in ("symlink", "hardlink"):
-                ti.linkname = e.link
-            if e.kind in ("chr", "blk"):
-                ti.devmajor, ti.devminor = e.dev
-            if e.xattrs:
-                ti.pax_headers = {f"SCHILY.xattr.{k}": v for k, v in e.xattrs.items()}
-            if e.kind == "file":
-                ti.size = len(e.data)
-                tar.addfile(ti, io.BytesIO(e.data))
-            else:
-                tar.addfile(ti)
-    return buf.getvalue()
+
+
+def tar_header(e):
+    """The PAX header block(s) of one entry, without its data."""
+    ti = tarfile.TarInfo(e.path)
+    ti.type = TAR_KINDS[e.kind]
+    ti.mode, ti.uid, ti.gid, ti.mtime = e.mode, e.uid, e.gid, e.mtime
+    ti.uname = ti.gname = ""
+    if e.kind in ("symlink", "hardlink"):
+        ti.linkname = e.link
+    if e.kind in ("chr", "blk"):
+        ti.devmajor, ti.devminor = e.dev
+    if e.xattrs:
+        ti.pax_headers = {f"SCHILY.xattr.{k}": v for k, v in e.xattrs.items()}
+    if e.kind == "file":
+        ti.size = len(e.data)
+    return ti.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape")
+
+
+def tar_padding(n):
+    return b"\0" * ((-n) % 512)
+
+
+def make_tar(entries):
+    out = io.BytesIO()
+    for e in entries:
+        out.write(tar_header(e))
+        if e.kind == "file":
+            out.write(e.data)
+            out.write(tar_padding(len(e.data)))
+    out.write(b"\0" * 1024)
+    return out.getvalue()
 
 
 def compress(data, how):

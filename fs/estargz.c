@@ -1,0 +1,635 @@
+/* eStargz layers: the table of contents instead of a scan, and file bytes
+ * fetched a chunk at a time with Range requests.
+ *
+ * Trust chain: the manifest is verified by digest; its layer annotation gives
+ * the TOC digest; the TOC (verified against it) gives each chunk's digest;
+ * each fetched chunk is verified against that before it is cached or served. */
+#include "decode.h"
+#include "registry.h"
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <openssl/evp.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <zlib.h>
+
+#define FOOTER_SIZE 51
+#define LEGACY_FOOTER_SIZE 47
+#define TOC_MAX_COMPRESSED (64u << 20)
+#define TOC_MAX_SIZE (256u << 20)
+#define CHUNK_MAX_SIZE (64u << 20)
+#define TOC_NAME "stargz.index.json"
+
+struct remote {
+	pthread_mutex_t lock; /* guards client and the counters */
+	struct registry_client *client;
+	char *chunk_dir;
+	char digest[72];
+	uint64_t bytes_fetched, requests, chunk_hits, chunk_misses;
+};
+
+void remote_free(struct remote *r)
+{
+	if (!r)
+		return;
+	registry_client_free(r->client);
+	pthread_mutex_destroy(&r->lock);
+	free(r->chunk_dir);
+	free(r);
+}
+
+void layer_get_stats(struct layer *l, struct layer_stats *ret)
+{
+	memset(ret, 0, sizeof(*ret));
+	if (!l->remote)
+		return;
+	pthread_mutex_lock(&l->remote->lock);
+	ret->bytes_fetched = l->remote->bytes_fetched;
+	ret->requests = l->remote->requests;
+	ret->chunk_hits = l->remote->chunk_hits;
+	ret->chunk_misses = l->remote->chunk_misses;
+	pthread_mutex_unlock(&l->remote->lock);
+}
+
+static int fetch(struct remote *r, uint64_t off, size_t len, void *buf, struct err *err)
+{
+	pthread_mutex_lock(&r->lock);
+	int ret = registry_fetch_range(r->client, r->digest, off, len, buf, err);
+	if (ret == 0) {
+		r->bytes_fetched += len;
+		r->requests++;
+	}
+	pthread_mutex_unlock(&r->lock);
+	return ret;
+}
+
+/* Footer: a gzip member whose FEXTRA holds "%016x" of the TOC offset and
+ * "STARGZ", behind the subfield id "SG" (legacy footers have no subfield). */
+static int parse_footer(const unsigned char *f, size_t n, uint64_t *ret_toc_off)
+{
+	const unsigned char *text;
+	if (n == FOOTER_SIZE) {
+		if (f[0] != 0x1f || f[1] != 0x8b || f[2] != 8 || !(f[3] & 4) || f[10] != 26 || f[11] != 0 ||
+		    f[12] != 'S' || f[13] != 'G' || f[14] != 22 || f[15] != 0)
+			return -EINVAL;
+		text = f + 16;
+	} else {
+		if (f[0] != 0x1f || f[1] != 0x8b || f[2] != 8 || !(f[3] & 4) || f[10] != 22 || f[11] != 0)
+			return -EINVAL;
+		text = f + 12;
+	}
+	if (memcmp(text + 16, "STARGZ", 6) != 0)
+		return -EINVAL;
+	uint64_t v = 0;
+	for (int i = 0; i < 16; i++) {
+		int c = text[i];
+		int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+		if (d < 0)
+			return -EINVAL;
+		v = v << 4 | (uint64_t)d;
+	}
+	*ret_toc_off = v;
+	return 0;
+}
+
+/* The TOC member is a gzipped tar holding one entry, stargz.index.json. */
+static int extract_toc(const void *gz, size_t len, char **ret_json, size_t *ret_len, struct err *err)
+{
+	struct archive *a = archive_read_new();
+	struct archive_entry *ae;
+	int r;
+	if (!a)
+		return -ENOMEM;
+	archive_read_support_filter_gzip(a);
+	archive_read_support_format_tar(a);
+	if (archive_read_open_memory(a, gz, len) != ARCHIVE_OK ||
+	    archive_read_next_header(a, &ae) != ARCHIVE_OK) {
+		r = err_set(err, EINVAL, "the TOC member is not a gzipped tar: %s", archive_error_string(a));
+		goto out;
+	}
+	if (strcmp(archive_entry_pathname(ae), TOC_NAME) != 0 || archive_entry_size(ae) < 0 ||
+	    archive_entry_size(ae) > TOC_MAX_SIZE) {
+		r = err_set(err, EINVAL, "the TOC member holds \"%s\" (%lld bytes), not a " TOC_NAME " within bounds",
+			    archive_entry_pathname(ae), (long long)archive_entry_size(ae));
+		goto out;
+	}
+	size_t size = (size_t)archive_entry_size(ae);
+	char *json = malloc(size + 1);
+	if (!json) {
+		r = -ENOMEM;
+		goto out;
+	}
+	la_ssize_t got = archive_read_data(a, json, size);
+	if (got != (la_ssize_t)size) {
+		free(json);
+		r = err_set(err, EINVAL, "the TOC is truncated");
+		goto out;
+	}
+	json[size] = '\0';
+	*ret_json = json;
+	*ret_len = size;
+	r = 0;
+out:
+	archive_read_free(a);
+	return r;
+}
+
+static const char *jstr(struct json_object *o, const char *key)
+{
+	struct json_object *v;
+	return json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_string)
+		       ? json_object_get_string(v)
+		       : NULL;
+}
+
+static int64_t jint(struct json_object *o, const char *key)
+{
+	struct json_object *v;
+	return json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_int) ? json_object_get_int64(v)
+												: 0;
+}
+
+/* RFC 3339, as Go writes it: 2006-01-02T15:04:05[.frac](Z|±hh:mm). */
+static void parse_time(const char *s, int64_t *ret_sec, uint32_t *ret_nsec)
+{
+	struct tm tm = { 0 };
+	*ret_sec = 0;
+	*ret_nsec = 0;
+	if (!s)
+		return;
+	const char *p = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
+	if (!p)
+		return;
+	uint32_t nsec = 0;
+	if (*p == '.') {
+		int digits = 0;
+		for (p++; *p >= '0' && *p <= '9'; p++)
+			if (digits++ < 9)
+				nsec = nsec * 10 + (uint32_t)(*p - '0');
+		for (; digits < 9; digits++)
+			nsec *= 10;
+	}
+	int64_t sec = (int64_t)timegm(&tm);
+	if ((*p == '+' || *p == '-') && strlen(p) >= 6) {
+		int off = ((p[1] - '0') * 10 + (p[2] - '0')) * 3600 + ((p[4] - '0') * 10 + (p[5] - '0')) * 60;
+		sec += *p == '+' ? -off : off;
+	}
+	*ret_sec = sec;
+	*ret_nsec = nsec;
+}
+
+static int decode_xattrs(struct json_object *o, struct entry *e)
+{
+	struct json_object *x;
+	if (!json_object_object_get_ex(o, "xattrs", &x) || !json_object_is_type(x, json_type_object))
+		return 0;
+	size_t n = (size_t)json_object_object_length(x);
+	if (n == 0)
+		return 0;
+	if (n > 256)
+		return -EINVAL;
+	e->xattrs = calloc(n, sizeof(*e->xattrs));
+	if (!e->xattrs)
+		return -ENOMEM;
+	json_object_object_foreach(x, name, value)
+	{
+		if (!json_object_is_type(value, json_type_string))
+			return -EINVAL;
+		const char *b64 = json_object_get_string(value);
+		size_t len = strlen(b64);
+		if (len % 4 != 0 || len > (64u << 10) * 4 / 3 + 4)
+			return -EINVAL;
+		struct xattr *xa = &e->xattrs[e->n_xattrs++];
+		xa->name = strdup(name);
+		xa->value = malloc(len / 4 * 3 + 1);
+		if (!xa->name || !xa->value)
+			return -ENOMEM;
+		int got = EVP_DecodeBlock(xa->value, (const unsigned char *)b64, (int)len);
+		if (got < 0)
+			return -EINVAL;
+		for (const char *q = b64 + len; q > b64 && q[-1] == '='; q--)
+			got--;
+		xa->len = (uint32_t)got;
+	}
+	return 0;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+static int add_chunk(struct entry *e, size_t *allocated, struct json_object *o, uint64_t toc_off, struct err *err)
+{
+	int64_t off = jint(o, "offset"), chunk_off = jint(o, "chunkOffset"), chunk_size = jint(o, "chunkSize"),
+		inner = jint(o, "innerOffset");
+	const char *digest = jstr(o, "chunkDigest");
+	if (chunk_size == 0)
+		chunk_size = (int64_t)e->size - chunk_off;
+	if (!digest && chunk_off == 0 && (uint64_t)chunk_size == e->size)
+		digest = jstr(o, "digest");
+	if (off < 0 || (uint64_t)off >= toc_off || chunk_off < 0 || chunk_size <= 0 || inner < 0 ||
+	    (uint64_t)chunk_off > e->size || (uint64_t)chunk_size > e->size - (uint64_t)chunk_off ||
+	    chunk_size > CHUNK_MAX_SIZE || !digest || !digest_is_valid(digest))
+		return err_set(err, EINVAL, "TOC entry \"%s\" has an invalid chunk at %lld", e->path, (long long)chunk_off);
+	if (e->n_chunks > 0) {
+		const struct chunk *last = &e->chunks[e->n_chunks - 1];
+		if ((uint64_t)chunk_off != last->file_off + last->size)
+			return err_set(err, EINVAL, "TOC entry \"%s\": chunks are not contiguous", e->path);
+	} else if (chunk_off != 0) {
+		return err_set(err, EINVAL, "TOC entry \"%s\": the first chunk does not start at 0", e->path);
+	}
+	if (grow_array((void **)&e->chunks, allocated, e->n_chunks + 1, sizeof(struct chunk)) < 0)
+		return -ENOMEM;
+	struct chunk *c = &e->chunks[e->n_chunks++];
+	c->file_off = (uint64_t)chunk_off;
+	c->size = (uint64_t)chunk_size;
+	c->comp_off = (uint64_t)off;
+	c->inner_off = (uint64_t)inner;
+	snprintf(c->digest, sizeof(c->digest), "%s", digest);
+	return 0;
+}
+
+static bool hidden_name(const char *path)
+{
+	return strcmp(path, TOC_NAME) == 0 || strcmp(path, ".prefetch.landmark") == 0 ||
+	       strcmp(path, ".no.prefetch.landmark") == 0;
+}
+
+static int parse_toc(struct layer *l, const char *json, size_t len, uint64_t toc_off, struct err *err)
+{
+	struct json_tokener *tok = json_tokener_new_ex(32);
+	if (!tok)
+		return -ENOMEM;
+	struct json_object *root = json_tokener_parse_ex(tok, json, (int)len), *entries;
+	json_tokener_free(tok);
+	int r = 0;
+	size_t allocated = 0, chunk_allocated = 0;
+	struct entry *current_file = NULL;
+
+	if (!root || !json_object_object_get_ex(root, "entries", &entries) ||
+	    !json_object_is_type(entries, json_type_array)) {
+		r = err_set(err, EINVAL, "the TOC is not a JSON object with an \"entries\" array");
+		goto out;
+	}
+	size_t n = json_object_array_length(entries);
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *o = json_object_array_get_idx(entries, i);
+		const char *name = jstr(o, "name"), *type = jstr(o, "type");
+		if (!name || !type) {
+			r = err_set(err, EINVAL, "TOC entry %zu has no name or type", i);
+			goto out;
+		}
+		if (strcmp(type, "chunk") == 0) {
+			if (!current_file) {
+				r = err_set(err, EINVAL, "TOC chunk \"%s\" follows no regular file", name);
+				goto out;
+			}
+			r = add_chunk(current_file, &chunk_allocated, o, toc_off, err);
+			if (r < 0)
+				goto out;
+			continue;
+		}
+		current_file = NULL;
+		_cleanup_free_ char *path = NULL;
+		r = path_normalise(name, &path);
+		if (r < 0) {
+			r = err_set(err, EINVAL, "TOC entry \"%s\" leaves the image root", name);
+			goto out;
+		}
+		if (hidden_name(path))
+			continue;
+		if (grow_array((void **)&l->entries, &allocated, l->n_entries + 1, sizeof(struct entry)) < 0) {
+			r = -ENOMEM;
+			goto out;
+		}
+		struct entry *e = &l->entries[l->n_entries++];
+		memset(e, 0, sizeof(*e));
+		e->path = TAKE_PTR(path);
+		static const struct {
+			const char *name;
+			enum entry_type type;
+		} types[] = { { "reg", ENTRY_REG },	      { "dir", ENTRY_DIR },   { "symlink", ENTRY_SYMLINK },
+			      { "hardlink", ENTRY_HARDLINK }, { "char", ENTRY_CHR },  { "block", ENTRY_BLK },
+			      { "fifo", ENTRY_FIFO } };
+		bool known = false;
+		for (size_t k = 0; k < ARRAY_SIZE(types); k++)
+			if (strcmp(type, types[k].name) == 0) {
+				e->type = types[k].type;
+				known = true;
+			}
+		if (!known) {
+			r = err_set(err, EINVAL, "TOC entry \"%s\" has unknown type \"%s\"", e->path, type);
+			goto out;
+		}
+		e->mode = (uint32_t)jint(o, "mode") & 07777;
+		int64_t uid = jint(o, "uid"), gid = jint(o, "gid");
+		if (uid < 0 || uid >= UINT32_MAX || gid < 0 || gid >= UINT32_MAX) {
+			r = err_set(err, EINVAL, "TOC entry \"%s\" has an invalid owner", e->path);
+			goto out;
+		}
+		e->uid = (uint32_t)uid;
+		e->gid = (uint32_t)gid;
+		parse_time(jstr(o, "modtime"), &e->mtime_sec, &e->mtime_nsec);
+		e->rdev_major = (uint32_t)jint(o, "devMajor");
+		e->rdev_minor = (uint32_t)jint(o, "devMinor");
+		const char *link = jstr(o, "linkName");
+		if (e->type == ENTRY_SYMLINK) {
+			if (!link || strlen(link) >= 4096) {
+				r = err_set(err, EINVAL, "TOC symlink \"%s\" has no valid target", e->path);
+				goto out;
+			}
+			e->link = strdup(link);
+		} else if (e->type == ENTRY_HARDLINK) {
+			if (!link || path_normalise(link, &e->link) < 0) {
+				r = err_set(err, EINVAL, "TOC hardlink \"%s\" points outside the image root", e->path);
+				goto out;
+			}
+		}
+		if ((e->type == ENTRY_SYMLINK || e->type == ENTRY_HARDLINK) && !e->link) {
+			r = -ENOMEM;
+			goto out;
+		}
+		r = decode_xattrs(o, e);
+		if (r < 0) {
+			r = err_set(err, -r, "TOC entry \"%s\" has invalid xattrs", e->path);
+			goto out;
+		}
+		if (e->type == ENTRY_REG) {
+			int64_t size = jint(o, "size");
+			if (size < 0) {
+				r = err_set(err, EINVAL, "TOC entry \"%s\" has a negative size", e->path);
+				goto out;
+			}
+			e->size = (uint64_t)size;
+			chunk_allocated = 0;
+			if (size > 0) {
+				r = add_chunk(e, &chunk_allocated, o, toc_off, err);
+				if (r < 0)
+					goto out;
+				current_file = e;
+			}
+		}
+	}
+	/* Every chunk must cover its file exactly. */
+	for (size_t i = 0; i < l->n_entries; i++) {
+		struct entry *e = &l->entries[i];
+		uint64_t covered = e->n_chunks ? e->chunks[e->n_chunks - 1].file_off + e->chunks[e->n_chunks - 1].size : 0;
+		if (e->type == ENTRY_REG && covered != e->size) {
+			r = err_set(err, EINVAL, "TOC entry \"%s\": chunks cover %llu of %llu bytes", e->path,
+				    (unsigned long long)covered, (unsigned long long)e->size);
+			goto out;
+		}
+	}
+	/* A member ends where the next one starts (or where the TOC starts). */
+	size_t n_offsets = 0, cap = 0;
+	uint64_t *offsets = NULL;
+	for (size_t i = 0; i < l->n_entries; i++)
+		for (uint32_t k = 0; k < l->entries[i].n_chunks; k++) {
+			if (grow_array((void **)&offsets, &cap, n_offsets + 2, sizeof(uint64_t)) < 0) {
+				free(offsets);
+				r = -ENOMEM;
+				goto out;
+			}
+			offsets[n_offsets++] = l->entries[i].chunks[k].comp_off;
+		}
+	if (grow_array((void **)&offsets, &cap, n_offsets + 1, sizeof(uint64_t)) < 0) {
+		free(offsets);
+		r = -ENOMEM;
+		goto out;
+	}
+	offsets[n_offsets++] = toc_off;
+	qsort(offsets, n_offsets, sizeof(uint64_t), cmp_u64);
+	for (size_t i = 0; i < l->n_entries; i++)
+		for (uint32_t k = 0; k < l->entries[i].n_chunks; k++) {
+			struct chunk *c = &l->entries[i].chunks[k];
+			size_t lo = 0, hi = n_offsets;
+			while (lo < hi) {
+				size_t mid = (lo + hi) / 2;
+				if (offsets[mid] <= c->comp_off)
+					lo = mid + 1;
+				else
+					hi = mid;
+			}
+			c->comp_end = lo < n_offsets ? offsets[lo] : toc_off;
+		}
+	free(offsets);
+	r = 0;
+out:
+	json_object_put(root);
+	return r;
+}
+
+int estargz_open(struct registry_client *client, const char *digest, uint64_t blob_size, const char *toc_digest,
+		 const char *cache_dir, struct layer **ret, struct err *err)
+{
+	struct layer *l = NULL;
+	struct remote *rem = calloc(1, sizeof(*rem));
+	_cleanup_free_ char *toc_gz = NULL, *json = NULL;
+	size_t json_len = 0;
+	int r;
+
+	if (!rem) {
+		registry_client_free(client);
+		return -ENOMEM;
+	}
+	pthread_mutex_init(&rem->lock, NULL);
+	rem->client = client;
+	snprintf(rem->digest, sizeof(rem->digest), "%s", digest);
+	rem->chunk_dir = strdup_printf("%s/chunks/sha256", cache_dir);
+	if (!rem->chunk_dir) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	r = mkdir_parents(rem->chunk_dir, 0755);
+	if (r < 0) {
+		r = err_set(err, r, "cannot create \"%s\": %s", rem->chunk_dir, strerror(-r));
+		goto fail;
+	}
+
+	unsigned char footer[FOOTER_SIZE];
+	uint64_t toc_off = 0;
+	size_t footer_len = FOOTER_SIZE;
+	if (blob_size < FOOTER_SIZE)
+		footer_len = LEGACY_FOOTER_SIZE;
+	if (blob_size < footer_len) {
+		r = err_set(err, EINVAL, "too small for an eStargz layer");
+		goto fail;
+	}
+	r = fetch(rem, blob_size - footer_len, footer_len, footer, err);
+	if (r < 0)
+		goto fail;
+	if (parse_footer(footer, footer_len, &toc_off) < 0) {
+		footer_len = LEGACY_FOOTER_SIZE;
+		if (parse_footer(footer + (FOOTER_SIZE - LEGACY_FOOTER_SIZE), LEGACY_FOOTER_SIZE, &toc_off) < 0) {
+			r = err_set(err, EINVAL, "no eStargz footer at the end of the blob");
+			goto fail;
+		}
+	}
+	if (toc_off >= blob_size - footer_len || blob_size - footer_len - toc_off > TOC_MAX_COMPRESSED) {
+		r = err_set(err, EINVAL, "the eStargz footer points to an impossible TOC offset %llu",
+			    (unsigned long long)toc_off);
+		goto fail;
+	}
+	size_t toc_gz_len = (size_t)(blob_size - footer_len - toc_off);
+	toc_gz = malloc(toc_gz_len);
+	if (!toc_gz) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	r = fetch(rem, toc_off, toc_gz_len, toc_gz, err);
+	if (r < 0)
+		goto fail;
+	r = extract_toc(toc_gz, toc_gz_len, &json, &json_len, err);
+	if (r < 0)
+		goto fail;
+	char actual[DIGEST_SHA256_LEN + 1];
+	digest_sha256(json, json_len, actual);
+	if (strcmp(actual, toc_digest) != 0) {
+		r = err_set(err, EBADMSG, "the TOC digest %s does not match the annotation %s", actual, toc_digest);
+		goto fail;
+	}
+
+	l = calloc(1, sizeof(*l));
+	if (!l) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	pthread_mutex_init(&l->lock, NULL);
+	l->blob_fd = -1;
+	l->blob_size = blob_size;
+	l->compression = COMPRESSION_GZIP;
+	l->format = LAYER_CHUNKED;
+	snprintf(l->digest, sizeof(l->digest), "%s", digest);
+	r = parse_toc(l, json, json_len, toc_off, err);
+	if (r < 0)
+		goto fail;
+	l->remote = rem;
+	*ret = l;
+	return 0;
+fail:
+	layer_free(l);
+	remote_free(rem);
+	if (err && err->code)
+		err_wrap(err, "eStargz layer %s", digest);
+	return r;
+}
+
+/* Inflates the member(s) in comp and takes size bytes from inner_off on. */
+static int inflate_chunk(const unsigned char *comp, size_t comp_len, uint64_t inner_off, unsigned char *out,
+			 size_t size)
+{
+	z_stream z = { 0 };
+	if (inflateInit2(&z, 15 + 32) != Z_OK)
+		return -ENOMEM;
+	unsigned char discard[16384];
+	uint64_t skip = inner_off;
+	size_t got = 0;
+	z.next_in = (unsigned char *)comp;
+	z.avail_in = (uInt)comp_len;
+	int r = 0;
+	while (got < size) {
+		if (skip > 0) {
+			z.next_out = discard;
+			z.avail_out = (uInt)(skip < sizeof(discard) ? skip : sizeof(discard));
+		} else {
+			z.next_out = out + got;
+			z.avail_out = (uInt)(size - got);
+		}
+		uInt before = z.avail_out;
+		int zr = inflate(&z, Z_NO_FLUSH);
+		size_t made = before - z.avail_out;
+		if (skip > 0)
+			skip -= made;
+		else
+			got += made;
+		if (zr == Z_STREAM_END) {
+			if (got == size)
+				break;
+			/* Small files may share members: go on with the next one. */
+			if (z.avail_in == 0 || inflateReset(&z) != Z_OK) {
+				r = -EIO;
+				break;
+			}
+			continue;
+		}
+		if (zr != Z_OK || (made == 0 && z.avail_in == 0)) {
+			r = -EIO;
+			break;
+		}
+	}
+	inflateEnd(&z);
+	return r;
+}
+
+/* Makes sure the chunk is in the cache, verified; returns an fd on it. */
+static int chunk_open(struct layer *l, const struct chunk *c)
+{
+	struct remote *rem = l->remote;
+	_cleanup_free_ char *path = strdup_printf("%s/%s", rem->chunk_dir, c->digest + 7);
+	if (!path)
+		return -ENOMEM;
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	struct stat st;
+	if (fd >= 0 && fstat(fd, &st) == 0 && (uint64_t)st.st_size == c->size) {
+		pthread_mutex_lock(&rem->lock);
+		rem->chunk_hits++;
+		pthread_mutex_unlock(&rem->lock);
+		return fd;
+	}
+	if (fd >= 0)
+		close(fd);
+	if (c->comp_end <= c->comp_off || c->comp_end - c->comp_off > CHUNK_MAX_SIZE * 2)
+		return -EIO;
+	size_t comp_len = (size_t)(c->comp_end - c->comp_off);
+	_cleanup_free_ unsigned char *comp = malloc(comp_len);
+	_cleanup_free_ unsigned char *data = malloc(c->size ? c->size : 1);
+	if (!comp || !data)
+		return -ENOMEM;
+	struct err err = { 0 };
+	int r = fetch(rem, c->comp_off, comp_len, comp, &err);
+	if (r < 0)
+		return -EIO;
+	pthread_mutex_lock(&rem->lock);
+	rem->chunk_misses++;
+	pthread_mutex_unlock(&rem->lock);
+	r = inflate_chunk(comp, comp_len, c->inner_off, data, c->size);
+	if (r < 0)
+		return -EIO;
+	char actual[DIGEST_SHA256_LEN + 1];
+	digest_sha256(data, c->size, actual);
+	if (strcmp(actual, c->digest) != 0)
+		return -EIO; /* never cache or serve bytes that do not match */
+	r = write_file_atomic(path, data, c->size);
+	if (r < 0)
+		return r;
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	return fd < 0 ? -errno : fd;
+}
+
+ssize_t chunked_read_entry(struct layer *l, const struct entry *e, void *buf, size_t len, uint64_t off)
+{
+	if (off >= e->size)
+		return 0;
+	if (len > e->size - off)
+		len = (size_t)(e->size - off);
+	for (uint32_t i = 0; i < e->n_chunks; i++) {
+		const struct chunk *c = &e->chunks[i];
+		uint64_t start = off > c->file_off ? off : c->file_off;
+		uint64_t end = off + len < c->file_off + c->size ? off + len : c->file_off + c->size;
+		if (start >= end)
+			continue;
+		int fd = chunk_open(l, c);
+		if (fd < 0)
+			return fd;
+		int r = read_full_at(fd, (char *)buf + (start - off), (size_t)(end - start), (off_t)(start - c->file_off));
+		close(fd);
+		if (r < 0)
+			return -EIO;
+	}
+	return (ssize_t)len;
+}

@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Lazy eStargz layers: the tree from the TOC alone, file bytes fetched a
+chunk at a time with Range requests, each chunk verified."""
+
+import errno
+import json
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+import estargz  # noqa: E402
+from harness import (Entry, Mount, Registry, Tap, diff_snapshots, make_tar, compress, require_root_and_fuse,  # noqa: E402
+                     run, skopeo_umoci_unpack, snapshot, workspace, IMGFS, LAYER_TYPES, MT_OCI_CONFIG,
+                     MT_OCI_MANIFEST, digest_of)
+from images import deterministic_bytes  # noqa: E402
+
+tap = Tap()
+require_root_and_fuse(tap)
+
+BIG = deterministic_bytes(7, 40 << 20)
+LOWER = [Entry("etc", "dir"), Entry("etc/os-release", data=b"NAME=lazy\n"),
+         Entry("big", "dir"), Entry("big/blob.bin", data=BIG, mode=0o600, uid=1000, gid=100),
+         Entry("small.txt", data=b"just a few bytes\n"),
+         Entry("many", "dir"), *[Entry(f"many/f{i}", data=b"%d\n" % i) for i in range(300)],
+         Entry("link", "symlink", link="/etc/os-release", mode=0o777),
+         Entry("hard", "hardlink", link="small.txt"),
+         Entry("xattr", data=b"x", xattrs={"user.k": "v"}),
+         Entry("fifo", "fifo"), Entry("null", "chr", dev=(1, 3), mode=0o666),
+         Entry("gone", data=b"to be deleted")]
+UPPER = [Entry(".wh.gone", data=b""), Entry("etc", "dir", mode=0o700),
+         Entry("etc/os-release", data=b"NAME=lazy upper\n")]
+
+
+def push_estargz(reg, repo, tag, layer_entries, bad_toc=False):
+    descriptors, diff_ids = [], []
+    for entries in layer_entries:
+        blob, toc_digest, diff_id, size = estargz.build(entries)
+        d = reg.push_blob(repo, blob)
+        descriptors.append({"mediaType": LAYER_TYPES["gzip"], "digest": d, "size": len(blob),
+                            "annotations": {estargz.TOC_ANNOTATION: digest_of(b"wrong") if bad_toc else toc_digest,
+                                            estargz.SIZE_ANNOTATION: str(size)}})
+        diff_ids.append(diff_id)
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+    manifest = {"schemaVersion": 2, "mediaType": MT_OCI_MANIFEST,
+                "config": {"mediaType": MT_OCI_CONFIG, "digest": reg.push_blob(repo, config), "size": len(config)},
+                "layers": descriptors}
+    reg.push_manifest(repo, tag, manifest, MT_OCI_MANIFEST)
+    return descriptors
+
+
+def stats(mnt):
+    r = run([IMGFS, "stats", mnt])
+    return {k: int(v) for k, v in (line.split() for line in r.stdout.decode().splitlines())}
+
+
+def blob_bytes_served(reg, digest):
+    """Bytes the registry sent for GETs of one blob, from its access log."""
+    total = 0
+    for line in reg.access_log().splitlines():
+        m = re.search(r'"GET [^"]*/blobs/' + re.escape(digest) + r' HTTP/[0-9.]+" (\d+) (\d+)', line)
+        if m:
+            total += int(m.group(2))
+    return total
+
+
+with workspace() as work:
+    reg = Registry(work)
+    try:
+        layers = push_estargz(reg, "lazy/app", "v1", [LOWER, UPPER])
+        big_layer = layers[0]
+
+        cache = os.path.join(work, "cache")
+        mnt = os.path.join(work, "mnt")
+        m = Mount(f"{reg.host}/lazy/app:v1", mnt, cache)
+        if tap.ok(m.ok, "mount an eStargz image", m.stderr()):
+            tap.ok(blob_bytes_served(reg, big_layer["digest"]) < 64 << 10,
+                   "mounting fetched only the footer and the TOC of a %d-byte layer" % big_layer["size"],
+                   blob_bytes_served(reg, big_layer["digest"]))
+            tap.ok(sorted(os.listdir(mnt)) == sorted(["etc", "big", "small.txt", "many", "link", "hard", "xattr",
+                                                       "fifo", "null"]),
+                   "the TOC and the landmark are not shown; the whiteout applies", os.listdir(mnt))
+            with open(os.path.join(mnt, "small.txt"), "rb") as f:
+                tap.ok(f.read() == b"just a few bytes\n", "read a small file")
+            served = blob_bytes_served(reg, big_layer["digest"])
+            tap.ok(served < 128 << 10, f"reading it fetched {served} bytes of a {big_layer['size']}-byte layer")
+            s = stats(mnt)
+            tap.ok(s["bytes_fetched_whole"] == 0 and 0 < s["bytes_fetched_ranges"] < 128 << 10,
+                   "imgfs stats agrees: ranges only, and few bytes", s)
+            with open(os.path.join(mnt, "big/blob.bin"), "rb") as f:
+                f.seek(25 << 20)
+                tap.ok(f.read(1 << 20) == BIG[25 << 20:26 << 20], "a read in the middle of a 40 MiB file")
+            s2 = stats(mnt)
+            tap.ok(s2["bytes_fetched_ranges"] - s["bytes_fetched_ranges"] < 9 << 20,
+                   "it fetched the chunks it needed, not the file", s2)
+            tap.ok(open(os.path.join(mnt, "etc/os-release"), "rb").read() == b"NAME=lazy upper\n",
+                   "the upper layer's file wins")
+            m.umount()
+
+        # Whole tree against umoci's unpack of the same blobs (a valid gzip stream).
+        reference = skopeo_umoci_unpack(reg, "lazy/app:v1", work)
+        root_times = os.stat(reference)
+        for name in (estargz.TOC_NAME, ".prefetch.landmark"):
+            os.unlink(os.path.join(reference, name))
+        os.utime(reference, ns=(root_times.st_atime_ns, root_times.st_mtime_ns))
+        m = Mount(f"{reg.host}/lazy/app:v1", mnt, cache)
+        if tap.ok(m.ok, "mount again on the same cache", m.stderr()):
+            want, got = snapshot(reference), snapshot(mnt)
+            tap.ok(got == want, "the lazy tree equals the skopeo+umoci unpack", diff_snapshots(want, got))
+            s = stats(mnt)
+            tap.ok(s["cache_hits"] > 0, "chunks fetched by the first mount come from the cache", s)
+            m.umount()
+
+        # A chunk corrupted in the registry: EIO for that chunk, the rest keeps working.
+        path = reg.blob_path(big_layer["digest"])
+        with open(path, "r+b") as f:
+            f.seek(big_layer["size"] // 2)
+            byte = f.read(1)
+            f.seek(big_layer["size"] // 2)
+            f.write(bytes([byte[0] ^ 0x55]))
+        m = Mount(f"{reg.host}/lazy/app:v1", mnt, os.path.join(work, "cache-fresh"))
+        if tap.ok(m.ok, "mount with a corrupt chunk in the registry (the TOC is intact)", m.stderr()):
+            failed = None
+            try:
+                with open(os.path.join(mnt, "big/blob.bin"), "rb") as f:
+                    data = f.read()
+                failed = data != BIG and "wrong bytes"
+            except OSError as e:
+                failed = e.errno
+            tap.ok(failed == errno.EIO, "reading the corrupt chunk fails with EIO, never wrong bytes", failed)
+            tap.ok(open(os.path.join(mnt, "small.txt"), "rb").read() == b"just a few bytes\n",
+                   "other files still read")
+            chunks = os.listdir(os.path.join(work, "cache-fresh", "chunks", "sha256"))
+            import hashlib
+            tap.ok(all(hashlib.sha256(open(os.path.join(work, "cache-fresh", "chunks", "sha256", c), "rb").read())
+                       .hexdigest() == c for c in chunks if "." not in c),
+                   "every cached chunk matches its digest")
+            m.umount()
+
+        push_estargz(reg, "lazy/badtoc", "v1", [LOWER[:2]], bad_toc=True)
+        m = Mount(f"{reg.host}/lazy/badtoc:v1", mnt, cache)
+        tap.ok(not m.ok and "TOC digest" in m.stderr() and "does not match" in m.stderr(),
+               "a TOC that does not match its annotation is refused", m.stderr())
+    finally:
+        reg.stop()
+
+tap.done()
