@@ -22,6 +22,7 @@
 #define TOC_MAX_SIZE (256u << 20)
 #define CHUNK_MAX_SIZE (64u << 20)
 #define TOC_NAME "stargz.index.json"
+#define CHUNK_FETCH_ATTEMPTS 3
 
 struct remote {
 	pthread_mutex_t lock; /* guards client and the counters */
@@ -590,19 +591,24 @@ static int chunk_open(struct layer *l, const struct chunk *c)
 	_cleanup_free_ unsigned char *data = malloc(c->size ? c->size : 1);
 	if (!comp || !data)
 		return -ENOMEM;
-	struct err err = { 0 };
-	int r = fetch(rem, c->comp_off, comp_len, comp, &err);
+	/* Bytes that do not match may come from a broken connection or proxy as
+	 * well as from a bad blob: fetch again before giving up. */
+	int r = -EIO;
+	for (int attempt = 0; attempt < CHUNK_FETCH_ATTEMPTS && r < 0; attempt++) {
+		struct err err = { 0 };
+		if (fetch(rem, c->comp_off, comp_len, comp, &err) < 0)
+			return -EIO; /* the client already retried transient errors */
+		pthread_mutex_lock(&rem->lock);
+		rem->chunk_misses++;
+		pthread_mutex_unlock(&rem->lock);
+		char actual[DIGEST_SHA256_LEN + 1];
+		if (inflate_chunk(comp, comp_len, c->inner_off, data, c->size) == 0) {
+			digest_sha256(data, c->size, actual);
+			if (strcmp(actual, c->digest) == 0)
+				r = 0;
+		}
+	}
 	if (r < 0)
-		return -EIO;
-	pthread_mutex_lock(&rem->lock);
-	rem->chunk_misses++;
-	pthread_mutex_unlock(&rem->lock);
-	r = inflate_chunk(comp, comp_len, c->inner_off, data, c->size);
-	if (r < 0)
-		return -EIO;
-	char actual[DIGEST_SHA256_LEN + 1];
-	digest_sha256(data, c->size, actual);
-	if (strcmp(actual, c->digest) != 0)
 		return -EIO; /* never cache or serve bytes that do not match */
 	r = write_file_atomic(path, data, c->size);
 	if (r < 0)

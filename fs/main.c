@@ -129,6 +129,10 @@ static int cmd_mount(int argc, char **argv)
 		goto out;
 	opts.cache_dir = cache_dir;
 	opts.registry.insecure_registries = insecure;
+	/* Tests shorten it to exercise stalled connections quickly. */
+	const char *stall = getenv("IMGFS_STALL_SECONDS");
+	if (stall && *stall)
+		opts.registry.stall_seconds = strtol(stall, NULL, 10);
 	if (isatty(STDERR_FILENO))
 		opts.progress = progress_line;
 

@@ -30,6 +30,7 @@ struct registry_client {
 	struct platform platform;
 	size_t max_document_size;
 	bool insecure;
+	long stall_seconds; /* a transfer with no progress this long is retried */
 };
 
 /* One HTTP exchange: the body goes to memory (bounded) or to a file. */
@@ -263,6 +264,7 @@ int registry_client_new(const struct image_ref *ref, const struct registry_optio
 	c->base_url = strdup_printf("%s://%s", c->insecure ? "http" : "https", ref->domain);
 	c->platform = opts->platform;
 	c->max_document_size = opts->max_document_size ? opts->max_document_size : MANIFEST_MAX_SIZE;
+	c->stall_seconds = opts->stall_seconds > 0 ? opts->stall_seconds : 30;
 	c->curl = curl_easy_init();
 	if (!c->ref.domain || !c->ref.repository || !c->base_url || !c->curl ||
 	    (ref->tag && !c->ref.tag) || (ref->digest && !c->ref.digest)) {
@@ -357,7 +359,7 @@ static int http_get(struct registry_client *c, const char *url, const char *acce
 		curl_easy_setopt(c->curl, CURLOPT_CONNECTTIMEOUT, 20L);
 		/* A stalled transfer counts as a connection error. */
 		curl_easy_setopt(c->curl, CURLOPT_LOW_SPEED_LIMIT, 1L);
-		curl_easy_setopt(c->curl, CURLOPT_LOW_SPEED_TIME, 30L);
+		curl_easy_setopt(c->curl, CURLOPT_LOW_SPEED_TIME, c->stall_seconds);
 		curl_easy_setopt(c->curl, CURLOPT_USERAGENT, "imgfs/0.1");
 		curl_easy_setopt(c->curl, CURLOPT_HEADERFUNCTION, header_cb);
 		curl_easy_setopt(c->curl, CURLOPT_HEADERDATA, resp);

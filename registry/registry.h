@@ -110,6 +110,9 @@ struct registry_options {
 	struct platform platform;
 	/* Maximum bytes for a blob fetched to memory (configs). */
 	size_t max_document_size;
+	/* Seconds without progress before a transfer counts as failed and is
+	 * retried; 0 means 30. */
+	long stall_seconds;
 };
 
 struct registry_client;

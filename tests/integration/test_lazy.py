@@ -10,6 +10,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 import estargz  # noqa: E402
+from test_lazy_lib import push_estargz  # noqa: E402
 from harness import (Entry, Mount, Registry, Tap, diff_snapshots, make_tar, compress, require_root_and_fuse,  # noqa: E402
                      run, skopeo_umoci_unpack, snapshot, workspace, IMGFS, LAYER_TYPES, MT_OCI_CONFIG,
                      MT_OCI_MANIFEST, digest_of)
@@ -30,24 +31,6 @@ LOWER = [Entry("etc", "dir"), Entry("etc/os-release", data=b"NAME=lazy\n"),
          Entry("gone", data=b"to be deleted")]
 UPPER = [Entry(".wh.gone", data=b""), Entry("etc", "dir", mode=0o700),
          Entry("etc/os-release", data=b"NAME=lazy upper\n")]
-
-
-def push_estargz(reg, repo, tag, layer_entries, bad_toc=False):
-    descriptors, diff_ids = [], []
-    for entries in layer_entries:
-        blob, toc_digest, diff_id, size = estargz.build(entries)
-        d = reg.push_blob(repo, blob)
-        descriptors.append({"mediaType": LAYER_TYPES["gzip"], "digest": d, "size": len(blob),
-                            "annotations": {estargz.TOC_ANNOTATION: digest_of(b"wrong") if bad_toc else toc_digest,
-                                            estargz.SIZE_ANNOTATION: str(size)}})
-        diff_ids.append(diff_id)
-    config = json.dumps({"architecture": "amd64", "os": "linux",
-                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
-    manifest = {"schemaVersion": 2, "mediaType": MT_OCI_MANIFEST,
-                "config": {"mediaType": MT_OCI_CONFIG, "digest": reg.push_blob(repo, config), "size": len(config)},
-                "layers": descriptors}
-    reg.push_manifest(repo, tag, manifest, MT_OCI_MANIFEST)
-    return descriptors
 
 
 def stats(mnt):

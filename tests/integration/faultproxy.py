@@ -1,0 +1,86 @@
+"""An HTTP proxy between imgfs and a real docker-registry that injects
+faults into ranged blob reads: dropped connections, stalls, truncated bodies,
+5xx and 429 answers, corrupted bytes."""
+
+import http.server
+import threading
+import time
+import urllib.error
+import urllib.request
+
+MODES = ("drop", "stall", "truncate", "503", "429", "corrupt")
+
+
+class FaultProxy:
+    def __init__(self, upstream, stall_seconds=4):
+        self.upstream = upstream
+        self.stall_seconds = stall_seconds
+        self.faults = []          # one-shot faults, applied in order
+        self.always = None        # a fault applied to every ranged blob read
+        self.injected = []
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                fault = proxy.next_fault(self)
+                if fault == "drop":
+                    self.close_connection = True
+                    return
+                if fault == "stall":
+                    time.sleep(proxy.stall_seconds)
+                    self.close_connection = True
+                    return
+                if fault in ("503", "429"):
+                    self.send_response(int(fault))
+                    if fault == "429":
+                        self.send_header("Retry-After", "1")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                headers = {"Accept": self.headers.get("Accept", "*/*")}
+                if self.headers.get("Range"):
+                    headers["Range"] = self.headers["Range"]
+                req = urllib.request.Request(f"http://{proxy.upstream}{self.path}", headers=headers)
+                try:
+                    with urllib.request.urlopen(req, timeout=60) as r:
+                        body, status, rh = r.read(), r.status, r.headers
+                except urllib.error.HTTPError as e:
+                    body, status, rh = e.read(), e.code, e.headers
+                if fault == "corrupt" and body:
+                    body = bytearray(body)
+                    body[len(body) // 2] ^= 0xFF
+                    body = bytes(body)
+                self.send_response(status)
+                for h in ("Content-Type", "Docker-Content-Digest", "Content-Range"):
+                    if rh.get(h):
+                        self.send_header(h, rh[h])
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if fault == "truncate":
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def next_fault(self, handler):
+        if "/blobs/" not in handler.path or not handler.headers.get("Range"):
+            return None
+        with self.lock:
+            fault = self.faults.pop(0) if self.faults else self.always
+            if fault:
+                self.injected.append(fault)
+            return fault
+
+    def stop(self):
+        self.server.shutdown()

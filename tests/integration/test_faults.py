@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""Network faults between imgfs and the registry during lazy reads: a single
+fault is retried and the read returns the right bytes; a persistent fault
+gives EIO for the affected read only, never wrong bytes, and the daemon keeps
+serving everything else."""
+
+import errno
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from faultproxy import MODES, FaultProxy  # noqa: E402
+from harness import Entry, Mount, Registry, Tap, require_root_and_fuse, workspace  # noqa: E402
+from images import deterministic_bytes  # noqa: E402
+from test_lazy_lib import push_estargz  # noqa: E402
+
+tap = Tap()
+require_root_and_fuse(tap)
+
+CHUNK = 1 << 20
+BIG = deterministic_bytes(11, 24 * CHUNK)
+ENTRIES = [Entry("big", data=BIG), Entry("small", data=b"small file\n")]
+
+
+def read_at(path, chunk_index):
+    """Reads one chunk's worth at the start of chunk chunk_index; bytes or errno."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return os.pread(fd, 4096, chunk_index * CHUNK)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        return e.errno
+
+
+os.environ["IMGFS_STALL_SECONDS"] = "2"
+with workspace() as work:
+    reg = Registry(work)
+    proxy = FaultProxy(reg.host, stall_seconds=4)
+    try:
+        push_estargz(reg, "faults/app", "v1", [ENTRIES], chunk_size=CHUNK)
+        for n, mode in enumerate(MODES):
+            mnt = os.path.join(work, f"mnt-{mode}")
+            proxy.faults, proxy.always = [], None
+            m = Mount(f"{proxy.host}/faults/app:v1", mnt, os.path.join(work, f"cache-{mode}"))
+            if not tap.ok(m.ok, f"{mode}: mount through the fault proxy", m.stderr()):
+                continue
+            big = os.path.join(mnt, "big")
+            proxy.faults = [mode]
+            got = read_at(big, 3)
+            tap.ok(got == BIG[3 * CHUNK:3 * CHUNK + 4096] and proxy.injected[-1:] == [mode],
+                   f"{mode}: one fault is retried and the read returns the right bytes",
+                   got if isinstance(got, int) else len(got))
+            proxy.always = mode
+            got = read_at(big, 10)
+            tap.ok(got == errno.EIO, f"{mode}: a fault that persists gives EIO, not wrong bytes", got)
+            proxy.always = None
+            tap.ok(open(os.path.join(mnt, "small"), "rb").read() == b"small file\n",
+                   f"{mode}: the daemon keeps serving other files")
+            got = read_at(big, 10)
+            tap.ok(got == BIG[10 * CHUNK:10 * CHUNK + 4096], f"{mode}: the failed chunk reads once the fault is gone",
+                   got if isinstance(got, int) else len(got))
+            m.umount()
+    finally:
+        proxy.stop()
+        reg.stop()
+
+tap.done()
