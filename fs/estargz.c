@@ -25,11 +25,17 @@
 #define CHUNK_FETCH_ATTEMPTS 3
 
 struct remote {
-	pthread_mutex_t lock; /* guards client and the counters */
-	struct registry_client *client;
+	pthread_mutex_t lock; /* guards client, the counters and inflight */
+	pthread_cond_t inflight_done;
+	struct registry_client *client;          /* on-demand reads */
+	struct registry_client *prefetch_client; /* background fetches, so reads never queue behind them */
 	char *chunk_dir;
 	char digest[72];
-	uint64_t bytes_fetched, requests, chunk_hits, chunk_misses;
+	uint64_t bytes_fetched, requests, chunk_hits, chunk_misses, bytes_prefetched;
+	/* Chunks being fetched right now: a second reader waits for the first
+	 * instead of fetching the same bytes again. */
+	const struct chunk **inflight;
+	size_t n_inflight, allocated_inflight;
 };
 
 void remote_free(struct remote *r)
@@ -37,7 +43,10 @@ void remote_free(struct remote *r)
 	if (!r)
 		return;
 	registry_client_free(r->client);
+	registry_client_free(r->prefetch_client);
 	pthread_mutex_destroy(&r->lock);
+	pthread_cond_destroy(&r->inflight_done);
+	free(r->inflight);
 	free(r->chunk_dir);
 	free(r);
 }
@@ -52,6 +61,7 @@ void layer_get_stats(struct layer *l, struct layer_stats *ret)
 	ret->requests = l->remote->requests;
 	ret->chunk_hits = l->remote->chunk_hits;
 	ret->chunk_misses = l->remote->chunk_misses;
+	ret->bytes_prefetched = l->remote->bytes_prefetched;
 	pthread_mutex_unlock(&l->remote->lock);
 }
 
@@ -64,6 +74,21 @@ static int fetch(struct remote *r, uint64_t off, size_t len, void *buf, struct e
 		r->requests++;
 	}
 	pthread_mutex_unlock(&r->lock);
+	return ret;
+}
+
+/* The prefetch connection is used by one thread only: no lock held while
+ * the transfer runs. */
+static int fetch_background(struct remote *r, uint64_t off, size_t len, void *buf, struct err *err)
+{
+	int ret = registry_fetch_range(r->prefetch_client, r->digest, off, len, buf, err);
+	if (ret == 0) {
+		pthread_mutex_lock(&r->lock);
+		r->bytes_fetched += len;
+		r->bytes_prefetched += len;
+		r->requests++;
+		pthread_mutex_unlock(&r->lock);
+	}
 	return ret;
 }
 
@@ -271,6 +296,7 @@ static int parse_toc(struct layer *l, const char *json, size_t len, uint64_t toc
 	int r = 0;
 	size_t allocated = 0, chunk_allocated = 0;
 	struct entry *current_file = NULL;
+	size_t landmark = SIZE_MAX; /* entries before it form the prefetch set */
 
 	if (!root || !json_object_object_get_ex(root, "entries", &entries) ||
 	    !json_object_is_type(entries, json_type_array)) {
@@ -302,6 +328,8 @@ static int parse_toc(struct layer *l, const char *json, size_t len, uint64_t toc
 			r = err_set(err, EINVAL, "TOC entry \"%s\" leaves the image root", name);
 			goto out;
 		}
+		if (strcmp(path, ".prefetch.landmark") == 0)
+			landmark = l->n_entries;
 		if (hidden_name(path))
 			continue;
 		if (grow_array((void **)&l->entries, &allocated, l->n_entries + 1, sizeof(struct entry)) < 0) {
@@ -376,6 +404,8 @@ static int parse_toc(struct layer *l, const char *json, size_t len, uint64_t toc
 			}
 		}
 	}
+	for (size_t i = 0; landmark != SIZE_MAX && i < landmark; i++)
+		l->entries[i].prefetch = true;
 	/* Every chunk must cover its file exactly. */
 	for (size_t i = 0; i < l->n_entries; i++) {
 		struct entry *e = &l->entries[i];
@@ -425,8 +455,8 @@ out:
 	return r;
 }
 
-int estargz_open(struct registry_client *client, const char *digest, uint64_t blob_size, const char *toc_digest,
-		 const char *cache_dir, struct layer **ret, struct err *err)
+int estargz_open(struct registry_client *client, struct registry_client *prefetch_client, const char *digest,
+		 uint64_t blob_size, const char *toc_digest, const char *cache_dir, struct layer **ret, struct err *err)
 {
 	struct layer *l = NULL;
 	struct remote *rem = calloc(1, sizeof(*rem));
@@ -436,10 +466,13 @@ int estargz_open(struct registry_client *client, const char *digest, uint64_t bl
 
 	if (!rem) {
 		registry_client_free(client);
+		registry_client_free(prefetch_client);
 		return -ENOMEM;
 	}
 	pthread_mutex_init(&rem->lock, NULL);
+	pthread_cond_init(&rem->inflight_done, NULL);
 	rem->client = client;
+	rem->prefetch_client = prefetch_client;
 	snprintf(rem->digest, sizeof(rem->digest), "%s", digest);
 	rem->chunk_dir = strdup_printf("%s/chunks/sha256", cache_dir);
 	if (!rem->chunk_dir) {
@@ -567,23 +600,28 @@ static int inflate_chunk(const unsigned char *comp, size_t comp_len, uint64_t in
 	return r;
 }
 
-/* Makes sure the chunk is in the cache, verified; returns an fd on it. */
-static int chunk_open(struct layer *l, const struct chunk *c)
+static int chunk_path_open(const char *path, uint64_t size)
 {
-	struct remote *rem = l->remote;
-	_cleanup_free_ char *path = strdup_printf("%s/%s", rem->chunk_dir, c->digest + 7);
-	if (!path)
-		return -ENOMEM;
 	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	struct stat st;
-	if (fd >= 0 && fstat(fd, &st) == 0 && (uint64_t)st.st_size == c->size) {
-		pthread_mutex_lock(&rem->lock);
-		rem->chunk_hits++;
-		pthread_mutex_unlock(&rem->lock);
+	if (fd >= 0 && fstat(fd, &st) == 0 && (uint64_t)st.st_size == size)
 		return fd;
-	}
 	if (fd >= 0)
 		close(fd);
+	return -ENOENT;
+}
+
+static ssize_t inflight_index(const struct remote *rem, const struct chunk *c)
+{
+	for (size_t i = 0; i < rem->n_inflight; i++)
+		if (strcmp(rem->inflight[i]->digest, c->digest) == 0)
+			return (ssize_t)i;
+	return -1;
+}
+
+/* Fetches, inflates and verifies one chunk into the cache. */
+static int chunk_fetch(struct remote *rem, const struct chunk *c, const char *path, bool background)
+{
 	if (c->comp_end <= c->comp_off || c->comp_end - c->comp_off > CHUNK_MAX_SIZE * 2)
 		return -EIO;
 	size_t comp_len = (size_t)(c->comp_end - c->comp_off);
@@ -596,11 +634,10 @@ static int chunk_open(struct layer *l, const struct chunk *c)
 	int r = -EIO;
 	for (int attempt = 0; attempt < CHUNK_FETCH_ATTEMPTS && r < 0; attempt++) {
 		struct err err = { 0 };
-		if (fetch(rem, c->comp_off, comp_len, comp, &err) < 0)
+		int fr = background ? fetch_background(rem, c->comp_off, comp_len, comp, &err)
+				    : fetch(rem, c->comp_off, comp_len, comp, &err);
+		if (fr < 0)
 			return -EIO; /* the client already retried transient errors */
-		pthread_mutex_lock(&rem->lock);
-		rem->chunk_misses++;
-		pthread_mutex_unlock(&rem->lock);
 		char actual[DIGEST_SHA256_LEN + 1];
 		if (inflate_chunk(comp, comp_len, c->inner_off, data, c->size) == 0) {
 			digest_sha256(data, c->size, actual);
@@ -610,11 +647,73 @@ static int chunk_open(struct layer *l, const struct chunk *c)
 	}
 	if (r < 0)
 		return -EIO; /* never cache or serve bytes that do not match */
-	r = write_file_atomic(path, data, c->size);
+	return write_file_atomic(path, data, c->size);
+}
+
+/* Makes sure the chunk is in the cache, verified; returns an fd on it.
+ * Concurrent requests for one chunk fetch it once. */
+static int chunk_open(struct layer *l, const struct chunk *c, bool background)
+{
+	struct remote *rem = l->remote;
+	_cleanup_free_ char *path = strdup_printf("%s/%s", rem->chunk_dir, c->digest + 7);
+	if (!path)
+		return -ENOMEM;
+	int fd = chunk_path_open(path, c->size);
+	if (fd >= 0) {
+		pthread_mutex_lock(&rem->lock);
+		rem->chunk_hits++;
+		pthread_mutex_unlock(&rem->lock);
+		return fd;
+	}
+	pthread_mutex_lock(&rem->lock);
+	while (inflight_index(rem, c) >= 0)
+		pthread_cond_wait(&rem->inflight_done, &rem->lock);
+	/* Whoever we waited for may have cached it. */
+	fd = chunk_path_open(path, c->size);
+	if (fd >= 0) {
+		rem->chunk_hits++;
+		pthread_mutex_unlock(&rem->lock);
+		return fd;
+	}
+	if (grow_array((void **)&rem->inflight, &rem->allocated_inflight, rem->n_inflight + 1,
+		       sizeof(*rem->inflight)) < 0) {
+		pthread_mutex_unlock(&rem->lock);
+		return -ENOMEM;
+	}
+	rem->inflight[rem->n_inflight++] = c;
+	rem->chunk_misses++;
+	pthread_mutex_unlock(&rem->lock);
+
+	int r = chunk_fetch(rem, c, path, background);
+
+	pthread_mutex_lock(&rem->lock);
+	ssize_t i = inflight_index(rem, c);
+	rem->inflight[i] = rem->inflight[--rem->n_inflight];
+	pthread_cond_broadcast(&rem->inflight_done);
+	pthread_mutex_unlock(&rem->lock);
 	if (r < 0)
 		return r;
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-	return fd < 0 ? -errno : fd;
+	fd = chunk_path_open(path, c->size);
+	return fd < 0 ? -EIO : fd;
+}
+
+int layer_prefetch(struct layer *l, bool only_landmark, const atomic_bool *stop)
+{
+	if (l->format != LAYER_CHUNKED)
+		return 0;
+	for (size_t i = 0; i < l->n_entries; i++) {
+		const struct entry *e = &l->entries[i];
+		if (only_landmark && !e->prefetch)
+			continue;
+		for (uint32_t k = 0; k < e->n_chunks; k++) {
+			if (atomic_load(stop))
+				return -ECANCELED;
+			int fd = chunk_open(l, &e->chunks[k], true);
+			if (fd >= 0)
+				close(fd);
+		}
+	}
+	return 0;
 }
 
 ssize_t chunked_read_entry(struct layer *l, const struct entry *e, void *buf, size_t len, uint64_t off)
@@ -629,7 +728,7 @@ ssize_t chunked_read_entry(struct layer *l, const struct entry *e, void *buf, si
 		uint64_t end = off + len < c->file_off + c->size ? off + len : c->file_off + c->size;
 		if (start >= end)
 			continue;
-		int fd = chunk_open(l, c);
+		int fd = chunk_open(l, c, false);
 		if (fd < 0)
 			return fd;
 		int r = read_full_at(fd, (char *)buf + (start - off), (size_t)(end - start), (off_t)(start - c->file_off));

@@ -8,6 +8,7 @@
 #include "image.h"
 
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #define CONFIG_MAX_SIZE (8u << 20)
@@ -90,11 +91,17 @@ static int open_layer(struct image *img, const struct image_ref *ref, struct reg
 	const char *toc_digest = descriptor_annotation(d, ESTARGZ_TOC_ANNOTATION);
 	if (compression == COMPRESSION_GZIP && toc_digest && digest_is_valid(toc_digest)) {
 		/* Lazy: each eStargz layer gets its own connection, so layers fetch in parallel. */
-		struct registry_client *layer_client;
+		struct registry_client *layer_client, *prefetch_client;
 		int r = registry_client_new(ref, &opts->registry, &layer_client, err);
 		if (r < 0)
 			return r;
-		return estargz_open(layer_client, d->digest, (uint64_t)d->size, toc_digest, opts->cache_dir, ret, err);
+		r = registry_client_new(ref, &opts->registry, &prefetch_client, err);
+		if (r < 0) {
+			registry_client_free(layer_client);
+			return r;
+		}
+		return estargz_open(layer_client, prefetch_client, d->digest, (uint64_t)d->size, toc_digest,
+				    opts->cache_dir, ret, err);
 	}
 	int fd;
 	bool cached = false;
@@ -206,6 +213,10 @@ struct image *image_free(struct image *img)
 {
 	if (!img)
 		return NULL;
+	if (img->prefetch_running) {
+		atomic_store(&img->prefetch_stop, true);
+		pthread_join(img->prefetch_thread, NULL);
+	}
 	tree_free(img->tree);
 	for (size_t i = 0; i < img->n_layers; i++)
 		layer_free(img->layers[i]);
@@ -226,6 +237,7 @@ int image_format_stats(struct image *img, char *buf, size_t size)
 		total.requests += s.requests;
 		total.chunk_hits += s.chunk_hits;
 		total.chunk_misses += s.chunk_misses;
+		total.bytes_prefetched += s.bytes_prefetched;
 	}
 	int n = snprintf(buf, size,
 			 "image_size %llu\n"
@@ -233,9 +245,42 @@ int image_format_stats(struct image *img, char *buf, size_t size)
 			 "bytes_fetched_ranges %llu\n"
 			 "range_requests %llu\n"
 			 "cache_hits %llu\n"
-			 "cache_misses %llu\n",
+			 "cache_misses %llu\n"
+			 "bytes_prefetched %llu\n"
+			 "prefetch_done %d\n",
 			 (unsigned long long)img->image_size, (unsigned long long)img->bytes_fetched_whole,
 			 (unsigned long long)total.bytes_fetched, (unsigned long long)total.requests,
-			 (unsigned long long)total.chunk_hits, (unsigned long long)total.chunk_misses);
+			 (unsigned long long)total.chunk_hits, (unsigned long long)total.chunk_misses,
+			 (unsigned long long)total.bytes_prefetched, atomic_load(&img->prefetch_done) ? 1 : 0);
 	return n < 0 || (size_t)n >= size ? -ERANGE : n;
+}
+
+/* Landmark files of every layer first (what the workload needs to start),
+ * then, unless told otherwise, everything else. */
+static void *prefetch_main(void *userdata)
+{
+	struct image *img = userdata;
+	/* Low priority: this thread's nice value only (Linux threads have their own). */
+	if (setpriority(PRIO_PROCESS, (id_t)gettid(), 19) < 0) {
+		/* Not fatal: prefetch then competes with reads a little more. */
+	}
+	for (size_t i = 0; i < img->n_layers && !atomic_load(&img->prefetch_stop); i++)
+		layer_prefetch(img->layers[i], true, &img->prefetch_stop);
+	if (img->prefetch_mode == PREFETCH_ALL)
+		for (size_t i = 0; i < img->n_layers && !atomic_load(&img->prefetch_stop); i++)
+			layer_prefetch(img->layers[i], false, &img->prefetch_stop);
+	atomic_store(&img->prefetch_done, !atomic_load(&img->prefetch_stop));
+	return NULL;
+}
+
+int image_start_prefetch(struct image *img, enum prefetch_mode mode)
+{
+	img->prefetch_mode = mode;
+	if (mode == PREFETCH_NONE)
+		return 0;
+	int r = pthread_create(&img->prefetch_thread, NULL, prefetch_main, img);
+	if (r != 0)
+		return -r;
+	img->prefetch_running = true;
+	return 0;
 }

@@ -2,6 +2,8 @@
  * merged into one tree. */
 #pragma once
 
+#include <stdatomic.h>
+
 #include "registry.h"
 #include "tree.h"
 
@@ -20,7 +22,16 @@ struct image {
 	struct tree *tree;
 	uint64_t image_size;          /* compressed layers, as the manifest says */
 	uint64_t bytes_fetched_whole; /* blobs fetched whole by this mount */
+
+	pthread_t prefetch_thread;
+	bool prefetch_running;
+	atomic_bool prefetch_stop, prefetch_done;
+	enum prefetch_mode prefetch_mode;
 };
+
+/* Starts the background fetch of lazy layers.  Call it in the process that
+ * serves the mount (after daemonizing: threads do not survive fork). */
+int image_start_prefetch(struct image *img, enum prefetch_mode mode);
 
 /* "key value" lines: what this mount fetched and from where it was served. */
 int image_format_stats(struct image *img, char *buf, size_t size);

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -77,6 +78,7 @@ struct entry {
 	uint32_t n_extents;
 	struct chunk *chunks;   /* chunked layers only */
 	uint32_t n_chunks;
+	bool prefetch;          /* listed before the eStargz prefetch landmark */
 };
 
 struct cursor;
@@ -106,8 +108,10 @@ struct layer {
 };
 
 struct layer_stats {
-	uint64_t bytes_fetched, requests, chunk_hits, chunk_misses;
+	uint64_t bytes_fetched, requests, chunk_hits, chunk_misses, bytes_prefetched;
 };
+
+enum prefetch_mode { PREFETCH_NONE, PREFETCH_LANDMARK, PREFETCH_ALL };
 
 /* Media type to compression; -ENOTSUP for media types that are not layers. */
 int layer_compression_from_media_type(const char *media_type, enum layer_compression *ret);
@@ -132,11 +136,15 @@ ssize_t layer_read_entry(struct layer *l, const struct entry *e, void *buf, size
  * the TOC are fetched with Range requests and the TOC is verified against
  * toc_digest (from the verified manifest).  File bytes are fetched later, a
  * chunk at a time, verified and kept in <cache_dir>/chunks.  Takes
- * ownership of client. */
+ * ownership of both clients: one for reads, one for background prefetch. */
 struct registry_client;
-int estargz_open(struct registry_client *client, const char *digest, uint64_t blob_size, const char *toc_digest,
-		 const char *cache_dir, struct layer **ret, struct err *err);
+int estargz_open(struct registry_client *client, struct registry_client *prefetch_client, const char *digest,
+		 uint64_t blob_size, const char *toc_digest, const char *cache_dir, struct layer **ret, struct err *err);
 void layer_get_stats(struct layer *l, struct layer_stats *ret);
+/* Fetches the layer's chunks into the cache: with only_landmark, just the
+ * files before the prefetch landmark.  Uses its own connection, so reads
+ * never wait behind it.  Stops early, returning -ECANCELED, once *stop is set. */
+int layer_prefetch(struct layer *l, bool only_landmark, const atomic_bool *stop);
 
 /* Normalises a tar member name; -EINVAL for names that leave the root. */
 int path_normalise(const char *name, char **ret);

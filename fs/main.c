@@ -22,6 +22,8 @@ static void usage(FILE *out)
 		"  --cache DIR                 cache directory (default: $IMGFS_CACHE,\n"
 		"                              /var/lib/imgfs for root, else $XDG_CACHE_HOME/imgfs)\n"
 		"  --platform OS/ARCH[/VAR]    platform to pick from a multi-platform image\n"
+		"  --prefetch MODE             none, landmark (the eStargz prefetch set only) or\n"
+		"                              all (default: the prefetch set first, then the rest)\n"
 		"  --insecure-registry HOST    allow plain HTTP to HOST[:PORT] (repeatable;\n"
 		"                              also $IMGFS_INSECURE_REGISTRIES, comma-separated)\n"
 		"  -f, --foreground            stay in the foreground\n"
@@ -56,11 +58,12 @@ static void insecure_free(char **list)
 
 static int cmd_mount(int argc, char **argv)
 {
-	enum { OPT_CACHE = 256, OPT_PLATFORM, OPT_INSECURE, OPT_VERSION };
+	enum { OPT_CACHE = 256, OPT_PLATFORM, OPT_INSECURE, OPT_PREFETCH };
 	static const struct option options[] = {
 		{ "cache", required_argument, NULL, OPT_CACHE },
 		{ "platform", required_argument, NULL, OPT_PLATFORM },
 		{ "insecure-registry", required_argument, NULL, OPT_INSECURE },
+		{ "prefetch", required_argument, NULL, OPT_PREFETCH },
 		{ "foreground", no_argument, NULL, 'f' },
 		{ "debug", no_argument, NULL, 'd' },
 		{ "help", no_argument, NULL, 'h' },
@@ -72,6 +75,7 @@ static int cmd_mount(int argc, char **argv)
 	size_t n_insecure = 0;
 	const char *platform = NULL;
 	bool foreground = false, debug = false;
+	enum prefetch_mode prefetch = PREFETCH_ALL;
 	struct err err = { 0 };
 	int ret = 1, c;
 
@@ -96,6 +100,19 @@ static int cmd_mount(int argc, char **argv)
 		case OPT_INSECURE:
 			if (insecure_add(&insecure, &n_insecure, optarg) < 0)
 				goto out;
+			break;
+		case OPT_PREFETCH:
+			if (strcmp(optarg, "none") == 0)
+				prefetch = PREFETCH_NONE;
+			else if (strcmp(optarg, "landmark") == 0)
+				prefetch = PREFETCH_LANDMARK;
+			else if (strcmp(optarg, "all") == 0)
+				prefetch = PREFETCH_ALL;
+			else {
+				fprintf(stderr, "imgfs: invalid --prefetch \"%s\": expected none, landmark or all\n", optarg);
+				ret = 2;
+				goto out;
+			}
 			break;
 		case 'f':
 			foreground = true;
@@ -167,6 +184,8 @@ static int cmd_mount(int argc, char **argv)
 		fprintf(stderr, "imgfs: cannot go to the background\n");
 		goto unmount;
 	}
+	if (image_start_prefetch(img, prefetch) < 0)
+		fprintf(stderr, "imgfs: cannot start the background fetch; files are fetched when read\n");
 	struct fuse_loop_config *cfg = fuse_loop_cfg_create();
 	if (!cfg)
 		goto unmount;

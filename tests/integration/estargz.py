@@ -34,8 +34,10 @@ def _modtime(mtime):
     return datetime.datetime.fromtimestamp(int(mtime), datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def build(entries, chunk_size=4 << 20, landmark=True):
-    """entries: harness.Entry list.  Returns (blob, toc_digest, diff_id, uncompressed_size)."""
+def build(entries, chunk_size=4 << 20, landmark_after=0):
+    """entries: harness.Entry list; the first landmark_after of them form the
+    prefetch set (0: none, and a .no.prefetch.landmark says so).
+    Returns (blob, toc_digest, diff_id, uncompressed_size)."""
     from harness import tar_header, tar_padding  # the same tar encoding as the other images
 
     out = io.BytesIO()
@@ -50,10 +52,12 @@ def build(entries, chunk_size=4 << 20, landmark=True):
             tar_all.write(pending)
             pending = b""
 
+    from harness import Entry
     items = list(entries)
-    if landmark:
-        from harness import Entry
-        items.insert(0, Entry(".prefetch.landmark", data=b"\x00"))
+    if landmark_after:
+        items.insert(landmark_after, Entry(".prefetch.landmark", data=b"\x00"))
+    else:
+        items.insert(0, Entry(".no.prefetch.landmark", data=b"\x00"))
     for e in items:
         pending += tar_header(e)
         t = {"name": e.path, "type": {"file": "reg", "dir": "dir", "symlink": "symlink", "hardlink": "hardlink",

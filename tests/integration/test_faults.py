@@ -43,7 +43,7 @@ with workspace() as work:
         for n, mode in enumerate(MODES):
             mnt = os.path.join(work, f"mnt-{mode}")
             proxy.faults, proxy.always = [], None
-            m = Mount(f"{proxy.host}/faults/app:v1", mnt, os.path.join(work, f"cache-{mode}"))
+            m = Mount(f"{proxy.host}/faults/app:v1", mnt, os.path.join(work, f"cache-{mode}"), ["--prefetch=none"])
             if not tap.ok(m.ok, f"{mode}: mount through the fault proxy", m.stderr()):
                 continue
             big = os.path.join(mnt, "big")

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 import estargz  # noqa: E402
@@ -56,7 +57,7 @@ with workspace() as work:
 
         cache = os.path.join(work, "cache")
         mnt = os.path.join(work, "mnt")
-        m = Mount(f"{reg.host}/lazy/app:v1", mnt, cache)
+        m = Mount(f"{reg.host}/lazy/app:v1", mnt, cache, ["--prefetch=none"])
         if tap.ok(m.ok, "mount an eStargz image", m.stderr()):
             tap.ok(blob_bytes_served(reg, big_layer["digest"]) < 64 << 10,
                    "mounting fetched only the footer and the TOC of a %d-byte layer" % big_layer["size"],
@@ -84,7 +85,7 @@ with workspace() as work:
         # Whole tree against umoci's unpack of the same blobs (a valid gzip stream).
         reference = skopeo_umoci_unpack(reg, "lazy/app:v1", work)
         root_times = os.stat(reference)
-        for name in (estargz.TOC_NAME, ".prefetch.landmark"):
+        for name in (estargz.TOC_NAME, ".no.prefetch.landmark"):
             os.unlink(os.path.join(reference, name))
         os.utime(reference, ns=(root_times.st_atime_ns, root_times.st_mtime_ns))
         m = Mount(f"{reg.host}/lazy/app:v1", mnt, cache)
@@ -102,7 +103,7 @@ with workspace() as work:
             byte = f.read(1)
             f.seek(big_layer["size"] // 2)
             f.write(bytes([byte[0] ^ 0x55]))
-        m = Mount(f"{reg.host}/lazy/app:v1", mnt, os.path.join(work, "cache-fresh"))
+        m = Mount(f"{reg.host}/lazy/app:v1", mnt, os.path.join(work, "cache-fresh"), ["--prefetch=none"])
         if tap.ok(m.ok, "mount with a corrupt chunk in the registry (the TOC is intact)", m.stderr()):
             failed = None
             try:
@@ -119,6 +120,43 @@ with workspace() as work:
             tap.ok(all(hashlib.sha256(open(os.path.join(work, "cache-fresh", "chunks", "sha256", c), "rb").read())
                        .hexdigest() == c for c in chunks if "." not in c),
                    "every cached chunk matches its digest")
+            m.umount()
+
+        # Background fetch: the prefetch set first, then everything, each byte once.
+        prefetched = [Entry("boot", "dir"), Entry("boot/first", data=deterministic_bytes(3, 3 << 20)),
+                      Entry("boot/second", data=b"needed at start\n")]
+        rest = [Entry("later", data=deterministic_bytes(4, 20 << 20))]
+        layers = push_estargz(reg, "lazy/prefetch", "v1", [prefetched + rest], landmark_after=len(prefetched))
+        digest = layers[0]["digest"]
+        before = blob_bytes_served(reg, digest)
+        m = Mount(f"{reg.host}/lazy/prefetch:v1", mnt, os.path.join(work, "cache-landmark"), ["--prefetch=landmark"])
+        if tap.ok(m.ok, "mount with --prefetch=landmark", m.stderr()):
+            deadline = time.time() + 30
+            while time.time() < deadline and not stats(mnt)["prefetch_done"]:
+                time.sleep(0.1)
+            s = stats(mnt)
+            tap.ok(s["prefetch_done"] == 1 and (3 << 20) <= s["bytes_prefetched"] < (4 << 20),
+                   "--prefetch=landmark fetches the files before the landmark only", s)
+            m.umount()
+        before = blob_bytes_served(reg, digest)
+        m = Mount(f"{reg.host}/lazy/prefetch:v1", mnt, os.path.join(work, "cache-all"))
+        if tap.ok(m.ok, "mount with the default prefetch", m.stderr()):
+            # Reads while the background fetch runs must not fetch anything twice.
+            with open(os.path.join(mnt, "later"), "rb") as f:
+                f.seek(17 << 20)
+                tap.ok(f.read(4096) == rest[0].data[17 << 20:(17 << 20) + 4096], "an on-demand read during prefetch")
+            deadline = time.time() + 60
+            while time.time() < deadline and not stats(mnt)["prefetch_done"]:
+                time.sleep(0.1)
+            s = stats(mnt)
+            served = blob_bytes_served(reg, digest) - before
+            tap.ok(s["prefetch_done"] == 1 and served <= layers[0]["size"],
+                   f"the whole layer arrived in the background, nothing twice: {served} of {layers[0]['size']} bytes",
+                   s)
+            with open(os.path.join(mnt, "later"), "rb") as f:
+                tap.ok(f.read() == rest[0].data, "the prefetched file reads whole")
+            tap.ok(stats(mnt)["bytes_fetched_ranges"] == s["bytes_fetched_ranges"],
+                   "reads after the prefetch come from the cache")
             m.umount()
 
         push_estargz(reg, "lazy/badtoc", "v1", [LOWER[:2]], bad_toc=True)
