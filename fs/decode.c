@@ -401,12 +401,12 @@ void layer_cursors_free(struct layer *l)
 
 ssize_t layer_read_entry(struct layer *l, const struct entry *e, void *buf, size_t len, uint64_t off)
 {
-	if (l->format == LAYER_CHUNKED)
-		return chunked_read_entry(l, e, buf, len, off);
 	if (off >= e->size)
 		return 0;
 	if (len > e->size - off)
 		len = (size_t)(e->size - off);
+	if (l->format == LAYER_CHUNKED)
+		return chunked_read_entry(l, e, buf, len, off);
 	memset(buf, 0, len);
 	for (uint32_t i = 0; i < e->n_extents; i++) {
 		const struct extent *x = &e->extents[i];

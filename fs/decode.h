@@ -26,4 +26,5 @@ struct layer *layer_alloc(const char *digest, enum layer_compression compression
 
 /* estargz.c */
 void remote_free(struct remote *r);
+/* layer_read_entry() for chunked layers; [off, off+len) lies within the file. */
 ssize_t chunked_read_entry(struct layer *l, const struct entry *e, void *buf, size_t len, uint64_t off);

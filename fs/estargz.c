@@ -718,10 +718,6 @@ int layer_prefetch(struct layer *l, bool only_landmark, const atomic_bool *stop)
 
 ssize_t chunked_read_entry(struct layer *l, const struct entry *e, void *buf, size_t len, uint64_t off)
 {
-	if (off >= e->size)
-		return 0;
-	if (len > e->size - off)
-		len = (size_t)(e->size - off);
 	for (uint32_t i = 0; i < e->n_chunks; i++) {
 		const struct chunk *c = &e->chunks[i];
 		uint64_t start = off > c->file_off ? off : c->file_off;
