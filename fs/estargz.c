@@ -23,6 +23,9 @@
 #define CHUNK_MAX_SIZE (64u << 20)
 #define TOC_NAME "stargz.index.json"
 #define CHUNK_FETCH_ATTEMPTS 3
+/* Background fetches ask for runs of adjacent chunks up to this size. */
+#define PREFETCH_BATCH_BYTES (8u << 20)
+#define PREFETCH_BATCH_CHUNKS 1024
 
 struct remote {
 	pthread_mutex_t lock; /* guards client, the counters and inflight */
@@ -519,6 +522,8 @@ int estargz_open(struct registry_client *client, struct registry_client *prefetc
 	if (r < 0)
 		goto fail;
 	r = extract_toc(toc_gz, toc_gz_len, &json, &json_len, err);
+	/* Peak memory matters more than a free() later: drop it now. */
+	free(TAKE_PTR(toc_gz));
 	if (r < 0)
 		goto fail;
 	char actual[DIGEST_SHA256_LEN + 1];
@@ -619,35 +624,50 @@ static ssize_t inflight_index(const struct remote *rem, const struct chunk *c)
 	return -1;
 }
 
-/* Fetches, inflates and verifies one chunk into the cache. */
-static int chunk_fetch(struct remote *rem, const struct chunk *c, const char *path, bool background)
+/* Inflates one chunk out of its compressed bytes, verifies it and stores it
+ * in the cache.  -EBADMSG when the bytes do not match the digest. */
+static int chunk_store(struct remote *rem, const struct chunk *c, const unsigned char *comp, size_t comp_len)
 {
-	if (c->comp_end <= c->comp_off || c->comp_end - c->comp_off > CHUNK_MAX_SIZE * 2)
+	_cleanup_free_ unsigned char *data = malloc(c->size ? c->size : 1);
+	_cleanup_free_ char *path = strdup_printf("%s/%s", rem->chunk_dir, c->digest + 7);
+	if (!data || !path)
+		return -ENOMEM;
+	if (inflate_chunk(comp, comp_len, c->inner_off, data, c->size) < 0)
+		return -EBADMSG;
+	char actual[DIGEST_SHA256_LEN + 1];
+	digest_sha256(data, c->size, actual);
+	if (strcmp(actual, c->digest) != 0)
+		return -EBADMSG; /* never cache or serve bytes that do not match */
+	return write_file_atomic(path, data, c->size);
+}
+
+static bool chunk_bounds_valid(const struct chunk *c)
+{
+	return c->comp_end > c->comp_off && c->comp_end - c->comp_off <= CHUNK_MAX_SIZE * 2;
+}
+
+/* Fetches, inflates and verifies one chunk into the cache. */
+static int chunk_fetch(struct remote *rem, const struct chunk *c, bool background)
+{
+	if (!chunk_bounds_valid(c))
 		return -EIO;
 	size_t comp_len = (size_t)(c->comp_end - c->comp_off);
 	_cleanup_free_ unsigned char *comp = malloc(comp_len);
-	_cleanup_free_ unsigned char *data = malloc(c->size ? c->size : 1);
-	if (!comp || !data)
+	if (!comp)
 		return -ENOMEM;
 	/* Bytes that do not match may come from a broken connection or proxy as
 	 * well as from a bad blob: fetch again before giving up. */
-	int r = -EIO;
-	for (int attempt = 0; attempt < CHUNK_FETCH_ATTEMPTS && r < 0; attempt++) {
+	for (int attempt = 0; attempt < CHUNK_FETCH_ATTEMPTS; attempt++) {
 		struct err err = { 0 };
 		int fr = background ? fetch_background(rem, c->comp_off, comp_len, comp, &err)
 				    : fetch(rem, c->comp_off, comp_len, comp, &err);
 		if (fr < 0)
 			return -EIO; /* the client already retried transient errors */
-		char actual[DIGEST_SHA256_LEN + 1];
-		if (inflate_chunk(comp, comp_len, c->inner_off, data, c->size) == 0) {
-			digest_sha256(data, c->size, actual);
-			if (strcmp(actual, c->digest) == 0)
-				r = 0;
-		}
+		int r = chunk_store(rem, c, comp, comp_len);
+		if (r != -EBADMSG)
+			return r;
 	}
-	if (r < 0)
-		return -EIO; /* never cache or serve bytes that do not match */
-	return write_file_atomic(path, data, c->size);
+	return -EIO;
 }
 
 /* Makes sure the chunk is in the cache, verified; returns an fd on it.
@@ -684,7 +704,7 @@ static int chunk_open(struct layer *l, const struct chunk *c, bool background)
 	rem->chunk_misses++;
 	pthread_mutex_unlock(&rem->lock);
 
-	int r = chunk_fetch(rem, c, path, background);
+	int r = chunk_fetch(rem, c, background);
 
 	pthread_mutex_lock(&rem->lock);
 	ssize_t i = inflight_index(rem, c);
@@ -697,22 +717,91 @@ static int chunk_open(struct layer *l, const struct chunk *c, bool background)
 	return fd < 0 ? -EIO : fd;
 }
 
+/* Claims the chunk for fetching unless it is cached or being fetched. */
+static bool chunk_claim(struct remote *rem, const struct chunk *c)
+{
+	_cleanup_free_ char *path = strdup_printf("%s/%s", rem->chunk_dir, c->digest + 7);
+	if (!path)
+		return false;
+	int fd = chunk_path_open(path, c->size);
+	if (fd >= 0) {
+		close(fd);
+		return false;
+	}
+	pthread_mutex_lock(&rem->lock);
+	bool claimed = inflight_index(rem, c) < 0 &&
+		       grow_array((void **)&rem->inflight, &rem->allocated_inflight, rem->n_inflight + 1,
+				  sizeof(*rem->inflight)) == 0;
+	if (claimed)
+		rem->inflight[rem->n_inflight++] = c;
+	pthread_mutex_unlock(&rem->lock);
+	return claimed;
+}
+
+static void chunk_release(struct remote *rem, const struct chunk *c)
+{
+	pthread_mutex_lock(&rem->lock);
+	ssize_t i = inflight_index(rem, c);
+	if (i >= 0)
+		rem->inflight[i] = rem->inflight[--rem->n_inflight];
+	pthread_cond_broadcast(&rem->inflight_done);
+	pthread_mutex_unlock(&rem->lock);
+}
+
+/* One Range request for a run of adjacent chunks; each is still verified on
+ * its own, and one that fails is fetched again alone. */
+static void prefetch_batch(struct remote *rem, const struct chunk **batch, size_t n)
+{
+	uint64_t start = batch[0]->comp_off, end = batch[n - 1]->comp_end;
+	_cleanup_free_ unsigned char *comp = malloc((size_t)(end - start));
+	struct err err = { 0 };
+	bool fetched = comp && fetch_background(rem, start, (size_t)(end - start), comp, &err) == 0;
+	for (size_t i = 0; i < n; i++) {
+		const struct chunk *c = batch[i];
+		if (!fetched || chunk_store(rem, c, comp + (c->comp_off - start), (size_t)(c->comp_end - c->comp_off)) < 0)
+			(void)chunk_fetch(rem, c, true);
+		pthread_mutex_lock(&rem->lock);
+		rem->chunk_misses++;
+		pthread_mutex_unlock(&rem->lock);
+		chunk_release(rem, c);
+	}
+}
+
 int layer_prefetch(struct layer *l, bool only_landmark, const atomic_bool *stop)
 {
 	if (l->format != LAYER_CHUNKED)
 		return 0;
+	struct remote *rem = l->remote;
+	const struct chunk *batch[PREFETCH_BATCH_CHUNKS];
+	size_t n = 0;
+	uint64_t batch_bytes = 0;
 	for (size_t i = 0; i < l->n_entries; i++) {
 		const struct entry *e = &l->entries[i];
 		if (only_landmark && !e->prefetch)
 			continue;
 		for (uint32_t k = 0; k < e->n_chunks; k++) {
-			if (atomic_load(stop))
+			const struct chunk *c = &e->chunks[k];
+			if (atomic_load(stop)) {
+				if (n)
+					prefetch_batch(rem, batch, n);
 				return -ECANCELED;
-			int fd = chunk_open(l, &e->chunks[k], true);
-			if (fd >= 0)
-				close(fd);
+			}
+			/* Chunks come in blob order; a gap or a full batch ends the run. */
+			bool contiguous = n > 0 && batch[n - 1]->comp_end == c->comp_off;
+			if (n > 0 && (!contiguous || n == PREFETCH_BATCH_CHUNKS ||
+				      batch_bytes + (c->comp_end - c->comp_off) > PREFETCH_BATCH_BYTES)) {
+				prefetch_batch(rem, batch, n);
+				n = 0;
+				batch_bytes = 0;
+			}
+			if (!chunk_bounds_valid(c) || !chunk_claim(rem, c))
+				continue;
+			batch[n++] = c;
+			batch_bytes += c->comp_end - c->comp_off;
 		}
 	}
+	if (n)
+		prefetch_batch(rem, batch, n);
 	return 0;
 }
 
