@@ -349,13 +349,9 @@ static int cursor_for(struct layer *l, uint64_t off, struct cursor **ret)
 	return 0;
 }
 
-int layer_read(struct layer *l, void *buf, size_t len, uint64_t off)
+/* Decodes len bytes at off through the layer's cursors. */
+static int decode_at(struct layer *l, void *buf, size_t len, uint64_t off)
 {
-	if (off > l->tar_size || len > l->tar_size - off)
-		return -EIO;
-	if (l->compression == COMPRESSION_NONE)
-		return read_full_at(l->blob_fd, buf, len, (off_t)off) == 0 ? 0 : -EIO;
-
 	pthread_mutex_lock(&l->lock);
 	struct cursor *c;
 	int r = cursor_for(l, off, &c);
@@ -382,6 +378,140 @@ int layer_read(struct layer *l, void *buf, size_t len, uint64_t off)
 out:
 	pthread_mutex_unlock(&l->lock);
 	return r;
+}
+
+/* ---- decoded spans ----------------------------------------------------------
+ * Programs fault pages of mapped libraries in at random; without this, each
+ * fault would decode from the checkpoint before it, about a span's worth.  A
+ * small process-wide LRU of decoded spans turns that into one decode per span.
+ * span_lock guards the list and every span's bytes while they are copied. */
+
+#define SPAN_CACHE_BUDGET (24u << 20)
+#define SPAN_CACHE_MAX_SPAN (4u << 20)
+
+struct decoded_span {
+	const struct layer *layer;
+	size_t index;
+	unsigned char *data;
+	size_t len;
+	uint64_t last_used;
+	struct decoded_span *next;
+};
+
+static pthread_mutex_t span_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct decoded_span *spans;
+static size_t span_bytes;
+static uint64_t span_clock;
+
+static void span_evict_locked(size_t need)
+{
+	while (spans && span_bytes + need > SPAN_CACHE_BUDGET) {
+		struct decoded_span **victim = &spans;
+		for (struct decoded_span **p = &spans; *p; p = &(*p)->next)
+			if ((*p)->last_used < (*victim)->last_used)
+				victim = p;
+		struct decoded_span *v = *victim;
+		*victim = v->next;
+		span_bytes -= v->len;
+		free(v->data);
+		free(v);
+	}
+}
+
+void layer_spans_drop(const struct layer *l)
+{
+	pthread_mutex_lock(&span_lock);
+	for (struct decoded_span **p = &spans; *p;) {
+		struct decoded_span *v = *p;
+		if (v->layer != l) {
+			p = &v->next;
+			continue;
+		}
+		*p = v->next;
+		span_bytes -= v->len;
+		free(v->data);
+		free(v);
+	}
+	pthread_mutex_unlock(&span_lock);
+}
+
+/* Copies [off, off+len) of span idx out of the cache; false if it is not there. */
+static bool span_copy(const struct layer *l, size_t idx, uint64_t span_start, void *buf, size_t len, uint64_t off)
+{
+	bool found = false;
+	pthread_mutex_lock(&span_lock);
+	for (struct decoded_span *v = spans; v; v = v->next)
+		if (v->layer == l && v->index == idx) {
+			memcpy(buf, v->data + (off - span_start), len);
+			v->last_used = ++span_clock;
+			found = true;
+			break;
+		}
+	pthread_mutex_unlock(&span_lock);
+	return found;
+}
+
+static int span_read(struct layer *l, size_t idx, void *buf, size_t len, uint64_t off)
+{
+	uint64_t start = l->checkpoints[idx].out;
+	uint64_t end = idx + 1 < l->n_checkpoints ? l->checkpoints[idx + 1].out : l->tar_size;
+	if (end - start > SPAN_CACHE_MAX_SPAN)
+		return decode_at(l, buf, len, off); /* one huge zstd frame, say */
+	if (span_copy(l, idx, start, buf, len, off))
+		return 0;
+	struct decoded_span *v = calloc(1, sizeof(*v));
+	unsigned char *data = malloc((size_t)(end - start));
+	if (!v || !data) {
+		free(v);
+		free(data);
+		return decode_at(l, buf, len, off);
+	}
+	int r = decode_at(l, data, (size_t)(end - start), start);
+	if (r < 0) {
+		free(v);
+		free(data);
+		return r;
+	}
+	memcpy(buf, data + (off - start), len);
+	*v = (struct decoded_span){ .layer = l, .index = idx, .data = data, .len = (size_t)(end - start) };
+	pthread_mutex_lock(&span_lock);
+	/* Another reader may have decoded it meanwhile: keep one copy. */
+	bool present = false;
+	for (struct decoded_span *p = spans; p && !present; p = p->next)
+		present = p->layer == l && p->index == idx;
+	if (present) {
+		free(data);
+		free(v);
+	} else {
+		span_evict_locked(v->len);
+		v->last_used = ++span_clock;
+		v->next = spans;
+		spans = v;
+		span_bytes += v->len;
+	}
+	pthread_mutex_unlock(&span_lock);
+	return 0;
+}
+
+int layer_read(struct layer *l, void *buf, size_t len, uint64_t off)
+{
+	if (off > l->tar_size || len > l->tar_size - off)
+		return -EIO;
+	if (l->compression == COMPRESSION_NONE)
+		return read_full_at(l->blob_fd, buf, len, (off_t)off) == 0 ? 0 : -EIO;
+	while (len > 0) {
+		const struct checkpoint *cp = checkpoint_before(l, off);
+		size_t idx = (size_t)(cp - l->checkpoints);
+		uint64_t end = idx + 1 < l->n_checkpoints ? l->checkpoints[idx + 1].out : l->tar_size;
+		size_t n = end - off < len ? (size_t)(end - off) : len;
+		int r = span_read(l, idx, buf, n, off);
+		if (r < 0)
+			return r;
+		buf = (char *)buf + n;
+		off += n;
+		len -= n;
+	}
+	return 0;
 }
 
 void layer_cursors_free(struct layer *l)

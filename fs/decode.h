@@ -22,6 +22,8 @@ int cursor_seek_checkpoint(struct cursor *c, const struct checkpoint *cp);
 ssize_t cursor_read(struct cursor *c, void *out, size_t len, struct checkpoint_recorder *rec);
 uint64_t cursor_position(const struct cursor *c);
 void layer_cursors_free(struct layer *l);
+/* Forgets the decoded spans of a layer that is going away. */
+void layer_spans_drop(const struct layer *l);
 struct layer *layer_alloc(const char *digest, enum layer_compression compression, int blob_fd);
 
 /* estargz.c */

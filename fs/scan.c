@@ -149,6 +149,7 @@ struct layer *layer_free(struct layer *l)
 		free(l->checkpoints[i].window);
 	free(l->checkpoints);
 	layer_cursors_free(l);
+	layer_spans_drop(l);
 	remote_free(l->remote);
 	if (l->blob_fd >= 0)
 		close(l->blob_fd);
