@@ -30,3 +30,7 @@ struct layer *layer_alloc(const char *digest, enum layer_compression compression
 void remote_free(struct remote *r);
 /* layer_read_entry() for chunked layers; [off, off+len) lies within the file. */
 ssize_t chunked_read_entry(struct layer *l, const struct entry *e, void *buf, size_t len, uint64_t off);
+/* The eStargz parsers, for estargz_open() and the fuzzers: the footer
+ * (51 or 47 bytes) and the TOC JSON, whose entries are added to l. */
+int estargz_parse_footer(const unsigned char *f, size_t n, uint64_t *ret_toc_off);
+int estargz_parse_toc(struct layer *l, const char *json, size_t len, uint64_t toc_off, struct err *err);

@@ -97,7 +97,7 @@ static int fetch_background(struct remote *r, uint64_t off, size_t len, void *bu
 
 /* Footer: a gzip member whose FEXTRA holds "%016x" of the TOC offset and
  * "STARGZ", behind the subfield id "SG" (legacy footers have no subfield). */
-static int parse_footer(const unsigned char *f, size_t n, uint64_t *ret_toc_off)
+int estargz_parse_footer(const unsigned char *f, size_t n, uint64_t *ret_toc_off)
 {
 	const unsigned char *text;
 	if (n == FOOTER_SIZE) {
@@ -289,124 +289,228 @@ static bool hidden_name(const char *path)
 	       strcmp(path, ".no.prefetch.landmark") == 0;
 }
 
-static int parse_toc(struct layer *l, const char *json, size_t len, uint64_t toc_off, struct err *err)
+struct toc_parser {
+	struct layer *layer;
+	uint64_t toc_off;
+	size_t allocated, chunk_allocated;
+	struct entry *current_file; /* the regular file "chunk" entries continue */
+	size_t landmark;            /* entries before it form the prefetch set */
+	size_t index;
+};
+
+/* Adds one TOC entry (a JSON object) to the layer. */
+static int toc_entry(struct toc_parser *tp, struct json_object *o, struct err *err)
 {
+	struct layer *l = tp->layer;
+	size_t i = tp->index++;
+	int r = 0;
+	if (!json_object_is_type(o, json_type_object))
+		return err_set(err, EINVAL, "TOC entry %zu is not an object", i);
+	const char *name = jstr(o, "name"), *type = jstr(o, "type");
+	if (!name || !type) {
+		r = err_set(err, EINVAL, "TOC entry %zu has no name or type", i);
+		return r;
+	}
+	if (strcmp(type, "chunk") == 0) {
+		if (!tp->current_file) {
+			r = err_set(err, EINVAL, "TOC chunk \"%s\" follows no regular file", name);
+			return r;
+		}
+		r = add_chunk(tp->current_file, &tp->chunk_allocated, o, tp->toc_off, err);
+		if (r < 0)
+			return r;
+		return 0;
+	}
+	tp->current_file = NULL;
+	_cleanup_free_ char *path = NULL;
+	r = path_normalise(name, &path);
+	if (r < 0) {
+		r = err_set(err, EINVAL, "TOC entry \"%s\" leaves the image root", name);
+		return r;
+	}
+	if (strcmp(path, ".prefetch.landmark") == 0)
+		tp->landmark = l->n_entries;
+	if (hidden_name(path))
+		return 0;
+	if (grow_array((void **)&l->entries, &tp->allocated, l->n_entries + 1, sizeof(struct entry)) < 0) {
+		r = -ENOMEM;
+		return r;
+	}
+	struct entry *e = &l->entries[l->n_entries++];
+	memset(e, 0, sizeof(*e));
+	e->path = TAKE_PTR(path);
+	static const struct {
+	const char *name;
+		enum entry_type type;
+	} types[] = { { "reg", ENTRY_REG },	      { "dir", ENTRY_DIR },   { "symlink", ENTRY_SYMLINK },
+		      { "hardlink", ENTRY_HARDLINK }, { "char", ENTRY_CHR },  { "block", ENTRY_BLK },
+		      { "fifo", ENTRY_FIFO } };
+	bool known = false;
+	for (size_t k = 0; k < ARRAY_SIZE(types); k++)
+		if (strcmp(type, types[k].name) == 0) {
+			e->type = types[k].type;
+			known = true;
+		}
+	if (!known) {
+		r = err_set(err, EINVAL, "TOC entry \"%s\" has unknown type \"%s\"", e->path, type);
+		return r;
+	}
+	e->mode = (uint32_t)jint(o, "mode") & 07777;
+	int64_t uid = jint(o, "uid"), gid = jint(o, "gid");
+	if (uid < 0 || uid >= UINT32_MAX || gid < 0 || gid >= UINT32_MAX) {
+		r = err_set(err, EINVAL, "TOC entry \"%s\" has an invalid owner", e->path);
+		return r;
+	}
+	e->uid = (uint32_t)uid;
+	e->gid = (uint32_t)gid;
+	parse_time(jstr(o, "modtime"), &e->mtime_sec, &e->mtime_nsec);
+	e->rdev_major = (uint32_t)jint(o, "devMajor");
+	e->rdev_minor = (uint32_t)jint(o, "devMinor");
+	const char *link = jstr(o, "linkName");
+	if (e->type == ENTRY_SYMLINK) {
+		if (!link || strlen(link) >= 4096) {
+			r = err_set(err, EINVAL, "TOC symlink \"%s\" has no valid target", e->path);
+			return r;
+		}
+		e->link = strdup(link);
+	} else if (e->type == ENTRY_HARDLINK) {
+		if (!link || path_normalise(link, &e->link) < 0) {
+			r = err_set(err, EINVAL, "TOC hardlink \"%s\" points outside the image root", e->path);
+			return r;
+		}
+	}
+	if ((e->type == ENTRY_SYMLINK || e->type == ENTRY_HARDLINK) && !e->link) {
+		r = -ENOMEM;
+		return r;
+	}
+	r = decode_xattrs(o, e);
+	if (r < 0) {
+		r = err_set(err, -r, "TOC entry \"%s\" has invalid xattrs", e->path);
+		return r;
+	}
+	if (e->type == ENTRY_REG) {
+		int64_t size = jint(o, "size");
+		if (size < 0) {
+			r = err_set(err, EINVAL, "TOC entry \"%s\" has a negative size", e->path);
+			return r;
+		}
+		e->size = (uint64_t)size;
+		tp->chunk_allocated = 0;
+		if (size > 0) {
+			r = add_chunk(e, &tp->chunk_allocated, o, tp->toc_off, err);
+			if (r < 0)
+				return r;
+			tp->current_file = e;
+		}
+	}
+
+	return 0;
+}
+
+static const char *skip_ws(const char *p, const char *end)
+{
+	while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+		p++;
+	return p;
+}
+
+/* Parses one JSON value at *p; *ret is NULL for JSON null. */
+static int next_value(struct json_tokener *tok, const char **p, const char *end, struct json_object **ret)
+{
+	json_tokener_reset(tok);
+	struct json_object *o = json_tokener_parse_ex(tok, *p, (int)(end - *p));
+	if (json_tokener_get_error(tok) != json_tokener_success) {
+		json_object_put(o);
+		return -EINVAL;
+	}
+	*p += json_tokener_get_parse_end(tok);
+	*ret = o;
+	return 0;
+}
+
+/* Walks {"version":..,"entries":[...]} one entry at a time, so that memory
+ * holds the TOC text and one parsed entry, not a tree of the whole TOC. */
+static int parse_toc_entries(struct toc_parser *tp, const char *json, size_t len, struct err *err)
+{
+	const char *p = json, *end = json + len;
+	bool saw_entries = false;
+	int r = -EINVAL;
 	struct json_tokener *tok = json_tokener_new_ex(32);
 	if (!tok)
 		return -ENOMEM;
-	struct json_object *root = json_tokener_parse_ex(tok, json, (int)len), *entries;
-	json_tokener_free(tok);
-	int r = 0;
-	size_t allocated = 0, chunk_allocated = 0;
-	struct entry *current_file = NULL;
-	size_t landmark = SIZE_MAX; /* entries before it form the prefetch set */
-
-	if (!root || !json_object_object_get_ex(root, "entries", &entries) ||
-	    !json_object_is_type(entries, json_type_array)) {
-		r = err_set(err, EINVAL, "the TOC is not a JSON object with an \"entries\" array");
-		goto out;
-	}
-	size_t n = json_object_array_length(entries);
-	for (size_t i = 0; i < n; i++) {
-		struct json_object *o = json_object_array_get_idx(entries, i);
-		const char *name = jstr(o, "name"), *type = jstr(o, "type");
-		if (!name || !type) {
-			r = err_set(err, EINVAL, "TOC entry %zu has no name or type", i);
-			goto out;
+	p = skip_ws(p, end);
+	if (p == end || *p++ != '{')
+		goto bad;
+	for (;;) {
+		p = skip_ws(p, end);
+		if (p < end && *p == '}')
+			break;
+		struct json_object *key = NULL;
+		if (next_value(tok, &p, end, &key) < 0 || !json_object_is_type(key, json_type_string)) {
+			json_object_put(key);
+			goto bad;
 		}
-		if (strcmp(type, "chunk") == 0) {
-			if (!current_file) {
-				r = err_set(err, EINVAL, "TOC chunk \"%s\" follows no regular file", name);
-				goto out;
-			}
-			r = add_chunk(current_file, &chunk_allocated, o, toc_off, err);
-			if (r < 0)
-				goto out;
-			continue;
-		}
-		current_file = NULL;
-		_cleanup_free_ char *path = NULL;
-		r = path_normalise(name, &path);
-		if (r < 0) {
-			r = err_set(err, EINVAL, "TOC entry \"%s\" leaves the image root", name);
-			goto out;
-		}
-		if (strcmp(path, ".prefetch.landmark") == 0)
-			landmark = l->n_entries;
-		if (hidden_name(path))
-			continue;
-		if (grow_array((void **)&l->entries, &allocated, l->n_entries + 1, sizeof(struct entry)) < 0) {
-			r = -ENOMEM;
-			goto out;
-		}
-		struct entry *e = &l->entries[l->n_entries++];
-		memset(e, 0, sizeof(*e));
-		e->path = TAKE_PTR(path);
-		static const struct {
-			const char *name;
-			enum entry_type type;
-		} types[] = { { "reg", ENTRY_REG },	      { "dir", ENTRY_DIR },   { "symlink", ENTRY_SYMLINK },
-			      { "hardlink", ENTRY_HARDLINK }, { "char", ENTRY_CHR },  { "block", ENTRY_BLK },
-			      { "fifo", ENTRY_FIFO } };
-		bool known = false;
-		for (size_t k = 0; k < ARRAY_SIZE(types); k++)
-			if (strcmp(type, types[k].name) == 0) {
-				e->type = types[k].type;
-				known = true;
-			}
-		if (!known) {
-			r = err_set(err, EINVAL, "TOC entry \"%s\" has unknown type \"%s\"", e->path, type);
-			goto out;
-		}
-		e->mode = (uint32_t)jint(o, "mode") & 07777;
-		int64_t uid = jint(o, "uid"), gid = jint(o, "gid");
-		if (uid < 0 || uid >= UINT32_MAX || gid < 0 || gid >= UINT32_MAX) {
-			r = err_set(err, EINVAL, "TOC entry \"%s\" has an invalid owner", e->path);
-			goto out;
-		}
-		e->uid = (uint32_t)uid;
-		e->gid = (uint32_t)gid;
-		parse_time(jstr(o, "modtime"), &e->mtime_sec, &e->mtime_nsec);
-		e->rdev_major = (uint32_t)jint(o, "devMajor");
-		e->rdev_minor = (uint32_t)jint(o, "devMinor");
-		const char *link = jstr(o, "linkName");
-		if (e->type == ENTRY_SYMLINK) {
-			if (!link || strlen(link) >= 4096) {
-				r = err_set(err, EINVAL, "TOC symlink \"%s\" has no valid target", e->path);
-				goto out;
-			}
-			e->link = strdup(link);
-		} else if (e->type == ENTRY_HARDLINK) {
-			if (!link || path_normalise(link, &e->link) < 0) {
-				r = err_set(err, EINVAL, "TOC hardlink \"%s\" points outside the image root", e->path);
-				goto out;
-			}
-		}
-		if ((e->type == ENTRY_SYMLINK || e->type == ENTRY_HARDLINK) && !e->link) {
-			r = -ENOMEM;
-			goto out;
-		}
-		r = decode_xattrs(o, e);
-		if (r < 0) {
-			r = err_set(err, -r, "TOC entry \"%s\" has invalid xattrs", e->path);
-			goto out;
-		}
-		if (e->type == ENTRY_REG) {
-			int64_t size = jint(o, "size");
-			if (size < 0) {
-				r = err_set(err, EINVAL, "TOC entry \"%s\" has a negative size", e->path);
-				goto out;
-			}
-			e->size = (uint64_t)size;
-			chunk_allocated = 0;
-			if (size > 0) {
-				r = add_chunk(e, &chunk_allocated, o, toc_off, err);
+		bool is_entries = strcmp(json_object_get_string(key), "entries") == 0;
+		json_object_put(key);
+		p = skip_ws(p, end);
+		if (p == end || *p++ != ':')
+			goto bad;
+		p = skip_ws(p, end);
+		if (is_entries) {
+			if (p == end || *p++ != '[')
+				goto bad;
+			saw_entries = true;
+			for (bool first = true;; first = false) {
+				p = skip_ws(p, end);
+				if (p < end && *p == ']') {
+					p++;
+					break;
+				}
+				if (!first) {
+					if (p == end || *p++ != ',')
+						goto bad;
+				}
+				struct json_object *o = NULL;
+				if (next_value(tok, &p, end, &o) < 0)
+					goto bad;
+				r = toc_entry(tp, o, err);
+				json_object_put(o);
 				if (r < 0)
 					goto out;
-				current_file = e;
 			}
+		} else {
+			struct json_object *ignored = NULL;
+			if (next_value(tok, &p, end, &ignored) < 0)
+				goto bad;
+			json_object_put(ignored);
 		}
+		p = skip_ws(p, end);
+		if (p < end && *p == ',') {
+			p++;
+			continue;
+		}
+		if (p < end && *p == '}')
+			break;
+		goto bad;
 	}
+	if (!saw_entries)
+		goto bad;
+	r = 0;
+	goto out;
+bad:
+	r = err_set(err, EINVAL, "the TOC is not a JSON object with an \"entries\" array");
+out:
+	json_tokener_free(tok);
+	return r;
+}
+
+int estargz_parse_toc(struct layer *l, const char *json, size_t len, uint64_t toc_off, struct err *err)
+{
+	struct toc_parser tp = { .layer = l, .toc_off = toc_off, .landmark = SIZE_MAX };
+	int r = parse_toc_entries(&tp, json, len, err);
+	if (r < 0)
+		return r;
+	size_t landmark = tp.landmark;
 	for (size_t i = 0; landmark != SIZE_MAX && i < landmark; i++)
 		l->entries[i].prefetch = true;
 	/* Every chunk must cover its file exactly. */
@@ -414,9 +518,8 @@ static int parse_toc(struct layer *l, const char *json, size_t len, uint64_t toc
 		struct entry *e = &l->entries[i];
 		uint64_t covered = e->n_chunks ? e->chunks[e->n_chunks - 1].file_off + e->chunks[e->n_chunks - 1].size : 0;
 		if (e->type == ENTRY_REG && covered != e->size) {
-			r = err_set(err, EINVAL, "TOC entry \"%s\": chunks cover %llu of %llu bytes", e->path,
-				    (unsigned long long)covered, (unsigned long long)e->size);
-			goto out;
+			return err_set(err, EINVAL, "TOC entry \"%s\": chunks cover %llu of %llu bytes", e->path,
+				       (unsigned long long)covered, (unsigned long long)e->size);
 		}
 	}
 	/* A member ends where the next one starts (or where the TOC starts). */
@@ -426,15 +529,13 @@ static int parse_toc(struct layer *l, const char *json, size_t len, uint64_t toc
 		for (uint32_t k = 0; k < l->entries[i].n_chunks; k++) {
 			if (grow_array((void **)&offsets, &cap, n_offsets + 2, sizeof(uint64_t)) < 0) {
 				free(offsets);
-				r = -ENOMEM;
-				goto out;
+				return -ENOMEM;
 			}
 			offsets[n_offsets++] = l->entries[i].chunks[k].comp_off;
 		}
 	if (grow_array((void **)&offsets, &cap, n_offsets + 1, sizeof(uint64_t)) < 0) {
 		free(offsets);
-		r = -ENOMEM;
-		goto out;
+		return -ENOMEM;
 	}
 	offsets[n_offsets++] = toc_off;
 	qsort(offsets, n_offsets, sizeof(uint64_t), cmp_u64);
@@ -452,10 +553,7 @@ static int parse_toc(struct layer *l, const char *json, size_t len, uint64_t toc
 			c->comp_end = lo < n_offsets ? offsets[lo] : toc_off;
 		}
 	free(offsets);
-	r = 0;
-out:
-	json_object_put(root);
-	return r;
+	return 0;
 }
 
 int estargz_open(struct registry_client *client, struct registry_client *prefetch_client, const char *digest,
@@ -500,9 +598,9 @@ int estargz_open(struct registry_client *client, struct registry_client *prefetc
 	r = fetch(rem, blob_size - footer_len, footer_len, footer, err);
 	if (r < 0)
 		goto fail;
-	if (parse_footer(footer, footer_len, &toc_off) < 0) {
+	if (estargz_parse_footer(footer, footer_len, &toc_off) < 0) {
 		footer_len = LEGACY_FOOTER_SIZE;
-		if (parse_footer(footer + (FOOTER_SIZE - LEGACY_FOOTER_SIZE), LEGACY_FOOTER_SIZE, &toc_off) < 0) {
+		if (estargz_parse_footer(footer + (FOOTER_SIZE - LEGACY_FOOTER_SIZE), LEGACY_FOOTER_SIZE, &toc_off) < 0) {
 			r = err_set(err, EINVAL, "no eStargz footer at the end of the blob");
 			goto fail;
 		}
@@ -544,7 +642,7 @@ int estargz_open(struct registry_client *client, struct registry_client *prefetc
 	l->compression = COMPRESSION_GZIP;
 	l->format = LAYER_CHUNKED;
 	snprintf(l->digest, sizeof(l->digest), "%s", digest);
-	r = parse_toc(l, json, json_len, toc_off, err);
+	r = estargz_parse_toc(l, json, json_len, toc_off, err);
 	if (r < 0)
 		goto fail;
 	l->remote = rem;
