@@ -26,6 +26,9 @@
 /* Background fetches ask for runs of adjacent chunks up to this size. */
 #define PREFETCH_BATCH_BYTES (8u << 20)
 #define PREFETCH_BATCH_CHUNKS 1024
+/* A read that must fetch also takes the adjacent chunks that follow, up to
+ * this many compressed bytes: programs read neighbouring files together. */
+#define READAHEAD_BYTES (128u << 10)
 
 struct remote {
 	pthread_mutex_t lock; /* guards client, the counters and inflight */
@@ -35,6 +38,9 @@ struct remote {
 	char *chunk_dir;
 	char digest[72];
 	uint64_t bytes_fetched, requests, chunk_hits, chunk_misses, bytes_prefetched;
+	/* Every chunk of the layer in blob order, for fetching neighbours together. */
+	const struct chunk **by_offset;
+	size_t n_chunks;
 	/* Chunks being fetched right now: a second reader waits for the first
 	 * instead of fetching the same bytes again. */
 	const struct chunk **inflight;
@@ -50,6 +56,7 @@ void remote_free(struct remote *r)
 	pthread_mutex_destroy(&r->lock);
 	pthread_cond_destroy(&r->inflight_done);
 	free(r->inflight);
+	free(r->by_offset);
 	free(r->chunk_dir);
 	free(r);
 }
@@ -244,6 +251,12 @@ static int decode_xattrs(struct json_object *o, struct entry *e)
 		xa->len = (uint32_t)got;
 	}
 	return 0;
+}
+
+static int cmp_chunk_offset(const void *a, const void *b)
+{
+	const struct chunk *x = *(const struct chunk *const *)a, *y = *(const struct chunk *const *)b;
+	return x->comp_off < y->comp_off ? -1 : x->comp_off > y->comp_off;
 }
 
 static int cmp_u64(const void *a, const void *b)
@@ -645,6 +658,21 @@ int estargz_open(struct registry_client *client, struct registry_client *prefetc
 	r = estargz_parse_toc(l, json, json_len, toc_off, err);
 	if (r < 0)
 		goto fail;
+	/* Blob order, for fetching a chunk together with the ones after it. */
+	for (size_t i = 0; i < l->n_entries; i++)
+		rem->n_chunks += l->entries[i].n_chunks;
+	rem->by_offset = calloc(rem->n_chunks ? rem->n_chunks : 1, sizeof(*rem->by_offset));
+	if (!rem->by_offset) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	size_t k = 0;
+	for (size_t i = 0; i < l->n_entries; i++)
+		for (uint32_t j = 0; j < l->entries[i].n_chunks; j++)
+			rem->by_offset[k++] = &l->entries[i].chunks[j];
+	qsort(rem->by_offset, rem->n_chunks, sizeof(*rem->by_offset), cmp_chunk_offset);
+	for (k = 0; k < rem->n_chunks; k++)
+		((struct chunk *)rem->by_offset[k])->order = (uint32_t)k;
 	l->remote = rem;
 	*ret = l;
 	return 0;
@@ -722,13 +750,15 @@ static ssize_t inflight_index(const struct remote *rem, const struct chunk *c)
 	return -1;
 }
 
-/* Inflates one chunk out of its compressed bytes, verifies it and stores it
- * in the cache.  -EBADMSG when the bytes do not match the digest. */
-static int chunk_store(struct remote *rem, const struct chunk *c, const unsigned char *comp, size_t comp_len)
+/* Inflates one chunk out of its compressed bytes, verifies it and writes it
+ * to a temporary file in the cache (fsynced when sync is set), whose name
+ * goes to *ret_tmp for chunks_commit().  -EBADMSG when the bytes do not match. */
+static int chunk_store(struct remote *rem, const struct chunk *c, const unsigned char *comp, size_t comp_len,
+		       bool sync, char **ret_tmp)
 {
 	_cleanup_free_ unsigned char *data = malloc(c->size ? c->size : 1);
-	_cleanup_free_ char *path = strdup_printf("%s/%s", rem->chunk_dir, c->digest + 7);
-	if (!data || !path)
+	_cleanup_free_ char *tmp = strdup_printf("%s/.%s.XXXXXX", rem->chunk_dir, c->digest + 7);
+	if (!data || !tmp)
 		return -ENOMEM;
 	if (inflate_chunk(comp, comp_len, c->inner_off, data, c->size) < 0)
 		return -EBADMSG;
@@ -736,13 +766,58 @@ static int chunk_store(struct remote *rem, const struct chunk *c, const unsigned
 	digest_sha256(data, c->size, actual);
 	if (strcmp(actual, c->digest) != 0)
 		return -EBADMSG; /* never cache or serve bytes that do not match */
-	return write_file_atomic(path, data, c->size);
+	_cleanup_close_ int fd = mkostemp(tmp, O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	int r = write_full(fd, data, c->size);
+	if (r == 0 && sync && fsync(fd) < 0)
+		r = -errno;
+	if (r == 0 && fchmod(fd, 0644) < 0)
+		r = -errno;
+	if (r < 0) {
+		unlink(tmp);
+		return r;
+	}
+	*ret_tmp = TAKE_PTR(tmp);
+	return 0;
+}
+
+/* Moves verified chunks into place.  Unless each was fsynced, one syncfs()
+ * first makes them all durable: a chunk never has its final name before its
+ * bytes are on disk, so a crash cannot leave a cached chunk that is wrong. */
+static void chunks_commit(struct remote *rem, const struct chunk *const *chunks, char **tmps, size_t n, bool synced)
+{
+	if (!synced) {
+		_cleanup_close_ int dfd = open(rem->chunk_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (dfd < 0 || syncfs(dfd) < 0) {
+			for (size_t i = 0; i < n; i++)
+				if (tmps[i]) {
+					unlink(tmps[i]);
+					free(tmps[i]);
+					tmps[i] = NULL;
+				}
+			return;
+		}
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (!tmps[i])
+			continue;
+		_cleanup_free_ char *path = strdup_printf("%s/%s", rem->chunk_dir, chunks[i]->digest + 7);
+		if (!path || rename(tmps[i], path) < 0) {
+			unlink(tmps[i]);
+			free(tmps[i]);
+			tmps[i] = NULL;
+		}
+	}
 }
 
 static bool chunk_bounds_valid(const struct chunk *c)
 {
 	return c->comp_end > c->comp_off && c->comp_end - c->comp_off <= CHUNK_MAX_SIZE * 2;
 }
+
+static bool chunk_claim(struct remote *rem, const struct chunk *c);
+static void chunk_release(struct remote *rem, const struct chunk *c);
 
 /* Fetches, inflates and verifies one chunk into the cache. */
 static int chunk_fetch(struct remote *rem, const struct chunk *c, bool background)
@@ -761,11 +836,48 @@ static int chunk_fetch(struct remote *rem, const struct chunk *c, bool backgroun
 				    : fetch(rem, c->comp_off, comp_len, comp, &err);
 		if (fr < 0)
 			return -EIO; /* the client already retried transient errors */
-		int r = chunk_store(rem, c, comp, comp_len);
+		char *tmps[1] = { NULL };
+		int r = chunk_store(rem, c, comp, comp_len, true, &tmps[0]);
+		if (r == 0) {
+			chunks_commit(rem, &c, tmps, 1, true);
+			r = tmps[0] ? 0 : -EIO;
+			free(tmps[0]);
+			return r;
+		}
 		if (r != -EBADMSG)
 			return r;
 	}
 	return -EIO;
+}
+
+/* One Range request for a run of adjacent chunks the caller claimed; each is
+ * verified on its own, and one that fails is fetched again alone.  Releases
+ * the claims. */
+static void fetch_batch(struct remote *rem, const struct chunk **batch, size_t n, bool background)
+{
+	uint64_t start = batch[0]->comp_off, end = batch[n - 1]->comp_end;
+	_cleanup_free_ unsigned char *comp = malloc((size_t)(end - start));
+	char **tmps = calloc(n, sizeof(char *));
+	struct err err = { 0 };
+	bool fetched = comp && tmps &&
+		       (background ? fetch_background(rem, start, (size_t)(end - start), comp, &err)
+				   : fetch(rem, start, (size_t)(end - start), comp, &err)) == 0;
+	for (size_t i = 0; fetched && i < n; i++)
+		(void)chunk_store(rem, batch[i], comp + (batch[i]->comp_off - start),
+				  (size_t)(batch[i]->comp_end - batch[i]->comp_off), false, &tmps[i]);
+	if (fetched)
+		chunks_commit(rem, batch, tmps, n, false);
+	for (size_t i = 0; i < n; i++) {
+		if (!tmps || !tmps[i])
+			(void)chunk_fetch(rem, batch[i], background);
+		if (tmps)
+			free(tmps[i]);
+		pthread_mutex_lock(&rem->lock);
+		rem->chunk_misses++;
+		pthread_mutex_unlock(&rem->lock);
+		chunk_release(rem, batch[i]);
+	}
+	free(tmps);
 }
 
 /* Makes sure the chunk is in the cache, verified; returns an fd on it.
@@ -799,18 +911,25 @@ static int chunk_open(struct layer *l, const struct chunk *c, bool background)
 		return -ENOMEM;
 	}
 	rem->inflight[rem->n_inflight++] = c;
-	rem->chunk_misses++;
 	pthread_mutex_unlock(&rem->lock);
 
-	int r = chunk_fetch(rem, c, background);
-
-	pthread_mutex_lock(&rem->lock);
-	ssize_t i = inflight_index(rem, c);
-	rem->inflight[i] = rem->inflight[--rem->n_inflight];
-	pthread_cond_broadcast(&rem->inflight_done);
-	pthread_mutex_unlock(&rem->lock);
-	if (r < 0)
-		return r;
+	if (!chunk_bounds_valid(c)) {
+		chunk_release(rem, c);
+		return -EIO;
+	}
+	const struct chunk *batch[64] = { c };
+	size_t n = 1;
+	uint64_t extra = 0;
+	for (size_t k = (size_t)c->order + 1; !background && k < rem->n_chunks && n < ARRAY_SIZE(batch); k++) {
+		const struct chunk *next = rem->by_offset[k];
+		uint64_t len = next->comp_end - next->comp_off;
+		if (next->comp_off != batch[n - 1]->comp_end || !chunk_bounds_valid(next) ||
+		    extra + len > READAHEAD_BYTES || !chunk_claim(rem, next))
+			break;
+		batch[n++] = next;
+		extra += len;
+	}
+	fetch_batch(rem, batch, n, background);
 	fd = chunk_path_open(path, c->size);
 	return fd < 0 ? -EIO : fd;
 }
@@ -846,25 +965,6 @@ static void chunk_release(struct remote *rem, const struct chunk *c)
 	pthread_mutex_unlock(&rem->lock);
 }
 
-/* One Range request for a run of adjacent chunks; each is still verified on
- * its own, and one that fails is fetched again alone. */
-static void prefetch_batch(struct remote *rem, const struct chunk **batch, size_t n)
-{
-	uint64_t start = batch[0]->comp_off, end = batch[n - 1]->comp_end;
-	_cleanup_free_ unsigned char *comp = malloc((size_t)(end - start));
-	struct err err = { 0 };
-	bool fetched = comp && fetch_background(rem, start, (size_t)(end - start), comp, &err) == 0;
-	for (size_t i = 0; i < n; i++) {
-		const struct chunk *c = batch[i];
-		if (!fetched || chunk_store(rem, c, comp + (c->comp_off - start), (size_t)(c->comp_end - c->comp_off)) < 0)
-			(void)chunk_fetch(rem, c, true);
-		pthread_mutex_lock(&rem->lock);
-		rem->chunk_misses++;
-		pthread_mutex_unlock(&rem->lock);
-		chunk_release(rem, c);
-	}
-}
-
 int layer_prefetch(struct layer *l, bool only_landmark, const atomic_bool *stop)
 {
 	if (l->format != LAYER_CHUNKED)
@@ -881,14 +981,14 @@ int layer_prefetch(struct layer *l, bool only_landmark, const atomic_bool *stop)
 			const struct chunk *c = &e->chunks[k];
 			if (atomic_load(stop)) {
 				if (n)
-					prefetch_batch(rem, batch, n);
+					fetch_batch(rem, batch, n, true);
 				return -ECANCELED;
 			}
 			/* Chunks come in blob order; a gap or a full batch ends the run. */
 			bool contiguous = n > 0 && batch[n - 1]->comp_end == c->comp_off;
 			if (n > 0 && (!contiguous || n == PREFETCH_BATCH_CHUNKS ||
 				      batch_bytes + (c->comp_end - c->comp_off) > PREFETCH_BATCH_BYTES)) {
-				prefetch_batch(rem, batch, n);
+				fetch_batch(rem, batch, n, true);
 				n = 0;
 				batch_bytes = 0;
 			}
@@ -899,7 +999,7 @@ int layer_prefetch(struct layer *l, bool only_landmark, const atomic_bool *stop)
 		}
 	}
 	if (n)
-		prefetch_batch(rem, batch, n);
+		fetch_batch(rem, batch, n, true);
 	return 0;
 }
 

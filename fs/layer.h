@@ -53,6 +53,7 @@ struct extent {
 struct chunk {
 	uint64_t file_off, size;
 	uint64_t comp_off, comp_end, inner_off;
+	uint32_t order; /* position among the layer's chunks in blob order */
 	char digest[72];
 };
 
