@@ -41,6 +41,10 @@ struct remote {
 	/* Every chunk of the layer in blob order, for fetching neighbours together. */
 	const struct chunk **by_offset;
 	size_t n_chunks;
+	/* By chunk order: the cached file was verified by this process.  Cached
+	 * files are hashed again on first use, so the cache needs no fsync: a
+	 * file torn by a crash, or damaged since, is fetched again, never served. */
+	uint8_t *verified;
 	/* Chunks being fetched right now: a second reader waits for the first
 	 * instead of fetching the same bytes again. */
 	const struct chunk **inflight;
@@ -57,6 +61,7 @@ void remote_free(struct remote *r)
 	pthread_cond_destroy(&r->inflight_done);
 	free(r->inflight);
 	free(r->by_offset);
+	free(r->verified);
 	free(r->chunk_dir);
 	free(r);
 }
@@ -662,7 +667,8 @@ int estargz_open(struct registry_client *client, struct registry_client *prefetc
 	for (size_t i = 0; i < l->n_entries; i++)
 		rem->n_chunks += l->entries[i].n_chunks;
 	rem->by_offset = calloc(rem->n_chunks ? rem->n_chunks : 1, sizeof(*rem->by_offset));
-	if (!rem->by_offset) {
+	rem->verified = calloc(rem->n_chunks / 8 + 1, 1);
+	if (!rem->by_offset || !rem->verified) {
 		r = -ENOMEM;
 		goto fail;
 	}
@@ -731,14 +737,41 @@ static int inflate_chunk(const unsigned char *comp, size_t comp_len, uint64_t in
 	return r;
 }
 
-static int chunk_path_open(const char *path, uint64_t size)
+static void mark_verified(struct remote *rem, const struct chunk *c)
+{
+	pthread_mutex_lock(&rem->lock);
+	rem->verified[c->order / 8] |= (uint8_t)(1u << (c->order % 8));
+	pthread_mutex_unlock(&rem->lock);
+}
+
+/* Opens a cached chunk; one this process has not verified yet is hashed
+ * first, and removed if it does not match. */
+static int chunk_path_open(struct remote *rem, const struct chunk *c, const char *path)
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	struct stat st;
-	if (fd >= 0 && fstat(fd, &st) == 0 && (uint64_t)st.st_size == size)
-		return fd;
-	if (fd >= 0)
-		close(fd);
+	if (fd < 0)
+		return -ENOENT;
+	if (fstat(fd, &st) < 0 || (uint64_t)st.st_size != c->size)
+		goto bad;
+	pthread_mutex_lock(&rem->lock);
+	bool verified = rem->verified[c->order / 8] & (1u << (c->order % 8));
+	pthread_mutex_unlock(&rem->lock);
+	if (!verified) {
+		_cleanup_free_ unsigned char *data = malloc(c->size ? c->size : 1);
+		char actual[DIGEST_SHA256_LEN + 1];
+		if (!data || read_full_at(fd, data, c->size, 0) < 0)
+			goto bad;
+		digest_sha256(data, c->size, actual);
+		if (strcmp(actual, c->digest) != 0) {
+			unlink(path);
+			goto bad;
+		}
+		mark_verified(rem, c);
+	}
+	return fd;
+bad:
+	close(fd);
 	return -ENOENT;
 }
 
@@ -751,10 +784,10 @@ static ssize_t inflight_index(const struct remote *rem, const struct chunk *c)
 }
 
 /* Inflates one chunk out of its compressed bytes, verifies it and writes it
- * to a temporary file in the cache (fsynced when sync is set), whose name
- * goes to *ret_tmp for chunks_commit().  -EBADMSG when the bytes do not match. */
+ * to a temporary file in the cache, whose name goes to *ret_tmp for
+ * chunks_commit().  -EBADMSG when the bytes do not match. */
 static int chunk_store(struct remote *rem, const struct chunk *c, const unsigned char *comp, size_t comp_len,
-		       bool sync, char **ret_tmp)
+		       char **ret_tmp)
 {
 	_cleanup_free_ unsigned char *data = malloc(c->size ? c->size : 1);
 	_cleanup_free_ char *tmp = strdup_printf("%s/.%s.XXXXXX", rem->chunk_dir, c->digest + 7);
@@ -770,8 +803,6 @@ static int chunk_store(struct remote *rem, const struct chunk *c, const unsigned
 	if (fd < 0)
 		return -errno;
 	int r = write_full(fd, data, c->size);
-	if (r == 0 && sync && fsync(fd) < 0)
-		r = -errno;
 	if (r == 0 && fchmod(fd, 0644) < 0)
 		r = -errno;
 	if (r < 0) {
@@ -782,23 +813,9 @@ static int chunk_store(struct remote *rem, const struct chunk *c, const unsigned
 	return 0;
 }
 
-/* Moves verified chunks into place.  Unless each was fsynced, one syncfs()
- * first makes them all durable: a chunk never has its final name before its
- * bytes are on disk, so a crash cannot leave a cached chunk that is wrong. */
-static void chunks_commit(struct remote *rem, const struct chunk *const *chunks, char **tmps, size_t n, bool synced)
+/* Moves verified chunks into place (no fsync: see remote.verified). */
+static void chunks_commit(struct remote *rem, const struct chunk *const *chunks, char **tmps, size_t n)
 {
-	if (!synced) {
-		_cleanup_close_ int dfd = open(rem->chunk_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		if (dfd < 0 || syncfs(dfd) < 0) {
-			for (size_t i = 0; i < n; i++)
-				if (tmps[i]) {
-					unlink(tmps[i]);
-					free(tmps[i]);
-					tmps[i] = NULL;
-				}
-			return;
-		}
-	}
 	for (size_t i = 0; i < n; i++) {
 		if (!tmps[i])
 			continue;
@@ -807,7 +824,9 @@ static void chunks_commit(struct remote *rem, const struct chunk *const *chunks,
 			unlink(tmps[i]);
 			free(tmps[i]);
 			tmps[i] = NULL;
+			continue;
 		}
+		mark_verified(rem, chunks[i]);
 	}
 }
 
@@ -837,9 +856,9 @@ static int chunk_fetch(struct remote *rem, const struct chunk *c, bool backgroun
 		if (fr < 0)
 			return -EIO; /* the client already retried transient errors */
 		char *tmps[1] = { NULL };
-		int r = chunk_store(rem, c, comp, comp_len, true, &tmps[0]);
+		int r = chunk_store(rem, c, comp, comp_len, &tmps[0]);
 		if (r == 0) {
-			chunks_commit(rem, &c, tmps, 1, true);
+			chunks_commit(rem, &c, tmps, 1);
 			r = tmps[0] ? 0 : -EIO;
 			free(tmps[0]);
 			return r;
@@ -864,9 +883,9 @@ static void fetch_batch(struct remote *rem, const struct chunk **batch, size_t n
 				   : fetch(rem, start, (size_t)(end - start), comp, &err)) == 0;
 	for (size_t i = 0; fetched && i < n; i++)
 		(void)chunk_store(rem, batch[i], comp + (batch[i]->comp_off - start),
-				  (size_t)(batch[i]->comp_end - batch[i]->comp_off), false, &tmps[i]);
+				  (size_t)(batch[i]->comp_end - batch[i]->comp_off), &tmps[i]);
 	if (fetched)
-		chunks_commit(rem, batch, tmps, n, false);
+		chunks_commit(rem, batch, tmps, n);
 	for (size_t i = 0; i < n; i++) {
 		if (!tmps || !tmps[i])
 			(void)chunk_fetch(rem, batch[i], background);
@@ -881,29 +900,30 @@ static void fetch_batch(struct remote *rem, const struct chunk **batch, size_t n
 }
 
 /* Makes sure the chunk is in the cache, verified; returns an fd on it.
- * Concurrent requests for one chunk fetch it once. */
+ * Concurrent requests for one chunk fetch it once.  Lock order: rem->lock is
+ * never held across chunk_path_open(), which takes it. */
 static int chunk_open(struct layer *l, const struct chunk *c, bool background)
 {
 	struct remote *rem = l->remote;
 	_cleanup_free_ char *path = strdup_printf("%s/%s", rem->chunk_dir, c->digest + 7);
 	if (!path)
 		return -ENOMEM;
-	int fd = chunk_path_open(path, c->size);
-	if (fd >= 0) {
+	int fd;
+	for (;;) {
+		fd = chunk_path_open(rem, c, path);
+		if (fd >= 0) {
+			pthread_mutex_lock(&rem->lock);
+			rem->chunk_hits++;
+			pthread_mutex_unlock(&rem->lock);
+			return fd;
+		}
 		pthread_mutex_lock(&rem->lock);
-		rem->chunk_hits++;
+		if (inflight_index(rem, c) < 0)
+			break; /* ours to fetch; still locked */
+		while (inflight_index(rem, c) >= 0)
+			pthread_cond_wait(&rem->inflight_done, &rem->lock);
 		pthread_mutex_unlock(&rem->lock);
-		return fd;
-	}
-	pthread_mutex_lock(&rem->lock);
-	while (inflight_index(rem, c) >= 0)
-		pthread_cond_wait(&rem->inflight_done, &rem->lock);
-	/* Whoever we waited for may have cached it. */
-	fd = chunk_path_open(path, c->size);
-	if (fd >= 0) {
-		rem->chunk_hits++;
-		pthread_mutex_unlock(&rem->lock);
-		return fd;
+		/* Whoever we waited for has cached it, or failed: look again. */
 	}
 	if (grow_array((void **)&rem->inflight, &rem->allocated_inflight, rem->n_inflight + 1,
 		       sizeof(*rem->inflight)) < 0) {
@@ -930,7 +950,7 @@ static int chunk_open(struct layer *l, const struct chunk *c, bool background)
 		extra += len;
 	}
 	fetch_batch(rem, batch, n, background);
-	fd = chunk_path_open(path, c->size);
+	fd = chunk_path_open(rem, c, path);
 	return fd < 0 ? -EIO : fd;
 }
 
@@ -940,7 +960,7 @@ static bool chunk_claim(struct remote *rem, const struct chunk *c)
 	_cleanup_free_ char *path = strdup_printf("%s/%s", rem->chunk_dir, c->digest + 7);
 	if (!path)
 		return false;
-	int fd = chunk_path_open(path, c->size);
+	int fd = chunk_path_open(rem, c, path);
 	if (fd >= 0) {
 		close(fd);
 		return false;

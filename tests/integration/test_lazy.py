@@ -96,6 +96,18 @@ with workspace() as work:
             tap.ok(s["cache_hits"] > 0, "chunks fetched by the first mount come from the cache", s)
             m.umount()
 
+        # A cached chunk damaged on disk is hashed on first use, dropped and fetched again.
+        chunk_dir = os.path.join(cache, "chunks", "sha256")
+        small_chunk = digest_of(b"just a few bytes\n").split(":")[1]
+        with open(os.path.join(chunk_dir, small_chunk), "r+b") as f:
+            f.write(b"J")
+        m = Mount(f"{reg.host}/lazy/app:v1", mnt, cache, ["--prefetch=none"])
+        if tap.ok(m.ok, "mount over a cache with a damaged chunk", m.stderr()):
+            with open(os.path.join(mnt, "small.txt"), "rb") as f:
+                tap.ok(f.read() == b"just a few bytes\n", "the damaged cached chunk is never served")
+            tap.ok(stats(mnt)["range_requests"] >= 1, "it was fetched again", stats(mnt))
+            m.umount()
+
         # A chunk corrupted in the registry: EIO for that chunk, the rest keeps working.
         path = reg.blob_path(big_layer["digest"])
         with open(path, "r+b") as f:
