@@ -31,7 +31,8 @@
 #define READAHEAD_BYTES (128u << 10)
 
 struct remote {
-	pthread_mutex_t lock; /* guards client, the counters and inflight */
+	pthread_mutex_t client_lock; /* guards client: one on-demand transfer at a time */
+	pthread_mutex_t lock;        /* guards the counters, inflight and verified; never held across I/O */
 	pthread_cond_t inflight_done;
 	struct registry_client *client;          /* on-demand reads */
 	struct registry_client *prefetch_client; /* background fetches, so reads never queue behind them */
@@ -58,6 +59,7 @@ void remote_free(struct remote *r)
 	registry_client_free(r->client);
 	registry_client_free(r->prefetch_client);
 	pthread_mutex_destroy(&r->lock);
+	pthread_mutex_destroy(&r->client_lock);
 	pthread_cond_destroy(&r->inflight_done);
 	free(r->inflight);
 	free(r->by_offset);
@@ -82,13 +84,15 @@ void layer_get_stats(struct layer *l, struct layer_stats *ret)
 
 static int fetch(struct remote *r, uint64_t off, size_t len, void *buf, struct err *err)
 {
-	pthread_mutex_lock(&r->lock);
+	pthread_mutex_lock(&r->client_lock);
 	int ret = registry_fetch_range(r->client, r->digest, off, len, buf, err);
+	pthread_mutex_unlock(&r->client_lock);
 	if (ret == 0) {
+		pthread_mutex_lock(&r->lock);
 		r->bytes_fetched += len;
 		r->requests++;
+		pthread_mutex_unlock(&r->lock);
 	}
-	pthread_mutex_unlock(&r->lock);
 	return ret;
 }
 
@@ -589,6 +593,7 @@ int estargz_open(struct registry_client *client, struct registry_client *prefetc
 		return -ENOMEM;
 	}
 	pthread_mutex_init(&rem->lock, NULL);
+	pthread_mutex_init(&rem->client_lock, NULL);
 	pthread_cond_init(&rem->inflight_done, NULL);
 	rem->client = client;
 	rem->prefetch_client = prefetch_client;

@@ -87,13 +87,23 @@ with workspace() as work:
             f.truncate(12 << 20)
         tar = subprocess.run(["tar", "--sparse", "--format=pax", "-C", src, "-cf", "-", "."], check=True,
                              stdout=subprocess.PIPE).stdout
-        push_image(reg, "test/sparse", "gzip", [(tar, "gzip")])
+        # A second layer in GNU format: long names and link targets in ././@LongLink entries.
+        gnu_src = os.path.join(work, "gnu-src")
+        long_dir = os.path.join(gnu_src, "g" * 120, "h" * 120)
+        os.makedirs(long_dir)
+        with open(os.path.join(long_dir, "f" * 150), "wb") as f:
+            f.write(b"gnu long name\n")
+        os.symlink("t" * 200, os.path.join(gnu_src, "long-target"))
+        os.link(os.path.join(long_dir, "f" * 150), os.path.join(gnu_src, "hardlink-to-long"))
+        gnu = subprocess.run(["tar", "--format=gnu", "-C", gnu_src, "-cf", "-", "."], check=True,
+                             stdout=subprocess.PIPE).stdout
+        push_image(reg, "test/sparse", "gzip", [(tar, "gzip"), (gnu, "gzip")])
         reference = skopeo_umoci_unpack(reg, "test/sparse:gzip", work)
         m = Mount(f"{reg.host}/test/sparse:gzip", os.path.join(work, "mnt-sparse"), cache)
         if tap.ok(m.ok, "mount an image with a sparse file", m.stderr()):
             want, got = snapshot(reference, with_mtime_dirs=False), snapshot(m.dir, with_mtime_dirs=False)
-            tap.ok(got == want and got["sparse"]["size"] == 12 << 20,
-                   "the sparse file reads like umoci's dense copy", diff_snapshots(want, got))
+            tap.ok(got == want and got["sparse"]["size"] == 12 << 20 and len(got) >= 7,
+                   "a sparse file and GNU long names read like umoci's unpack", diff_snapshots(want, got))
             m.umount()
 
         # -- the busybox image: a real binary runs from the mount
