@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <zlib.h>
+#include <zstd.h>
 
 #define FOOTER_SIZE 51
 #define LEGACY_FOOTER_SIZE 47
@@ -31,6 +32,7 @@
 #define READAHEAD_BYTES (128u << 10)
 
 struct remote {
+	enum layer_compression compression; /* of each chunk's member or frame */
 	pthread_mutex_t client_lock; /* guards client: one on-demand transfer at a time */
 	pthread_mutex_t lock;        /* guards the counters, inflight and verified; never held across I/O */
 	pthread_cond_t inflight_done;
@@ -277,15 +279,22 @@ static int cmp_u64(const void *a, const void *b)
 static int add_chunk(struct entry *e, size_t *allocated, struct json_object *o, uint64_t toc_off, struct err *err)
 {
 	int64_t off = jint(o, "offset"), chunk_off = jint(o, "chunkOffset"), chunk_size = jint(o, "chunkSize"),
-		inner = jint(o, "innerOffset");
-	const char *digest = jstr(o, "chunkDigest");
+		inner = jint(o, "innerOffset"), end_off = jint(o, "endOffset");
+	const char *digest = jstr(o, "chunkDigest"), *chunk_type = jstr(o, "chunkType");
+	bool zeros = chunk_type && strcmp(chunk_type, "zeros") == 0;
 	if (chunk_size == 0)
 		chunk_size = (int64_t)e->size - chunk_off;
+	if (zeros) {
+		/* A hole: nothing stored, nothing to verify. */
+		off = 0;
+		digest = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+	}
 	if (!digest && chunk_off == 0 && (uint64_t)chunk_size == e->size)
 		digest = jstr(o, "digest");
 	if (off < 0 || (uint64_t)off >= toc_off || chunk_off < 0 || chunk_size <= 0 || inner < 0 ||
 	    (uint64_t)chunk_off > e->size || (uint64_t)chunk_size > e->size - (uint64_t)chunk_off ||
-	    chunk_size > CHUNK_MAX_SIZE || !digest || !digest_is_valid(digest))
+	    (!zeros && chunk_size > CHUNK_MAX_SIZE) || !digest || !digest_is_valid(digest) || end_off < 0 ||
+	    (end_off > 0 && (end_off <= off || (uint64_t)end_off > toc_off)))
 		return err_set(err, EINVAL, "TOC entry \"%s\" has an invalid chunk at %lld", e->path, (long long)chunk_off);
 	if (e->n_chunks > 0) {
 		const struct chunk *last = &e->chunks[e->n_chunks - 1];
@@ -300,7 +309,9 @@ static int add_chunk(struct entry *e, size_t *allocated, struct json_object *o, 
 	c->file_off = (uint64_t)chunk_off;
 	c->size = (uint64_t)chunk_size;
 	c->comp_off = (uint64_t)off;
+	c->comp_end = zeros ? 0 : (uint64_t)end_off; /* eStargz: computed from the next offset */
 	c->inner_off = (uint64_t)inner;
+	c->zeros = zeros;
 	snprintf(c->digest, sizeof(c->digest), "%s", digest);
 	return 0;
 }
@@ -553,7 +564,8 @@ int estargz_parse_toc(struct layer *l, const char *json, size_t len, uint64_t to
 				free(offsets);
 				return -ENOMEM;
 			}
-			offsets[n_offsets++] = l->entries[i].chunks[k].comp_off;
+			if (!l->entries[i].chunks[k].zeros)
+				offsets[n_offsets++] = l->entries[i].chunks[k].comp_off;
 		}
 	if (grow_array((void **)&offsets, &cap, n_offsets + 1, sizeof(uint64_t)) < 0) {
 		free(offsets);
@@ -564,6 +576,8 @@ int estargz_parse_toc(struct layer *l, const char *json, size_t len, uint64_t to
 	for (size_t i = 0; i < l->n_entries; i++)
 		for (uint32_t k = 0; k < l->entries[i].n_chunks; k++) {
 			struct chunk *c = &l->entries[i].chunks[k];
+			if (c->zeros || c->comp_end)
+				continue;
 			size_t lo = 0, hi = n_offsets;
 			while (lo < hi) {
 				size_t mid = (lo + hi) / 2;
@@ -578,15 +592,10 @@ int estargz_parse_toc(struct layer *l, const char *json, size_t len, uint64_t to
 	return 0;
 }
 
-int estargz_open(struct registry_client *client, struct registry_client *prefetch_client, const char *digest,
-		 uint64_t blob_size, const char *toc_digest, const char *cache_dir, struct layer **ret, struct err *err)
+static int remote_new(struct registry_client *client, struct registry_client *prefetch_client, const char *digest,
+		      enum layer_compression compression, const char *cache_dir, struct remote **ret, struct err *err)
 {
-	struct layer *l = NULL;
 	struct remote *rem = calloc(1, sizeof(*rem));
-	_cleanup_free_ char *toc_gz = NULL, *json = NULL;
-	size_t json_len = 0;
-	int r;
-
 	if (!rem) {
 		registry_client_free(client);
 		registry_client_free(prefetch_client);
@@ -597,17 +606,71 @@ int estargz_open(struct registry_client *client, struct registry_client *prefetc
 	pthread_cond_init(&rem->inflight_done, NULL);
 	rem->client = client;
 	rem->prefetch_client = prefetch_client;
+	rem->compression = compression;
 	snprintf(rem->digest, sizeof(rem->digest), "%s", digest);
 	rem->chunk_dir = strdup_printf("%s/chunks/sha256", cache_dir);
 	if (!rem->chunk_dir) {
+		remote_free(rem);
+		return -ENOMEM;
+	}
+	int r = mkdir_parents(rem->chunk_dir, 0755);
+	if (r < 0) {
+		r = err_set(err, r, "cannot create \"%s\": %s", rem->chunk_dir, strerror(-r));
+		remote_free(rem);
+		return r;
+	}
+	*ret = rem;
+	return 0;
+}
+
+/* Parses a verified TOC into a new chunked layer served through rem. */
+static int chunked_layer_new(const char *digest, uint64_t blob_size, struct remote *rem, const char *json,
+			     size_t json_len, uint64_t toc_off, struct layer **ret, struct err *err)
+{
+	struct layer *l = calloc(1, sizeof(*l));
+	if (!l)
+		return -ENOMEM;
+	pthread_mutex_init(&l->lock, NULL);
+	l->blob_fd = -1;
+	l->blob_size = blob_size;
+	l->compression = rem->compression;
+	l->format = LAYER_CHUNKED;
+	snprintf(l->digest, sizeof(l->digest), "%s", digest);
+	int r = estargz_parse_toc(l, json, json_len, toc_off, err);
+	if (r < 0)
+		goto fail;
+	/* Blob order, for fetching a chunk together with the ones after it. */
+	for (size_t i = 0; i < l->n_entries; i++)
+		rem->n_chunks += l->entries[i].n_chunks;
+	rem->by_offset = calloc(rem->n_chunks ? rem->n_chunks : 1, sizeof(*rem->by_offset));
+	rem->verified = calloc(rem->n_chunks / 8 + 1, 1);
+	if (!rem->by_offset || !rem->verified) {
 		r = -ENOMEM;
 		goto fail;
 	}
-	r = mkdir_parents(rem->chunk_dir, 0755);
-	if (r < 0) {
-		r = err_set(err, r, "cannot create \"%s\": %s", rem->chunk_dir, strerror(-r));
+	size_t k = 0;
+	for (size_t i = 0; i < l->n_entries; i++)
+		for (uint32_t j = 0; j < l->entries[i].n_chunks; j++)
+			rem->by_offset[k++] = &l->entries[i].chunks[j];
+	qsort(rem->by_offset, rem->n_chunks, sizeof(*rem->by_offset), cmp_chunk_offset);
+	for (k = 0; k < rem->n_chunks; k++)
+		((struct chunk *)rem->by_offset[k])->order = (uint32_t)k;
+	*ret = l;
+	return 0;
+fail:
+	layer_free(l);
+	return r;
+}
+
+int estargz_open(struct registry_client *client, struct registry_client *prefetch_client, const char *digest,
+		 uint64_t blob_size, const char *toc_digest, const char *cache_dir, struct layer **ret, struct err *err)
+{
+	struct remote *rem = NULL;
+	_cleanup_free_ char *toc_gz = NULL, *json = NULL;
+	size_t json_len = 0;
+	int r = remote_new(client, prefetch_client, digest, COMPRESSION_GZIP, cache_dir, &rem, err);
+	if (r < 0)
 		goto fail;
-	}
 
 	unsigned char footer[FOOTER_SIZE];
 	uint64_t toc_off = 0;
@@ -653,45 +716,97 @@ int estargz_open(struct registry_client *client, struct registry_client *prefetc
 		r = err_set(err, EBADMSG, "the TOC digest %s does not match the annotation %s", actual, toc_digest);
 		goto fail;
 	}
-
-	l = calloc(1, sizeof(*l));
-	if (!l) {
-		r = -ENOMEM;
-		goto fail;
-	}
-	pthread_mutex_init(&l->lock, NULL);
-	l->blob_fd = -1;
-	l->blob_size = blob_size;
-	l->compression = COMPRESSION_GZIP;
-	l->format = LAYER_CHUNKED;
-	snprintf(l->digest, sizeof(l->digest), "%s", digest);
-	r = estargz_parse_toc(l, json, json_len, toc_off, err);
+	r = chunked_layer_new(digest, blob_size, rem, json, json_len, toc_off, ret, err);
 	if (r < 0)
 		goto fail;
-	/* Blob order, for fetching a chunk together with the ones after it. */
-	for (size_t i = 0; i < l->n_entries; i++)
-		rem->n_chunks += l->entries[i].n_chunks;
-	rem->by_offset = calloc(rem->n_chunks ? rem->n_chunks : 1, sizeof(*rem->by_offset));
-	rem->verified = calloc(rem->n_chunks / 8 + 1, 1);
-	if (!rem->by_offset || !rem->verified) {
-		r = -ENOMEM;
-		goto fail;
-	}
-	size_t k = 0;
-	for (size_t i = 0; i < l->n_entries; i++)
-		for (uint32_t j = 0; j < l->entries[i].n_chunks; j++)
-			rem->by_offset[k++] = &l->entries[i].chunks[j];
-	qsort(rem->by_offset, rem->n_chunks, sizeof(*rem->by_offset), cmp_chunk_offset);
-	for (k = 0; k < rem->n_chunks; k++)
-		((struct chunk *)rem->by_offset[k])->order = (uint32_t)k;
-	l->remote = rem;
-	*ret = l;
+	(*ret)->remote = rem;
 	return 0;
 fail:
-	layer_free(l);
 	remote_free(rem);
 	if (err && err->code)
 		err_wrap(err, "eStargz layer %s", digest);
+	return r;
+}
+
+int zstd_chunked_open(struct registry_client *client, struct registry_client *prefetch_client, const char *digest,
+		      uint64_t blob_size, const char *position, const char *toc_checksum, const char *cache_dir,
+		      struct layer **ret, struct err *err)
+{
+	struct remote *rem = NULL;
+	_cleanup_free_ unsigned char *compressed = NULL;
+	_cleanup_free_ char *json = NULL;
+	unsigned long long off, len, uncompressed;
+	int kind, consumed = 0;
+	int r = remote_new(client, prefetch_client, digest, COMPRESSION_ZSTD, cache_dir, &rem, err);
+	if (r < 0)
+		goto fail;
+	if (sscanf(position, "%llu:%llu:%llu:%d%n", &off, &len, &uncompressed, &kind, &consumed) != 4 ||
+	    position[consumed] != '\0' || kind != 1 || len == 0 || off >= blob_size || len > blob_size - off ||
+	    len > TOC_MAX_COMPRESSED || uncompressed > TOC_MAX_SIZE || !digest_is_valid(toc_checksum)) {
+		r = err_set(err, EINVAL, "invalid zstd:chunked manifest position \"%s\"", position);
+		goto fail;
+	}
+	compressed = malloc((size_t)len);
+	json = malloc((size_t)uncompressed + 1);
+	if (!compressed || !json) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	r = fetch(rem, off, (size_t)len, compressed, err);
+	if (r < 0)
+		goto fail;
+	char actual[DIGEST_SHA256_LEN + 1];
+	digest_sha256(compressed, (size_t)len, actual);
+	if (strcmp(actual, toc_checksum) != 0) {
+		r = err_set(err, EBADMSG, "the TOC digest %s does not match the annotation %s", actual, toc_checksum);
+		goto fail;
+	}
+	size_t n = ZSTD_decompress(json, (size_t)uncompressed, compressed, (size_t)len);
+	if (ZSTD_isError(n) || n != uncompressed) {
+		r = err_set(err, EINVAL, "the TOC does not decompress to %llu bytes", uncompressed);
+		goto fail;
+	}
+	free(TAKE_PTR(compressed));
+	json[n] = '\0';
+	r = chunked_layer_new(digest, blob_size, rem, json, n, off, ret, err);
+	if (r < 0)
+		goto fail;
+	(*ret)->remote = rem;
+	return 0;
+fail:
+	remote_free(rem);
+	if (err && err->code)
+		err_wrap(err, "zstd:chunked layer %s", digest);
+	return r;
+}
+
+/* Decompresses the frame(s) in comp and takes size bytes from inner_off on. */
+static int unzstd_chunk(const unsigned char *comp, size_t comp_len, uint64_t inner_off, unsigned char *out,
+			size_t size)
+{
+	ZSTD_DCtx *d = ZSTD_createDCtx();
+	if (!d)
+		return -ENOMEM;
+	ZSTD_DCtx_setParameter(d, ZSTD_d_windowLogMax, 27);
+	unsigned char discard[16384];
+	uint64_t skip = inner_off;
+	size_t got = 0;
+	ZSTD_inBuffer in = { comp, comp_len, 0 };
+	int r = 0;
+	while (got < size) {
+		ZSTD_outBuffer o = skip > 0 ? (ZSTD_outBuffer){ discard, skip < sizeof(discard) ? (size_t)skip : sizeof(discard), 0 }
+					    : (ZSTD_outBuffer){ out + got, size - got, 0 };
+		size_t zr = ZSTD_decompressStream(d, &o, &in);
+		if (ZSTD_isError(zr) || (o.pos == 0 && in.pos == in.size)) {
+			r = -EIO;
+			break;
+		}
+		if (skip > 0)
+			skip -= o.pos;
+		else
+			got += o.pos;
+	}
+	ZSTD_freeDCtx(d);
 	return r;
 }
 
@@ -798,7 +913,9 @@ static int chunk_store(struct remote *rem, const struct chunk *c, const unsigned
 	_cleanup_free_ char *tmp = strdup_printf("%s/.%s.XXXXXX", rem->chunk_dir, c->digest + 7);
 	if (!data || !tmp)
 		return -ENOMEM;
-	if (inflate_chunk(comp, comp_len, c->inner_off, data, c->size) < 0)
+	int dr = rem->compression == COMPRESSION_ZSTD ? unzstd_chunk(comp, comp_len, c->inner_off, data, c->size)
+						      : inflate_chunk(comp, comp_len, c->inner_off, data, c->size);
+	if (dr < 0)
 		return -EBADMSG;
 	char actual[DIGEST_SHA256_LEN + 1];
 	digest_sha256(data, c->size, actual);
@@ -1036,6 +1153,10 @@ ssize_t chunked_read_entry(struct layer *l, const struct entry *e, void *buf, si
 		uint64_t end = off + len < c->file_off + c->size ? off + len : c->file_off + c->size;
 		if (start >= end)
 			continue;
+		if (c->zeros) {
+			memset((char *)buf + (start - off), 0, (size_t)(end - start));
+			continue;
+		}
 		int fd = chunk_open(l, c, false);
 		if (fd < 0)
 			return fd;

@@ -81,6 +81,10 @@ static int ensure_blob(struct registry_client *client, const struct image_option
 }
 
 #define ESTARGZ_TOC_ANNOTATION "containerd.io/snapshot/stargz/toc.digest"
+#define ZSTD_CHUNKED_POSITION "io.github.containers.zstd-chunked.manifest-position"
+#define ZSTD_CHUNKED_CHECKSUM "io.github.containers.zstd-chunked.manifest-checksum"
+#define ZSTD_CHUNKED_POSITION_OLD "io.containers.zstd-chunked.manifest-position"
+#define ZSTD_CHUNKED_CHECKSUM_OLD "io.containers.zstd-chunked.manifest-checksum"
 
 static int open_layer(struct image *img, const struct image_ref *ref, struct registry_client *client,
 		      const struct image_options *opts, const struct descriptor *d, struct layer **ret, struct err *err)
@@ -89,8 +93,17 @@ static int open_layer(struct image *img, const struct image_ref *ref, struct reg
 	if (layer_compression_from_media_type(d->media_type, &compression) < 0)
 		return err_set(err, ENOTSUP, "layer %s has unsupported media type \"%s\"", d->digest, d->media_type);
 	const char *toc_digest = descriptor_annotation(d, ESTARGZ_TOC_ANNOTATION);
-	if (compression == COMPRESSION_GZIP && toc_digest && digest_is_valid(toc_digest)) {
-		/* Lazy: each eStargz layer gets its own connection, so layers fetch in parallel. */
+	/* Both generations of the zstd:chunked annotations. */
+	const char *zstd_position = descriptor_annotation(d, ZSTD_CHUNKED_POSITION);
+	const char *zstd_checksum = descriptor_annotation(d, ZSTD_CHUNKED_CHECKSUM);
+	if (!zstd_position || !zstd_checksum) {
+		zstd_position = descriptor_annotation(d, ZSTD_CHUNKED_POSITION_OLD);
+		zstd_checksum = descriptor_annotation(d, ZSTD_CHUNKED_CHECKSUM_OLD);
+	}
+	bool estargz = compression == COMPRESSION_GZIP && toc_digest && digest_is_valid(toc_digest);
+	bool zstd_chunked = compression == COMPRESSION_ZSTD && zstd_position && zstd_checksum;
+	if (estargz || zstd_chunked) {
+		/* Lazy: each layer gets its own connections, so layers fetch in parallel. */
 		struct registry_client *layer_client, *prefetch_client;
 		int r = registry_client_new(ref, &opts->registry, &layer_client, err);
 		if (r < 0)
@@ -100,6 +113,9 @@ static int open_layer(struct image *img, const struct image_ref *ref, struct reg
 			registry_client_free(layer_client);
 			return r;
 		}
+		if (zstd_chunked)
+			return zstd_chunked_open(layer_client, prefetch_client, d->digest, (uint64_t)d->size,
+						 zstd_position, zstd_checksum, opts->cache_dir, ret, err);
 		return estargz_open(layer_client, prefetch_client, d->digest, (uint64_t)d->size, toc_digest,
 				    opts->cache_dir, ret, err);
 	}

@@ -54,6 +54,7 @@ struct chunk {
 	uint64_t file_off, size;
 	uint64_t comp_off, comp_end, inner_off;
 	uint32_t order; /* position among the layer's chunks in blob order */
+	bool zeros;     /* zstd:chunked "zeros" chunk: no data, reads as zeros */
 	char digest[72];
 };
 
@@ -141,6 +142,12 @@ ssize_t layer_read_entry(struct layer *l, const struct entry *e, void *buf, size
 struct registry_client;
 int estargz_open(struct registry_client *client, struct registry_client *prefetch_client, const char *digest,
 		 uint64_t blob_size, const char *toc_digest, const char *cache_dir, struct layer **ret, struct err *err);
+/* The same for a zstd:chunked layer: position is the manifest-position
+ * annotation ("offset:length:uncompressedLength:1") and toc_checksum the
+ * sha256 of the compressed TOC; each file chunk is a zstd frame. */
+int zstd_chunked_open(struct registry_client *client, struct registry_client *prefetch_client, const char *digest,
+		      uint64_t blob_size, const char *position, const char *toc_checksum, const char *cache_dir,
+		      struct layer **ret, struct err *err);
 void layer_get_stats(struct layer *l, struct layer_stats *ret);
 /* Fetches the layer's chunks into the cache: with only_landmark, just the
  * files before the prefetch landmark.  Uses its own connection, so reads

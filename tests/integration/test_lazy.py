@@ -171,6 +171,31 @@ with workspace() as work:
                    "reads after the prefetch come from the cache")
             m.umount()
 
+        # zstd:chunked, as skopeo writes it, against the same image's plain tar mount.
+        from harness import push_image, make_tar, snapshot as snap
+        push_image(reg, "lazy/plain", "v1", [(make_tar(LOWER), "none"), (make_tar(UPPER), "none")])
+        policy = os.path.join(work, "policy.json")
+        with open(policy, "w") as f:
+            json.dump({"default": [{"type": "insecureAcceptAnything"}]}, f)
+        r = run(["skopeo", "--policy", policy, "copy", "--src-tls-verify=false", "--dest-tls-verify=false",
+                 "--dest-compress-format", "zstd:chunked", f"docker://{reg.host}/lazy/plain:v1",
+                 f"docker://{reg.host}/lazy/zstdchunked:v1"], timeout=300)
+        tap.ok(r.returncode == 0, "skopeo pushes a zstd:chunked copy", r.stderr)
+        plain_mnt = os.path.join(work, "mnt-plain")
+        p = Mount(f"{reg.host}/lazy/plain:v1", plain_mnt, cache)
+        m = Mount(f"{reg.host}/lazy/zstdchunked:v1", mnt, os.path.join(work, "cache-zc"), ["--prefetch=none"])
+        if tap.ok(m.ok and p.ok, "mount the zstd:chunked image", m.stderr() + p.stderr()):
+            s0 = stats(m.dir)
+            with open(os.path.join(mnt, "small.txt"), "rb") as f:
+                tap.ok(f.read() == b"just a few bytes\n", "zstd:chunked: read a small file")
+            s1 = stats(m.dir)
+            tap.ok(s0["bytes_fetched_whole"] == 0 and s1["bytes_fetched_ranges"] - s0["bytes_fetched_ranges"] < 256 << 10,
+                   "zstd:chunked: reading it fetched a small range, not the 40 MiB layer", s1)
+            want, got = snap(plain_mnt), snap(mnt)
+            tap.ok(got == want, "zstd:chunked tree equals the plain tar tree", diff_snapshots(want, got))
+        m.umount()
+        p.umount()
+
         push_estargz(reg, "lazy/badtoc", "v1", [LOWER[:2]], bad_toc=True)
         m = Mount(f"{reg.host}/lazy/badtoc:v1", mnt, cache)
         tap.ok(not m.ok and "TOC digest" in m.stderr() and "does not match" in m.stderr(),
