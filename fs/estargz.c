@@ -960,6 +960,16 @@ static bool chunk_bounds_valid(const struct chunk *c)
 static bool chunk_claim(struct remote *rem, const struct chunk *c);
 static void chunk_release(struct remote *rem, const struct chunk *c);
 
+/* Marks the chunk as being fetched by the caller; rem->lock is held. */
+static bool inflight_add_locked(struct remote *rem, const struct chunk *c)
+{
+	if (grow_array((void **)&rem->inflight, &rem->allocated_inflight, rem->n_inflight + 1,
+		       sizeof(*rem->inflight)) < 0)
+		return false;
+	rem->inflight[rem->n_inflight++] = c;
+	return true;
+}
+
 /* Fetches, inflates and verifies one chunk into the cache. */
 static int chunk_fetch(struct remote *rem, const struct chunk *c, bool background)
 {
@@ -1047,14 +1057,10 @@ static int chunk_open(struct layer *l, const struct chunk *c, bool background)
 		pthread_mutex_unlock(&rem->lock);
 		/* Whoever we waited for has cached it, or failed: look again. */
 	}
-	if (grow_array((void **)&rem->inflight, &rem->allocated_inflight, rem->n_inflight + 1,
-		       sizeof(*rem->inflight)) < 0) {
-		pthread_mutex_unlock(&rem->lock);
-		return -ENOMEM;
-	}
-	rem->inflight[rem->n_inflight++] = c;
+	bool claimed = inflight_add_locked(rem, c);
 	pthread_mutex_unlock(&rem->lock);
-
+	if (!claimed)
+		return -ENOMEM;
 	if (!chunk_bounds_valid(c)) {
 		chunk_release(rem, c);
 		return -EIO;
@@ -1088,11 +1094,7 @@ static bool chunk_claim(struct remote *rem, const struct chunk *c)
 		return false;
 	}
 	pthread_mutex_lock(&rem->lock);
-	bool claimed = inflight_index(rem, c) < 0 &&
-		       grow_array((void **)&rem->inflight, &rem->allocated_inflight, rem->n_inflight + 1,
-				  sizeof(*rem->inflight)) == 0;
-	if (claimed)
-		rem->inflight[rem->n_inflight++] = c;
+	bool claimed = inflight_index(rem, c) < 0 && inflight_add_locked(rem, c);
 	pthread_mutex_unlock(&rem->lock);
 	return claimed;
 }
