@@ -190,7 +190,8 @@ static int cmd_mount(int argc, char **argv)
 	if (!cfg)
 		goto unmount;
 	fuse_loop_cfg_set_clone_fd(cfg, 0);
-	fuse_loop_cfg_set_max_threads(cfg, 16);
+	/* Each worker keeps a receive buffer of max_write (1 MiB): bound their number. */
+	fuse_loop_cfg_set_max_threads(cfg, 8);
 	ret = fuse_session_loop_mt(se, cfg) == 0 ? 0 : 1;
 	fuse_loop_cfg_destroy(cfg);
 unmount:
