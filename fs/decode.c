@@ -226,15 +226,28 @@ static ssize_t plain_read(struct cursor *c, unsigned char *out, size_t len)
 	return (ssize_t)len;
 }
 
-struct cursor *cursor_new(struct layer *l)
+/* A cursor's setup and teardown, whether it stands alone (the scan) or sits
+ * in a layer's cursor array. */
+static int cursor_init(struct cursor *c, struct layer *l)
 {
-	struct cursor *c = calloc(1, sizeof(*c));
-	if (!c)
-		return NULL;
 	c->layer = l;
 	c->compression = l->compression;
 	c->in_buf = malloc(INPUT_BUFFER_SIZE);
-	if (!c->in_buf) {
+	return c->in_buf ? 0 : -ENOMEM;
+}
+
+static void cursor_release(struct cursor *c)
+{
+	if (c->z_ready)
+		inflateEnd(&c->z);
+	ZSTD_freeDCtx(c->zstd);
+	free(c->in_buf);
+}
+
+struct cursor *cursor_new(struct layer *l)
+{
+	struct cursor *c = calloc(1, sizeof(*c));
+	if (c && cursor_init(c, l) < 0) {
 		free(c);
 		return NULL;
 	}
@@ -245,10 +258,7 @@ void cursor_free(struct cursor *c)
 {
 	if (!c)
 		return;
-	if (c->z_ready)
-		inflateEnd(&c->z);
-	ZSTD_freeDCtx(c->zstd);
-	free(c->in_buf);
+	cursor_release(c);
 	free(c);
 }
 
@@ -335,13 +345,8 @@ static int cursor_for(struct layer *l, uint64_t off, struct cursor **ret)
 		if (!lru || (lru->in_buf && (!c->in_buf || c->last_used < lru->last_used)))
 			lru = c;
 	}
-	if (!lru->in_buf) {
-		lru->layer = l;
-		lru->compression = l->compression;
-		lru->in_buf = malloc(INPUT_BUFFER_SIZE);
-		if (!lru->in_buf)
-			return -ENOMEM;
-	}
+	if (!lru->in_buf && cursor_init(lru, l) < 0)
+		return -ENOMEM;
 	r = cursor_seek_checkpoint(lru, cp);
 	if (r < 0)
 		return r;
@@ -518,13 +523,8 @@ void layer_cursors_free(struct layer *l)
 {
 	if (!l->cursors)
 		return;
-	for (int i = 0; i < CURSORS_PER_LAYER; i++) {
-		struct cursor *c = &l->cursors[i];
-		if (c->z_ready)
-			inflateEnd(&c->z);
-		ZSTD_freeDCtx(c->zstd);
-		free(c->in_buf);
-	}
+	for (int i = 0; i < CURSORS_PER_LAYER; i++)
+		cursor_release(&l->cursors[i]);
 	free(l->cursors);
 	l->cursors = NULL;
 }
