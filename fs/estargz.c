@@ -623,7 +623,8 @@ static int remote_new(struct registry_client *client, struct registry_client *pr
 	return 0;
 }
 
-/* Parses a verified TOC into a new chunked layer served through rem. */
+/* Parses a verified TOC into a new chunked layer served through rem, which
+ * the layer owns on success and the caller still owns on failure. */
 static int chunked_layer_new(const char *digest, uint64_t blob_size, struct remote *rem, const char *json,
 			     size_t json_len, uint64_t toc_off, struct layer **ret, struct err *err)
 {
@@ -655,11 +656,22 @@ static int chunked_layer_new(const char *digest, uint64_t blob_size, struct remo
 	qsort(rem->by_offset, rem->n_chunks, sizeof(*rem->by_offset), cmp_chunk_offset);
 	for (k = 0; k < rem->n_chunks; k++)
 		((struct chunk *)rem->by_offset[k])->order = (uint32_t)k;
+	l->remote = rem;
 	*ret = l;
 	return 0;
 fail:
 	layer_free(l);
 	return r;
+}
+
+/* The TOC is trusted through the digest a verified manifest annotates it with. */
+static int check_toc_digest(const void *data, size_t len, const char *want, struct err *err)
+{
+	char actual[DIGEST_SHA256_LEN + 1];
+	digest_sha256(data, len, actual);
+	if (strcmp(actual, want) != 0)
+		return err_set(err, EBADMSG, "the TOC digest %s does not match the annotation %s", actual, want);
+	return 0;
 }
 
 int estargz_open(struct registry_client *client, struct registry_client *prefetch_client, const char *digest,
@@ -710,16 +722,12 @@ int estargz_open(struct registry_client *client, struct registry_client *prefetc
 	free(TAKE_PTR(toc_gz));
 	if (r < 0)
 		goto fail;
-	char actual[DIGEST_SHA256_LEN + 1];
-	digest_sha256(json, json_len, actual);
-	if (strcmp(actual, toc_digest) != 0) {
-		r = err_set(err, EBADMSG, "the TOC digest %s does not match the annotation %s", actual, toc_digest);
+	r = check_toc_digest(json, json_len, toc_digest, err);
+	if (r < 0)
 		goto fail;
-	}
 	r = chunked_layer_new(digest, blob_size, rem, json, json_len, toc_off, ret, err);
 	if (r < 0)
 		goto fail;
-	(*ret)->remote = rem;
 	return 0;
 fail:
 	remote_free(rem);
@@ -755,12 +763,9 @@ int zstd_chunked_open(struct registry_client *client, struct registry_client *pr
 	r = fetch(rem, off, (size_t)len, compressed, err);
 	if (r < 0)
 		goto fail;
-	char actual[DIGEST_SHA256_LEN + 1];
-	digest_sha256(compressed, (size_t)len, actual);
-	if (strcmp(actual, toc_checksum) != 0) {
-		r = err_set(err, EBADMSG, "the TOC digest %s does not match the annotation %s", actual, toc_checksum);
+	r = check_toc_digest(compressed, (size_t)len, toc_checksum, err);
+	if (r < 0)
 		goto fail;
-	}
 	size_t n = ZSTD_decompress(json, (size_t)uncompressed, compressed, (size_t)len);
 	if (ZSTD_isError(n) || n != uncompressed) {
 		r = err_set(err, EINVAL, "the TOC does not decompress to %llu bytes", uncompressed);
@@ -771,7 +776,6 @@ int zstd_chunked_open(struct registry_client *client, struct registry_client *pr
 	r = chunked_layer_new(digest, blob_size, rem, json, n, off, ret, err);
 	if (r < 0)
 		goto fail;
-	(*ret)->remote = rem;
 	return 0;
 fail:
 	remote_free(rem);
