@@ -146,32 +146,22 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 {
 	(void)fi;
 	struct tree_inode *i = inode_of(req, ino);
-	if (!i || !S_ISREG(i->mode) || !i->entry) {
+	if (!i || off < 0) {
 		fuse_reply_err(req, i ? EINVAL : ENOENT);
-		return;
-	}
-	if (off < 0) {
-		fuse_reply_err(req, EINVAL);
-		return;
-	}
-	if ((uint64_t)off >= i->size || size == 0) {
-		fuse_reply_buf(req, NULL, 0);
 		return;
 	}
 	if (size > MAX_READ_BUFFER)
 		size = MAX_READ_BUFFER;
-	_cleanup_free_ char *buf = malloc(size);
+	_cleanup_free_ char *buf = malloc(size ? size : 1);
 	if (!buf) {
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	ssize_t n = layer_read_entry(i->layer, i->entry, buf, size, (uint64_t)off);
-	if (n < 0) {
-		/* Never hand out bytes we could not decode; the caller sees EIO. */
-		fuse_reply_err(req, EIO);
-		return;
-	}
-	fuse_reply_buf(req, buf, (size_t)n);
+	ssize_t n = tree_read(i, buf, size, (uint64_t)off);
+	if (n < 0)
+		fuse_reply_err(req, (int)-n);
+	else
+		fuse_reply_buf(req, buf, (size_t)n);
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -262,6 +252,30 @@ static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
 	fuse_reply_err(req, 0);
 }
 
+void reply_xattr_value(fuse_req_t req, const void *value, size_t len, size_t size)
+{
+	if (size == 0)
+		fuse_reply_xattr(req, len);
+	else if (size < len)
+		fuse_reply_err(req, ERANGE);
+	else
+		fuse_reply_buf(req, value, len);
+}
+
+bool reply_stats_xattr(fuse_req_t req, struct image *img, fuse_ino_t ino, const char *name, size_t size)
+{
+	/* listxattr does not show it, so copies of the tree never carry it along. */
+	if (ino != FUSE_ROOT_ID || strcmp(name, IMGFS_STATS_XATTR) != 0)
+		return false;
+	char stats[1024];
+	int n = image_format_stats(img, stats, sizeof(stats));
+	if (n < 0)
+		fuse_reply_err(req, EIO);
+	else
+		reply_xattr_value(req, stats, (size_t)n, size);
+	return true;
+}
+
 static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
 	struct tree_inode *i = inode_of(req, ino);
@@ -269,35 +283,13 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 		fuse_reply_err(req, ENOENT);
 		return;
 	}
-	/* `imgfs stats DIR` asks here; listxattr does not show it, so copies of
-	 * the tree never carry it along. */
-	if (ino == FUSE_ROOT_ID && strcmp(name, IMGFS_STATS_XATTR) == 0) {
-		char stats[1024];
-		int n = image_format_stats(image_of(req), stats, sizeof(stats));
-		if (n < 0)
-			fuse_reply_err(req, EIO);
-		else if (size == 0)
-			fuse_reply_xattr(req, (size_t)n);
-		else if (size < (size_t)n)
-			fuse_reply_err(req, ERANGE);
-		else
-			fuse_reply_buf(req, stats, (size_t)n);
+	if (reply_stats_xattr(req, image_of(req), ino, name, size))
 		return;
-	}
-	const struct entry *e = i->entry;
-	for (uint32_t k = 0; e && k < e->n_xattrs; k++) {
-		const struct xattr *x = &e->xattrs[k];
-		if (strcmp(x->name, name) != 0)
-			continue;
-		if (size == 0)
-			fuse_reply_xattr(req, x->len);
-		else if (size < x->len)
-			fuse_reply_err(req, ERANGE);
-		else
-			fuse_reply_buf(req, x->value, x->len);
-		return;
-	}
-	fuse_reply_err(req, ENODATA);
+	const struct xattr *x = tree_xattr(i, name);
+	if (!x)
+		fuse_reply_err(req, ENODATA);
+	else
+		reply_xattr_value(req, x->value, x->len, size);
 }
 
 static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
@@ -307,10 +299,7 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 		fuse_reply_err(req, ENOENT);
 		return;
 	}
-	const struct entry *e = i->entry;
-	size_t total = 0;
-	for (uint32_t k = 0; e && k < e->n_xattrs; k++)
-		total += strlen(e->xattrs[k].name) + 1;
+	size_t total = tree_list_xattrs(i, NULL, 0);
 	if (size == 0) {
 		fuse_reply_xattr(req, total);
 		return;
@@ -324,13 +313,7 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	size_t used = 0;
-	for (uint32_t k = 0; e && k < e->n_xattrs; k++) {
-		size_t len = strlen(e->xattrs[k].name) + 1;
-		memcpy(buf + used, e->xattrs[k].name, len);
-		used += len;
-	}
-	fuse_reply_buf(req, buf, used);
+	fuse_reply_buf(req, buf, tree_list_xattrs(i, buf, total));
 }
 
 static void op_statfs(fuse_req_t req, fuse_ino_t ino)

@@ -1,4 +1,5 @@
-/* The FUSE low-level operations over an image's merged tree (read-only). */
+/* The FUSE low-level operations over an image's merged tree (read-only),
+ * and the reply helpers the writable mount (overlay.h) shares with them. */
 #pragma once
 
 #define FUSE_USE_VERSION 312
@@ -10,3 +11,9 @@
 #define IMGFS_STATS_XATTR "user.imgfs.stats"
 
 extern const struct fuse_lowlevel_ops imgfs_ops;
+
+/* Answers getxattr with value (len bytes) for a caller who offered size bytes. */
+void reply_xattr_value(fuse_req_t req, const void *value, size_t len, size_t size);
+/* Answers the statistics xattr of the root and returns true, or returns
+ * false without replying for any other inode or name. */
+bool reply_stats_xattr(fuse_req_t req, struct image *img, fuse_ino_t ino, const char *name, size_t size);

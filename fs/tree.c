@@ -356,3 +356,40 @@ void tree_stat(const struct tree_inode *i, struct stat *st)
 	st->st_atim = st->st_mtim;
 	st->st_ctim = st->st_mtim;
 }
+
+ssize_t tree_read(const struct tree_inode *i, void *buf, size_t size, uint64_t off)
+{
+	if (!S_ISREG(i->mode) || !i->entry)
+		return -EINVAL;
+	if (off >= i->size || size == 0)
+		return 0;
+	ssize_t n = layer_read_entry(i->layer, i->entry, buf, size, off);
+	/* Never hand out bytes we could not decode or verify. */
+	return n < 0 ? -EIO : n;
+}
+
+const struct xattr *tree_xattr(const struct tree_inode *i, const char *name)
+{
+	const struct entry *e = i->entry;
+	for (uint32_t k = 0; e && k < e->n_xattrs; k++)
+		if (strcmp(e->xattrs[k].name, name) == 0)
+			return &e->xattrs[k];
+	return NULL;
+}
+
+size_t tree_list_xattrs(const struct tree_inode *i, char *buf, size_t size)
+{
+	const struct entry *e = i->entry;
+	size_t total = 0;
+	for (uint32_t k = 0; e && k < e->n_xattrs; k++)
+		total += strlen(e->xattrs[k].name) + 1;
+	if (!buf || size < total)
+		return total;
+	size_t used = 0;
+	for (uint32_t k = 0; e && k < e->n_xattrs; k++) {
+		size_t len = strlen(e->xattrs[k].name) + 1;
+		memcpy(buf + used, e->xattrs[k].name, len);
+		used += len;
+	}
+	return total;
+}

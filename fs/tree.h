@@ -48,3 +48,10 @@ struct tree *tree_free(struct tree *t);
 struct tree_inode *tree_get(const struct tree *t, uint64_t ino);
 struct tree_inode *tree_lookup(const struct tree_inode *dir, const char *name);
 void tree_stat(const struct tree_inode *i, struct stat *st);
+/* Reads a regular file's bytes; 0 at or past its end, -EIO if the layer
+ * could not deliver verified bytes. */
+ssize_t tree_read(const struct tree_inode *i, void *buf, size_t size, uint64_t off);
+const struct xattr *tree_xattr(const struct tree_inode *i, const char *name);
+/* Writes the NUL-separated xattr names into buf when it is large enough;
+ * returns the length the list needs. */
+size_t tree_list_xattrs(const struct tree_inode *i, char *buf, size_t size);
