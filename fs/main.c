@@ -1,5 +1,5 @@
 /* imgfs: mount a registry image as a FUSE file system. */
-#include "fuse_ops.h"
+#include "overlay.h"
 
 #include <getopt.h>
 #include <sys/mount.h>
@@ -15,12 +15,16 @@ static void usage(FILE *out)
 		"       imgfs umount DIR\n"
 		"       imgfs stats DIR\n"
 		"\n"
-		"Mounts the image REF from its registry on DIR, read-only, fetching layer\n"
-		"contents into a shared cache instead of unpacking them.\n"
+		"Mounts the image REF from its registry on DIR, fetching layer contents into\n"
+		"a shared cache instead of unpacking them.  The mount is read-only unless\n"
+		"--upper names a directory that keeps the changes.\n"
 		"\n"
 		"Options for mount:\n"
 		"  --cache DIR                 cache directory (default: $IMGFS_CACHE,\n"
 		"                              /var/lib/imgfs for root, else $XDG_CACHE_HOME/imgfs)\n"
+		"  --upper UPPERDIR            make the mount writable, keeping every change in\n"
+		"                              UPPERDIR (an overlayfs upper directory; created\n"
+		"                              if missing; one mount at a time)\n"
 		"  --platform OS/ARCH[/VAR]    platform to pick from a multi-platform image\n"
 		"  --prefetch MODE             none, landmark (the eStargz prefetch set only) or\n"
 		"                              all (default: the prefetch set first, then the rest)\n"
@@ -58,12 +62,13 @@ static void insecure_free(char **list)
 
 static int cmd_mount(int argc, char **argv)
 {
-	enum { OPT_CACHE = 256, OPT_PLATFORM, OPT_INSECURE, OPT_PREFETCH };
+	enum { OPT_CACHE = 256, OPT_PLATFORM, OPT_INSECURE, OPT_PREFETCH, OPT_UPPER };
 	static const struct option options[] = {
 		{ "cache", required_argument, NULL, OPT_CACHE },
 		{ "platform", required_argument, NULL, OPT_PLATFORM },
 		{ "insecure-registry", required_argument, NULL, OPT_INSECURE },
 		{ "prefetch", required_argument, NULL, OPT_PREFETCH },
+		{ "upper", required_argument, NULL, OPT_UPPER },
 		{ "foreground", no_argument, NULL, 'f' },
 		{ "debug", no_argument, NULL, 'd' },
 		{ "help", no_argument, NULL, 'h' },
@@ -73,7 +78,8 @@ static int cmd_mount(int argc, char **argv)
 	_cleanup_free_ char *cache_dir = NULL;
 	char **insecure = NULL;
 	size_t n_insecure = 0;
-	const char *platform = NULL;
+	const char *platform = NULL, *upper = NULL;
+	struct overlay *overlay = NULL;
 	bool foreground = false, debug = false;
 	enum prefetch_mode prefetch = PREFETCH_ALL;
 	struct err err = { 0 };
@@ -96,6 +102,9 @@ static int cmd_mount(int argc, char **argv)
 			break;
 		case OPT_PLATFORM:
 			platform = optarg;
+			break;
+		case OPT_UPPER:
+			upper = optarg;
 			break;
 		case OPT_INSECURE:
 			if (insecure_add(&insecure, &n_insecure, optarg) < 0)
@@ -160,14 +169,30 @@ static int cmd_mount(int argc, char **argv)
 		goto out;
 	}
 
+	if (upper) {
+		int m = mkdir_parents(upper, 0755);
+		if (m < 0) {
+			fprintf(stderr, "imgfs: cannot create upper directory \"%s\": %s\n", upper, strerror(-m));
+			image_free(img);
+			goto out;
+		}
+		if (overlay_open(img, upper, &overlay, &err) < 0) {
+			fprintf(stderr, "imgfs: %s\n", err.msg);
+			image_free(img);
+			goto out;
+		}
+	}
+
 	char mount_opts[256];
-	snprintf(mount_opts, sizeof(mount_opts), "ro,default_permissions,fsname=imgfs,subtype=imgfs%s",
-		 geteuid() == 0 ? ",allow_other" : "");
+	snprintf(mount_opts, sizeof(mount_opts), "%sdefault_permissions,fsname=imgfs,subtype=imgfs%s",
+		 overlay ? "" : "ro,", geteuid() == 0 ? ",allow_other" : "");
 	char *fuse_argv[] = { argv[0], "-o", mount_opts, debug ? "-d" : NULL, NULL };
 	struct fuse_args args = FUSE_ARGS_INIT(debug ? 4 : 3, fuse_argv);
-	struct fuse_session *se = fuse_session_new(&args, &imgfs_ops, sizeof(imgfs_ops), img);
+	struct fuse_session *se = overlay ? fuse_session_new(&args, &overlay_ops, sizeof(overlay_ops), overlay)
+					  : fuse_session_new(&args, &imgfs_ops, sizeof(imgfs_ops), img);
 	if (!se) {
 		fprintf(stderr, "imgfs: cannot create the FUSE session for \"%s\"\n", ref);
+		overlay_free(overlay);
 		image_free(img);
 		goto out;
 	}
@@ -201,6 +226,7 @@ handlers:
 destroy:
 	fuse_session_destroy(se);
 	fuse_opt_free_args(&args);
+	overlay_free(overlay);
 	image_free(img);
 out:
 	insecure_free(insecure);

@@ -1,0 +1,22 @@
+/* The writable mount: an upper directory on local disk over the image's
+ * merged tree, kept in the on-disk format of an overlayfs upper directory
+ * (whiteouts are 0:0 character devices, opaque directories carry the
+ * trusted.overlay.opaque xattr, user.overlay.opaque when not root), so the
+ * kernel's overlayfs over an unpack of the image shows the same tree.
+ *
+ * Locking: one mutex guards the node table and every change to UPPERDIR;
+ * reads and writes of open files and listings of open directories go to
+ * their own file descriptors or snapshots without it.  A copy-up of a lazy
+ * file therefore holds the mutex while its bytes are fetched. */
+#pragma once
+
+#include "fuse_ops.h"
+
+struct overlay;
+
+/* Opens upper_dir (which must exist) and locks it against a second mount;
+ * the lock lasts as long as the overlay. */
+int overlay_open(struct image *img, const char *upper_dir, struct overlay **ret, struct err *err);
+struct overlay *overlay_free(struct overlay *ov);
+
+extern const struct fuse_lowlevel_ops overlay_ops;
