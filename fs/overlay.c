@@ -790,7 +790,8 @@ static int list_dir(struct overlay *ov, struct node *n, struct listing **ret)
 		closedir(d);
 		if (r < 0)
 			goto fail;
-		qsort(upper.v, upper.n, sizeof(char *), compare_names);
+		if (upper.n)
+			qsort(upper.v, upper.n, sizeof(char *), compare_names);
 	}
 	for (size_t k = 0; merged && k < merged->n_children; k++) {
 		const struct tree_dirent *c = &merged->children[k];
@@ -875,20 +876,27 @@ typedef int make_fn(int dirfd, const char *name, struct make_request *m);
 static int make_entry(struct overlay *ov, struct node *parent, const char *name, make_fn *make,
 		      struct make_request *m, struct node **ret)
 {
-	struct node *existing;
-	int r = resolve(ov, parent, name, &existing);
-	if (r == 0) {
-		node_unref(ov, existing);
-		return -EEXIST;
-	}
-	if (r != -ENOENT)
-		return r;
-	if ((r = copy_up(ov, parent, true)) < 0)
+	if (!S_ISDIR(parent->type))
+		return -ENOTDIR;
+	if (strlen(name) > NAME_MAX)
+		return -ENAMETOOLONG;
+	int r = copy_up(ov, parent, true);
+	if (r < 0)
 		return r;
 	struct stat st;
-	bool whiteout = fstatat(parent->fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && is_whiteout(&st);
-	char tmp[64];
-	temp_name(ov, tmp, sizeof(tmp));
+	bool whiteout = false;
+	if (fstatat(parent->fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+		if (!is_whiteout(&st))
+			return -EEXIST;
+		whiteout = true;
+	} else if (errno != ENOENT) {
+		return -errno;
+	} else if (image_child(ov, parent, name)) {
+		return -EEXIST;
+	}
+	char tmp[64] = "";
+	if (whiteout)
+		temp_name(ov, tmp, sizeof(tmp));
 	const char *target = whiteout ? tmp : name;
 	if ((r = make(parent->fd, target, m)) < 0)
 		return r;
@@ -1101,6 +1109,9 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 {
 	(void)userdata;
 	conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+	/* The daemon writes as root, which keeps setuid bits: let the kernel,
+	 * which knows the writer, clear them with a setattr. */
+	conn->want &= ~FUSE_CAP_HANDLE_KILLPRIV;
 	conn->max_write = MAX_IO;
 	conn->max_readahead = MAX_IO;
 }
@@ -1355,6 +1366,8 @@ static void reply_open_handle(fuse_req_t req, struct fuse_file_info *fi, int fd,
 	/* The image's bytes never change; an upper file's pages are only
 	 * trusted until the next open. */
 	fi->keep_cache = fd < 0;
+	/* Locks are the kernel's own (no lock operations here): nothing to flush. */
+	fi->noflush = 1;
 	if (fuse_reply_open(req, fi) != 0) {
 		if (fd >= 0)
 			close(fd);
@@ -1419,6 +1432,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	}
 	*h = (struct handle){ .fd = m.fd };
 	fi->fh = (uintptr_t)h;
+	fi->noflush = 1;
 	if (fuse_reply_create(req, &e, fi) != 0) {
 		close(m.fd);
 		free(h);

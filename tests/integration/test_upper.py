@@ -304,6 +304,11 @@ def semantics(d, upper):
     tap.ok(as_user(1001, lambda: write(f"{d}/tmpfile-user", b"x")) == errno.EACCES, "create in a root 0755 dir: EACCES")
     os.mkdir(f"{d}/shared")
     os.chmod(f"{d}/shared", 0o777)
+    write(f"{d}/shared/setuid-prog", b"#!/bin/sh\n")
+    os.chmod(f"{d}/shared/setuid-prog", 0o6777)
+    code = as_user(1001, lambda: write(f"{d}/shared/setuid-prog", b"changed", "ab"))
+    tap.ok(code == 0 and stat.S_IMODE(os.stat(f"{d}/shared/setuid-prog").st_mode) == 0o777,
+           "a write by another user clears setuid and setgid", (code, oct(os.stat(f"{d}/shared/setuid-prog").st_mode)))
     code = as_user(1001, lambda: write(f"{d}/shared/mine", b"mine"))
     owners = [os.stat(p).st_uid if os.path.exists(p) else None for p in (f"{d}/shared/mine", f"{upper}/shared/mine")]
     tap.ok(code == 0 and owners == [1001, 1001], "a file created by a user is owned by that user", (code, owners))
