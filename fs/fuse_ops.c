@@ -262,10 +262,16 @@ void reply_xattr_value(fuse_req_t req, const void *value, size_t len, size_t siz
 		fuse_reply_buf(req, value, len);
 }
 
-bool reply_stats_xattr(fuse_req_t req, struct image *img, fuse_ino_t ino, const char *name, size_t size)
+bool reply_virtual_xattr(fuse_req_t req, struct image *img, fuse_ino_t ino, const char *name, size_t size)
 {
-	/* listxattr does not show it, so copies of the tree never carry it along. */
-	if (ino != FUSE_ROOT_ID || strcmp(name, IMGFS_STATS_XATTR) != 0)
+	/* listxattr does not show them, so copies of the tree never carry them along. */
+	if (ino != FUSE_ROOT_ID)
+		return false;
+	if (strcmp(name, IMGFS_CONFIG_XATTR) == 0) {
+		reply_xattr_value(req, img->config_path, strlen(img->config_path), size);
+		return true;
+	}
+	if (strcmp(name, IMGFS_STATS_XATTR) != 0)
 		return false;
 	char stats[1024];
 	int n = image_format_stats(img, stats, sizeof(stats));
@@ -283,7 +289,7 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 		fuse_reply_err(req, ENOENT);
 		return;
 	}
-	if (reply_stats_xattr(req, image_of(req), ino, name, size))
+	if (reply_virtual_xattr(req, image_of(req), ino, name, size))
 		return;
 	const struct xattr *x = tree_xattr(i, name);
 	if (!x)

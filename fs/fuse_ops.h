@@ -7,13 +7,15 @@
 
 #include "image.h"
 
-/* Virtual xattr of the mount's root that reports fetch statistics. */
+/* Virtual xattrs of the mount's root: fetch statistics, and the path of the
+ * image config (verified, in the cache) for launchers. */
 #define IMGFS_STATS_XATTR "user.imgfs.stats"
+#define IMGFS_CONFIG_XATTR "user.imgfs.config-path"
 
 extern const struct fuse_lowlevel_ops imgfs_ops;
 
 /* Answers getxattr with value (len bytes) for a caller who offered size bytes. */
 void reply_xattr_value(fuse_req_t req, const void *value, size_t len, size_t size);
-/* Answers the statistics xattr of the root and returns true, or returns
- * false without replying for any other inode or name. */
-bool reply_stats_xattr(fuse_req_t req, struct image *img, fuse_ino_t ino, const char *name, size_t size);
+/* Answers a virtual xattr of the root and returns true, or returns false
+ * without replying for any other inode or name. */
+bool reply_virtual_xattr(fuse_req_t req, struct image *img, fuse_ino_t ino, const char *name, size_t size);

@@ -198,6 +198,13 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 	if (r < 0)
 		goto out;
 	close(config_fd);
+	char *config_path = cache_path(opts->cache_dir, "blobs", m.config.digest);
+	img->config_path = config_path ? realpath(config_path, NULL) : NULL;
+	free(config_path);
+	if (!img->config_path) {
+		r = err_set(err, errno, "config %s: %s", m.config.digest, strerror(errno));
+		goto out;
+	}
 
 	img->layers = calloc(m.n_layers ? m.n_layers : 1, sizeof(*img->layers));
 	if (!img->layers) {
@@ -238,6 +245,7 @@ struct image *image_free(struct image *img)
 		layer_free(img->layers[i]);
 	free(img->layers);
 	free(img->manifest_digest);
+	free(img->config_path);
 	free(img->ref_text);
 	free(img);
 	return NULL;

@@ -17,6 +17,7 @@ struct image_options {
 struct image {
 	char *ref_text;
 	char *manifest_digest;
+	char *config_path; /* the verified image config in the cache, absolute */
 	struct layer **layers;
 	size_t n_layers;
 	struct tree *tree;

@@ -1610,7 +1610,7 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
 	struct overlay *ov = overlay_of(req);
-	if (reply_stats_xattr(req, ov->img, ino, name, size))
+	if (reply_virtual_xattr(req, ov->img, ino, name, size))
 		return;
 	if (is_overlay_xattr(name)) {
 		fuse_reply_err(req, ENODATA);
