@@ -1,0 +1,114 @@
+/* launch: runs OCI containers whose root file system is an imgfs mount.
+ *
+ * The launcher drives `imgfs` and `launch-shim` as programs.  This header
+ * joins its own parts: the runtime spec written from an image config
+ * (spec.c), the per-container state (state.c), the attach client
+ * (attach.c) and the verbs (run.c, verbs.c). */
+#pragma once
+
+#include <stdbool.h>
+#include <limits.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "util.h"
+
+/* Exit codes of the launcher itself, as docker and podman use them. */
+#define EXIT_LAUNCH_ERROR 125
+#define EXIT_CANNOT_RUN 126
+#define EXIT_NOT_FOUND 127
+
+/* ---- the runtime spec ---------------------------------------------------- */
+
+/* What the image config says about the process (config.config). */
+struct image_process {
+	char **entrypoint, **cmd, **env; /* NULL-terminated; NULL when unset */
+	char *workdir, *user;
+};
+
+int image_process_parse(const char *json, size_t len, struct image_process *ret, struct err *err);
+void image_process_done(struct image_process *p);
+
+struct spec_options {
+	char **command;          /* from the command line, may be empty */
+	const char *entrypoint;  /* --entrypoint: NULL unset, "" clears the image's */
+	char **env;              /* -e and --env-file, in order, KEY=VAL or KEY (from our env) */
+	const char *workdir, *hostname, *init_path;
+	char **volumes;          /* HOST:CTR[:ro|rw] */
+	bool tty, host_network;
+	unsigned short rows, cols;
+	/* Resolved from -u and the image's /etc/passwd and /etc/group. */
+	uid_t uid;
+	gid_t gid;
+	gid_t *groups;
+	size_t n_groups;
+	const char *home;        /* for $HOME when neither image nor -e sets it */
+};
+
+/* The process args docker would run: entrypoint and command combined. */
+int spec_args(const struct image_process *img, const struct spec_options *o, char ***ret, struct err *err);
+/* The config.json text for runc/crun. */
+int spec_build(const struct image_process *img, const struct spec_options *o, char **ret_json, struct err *err);
+
+/* Resolves USER[:GROUP] (names or numbers) through etc/passwd and etc/group
+ * under rootfs_fd, never following a link out of it. */
+int resolve_user(int rootfs_fd, const char *spec, uid_t *ret_uid, gid_t *ret_gid, gid_t **ret_groups,
+		 size_t *ret_n_groups, char **ret_home, struct err *err);
+
+/* ---- state ------------------------------------------------------------------ */
+
+struct container {
+	char *id, *dir, *name, *image, *command;
+	bool tty, interactive, remove;
+	long created;
+};
+
+/* The state root: --root, $LAUNCH_ROOT, /run/launch (root) or
+ * $XDG_RUNTIME_DIR/launch.  Caller frees. */
+char *state_root(const char *option);
+/* Finds a container by name, full id or unique id prefix. */
+int container_find(const char *root, const char *key, struct container *ret, struct err *err);
+int container_list(const char *root, struct container **ret, size_t *ret_n);
+void container_done(struct container *c);
+/* Writes launch.json of c into c->dir. */
+int container_save(const struct container *c);
+
+enum container_status { STATUS_CREATED, STATUS_RUNNING, STATUS_EXITED, STATUS_SHIM_GONE };
+enum container_status container_status(const struct container *c, int *ret_exit_code);
+
+/* True while pid is a live (not zombie) process whose name starts with program. */
+bool process_alive(pid_t pid, const char *program);
+
+/* Removes what is left of a container: runtime state, mount, files, name. */
+int container_remove(const char *root, const char *runtime, const struct container *c, struct err *err);
+
+/* ---- helpers shared by the verbs ------------------------------------------- */
+
+/* Finds a program next to the launcher (the build tree or the install
+ * prefix) or in $PATH: imgfs, launch-shim, launch-init. */
+char *find_helper(const char *name);
+/* runc, else crun, from $PATH, unless the option names one. */
+char *find_runtime(const char *option);
+char *runtime_root(const char *root);
+
+/* ---- attach ------------------------------------------------------------------- */
+
+#define ATTACH_DETACHED (-1)
+
+/* Relays the terminal (or stdin/stdout/stderr) to an attached socket until
+ * the container exits (its exit code) or the user detaches
+ * (ATTACH_DETACHED).  Negative errno on failure. */
+int attach_session(int sock, const char *state_dir, bool tty, bool send_stdin, const char *detach_keys);
+int attach_connect(const char *state_dir);
+int parse_detach_keys(const char *spec, unsigned char *keys, size_t *n);
+
+/* ---- verbs ------------------------------------------------------------------- */
+
+int cmd_run(int argc, char **argv);
+int cmd_ps(int argc, char **argv);
+int cmd_logs(int argc, char **argv);
+int cmd_attach(int argc, char **argv);
+int cmd_exec(int argc, char **argv);
+int cmd_kill(int argc, char **argv);
+int cmd_wait(int argc, char **argv);
+int cmd_rm(int argc, char **argv);

@@ -1,0 +1,566 @@
+/* launch run: mount the image with an upper layer of the container's own,
+ * write the bundle, start the shim and attach to it (or print the id). */
+#include <fcntl.h>
+#include <limits.h>
+#include <getopt.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <sys/xattr.h>
+#include <time.h>
+
+#include "launch.h"
+#include "shim.h"
+
+#define CONFIG_XATTR "user.imgfs.config-path"
+#define DEFAULT_DETACH_KEYS "ctrl-p,ctrl-q"
+
+struct run_options {
+	struct spec_options spec;
+	bool interactive, detach, remove, init;
+	const char *name, *user, *network, *runtime, *root, *detach_keys;
+	char **imgfs_args; /* passed through to imgfs mount */
+	size_t n_imgfs_args, allocated_imgfs_args;
+	char **env, **volumes;
+	size_t n_env, allocated_env, n_volumes, allocated_volumes;
+};
+
+static int strv_push(char ***v, size_t *n, size_t *allocated, const char *s)
+{
+	if (grow_array((void **)v, allocated, *n + 2, sizeof(char *)) < 0)
+		return -ENOMEM;
+	if (!((*v)[*n] = strdup(s)))
+		return -ENOMEM;
+	(*v)[++*n] = NULL;
+	return 0;
+}
+
+static void strv_free_n(char **v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(v[i]);
+	free(v);
+}
+
+static int read_env_file(struct run_options *o, const char *path)
+{
+	_cleanup_fclose_ FILE *f = fopen(path, "re");
+	if (!f) {
+		fprintf(stderr, "launch: cannot read env file \"%s\": %s\n", path, strerror(errno));
+		return -errno;
+	}
+	char line[8192];
+	while (fgets(line, sizeof(line), f)) {
+		line[strcspn(line, "\r\n")] = '\0';
+		const char *s = line + strspn(line, " \t");
+		if (!*s || *s == '#')
+			continue;
+		if (strv_push(&o->env, &o->n_env, &o->allocated_env, s) < 0)
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"Usage: launch run [OPTIONS] IMAGE [COMMAND [ARG...]]\n"
+		"\n"
+		"  -i, --interactive          keep stdin open\n"
+		"  -t, --tty                  allocate a pseudo-terminal\n"
+		"  -d, --detach               run in the background and print the container id\n"
+		"      --rm                   remove the container when it exits\n"
+		"      --name NAME            name the container\n"
+		"  -e, --env KEY[=VAL]        set an environment variable (repeatable)\n"
+		"      --env-file FILE        read KEY=VAL lines\n"
+		"  -w, --workdir DIR          working directory inside the container\n"
+		"  -u, --user USER[:GROUP]    user and group, names from the image's /etc/passwd, /etc/group\n"
+		"      --entrypoint CMD       override the image's entrypoint (\"\" clears it)\n"
+		"  -v, --volume HOST:CTR[:ro] bind mount a host directory\n"
+		"      --hostname NAME        the container's host name\n"
+		"      --network none|host    network namespace of its own (default) or the host's\n"
+		"      --init                 run a small init as pid 1 that reaps zombies\n"
+		"      --runtime PATH         OCI runtime (default: runc, else crun)\n"
+		"      --detach-keys KEYS     detach sequence (default: ctrl-p,ctrl-q)\n"
+		"      --root DIR             state directory (default: $LAUNCH_ROOT, /run/launch)\n"
+		"      --platform, --cache, --insecure-registry, --prefetch   as for imgfs mount\n");
+}
+
+static int parse_run_options(int argc, char **argv, struct run_options *o)
+{
+	enum { O_RM = 256, O_NAME, O_ENV_FILE, O_ENTRYPOINT, O_HOSTNAME, O_NETWORK, O_INIT, O_RUNTIME, O_ROOT,
+	       O_DETACH_KEYS, O_PLATFORM, O_CACHE, O_INSECURE, O_PREFETCH };
+	static const struct option opts[] = {
+		{ "interactive", no_argument, NULL, 'i' },
+		{ "tty", no_argument, NULL, 't' },
+		{ "detach", no_argument, NULL, 'd' },
+		{ "rm", no_argument, NULL, O_RM },
+		{ "name", required_argument, NULL, O_NAME },
+		{ "env", required_argument, NULL, 'e' },
+		{ "env-file", required_argument, NULL, O_ENV_FILE },
+		{ "workdir", required_argument, NULL, 'w' },
+		{ "user", required_argument, NULL, 'u' },
+		{ "entrypoint", required_argument, NULL, O_ENTRYPOINT },
+		{ "volume", required_argument, NULL, 'v' },
+		{ "hostname", required_argument, NULL, O_HOSTNAME },
+		{ "network", required_argument, NULL, O_NETWORK },
+		{ "net", required_argument, NULL, O_NETWORK },
+		{ "init", no_argument, NULL, O_INIT },
+		{ "runtime", required_argument, NULL, O_RUNTIME },
+		{ "root", required_argument, NULL, O_ROOT },
+		{ "detach-keys", required_argument, NULL, O_DETACH_KEYS },
+		{ "platform", required_argument, NULL, O_PLATFORM },
+		{ "cache", required_argument, NULL, O_CACHE },
+		{ "insecure-registry", required_argument, NULL, O_INSECURE },
+		{ "prefetch", required_argument, NULL, O_PREFETCH },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	int c;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "+itde:w:u:v:h", opts, NULL)) != -1) {
+		int r = 0;
+		const char *imgfs_flag = NULL;
+		switch (c) {
+		case 'i': o->interactive = true; break;
+		case 't': o->spec.tty = true; break;
+		case 'd': o->detach = true; break;
+		case O_RM: o->remove = true; break;
+		case O_NAME: o->name = optarg; break;
+		case 'e': r = strv_push(&o->env, &o->n_env, &o->allocated_env, optarg); break;
+		case O_ENV_FILE: r = read_env_file(o, optarg); break;
+		case 'w': o->spec.workdir = optarg; break;
+		case 'u': o->user = optarg; break;
+		case O_ENTRYPOINT: o->spec.entrypoint = optarg; break;
+		case 'v': r = strv_push(&o->volumes, &o->n_volumes, &o->allocated_volumes, optarg); break;
+		case O_HOSTNAME: o->spec.hostname = optarg; break;
+		case O_NETWORK: o->network = optarg; break;
+		case O_INIT: o->init = true; break;
+		case O_RUNTIME: o->runtime = optarg; break;
+		case O_ROOT: o->root = optarg; break;
+		case O_DETACH_KEYS: o->detach_keys = optarg; break;
+		case O_PLATFORM: imgfs_flag = "--platform"; break;
+		case O_CACHE: imgfs_flag = "--cache"; break;
+		case O_INSECURE: imgfs_flag = "--insecure-registry"; break;
+		case O_PREFETCH: imgfs_flag = "--prefetch"; break;
+		case 'h': usage(stdout); exit(0);
+		default: usage(stderr); return -EINVAL;
+		}
+		if (imgfs_flag && ((r = strv_push(&o->imgfs_args, &o->n_imgfs_args, &o->allocated_imgfs_args, imgfs_flag)) < 0 ||
+				   (r = strv_push(&o->imgfs_args, &o->n_imgfs_args, &o->allocated_imgfs_args, optarg)) < 0))
+			return r;
+		if (r < 0)
+			return r;
+	}
+	if (optind >= argc) {
+		fprintf(stderr, "launch run: expected IMAGE\n");
+		usage(stderr);
+		return -EINVAL;
+	}
+	if (o->network && strcmp(o->network, "none") != 0 && strcmp(o->network, "host") != 0) {
+		fprintf(stderr, "launch run: --network \"%s\" is not supported: none or host\n", o->network);
+		return -EINVAL;
+	}
+	unsigned char keys[16];
+	size_t n_keys;
+	if (o->detach_keys && *o->detach_keys && parse_detach_keys(o->detach_keys, keys, &n_keys) < 0) {
+		fprintf(stderr, "launch run: invalid --detach-keys \"%s\": expected e.g. ctrl-p,ctrl-q\n", o->detach_keys);
+		return -EINVAL;
+	}
+	o->spec.host_network = o->network && strcmp(o->network, "host") == 0;
+	o->spec.env = o->env;
+	o->spec.volumes = o->volumes;
+	o->spec.command = argv + optind + 1;
+	return optind;
+}
+
+static int random_id(char id[65])
+{
+	unsigned char bytes[32];
+	if (getrandom(bytes, sizeof(bytes), 0) != sizeof(bytes))
+		return -errno;
+	for (size_t i = 0; i < sizeof(bytes); i++)
+		sprintf(id + 2 * i, "%02x", bytes[i]);
+	return 0;
+}
+
+/* Reserves the name with a symlink; a dangling one belonged to a container
+ * that its shim removed. */
+static int reserve_name(const char *root, const char *name, const char *id)
+{
+	_cleanup_free_ char *link = strdup_printf("%s/names/%s", root, name);
+	_cleanup_free_ char *target = strdup_printf("../containers/%s", id);
+	if (!link || !target)
+		return -ENOMEM;
+	for (int attempt = 0; attempt < 2; attempt++) {
+		if (symlink(target, link) == 0)
+			return 0;
+		if (errno != EEXIST)
+			return -errno;
+		struct stat st;
+		if (stat(link, &st) == 0)
+			return -EEXIST;
+		unlink(link);
+	}
+	return -EEXIST;
+}
+
+/* Runs imgfs mount; its message explains a failure. */
+static int mount_image(const struct run_options *o, const char *image, const char *dir, char *msg, size_t size)
+{
+	_cleanup_free_ char *imgfs = find_helper("imgfs");
+	_cleanup_free_ char *upper = strdup_printf("%s/upper", dir);
+	_cleanup_free_ char *rootfs = strdup_printf("%s/rootfs", dir);
+	if (!imgfs) {
+		snprintf(msg, size, "cannot find the imgfs program next to launch or in $PATH");
+		return -ENOENT;
+	}
+	if (!upper || !rootfs || mkdir(rootfs, 0755) < 0)
+		return -errno;
+	const char **argv = calloc(o->n_imgfs_args + 8, sizeof(char *));
+	if (!argv)
+		return -ENOMEM;
+	size_t a = 0;
+	argv[a++] = imgfs;
+	argv[a++] = "mount";
+	for (size_t i = 0; i < o->n_imgfs_args; i++)
+		argv[a++] = o->imgfs_args[i];
+	argv[a++] = "--upper";
+	argv[a++] = upper;
+	argv[a++] = image;
+	argv[a++] = rootfs;
+	int errpipe[2];
+	if (pipe2(errpipe, O_CLOEXEC) < 0) {
+		free(argv);
+		return -errno;
+	}
+	pid_t pid = fork();
+	if (pid == 0) {
+		dup2(errpipe[1], 2);
+		execv(imgfs, (char *const *)argv);
+		_exit(127);
+	}
+	free(argv);
+	close(errpipe[1]);
+	size_t len = 0;
+	ssize_t n;
+	while (len < size - 1 && (n = read(errpipe[0], msg + len, size - 1 - len)) > 0)
+		len += (size_t)n;
+	msg[len] = '\0';
+	close(errpipe[0]);
+	int status;
+	if (pid < 0 || waitpid(pid, &status, 0) < 0)
+		return -errno;
+	msg[strcspn(msg, "\n")] = '\0';
+	if (str_has_prefix(msg, "imgfs: "))
+		memmove(msg, msg + 7, strlen(msg + 7) + 1);
+	return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -EIO;
+}
+
+static int load_image_process(const char *rootfs, struct image_process *ret, struct err *err)
+{
+	char path[PATH_MAX];
+	ssize_t n = getxattr(rootfs, CONFIG_XATTR, path, sizeof(path) - 1);
+	if (n < 0)
+		return err_set(err, errno, "cannot find the image config of the mount \"%s\": %s", rootfs, strerror(errno));
+	path[n] = '\0';
+	_cleanup_free_ char *data = NULL;
+	size_t len;
+	int r = read_file_capped(path, 8 << 20, &data, &len);
+	if (r < 0)
+		return err_set(err, -r, "cannot read the image config \"%s\": %s", path, strerror(-r));
+	return image_process_parse(data, len, ret, err);
+}
+
+static char *join_command(char **argv)
+{
+	size_t len = 1;
+	for (char **a = argv; a && *a; a++)
+		len += strlen(*a) + 1;
+	char *s = calloc(1, len);
+	for (char **a = argv; s && a && *a; a++) {
+		if (a != argv)
+			strcat(s, " ");
+		strcat(s, *a);
+	}
+	return s;
+}
+
+/* The state directory, the name and the mount; on failure, what was made
+ * is removed again and the message is in err. */
+static int prepare(struct run_options *o, const char *image, const char *root, struct container *c, struct err *err)
+{
+	char id[65];
+	int r = random_id(id);
+	if (r < 0)
+		return err_set(err, -r, "cannot make a container id: %s", strerror(-r));
+	const char *subdirs[] = { "containers", "names", "runtime" };
+	for (size_t i = 0; i < ARRAY_SIZE(subdirs); i++) {
+		_cleanup_free_ char *p = strdup_printf("%s/%s", root, subdirs[i]);
+		if (!p)
+			return -ENOMEM;
+		if ((r = mkdir_parents(p, 0700)) < 0)
+			return err_set(err, -r, "cannot create the state directory \"%s\": %s", p, strerror(-r));
+	}
+	if (o->name && (!*o->name || strchr(o->name, '/') || o->name[0] == '.'))
+		return err_set(err, EINVAL, "invalid container name \"%s\"", o->name);
+	c->id = strdup(id);
+	c->name = o->name ? strdup(o->name) : strdup_printf("c-%.12s", id);
+	c->image = strdup(image);
+	c->dir = strdup_printf("%s/containers/%s", root, id);
+	c->tty = o->spec.tty;
+	c->interactive = o->interactive;
+	c->remove = o->remove;
+	c->created = (long)time(NULL);
+	if (!c->id || !c->name || !c->image || !c->dir)
+		return -ENOMEM;
+	if ((r = reserve_name(root, c->name, id)) < 0)
+		return err_set(err, -r, "the container name \"%s\" is already in use", c->name);
+	char msg[1024] = "";
+	if (mkdir(c->dir, 0700) < 0)
+		r = err_set(err, errno, "cannot create \"%s\": %s", c->dir, strerror(errno));
+	else if ((r = mount_image(o, image, c->dir, msg, sizeof(msg))) < 0)
+		r = err_set(err, -r, "cannot mount image \"%s\": %s", image, *msg ? msg : strerror(-r));
+	if (r < 0)
+		(void)container_remove(root, NULL, c, NULL);
+	return r;
+}
+
+/* config.json from the image config and the options, and launch.json. */
+static int write_bundle(struct run_options *o, struct container *c, struct err *err)
+{
+	_cleanup_free_ char *rootfs = strdup_printf("%s/rootfs", c->dir);
+	_cleanup_free_ char *config = strdup_printf("%s/config.json", c->dir);
+	if (!rootfs || !config)
+		return -ENOMEM;
+	struct image_process img = { 0 };
+	int r = load_image_process(rootfs, &img, err);
+	if (r < 0)
+		return r;
+	_cleanup_close_ int rootfs_fd = open(rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	_cleanup_free_ char *home = NULL, *init = NULL, *json = NULL;
+	if (rootfs_fd < 0)
+		r = err_set(err, errno, "cannot open \"%s\": %s", rootfs, strerror(errno));
+	else
+		r = resolve_user(rootfs_fd, o->user ? o->user : img.user, &o->spec.uid, &o->spec.gid, &o->spec.groups,
+				 &o->spec.n_groups, &home, err);
+	if (r == 0 && o->init && !(init = find_helper("launch-init")))
+		r = err_set(err, ENOENT, "--init: cannot find the launch-init program next to launch");
+	char hostname[13];
+	snprintf(hostname, sizeof(hostname), "%.12s", c->id);
+	struct spec_options spec = o->spec;
+	spec.home = home;
+	spec.init_path = init;
+	if (!spec.hostname)
+		spec.hostname = hostname;
+	struct winsize ws;
+	if (spec.tty && ioctl(STDIN_FILENO, TIOCGWINSZ, &ws) == 0) {
+		spec.rows = ws.ws_row;
+		spec.cols = ws.ws_col;
+	}
+	char **args = NULL;
+	if (r == 0)
+		r = spec_build(&img, &spec, &json, err);
+	if (r == 0 && (r = spec_args(&img, &spec, &args, err)) == 0) {
+		c->command = join_command(args);
+		for (char **a = args; *a; a++)
+			free(*a);
+		free(args);
+	}
+	image_process_done(&img);
+	if (r < 0)
+		return r;
+	if ((r = write_file_atomic(config, json, strlen(json))) < 0 || (r = container_save(c)) < 0)
+		return err_set(err, -r, "cannot write the bundle in \"%s\": %s", c->dir, strerror(-r));
+	return 0;
+}
+
+struct shim_handle {
+	pid_t pid;
+	FILE *sync;
+};
+
+static int start_shim(const struct run_options *o, const char *root, const struct container *c, const char *runtime,
+		      struct shim_handle *ret, struct err *err)
+{
+	_cleanup_free_ char *shim = find_helper("launch-shim");
+	_cleanup_free_ char *rt_root = runtime_root(root);
+	_cleanup_free_ char *rootfs = strdup_printf("%s/rootfs", c->dir);
+	_cleanup_free_ char *name_link = strdup_printf("%s/names/%s", root, c->name);
+	if (!shim)
+		return err_set(err, ENOENT, "cannot find the launch-shim program next to launch or in $PATH");
+	if (!rt_root || !rootfs || !name_link)
+		return -ENOMEM;
+	const char *argv[24];
+	size_t a = 0;
+	argv[a++] = shim;
+	argv[a++] = "--id";
+	argv[a++] = c->id;
+	argv[a++] = "--state";
+	argv[a++] = c->dir;
+	argv[a++] = "--bundle";
+	argv[a++] = c->dir;
+	argv[a++] = "--runtime";
+	argv[a++] = runtime;
+	argv[a++] = "--runtime-root";
+	argv[a++] = rt_root;
+	if (o->spec.tty)
+		argv[a++] = "--terminal";
+	if (o->interactive)
+		argv[a++] = "--stdin";
+	if (!o->detach)
+		argv[a++] = "--wait-attach";
+	if (o->remove) {
+		argv[a++] = "--rm";
+		argv[a++] = "--unmount";
+		argv[a++] = rootfs;
+		argv[a++] = "--unlink";
+		argv[a++] = name_link;
+	}
+	argv[a] = NULL;
+	int sync[2];
+	if (pipe2(sync, O_CLOEXEC) < 0)
+		return err_set(err, errno, "cannot start the shim: %s", strerror(errno));
+	pid_t pid = fork();
+	if (pid == 0) {
+		if (dup2(sync[1], SHIM_SYNC_FD) < 0)
+			_exit(125);
+		execv(shim, (char *const *)argv);
+		dprintf(SHIM_SYNC_FD, "error 125 cannot run \"%s\": %s\n", shim, strerror(errno));
+		_exit(125);
+	}
+	close(sync[1]);
+	if (pid < 0) {
+		close(sync[0]);
+		return err_set(err, errno, "cannot start the shim: %s", strerror(errno));
+	}
+	ret->pid = pid;
+	ret->sync = fdopen(sync[0], "r");
+	if (!ret->sync) {
+		close(sync[0]);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+/* The next report of the shim: "created", "started", or its error (message
+ * in err, exit code returned). */
+static int read_report(struct shim_handle *s, const char *expect, struct err *err)
+{
+	char line[2048];
+	if (!fgets(line, sizeof(line), s->sync)) {
+		err_set(err, EPIPE, "the shim exited without a report");
+		return EXIT_LAUNCH_ERROR;
+	}
+	line[strcspn(line, "\n")] = '\0';
+	int code;
+	int at = 0;
+	if (sscanf(line, "error %d %n", &code, &at) == 1 && at > 0) {
+		err_set(err, EIO, "%s", line + at);
+		return code > 0 && code < 256 ? code : EXIT_LAUNCH_ERROR;
+	}
+	if (!str_has_prefix(line, expect)) {
+		err_set(err, EPROTO, "unexpected report from the shim: \"%s\"", line);
+		return EXIT_LAUNCH_ERROR;
+	}
+	return 0;
+}
+
+static int wait_child(pid_t pid)
+{
+	int status;
+	while (waitpid(pid, &status, 0) < 0)
+		if (errno != EINTR)
+			return -errno;
+	return 0;
+}
+
+int cmd_run(int argc, char **argv)
+{
+	struct run_options o = { .detach_keys = DEFAULT_DETACH_KEYS };
+	struct container c = { 0 };
+	struct shim_handle shim = { .pid = -1 };
+	struct err err = { 0 };
+	_cleanup_free_ char *root = NULL, *runtime = NULL;
+	int ret = EXIT_LAUNCH_ERROR;
+	int first = parse_run_options(argc, argv, &o);
+	if (first < 0)
+		goto out;
+	const char *image = argv[first];
+	if (!(root = state_root(o.root)))
+		goto out;
+	if (!(runtime = find_runtime(o.runtime))) {
+		fprintf(stderr, "launch: cannot find the OCI runtime %s in $PATH\n", o.runtime ? o.runtime : "runc or crun");
+		goto out;
+	}
+	if (prepare(&o, image, root, &c, &err) < 0) {
+		fprintf(stderr, "launch: %s\n", err.code ? err.msg : "out of memory");
+		goto out;
+	}
+	if (write_bundle(&o, &c, &err) < 0) {
+		fprintf(stderr, "launch: %s\n", err.code ? err.msg : "out of memory");
+		(void)container_remove(root, NULL, &c, NULL);
+		goto out;
+	}
+	if (start_shim(&o, root, &c, runtime, &shim, &err) < 0) {
+		fprintf(stderr, "launch: %s\n", err.msg);
+		(void)container_remove(root, runtime, &c, NULL);
+		goto out;
+	}
+	int code = read_report(&shim, "created", &err);
+	int sock = -1;
+	if (code == 0 && !o.detach) {
+		/* The shim waits for this connection before it starts the container,
+		 * so not one byte of output is missed. */
+		if ((sock = attach_connect(c.dir)) < 0) {
+			err_set(&err, -sock, "cannot attach to %s: %s", c.id, strerror(-sock));
+			code = EXIT_LAUNCH_ERROR;
+		}
+	}
+	if (code == 0)
+		code = read_report(&shim, "started", &err);
+	fclose(shim.sync);
+	if (code != 0) {
+		fprintf(stderr, "launch: %s\n", err.msg);
+		if (sock >= 0)
+			close(sock);
+		wait_child(shim.pid);
+		(void)container_remove(root, runtime, &c, NULL);
+		ret = code;
+		goto out;
+	}
+	if (o.detach) {
+		printf("%s\n", c.id);
+		ret = 0;
+		goto out;
+	}
+	int r = attach_session(sock, c.dir, o.spec.tty, o.interactive, o.detach_keys);
+	close(sock);
+	if (r == ATTACH_DETACHED) {
+		fprintf(stderr, "\r\nlaunch: detached from %s (launch attach %s)\r\n", c.name, c.name);
+		ret = 0;
+		goto out;
+	}
+	/* The shim finishes (runtime delete, and removal for --rm) before we
+	 * return, as docker run --rm does. */
+	wait_child(shim.pid);
+	if (r < 0) {
+		int exit_code;
+		if (container_status(&c, &exit_code) == STATUS_EXITED) {
+			ret = exit_code;
+		} else {
+			fprintf(stderr, "launch: lost the connection to the shim of %s: %s\n", c.id, strerror(-r));
+		}
+		goto out;
+	}
+	ret = r;
+out:
+	container_done(&c);
+	free(o.spec.groups);
+	strv_free_n(o.env, o.n_env);
+	strv_free_n(o.volumes, o.n_volumes);
+	strv_free_n(o.imgfs_args, o.n_imgfs_args);
+	return ret;
+}

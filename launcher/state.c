@@ -1,0 +1,340 @@
+/* Per-container state:
+ *   ROOT/containers/ID/launch.json   what launch knows of the container
+ *   ROOT/containers/ID/config.json   the bundle; rootfs/ is the imgfs mount,
+ *                                    upper/ its writable layer
+ *   ROOT/containers/ID/{attach,ctl,ctr.log,exit,pid,...}  the shim's (shim.h)
+ *   ROOT/names/NAME -> ../containers/ID
+ *   ROOT/runtime/                    the runtime's --root
+ * A dangling name link is free: a container removed by its shim (--rm)
+ * takes its directory with it. */
+#include <dirent.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <json-c/json.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include "launch.h"
+#include "shim.h"
+
+char *state_root(const char *option)
+{
+	if (option && *option)
+		return strdup(option);
+	const char *env = getenv("LAUNCH_ROOT");
+	if (env && *env)
+		return strdup(env);
+	if (geteuid() == 0)
+		return strdup("/run/launch");
+	const char *xdg = getenv("XDG_RUNTIME_DIR");
+	if (xdg && *xdg)
+		return strdup_printf("%s/launch", xdg);
+	return strdup_printf("/tmp/launch-%u", (unsigned)geteuid());
+}
+
+char *runtime_root(const char *root)
+{
+	return strdup_printf("%s/runtime", root);
+}
+
+void container_done(struct container *c)
+{
+	free(c->id);
+	free(c->dir);
+	free(c->name);
+	free(c->image);
+	free(c->command);
+	*c = (struct container){ 0 };
+}
+
+int container_save(const struct container *c)
+{
+	struct json_object *o = json_object_new_object();
+	if (!o)
+		return -ENOMEM;
+	json_object_object_add(o, "id", json_object_new_string(c->id));
+	json_object_object_add(o, "name", json_object_new_string(c->name ? c->name : ""));
+	json_object_object_add(o, "image", json_object_new_string(c->image ? c->image : ""));
+	json_object_object_add(o, "command", json_object_new_string(c->command ? c->command : ""));
+	json_object_object_add(o, "tty", json_object_new_boolean(c->tty));
+	json_object_object_add(o, "interactive", json_object_new_boolean(c->interactive));
+	json_object_object_add(o, "rm", json_object_new_boolean(c->remove));
+	json_object_object_add(o, "created", json_object_new_int64(c->created));
+	const char *text = json_object_to_json_string(o);
+	_cleanup_free_ char *path = strdup_printf("%s/launch.json", c->dir);
+	int r = path && text ? write_file_atomic(path, text, strlen(text)) : -ENOMEM;
+	json_object_put(o);
+	return r;
+}
+
+static char *json_string_of(struct json_object *o, const char *key)
+{
+	struct json_object *v;
+	return json_object_object_get_ex(o, key, &v) ? strdup(json_object_get_string(v)) : strdup("");
+}
+
+static int container_load(const char *root, const char *id, struct container *ret)
+{
+	_cleanup_free_ char *dir = strdup_printf("%s/containers/%s", root, id);
+	_cleanup_free_ char *path = dir ? strdup_printf("%s/launch.json", dir) : NULL;
+	_cleanup_free_ char *data = NULL;
+	size_t len;
+	if (!path)
+		return -ENOMEM;
+	int r = read_file_capped(path, 1 << 20, &data, &len);
+	if (r < 0)
+		return r;
+	struct json_object *o = json_tokener_parse(data), *v;
+	if (!o)
+		return -EBADMSG;
+	struct container c = { .dir = TAKE_PTR(dir) };
+	c.id = json_string_of(o, "id");
+	c.name = json_string_of(o, "name");
+	c.image = json_string_of(o, "image");
+	c.command = json_string_of(o, "command");
+	c.tty = json_object_object_get_ex(o, "tty", &v) && json_object_get_boolean(v);
+	c.interactive = json_object_object_get_ex(o, "interactive", &v) && json_object_get_boolean(v);
+	c.remove = json_object_object_get_ex(o, "rm", &v) && json_object_get_boolean(v);
+	c.created = json_object_object_get_ex(o, "created", &v) ? (long)json_object_get_int64(v) : 0;
+	json_object_put(o);
+	if (!c.id || !c.name || !c.image || !c.command || strcmp(c.id, id) != 0) {
+		container_done(&c);
+		return -EBADMSG;
+	}
+	*ret = c;
+	return 0;
+}
+
+static bool valid_key(const char *key)
+{
+	if (!*key || strlen(key) > 128 || key[0] == '.')
+		return false;
+	for (const char *p = key; *p; p++)
+		if (!(('a' <= *p && *p <= 'z') || ('A' <= *p && *p <= 'Z') || ('0' <= *p && *p <= '9') || *p == '_' ||
+		      *p == '.' || *p == '-'))
+			return false;
+	return true;
+}
+
+int container_find(const char *root, const char *key, struct container *ret, struct err *err)
+{
+	if (!valid_key(key))
+		return err_set(err, ENOENT, "no such container: \"%s\"", key);
+	_cleanup_free_ char *link = strdup_printf("%s/names/%s", root, key);
+	char target[PATH_MAX];
+	ssize_t n = link ? readlink(link, target, sizeof(target) - 1) : -1;
+	if (n > 0) {
+		target[n] = '\0';
+		const char *id = strrchr(target, '/');
+		if (id && container_load(root, id + 1, ret) == 0)
+			return 0;
+	}
+	if (container_load(root, key, ret) == 0)
+		return 0;
+	/* A unique prefix of an id, as docker accepts. */
+	_cleanup_free_ char *dir = strdup_printf("%s/containers", root);
+	DIR *d = dir ? opendir(dir) : NULL;
+	if (!d)
+		return err_set(err, ENOENT, "no such container: \"%s\"", key);
+	char *match = NULL;
+	bool ambiguous = false;
+	struct dirent *de;
+	while ((de = readdir(d)))
+		if (de->d_name[0] != '.' && str_has_prefix(de->d_name, key)) {
+			ambiguous = match != NULL;
+			free(match);
+			match = strdup(de->d_name);
+		}
+	closedir(d);
+	int r = -ENOENT;
+	if (match && !ambiguous)
+		r = container_load(root, match, ret);
+	free(match);
+	if (ambiguous)
+		return err_set(err, EINVAL, "\"%s\" matches more than one container: give more of the id", key);
+	return r < 0 ? err_set(err, ENOENT, "no such container: \"%s\"", key) : 0;
+}
+
+int container_list(const char *root, struct container **ret, size_t *ret_n)
+{
+	_cleanup_free_ char *dir = strdup_printf("%s/containers", root);
+	struct container *v = NULL;
+	size_t n = 0, allocated = 0;
+	DIR *d = dir ? opendir(dir) : NULL;
+	if (!d) {
+		*ret = NULL;
+		*ret_n = 0;
+		return errno == ENOENT ? 0 : -errno;
+	}
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		struct container c;
+		if (de->d_name[0] == '.' || container_load(root, de->d_name, &c) < 0)
+			continue;
+		if (grow_array((void **)&v, &allocated, n + 1, sizeof(*v)) < 0) {
+			container_done(&c);
+			break;
+		}
+		v[n++] = c;
+	}
+	closedir(d);
+	*ret = v;
+	*ret_n = n;
+	return 0;
+}
+
+static int read_number(const char *dir, const char *name, long *ret)
+{
+	_cleanup_free_ char *path = strdup_printf("%s/%s", dir, name);
+	_cleanup_free_ char *data = NULL;
+	size_t len;
+	if (!path)
+		return -ENOMEM;
+	int r = read_file_capped(path, 64, &data, &len);
+	if (r < 0)
+		return r;
+	char *end;
+	*ret = strtol(data, &end, 10);
+	return end == data ? -EBADMSG : 0;
+}
+
+bool process_alive(pid_t pid, const char *program)
+{
+	/* A zombie nobody reaped yet is as gone as a process can be. */
+	char path[64], stat[512];
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t len = fd >= 0 ? read(fd, stat, sizeof(stat) - 1) : -1;
+	if (len <= 0)
+		return false;
+	stat[len] = '\0';
+	const char *end = strrchr(stat, ')');
+	if (!end || end[1] != ' ' || end[2] == 'Z' || end[2] == 'X')
+		return false;
+	/* Also not a stranger that got the number. */
+	const char *name = strchr(stat, '(');
+	size_t n = strlen(program) < 15 ? strlen(program) : 15;
+	return name && strncmp(name + 1, program, n) == 0;
+}
+
+enum container_status container_status(const struct container *c, int *ret_exit_code)
+{
+	long v;
+	if (read_number(c->dir, SHIM_EXIT_FILE, &v) == 0) {
+		if (ret_exit_code)
+			*ret_exit_code = (int)v;
+		return STATUS_EXITED;
+	}
+	if (read_number(c->dir, SHIM_SHIM_PID_FILE, &v) < 0)
+		return STATUS_CREATED;
+	return process_alive((pid_t)v, "launch-shim") ? STATUS_RUNNING : STATUS_SHIM_GONE;
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st;
+	(void)ftw;
+	if (flag == FTW_DP)
+		rmdir(path);
+	else
+		unlink(path);
+	return 0;
+}
+
+static int run_quiet(const char *const argv[])
+{
+	pid_t pid = fork();
+	if (pid < 0)
+		return -errno;
+	if (pid == 0) {
+		int devnull = open("/dev/null", O_RDWR);
+		if (devnull >= 0) {
+			dup2(devnull, 1);
+			dup2(devnull, 2);
+		}
+		execvp(argv[0], (char *const *)argv);
+		_exit(127);
+	}
+	int status;
+	while (waitpid(pid, &status, 0) < 0)
+		if (errno != EINTR)
+			return -errno;
+	return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -EIO;
+}
+
+int container_remove(const char *root, const char *runtime, const struct container *c, struct err *err)
+{
+	_cleanup_free_ char *rt_root = runtime_root(root);
+	_cleanup_free_ char *rootfs = strdup_printf("%s/rootfs", c->dir);
+	if (!rt_root || !rootfs)
+		return -ENOMEM;
+	if (runtime) {
+		const char *argv[] = { runtime, "--root", rt_root, "delete", "--force", c->id, NULL };
+		(void)run_quiet(argv);
+	}
+	if (umount2(rootfs, MNT_DETACH) < 0 && errno != EINVAL && errno != ENOENT)
+		return err_set(err, errno, "cannot unmount the root file system of %s at \"%s\": %s", c->id, rootfs,
+			       strerror(errno));
+	/* FTW_MOUNT: never descend into a mount that is still there. */
+	if (nftw(c->dir, remove_entry, 32, FTW_DEPTH | FTW_PHYS | FTW_MOUNT) < 0 && errno != ENOENT)
+		return err_set(err, errno, "cannot remove \"%s\": %s", c->dir, strerror(errno));
+	if (rmdir(c->dir) < 0 && errno != ENOENT)
+		return err_set(err, errno, "cannot remove \"%s\": %s", c->dir, strerror(errno));
+	if (c->name && *c->name) {
+		_cleanup_free_ char *link = strdup_printf("%s/names/%s", root, c->name);
+		if (link)
+			unlink(link);
+	}
+	return 0;
+}
+
+static char *exe_dir(void)
+{
+	char self[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	if (n <= 0)
+		return NULL;
+	self[n] = '\0';
+	char *slash = strrchr(self, '/');
+	if (slash)
+		*slash = '\0';
+	return strdup(self);
+}
+
+static char *search_path(const char *name)
+{
+	const char *path = getenv("PATH");
+	_cleanup_free_ char *copy = strdup(path && *path ? path : "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin");
+	char *save = NULL;
+	for (char *dir = copy ? strtok_r(copy, ":", &save) : NULL; dir; dir = strtok_r(NULL, ":", &save)) {
+		char *candidate = strdup_printf("%s/%s", dir, name);
+		if (candidate && access(candidate, X_OK) == 0)
+			return candidate;
+		free(candidate);
+	}
+	return NULL;
+}
+
+char *find_helper(const char *name)
+{
+	/* In the build tree the programs sit in sibling directories. */
+	static const char *const places[] = { "", "../fs/", "../shim/", "../launcher/", "../libexec/imgfs/" };
+	_cleanup_free_ char *dir = exe_dir();
+	for (size_t i = 0; dir && i < ARRAY_SIZE(places); i++) {
+		char *candidate = strdup_printf("%s/%s%s", dir, places[i], name);
+		if (candidate && access(candidate, X_OK) == 0)
+			return candidate;
+		free(candidate);
+	}
+	return search_path(name);
+}
+
+char *find_runtime(const char *option)
+{
+	if (option && *option)
+		return strchr(option, '/') ? strdup(option) : search_path(option);
+	char *r = search_path("runc");
+	return r ? r : search_path("crun");
+}

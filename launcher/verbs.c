@@ -1,0 +1,396 @@
+/* The lifecycle verbs: ps, logs, attach, exec, kill, wait, rm. */
+#include <fcntl.h>
+#include <getopt.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <time.h>
+
+#include "launch.h"
+#include "shim.h"
+
+/* Options every verb takes: --root DIR. */
+static const char *root_option;
+
+static int find_or_complain(const char *root, const char *key, struct container *c)
+{
+	struct err err = { 0 };
+	if (container_find(root, key, c, &err) < 0) {
+		fprintf(stderr, "launch: %s\n", err.msg);
+		return -1;
+	}
+	return 0;
+}
+
+/* Parses "--root DIR" and the verb's own options (getopt letters): flags[letter]
+ * becomes its argument, or "" for an option without one. */
+static int verb_options(int argc, char **argv, const char *letters, const struct option *extra, const char **flags)
+{
+	static const struct option base[] = { { "root", required_argument, NULL, 'R' }, { 0 } };
+	struct option all[16];
+	size_t n = 0;
+	for (const struct option *p = extra; p && p->name; p++)
+		all[n++] = *p;
+	all[n++] = base[0];
+	all[n] = (struct option){ 0 };
+	_cleanup_free_ char *spec = strdup_printf("+%s", letters);
+	int c;
+	optind = 1;
+	while (spec && (c = getopt_long(argc, argv, spec, all, NULL)) != -1) {
+		if (c == 'R')
+			root_option = optarg;
+		else if (c == '?')
+			return -EINVAL;
+		else if (flags)
+			flags[(unsigned char)c] = optarg ? optarg : "";
+	}
+	return optind;
+}
+
+static const char *status_text(const struct container *c, char *buf, size_t size)
+{
+	int code = 0;
+	switch (container_status(c, &code)) {
+	case STATUS_EXITED:
+		snprintf(buf, size, "Exited (%d)", code);
+		break;
+	case STATUS_RUNNING:
+		snprintf(buf, size, "Up");
+		break;
+	case STATUS_SHIM_GONE:
+		snprintf(buf, size, "Unknown (shim gone)");
+		break;
+	default:
+		snprintf(buf, size, "Created");
+	}
+	return buf;
+}
+
+int cmd_ps(int argc, char **argv)
+{
+	const char *flags[256] = { 0 };
+	static const struct option opts[] = { { "all", no_argument, NULL, 'a' }, { 0 } };
+	if (verb_options(argc, argv, "a", opts, flags) < 0)
+		return EXIT_LAUNCH_ERROR;
+	_cleanup_free_ char *root = state_root(root_option);
+	struct container *v;
+	size_t n;
+	if (!root || container_list(root, &v, &n) < 0) {
+		fprintf(stderr, "launch: cannot list containers in \"%s\"\n", root ? root : "?");
+		return EXIT_LAUNCH_ERROR;
+	}
+	printf("%-14s%-32s%-24s%-22s%s\n", "CONTAINER ID", "IMAGE", "COMMAND", "STATUS", "NAMES");
+	for (size_t i = 0; i < n; i++) {
+		char status[64];
+		bool running = container_status(&v[i], NULL) == STATUS_RUNNING;
+		if (running || flags['a'])
+			printf("%-14.12s%-32.31s%-24.23s%-22s%s\n", v[i].id, v[i].image, v[i].command,
+			       status_text(&v[i], status, sizeof(status)), v[i].name);
+		container_done(&v[i]);
+	}
+	free(v);
+	return 0;
+}
+
+/* Prints the records of a k8s-file log from *offset on; returns false when
+ * the file is gone. */
+static bool print_log(const char *path, off_t *offset)
+{
+	_cleanup_fclose_ FILE *f = fopen(path, "re");
+	if (!f)
+		return false;
+	if (fseeko(f, *offset, SEEK_SET) < 0)
+		return false;
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t len;
+	while ((len = getline(&line, &cap, f)) > 0) {
+		if (line[len - 1] != '\n')
+			break; /* a record still being written: read it next time */
+		*offset += len;
+		line[--len] = '\0';
+		/* TIME STREAM F|P TEXT */
+		char *stream = strchr(line, ' ');
+		char *tag = stream ? strchr(stream + 1, ' ') : NULL;
+		char *text = tag ? strchr(tag + 1, ' ') : NULL;
+		if (!text)
+			continue;
+		FILE *out = strncmp(stream + 1, "stderr", 6) == 0 ? stderr : stdout;
+		fputs(text + 1, out);
+		if (tag[1] == 'F')
+			fputc('\n', out);
+	}
+	free(line);
+	fflush(stdout);
+	fflush(stderr);
+	return true;
+}
+
+int cmd_logs(int argc, char **argv)
+{
+	const char *flags[256] = { 0 };
+	static const struct option opts[] = { { "follow", no_argument, NULL, 'f' }, { 0 } };
+	int first = verb_options(argc, argv, "f", opts, flags);
+	if (first < 0 || first != argc - 1) {
+		fprintf(stderr, "Usage: launch logs [-f] NAME|ID\n");
+		return EXIT_LAUNCH_ERROR;
+	}
+	_cleanup_free_ char *root = state_root(root_option);
+	struct container c;
+	if (!root || find_or_complain(root, argv[first], &c) < 0)
+		return EXIT_LAUNCH_ERROR;
+	_cleanup_free_ char *path = strdup_printf("%s/%s", c.dir, SHIM_LOG_FILE);
+	off_t offset = 0;
+	int ret = 0;
+	bool exists = path && print_log(path, &offset);
+	while (exists && flags['f']) {
+		enum container_status s = container_status(&c, NULL);
+		if (s != STATUS_RUNNING && s != STATUS_CREATED) {
+			print_log(path, &offset); /* what came after the last look */
+			break;
+		}
+		struct timespec ts = { 0, 100 * 1000 * 1000 };
+		nanosleep(&ts, NULL);
+		exists = print_log(path, &offset);
+	}
+	container_done(&c);
+	return ret;
+}
+
+int cmd_attach(int argc, char **argv)
+{
+	static const struct option opts[] = { { "detach-keys", required_argument, NULL, 'k' }, { 0 } };
+	const char *flags[256] = { 0 };
+	int first = verb_options(argc, argv, "", opts, flags);
+	if (first < 0 || first != argc - 1) {
+		fprintf(stderr, "Usage: launch attach [--detach-keys KEYS] NAME|ID\n");
+		return EXIT_LAUNCH_ERROR;
+	}
+	const char *keys = flags['k'] ? flags['k'] : "ctrl-p,ctrl-q";
+	_cleanup_free_ char *root = state_root(root_option);
+	struct container c;
+	if (!root || find_or_complain(root, argv[first], &c) < 0)
+		return EXIT_LAUNCH_ERROR;
+	int ret = EXIT_LAUNCH_ERROR;
+	if (container_status(&c, NULL) != STATUS_RUNNING) {
+		fprintf(stderr, "launch: container %s is not running\n", c.name);
+	} else {
+		int sock = attach_connect(c.dir);
+		if (sock < 0) {
+			fprintf(stderr, "launch: cannot attach to %s: %s\n", c.name, strerror(-sock));
+		} else {
+			int r = attach_session(sock, c.dir, c.tty, c.interactive, keys);
+			close(sock);
+			if (r == ATTACH_DETACHED) {
+				fprintf(stderr, "\r\nlaunch: detached from %s\r\n", c.name);
+				ret = 0;
+			} else if (r >= 0) {
+				ret = r;
+			} else {
+				int code;
+				ret = container_status(&c, &code) == STATUS_EXITED ? code : EXIT_LAUNCH_ERROR;
+			}
+		}
+	}
+	container_done(&c);
+	return ret;
+}
+
+int cmd_exec(int argc, char **argv)
+{
+	const char *flags[256] = { 0 };
+	static const struct option opts[] = { { "interactive", no_argument, NULL, 'i' },
+					      { "tty", no_argument, NULL, 't' },
+					      { "runtime", required_argument, NULL, 'r' },
+					      { 0 } };
+	int first = verb_options(argc, argv, "it", opts, flags);
+	if (first < 0 || argc - first < 2) {
+		fprintf(stderr, "Usage: launch exec [-i] [-t] NAME|ID COMMAND [ARG...]\n");
+		return EXIT_LAUNCH_ERROR;
+	}
+	_cleanup_free_ char *root = state_root(root_option);
+	_cleanup_free_ char *runtime = find_runtime(flags['r'] ? flags['r'] : NULL);
+	struct container c;
+	if (!root || find_or_complain(root, argv[first], &c) < 0)
+		return EXIT_LAUNCH_ERROR;
+	if (!runtime || container_status(&c, NULL) != STATUS_RUNNING) {
+		fprintf(stderr, "launch: %s\n", runtime ? "the container is not running" : "cannot find runc or crun");
+		container_done(&c);
+		return EXIT_LAUNCH_ERROR;
+	}
+	_cleanup_free_ char *rt_root = runtime_root(root);
+	size_t n = (size_t)(argc - first - 1);
+	const char **args = calloc(n + 8, sizeof(char *));
+	if (!args || !rt_root) {
+		container_done(&c);
+		return EXIT_LAUNCH_ERROR;
+	}
+	size_t a = 0;
+	args[a++] = runtime;
+	args[a++] = "--root";
+	args[a++] = rt_root;
+	args[a++] = "exec";
+	if (flags['t'])
+		args[a++] = "--tty";
+	args[a++] = c.id;
+	for (size_t i = 0; i < n; i++)
+		args[a++] = argv[first + 1 + i];
+	/* The runtime runs the process in the container with our stdio; without
+	 * -i, stdin is empty. */
+	if (!flags['i'] && !flags['t'])
+		(void)freopen("/dev/null", "r", stdin);
+	fflush(NULL);
+	execv(runtime, (char *const *)args);
+	fprintf(stderr, "launch: cannot run \"%s\": %s\n", runtime, strerror(errno));
+	return EXIT_LAUNCH_ERROR;
+}
+
+static int parse_signal(const char *s)
+{
+	static const struct {
+		const char *name;
+		int sig;
+	} names[] = { { "HUP", SIGHUP }, { "INT", SIGINT }, { "QUIT", SIGQUIT }, { "KILL", SIGKILL },
+		      { "USR1", SIGUSR1 }, { "USR2", SIGUSR2 }, { "TERM", SIGTERM }, { "CONT", SIGCONT },
+		      { "STOP", SIGSTOP }, { "WINCH", SIGWINCH } };
+	if (str_has_prefix(s, "SIG"))
+		s += 3;
+	for (size_t i = 0; i < ARRAY_SIZE(names); i++)
+		if (strcasecmp(s, names[i].name) == 0)
+			return names[i].sig;
+	char *end;
+	long v = strtol(s, &end, 10);
+	return *s && !*end && v > 0 && v < NSIG ? (int)v : -1;
+}
+
+static int send_kill(const struct container *c, int sig)
+{
+	_cleanup_free_ char *path = strdup_printf("%s/%s", c->dir, SHIM_CTL_FIFO);
+	_cleanup_close_ int fd = path ? open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC) : -1;
+	if (fd < 0)
+		return -errno;
+	char line[32];
+	snprintf(line, sizeof(line), "kill %d\n", sig);
+	return write_full(fd, line, strlen(line));
+}
+
+int cmd_kill(int argc, char **argv)
+{
+	const char *flags[256] = { 0 };
+	static const struct option opts[] = { { "signal", required_argument, NULL, 's' }, { 0 } };
+	int first = verb_options(argc, argv, "s:", opts, flags);
+	if (first < 0 || first >= argc) {
+		fprintf(stderr, "Usage: launch kill [-s SIGNAL] NAME|ID...\n");
+		return EXIT_LAUNCH_ERROR;
+	}
+	int sig = flags['s'] ? parse_signal(flags['s']) : SIGKILL;
+	if (sig < 0) {
+		fprintf(stderr, "launch: invalid signal \"%s\"\n", flags['s']);
+		return EXIT_LAUNCH_ERROR;
+	}
+	_cleanup_free_ char *root = state_root(root_option);
+	int ret = 0;
+	for (int i = first; root && i < argc; i++) {
+		struct container c;
+		if (find_or_complain(root, argv[i], &c) < 0) {
+			ret = EXIT_LAUNCH_ERROR;
+			continue;
+		}
+		if (container_status(&c, NULL) != STATUS_RUNNING || send_kill(&c, sig) < 0) {
+			fprintf(stderr, "launch: container %s is not running\n", c.name);
+			ret = EXIT_LAUNCH_ERROR;
+		} else {
+			printf("%s\n", argv[i]);
+		}
+		container_done(&c);
+	}
+	return ret;
+}
+
+/* Waits for the exit file; -ENOENT if the container vanished (--rm). */
+static int wait_exit(struct container *c, int timeout_ms)
+{
+	for (int waited = 0; timeout_ms < 0 || waited < timeout_ms; waited += 50) {
+		int code;
+		switch (container_status(c, &code)) {
+		case STATUS_EXITED:
+			return code;
+		case STATUS_SHIM_GONE:
+			return access(c->dir, F_OK) == 0 ? -ESRCH : -ENOENT;
+		default:
+			break;
+		}
+		struct timespec ts = { 0, 50 * 1000 * 1000 };
+		nanosleep(&ts, NULL);
+	}
+	return -ETIMEDOUT;
+}
+
+int cmd_wait(int argc, char **argv)
+{
+	int first = verb_options(argc, argv, "", NULL, NULL);
+	if (first < 0 || first >= argc) {
+		fprintf(stderr, "Usage: launch wait NAME|ID...\n");
+		return EXIT_LAUNCH_ERROR;
+	}
+	_cleanup_free_ char *root = state_root(root_option);
+	int ret = 0;
+	for (int i = first; root && i < argc; i++) {
+		struct container c;
+		if (find_or_complain(root, argv[i], &c) < 0) {
+			ret = EXIT_LAUNCH_ERROR;
+			continue;
+		}
+		int code = wait_exit(&c, -1);
+		if (code < 0) {
+			fprintf(stderr, "launch: container %s ended without an exit code (%s)\n", c.name, strerror(-code));
+			ret = EXIT_LAUNCH_ERROR;
+		} else {
+			printf("%d\n", code);
+		}
+		container_done(&c);
+	}
+	return ret;
+}
+
+int cmd_rm(int argc, char **argv)
+{
+	const char *flags[256] = { 0 };
+	static const struct option opts[] = { { "force", no_argument, NULL, 'f' }, { 0 } };
+	int first = verb_options(argc, argv, "f", opts, flags);
+	if (first < 0 || first >= argc) {
+		fprintf(stderr, "Usage: launch rm [-f] NAME|ID...\n");
+		return EXIT_LAUNCH_ERROR;
+	}
+	_cleanup_free_ char *root = state_root(root_option);
+	_cleanup_free_ char *runtime = find_runtime(NULL);
+	int ret = 0;
+	for (int i = first; root && i < argc; i++) {
+		struct container c;
+		struct err err = { 0 };
+		if (find_or_complain(root, argv[i], &c) < 0) {
+			ret = EXIT_LAUNCH_ERROR;
+			continue;
+		}
+		enum container_status s = container_status(&c, NULL);
+		if (s == STATUS_RUNNING && !flags['f']) {
+			fprintf(stderr, "launch: container %s is running: stop it first or use rm -f\n", c.name);
+			ret = EXIT_LAUNCH_ERROR;
+			container_done(&c);
+			continue;
+		}
+		if (s == STATUS_RUNNING) {
+			/* The shim drains, records the exit and deletes the runtime state. */
+			(void)send_kill(&c, SIGKILL);
+			(void)wait_exit(&c, 10000);
+		}
+		if (container_remove(root, runtime, &c, &err) < 0) {
+			fprintf(stderr, "launch: %s\n", err.msg);
+			ret = EXIT_LAUNCH_ERROR;
+		} else {
+			printf("%s\n", argv[i]);
+		}
+		container_done(&c);
+	}
+	return ret;
+}

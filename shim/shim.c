@@ -1,0 +1,735 @@
+/* launch-shim: the supervisor of one container, as conmon is for podman.
+ *
+ * It runs `RUNTIME create` with the container's stdio (a pty received over
+ * the console socket, or pipes), becomes the container's parent (child
+ * subreaper), reports to the launcher over the sync pipe, `start`s it, and
+ * then until the container exits: logs its output, serves attach clients,
+ * applies window sizes and forwards signals.  At the exit it drains the
+ * output, records the exit code, deletes the container from the runtime and,
+ * for --rm, removes everything it was given.  It knows nothing of images. */
+#include "shim.h"
+
+#include <fcntl.h>
+#include <ftw.h>
+#include <getopt.h>
+#include <json-c/json.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <time.h>
+
+#include "util.h"
+
+#define MAX_CLIENTS 32
+#define ATTACH_WAIT_MS 30000
+#define CONSOLE_WAIT_MS 60000
+
+struct options {
+	const char *id, *state, *bundle, *runtime, *runtime_root, *unmount, *unlink_path;
+	bool terminal, stdin_open, leave_stdin_open, wait_attach, remove;
+};
+
+struct client {
+	int fd;
+	bool reading; /* false once it ended its stdin */
+};
+
+struct shim {
+	struct options o;
+	int sync_fd, listen_fd, ctl_fd, log_fd, sig_fd;
+	int stdin_fd;  /* pipe write end or a duplicate of the pty master; -1 once closed */
+	int out_fd[2]; /* stdout and stderr pipes, or the pty master as stdout */
+	char partial[2][8192];
+	size_t partial_len[2];
+	struct client clients[MAX_CLIENTS];
+	size_t n_clients;
+	pid_t container_pid;
+	int exit_code;
+	bool exited;
+};
+
+static const int forwarded_signals[] = { SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 };
+
+static void report(struct shim *sh, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void report(struct shim *sh, const char *fmt, ...)
+{
+	if (sh->sync_fd < 0)
+		return;
+	char line[2048];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(line, sizeof(line) - 1, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if ((size_t)n > sizeof(line) - 2)
+		n = sizeof(line) - 2;
+	for (int i = 0; i < n; i++)
+		if (line[i] == '\n')
+			line[i] = ' ';
+	line[n++] = '\n';
+	(void)write_full(sh->sync_fd, line, (size_t)n);
+}
+
+static char *state_path(const struct shim *sh, const char *name)
+{
+	return strdup_printf("%s/%s", sh->o.state, name);
+}
+
+/* ---- the runtime ------------------------------------------------------------ */
+
+static pid_t spawn(const char *const argv[], int in, int out, int err_fd)
+{
+	pid_t pid = fork();
+	if (pid != 0)
+		return pid;
+	sigset_t none;
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	if ((in >= 0 && dup2(in, 0) < 0) || (out >= 0 && dup2(out, 1) < 0) || (err_fd >= 0 && dup2(err_fd, 2) < 0))
+		_exit(125);
+	execvp(argv[0], (char *const *)argv);
+	_exit(127);
+}
+
+static int wait_exit_status(pid_t pid)
+{
+	int status;
+	while (waitpid(pid, &status, 0) < 0)
+		if (errno != EINTR)
+			return -errno;
+	return status;
+}
+
+/* Runs `RUNTIME VERB [OPTION] ID` and waits for it. */
+static int run_runtime(struct shim *sh, const char *verb, const char *option)
+{
+	_cleanup_free_ char *log = state_path(sh, SHIM_RUNTIME_LOG);
+	if (!log)
+		return -ENOMEM;
+	const char *argv[12] = { sh->o.runtime, "--root", sh->o.runtime_root, "--log", log, "--log-format", "json", verb };
+	size_t a = 8;
+	if (option)
+		argv[a++] = option;
+	argv[a++] = sh->o.id;
+	argv[a] = NULL;
+	int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+	pid_t pid = spawn(argv, devnull, devnull, devnull);
+	if (devnull >= 0)
+		close(devnull);
+	if (pid < 0)
+		return -errno;
+	int status = wait_exit_status(pid);
+	return status < 0 ? status : WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -EIO;
+}
+
+/* The last error the runtime logged, with the exit code it stands for. */
+static int runtime_error(struct shim *sh, char *msg, size_t size)
+{
+	snprintf(msg, size, "the runtime \"%s\" failed for container %s", sh->o.runtime, sh->o.id);
+	_cleanup_free_ char *path = state_path(sh, SHIM_RUNTIME_LOG);
+	_cleanup_free_ char *data = NULL;
+	size_t len;
+	if (!path || read_file_capped(path, 4 << 20, &data, &len) < 0)
+		return 125;
+	for (char *line = strtok(data, "\n"); line; line = strtok(NULL, "\n")) {
+		struct json_object *o = json_tokener_parse(line), *level, *text;
+		if (o && json_object_object_get_ex(o, "level", &level) &&
+		    strcmp(json_object_get_string(level), "error") == 0 && json_object_object_get_ex(o, "msg", &text))
+			snprintf(msg, size, "%s", json_object_get_string(text));
+		json_object_put(o);
+	}
+	/* runc and crun say "exec: ..." or "executable file not found" when the
+	 * command is the problem, as docker maps it. */
+	if (strstr(msg, "executable file not found") || (strstr(msg, "exec") && strstr(msg, "no such file or directory")))
+		return 127;
+	if (strstr(msg, "exec") && (strstr(msg, "permission denied") || strstr(msg, "is a directory")))
+		return 126;
+	return 125;
+}
+
+/* ---- the console socket ---------------------------------------------------------- */
+
+static int listen_unix(const char *path, int type)
+{
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	if (strlen(path) >= sizeof(addr.sun_path))
+		return -ENAMETOOLONG;
+	strcpy(addr.sun_path, path);
+	int fd = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	unlink(path);
+	if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0 || listen(fd, 16) < 0) {
+		int r = -errno;
+		close(fd);
+		return r;
+	}
+	return fd;
+}
+
+static int receive_fd(int sock)
+{
+	char byte;
+	struct iovec iov = { &byte, 1 };
+	union {
+		struct cmsghdr h;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} control;
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+			      .msg_controllen = sizeof(control.buf) };
+	if (recvmsg(sock, &msg, MSG_CMSG_CLOEXEC) < 0)
+		return -errno;
+	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+	if (!c || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS || c->cmsg_len != CMSG_LEN(sizeof(int)))
+		return -EBADMSG;
+	int fd;
+	memcpy(&fd, CMSG_DATA(c), sizeof(fd));
+	return fd;
+}
+
+/* Waits for the runtime to hand over the pty master, or to fail first. */
+static int accept_console(int listen_fd, pid_t runtime_pid, int *ret_status)
+{
+	for (int waited = 0; waited < CONSOLE_WAIT_MS; waited += 100) {
+		struct pollfd p = { listen_fd, POLLIN, 0 };
+		int n = poll(&p, 1, 100);
+		if (n > 0) {
+			_cleanup_close_ int conn = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
+			return conn < 0 ? -errno : receive_fd(conn);
+		}
+		if (waitpid(runtime_pid, ret_status, WNOHANG) == runtime_pid)
+			return -ECHILD;
+	}
+	return -ETIMEDOUT;
+}
+
+/* ---- output: log and attach clients ----------------------------------------------- */
+
+static void log_line(struct shim *sh, int stream, const char *text, size_t len, bool full)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	struct tm tm;
+	gmtime_r(&ts.tv_sec, &tm);
+	char head[96];
+	size_t n = strftime(head, sizeof(head), "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(head + n, sizeof(head) - n, ".%09ldZ %s %c ", ts.tv_nsec, stream ? "stderr" : "stdout",
+		 full ? 'F' : 'P');
+	struct iovec iov[3] = { { head, strlen(head) }, { (void *)text, len }, { "\n", 1 } };
+	/* One writev per line keeps lines whole for a reader following the log. */
+	(void)writev(sh->log_fd, iov, 3);
+}
+
+static void log_output(struct shim *sh, int stream, const char *data, size_t len)
+{
+	char *buf = sh->partial[stream];
+	size_t *have = &sh->partial_len[stream];
+	for (size_t i = 0; i < len; i++) {
+		if (data[i] == '\n') {
+			log_line(sh, stream, buf, *have, true);
+			*have = 0;
+			continue;
+		}
+		if (*have == sizeof(sh->partial[stream])) {
+			log_line(sh, stream, buf, *have, false);
+			*have = 0;
+		}
+		buf[(*have)++] = data[i];
+	}
+}
+
+static void log_flush(struct shim *sh)
+{
+	for (int s = 0; s < 2; s++)
+		if (sh->partial_len[s]) {
+			log_line(sh, s, sh->partial[s], sh->partial_len[s], false);
+			sh->partial_len[s] = 0;
+		}
+}
+
+static void drop_client(struct shim *sh, size_t k)
+{
+	close(sh->clients[k].fd);
+	sh->clients[k] = sh->clients[--sh->n_clients];
+}
+
+static void broadcast(struct shim *sh, int tag, const char *data, size_t len)
+{
+	char packet[SHIM_PACKET_MAX + 1];
+	packet[0] = (char)tag;
+	for (size_t off = 0; off < len || (len == 0 && off == 0); off += SHIM_PACKET_MAX) {
+		size_t n = len - off < SHIM_PACKET_MAX ? len - off : SHIM_PACKET_MAX;
+		memcpy(packet + 1, data + off, n);
+		for (size_t k = 0; k < sh->n_clients;) {
+			/* A client that does not read holds the container up, as a full pipe would. */
+			if (send(sh->clients[k].fd, packet, n + 1, MSG_NOSIGNAL) < 0)
+				drop_client(sh, k);
+			else
+				k++;
+		}
+		if (len == 0)
+			break;
+	}
+}
+
+/* Returns false at the end of the stream. */
+static bool pump_output(struct shim *sh, int stream)
+{
+	char buf[SHIM_PACKET_MAX];
+	ssize_t n = read(sh->out_fd[stream], buf, sizeof(buf));
+	if (n < 0 && (errno == EINTR || errno == EAGAIN))
+		return true;
+	if (n <= 0) {
+		close(sh->out_fd[stream]);
+		sh->out_fd[stream] = -1;
+		return false;
+	}
+	log_output(sh, stream, buf, (size_t)n);
+	broadcast(sh, stream ? SHIM_TAG_STDERR : SHIM_TAG_STDOUT, buf, (size_t)n);
+	return true;
+}
+
+static void close_stdin(struct shim *sh)
+{
+	if (sh->stdin_fd >= 0 && !sh->o.terminal) {
+		close(sh->stdin_fd);
+		sh->stdin_fd = -1;
+	}
+}
+
+static void client_input(struct shim *sh, size_t k, short revents)
+{
+	struct client *c = &sh->clients[k];
+	char buf[SHIM_PACKET_MAX];
+	ssize_t n = recv(c->fd, buf, sizeof(buf), MSG_DONTWAIT);
+	if (n < 0) {
+		if (errno != EAGAIN && errno != EINTR)
+			drop_client(sh, k);
+		return;
+	}
+	if (n == 0) {
+		/* A closed socket is a detach; a shut-down writing side is stdin's end. */
+		if (revents & POLLHUP) {
+			drop_client(sh, k);
+			return;
+		}
+		c->reading = false;
+		if (!sh->o.leave_stdin_open)
+			close_stdin(sh);
+		return;
+	}
+	if (sh->stdin_fd >= 0 && write_full(sh->stdin_fd, buf, (size_t)n) < 0)
+		close_stdin(sh);
+}
+
+static void accept_client(struct shim *sh)
+{
+	int fd = accept4(sh->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+	if (fd < 0)
+		return;
+	if (sh->n_clients == MAX_CLIENTS) {
+		close(fd);
+		return;
+	}
+	sh->clients[sh->n_clients++] = (struct client){ fd, true };
+}
+
+static void ctl_input(struct shim *sh)
+{
+	char buf[256];
+	ssize_t n = read(sh->ctl_fd, buf, sizeof(buf) - 1);
+	if (n <= 0)
+		return;
+	buf[n] = '\0';
+	char *save = NULL;
+	for (char *line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		unsigned rows, cols;
+		int sig;
+		if (sscanf(line, "resize %u %u", &rows, &cols) == 2 && sh->o.terminal && sh->out_fd[0] >= 0) {
+			struct winsize ws = { .ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols };
+			(void)ioctl(sh->out_fd[0], TIOCSWINSZ, &ws);
+		} else if (sscanf(line, "kill %d", &sig) == 1 && sig > 0 && sig < NSIG && !sh->exited) {
+			(void)kill(sh->container_pid, sig);
+		}
+	}
+}
+
+static void signal_input(struct shim *sh)
+{
+	struct signalfd_siginfo si;
+	if (read(sh->sig_fd, &si, sizeof(si)) != sizeof(si))
+		return;
+	if (si.ssi_signo != SIGCHLD) {
+		if (!sh->exited)
+			(void)kill(sh->container_pid, (int)si.ssi_signo);
+		return;
+	}
+	int status;
+	pid_t pid;
+	while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+		if (pid == sh->container_pid) {
+			sh->exited = true;
+			sh->exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+		}
+}
+
+/* Everything the container wrote before it exited is in the pipes or the
+ * pty: read it all before the exit code goes out. */
+static void drain(struct shim *sh)
+{
+	for (int s = 0; s < 2; s++) {
+		if (sh->out_fd[s] < 0)
+			continue;
+		fcntl(sh->out_fd[s], F_SETFL, O_NONBLOCK);
+		for (int spins = 0; sh->out_fd[s] >= 0 && spins < 100000; spins++) {
+			struct pollfd p = { sh->out_fd[s], POLLIN, 0 };
+			if (poll(&p, 1, 50) <= 0)
+				break;
+			if (!pump_output(sh, s))
+				break;
+		}
+	}
+	log_flush(sh);
+}
+
+/* ---- lifecycle ---------------------------------------------------------------- */
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st;
+	(void)ftw;
+	if (flag == FTW_DP)
+		rmdir(path);
+	else
+		unlink(path);
+	return 0;
+}
+
+static void finish(struct shim *sh)
+{
+	drain(sh);
+	char code[16];
+	int n = snprintf(code, sizeof(code), "%d", sh->exit_code);
+	_cleanup_free_ char *exit_path = state_path(sh, SHIM_EXIT_FILE);
+	if (exit_path)
+		(void)write_file_atomic(exit_path, code, (size_t)n);
+	broadcast(sh, SHIM_TAG_EXIT, code, (size_t)n);
+	while (sh->n_clients)
+		drop_client(sh, 0);
+	(void)run_runtime(sh, "delete", "--force");
+	if (sh->o.remove) {
+		if (sh->o.unmount)
+			(void)umount2(sh->o.unmount, MNT_DETACH);
+		/* FTW_MOUNT: never descend into anything still mounted below. */
+		(void)nftw(sh->o.state, remove_entry, 32, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
+		if (sh->o.unlink_path)
+			(void)unlink(sh->o.unlink_path);
+	}
+}
+
+static void event_loop(struct shim *sh)
+{
+	while (!sh->exited || sh->out_fd[0] >= 0 || sh->out_fd[1] >= 0) {
+		if (sh->exited) {
+			finish(sh);
+			return;
+		}
+		struct pollfd p[5 + MAX_CLIENTS];
+		size_t n = 0;
+		p[n++] = (struct pollfd){ sh->sig_fd, POLLIN, 0 };
+		p[n++] = (struct pollfd){ sh->listen_fd, POLLIN, 0 };
+		p[n++] = (struct pollfd){ sh->ctl_fd, POLLIN, 0 };
+		p[n++] = (struct pollfd){ sh->out_fd[0], POLLIN, 0 };
+		p[n++] = (struct pollfd){ sh->out_fd[1], POLLIN, 0 };
+		size_t first_client = n;
+		for (size_t k = 0; k < sh->n_clients; k++)
+			p[n++] = (struct pollfd){ sh->clients[k].reading ? sh->clients[k].fd : -1, POLLIN, 0 };
+		if (poll(p, n, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		if (p[0].revents)
+			signal_input(sh);
+		if (p[1].revents)
+			accept_client(sh);
+		if (p[2].revents)
+			ctl_input(sh);
+		for (int s = 0; s < 2; s++)
+			if (p[3 + s].revents)
+				pump_output(sh, s);
+		/* Backwards: dropping a client moves the last one into its slot. */
+		for (size_t k = n - first_client; k-- > 0;)
+			if (k < sh->n_clients && p[first_client + k].revents)
+				client_input(sh, k, p[first_client + k].revents);
+	}
+	/* Both streams ended: wait for the exit itself. */
+	while (!sh->exited) {
+		struct pollfd p = { sh->sig_fd, POLLIN, 0 };
+		if (poll(&p, 1, -1) > 0)
+			signal_input(sh);
+	}
+	finish(sh);
+}
+
+static int setup_files(struct shim *sh)
+{
+	_cleanup_free_ char *pid_path = state_path(sh, SHIM_SHIM_PID_FILE);
+	_cleanup_free_ char *ctl = state_path(sh, SHIM_CTL_FIFO);
+	_cleanup_free_ char *log = state_path(sh, SHIM_LOG_FILE);
+	if (!pid_path || !ctl || !log)
+		return -ENOMEM;
+	char pid[32];
+	int n = snprintf(pid, sizeof(pid), "%d", (int)getpid());
+	int r = write_file_atomic(pid_path, pid, (size_t)n);
+	if (r < 0)
+		return r;
+	/* Socket paths are short and relative: a state directory may be deeper
+	 * than sun_path's 108 bytes allow. */
+	if (chdir(sh->o.state) < 0)
+		return -errno;
+	if ((sh->listen_fd = listen_unix(SHIM_ATTACH_SOCKET, SOCK_SEQPACKET)) < 0)
+		return sh->listen_fd;
+	unlink(ctl);
+	if (mkfifo(ctl, 0600) < 0)
+		return -errno;
+	/* Opened for writing too, so the fifo never reports end-of-file. */
+	if ((sh->ctl_fd = open(ctl, O_RDWR | O_NONBLOCK | O_CLOEXEC)) < 0)
+		return -errno;
+	if ((sh->log_fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600)) < 0)
+		return -errno;
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGCHLD);
+	for (size_t i = 0; i < ARRAY_SIZE(forwarded_signals); i++)
+		sigaddset(&set, forwarded_signals[i]);
+	if (sigprocmask(SIG_BLOCK, &set, NULL) < 0 || (sh->sig_fd = signalfd(-1, &set, SFD_CLOEXEC)) < 0)
+		return -errno;
+	return 0;
+}
+
+static int read_pid_file(struct shim *sh)
+{
+	_cleanup_free_ char *path = state_path(sh, SHIM_PID_FILE);
+	_cleanup_free_ char *data = NULL;
+	size_t len;
+	if (!path || read_file_capped(path, 64, &data, &len) < 0)
+		return -EIO;
+	long pid = strtol(data, NULL, 10);
+	return pid > 1 ? (int)pid : -EIO;
+}
+
+/* Runs `create`; on success the container waits for `start`, holding the
+ * stdio set up here. */
+static int create_container(struct shim *sh)
+{
+	_cleanup_free_ char *pid_file = state_path(sh, SHIM_PID_FILE);
+	_cleanup_free_ char *log = state_path(sh, SHIM_RUNTIME_LOG);
+	const char *console = "console.sock"; /* relative to the state directory, our cwd */
+	if (!pid_file || !log)
+		return -ENOMEM;
+	int in[2] = { -1, -1 }, out[2] = { -1, -1 }, errp[2] = { -1, -1 };
+	_cleanup_close_ int console_fd = -1, devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+	const char *argv[20];
+	size_t a = 0;
+	argv[a++] = sh->o.runtime;
+	argv[a++] = "--root";
+	argv[a++] = sh->o.runtime_root;
+	argv[a++] = "--log";
+	argv[a++] = log;
+	argv[a++] = "--log-format";
+	argv[a++] = "json";
+	argv[a++] = "create";
+	argv[a++] = "--bundle";
+	argv[a++] = sh->o.bundle;
+	argv[a++] = "--pid-file";
+	argv[a++] = pid_file;
+	if (sh->o.terminal) {
+		if ((console_fd = listen_unix(console, SOCK_STREAM)) < 0)
+			return console_fd;
+		argv[a++] = "--console-socket";
+		argv[a++] = console;
+	}
+	argv[a++] = sh->o.id;
+	argv[a++] = NULL;
+
+	if (!sh->o.terminal) {
+		if ((sh->o.stdin_open && pipe2(in, O_CLOEXEC) < 0) || pipe2(out, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0)
+			return -errno;
+	}
+	pid_t pid = sh->o.terminal ? spawn(argv, devnull, devnull, devnull)
+				   : spawn(argv, in[0] >= 0 ? in[0] : devnull, out[1], errp[1]);
+	if (!sh->o.terminal) {
+		if (in[0] >= 0)
+			close(in[0]);
+		close(out[1]);
+		close(errp[1]);
+		sh->stdin_fd = in[1];
+		sh->out_fd[0] = out[0];
+		sh->out_fd[1] = errp[0];
+	}
+	if (pid < 0)
+		return -errno;
+	int status = 0;
+	if (sh->o.terminal) {
+		int master = accept_console(console_fd, pid, &status);
+		unlink(console);
+		if (master == -ECHILD)
+			return -EIO;
+		if (master < 0) {
+			kill(pid, SIGKILL);
+			wait_exit_status(pid);
+			return master;
+		}
+		sh->out_fd[0] = master;
+		sh->stdin_fd = dup(master);
+	}
+	if (status == 0)
+		status = wait_exit_status(pid);
+	if (status < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+		return -EIO;
+	int cpid = read_pid_file(sh);
+	if (cpid < 0)
+		return cpid;
+	sh->container_pid = cpid;
+	return 0;
+}
+
+static void wait_first_client(struct shim *sh)
+{
+	struct pollfd p = { sh->listen_fd, POLLIN, 0 };
+	if (poll(&p, 1, ATTACH_WAIT_MS) > 0)
+		accept_client(sh);
+}
+
+static void usage(FILE *out)
+{
+	fprintf(out, "Usage: launch-shim --id ID --state DIR --bundle DIR --runtime PATH --runtime-root DIR\n"
+		     "                   [--terminal] [--stdin] [--leave-stdin-open] [--wait-attach]\n"
+		     "                   [--rm [--unmount PATH] [--unlink PATH]]\n"
+		     "Supervises one container; started by launch with a sync pipe on fd 3.\n");
+}
+
+static int parse_options(int argc, char **argv, struct options *o)
+{
+	enum { O_ID = 256, O_STATE, O_BUNDLE, O_RUNTIME, O_ROOT, O_UNMOUNT, O_UNLINK, O_TERM, O_STDIN, O_LEAVE, O_WAIT, O_RM };
+	static const struct option opts[] = {
+		{ "id", required_argument, NULL, O_ID },
+		{ "state", required_argument, NULL, O_STATE },
+		{ "bundle", required_argument, NULL, O_BUNDLE },
+		{ "runtime", required_argument, NULL, O_RUNTIME },
+		{ "runtime-root", required_argument, NULL, O_ROOT },
+		{ "unmount", required_argument, NULL, O_UNMOUNT },
+		{ "unlink", required_argument, NULL, O_UNLINK },
+		{ "terminal", no_argument, NULL, O_TERM },
+		{ "stdin", no_argument, NULL, O_STDIN },
+		{ "leave-stdin-open", no_argument, NULL, O_LEAVE },
+		{ "wait-attach", no_argument, NULL, O_WAIT },
+		{ "rm", no_argument, NULL, O_RM },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	int c;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case O_ID: o->id = optarg; break;
+		case O_STATE: o->state = optarg; break;
+		case O_BUNDLE: o->bundle = optarg; break;
+		case O_RUNTIME: o->runtime = optarg; break;
+		case O_ROOT: o->runtime_root = optarg; break;
+		case O_UNMOUNT: o->unmount = optarg; break;
+		case O_UNLINK: o->unlink_path = optarg; break;
+		case O_TERM: o->terminal = true; break;
+		case O_STDIN: o->stdin_open = true; break;
+		case O_LEAVE: o->leave_stdin_open = true; break;
+		case O_WAIT: o->wait_attach = true; break;
+		case O_RM: o->remove = true; break;
+		case 'h': usage(stdout); exit(0);
+		default: return -EINVAL;
+		}
+	}
+	if (optind != argc || !o->id || !o->state || !o->bundle || !o->runtime || !o->runtime_root)
+		return -EINVAL;
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	struct shim sh = { .sync_fd = -1, .listen_fd = -1, .ctl_fd = -1, .log_fd = -1, .sig_fd = -1,
+			   .stdin_fd = -1, .out_fd = { -1, -1 } };
+	if (parse_options(argc, argv, &sh.o) < 0) {
+		usage(stderr);
+		return 2;
+	}
+	struct stat st;
+	if (fstat(SHIM_SYNC_FD, &st) == 0) {
+		sh.sync_fd = SHIM_SYNC_FD;
+		fcntl(sh.sync_fd, F_SETFD, FD_CLOEXEC);
+	}
+	/* Outlive the launcher, away from its terminal and its signals, and
+	 * become the parent of the container when the runtime exits. */
+	if (setsid() < 0 && errno != EPERM) {
+		report(&sh, "error 125 cannot start a session for the shim of %s: %s", sh.o.id, strerror(errno));
+		return 1;
+	}
+	if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0) {
+		report(&sh, "error 125 cannot become a subreaper for %s: %s", sh.o.id, strerror(errno));
+		return 1;
+	}
+	signal(SIGPIPE, SIG_IGN);
+	int r = setup_files(&sh);
+	if (r < 0) {
+		report(&sh, "error 125 cannot set up the state of %s in \"%s\": %s", sh.o.id, sh.o.state, strerror(-r));
+		return 1;
+	}
+	/* The shim's own complaints go to a file next to the log. */
+	_cleanup_free_ char *shim_log = state_path(&sh, "shim.log");
+	int devnull = open("/dev/null", O_RDWR);
+	int errlog = shim_log ? open(shim_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600) : -1;
+	if (devnull >= 0) {
+		dup2(devnull, 0);
+		dup2(devnull, 1);
+		close(devnull);
+	}
+	if (errlog >= 0) {
+		dup2(errlog, 2);
+		close(errlog);
+	}
+
+	char msg[1024];
+	if ((r = create_container(&sh)) < 0) {
+		int code = r == -EIO ? runtime_error(&sh, msg, sizeof(msg)) : 125;
+		if (r != -EIO)
+			snprintf(msg, sizeof(msg), "cannot create container %s: %s", sh.o.id, strerror(-r));
+		report(&sh, "error %d %s", code, msg);
+		(void)run_runtime(&sh, "delete", "--force");
+		return 1;
+	}
+	report(&sh, "created %d", (int)sh.container_pid);
+	if (sh.o.wait_attach)
+		wait_first_client(&sh);
+	if (run_runtime(&sh, "start", NULL) < 0) {
+		int code = runtime_error(&sh, msg, sizeof(msg));
+		report(&sh, "error %d %s", code, msg);
+		(void)kill(sh.container_pid, SIGKILL);
+		sh.exit_code = code;
+		sh.exited = true;
+		finish(&sh);
+		return 1;
+	}
+	report(&sh, "started");
+	close(sh.sync_fd);
+	sh.sync_fd = -1;
+	event_loop(&sh);
+	return 0;
+}

@@ -1,0 +1,33 @@
+/* The shim's interface to launchers: the files it keeps in a container's
+ * state directory, the attach protocol and the start-up report.
+ *
+ * The shim supervises one container through an OCI runtime; it knows
+ * nothing of images.  A launcher starts it, reads its report on the sync
+ * pipe (fd 3 of the shim), and later talks to it through these files only. */
+#pragma once
+
+/* Files in the state directory. */
+#define SHIM_ATTACH_SOCKET "attach"  /* SOCK_SEQPACKET, see below */
+#define SHIM_CTL_FIFO "ctl"          /* "resize ROWS COLS\n" or "kill SIGNAL\n" */
+#define SHIM_LOG_FILE "ctr.log"      /* k8s-file: "TIME STREAM F|P TEXT\n" */
+#define SHIM_EXIT_FILE "exit"        /* the exit code, written once the output is drained */
+#define SHIM_PID_FILE "pid"          /* the container's init, as the runtime reported it */
+#define SHIM_SHIM_PID_FILE "shim.pid"
+#define SHIM_RUNTIME_LOG "runtime.log"
+
+/* Attach: every packet from the shim is one tag byte and its payload; every
+ * packet to the shim is raw stdin.  A client that shuts down its writing
+ * side ends the container's stdin (unless the shim runs with
+ * --leave-stdin-open); one that closes the socket only detaches. */
+enum shim_attach_tag {
+	SHIM_TAG_STDOUT = 1,
+	SHIM_TAG_STDERR = 2,
+	SHIM_TAG_EXIT = 3, /* payload: the exit code in decimal; the last packet */
+};
+#define SHIM_PACKET_MAX 32768
+
+/* The sync pipe carries lines: "created PID", then "started", or at any
+ * point "error CODE MESSAGE" where CODE is the exit code a launcher should
+ * return (125 runtime or shim failure, 126 command cannot be run, 127
+ * command not found). */
+#define SHIM_SYNC_FD 3
