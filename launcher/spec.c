@@ -155,7 +155,36 @@ static int open_in_root(int rootfs_fd, const char *path)
 {
 	struct open_how how = { .flags = O_RDONLY | O_CLOEXEC, .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS };
 	int fd = (int)syscall(SYS_openat2, rootfs_fd, path, &how, sizeof(how));
-	return fd < 0 ? -errno : fd;
+	if (fd >= 0 || errno != ENOSYS)
+		return fd < 0 ? -errno : fd;
+	/* Without openat2 (old kernels, valgrind): component by component,
+	 * refusing any symlink or ".." on the way rather than following it. */
+	int dir = fcntl(rootfs_fd, F_DUPFD_CLOEXEC, 3);
+	for (const char *p = path; dir >= 0;) {
+		while (*p == '/')
+			p++;
+		size_t len = strcspn(p, "/");
+		char component[NAME_MAX + 1];
+		if (len == 0 || len > NAME_MAX) {
+			close(dir);
+			return -ENOENT;
+		}
+		memcpy(component, p, len);
+		component[len] = '\0';
+		p += len;
+		bool last = p[strspn(p, "/")] == '\0';
+		int sub = strcmp(component, "..") == 0
+				  ? (errno = EPERM, -1)
+				  : openat(dir, component, (last ? O_RDONLY : O_PATH | O_DIRECTORY) | O_NOFOLLOW | O_CLOEXEC);
+		int saved = errno;
+		close(dir);
+		if (sub < 0)
+			return -saved;
+		if (last)
+			return sub;
+		dir = sub;
+	}
+	return -errno;
 }
 
 static int read_in_root(int rootfs_fd, const char *path, char **ret)

@@ -1,0 +1,267 @@
+/* The runtime spec launch writes: image config parsing, docker's rules for
+ * entrypoint and command, the environment, mounts, limits, and user lookup
+ * inside the image's root. */
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+
+#include "launch.h"
+#include "tap.h"
+
+static const char *CONFIG =
+	"{\"architecture\":\"amd64\",\"os\":\"linux\",\"config\":{\"Entrypoint\":[\"/entry\",\"-x\"],"
+	"\"Cmd\":[\"default\"],\"Env\":[\"PATH=/opt/bin\",\"KEEP=1\",\"OVER=image\"],\"WorkingDir\":\"/srv\","
+	"\"User\":\"app\"}}";
+
+static char *args_joined(const struct image_process *p, const struct spec_options *o)
+{
+	char **args;
+	struct err err = { 0 };
+	if (spec_args(p, o, &args, &err) < 0)
+		return strdup(err.msg);
+	size_t len = 1;
+	for (char **a = args; *a; a++)
+		len += strlen(*a) + 1;
+	char *s = calloc(1, len);
+	for (char **a = args; *a; a++) {
+		if (a != args)
+			strcat(s, " ");
+		strcat(s, *a);
+		free(*a);
+	}
+	free(args);
+	return s;
+}
+
+static void test_parse_and_args(void)
+{
+	struct image_process p;
+	struct err err = { 0 };
+	ok(image_process_parse(CONFIG, strlen(CONFIG), &p, &err) == 0, "an image config parses");
+	is_str(p.workdir, "/srv", "WorkingDir");
+	is_str(p.user, "app", "User");
+
+	char *none[] = { NULL };
+	char *given[] = { "a", "b", NULL };
+	struct spec_options o = { .command = none };
+	char *s = args_joined(&p, &o);
+	is_str(s, "/entry -x default", "Entrypoint + Cmd");
+	free(s);
+	o.command = given;
+	s = args_joined(&p, &o);
+	is_str(s, "/entry -x a b", "a command replaces Cmd only");
+	free(s);
+	o.entrypoint = "";
+	s = args_joined(&p, &o);
+	is_str(s, "a b", "--entrypoint \"\" clears the image's entrypoint");
+	free(s);
+	o.entrypoint = "/other";
+	o.command = none;
+	s = args_joined(&p, &o);
+	is_str(s, "/other", "--entrypoint drops the image's Cmd");
+	free(s);
+	o.entrypoint = "";
+	s = args_joined(&p, &o);
+	ok(s && strstr(s, "no command"), "nothing to run is an error: %s", s);
+	free(s);
+	o.entrypoint = NULL;
+	o.init_path = "/x/launch-init";
+	s = args_joined(&p, &o);
+	is_str(s, "/.launch-init -- /entry -x default", "--init runs the command under our init");
+	free(s);
+	image_process_done(&p);
+
+	const char *bad[] = { "", "{", "[]", "{\"config\":{\"Cmd\":\"not an array\"}}", "{\"config\":{\"Env\":[1]}}",
+			      "{\"config\":{\"WorkingDir\":7}}" };
+	for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+		struct err e = { 0 };
+		ok(image_process_parse(bad[i], strlen(bad[i]), &p, &e) < 0 && e.code, "refused: %s (%s)", bad[i], e.msg);
+	}
+	const char *minimal = "{\"config\":{\"Cmd\":null}}";
+	ok(image_process_parse(minimal, strlen(minimal), &p, &err) == 0 && !p.cmd && !p.entrypoint,
+	   "null Cmd is no Cmd");
+	image_process_done(&p);
+}
+
+static struct json_object *build(const struct spec_options *o, struct err *err)
+{
+	struct image_process p;
+	if (image_process_parse(CONFIG, strlen(CONFIG), &p, err) < 0)
+		return NULL;
+	char *json = NULL;
+	int r = spec_build(&p, o, &json, err);
+	image_process_done(&p);
+	if (r < 0)
+		return NULL;
+	struct json_object *root = json_tokener_parse(json);
+	free(json);
+	return root;
+}
+
+static struct json_object *path(struct json_object *o, const char *a, const char *b)
+{
+	struct json_object *x = NULL, *y = NULL;
+	if (!json_object_object_get_ex(o, a, &x))
+		return NULL;
+	if (!b)
+		return x;
+	return json_object_object_get_ex(x, b, &y) ? y : NULL;
+}
+
+static bool array_has(struct json_object *a, const char *s)
+{
+	for (size_t i = 0; a && i < json_object_array_length(a); i++)
+		if (strcmp(json_object_get_string(json_object_array_get_idx(a, i)), s) == 0)
+			return true;
+	return false;
+}
+
+static void test_build(void)
+{
+	char *none[] = { NULL };
+	char *env[] = { "OVER=cli", "NEW=2", NULL };
+	char dir[] = "/tmp/imgfs-spec-XXXXXX";
+	ok(mkdtemp(dir) != NULL, "a host directory for a volume");
+	char vol[256], vol_ro[256];
+	snprintf(vol, sizeof(vol), "%s:/data", dir);
+	snprintf(vol_ro, sizeof(vol_ro), "%s:/ro:ro", dir);
+	char *volumes[] = { vol, vol_ro, NULL };
+	gid_t groups[] = { 10, 20 };
+	struct spec_options o = { .command = none, .env = env, .tty = true, .rows = 30, .cols = 90, .hostname = "box",
+				  .volumes = volumes, .uid = 1000, .gid = 1000, .groups = groups, .n_groups = 2,
+				  .home = "/home/app" };
+	struct err err = { 0 };
+	struct json_object *root = build(&o, &err);
+	ok(root != NULL, "spec builds: %s", err.msg);
+	struct json_object *process = path(root, "process", NULL);
+	struct json_object *e = path(process, "env", NULL);
+	ok(array_has(e, "PATH=/opt/bin") && array_has(e, "KEEP=1") && array_has(e, "OVER=cli") && array_has(e, "NEW=2") &&
+	   !array_has(e, "OVER=image"), "env: the image's, overridden by -e");
+	ok(array_has(e, "TERM=xterm") && array_has(e, "HOSTNAME=box") && array_has(e, "HOME=/home/app"),
+	   "env: TERM for a tty, HOSTNAME, HOME from passwd");
+	is_str(json_object_get_string(path(process, "cwd", NULL)), "/srv", "cwd is the image's WorkingDir");
+	ok(json_object_get_boolean(path(process, "terminal", NULL)) &&
+	   json_object_get_int(path(path(process, "consoleSize", NULL), "height", NULL)) == 30,
+	   "terminal and consoleSize for -t");
+	ok(json_object_get_int(path(path(process, "user", NULL), "uid", NULL)) == 1000 &&
+	   json_object_array_length(path(path(process, "user", NULL), "additionalGids", NULL)) == 2,
+	   "user and supplementary groups");
+	ok(json_object_get_boolean(path(process, "noNewPrivileges", NULL)), "no_new_privileges");
+	ok(array_has(path(path(process, "capabilities", NULL), "bounding", NULL), "CAP_NET_BIND_SERVICE") &&
+	   !array_has(path(path(process, "capabilities", NULL), "bounding", NULL), "CAP_SYS_ADMIN"),
+	   "podman's default capabilities, not SYS_ADMIN");
+	struct rlimit rl;
+	getrlimit(RLIMIT_NOFILE, &rl);
+	struct json_object *limit = json_object_array_get_idx(path(process, "rlimits", NULL), 0);
+	ok(limit && (rl.rlim_max == RLIM_INFINITY || (uint64_t)json_object_get_int64(path(limit, "hard", NULL)) <= rl.rlim_max),
+	   "RLIMIT_NOFILE never above our hard limit");
+	struct json_object *mounts = path(root, "mounts", NULL);
+	bool proc = false, data = false, ro = false;
+	for (size_t i = 0; i < json_object_array_length(mounts); i++) {
+		struct json_object *m = json_object_array_get_idx(mounts, i);
+		const char *dest = json_object_get_string(path(m, "destination", NULL));
+		proc |= strcmp(dest, "/proc") == 0;
+		data |= strcmp(dest, "/data") == 0 && array_has(path(m, "options", NULL), "rw");
+		ro |= strcmp(dest, "/ro") == 0 && array_has(path(m, "options", NULL), "ro");
+	}
+	ok(proc && data && ro, "mounts: /proc, the volumes with rw and ro");
+	struct json_object *ns = path(path(root, "linux", NULL), "namespaces", NULL);
+	ok(json_object_array_length(ns) == 5, "pid, mount, ipc, uts and network namespaces");
+	json_object_put(root);
+
+	o.host_network = true;
+	root = build(&o, &err);
+	ok(root && json_object_array_length(path(path(root, "linux", NULL), "namespaces", NULL)) == 4,
+	   "--network host: no network namespace");
+	json_object_put(root);
+	o.host_network = false;
+
+	char *bad_volume[] = { "relative:/x", NULL };
+	o.volumes = bad_volume;
+	ok(build(&o, &err) == NULL && strstr(err.msg, "relative"), "a relative volume is refused: %s", err.msg);
+	char *bad_option[] = { vol_ro, NULL };
+	snprintf(vol_ro, sizeof(vol_ro), "%s:/x:rx", dir);
+	o.volumes = bad_option;
+	ok(build(&o, &err) == NULL && strstr(err.msg, "rx"), "an unknown volume option is refused: %s", err.msg);
+	o.volumes = NULL;
+	o.workdir = "relative";
+	ok(build(&o, &err) == NULL && strstr(err.msg, "relative"), "a relative -w is refused: %s", err.msg);
+	o.workdir = NULL;
+	char *empty_key[] = { "=x", NULL };
+	o.env = empty_key;
+	ok(build(&o, &err) == NULL && strstr(err.msg, "=x"), "-e =x is refused: %s", err.msg);
+	rmdir(dir);
+}
+
+static void write_at(const char *dir, const char *name, const char *text)
+{
+	char p[512];
+	snprintf(p, sizeof(p), "%s/%s", dir, name);
+	int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	if (fd >= 0) {
+		(void)write_full(fd, text, strlen(text));
+		close(fd);
+	}
+}
+
+static void test_users(void)
+{
+	char root[] = "/tmp/imgfs-users-XXXXXX";
+	ok(mkdtemp(root) != NULL, "an image root");
+	char etc[512], outside[512];
+	snprintf(etc, sizeof(etc), "%s/etc", root);
+	mkdir(etc, 0755);
+	write_at(etc, "passwd", "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\nbroken line\n");
+	write_at(etc, "group", "root:x:0:\napp:x:1000:\nextra:x:2000:other,app\nwheel:x:10:other\n");
+	int fd = open(root, O_PATH | O_DIRECTORY);
+	uid_t uid;
+	gid_t gid, *groups = NULL;
+	size_t n;
+	char *home = NULL;
+	struct err err = { 0 };
+	ok(resolve_user(fd, "app", &uid, &gid, &groups, &n, &home, &err) == 0 && uid == 1000 && gid == 1000 && n == 2 &&
+	   groups[0] == 1000 && groups[1] == 2000 && strcmp(home, "/home/app") == 0,
+	   "a user name: uid, gid, home, primary group and the groups that list it");
+	free(groups);
+	free(home);
+	ok(resolve_user(fd, "app:extra", &uid, &gid, &groups, &n, &home, &err) == 0 && gid == 2000 && n == 0,
+	   "USER:GROUP by names");
+	free(groups);
+	free(home);
+	ok(resolve_user(fd, "4242:77", &uid, &gid, &groups, &n, &home, &err) == 0 && uid == 4242 && gid == 77,
+	   "numbers need no entry");
+	free(groups);
+	free(home);
+	ok(resolve_user(fd, "nobody", &uid, &gid, &groups, &n, &home, &err) == -ENOENT && strstr(err.msg, "nobody"),
+	   "an unknown name: %s", err.msg);
+	ok(resolve_user(fd, "app:nogroup", &uid, &gid, &groups, &n, &home, &err) == -ENOENT && strstr(err.msg, "nogroup"),
+	   "an unknown group: %s", err.msg);
+
+	/* An absolute symlink in the image resolves inside the image, never on the host. */
+	snprintf(outside, sizeof(outside), "%s-outside", root);
+	mkdir(outside, 0755);
+	write_at(outside, "passwd", "evil:x:666:666::/:/bin/sh\n");
+	char target[600], link_path[600];
+	snprintf(target, sizeof(target), "%s/passwd", outside);
+	snprintf(link_path, sizeof(link_path), "%s/passwd", etc);
+	unlink(link_path);
+	ok(symlink(target, link_path) == 0, "etc/passwd is an absolute symlink out of the root");
+	ok(resolve_user(fd, "evil", &uid, &gid, &groups, &n, &home, &err) < 0, "the host file it names is not read");
+	unlink(target);
+	rmdir(outside);
+	unlink(link_path);
+	snprintf(link_path, sizeof(link_path), "%s/group", etc);
+	unlink(link_path);
+	rmdir(etc);
+	rmdir(root);
+	close(fd);
+}
+
+int main(void)
+{
+	test_parse_and_args();
+	test_build();
+	test_users();
+	return tap_done();
+}

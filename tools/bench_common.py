@@ -1,0 +1,66 @@
+"""What the benchmarks share: the Debian image pushed as plain gzip
+(bench/debian:v1) and as eStargz (bench/debian-estargz:v1), and cache
+dropping.  Not a test; imported by tools/bench-*."""
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
+import estargz  # noqa: E402
+from harness import LAYER_TYPES, MT_OCI_CONFIG, MT_OCI_MANIFEST, Entry  # noqa: E402
+
+
+def drop_caches():
+    subprocess.run(["sync"])
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def tar_entries(tar_bytes):
+    out = []
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as t:
+        for m in t:
+            kind = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.DIRTYPE: "dir",
+                    tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hardlink", tarfile.CHRTYPE: "chr",
+                    tarfile.BLKTYPE: "blk", tarfile.FIFOTYPE: "fifo"}.get(m.type)
+            if not kind:
+                continue
+            data = t.extractfile(m).read() if kind == "file" else b""
+            out.append(Entry(m.name, kind, data=data, mode=m.mode, uid=m.uid, gid=m.gid, mtime=m.mtime,
+                             link=m.linkname, dev=(m.devmajor, m.devminor)))
+    return out
+
+
+def push(reg, repo, blob, media_type, diff_id, annotations=None, config_extra=None):
+    d = reg.push_blob(repo, blob)
+    layer = {"mediaType": media_type, "digest": d, "size": len(blob)}
+    if annotations:
+        layer["annotations"] = annotations
+    config = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [diff_id]}}
+    config.update(config_extra or {})
+    config = json.dumps(config).encode()
+    manifest = {"schemaVersion": 2, "mediaType": MT_OCI_MANIFEST,
+                "config": {"mediaType": MT_OCI_CONFIG, "digest": reg.push_blob(repo, config), "size": len(config)},
+                "layers": [layer]}
+    reg.push_manifest(repo, "v1", manifest, MT_OCI_MANIFEST)
+    return layer
+
+
+def build_bench_images(reg, rootfs, config_extra=None):
+    """Pushes the tree at rootfs twice; returns (tar size, gzip layer, eStargz layer)."""
+    tar = subprocess.run(["tar", "--format=pax", "--numeric-owner", "-C", rootfs, "-cf", "-", "."], check=True,
+                         stdout=subprocess.PIPE).stdout
+    diff_id = "sha256:" + hashlib.sha256(tar).hexdigest()
+    gz = gzip.compress(tar, compresslevel=6, mtime=0)
+    gz_layer = push(reg, "bench/debian", gz, LAYER_TYPES["gzip"], diff_id, config_extra=config_extra)
+    blob, toc_digest, esgz_diff_id, size = estargz.build(tar_entries(tar))
+    es_layer = push(reg, "bench/debian-estargz", blob, LAYER_TYPES["gzip"], esgz_diff_id,
+                    {estargz.TOC_ANNOTATION: toc_digest, estargz.SIZE_ANNOTATION: str(size)}, config_extra)
+    return len(tar), gz_layer, es_layer
