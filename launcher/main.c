@@ -42,9 +42,6 @@ int main(int argc, char **argv)
 	for (size_t i = 0; i < ARRAY_SIZE(verbs); i++)
 		if (strcmp(argv[1], verbs[i].name) == 0)
 			return verbs[i].fn(argc - 1, argv + 1);
-	/* `launch IMAGE ...` is `launch run IMAGE ...`; run's options come first. */
-	if (argv[1][0] == '-' || strchr(argv[1], '/') || strchr(argv[1], ':') || strchr(argv[1], '.'))
-		return cmd_run(argc, argv);
-	fprintf(stderr, "launch: unknown command \"%s\" (launch --help)\n", argv[1]);
-	return EXIT_LAUNCH_ERROR;
+	/* Anything else is `launch run`'s options and image: `launch IMAGE ...`. */
+	return cmd_run(argc, argv);
 }

@@ -161,6 +161,8 @@ with workspace() as work:
                "stdout and stderr apart, the container's exit code as our own", r)
         r = launch("run", "--rm", "--init", img, "sh", "-c", "kill -TERM $$")
         tap.ok(r.returncode == 128 + signal.SIGTERM, "a command killed by a signal exits 128+signal", r)
+        r = launch("--rm", img, "echo", "shorthand")
+        tap.ok(r.stdout == b"shorthand\n", "launch IMAGE CMD is launch run IMAGE CMD", r)
         r = launch("run", "--rm", img, "sh", "-c", "pwd; echo $FROM_IMAGE $HOME; id -u")
         tap.ok(r.stdout == b"/tmp\nyes /root\n0\n", "WorkingDir and Env of the image, HOME from passwd", r.stdout)
         r = launch("run", "--rm", "-w", "/etc", "-e", "FROM_IMAGE=overridden", "-e", "NEW=1", img,
