@@ -372,7 +372,7 @@ static int write_bundle(struct run_options *o, struct container *c, struct err *
 	image_process_done(&img);
 	if (r < 0)
 		return r;
-	if ((r = write_file_atomic(config, json, strlen(json))) < 0 || (r = container_save(c)) < 0)
+	if ((r = write_file_replace(config, json, strlen(json))) < 0 || (r = container_save(c)) < 0)
 		return err_set(err, -r, "cannot write the bundle in \"%s\": %s", c->dir, strerror(-r));
 	return 0;
 }

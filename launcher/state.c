@@ -64,7 +64,7 @@ int container_save(const struct container *c)
 	json_object_object_add(o, "created", json_object_new_int64(c->created));
 	const char *text = json_object_to_json_string(o);
 	_cleanup_free_ char *path = strdup_printf("%s/launch.json", c->dir);
-	int r = path && text ? write_file_atomic(path, text, strlen(text)) : -ENOMEM;
+	int r = path && text ? write_file_replace(path, text, strlen(text)) : -ENOMEM;
 	json_object_put(o);
 	return r;
 }

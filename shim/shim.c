@@ -422,7 +422,7 @@ static void finish(struct shim *sh)
 	int n = snprintf(code, sizeof(code), "%d", sh->exit_code);
 	_cleanup_free_ char *exit_path = state_path(sh, SHIM_EXIT_FILE);
 	if (exit_path)
-		(void)write_file_atomic(exit_path, code, (size_t)n);
+		(void)write_file_replace(exit_path, code, (size_t)n);
 	broadcast(sh, SHIM_TAG_EXIT, code, (size_t)n);
 	while (sh->n_clients)
 		drop_client(sh, 0);
@@ -491,7 +491,7 @@ static int setup_files(struct shim *sh)
 		return -ENOMEM;
 	char pid[32];
 	int n = snprintf(pid, sizeof(pid), "%d", (int)getpid());
-	int r = write_file_atomic(pid_path, pid, (size_t)n);
+	int r = write_file_replace(pid_path, pid, (size_t)n);
 	if (r < 0)
 		return r;
 	/* Socket paths are short and relative: a state directory may be deeper

@@ -130,7 +130,7 @@ int read_full_at(int fd, void *buf, size_t len, off_t off)
 	return 0;
 }
 
-int write_file_atomic(const char *path, const void *data, size_t len)
+static int write_file_renamed(const char *path, const void *data, size_t len, bool durable)
 {
 	_cleanup_free_ char *tmp = strdup_printf("%s.tmp.XXXXXX", path);
 	if (!tmp)
@@ -139,7 +139,7 @@ int write_file_atomic(const char *path, const void *data, size_t len)
 	if (fd < 0)
 		return -errno;
 	int r = write_full(fd, data, len);
-	if (r == 0 && fsync(fd) < 0)
+	if (r == 0 && durable && fsync(fd) < 0)
 		r = -errno;
 	if (r == 0 && fchmod(fd, 0644) < 0)
 		r = -errno;
@@ -148,6 +148,16 @@ int write_file_atomic(const char *path, const void *data, size_t len)
 	if (r < 0)
 		unlink(tmp);
 	return r;
+}
+
+int write_file_atomic(const char *path, const void *data, size_t len)
+{
+	return write_file_renamed(path, data, len, true);
+}
+
+int write_file_replace(const char *path, const void *data, size_t len)
+{
+	return write_file_renamed(path, data, len, false);
 }
 
 int read_file_capped(const char *path, size_t cap, char **ret_data, size_t *ret_len)

@@ -60,6 +60,9 @@ int mkdir_parents(const char *path, mode_t mode);
 /* Writes data to path through a temporary file in the same directory, fsyncs
  * and renames it into place, so readers see the old or the new whole file. */
 int write_file_atomic(const char *path, const void *data, size_t len);
+/* The same without the fsync: readers never see half a file, but a crash of
+ * the machine may lose it.  For runtime state that dies with the machine. */
+int write_file_replace(const char *path, const void *data, size_t len);
 /* Reads at most `cap` bytes of path; -EFBIG if the file is larger. */
 int read_file_capped(const char *path, size_t cap, char **ret_data, size_t *ret_len);
 int read_full_at(int fd, void *buf, size_t len, off_t off);
