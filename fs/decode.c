@@ -2,6 +2,7 @@
  * random access into the uncompressed stream through checkpoints (the zran
  * technique for gzip: a saved inflate window every SPAN bytes of output). */
 #include "decode.h"
+#include "remote_blob.h"
 
 #include <zlib.h>
 #include <zstd.h>
@@ -28,6 +29,14 @@ struct cursor {
 	bool zstd_frame_done; /* at a frame boundary */
 };
 
+/* The compressed blob: a local file, or spans fetched from the registry. */
+static int blob_read(const struct layer *l, void *buf, size_t len, uint64_t off)
+{
+	if (l->remote_blob)
+		return remote_blob_read(l->remote_blob, buf, len, off);
+	return read_full_at(l->blob_fd, buf, len, (off_t)off);
+}
+
 static int fill_input(struct cursor *c)
 {
 	if (c->in_pos < c->in_len)
@@ -37,7 +46,7 @@ static int fill_input(struct cursor *c)
 	size_t want = INPUT_BUFFER_SIZE;
 	if (c->layer->blob_size - c->in_off < want)
 		want = (size_t)(c->layer->blob_size - c->in_off);
-	int r = read_full_at(c->layer->blob_fd, c->in_buf, want, (off_t)c->in_off);
+	int r = blob_read(c->layer, c->in_buf, want, (off_t)c->in_off);
 	if (r < 0)
 		return r == -ENODATA ? -EIO : r;
 	c->in_len = want;
@@ -64,7 +73,7 @@ static int gzip_setup(struct cursor *c, const struct checkpoint *cp)
 		if (cp->bits) {
 			/* The block starts inside the byte before cp->in. */
 			unsigned char byte;
-			r = read_full_at(c->layer->blob_fd, &byte, 1, (off_t)cp->in - 1);
+			r = blob_read(c->layer, &byte, 1, (off_t)cp->in - 1);
 			if (r < 0)
 				return r == -ENODATA ? -EIO : r;
 			if (inflatePrime(&c->z, cp->bits, byte >> (8 - cp->bits)) != Z_OK)
@@ -99,7 +108,7 @@ static int gzip_next_member(struct cursor *c)
 	/* Need two bytes of magic; they may straddle the input buffer. */
 	unsigned char magic[2];
 	uint64_t at = c->in_off - (c->in_len - c->in_pos);
-	if (at + 2 > c->layer->blob_size || read_full_at(c->layer->blob_fd, magic, 2, (off_t)at) < 0 ||
+	if (at + 2 > c->layer->blob_size || blob_read(c->layer, magic, 2, (off_t)at) < 0 ||
 	    magic[0] != 0x1f || magic[1] != 0x8b)
 		return 0; /* trailing padding or garbage: gzip(1) ignores it too */
 	inflateEnd(&c->z);
@@ -219,7 +228,7 @@ static ssize_t plain_read(struct cursor *c, unsigned char *out, size_t len)
 		c->eof = true;
 		return 0;
 	}
-	int r = read_full_at(c->layer->blob_fd, out, len, (off_t)c->pos);
+	int r = blob_read(c->layer, out, len, (off_t)c->pos);
 	if (r < 0)
 		return r == -ENODATA ? -EIO : r;
 	c->pos += len;
@@ -503,7 +512,7 @@ int layer_read(struct layer *l, void *buf, size_t len, uint64_t off)
 	if (off > l->tar_size || len > l->tar_size - off)
 		return -EIO;
 	if (l->compression == COMPRESSION_NONE)
-		return read_full_at(l->blob_fd, buf, len, (off_t)off) == 0 ? 0 : -EIO;
+		return blob_read(l, buf, len, (off_t)off) == 0 ? 0 : -EIO;
 	while (len > 0) {
 		const struct checkpoint *cp = checkpoint_before(l, off);
 		size_t idx = (size_t)(cp - l->checkpoints);

@@ -5,6 +5,7 @@
  * the TOC digest; the TOC (verified against it) gives each chunk's digest;
  * each fetched chunk is verified against that before it is cached or served. */
 #include "decode.h"
+#include "remote_blob.h"
 #include "registry.h"
 
 #include <archive.h>
@@ -73,6 +74,8 @@ void remote_free(struct remote *r)
 void layer_get_stats(struct layer *l, struct layer_stats *ret)
 {
 	memset(ret, 0, sizeof(*ret));
+	if (l->remote_blob)
+		remote_blob_stats(l->remote_blob, ret);
 	if (!l->remote)
 		return;
 	pthread_mutex_lock(&l->remote->lock);
@@ -1115,6 +1118,9 @@ static void chunk_release(struct remote *rem, const struct chunk *c)
 
 int layer_prefetch(struct layer *l, bool only_landmark, const atomic_bool *stop)
 {
+	/* A plain layer has no landmark: all of it is the rest of the image. */
+	if (l->remote_blob && !only_landmark)
+		return remote_blob_prefetch(l->remote_blob, stop);
 	if (l->format != LAYER_CHUNKED)
 		return 0;
 	struct remote *rem = l->remote;

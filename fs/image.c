@@ -6,6 +6,8 @@
  *   blobs/sha256/<hex>   verified blobs (layers and configs)
  *   index/sha256/<hex>   layer indexes (see index_io.c) */
 #include "image.h"
+#include "index_artifact.h"
+#include "remote_blob.h"
 
 #include <fcntl.h>
 #include <sys/resource.h>
@@ -86,8 +88,102 @@ static int ensure_blob(struct registry_client *client, const struct image_option
 #define ZSTD_CHUNKED_POSITION_OLD "io.containers.zstd-chunked.manifest-position"
 #define ZSTD_CHUNKED_CHECKSUM_OLD "io.containers.zstd-chunked.manifest-checksum"
 
+char *image_index_path(const char *cache_dir, const char *layer_digest)
+{
+	return cache_path(cache_dir, "index", layer_digest);
+}
+
+static bool blob_is_cached(const struct image_options *opts, const struct descriptor *d)
+{
+	_cleanup_free_ char *path = cache_path(opts->cache_dir, "blobs", d->digest);
+	struct stat st;
+	return path && stat(path, &st) == 0 && S_ISREG(st.st_mode) && st.st_size == d->size;
+}
+
+/* The image's imgfs index artifact, looked up once, when a plain layer is
+ * not in the cache. */
+struct artifact_lookup {
+	bool looked, found;
+	struct manifest artifact;
+};
+
+static const struct manifest *find_artifact(struct image *img, struct registry_client *client,
+					    const struct image_options *opts, struct artifact_lookup *a)
+{
+	if (!a->looked) {
+		a->looked = true;
+		struct err err = { 0 };
+		a->found = index_artifact_find(client, img->manifest_digest, &a->artifact, &err) == 0;
+		if (!a->found && err.code && opts->progress) {
+			char line[1200];
+			snprintf(line, sizeof(line), "no imgfs index: %s", err.msg);
+			opts->progress(line);
+		}
+	}
+	return a->found ? &a->artifact : NULL;
+}
+
+/* A plain layer read lazily through its pushed index: the index and the
+ * span table come into the cache (verified by digest), the blob stays in the
+ * registry. */
+static int open_indexed_layer(const struct image_ref *ref, struct registry_client *client,
+			      const struct image_options *opts, const struct descriptor *d,
+			      enum layer_compression compression, const struct manifest *artifact, struct layer **ret,
+			      struct err *err)
+{
+	const struct descriptor *index = index_artifact_blob(artifact, d->digest, IMGFS_MEDIA_TYPE_LAYER_INDEX);
+	const struct descriptor *spans = index_artifact_blob(artifact, d->digest, IMGFS_MEDIA_TYPE_LAYER_SPANS);
+	if (!index || !spans)
+		return -ENOENT;
+	int fd;
+	bool cached;
+	int r = ensure_blob(client, opts, index, &fd, &cached, err);
+	if (r < 0)
+		return r;
+	close(fd);
+	if ((r = ensure_blob(client, opts, spans, &fd, &cached, err)) < 0)
+		return r;
+	_cleanup_close_ int spans_fd = fd;
+	_cleanup_free_ char *index_path = cache_path(opts->cache_dir, "blobs", index->digest);
+	_cleanup_free_ unsigned char *table = malloc((size_t)spans->size + 1);
+	struct span_table st;
+	if (!index_path || !table)
+		return -ENOMEM;
+	if (read_full_at(spans_fd, table, (size_t)spans->size, 0) < 0 ||
+	    span_table_parse(table, (size_t)spans->size, d->digest, (uint64_t)d->size, &st) < 0)
+		return err_set(err, EBADMSG, "layer %s: the span table %s of its imgfs index is not valid", d->digest,
+			       spans->digest);
+	struct layer *l = NULL;
+	if (layer_open_saved(d->digest, compression, -1, index_path, &l) < 0 || l->blob_size != (uint64_t)d->size) {
+		if (l)
+			layer_free(l);
+		return err_set(err, EBADMSG, "layer %s: its imgfs index %s does not describe it", d->digest,
+			       index->digest);
+	}
+	struct registry_client *read_client, *prefetch_client;
+	if ((r = registry_client_new(ref, &opts->registry, &read_client, err)) < 0) {
+		layer_free(l);
+		return r;
+	}
+	if ((r = registry_client_new(ref, &opts->registry, &prefetch_client, err)) < 0) {
+		registry_client_free(read_client);
+		layer_free(l);
+		return r;
+	}
+	if ((r = remote_blob_open(read_client, prefetch_client, d->digest, (uint64_t)d->size, opts->cache_dir, &st,
+				  &l->remote_blob)) < 0) {
+		registry_client_free(read_client);
+		registry_client_free(prefetch_client);
+		layer_free(l);
+		return err_set(err, -r, "layer %s: %s", d->digest, strerror(-r));
+	}
+	*ret = l;
+	return 0;
+}
+
 static int open_layer(struct image *img, const struct image_ref *ref, struct registry_client *client,
-		      const struct image_options *opts, const struct descriptor *d, struct layer **ret, struct err *err)
+		      const struct image_options *opts, const struct descriptor *d, struct artifact_lookup *artifacts,
+		      struct layer **ret, struct err *err)
 {
 	enum layer_compression compression;
 	if (layer_compression_from_media_type(d->media_type, &compression) < 0)
@@ -118,6 +214,19 @@ static int open_layer(struct image *img, const struct image_ref *ref, struct reg
 						 zstd_position, zstd_checksum, opts->cache_dir, ret, err);
 		return estargz_open(layer_client, prefetch_client, d->digest, (uint64_t)d->size, toc_digest,
 				    opts->cache_dir, ret, err);
+	}
+	const struct manifest *artifact;
+	if (!opts->ignore_index_artifacts && !blob_is_cached(opts, d) &&
+	    (artifact = find_artifact(img, client, opts, artifacts))) {
+		struct err index_err = { 0 };
+		int r = open_indexed_layer(ref, client, opts, d, compression, artifact, ret, &index_err);
+		if (r == 0)
+			return 0;
+		if (index_err.code && opts->progress) {
+			char line[1200];
+			snprintf(line, sizeof(line), "fetching the layer whole: %s", index_err.msg);
+			opts->progress(line);
+		}
 	}
 	int fd;
 	bool cached = false;
@@ -165,6 +274,7 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 	struct image_ref ref = { 0 };
 	struct registry_client *client = NULL;
 	struct manifest m = { 0 };
+	struct artifact_lookup artifacts = { 0 };
 	struct image *img = NULL;
 	int r;
 
@@ -211,8 +321,13 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 		r = -ENOMEM;
 		goto out;
 	}
+	img->manifest_size = m.raw_size;
+	if (!(img->manifest_media_type = strdup(m.media_type ? m.media_type : MEDIA_TYPE_OCI_MANIFEST))) {
+		r = -ENOMEM;
+		goto out;
+	}
 	for (size_t i = 0; i < m.n_layers; i++) {
-		r = open_layer(img, &ref, client, opts, &m.layers[i], &img->layers[i], err);
+		r = open_layer(img, &ref, client, opts, &m.layers[i], &artifacts, &img->layers[i], err);
 		if (r < 0)
 			goto out;
 		img->n_layers++;
@@ -227,6 +342,8 @@ out:
 		err_wrap(err, "image \"%s\"", ref_text);
 	image_free(img);
 	manifest_done(&m);
+	if (artifacts.found)
+		manifest_done(&artifacts.artifact);
 	registry_client_free(client);
 	image_ref_done(&ref);
 	return r;
@@ -245,6 +362,7 @@ struct image *image_free(struct image *img)
 		layer_free(img->layers[i]);
 	free(img->layers);
 	free(img->manifest_digest);
+	free(img->manifest_media_type);
 	free(img->config_path);
 	free(img->ref_text);
 	free(img);

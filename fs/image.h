@@ -12,11 +12,16 @@ struct image_options {
 	struct registry_options registry;
 	/* Called with a line of progress (not an error) when non-NULL. */
 	void (*progress)(const char *line);
+	/* Fetch plain layers whole even where the registry has an imgfs index
+	 * for them (to build and push one). */
+	bool ignore_index_artifacts;
 };
 
 struct image {
 	char *ref_text;
 	char *manifest_digest;
+	char *manifest_media_type;
+	size_t manifest_size;
 	char *config_path; /* the verified image config in the cache, absolute */
 	struct layer **layers;
 	size_t n_layers;
@@ -39,6 +44,9 @@ int image_format_stats(struct image *img, char *buf, size_t size);
 
 int image_open(const char *ref_text, const struct image_options *opts, struct image **ret, struct err *err);
 struct image *image_free(struct image *img);
+
+/* Where the cache keeps the index of a layer (caller frees). */
+char *image_index_path(const char *cache_dir, const char *layer_digest);
 
 /* The default cache: /var/lib/imgfs for root, else $XDG_CACHE_HOME/imgfs
  * (~/.cache/imgfs).  $IMGFS_CACHE overrides both.  Caller frees. */

@@ -192,6 +192,10 @@ int layer_open_saved(const char *digest, enum layer_compression compression, int
 	uint64_t saved_blob_size = get_u64(&b);
 	l->tar_size = get_u64(&b);
 	uint64_t n_entries = get_u64(&b);
+	/* Without a local blob (a layer read from the registry) the caller
+	 * checks the size against the manifest. */
+	if (blob_fd < 0)
+		l->blob_size = saved_blob_size;
 	if (b.bad || !saved_digest || strcmp(saved_digest, digest) != 0 || saved_compression != compression ||
 	    saved_blob_size != l->blob_size || n_entries > (uint64_t)(b.end - b.p) / 16)
 		goto bad;

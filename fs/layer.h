@@ -103,6 +103,9 @@ struct layer {
 
 	enum layer_format format;
 	struct remote *remote;  /* LAYER_CHUNKED: fetches and caches chunks */
+	/* LAYER_TAR_STREAM without a local blob (blob_fd < 0): the blob's spans,
+	 * fetched and verified against a pushed imgfs index. */
+	struct remote_blob *remote_blob;
 
 	pthread_mutex_t lock;
 	struct cursor *cursors;

@@ -1,4 +1,5 @@
 /* imgfs: mount a registry image as a FUSE file system. */
+#include "index_artifact.h"
 #include "overlay.h"
 
 #include <getopt.h>
@@ -14,6 +15,7 @@ static void usage(FILE *out)
 		"Usage: imgfs mount [OPTIONS] REF DIR\n"
 		"       imgfs umount DIR\n"
 		"       imgfs stats DIR\n"
+		"       imgfs index push [--cache DIR] [--platform P] [--insecure-registry H] REF\n"
 		"\n"
 		"Mounts the image REF from its registry on DIR, fetching layer contents into\n"
 		"a shared cache instead of unpacking them.  The mount is read-only unless\n"
@@ -33,6 +35,10 @@ static void usage(FILE *out)
 		"  -f, --foreground            stay in the foreground\n"
 		"  -d, --debug                 print FUSE requests (implies -f)\n"
 		"  -h, --help                  show this help\n"
+		"\n"
+		"imgfs index push fetches and indexes REF's plain gzip, zstd and tar layers,\n"
+		"then stores the index in REF's registry as an OCI artifact that refers to\n"
+		"the image, so that every later mount reads those layers lazily.\n"
 		"  --version                   show the version\n");
 }
 
@@ -60,6 +66,100 @@ static void insecure_free(char **list)
 	free(list);
 }
 
+static int insecure_from_env(char ***list, size_t *n)
+{
+	const char *env = getenv("IMGFS_INSECURE_REGISTRIES");
+	if (!env || !*env)
+		return 0;
+	_cleanup_free_ char *copy = strdup(env);
+	char *save = NULL;
+	for (char *tok = copy ? strtok_r(copy, ", ", &save) : NULL; tok; tok = strtok_r(NULL, ", ", &save))
+		if (insecure_add(list, n, tok) < 0)
+			return -ENOMEM;
+	return copy ? 0 : -ENOMEM;
+}
+
+static int cmd_index(int argc, char **argv)
+{
+	enum { OPT_CACHE = 256, OPT_PLATFORM, OPT_INSECURE };
+	static const struct option options[] = {
+		{ "cache", required_argument, NULL, OPT_CACHE },
+		{ "platform", required_argument, NULL, OPT_PLATFORM },
+		{ "insecure-registry", required_argument, NULL, OPT_INSECURE },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	if (argc < 2 || strcmp(argv[1], "push") != 0) {
+		fprintf(stderr, "Usage: imgfs index push [--cache DIR] [--platform P] [--insecure-registry H] REF\n");
+		return 2;
+	}
+	argc--, argv++;
+	struct image_options opts = { .ignore_index_artifacts = true };
+	_cleanup_free_ char *cache_dir = NULL;
+	char **insecure = NULL;
+	size_t n_insecure = 0;
+	const char *platform = NULL;
+	int ret = 1, c;
+	if (insecure_from_env(&insecure, &n_insecure) < 0)
+		goto out;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "+h", options, NULL)) != -1) {
+		switch (c) {
+		case OPT_CACHE:
+			free(cache_dir);
+			cache_dir = strdup(optarg);
+			break;
+		case OPT_PLATFORM:
+			platform = optarg;
+			break;
+		case OPT_INSECURE:
+			if (insecure_add(&insecure, &n_insecure, optarg) < 0)
+				goto out;
+			break;
+		case 'h':
+			usage(stdout);
+			ret = 0;
+			goto out;
+		default:
+			ret = 2;
+			goto out;
+		}
+	}
+	if (argc - optind != 1) {
+		fprintf(stderr, "imgfs index push: expected REF\n");
+		ret = 2;
+		goto out;
+	}
+	const char *ref_text = argv[optind];
+	if (platform_parse(platform, &opts.registry.platform) < 0) {
+		fprintf(stderr, "imgfs: invalid platform \"%s\": expected OS/ARCH[/VARIANT]\n", platform);
+		ret = 2;
+		goto out;
+	}
+	if (!cache_dir && !(cache_dir = image_default_cache_dir()))
+		goto out;
+	opts.cache_dir = cache_dir;
+	opts.registry.insecure_registries = insecure;
+	if (isatty(STDERR_FILENO))
+		opts.progress = progress_line;
+	struct err err = { 0 };
+	struct image_ref ref = { 0 };
+	struct image *img = NULL;
+	_cleanup_free_ char *digest = NULL;
+	if (image_ref_parse(ref_text, &ref, &err) < 0 || image_open(ref_text, &opts, &img, &err) < 0 ||
+	    index_artifact_push(img, &ref, &opts, &digest, &err) < 0) {
+		fprintf(stderr, "imgfs: cannot push the index of \"%s\": %s\n", ref_text, err.code ? err.msg : "out of memory");
+	} else {
+		printf("%s\n", digest);
+		ret = 0;
+	}
+	image_free(img);
+	image_ref_done(&ref);
+out:
+	insecure_free(insecure);
+	return ret;
+}
+
 static int cmd_mount(int argc, char **argv)
 {
 	enum { OPT_CACHE = 256, OPT_PLATFORM, OPT_INSECURE, OPT_PREFETCH, OPT_UPPER };
@@ -85,14 +185,8 @@ static int cmd_mount(int argc, char **argv)
 	struct err err = { 0 };
 	int ret = 1, c;
 
-	const char *env = getenv("IMGFS_INSECURE_REGISTRIES");
-	if (env && *env) {
-		_cleanup_free_ char *copy = strdup(env);
-		char *save = NULL;
-		for (char *tok = copy ? strtok_r(copy, ", ", &save) : NULL; tok; tok = strtok_r(NULL, ", ", &save))
-			if (insecure_add(&insecure, &n_insecure, tok) < 0)
-				goto out;
-	}
+	if (insecure_from_env(&insecure, &n_insecure) < 0)
+		goto out;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "+fdh", options, NULL)) != -1) {
 		switch (c) {
@@ -288,6 +382,8 @@ int main(int argc, char **argv)
 		return cmd_mount(argc - 1, argv + 1);
 	if (strcmp(argv[1], "stats") == 0)
 		return cmd_stats(argc - 1, argv + 1);
+	if (strcmp(argv[1], "index") == 0)
+		return cmd_index(argc - 1, argv + 1);
 	if (strcmp(argv[1], "umount") == 0 || strcmp(argv[1], "unmount") == 0)
 		return cmd_umount(argc - 1, argv + 1);
 	if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {

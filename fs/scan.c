@@ -1,6 +1,7 @@
 /* Building a layer's index: decode the blob once, let libarchive parse the
  * tar stream, and record every entry and where its bytes sit. */
 #include "decode.h"
+#include "remote_blob.h"
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -151,6 +152,7 @@ struct layer *layer_free(struct layer *l)
 	layer_cursors_free(l);
 	layer_spans_drop(l);
 	remote_free(l->remote);
+	remote_blob_free(l->remote_blob);
 	if (l->blob_fd >= 0)
 		close(l->blob_fd);
 	pthread_mutex_destroy(&l->lock);
@@ -168,7 +170,7 @@ struct layer *layer_alloc(const char *digest, enum layer_compression compression
 	snprintf(l->digest, sizeof(l->digest), "%s", digest);
 	l->compression = compression;
 	pthread_mutex_init(&l->lock, NULL);
-	if (fstat(blob_fd, &st) == 0)
+	if (blob_fd >= 0 && fstat(blob_fd, &st) == 0)
 		l->blob_size = (uint64_t)st.st_size;
 	return l;
 }

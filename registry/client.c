@@ -39,6 +39,7 @@ struct response {
 	char *www_authenticate;
 	char *content_type;
 	char *docker_digest;
+	char *location;
 	long retry_after;
 	/* memory sink */
 	char *body;
@@ -63,6 +64,7 @@ static void response_reset(struct response *r)
 	free(r->www_authenticate);
 	free(r->content_type);
 	free(r->docker_digest);
+	free(r->location);
 	free(r->body);
 	int fd = r->fd;
 	size_t max = r->body_max;
@@ -100,7 +102,8 @@ static size_t header_cb(char *buf, size_t size, size_t n, void *userdata)
 		free(r->www_authenticate);
 		free(r->content_type);
 		free(r->docker_digest);
-		r->www_authenticate = r->content_type = r->docker_digest = NULL;
+		free(r->location);
+		r->www_authenticate = r->content_type = r->docker_digest = r->location = NULL;
 		r->retry_after = 0;
 		const char *sp = memchr(buf, ' ', len);
 		r->status = sp ? strtol(sp + 1, NULL, 10) : 0;
@@ -112,6 +115,8 @@ static size_t header_cb(char *buf, size_t size, size_t n, void *userdata)
 		slot = &r->content_type, name_len = 13;
 	else if (len > 22 && strncasecmp(buf, "Docker-Content-Digest:", 22) == 0)
 		slot = &r->docker_digest, name_len = 22;
+	else if (len > 9 && strncasecmp(buf, "Location:", 9) == 0)
+		slot = &r->location, name_len = 9;
 	else if (len > 12 && strncasecmp(buf, "Retry-After:", 12) == 0) {
 		char tmp[32];
 		size_t l = len - 12 < sizeof(tmp) - 1 ? len - 12 : sizeof(tmp) - 1;
@@ -319,12 +324,21 @@ static void sleep_ms(long ms)
 		;
 }
 
-/* Performs one GET with retries on transient failures.  Authorization is
+/* What a request other than a GET sends. */
+struct upload {
+	const char *method; /* "POST", "PUT", "HEAD" */
+	const char *content_type_header;
+	const void *body;
+	size_t len;
+};
+
+/* Performs one request with retries on transient failures.  Authorization is
  * passed as a header; libcurl (>= 7.58) does not send custom Authorization
  * headers to a different host when following a redirect, which is what keeps
  * registry tokens away from the object storage a blob redirects to. */
-static int http_get(struct registry_client *c, const char *url, const char *accept, const char *authorization,
-		    const char *range, struct response *resp, const char *what, struct err *err)
+static int http_request(struct registry_client *c, const char *url, const char *accept, const char *authorization,
+			const char *range, const struct upload *up, struct response *resp, const char *what,
+			struct err *err)
 {
 	char errbuf[CURL_ERROR_SIZE];
 	long backoff_ms = 200;
@@ -346,6 +360,8 @@ static int http_get(struct registry_client *c, const char *url, const char *acce
 			headers = h;
 		if (range && (h = curl_slist_append(headers, range)))
 			headers = h;
+		if (up && up->content_type_header && (h = curl_slist_append(headers, up->content_type_header)))
+			headers = h;
 
 		curl_easy_reset(c->curl);
 		errbuf[0] = '\0';
@@ -366,6 +382,15 @@ static int http_get(struct registry_client *c, const char *url, const char *acce
 		curl_easy_setopt(c->curl, CURLOPT_WRITEFUNCTION, body_cb);
 		curl_easy_setopt(c->curl, CURLOPT_WRITEDATA, resp);
 		curl_easy_setopt(c->curl, CURLOPT_NOSIGNAL, 1L);
+		if (up && strcmp(up->method, "HEAD") == 0) {
+			curl_easy_setopt(c->curl, CURLOPT_NOBODY, 1L);
+		} else if (up) {
+			/* Uploads are not redirected: a 307 would need the body again. */
+			curl_easy_setopt(c->curl, CURLOPT_FOLLOWLOCATION, 0L);
+			curl_easy_setopt(c->curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)up->len);
+			curl_easy_setopt(c->curl, CURLOPT_POSTFIELDS, up->body ? up->body : "");
+			curl_easy_setopt(c->curl, CURLOPT_CUSTOMREQUEST, up->method);
+		}
 		/* body_cb needs the status before the body arrives. */
 		CURLcode code = curl_easy_perform(c->curl);
 		curl_slist_free_all(headers);
@@ -467,7 +492,7 @@ static int fetch_token(struct registry_client *c, const struct auth_challenge *c
 	struct response resp = { .fd = -1, .body_max = TOKEN_MAX_SIZE };
 	char what[512];
 	snprintf(what, sizeof(what), "token for \"%s/%s\"", c->ref.domain, c->ref.repository);
-	int r = http_get(c, url, NULL, authorization, NULL, &resp, what, err);
+	int r = http_request(c, url, NULL, authorization, NULL, NULL, &resp, what, err);
 	if (authorization)
 		explicit_bzero(authorization, strlen(authorization));
 	if (r < 0)
@@ -519,21 +544,29 @@ static char *authorization_header(struct registry_client *c)
 	return NULL;
 }
 
-/* GET a registry path, answering one authentication challenge if needed. */
-static int registry_get(struct registry_client *c, const char *path, const char *accept, const char *range,
-			struct response *resp, const char *what, struct err *err)
+/* A request to the registry (a path under /v2/, or a URL it gave us),
+ * answering one authentication challenge if needed. */
+static int registry_request(struct registry_client *c, const char *path_or_url, const char *accept,
+			    const char *range, const struct upload *up, struct response *resp, const char *what,
+			    struct err *err)
 {
-	_cleanup_free_ char *url = strdup_printf("%s/v2/%s", c->base_url, path);
+	_cleanup_free_ char *url = str_has_prefix(path_or_url, "http://") || str_has_prefix(path_or_url, "https://")
+					   ? strdup(path_or_url)
+				   : path_or_url[0] == '/' ? strdup_printf("%s%s", c->base_url, path_or_url)
+							   : strdup_printf("%s/v2/%s", c->base_url, path_or_url);
 	if (!url)
 		return -ENOMEM;
+	/* Credentials go only to the registry itself, not to where it sends uploads. */
+	size_t base_len = strlen(c->base_url);
+	bool own_host = strncmp(url, c->base_url, base_len) == 0 && (url[base_len] == '/' || url[base_len] == '\0');
 	for (int round = 0;; round++) {
-		_cleanup_free_ char *authorization = authorization_header(c);
-		int r = http_get(c, url, accept, authorization, range, resp, what, err);
+		_cleanup_free_ char *authorization = own_host ? authorization_header(c) : NULL;
+		int r = http_request(c, url, accept, authorization, range, up, resp, what, err);
 		if (authorization)
 			explicit_bzero(authorization, strlen(authorization));
 		if (r < 0)
 			return r;
-		if (resp->status != 401 || round > 0)
+		if (resp->status != 401 || round > 0 || !own_host)
 			break;
 		struct auth_challenge ch = { 0 };
 		if (!resp->www_authenticate || auth_challenge_parse(resp->www_authenticate, &ch) < 0)
@@ -554,6 +587,12 @@ static int registry_get(struct registry_client *c, const char *path, const char 
 	if (resp->status < 200 || resp->status >= 300)
 		return status_error(resp, what, err);
 	return 0;
+}
+
+static int registry_get(struct registry_client *c, const char *path, const char *accept, const char *range,
+			struct response *resp, const char *what, struct err *err)
+{
+	return registry_request(c, path, accept, range, NULL, resp, what, err);
 }
 
 static int get_manifest(struct registry_client *c, const char *reference, const char *expected_digest,
@@ -581,6 +620,7 @@ static int get_manifest(struct registry_client *c, const char *reference, const 
 		err_wrap(err, "%s", what);
 		goto out;
 	}
+	ret->raw_size = resp.body_len;
 	*ret_digest = strdup(digest);
 	if (!*ret_digest) {
 		manifest_done(ret);
@@ -707,5 +747,193 @@ int registry_fetch_range(struct registry_client *c, const char *digest, uint64_t
 	if (r == 0 && resp.range_got != len)
 		r = err_set(err, EIO, "%s: got %zu bytes", what, resp.range_got);
 	response_done(&resp);
+	return r;
+}
+
+/* ---- pushing and referrers ------------------------------------------------- */
+
+int registry_push_blob(struct registry_client *c, const void *data, size_t len, char ret_digest[72],
+		       struct err *err)
+{
+	char digest[DIGEST_SHA256_LEN + 1];
+	digest_sha256(data, len, digest);
+	char what[512];
+	snprintf(what, sizeof(what), "blob %s of \"%s/%s\"", digest, c->ref.domain, c->ref.repository);
+	_cleanup_free_ char *path = strdup_printf("%s/blobs/%s", c->ref.repository, digest);
+	_cleanup_free_ char *start = strdup_printf("%s/blobs/uploads/", c->ref.repository);
+	if (!path || !start)
+		return -ENOMEM;
+	struct response resp = { .fd = -1, .body_max = ERROR_BODY_MAX_SIZE };
+	const struct upload head = { .method = "HEAD" };
+	struct err ignored = { 0 };
+	if (registry_request(c, path, NULL, NULL, &head, &resp, what, &ignored) == 0) {
+		response_done(&resp);
+		memcpy(ret_digest, digest, sizeof(digest));
+		return 0;
+	}
+	const struct upload post = { .method = "POST" };
+	int r = registry_request(c, start, NULL, NULL, &post, &resp, what, err);
+	if (r == 0 && (resp.status != 202 || !resp.location))
+		r = err_set(err, EPROTO, "%s: the registry did not start an upload (HTTP %ld)", what, resp.status);
+	_cleanup_free_ char *location = r == 0 ? strdup(resp.location) : NULL;
+	response_done(&resp);
+	if (r < 0)
+		return r;
+	if (!location)
+		return -ENOMEM;
+	_cleanup_free_ char *put_url = strdup_printf("%s%sdigest=%s", location, strchr(location, '?') ? "&" : "?", digest);
+	if (!put_url)
+		return -ENOMEM;
+	const struct upload put = { .method = "PUT", .content_type_header = "Content-Type: application/octet-stream",
+				    .body = data, .len = len };
+	r = registry_request(c, put_url, NULL, NULL, &put, &resp, what, err);
+	if (r == 0 && resp.status != 201)
+		r = err_set(err, EPROTO, "%s: upload answered HTTP %ld instead of 201", what, resp.status);
+	response_done(&resp);
+	if (r == 0)
+		memcpy(ret_digest, digest, sizeof(digest));
+	return r;
+}
+
+int registry_put_manifest(struct registry_client *c, const char *reference, const char *media_type,
+			  const void *data, size_t len, struct err *err)
+{
+	_cleanup_free_ char *path = strdup_printf("%s/manifests/%s", c->ref.repository, reference);
+	_cleanup_free_ char *content_type = strdup_printf("Content-Type: %s", media_type);
+	if (!path || !content_type)
+		return -ENOMEM;
+	char what[512];
+	snprintf(what, sizeof(what), "manifest \"%s/%s%s%s\"", c->ref.domain, c->ref.repository,
+		 str_has_prefix(reference, "sha256:") ? "@" : ":", reference);
+	struct response resp = { .fd = -1, .body_max = ERROR_BODY_MAX_SIZE };
+	const struct upload put = { .method = "PUT", .content_type_header = content_type, .body = data, .len = len };
+	int r = registry_request(c, path, NULL, NULL, &put, &resp, what, err);
+	response_done(&resp);
+	return r;
+}
+
+int registry_get_manifest_by_digest(struct registry_client *c, const char *digest, struct manifest *ret,
+				    struct err *err)
+{
+	char *got = NULL;
+	int r = get_manifest(c, digest, digest, ret, &got, err);
+	free(got);
+	return r;
+}
+
+/* Keeps the entries of an index with this artifact type. */
+static void filter_artifact_type(struct manifest *m, const char *artifact_type)
+{
+	size_t kept = 0;
+	for (size_t i = 0; i < m->n_layers; i++) {
+		struct descriptor *d = &m->layers[i];
+		if (d->artifact_type && strcmp(d->artifact_type, artifact_type) == 0)
+			m->layers[kept++] = *d;
+		else
+			descriptor_done(d);
+	}
+	m->n_layers = kept;
+}
+
+int registry_get_referrers(struct registry_client *c, const char *subject_digest, const char *artifact_type,
+			   struct manifest *ret, bool *ret_from_tag, struct err *err)
+{
+	if (!digest_is_valid(subject_digest))
+		return err_set(err, EINVAL, "invalid digest \"%s\"", subject_digest);
+	_cleanup_free_ char *escaped = url_escape(c->curl, artifact_type);
+	_cleanup_free_ char *path = strdup_printf("%s/referrers/%s?artifactType=%s", c->ref.repository, subject_digest,
+						  escaped ? escaped : "");
+	if (!path)
+		return -ENOMEM;
+	char what[512];
+	snprintf(what, sizeof(what), "referrers of %s in \"%s/%s\"", subject_digest, c->ref.domain, c->ref.repository);
+	struct response resp = { .fd = -1, .body_max = MANIFEST_MAX_SIZE };
+	struct err api_err = { 0 };
+	int r = registry_get(c, path, "Accept: " MEDIA_TYPE_OCI_INDEX, NULL, &resp, what, &api_err);
+	if (r == 0) {
+		r = manifest_parse(resp.body ? resp.body : "", resp.body_len, resp.content_type, ret, err);
+		response_done(&resp);
+		if (r < 0)
+			return err_wrap(err, "%s", what);
+		if (ret->kind != MANIFEST_INDEX) {
+			manifest_done(ret);
+			return err_set(err, EPROTO, "%s: the registry answered with something that is not an index", what);
+		}
+		filter_artifact_type(ret, artifact_type);
+		*ret_from_tag = false;
+		return 0;
+	}
+	response_done(&resp);
+	if (r != -ENOENT)
+		return err_set(err, -r, "%s", api_err.msg);
+	/* No referrers API: the tag scheme, "sha256-<hex>" naming an index. */
+	char tag[80];
+	snprintf(tag, sizeof(tag), "sha256-%s", subject_digest + strlen("sha256:"));
+	char *got = NULL;
+	struct err tag_err = { 0 };
+	r = get_manifest(c, tag, NULL, ret, &got, &tag_err);
+	free(got);
+	*ret_from_tag = true;
+	if (r == -ENOENT) {
+		*ret = (struct manifest){ .kind = MANIFEST_INDEX };
+		return 0;
+	}
+	if (r < 0)
+		return err_set(err, -r, "%s", tag_err.msg);
+	if (ret->kind != MANIFEST_INDEX) {
+		manifest_done(ret);
+		return err_set(err, EPROTO, "%s: tag %s is not an index", what, tag);
+	}
+	filter_artifact_type(ret, artifact_type);
+	return 0;
+}
+
+int registry_add_referrer_tag(struct registry_client *c, const char *subject_digest, const char *media_type,
+			      const char *digest, int64_t size, const char *artifact_type, struct err *err)
+{
+	if (!digest_is_valid(subject_digest))
+		return err_set(err, EINVAL, "invalid digest \"%s\"", subject_digest);
+	char tag[80];
+	snprintf(tag, sizeof(tag), "sha256-%s", subject_digest + strlen("sha256:"));
+	_cleanup_free_ char *path = strdup_printf("%s/manifests/%s", c->ref.repository, tag);
+	if (!path)
+		return -ENOMEM;
+	char what[512];
+	snprintf(what, sizeof(what), "referrers tag %s of \"%s/%s\"", tag, c->ref.domain, c->ref.repository);
+	struct response resp = { .fd = -1, .body_max = MANIFEST_MAX_SIZE };
+	struct err get_err = { 0 };
+	int r = registry_get(c, path, "Accept: " MEDIA_TYPE_OCI_INDEX, NULL, &resp, what, &get_err);
+	if (r < 0 && r != -ENOENT) {
+		response_done(&resp);
+		return err_set(err, -r, "%s", get_err.msg);
+	}
+	struct json_object *index = r == 0 ? json_tokener_parse(resp.body ? resp.body : "") : NULL, *list;
+	response_done(&resp);
+	if (!index || !json_object_is_type(index, json_type_object) ||
+	    !json_object_object_get_ex(index, "manifests", &list) || !json_object_is_type(list, json_type_array)) {
+		json_object_put(index);
+		index = json_object_new_object();
+		list = json_object_new_array();
+		json_object_object_add(index, "schemaVersion", json_object_new_int(2));
+		json_object_object_add(index, "mediaType", json_object_new_string(MEDIA_TYPE_OCI_INDEX));
+		json_object_object_add(index, "manifests", list);
+	}
+	struct json_object *kept = json_object_new_array();
+	for (size_t i = 0; i < json_object_array_length(list); i++) {
+		struct json_object *e = json_object_array_get_idx(list, i), *d;
+		if (json_object_object_get_ex(e, "digest", &d) && strcmp(json_object_get_string(d), digest) == 0)
+			continue;
+		json_object_array_add(kept, json_object_get(e));
+	}
+	struct json_object *entry = json_object_new_object();
+	json_object_object_add(entry, "mediaType", json_object_new_string(media_type));
+	json_object_object_add(entry, "digest", json_object_new_string(digest));
+	json_object_object_add(entry, "size", json_object_new_int64(size));
+	json_object_object_add(entry, "artifactType", json_object_new_string(artifact_type));
+	json_object_array_add(kept, entry);
+	json_object_object_add(index, "manifests", kept);
+	const char *text = json_object_to_json_string_ext(index, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+	r = text ? registry_put_manifest(c, tag, MEDIA_TYPE_OCI_INDEX, text, strlen(text), err) : -ENOMEM;
+	json_object_put(index);
 	return r;
 }

@@ -33,10 +33,11 @@ static const char *get_string(struct json_object *obj, const char *key)
 	return json_object_get_string(v);
 }
 
-static void descriptor_done(struct descriptor *d)
+void descriptor_done(struct descriptor *d)
 {
 	free(d->media_type);
 	free(d->digest);
+	free(d->artifact_type);
 	free(d->os);
 	free(d->architecture);
 	free(d->variant);
@@ -91,7 +92,9 @@ static int descriptor_parse(struct json_object *obj, bool want_platform, struct 
 	d.size = json_object_get_int64(size);
 	d.digest = strdup(digest);
 	d.media_type = strdup(media_type ? media_type : "");
-	if (!d.digest || !d.media_type) {
+	const char *artifact_type = get_string(obj, "artifactType");
+	d.artifact_type = artifact_type ? strdup(artifact_type) : NULL;
+	if (!d.digest || !d.media_type || (artifact_type && !d.artifact_type)) {
 		r = -ENOMEM;
 		goto fail;
 	}

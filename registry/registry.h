@@ -74,6 +74,7 @@ struct descriptor {
 	char *media_type;
 	char *digest;
 	int64_t size;
+	char *artifact_type;               /* referrers: what kind of artifact */
 	char *os, *architecture, *variant; /* index entries only */
 	char **annotations;                /* key, value, key, value, ..., NULL */
 };
@@ -84,6 +85,7 @@ struct manifest {
 	struct descriptor config;   /* image only */
 	struct descriptor *layers;  /* image: layers; index: manifests */
 	size_t n_layers;
+	size_t raw_size;            /* bytes of the document, when fetched */
 };
 
 /* Parses a manifest or index.  content_type (may be NULL) is the HTTP
@@ -91,6 +93,7 @@ struct manifest {
 int manifest_parse(const char *json, size_t len, const char *content_type, struct manifest *ret,
 		   struct err *err);
 void manifest_done(struct manifest *m);
+void descriptor_done(struct descriptor *d);
 const char *descriptor_annotation(const struct descriptor *d, const char *key);
 
 struct platform {
@@ -138,5 +141,30 @@ int registry_fetch_blob_to_fd(struct registry_client *c, const char *digest, int
  * (a chunk digest from a verified table of contents, say). */
 int registry_fetch_range(struct registry_client *c, const char *digest, uint64_t off, size_t len, void *buf,
 			 struct err *err);
+/* ---- pushing and referrers (OCI distribution 1.1) ------------------------- */
+
+#define MEDIA_TYPE_OCI_MANIFEST "application/vnd.oci.image.manifest.v1+json"
+#define MEDIA_TYPE_OCI_INDEX "application/vnd.oci.image.index.v1+json"
+
+/* Uploads a blob unless the registry has it; *ret_digest gets its digest. */
+int registry_push_blob(struct registry_client *c, const void *data, size_t len, char ret_digest[72],
+		       struct err *err);
+/* PUTs a manifest or index under reference (a tag or its digest). */
+int registry_put_manifest(struct registry_client *c, const char *reference, const char *media_type,
+			  const void *data, size_t len, struct err *err);
+/* The referrers of subject_digest with this artifact type: the referrers API
+ * where the registry has it, else the "sha256-<hex>" tag of the fallback
+ * scheme.  *ret is an index (empty when there are none); *ret_from_tag says
+ * which source answered, so that a writer knows what to update. */
+int registry_get_referrers(struct registry_client *c, const char *subject_digest, const char *artifact_type,
+			   struct manifest *ret, bool *ret_from_tag, struct err *err);
+/* Adds a referrer to the "sha256-<hex>" tag index of subject_digest, for
+ * registries without the referrers API (entries of other digests stay). */
+int registry_add_referrer_tag(struct registry_client *c, const char *subject_digest, const char *media_type,
+			      const char *digest, int64_t size, const char *artifact_type, struct err *err);
+/* Fetches a manifest by digest and verifies it. */
+int registry_get_manifest_by_digest(struct registry_client *c, const char *digest, struct manifest *ret,
+				    struct err *err);
+
 /* True when a host may be contacted over plain HTTP under these options. */
 bool registry_host_is_insecure(const char *domain, char *const *insecure);

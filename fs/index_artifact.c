@@ -1,0 +1,153 @@
+/* The imgfs index as an OCI artifact next to the image it describes: an
+ * image manifest of artifactType IMGFS_INDEX_ARTIFACT_TYPE whose subject is
+ * the image manifest, with two blobs per plain layer (the layer index of
+ * index_io.c, and the span table of remote_blob.c), each annotated with the
+ * layer digest.  Registries with the referrers API list it there; for the
+ * others the "sha256-<hex>" tag of the fallback scheme points to it. */
+#include "index_artifact.h"
+
+#include <json-c/json.h>
+
+#include "remote_blob.h"
+
+#define EMPTY_CONFIG "{}"
+#define MEDIA_TYPE_EMPTY "application/vnd.oci.empty.v1+json"
+#define INDEX_FILE_MAX (4ull << 30)
+
+int index_artifact_find(struct registry_client *c, const char *manifest_digest, struct manifest *ret,
+			struct err *err)
+{
+	struct manifest referrers;
+	bool from_tag;
+	int r = registry_get_referrers(c, manifest_digest, IMGFS_INDEX_ARTIFACT_TYPE, &referrers, &from_tag, err);
+	if (r < 0)
+		return r;
+	/* The newest push is the last entry. */
+	r = -ENOENT;
+	for (size_t i = referrers.n_layers; i-- > 0 && r == -ENOENT;) {
+		struct err one = { 0 };
+		r = registry_get_manifest_by_digest(c, referrers.layers[i].digest, ret, &one);
+		if (r == 0 && ret->kind != MANIFEST_IMAGE) {
+			manifest_done(ret);
+			r = -ENOENT;
+		} else if (r < 0) {
+			r = -ENOENT;
+		}
+	}
+	manifest_done(&referrers);
+	return r;
+}
+
+const struct descriptor *index_artifact_blob(const struct manifest *artifact, const char *layer_digest,
+					     const char *media_type)
+{
+	for (size_t i = 0; i < artifact->n_layers; i++) {
+		const struct descriptor *d = &artifact->layers[i];
+		const char *layer = descriptor_annotation(d, IMGFS_INDEX_LAYER_ANNOTATION);
+		if (layer && strcmp(layer, layer_digest) == 0 && strcmp(d->media_type, media_type) == 0)
+			return d;
+	}
+	return NULL;
+}
+
+static struct json_object *descriptor_json(const char *media_type, const char *digest, int64_t size,
+					   const char *layer_digest)
+{
+	struct json_object *d = json_object_new_object();
+	json_object_object_add(d, "mediaType", json_object_new_string(media_type));
+	json_object_object_add(d, "digest", json_object_new_string(digest));
+	json_object_object_add(d, "size", json_object_new_int64(size));
+	if (layer_digest) {
+		struct json_object *a = json_object_new_object();
+		json_object_object_add(a, IMGFS_INDEX_LAYER_ANNOTATION, json_object_new_string(layer_digest));
+		json_object_object_add(d, "annotations", a);
+	}
+	return d;
+}
+
+/* Pushes the index and span table of one layer; adds their descriptors. */
+static int push_layer(struct registry_client *c, const struct layer *l, const char *index_path,
+		      struct json_object *layers, struct err *err)
+{
+	_cleanup_free_ char *index = NULL;
+	size_t index_len;
+	int r = read_file_capped(index_path, INDEX_FILE_MAX, &index, &index_len);
+	if (r < 0)
+		return err_set(err, -r, "layer %s: cannot read its index \"%s\": %s", l->digest, index_path, strerror(-r));
+	_cleanup_free_ unsigned char *spans = NULL;
+	size_t spans_len;
+	r = span_table_build(l->blob_fd, l->blob_size, l->digest, SPAN_SIZE_DEFAULT, &spans, &spans_len);
+	if (r < 0)
+		return err_set(err, -r, "layer %s: cannot hash its spans: %s", l->digest, strerror(-r));
+	char digest[72];
+	if ((r = registry_push_blob(c, index, index_len, digest, err)) < 0)
+		return err_wrap(err, "layer %s: index", l->digest);
+	json_object_array_add(layers, descriptor_json(IMGFS_MEDIA_TYPE_LAYER_INDEX, digest, (int64_t)index_len, l->digest));
+	if ((r = registry_push_blob(c, spans, spans_len, digest, err)) < 0)
+		return err_wrap(err, "layer %s: span table", l->digest);
+	json_object_array_add(layers, descriptor_json(IMGFS_MEDIA_TYPE_LAYER_SPANS, digest, (int64_t)spans_len, l->digest));
+	return 0;
+}
+
+int index_artifact_push(struct image *img, const struct image_ref *ref, const struct image_options *opts,
+			char **ret_digest, struct err *err)
+{
+	struct registry_client *c = NULL;
+	int r = registry_client_new(ref, &opts->registry, &c, err);
+	if (r < 0)
+		return r;
+	struct json_object *layers = json_object_new_array();
+	size_t pushed = 0;
+	for (size_t i = 0; i < img->n_layers && r == 0; i++) {
+		const struct layer *l = img->layers[i];
+		/* Chunked layers carry their own table of contents. */
+		if (l->format != LAYER_TAR_STREAM || l->blob_fd < 0)
+			continue;
+		_cleanup_free_ char *index_path = image_index_path(opts->cache_dir, l->digest);
+		r = index_path ? push_layer(c, l, index_path, layers, err) : -ENOMEM;
+		pushed++;
+	}
+	if (r == 0 && pushed == 0)
+		r = err_set(err, ENOENT, "image \"%s\" has no plain layer to index: its layers are lazy already",
+			    img->ref_text);
+	char config_digest[72];
+	if (r == 0 && (r = registry_push_blob(c, EMPTY_CONFIG, strlen(EMPTY_CONFIG), config_digest, err)) < 0)
+		err_wrap(err, "empty config");
+	if (r < 0) {
+		json_object_put(layers);
+		registry_client_free(c);
+		return r;
+	}
+	struct json_object *m = json_object_new_object();
+	json_object_object_add(m, "schemaVersion", json_object_new_int(2));
+	json_object_object_add(m, "mediaType", json_object_new_string(MEDIA_TYPE_OCI_MANIFEST));
+	json_object_object_add(m, "artifactType", json_object_new_string(IMGFS_INDEX_ARTIFACT_TYPE));
+	json_object_object_add(m, "config", descriptor_json(MEDIA_TYPE_EMPTY, config_digest, strlen(EMPTY_CONFIG), NULL));
+	json_object_object_add(m, "layers", layers);
+	json_object_object_add(m, "subject", descriptor_json(img->manifest_media_type, img->manifest_digest,
+							    (int64_t)img->manifest_size, NULL));
+	const char *text = json_object_to_json_string_ext(m, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+	char digest[DIGEST_SHA256_LEN + 1];
+	size_t len = text ? strlen(text) : 0;
+	if (!text) {
+		r = -ENOMEM;
+	} else {
+		digest_sha256(text, len, digest);
+		r = registry_put_manifest(c, digest, MEDIA_TYPE_OCI_MANIFEST, text, len, err);
+	}
+	json_object_put(m);
+	/* Where the registry has no referrers API, the tag scheme lists it. */
+	struct manifest referrers;
+	bool from_tag = false;
+	if (r == 0 && (r = registry_get_referrers(c, img->manifest_digest, IMGFS_INDEX_ARTIFACT_TYPE, &referrers,
+						  &from_tag, err)) == 0) {
+		manifest_done(&referrers);
+		if (from_tag)
+			r = registry_add_referrer_tag(c, img->manifest_digest, MEDIA_TYPE_OCI_MANIFEST, digest,
+						      (int64_t)len, IMGFS_INDEX_ARTIFACT_TYPE, err);
+	}
+	registry_client_free(c);
+	if (r == 0 && !(*ret_digest = strdup(digest)))
+		r = -ENOMEM;
+	return r;
+}

@@ -1,0 +1,336 @@
+/* A layer blob read from the registry in fixed spans, for plain gzip, zstd
+ * and tar layers that have a pushed imgfs index.  The index's span table
+ * gives the sha256 of every span of the compressed blob: a span is fetched
+ * with one Range request, verified, kept in the chunk cache under its
+ * digest, and only then decoded.  The decoders above read the blob through
+ * remote_blob_read() as they would read a local file. */
+#include "remote_blob.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include "registry.h"
+
+struct remote_blob {
+	char digest[72];
+	uint64_t blob_size;
+	uint32_t span_size;
+	size_t n_spans;
+	unsigned char (*span_digests)[32];
+	char *cache_dir;
+	/* lock guards the on-demand client, the verified bitmap and the
+	 * counters; it is held across a fetch, as reads of one layer are
+	 * serialised by the layer's cursor lock anyway. */
+	pthread_mutex_t lock;
+	struct registry_client *client, *prefetch_client;
+	unsigned char *verified;
+	uint64_t bytes_fetched, requests, hits, misses, bytes_prefetched;
+	/* The span last read, kept open: decoders read a span in many pieces. */
+	size_t open_span;
+	int open_fd;
+};
+
+static void hex_of(const unsigned char d[32], char out[65])
+{
+	for (int i = 0; i < 32; i++)
+		sprintf(out + 2 * i, "%02x", d[i]);
+}
+
+static char *span_path(const struct remote_blob *rb, size_t i)
+{
+	char hex[65];
+	hex_of(rb->span_digests[i], hex);
+	return strdup_printf("%s/chunks/sha256/%s", rb->cache_dir, hex);
+}
+
+static uint64_t span_len(const struct remote_blob *rb, size_t i)
+{
+	uint64_t start = (uint64_t)i * rb->span_size;
+	return rb->blob_size - start < rb->span_size ? rb->blob_size - start : rb->span_size;
+}
+
+static bool digest_matches(const void *data, size_t len, const unsigned char want[32])
+{
+	char got[DIGEST_SHA256_LEN + 1], hex[65];
+	digest_sha256(data, len, got);
+	hex_of(want, hex);
+	return strcmp(got + strlen("sha256:"), hex) == 0;
+}
+
+/* Opens span i from the cache, verifying it the first time this mount uses
+ * it (cached spans are not fsynced: a crash may leave a damaged one). */
+static int open_cached_span(struct remote_blob *rb, size_t i)
+{
+	_cleanup_free_ char *path = span_path(rb, i);
+	if (!path)
+		return -ENOMEM;
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		return -errno;
+	struct stat st;
+	if (fstat(fd, &st) < 0 || (uint64_t)st.st_size != span_len(rb, i)) {
+		close(fd);
+		return -ENOENT;
+	}
+	if (!rb->verified[i]) {
+		_cleanup_free_ unsigned char *data = malloc(span_len(rb, i) ? span_len(rb, i) : 1);
+		if (!data || read_full_at(fd, data, span_len(rb, i), 0) < 0 ||
+		    !digest_matches(data, span_len(rb, i), rb->span_digests[i])) {
+			close(fd);
+			return -ENOENT;
+		}
+		rb->verified[i] = 1;
+	}
+	return fd;
+}
+
+/* Fetches span i with client, verifies it and stores it in the cache. */
+static int fetch_span(struct remote_blob *rb, struct registry_client *client, size_t i, bool prefetch)
+{
+	size_t len = (size_t)span_len(rb, i);
+	_cleanup_free_ unsigned char *data = malloc(len ? len : 1);
+	_cleanup_free_ char *path = span_path(rb, i);
+	_cleanup_free_ char *tmp = path ? strdup_printf("%s.part.XXXXXX", path) : NULL;
+	if (!data || !tmp)
+		return -ENOMEM;
+	struct err err = { 0 };
+	int r = registry_fetch_range(client, rb->digest, (uint64_t)i * rb->span_size, len, data, &err);
+	if (r < 0)
+		return -EIO;
+	if (prefetch)
+		rb->bytes_prefetched += len;
+	rb->bytes_fetched += len;
+	rb->requests++;
+	/* Never keep or serve bytes the index does not vouch for. */
+	if (!digest_matches(data, len, rb->span_digests[i]))
+		return -EIO;
+	_cleanup_close_ int fd = mkostemp(tmp, O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (write_full(fd, data, len) < 0 || fchmod(fd, 0644) < 0 || rename(tmp, path) < 0) {
+		unlink(tmp);
+		return -EIO;
+	}
+	rb->verified[i] = 1;
+	return 0;
+}
+
+static int span_fd(struct remote_blob *rb, size_t i)
+{
+	if (rb->open_fd >= 0 && rb->open_span == i)
+		return rb->open_fd;
+	int fd = open_cached_span(rb, i);
+	if (fd >= 0) {
+		rb->hits++;
+	} else {
+		rb->misses++;
+		int r = fetch_span(rb, rb->client, i, false);
+		if (r < 0)
+			return r;
+		if ((fd = open_cached_span(rb, i)) < 0)
+			return fd;
+	}
+	if (rb->open_fd >= 0)
+		close(rb->open_fd);
+	rb->open_fd = fd;
+	rb->open_span = i;
+	return fd;
+}
+
+int remote_blob_read(struct remote_blob *rb, void *buf, size_t len, uint64_t off)
+{
+	if (off > rb->blob_size || len > rb->blob_size - off)
+		return -EIO;
+	pthread_mutex_lock(&rb->lock);
+	int r = 0;
+	unsigned char *out = buf;
+	while (len > 0 && r == 0) {
+		size_t i = (size_t)(off / rb->span_size);
+		uint64_t in_span = off - (uint64_t)i * rb->span_size;
+		size_t n = (size_t)(span_len(rb, i) - in_span < len ? span_len(rb, i) - in_span : len);
+		int fd = span_fd(rb, i);
+		if (fd < 0 || read_full_at(fd, out, n, (off_t)in_span) < 0)
+			r = -EIO;
+		out += n;
+		off += n;
+		len -= n;
+	}
+	pthread_mutex_unlock(&rb->lock);
+	return r;
+}
+
+int remote_blob_prefetch(struct remote_blob *rb, const atomic_bool *stop)
+{
+	for (size_t i = 0; i < rb->n_spans; i++) {
+		if (atomic_load(stop))
+			return -ECANCELED;
+		pthread_mutex_lock(&rb->lock);
+		int fd = open_cached_span(rb, i);
+		pthread_mutex_unlock(&rb->lock);
+		if (fd >= 0) {
+			close(fd);
+			continue;
+		}
+		/* The prefetch connection is ours alone; the lock only covers the
+		 * bookkeeping, so on-demand reads never wait behind this fetch
+		 * for long.  Two fetches of one span store the same bytes. */
+		size_t len = (size_t)span_len(rb, i);
+		_cleanup_free_ unsigned char *data = malloc(len ? len : 1);
+		struct err err = { 0 };
+		if (!data || registry_fetch_range(rb->prefetch_client, rb->digest, (uint64_t)i * rb->span_size, len, data,
+						  &err) < 0)
+			continue;
+		pthread_mutex_lock(&rb->lock);
+		rb->bytes_fetched += len;
+		rb->bytes_prefetched += len;
+		rb->requests++;
+		bool good = digest_matches(data, len, rb->span_digests[i]);
+		pthread_mutex_unlock(&rb->lock);
+		if (!good)
+			continue;
+		_cleanup_free_ char *path = span_path(rb, i);
+		_cleanup_free_ char *tmp = path ? strdup_printf("%s.part.XXXXXX", path) : NULL;
+		_cleanup_close_ int tmp_fd = tmp ? mkostemp(tmp, O_CLOEXEC) : -1;
+		if (tmp_fd < 0)
+			continue;
+		if (write_full(tmp_fd, data, len) < 0 || fchmod(tmp_fd, 0644) < 0 || rename(tmp, path) < 0)
+			unlink(tmp);
+	}
+	return 0;
+}
+
+void remote_blob_stats(struct remote_blob *rb, struct layer_stats *s)
+{
+	pthread_mutex_lock(&rb->lock);
+	s->bytes_fetched += rb->bytes_fetched;
+	s->requests += rb->requests;
+	s->chunk_hits += rb->hits;
+	s->chunk_misses += rb->misses;
+	s->bytes_prefetched += rb->bytes_prefetched;
+	pthread_mutex_unlock(&rb->lock);
+}
+
+int remote_blob_open(struct registry_client *client, struct registry_client *prefetch_client, const char *digest,
+		     uint64_t blob_size, const char *cache_dir, const struct span_table *spans, struct remote_blob **ret)
+{
+	if (spans->blob_size != blob_size || spans->span_size == 0 ||
+	    spans->n_spans != (blob_size + spans->span_size - 1) / spans->span_size)
+		return -EINVAL;
+	struct remote_blob *rb = calloc(1, sizeof(*rb));
+	if (!rb)
+		return -ENOMEM;
+	snprintf(rb->digest, sizeof(rb->digest), "%s", digest);
+	rb->blob_size = blob_size;
+	rb->span_size = spans->span_size;
+	rb->n_spans = spans->n_spans;
+	rb->open_fd = -1;
+	rb->span_digests = malloc(spans->n_spans * 32 + 1);
+	rb->verified = calloc(spans->n_spans + 1, 1);
+	rb->cache_dir = strdup(cache_dir);
+	_cleanup_free_ char *chunks = strdup_printf("%s/chunks/sha256", cache_dir);
+	if (!rb->span_digests || !rb->verified || !rb->cache_dir || !chunks || mkdir_parents(chunks, 0755) < 0) {
+		remote_blob_free(rb);
+		return -ENOMEM;
+	}
+	memcpy(rb->span_digests, spans->digests, spans->n_spans * 32);
+	pthread_mutex_init(&rb->lock, NULL);
+	rb->client = client;
+	rb->prefetch_client = prefetch_client;
+	*ret = rb;
+	return 0;
+}
+
+struct remote_blob *remote_blob_free(struct remote_blob *rb)
+{
+	if (!rb)
+		return NULL;
+	if (rb->open_fd >= 0)
+		close(rb->open_fd);
+	registry_client_free(rb->client);
+	registry_client_free(rb->prefetch_client);
+	free(rb->span_digests);
+	free(rb->verified);
+	free(rb->cache_dir);
+	free(rb);
+	return NULL;
+}
+
+/* ---- the span table ---------------------------------------------------------
+ * "IMGFSSP1", u32 length + layer digest, u64 blob size, u32 span size,
+ * u64 span count, 32 bytes of sha256 per span; little-endian. */
+
+#define SPAN_MAGIC "IMGFSSP1"
+
+int span_table_build(int blob_fd, uint64_t blob_size, const char *layer_digest, uint32_t span_size,
+		     unsigned char **ret, size_t *ret_len)
+{
+	size_t n = (size_t)((blob_size + span_size - 1) / span_size);
+	size_t digest_len = strlen(layer_digest);
+	size_t len = 8 + 4 + digest_len + 8 + 4 + 8 + 32 * n;
+	unsigned char *out = malloc(len);
+	_cleanup_free_ unsigned char *buf = malloc(span_size);
+	if (!out || !buf) {
+		free(out);
+		return -ENOMEM;
+	}
+	unsigned char *p = out;
+	memcpy(p, SPAN_MAGIC, 8), p += 8;
+	uint32_t v32 = htole32((uint32_t)digest_len);
+	memcpy(p, &v32, 4), p += 4;
+	memcpy(p, layer_digest, digest_len), p += digest_len;
+	uint64_t v64 = htole64(blob_size);
+	memcpy(p, &v64, 8), p += 8;
+	v32 = htole32(span_size);
+	memcpy(p, &v32, 4), p += 4;
+	v64 = htole64(n);
+	memcpy(p, &v64, 8), p += 8;
+	for (size_t i = 0; i < n; i++) {
+		uint64_t off = (uint64_t)i * span_size;
+		size_t l = (size_t)(blob_size - off < span_size ? blob_size - off : span_size);
+		if (read_full_at(blob_fd, buf, l, (off_t)off) < 0) {
+			free(out);
+			return -EIO;
+		}
+		char d[DIGEST_SHA256_LEN + 1];
+		digest_sha256(buf, l, d);
+		for (int k = 0; k < 32; k++) {
+			unsigned int byte;
+			sscanf(d + strlen("sha256:") + 2 * k, "%2x", &byte);
+			p[k] = (unsigned char)byte;
+		}
+		p += 32;
+	}
+	*ret = out;
+	*ret_len = len;
+	return 0;
+}
+
+int span_table_parse(const void *data, size_t len, const char *layer_digest, uint64_t blob_size,
+		     struct span_table *ret)
+{
+	const unsigned char *p = data, *end = p + len;
+	size_t digest_len = strlen(layer_digest);
+	if (len < 8 + 4 || memcmp(p, SPAN_MAGIC, 8) != 0)
+		return -EINVAL;
+	p += 8;
+	uint32_t v32;
+	uint64_t v64;
+	memcpy(&v32, p, 4), p += 4;
+	if (le32toh(v32) != digest_len || (size_t)(end - p) < digest_len + 8 + 4 + 8 ||
+	    memcmp(p, layer_digest, digest_len) != 0)
+		return -EINVAL;
+	p += digest_len;
+	memcpy(&v64, p, 8), p += 8;
+	if (le64toh(v64) != blob_size)
+		return -EINVAL;
+	memcpy(&v32, p, 4), p += 4;
+	uint32_t span_size = le32toh(v32);
+	memcpy(&v64, p, 8), p += 8;
+	uint64_t n = le64toh(v64);
+	if (span_size < 4096 || span_size > (64u << 20) || n != (blob_size + span_size - 1) / span_size ||
+	    (uint64_t)(end - p) != 32 * n)
+		return -EINVAL;
+	*ret = (struct span_table){ .blob_size = blob_size, .span_size = span_size, .n_spans = (size_t)n,
+				    .digests = p };
+	return 0;
+}
