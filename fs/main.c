@@ -79,6 +79,25 @@ static int insecure_from_env(char ***list, size_t *n)
 	return copy ? 0 : -ENOMEM;
 }
 
+static int push_index(const char *ref_text, const struct image_options *opts)
+{
+	struct err err = { 0 };
+	struct image_ref ref = { 0 };
+	struct image *img = NULL;
+	_cleanup_free_ char *digest = NULL;
+	int ret = 1;
+	if (image_ref_parse(ref_text, &ref, &err) < 0 || image_open(ref_text, opts, &img, &err) < 0 ||
+	    index_artifact_push(img, &ref, opts, &digest, &err) < 0) {
+		fprintf(stderr, "imgfs: cannot push the index of \"%s\": %s\n", ref_text, err.code ? err.msg : "out of memory");
+	} else {
+		printf("%s\n", digest);
+		ret = 0;
+	}
+	image_free(img);
+	image_ref_done(&ref);
+	return ret;
+}
+
 static int cmd_index(int argc, char **argv)
 {
 	enum { OPT_CACHE = 256, OPT_PLATFORM, OPT_INSECURE };
@@ -142,19 +161,7 @@ static int cmd_index(int argc, char **argv)
 	opts.registry.insecure_registries = insecure;
 	if (isatty(STDERR_FILENO))
 		opts.progress = progress_line;
-	struct err err = { 0 };
-	struct image_ref ref = { 0 };
-	struct image *img = NULL;
-	_cleanup_free_ char *digest = NULL;
-	if (image_ref_parse(ref_text, &ref, &err) < 0 || image_open(ref_text, &opts, &img, &err) < 0 ||
-	    index_artifact_push(img, &ref, &opts, &digest, &err) < 0) {
-		fprintf(stderr, "imgfs: cannot push the index of \"%s\": %s\n", ref_text, err.code ? err.msg : "out of memory");
-	} else {
-		printf("%s\n", digest);
-		ret = 0;
-	}
-	image_free(img);
-	image_ref_done(&ref);
+	ret = push_index(ref_text, &opts);
 out:
 	insecure_free(insecure);
 	return ret;
