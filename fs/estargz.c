@@ -5,6 +5,7 @@
  * the TOC digest; the TOC (verified against it) gives each chunk's digest;
  * each fetched chunk is verified against that before it is cached or served. */
 #include "decode.h"
+#include "cache.h"
 #include "remote_blob.h"
 #include "registry.h"
 
@@ -895,6 +896,7 @@ static int chunk_path_open(struct remote *rem, const struct chunk *c, const char
 			goto bad;
 		}
 		mark_verified(rem, c);
+		cache_note_used(fd);
 	}
 	return fd;
 bad:
@@ -956,6 +958,7 @@ static void chunks_commit(struct remote *rem, const struct chunk *const *chunks,
 			continue;
 		}
 		mark_verified(rem, chunks[i]);
+		cache_note_stored(chunks[i]->size);
 	}
 }
 

@@ -6,6 +6,7 @@
  *   blobs/sha256/<hex>   verified blobs (layers and configs)
  *   index/sha256/<hex>   layer indexes (see index_io.c) */
 #include "image.h"
+#include "cache.h"
 #include "index_artifact.h"
 #include "remote_blob.h"
 
@@ -46,6 +47,7 @@ static int ensure_blob(struct registry_client *client, const struct image_option
 	if (fd >= 0) {
 		struct stat st;
 		if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size == d->size) {
+			cache_note_used(fd);
 			*ret_fd = fd;
 			*ret_cached = true;
 			return 0;
@@ -75,6 +77,7 @@ static int ensure_blob(struct registry_client *client, const struct image_option
 		unlink(tmp);
 		return r;
 	}
+	cache_note_stored((uint64_t)d->size);
 	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	if (fd < 0)
 		return err_set(err, errno, "cannot open %s in the cache: %s", d->digest, strerror(errno));
@@ -240,8 +243,12 @@ static int open_layer(struct image *img, const struct image_ref *ref, struct reg
 		close(fd);
 		return -ENOMEM;
 	}
-	if (layer_open_saved(d->digest, compression, fd, index_path, ret) == 0)
+	if (layer_open_saved(d->digest, compression, fd, index_path, ret) == 0) {
+		_cleanup_close_ int index_fd = open(index_path, O_RDONLY | O_CLOEXEC);
+		if (index_fd >= 0)
+			cache_note_used(index_fd);
 		return 0;
+	}
 	if (opts->progress) {
 		char line[256];
 		snprintf(line, sizeof(line), "indexing %s", d->digest);
@@ -251,7 +258,9 @@ static int open_layer(struct image *img, const struct image_ref *ref, struct reg
 	if (r < 0)
 		return r;
 	/* A failure to save only costs the next mount a rescan. */
-	(void)layer_save(*ret, index_path);
+	struct stat st;
+	if (layer_save(*ret, index_path) == 0 && stat(index_path, &st) == 0)
+		cache_note_stored((uint64_t)st.st_size);
 	return 0;
 }
 

@@ -1,4 +1,5 @@
 /* imgfs: mount a registry image as a FUSE file system. */
+#include "cache.h"
 #include "index_artifact.h"
 #include "overlay.h"
 
@@ -24,6 +25,8 @@ static void usage(FILE *out)
 		"Options for mount:\n"
 		"  --cache DIR                 cache directory (default: $IMGFS_CACHE,\n"
 		"                              /var/lib/imgfs for root, else $XDG_CACHE_HOME/imgfs)\n"
+		"  --cache-size SIZE           keep the cache under SIZE (K, M, G, T suffixes),\n"
+		"                              evicting what was used least recently\n"
 		"  --upper UPPERDIR            make the mount writable, keeping every change in\n"
 		"                              UPPERDIR (an overlayfs upper directory; created\n"
 		"                              if missing; one mount at a time)\n"
@@ -169,13 +172,14 @@ out:
 
 static int cmd_mount(int argc, char **argv)
 {
-	enum { OPT_CACHE = 256, OPT_PLATFORM, OPT_INSECURE, OPT_PREFETCH, OPT_UPPER };
+	enum { OPT_CACHE = 256, OPT_PLATFORM, OPT_INSECURE, OPT_PREFETCH, OPT_UPPER, OPT_CACHE_SIZE };
 	static const struct option options[] = {
 		{ "cache", required_argument, NULL, OPT_CACHE },
 		{ "platform", required_argument, NULL, OPT_PLATFORM },
 		{ "insecure-registry", required_argument, NULL, OPT_INSECURE },
 		{ "prefetch", required_argument, NULL, OPT_PREFETCH },
 		{ "upper", required_argument, NULL, OPT_UPPER },
+		{ "cache-size", required_argument, NULL, OPT_CACHE_SIZE },
 		{ "foreground", no_argument, NULL, 'f' },
 		{ "debug", no_argument, NULL, 'd' },
 		{ "help", no_argument, NULL, 'h' },
@@ -186,6 +190,7 @@ static int cmd_mount(int argc, char **argv)
 	char **insecure = NULL;
 	size_t n_insecure = 0;
 	const char *platform = NULL, *upper = NULL;
+	uint64_t cache_size = 0;
 	struct overlay *overlay = NULL;
 	bool foreground = false, debug = false;
 	enum prefetch_mode prefetch = PREFETCH_ALL;
@@ -206,6 +211,14 @@ static int cmd_mount(int argc, char **argv)
 			break;
 		case OPT_UPPER:
 			upper = optarg;
+			break;
+		case OPT_CACHE_SIZE:
+			if (cache_parse_size(optarg, &cache_size) < 0) {
+				fprintf(stderr, "imgfs: invalid --cache-size \"%s\": expected bytes, or a number with K, M, G or T\n",
+					optarg);
+				ret = 2;
+				goto out;
+			}
 			break;
 		case OPT_INSECURE:
 			if (insecure_add(&insecure, &n_insecure, optarg) < 0)
@@ -263,6 +276,8 @@ static int cmd_mount(int argc, char **argv)
 	if (isatty(STDERR_FILENO))
 		opts.progress = progress_line;
 
+	if (cache_limit_init(cache_dir, cache_size) < 0)
+		goto out;
 	struct image *img = NULL;
 	int r = image_open(ref, &opts, &img, &err);
 	if (r < 0) {

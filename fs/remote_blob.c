@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 
+#include "cache.h"
 #include "registry.h"
 
 struct remote_blob {
@@ -80,6 +81,7 @@ static int open_cached_span(struct remote_blob *rb, size_t i)
 			return -ENOENT;
 		}
 		rb->verified[i] = 1;
+		cache_note_used(fd);
 	}
 	return fd;
 }
@@ -112,6 +114,7 @@ static int fetch_span(struct remote_blob *rb, struct registry_client *client, si
 		return -EIO;
 	}
 	rb->verified[i] = 1;
+	cache_note_stored(len);
 	return 0;
 }
 
@@ -195,6 +198,8 @@ int remote_blob_prefetch(struct remote_blob *rb, const atomic_bool *stop)
 			continue;
 		if (write_full(tmp_fd, data, len) < 0 || fchmod(tmp_fd, 0644) < 0 || rename(tmp, path) < 0)
 			unlink(tmp);
+		else
+			cache_note_stored(len);
 	}
 	return 0;
 }

@@ -85,6 +85,26 @@ with workspace() as work:
                    diff_snapshots(want, got))
             m.umount()
 
+        # -- a size cap on the cache: least recently used objects go, reads stay right
+        cache_e = os.path.join(work, "cache-e")
+        m = Mount(ref, mnt, cache_e, ["--prefetch", "none", "--cache-size", "1M"])
+        if tap.ok(m.ok, "mount with --cache-size 1M", m.stderr()):
+            got = snapshot(mnt)
+
+            def cache_bytes():
+                total = 0
+                for sub in ("blobs", "chunks", "index"):
+                    for dirpath, _, files in os.walk(os.path.join(cache_e, sub)):
+                        total += sum(os.lstat(os.path.join(dirpath, f)).st_blocks * 512 for f in files)
+                return total
+            used = cache_bytes()
+            tap.ok(got == want and used <= 1 << 20,
+                   "reading the whole image (8.7 MB) through a 1 MiB cache: right bytes, cache within its cap",
+                   (used, diff_snapshots(want, got)))
+            m.umount()
+        r = run([IMGFS, "mount", "--cache-size", "lots", ref, mnt])
+        tap.ok(r.returncode == 2 and b"--cache-size" in r.stderr, "an invalid --cache-size is refused", r.stderr)
+
         # -- background fetch of the whole image fetches each span once
         m = Mount(ref, mnt, os.path.join(work, "cache-b"))
         if tap.ok(m.ok, "mount with the default background fetch", m.stderr()):

@@ -6,7 +6,9 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 
+#include "cache.h"
 #include "decode.h"
+#include "remote_blob.h"
 #include "tap.h"
 #include "tree.h"
 
@@ -266,8 +268,49 @@ static void test_paths(void)
 	}
 }
 
+static void test_cache_sizes(void)
+{
+	uint64_t v = 0;
+	ok(cache_parse_size("1048576", &v) == 0 && v == 1048576, "a size in bytes");
+	ok(cache_parse_size("10G", &v) == 0 && v == 10ull << 30, "10G");
+	ok(cache_parse_size("512MiB", &v) == 0 && v == 512ull << 20, "512MiB");
+	ok(cache_parse_size("2k", &v) == 0 && v == 2048, "2k");
+	const char *bad[] = { "", "lots", "-1", "1X", "99999999999T", "10 G" };
+	for (size_t i = 0; i < ARRAY_SIZE(bad); i++)
+		ok(cache_parse_size(bad[i], &v) == -EINVAL, "refused: \"%s\"", bad[i]);
+}
+
+static void test_span_table(void)
+{
+	char path[] = "/tmp/imgfs-spans-XXXXXX";
+	int fd = mkstemp(path);
+	unlink(path);
+	unsigned char data[10000];
+	for (size_t i = 0; i < sizeof(data); i++)
+		data[i] = (unsigned char)(i * 7);
+	ok(fd >= 0 && write_full(fd, data, sizeof(data)) == 0, "a blob of 10000 bytes");
+	const char *digest = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+	unsigned char *table;
+	size_t len;
+	struct span_table st;
+	ok(span_table_build(fd, sizeof(data), digest, 4096, &table, &len) == 0, "span table of 4 KiB spans");
+	ok(span_table_parse(table, len, digest, sizeof(data), &st) == 0 && st.n_spans == 3 && st.span_size == 4096,
+	   "it parses back: 3 spans");
+	ok(span_table_parse(table, len, digest, sizeof(data) + 1, &st) < 0, "refused for another blob size");
+	const char *other = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+	ok(span_table_parse(table, len, other, sizeof(data), &st) < 0, "refused for another layer");
+	ok(span_table_parse(table, len - 1, digest, sizeof(data), &st) < 0, "refused when truncated");
+	for (size_t cut = 0; cut < len; cut += 7)
+		(void)span_table_parse(table, cut, digest, sizeof(data), &st);
+	ok(true, "every truncation parses without a crash");
+	free(table);
+	close(fd);
+}
+
 int main(void)
 {
+	test_cache_sizes();
+	test_span_table();
 	unsigned char *big = big_data();
 	test_format(COMPRESSION_NONE, "plain", big);
 	test_format(COMPRESSION_GZIP, "gzip", big);

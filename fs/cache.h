@@ -1,0 +1,17 @@
+/* The size cap of the shared cache (imgfs mount --cache-size): objects are
+ * evicted least recently used first.  A use is recorded in the object's
+ * mtime, once per object and mount.  Eviction is safe at any time: an open
+ * object stays readable until closed, and a missing one is fetched and
+ * verified again.  Private to fs/. */
+#pragma once
+
+#include <stdint.h>
+
+/* Sets the cap (0: none) and brings the cache under it now. */
+int cache_limit_init(const char *cache_dir, uint64_t cap);
+/* Called after a new object of this size went into the cache. */
+void cache_note_stored(uint64_t bytes);
+/* Records a use of the object open on fd. */
+void cache_note_used(int fd);
+/* "10G", "512M", "1048576": bytes, with binary K, M, G, T suffixes. */
+int cache_parse_size(const char *text, uint64_t *ret);
