@@ -331,6 +331,24 @@ static const struct checkpoint *checkpoint_before(const struct layer *l, uint64_
 	return &l->checkpoints[lo];
 }
 
+void layer_compressed_range(const struct layer *l, uint64_t off, uint64_t len, uint64_t *ret_in, uint64_t *ret_end)
+{
+	if (l->compression == COMPRESSION_NONE || l->n_checkpoints == 0) {
+		*ret_in = off;
+		*ret_end = off + len;
+		return;
+	}
+	const struct checkpoint *cp = checkpoint_before(l, off);
+	/* A block that starts inside a byte needs that byte too. */
+	*ret_in = cp->in > 0 && cp->bits ? cp->in - 1 : cp->in;
+	*ret_end = l->blob_size;
+	for (size_t k = (size_t)(cp - l->checkpoints) + 1; k < l->n_checkpoints; k++)
+		if (l->checkpoints[k].out >= off + len) {
+			*ret_end = l->checkpoints[k].in + 1 < l->blob_size ? l->checkpoints[k].in + 1 : l->blob_size;
+			break;
+		}
+}
+
 /* Picks a cursor already positioned in [checkpoint, off], else the least
  * recently used one, reset to the checkpoint.  Caller holds l->lock. */
 static int cursor_for(struct layer *l, uint64_t off, struct cursor **ret)

@@ -1121,9 +1121,22 @@ static void chunk_release(struct remote *rem, const struct chunk *c)
 
 int layer_prefetch(struct layer *l, bool only_landmark, const atomic_bool *stop)
 {
-	/* A plain layer has no landmark: all of it is the rest of the image. */
 	if (l->remote_blob && !only_landmark)
 		return remote_blob_prefetch(l->remote_blob, stop);
+	if (l->remote_blob) {
+		/* A plain layer's landmarks come from a prefetch list: the spans
+		 * the decoder will read for each listed file. */
+		for (size_t i = 0; i < l->n_entries; i++) {
+			const struct entry *e = &l->entries[i];
+			for (uint32_t k = 0; e->prefetch && k < e->n_extents; k++) {
+				uint64_t in, end;
+				layer_compressed_range(l, e->extents[k].stream_off, e->extents[k].len, &in, &end);
+				if (remote_blob_prefetch_range(l->remote_blob, in, end, stop) == -ECANCELED)
+					return -ECANCELED;
+			}
+		}
+		return 0;
+	}
 	if (l->format != LAYER_CHUNKED)
 		return 0;
 	struct remote *rem = l->remote;

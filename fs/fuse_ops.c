@@ -271,6 +271,16 @@ bool reply_virtual_xattr(fuse_req_t req, struct image *img, fuse_ino_t ino, cons
 		reply_xattr_value(req, img->config_path, strlen(img->config_path), size);
 		return true;
 	}
+	if (strcmp(name, IMGFS_RECORD_XATTR) == 0) {
+		/* Written on the size probe and again on the read that follows. */
+		_cleanup_free_ char *path = NULL;
+		int r = image_write_record(img, &path);
+		if (r < 0)
+			fuse_reply_err(req, -r);
+		else
+			reply_xattr_value(req, path, strlen(path), size);
+		return true;
+	}
 	if (strcmp(name, IMGFS_STATS_XATTR) != 0)
 		return false;
 	char stats[1024];

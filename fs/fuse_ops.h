@@ -11,6 +11,9 @@
  * image config (verified, in the cache) for launchers. */
 #define IMGFS_STATS_XATTR "user.imgfs.stats"
 #define IMGFS_CONFIG_XATTR "user.imgfs.config-path"
+/* Reading it writes the list of files read so far into the cache and
+ * answers with its path (imgfs record). */
+#define IMGFS_RECORD_XATTR "user.imgfs.record"
 
 extern const struct fuse_lowlevel_ops imgfs_ops;
 

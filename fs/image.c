@@ -297,7 +297,7 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 	if (r < 0)
 		goto out;
 	img = calloc(1, sizeof(*img));
-	if (!img || !(img->ref_text = strdup(ref_text))) {
+	if (!img || !(img->ref_text = strdup(ref_text)) || !(img->cache_dir = strdup(opts->cache_dir))) {
 		r = -ENOMEM;
 		goto out;
 	}
@@ -371,6 +371,7 @@ struct image *image_free(struct image *img)
 		layer_free(img->layers[i]);
 	free(img->layers);
 	free(img->manifest_digest);
+	free(img->cache_dir);
 	free(img->manifest_media_type);
 	free(img->config_path);
 	free(img->ref_text);
@@ -433,5 +434,56 @@ int image_start_prefetch(struct image *img, enum prefetch_mode mode)
 	if (r != 0)
 		return -r;
 	img->prefetch_running = true;
+	return 0;
+}
+
+int image_write_record(struct image *img, char **ret_path)
+{
+	_cleanup_free_ char *dir = strdup_printf("%s/records", img->cache_dir);
+	_cleanup_free_ char *path = dir ? strdup_printf("%s/%s", dir, img->manifest_digest + strlen("sha256:")) : NULL;
+	_cleanup_free_ char *text = NULL;
+	size_t len = 0;
+	if (!path)
+		return -ENOMEM;
+	int r = mkdir_parents(dir, 0755);
+	if (r < 0)
+		return r;
+	FILE *f = open_memstream(&text, &len);
+	if (!f)
+		return -ENOMEM;
+	r = tree_write_record(img->tree, f);
+	if (fclose(f) != 0 && r >= 0)
+		r = -ENOMEM;
+	if (r >= 0)
+		r = write_file_replace(path, text ? text : "", len);
+	if (r < 0)
+		return r;
+	*ret_path = TAKE_PTR(path);
+	return 0;
+}
+
+int image_set_landmarks(struct image *img, const char *list_path, size_t *ret_found, struct err *err)
+{
+	_cleanup_fclose_ FILE *f = fopen(list_path, "re");
+	if (!f)
+		return err_set(err, errno, "cannot read the prefetch list \"%s\": %s", list_path, strerror(errno));
+	for (size_t i = 0; i < img->n_layers; i++)
+		for (size_t k = 0; k < img->layers[i]->n_entries; k++)
+			img->layers[i]->entries[k].prefetch = false;
+	size_t found = 0;
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t n;
+	while ((n = getline(&line, &cap, f)) > 0) {
+		line[strcspn(line, "\r\n")] = '\0';
+		struct tree_inode *i = line[0] ? tree_lookup_path(img->tree, line) : NULL;
+		if (!i || !S_ISREG(i->mode) || !i->entry)
+			continue;
+		/* The tree shares the layers' entries; until the mount serves, they are ours. */
+		((struct entry *)i->entry)->prefetch = true;
+		found++;
+	}
+	free(line);
+	*ret_found = found;
 	return 0;
 }

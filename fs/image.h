@@ -23,6 +23,7 @@ struct image {
 	char *manifest_media_type;
 	size_t manifest_size;
 	char *config_path; /* the verified image config in the cache, absolute */
+	char *cache_dir;
 	struct layer **layers;
 	size_t n_layers;
 	struct tree *tree;
@@ -44,6 +45,13 @@ int image_format_stats(struct image *img, char *buf, size_t size);
 
 int image_open(const char *ref_text, const struct image_options *opts, struct image **ret, struct err *err);
 struct image *image_free(struct image *img);
+
+/* Writes the files read so far (see tree_write_record) to
+ * <cache>/records/<manifest hex>; *ret_path (caller frees) names it. */
+int image_write_record(struct image *img, char **ret_path);
+/* Makes the files listed in list_path (one path per line) the prefetch
+ * landmark set, in place of the layers' own; *ret_found counts those found. */
+int image_set_landmarks(struct image *img, const char *list_path, size_t *ret_found, struct err *err);
 
 /* Where the cache keeps the index of a layer (caller frees). */
 char *image_index_path(const char *cache_dir, const char *layer_digest);

@@ -17,6 +17,7 @@ static void usage(FILE *out)
 		"       imgfs umount DIR\n"
 		"       imgfs stats DIR\n"
 		"       imgfs index push [--cache DIR] [--platform P] [--insecure-registry H] REF\n"
+		"       imgfs record DIR [FILE]\n"
 		"\n"
 		"Mounts the image REF from its registry on DIR, fetching layer contents into\n"
 		"a shared cache instead of unpacking them.  The mount is read-only unless\n"
@@ -33,6 +34,9 @@ static void usage(FILE *out)
 		"  --platform OS/ARCH[/VAR]    platform to pick from a multi-platform image\n"
 		"  --prefetch MODE             none, landmark (the eStargz prefetch set only) or\n"
 		"                              all (default: the prefetch set first, then the rest)\n"
+		"  --prefetch-list FILE        fetch the files FILE lists (one path per line, as\n"
+		"                              imgfs record writes) first, in place of the\n"
+		"                              image's own landmarks\n"
 		"  --insecure-registry HOST    allow plain HTTP to HOST[:PORT] (repeatable;\n"
 		"                              also $IMGFS_INSECURE_REGISTRIES, comma-separated)\n"
 		"  -f, --foreground            stay in the foreground\n"
@@ -172,7 +176,7 @@ out:
 
 static int cmd_mount(int argc, char **argv)
 {
-	enum { OPT_CACHE = 256, OPT_PLATFORM, OPT_INSECURE, OPT_PREFETCH, OPT_UPPER, OPT_CACHE_SIZE };
+	enum { OPT_CACHE = 256, OPT_PLATFORM, OPT_INSECURE, OPT_PREFETCH, OPT_UPPER, OPT_CACHE_SIZE, OPT_PREFETCH_LIST };
 	static const struct option options[] = {
 		{ "cache", required_argument, NULL, OPT_CACHE },
 		{ "platform", required_argument, NULL, OPT_PLATFORM },
@@ -180,6 +184,7 @@ static int cmd_mount(int argc, char **argv)
 		{ "prefetch", required_argument, NULL, OPT_PREFETCH },
 		{ "upper", required_argument, NULL, OPT_UPPER },
 		{ "cache-size", required_argument, NULL, OPT_CACHE_SIZE },
+		{ "prefetch-list", required_argument, NULL, OPT_PREFETCH_LIST },
 		{ "foreground", no_argument, NULL, 'f' },
 		{ "debug", no_argument, NULL, 'd' },
 		{ "help", no_argument, NULL, 'h' },
@@ -189,7 +194,7 @@ static int cmd_mount(int argc, char **argv)
 	_cleanup_free_ char *cache_dir = NULL;
 	char **insecure = NULL;
 	size_t n_insecure = 0;
-	const char *platform = NULL, *upper = NULL;
+	const char *platform = NULL, *upper = NULL, *prefetch_list = NULL;
 	uint64_t cache_size = 0;
 	struct overlay *overlay = NULL;
 	bool foreground = false, debug = false;
@@ -211,6 +216,9 @@ static int cmd_mount(int argc, char **argv)
 			break;
 		case OPT_UPPER:
 			upper = optarg;
+			break;
+		case OPT_PREFETCH_LIST:
+			prefetch_list = optarg;
 			break;
 		case OPT_CACHE_SIZE:
 			if (cache_parse_size(optarg, &cache_size) < 0) {
@@ -285,6 +293,12 @@ static int cmd_mount(int argc, char **argv)
 		goto out;
 	}
 
+	size_t listed;
+	if (prefetch_list && image_set_landmarks(img, prefetch_list, &listed, &err) < 0) {
+		fprintf(stderr, "imgfs: %s\n", err.msg);
+		image_free(img);
+		goto out;
+	}
 	if (upper) {
 		int m = mkdir_parents(upper, 0755);
 		if (m < 0) {
@@ -366,6 +380,35 @@ static int cmd_stats(int argc, char **argv)
 	return 0;
 }
 
+/* The files the workload on DIR read so far, in order: a prefetch list. */
+static int cmd_record(int argc, char **argv)
+{
+	if (argc != 2 && argc != 3) {
+		fprintf(stderr, "Usage: imgfs record DIR [FILE]\n");
+		return 2;
+	}
+	char path[4096];
+	ssize_t n = getxattr(argv[1], IMGFS_RECORD_XATTR, path, sizeof(path) - 1);
+	if (n < 0) {
+		fprintf(stderr, "imgfs: cannot read the record of \"%s\": %s\n", argv[1],
+			errno == ENODATA || errno == ENOTSUP ? "not an imgfs mount" : strerror(errno));
+		return 1;
+	}
+	path[n] = '\0';
+	_cleanup_free_ char *data = NULL;
+	size_t len;
+	int r = read_file_capped(path, 256u << 20, &data, &len);
+	if (r == 0 && argc == 3)
+		r = write_file_replace(argv[2], data, len);
+	else if (r == 0)
+		r = write_full(STDOUT_FILENO, data, len);
+	if (r < 0) {
+		fprintf(stderr, "imgfs: cannot write the record of \"%s\": %s\n", argv[1], strerror(-r));
+		return 1;
+	}
+	return 0;
+}
+
 static int cmd_umount(int argc, char **argv)
 {
 	if (argc != 2) {
@@ -406,6 +449,8 @@ int main(int argc, char **argv)
 		return cmd_stats(argc - 1, argv + 1);
 	if (strcmp(argv[1], "index") == 0)
 		return cmd_index(argc - 1, argv + 1);
+	if (strcmp(argv[1], "record") == 0)
+		return cmd_record(argc - 1, argv + 1);
 	if (strcmp(argv[1], "umount") == 0 || strcmp(argv[1], "unmount") == 0)
 		return cmd_umount(argc - 1, argv + 1);
 	if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {

@@ -164,7 +164,16 @@ int remote_blob_read(struct remote_blob *rb, void *buf, size_t len, uint64_t off
 
 int remote_blob_prefetch(struct remote_blob *rb, const atomic_bool *stop)
 {
-	for (size_t i = 0; i < rb->n_spans; i++) {
+	return remote_blob_prefetch_range(rb, 0, rb->blob_size, stop);
+}
+
+int remote_blob_prefetch_range(struct remote_blob *rb, uint64_t off, uint64_t end, const atomic_bool *stop)
+{
+	if (end > rb->blob_size)
+		end = rb->blob_size;
+	if (off >= end)
+		return 0;
+	for (size_t i = (size_t)(off / rb->span_size); i <= (size_t)((end - 1) / rb->span_size); i++) {
 		if (atomic_load(stop))
 			return -ECANCELED;
 		pthread_mutex_lock(&rb->lock);

@@ -33,5 +33,7 @@ struct remote_blob *remote_blob_free(struct remote_blob *rb);
 int remote_blob_read(struct remote_blob *rb, void *buf, size_t len, uint64_t off);
 /* Fetches every span not cached yet; -ECANCELED once *stop is set. */
 int remote_blob_prefetch(struct remote_blob *rb, const atomic_bool *stop);
+/* The same for the spans that hold blob bytes [off, end). */
+int remote_blob_prefetch_range(struct remote_blob *rb, uint64_t off, uint64_t end, const atomic_bool *stop);
 /* Adds this blob's counters to s. */
 void remote_blob_stats(struct remote_blob *rb, struct layer_stats *s);

@@ -1,5 +1,7 @@
 #include "tree.h"
 
+#include <limits.h>
+
 #include <sys/sysmacros.h>
 
 #define WHITEOUT_PREFIX ".wh."
@@ -357,10 +359,19 @@ void tree_stat(const struct tree_inode *i, struct stat *st)
 	st->st_ctim = st->st_mtim;
 }
 
+/* One clock for the process: a daemon serves one image. */
+static atomic_uint read_clock;
+
 ssize_t tree_read(const struct tree_inode *i, void *buf, size_t size, uint64_t off)
 {
 	if (!S_ISREG(i->mode) || !i->entry)
 		return -EINVAL;
+	/* The one field of a built tree that changes: inodes are never const objects. */
+	atomic_uint *stamp = (atomic_uint *)&i->first_read;
+	if (atomic_load_explicit(stamp, memory_order_relaxed) == 0) {
+		unsigned expected = 0;
+		atomic_compare_exchange_strong(stamp, &expected, atomic_fetch_add(&read_clock, 1) + 1);
+	}
 	if (off >= i->size || size == 0)
 		return 0;
 	ssize_t n = layer_read_entry(i->layer, i->entry, buf, size, off);
@@ -392,4 +403,77 @@ size_t tree_list_xattrs(const struct tree_inode *i, char *buf, size_t size)
 		used += len;
 	}
 	return total;
+}
+
+struct tree_inode *tree_lookup_path(const struct tree *t, const char *path)
+{
+	struct tree_inode *cur = tree_get(t, 1);
+	_cleanup_free_ char *copy = strdup(path);
+	char *save = NULL;
+	for (char *c = copy ? strtok_r(copy, "/", &save) : NULL; c && cur; c = strtok_r(NULL, "/", &save))
+		cur = S_ISDIR(cur->mode) ? tree_lookup(cur, c) : NULL;
+	return copy ? cur : NULL;
+}
+
+struct record_item {
+	unsigned order;
+	char *path;
+};
+
+static int by_order(const void *a, const void *b)
+{
+	const struct record_item *x = a, *y = b;
+	return x->order < y->order ? -1 : x->order > y->order;
+}
+
+struct record {
+	struct record_item *v;
+	size_t n, allocated;
+	bool failed;
+};
+
+static void collect_reads(struct tree_inode *dir, char *path, size_t len, struct record *rec)
+{
+	for (size_t k = 0; k < dir->n_children && !rec->failed; k++) {
+		struct tree_inode *c = dir->children[k].inode;
+		size_t name_len = strlen(dir->children[k].name);
+		if (len + 1 + name_len >= PATH_MAX)
+			continue;
+		path[len] = '/';
+		memcpy(path + len + 1, dir->children[k].name, name_len + 1);
+		unsigned order = atomic_load(&c->first_read);
+		if (S_ISDIR(c->mode) && c->parent == dir) {
+			collect_reads(c, path, len + 1 + name_len, rec);
+		} else if (S_ISREG(c->mode) && order) {
+			/* A hardlinked file is listed once, under the first name found. */
+			bool seen = false;
+			for (size_t j = 0; j < rec->n && !seen; j++)
+				seen = rec->v[j].order == order;
+			if (seen)
+				continue;
+			char *copy = strdup(path);
+			if (!copy || grow_array((void **)&rec->v, &rec->allocated, rec->n + 1, sizeof(*rec->v)) < 0) {
+				free(copy);
+				rec->failed = true;
+				return;
+			}
+			rec->v[rec->n++] = (struct record_item){ order, copy };
+		}
+	}
+	path[len] = '\0';
+}
+
+int tree_write_record(const struct tree *t, FILE *out)
+{
+	struct record rec = { 0 };
+	char path[PATH_MAX] = "";
+	collect_reads(tree_get(t, 1), path, 0, &rec);
+	if (rec.n)
+		qsort(rec.v, rec.n, sizeof(*rec.v), by_order);
+	for (size_t i = 0; i < rec.n; i++) {
+		fprintf(out, "%s\n", rec.v[i].path);
+		free(rec.v[i].path);
+	}
+	free(rec.v);
+	return rec.failed ? -ENOMEM : (int)rec.n;
 }

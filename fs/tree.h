@@ -3,9 +3,12 @@
  * sharing one inode.
  *
  * Built once, then immutable: every lookup may run on any thread without a
- * lock, and inodes live as long as the tree, so FUSE forget needs no work. */
+ * lock, and inodes live as long as the tree, so FUSE forget needs no work.
+ * The one exception is first_read, an atomic stamp for `imgfs record`. */
 #pragma once
 
+#include <stdatomic.h>
+#include <stdio.h>
 #include <sys/stat.h>
 
 #include "layer.h"
@@ -32,6 +35,7 @@ struct tree_inode {
 	struct tree_dirent *children; /* directories only, sorted by name */
 	size_t n_children, allocated_children;
 	struct tree_inode *next_all;
+	atomic_uint first_read; /* order of the first read of this file, 0: never */
 };
 
 struct tree {
@@ -48,8 +52,13 @@ struct tree *tree_free(struct tree *t);
 struct tree_inode *tree_get(const struct tree *t, uint64_t ino);
 struct tree_inode *tree_lookup(const struct tree_inode *dir, const char *name);
 void tree_stat(const struct tree_inode *i, struct stat *st);
+/* The inode at a path ("/usr/bin/x" or "usr/bin/x"), following no symlink. */
+struct tree_inode *tree_lookup_path(const struct tree *t, const char *path);
+/* Writes the paths of the files read so far, one per line, in the order of
+ * their first read; returns how many. */
+int tree_write_record(const struct tree *t, FILE *out);
 /* Reads a regular file's bytes; 0 at or past its end, -EIO if the layer
- * could not deliver verified bytes. */
+ * could not deliver verified bytes.  The first read is recorded. */
 ssize_t tree_read(const struct tree_inode *i, void *buf, size_t size, uint64_t off);
 const struct xattr *tree_xattr(const struct tree_inode *i, const char *name);
 /* Writes the NUL-separated xattr names into buf when it is large enough;

@@ -85,6 +85,36 @@ with workspace() as work:
                    diff_snapshots(want, got))
             m.umount()
 
+        # -- imgfs record: the files a workload read become the next start's prefetch set
+        m = Mount(ref, mnt, os.path.join(work, "cache-f"), ["--prefetch", "none"])
+        if tap.ok(m.ok, "mount to record a workload", m.stderr()):
+            read(f"{mnt}/usr/share/many/f0500")
+            read(f"{mnt}/etc/hostname")
+            with open(f"{mnt}/usr/big.bin", "rb") as f:
+                f.seek(3 << 20)
+                f.read(100)
+            read(f"{mnt}/usr/share/many/f0500")
+            listing = os.path.join(work, "workload.list")
+            r = run([IMGFS, "record", mnt, listing])
+            lines = open(listing).read().splitlines() if r.returncode == 0 else r.stderr
+            tap.ok(lines == ["/usr/share/many/f0500", "/etc/hostname", "/usr/big.bin"],
+                   "imgfs record lists the files read, in the order of their first read", lines)
+            m.umount()
+            m = Mount(ref, mnt, os.path.join(work, "cache-g"), ["--prefetch", "landmark", "--prefetch-list", listing])
+            if tap.ok(m.ok, "mount with --prefetch-list", m.stderr()):
+                deadline = time.time() + 60
+                while not stats(mnt)["prefetch_done"] and time.time() < deadline:
+                    time.sleep(0.1)
+                before = stats(mnt)
+                ok_bytes = (read(f"{mnt}/usr/share/many/f0500") == b"file 500\n" and
+                            read(f"{mnt}/etc/hostname") == b"changed\n" and
+                            read(f"{mnt}/usr/big.bin") == deterministic_bytes(1, 8 << 20))
+                after = stats(mnt)
+                tap.ok(before["prefetch_done"] and 0 < before["bytes_prefetched"] < before["image_size"] and ok_bytes and
+                       after["range_requests"] == before["range_requests"],
+                       "the listed files were fetched ahead: reading them needs no request", (before, after))
+                m.umount()
+
         # -- a size cap on the cache: least recently used objects go, reads stay right
         cache_e = os.path.join(work, "cache-e")
         m = Mount(ref, mnt, cache_e, ["--prefetch", "none", "--cache-size", "1M"])
