@@ -61,11 +61,6 @@ static int ensure_blob(struct registry_client *client, const struct image_option
 	if (tmp_fd < 0)
 		return err_set(err, errno, "cannot create a file in the cache \"%s\": %s", opts->cache_dir,
 			       strerror(errno));
-	if (opts->progress) {
-		char line[256];
-		snprintf(line, sizeof(line), "fetching %s (%lld bytes)", d->digest, (long long)d->size);
-		opts->progress(line);
-	}
 	int r = registry_fetch_blob_to_fd(client, d->digest, d->size, tmp_fd, err);
 	if (r == 0 && fsync(tmp_fd) < 0)
 		r = err_set(err, errno, "cannot sync %s into the cache: %s", d->digest, strerror(errno));

@@ -54,6 +54,14 @@ static void progress_line(const char *line)
 	fprintf(stderr, "imgfs: %s\n", line);
 }
 
+/* One line per blob on a terminal, redrawn in place as it streams. */
+static void transfer_progress(const char *digest, uint64_t done, uint64_t total)
+{
+	unsigned percent = total ? (unsigned)(done * 100 / total) : 100;
+	fprintf(stderr, "\rimgfs: fetching %.19s %3u%% (%.1f of %.1f MB)%s", digest, percent, done / 1e6, total / 1e6,
+		done >= total ? "\n" : "");
+}
+
 static int insecure_add(char ***list, size_t *n, const char *host)
 {
 	char **v = realloc(*list, (*n + 2) * sizeof(char *));
@@ -281,8 +289,10 @@ static int cmd_mount(int argc, char **argv)
 	const char *stall = getenv("IMGFS_STALL_SECONDS");
 	if (stall && *stall)
 		opts.registry.stall_seconds = strtol(stall, NULL, 10);
-	if (isatty(STDERR_FILENO))
+	if (isatty(STDERR_FILENO)) {
 		opts.progress = progress_line;
+		opts.registry.progress = transfer_progress;
+	}
 
 	if (cache_limit_init(cache_dir, cache_size) < 0)
 		goto out;

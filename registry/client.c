@@ -31,6 +31,10 @@ struct registry_client {
 	size_t max_document_size;
 	bool insecure;
 	long stall_seconds; /* a transfer with no progress this long is retried */
+	void (*progress)(const char *digest, uint64_t done, uint64_t total);
+	const char *progress_digest; /* set while a blob streams to a file */
+	uint64_t progress_total;
+	struct timespec progress_last;
 };
 
 /* One HTTP exchange: the body goes to memory (bounded) or to a file. */
@@ -270,6 +274,7 @@ int registry_client_new(const struct image_ref *ref, const struct registry_optio
 	c->platform = opts->platform;
 	c->max_document_size = opts->max_document_size ? opts->max_document_size : MANIFEST_MAX_SIZE;
 	c->stall_seconds = opts->stall_seconds > 0 ? opts->stall_seconds : 30;
+	c->progress = opts->progress;
 	c->curl = curl_easy_init();
 	if (!c->ref.domain || !c->ref.repository || !c->base_url || !c->curl ||
 	    (ref->tag && !c->ref.tag) || (ref->digest && !c->ref.digest)) {
@@ -315,6 +320,23 @@ static bool curl_error_is_transient(CURLcode code)
 	default:
 		return false;
 	}
+}
+
+static int xferinfo_cb(void *userdata, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow)
+{
+	(void)dltotal;
+	(void)ultotal;
+	(void)ulnow;
+	struct registry_client *c = userdata;
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	long ms = (now.tv_sec - c->progress_last.tv_sec) * 1000 + (now.tv_nsec - c->progress_last.tv_nsec) / 1000000;
+	/* The end is reported once, after the digest is checked. */
+	if (dlnow > 0 && (uint64_t)dlnow < c->progress_total && ms >= 100) {
+		c->progress_last = now;
+		c->progress(c->progress_digest, (uint64_t)dlnow, c->progress_total);
+	}
+	return 0;
 }
 
 static void sleep_ms(long ms)
@@ -382,6 +404,11 @@ static int http_request(struct registry_client *c, const char *url, const char *
 		curl_easy_setopt(c->curl, CURLOPT_WRITEFUNCTION, body_cb);
 		curl_easy_setopt(c->curl, CURLOPT_WRITEDATA, resp);
 		curl_easy_setopt(c->curl, CURLOPT_NOSIGNAL, 1L);
+		if (c->progress && c->progress_digest && resp->fd >= 0) {
+			curl_easy_setopt(c->curl, CURLOPT_NOPROGRESS, 0L);
+			curl_easy_setopt(c->curl, CURLOPT_XFERINFOFUNCTION, xferinfo_cb);
+			curl_easy_setopt(c->curl, CURLOPT_XFERINFODATA, c);
+		}
 		if (up && strcmp(up->method, "HEAD") == 0) {
 			curl_easy_setopt(c->curl, CURLOPT_NOBODY, 1L);
 		} else if (up) {
@@ -710,7 +737,13 @@ int registry_fetch_blob_to_fd(struct registry_client *c, const char *digest, int
 		return -ENOMEM;
 	}
 	struct response resp = { .fd = fd, .max_written = size, .digester = d };
+	c->progress_digest = digest;
+	c->progress_total = (uint64_t)size;
+	c->progress_last = (struct timespec){ 0 };
 	int r = registry_get(c, path, NULL, NULL, &resp, what, err);
+	c->progress_digest = NULL;
+	if (r == 0 && c->progress)
+		c->progress(digest, resp.written, (uint64_t)size);
 	if (r < 0)
 		goto out;
 	if (resp.written != (uint64_t)size) {

@@ -4,6 +4,7 @@ unpack of the same image by skopeo + umoci."""
 
 import json
 import os
+import pty
 import stat
 import subprocess
 import sys
@@ -37,6 +38,30 @@ with workspace() as work:
                        diff_snapshots(want, got))
                 m.umount()
                 tap.ok(not is_mounted(m.dir), f"imgfs umount unmounts rich:{tag}")
+
+        # On a terminal, a first mount shows how far each layer has streamed.
+        tty_mnt = os.path.join(work, "mnt-tty")
+        os.makedirs(tty_mnt)
+        pid, fd = pty.fork()
+        if pid == 0:
+            os.execv(IMGFS, [IMGFS, "mount", "--cache", os.path.join(work, "cache-tty"), f"{reg.host}/test/rich:gzip",
+                             tty_mnt])
+        shown = b""
+        while True:
+            try:
+                data = os.read(fd, 4096)
+            except OSError:
+                break
+            if not data:
+                break
+            shown += data
+        os.waitpid(pid, 0)
+        os.close(fd)
+        layers = json.loads(reg._request("GET", "/v2/test/rich/manifests/gzip", headers={
+            "Accept": "application/vnd.docker.distribution.manifest.v2+json"})[2])["layers"]
+        tap.ok(all(shown.count(f"\rimgfs: fetching {d['digest'][:19]} 100%".encode()) == 1 for d in layers),
+               "on a terminal a progress line per layer, ending once at 100%", shown[-400:])
+        run([IMGFS, "umount", tty_mnt])
 
         # Spot checks of what the layer rules must produce, independent of umoci.
         m = Mount(f"{reg.host}/test/rich:mixed", os.path.join(work, "mnt-spot"), cache)
