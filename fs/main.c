@@ -113,13 +113,68 @@ static int push_index(const char *ref_text, const struct image_options *opts)
 	return ret;
 }
 
+/* The options of every command that reaches a registry. */
+enum { OPT_CACHE = 256, OPT_PLATFORM, OPT_INSECURE, OPT_OWN };
+#define SOURCE_OPTIONS                                                         \
+	{ "cache", required_argument, NULL, OPT_CACHE },                       \
+	{ "platform", required_argument, NULL, OPT_PLATFORM },                 \
+	{ "insecure-registry", required_argument, NULL, OPT_INSECURE }
+
+struct source_flags {
+	char *cache_dir;
+	char **insecure;
+	size_t n_insecure;
+	const char *platform;
+};
+
+/* 1 when c was one of SOURCE_OPTIONS, 0 when not, -ENOMEM. */
+static int source_flag(struct source_flags *f, int c, const char *arg)
+{
+	switch (c) {
+	case OPT_CACHE:
+		free(f->cache_dir);
+		return (f->cache_dir = strdup(arg)) ? 1 : -ENOMEM;
+	case OPT_PLATFORM:
+		f->platform = arg;
+		return 1;
+	case OPT_INSECURE:
+		return insecure_add(&f->insecure, &f->n_insecure, arg) < 0 ? -ENOMEM : 1;
+	default:
+		return 0;
+	}
+}
+
+/* Puts the flags (and the environment's defaults) into opts; an exit code
+ * when they do not make sense. */
+static int source_flags_apply(struct source_flags *f, struct image_options *opts)
+{
+	if (insecure_from_env(&f->insecure, &f->n_insecure) < 0)
+		return 1;
+	if (platform_parse(f->platform, &opts->registry.platform) < 0) {
+		fprintf(stderr, "imgfs: invalid platform \"%s\": expected OS/ARCH[/VARIANT]\n", f->platform);
+		return 2;
+	}
+	if (!f->cache_dir && !(f->cache_dir = image_default_cache_dir()))
+		return 1;
+	opts->cache_dir = f->cache_dir;
+	opts->registry.insecure_registries = f->insecure;
+	if (isatty(STDERR_FILENO)) {
+		opts->progress = progress_line;
+		opts->registry.progress = transfer_progress;
+	}
+	return 0;
+}
+
+static void source_flags_done(struct source_flags *f)
+{
+	free(f->cache_dir);
+	insecure_free(f->insecure);
+}
+
 static int cmd_index(int argc, char **argv)
 {
-	enum { OPT_CACHE = 256, OPT_PLATFORM, OPT_INSECURE };
 	static const struct option options[] = {
-		{ "cache", required_argument, NULL, OPT_CACHE },
-		{ "platform", required_argument, NULL, OPT_PLATFORM },
-		{ "insecure-registry", required_argument, NULL, OPT_INSECURE },
+		SOURCE_OPTIONS,
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -129,66 +184,37 @@ static int cmd_index(int argc, char **argv)
 	}
 	argc--, argv++;
 	struct image_options opts = { .ignore_index_artifacts = true };
-	_cleanup_free_ char *cache_dir = NULL;
-	char **insecure = NULL;
-	size_t n_insecure = 0;
-	const char *platform = NULL;
-	int ret = 1, c;
-	if (insecure_from_env(&insecure, &n_insecure) < 0)
-		goto out;
+	struct source_flags flags = { 0 };
+	int ret = 2, c, r;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "+h", options, NULL)) != -1) {
-		switch (c) {
-		case OPT_CACHE:
-			free(cache_dir);
-			cache_dir = strdup(optarg);
-			break;
-		case OPT_PLATFORM:
-			platform = optarg;
-			break;
-		case OPT_INSECURE:
-			if (insecure_add(&insecure, &n_insecure, optarg) < 0)
+		if ((r = source_flag(&flags, c, optarg)) != 0) {
+			if (r < 0)
 				goto out;
-			break;
-		case 'h':
+			continue;
+		}
+		if (c == 'h') {
 			usage(stdout);
 			ret = 0;
-			goto out;
-		default:
-			ret = 2;
-			goto out;
 		}
+		goto out;
 	}
 	if (argc - optind != 1) {
 		fprintf(stderr, "imgfs index push: expected REF\n");
-		ret = 2;
 		goto out;
 	}
-	const char *ref_text = argv[optind];
-	if (platform_parse(platform, &opts.registry.platform) < 0) {
-		fprintf(stderr, "imgfs: invalid platform \"%s\": expected OS/ARCH[/VARIANT]\n", platform);
-		ret = 2;
-		goto out;
-	}
-	if (!cache_dir && !(cache_dir = image_default_cache_dir()))
-		goto out;
-	opts.cache_dir = cache_dir;
-	opts.registry.insecure_registries = insecure;
-	if (isatty(STDERR_FILENO))
-		opts.progress = progress_line;
-	ret = push_index(ref_text, &opts);
+	if ((ret = source_flags_apply(&flags, &opts)) == 0)
+		ret = push_index(argv[optind], &opts);
 out:
-	insecure_free(insecure);
+	source_flags_done(&flags);
 	return ret;
 }
 
 static int cmd_mount(int argc, char **argv)
 {
-	enum { OPT_CACHE = 256, OPT_PLATFORM, OPT_INSECURE, OPT_PREFETCH, OPT_UPPER, OPT_CACHE_SIZE, OPT_PREFETCH_LIST };
+	enum { OPT_PREFETCH = OPT_OWN, OPT_UPPER, OPT_CACHE_SIZE, OPT_PREFETCH_LIST };
 	static const struct option options[] = {
-		{ "cache", required_argument, NULL, OPT_CACHE },
-		{ "platform", required_argument, NULL, OPT_PLATFORM },
-		{ "insecure-registry", required_argument, NULL, OPT_INSECURE },
+		SOURCE_OPTIONS,
 		{ "prefetch", required_argument, NULL, OPT_PREFETCH },
 		{ "upper", required_argument, NULL, OPT_UPPER },
 		{ "cache-size", required_argument, NULL, OPT_CACHE_SIZE },
@@ -199,29 +225,23 @@ static int cmd_mount(int argc, char **argv)
 		{ 0 },
 	};
 	struct image_options opts = { 0 };
-	_cleanup_free_ char *cache_dir = NULL;
-	char **insecure = NULL;
-	size_t n_insecure = 0;
-	const char *platform = NULL, *upper = NULL, *prefetch_list = NULL;
+	struct source_flags flags = { 0 };
+	const char *upper = NULL, *prefetch_list = NULL;
 	uint64_t cache_size = 0;
 	struct overlay *overlay = NULL;
 	bool foreground = false, debug = false;
 	enum prefetch_mode prefetch = PREFETCH_ALL;
 	struct err err = { 0 };
-	int ret = 1, c;
+	int ret = 1, c, r;
 
-	if (insecure_from_env(&insecure, &n_insecure) < 0)
-		goto out;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "+fdh", options, NULL)) != -1) {
+		if ((r = source_flag(&flags, c, optarg)) != 0) {
+			if (r < 0)
+				goto out;
+			continue;
+		}
 		switch (c) {
-		case OPT_CACHE:
-			free(cache_dir);
-			cache_dir = strdup(optarg);
-			break;
-		case OPT_PLATFORM:
-			platform = optarg;
-			break;
 		case OPT_UPPER:
 			upper = optarg;
 			break;
@@ -235,10 +255,6 @@ static int cmd_mount(int argc, char **argv)
 				ret = 2;
 				goto out;
 			}
-			break;
-		case OPT_INSECURE:
-			if (insecure_add(&insecure, &n_insecure, optarg) < 0)
-				goto out;
 			break;
 		case OPT_PREFETCH:
 			if (strcmp(optarg, "none") == 0)
@@ -276,28 +292,18 @@ static int cmd_mount(int argc, char **argv)
 		goto out;
 	}
 	const char *ref = argv[optind], *dir = argv[optind + 1];
-	if (platform_parse(platform, &opts.registry.platform) < 0) {
-		fprintf(stderr, "imgfs: invalid platform \"%s\": expected OS/ARCH[/VARIANT]\n", platform);
-		ret = 2;
+	if ((ret = source_flags_apply(&flags, &opts)) != 0)
 		goto out;
-	}
-	if (!cache_dir && !(cache_dir = image_default_cache_dir()))
-		goto out;
-	opts.cache_dir = cache_dir;
-	opts.registry.insecure_registries = insecure;
+	ret = 1;
 	/* Tests shorten it to exercise stalled connections quickly. */
 	const char *stall = getenv("IMGFS_STALL_SECONDS");
 	if (stall && *stall)
 		opts.registry.stall_seconds = strtol(stall, NULL, 10);
-	if (isatty(STDERR_FILENO)) {
-		opts.progress = progress_line;
-		opts.registry.progress = transfer_progress;
-	}
 
-	if (cache_limit_init(cache_dir, cache_size) < 0)
+	if (cache_limit_init(opts.cache_dir, cache_size) < 0)
 		goto out;
 	struct image *img = NULL;
-	int r = image_open(ref, &opts, &img, &err);
+	r = image_open(ref, &opts, &img, &err);
 	if (r < 0) {
 		fprintf(stderr, "imgfs: %s\n", err.code ? err.msg : strerror(-r));
 		goto out;
@@ -369,7 +375,7 @@ destroy:
 	overlay_free(overlay);
 	image_free(img);
 out:
-	insecure_free(insecure);
+	source_flags_done(&flags);
 	return ret;
 }
 

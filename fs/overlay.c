@@ -1080,23 +1080,33 @@ out:
 
 /* ---- FUSE operations ------------------------------------------------------- */
 
-static void reply_entry_of(fuse_req_t req, struct overlay *ov, struct node *n)
+/* Fills e for n and counts the lookup the reply hands to the kernel;
+ * ov->lock is held.  On failure n is released instead. */
+static int count_entry(struct overlay *ov, struct node *n, struct fuse_entry_param *e)
 {
-	struct fuse_entry_param e = { 0 };
-	int r = node_stat(n, &e.attr);
+	*e = (struct fuse_entry_param){ 0 };
+	int r = node_stat(n, &e->attr);
 	if (r < 0) {
 		node_unref(ov, n);
-		pthread_mutex_unlock(&ov->lock);
-		fuse_reply_err(req, -r);
-		return;
+		return r;
 	}
 	n->lookups++;
-	e.ino = nodeid_of(ov, n);
-	e.generation = 1;
-	e.attr_timeout = CACHE_TIMEOUT;
-	e.entry_timeout = CACHE_TIMEOUT;
+	e->ino = nodeid_of(ov, n);
+	e->generation = 1;
+	e->attr_timeout = CACHE_TIMEOUT;
+	e->entry_timeout = CACHE_TIMEOUT;
+	return 0;
+}
+
+static void reply_entry_of(fuse_req_t req, struct overlay *ov, struct node *n)
+{
+	struct fuse_entry_param e;
+	int r = count_entry(ov, n, &e);
 	pthread_mutex_unlock(&ov->lock);
-	fuse_reply_entry(req, &e);
+	if (r < 0)
+		fuse_reply_err(req, -r);
+	else
+		fuse_reply_entry(req, &e);
 }
 
 static void unlock_reply_err(fuse_req_t req, struct overlay *ov, int r)
@@ -1409,20 +1419,15 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	struct node *n;
 	pthread_mutex_lock(&ov->lock);
 	int r = make_entry(ov, node_of(ov, parent), name, make_file, &m, &n);
-	struct fuse_entry_param e = { 0 };
-	if (r == 0 && (r = node_stat(n, &e.attr)) < 0)
-		node_unref(ov, n);
+	struct fuse_entry_param e;
+	if (r == 0)
+		r = count_entry(ov, n, &e);
 	if (r < 0) {
 		if (m.fd >= 0)
 			close(m.fd);
 		unlock_reply_err(req, ov, r);
 		return;
 	}
-	n->lookups++;
-	e.ino = nodeid_of(ov, n);
-	e.generation = 1;
-	e.attr_timeout = CACHE_TIMEOUT;
-	e.entry_timeout = CACHE_TIMEOUT;
 	pthread_mutex_unlock(&ov->lock);
 	struct handle *h = malloc(sizeof(*h));
 	if (!h) {

@@ -9,7 +9,6 @@
  * takes its directory with it. */
 #include <dirent.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <json-c/json.h>
 #include <signal.h>
 #include <sys/mount.h>
@@ -232,17 +231,6 @@ enum container_status container_status(const struct container *c, int *ret_exit_
 	return process_alive((pid_t)v, "launch-shim") ? STATUS_RUNNING : STATUS_SHIM_GONE;
 }
 
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st;
-	(void)ftw;
-	if (flag == FTW_DP)
-		rmdir(path);
-	else
-		unlink(path);
-	return 0;
-}
-
 static int run_quiet(const char *const argv[])
 {
 	pid_t pid = fork();
@@ -277,11 +265,9 @@ int container_remove(const char *root, const char *runtime, const struct contain
 	if (umount2(rootfs, MNT_DETACH) < 0 && errno != EINVAL && errno != ENOENT)
 		return err_set(err, errno, "cannot unmount the root file system of %s at \"%s\": %s", c->id, rootfs,
 			       strerror(errno));
-	/* FTW_MOUNT: never descend into a mount that is still there. */
-	if (nftw(c->dir, remove_entry, 32, FTW_DEPTH | FTW_PHYS | FTW_MOUNT) < 0 && errno != ENOENT)
-		return err_set(err, errno, "cannot remove \"%s\": %s", c->dir, strerror(errno));
-	if (rmdir(c->dir) < 0 && errno != ENOENT)
-		return err_set(err, errno, "cannot remove \"%s\": %s", c->dir, strerror(errno));
+	int r = remove_tree(c->dir);
+	if (r < 0)
+		return err_set(err, -r, "cannot remove \"%s\": %s", c->dir, strerror(-r));
 	if (c->name && *c->name) {
 		_cleanup_free_ char *link = strdup_printf("%s/names/%s", root, c->name);
 		if (link)

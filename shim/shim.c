@@ -10,7 +10,6 @@
 #include "shim.h"
 
 #include <fcntl.h>
-#include <ftw.h>
 #include <getopt.h>
 #include <json-c/json.h>
 #include <poll.h>
@@ -404,17 +403,6 @@ static void drain(struct shim *sh)
 
 /* ---- lifecycle ---------------------------------------------------------------- */
 
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st;
-	(void)ftw;
-	if (flag == FTW_DP)
-		rmdir(path);
-	else
-		unlink(path);
-	return 0;
-}
-
 static void finish(struct shim *sh)
 {
 	drain(sh);
@@ -430,8 +418,7 @@ static void finish(struct shim *sh)
 	if (sh->o.remove) {
 		if (sh->o.unmount)
 			(void)umount2(sh->o.unmount, MNT_DETACH);
-		/* FTW_MOUNT: never descend into anything still mounted below. */
-		(void)nftw(sh->o.state, remove_entry, 32, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
+		(void)remove_tree(sh->o.state);
 		if (sh->o.unlink_path)
 			(void)unlink(sh->o.unlink_path);
 	}

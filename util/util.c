@@ -1,6 +1,7 @@
 #include "util.h"
 
 #include <fcntl.h>
+#include <ftw.h>
 #include <sys/stat.h>
 
 int err_set(struct err *err, int code, const char *fmt, ...)
@@ -190,5 +191,25 @@ int read_file_capped(const char *path, size_t cap, char **ret_data, size_t *ret_
 	data[got] = '\0';
 	*ret_len = got;
 	*ret_data = TAKE_PTR(data);
+	return 0;
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st;
+	(void)ftw;
+	if (flag == FTW_DP)
+		rmdir(path);
+	else
+		unlink(path);
+	return 0;
+}
+
+int remove_tree(const char *path)
+{
+	if (nftw(path, remove_entry, 32, FTW_DEPTH | FTW_PHYS | FTW_MOUNT) < 0 && errno != ENOENT)
+		return -errno;
+	if (rmdir(path) < 0 && errno != ENOENT)
+		return -errno;
 	return 0;
 }
