@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The main job, shown end to end on loopback: push an image to a local
-registry, mount it with imgfs, look around and run a program from it."""
+registry, mount it with imgfs, look around and run a program from it, write
+to it through an upper layer, and run it as a container with launch."""
 
 import os
 import subprocess
@@ -30,6 +31,16 @@ with workspace("imgfs-demo-") as work:
         show(["chroot", mnt, "/bin/sh", "-c", "echo hello from busybox $(busybox | head -1 | cut -d' ' -f2)"])
         show(["df", "-h", mnt])
         show([IMGFS, "umount", mnt])
-        print("demo finished: the image was mounted without being unpacked")
+
+        upper = os.path.join(work, "upper")
+        show([IMGFS, "mount", "--cache", os.path.join(work, "cache"), "--upper", upper, ref, mnt])
+        show(["sh", "-c", f"echo written > {mnt}/tmp/note && rm {mnt}/etc/group && ls {mnt}/tmp {mnt}/etc"])
+        show(["ls", "-l", os.path.join(upper, "tmp"), os.path.join(upper, "etc")])
+        show([IMGFS, "umount", mnt])
+
+        launch = os.path.join(os.path.dirname(os.path.dirname(IMGFS)), "launcher", "launch")
+        os.environ.update(LAUNCH_ROOT=os.path.join(work, "launch"), IMGFS_CACHE=os.path.join(work, "cache"))
+        show([launch, "run", "--rm", ref, "sh", "-c", "echo hello from a container; id; hostname"])
+        print("demo finished: the image was mounted, written to and run without being unpacked")
     finally:
         reg.stop()
