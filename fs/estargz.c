@@ -104,9 +104,11 @@ static int fetch(struct remote *r, uint64_t off, size_t len, void *buf, struct e
 
 /* The prefetch connection is used by one thread only: no lock held while
  * the transfer runs. */
-static int fetch_background(struct remote *r, uint64_t off, size_t len, void *buf, struct err *err)
+/* A background fetch on a connection of the caller's own. */
+static int fetch_background(struct remote *r, struct registry_client *client, uint64_t off, size_t len, void *buf,
+			    struct err *err)
 {
-	int ret = registry_fetch_range(r->prefetch_client, r->digest, off, len, buf, err);
+	int ret = registry_fetch_range(client, r->digest, off, len, buf, err);
 	if (ret == 0) {
 		pthread_mutex_lock(&r->lock);
 		r->bytes_fetched += len;
@@ -981,7 +983,8 @@ static bool inflight_add_locked(struct remote *rem, const struct chunk *c)
 }
 
 /* Fetches, inflates and verifies one chunk into the cache. */
-static int chunk_fetch(struct remote *rem, const struct chunk *c, bool background)
+/* bg: the background connection to use, NULL for an on-demand read. */
+static int chunk_fetch(struct remote *rem, const struct chunk *c, struct registry_client *bg)
 {
 	if (!chunk_bounds_valid(c))
 		return -EIO;
@@ -993,7 +996,7 @@ static int chunk_fetch(struct remote *rem, const struct chunk *c, bool backgroun
 	 * well as from a bad blob: fetch again before giving up. */
 	for (int attempt = 0; attempt < CHUNK_FETCH_ATTEMPTS; attempt++) {
 		struct err err = { 0 };
-		int fr = background ? fetch_background(rem, c->comp_off, comp_len, comp, &err)
+		int fr = bg ? fetch_background(rem, bg, c->comp_off, comp_len, comp, &err)
 				    : fetch(rem, c->comp_off, comp_len, comp, &err);
 		if (fr < 0)
 			return -EIO; /* the client already retried transient errors */
@@ -1014,14 +1017,14 @@ static int chunk_fetch(struct remote *rem, const struct chunk *c, bool backgroun
 /* One Range request for a run of adjacent chunks the caller claimed; each is
  * verified on its own, and one that fails is fetched again alone.  Releases
  * the claims. */
-static void fetch_batch(struct remote *rem, const struct chunk **batch, size_t n, bool background)
+static void fetch_batch(struct remote *rem, const struct chunk **batch, size_t n, struct registry_client *bg)
 {
 	uint64_t start = batch[0]->comp_off, end = batch[n - 1]->comp_end;
 	_cleanup_free_ unsigned char *comp = malloc((size_t)(end - start));
 	char **tmps = calloc(n, sizeof(char *));
 	struct err err = { 0 };
 	bool fetched = comp && tmps &&
-		       (background ? fetch_background(rem, start, (size_t)(end - start), comp, &err)
+		       (bg ? fetch_background(rem, bg, start, (size_t)(end - start), comp, &err)
 				   : fetch(rem, start, (size_t)(end - start), comp, &err)) == 0;
 	for (size_t i = 0; fetched && i < n; i++)
 		(void)chunk_store(rem, batch[i], comp + (batch[i]->comp_off - start),
@@ -1030,7 +1033,7 @@ static void fetch_batch(struct remote *rem, const struct chunk **batch, size_t n
 		chunks_commit(rem, batch, tmps, n);
 	for (size_t i = 0; i < n; i++) {
 		if (!tmps || !tmps[i])
-			(void)chunk_fetch(rem, batch[i], background);
+			(void)chunk_fetch(rem, batch[i], bg);
 		if (tmps)
 			free(tmps[i]);
 		pthread_mutex_lock(&rem->lock);
@@ -1044,7 +1047,7 @@ static void fetch_batch(struct remote *rem, const struct chunk **batch, size_t n
 /* Makes sure the chunk is in the cache, verified; returns an fd on it.
  * Concurrent requests for one chunk fetch it once.  Lock order: rem->lock is
  * never held across chunk_path_open(), which takes it. */
-static int chunk_open(struct layer *l, const struct chunk *c, bool background)
+static int chunk_open(struct layer *l, const struct chunk *c)
 {
 	struct remote *rem = l->remote;
 	_cleanup_free_ char *path = strdup_printf("%s/%s", rem->chunk_dir, c->digest + 7);
@@ -1078,7 +1081,7 @@ static int chunk_open(struct layer *l, const struct chunk *c, bool background)
 	const struct chunk *batch[64] = { c };
 	size_t n = 1;
 	uint64_t extra = 0;
-	for (size_t k = (size_t)c->order + 1; !background && k < rem->n_chunks && n < ARRAY_SIZE(batch); k++) {
+	for (size_t k = (size_t)c->order + 1; k < rem->n_chunks && n < ARRAY_SIZE(batch); k++) {
 		const struct chunk *next = rem->by_offset[k];
 		uint64_t len = next->comp_end - next->comp_off;
 		if (next->comp_off != batch[n - 1]->comp_end || !chunk_bounds_valid(next) ||
@@ -1087,7 +1090,7 @@ static int chunk_open(struct layer *l, const struct chunk *c, bool background)
 		batch[n++] = next;
 		extra += len;
 	}
-	fetch_batch(rem, batch, n, background);
+	fetch_batch(rem, batch, n, NULL);
 	fd = chunk_path_open(rem, c, path);
 	return fd < 0 ? -EIO : fd;
 }
@@ -1119,6 +1122,81 @@ static void chunk_release(struct remote *rem, const struct chunk *c)
 	pthread_mutex_unlock(&rem->lock);
 }
 
+/* Fetches the chunks of these files (in blob order within each run) in
+ * requests of adjacent chunks, on client. */
+static int fetch_entries(struct remote *rem, const struct entry *const *v, size_t n_entries,
+			 struct registry_client *client, const atomic_bool *stop)
+{
+	const struct chunk *batch[PREFETCH_BATCH_CHUNKS];
+	size_t n = 0;
+	uint64_t batch_bytes = 0;
+	for (size_t i = 0; i < n_entries; i++) {
+		const struct entry *e = v[i];
+		for (uint32_t k = 0; k < e->n_chunks; k++) {
+			const struct chunk *c = &e->chunks[k];
+			if (atomic_load(stop)) {
+				if (n)
+					fetch_batch(rem, batch, n, client);
+				return -ECANCELED;
+			}
+			/* Chunks come in blob order; a gap or a full batch ends the run. */
+			bool contiguous = n > 0 && batch[n - 1]->comp_end == c->comp_off;
+			if (n > 0 && (!contiguous || n == PREFETCH_BATCH_CHUNKS ||
+				      batch_bytes + (c->comp_end - c->comp_off) > PREFETCH_BATCH_BYTES)) {
+				fetch_batch(rem, batch, n, client);
+				n = 0;
+				batch_bytes = 0;
+			}
+			if (!chunk_bounds_valid(c) || !chunk_claim(rem, c))
+				continue;
+			batch[n++] = c;
+			batch_bytes += c->comp_end - c->comp_off;
+		}
+	}
+	if (n)
+		fetch_batch(rem, batch, n, client);
+	return 0;
+}
+
+#define LANDMARK_WORKERS 4
+
+struct landmark_job {
+	struct remote *rem;
+	const struct entry **entries;
+	size_t n;
+	atomic_size_t next;
+	const atomic_bool *stop;
+};
+
+/* Listed files by their rank; the image's own landmarks (rank 0) in blob order. */
+static int by_rank(const void *a, const void *b)
+{
+	const struct entry *x = *(const struct entry *const *)a, *y = *(const struct entry *const *)b;
+	if (x->prefetch_rank != y->prefetch_rank)
+		return x->prefetch_rank < y->prefetch_rank ? -1 : 1;
+	return x < y ? -1 : x > y;
+}
+
+static void landmark_work(struct landmark_job *job, struct registry_client *client)
+{
+	for (;;) {
+		size_t i = atomic_fetch_add(&job->next, 1);
+		if (i >= job->n || atomic_load(job->stop))
+			return;
+		(void)fetch_entries(job->rem, &job->entries[i], 1, client, job->stop);
+	}
+}
+
+static void *landmark_thread(void *arg)
+{
+	struct landmark_job *job = arg;
+	struct registry_client *client = registry_client_dup(job->rem->prefetch_client);
+	if (client)
+		landmark_work(job, client);
+	registry_client_free(client);
+	return NULL;
+}
+
 int layer_prefetch(struct layer *l, bool only_landmark, const atomic_bool *stop)
 {
 	if (l->remote_blob && !only_landmark)
@@ -1139,38 +1217,28 @@ int layer_prefetch(struct layer *l, bool only_landmark, const atomic_bool *stop)
 	}
 	if (l->format != LAYER_CHUNKED)
 		return 0;
-	struct remote *rem = l->remote;
-	const struct chunk *batch[PREFETCH_BATCH_CHUNKS];
+	_cleanup_free_ const struct entry **v = calloc(l->n_entries ? l->n_entries : 1, sizeof(*v));
+	if (!v)
+		return -ENOMEM;
 	size_t n = 0;
-	uint64_t batch_bytes = 0;
-	for (size_t i = 0; i < l->n_entries; i++) {
-		const struct entry *e = &l->entries[i];
-		if (only_landmark && !e->prefetch)
-			continue;
-		for (uint32_t k = 0; k < e->n_chunks; k++) {
-			const struct chunk *c = &e->chunks[k];
-			if (atomic_load(stop)) {
-				if (n)
-					fetch_batch(rem, batch, n, true);
-				return -ECANCELED;
-			}
-			/* Chunks come in blob order; a gap or a full batch ends the run. */
-			bool contiguous = n > 0 && batch[n - 1]->comp_end == c->comp_off;
-			if (n > 0 && (!contiguous || n == PREFETCH_BATCH_CHUNKS ||
-				      batch_bytes + (c->comp_end - c->comp_off) > PREFETCH_BATCH_BYTES)) {
-				fetch_batch(rem, batch, n, true);
-				n = 0;
-				batch_bytes = 0;
-			}
-			if (!chunk_bounds_valid(c) || !chunk_claim(rem, c))
-				continue;
-			batch[n++] = c;
-			batch_bytes += c->comp_end - c->comp_off;
-		}
-	}
-	if (n)
-		fetch_batch(rem, batch, n, true);
-	return 0;
+	for (size_t i = 0; i < l->n_entries; i++)
+		if (!only_landmark || l->entries[i].prefetch)
+			v[n++] = &l->entries[i];
+	if (!only_landmark)
+		return fetch_entries(l->remote, v, n, l->remote->prefetch_client, stop);
+	/* The workload needs them in the order it read them, soon: in that
+	 * order, on several connections. */
+	qsort(v, n, sizeof(*v), by_rank);
+	struct landmark_job job = { .rem = l->remote, .entries = v, .n = n, .stop = stop };
+	pthread_t threads[LANDMARK_WORKERS - 1];
+	size_t started = 0;
+	for (; started < ARRAY_SIZE(threads) && n > started + 1; started++)
+		if (pthread_create(&threads[started], NULL, landmark_thread, &job) != 0)
+			break;
+	landmark_work(&job, l->remote->prefetch_client);
+	for (size_t i = 0; i < started; i++)
+		pthread_join(threads[i], NULL);
+	return atomic_load(stop) ? -ECANCELED : 0;
 }
 
 ssize_t chunked_read_entry(struct layer *l, const struct entry *e, void *buf, size_t len, uint64_t off)
@@ -1185,7 +1253,7 @@ ssize_t chunked_read_entry(struct layer *l, const struct entry *e, void *buf, si
 			memset((char *)buf + (start - off), 0, (size_t)(end - start));
 			continue;
 		}
-		int fd = chunk_open(l, c, false);
+		int fd = chunk_open(l, c);
 		if (fd < 0)
 			return fd;
 		int r = read_full_at(fd, (char *)buf + (start - off), (size_t)(end - start), (off_t)(start - c->file_off));

@@ -407,12 +407,12 @@ int image_format_stats(struct image *img, char *buf, size_t size)
 static void *prefetch_main(void *userdata)
 {
 	struct image *img = userdata;
-	/* Low priority: this thread's nice value only (Linux threads have their own). */
-	if (setpriority(PRIO_PROCESS, (id_t)gettid(), 19) < 0) {
-		/* Not fatal: prefetch then competes with reads a little more. */
-	}
+	/* The landmarks are what the workload is about to read: at its priority. */
 	for (size_t i = 0; i < img->n_layers && !atomic_load(&img->prefetch_stop); i++)
 		layer_prefetch(img->layers[i], true, &img->prefetch_stop);
+	/* The rest at low priority: this thread's nice value only (Linux threads
+	 * have their own).  Not fatal if refused. */
+	(void)setpriority(PRIO_PROCESS, (id_t)gettid(), 19);
 	if (img->prefetch_mode == PREFETCH_ALL)
 		for (size_t i = 0; i < img->n_layers && !atomic_load(&img->prefetch_stop); i++)
 			layer_prefetch(img->layers[i], false, &img->prefetch_stop);
@@ -463,8 +463,10 @@ int image_set_landmarks(struct image *img, const char *list_path, size_t *ret_fo
 	if (!f)
 		return err_set(err, errno, "cannot read the prefetch list \"%s\": %s", list_path, strerror(errno));
 	for (size_t i = 0; i < img->n_layers; i++)
-		for (size_t k = 0; k < img->layers[i]->n_entries; k++)
+		for (size_t k = 0; k < img->layers[i]->n_entries; k++) {
 			img->layers[i]->entries[k].prefetch = false;
+			img->layers[i]->entries[k].prefetch_rank = 0;
+		}
 	size_t found = 0;
 	char *line = NULL;
 	size_t cap = 0;
@@ -475,8 +477,10 @@ int image_set_landmarks(struct image *img, const char *list_path, size_t *ret_fo
 		if (!i || !S_ISREG(i->mode) || !i->entry)
 			continue;
 		/* The tree shares the layers' entries; until the mount serves, they are ours. */
-		((struct entry *)i->entry)->prefetch = true;
-		found++;
+		struct entry *e = (struct entry *)i->entry;
+		e->prefetch = true;
+		if (!e->prefetch_rank)
+			e->prefetch_rank = (uint32_t)++found;
 	}
 	free(line);
 	*ret_found = found;

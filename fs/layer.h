@@ -81,6 +81,7 @@ struct entry {
 	struct chunk *chunks;   /* chunked layers only */
 	uint32_t n_chunks;
 	bool prefetch;          /* listed before the eStargz prefetch landmark */
+	uint32_t prefetch_rank; /* position in a prefetch list (first read first), 0: none */
 };
 
 struct cursor;

@@ -287,6 +287,32 @@ int registry_client_new(const struct image_ref *ref, const struct registry_optio
 	return 0;
 }
 
+struct registry_client *registry_client_dup(const struct registry_client *c)
+{
+	struct registry_client *d = calloc(1, sizeof(*d));
+	if (!d)
+		return NULL;
+	d->insecure = c->insecure;
+	d->platform = c->platform;
+	d->max_document_size = c->max_document_size;
+	d->stall_seconds = c->stall_seconds;
+	d->progress = c->progress;
+	d->basic_auth = c->basic_auth;
+	d->token_expiry = c->token_expiry;
+	d->ref.domain = strdup(c->ref.domain);
+	d->ref.repository = strdup(c->ref.repository);
+	d->ref.tag = c->ref.tag ? strdup(c->ref.tag) : NULL;
+	d->ref.digest = c->ref.digest ? strdup(c->ref.digest) : NULL;
+	d->base_url = strdup(c->base_url);
+	d->credentials = c->credentials ? strdup(c->credentials) : NULL;
+	d->token = c->token ? strdup(c->token) : NULL;
+	d->curl = curl_easy_init();
+	if (!d->ref.domain || !d->ref.repository || !d->base_url || !d->curl || (c->ref.tag && !d->ref.tag) ||
+	    (c->ref.digest && !d->ref.digest) || (c->credentials && !d->credentials) || (c->token && !d->token))
+		return registry_client_free(d);
+	return d;
+}
+
 struct registry_client *registry_client_free(struct registry_client *c)
 {
 	if (!c)

@@ -126,6 +126,9 @@ struct registry_client;
 int registry_client_new(const struct image_ref *ref, const struct registry_options *opts,
 			struct registry_client **ret, struct err *err);
 struct registry_client *registry_client_free(struct registry_client *c);
+/* A second client for the same repository and options, with a connection
+ * of its own (a client is not thread-safe: one per thread). */
+struct registry_client *registry_client_dup(const struct registry_client *c);
 
 /* Resolves ref to an image manifest: fetches it, verifies its digest, and
  * follows an index to the entry for the configured platform. *ret_digest is

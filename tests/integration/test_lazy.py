@@ -171,6 +171,26 @@ with workspace() as work:
                    "reads after the prefetch come from the cache")
             m.umount()
 
+        # A recorded list replaces the image's landmarks: fetched first, in the order read.
+        listing = os.path.join(work, "prefetch.list")
+        with open(listing, "w") as f:
+            f.write("/boot/second\n/later\n/not/in/the/image\n")
+        m = Mount(f"{reg.host}/lazy/prefetch:v1", mnt, os.path.join(work, "cache-list"),
+                  ["--prefetch=landmark", "--prefetch-list", listing])
+        if tap.ok(m.ok, "mount with --prefetch-list", m.stderr()):
+            deadline = time.time() + 30
+            while time.time() < deadline and not stats(mnt)["prefetch_done"]:
+                time.sleep(0.1)
+            s = stats(mnt)
+            with open(os.path.join(mnt, "later"), "rb") as f:
+                good = f.read() == rest[0].data
+            with open(os.path.join(mnt, "boot", "second"), "rb") as f:
+                good = good and f.read() == b"needed at start\n"
+            tap.ok(s["prefetch_done"] == 1 and (20 << 20) <= s["bytes_prefetched"] < (21 << 20) and good and
+                   stats(mnt)["range_requests"] == s["range_requests"],
+                   "--prefetch-list fetches the listed files (not boot/first), on several connections", s)
+            m.umount()
+
         # zstd:chunked, as skopeo writes it, against the same image's plain tar mount.
         from harness import push_image, make_tar, snapshot as snap
         push_image(reg, "lazy/plain", "v1", [(make_tar(LOWER), "none"), (make_tar(UPPER), "none")])
