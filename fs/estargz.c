@@ -371,6 +371,11 @@ static int toc_entry(struct toc_parser *tp, struct json_object *o, struct err *e
 		tp->landmark = l->n_entries;
 	if (hidden_name(path))
 		return 0;
+	/* The previous file is complete: give back its spare chunk slots now,
+	 * so that they never add up during the parse. */
+	if (l->n_entries)
+		shrink_array((void **)&l->entries[l->n_entries - 1].chunks, l->entries[l->n_entries - 1].n_chunks,
+			     sizeof(struct chunk));
 	if (grow_array((void **)&l->entries, &tp->allocated, l->n_entries + 1, sizeof(struct entry)) < 0) {
 		r = -ENOMEM;
 		return r;
@@ -552,6 +557,11 @@ int estargz_parse_toc(struct layer *l, const char *json, size_t len, uint64_t to
 	size_t landmark = tp.landmark;
 	for (size_t i = 0; landmark != SIZE_MAX && i < landmark; i++)
 		l->entries[i].prefetch = true;
+	/* Most files have one chunk: what grow_array reserved would be most of
+	 * the daemon's memory. */
+	shrink_array((void **)&l->entries, l->n_entries, sizeof(*l->entries));
+	for (size_t i = 0; i < l->n_entries; i++)
+		shrink_array((void **)&l->entries[i].chunks, l->entries[i].n_chunks, sizeof(struct chunk));
 	/* Every chunk must cover its file exactly. */
 	for (size_t i = 0; i < l->n_entries; i++) {
 		struct entry *e = &l->entries[i];

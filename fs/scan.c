@@ -400,6 +400,9 @@ int layer_open_scan(const char *digest, enum layer_compression compression, int 
 		}
 	}
 	l->tar_size = cursor_position(s.cursor);
+	shrink_array((void **)&l->entries, l->n_entries, sizeof(*l->entries));
+	for (size_t i = 0; i < l->n_entries; i++)
+		shrink_array((void **)&l->entries[i].extents, l->entries[i].n_extents, sizeof(struct extent));
 	l->checkpoints = TAKE_PTR(s.rec.checkpoints);
 	l->n_checkpoints = s.rec.n;
 	s.rec.n = 0;

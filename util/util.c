@@ -57,6 +57,15 @@ bool str_has_prefix(const char *s, const char *prefix)
 	return strncmp(s, prefix, strlen(prefix)) == 0;
 }
 
+void shrink_array(void **array, size_t n, size_t size)
+{
+	if (!*array || n == 0)
+		return;
+	void *p = realloc(*array, n * size);
+	if (p)
+		*array = p;
+}
+
 int grow_array(void **array, size_t *allocated, size_t want, size_t size)
 {
 	if (want <= *allocated)

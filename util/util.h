@@ -52,6 +52,8 @@ char *strdup_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 bool str_has_prefix(const char *s, const char *prefix);
 /* Grows *array to hold at least `want` elements of `size` bytes; -ENOMEM on failure. */
 int grow_array(void **array, size_t *allocated, size_t want, size_t size);
+/* Gives back what grow_array() reserved beyond n elements (kept if realloc fails). */
+void shrink_array(void **array, size_t n, size_t size);
 
 /* ---- files -------------------------------------------------------------- */
 
