@@ -4,6 +4,7 @@
 #include "overlay.h"
 
 #include <getopt.h>
+#include <malloc.h>
 #include <sys/mount.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
@@ -455,6 +456,9 @@ static int cmd_umount(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+	/* Up to a dozen threads (FUSE workers, prefetch): one malloc arena per
+	 * thread would keep a quarter of the daemon's memory in free lists. */
+	mallopt(M_ARENA_MAX, 2);
 	if (argc < 2) {
 		usage(stderr);
 		return 2;
