@@ -455,9 +455,11 @@ static void event_loop(struct shim *sh)
 		for (int s = 0; s < 2; s++)
 			if (p[3 + s].revents)
 				pump_output(sh, s);
-		/* Backwards: dropping a client moves the last one into its slot. */
+		/* Backwards: dropping a client moves the last one into its slot.
+		 * A slot whose client changed since the poll (a failed send
+		 * dropped it) has no events of its own this round. */
 		for (size_t k = n - first_client; k-- > 0;)
-			if (k < sh->n_clients && p[first_client + k].revents)
+			if (k < sh->n_clients && p[first_client + k].revents && p[first_client + k].fd == sh->clients[k].fd)
 				client_input(sh, k, p[first_client + k].revents);
 	}
 	/* Both streams ended: wait for the exit itself. */
