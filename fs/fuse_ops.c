@@ -271,6 +271,12 @@ bool reply_virtual_xattr(fuse_req_t req, struct image *img, fuse_ino_t ino, cons
 		reply_xattr_value(req, img->config_path, strlen(img->config_path), size);
 		return true;
 	}
+	if (strcmp(name, IMGFS_PID_XATTR) == 0) {
+		char pid[32];
+		int n = snprintf(pid, sizeof(pid), "%d", (int)getpid());
+		reply_xattr_value(req, pid, (size_t)n, size);
+		return true;
+	}
 	if (strcmp(name, IMGFS_RECORD_XATTR) == 0) {
 		/* Written on the size probe and again on the read that follows. */
 		_cleanup_free_ char *path = NULL;

@@ -14,6 +14,8 @@
 /* Reading it writes the list of files read so far into the cache and
  * answers with its path (imgfs record). */
 #define IMGFS_RECORD_XATTR "user.imgfs.record"
+/* The daemon's pid, for a launcher that waits for it to be gone. */
+#define IMGFS_PID_XATTR "user.imgfs.pid"
 
 extern const struct fuse_lowlevel_ops imgfs_ops;
 

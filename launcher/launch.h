@@ -61,6 +61,7 @@ struct container {
 	char *id, *dir, *name, *image, *command;
 	bool tty, interactive, remove;
 	long created;
+	long daemon_pid; /* the imgfs daemon of its root file system */
 };
 
 /* The state root: --root, $LAUNCH_ROOT, /run/launch (root) or
@@ -78,6 +79,8 @@ enum container_status container_status(const struct container *c, int *ret_exit_
 
 /* True while pid is a live (not zombie) process whose name starts with program. */
 bool process_alive(pid_t pid, const char *program);
+/* Waits up to timeout_ms for the imgfs daemon of c to exit after its unmount. */
+void wait_daemon_gone(const struct container *c, int timeout_ms);
 
 /* Removes what is left of a container: runtime state, mount, files, name. */
 int container_remove(const char *root, const char *runtime, const struct container *c, struct err *err);

@@ -323,6 +323,15 @@ static int prepare(struct run_options *o, const char *image, const char *root, s
 		r = err_set(err, errno, "cannot create \"%s\": %s", c->dir, strerror(errno));
 	else if ((r = mount_image(o, image, c->dir, msg, sizeof(msg))) < 0)
 		r = err_set(err, -r, "cannot mount image \"%s\": %s", image, *msg ? msg : strerror(-r));
+	if (r == 0) {
+		_cleanup_free_ char *rootfs = strdup_printf("%s/rootfs", c->dir);
+		char pid[32];
+		ssize_t n = rootfs ? getxattr(rootfs, "user.imgfs.pid", pid, sizeof(pid) - 1) : -1;
+		if (n > 0) {
+			pid[n] = '\0';
+			c->daemon_pid = strtol(pid, NULL, 10);
+		}
+	}
 	if (r < 0)
 		(void)container_remove(root, NULL, c, NULL);
 	return r;
@@ -544,8 +553,10 @@ int cmd_run(int argc, char **argv)
 		goto out;
 	}
 	/* The shim finishes (runtime delete, and removal for --rm) before we
-	 * return, as docker run --rm does. */
+	 * return, as docker run --rm does: down to the mount's daemon. */
 	wait_child(shim.pid);
+	if (o.remove)
+		wait_daemon_gone(&c, 5000);
 	if (r < 0) {
 		int exit_code;
 		if (container_status(&c, &exit_code) == STATUS_EXITED) {

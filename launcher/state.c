@@ -14,6 +14,7 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 
 #include "launch.h"
 #include "shim.h"
@@ -61,6 +62,7 @@ int container_save(const struct container *c)
 	json_object_object_add(o, "interactive", json_object_new_boolean(c->interactive));
 	json_object_object_add(o, "rm", json_object_new_boolean(c->remove));
 	json_object_object_add(o, "created", json_object_new_int64(c->created));
+	json_object_object_add(o, "daemon_pid", json_object_new_int64(c->daemon_pid));
 	const char *text = json_object_to_json_string(o);
 	_cleanup_free_ char *path = strdup_printf("%s/launch.json", c->dir);
 	int r = path && text ? write_file_replace(path, text, strlen(text)) : -ENOMEM;
@@ -97,6 +99,7 @@ static int container_load(const char *root, const char *id, struct container *re
 	c.interactive = json_object_object_get_ex(o, "interactive", &v) && json_object_get_boolean(v);
 	c.remove = json_object_object_get_ex(o, "rm", &v) && json_object_get_boolean(v);
 	c.created = json_object_object_get_ex(o, "created", &v) ? (long)json_object_get_int64(v) : 0;
+	c.daemon_pid = json_object_object_get_ex(o, "daemon_pid", &v) ? (long)json_object_get_int64(v) : 0;
 	json_object_put(o);
 	if (!c.id || !c.name || !c.image || !c.command || strcmp(c.id, id) != 0) {
 		container_done(&c);
@@ -218,6 +221,16 @@ bool process_alive(pid_t pid, const char *program)
 	return name && strncmp(name + 1, program, n) == 0;
 }
 
+void wait_daemon_gone(const struct container *c, int timeout_ms)
+{
+	/* The daemon leaves once the kernel lets go of the unmounted tree. */
+	for (int waited = 0; c->daemon_pid > 1 && waited < timeout_ms && process_alive((pid_t)c->daemon_pid, "imgfs");
+	     waited += 10) {
+		struct timespec ts = { 0, 10 * 1000 * 1000 };
+		nanosleep(&ts, NULL);
+	}
+}
+
 enum container_status container_status(const struct container *c, int *ret_exit_code)
 {
 	long v;
@@ -265,6 +278,7 @@ int container_remove(const char *root, const char *runtime, const struct contain
 	if (umount2(rootfs, MNT_DETACH) < 0 && errno != EINVAL && errno != ENOENT)
 		return err_set(err, errno, "cannot unmount the root file system of %s at \"%s\": %s", c->id, rootfs,
 			       strerror(errno));
+	wait_daemon_gone(c, 5000);
 	int r = remove_tree(c->dir);
 	if (r < 0)
 		return err_set(err, -r, "cannot remove \"%s\": %s", c->dir, strerror(-r));
