@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <getopt.h>
+#include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/random.h>
@@ -535,6 +536,10 @@ int cmd_run(int argc, char **argv)
 		fprintf(stderr, "launch: %s\n", err.msg);
 		if (sock >= 0)
 			close(sock);
+		/* A shim still waiting for our attach would start the container
+		 * after its timeout: it has nothing left to do. */
+		if (sock < 0 && !o.detach)
+			kill(shim.pid, SIGKILL);
 		wait_child(shim.pid);
 		(void)container_remove(root, runtime, &c, NULL);
 		ret = code;
