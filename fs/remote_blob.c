@@ -86,35 +86,37 @@ static int open_cached_span(struct remote_blob *rb, size_t i)
 	return fd;
 }
 
-/* Fetches span i with client, verifies it and stores it in the cache. */
-static int fetch_span(struct remote_blob *rb, struct registry_client *client, size_t i, bool prefetch)
+/* Puts a verified span into the cache: whole or not at all, no fsync (a
+ * span is hashed again the first time a mount uses it). */
+static int store_span(const struct remote_blob *rb, size_t i, const void *data, size_t len)
+{
+	_cleanup_free_ char *path = span_path(rb, i);
+	if (!path)
+		return -ENOMEM;
+	int r = write_file_replace(path, data, len);
+	if (r == 0)
+		cache_note_stored(len);
+	return r;
+}
+
+/* Fetches span i on the on-demand connection, verifies it and stores it;
+ * rb->lock is held. */
+static int fetch_span(struct remote_blob *rb, size_t i)
 {
 	size_t len = (size_t)span_len(rb, i);
 	_cleanup_free_ unsigned char *data = malloc(len ? len : 1);
-	_cleanup_free_ char *path = span_path(rb, i);
-	_cleanup_free_ char *tmp = path ? strdup_printf("%s.part.XXXXXX", path) : NULL;
-	if (!data || !tmp)
+	if (!data)
 		return -ENOMEM;
 	struct err err = { 0 };
-	int r = registry_fetch_range(client, rb->digest, (uint64_t)i * rb->span_size, len, data, &err);
+	int r = registry_fetch_range(rb->client, rb->digest, (uint64_t)i * rb->span_size, len, data, &err);
 	if (r < 0)
 		return -EIO;
-	if (prefetch)
-		rb->bytes_prefetched += len;
 	rb->bytes_fetched += len;
 	rb->requests++;
 	/* Never keep or serve bytes the index does not vouch for. */
-	if (!digest_matches(data, len, rb->span_digests[i]))
+	if (!digest_matches(data, len, rb->span_digests[i]) || store_span(rb, i, data, len) < 0)
 		return -EIO;
-	_cleanup_close_ int fd = mkostemp(tmp, O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	if (write_full(fd, data, len) < 0 || fchmod(fd, 0644) < 0 || rename(tmp, path) < 0) {
-		unlink(tmp);
-		return -EIO;
-	}
 	rb->verified[i] = 1;
-	cache_note_stored(len);
 	return 0;
 }
 
@@ -127,7 +129,7 @@ static int span_fd(struct remote_blob *rb, size_t i)
 		rb->hits++;
 	} else {
 		rb->misses++;
-		int r = fetch_span(rb, rb->client, i, false);
+		int r = fetch_span(rb, i);
 		if (r < 0)
 			return r;
 		if ((fd = open_cached_span(rb, i)) < 0)
@@ -196,19 +198,9 @@ int remote_blob_prefetch_range(struct remote_blob *rb, uint64_t off, uint64_t en
 		rb->bytes_fetched += len;
 		rb->bytes_prefetched += len;
 		rb->requests++;
-		bool good = digest_matches(data, len, rb->span_digests[i]);
 		pthread_mutex_unlock(&rb->lock);
-		if (!good)
-			continue;
-		_cleanup_free_ char *path = span_path(rb, i);
-		_cleanup_free_ char *tmp = path ? strdup_printf("%s.part.XXXXXX", path) : NULL;
-		_cleanup_close_ int tmp_fd = tmp ? mkostemp(tmp, O_CLOEXEC) : -1;
-		if (tmp_fd < 0)
-			continue;
-		if (write_full(tmp_fd, data, len) < 0 || fchmod(tmp_fd, 0644) < 0 || rename(tmp, path) < 0)
-			unlink(tmp);
-		else
-			cache_note_stored(len);
+		if (digest_matches(data, len, rb->span_digests[i]))
+			(void)store_span(rb, i, data, len);
 	}
 	return 0;
 }
