@@ -120,6 +120,12 @@ void cache_note_used(int fd)
 		(void)futimens(fd, NULL);
 }
 
+void cache_note_used_path(const char *path)
+{
+	if (limit.cap)
+		(void)utimensat(AT_FDCWD, path, NULL, AT_SYMLINK_NOFOLLOW);
+}
+
 int cache_parse_size(const char *text, uint64_t *ret)
 {
 	char *end;

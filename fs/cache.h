@@ -11,7 +11,8 @@
 int cache_limit_init(const char *cache_dir, uint64_t cap);
 /* Called after a new object of this size went into the cache. */
 void cache_note_stored(uint64_t bytes);
-/* Records a use of the object open on fd. */
+/* Records a use of the object open on fd, or at path. */
 void cache_note_used(int fd);
+void cache_note_used_path(const char *path);
 /* "10G", "512M", "1048576": bytes, with binary K, M, G, T suffixes. */
 int cache_parse_size(const char *text, uint64_t *ret);

@@ -239,9 +239,7 @@ static int open_layer(struct image *img, const struct image_ref *ref, struct reg
 		return -ENOMEM;
 	}
 	if (layer_open_saved(d->digest, compression, fd, index_path, ret) == 0) {
-		_cleanup_close_ int index_fd = open(index_path, O_RDONLY | O_CLOEXEC);
-		if (index_fd >= 0)
-			cache_note_used(index_fd);
+		cache_note_used_path(index_path);
 		return 0;
 	}
 	if (opts->progress) {
