@@ -380,6 +380,19 @@ out:
 	return ret;
 }
 
+/* Reads a virtual xattr of the mount on dir; says what failed, naming what. */
+static ssize_t read_mount_xattr(const char *dir, const char *name, char *buf, size_t size, const char *what)
+{
+	ssize_t n = getxattr(dir, name, buf, size - 1);
+	if (n < 0) {
+		fprintf(stderr, "imgfs: cannot read %s of \"%s\": %s\n", what, dir,
+			errno == ENODATA || errno == ENOTSUP ? "not an imgfs mount" : strerror(errno));
+		return -1;
+	}
+	buf[n] = '\0';
+	return n;
+}
+
 static int cmd_stats(int argc, char **argv)
 {
 	if (argc != 2) {
@@ -387,12 +400,9 @@ static int cmd_stats(int argc, char **argv)
 		return 2;
 	}
 	char buf[1024];
-	ssize_t n = getxattr(argv[1], IMGFS_STATS_XATTR, buf, sizeof(buf) - 1);
-	if (n < 0) {
-		fprintf(stderr, "imgfs: cannot read statistics of \"%s\": %s\n", argv[1],
-			errno == ENODATA || errno == ENOTSUP ? "not an imgfs mount" : strerror(errno));
+	ssize_t n = read_mount_xattr(argv[1], IMGFS_STATS_XATTR, buf, sizeof(buf), "statistics");
+	if (n < 0)
 		return 1;
-	}
 	fwrite(buf, 1, (size_t)n, stdout);
 	return 0;
 }
@@ -405,13 +415,8 @@ static int cmd_record(int argc, char **argv)
 		return 2;
 	}
 	char path[4096];
-	ssize_t n = getxattr(argv[1], IMGFS_RECORD_XATTR, path, sizeof(path) - 1);
-	if (n < 0) {
-		fprintf(stderr, "imgfs: cannot read the record of \"%s\": %s\n", argv[1],
-			errno == ENODATA || errno == ENOTSUP ? "not an imgfs mount" : strerror(errno));
+	if (read_mount_xattr(argv[1], IMGFS_RECORD_XATTR, path, sizeof(path), "the record") < 0)
 		return 1;
-	}
-	path[n] = '\0';
 	_cleanup_free_ char *data = NULL;
 	size_t len;
 	int r = read_file_capped(path, 256u << 20, &data, &len);

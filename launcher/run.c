@@ -16,6 +16,7 @@
 #include "shim.h"
 
 #define CONFIG_XATTR "user.imgfs.config-path"
+#define DAEMON_PID_XATTR "user.imgfs.pid"
 #define DEFAULT_DETACH_KEYS "ctrl-p,ctrl-q"
 
 struct run_options {
@@ -327,7 +328,7 @@ static int prepare(struct run_options *o, const char *image, const char *root, s
 	if (r == 0) {
 		_cleanup_free_ char *rootfs = strdup_printf("%s/rootfs", c->dir);
 		char pid[32];
-		ssize_t n = rootfs ? getxattr(rootfs, "user.imgfs.pid", pid, sizeof(pid) - 1) : -1;
+		ssize_t n = rootfs ? getxattr(rootfs, DAEMON_PID_XATTR, pid, sizeof(pid) - 1) : -1;
 		if (n > 0) {
 			pid[n] = '\0';
 			c->daemon_pid = strtol(pid, NULL, 10);
