@@ -15,7 +15,7 @@
 /* A temporary file this old belongs to a writer that died. */
 #define STALE_TEMP_SECONDS 3600
 
-static const char *const object_dirs[] = { "blobs/sha256", "chunks/sha256", "index/sha256" };
+static const char *const object_dirs[] = { "blobs/sha256", "chunks/sha256", "index/sha256", "decoded/sha256" };
 
 static struct {
 	pthread_mutex_t lock;

@@ -2,7 +2,12 @@
  * random access into the uncompressed stream through checkpoints (the zran
  * technique for gzip: a saved inflate window every SPAN bytes of output). */
 #include "decode.h"
+#include "cache.h"
 #include "remote_blob.h"
+
+#include <fcntl.h>
+#include <inttypes.h>
+#include <sys/stat.h>
 
 #include <zlib.h>
 #include <zstd.h>
@@ -483,6 +488,40 @@ static bool span_copy(const struct layer *l, size_t idx, uint64_t span_start, vo
 	return found;
 }
 
+static char *decoded_path(const struct layer *l, uint64_t start, uint64_t end)
+{
+	return strdup_printf("%s-%" PRIu64 "-%" PRIu64, l->decoded_prefix, start, end - start);
+}
+
+/* Reads [off, off+len) of the span [start, end) from its kept copy; false
+ * if there is none.  The copy was decoded from verified bytes and put in
+ * place whole by rename, so its length is the only check it needs. */
+static bool decoded_read(const struct layer *l, uint64_t start, uint64_t end, void *buf, size_t len, uint64_t off)
+{
+	if (!l->decoded_prefix)
+		return false;
+	_cleanup_free_ char *path = decoded_path(l, start, end);
+	_cleanup_close_ int fd = path ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) < 0 || (uint64_t)st.st_size != end - start ||
+	    read_full_at(fd, buf, len, (off_t)(off - start)) < 0)
+		return false;
+	cache_note_used(fd);
+	return true;
+}
+
+/* Keeping a copy is an optimisation: a failure only costs a later decode.
+ * Synced before it is renamed into place, as every cache object, so that a
+ * crash cannot leave a copy of the right length with the wrong bytes. */
+static void decoded_keep(const struct layer *l, uint64_t start, uint64_t end, const void *data)
+{
+	if (!l->decoded_prefix)
+		return;
+	_cleanup_free_ char *path = decoded_path(l, start, end);
+	if (path && write_file_atomic(path, data, (size_t)(end - start)) == 0)
+		cache_note_stored(end - start);
+}
+
 static int span_read(struct layer *l, size_t idx, void *buf, size_t len, uint64_t off)
 {
 	uint64_t start = l->checkpoints[idx].out;
@@ -490,6 +529,8 @@ static int span_read(struct layer *l, size_t idx, void *buf, size_t len, uint64_
 	if (end - start > SPAN_CACHE_MAX_SPAN)
 		return decode_at(l, buf, len, off); /* one huge zstd frame, say */
 	if (span_copy(l, idx, start, buf, len, off))
+		return 0;
+	if (decoded_read(l, start, end, buf, len, off))
 		return 0;
 	struct decoded_span *v = calloc(1, sizeof(*v));
 	unsigned char *data = malloc((size_t)(end - start));
@@ -505,6 +546,7 @@ static int span_read(struct layer *l, size_t idx, void *buf, size_t len, uint64_
 		return r;
 	}
 	memcpy(buf, data + (off - start), len);
+	decoded_keep(l, start, end, data);
 	*v = (struct decoded_span){ .layer = l, .index = idx, .data = data, .len = (size_t)(end - start) };
 	pthread_mutex_lock(&span_lock);
 	/* Another reader may have decoded it meanwhile: keep one copy. */

@@ -259,7 +259,7 @@ static int open_layer(struct image *img, const struct image_ref *ref, struct reg
 
 static int prepare_cache(const char *cache_dir, struct err *err)
 {
-	static const char *const subdirs[] = { "blobs/sha256", "index/sha256" };
+	static const char *const subdirs[] = { "blobs/sha256", "index/sha256", "decoded/sha256" };
 	for (size_t i = 0; i < ARRAY_SIZE(subdirs); i++) {
 		_cleanup_free_ char *p = strdup_printf("%s/%s", cache_dir, subdirs[i]);
 		if (!p)
@@ -332,6 +332,15 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 		r = open_layer(img, &ref, client, opts, &m.layers[i], &artifacts, &img->layers[i], err);
 		if (r < 0)
 			goto out;
+		struct layer *l = img->layers[i];
+		/* Only where the whole blob is here: a lazily read layer would keep
+		 * several times the bytes it fetched. */
+		if (l->format == LAYER_TAR_STREAM && l->compression != COMPRESSION_NONE && l->blob_fd >= 0 &&
+		    !(l->decoded_prefix = cache_path(opts->cache_dir, "decoded", l->digest))) {
+			layer_free(l);
+			r = -ENOMEM;
+			goto out;
+		}
 		img->n_layers++;
 		img->image_size += (uint64_t)m.layers[i].size;
 	}

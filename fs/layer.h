@@ -107,6 +107,10 @@ struct layer {
 	/* LAYER_TAR_STREAM without a local blob (blob_fd < 0): the blob's spans,
 	 * fetched and verified against a pushed imgfs index. */
 	struct remote_blob *remote_blob;
+	/* Compressed LAYER_TAR_STREAM: where decoded spans are kept between
+	 * mounts ("<dir>/<hex>-<start>-<len>"), so that a warm start reads
+	 * files instead of decompressing them again; NULL: not kept. */
+	char *decoded_prefix;
 
 	pthread_mutex_t lock;
 	struct cursor *cursors;

@@ -153,6 +153,7 @@ struct layer *layer_free(struct layer *l)
 	layer_spans_drop(l);
 	remote_free(l->remote);
 	remote_blob_free(l->remote_blob);
+	free(l->decoded_prefix);
 	if (l->blob_fd >= 0)
 		close(l->blob_fd);
 	pthread_mutex_destroy(&l->lock);

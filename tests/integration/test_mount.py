@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import (Mount, Registry, Tap, diff_snapshots, is_mounted, make_tar, Entry, push_image,  # noqa: E402
-                     require_root_and_fuse, run, skopeo_umoci_unpack, snapshot, workspace, IMGFS,
+from harness import (Mount, Registry, Tap, compress, diff_snapshots, digest_of, is_mounted, make_tar,  # noqa: E402
+                     Entry, push_image, require_root_and_fuse, run, skopeo_umoci_unpack, snapshot, workspace, IMGFS,
                      MT_OCI_INDEX)
 from images import busybox_layer, push_rich  # noqa: E402
 
@@ -137,6 +137,26 @@ with workspace() as work:
         if tap.ok(m.ok, "mount busybox", m.stderr()):
             r = run(["chroot", m.dir, "/bin/sh", "-c", "echo hello from $(ls /etc/passwd)"])
             tap.ok(r.stdout == b"hello from /etc/passwd\n", "busybox runs from the mount (chroot)", r.stderr)
+            m.umount()
+        # What was decoded is kept, so the next start reads instead of inflating.
+        tar = busybox_layer()
+        decoded_dir = os.path.join(cache, "decoded", "sha256")
+        copies = [n for n in os.listdir(decoded_dir)
+                  if n.startswith(digest_of(compress(tar, "gzip"))[len("sha256:"):] + "-")]
+        good = True
+        for name in copies:
+            start, length = (int(x) for x in name.split("-")[1:3])
+            with open(os.path.join(decoded_dir, name), "rb") as f:
+                good = good and f.read() == tar[start:start + length]
+        tap.ok(copies and good, "the decoded spans read are kept in the cache, equal to the layer's tar", copies)
+        if copies:
+            path = os.path.join(decoded_dir, copies[0])
+            size = os.path.getsize(path)
+            os.truncate(path, size // 2)
+            m = Mount(f"{reg.host}/test/busybox", os.path.join(work, "mnt-busybox"), cache)
+            r = run(["chroot", m.dir, "/bin/sh", "-c", "echo hello from $(ls /etc/passwd)"]) if m.ok else None
+            tap.ok(r and r.stdout == b"hello from /etc/passwd\n" and os.path.getsize(path) == size,
+                   "a damaged decoded copy is not used, and is decoded again", m.stderr())
             m.umount()
 
         # -- an OCI index with two platforms
