@@ -1,10 +1,10 @@
 /* The distribution API v2 over libcurl: manifests and blobs, with the bearer
  * token flow, retries and digest verification. */
 #include "registry.h"
+#include "curl_lib.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
-#include <curl/curl.h>
 #include <json-c/json.h>
 #include <openssl/evp.h>
 #include <time.h>
@@ -256,15 +256,9 @@ bool registry_host_is_insecure(const char *domain, char *const *insecure)
 int registry_client_new(const struct image_ref *ref, const struct registry_options *opts,
 			struct registry_client **ret, struct err *err)
 {
-	static bool curl_ready;
-	if (!curl_ready) {
-		if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0)
-			return err_set(err, EIO, "cannot initialise libcurl");
-		curl_ready = true;
-	}
 	struct registry_client *c = calloc(1, sizeof(*c));
 	if (!c)
-		return -ENOMEM;
+		return err_set(err, ENOMEM, "registry \"%s\": out of memory", ref->domain);
 	c->insecure = registry_host_is_insecure(ref->domain, opts->insecure_registries);
 	c->ref.domain = strdup(ref->domain);
 	c->ref.repository = strdup(ref->repository);
@@ -275,11 +269,10 @@ int registry_client_new(const struct image_ref *ref, const struct registry_optio
 	c->max_document_size = opts->max_document_size ? opts->max_document_size : MANIFEST_MAX_SIZE;
 	c->stall_seconds = opts->stall_seconds > 0 ? opts->stall_seconds : 30;
 	c->progress = opts->progress;
-	c->curl = curl_easy_init();
-	if (!c->ref.domain || !c->ref.repository || !c->base_url || !c->curl ||
+	if (!c->ref.domain || !c->ref.repository || !c->base_url ||
 	    (ref->tag && !c->ref.tag) || (ref->digest && !c->ref.digest)) {
 		registry_client_free(c);
-		return -ENOMEM;
+		return err_set(err, ENOMEM, "registry \"%s\": out of memory", ref->domain);
 	}
 	if (auth_lookup_credentials(ref->domain, &c->credentials) < 0)
 		c->credentials = NULL;
@@ -306,8 +299,7 @@ struct registry_client *registry_client_dup(const struct registry_client *c)
 	d->base_url = strdup(c->base_url);
 	d->credentials = c->credentials ? strdup(c->credentials) : NULL;
 	d->token = c->token ? strdup(c->token) : NULL;
-	d->curl = curl_easy_init();
-	if (!d->ref.domain || !d->ref.repository || !d->base_url || !d->curl || (c->ref.tag && !d->ref.tag) ||
+	if (!d->ref.domain || !d->ref.repository || !d->base_url || (c->ref.tag && !d->ref.tag) ||
 	    (c->ref.digest && !d->ref.digest) || (c->credentials && !d->credentials) || (c->token && !d->token))
 		return registry_client_free(d);
 	return d;
@@ -318,7 +310,7 @@ struct registry_client *registry_client_free(struct registry_client *c)
 	if (!c)
 		return NULL;
 	if (c->curl)
-		curl_easy_cleanup(c->curl);
+		curl_lib_get(NULL)->easy_cleanup(c->curl);
 	image_ref_done(&c->ref);
 	free(c->base_url);
 	if (c->credentials) {
@@ -328,6 +320,17 @@ struct registry_client *registry_client_free(struct registry_client *c)
 	free(c->token);
 	free(c);
 	return NULL;
+}
+
+/* The client's libcurl handle, made for its first request (see curl_lib.h). */
+static const struct curl_lib *client_curl(struct registry_client *c, struct err *err)
+{
+	const struct curl_lib *curl = curl_lib_get(err);
+	if (curl && !c->curl && !(c->curl = curl->easy_init())) {
+		err_set(err, ENOMEM, "cannot create a libcurl handle");
+		return NULL;
+	}
+	return curl;
 }
 
 static bool curl_error_is_transient(CURLcode code)
@@ -390,6 +393,9 @@ static int http_request(struct registry_client *c, const char *url, const char *
 {
 	char errbuf[CURL_ERROR_SIZE];
 	long backoff_ms = 200;
+	const struct curl_lib *curl = client_curl(c, err);
+	if (!curl)
+		return err_wrap(err, "%s", what);
 
 	for (int attempt = 1;; attempt++) {
 		struct curl_slist *headers = NULL, *h;
@@ -402,52 +408,52 @@ static int http_request(struct registry_client *c, const char *url, const char *
 				digester_final(resp->digester, discard);
 			}
 		}
-		if (accept && (h = curl_slist_append(headers, accept)))
+		if (accept && (h = curl->slist_append(headers, accept)))
 			headers = h;
-		if (authorization && (h = curl_slist_append(headers, authorization)))
+		if (authorization && (h = curl->slist_append(headers, authorization)))
 			headers = h;
-		if (range && (h = curl_slist_append(headers, range)))
+		if (range && (h = curl->slist_append(headers, range)))
 			headers = h;
-		if (up && up->content_type_header && (h = curl_slist_append(headers, up->content_type_header)))
+		if (up && up->content_type_header && (h = curl->slist_append(headers, up->content_type_header)))
 			headers = h;
 
-		curl_easy_reset(c->curl);
+		curl->easy_reset(c->curl);
 		errbuf[0] = '\0';
-		curl_easy_setopt(c->curl, CURLOPT_URL, url);
-		curl_easy_setopt(c->curl, CURLOPT_HTTPHEADER, headers);
-		curl_easy_setopt(c->curl, CURLOPT_ERRORBUFFER, errbuf);
-		curl_easy_setopt(c->curl, CURLOPT_FOLLOWLOCATION, 1L);
-		curl_easy_setopt(c->curl, CURLOPT_MAXREDIRS, 10L);
-		curl_easy_setopt(c->curl, CURLOPT_REDIR_PROTOCOLS_STR, c->insecure ? "http,https" : "https");
-		curl_easy_setopt(c->curl, CURLOPT_PROTOCOLS_STR, c->insecure ? "http,https" : "https");
-		curl_easy_setopt(c->curl, CURLOPT_CONNECTTIMEOUT, 20L);
+		curl->easy_setopt(c->curl, CURLOPT_URL, url);
+		curl->easy_setopt(c->curl, CURLOPT_HTTPHEADER, headers);
+		curl->easy_setopt(c->curl, CURLOPT_ERRORBUFFER, errbuf);
+		curl->easy_setopt(c->curl, CURLOPT_FOLLOWLOCATION, 1L);
+		curl->easy_setopt(c->curl, CURLOPT_MAXREDIRS, 10L);
+		curl->easy_setopt(c->curl, CURLOPT_REDIR_PROTOCOLS_STR, c->insecure ? "http,https" : "https");
+		curl->easy_setopt(c->curl, CURLOPT_PROTOCOLS_STR, c->insecure ? "http,https" : "https");
+		curl->easy_setopt(c->curl, CURLOPT_CONNECTTIMEOUT, 20L);
 		/* A stalled transfer counts as a connection error. */
-		curl_easy_setopt(c->curl, CURLOPT_LOW_SPEED_LIMIT, 1L);
-		curl_easy_setopt(c->curl, CURLOPT_LOW_SPEED_TIME, c->stall_seconds);
-		curl_easy_setopt(c->curl, CURLOPT_USERAGENT, "imgfs/0.1");
-		curl_easy_setopt(c->curl, CURLOPT_HEADERFUNCTION, header_cb);
-		curl_easy_setopt(c->curl, CURLOPT_HEADERDATA, resp);
-		curl_easy_setopt(c->curl, CURLOPT_WRITEFUNCTION, body_cb);
-		curl_easy_setopt(c->curl, CURLOPT_WRITEDATA, resp);
-		curl_easy_setopt(c->curl, CURLOPT_NOSIGNAL, 1L);
+		curl->easy_setopt(c->curl, CURLOPT_LOW_SPEED_LIMIT, 1L);
+		curl->easy_setopt(c->curl, CURLOPT_LOW_SPEED_TIME, c->stall_seconds);
+		curl->easy_setopt(c->curl, CURLOPT_USERAGENT, "imgfs/0.1");
+		curl->easy_setopt(c->curl, CURLOPT_HEADERFUNCTION, header_cb);
+		curl->easy_setopt(c->curl, CURLOPT_HEADERDATA, resp);
+		curl->easy_setopt(c->curl, CURLOPT_WRITEFUNCTION, body_cb);
+		curl->easy_setopt(c->curl, CURLOPT_WRITEDATA, resp);
+		curl->easy_setopt(c->curl, CURLOPT_NOSIGNAL, 1L);
 		if (c->progress && c->progress_digest && resp->fd >= 0) {
-			curl_easy_setopt(c->curl, CURLOPT_NOPROGRESS, 0L);
-			curl_easy_setopt(c->curl, CURLOPT_XFERINFOFUNCTION, xferinfo_cb);
-			curl_easy_setopt(c->curl, CURLOPT_XFERINFODATA, c);
+			curl->easy_setopt(c->curl, CURLOPT_NOPROGRESS, 0L);
+			curl->easy_setopt(c->curl, CURLOPT_XFERINFOFUNCTION, xferinfo_cb);
+			curl->easy_setopt(c->curl, CURLOPT_XFERINFODATA, c);
 		}
 		if (up && strcmp(up->method, "HEAD") == 0) {
-			curl_easy_setopt(c->curl, CURLOPT_NOBODY, 1L);
+			curl->easy_setopt(c->curl, CURLOPT_NOBODY, 1L);
 		} else if (up) {
 			/* Uploads are not redirected: a 307 would need the body again. */
-			curl_easy_setopt(c->curl, CURLOPT_FOLLOWLOCATION, 0L);
-			curl_easy_setopt(c->curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)up->len);
-			curl_easy_setopt(c->curl, CURLOPT_POSTFIELDS, up->body ? up->body : "");
-			curl_easy_setopt(c->curl, CURLOPT_CUSTOMREQUEST, up->method);
+			curl->easy_setopt(c->curl, CURLOPT_FOLLOWLOCATION, 0L);
+			curl->easy_setopt(c->curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)up->len);
+			curl->easy_setopt(c->curl, CURLOPT_POSTFIELDS, up->body ? up->body : "");
+			curl->easy_setopt(c->curl, CURLOPT_CUSTOMREQUEST, up->method);
 		}
 		/* body_cb needs the status before the body arrives. */
-		CURLcode code = curl_easy_perform(c->curl);
-		curl_slist_free_all(headers);
-		curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &resp->status);
+		CURLcode code = curl->easy_perform(c->curl);
+		curl->slist_free_all(headers);
+		curl->easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &resp->status);
 
 		if (code == CURLE_WRITE_ERROR && resp->range_done)
 			code = CURLE_OK;
@@ -460,7 +466,7 @@ static int http_request(struct registry_client *c, const char *url, const char *
 						  : resp->status == 429 || resp->status >= 500;
 		if (!transient || attempt >= MAX_ATTEMPTS) {
 			if (code != CURLE_OK)
-				return err_set(err, EIO, "%s: %s", what, errbuf[0] ? errbuf : curl_easy_strerror(code));
+				return err_set(err, EIO, "%s: %s", what, errbuf[0] ? errbuf : curl->easy_strerror(code));
 			return 0;
 		}
 		long wait_ms = backoff_ms;
@@ -507,11 +513,15 @@ static int status_error(const struct response *resp, const char *what, struct er
 	return err_set(err, code, "%s: HTTP %ld: %s", what, resp->status, detail[0] ? detail : fallback);
 }
 
-static char *url_escape(CURL *curl, const char *s)
+/* NULL when out of memory or without libcurl: the request that follows
+ * then fails and says why. */
+static char *url_escape(struct registry_client *c, const char *s)
 {
-	char *e = curl_easy_escape(curl, s, 0);
+	const struct curl_lib *curl = client_curl(c, NULL);
+	char *e = curl ? curl->easy_escape(c->curl, s, 0) : NULL;
 	char *r = e ? strdup(e) : NULL;
-	curl_free(e);
+	if (e)
+		curl->free(e);
 	return r;
 }
 
@@ -521,8 +531,8 @@ static int fetch_token(struct registry_client *c, const struct auth_challenge *c
 					       : strdup_printf("repository:%s:pull", c->ref.repository);
 	if (!scope || !ch->realm)
 		return err_set(err, EACCES, "registry \"%s\" sent a bearer challenge without a realm", c->ref.domain);
-	_cleanup_free_ char *escaped_scope = url_escape(c->curl, scope);
-	_cleanup_free_ char *escaped_service = ch->service ? url_escape(c->curl, ch->service) : NULL;
+	_cleanup_free_ char *escaped_scope = url_escape(c, scope);
+	_cleanup_free_ char *escaped_service = ch->service ? url_escape(c, ch->service) : NULL;
 	_cleanup_free_ char *url = strdup_printf("%s%sscope=%s%s%s", ch->realm, strchr(ch->realm, '?') ? "&" : "?",
 						 escaped_scope ? escaped_scope : "", escaped_service ? "&service=" : "",
 						 escaped_service ? escaped_service : "");
@@ -674,6 +684,7 @@ static int get_manifest(struct registry_client *c, const char *reference, const 
 		goto out;
 	}
 	ret->raw_size = resp.body_len;
+	ret->raw = TAKE_PTR(resp.body);
 	*ret_digest = strdup(digest);
 	if (!*ret_digest) {
 		manifest_done(ret);
@@ -899,7 +910,7 @@ int registry_get_referrers(struct registry_client *c, const char *subject_digest
 {
 	if (!digest_is_valid(subject_digest))
 		return err_set(err, EINVAL, "invalid digest \"%s\"", subject_digest);
-	_cleanup_free_ char *escaped = url_escape(c->curl, artifact_type);
+	_cleanup_free_ char *escaped = url_escape(c, artifact_type);
 	_cleanup_free_ char *path = strdup_printf("%s/referrers/%s?artifactType=%s", c->ref.repository, subject_digest,
 						  escaped ? escaped : "");
 	if (!path)

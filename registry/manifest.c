@@ -55,6 +55,7 @@ void manifest_done(struct manifest *m)
 		descriptor_done(&m->layers[i]);
 	free(m->layers);
 	free(m->media_type);
+	free(m->raw);
 	memset(m, 0, sizeof(*m));
 }
 

@@ -86,6 +86,7 @@ struct manifest {
 	struct descriptor *layers;  /* image: layers; index: manifests */
 	size_t n_layers;
 	size_t raw_size;            /* bytes of the document, when fetched */
+	char *raw;                  /* the document itself, when fetched */
 };
 
 /* Parses a manifest or index.  content_type (may be NULL) is the HTTP
