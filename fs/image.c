@@ -3,8 +3,10 @@
  * Cache layout (shared by every mount; each file is written under a
  * temporary name and renamed into place only once verified, so two daemons
  * filling the same cache never see half an object):
- *   blobs/sha256/<hex>   verified blobs (layers and configs)
- *   index/sha256/<hex>   layer indexes (see index_io.c) */
+ *   blobs/sha256/<hex>   verified blobs (layers, configs, image manifests)
+ *   index/sha256/<hex>   layer indexes (see index_io.c)
+ *   decoded/sha256/<hex>-<start>-<len>   decoded spans of a layer (decode.c)
+ *   refs/<hex>           what a reference resolved to for a platform (--pull) */
 #include "image.h"
 #include "cache.h"
 #include "index_artifact.h"
@@ -257,9 +259,93 @@ static int open_layer(struct image *img, const struct image_ref *ref, struct reg
 	return 0;
 }
 
+int pull_policy_parse(const char *text, enum pull_policy *ret)
+{
+	static const char *const names[] = { [PULL_ALWAYS] = "always", [PULL_MISSING] = "missing",
+					     [PULL_NEVER] = "never" };
+	for (size_t i = 0; i < ARRAY_SIZE(names); i++)
+		if (strcmp(text, names[i]) == 0) {
+			*ret = (enum pull_policy)i;
+			return 0;
+		}
+	return -EINVAL;
+}
+
+/* refs/<sha256 of "REF PLATFORM">: one line, "<manifest digest> <media type>". */
+static char *ref_record_path(const char *cache_dir, const struct image_ref *ref, const struct platform *p)
+{
+	_cleanup_free_ char *canonical = image_ref_format(ref);
+	_cleanup_free_ char *key =
+		canonical ? strdup_printf("%s %s/%s/%s", canonical, p->os, p->architecture, p->variant) : NULL;
+	if (!key)
+		return NULL;
+	char digest[DIGEST_SHA256_LEN + 1];
+	digest_sha256(key, strlen(key), digest);
+	return strdup_printf("%s/refs/%s", cache_dir, digest + strlen("sha256:"));
+}
+
+/* The image manifest this cache resolved ref to before, verified again by
+ * its digest; -ENOENT when there is none (or it is damaged or evicted). */
+static int load_resolved_manifest(const struct image_options *opts, const struct image_ref *ref,
+				  struct manifest *ret, char **ret_digest)
+{
+	_cleanup_free_ char *record_path = ref_record_path(opts->cache_dir, ref, &opts->registry.platform);
+	_cleanup_free_ char *record = NULL;
+	size_t record_len;
+	if (!record_path || read_file_capped(record_path, 512, &record, &record_len) < 0)
+		return -ENOENT;
+	char digest[DIGEST_SHA256_LEN + 1], media_type[256];
+	if (sscanf(record, "%71s %255s", digest, media_type) != 2 || !digest_is_valid(digest))
+		return -ENOENT;
+	_cleanup_free_ char *blob_path = cache_path(opts->cache_dir, "blobs", digest);
+	char *data = NULL;
+	size_t len;
+	if (!blob_path || read_file_capped(blob_path, MANIFEST_MAX_SIZE, &data, &len) < 0)
+		return -ENOENT;
+	char actual[DIGEST_SHA256_LEN + 1];
+	digest_sha256(data, len, actual);
+	struct manifest m;
+	if (strcmp(actual, digest) != 0 || manifest_parse(data, len, media_type, &m, NULL) < 0) {
+		free(data);
+		return -ENOENT;
+	}
+	if (m.kind != MANIFEST_IMAGE || !(*ret_digest = strdup(digest))) {
+		manifest_done(&m);
+		free(data);
+		return -ENOENT;
+	}
+	cache_note_used_path(blob_path);
+	m.raw = data;
+	m.raw_size = len;
+	*ret = m;
+	return 0;
+}
+
+/* Remembering is an optimisation: a failure only costs the next start a
+ * round trip to the registry. */
+static void keep_resolved_manifest(const struct image_options *opts, const struct image_ref *ref,
+				   const struct manifest *m, const char *digest)
+{
+	_cleanup_free_ char *record_path = ref_record_path(opts->cache_dir, ref, &opts->registry.platform);
+	_cleanup_free_ char *blob_path = cache_path(opts->cache_dir, "blobs", digest);
+	_cleanup_free_ char *record = strdup_printf("%s %s\n", digest, m->media_type ? m->media_type : MEDIA_TYPE_OCI_MANIFEST);
+	struct stat st;
+	if (!record_path || !blob_path || !record || !m->raw)
+		return;
+	if (stat(blob_path, &st) < 0 || (size_t)st.st_size != m->raw_size) {
+		if (write_file_atomic(blob_path, m->raw, m->raw_size) < 0)
+			return;
+		cache_note_stored(m->raw_size);
+	}
+	_cleanup_free_ char *old = NULL;
+	size_t old_len;
+	if (read_file_capped(record_path, 512, &old, &old_len) < 0 || strcmp(old, record) != 0)
+		write_file_atomic(record_path, record, strlen(record));
+}
+
 static int prepare_cache(const char *cache_dir, struct err *err)
 {
-	static const char *const subdirs[] = { "blobs/sha256", "index/sha256", "decoded/sha256" };
+	static const char *const subdirs[] = { "blobs/sha256", "index/sha256", "decoded/sha256", "refs" };
 	for (size_t i = 0; i < ARRAY_SIZE(subdirs); i++) {
 		_cleanup_free_ char *p = strdup_printf("%s/%s", cache_dir, subdirs[i]);
 		if (!p)
@@ -294,9 +380,17 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 		r = -ENOMEM;
 		goto out;
 	}
-	r = registry_get_image_manifest(client, &m, &img->manifest_digest, err);
-	if (r < 0)
-		goto out;
+	if (opts->pull == PULL_ALWAYS || load_resolved_manifest(opts, &ref, &m, &img->manifest_digest) < 0) {
+		if (opts->pull == PULL_NEVER) {
+			r = err_set(err, ENOENT, "not in the cache \"%s\", and --pull never forbids asking the registry",
+				    opts->cache_dir);
+			goto out;
+		}
+		r = registry_get_image_manifest(client, &m, &img->manifest_digest, err);
+		if (r < 0)
+			goto out;
+		keep_resolved_manifest(opts, &ref, &m, img->manifest_digest);
+	}
 
 	/* The config is small; fetching it verifies the image is complete. */
 	int config_fd;

@@ -7,8 +7,16 @@
 #include "registry.h"
 #include "tree.h"
 
+/* When a mount asks the registry what a reference names, as podman's --pull:
+ * always; only when this cache has not resolved it before; or never. */
+enum pull_policy { PULL_ALWAYS, PULL_MISSING, PULL_NEVER };
+
+/* "always", "missing", "never"; -EINVAL for anything else. */
+int pull_policy_parse(const char *text, enum pull_policy *ret);
+
 struct image_options {
 	const char *cache_dir;
+	enum pull_policy pull;
 	struct registry_options registry;
 	/* Called with a line of progress (not an error) when non-NULL. */
 	void (*progress)(const char *line);

@@ -33,6 +33,9 @@ static void usage(FILE *out)
 		"                              UPPERDIR (an overlayfs upper directory; created\n"
 		"                              if missing; one mount at a time)\n"
 		"  --platform OS/ARCH[/VAR]    platform to pick from a multi-platform image\n"
+		"  --pull POLICY               always (default): ask the registry what REF names;\n"
+		"                              missing: only if this cache has not resolved REF\n"
+		"                              before; never: only from the cache\n"
 		"  --prefetch MODE             none, landmark (the eStargz prefetch set only) or\n"
 		"                              all (default: the prefetch set first, then the rest)\n"
 		"  --prefetch-list FILE        fetch the files FILE lists (one path per line, as\n"
@@ -213,9 +216,10 @@ out:
 
 static int cmd_mount(int argc, char **argv)
 {
-	enum { OPT_PREFETCH = OPT_OWN, OPT_UPPER, OPT_CACHE_SIZE, OPT_PREFETCH_LIST };
+	enum { OPT_PREFETCH = OPT_OWN, OPT_UPPER, OPT_CACHE_SIZE, OPT_PREFETCH_LIST, OPT_PULL };
 	static const struct option options[] = {
 		SOURCE_OPTIONS,
+		{ "pull", required_argument, NULL, OPT_PULL },
 		{ "prefetch", required_argument, NULL, OPT_PREFETCH },
 		{ "upper", required_argument, NULL, OPT_UPPER },
 		{ "cache-size", required_argument, NULL, OPT_CACHE_SIZE },
@@ -232,6 +236,7 @@ static int cmd_mount(int argc, char **argv)
 	struct overlay *overlay = NULL;
 	bool foreground = false, debug = false;
 	enum prefetch_mode prefetch = PREFETCH_ALL;
+	enum pull_policy pull = PULL_ALWAYS;
 	struct err err = { 0 };
 	int ret = 1, c, r;
 
@@ -248,6 +253,13 @@ static int cmd_mount(int argc, char **argv)
 			break;
 		case OPT_PREFETCH_LIST:
 			prefetch_list = optarg;
+			break;
+		case OPT_PULL:
+			if (pull_policy_parse(optarg, &pull) < 0) {
+				fprintf(stderr, "imgfs: invalid --pull \"%s\": expected always, missing or never\n", optarg);
+				ret = 2;
+				goto out;
+			}
 			break;
 		case OPT_CACHE_SIZE:
 			if (cache_parse_size(optarg, &cache_size) < 0) {
@@ -295,6 +307,7 @@ static int cmd_mount(int argc, char **argv)
 	const char *ref = argv[optind], *dir = argv[optind + 1];
 	if ((ret = source_flags_apply(&flags, &opts)) != 0)
 		goto out;
+	opts.pull = pull;
 	ret = 1;
 	/* Tests shorten it to exercise stalled connections quickly. */
 	const char *stall = getenv("IMGFS_STALL_SECONDS");

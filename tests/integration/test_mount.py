@@ -159,6 +159,34 @@ with workspace() as work:
                    "a damaged decoded copy is not used, and is decoded again", m.stderr())
             m.umount()
 
+        # -- --pull: what a tag names is asked of the registry always, only once, or never
+        pull_cache = os.path.join(work, "cache-pull")
+
+        def mount_pull(policy):
+            m = Mount(f"{reg.host}/test/pull:v1", os.path.join(work, "mnt-pull"), pull_cache, ["--pull", policy])
+            with open(f"{m.dir}/which", "rb") if m.ok else open(os.devnull, "rb") as f:
+                text = f.read()
+            m.umount()
+            return m, text
+
+        m, _ = mount_pull("never")
+        tap.ok(not m.ok and "--pull never" in m.stderr() and "test/pull:v1" in m.stderr(),
+               "--pull never, for a reference this cache never resolved, is a clear error", m.stderr())
+        push_image(reg, "test/pull", "v1", [(make_tar([Entry("which", data=b"first\n")]), "gzip")])
+        m, text = mount_pull("missing")
+        tap.ok(text == b"first\n", "--pull missing asks the registry the first time", m.stderr())
+        push_image(reg, "test/pull", "v1", [(make_tar([Entry("which", data=b"second\n")]), "gzip")])
+        seen = len(reg.access_log())
+        m, text = mount_pull("missing")
+        tap.ok(text == b"first\n" and "/v2/test/pull/" not in reg.access_log()[seen:],
+               "then it mounts what this cache resolved, without one request", reg.access_log()[seen:][-800:])
+        m, text = mount_pull("never")
+        tap.ok(text == b"first\n", "--pull never mounts from the cache alone", m.stderr())
+        m, text = mount_pull("always")
+        tap.ok(text == b"second\n", "--pull always (the default) sees the tag moved", m.stderr())
+        m, text = mount_pull("missing")
+        tap.ok(text == b"second\n", "and --pull missing follows what always found", m.stderr())
+
         # -- an OCI index with two platforms
         amd = push_image(reg, "test/multi", "amd64-only",
                          [(make_tar([Entry("which", data=b"amd64\n")]), "gzip")], arch="amd64")
