@@ -23,6 +23,7 @@ struct run_options {
 	struct spec_options spec;
 	bool interactive, detach, remove, init;
 	const char *name, *user, *network, *runtime, *root, *detach_keys;
+	const char *pull; /* as podman: "missing" unless asked */
 	char **imgfs_args; /* passed through to imgfs mount */
 	size_t n_imgfs_args, allocated_imgfs_args;
 	char **env, **volumes;
@@ -87,13 +88,15 @@ static void usage(FILE *out)
 		"      --runtime PATH         OCI runtime (default: runc, else crun)\n"
 		"      --detach-keys KEYS     detach sequence (default: ctrl-p,ctrl-q)\n"
 		"      --root DIR             state directory (default: $LAUNCH_ROOT, /run/launch)\n"
+		"      --pull POLICY          missing (default): ask the registry only for an image\n"
+		"                             not in the cache; always; never\n"
 		"      --platform, --cache, --insecure-registry, --prefetch   as for imgfs mount\n");
 }
 
 static int parse_run_options(int argc, char **argv, struct run_options *o)
 {
 	enum { O_RM = 256, O_NAME, O_ENV_FILE, O_ENTRYPOINT, O_HOSTNAME, O_NETWORK, O_INIT, O_RUNTIME, O_ROOT,
-	       O_DETACH_KEYS, O_PLATFORM, O_CACHE, O_INSECURE, O_PREFETCH };
+	       O_DETACH_KEYS, O_PLATFORM, O_CACHE, O_INSECURE, O_PREFETCH, O_PULL };
 	static const struct option opts[] = {
 		{ "interactive", no_argument, NULL, 'i' },
 		{ "tty", no_argument, NULL, 't' },
@@ -117,6 +120,7 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		{ "cache", required_argument, NULL, O_CACHE },
 		{ "insecure-registry", required_argument, NULL, O_INSECURE },
 		{ "prefetch", required_argument, NULL, O_PREFETCH },
+		{ "pull", required_argument, NULL, O_PULL },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -143,6 +147,7 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		case O_RUNTIME: o->runtime = optarg; break;
 		case O_ROOT: o->root = optarg; break;
 		case O_DETACH_KEYS: o->detach_keys = optarg; break;
+		case O_PULL: o->pull = optarg; break;
 		case O_PLATFORM: imgfs_flag = "--platform"; break;
 		case O_CACHE: imgfs_flag = "--cache"; break;
 		case O_INSECURE: imgfs_flag = "--insecure-registry"; break;
@@ -159,6 +164,10 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 	if (optind >= argc) {
 		fprintf(stderr, "launch run: expected IMAGE\n");
 		usage(stderr);
+		return -EINVAL;
+	}
+	if (strcmp(o->pull, "always") != 0 && strcmp(o->pull, "missing") != 0 && strcmp(o->pull, "never") != 0) {
+		fprintf(stderr, "launch run: invalid --pull \"%s\": expected always, missing or never\n", o->pull);
 		return -EINVAL;
 	}
 	if (o->network && strcmp(o->network, "none") != 0 && strcmp(o->network, "host") != 0) {
@@ -221,12 +230,14 @@ static int mount_image(const struct run_options *o, const char *image, const cha
 	}
 	if (!upper || !rootfs || mkdir(rootfs, 0755) < 0)
 		return -errno;
-	const char **argv = calloc(o->n_imgfs_args + 8, sizeof(char *));
+	const char **argv = calloc(o->n_imgfs_args + 10, sizeof(char *));
 	if (!argv)
 		return -ENOMEM;
 	size_t a = 0;
 	argv[a++] = imgfs;
 	argv[a++] = "mount";
+	argv[a++] = "--pull";
+	argv[a++] = o->pull;
 	for (size_t i = 0; i < o->n_imgfs_args; i++)
 		argv[a++] = o->imgfs_args[i];
 	argv[a++] = "--upper";
@@ -456,7 +467,7 @@ static int start_shim(const struct run_options *o, const char *root, const struc
 	return 0;
 }
 
-/* The next report of the shim: "created", "started", or its error (message
+/* The next report of the shim: "ready", "started", or its error (message
  * in err, exit code returned). */
 static int read_report(struct shim_handle *s, const char *expect, struct err *err)
 {
@@ -490,7 +501,7 @@ static int wait_child(pid_t pid)
 
 int cmd_run(int argc, char **argv)
 {
-	struct run_options o = { .detach_keys = DEFAULT_DETACH_KEYS };
+	struct run_options o = { .detach_keys = DEFAULT_DETACH_KEYS, .pull = "missing" };
 	struct container c = { 0 };
 	struct shim_handle shim = { .pid = -1 };
 	struct err err = { 0 };
@@ -520,7 +531,7 @@ int cmd_run(int argc, char **argv)
 		(void)container_remove(root, runtime, &c, NULL);
 		goto out;
 	}
-	int code = read_report(&shim, "created", &err);
+	int code = read_report(&shim, "ready", &err);
 	int sock = -1;
 	if (code == 0 && !o.detach) {
 		/* The shim waits for this connection before it starts the container,

@@ -1,9 +1,13 @@
 /* launch-shim: the supervisor of one container, as conmon is for podman.
  *
- * It runs `RUNTIME create` with the container's stdio (a pty received over
- * the console socket, or pipes), becomes the container's parent (child
- * subreaper), reports to the launcher over the sync pipe, `start`s it, and
- * then until the container exits: logs its output, serves attach clients,
+ * With a terminal it runs `RUNTIME create` with the pty received over the
+ * console socket, becomes the container's parent (child subreaper), reports
+ * to the launcher over the sync pipe and `start`s it.  Without one it runs
+ * `RUNTIME run` in the foreground with pipes as its stdio: one runtime
+ * process instead of three (create, start, delete), which is most of what a
+ * short container costs to start.  (A foreground runtime with a terminal
+ * would want a terminal of its own to proxy.)  Then, until the container
+ * exits: logs its output, serves attach clients,
  * applies window sizes and forwards signals.  At the exit it drains the
  * output, records the exit code, deletes the container from the runtime and,
  * for --rm, removes everything it was given.  It knows nothing of images. */
@@ -14,6 +18,7 @@
 #include <json-c/json.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/inotify.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
@@ -51,7 +56,9 @@ struct shim {
 	size_t partial_len[2];
 	struct client clients[MAX_CLIENTS];
 	size_t n_clients;
-	pid_t container_pid;
+	pid_t container_pid; /* 0 until the runtime reported it */
+	pid_t runtime_pid;   /* the foreground `run`, when there is one */
+	bool runtime_killed; /* it died of a signal: its state may be left behind */
 	int exit_code;
 	bool exited;
 };
@@ -357,7 +364,8 @@ static void ctl_input(struct shim *sh)
 		if (sscanf(line, "resize %u %u", &rows, &cols) == 2 && sh->o.terminal && sh->out_fd[0] >= 0) {
 			struct winsize ws = { .ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols };
 			(void)ioctl(sh->out_fd[0], TIOCSWINSZ, &ws);
-		} else if (sscanf(line, "kill %d", &sig) == 1 && sig > 0 && sig < NSIG && !sh->exited) {
+		} else if (sscanf(line, "kill %d", &sig) == 1 && sig > 0 && sig < NSIG && !sh->exited &&
+			   sh->container_pid > 0) {
 			(void)kill(sh->container_pid, sig);
 		}
 	}
@@ -369,16 +377,24 @@ static void signal_input(struct shim *sh)
 	if (read(sh->sig_fd, &si, sizeof(si)) != sizeof(si))
 		return;
 	if (si.ssi_signo != SIGCHLD) {
-		if (!sh->exited)
+		if (!sh->exited && sh->container_pid > 0)
 			(void)kill(sh->container_pid, (int)si.ssi_signo);
 		return;
 	}
 	int status;
 	pid_t pid;
+	/* A foreground runtime exits with the container's code, 128+signal
+	 * for a signal, as the container's own parent would see it. */
+	pid_t parent = sh->runtime_pid ? sh->runtime_pid : sh->container_pid;
 	while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
-		if (pid == sh->container_pid) {
+		if (pid == parent && parent > 0) {
 			sh->exited = true;
 			sh->exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+			if (sh->runtime_pid && WIFSIGNALED(status)) {
+				sh->runtime_killed = true;
+				if (sh->container_pid > 0)
+					(void)kill(sh->container_pid, SIGKILL);
+			}
 		}
 }
 
@@ -414,7 +430,9 @@ static void finish(struct shim *sh)
 	broadcast(sh, SHIM_TAG_EXIT, code, (size_t)n);
 	while (sh->n_clients)
 		drop_client(sh, 0);
-	(void)run_runtime(sh, "delete", "--force");
+	/* A foreground runtime deleted the container itself when it exited. */
+	if (!sh->runtime_pid || sh->runtime_killed)
+		(void)run_runtime(sh, "delete", "--force");
 	if (sh->o.remove) {
 		if (sh->o.unmount)
 			(void)umount2(sh->o.unmount, MNT_DETACH);
@@ -594,6 +612,61 @@ static int create_container(struct shim *sh)
 	return 0;
 }
 
+/* Runs `run` in the foreground with pipes as the container's stdio, and
+ * waits until the runtime has written the container's pid (it started) or
+ * has exited (it failed: -EIO, the reason in its log). */
+static int run_container(struct shim *sh)
+{
+	_cleanup_free_ char *pid_file = state_path(sh, SHIM_PID_FILE);
+	_cleanup_free_ char *log = state_path(sh, SHIM_RUNTIME_LOG);
+	if (!pid_file || !log)
+		return -ENOMEM;
+	/* The runtime writes the pid file by renaming it into place. */
+	_cleanup_close_ int watch = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+	if (watch < 0 || inotify_add_watch(watch, ".", IN_MOVED_TO | IN_CLOSE_WRITE) < 0)
+		return -errno;
+	const char *argv[] = { sh->o.runtime, "--root", sh->o.runtime_root, "--log", log, "--log-format", "json",
+			       "run", "--bundle", sh->o.bundle, "--pid-file", pid_file, sh->o.id, NULL };
+	int in[2] = { -1, -1 }, out[2], errp[2];
+	_cleanup_close_ int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+	if ((sh->o.stdin_open && pipe2(in, O_CLOEXEC) < 0) || pipe2(out, O_CLOEXEC) < 0)
+		return -errno;
+	if (pipe2(errp, O_CLOEXEC) < 0) {
+		close(out[0]);
+		close(out[1]);
+		return -errno;
+	}
+	pid_t pid = spawn(argv, in[0] >= 0 ? in[0] : devnull, out[1], errp[1]);
+	if (in[0] >= 0)
+		close(in[0]);
+	close(out[1]);
+	close(errp[1]);
+	sh->stdin_fd = in[1];
+	sh->out_fd[0] = out[0];
+	sh->out_fd[1] = errp[0];
+	if (pid < 0)
+		return -errno;
+	sh->runtime_pid = pid;
+	for (;;) {
+		int cpid = read_pid_file(sh);
+		if (cpid > 0) {
+			sh->container_pid = cpid;
+			return 0;
+		}
+		if (sh->exited)
+			return -EIO;
+		struct pollfd p[2] = { { watch, POLLIN, 0 }, { sh->sig_fd, POLLIN, 0 } };
+		if (poll(p, 2, -1) < 0 && errno != EINTR)
+			return -errno;
+		char events[4096];
+		if (p[0].revents)
+			while (read(watch, events, sizeof(events)) > 0)
+				;
+		if (p[1].revents)
+			signal_input(sh);
+	}
+}
+
 static void wait_first_client(struct shim *sh)
 {
 	struct pollfd p = { sh->listen_fd, POLLIN, 0 };
@@ -696,7 +769,7 @@ int main(int argc, char **argv)
 	}
 
 	char msg[1024];
-	if ((r = create_container(&sh)) < 0) {
+	if (sh.o.terminal && (r = create_container(&sh)) < 0) {
 		int code = r == -EIO ? runtime_error(&sh, msg, sizeof(msg)) : 125;
 		if (r != -EIO)
 			snprintf(msg, sizeof(msg), "cannot create container %s: %s", sh.o.id, strerror(-r));
@@ -704,10 +777,23 @@ int main(int argc, char **argv)
 		(void)run_runtime(&sh, "delete", "--force");
 		return 1;
 	}
-	report(&sh, "created %d", (int)sh.container_pid);
+	report(&sh, "ready");
 	if (sh.o.wait_attach)
 		wait_first_client(&sh);
-	if (run_runtime(&sh, "start", NULL) < 0) {
+	if (!sh.o.terminal && (r = run_container(&sh)) < 0) {
+		int code = r == -EIO ? runtime_error(&sh, msg, sizeof(msg)) : 125;
+		if (r != -EIO)
+			snprintf(msg, sizeof(msg), "cannot run container %s: %s", sh.o.id, strerror(-r));
+		report(&sh, "error %d %s", code, msg);
+		/* What the runtime printed is said in the report: not output. */
+		if (sh.runtime_pid && !sh.exited) {
+			kill(sh.runtime_pid, SIGKILL);
+			wait_exit_status(sh.runtime_pid);
+		}
+		(void)run_runtime(&sh, "delete", "--force");
+		return 1;
+	}
+	if (sh.o.terminal && run_runtime(&sh, "start", NULL) < 0) {
 		int code = runtime_error(&sh, msg, sizeof(msg));
 		report(&sh, "error %d %s", code, msg);
 		(void)kill(sh.container_pid, SIGKILL);
@@ -716,7 +802,7 @@ int main(int argc, char **argv)
 		finish(&sh);
 		return 1;
 	}
-	report(&sh, "started");
+	report(&sh, "started %d", (int)sh.container_pid);
 	close(sh.sync_fd);
 	sh.sync_fd = -1;
 	event_loop(&sh);
