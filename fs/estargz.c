@@ -4,13 +4,12 @@
  * Trust chain: the manifest is verified by digest; its layer annotation gives
  * the TOC digest; the TOC (verified against it) gives each chunk's digest;
  * each fetched chunk is verified against that before it is cached or served. */
+#include "archive_lib.h"
 #include "decode.h"
 #include "cache.h"
 #include "remote_blob.h"
 #include "registry.h"
 
-#include <archive.h>
-#include <archive_entry.h>
 #include <fcntl.h>
 #include <json-c/json.h>
 #include <openssl/evp.h>
@@ -151,31 +150,34 @@ int estargz_parse_footer(const unsigned char *f, size_t n, uint64_t *ret_toc_off
 /* The TOC member is a gzipped tar holding one entry, stargz.index.json. */
 static int extract_toc(const void *gz, size_t len, char **ret_json, size_t *ret_len, struct err *err)
 {
-	struct archive *a = archive_read_new();
+	const struct archive_lib *ar = archive_lib_get(err);
+	if (!ar)
+		return err_wrap(err, "cannot read the TOC");
+	struct archive *a = ar->read_new();
 	struct archive_entry *ae;
 	int r;
 	if (!a)
 		return -ENOMEM;
-	archive_read_support_filter_gzip(a);
-	archive_read_support_format_tar(a);
-	if (archive_read_open_memory(a, gz, len) != ARCHIVE_OK ||
-	    archive_read_next_header(a, &ae) != ARCHIVE_OK) {
-		r = err_set(err, EINVAL, "the TOC member is not a gzipped tar: %s", archive_error_string(a));
+	ar->read_support_filter_gzip(a);
+	ar->read_support_format_tar(a);
+	if (ar->read_open_memory(a, gz, len) != ARCHIVE_OK ||
+	    ar->read_next_header(a, &ae) != ARCHIVE_OK) {
+		r = err_set(err, EINVAL, "the TOC member is not a gzipped tar: %s", ar->error_string(a));
 		goto out;
 	}
-	if (strcmp(archive_entry_pathname(ae), TOC_NAME) != 0 || archive_entry_size(ae) < 0 ||
-	    archive_entry_size(ae) > TOC_MAX_SIZE) {
+	if (strcmp(ar->entry_pathname(ae), TOC_NAME) != 0 || ar->entry_size(ae) < 0 ||
+	    ar->entry_size(ae) > TOC_MAX_SIZE) {
 		r = err_set(err, EINVAL, "the TOC member holds \"%s\" (%lld bytes), not a " TOC_NAME " within bounds",
-			    archive_entry_pathname(ae), (long long)archive_entry_size(ae));
+			    ar->entry_pathname(ae), (long long)ar->entry_size(ae));
 		goto out;
 	}
-	size_t size = (size_t)archive_entry_size(ae);
+	size_t size = (size_t)ar->entry_size(ae);
 	char *json = malloc(size + 1);
 	if (!json) {
 		r = -ENOMEM;
 		goto out;
 	}
-	la_ssize_t got = archive_read_data(a, json, size);
+	la_ssize_t got = ar->read_data(a, json, size);
 	if (got != (la_ssize_t)size) {
 		free(json);
 		r = err_set(err, EINVAL, "the TOC is truncated");
@@ -186,7 +188,7 @@ static int extract_toc(const void *gz, size_t len, char **ret_json, size_t *ret_
 	*ret_len = size;
 	r = 0;
 out:
-	archive_read_free(a);
+	ar->read_free(a);
 	return r;
 }
 

@@ -1,10 +1,9 @@
 /* Building a layer's index: decode the blob once, let libarchive parse the
  * tar stream, and record every entry and where its bytes sit. */
+#include "archive_lib.h"
 #include "decode.h"
 #include "remote_blob.h"
 
-#include <archive.h>
-#include <archive_entry.h>
 #include <sys/stat.h>
 
 #define SCAN_BUFFER_SIZE (256u << 10)
@@ -99,6 +98,7 @@ int checkpoint_add(struct checkpoint_recorder *rec, const struct checkpoint *cp,
 }
 
 struct scan {
+	const struct archive_lib *ar;
 	struct layer *layer;
 	struct cursor *cursor;
 	struct checkpoint_recorder rec;
@@ -114,12 +114,12 @@ static la_ssize_t scan_read(struct archive *a, void *userdata, const void **ret_
 	ssize_t n = cursor_read(s->cursor, s->buf, SCAN_BUFFER_SIZE, &s->rec);
 	if (n < 0) {
 		s->error = (int)n;
-		archive_set_error(a, (int)-n, "decoding the layer failed");
+		s->ar->set_error(a, (int)-n, "decoding the layer failed");
 		return ARCHIVE_FATAL;
 	}
 	if (cursor_position(s->cursor) > s->limit) {
 		s->error = -EFBIG;
-		archive_set_error(a, EFBIG, "the layer expands beyond %llu bytes", (unsigned long long)s->limit);
+		s->ar->set_error(a, EFBIG, "the layer expands beyond %llu bytes", (unsigned long long)s->limit);
 		return ARCHIVE_FATAL;
 	}
 	*ret_buf = s->buf;
@@ -194,7 +194,7 @@ static int add_extent(struct entry *e, size_t *allocated, uint64_t file_off, uin
 static int read_entry(struct scan *s, struct archive *a, struct archive_entry *ae, struct entry *e,
 		      struct err *err)
 {
-	const char *name = archive_entry_pathname(ae);
+	const char *name = s->ar->entry_pathname(ae);
 	int r;
 	if (!name)
 		return err_set(err, EINVAL, "an entry has no name");
@@ -204,8 +204,8 @@ static int read_entry(struct scan *s, struct archive *a, struct archive_entry *a
 	if (r < 0)
 		return err_set(err, -r, "entry \"%.200s...\": %s", name, strerror(-r));
 
-	const char *hardlink = archive_entry_hardlink(ae);
-	mode_t type = archive_entry_filetype(ae);
+	const char *hardlink = s->ar->entry_hardlink(ae);
+	mode_t type = s->ar->entry_filetype(ae);
 	if (hardlink) {
 		e->type = ENTRY_HARDLINK;
 		r = path_normalise(hardlink, &e->link);
@@ -217,7 +217,7 @@ static int read_entry(struct scan *s, struct archive *a, struct archive_entry *a
 	} else if (type == AE_IFDIR) {
 		e->type = ENTRY_DIR;
 	} else if (type == AE_IFLNK) {
-		const char *target = archive_entry_symlink(ae);
+		const char *target = s->ar->entry_symlink(ae);
 		e->type = ENTRY_SYMLINK;
 		if (!target || strlen(target) >= MAX_PATH_LEN)
 			return err_set(err, EINVAL, "symlink \"%s\" has no valid target", e->path);
@@ -235,20 +235,20 @@ static int read_entry(struct scan *s, struct archive *a, struct archive_entry *a
 		return err_set(err, EINVAL, "entry \"%s\" has an unsupported type 0%o", e->path, (unsigned)type);
 	}
 
-	e->mode = archive_entry_perm(ae) & 07777;
-	int64_t uid = archive_entry_uid(ae), gid = archive_entry_gid(ae);
+	e->mode = s->ar->entry_perm(ae) & 07777;
+	int64_t uid = s->ar->entry_uid(ae), gid = s->ar->entry_gid(ae);
 	if (uid < 0 || uid > UINT32_MAX - 1 || gid < 0 || gid > UINT32_MAX - 1)
 		return err_set(err, EINVAL, "entry \"%s\" has an invalid owner", e->path);
 	e->uid = (uint32_t)uid;
 	e->gid = (uint32_t)gid;
-	e->mtime_sec = archive_entry_mtime(ae);
-	e->mtime_nsec = (uint32_t)archive_entry_mtime_nsec(ae);
+	e->mtime_sec = s->ar->entry_mtime(ae);
+	e->mtime_nsec = (uint32_t)s->ar->entry_mtime_nsec(ae);
 	if (e->type == ENTRY_CHR || e->type == ENTRY_BLK) {
-		e->rdev_major = (uint32_t)archive_entry_rdevmajor(ae);
-		e->rdev_minor = (uint32_t)archive_entry_rdevminor(ae);
+		e->rdev_major = (uint32_t)s->ar->entry_rdevmajor(ae);
+		e->rdev_minor = (uint32_t)s->ar->entry_rdevminor(ae);
 	}
 
-	int n_xattrs = archive_entry_xattr_reset(ae);
+	int n_xattrs = s->ar->entry_xattr_reset(ae);
 	if (n_xattrs > MAX_XATTRS)
 		return err_set(err, EINVAL, "entry \"%s\" has more than %d xattrs", e->path, MAX_XATTRS);
 	if (n_xattrs > 0) {
@@ -258,7 +258,7 @@ static int read_entry(struct scan *s, struct archive *a, struct archive_entry *a
 		const char *xname;
 		const void *value;
 		size_t size;
-		while (archive_entry_xattr_next(ae, &xname, &value, &size) == ARCHIVE_OK &&
+		while (s->ar->entry_xattr_next(ae, &xname, &value, &size) == ARCHIVE_OK &&
 		       e->n_xattrs < (uint32_t)n_xattrs) {
 			if (size > MAX_XATTR_SIZE || strlen(xname) > 255)
 				return err_set(err, EINVAL, "entry \"%s\": xattr too large", e->path);
@@ -285,11 +285,11 @@ static int read_entry(struct scan *s, struct archive *a, struct archive_entry *a
 
 	if (e->type != ENTRY_REG)
 		return 0;
-	int64_t size = archive_entry_size(ae);
+	int64_t size = s->ar->entry_size(ae);
 	if (size < 0 || (uint64_t)size > s->limit)
 		return err_set(err, EFBIG, "entry \"%s\" claims an impossible size %lld", e->path, (long long)size);
 	e->size = (uint64_t)size;
-	/* After archive_read_data_block() returns, the format has consumed the
+	/* After s->ar->read_data_block() returns, the format has consumed the
 	 * stream up to the start of the block it hands out: that position is
 	 * where the block sits in the uncompressed stream. */
 	size_t allocated = 0;
@@ -297,17 +297,17 @@ static int read_entry(struct scan *s, struct archive *a, struct archive_entry *a
 		const void *buf;
 		size_t len;
 		la_int64_t offset;
-		r = archive_read_data_block(a, &buf, &len, &offset);
+		r = s->ar->read_data_block(a, &buf, &len, &offset);
 		if (r == ARCHIVE_EOF)
 			break;
 		if (r != ARCHIVE_OK && r != ARCHIVE_WARN)
 			return err_set(err, s->error ? -s->error : EIO, "entry \"%s\": %s", e->path,
-				       archive_error_string(a) ? archive_error_string(a) : "cannot read data");
+				       s->ar->error_string(a) ? s->ar->error_string(a) : "cannot read data");
 		if (len == 0)
 			continue;
 		if (offset < 0 || (uint64_t)offset + len > e->size)
 			return err_set(err, EINVAL, "entry \"%s\": data beyond its size", e->path);
-		la_int64_t stream_off = archive_filter_bytes(a, 0);
+		la_int64_t stream_off = s->ar->filter_bytes(a, 0);
 		r = add_extent(e, &allocated, (uint64_t)offset, (uint64_t)stream_off, len);
 		if (r < 0)
 			return r;
@@ -318,9 +318,14 @@ static int read_entry(struct scan *s, struct archive *a, struct archive_entry *a
 int layer_open_scan(const char *digest, enum layer_compression compression, int blob_fd, struct layer **ret,
 		    struct err *err)
 {
-	struct scan s = { .rec.span = CHECKPOINT_SPAN };
+	struct scan s = { .rec.span = CHECKPOINT_SPAN, .ar = archive_lib_get(err) };
 	struct archive *a = NULL;
 	int r;
+
+	if (!s.ar) {
+		close(blob_fd);
+		return err_wrap(err, "cannot index layer %s", digest);
+	}
 
 	s.layer = layer_alloc(digest, compression, blob_fd);
 	if (!s.layer) {
@@ -346,19 +351,19 @@ int layer_open_scan(const char *digest, enum layer_compression compression, int 
 	if (r < 0)
 		goto out;
 
-	a = archive_read_new();
+	a = s.ar->read_new();
 	if (!a) {
 		r = -ENOMEM;
 		goto out;
 	}
-	archive_read_support_format_tar(a);
-	if (archive_read_open(a, &s, NULL, scan_read, NULL) != ARCHIVE_OK) {
-		r = err_set(err, s.error ? -s.error : EINVAL, "not a tar stream: %s", archive_error_string(a));
+	s.ar->read_support_format_tar(a);
+	if (s.ar->read_open(a, &s, NULL, scan_read, NULL) != ARCHIVE_OK) {
+		r = err_set(err, s.error ? -s.error : EINVAL, "not a tar stream: %s", s.ar->error_string(a));
 		goto out;
 	}
 	for (;;) {
 		struct archive_entry *ae;
-		int ar = archive_read_next_header(a, &ae);
+		int ar = s.ar->read_next_header(a, &ae);
 		if (ar == ARCHIVE_EOF)
 			break;
 		if (ar == ARCHIVE_RETRY)
@@ -367,7 +372,7 @@ int layer_open_scan(const char *digest, enum layer_compression compression, int 
 			/* A FAILED entry header still leaves the stream position unknown
 			 * for what follows, so both FAILED and FATAL end the scan. */
 			r = err_set(err, s.error ? -s.error : EINVAL, "corrupt tar stream after %zu entries: %s",
-				    l->n_entries, archive_error_string(a) ? archive_error_string(a) : "unknown error");
+				    l->n_entries, s.ar->error_string(a) ? s.ar->error_string(a) : "unknown error");
 			goto out;
 		}
 		if (l->n_entries >= MAX_ENTRIES) {
@@ -411,7 +416,7 @@ int layer_open_scan(const char *digest, enum layer_compression compression, int 
 	r = 0;
 out:
 	if (a)
-		archive_read_free(a);
+		s.ar->read_free(a);
 	cursor_free(s.cursor);
 	free(s.buf);
 	for (size_t i = 0; i < s.rec.n; i++)

@@ -1,5 +1,6 @@
 #include "util.h"
 
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <sys/stat.h>
@@ -220,5 +221,20 @@ int remove_tree(const char *path)
 		return -errno;
 	if (rmdir(path) < 0 && errno != ENOENT)
 		return -errno;
+	return 0;
+}
+
+int dl_open_symbols(const char *soname, const struct dl_symbol *symbols, size_t n, char *errbuf, size_t size)
+{
+	void *handle = dlopen(soname, RTLD_NOW | RTLD_LOCAL);
+	if (!handle) {
+		snprintf(errbuf, size, "cannot load %s: %s", soname, dlerror());
+		return -ELIBACC;
+	}
+	for (size_t i = 0; i < n; i++)
+		if (!(*symbols[i].address = dlsym(handle, symbols[i].name))) {
+			snprintf(errbuf, size, "%s has no %s", soname, symbols[i].name);
+			return -ELIBACC;
+		}
 	return 0;
 }

@@ -71,3 +71,15 @@ int read_full_at(int fd, void *buf, size_t len, off_t off);
 int write_full(int fd, const void *buf, size_t len);
 /* rm -rf that never follows a symlink and never enters another mount. */
 int remove_tree(const char *path);
+
+/* ---- libraries opened on first use -------------------------------------- */
+
+/* A symbol to look up and where its address goes. */
+struct dl_symbol {
+	const char *name;
+	void **address;
+};
+/* dlopen()s soname (never closed) and resolves every symbol.  On failure
+ * returns -ELIBACC with the reason in errbuf; nothing is half set up that a
+ * caller could use, as long as it checks the result. */
+int dl_open_symbols(const char *soname, const struct dl_symbol *symbols, size_t n, char *errbuf, size_t size);
