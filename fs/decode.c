@@ -420,8 +420,10 @@ out:
 /* ---- decoded spans ----------------------------------------------------------
  * Programs fault pages of mapped libraries in at random; without this, each
  * fault would decode from the checkpoint before it, about a span's worth.  A
- * small process-wide LRU of decoded spans turns that into one decode per span.
- * span_lock guards the list and every span's bytes while they are copied. */
+ * layer that is here whole keeps its decoded spans in the cache (decoded_keep)
+ * and reads them back from there; for the others a small process-wide LRU of
+ * decoded spans turns that into one decode per span.  span_lock guards the
+ * list and every span's bytes while they are copied. */
 
 #define SPAN_CACHE_BUDGET (24u << 20)
 #define SPAN_CACHE_MAX_SPAN (4u << 20)
@@ -513,13 +515,15 @@ static bool decoded_read(const struct layer *l, uint64_t start, uint64_t end, vo
 /* Keeping a copy is an optimisation: a failure only costs a later decode.
  * Synced before it is renamed into place, as every cache object, so that a
  * crash cannot leave a copy of the right length with the wrong bytes. */
-static void decoded_keep(const struct layer *l, uint64_t start, uint64_t end, const void *data)
+static bool decoded_keep(const struct layer *l, uint64_t start, uint64_t end, const void *data)
 {
 	if (!l->decoded_prefix)
-		return;
+		return false;
 	_cleanup_free_ char *path = decoded_path(l, start, end);
-	if (path && write_file_atomic(path, data, (size_t)(end - start)) == 0)
-		cache_note_stored(end - start);
+	if (!path || write_file_atomic(path, data, (size_t)(end - start)) < 0)
+		return false;
+	cache_note_stored(end - start);
+	return true;
 }
 
 static int span_read(struct layer *l, size_t idx, void *buf, size_t len, uint64_t off)
@@ -546,7 +550,12 @@ static int span_read(struct layer *l, size_t idx, void *buf, size_t len, uint64_
 		return r;
 	}
 	memcpy(buf, data + (off - start), len);
-	decoded_keep(l, start, end, data);
+	/* A kept span is read back from the page cache: not worth memory. */
+	if (decoded_keep(l, start, end, data)) {
+		free(data);
+		free(v);
+		return 0;
+	}
 	*v = (struct decoded_span){ .layer = l, .index = idx, .data = data, .len = (size_t)(end - start) };
 	pthread_mutex_lock(&span_lock);
 	/* Another reader may have decoded it meanwhile: keep one copy. */
