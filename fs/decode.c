@@ -7,6 +7,7 @@
 
 #include <fcntl.h>
 #include <inttypes.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include <zlib.h>
@@ -420,10 +421,10 @@ out:
 /* ---- decoded spans ----------------------------------------------------------
  * Programs fault pages of mapped libraries in at random; without this, each
  * fault would decode from the checkpoint before it, about a span's worth.  A
- * layer that is here whole keeps its decoded spans in the cache (decoded_keep)
- * and reads them back from there; for the others a small process-wide LRU of
- * decoded spans turns that into one decode per span.  span_lock guards the
- * list and every span's bytes while they are copied. */
+ * small process-wide LRU of decoded spans turns that into one decode per span;
+ * a layer that is here whole also keeps them in the cache (decoded_keep_later)
+ * and reads them back from there, in this mount and the next.  span_lock
+ * guards the list and every span's bytes while they are copied. */
 
 #define SPAN_CACHE_BUDGET (24u << 20)
 #define SPAN_CACHE_MAX_SPAN (4u << 20)
@@ -512,18 +513,119 @@ static bool decoded_read(const struct layer *l, uint64_t start, uint64_t end, vo
 	return true;
 }
 
-/* Keeping a copy is an optimisation: a failure only costs a later decode.
- * Synced before it is renamed into place, as every cache object, so that a
- * crash cannot leave a copy of the right length with the wrong bytes. */
-static bool decoded_keep(const struct layer *l, uint64_t start, uint64_t end, const void *data)
+/* ---- kept copies, written off the read path ---------------------------------
+ * Writing a decoded span costs a page-cache copy and a sync, right when a
+ * first start is busiest; a thread at nice 19 does it instead, from a copy of
+ * the span, and then drops the span from the memory LRU (its bytes are in the
+ * page cache now).  Keeping a copy is an optimisation: a failure, or a queue
+ * that is full, only costs a later decode.  Copies are synced before they
+ * are renamed into place, as every cache object, so that a crash cannot
+ * leave a copy of the right length with the wrong bytes. */
+
+#define KEEP_PENDING_MAX (8u << 20)
+
+struct keep_job {
+	const struct layer *layer; /* compared, never followed: it may be gone */
+	size_t index;
+	char *path;
+	unsigned char *data;
+	size_t len;
+	struct keep_job *next;
+};
+
+static struct {
+	pthread_mutex_t lock;
+	pthread_cond_t work, idle;
+	struct keep_job *head, **tail;
+	size_t pending_bytes;
+	bool busy;
+	pid_t thread_pid; /* threads do not survive fork: a child starts its own */
+} keeper = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, &keeper.head };
+
+static void span_forget(const struct layer *l, size_t idx)
+{
+	pthread_mutex_lock(&span_lock);
+	for (struct decoded_span **p = &spans; *p; p = &(*p)->next)
+		if ((*p)->layer == l && (*p)->index == idx) {
+			struct decoded_span *v = *p;
+			*p = v->next;
+			span_bytes -= v->len;
+			free(v->data);
+			free(v);
+			break;
+		}
+	pthread_mutex_unlock(&span_lock);
+}
+
+static void *keeper_main(void *arg)
+{
+	(void)arg;
+	(void)setpriority(PRIO_PROCESS, (id_t)gettid(), 19);
+	pthread_mutex_lock(&keeper.lock);
+	for (;;) {
+		while (!keeper.head)
+			pthread_cond_wait(&keeper.work, &keeper.lock);
+		struct keep_job *job = keeper.head;
+		if (!(keeper.head = job->next))
+			keeper.tail = &keeper.head;
+		keeper.busy = true;
+		pthread_mutex_unlock(&keeper.lock);
+		if (write_file_atomic(job->path, job->data, job->len) == 0) {
+			cache_note_stored(job->len);
+			span_forget(job->layer, job->index);
+		}
+		pthread_mutex_lock(&keeper.lock);
+		keeper.busy = false;
+		keeper.pending_bytes -= job->len;
+		if (!keeper.head)
+			pthread_cond_broadcast(&keeper.idle);
+		free(job->path);
+		free(job->data);
+		free(job);
+	}
+	return NULL;
+}
+
+static void decoded_keep_later(const struct layer *l, size_t idx, uint64_t start, uint64_t end,
+			       const unsigned char *data)
 {
 	if (!l->decoded_prefix)
-		return false;
-	_cleanup_free_ char *path = decoded_path(l, start, end);
-	if (!path || write_file_atomic(path, data, (size_t)(end - start)) < 0)
-		return false;
-	cache_note_stored(end - start);
-	return true;
+		return;
+	size_t len = (size_t)(end - start);
+	pthread_mutex_lock(&keeper.lock);
+	bool room = keeper.pending_bytes + len <= KEEP_PENDING_MAX;
+	for (struct keep_job *j = keeper.head; j && room; j = j->next)
+		room = !(j->layer == l && j->index == idx);
+	if (room && keeper.thread_pid != getpid()) {
+		pthread_t thread;
+		pthread_attr_t attr;
+		room = pthread_attr_init(&attr) == 0 && pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
+		       pthread_create(&thread, &attr, keeper_main, NULL) == 0;
+		pthread_attr_destroy(&attr);
+		if (room)
+			keeper.thread_pid = getpid();
+	}
+	struct keep_job *job = room ? calloc(1, sizeof(*job)) : NULL;
+	if (job && (job->path = decoded_path(l, start, end)) && (job->data = malloc(len))) {
+		memcpy(job->data, data, len);
+		*job = (struct keep_job){ .layer = l, .index = idx, .path = job->path, .data = job->data, .len = len };
+		*keeper.tail = job;
+		keeper.tail = &job->next;
+		keeper.pending_bytes += len;
+		pthread_cond_signal(&keeper.work);
+	} else if (job) {
+		free(job->path);
+		free(job);
+	}
+	pthread_mutex_unlock(&keeper.lock);
+}
+
+void decoded_keep_flush(void)
+{
+	pthread_mutex_lock(&keeper.lock);
+	while (keeper.thread_pid == getpid() && (keeper.head || keeper.busy))
+		pthread_cond_wait(&keeper.idle, &keeper.lock);
+	pthread_mutex_unlock(&keeper.lock);
 }
 
 static int span_read(struct layer *l, size_t idx, void *buf, size_t len, uint64_t off)
@@ -550,12 +652,7 @@ static int span_read(struct layer *l, size_t idx, void *buf, size_t len, uint64_
 		return r;
 	}
 	memcpy(buf, data + (off - start), len);
-	/* A kept span is read back from the page cache: not worth memory. */
-	if (decoded_keep(l, start, end, data)) {
-		free(data);
-		free(v);
-		return 0;
-	}
+	decoded_keep_later(l, idx, start, end, data);
 	*v = (struct decoded_span){ .layer = l, .index = idx, .data = data, .len = (size_t)(end - start) };
 	pthread_mutex_lock(&span_lock);
 	/* Another reader may have decoded it meanwhile: keep one copy. */

@@ -24,6 +24,8 @@ uint64_t cursor_position(const struct cursor *c);
 void layer_cursors_free(struct layer *l);
 /* Forgets the decoded spans of a layer that is going away. */
 void layer_spans_drop(const struct layer *l);
+/* Waits until the decoded spans queued for the cache are written. */
+void decoded_keep_flush(void);
 /* The compressed bytes [*ret_in, *ret_end) a decoder reads for the stream
  * bytes [off, off+len). */
 void layer_compressed_range(const struct layer *l, uint64_t off, uint64_t len, uint64_t *ret_in, uint64_t *ret_end);

@@ -9,6 +9,7 @@
  *   refs/<hex>           what a reference resolved to for a platform (--pull) */
 #include "image.h"
 #include "cache.h"
+#include "decode.h"
 #include "index_artifact.h"
 #include "remote_blob.h"
 
@@ -463,6 +464,8 @@ struct image *image_free(struct image *img)
 		pthread_join(img->prefetch_thread, NULL);
 	}
 	tree_free(img->tree);
+	/* The copies being written are what makes the next start quick. */
+	decoded_keep_flush();
 	for (size_t i = 0; i < img->n_layers; i++)
 		layer_free(img->layers[i]);
 	free(img->layers);

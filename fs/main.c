@@ -5,11 +5,15 @@
 
 #include <getopt.h>
 #include <malloc.h>
+#include <poll.h>
 #include <sys/mount.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
 
 #define IMGFS_VERSION "0.1.0"
+/* How long imgfs umount waits for the daemon to finish. */
+#define DAEMON_EXIT_WAIT_MS 30000
 
 static void usage(FILE *out)
 {
@@ -444,15 +448,38 @@ static int cmd_record(int argc, char **argv)
 	return 0;
 }
 
+/* A pidfd of the daemon serving dir, or -1 (not ours, or too old a kernel). */
+static int open_daemon_pidfd(const char *dir)
+{
+	char pid[32];
+	ssize_t n = getxattr(dir, IMGFS_PID_XATTR, pid, sizeof(pid) - 1);
+	if (n <= 0)
+		return -1;
+	pid[n] = '\0';
+	return (int)syscall(SYS_pidfd_open, (pid_t)strtol(pid, NULL, 10), 0);
+}
+
+/* The daemon writes its last cache objects when the kernel lets go: wait
+ * for that, so that the cache is complete once umount returns. */
+static void wait_daemon_exit(int pidfd)
+{
+	struct pollfd p = { pidfd, POLLIN, 0 };
+	if (pidfd >= 0)
+		(void)poll(&p, 1, DAEMON_EXIT_WAIT_MS);
+}
+
 static int cmd_umount(int argc, char **argv)
 {
 	if (argc != 2) {
 		fprintf(stderr, "Usage: imgfs umount DIR\n");
 		return 2;
 	}
+	_cleanup_close_ int pidfd = open_daemon_pidfd(argv[1]);
 	if (geteuid() == 0) {
-		if (umount2(argv[1], UMOUNT_NOFOLLOW) == 0)
+		if (umount2(argv[1], UMOUNT_NOFOLLOW) == 0) {
+			wait_daemon_exit(pidfd);
 			return 0;
+		}
 		fprintf(stderr, "imgfs: cannot unmount \"%s\": %s\n", argv[1], strerror(errno));
 		return 1;
 	}
@@ -469,7 +496,10 @@ static int cmd_umount(int argc, char **argv)
 	int status;
 	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
 		;
-	return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : 1;
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+		return 1;
+	wait_daemon_exit(pidfd);
+	return 0;
 }
 
 int main(int argc, char **argv)
@@ -477,6 +507,11 @@ int main(int argc, char **argv)
 	/* Up to a dozen threads (FUSE workers, prefetch): one malloc arena per
 	 * thread would keep a quarter of the daemon's memory in free lists. */
 	mallopt(M_ARENA_MAX, 2);
+	/* Decoded spans (1 to 4 MiB) come and go all the time.  glibc would
+	 * raise its mmap threshold past them after the first free and carve
+	 * them out of the heap, where freed spans leave holes that are never
+	 * returned; a fixed threshold keeps them mapped, and given back. */
+	mallopt(M_MMAP_THRESHOLD, 256 << 10);
 	if (argc < 2) {
 		usage(stderr);
 		return 2;
