@@ -536,8 +536,8 @@ static int read_pid_file(struct shim *sh)
 	return pid > 1 ? (int)pid : -EIO;
 }
 
-/* Runs `create`; on success the container waits for `start`, holding the
- * stdio set up here. */
+/* Runs `create` with a console socket; on success the container waits for
+ * `start`, and the shim holds the pty master it received. */
 static int create_container(struct shim *sh)
 {
 	_cleanup_free_ char *pid_file = state_path(sh, SHIM_PID_FILE);
@@ -545,62 +545,28 @@ static int create_container(struct shim *sh)
 	const char *console = "console.sock"; /* relative to the state directory, our cwd */
 	if (!pid_file || !log)
 		return -ENOMEM;
-	int in[2] = { -1, -1 }, out[2] = { -1, -1 }, errp[2] = { -1, -1 };
-	_cleanup_close_ int console_fd = -1, devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
-	const char *argv[20];
-	size_t a = 0;
-	argv[a++] = sh->o.runtime;
-	argv[a++] = "--root";
-	argv[a++] = sh->o.runtime_root;
-	argv[a++] = "--log";
-	argv[a++] = log;
-	argv[a++] = "--log-format";
-	argv[a++] = "json";
-	argv[a++] = "create";
-	argv[a++] = "--bundle";
-	argv[a++] = sh->o.bundle;
-	argv[a++] = "--pid-file";
-	argv[a++] = pid_file;
-	if (sh->o.terminal) {
-		if ((console_fd = listen_unix(console, SOCK_STREAM)) < 0)
-			return console_fd;
-		argv[a++] = "--console-socket";
-		argv[a++] = console;
-	}
-	argv[a++] = sh->o.id;
-	argv[a++] = NULL;
-
-	if (!sh->o.terminal) {
-		if ((sh->o.stdin_open && pipe2(in, O_CLOEXEC) < 0) || pipe2(out, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0)
-			return -errno;
-	}
-	pid_t pid = sh->o.terminal ? spawn(argv, devnull, devnull, devnull)
-				   : spawn(argv, in[0] >= 0 ? in[0] : devnull, out[1], errp[1]);
-	if (!sh->o.terminal) {
-		if (in[0] >= 0)
-			close(in[0]);
-		close(out[1]);
-		close(errp[1]);
-		sh->stdin_fd = in[1];
-		sh->out_fd[0] = out[0];
-		sh->out_fd[1] = errp[0];
-	}
+	_cleanup_close_ int console_fd = listen_unix(console, SOCK_STREAM);
+	_cleanup_close_ int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+	if (console_fd < 0)
+		return console_fd;
+	const char *argv[] = { sh->o.runtime, "--root", sh->o.runtime_root, "--log", log, "--log-format", "json",
+			       "create", "--bundle", sh->o.bundle, "--pid-file", pid_file, "--console-socket", console,
+			       sh->o.id, NULL };
+	pid_t pid = spawn(argv, devnull, devnull, devnull);
 	if (pid < 0)
 		return -errno;
 	int status = 0;
-	if (sh->o.terminal) {
-		int master = accept_console(console_fd, pid, &status);
-		unlink(console);
-		if (master == -ECHILD)
-			return -EIO;
-		if (master < 0) {
-			kill(pid, SIGKILL);
-			wait_exit_status(pid);
-			return master;
-		}
-		sh->out_fd[0] = master;
-		sh->stdin_fd = dup(master);
+	int master = accept_console(console_fd, pid, &status);
+	unlink(console);
+	if (master == -ECHILD)
+		return -EIO;
+	if (master < 0) {
+		kill(pid, SIGKILL);
+		wait_exit_status(pid);
+		return master;
 	}
+	sh->out_fd[0] = master;
+	sh->stdin_fd = dup(master);
 	if (status == 0)
 		status = wait_exit_status(pid);
 	if (status < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
