@@ -1,14 +1,16 @@
 /* launch-shim: the supervisor of one container, as conmon is for podman.
  *
- * With a terminal it runs `RUNTIME create` with the pty received over the
- * console socket, becomes the container's parent (child subreaper), reports
- * to the launcher over the sync pipe and `start`s it.  Without one it runs
- * `RUNTIME run` in the foreground with pipes as its stdio: one runtime
- * process instead of three (create, start, delete), which is most of what a
- * short container costs to start.  (A foreground runtime with a terminal
- * would want a terminal of its own to proxy.)  Then, until the container
- * exits: logs its output, serves attach clients,
- * applies window sizes and forwards signals.  At the exit it drains the
+ * Without a terminal it runs `RUNTIME run` in the foreground with pipes as
+ * its stdio: one runtime process for the container's life instead of three
+ * (create, start, delete), which is most of what a short container costs to
+ * start.  With a terminal it runs `RUNTIME run --detach` with a console
+ * socket, receives the pty master and becomes the container's parent (child
+ * subreaper); a foreground runtime would want a terminal of its own to proxy.
+ * With --wait-attach nothing is lost before the first attach: the foreground
+ * runtime starts after it, and a terminal's output waits in the pty, unread.
+ * The shim reports to the launcher over the sync pipe, and then, until the
+ * container exits: logs its output, serves attach clients, applies window
+ * sizes and forwards signals.  At the exit it drains the
  * output, records the exit code, deletes the container from the runtime and,
  * for --rm, removes everything it was given.  It knows nothing of images. */
 #include "shim.h"
@@ -536,9 +538,9 @@ static int read_pid_file(struct shim *sh)
 	return pid > 1 ? (int)pid : -EIO;
 }
 
-/* Runs `create` with a console socket; on success the container waits for
- * `start`, and the shim holds the pty master it received. */
-static int create_container(struct shim *sh)
+/* Runs `run --detach` with a console socket: the container runs, and the
+ * shim holds the pty master it received. */
+static int run_terminal_container(struct shim *sh)
 {
 	_cleanup_free_ char *pid_file = state_path(sh, SHIM_PID_FILE);
 	_cleanup_free_ char *log = state_path(sh, SHIM_RUNTIME_LOG);
@@ -550,7 +552,7 @@ static int create_container(struct shim *sh)
 	if (console_fd < 0)
 		return console_fd;
 	const char *argv[] = { sh->o.runtime, "--root", sh->o.runtime_root, "--log", log, "--log-format", "json",
-			       "create", "--bundle", sh->o.bundle, "--pid-file", pid_file, "--console-socket", console,
+			       "run", "--detach", "--bundle", sh->o.bundle, "--pid-file", pid_file, "--console-socket", console,
 			       sh->o.id, NULL };
 	pid_t pid = spawn(argv, devnull, devnull, devnull);
 	if (pid < 0)
@@ -735,10 +737,10 @@ int main(int argc, char **argv)
 	}
 
 	char msg[1024];
-	if (sh.o.terminal && (r = create_container(&sh)) < 0) {
+	if (sh.o.terminal && (r = run_terminal_container(&sh)) < 0) {
 		int code = r == -EIO ? runtime_error(&sh, msg, sizeof(msg)) : 125;
 		if (r != -EIO)
-			snprintf(msg, sizeof(msg), "cannot create container %s: %s", sh.o.id, strerror(-r));
+			snprintf(msg, sizeof(msg), "cannot run container %s: %s", sh.o.id, strerror(-r));
 		report(&sh, "error %d %s", code, msg);
 		(void)run_runtime(&sh, "delete", "--force");
 		return 1;
@@ -757,15 +759,6 @@ int main(int argc, char **argv)
 			wait_exit_status(sh.runtime_pid);
 		}
 		(void)run_runtime(&sh, "delete", "--force");
-		return 1;
-	}
-	if (sh.o.terminal && run_runtime(&sh, "start", NULL) < 0) {
-		int code = runtime_error(&sh, msg, sizeof(msg));
-		report(&sh, "error %d %s", code, msg);
-		(void)kill(sh.container_pid, SIGKILL);
-		sh.exit_code = code;
-		sh.exited = true;
-		finish(&sh);
 		return 1;
 	}
 	report(&sh, "started %d", (int)sh.container_pid);
