@@ -27,8 +27,9 @@ enum shim_attach_tag {
 #define SHIM_PACKET_MAX 32768
 
 /* The sync pipe carries lines: "ready" once the attach socket listens (with
- * --wait-attach the container starts after the first attach, so that not
- * one byte of output is missed), then "started PID"; or at any point
+ * --wait-attach not one byte of output is read before the first attach: the
+ * container starts after it, or with a terminal its output waits in the
+ * pty), then "started PID"; or at any point
  * "error CODE MESSAGE" where CODE is the exit code a launcher should return
  * (125 runtime or shim failure, 126 command cannot be run, 127 command not
  * found). */
