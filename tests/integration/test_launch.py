@@ -215,6 +215,11 @@ with workspace() as work:
         r = launch("run", "--rm", f"{reg.host}/test/missing", "true")
         tap.ok(r.returncode == 125 and b"test/missing" in r.stderr, "an image that does not exist: 125, named",
                r.stderr)
+        r = launch("run", "--rm", "--pull", "never", f"{reg.host}/test/never-pulled", "true")
+        tap.ok(r.returncode == 125 and b"test/never-pulled" in r.stderr and b"--pull never" in r.stderr,
+               "--pull never for an image not in the cache: 125, named", r.stderr)
+        r = launch("run", "--rm", "--pull", "sometimes", img, "true")
+        tap.ok(r.returncode == 125 and b"--pull" in r.stderr, "an unknown --pull policy: 125", r.stderr)
         r = launch("run", "--rm", img, "no-such-command")
         tap.ok(r.returncode == 127 and b"no-such-command" in r.stderr, "a command that does not exist: 127", r)
         r = launch("run", "--rm", img, "/etc/passwd")

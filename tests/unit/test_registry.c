@@ -206,8 +206,27 @@ static void test_digests(void)
 	   "--insecure-registry HOST covers every port, HOST:PORT one");
 }
 
+/* The loader behind libcurl (registry/curl_lib.c) and libarchive (fs/archive_lib.c). */
+static void test_dl_open_symbols(void)
+{
+	char err[256];
+	size_t (*length)(const char *) = NULL;
+	const struct dl_symbol present[] = { { "strlen", (void **)&length } };
+	ok(dl_open_symbols("libc.so.6", present, 1, err, sizeof(err)) == 0 && length && length("abc") == 3,
+	   "dl_open_symbols resolves a symbol of a library");
+	void *missing_symbol;
+	const struct dl_symbol absent[] = { { "imgfs_no_such_symbol", &missing_symbol } };
+	ok(dl_open_symbols("libc.so.6", absent, 1, err, sizeof(err)) == -ELIBACC &&
+		   strstr(err, "imgfs_no_such_symbol") && strstr(err, "libc.so.6"),
+	   "a missing symbol is -ELIBACC, naming symbol and library (%s)", err);
+	ok(dl_open_symbols("libimgfs-no-such-library.so.1", present, 1, err, sizeof(err)) == -ELIBACC &&
+		   strstr(err, "libimgfs-no-such-library.so.1"),
+	   "a missing library is -ELIBACC, named (%s)", err);
+}
+
 int main(void)
 {
+	test_dl_open_symbols();
 	test_refs();
 	test_challenges();
 	test_credentials();
