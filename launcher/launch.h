@@ -81,6 +81,8 @@ enum container_status container_status(const struct container *c, int *ret_exit_
 bool process_alive(pid_t pid, const char *program);
 /* Waits up to timeout_ms for the imgfs daemon of c to exit after its unmount. */
 void wait_daemon_gone(const struct container *c, int timeout_ms);
+/* A pidfd of the container's init (from the runtime's pid file), or -1. */
+int container_init_pidfd(const struct container *c);
 
 /* Removes what is left of a container: runtime state, mount, files, name. */
 int container_remove(const char *root, const char *runtime, const struct container *c, struct err *err);

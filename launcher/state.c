@@ -240,6 +240,14 @@ void wait_daemon_gone(const struct container *c, int timeout_ms)
 	}
 }
 
+int container_init_pidfd(const struct container *c)
+{
+	long pid;
+	if (read_number(c->dir, SHIM_PID_FILE, &pid) < 0 || pid <= 1)
+		return -1;
+	return (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
+}
+
 enum container_status container_status(const struct container *c, int *ret_exit_code)
 {
 	long v;

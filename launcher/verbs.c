@@ -3,6 +3,7 @@
 #include <getopt.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 
@@ -380,9 +381,16 @@ int cmd_rm(int argc, char **argv)
 			continue;
 		}
 		if (s == STATUS_RUNNING) {
-			/* The shim drains, records the exit and deletes the runtime state. */
+			/* The shim drains, records the exit and deletes the runtime state.
+			 * The init's own exit (and with it its pid namespace's) is
+			 * waited for too: rm -f returns with the container's processes
+			 * gone, whatever the shim managed. */
+			_cleanup_close_ int init = container_init_pidfd(&c);
 			(void)send_kill(&c, SIGKILL);
 			(void)wait_exit(&c, 10000);
+			struct pollfd p = { init, POLLIN, 0 };
+			if (init >= 0 && syscall(SYS_pidfd_send_signal, init, SIGKILL, NULL, 0) == 0)
+				(void)poll(&p, 1, 10000);
 		}
 		if (container_remove(root, runtime, &c, &err) < 0) {
 			fprintf(stderr, "launch: %s\n", err.msg);

@@ -595,14 +595,17 @@ static int run_container(struct shim *sh)
 		return -errno;
 	const char *argv[] = { sh->o.runtime, "--root", sh->o.runtime_root, "--log", log, "--log-format", "json",
 			       "run", "--bundle", sh->o.bundle, "--pid-file", pid_file, sh->o.id, NULL };
-	int in[2] = { -1, -1 }, out[2], errp[2];
+	int in[2] = { -1, -1 }, out[2] = { -1, -1 }, errp[2] = { -1, -1 };
 	_cleanup_close_ int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
-	if ((sh->o.stdin_open && pipe2(in, O_CLOEXEC) < 0) || pipe2(out, O_CLOEXEC) < 0)
-		return -errno;
-	if (pipe2(errp, O_CLOEXEC) < 0) {
-		close(out[0]);
-		close(out[1]);
-		return -errno;
+	if ((sh->o.stdin_open && pipe2(in, O_CLOEXEC) < 0) || pipe2(out, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0) {
+		int saved = errno;
+		for (int k = 0; k < 2; k++) {
+			if (in[k] >= 0)
+				close(in[k]);
+			if (out[k] >= 0)
+				close(out[k]);
+		}
+		return -saved;
 	}
 	pid_t pid = spawn(argv, in[0] >= 0 ? in[0] : devnull, out[1], errp[1]);
 	if (in[0] >= 0)

@@ -262,6 +262,10 @@ with workspace() as work:
         r = launch("run", "-d", "--name", "busy", img, "sleep", "300")
         r2 = launch("rm", "busy")
         r3 = launch("rm", "-f", "busy")
+        # A process killed a moment ago may still be on its way out.
+        deadline = time.monotonic() + 5
+        while processes_with("sleep\x00300") and time.monotonic() < deadline:
+            time.sleep(0.05)
         left = (mounts_under(root), processes_with("sleep\x00300"))
         tap.ok(r2.returncode == 125 and r3.returncode == 0 and left == ([], []),
                "rm refuses a running container, rm -f kills and removes it",
