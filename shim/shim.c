@@ -638,6 +638,24 @@ static int run_container(struct shim *sh)
 	}
 }
 
+/* Reports why the container did not start (-EIO: the runtime said why, in
+ * its log) and removes what the runtime left; the shim's exit status. */
+static int start_failed(struct shim *sh, int r)
+{
+	char msg[1024];
+	int code = r == -EIO ? runtime_error(sh, msg, sizeof(msg)) : 125;
+	if (r != -EIO)
+		snprintf(msg, sizeof(msg), "cannot run container %s: %s", sh->o.id, strerror(-r));
+	report(sh, "error %d %s", code, msg);
+	/* What a foreground runtime printed is said in the report: not output. */
+	if (sh->runtime_pid && !sh->exited) {
+		kill(sh->runtime_pid, SIGKILL);
+		wait_exit_status(sh->runtime_pid);
+	}
+	(void)run_runtime(sh, "delete", "--force");
+	return 1;
+}
+
 static void wait_first_client(struct shim *sh)
 {
 	struct pollfd p = { sh->listen_fd, POLLIN, 0 };
@@ -739,31 +757,13 @@ int main(int argc, char **argv)
 		close(errlog);
 	}
 
-	char msg[1024];
-	if (sh.o.terminal && (r = run_terminal_container(&sh)) < 0) {
-		int code = r == -EIO ? runtime_error(&sh, msg, sizeof(msg)) : 125;
-		if (r != -EIO)
-			snprintf(msg, sizeof(msg), "cannot run container %s: %s", sh.o.id, strerror(-r));
-		report(&sh, "error %d %s", code, msg);
-		(void)run_runtime(&sh, "delete", "--force");
-		return 1;
-	}
+	if (sh.o.terminal && (r = run_terminal_container(&sh)) < 0)
+		return start_failed(&sh, r);
 	report(&sh, "ready");
 	if (sh.o.wait_attach)
 		wait_first_client(&sh);
-	if (!sh.o.terminal && (r = run_container(&sh)) < 0) {
-		int code = r == -EIO ? runtime_error(&sh, msg, sizeof(msg)) : 125;
-		if (r != -EIO)
-			snprintf(msg, sizeof(msg), "cannot run container %s: %s", sh.o.id, strerror(-r));
-		report(&sh, "error %d %s", code, msg);
-		/* What the runtime printed is said in the report: not output. */
-		if (sh.runtime_pid && !sh.exited) {
-			kill(sh.runtime_pid, SIGKILL);
-			wait_exit_status(sh.runtime_pid);
-		}
-		(void)run_runtime(&sh, "delete", "--force");
-		return 1;
-	}
+	if (!sh.o.terminal && (r = run_container(&sh)) < 0)
+		return start_failed(&sh, r);
 	report(&sh, "started %d", (int)sh.container_pid);
 	close(sh.sync_fd);
 	sh.sync_fd = -1;
