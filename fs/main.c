@@ -5,9 +5,8 @@
 
 #include <getopt.h>
 #include <malloc.h>
-#include <poll.h>
 #include <sys/mount.h>
-#include <sys/syscall.h>
+#include <sys/pidfd.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
 
@@ -456,16 +455,7 @@ static int open_daemon_pidfd(const char *dir)
 	if (n <= 0)
 		return -1;
 	pid[n] = '\0';
-	return (int)syscall(SYS_pidfd_open, (pid_t)strtol(pid, NULL, 10), 0);
-}
-
-/* The daemon writes its last cache objects when the kernel lets go: wait
- * for that, so that the cache is complete once umount returns. */
-static void wait_daemon_exit(int pidfd)
-{
-	struct pollfd p = { pidfd, POLLIN, 0 };
-	if (pidfd >= 0)
-		(void)poll(&p, 1, DAEMON_EXIT_WAIT_MS);
+	return pidfd_open((pid_t)strtol(pid, NULL, 10), 0);
 }
 
 static int cmd_umount(int argc, char **argv)
@@ -474,10 +464,12 @@ static int cmd_umount(int argc, char **argv)
 		fprintf(stderr, "Usage: imgfs umount DIR\n");
 		return 2;
 	}
+	/* The daemon writes its last cache objects when the kernel lets go:
+	 * waiting for it makes the cache complete once umount returns. */
 	_cleanup_close_ int pidfd = open_daemon_pidfd(argv[1]);
 	if (geteuid() == 0) {
 		if (umount2(argv[1], UMOUNT_NOFOLLOW) == 0) {
-			wait_daemon_exit(pidfd);
+			(void)pidfd_wait_exit(pidfd, DAEMON_EXIT_WAIT_MS);
 			return 0;
 		}
 		fprintf(stderr, "imgfs: cannot unmount \"%s\": %s\n", argv[1], strerror(errno));
@@ -498,7 +490,7 @@ static int cmd_umount(int argc, char **argv)
 		;
 	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
 		return 1;
-	wait_daemon_exit(pidfd);
+	(void)pidfd_wait_exit(pidfd, DAEMON_EXIT_WAIT_MS);
 	return 0;
 }
 

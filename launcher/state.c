@@ -10,11 +10,10 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <json-c/json.h>
-#include <poll.h>
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
+#include <sys/pidfd.h>
 #include <sys/wait.h>
 #include <time.h>
 
@@ -228,10 +227,11 @@ void wait_daemon_gone(const struct container *c, int timeout_ms)
 	/* The daemon leaves once the kernel lets go of the unmounted tree.  A
 	 * pidfd says when at once; polling costs a --rm run up to 10 ms. */
 	if (c->daemon_pid > 1 && process_alive((pid_t)c->daemon_pid, "imgfs")) {
-		_cleanup_close_ int pidfd = (int)syscall(SYS_pidfd_open, (pid_t)c->daemon_pid, 0);
-		struct pollfd p = { pidfd, POLLIN, 0 };
-		if (pidfd >= 0 && poll(&p, 1, timeout_ms) >= 0)
+		_cleanup_close_ int pidfd = pidfd_open((pid_t)c->daemon_pid, 0);
+		if (pidfd >= 0) {
+			(void)pidfd_wait_exit(pidfd, timeout_ms);
 			return;
+		}
 	}
 	for (int waited = 0; c->daemon_pid > 1 && waited < timeout_ms && process_alive((pid_t)c->daemon_pid, "imgfs");
 	     waited += 10) {
@@ -245,7 +245,7 @@ int container_init_pidfd(const struct container *c)
 	long pid;
 	if (read_number(c->dir, SHIM_PID_FILE, &pid) < 0 || pid <= 1)
 		return -1;
-	return (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
+	return pidfd_open((pid_t)pid, 0);
 }
 
 enum container_status container_status(const struct container *c, int *ret_exit_code)

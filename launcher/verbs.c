@@ -3,7 +3,7 @@
 #include <getopt.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/syscall.h>
+#include <sys/pidfd.h>
 #include <sys/wait.h>
 #include <time.h>
 
@@ -388,9 +388,8 @@ int cmd_rm(int argc, char **argv)
 			_cleanup_close_ int init = container_init_pidfd(&c);
 			(void)send_kill(&c, SIGKILL);
 			(void)wait_exit(&c, 10000);
-			struct pollfd p = { init, POLLIN, 0 };
-			if (init >= 0 && syscall(SYS_pidfd_send_signal, init, SIGKILL, NULL, 0) == 0)
-				(void)poll(&p, 1, 10000);
+			if (init >= 0 && pidfd_send_signal(init, SIGKILL, NULL, 0) == 0)
+				(void)pidfd_wait_exit(init, 10000);
 		}
 		if (container_remove(root, runtime, &c, &err) < 0) {
 			fprintf(stderr, "launch: %s\n", err.msg);

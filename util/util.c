@@ -3,6 +3,7 @@
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <poll.h>
 #include <sys/stat.h>
 
 int err_set(struct err *err, int code, const char *fmt, ...)
@@ -222,6 +223,17 @@ int remove_tree(const char *path)
 	if (rmdir(path) < 0 && errno != ENOENT)
 		return -errno;
 	return 0;
+}
+
+bool pidfd_wait_exit(int pidfd, int timeout_ms)
+{
+	struct pollfd p = { pidfd, POLLIN, 0 };
+	int n;
+	if (pidfd < 0)
+		return false;
+	while ((n = poll(&p, 1, timeout_ms)) < 0 && errno == EINTR)
+		;
+	return n > 0;
 }
 
 int dl_open_symbols(const char *soname, const struct dl_symbol *symbols, size_t n, char *errbuf, size_t size)

@@ -72,6 +72,12 @@ int write_full(int fd, const void *buf, size_t len);
 /* rm -rf that never follows a symlink and never enters another mount. */
 int remove_tree(const char *path);
 
+/* ---- processes ------------------------------------------------------------ */
+
+/* Waits up to timeout_ms for the process behind pidfd (see pidfd_open(2)) to
+ * exit; false on a timeout, or when pidfd is -1. */
+bool pidfd_wait_exit(int pidfd, int timeout_ms);
+
 /* ---- libraries opened on first use -------------------------------------- */
 
 /* A symbol to look up and where its address goes. */

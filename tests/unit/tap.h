@@ -30,6 +30,15 @@ static int tap_count, tap_failed;
 			printf("#   got \"%s\", want \"%s\"\n", _g ? _g : "(null)", _w ? _w : "(null)"); \
 	} while (0)
 
+/* A check that cannot run here, and why. */
+#define skip(...)                                                   \
+	do {                                                        \
+		tap_count++;                                        \
+		printf("ok %d # SKIP ", tap_count);                 \
+		printf(__VA_ARGS__);                                \
+		printf("\n");                                       \
+	} while (0)
+
 static inline int tap_done(void)
 {
 	printf("1..%d\n", tap_count);

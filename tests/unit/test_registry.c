@@ -1,5 +1,8 @@
 /* Reference, challenge, credential and manifest parsing. */
+#include <signal.h>
 #include <stdbool.h>
+#include <sys/pidfd.h>
+#include <sys/wait.h>
 
 #include "registry.h"
 #include "tap.h"
@@ -224,8 +227,32 @@ static void test_dl_open_symbols(void)
 	   "a missing library is -ELIBACC, named (%s)", err);
 }
 
+/* What imgfs umount and launch wait on for a process to be gone. */
+static void test_pidfd_wait_exit(void)
+{
+	pid_t pid = fork();
+	if (pid == 0) {
+		pause();
+		_exit(0);
+	}
+	int pidfd = pidfd_open(pid, 0);
+	if (pidfd < 0 && errno == ENOSYS) {
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+		skip("pidfd_open(2) is not available here (valgrind 3.19 does not know it)");
+		return;
+	}
+	ok(pidfd >= 0 && !pidfd_wait_exit(pidfd, 50), "pidfd_wait_exit times out while the process runs");
+	kill(pid, SIGKILL);
+	ok(pidfd_wait_exit(pidfd, 5000), "pidfd_wait_exit returns once the process exited");
+	waitpid(pid, NULL, 0);
+	close(pidfd);
+	ok(!pidfd_wait_exit(-1, 0), "pidfd_wait_exit without a pidfd waits for nothing");
+}
+
 int main(void)
 {
+	test_pidfd_wait_exit();
 	test_dl_open_symbols();
 	test_refs();
 	test_challenges();
