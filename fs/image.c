@@ -287,10 +287,9 @@ static char *ref_record_path(const char *cache_dir, const struct image_ref *ref,
 
 /* The image manifest this cache resolved ref to before, verified again by
  * its digest; -ENOENT when there is none (or it is damaged or evicted). */
-static int load_resolved_manifest(const struct image_options *opts, const struct image_ref *ref,
-				  struct manifest *ret, char **ret_digest)
+static int load_resolved_manifest(const struct image_options *opts, const char *record_path, struct manifest *ret,
+				  char **ret_digest)
 {
-	_cleanup_free_ char *record_path = ref_record_path(opts->cache_dir, ref, &opts->registry.platform);
 	_cleanup_free_ char *record = NULL;
 	size_t record_len;
 	if (!record_path || read_file_capped(record_path, 512, &record, &record_len) < 0)
@@ -324,10 +323,9 @@ static int load_resolved_manifest(const struct image_options *opts, const struct
 
 /* Remembering is an optimisation: a failure only costs the next start a
  * round trip to the registry. */
-static void keep_resolved_manifest(const struct image_options *opts, const struct image_ref *ref,
-				   const struct manifest *m, const char *digest)
+static void keep_resolved_manifest(const struct image_options *opts, const char *record_path, const struct manifest *m,
+				   const char *digest)
 {
-	_cleanup_free_ char *record_path = ref_record_path(opts->cache_dir, ref, &opts->registry.platform);
 	_cleanup_free_ char *blob_path = cache_path(opts->cache_dir, "blobs", digest);
 	_cleanup_free_ char *record = strdup_printf("%s %s\n", digest, m->media_type ? m->media_type : MEDIA_TYPE_OCI_MANIFEST);
 	struct stat st;
@@ -365,6 +363,7 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 	struct manifest m = { 0 };
 	struct artifact_lookup artifacts = { 0 };
 	struct image *img = NULL;
+	_cleanup_free_ char *record_path = NULL;
 	int r;
 
 	r = image_ref_parse(ref_text, &ref, err);
@@ -381,7 +380,8 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 		r = -ENOMEM;
 		goto out;
 	}
-	if (opts->pull == PULL_ALWAYS || load_resolved_manifest(opts, &ref, &m, &img->manifest_digest) < 0) {
+	record_path = ref_record_path(opts->cache_dir, &ref, &opts->registry.platform);
+	if (opts->pull == PULL_ALWAYS || load_resolved_manifest(opts, record_path, &m, &img->manifest_digest) < 0) {
 		if (opts->pull == PULL_NEVER) {
 			r = err_set(err, ENOENT, "not in the cache \"%s\", and --pull never forbids asking the registry",
 				    opts->cache_dir);
@@ -390,7 +390,7 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 		r = registry_get_image_manifest(client, &m, &img->manifest_digest, err);
 		if (r < 0)
 			goto out;
-		keep_resolved_manifest(opts, &ref, &m, img->manifest_digest);
+		keep_resolved_manifest(opts, record_path, &m, img->manifest_digest);
 	}
 
 	/* The config is small; fetching it verifies the image is complete. */
