@@ -101,9 +101,8 @@ static int fetch(struct remote *r, uint64_t off, size_t len, void *buf, struct e
 	return ret;
 }
 
-/* The prefetch connection is used by one thread only: no lock held while
- * the transfer runs. */
-/* A background fetch on a connection of the caller's own. */
+/* A background fetch on a connection of the caller's own, used by that
+ * thread only: no lock held while the transfer runs. */
 static int fetch_background(struct remote *r, struct registry_client *client, uint64_t off, size_t len, void *buf,
 			    struct err *err)
 {
@@ -560,10 +559,12 @@ int estargz_parse_toc(struct layer *l, const char *json, size_t len, uint64_t to
 	for (size_t i = 0; landmark != SIZE_MAX && i < landmark; i++)
 		l->entries[i].prefetch = true;
 	/* Most files have one chunk: what grow_array reserved would be most of
-	 * the daemon's memory. */
+	 * the daemon's memory.  toc_entry() gave back every file's spare slots
+	 * but the last one's. */
 	shrink_array((void **)&l->entries, l->n_entries, sizeof(*l->entries));
-	for (size_t i = 0; i < l->n_entries; i++)
-		shrink_array((void **)&l->entries[i].chunks, l->entries[i].n_chunks, sizeof(struct chunk));
+	if (l->n_entries)
+		shrink_array((void **)&l->entries[l->n_entries - 1].chunks, l->entries[l->n_entries - 1].n_chunks,
+			     sizeof(struct chunk));
 	/* Every chunk must cover its file exactly. */
 	for (size_t i = 0; i < l->n_entries; i++) {
 		struct entry *e = &l->entries[i];
@@ -994,8 +995,8 @@ static bool inflight_add_locked(struct remote *rem, const struct chunk *c)
 	return true;
 }
 
-/* Fetches, inflates and verifies one chunk into the cache. */
-/* bg: the background connection to use, NULL for an on-demand read. */
+/* Fetches, inflates and verifies one chunk into the cache; bg is the
+ * background connection to use, NULL for an on-demand read. */
 static int chunk_fetch(struct remote *rem, const struct chunk *c, struct registry_client *bg)
 {
 	if (!chunk_bounds_valid(c))
