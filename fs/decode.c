@@ -540,7 +540,8 @@ static struct {
 	size_t pending_bytes;
 	bool busy;
 	pid_t thread_pid; /* threads do not survive fork: a child starts its own */
-} keeper = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, &keeper.head };
+} keeper = { .lock = PTHREAD_MUTEX_INITIALIZER, .work = PTHREAD_COND_INITIALIZER, .idle = PTHREAD_COND_INITIALIZER,
+	      .tail = &keeper.head };
 
 static void span_forget(const struct layer *l, size_t idx)
 {
@@ -586,36 +587,56 @@ static void *keeper_main(void *arg)
 	return NULL;
 }
 
+/* Starts this process's keeper thread unless it runs; keeper.lock is held. */
+static bool keeper_running_locked(void)
+{
+	if (keeper.thread_pid == getpid())
+		return true;
+	pthread_t thread;
+	pthread_attr_t attr;
+	bool started = pthread_attr_init(&attr) == 0 && pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
+		       pthread_create(&thread, &attr, keeper_main, NULL) == 0;
+	pthread_attr_destroy(&attr);
+	if (started)
+		keeper.thread_pid = getpid();
+	return started;
+}
+
 static void decoded_keep_later(const struct layer *l, size_t idx, uint64_t start, uint64_t end,
 			       const unsigned char *data)
 {
 	if (!l->decoded_prefix)
 		return;
 	size_t len = (size_t)(end - start);
+	/* The room is reserved under the lock; the span (up to 4 MiB) is copied
+	 * outside it, so that neither other readers nor the keeper wait. */
 	pthread_mutex_lock(&keeper.lock);
 	bool room = keeper.pending_bytes + len <= KEEP_PENDING_MAX;
 	for (struct keep_job *j = keeper.head; j && room; j = j->next)
 		room = !(j->layer == l && j->index == idx);
-	if (room && keeper.thread_pid != getpid()) {
-		pthread_t thread;
-		pthread_attr_t attr;
-		room = pthread_attr_init(&attr) == 0 && pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
-		       pthread_create(&thread, &attr, keeper_main, NULL) == 0;
-		pthread_attr_destroy(&attr);
-		if (room)
-			keeper.thread_pid = getpid();
+	room = room && keeper_running_locked();
+	if (room)
+		keeper.pending_bytes += len;
+	pthread_mutex_unlock(&keeper.lock);
+	if (!room)
+		return;
+	char *path = decoded_path(l, start, end);
+	unsigned char *copy = path ? malloc(len) : NULL;
+	struct keep_job *job = copy ? malloc(sizeof(*job)) : NULL;
+	if (job) {
+		memcpy(copy, data, len);
+		*job = (struct keep_job){ .layer = l, .index = idx, .path = path, .data = copy, .len = len };
+	} else {
+		free(path);
+		free(copy);
 	}
-	struct keep_job *job = room ? calloc(1, sizeof(*job)) : NULL;
-	if (job && (job->path = decoded_path(l, start, end)) && (job->data = malloc(len))) {
-		memcpy(job->data, data, len);
-		*job = (struct keep_job){ .layer = l, .index = idx, .path = job->path, .data = job->data, .len = len };
+	pthread_mutex_lock(&keeper.lock);
+	if (job) {
 		*keeper.tail = job;
 		keeper.tail = &job->next;
-		keeper.pending_bytes += len;
 		pthread_cond_signal(&keeper.work);
-	} else if (job) {
-		free(job->path);
-		free(job);
+	} else {
+		keeper.pending_bytes -= len;
 	}
 	pthread_mutex_unlock(&keeper.lock);
 }
