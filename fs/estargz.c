@@ -12,7 +12,6 @@
 
 #include <fcntl.h>
 #include <json-c/json.h>
-#include <openssl/evp.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <zlib.h>
@@ -257,15 +256,12 @@ static int decode_xattrs(struct json_object *o, struct entry *e)
 		if (len % 4 != 0 || len > (64u << 10) * 4 / 3 + 4)
 			return -EINVAL;
 		struct xattr *xa = &e->xattrs[e->n_xattrs++];
-		xa->name = strdup(name);
-		xa->value = malloc(len / 4 * 3 + 1);
-		if (!xa->name || !xa->value)
+		if (!(xa->name = strdup(name)))
 			return -ENOMEM;
-		int got = EVP_DecodeBlock(xa->value, (const unsigned char *)b64, (int)len);
-		if (got < 0)
-			return -EINVAL;
-		for (const char *q = b64 + len; q > b64 && q[-1] == '='; q--)
-			got--;
+		size_t got;
+		int r = base64_decode(b64, len, &xa->value, &got);
+		if (r < 0)
+			return r;
 		xa->len = (uint32_t)got;
 	}
 	return 0;

@@ -3,7 +3,6 @@
 
 #include <ctype.h>
 #include <json-c/json.h>
-#include <openssl/evp.h>
 
 #define AUTH_FILE_MAX_SIZE (1u << 20)
 
@@ -146,27 +145,17 @@ int auth_credentials_from_json(const char *json, size_t len, const char *domain,
 			r = -EINVAL;
 			goto out;
 		}
-		unsigned char *decoded = malloc(b64_len / 4 * 3 + 1);
-		if (!decoded) {
-			r = -ENOMEM;
+		void *value;
+		size_t n;
+		if ((r = base64_decode(b64, b64_len, &value, &n)) < 0)
 			goto out;
-		}
-		int n = EVP_DecodeBlock(decoded, (const unsigned char *)b64, (int)b64_len);
-		if (n < 0) {
+		char *decoded = value;
+		if (!strchr(decoded, ':') || strlen(decoded) != n) {
 			free(decoded);
 			r = -EINVAL;
 			goto out;
 		}
-		/* EVP_DecodeBlock counts padding as output bytes. */
-		for (const char *q = b64 + b64_len; q > b64 && q[-1] == '='; q--)
-			n--;
-		decoded[n] = '\0';
-		if (!strchr((char *)decoded, ':') || strlen((char *)decoded) != (size_t)n) {
-			free(decoded);
-			r = -EINVAL;
-			goto out;
-		}
-		*ret = (char *)decoded;
+		*ret = decoded;
 		r = 0;
 		goto out;
 	}

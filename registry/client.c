@@ -6,7 +6,6 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <json-c/json.h>
-#include <openssl/evp.h>
 #include <time.h>
 
 #define MAX_ATTEMPTS 5
@@ -544,11 +543,9 @@ static int fetch_token(struct registry_client *c, const struct auth_challenge *c
 
 	_cleanup_free_ char *authorization = NULL;
 	if (c->credentials) {
-		size_t len = strlen(c->credentials);
-		_cleanup_free_ char *b64 = malloc(4 * ((len + 2) / 3) + 1);
+		_cleanup_free_ char *b64 = base64_encode(c->credentials, strlen(c->credentials));
 		if (!b64)
 			return -ENOMEM;
-		EVP_EncodeBlock((unsigned char *)b64, (const unsigned char *)c->credentials, (int)len);
 		authorization = strdup_printf("Authorization: Basic %s", b64);
 		explicit_bzero(b64, strlen(b64));
 	}
@@ -597,11 +594,9 @@ static char *authorization_header(struct registry_client *c)
 	if (c->token && time(NULL) < c->token_expiry)
 		return strdup_printf("Authorization: Bearer %s", c->token);
 	if (c->basic_auth && c->credentials) {
-		size_t len = strlen(c->credentials);
-		_cleanup_free_ char *b64 = malloc(4 * ((len + 2) / 3) + 1);
+		_cleanup_free_ char *b64 = base64_encode(c->credentials, strlen(c->credentials));
 		if (!b64)
 			return NULL;
-		EVP_EncodeBlock((unsigned char *)b64, (const unsigned char *)c->credentials, (int)len);
 		return strdup_printf("Authorization: Basic %s", b64);
 	}
 	return NULL;

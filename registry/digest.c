@@ -1,17 +1,21 @@
-/* SHA-256 digests in the "sha256:<hex>" form the OCI specs use. */
+/* SHA-256 digests in the "sha256:<hex>" form the OCI specs use, and the
+ * base64 that registries and eStargz TOCs carry.  Nettle, not libcrypto:
+ * every imgfs mount hashes its manifest, and libcrypto took 1.4 ms to load
+ * and 1.5 ms to initialise before the first digest, nettle 0.3 ms. */
 #include "registry.h"
 
-#include <openssl/evp.h>
+#include <nettle/base64.h>
+#include <nettle/sha2.h>
 
 struct digester {
-	EVP_MD_CTX *ctx;
+	struct sha256_ctx ctx;
 };
 
-static void hex_digest(const unsigned char *md, char ret[DIGEST_SHA256_LEN + 1])
+static void hex_digest(const uint8_t *md, char ret[DIGEST_SHA256_LEN + 1])
 {
 	static const char hex[] = "0123456789abcdef";
 	memcpy(ret, "sha256:", 7);
-	for (int i = 0; i < 32; i++) {
+	for (int i = 0; i < SHA256_DIGEST_SIZE; i++) {
 		ret[7 + 2 * i] = hex[md[i] >> 4];
 		ret[8 + 2 * i] = hex[md[i] & 15];
 	}
@@ -20,42 +24,62 @@ static void hex_digest(const unsigned char *md, char ret[DIGEST_SHA256_LEN + 1])
 
 void digest_sha256(const void *data, size_t len, char ret[DIGEST_SHA256_LEN + 1])
 {
-	unsigned char md[EVP_MAX_MD_SIZE];
-	unsigned int md_len = 0;
-	EVP_Digest(data, len, md, &md_len, EVP_sha256(), NULL);
-	hex_digest(md, ret);
+	struct digester d;
+	sha256_init(&d.ctx);
+	digester_update(&d, data, len);
+	digester_final(&d, ret);
 }
 
 struct digester *digester_new(void)
 {
-	struct digester *d = calloc(1, sizeof(*d));
-	if (!d)
-		return NULL;
-	d->ctx = EVP_MD_CTX_new();
-	if (!d->ctx || EVP_DigestInit_ex(d->ctx, EVP_sha256(), NULL) != 1)
-		return digester_free(d);
+	struct digester *d = malloc(sizeof(*d));
+	if (d)
+		sha256_init(&d->ctx);
 	return d;
 }
 
 void digester_update(struct digester *d, const void *data, size_t len)
 {
-	EVP_DigestUpdate(d->ctx, data, len);
+	sha256_update(&d->ctx, len, data);
 }
 
 void digester_final(struct digester *d, char ret[DIGEST_SHA256_LEN + 1])
 {
-	unsigned char md[EVP_MAX_MD_SIZE];
-	unsigned int md_len = 0;
-	EVP_DigestFinal_ex(d->ctx, md, &md_len);
+	uint8_t md[SHA256_DIGEST_SIZE];
+	sha256_digest(&d->ctx, sizeof(md), md); /* also resets the context */
 	hex_digest(md, ret);
-	EVP_DigestInit_ex(d->ctx, EVP_sha256(), NULL);
 }
 
 struct digester *digester_free(struct digester *d)
 {
-	if (d) {
-		EVP_MD_CTX_free(d->ctx);
-		free(d);
-	}
+	free(d);
 	return NULL;
+}
+
+char *base64_encode(const void *data, size_t len)
+{
+	char *out = malloc(BASE64_ENCODE_RAW_LENGTH(len) + 1);
+	if (!out)
+		return NULL;
+	base64_encode_raw(out, len, data);
+	out[BASE64_ENCODE_RAW_LENGTH(len)] = '\0';
+	return out;
+}
+
+int base64_decode(const char *text, size_t text_len, void **ret, size_t *ret_len)
+{
+	struct base64_decode_ctx ctx;
+	uint8_t *out = malloc(BASE64_DECODE_LENGTH(text_len) + 1);
+	size_t len = BASE64_DECODE_LENGTH(text_len);
+	if (!out)
+		return -ENOMEM;
+	base64_decode_init(&ctx);
+	if (!base64_decode_update(&ctx, &len, out, text_len, text) || !base64_decode_final(&ctx)) {
+		free(out);
+		return -EINVAL;
+	}
+	out[len] = '\0';
+	*ret = out;
+	*ret_len = len;
+	return 0;
 }

@@ -44,6 +44,12 @@ void digester_update(struct digester *d, const void *data, size_t len);
 void digester_final(struct digester *d, char ret[DIGEST_SHA256_LEN + 1]);
 struct digester *digester_free(struct digester *d);
 
+/* Standard base64 with padding; NULL when out of memory. */
+char *base64_encode(const void *data, size_t len);
+/* Decodes text (padding required where due); *ret is NUL-terminated for
+ * callers that expect a string.  -EINVAL for anything that is not base64. */
+int base64_decode(const char *text, size_t text_len, void **ret, size_t *ret_len);
+
 /* ---- authentication ---------------------------------------------------- */
 
 struct auth_challenge {

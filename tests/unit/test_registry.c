@@ -197,6 +197,9 @@ static void test_digests(void)
 	char d2[DIGEST_SHA256_LEN + 1];
 	digester_final(g, d2);
 	is_str(d2, d, "streaming digest equals the one-shot digest");
+	digester_update(g, "abc", 3);
+	digester_final(g, d2);
+	is_str(d2, d, "a digester is reset by its final digest");
 	digester_free(g);
 	ok(digest_is_valid(d) && !digest_is_valid("sha256:ABC") && !digest_is_valid("sha512:00"),
 	   "digest validation");
@@ -207,6 +210,22 @@ static void test_digests(void)
 	ok(registry_host_is_insecure("reg.lan:443", list) && registry_host_is_insecure("other.lan:5000", list) &&
 		   !registry_host_is_insecure("other.lan:6000", list),
 	   "--insecure-registry HOST covers every port, HOST:PORT one");
+}
+
+static void test_base64(void)
+{
+	char *text = base64_encode("user:pa\xffss", 10);
+	is_str(text, "dXNlcjpwYf9zcw==", "base64 of a password with a byte over 127, padded");
+	void *data = NULL;
+	size_t len = 0;
+	ok(text && base64_decode(text, strlen(text), &data, &len) == 0 && len == 10 && memcmp(data, "user:pa\xffss", 10) == 0,
+	   "base64 decodes what it encoded");
+	free(data);
+	free(text);
+	ok(base64_decode("", 0, &data, &len) == 0 && len == 0, "empty base64 is empty");
+	free(data);
+	ok(base64_decode("dXNlcg", 6, &data, &len) == -EINVAL, "base64 without its padding is refused");
+	ok(base64_decode("dX*lcg==", 8, &data, &len) == -EINVAL, "a character outside base64 is refused");
 }
 
 /* The loader behind libcurl (registry/curl_lib.c) and libarchive (fs/archive_lib.c). */
@@ -259,5 +278,6 @@ int main(void)
 	test_credentials();
 	test_manifests();
 	test_digests();
+	test_base64();
 	return tap_done();
 }
