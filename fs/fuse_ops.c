@@ -7,7 +7,6 @@
 
 /* The image never changes under the mount. */
 #define CACHE_TIMEOUT (365.0 * 24 * 3600)
-#define MAX_READ_BUFFER (1u << 20)
 
 static struct image *image_of(fuse_req_t req)
 {
@@ -40,8 +39,8 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	/* Attribute changes never happen, so never drop cached pages for them. */
 	conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
 	/* max_write also sets how many pages one read request may carry. */
-	conn->max_write = MAX_READ_BUFFER;
-	conn->max_readahead = MAX_READ_BUFFER;
+	conn->max_write = FUSE_IO_MAX;
+	conn->max_readahead = FUSE_IO_MAX;
 }
 
 static void fill_entry(const struct tree_inode *i, struct fuse_entry_param *e)
@@ -150,8 +149,8 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		fuse_reply_err(req, i ? EINVAL : ENOENT);
 		return;
 	}
-	if (size > MAX_READ_BUFFER)
-		size = MAX_READ_BUFFER;
+	if (size > FUSE_IO_MAX)
+		size = FUSE_IO_MAX;
 	_cleanup_free_ char *buf = malloc(size ? size : 1);
 	if (!buf) {
 		fuse_reply_err(req, ENOMEM);
@@ -200,8 +199,8 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 		fuse_reply_err(req, dir ? ENOTDIR : ENOENT);
 		return;
 	}
-	if (size > MAX_READ_BUFFER)
-		size = MAX_READ_BUFFER;
+	if (size > FUSE_IO_MAX)
+		size = FUSE_IO_MAX;
 	_cleanup_free_ char *buf = malloc(size);
 	if (!buf) {
 		fuse_reply_err(req, ENOMEM);

@@ -17,6 +17,10 @@
 /* The daemon's pid, for a launcher that waits for it to be gone. */
 #define IMGFS_PID_XATTR "user.imgfs.pid"
 
+/* The largest read or write one request carries, and the read-ahead the
+ * mount asks for: an exec of a 2 MB binary then takes 3 round trips. */
+#define FUSE_IO_MAX (1u << 20)
+
 extern const struct fuse_lowlevel_ops imgfs_ops;
 
 /* Answers getxattr with value (len bytes) for a caller who offered size bytes. */

@@ -20,7 +20,6 @@
 /* Only this mount changes UPPERDIR (it holds the lock), and every change
  * passes through the kernel, which updates its caches itself. */
 #define CACHE_TIMEOUT (24.0 * 3600)
-#define MAX_IO (1u << 20)
 
 /* ---- a small u64-keyed hash table ---------------------------------------- */
 
@@ -439,11 +438,11 @@ static int set_image_meta_fd(int fd, const struct tree_inode *i)
 
 static int copy_image_data(int fd, const struct tree_inode *i)
 {
-	_cleanup_free_ char *buf = malloc(MAX_IO);
+	_cleanup_free_ char *buf = malloc(FUSE_IO_MAX);
 	if (!buf)
 		return -ENOMEM;
 	for (uint64_t off = 0; off < i->size;) {
-		ssize_t n = tree_read(i, buf, MAX_IO, off);
+		ssize_t n = tree_read(i, buf, FUSE_IO_MAX, off);
 		if (n < 0)
 			return (int)n;
 		if (n == 0)
@@ -1122,8 +1121,12 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	/* The daemon writes as root, which keeps setuid bits: let the kernel,
 	 * which knows the writer, clear them with a setattr. */
 	conn->want &= ~FUSE_CAP_HANDLE_KILLPRIV;
-	conn->max_write = MAX_IO;
-	conn->max_readahead = MAX_IO;
+	/* A symlink's target never changes (replacing it makes a new node):
+	 * runc alone read the same one three times per start. */
+	if (conn->capable & FUSE_CAP_CACHE_SYMLINKS)
+		conn->want |= FUSE_CAP_CACHE_SYMLINKS;
+	conn->max_write = FUSE_IO_MAX;
+	conn->max_readahead = FUSE_IO_MAX;
 }
 
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -1457,8 +1460,8 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		fuse_reply_err(req, EINVAL);
 		return;
 	}
-	if (size > MAX_IO)
-		size = MAX_IO;
+	if (size > FUSE_IO_MAX)
+		size = FUSE_IO_MAX;
 	_cleanup_free_ char *buf = malloc(size ? size : 1);
 	if (!buf) {
 		fuse_reply_err(req, ENOMEM);
@@ -1551,8 +1554,8 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
 {
 	(void)ino;
 	const struct listing *l = (const struct listing *)(uintptr_t)fi->fh;
-	if (size > MAX_IO)
-		size = MAX_IO;
+	if (size > FUSE_IO_MAX)
+		size = FUSE_IO_MAX;
 	_cleanup_free_ char *buf = malloc(size);
 	if (!buf) {
 		fuse_reply_err(req, ENOMEM);
