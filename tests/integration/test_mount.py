@@ -33,6 +33,11 @@ with workspace() as work:
             tap.ok(m.ok, f"mount rich:{tag}", m.stderr())
             if m.ok:
                 tap.ok(is_mounted(m.dir), f"rich:{tag} is mounted when imgfs mount returns")
+                dev = os.stat(m.dir).st_dev
+                with open(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb") as f:
+                    readahead = f.read().strip()
+                tap.ok(readahead == "1024", f"rich:{tag} reads ahead 1 MiB, not the kernel's 128 KiB",
+                       f"read_ahead_kb is {readahead}")
                 got = snapshot(m.dir)
                 tap.ok(got == want, f"rich:{tag} equals the skopeo+umoci unpack, entry by entry",
                        diff_snapshots(want, got))
