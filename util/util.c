@@ -123,6 +123,23 @@ int write_full(int fd, const void *buf, size_t len)
 	return 0;
 }
 
+int write_full_at(int fd, const void *buf, size_t len, off_t off)
+{
+	const char *p = buf;
+	while (len > 0) {
+		ssize_t n = pwrite(fd, p, len, off);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		p += n;
+		len -= (size_t)n;
+		off += n;
+	}
+	return 0;
+}
+
 int read_full_at(int fd, void *buf, size_t len, off_t off)
 {
 	char *p = buf;

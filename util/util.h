@@ -69,6 +69,7 @@ int write_file_replace(const char *path, const void *data, size_t len);
 int read_file_capped(const char *path, size_t cap, char **ret_data, size_t *ret_len);
 int read_full_at(int fd, void *buf, size_t len, off_t off);
 int write_full(int fd, const void *buf, size_t len);
+int write_full_at(int fd, const void *buf, size_t len, off_t off);
 /* rm -rf that never follows a symlink and never enters another mount. */
 int remove_tree(const char *path);
 
