@@ -488,6 +488,151 @@ static int next_value(struct json_tokener *tok, const char **p, const char *end,
 	return 0;
 }
 
+/* Parses the entries array's elements from *p up to its ']', or up to stop
+ * (the ',' before an element) when stop is not NULL.  first: *p is at the
+ * first element, not at a ','.  -EINVAL without a message for bad JSON. */
+static int parse_elements(struct toc_parser *tp, struct json_tokener *tok, const char **p, const char *end,
+			  const char *stop, bool first, struct err *err)
+{
+	for (;; first = false) {
+		*p = skip_ws(*p, end);
+		if (*p == stop)
+			return 0;
+		if (*p < end && **p == ']') {
+			(*p)++;
+			return 0;
+		}
+		if (!first && (*p == end || *(*p)++ != ','))
+			return -EINVAL;
+		struct json_object *o = NULL;
+		if (next_value(tok, p, end, &o) < 0)
+			return -EINVAL;
+		int r = toc_entry(tp, o, err);
+		json_object_put(o);
+		if (r < 0)
+			return r;
+	}
+}
+
+/* Where the JSON object at p ends, found without building it: strings are
+ * skipped with their escapes, braces and brackets counted.  NULL if p is
+ * not at an object or the text ends first; json-c judges the rest. */
+static const char *skip_object(const char *p, const char *end)
+{
+	if (p == end || *p != '{')
+		return NULL;
+	int depth = 0;
+	for (; p < end; p++) {
+		if (*p == '"') {
+			for (p++; p < end && *p != '"'; p++)
+				if (*p == '\\')
+					p++;
+			if (p >= end)
+				return NULL;
+		} else if (*p == '{' || *p == '[') {
+			depth++;
+		} else if ((*p == '}' || *p == ']') && --depth == 0) {
+			return p + 1;
+		}
+	}
+	return NULL;
+}
+
+/* The ',' before the first element past the middle of the array text that
+ * is not a "chunk" entry (those continue the file before them), and how
+ * many elements come before it; NULL when there is none to split at. */
+static const char *find_split(struct json_tokener *tok, const char *p, const char *end, size_t *ret_before)
+{
+	const char *middle = p + (end - p) / 2;
+	size_t before = 0;
+	for (;;) {
+		p = skip_object(skip_ws(p, end), end);
+		if (!p)
+			return NULL;
+		before++;
+		const char *comma = skip_ws(p, end);
+		if (comma == end || *comma != ',')
+			return NULL;
+		if (comma < middle) {
+			p = comma + 1;
+			continue;
+		}
+		const char *next = comma + 1;
+		struct json_object *o = NULL;
+		if (next_value(tok, &next, end, &o) < 0)
+			return NULL;
+		const char *type = jstr(o, "type");
+		bool continues = type && strcmp(type, "chunk") == 0;
+		json_object_put(o);
+		if (!continues) {
+			*ret_before = before;
+			return comma;
+		}
+		p = comma + 1;
+	}
+}
+
+struct entries_half {
+	struct toc_parser tp;
+	const char *p, *end;
+	int r;
+	struct err err;
+};
+
+static void *parse_second_half(void *arg)
+{
+	struct entries_half *h = arg;
+	struct json_tokener *tok = json_tokener_new_ex(32);
+	h->r = tok ? parse_elements(&h->tp, tok, &h->p, h->end, NULL, false, &h->err) : -ENOMEM;
+	json_tokener_free(tok);
+	return NULL;
+}
+
+/* Below this much text one thread parses the entries alone. */
+#define PARALLEL_TOC_MIN (1u << 20)
+
+/* Parses the elements of the entries array from *p, just past its '['.  A
+ * large TOC is parsed in two halves at once (json-c builds every entry:
+ * 0.27 s of a 0.37 s mount of a 34,000-entry TOC), the second into a
+ * layer of its own whose entries are then appended. */
+static int parse_entries(struct toc_parser *tp, struct json_tokener *tok, const char **p, const char *end,
+			 struct err *err)
+{
+	size_t before = 0;
+	const char *split = end - *p >= PARALLEL_TOC_MIN ? find_split(tok, *p, end, &before) : NULL;
+	struct entries_half second = { .tp = { .toc_off = tp->toc_off, .landmark = SIZE_MAX, .index = tp->index + before },
+				       .p = split, .end = end };
+	pthread_t thread;
+	if (!split || !(second.tp.layer = layer_alloc(tp->layer->digest, tp->layer->compression, -1)) ||
+	    pthread_create(&thread, NULL, parse_second_half, &second) != 0) {
+		layer_free(second.tp.layer);
+		return parse_elements(tp, tok, p, end, NULL, true, err);
+	}
+	int r = parse_elements(tp, tok, p, end, split, true, err);
+	pthread_join(thread, NULL);
+	struct layer *l = tp->layer, *tail = second.tp.layer;
+	if (r == 0 && second.r < 0 && second.err.code && err)
+		*err = second.err;
+	if (r == 0)
+		r = second.r;
+	if (r == 0 && l->n_entries)
+		shrink_array((void **)&l->entries[l->n_entries - 1].chunks, l->entries[l->n_entries - 1].n_chunks,
+			     sizeof(struct chunk));
+	if (r == 0 && grow_array((void **)&l->entries, &tp->allocated, l->n_entries + tail->n_entries,
+				 sizeof(struct entry)) < 0)
+		r = -ENOMEM;
+	if (r == 0) {
+		if (tp->landmark == SIZE_MAX && second.tp.landmark != SIZE_MAX)
+			tp->landmark = l->n_entries + second.tp.landmark;
+		memcpy(l->entries + l->n_entries, tail->entries, tail->n_entries * sizeof(struct entry));
+		l->n_entries += tail->n_entries;
+		tail->n_entries = 0; /* moved, not freed */
+		*p = second.p;
+	}
+	layer_free(tail);
+	return r;
+}
+
 /* Walks {"version":..,"entries":[...]} one entry at a time, so that memory
  * holds the TOC text and one parsed entry, not a tree of the whole TOC. */
 static int parse_toc_entries(struct toc_parser *tp, const char *json, size_t len, struct err *err)
@@ -520,24 +665,11 @@ static int parse_toc_entries(struct toc_parser *tp, const char *json, size_t len
 			if (p == end || *p++ != '[')
 				goto bad;
 			saw_entries = true;
-			for (bool first = true;; first = false) {
-				p = skip_ws(p, end);
-				if (p < end && *p == ']') {
-					p++;
-					break;
-				}
-				if (!first) {
-					if (p == end || *p++ != ',')
-						goto bad;
-				}
-				struct json_object *o = NULL;
-				if (next_value(tok, &p, end, &o) < 0)
-					goto bad;
-				r = toc_entry(tp, o, err);
-				json_object_put(o);
-				if (r < 0)
-					goto out;
-			}
+			r = parse_entries(tp, tok, &p, end, err);
+			if (r == -EINVAL && (!err || !err->code))
+				goto bad;
+			if (r < 0)
+				goto out;
 		} else {
 			struct json_object *ignored = NULL;
 			if (next_value(tok, &p, end, &ignored) < 0)

@@ -3,6 +3,7 @@
 #include <archive.h>
 #include <archive_entry.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 
@@ -307,6 +308,88 @@ static void test_span_table(void)
 	close(fd);
 }
 
+
+#define TOC_FILES 12000
+#define TOC_BIG_CHUNKS 3000
+#define TOC_DIGEST "\"sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\""
+
+/* A TOC over 1 MiB is parsed in two halves at once: the result must be the
+ * one a single pass gives, whatever sits at the middle. */
+static char *large_toc(bool bad_entry_late, size_t *ret_len)
+{
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&text, &len);
+	uint64_t off = 0;
+	fprintf(f, "{\"version\":1,\"entries\":[{\"name\":\"d/\",\"type\":\"dir\",\"mode\":493}");
+	for (int i = 0; i < TOC_FILES; i++) {
+		if (i == TOC_FILES / 2 - TOC_BIG_CHUNKS / 2) {
+			/* A file whose "chunk" entries cover the middle of the text. */
+			fprintf(f, ",{\"name\":\"d/big\",\"type\":\"reg\",\"size\":%d,\"offset\":%" PRIu64
+				   ",\"chunkSize\":100,\"chunkDigest\":" TOC_DIGEST "}",
+				TOC_BIG_CHUNKS * 100, off += 100);
+			for (int k = 1; k < TOC_BIG_CHUNKS; k++)
+				fprintf(f, ",{\"name\":\"d/big\",\"type\":\"chunk\",\"offset\":%" PRIu64
+					   ",\"chunkOffset\":%d,\"chunkSize\":100,\"chunkDigest\":" TOC_DIGEST "}",
+					off += 100, k * 100);
+		}
+		if (i == TOC_FILES * 3 / 4)
+			fprintf(f, ",{\"name\":\".prefetch.landmark\",\"type\":\"reg\",\"size\":1,\"offset\":%" PRIu64
+				   ",\"chunkDigest\":" TOC_DIGEST "}", off += 100);
+		/* Before the middle, for the scan that finds it to step over. */
+		if (i == TOC_FILES / 8)
+			fprintf(f, ",{\"name\":\"d/we\\\"ird},{[\",\"type\":\"fifo\"}");
+		if (i == TOC_FILES * 7 / 8 && bad_entry_late)
+			fprintf(f, ",{\"name\":\"d/sock\",\"type\":\"socket\"}");
+		fprintf(f, ",{\"name\":\"d/f%05d\",\"type\":\"reg\",\"size\":10,\"offset\":%" PRIu64
+			   ",\"chunkDigest\":" TOC_DIGEST "}", i, off += 100);
+	}
+	fprintf(f, "]}");
+	fclose(f);
+	*ret_len = len;
+	return text;
+}
+
+static void test_toc_halves(void)
+{
+	size_t len;
+	_cleanup_free_ char *toc = large_toc(false, &len);
+	struct layer *l = layer_alloc("sha256:00", COMPRESSION_GZIP, -1);
+	struct err err = { 0 };
+	ok(len > (1u << 20) && estargz_parse_toc(l, toc, len, 1ull << 40, &err) == 0, "a %zu-byte TOC parses: %s", len,
+	   err.msg);
+	ok(l->n_entries == TOC_FILES + 3, "every entry, in order, the landmark hidden: %zu", l->n_entries);
+	bool in_order = true, landmark_right = true;
+	size_t big = 0, weird = 0;
+	for (size_t i = 0, file = 0; i < l->n_entries; i++) {
+		const struct entry *e = &l->entries[i];
+		bool before_landmark = i < 3 + TOC_FILES * 3 / 4; /* the directory, d/big and the odd name */
+		landmark_right = landmark_right && e->prefetch == before_landmark;
+		if (strcmp(e->path, "d/big") == 0) {
+			big = i;
+		} else if (strcmp(e->path, "d/we\"ird},{[") == 0) {
+			weird = i;
+		} else if (i > 0) {
+			char want[16];
+			snprintf(want, sizeof(want), "d/f%05zu", file++);
+			in_order = in_order && strcmp(e->path, want) == 0;
+		}
+	}
+	ok(in_order, "the files come in TOC order across the halves");
+	ok(landmark_right, "the prefetch landmark in the second half marks the entries before it");
+	ok(big && l->entries[big].n_chunks == TOC_BIG_CHUNKS && l->entries[big].size == TOC_BIG_CHUNKS * 100,
+	   "a file whose chunks straddle the middle keeps all %d of them", TOC_BIG_CHUNKS);
+	ok(weird && l->entries[weird].type == ENTRY_FIFO, "a name with quotes and brackets does not confuse the split");
+	layer_free(l);
+
+	_cleanup_free_ char *bad = large_toc(true, &len);
+	l = layer_alloc("sha256:00", COMPRESSION_GZIP, -1);
+	err = (struct err){ 0 };
+	ok(estargz_parse_toc(l, bad, len, 1ull << 40, &err) == -EINVAL && strstr(err.msg, "\"d/sock\" has unknown type"),
+	   "an error in the second half is reported: %s", err.msg);
+	layer_free(l);
+}
+
 int main(void)
 {
 	test_cache_sizes();
@@ -318,5 +401,6 @@ int main(void)
 	free(big);
 	test_merge();
 	test_paths();
+	test_toc_halves();
 	return tap_done();
 }
