@@ -622,7 +622,7 @@ static int parse_entries(struct toc_parser *tp, struct json_tokener *tok, const 
 				 sizeof(struct entry)) < 0)
 		r = -ENOMEM;
 	if (r == 0) {
-		if (tp->landmark == SIZE_MAX && second.tp.landmark != SIZE_MAX)
+		if (second.tp.landmark != SIZE_MAX) /* the last landmark counts, as in one pass */
 			tp->landmark = l->n_entries + second.tp.landmark;
 		memcpy(l->entries + l->n_entries, tail->entries, tail->n_entries * sizeof(struct entry));
 		l->n_entries += tail->n_entries;
