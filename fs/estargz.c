@@ -758,15 +758,10 @@ int estargz_parse_toc(struct layer *l, const char *json, size_t len, uint64_t to
 	return 0;
 }
 
-/* Opens the pack at pack_path as the newest generation; rem->lock is held
- * once the remote is shared. */
-static int pack_open(struct remote *rem)
+static int open_pack(const char *path)
 {
-	int fd = open(rem->pack_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
-	if (fd < 0)
-		return -errno;
-	rem->packs[rem->n_packs++] = fd;
-	return 0;
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+	return fd < 0 ? -errno : fd;
 }
 
 static int remote_new(struct registry_client *client, struct registry_client *prefetch_client, const char *digest,
@@ -792,8 +787,10 @@ static int remote_new(struct registry_client *client, struct registry_client *pr
 		return -ENOMEM;
 	}
 	int r = mkdir_parents(dir, 0755);
-	if (r == 0)
-		r = pack_open(rem);
+	if (r == 0 && (r = open_pack(rem->pack_path)) >= 0) {
+		rem->packs[rem->n_packs++] = r;
+		r = 0;
+	}
 	if (r < 0) {
 		r = err_set(err, r, "cannot open the chunk cache \"%s\": %s", rem->pack_path, strerror(-r));
 		remote_free(rem);
@@ -1103,12 +1100,27 @@ static ssize_t inflight_index(const struct remote *rem, const struct chunk *c)
 static int pack_for_writing(struct remote *rem, size_t *ret_index)
 {
 	pthread_mutex_lock(&rem->lock);
-	struct stat st;
-	int fd = rem->packs[rem->n_packs - 1];
-	if (fstat(fd, &st) == 0 && st.st_nlink == 0 && rem->n_packs < PACK_GENERATIONS && pack_open(rem) == 0)
-		fd = rem->packs[rem->n_packs - 1];
-	*ret_index = rem->n_packs - 1;
+	size_t newest = rem->n_packs - 1;
+	int fd = rem->packs[newest];
 	pthread_mutex_unlock(&rem->lock);
+	struct stat st;
+	if (fstat(fd, &st) < 0 || st.st_nlink > 0 || newest + 1 >= PACK_GENERATIONS) {
+		*ret_index = newest;
+		return fd;
+	}
+	int fresh = open_pack(rem->pack_path);
+	pthread_mutex_lock(&rem->lock);
+	/* Unless another writer got there first. */
+	if (fresh >= 0 && rem->n_packs == newest + 1) {
+		rem->packs[rem->n_packs++] = fresh;
+		fresh = -1;
+	}
+	newest = rem->n_packs - 1;
+	fd = rem->packs[newest];
+	pthread_mutex_unlock(&rem->lock);
+	if (fresh >= 0)
+		close(fresh);
+	*ret_index = newest;
 	return fd;
 }
 
