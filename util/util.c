@@ -107,11 +107,12 @@ int mkdir_parents(const char *path, mode_t mode)
 	return 0;
 }
 
-int write_full(int fd, const void *buf, size_t len)
+/* Writes all of buf at off, or at the file position when off < 0 (pipes). */
+static int write_all(int fd, const void *buf, size_t len, off_t off)
 {
 	const char *p = buf;
 	while (len > 0) {
-		ssize_t n = write(fd, p, len);
+		ssize_t n = off < 0 ? write(fd, p, len) : pwrite(fd, p, len, off);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -119,25 +120,20 @@ int write_full(int fd, const void *buf, size_t len)
 		}
 		p += n;
 		len -= (size_t)n;
+		if (off >= 0)
+			off += n;
 	}
 	return 0;
 }
 
+int write_full(int fd, const void *buf, size_t len)
+{
+	return write_all(fd, buf, len, -1);
+}
+
 int write_full_at(int fd, const void *buf, size_t len, off_t off)
 {
-	const char *p = buf;
-	while (len > 0) {
-		ssize_t n = pwrite(fd, p, len, off);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		p += n;
-		len -= (size_t)n;
-		off += n;
-	}
-	return 0;
+	return write_all(fd, buf, len, off);
 }
 
 int read_full_at(int fd, void *buf, size_t len, off_t off)
