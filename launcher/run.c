@@ -218,6 +218,26 @@ static int reserve_name(const char *root, const char *name, const char *id)
 	return -EEXIST;
 }
 
+/* The spec mounts procfs, a tmpfs and sysfs here (spec.c).  runc creates a
+ * missing mount point through the mount, four FUSE round trips each; made
+ * in the upper directory beforehand they cost nothing, and what covers them
+ * hides their own attributes. */
+static const char *const root_mount_points[] = { "proc", "dev", "sys" };
+
+static int make_mount_points(const char *upper)
+{
+	if (mkdir(upper, 0755) < 0)
+		return -errno;
+	for (size_t i = 0; i < ARRAY_SIZE(root_mount_points); i++) {
+		_cleanup_free_ char *path = strdup_printf("%s/%s", upper, root_mount_points[i]);
+		if (!path)
+			return -ENOMEM;
+		if (mkdir(path, 0755) < 0)
+			return -errno;
+	}
+	return 0;
+}
+
 /* Runs imgfs mount; its message explains a failure. */
 static int mount_image(const struct run_options *o, const char *image, const char *dir, char *msg, size_t size)
 {
@@ -230,6 +250,11 @@ static int mount_image(const struct run_options *o, const char *image, const cha
 	}
 	if (!upper || !rootfs || mkdir(rootfs, 0755) < 0)
 		return -errno;
+	int r = make_mount_points(upper);
+	if (r < 0) {
+		snprintf(msg, size, "cannot create the upper directory \"%s\": %s", upper, strerror(-r));
+		return r;
+	}
 	const char **argv = calloc(o->n_imgfs_args + 10, sizeof(char *));
 	if (!argv)
 		return -ENOMEM;
