@@ -546,12 +546,25 @@ int cmd_run(int argc, char **argv)
 		fprintf(stderr, "launch: %s\n", err.code ? err.msg : "out of memory");
 		goto out;
 	}
-	if (write_bundle(&o, &c, &err) < 0) {
-		fprintf(stderr, "launch: %s\n", err.code ? err.msg : "out of memory");
+	/* Attached and without a terminal, the shim starts the runtime only once
+	 * we attach: it can start up while the bundle is written. */
+	bool shim_first = !o.detach && !o.spec.tty;
+	if (shim_first && start_shim(&o, root, &c, runtime, &shim, &err) < 0) {
+		fprintf(stderr, "launch: %s\n", err.msg);
 		(void)container_remove(root, NULL, &c, NULL);
 		goto out;
 	}
-	if (start_shim(&o, root, &c, runtime, &shim, &err) < 0) {
+	if (write_bundle(&o, &c, &err) < 0) {
+		fprintf(stderr, "launch: %s\n", err.code ? err.msg : "out of memory");
+		if (shim_first) {
+			kill(shim.pid, SIGKILL);
+			wait_child(shim.pid);
+			fclose(shim.sync);
+		}
+		(void)container_remove(root, NULL, &c, NULL);
+		goto out;
+	}
+	if (!shim_first && start_shim(&o, root, &c, runtime, &shim, &err) < 0) {
 		fprintf(stderr, "launch: %s\n", err.msg);
 		(void)container_remove(root, runtime, &c, NULL);
 		goto out;

@@ -230,8 +230,9 @@ with workspace() as work:
         os.chmod(failing, 0o755)
         r = launch("run", "--rm", "--runtime", failing, img, "true")
         tap.ok(r.returncode == 125 and b"failing-runtime" in r.stderr, "a runtime that fails: 125, named", r.stderr)
-        tap.ok(not mounts_under(root) and not os.listdir(os.path.join(root, "containers")),
-               "failed runs leave no mount and no state", (mounts_under(root), os.listdir(os.path.join(root, "containers"))))
+        tap.ok(not mounts_under(root) and not os.listdir(os.path.join(root, "containers")) and not processes_with(root),
+               "failed runs (-u nobody above too) leave no mount, no state and no shim",
+               (mounts_under(root), os.listdir(os.path.join(root, "containers")), processes_with(root)))
 
         # -- detached: ps, logs -f, exec, kill, wait, rm
         r = launch("run", "-d", "--name", "bg", img, "sh", "-c", "echo started; sleep 300")
