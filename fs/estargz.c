@@ -107,6 +107,7 @@ void layer_get_stats(struct layer *l, struct layer_stats *ret)
 
 static int fetch(struct remote *r, uint64_t off, size_t len, void *buf, struct err *err)
 {
+	demand_note();
 	pthread_mutex_lock(&r->client_lock);
 	int ret = registry_fetch_range(r->client, r->digest, off, len, buf, err);
 	pthread_mutex_unlock(&r->client_lock);
@@ -1286,9 +1287,10 @@ static void chunk_release(struct remote *rem, const struct chunk *c)
 }
 
 /* Fetches the chunks of these files (in blob order within each run) in
- * requests of adjacent chunks, on client. */
+ * requests of adjacent chunks, on client; with yield, each request waits
+ * until on-demand reads pause. */
 static int fetch_entries(struct remote *rem, const struct entry *const *v, size_t n_entries,
-			 struct registry_client *client, const atomic_bool *stop)
+			 struct registry_client *client, const atomic_bool *stop, bool yield)
 {
 	const struct chunk *batch[PREFETCH_BATCH_CHUNKS];
 	size_t n = 0;
@@ -1306,6 +1308,8 @@ static int fetch_entries(struct remote *rem, const struct entry *const *v, size_
 			bool contiguous = n > 0 && batch[n - 1]->comp_end == c->comp_off;
 			if (n > 0 && (!contiguous || n == PREFETCH_BATCH_CHUNKS ||
 				      batch_bytes + (c->comp_end - c->comp_off) > PREFETCH_BATCH_BYTES)) {
+				if (yield)
+					demand_wait_quiet(stop);
 				fetch_batch(rem, batch, n, client);
 				n = 0;
 				batch_bytes = 0;
@@ -1346,7 +1350,7 @@ static void landmark_work(struct landmark_job *job, struct registry_client *clie
 		size_t i = atomic_fetch_add(&job->next, 1);
 		if (i >= job->n || atomic_load(job->stop))
 			return;
-		(void)fetch_entries(job->rem, &job->entries[i], 1, client, job->stop);
+		(void)fetch_entries(job->rem, &job->entries[i], 1, client, job->stop, false);
 	}
 }
 
@@ -1388,7 +1392,7 @@ int layer_prefetch(struct layer *l, bool only_landmark, const atomic_bool *stop)
 		if (!only_landmark || l->entries[i].prefetch)
 			v[n++] = &l->entries[i];
 	if (!only_landmark)
-		return fetch_entries(l->remote, v, n, l->remote->prefetch_client, stop);
+		return fetch_entries(l->remote, v, n, l->remote->prefetch_client, stop, true);
 	/* The workload needs them in the order it read them, soon: in that
 	 * order, on several connections. */
 	qsort(v, n, sizeof(*v), by_rank);

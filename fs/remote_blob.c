@@ -108,6 +108,7 @@ static int fetch_span(struct remote_blob *rb, size_t i)
 	if (!data)
 		return -ENOMEM;
 	struct err err = { 0 };
+	demand_note();
 	int r = registry_fetch_range(rb->client, rb->digest, (uint64_t)i * rb->span_size, len, data, &err);
 	if (r < 0)
 		return -EIO;
@@ -164,12 +165,8 @@ int remote_blob_read(struct remote_blob *rb, void *buf, size_t len, uint64_t off
 	return r;
 }
 
-int remote_blob_prefetch(struct remote_blob *rb, const atomic_bool *stop)
-{
-	return remote_blob_prefetch_range(rb, 0, rb->blob_size, stop);
-}
-
-int remote_blob_prefetch_range(struct remote_blob *rb, uint64_t off, uint64_t end, const atomic_bool *stop)
+/* With yield, each span waits until on-demand reads pause. */
+static int prefetch_spans(struct remote_blob *rb, uint64_t off, uint64_t end, const atomic_bool *stop, bool yield)
 {
 	if (end > rb->blob_size)
 		end = rb->blob_size;
@@ -188,6 +185,8 @@ int remote_blob_prefetch_range(struct remote_blob *rb, uint64_t off, uint64_t en
 		/* The prefetch connection is ours alone; the lock only covers the
 		 * bookkeeping, so on-demand reads never wait behind this fetch
 		 * for long.  Two fetches of one span store the same bytes. */
+		if (yield)
+			demand_wait_quiet(stop);
 		size_t len = (size_t)span_len(rb, i);
 		_cleanup_free_ unsigned char *data = malloc(len ? len : 1);
 		struct err err = { 0 };
@@ -203,6 +202,16 @@ int remote_blob_prefetch_range(struct remote_blob *rb, uint64_t off, uint64_t en
 			(void)store_span(rb, i, data, len);
 	}
 	return 0;
+}
+
+int remote_blob_prefetch(struct remote_blob *rb, const atomic_bool *stop)
+{
+	return prefetch_spans(rb, 0, rb->blob_size, stop, true);
+}
+
+int remote_blob_prefetch_range(struct remote_blob *rb, uint64_t off, uint64_t end, const atomic_bool *stop)
+{
+	return prefetch_spans(rb, off, end, stop, false);
 }
 
 void remote_blob_stats(struct remote_blob *rb, struct layer_stats *s)

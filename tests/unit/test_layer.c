@@ -6,6 +6,7 @@
 #include <inttypes.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "cache.h"
 #include "decode.h"
@@ -309,6 +310,32 @@ static void test_span_table(void)
 }
 
 
+static double seconds_now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* The background fetch of whole layers waits while on-demand fetches come. */
+static void test_demand_quiet(void)
+{
+	atomic_bool stop = false;
+	double t = seconds_now();
+	demand_wait_quiet(&stop);
+	ok(seconds_now() - t < 0.1, "with no on-demand fetch, the background fetch does not wait");
+	demand_note();
+	t = seconds_now();
+	demand_wait_quiet(&stop);
+	double waited = seconds_now() - t;
+	ok(waited >= 0.19, "after an on-demand fetch it waits for 200 ms of quiet: %.3f s", waited);
+	demand_note();
+	atomic_store(&stop, true);
+	t = seconds_now();
+	demand_wait_quiet(&stop);
+	ok(seconds_now() - t < 0.1, "a stopped background fetch does not wait");
+}
+
 #define TOC_FILES 12000
 #define TOC_BIG_CHUNKS 3000
 #define TOC_DIGEST "\"sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\""
@@ -402,5 +429,6 @@ int main(void)
 	test_merge();
 	test_paths();
 	test_toc_halves();
+	test_demand_quiet();
 	return tap_done();
 }
