@@ -517,6 +517,9 @@ static void *prefetch_main(void *userdata)
 	/* The rest at low priority: this thread's nice value only (Linux threads
 	 * have their own).  Not fatal if refused. */
 	(void)setpriority(PRIO_PROCESS, (id_t)gettid(), 19);
+	/* The workload starts right after the mount: give its first on-demand
+	 * reads the time to show up before the first background request. */
+	demand_note();
 	if (img->prefetch_mode == PREFETCH_ALL)
 		for (size_t i = 0; i < img->n_layers && !atomic_load(&img->prefetch_stop); i++)
 			layer_prefetch(img->layers[i], false, &img->prefetch_stop);
