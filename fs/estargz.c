@@ -36,13 +36,21 @@
  * than what the mount reads); the last one is kept on using beyond that.
  * Unlinked packs hold at most the chunks this mount read, until it ends. */
 #define PACK_GENERATIONS 255
+/* On-demand connections per layer: reads of different chunks fetch at the
+ * same time, so that a slow or stalled read never holds up the others. */
+#define DEMAND_CLIENTS 4
 
 struct remote {
 	enum layer_compression compression; /* of each chunk's member or frame */
-	pthread_mutex_t client_lock; /* guards client: one on-demand transfer at a time */
-	pthread_mutex_t lock;        /* guards the counters, inflight and verified; never held across I/O */
-	pthread_cond_t inflight_done;
-	struct registry_client *client;          /* on-demand reads */
+	pthread_mutex_t lock; /* guards the counters, inflight, verified, packs and clients; never held across I/O */
+	pthread_cond_t inflight_done, client_free;
+	/* On-demand reads: each takes a connection that is not busy, making a new
+	 * one up to DEMAND_CLIENTS.  New ones are copies of template, which never
+	 * fetches, so that no copy reads a client another thread is using. */
+	struct registry_client *template;
+	struct registry_client *clients[DEMAND_CLIENTS];
+	bool client_busy[DEMAND_CLIENTS];
+	size_t n_clients;
 	struct registry_client *prefetch_client; /* background fetches, so reads never queue behind them */
 	/* The layer's verified chunks, each at its slot in one sparse file
 	 * (PACK_NAME): one file per chunk made ext4 inode allocation a third
@@ -74,11 +82,13 @@ void remote_free(struct remote *r)
 {
 	if (!r)
 		return;
-	registry_client_free(r->client);
+	for (size_t i = 0; i < r->n_clients; i++)
+		registry_client_free(r->clients[i]);
+	registry_client_free(r->template);
 	registry_client_free(r->prefetch_client);
 	pthread_mutex_destroy(&r->lock);
-	pthread_mutex_destroy(&r->client_lock);
 	pthread_cond_destroy(&r->inflight_done);
+	pthread_cond_destroy(&r->client_free);
 	free(r->inflight);
 	free(r->by_offset);
 	free(r->verified);
@@ -105,12 +115,53 @@ void layer_get_stats(struct layer *l, struct layer_stats *ret)
 	pthread_mutex_unlock(&l->remote->lock);
 }
 
+/* A connection for an on-demand read, NULL when out of memory; *ret_slot
+ * is for client_give_back(). */
+static struct registry_client *client_take(struct remote *r, size_t *ret_slot)
+{
+	pthread_mutex_lock(&r->lock);
+	for (;;) {
+		for (size_t i = 0; i < r->n_clients; i++)
+			if (r->clients[i] && !r->client_busy[i]) {
+				r->client_busy[i] = true;
+				pthread_mutex_unlock(&r->lock);
+				*ret_slot = i;
+				return r->clients[i];
+			}
+		if (r->n_clients < DEMAND_CLIENTS)
+			break;
+		pthread_cond_wait(&r->client_free, &r->lock);
+	}
+	/* A new slot, empty (and so passed over) until its copy is made. */
+	size_t i = r->n_clients++;
+	r->client_busy[i] = true;
+	pthread_mutex_unlock(&r->lock);
+	struct registry_client *c = registry_client_dup(r->template);
+	pthread_mutex_lock(&r->lock);
+	r->clients[i] = c;
+	r->client_busy[i] = c != NULL;
+	pthread_mutex_unlock(&r->lock);
+	*ret_slot = i;
+	return c;
+}
+
+static void client_give_back(struct remote *r, size_t slot)
+{
+	pthread_mutex_lock(&r->lock);
+	r->client_busy[slot] = false;
+	pthread_cond_signal(&r->client_free);
+	pthread_mutex_unlock(&r->lock);
+}
+
 static int fetch(struct remote *r, uint64_t off, size_t len, void *buf, struct err *err)
 {
 	demand_note();
-	pthread_mutex_lock(&r->client_lock);
-	int ret = registry_fetch_range(r->client, r->digest, off, len, buf, err);
-	pthread_mutex_unlock(&r->client_lock);
+	size_t slot;
+	struct registry_client *client = client_take(r, &slot);
+	if (!client)
+		return err_set(err, ENOMEM, "no connection for a read of layer %s", r->digest);
+	int ret = registry_fetch_range(client, r->digest, off, len, buf, err);
+	client_give_back(r, slot);
 	if (ret == 0) {
 		pthread_mutex_lock(&r->lock);
 		r->bytes_fetched += len;
@@ -775,15 +826,16 @@ static int remote_new(struct registry_client *client, struct registry_client *pr
 		return -ENOMEM;
 	}
 	pthread_mutex_init(&rem->lock, NULL);
-	pthread_mutex_init(&rem->client_lock, NULL);
 	pthread_cond_init(&rem->inflight_done, NULL);
-	rem->client = client;
+	pthread_cond_init(&rem->client_free, NULL);
+	rem->clients[rem->n_clients++] = client;
 	rem->prefetch_client = prefetch_client;
 	rem->compression = compression;
 	snprintf(rem->digest, sizeof(rem->digest), "%s", digest);
 	_cleanup_free_ char *dir = strdup_printf("%s/chunks/sha256", cache_dir);
 	rem->pack_path = strdup_printf(PACK_NAME, cache_dir, digest + 7);
-	if (!dir || !rem->pack_path) {
+	rem->template = registry_client_dup(client);
+	if (!dir || !rem->pack_path || !rem->template) {
 		remote_free(rem);
 		return -ENOMEM;
 	}
@@ -1357,7 +1409,7 @@ static void landmark_work(struct landmark_job *job, struct registry_client *clie
 static void *landmark_thread(void *arg)
 {
 	struct landmark_job *job = arg;
-	struct registry_client *client = registry_client_dup(job->rem->prefetch_client);
+	struct registry_client *client = registry_client_dup(job->rem->template);
 	if (client)
 		landmark_work(job, client);
 	registry_client_free(client);

@@ -7,6 +7,8 @@ serving everything else."""
 import errno
 import os
 import sys
+import threading
+import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from faultproxy import MODES, FaultProxy  # noqa: E402
@@ -61,6 +63,29 @@ with workspace() as work:
             got = read_at(big, 10)
             tap.ok(got == BIG[10 * CHUNK:10 * CHUNK + 4096], f"{mode}: the failed chunk reads once the fault is gone",
                    got if isinstance(got, int) else len(got))
+            m.umount()
+
+        # A stalled read holds up no read of another file: on-demand reads use a connection each.
+        mnt = os.path.join(work, "mnt-parallel")
+        proxy.faults, proxy.always = [], None
+        m = Mount(f"{proxy.host}/faults/app:v1", mnt, os.path.join(work, "cache-parallel"), ["--prefetch=none"])
+        if tap.ok(m.ok, "parallel: mount through the fault proxy", m.stderr()):
+            stalled = {}
+            injected = len(proxy.injected)
+            proxy.faults = ["stall"]
+            reader = threading.Thread(target=lambda: stalled.update(got=read_at(os.path.join(mnt, "big"), 7)))
+            reader.start()
+            deadline = time.monotonic() + 10
+            while len(proxy.injected) == injected and time.monotonic() < deadline:
+                time.sleep(0.01)
+            t = time.monotonic()
+            small = open(os.path.join(mnt, "small"), "rb").read()
+            took = time.monotonic() - t
+            tap.ok(small == b"small file\n" and took < 1.5 and reader.is_alive(),
+                   "another file reads while a read of the big one stalls", (small, took))
+            reader.join()
+            tap.ok(stalled.get("got") == BIG[7 * CHUNK:7 * CHUNK + 4096], "and the stalled read is retried",
+                   stalled.get("got") if isinstance(stalled.get("got"), int) else None)
             m.umount()
     finally:
         proxy.stop()
