@@ -20,7 +20,6 @@
 #include <json-c/json.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/inotify.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
@@ -589,10 +588,6 @@ static int run_container(struct shim *sh)
 	_cleanup_free_ char *log = state_path(sh, SHIM_RUNTIME_LOG);
 	if (!pid_file || !log)
 		return -ENOMEM;
-	/* The runtime writes the pid file by renaming it into place. */
-	_cleanup_close_ int watch = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-	if (watch < 0 || inotify_add_watch(watch, ".", IN_MOVED_TO | IN_CLOSE_WRITE) < 0)
-		return -errno;
 	const char *argv[] = { sh->o.runtime, "--root", sh->o.runtime_root, "--log", log, "--log-format", "json",
 			       "run", "--bundle", sh->o.bundle, "--pid-file", pid_file, sh->o.id, NULL };
 	int in[2] = { -1, -1 }, out[2] = { -1, -1 }, errp[2] = { -1, -1 };
@@ -626,14 +621,14 @@ static int run_container(struct shim *sh)
 		}
 		if (sh->exited)
 			return -EIO;
-		struct pollfd p[2] = { { watch, POLLIN, 0 }, { sh->sig_fd, POLLIN, 0 } };
-		if (poll(p, 2, -1) < 0 && errno != EINTR)
+		/* Looked for every millisecond (the runtime renames the file into
+		 * place), not watched with inotify: closing an inotify instance
+		 * waits for an SRCU grace period, up to 15 ms here, which held up
+		 * the shim while the container ran. */
+		struct pollfd p = { sh->sig_fd, POLLIN, 0 };
+		if (poll(&p, 1, 1) < 0 && errno != EINTR)
 			return -errno;
-		char events[4096];
-		if (p[0].revents)
-			while (read(watch, events, sizeof(events)) > 0)
-				;
-		if (p[1].revents)
+		if (p.revents)
 			signal_input(sh);
 	}
 }
