@@ -35,7 +35,13 @@ struct layer *layer_alloc(const char *digest, enum layer_compression compression
 void remote_free(struct remote *r);
 /* layer_read_entry() for chunked layers; [off, off+len) lies within the file. */
 ssize_t chunked_read_entry(struct layer *l, const struct entry *e, void *buf, size_t len, uint64_t off);
-/* The eStargz parsers, for estargz_open() and the fuzzers: the footer
- * (51 or 47 bytes) and the TOC JSON, whose entries are added to l. */
+/* The eStargz footer (51 or 47 bytes), for estargz_open() and the fuzzers. */
 int estargz_parse_footer(const unsigned char *f, size_t n, uint64_t *ret_toc_off);
+
+/* toc.c */
+/* The TOC's own name in the layer, hidden from the tree. */
+#define TOC_NAME "stargz.index.json"
+/* A bound on one chunk's uncompressed size: what a read holds in memory. */
+#define CHUNK_MAX_SIZE (64u << 20)
+/* Adds the entries of a TOC JSON (eStargz and zstd:chunked alike) to l. */
 int estargz_parse_toc(struct layer *l, const char *json, size_t len, uint64_t toc_off, struct err *err);
