@@ -6,10 +6,13 @@ import base64
 import json
 import os
 import sys
+import threading
 
 sys.path.insert(0, os.path.dirname(__file__))
 from authproxy import AuthProxy  # noqa: E402
 from harness import Entry, Mount, Registry, Tap, make_tar, push_image, require_root_and_fuse, workspace  # noqa: E402
+from images import deterministic_bytes  # noqa: E402
+from test_lazy_lib import push_estargz  # noqa: E402
 
 tap = Tap()
 require_root_and_fuse(tap)
@@ -74,6 +77,23 @@ with workspace() as work:
         m = Mount(ref, mnt, os.path.join(work, "cache2"))
         tap.ok(m.ok, "credentials from $REGISTRY_AUTH_FILE come first", m.stderr())
         m.umount()
+
+        # Lazy reads through the token front and its redirects, on several connections at once.
+        first, second = deterministic_bytes(21, 3 << 20), deterministic_bytes(22, 3 << 20)
+        push_estargz(reg, "private/lazy", "v1", [[Entry("first", data=first), Entry("second", data=second)]],
+                     chunk_size=1 << 20)
+        m = Mount(f"{proxy.front_host}/private/lazy:v1", mnt, os.path.join(work, "cache-lazy"), ["--prefetch=none"])
+        if tap.ok(m.ok, "mount an eStargz image through the token front", m.stderr()):
+            got = {}
+            readers = [threading.Thread(target=lambda n=n: got.update({n: open(os.path.join(mnt, n), "rb").read()}))
+                       for n in ("first", "second")]
+            for t in readers:
+                t.start()
+            for t in readers:
+                t.join()
+            tap.ok(got.get("first") == first and got.get("second") == second,
+                   "two files read at once, lazily, through tokens and redirects", {n: len(v) for n, v in got.items()})
+            m.umount()
         os.environ.clear()
         os.environ.update(env_backup)
     finally:
