@@ -39,7 +39,9 @@
 struct remote {
 	enum layer_compression compression; /* of each chunk's member or frame */
 	pthread_mutex_t lock; /* guards the counters, inflight, verified, packs and clients; never held across I/O */
-	pthread_cond_t inflight_done, client_free;
+	pthread_cond_t inflight_done, client_free, stores_done;
+	/* Threads still storing the read-ahead part of an on-demand fetch. */
+	size_t deferred_stores;
 	/* On-demand reads: each takes a connection that is not busy, making a new
 	 * one up to DEMAND_CLIENTS.  New ones are copies of template, which never
 	 * fetches, so that no copy reads a client another thread is using. */
@@ -82,8 +84,14 @@ void remote_free(struct remote *r)
 		registry_client_free(r->clients[i]);
 	registry_client_free(r->template);
 	registry_client_free(r->prefetch_client);
+	/* The threads storing read-ahead chunks use r. */
+	pthread_mutex_lock(&r->lock);
+	while (r->deferred_stores)
+		pthread_cond_wait(&r->stores_done, &r->lock);
+	pthread_mutex_unlock(&r->lock);
 	pthread_mutex_destroy(&r->lock);
 	pthread_cond_destroy(&r->inflight_done);
+	pthread_cond_destroy(&r->stores_done);
 	pthread_cond_destroy(&r->client_free);
 	free(r->inflight);
 	free(r->by_offset);
@@ -280,6 +288,7 @@ static int remote_new(struct registry_client *client, struct registry_client *pr
 	}
 	pthread_mutex_init(&rem->lock, NULL);
 	pthread_cond_init(&rem->inflight_done, NULL);
+	pthread_cond_init(&rem->stores_done, NULL);
 	pthread_cond_init(&rem->client_free, NULL);
 	rem->clients[rem->n_clients++] = client;
 	rem->prefetch_client = prefetch_client;
@@ -700,25 +709,94 @@ static int chunk_fetch(struct remote *rem, const struct chunk *c, struct registr
 	return -EIO;
 }
 
-/* One Range request for a run of adjacent chunks the caller claimed; each is
- * verified on its own, and one that fails is fetched again alone.  Releases
- * the claims. */
-static void fetch_batch(struct remote *rem, const struct chunk **batch, size_t n, struct registry_client *bg)
+/* Verifies and stores chunks fetched together in comp (from start), or
+ * fetches each again alone; releases the claims. */
+static void store_batch(struct remote *rem, const struct chunk *const *batch, size_t n, const unsigned char *comp,
+			uint64_t start, struct registry_client *bg)
 {
-	uint64_t start = batch[0]->comp_off, end = batch[n - 1]->comp_end;
-	_cleanup_free_ unsigned char *comp = malloc((size_t)(end - start));
-	struct err err = { 0 };
-	bool fetched = comp && (bg ? fetch_background(rem, bg, start, (size_t)(end - start), comp, &err)
-				   : fetch(rem, start, (size_t)(end - start), comp, &err)) == 0;
 	for (size_t i = 0; i < n; i++) {
-		if (!fetched || chunk_store(rem, batch[i], comp + (batch[i]->comp_off - start),
-					    (size_t)(batch[i]->comp_end - batch[i]->comp_off)) < 0)
+		if (!comp || chunk_store(rem, batch[i], comp + (batch[i]->comp_off - start),
+					 (size_t)(batch[i]->comp_end - batch[i]->comp_off)) < 0)
 			(void)chunk_fetch(rem, batch[i], bg);
 		pthread_mutex_lock(&rem->lock);
 		rem->chunk_misses++;
 		pthread_mutex_unlock(&rem->lock);
 		chunk_release(rem, batch[i]);
 	}
+}
+
+struct deferred_store {
+	struct remote *rem;
+	unsigned char *comp;
+	uint64_t start;
+	size_t n;
+	const struct chunk *chunks[];
+};
+
+static void *deferred_store_main(void *arg)
+{
+	struct deferred_store *d = arg;
+	struct remote *rem = d->rem;
+	store_batch(rem, d->chunks, d->n, d->comp, d->start, NULL);
+	free(d->comp);
+	free(d);
+	pthread_mutex_lock(&rem->lock);
+	if (--rem->deferred_stores == 0)
+		pthread_cond_broadcast(&rem->stores_done);
+	pthread_mutex_unlock(&rem->lock);
+	return NULL;
+}
+
+/* Stores batch[1..n) on a thread of its own; false if none could start. */
+static bool store_later(struct remote *rem, const struct chunk **batch, size_t n, unsigned char *comp, uint64_t start)
+{
+	struct deferred_store *d = malloc(sizeof(*d) + (n - 1) * sizeof(d->chunks[0]));
+	if (!d)
+		return false;
+	*d = (struct deferred_store){ .rem = rem, .comp = comp, .start = start, .n = n - 1 };
+	memcpy(d->chunks, batch + 1, (n - 1) * sizeof(d->chunks[0]));
+	pthread_mutex_lock(&rem->lock);
+	rem->deferred_stores++;
+	pthread_mutex_unlock(&rem->lock);
+	pthread_t thread;
+	pthread_attr_t attr;
+	bool started = pthread_attr_init(&attr) == 0 && pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
+		       pthread_create(&thread, &attr, deferred_store_main, d) == 0;
+	pthread_attr_destroy(&attr);
+	if (!started) {
+		pthread_mutex_lock(&rem->lock);
+		rem->deferred_stores--;
+		pthread_mutex_unlock(&rem->lock);
+		free(d);
+	}
+	return started;
+}
+
+/* One Range request for a run of adjacent chunks the caller claimed; each is
+ * verified on its own, and one that fails is fetched again alone.  Releases
+ * the claims.  On demand, batch[0] is what the reader waits for: the chunks
+ * read ahead after it are inflated, hashed and stored on another thread, so
+ * that their work is not on the reader's path (a reader that wants one of
+ * them waits for its claim as for any chunk in flight). */
+static void fetch_batch(struct remote *rem, const struct chunk **batch, size_t n, struct registry_client *bg)
+{
+	uint64_t start = batch[0]->comp_off, end = batch[n - 1]->comp_end;
+	unsigned char *comp = malloc((size_t)(end - start));
+	struct err err = { 0 };
+	if (comp && (bg ? fetch_background(rem, bg, start, (size_t)(end - start), comp, &err)
+			: fetch(rem, start, (size_t)(end - start), comp, &err)) < 0) {
+		free(comp);
+		comp = NULL;
+	}
+	if (!bg && comp && n > 1) {
+		store_batch(rem, batch, 1, comp, start, bg);
+		if (store_later(rem, batch, n, comp, start))
+			return;
+		batch++;
+		n--;
+	}
+	store_batch(rem, batch, n, comp, start, bg);
+	free(comp);
 }
 
 /* Makes sure the chunk is in the cache, verified; returns the pack that
