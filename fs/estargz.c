@@ -80,15 +80,16 @@ void remote_free(struct remote *r)
 {
 	if (!r)
 		return;
-	for (size_t i = 0; i < r->n_clients; i++)
-		registry_client_free(r->clients[i]);
-	registry_client_free(r->template);
-	registry_client_free(r->prefetch_client);
-	/* The threads storing read-ahead chunks use r. */
+	/* The threads storing read-ahead chunks use r, its connections too
+	 * (a chunk that fails to store is fetched again). */
 	pthread_mutex_lock(&r->lock);
 	while (r->deferred_stores)
 		pthread_cond_wait(&r->stores_done, &r->lock);
 	pthread_mutex_unlock(&r->lock);
+	for (size_t i = 0; i < r->n_clients; i++)
+		registry_client_free(r->clients[i]);
+	registry_client_free(r->template);
+	registry_client_free(r->prefetch_client);
 	pthread_mutex_destroy(&r->lock);
 	pthread_cond_destroy(&r->inflight_done);
 	pthread_cond_destroy(&r->stores_done);
