@@ -604,10 +604,12 @@ static int chunk_cached(struct remote *rem, const struct chunk *c)
 	return fd;
 }
 
+/* Chunks are stored by slot, so a chunk is in flight as itself: another
+ * with the same digest has its own slot to fill. */
 static ssize_t inflight_index(const struct remote *rem, const struct chunk *c)
 {
 	for (size_t i = 0; i < rem->n_inflight; i++)
-		if (strcmp(rem->inflight[i]->digest, c->digest) == 0)
+		if (rem->inflight[i] == c)
 			return (ssize_t)i;
 	return -1;
 }
