@@ -321,15 +321,11 @@ static int remote_new(struct registry_client *client, struct registry_client *pr
 static int chunked_layer_new(const char *digest, uint64_t blob_size, struct remote *rem, const char *json,
 			     size_t json_len, uint64_t toc_off, struct layer **ret, struct err *err)
 {
-	struct layer *l = calloc(1, sizeof(*l));
+	struct layer *l = layer_alloc(digest, rem->compression, -1);
 	if (!l)
 		return -ENOMEM;
-	pthread_mutex_init(&l->lock, NULL);
-	l->blob_fd = -1;
 	l->blob_size = blob_size;
-	l->compression = rem->compression;
 	l->format = LAYER_CHUNKED;
-	snprintf(l->digest, sizeof(l->digest), "%s", digest);
 	int r = estargz_parse_toc(l, json, json_len, toc_off, err);
 	if (r < 0)
 		goto fail;
