@@ -192,6 +192,24 @@ static int fetch_background(struct remote *r, struct registry_client *client, ui
 	return ret;
 }
 
+/* Several ranges on the caller's own connection, as fetch_background. */
+static int fetch_ranges_background(struct remote *r, struct registry_client *client, struct byterange *ranges,
+				   size_t n, struct err *err)
+{
+	int requests = registry_fetch_ranges(client, r->digest, ranges, n, err);
+	if (requests < 0)
+		return requests;
+	uint64_t bytes = 0;
+	for (size_t i = 0; i < n; i++)
+		bytes += ranges[i].len;
+	pthread_mutex_lock(&r->lock);
+	r->bytes_fetched += bytes;
+	r->bytes_prefetched += bytes;
+	r->requests += (uint64_t)requests;
+	pthread_mutex_unlock(&r->lock);
+	return 0;
+}
+
 /* Footer: a gzip member whose FEXTRA holds "%016x" of the TOC offset and
  * "STARGZ", behind the subfield id "SG" (legacy footers have no subfield). */
 int estargz_parse_footer(const unsigned char *f, size_t n, uint64_t *ret_toc_off)
@@ -908,6 +926,93 @@ static int fetch_entries(struct remote *rem, const struct entry *const *v, size_
 }
 
 #define LANDMARK_WORKERS 4
+/* A landmark request: runs of adjacent chunks ("spans") of several files in
+ * one multi-range request, because a registry's cost per request dwarfs its
+ * cost per range (docker-registry: about 4 ms of CPU against 1.3 ms). */
+#define JOB_SPANS 32
+#define JOB_CHUNKS 256
+#define JOB_BYTES (4u << 20)
+
+struct span_job {
+	const struct chunk *chunks[JOB_CHUNKS];
+	size_t n_chunks;
+	size_t first[JOB_SPANS]; /* where each span starts in chunks */
+	size_t n_spans;
+	uint64_t bytes;
+};
+
+static bool job_extends(const struct span_job *j, const struct chunk *c)
+{
+	return j->n_chunks > 0 && j->chunks[j->n_chunks - 1]->comp_end == c->comp_off;
+}
+
+static bool job_has_room(const struct span_job *j, const struct chunk *c)
+{
+	if (j->n_chunks == 0)
+		return true;
+	return j->n_chunks < JOB_CHUNKS && (job_extends(j, c) || j->n_spans < JOB_SPANS) &&
+	       j->bytes + (c->comp_end - c->comp_off) <= JOB_BYTES;
+}
+
+static void job_add(struct span_job *j, const struct chunk *c)
+{
+	if (!job_extends(j, c))
+		j->first[j->n_spans++] = j->n_chunks;
+	j->chunks[j->n_chunks++] = c;
+	j->bytes += c->comp_end - c->comp_off;
+}
+
+static size_t span_end(const struct span_job *j, size_t s)
+{
+	return s + 1 < j->n_spans ? j->first[s + 1] : j->n_chunks;
+}
+
+struct span_ref {
+	uint64_t off;
+	size_t span;
+};
+
+static int by_span_offset(const void *a, const void *b)
+{
+	const struct span_ref *x = a, *y = b;
+	return x->off < y->off ? -1 : x->off > y->off;
+}
+
+/* Fetches the job's claimed chunks and releases them; spans that a hostile
+ * TOC made overlap are fetched one by one. */
+static void fetch_job(struct remote *rem, struct span_job *j, struct registry_client *client)
+{
+	struct span_ref order[JOB_SPANS];
+	struct byterange ranges[JOB_SPANS];
+	for (size_t s = 0; s < j->n_spans; s++)
+		order[s] = (struct span_ref){ .off = j->chunks[j->first[s]]->comp_off, .span = s };
+	qsort(order, j->n_spans, sizeof(order[0]), by_span_offset);
+	unsigned char *buf = malloc((size_t)j->bytes);
+	bool apart = buf != NULL;
+	size_t used = 0;
+	for (size_t k = 0; apart && k < j->n_spans; k++) {
+		size_t s = order[k].span;
+		uint64_t off = order[k].off, end = j->chunks[span_end(j, s) - 1]->comp_end;
+		apart = k == 0 || off >= ranges[k - 1].off + ranges[k - 1].len;
+		ranges[k] = (struct byterange){ .off = off, .len = (size_t)(end - off), .buf = buf + used };
+		used += ranges[k].len;
+	}
+	struct err err = { 0 };
+	if (apart && fetch_ranges_background(rem, client, ranges, j->n_spans, &err) < 0)
+		apart = false;
+	for (size_t k = 0; k < j->n_spans; k++) {
+		size_t s = order[k].span;
+		const struct chunk **span = &j->chunks[j->first[s]];
+		size_t n = span_end(j, s) - j->first[s];
+		if (apart)
+			store_batch(rem, span, n, ranges[k].buf, ranges[k].off, client);
+		else
+			fetch_batch(rem, span, n, client);
+	}
+	free(buf);
+	j->n_chunks = j->n_spans = 0;
+	j->bytes = 0;
+}
 
 struct landmark_job {
 	struct remote *rem;
@@ -928,12 +1033,27 @@ static int by_rank(const void *a, const void *b)
 
 static void landmark_work(struct landmark_job *job, struct registry_client *client)
 {
+	struct span_job *sj = calloc(1, sizeof(*sj));
+	if (!sj)
+		return;
 	for (;;) {
 		size_t i = atomic_fetch_add(&job->next, 1);
 		if (i >= job->n || atomic_load(job->stop))
-			return;
-		(void)fetch_entries(job->rem, &job->entries[i], 1, client, job->stop, false);
+			break;
+		const struct entry *e = job->entries[i];
+		for (uint32_t k = 0; k < e->n_chunks; k++) {
+			const struct chunk *c = &e->chunks[k];
+			if (!chunk_bounds_valid(c))
+				continue;
+			if (!job_has_room(sj, c))
+				fetch_job(job->rem, sj, client);
+			if (chunk_claim(job->rem, c))
+				job_add(sj, c);
+		}
 	}
+	if (sj->n_chunks)
+		fetch_job(job->rem, sj, client);
+	free(sj);
 }
 
 static void *landmark_thread(void *arg)

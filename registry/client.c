@@ -29,6 +29,7 @@ struct registry_client {
 	struct platform platform;
 	size_t max_document_size;
 	bool insecure;
+	bool single_ranges; /* the server answered a multi-range request otherwise than in parts */
 	long stall_seconds; /* a transfer with no progress this long is retried */
 	void (*progress)(const char *digest, uint64_t done, uint64_t total);
 	const char *progress_digest; /* set while a blob streams to a file */
@@ -43,6 +44,7 @@ struct response {
 	char *content_type;
 	char *docker_digest;
 	char *location;
+	char *content_range;
 	long retry_after;
 	/* memory sink */
 	char *body;
@@ -60,6 +62,11 @@ struct response {
 	uint64_t range_off;     /* where the range starts in the blob */
 	uint64_t range_skip;    /* bytes still to drop when the server sent the whole blob */
 	bool range_done;
+	/* multi-range sink: the parts go to multi_ranges through multi */
+	struct byterange *multi_ranges;
+	size_t multi_n;
+	struct byteranges *multi;
+	bool multi_stopped; /* not parts, or bad ones: what is missing is fetched alone */
 };
 
 static void response_reset(struct response *r)
@@ -68,7 +75,13 @@ static void response_reset(struct response *r)
 	free(r->content_type);
 	free(r->docker_digest);
 	free(r->location);
+	free(r->content_range);
 	free(r->body);
+	byteranges_free(r->multi);
+	for (size_t i = 0; i < r->multi_n; i++)
+		r->multi_ranges[i].got = 0;
+	struct byterange *multi_ranges = r->multi_ranges;
+	size_t multi_n = r->multi_n;
 	int fd = r->fd;
 	size_t max = r->body_max;
 	int64_t max_written = r->max_written;
@@ -85,11 +98,14 @@ static void response_reset(struct response *r)
 	r->range_len = range_len;
 	r->range_off = range_off;
 	r->range_skip = range_off;
+	r->multi_ranges = multi_ranges;
+	r->multi_n = multi_n;
 }
 
 static void response_done(struct response *r)
 {
 	r->digester = NULL;
+	r->multi_n = 0; /* what arrived stays */
 	response_reset(r);
 }
 
@@ -106,7 +122,8 @@ static size_t header_cb(char *buf, size_t size, size_t n, void *userdata)
 		free(r->content_type);
 		free(r->docker_digest);
 		free(r->location);
-		r->www_authenticate = r->content_type = r->docker_digest = r->location = NULL;
+		free(r->content_range);
+		r->www_authenticate = r->content_type = r->docker_digest = r->location = r->content_range = NULL;
 		r->retry_after = 0;
 		const char *sp = memchr(buf, ' ', len);
 		r->status = sp ? strtol(sp + 1, NULL, 10) : 0;
@@ -120,6 +137,8 @@ static size_t header_cb(char *buf, size_t size, size_t n, void *userdata)
 		slot = &r->docker_digest, name_len = 22;
 	else if (len > 9 && strncasecmp(buf, "Location:", 9) == 0)
 		slot = &r->location, name_len = 9;
+	else if (len > 14 && strncasecmp(buf, "Content-Range:", 14) == 0)
+		slot = &r->content_range, name_len = 14;
 	else if (len > 12 && strncasecmp(buf, "Retry-After:", 12) == 0) {
 		char tmp[32];
 		size_t l = len - 12 < sizeof(tmp) - 1 ? len - 12 : sizeof(tmp) - 1;
@@ -139,10 +158,27 @@ static size_t header_cb(char *buf, size_t size, size_t n, void *userdata)
 	return len;
 }
 
+/* The body of a multi-range request: parts, or a single range, or (a 200)
+ * the whole blob, which is not worth reading for a few ranges. */
+static size_t multi_body(struct response *r, const char *buf, size_t len)
+{
+	if (r->status == 206 && !r->multi)
+		r->multi = r->content_range ? byteranges_new_single(r->content_range, r->multi_ranges, r->multi_n)
+					    : byteranges_new(r->content_type, r->multi_ranges, r->multi_n);
+	if (r->status != 206 || !r->multi || byteranges_feed(r->multi, buf, len) < 0) {
+		r->multi_stopped = true;
+		return 0;
+	}
+	return len;
+}
+
 static size_t body_cb(char *buf, size_t size, size_t n, void *userdata)
 {
 	struct response *r = userdata;
 	size_t len = size * n;
+
+	if (r->multi_ranges && (r->status == 206 || r->status == 200))
+		return multi_body(r, buf, len);
 
 	if (r->range_buf && (r->status == 206 || r->status == 200)) {
 		/* A 200 means the server ignored the Range header: drop what
@@ -285,6 +321,7 @@ struct registry_client *registry_client_dup(const struct registry_client *c)
 	if (!d)
 		return NULL;
 	d->insecure = c->insecure;
+	d->single_ranges = c->single_ranges;
 	d->platform = c->platform;
 	d->max_document_size = c->max_document_size;
 	d->stall_seconds = c->stall_seconds;
@@ -454,7 +491,7 @@ static int http_request(struct registry_client *c, const char *url, const char *
 		curl->slist_free_all(headers);
 		curl->easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &resp->status);
 
-		if (code == CURLE_WRITE_ERROR && resp->range_done)
+		if (code == CURLE_WRITE_ERROR && (resp->range_done || resp->multi_stopped))
 			code = CURLE_OK;
 		if (code == CURLE_WRITE_ERROR && resp->too_big)
 			return err_set(err, EFBIG, "%s: response is larger than allowed", what);
@@ -813,6 +850,67 @@ int registry_fetch_range(struct registry_client *c, const char *digest, uint64_t
 		r = err_set(err, EIO, "%s: got %zu bytes", what, resp.range_got);
 	response_done(&resp);
 	return r;
+}
+
+#define RANGES_PER_REQUEST 64 /* keeps the Range header near 2 KiB */
+
+/* Fetches the ranges that are not complete, one request each; returns how
+ * many requests that took. */
+static int fetch_ranges_alone(struct registry_client *c, const char *digest, struct byterange *ranges, size_t n,
+			      struct err *err)
+{
+	int requests = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (ranges[i].got == ranges[i].len)
+			continue;
+		int r = registry_fetch_range(c, digest, ranges[i].off, ranges[i].len, ranges[i].buf, err);
+		if (r < 0)
+			return r;
+		ranges[i].got = ranges[i].len;
+		requests++;
+	}
+	return requests;
+}
+
+int registry_fetch_ranges(struct registry_client *c, const char *digest, struct byterange *ranges, size_t n,
+			  struct err *err)
+{
+	for (size_t i = 0; i < n; i++)
+		ranges[i].got = 0;
+	if (n > RANGES_PER_REQUEST) {
+		int first = registry_fetch_ranges(c, digest, ranges, RANGES_PER_REQUEST, err);
+		if (first < 0)
+			return first;
+		int rest = registry_fetch_ranges(c, digest, ranges + RANGES_PER_REQUEST, n - RANGES_PER_REQUEST, err);
+		return rest < 0 ? rest : first + rest;
+	}
+	if (n <= 1 || c->single_ranges)
+		return fetch_ranges_alone(c, digest, ranges, n, err);
+
+	_cleanup_free_ char *path = strdup_printf("%s/blobs/%s", c->ref.repository, digest);
+	char header[32 + RANGES_PER_REQUEST * 42] = "Range: bytes=", what[1024];
+	size_t used = strlen(header);
+	for (size_t i = 0; i < n; i++) {
+		if (ranges[i].len == 0 || (i > 0 && ranges[i].off < ranges[i - 1].off + ranges[i - 1].len))
+			return err_set(err, EINVAL, "blob %s: ranges must be ascending, apart and not empty", digest);
+		used += (size_t)snprintf(header + used, sizeof(header) - used, "%s%llu-%llu", i ? "," : "",
+					 (unsigned long long)ranges[i].off,
+					 (unsigned long long)(ranges[i].off + ranges[i].len - 1));
+	}
+	snprintf(what, sizeof(what), "blob %s of \"%s/%s\", %zu ranges from byte %llu", digest, c->ref.domain,
+		 c->ref.repository, n, (unsigned long long)ranges[0].off);
+	if (!path)
+		return -ENOMEM;
+	struct response resp = { .fd = -1, .body_max = ERROR_BODY_MAX_SIZE, .multi_ranges = ranges, .multi_n = n };
+	int r = registry_get(c, path, NULL, header, &resp, what, err);
+	/* A server that sent one range, or the whole blob, will do so again. */
+	if (r == 0 && (resp.status == 200 || (resp.multi && resp.content_range)))
+		c->single_ranges = true;
+	response_done(&resp);
+	if (r < 0)
+		return r;
+	int alone = fetch_ranges_alone(c, digest, ranges, n, err);
+	return alone < 0 ? alone : 1 + alone;
 }
 
 /* ---- pushing and referrers ------------------------------------------------- */

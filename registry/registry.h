@@ -154,6 +154,40 @@ int registry_fetch_blob_to_fd(struct registry_client *c, const char *digest, int
  * (a chunk digest from a verified table of contents, say). */
 int registry_fetch_range(struct registry_client *c, const char *digest, uint64_t off, size_t len, void *buf,
 			 struct err *err);
+/* One range of a blob to read: [off, off+len) into buf; got counts the
+ * bytes that arrived. */
+struct byterange {
+	uint64_t off;
+	size_t len;
+	unsigned char *buf;
+	size_t got;
+};
+/* Reads several ranges (ascending, not overlapping) of a blob.  Where the
+ * server answers a multi-range request with multipart/byteranges, one
+ * request serves them all: a registry pays a fixed cost per request that
+ * is larger than the cost of a range.  Whatever it did not send, or a
+ * server that does not do multipart at all (remembered by the client), is
+ * fetched one range per request.  Returns the number of requests made.  As
+ * registry_fetch_range, the bytes are NOT verified. */
+int registry_fetch_ranges(struct registry_client *c, const char *digest, struct byterange *ranges, size_t n,
+			  struct err *err);
+
+/* The streaming parser of multipart/byteranges bodies, for tests and
+ * fuzzing.  NULL when content_type is not multipart/byteranges with a
+ * boundary; byteranges_new_single() takes the body of a single-range 206
+ * answer instead, by its Content-Range value. */
+struct byteranges;
+struct byteranges *byteranges_new(const char *content_type, struct byterange *ranges, size_t n);
+struct byteranges *byteranges_new_single(const char *content_range, struct byterange *ranges, size_t n);
+/* Forgets what arrived (for a retry): every got back to zero. */
+void byteranges_reset(struct byteranges *b);
+/* -EBADMSG for a malformed body or a part outside the rules: ascending,
+ * not overlapping, within the span the ranges cover. */
+int byteranges_feed(struct byteranges *b, const void *data, size_t len);
+/* -EBADMSG unless the body ended where it should. */
+int byteranges_finish(const struct byteranges *b);
+struct byteranges *byteranges_free(struct byteranges *b);
+
 /* ---- pushing and referrers (OCI distribution 1.1) ------------------------- */
 
 #define MEDIA_TYPE_OCI_MANIFEST "application/vnd.oci.image.manifest.v1+json"

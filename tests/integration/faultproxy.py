@@ -1,6 +1,7 @@
 """An HTTP proxy between imgfs and a real docker-registry that injects
 faults into ranged blob reads: dropped connections, stalls, truncated bodies,
-5xx and 429 answers, corrupted bytes."""
+5xx and 429 answers, corrupted bytes; and, for requests of several ranges,
+the answers of servers that do not send multipart/byteranges."""
 
 import http.server
 import threading
@@ -9,6 +10,9 @@ import urllib.error
 import urllib.request
 
 MODES = ("drop", "stall", "truncate", "503", "429", "corrupt")
+# What a request for several ranges gets: the whole blob (a server that ignores
+# such a Range), the first range alone (object stores), or corrupted parts.
+MULTI_MODES = ("whole", "first", "corrupt")
 
 
 class FaultProxy:
@@ -18,6 +22,8 @@ class FaultProxy:
         self.faults = []          # one-shot faults, applied in order
         self.always = None        # a fault applied to every ranged blob read
         self.injected = []
+        self.multi = None         # one of MULTI_MODES for every request of several ranges
+        self.multi_requests = 0
         self.lock = threading.Lock()
         proxy = self
 
@@ -46,6 +52,15 @@ class FaultProxy:
                 headers = {"Accept": self.headers.get("Accept", "*/*")}
                 if self.headers.get("Range"):
                     headers["Range"] = self.headers["Range"]
+                if "," in headers.get("Range", ""):
+                    with proxy.lock:
+                        proxy.multi_requests += 1
+                    if proxy.multi == "whole":
+                        del headers["Range"]
+                    elif proxy.multi == "first":
+                        headers["Range"] = headers["Range"].split(",")[0]
+                    elif proxy.multi == "corrupt":
+                        fault = "corrupt"
                 req = urllib.request.Request(f"http://{proxy.upstream}{self.path}", headers=headers)
                 try:
                     with urllib.request.urlopen(req, timeout=60) as r:

@@ -11,8 +11,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from faultproxy import MODES, FaultProxy  # noqa: E402
-from harness import Entry, Mount, Registry, Tap, require_root_and_fuse, workspace  # noqa: E402
+from faultproxy import MODES, MULTI_MODES, FaultProxy  # noqa: E402
+from harness import IMGFS, Entry, Mount, Registry, Tap, require_root_and_fuse, run, workspace  # noqa: E402
 from images import deterministic_bytes  # noqa: E402
 from test_lazy_lib import push_estargz  # noqa: E402
 
@@ -22,6 +22,15 @@ require_root_and_fuse(tap)
 CHUNK = 1 << 20
 BIG = deterministic_bytes(11, 24 * CHUNK)
 ENTRIES = [Entry("big", data=BIG), Entry("small", data=b"small file\n")]
+# Small files apart from each other in the blob: a prefetch list of every
+# other one makes requests of several ranges.
+MANY = [Entry("many", "dir"), *[Entry(f"many/f{i}", data=deterministic_bytes(100 + i, 3000)) for i in range(40)]]
+LISTED = [f"many/f{i}" for i in range(0, 40, 2)]
+
+
+def stats(mnt):
+    out = run([IMGFS, "stats", mnt]).stdout.decode()
+    return {k: int(v) for k, v in (line.split() for line in out.splitlines())}
 
 
 def read_at(path, chunk_index):
@@ -42,6 +51,35 @@ with workspace() as work:
     proxy = FaultProxy(reg.host, stall_seconds=4)
     try:
         push_estargz(reg, "faults/app", "v1", [ENTRIES], chunk_size=CHUNK)
+        push_estargz(reg, "faults/many", "v1", [MANY])
+        listing = os.path.join(work, "listed")
+        with open(listing, "w") as f:
+            f.write("".join(f"/{p}\n" for p in LISTED))
+        for policy in (None, *MULTI_MODES):
+            mnt = os.path.join(work, f"mnt-multi-{policy}")
+            proxy.faults, proxy.always, proxy.multi, proxy.multi_requests = [], None, policy, 0
+            m = Mount(f"{proxy.host}/faults/many:v1", mnt, os.path.join(work, f"cache-multi-{policy}"),
+                      ["--prefetch=landmark", "--prefetch-list", listing])
+            if not tap.ok(m.ok, f"several ranges, {policy or 'multipart'}: mount", m.stderr()):
+                continue
+            deadline = time.time() + 30
+            while time.time() < deadline and not stats(mnt)["prefetch_done"]:
+                time.sleep(0.05)
+            s = stats(mnt)
+            good = [p for p in LISTED if open(os.path.join(mnt, p), "rb").read() == MANY[1 + int(p[6:])].data]
+            after = stats(mnt)
+            if policy is None:
+                # Besides the footer and the TOC: at most one request per prefetch connection.
+                tap.ok(len(good) == len(LISTED) and s["prefetch_done"] and s["range_requests"] <= 2 + 4 and
+                       1 <= proxy.multi_requests == s["range_requests"] - 2 and
+                       after["range_requests"] == s["range_requests"],
+                       f"{len(LISTED)} listed files apart from each other arrive in requests of several ranges",
+                       (len(good), s, proxy.multi_requests))
+            else:
+                tap.ok(len(good) == len(LISTED) and s["prefetch_done"] and 1 <= proxy.multi_requests <= 4,
+                       f"several ranges, {policy}: every listed file reads right", (len(good), s, proxy.multi_requests))
+            m.umount()
+        proxy.multi = None
         for n, mode in enumerate(MODES):
             mnt = os.path.join(work, f"mnt-{mode}")
             proxy.faults, proxy.always = [], None

@@ -269,8 +269,81 @@ static void test_pidfd_wait_exit(void)
 	ok(!pidfd_wait_exit(-1, 0), "pidfd_wait_exit without a pidfd waits for nothing");
 }
 
+/* Feeds body to a parser over ranges [10,14) and [20,26) of "0123...",
+ * split at every byte when trickle; returns byteranges_finish or the error. */
+static int parse_parts(const char *content_type, const char *body, bool trickle, struct byterange *ranges)
+{
+	static unsigned char a[4], b[6];
+	memset(a, '.', sizeof(a));
+	memset(b, '.', sizeof(b));
+	ranges[0] = (struct byterange){ .off = 10, .len = 4, .buf = a };
+	ranges[1] = (struct byterange){ .off = 20, .len = 6, .buf = b };
+	struct byteranges *p = byteranges_new(content_type, ranges, 2);
+	if (!p)
+		return -EINVAL;
+	size_t len = strlen(body);
+	int r = 0;
+	for (size_t i = 0; r == 0 && i < len; i += trickle ? 1 : len)
+		r = byteranges_feed(p, body + i, trickle ? 1 : len);
+	if (r == 0)
+		r = byteranges_finish(p);
+	byteranges_free(p);
+	return r;
+}
+
+static void test_byteranges(void)
+{
+	const char *ct = "multipart/byteranges; boundary=XyZ";
+	const char *body = "--XyZ\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes 10-13/99\r\n\r\n"
+			   "ABCD\r\n--XyZ\r\nContent-Range: bytes 20-25/99\r\n\r\nEF\r\n--\r\n--XyZ--\r\n";
+	struct byterange r[2];
+	for (int trickle = 0; trickle < 2; trickle++) {
+		int rc = parse_parts(ct, body, trickle, r);
+		ok(rc == 0 && r[0].got == 4 && memcmp(r[0].buf, "ABCD", 4) == 0 && r[1].got == 6 &&
+			   memcmp(r[1].buf, "EF\r\n--", 6) == 0,
+		   "two parts land in their ranges, a body that looks like a delimiter included (%s)",
+		   trickle ? "a byte at a time" : "at once");
+	}
+	ok(parse_parts("multipart/byteranges; boundary=\"XyZ\"", body, false, r) == 0 && r[1].got == 6,
+	   "a quoted boundary");
+	ok(parse_parts(ct, "preamble\r\n--XyZ\r\nContent-Range: bytes 10-21/99\r\n\r\nABCDEFGHIJKL\r\n--XyZ--",
+		       false, r) == 0 && memcmp(r[0].buf, "ABCD", 4) == 0 && r[0].got == 4 && r[1].got == 2 &&
+		   memcmp(r[1].buf, "KL", 2) == 0,
+	   "a part the server coalesced fills what it covers, no more");
+	ok(parse_parts(ct, "--XyZ\r\nContent-Range: bytes 10-13/99\r\n\r\nABCD\r\n--XyZ\r\nContent-Range: bytes 20-25/99\r\n\r\nEF",
+		       false, r) == -EBADMSG && r[1].got == 2,
+	   "a truncated body is an error, and the range keeps count of what came");
+	ok(parse_parts(ct, "--XyZ\r\nContent-Range: bytes 20-25/99\r\n\r\nEFGHIJ\r\n--XyZ\r\nContent-Range: bytes 10-13/99\r\n\r\n",
+		       false, r) == -EBADMSG,
+	   "parts out of order are refused");
+	ok(parse_parts(ct, "--XyZ\r\nContent-Range: bytes 0-13/99\r\n\r\n", false, r) == -EBADMSG,
+	   "a part before the span asked for is refused");
+	ok(parse_parts(ct, "--XyZ\r\nContent-Range: bytes 20-99/99\r\n\r\n", false, r) == -EBADMSG,
+	   "a part past the span asked for is refused");
+	ok(parse_parts(ct, "--XyZ\r\n\r\nABCD\r\n--XyZ--\r\n", false, r) == -EBADMSG, "a part without Content-Range is refused");
+	ok(parse_parts(ct, "--XyZ\r\nContent-Range: bytes 13-10/99\r\n\r\n", false, r) == -EBADMSG,
+	   "a backwards Content-Range is refused");
+	ok(parse_parts(ct, "--XyZ\r\nContent-Range: bytes 10-13/99\r\n\r\nABCDjunk\r\n--XyZ--\r\n", false, r) == -EBADMSG,
+	   "bytes after a body other than a delimiter are refused");
+	ok(parse_parts("application/octet-stream", body, false, r) == -EINVAL &&
+		   parse_parts("multipart/byteranges", body, false, r) == -EINVAL,
+	   "no parser without multipart/byteranges and a boundary");
+
+	unsigned char one[6];
+	struct byterange single[2] = { { .off = 20, .len = 6, .buf = one }, { .off = 40, .len = 1, .buf = one } };
+	struct byteranges *p = byteranges_new_single(" bytes 20-25/*", single, 2);
+	ok(p && byteranges_feed(p, "EFGHIJ", 6) == 0 && byteranges_finish(p) == 0 && single[0].got == 6 &&
+		   single[1].got == 0,
+	   "a single-range answer fills the first range and leaves the other missing");
+	ok(p && byteranges_feed(p, "x", 1) == -EBADMSG, "a single range longer than its Content-Range is refused");
+	byteranges_free(p);
+	ok(!byteranges_new_single("bytes 20-25", single, 2) && !byteranges_new_single("bytes */99", single, 2),
+	   "a Content-Range without a length, or unsatisfied, is no single part");
+}
+
 int main(void)
 {
+	test_byteranges();
 	test_pidfd_wait_exit();
 	test_dl_open_symbols();
 	test_refs();
