@@ -29,6 +29,24 @@ static void load(void)
 	loaded = dl_open_symbols(ARCHIVE_SONAME, symbols, ARRAY_SIZE(symbols), load_error, sizeof(load_error)) == 0;
 }
 
+static void *preload_main(void *arg)
+{
+	(void)arg;
+	pthread_once(&once, load);
+	return NULL;
+}
+
+void archive_lib_preload(void)
+{
+	pthread_t thread;
+	pthread_attr_t attr;
+	if (pthread_attr_init(&attr) != 0)
+		return;
+	if (pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0)
+		(void)pthread_create(&thread, &attr, preload_main, NULL);
+	pthread_attr_destroy(&attr);
+}
+
 const struct archive_lib *archive_lib_get(struct err *err)
 {
 	pthread_once(&once, load);

@@ -44,3 +44,8 @@ struct archive_lib {
 /* Loads libarchive once per process; thread-safe.  NULL, with err saying
  * why, when it cannot be loaded. */
 const struct archive_lib *archive_lib_get(struct err *err);
+/* Starts loading libarchive on a thread of its own, for a caller that will
+ * need it after some network round trips: a cold load reads libxml2 and
+ * ICU from disk, about 50 ms.  Not while another library loads: the
+ * dynamic loader does one at a time. */
+void archive_lib_preload(void);

@@ -412,6 +412,7 @@ int estargz_open(struct registry_client *client, struct registry_client *prefetc
 		r = err_set(err, EINVAL, "too small for an eStargz layer");
 		goto fail;
 	}
+	archive_lib_preload(); /* for the TOC, while the footer and the TOC arrive */
 	r = fetch(rem, blob_size - footer_len, footer_len, footer, err);
 	if (r < 0)
 		goto fail;
