@@ -143,6 +143,8 @@ struct layer *layer_free(struct layer *l)
 {
 	if (!l)
 		return NULL;
+	/* First: its threads may still use the chunks, which live in the entries. */
+	remote_free(l->remote);
 	for (size_t i = 0; i < l->n_entries; i++)
 		entry_done(&l->entries[i]);
 	free(l->entries);
@@ -151,7 +153,6 @@ struct layer *layer_free(struct layer *l)
 	free(l->checkpoints);
 	layer_cursors_free(l);
 	layer_spans_drop(l);
-	remote_free(l->remote);
 	remote_blob_free(l->remote_blob);
 	free(l->decoded_prefix);
 	if (l->blob_fd >= 0)
