@@ -1,9 +1,9 @@
-/* On-demand fetches and the background fetch of whole layers: see layer.h. */
+/* Reads and the background fetch of whole layers: see layer.h. */
 #include <time.h>
 
 #include "layer.h"
 
-/* The background fetch waits this long after the last on-demand fetch. */
+/* The background fetch waits this long after the last read. */
 #define DEMAND_QUIET_MS 200
 #define DEMAND_POLL_MS 20
 

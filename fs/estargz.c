@@ -1113,6 +1113,7 @@ int layer_prefetch(struct layer *l, bool only_landmark, const atomic_bool *stop)
 
 ssize_t chunked_read_entry(struct layer *l, const struct entry *e, void *buf, size_t len, uint64_t off)
 {
+	demand_note();
 	for (uint32_t i = 0; i < e->n_chunks; i++) {
 		const struct chunk *c = &e->chunks[i];
 		uint64_t start = off > c->file_off ? off : c->file_off;

@@ -162,13 +162,14 @@ void layer_get_stats(struct layer *l, struct layer_stats *ret);
  * never wait behind it.  Stops early, returning -ECANCELED, once *stop is set. */
 int layer_prefetch(struct layer *l, bool only_landmark, const atomic_bool *stop);
 
-/* On-demand fetches and the background fetch of whole layers share the
- * registry's time, and on a small machine its CPU: each on-demand fetch
- * notes itself, and the background fetch waits until none came for a
- * moment (fs/demand.c), so that it never slows the start it is there to
- * help.  Landmark prefetching does not wait: the start needs those files. */
+/* The workload and the background fetch of whole layers share the
+ * registry's time, and on a small machine the CPU: each read of a lazy
+ * layer notes itself, served from the cache or not, and the background
+ * fetch waits until none came for a moment (fs/demand.c), so that it never
+ * slows the start it is there to help.  Landmark prefetching does not
+ * wait: the start needs those files. */
 void demand_note(void);
-/* Returns once no on-demand fetch came for 200 ms, or when *stop is set. */
+/* Returns once no read came for 200 ms, or when *stop is set. */
 void demand_wait_quiet(const atomic_bool *stop);
 
 /* Normalises a tar member name; -EINVAL for names that leave the root. */

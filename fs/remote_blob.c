@@ -108,7 +108,6 @@ static int fetch_span(struct remote_blob *rb, size_t i)
 	if (!data)
 		return -ENOMEM;
 	struct err err = { 0 };
-	demand_note();
 	int r = registry_fetch_range(rb->client, rb->digest, (uint64_t)i * rb->span_size, len, data, &err);
 	if (r < 0)
 		return -EIO;
@@ -147,6 +146,7 @@ int remote_blob_read(struct remote_blob *rb, void *buf, size_t len, uint64_t off
 {
 	if (off > rb->blob_size || len > rb->blob_size - off)
 		return -EIO;
+	demand_note();
 	pthread_mutex_lock(&rb->lock);
 	int r = 0;
 	unsigned char *out = buf;
