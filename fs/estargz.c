@@ -28,6 +28,8 @@
 #define READAHEAD_BYTES (128u << 10)
 /* The layout version is in the name: a change of layout makes a new pack. */
 #define PACK_NAME "%s/chunks/sha256/%s.v1.pack"
+/* The parsed TOC, saved (chunked_layer_save). */
+#define TOC_INDEX_NAME "%s/chunks/sha256/%s.toc"
 /* Packs of one mount, when eviction keeps unlinking them (a cap smaller
  * than what the mount reads); the last one is kept on using beyond that.
  * Unlinked packs hold at most the chunks this mount read, until it ends. */
@@ -42,6 +44,10 @@ struct remote {
 	pthread_cond_t inflight_done, client_free, stores_done;
 	/* Threads still storing the read-ahead part of an on-demand fetch. */
 	size_t deferred_stores;
+	/* The TOC this mount parsed, saved after the mount (layer_start_background). */
+	char toc_unsaved[DIGEST_SHA256_LEN + 1];
+	pthread_t toc_saver;
+	bool toc_saving;
 	/* On-demand reads: each takes a connection that is not busy, making a new
 	 * one up to DEMAND_CLIENTS.  New ones are copies of template, which never
 	 * fetches, so that no copy reads a client another thread is using. */
@@ -55,7 +61,7 @@ struct remote {
 	 * of a first start's CPU.  When eviction unlinks the pack, later
 	 * chunks go to a new one; the old ones stay open for the chunks they
 	 * hold, so a reader's descriptor is never closed under it. */
-	char *pack_path;
+	char *pack_path, *toc_index_path;
 	int packs[PACK_GENERATIONS];
 	size_t n_packs;
 	uint64_t *slot; /* by chunk order: offset in the pack */
@@ -86,6 +92,8 @@ void remote_free(struct remote *r)
 	while (r->deferred_stores)
 		pthread_cond_wait(&r->stores_done, &r->lock);
 	pthread_mutex_unlock(&r->lock);
+	if (r->toc_saving)
+		pthread_join(r->toc_saver, NULL);
 	for (size_t i = 0; i < r->n_clients; i++)
 		registry_client_free(r->clients[i]);
 	registry_client_free(r->template);
@@ -101,6 +109,7 @@ void remote_free(struct remote *r)
 	for (size_t i = 0; i < r->n_packs; i++)
 		close(r->packs[i]);
 	free(r->pack_path);
+	free(r->toc_index_path);
 	free(r);
 }
 
@@ -315,8 +324,9 @@ static int remote_new(struct registry_client *client, struct registry_client *pr
 	snprintf(rem->digest, sizeof(rem->digest), "%s", digest);
 	_cleanup_free_ char *dir = strdup_printf("%s/chunks/sha256", cache_dir);
 	rem->pack_path = strdup_printf(PACK_NAME, cache_dir, digest + 7);
+	rem->toc_index_path = strdup_printf(TOC_INDEX_NAME, cache_dir, digest + 7);
 	rem->template = registry_client_dup(client);
-	if (!dir || !rem->pack_path || !rem->template) {
+	if (!dir || !rem->pack_path || !rem->toc_index_path || !rem->template) {
 		remote_free(rem);
 		return -ENOMEM;
 	}
@@ -336,36 +346,25 @@ static int remote_new(struct registry_client *client, struct registry_client *pr
 
 /* Parses a verified TOC into a new chunked layer served through rem, which
  * the layer owns on success and the caller still owns on failure. */
-static int chunked_layer_new(const char *digest, uint64_t blob_size, struct remote *rem, const char *json,
-			     size_t json_len, uint64_t toc_off, struct layer **ret, struct err *err)
+/* Numbers the layer's chunks in blob order, gives each its slot in the
+ * pack, and hands the layer rem; on failure the caller keeps both. */
+static int chunked_layer_attach(struct layer *l, struct remote *rem)
 {
-	struct layer *l = layer_alloc(digest, rem->compression, -1);
-	if (!l)
-		return -ENOMEM;
-	l->blob_size = blob_size;
-	l->format = LAYER_CHUNKED;
-	int r = estargz_parse_toc(l, json, json_len, toc_off, err);
-	if (r < 0)
-		goto fail;
 	/* Blob order, for fetching a chunk together with the ones after it. */
 	for (size_t i = 0; i < l->n_entries; i++)
 		rem->n_chunks += l->entries[i].n_chunks;
 	rem->by_offset = calloc(rem->n_chunks ? rem->n_chunks : 1, sizeof(*rem->by_offset));
 	rem->verified = calloc(rem->n_chunks ? rem->n_chunks : 1, 1);
-	if (!rem->by_offset || !rem->verified) {
-		r = -ENOMEM;
-		goto fail;
-	}
+	if (!rem->by_offset || !rem->verified)
+		return -ENOMEM;
 	size_t k = 0;
 	for (size_t i = 0; i < l->n_entries; i++)
 		for (uint32_t j = 0; j < l->entries[i].n_chunks; j++)
 			rem->by_offset[k++] = &l->entries[i].chunks[j];
 	qsort(rem->by_offset, rem->n_chunks, sizeof(*rem->by_offset), cmp_chunk_offset);
 	rem->slot = calloc(rem->n_chunks ? rem->n_chunks : 1, sizeof(*rem->slot));
-	if (!rem->slot) {
-		r = -ENOMEM;
-		goto fail;
-	}
+	if (!rem->slot)
+		return -ENOMEM;
 	/* Slots in blob order, so that neighbours fetched together are written
 	 * together; zeros chunks take no room. */
 	uint64_t next_slot = 0;
@@ -376,11 +375,64 @@ static int chunked_layer_new(const char *digest, uint64_t blob_size, struct remo
 		next_slot += c->zeros ? 0 : c->size;
 	}
 	l->remote = rem;
+	return 0;
+}
+
+/* The layer from the TOC saved by an earlier mount: no fetch and no parse
+ * (a 34,000-entry TOC takes a quarter of a second to parse).  -ENOENT when
+ * there is none for this TOC digest. */
+static int open_saved_toc(const char *digest, uint64_t blob_size, const char *toc_digest, struct remote *rem,
+			  struct layer **ret)
+{
+	struct layer *l;
+	int r = chunked_layer_open_saved(digest, toc_digest, rem->compression, blob_size, rem->toc_index_path, &l);
+	if (r < 0)
+		return r;
+	r = chunked_layer_attach(l, rem);
+	if (r < 0) {
+		layer_free(l);
+		return r;
+	}
 	*ret = l;
 	return 0;
-fail:
-	layer_free(l);
-	return r;
+}
+
+static void *toc_save_main(void *arg)
+{
+	const struct layer *l = arg;
+	/* An optimisation: a failure costs the next mount a parse, no more. */
+	(void)chunked_layer_save(l, l->remote->toc_unsaved, l->remote->toc_index_path);
+	return NULL;
+}
+
+/* Saving a large TOC takes longer than the rest of a mount after the
+ * parse: it is done on a thread, which remote_free() joins. */
+void layer_start_background(struct layer *l)
+{
+	if (l->remote && l->remote->toc_unsaved[0] && !l->remote->toc_saving)
+		l->remote->toc_saving = pthread_create(&l->remote->toc_saver, NULL, toc_save_main, l) == 0;
+}
+
+/* The layer from its verified TOC, which is then saved for the next mount. */
+static int chunked_layer_new(const char *digest, uint64_t blob_size, struct remote *rem, const char *json,
+			     size_t json_len, uint64_t toc_off, const char *toc_digest, struct layer **ret,
+			     struct err *err)
+{
+	struct layer *l = layer_alloc(digest, rem->compression, -1);
+	if (!l)
+		return -ENOMEM;
+	l->blob_size = blob_size;
+	l->format = LAYER_CHUNKED;
+	int r = estargz_parse_toc(l, json, json_len, toc_off, err);
+	if (r == 0)
+		r = chunked_layer_attach(l, rem);
+	if (r < 0) {
+		layer_free(l);
+		return r;
+	}
+	snprintf(rem->toc_unsaved, sizeof(rem->toc_unsaved), "%s", toc_digest);
+	*ret = l;
+	return 0;
 }
 
 /* The TOC is trusted through the digest a verified manifest annotates it with. */
@@ -402,6 +454,12 @@ int estargz_open(struct registry_client *client, struct registry_client *prefetc
 	int r = remote_new(client, prefetch_client, digest, COMPRESSION_GZIP, cache_dir, &rem, err);
 	if (r < 0)
 		goto fail;
+	r = open_saved_toc(digest, blob_size, toc_digest, rem, ret);
+	if (r != -ENOENT) {
+		if (r == 0)
+			return 0;
+		goto fail;
+	}
 
 	unsigned char footer[FOOTER_SIZE];
 	uint64_t toc_off = 0;
@@ -445,7 +503,7 @@ int estargz_open(struct registry_client *client, struct registry_client *prefetc
 	r = check_toc_digest(json, json_len, toc_digest, err);
 	if (r < 0)
 		goto fail;
-	r = chunked_layer_new(digest, blob_size, rem, json, json_len, toc_off, ret, err);
+	r = chunked_layer_new(digest, blob_size, rem, json, json_len, toc_off, toc_digest, ret, err);
 	if (r < 0)
 		goto fail;
 	return 0;
@@ -474,6 +532,12 @@ int zstd_chunked_open(struct registry_client *client, struct registry_client *pr
 		r = err_set(err, EINVAL, "invalid zstd:chunked manifest position \"%s\"", position);
 		goto fail;
 	}
+	r = open_saved_toc(digest, blob_size, toc_checksum, rem, ret);
+	if (r != -ENOENT) {
+		if (r == 0)
+			return 0;
+		goto fail;
+	}
 	compressed = malloc((size_t)len);
 	json = malloc((size_t)uncompressed + 1);
 	if (!compressed || !json) {
@@ -493,7 +557,7 @@ int zstd_chunked_open(struct registry_client *client, struct registry_client *pr
 	}
 	free(TAKE_PTR(compressed));
 	json[n] = '\0';
-	r = chunked_layer_new(digest, blob_size, rem, json, n, off, ret, err);
+	r = chunked_layer_new(digest, blob_size, rem, json, n, off, toc_checksum, ret, err);
 	if (r < 0)
 		goto fail;
 	return 0;

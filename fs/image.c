@@ -527,8 +527,10 @@ static void *prefetch_main(void *userdata)
 	return NULL;
 }
 
-int image_start_prefetch(struct image *img, enum prefetch_mode mode)
+int image_start_background(struct image *img, enum prefetch_mode mode)
 {
+	for (size_t i = 0; i < img->n_layers; i++)
+		layer_start_background(img->layers[i]);
 	img->prefetch_mode = mode;
 	if (mode == PREFETCH_NONE)
 		return 0;

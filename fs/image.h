@@ -44,9 +44,10 @@ struct image {
 	enum prefetch_mode prefetch_mode;
 };
 
-/* Starts the background fetch of lazy layers.  Call it in the process that
- * serves the mount (after daemonizing: threads do not survive fork). */
-int image_start_prefetch(struct image *img, enum prefetch_mode mode);
+/* Starts the layers' background work and the background fetch of lazy
+ * layers.  Call it in the process that serves the mount (after
+ * daemonizing: threads do not survive fork). */
+int image_start_background(struct image *img, enum prefetch_mode mode);
 
 /* "key value" lines: what this mount fetched and from where it was served. */
 int image_format_stats(struct image *img, char *buf, size_t size);

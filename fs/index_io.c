@@ -63,6 +63,41 @@ static void put_str(struct wbuf *b, const char *s)
 	put_bytes(b, s, (uint32_t)strlen(s));
 }
 
+/* What a tar header says of an entry; the two formats share it. */
+static void put_entry_header(struct wbuf *b, const struct entry *e)
+{
+	put_str(b, e->path);
+	put_str(b, e->link);
+	put_u32(b, e->type);
+	put_u32(b, e->mode);
+	put_u32(b, e->uid);
+	put_u32(b, e->gid);
+	put_u64(b, (uint64_t)e->mtime_sec);
+	put_u32(b, e->mtime_nsec);
+	put_u64(b, e->size);
+	put_u32(b, e->rdev_major);
+	put_u32(b, e->rdev_minor);
+	put_u32(b, e->n_xattrs);
+	for (uint32_t j = 0; j < e->n_xattrs; j++) {
+		put_str(b, e->xattrs[j].name);
+		put_bytes(b, e->xattrs[j].value, e->xattrs[j].len);
+	}
+}
+
+/* Closes the file with the digest of what precedes it and writes it; a
+ * file torn by a crash reads as absent, so durable is a choice. */
+static int finish_and_write(struct wbuf *b, const char *path, bool durable)
+{
+	char digest[DIGEST_SHA256_LEN + 1];
+	if (!b->failed)
+		digest_sha256(b->data, b->len, digest);
+	put(b, digest, DIGEST_SHA256_LEN);
+	int r = b->failed ? -ENOMEM : durable ? write_file_atomic(path, b->data, b->len)
+						: write_file_replace(path, b->data, b->len);
+	free(b->data);
+	return r;
+}
+
 int layer_save(const struct layer *l, const char *index_path)
 {
 	struct wbuf b = { 0 };
@@ -74,22 +109,7 @@ int layer_save(const struct layer *l, const char *index_path)
 	put_u64(&b, l->n_entries);
 	for (size_t i = 0; i < l->n_entries; i++) {
 		const struct entry *e = &l->entries[i];
-		put_str(&b, e->path);
-		put_str(&b, e->link);
-		put_u32(&b, e->type);
-		put_u32(&b, e->mode);
-		put_u32(&b, e->uid);
-		put_u32(&b, e->gid);
-		put_u64(&b, (uint64_t)e->mtime_sec);
-		put_u32(&b, e->mtime_nsec);
-		put_u64(&b, e->size);
-		put_u32(&b, e->rdev_major);
-		put_u32(&b, e->rdev_minor);
-		put_u32(&b, e->n_xattrs);
-		for (uint32_t j = 0; j < e->n_xattrs; j++) {
-			put_str(&b, e->xattrs[j].name);
-			put_bytes(&b, e->xattrs[j].value, e->xattrs[j].len);
-		}
+		put_entry_header(&b, e);
 		put_u32(&b, e->n_extents);
 		for (uint32_t j = 0; j < e->n_extents; j++) {
 			put_u64(&b, e->extents[j].file_off);
@@ -105,13 +125,7 @@ int layer_save(const struct layer *l, const char *index_path)
 		put_u32(&b, c->bits | (c->raw ? 0x100u : 0));
 		put_bytes(&b, c->window, c->window_len);
 	}
-	char digest[DIGEST_SHA256_LEN + 1];
-	if (!b.failed)
-		digest_sha256(b.data, b.len, digest);
-	put(&b, digest, DIGEST_SHA256_LEN);
-	int r = b.failed ? -ENOMEM : write_file_atomic(index_path, b.data, b.len);
-	free(b.data);
-	return r;
+	return finish_and_write(&b, index_path, true);
 }
 
 struct rbuf {
@@ -168,22 +182,60 @@ static void *get_bytes(struct rbuf *b, uint32_t *ret_len, bool allow_absent)
 	return s;
 }
 
+/* Reads a whole saved file whose magic and closing digest are right; *b
+ * covers what lies between them.  -ENOENT otherwise. */
+static int read_saved(const char *path, const char *magic, char **ret_data, struct rbuf *b)
+{
+	char *data;
+	size_t len;
+	if (read_file_capped(path, INDEX_MAX_FILE_SIZE, &data, &len) < 0)
+		return -ENOENT;
+	char actual[DIGEST_SHA256_LEN + 1];
+	if (len < 8 + DIGEST_SHA256_LEN || memcmp(data, magic, 8) != 0 ||
+	    (digest_sha256(data, len - DIGEST_SHA256_LEN, actual),
+	     memcmp(actual, data + len - DIGEST_SHA256_LEN, DIGEST_SHA256_LEN) != 0)) {
+		free(data);
+		return -ENOENT;
+	}
+	*b = (struct rbuf){ (unsigned char *)data + 8, (unsigned char *)data + len - DIGEST_SHA256_LEN, false };
+	*ret_data = data;
+	return 0;
+}
+
+/* The counterpart of put_entry_header(); false when the bytes are wrong. */
+static bool get_entry_header(struct rbuf *b, struct entry *e)
+{
+	e->path = get_bytes(b, NULL, false);
+	e->link = get_bytes(b, NULL, true);
+	e->type = (uint8_t)get_u32(b);
+	e->mode = get_u32(b);
+	e->uid = get_u32(b);
+	e->gid = get_u32(b);
+	e->mtime_sec = (int64_t)get_u64(b);
+	e->mtime_nsec = get_u32(b);
+	e->size = get_u64(b);
+	e->rdev_major = get_u32(b);
+	e->rdev_minor = get_u32(b);
+	uint32_t n_xattrs = get_u32(b);
+	if (b->bad || !e->path || e->type > ENTRY_FIFO || n_xattrs > (size_t)(b->end - b->p) / 8)
+		return false;
+	if (n_xattrs && !(e->xattrs = calloc(n_xattrs, sizeof(struct xattr))))
+		return false;
+	for (uint32_t j = 0; j < n_xattrs && !b->bad; j++) {
+		e->n_xattrs++;
+		e->xattrs[j].name = get_bytes(b, NULL, false);
+		e->xattrs[j].value = get_bytes(b, &e->xattrs[j].len, false);
+	}
+	return !b->bad;
+}
+
 int layer_open_saved(const char *digest, enum layer_compression compression, int blob_fd,
 		     const char *index_path, struct layer **ret)
 {
 	_cleanup_free_ char *data = NULL;
-	size_t len;
-	int r = read_file_capped(index_path, INDEX_MAX_FILE_SIZE, &data, &len);
-	if (r < 0)
+	struct rbuf b;
+	if (read_saved(index_path, INDEX_MAGIC, &data, &b) < 0)
 		return -ENOENT;
-	if (len < 8 + DIGEST_SHA256_LEN || memcmp(data, INDEX_MAGIC, 8) != 0)
-		return -ENOENT;
-	char actual[DIGEST_SHA256_LEN + 1];
-	digest_sha256(data, len - DIGEST_SHA256_LEN, actual);
-	if (memcmp(actual, data + len - DIGEST_SHA256_LEN, DIGEST_SHA256_LEN) != 0)
-		return -ENOENT;
-
-	struct rbuf b = { (unsigned char *)data + 8, (unsigned char *)data + len - DIGEST_SHA256_LEN, false };
 	struct layer *l = layer_alloc(digest, compression, blob_fd);
 	if (!l)
 		return -ENOMEM;
@@ -205,27 +257,8 @@ int layer_open_saved(const char *digest, enum layer_compression compression, int
 	for (uint64_t i = 0; i < n_entries && !b.bad; i++) {
 		struct entry *e = &l->entries[i];
 		l->n_entries++;
-		e->path = get_bytes(&b, NULL, false);
-		e->link = get_bytes(&b, NULL, true);
-		e->type = (uint8_t)get_u32(&b);
-		e->mode = get_u32(&b);
-		e->uid = get_u32(&b);
-		e->gid = get_u32(&b);
-		e->mtime_sec = (int64_t)get_u64(&b);
-		e->mtime_nsec = get_u32(&b);
-		e->size = get_u64(&b);
-		e->rdev_major = get_u32(&b);
-		e->rdev_minor = get_u32(&b);
-		uint32_t n_xattrs = get_u32(&b);
-		if (b.bad || !e->path || e->type > ENTRY_FIFO || n_xattrs > (size_t)(b.end - b.p) / 8)
+		if (!get_entry_header(&b, e))
 			goto bad;
-		if (n_xattrs && !(e->xattrs = calloc(n_xattrs, sizeof(struct xattr))))
-			goto bad;
-		for (uint32_t j = 0; j < n_xattrs && !b.bad; j++) {
-			e->n_xattrs++;
-			e->xattrs[j].name = get_bytes(&b, NULL, false);
-			e->xattrs[j].value = get_bytes(&b, &e->xattrs[j].len, false);
-		}
 		uint32_t n_extents = get_u32(&b);
 		if (b.bad || n_extents > (size_t)(b.end - b.p) / 24)
 			goto bad;
@@ -267,6 +300,106 @@ int layer_open_saved(const char *digest, enum layer_compression compression, int
 	return 0;
 bad:
 	l->blob_fd = -1; /* the caller keeps its fd when we decline */
+	layer_free(l);
+	return -ENOENT;
+}
+
+/* ---- chunked layers: the parsed table of contents --------------------- */
+
+#define TOC_INDEX_MAGIC "IMGFSCX1"
+#define ENTRY_LANDMARK 1u
+
+int chunked_layer_save(const struct layer *l, const char *toc_digest, const char *path)
+{
+	struct wbuf b = { 0 };
+	put(&b, TOC_INDEX_MAGIC, 8);
+	put_str(&b, l->digest);
+	put_str(&b, toc_digest);
+	put_u32(&b, l->compression);
+	put_u64(&b, l->blob_size);
+	put_u64(&b, l->n_entries);
+	for (size_t i = 0; i < l->n_entries; i++) {
+		const struct entry *e = &l->entries[i];
+		put_entry_header(&b, e);
+		put_u32(&b, e->landmark ? ENTRY_LANDMARK : 0);
+		put_u32(&b, e->n_chunks);
+		for (uint32_t j = 0; j < e->n_chunks; j++) {
+			const struct chunk *c = &e->chunks[j];
+			put_u64(&b, c->file_off);
+			put_u64(&b, c->size);
+			put_u64(&b, c->comp_off);
+			put_u64(&b, c->comp_end);
+			put_u64(&b, c->inner_off);
+			put_u32(&b, c->zeros);
+			put_str(&b, c->digest);
+		}
+	}
+	return finish_and_write(&b, path, false);
+}
+
+static bool get_chunk(struct rbuf *b, const struct entry *e, uint64_t blob_size, struct chunk *c)
+{
+	c->file_off = get_u64(b);
+	c->size = get_u64(b);
+	c->comp_off = get_u64(b);
+	c->comp_end = get_u64(b);
+	c->inner_off = get_u64(b);
+	c->zeros = get_u32(b) != 0;
+	_cleanup_free_ char *digest = get_bytes(b, NULL, false);
+	if (b->bad || !digest || c->size > e->size || c->file_off > e->size - c->size)
+		return false;
+	if (c->zeros)
+		return true;
+	if (!digest_is_valid(digest) || c->comp_end <= c->comp_off || c->comp_end > blob_size)
+		return false;
+	memcpy(c->digest, digest, DIGEST_SHA256_LEN + 1);
+	return true;
+}
+
+int chunked_layer_open_saved(const char *digest, const char *toc_digest, enum layer_compression compression,
+			     uint64_t blob_size, const char *path, struct layer **ret)
+{
+	_cleanup_free_ char *data = NULL;
+	struct rbuf b;
+	if (read_saved(path, TOC_INDEX_MAGIC, &data, &b) < 0)
+		return -ENOENT;
+	struct layer *l = layer_alloc(digest, compression, -1);
+	if (!l)
+		return -ENOMEM;
+	l->format = LAYER_CHUNKED;
+	l->blob_size = blob_size;
+	_cleanup_free_ char *saved_digest = get_bytes(&b, NULL, false);
+	_cleanup_free_ char *saved_toc = get_bytes(&b, NULL, false);
+	uint32_t saved_compression = get_u32(&b);
+	uint64_t saved_blob_size = get_u64(&b);
+	uint64_t n_entries = get_u64(&b);
+	if (b.bad || !saved_digest || !saved_toc || strcmp(saved_digest, digest) != 0 ||
+	    strcmp(saved_toc, toc_digest) != 0 || saved_compression != compression || saved_blob_size != blob_size ||
+	    n_entries > (uint64_t)(b.end - b.p) / 16)
+		goto bad;
+	l->entries = calloc(n_entries ? n_entries : 1, sizeof(struct entry));
+	if (!l->entries)
+		goto bad;
+	for (uint64_t i = 0; i < n_entries; i++) {
+		struct entry *e = &l->entries[i];
+		l->n_entries++;
+		if (!get_entry_header(&b, e))
+			goto bad;
+		e->prefetch = e->landmark = get_u32(&b) & ENTRY_LANDMARK;
+		uint32_t n_chunks = get_u32(&b);
+		if (b.bad || n_chunks > (size_t)(b.end - b.p) / 44)
+			goto bad;
+		if (n_chunks && !(e->chunks = calloc(n_chunks, sizeof(struct chunk))))
+			goto bad;
+		for (; e->n_chunks < n_chunks; e->n_chunks++)
+			if (!get_chunk(&b, e, blob_size, &e->chunks[e->n_chunks]))
+				goto bad;
+	}
+	if (b.bad || b.p != b.end)
+		goto bad;
+	*ret = l;
+	return 0;
+bad:
 	layer_free(l);
 	return -ENOENT;
 }

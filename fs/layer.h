@@ -80,7 +80,8 @@ struct entry {
 	uint32_t n_extents;
 	struct chunk *chunks;   /* chunked layers only */
 	uint32_t n_chunks;
-	bool prefetch;          /* listed before the eStargz prefetch landmark */
+	bool landmark;          /* before the eStargz prefetch landmark */
+	bool prefetch;          /* in the prefetch set: landmark, or in the prefetch list */
 	uint32_t prefetch_rank; /* position in a prefetch list (first read first), 0: none */
 };
 
@@ -135,6 +136,13 @@ int layer_open_scan(const char *digest, enum layer_compression compression, int 
 int layer_open_saved(const char *digest, enum layer_compression compression, int blob_fd,
 		     const char *index_path, struct layer **ret);
 int layer_save(const struct layer *l, const char *index_path);
+/* The same for a chunked layer (eStargz, zstd:chunked), in place of its
+ * table of contents: stale unless layer digest, TOC digest, compression
+ * and blob size all match.  The chunks get their order and slots from the
+ * caller, as after a parse. */
+int chunked_layer_open_saved(const char *digest, const char *toc_digest, enum layer_compression compression,
+			     uint64_t blob_size, const char *path, struct layer **ret);
+int chunked_layer_save(const struct layer *l, const char *toc_digest, const char *path);
 struct layer *layer_free(struct layer *l);
 
 /* Reads exactly len bytes at off of the uncompressed stream. */
@@ -161,6 +169,10 @@ void layer_get_stats(struct layer *l, struct layer_stats *ret);
  * files before the prefetch landmark.  Uses its own connection, so reads
  * never wait behind it.  Stops early, returning -ECANCELED, once *stop is set. */
 int layer_prefetch(struct layer *l, bool only_landmark, const atomic_bool *stop);
+/* Starts what a layer does in the background once its mount is up: a
+ * chunked layer saves the TOC it parsed.  Call it in the process that
+ * serves the mount (threads do not survive fork). */
+void layer_start_background(struct layer *l);
 
 /* The workload and the background fetch of whole layers share the
  * registry's time, and on a small machine the CPU: each read of a lazy

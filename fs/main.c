@@ -428,7 +428,7 @@ static int cmd_mount(int argc, char **argv)
 		fprintf(stderr, "imgfs: cannot go to the background\n");
 		goto unmount;
 	}
-	if (image_start_prefetch(img, prefetch) < 0)
+	if (image_start_background(img, prefetch) < 0)
 		fprintf(stderr, "imgfs: cannot start the background fetch; files are fetched when read\n");
 	struct fuse_loop_config *cfg = fuse_loop_cfg_create();
 	if (!cfg)

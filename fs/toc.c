@@ -497,7 +497,7 @@ int estargz_parse_toc(struct layer *l, const char *json, size_t len, uint64_t to
 		return r;
 	size_t landmark = tp.landmark;
 	for (size_t i = 0; landmark != SIZE_MAX && i < landmark; i++)
-		l->entries[i].prefetch = true;
+		l->entries[i].prefetch = l->entries[i].landmark = true;
 	/* Most files have one chunk: what grow_array reserved would be most of
 	 * the daemon's memory.  toc_entry() gave back every file's spare slots
 	 * but the last one's. */

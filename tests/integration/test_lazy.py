@@ -12,7 +12,7 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 import estargz  # noqa: E402
 from test_lazy_lib import push_estargz  # noqa: E402
-from harness import (Entry, Mount, Registry, Tap, diff_snapshots, make_tar, compress, require_root_and_fuse,  # noqa: E402
+from harness import (Entry, Mount, Registry, Tap, diff_snapshots, is_mounted, make_tar, compress, require_root_and_fuse,  # noqa: E402
                      run, skopeo_umoci_unpack, snapshot, workspace, IMGFS, LAYER_TYPES, MT_OCI_CONFIG,
                      MT_OCI_MANIFEST, digest_of)
 from images import deterministic_bytes  # noqa: E402
@@ -114,6 +114,30 @@ with workspace() as work:
             with open(os.path.join(mnt, "small.txt"), "rb") as f:
                 tap.ok(f.read() == b"just a few bytes\n", "the damaged cached chunk is never served")
             tap.ok(stats(mnt)["range_requests"] >= 1, "it was fetched again", stats(mnt))
+            m.umount()
+
+        # The parsed TOC is saved: a later mount neither fetches nor parses it.
+        tocs = [p for p in os.listdir(chunk_dir) if p.endswith(".toc")]
+        tap.ok(len(tocs) == 2, "each eStargz layer's parsed TOC is saved in the cache", tocs)
+        top = sorted(["etc", "big", "small.txt", "many", "link", "hard", "xattr", "fifo", "null"])
+        m = Mount(f"{reg.host}/lazy/app:v1", mnt, cache, ["--prefetch=none"])
+        if tap.ok(m.ok, "mount on a cache with the saved TOCs", m.stderr()):
+            s = stats(mnt)
+            tap.ok(s["range_requests"] == 0 and sorted(os.listdir(mnt)) == top,
+                   "the mount asked the registry for no footer and no TOC", s)
+            m.umount()
+        for name in tocs:
+            with open(os.path.join(chunk_dir, name), "r+b") as f:
+                f.seek(os.path.getsize(f.name) // 2)
+                byte = f.read(1)
+                f.seek(-1, os.SEEK_CUR)
+                f.write(bytes([byte[0] ^ 0x01]))
+        m = Mount(f"{reg.host}/lazy/app:v1", mnt, cache, ["--prefetch=none"])
+        if tap.ok(m.ok, "mount on a cache with damaged saved TOCs", m.stderr()):
+            s = stats(mnt)
+            tap.ok(s["range_requests"] == 4 and sorted(os.listdir(mnt)) == top and
+                   open(os.path.join(mnt, "etc/os-release"), "rb").read() == b"NAME=lazy upper\n",
+                   "a damaged saved TOC reads as absent: footer and TOC are fetched again", s)
             m.umount()
 
         # A chunk corrupted in the registry: EIO for that chunk, the rest keeps working.
@@ -222,6 +246,37 @@ with workspace() as work:
             tap.ok(s["prefetch_done"] == 1 and (20 << 20) <= s["bytes_prefetched"] < (21 << 20) and good and
                    stats(mnt)["range_requests"] == s["range_requests"],
                    "--prefetch-list fetches the listed files (not boot/first), on several connections", s)
+            m.umount()
+
+        # The saved TOC keeps the image's own landmarks, not those of a list given to the mount that saved it.
+        m = Mount(f"{reg.host}/lazy/prefetch:v1", mnt, os.path.join(work, "cache-list"), ["--prefetch=landmark"])
+        if tap.ok(m.ok, "mount again without the list, on the same cache", m.stderr()):
+            deadline = time.time() + 30
+            while time.time() < deadline and not stats(mnt)["prefetch_done"]:
+                time.sleep(0.1)
+            s = stats(mnt)
+            tap.ok(s["range_requests"] >= 1 and (3 << 20) <= s["bytes_prefetched"] < (4 << 20),
+                   "the image's landmark (boot/first) is the prefetch set again", s)
+            m.umount()
+
+        # A large TOC is saved by the daemon after the mount, and completely before it exits.
+        huge = [Entry("d", "dir"), *[Entry(f"d/f{i:05d}", data=b"%d\n" % i) for i in range(20000)]]
+        push_estargz(reg, "lazy/huge", "v1", [huge])
+        cache_huge = os.path.join(work, "cache-huge")
+        m = Mount(f"{reg.host}/lazy/huge:v1", mnt, cache_huge, ["--prefetch=none"])
+        if tap.ok(m.ok, "mount an image with 20,000 files", m.stderr()):
+            t = time.monotonic()
+            m.umount()
+            took = time.monotonic() - t
+            saved = os.listdir(os.path.join(cache_huge, "chunks", "sha256"))
+            tap.ok(took < 10 and not is_mounted(mnt) and sum(p.endswith(".toc") for p in saved) == 1 and
+                   not any(".tmp." in p for p in saved),
+                   f"unmounted at once ({took:.2f} s), with the TOC saved whole", saved)
+        m = Mount(f"{reg.host}/lazy/huge:v1", mnt, cache_huge, ["--prefetch=none"])
+        if tap.ok(m.ok, "mount it again", m.stderr()):
+            tap.ok(stats(mnt)["range_requests"] == 0 and len(os.listdir(os.path.join(mnt, "d"))) == 20000 and
+                   open(os.path.join(mnt, "d", "f12345"), "rb").read() == b"12345\n",
+                   "from the saved TOC: 20,000 files, and their bytes", stats(mnt))
             m.umount()
 
         # zstd:chunked, as skopeo writes it, against the same image's plain tar mount.
