@@ -39,6 +39,13 @@ def stats(mnt):
     return {k: int(v) for k, v in (line.split() for line in r.stdout.decode().splitlines())}
 
 
+def stats_after_prefetch(mnt, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline and not stats(mnt)["prefetch_done"]:
+        time.sleep(0.1)
+    return stats(mnt)
+
+
 def blob_bytes_served(reg, digest):
     """Bytes the registry sent for GETs of one blob, from its access log."""
     total = 0
@@ -200,10 +207,7 @@ with workspace() as work:
         before = blob_bytes_served(reg, digest)
         m = Mount(f"{reg.host}/lazy/prefetch:v1", mnt, os.path.join(work, "cache-landmark"), ["--prefetch=landmark"])
         if tap.ok(m.ok, "mount with --prefetch=landmark", m.stderr()):
-            deadline = time.time() + 30
-            while time.time() < deadline and not stats(mnt)["prefetch_done"]:
-                time.sleep(0.1)
-            s = stats(mnt)
+            s = stats_after_prefetch(mnt)
             tap.ok(s["prefetch_done"] == 1 and (3 << 20) <= s["bytes_prefetched"] < (4 << 20),
                    "--prefetch=landmark fetches the files before the landmark only", s)
             m.umount()
@@ -214,10 +218,7 @@ with workspace() as work:
             with open(os.path.join(mnt, "later"), "rb") as f:
                 f.seek(17 << 20)
                 tap.ok(f.read(4096) == rest[0].data[17 << 20:(17 << 20) + 4096], "an on-demand read during prefetch")
-            deadline = time.time() + 60
-            while time.time() < deadline and not stats(mnt)["prefetch_done"]:
-                time.sleep(0.1)
-            s = stats(mnt)
+            s = stats_after_prefetch(mnt, 60)
             served = blob_bytes_served(reg, digest) - before
             tap.ok(s["prefetch_done"] == 1 and served <= layers[0]["size"],
                    f"the whole layer arrived in the background, nothing twice: {served} of {layers[0]['size']} bytes",
@@ -235,10 +236,7 @@ with workspace() as work:
         m = Mount(f"{reg.host}/lazy/prefetch:v1", mnt, os.path.join(work, "cache-list"),
                   ["--prefetch=landmark", "--prefetch-list", listing])
         if tap.ok(m.ok, "mount with --prefetch-list", m.stderr()):
-            deadline = time.time() + 30
-            while time.time() < deadline and not stats(mnt)["prefetch_done"]:
-                time.sleep(0.1)
-            s = stats(mnt)
+            s = stats_after_prefetch(mnt)
             with open(os.path.join(mnt, "later"), "rb") as f:
                 good = f.read() == rest[0].data
             with open(os.path.join(mnt, "boot", "second"), "rb") as f:
@@ -251,10 +249,7 @@ with workspace() as work:
         # The saved TOC keeps the image's own landmarks, not those of a list given to the mount that saved it.
         m = Mount(f"{reg.host}/lazy/prefetch:v1", mnt, os.path.join(work, "cache-list"), ["--prefetch=landmark"])
         if tap.ok(m.ok, "mount again without the list, on the same cache", m.stderr()):
-            deadline = time.time() + 30
-            while time.time() < deadline and not stats(mnt)["prefetch_done"]:
-                time.sleep(0.1)
-            s = stats(mnt)
+            s = stats_after_prefetch(mnt)
             tap.ok(s["range_requests"] >= 1 and (3 << 20) <= s["bytes_prefetched"] < (4 << 20),
                    "the image's landmark (boot/first) is the prefetch set again", s)
             m.umount()
