@@ -377,6 +377,66 @@ static char *large_toc(bool bad_entry_late, size_t *ret_len)
 	return text;
 }
 
+static bool same_entries(const struct layer *a, const struct layer *b)
+{
+	if (a->n_entries != b->n_entries)
+		return false;
+	for (size_t i = 0; i < a->n_entries; i++) {
+		const struct entry *x = &a->entries[i], *y = &b->entries[i];
+		if (strcmp(x->path, y->path) != 0 || x->type != y->type || x->mode != y->mode || x->size != y->size ||
+		    x->landmark != y->landmark || x->prefetch != y->landmark || x->n_chunks != y->n_chunks)
+			return false;
+		for (uint32_t k = 0; k < x->n_chunks; k++) {
+			const struct chunk *c = &x->chunks[k], *d = &y->chunks[k];
+			if (c->file_off != d->file_off || c->size != d->size || c->comp_off != d->comp_off ||
+			    c->comp_end != d->comp_end || c->inner_off != d->inner_off || strcmp(c->digest, d->digest) != 0)
+				return false;
+		}
+	}
+	return true;
+}
+
+/* The parsed TOC a mount saves for the next one (fs/index_io.c). */
+static void test_saved_toc(struct layer *parsed)
+{
+	char dir[] = "/tmp/imgfs-test-toc-XXXXXX";
+	if (!mkdtemp(dir)) {
+		skip("no temporary directory");
+		return;
+	}
+	_cleanup_free_ char *path = strdup_printf("%s/saved.toc", dir);
+	const char *toc = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+	parsed->blob_size = 1ull << 40;
+	/* A prefetch list for one mount changes the prefetch set, not the image's landmarks. */
+	parsed->entries[1].prefetch = !parsed->entries[1].prefetch;
+	ok(chunked_layer_save(parsed, toc, path) == 0, "the parsed TOC is saved");
+	parsed->entries[1].prefetch = !parsed->entries[1].prefetch;
+	struct layer *l = NULL;
+	ok(chunked_layer_open_saved(parsed->digest, toc, COMPRESSION_GZIP, 1ull << 40, path, &l) == 0 && l &&
+		   same_entries(parsed, l),
+	   "read back, it has every entry and chunk, and the image's own landmarks");
+	layer_free(l);
+	ok(chunked_layer_open_saved(parsed->digest, "sha256:2222222222222222222222222222222222222222222222222222222222222222",
+				    COMPRESSION_GZIP, 1ull << 40, path, &l) == -ENOENT &&
+		   chunked_layer_open_saved(parsed->digest, toc, COMPRESSION_ZSTD, 1ull << 40, path, &l) == -ENOENT &&
+		   chunked_layer_open_saved(parsed->digest, toc, COMPRESSION_GZIP, 1ull << 39, path, &l) == -ENOENT,
+	   "another TOC digest, compression or blob size finds none");
+	int fd = open(path, O_RDWR);
+	struct stat st;
+	unsigned char byte = 0;
+	ok(fd >= 0 && fstat(fd, &st) == 0 && pread(fd, &byte, 1, st.st_size / 2) == 1 &&
+		   (byte ^= 1, pwrite(fd, &byte, 1, st.st_size / 2)) == 1 &&
+		   chunked_layer_open_saved(parsed->digest, toc, COMPRESSION_GZIP, 1ull << 40, path, &l) == -ENOENT,
+	   "a damaged saved TOC reads as absent");
+	if (fd >= 0)
+		close(fd);
+	ok(truncate(path, st.st_size / 2) == 0 &&
+		   chunked_layer_open_saved(parsed->digest, toc, COMPRESSION_GZIP, 1ull << 40, path, &l) == -ENOENT,
+	   "a truncated one too");
+	unlink(path);
+	rmdir(dir);
+}
+
 static void test_toc_halves(void)
 {
 	size_t len;
@@ -407,6 +467,7 @@ static void test_toc_halves(void)
 	ok(big && l->entries[big].n_chunks == TOC_BIG_CHUNKS && l->entries[big].size == TOC_BIG_CHUNKS * 100,
 	   "a file whose chunks straddle the middle keeps all %d of them", TOC_BIG_CHUNKS);
 	ok(weird && l->entries[weird].type == ENTRY_FIFO, "a name with quotes and brackets does not confuse the split");
+	test_saved_toc(l);
 	layer_free(l);
 
 	_cleanup_free_ char *bad = large_toc(true, &len);
