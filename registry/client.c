@@ -904,7 +904,7 @@ int registry_fetch_ranges(struct registry_client *c, const char *digest, struct 
 	struct response resp = { .fd = -1, .body_max = ERROR_BODY_MAX_SIZE, .multi_ranges = ranges, .multi_n = n };
 	int r = registry_get(c, path, NULL, header, &resp, what, err);
 	/* A server that sent one range, or the whole blob, will do so again. */
-	if (r == 0 && (resp.status == 200 || (resp.multi && resp.content_range)))
+	if (r == 0 && (resp.status == 200 || resp.content_range))
 		c->single_ranges = true;
 	response_done(&resp);
 	if (r < 0)
