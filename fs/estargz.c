@@ -951,11 +951,13 @@ static void chunk_release(struct remote *rem, const struct chunk *c)
 	pthread_mutex_unlock(&rem->lock);
 }
 
-/* Fetches the chunks of these files (in blob order within each run) in
- * requests of adjacent chunks, on client; with yield, each request waits
- * until on-demand reads pause. */
+/* The background fetch: the chunks of these files (in blob order) in
+ * requests of adjacent chunks, on client, each after reads paused.  It
+ * waits before it claims a request's chunks, not after: a reader that
+ * wants a claimed chunk waits for its fetch, and a fetch that waited for
+ * reads to pause would have held that reader for as long. */
 static int fetch_entries(struct remote *rem, const struct entry *const *v, size_t n_entries,
-			 struct registry_client *client, const atomic_bool *stop, bool yield)
+			 struct registry_client *client, const atomic_bool *stop)
 {
 	const struct chunk *batch[PREFETCH_BATCH_CHUNKS];
 	size_t n = 0;
@@ -973,12 +975,12 @@ static int fetch_entries(struct remote *rem, const struct entry *const *v, size_
 			bool contiguous = n > 0 && batch[n - 1]->comp_end == c->comp_off;
 			if (n > 0 && (!contiguous || n == PREFETCH_BATCH_CHUNKS ||
 				      batch_bytes + (c->comp_end - c->comp_off) > PREFETCH_BATCH_BYTES)) {
-				if (yield)
-					demand_wait_quiet(stop);
 				fetch_batch(rem, batch, n, client);
 				n = 0;
 				batch_bytes = 0;
 			}
+			if (n == 0)
+				demand_wait_quiet(stop);
 			if (!chunk_bounds_valid(c) || !chunk_claim(rem, c))
 				continue;
 			batch[n++] = c;
@@ -1187,7 +1189,7 @@ int layer_prefetch(struct layer *l, bool only_landmark, const atomic_bool *stop)
 		if (!only_landmark || l->entries[i].prefetch)
 			v[n++] = &l->entries[i];
 	if (!only_landmark)
-		return fetch_entries(l->remote, v, n, l->remote->prefetch_client, stop, true);
+		return fetch_entries(l->remote, v, n, l->remote->prefetch_client, stop);
 	/* The workload needs them in the order it read them, soon: in that
 	 * order, on several connections. */
 	qsort(v, n, sizeof(*v), by_rank);

@@ -147,6 +147,17 @@ with workspace() as work:
                    "a damaged saved TOC reads as absent: footer and TOC are fetched again", s)
             m.umount()
 
+        # The background fetch waits for reads to pause before it claims chunks: a read of a chunk
+        # it would fetch first is served on demand at once, not held until the pause.
+        m = Mount(f"{reg.host}/lazy/app:v1", mnt, os.path.join(work, "cache-yield"), ["--prefetch=all"])
+        if tap.ok(m.ok, "mount with the background fetch of everything", m.stderr()):
+            with open(os.path.join(mnt, "big/blob.bin"), "rb") as f:
+                first = f.read(4096)
+            s = stats(mnt)
+            tap.ok(first == BIG[:4096] and s["bytes_prefetched"] == 0 and s["range_requests"] >= 1,
+                   "the first chunk of the layer is read on demand while the background fetch waits", s)
+            m.umount()
+
         # A chunk corrupted in the registry: EIO for that chunk, the rest keeps working.
         path = reg.blob_path(big_layer["digest"])
         with open(path, "r+b") as f:
