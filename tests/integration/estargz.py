@@ -34,9 +34,11 @@ def _modtime(mtime):
     return datetime.datetime.fromtimestamp(int(mtime), datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def build(entries, chunk_size=4 << 20, landmark_after=0):
+def build(entries, chunk_size=4 << 20, landmark_after=0, share_below=0):
     """entries: harness.Entry list; the first landmark_after of them form the
-    prefetch set (0: none, and a .no.prefetch.landmark says so).
+    prefetch set (0: none, and a .no.prefetch.landmark says so).  Files of
+    share_below bytes or fewer share a member with the tar headers around
+    them, found by innerOffset, as writers with a minimum chunk size do.
     Returns (blob, toc_digest, diff_id, uncompressed_size)."""
     from harness import tar_header, tar_padding  # the same tar encoding as the other images
 
@@ -73,7 +75,12 @@ def build(entries, chunk_size=4 << 20, landmark_after=0):
             t["size"] = len(e.data)
             t["digest"] = "sha256:" + hashlib.sha256(e.data).hexdigest()
         toc.append(t)
-        if e.kind == "file" and e.data:
+        if e.kind == "file" and e.data and len(e.data) <= share_below:
+            # The member that pending becomes starts where out ends now.
+            t.update({"offset": out.tell(), "innerOffset": len(pending), "chunkOffset": 0, "chunkSize": len(e.data),
+                      "chunkDigest": "sha256:" + hashlib.sha256(e.data).hexdigest()})
+            pending += e.data + tar_padding(len(e.data))
+        elif e.kind == "file" and e.data:
             flush()
             for i, start in enumerate(range(0, len(e.data), chunk_size)):
                 piece = e.data[start:start + chunk_size]

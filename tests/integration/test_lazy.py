@@ -147,6 +147,18 @@ with workspace() as work:
                    "a damaged saved TOC reads as absent: footer and TOC are fetched again", s)
             m.umount()
 
+        # Small files that share a gzip member with the tar headers around them (innerOffset).
+        shared = [Entry("s", "dir"), *[Entry(f"s/small{i}", data=deterministic_bytes(200 + i, 100 + 300 * i))
+                                       for i in range(10)],
+                  Entry("s/big", data=deterministic_bytes(300, 1 << 20)), Entry("s/last", data=b"after the big one\n")]
+        push_estargz(reg, "lazy/shared", "v1", [shared], share_below=4096)
+        m = Mount(f"{reg.host}/lazy/shared:v1", mnt, os.path.join(work, "cache-shared"), ["--prefetch=none"])
+        if tap.ok(m.ok, "mount an eStargz image whose small files share members", m.stderr()):
+            wrong = [e.path for e in shared[1:] if open(os.path.join(mnt, e.path), "rb").read() != e.data]
+            tap.ok(not wrong and stats(mnt)["range_requests"] >= 3, "each file reads right, from inside its member",
+                   wrong)
+            m.umount()
+
         # The background fetch waits for reads to pause before it claims chunks: a read of a chunk
         # it would fetch first is served on demand at once, not held until the pause.
         m = Mount(f"{reg.host}/lazy/app:v1", mnt, os.path.join(work, "cache-yield"), ["--prefetch=all"])
