@@ -249,12 +249,60 @@ int estargz_parse_footer(const unsigned char *f, size_t n, uint64_t *ret_toc_off
 	return 0;
 }
 
+#define GZIP_MIN_MEMBER 18 /* header and trailer */
+
+/* The size of a gzip member's output (mod 2^32), from its trailer. */
+static uint32_t gzip_isize(const unsigned char *member, size_t len)
+{
+	const unsigned char *t = member + len - 4;
+	return (uint32_t)t[0] | (uint32_t)t[1] << 8 | (uint32_t)t[2] << 16 | (uint32_t)t[3] << 24;
+}
+
+/* The common case, a chunk that is one gzip member, in one call of
+ * libdeflate: 2.3 times zlib's speed here, and inflating was most of the
+ * daemon's CPU in a lazy start.  False when the member is not just the
+ * chunk (its trailer gives its size) or libdeflate refuses it. */
+static bool inflate_whole_member(const unsigned char *comp, size_t comp_len, uint64_t inner_off, unsigned char *out,
+				 size_t size)
+{
+	if (inner_off != 0 || comp_len < GZIP_MIN_MEMBER || size == 0 || gzip_isize(comp, comp_len) != (uint32_t)size)
+		return false;
+	struct libdeflate_decompressor *d = libdeflate_alloc_decompressor();
+	if (!d)
+		return false;
+	size_t in_used = 0, made = 0;
+	enum libdeflate_result r = libdeflate_gzip_decompress_ex(d, comp, comp_len, out, size, &in_used, &made);
+	libdeflate_free_decompressor(d);
+	/* All of comp: a second member behind the first is not this case. */
+	return r == LIBDEFLATE_SUCCESS && made == size && in_used == comp_len;
+}
+
+/* The TOC member inflated in one call: it is on the path of every first
+ * mount.  NULL when it is not one gzip member; libarchive inflates it then. */
+static unsigned char *inflate_toc_member(const unsigned char *gz, size_t len, size_t *ret_len)
+{
+	if (len < GZIP_MIN_MEMBER)
+		return NULL;
+	uint32_t size = gzip_isize(gz, len);
+	if (size == 0 || size > TOC_MAX_SIZE + (1u << 20)) /* the TOC and its tar headers */
+		return NULL;
+	unsigned char *out = malloc(size);
+	if (out && inflate_whole_member(gz, len, 0, out, size)) {
+		*ret_len = size;
+		return out;
+	}
+	free(out);
+	return NULL;
+}
+
 /* The TOC member is a gzipped tar holding one entry, stargz.index.json. */
 static int extract_toc(const void *gz, size_t len, char **ret_json, size_t *ret_len, struct err *err)
 {
 	const struct archive_lib *ar = archive_lib_get(err);
 	if (!ar)
 		return err_wrap(err, "cannot read the TOC");
+	size_t tar_len = 0;
+	_cleanup_free_ unsigned char *tar = inflate_toc_member(gz, len, &tar_len);
 	struct archive *a = ar->read_new();
 	struct archive_entry *ae;
 	int r;
@@ -262,7 +310,7 @@ static int extract_toc(const void *gz, size_t len, char **ret_json, size_t *ret_
 		return -ENOMEM;
 	ar->read_support_filter_gzip(a);
 	ar->read_support_format_tar(a);
-	if (ar->read_open_memory(a, gz, len) != ARCHIVE_OK ||
+	if (ar->read_open_memory(a, tar ? (const void *)tar : gz, tar ? tar_len : len) != ARCHIVE_OK ||
 	    ar->read_next_header(a, &ae) != ARCHIVE_OK) {
 		r = err_set(err, EINVAL, "the TOC member is not a gzipped tar: %s", ar->error_string(a));
 		goto out;
@@ -597,28 +645,6 @@ static int unzstd_chunk(const unsigned char *comp, size_t comp_len, uint64_t inn
 	}
 	ZSTD_freeDCtx(d);
 	return r;
-}
-
-/* The common case, a chunk that is one gzip member, in one call of
- * libdeflate: 2.3 times zlib's speed here, and inflating was most of the
- * daemon's CPU in a lazy start.  False when the member is not just the
- * chunk (its trailer gives its size) or libdeflate refuses it. */
-static bool inflate_whole_member(const unsigned char *comp, size_t comp_len, uint64_t inner_off, unsigned char *out,
-				 size_t size)
-{
-	if (inner_off != 0 || comp_len < 18 || size == 0)
-		return false;
-	const unsigned char *isize = comp + comp_len - 4;
-	if (((uint32_t)isize[0] | (uint32_t)isize[1] << 8 | (uint32_t)isize[2] << 16 | (uint32_t)isize[3] << 24) !=
-	    (uint32_t)size)
-		return false;
-	struct libdeflate_decompressor *d = libdeflate_alloc_decompressor();
-	if (!d)
-		return false;
-	size_t in_used = 0, made = 0;
-	enum libdeflate_result r = libdeflate_gzip_decompress_ex(d, comp, comp_len, out, size, &in_used, &made);
-	libdeflate_free_decompressor(d);
-	return r == LIBDEFLATE_SUCCESS && made == size;
 }
 
 /* Inflates the member(s) in comp and takes size bytes from inner_off on. */

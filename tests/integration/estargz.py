@@ -34,11 +34,12 @@ def _modtime(mtime):
     return datetime.datetime.fromtimestamp(int(mtime), datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def build(entries, chunk_size=4 << 20, landmark_after=0, share_below=0):
+def build(entries, chunk_size=4 << 20, landmark_after=0, share_below=0, toc_members=1):
     """entries: harness.Entry list; the first landmark_after of them form the
     prefetch set (0: none, and a .no.prefetch.landmark says so).  Files of
     share_below bytes or fewer share a member with the tar headers around
     them, found by innerOffset, as writers with a minimum chunk size do.
+    toc_members > 1 splits the TOC's tar into that many gzip members.
     Returns (blob, toc_digest, diff_id, uncompressed_size)."""
     from harness import tar_header, tar_padding  # the same tar encoding as the other images
 
@@ -102,7 +103,10 @@ def build(entries, chunk_size=4 << 20, landmark_after=0, share_below=0):
         t.addfile(ti, io.BytesIO(toc_json))
     # The TOC member also carries the end-of-archive blocks (USTAR_FORMAT
     # writes them, padded to a record).
-    out.write(_member(toc_tar.getvalue()))
+    toc_bytes = toc_tar.getvalue()
+    cut = -(-len(toc_bytes) // toc_members)
+    for start in range(0, len(toc_bytes), cut):
+        out.write(_member(toc_bytes[start:start + cut]))
     tar_all.write(toc_tar.getvalue())
     out.write(footer(toc_offset))
     uncompressed = tar_all.getvalue()

@@ -322,6 +322,13 @@ with workspace() as work:
         m.umount()
         p.umount()
 
+        # A TOC split over several gzip members (inflated in one call only when it is one).
+        push_estargz(reg, "lazy/splittoc", "v1", [LOWER[:2]], toc_members=2)
+        m = Mount(f"{reg.host}/lazy/splittoc:v1", mnt, os.path.join(work, "cache-splittoc"), ["--prefetch=none"])
+        if tap.ok(m.ok, "mount an eStargz layer whose TOC spans two gzip members", m.stderr()):
+            tap.ok(open(os.path.join(mnt, "etc/os-release"), "rb").read() == b"NAME=lazy\n", "and read from it")
+            m.umount()
+
         push_estargz(reg, "lazy/badtoc", "v1", [LOWER[:2]], bad_toc=True)
         m = Mount(f"{reg.host}/lazy/badtoc:v1", mnt, cache)
         tap.ok(not m.ok and "TOC digest" in m.stderr() and "does not match" in m.stderr(),
