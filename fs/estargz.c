@@ -186,19 +186,23 @@ static int fetch(struct remote *r, uint64_t off, size_t len, void *buf, struct e
 	return ret;
 }
 
+static void count_prefetched(struct remote *r, uint64_t bytes, uint64_t requests)
+{
+	pthread_mutex_lock(&r->lock);
+	r->bytes_fetched += bytes;
+	r->bytes_prefetched += bytes;
+	r->requests += requests;
+	pthread_mutex_unlock(&r->lock);
+}
+
 /* A background fetch on a connection of the caller's own, used by that
  * thread only: no lock held while the transfer runs. */
 static int fetch_background(struct remote *r, struct registry_client *client, uint64_t off, size_t len, void *buf,
 			    struct err *err)
 {
 	int ret = registry_fetch_range(client, r->digest, off, len, buf, err);
-	if (ret == 0) {
-		pthread_mutex_lock(&r->lock);
-		r->bytes_fetched += len;
-		r->bytes_prefetched += len;
-		r->requests++;
-		pthread_mutex_unlock(&r->lock);
-	}
+	if (ret == 0)
+		count_prefetched(r, len, 1);
 	return ret;
 }
 
@@ -212,11 +216,7 @@ static int fetch_ranges_background(struct remote *r, struct registry_client *cli
 	uint64_t bytes = 0;
 	for (size_t i = 0; i < n; i++)
 		bytes += ranges[i].len;
-	pthread_mutex_lock(&r->lock);
-	r->bytes_fetched += bytes;
-	r->bytes_prefetched += bytes;
-	r->requests += (uint64_t)requests;
-	pthread_mutex_unlock(&r->lock);
+	count_prefetched(r, bytes, (uint64_t)requests);
 	return 0;
 }
 
