@@ -250,6 +250,20 @@ def run(cmd, timeout=120, **kw):
     return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout, **kw)
 
 
+def imgfs_stats(mnt):
+    """What `imgfs stats` prints for the mount on mnt, as a dict of integers."""
+    out = run([IMGFS, "stats", mnt]).stdout.decode()
+    return {k: int(v) for k, v in (line.split() for line in out.splitlines())}
+
+
+def stats_after_prefetch(mnt, timeout=30):
+    """imgfs_stats once the mount's prefetch is done, or timeout seconds passed."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and not imgfs_stats(mnt)["prefetch_done"]:
+        time.sleep(0.05)
+    return imgfs_stats(mnt)
+
+
 class Mount:
     def __init__(self, ref, mountpoint, cache, extra=()):
         self.dir = mountpoint

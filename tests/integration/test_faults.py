@@ -12,7 +12,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from faultproxy import MODES, MULTI_MODES, FaultProxy  # noqa: E402
-from harness import IMGFS, Entry, Mount, Registry, Tap, require_root_and_fuse, run, workspace  # noqa: E402
+from harness import Entry, Mount, Registry, Tap, imgfs_stats, require_root_and_fuse, stats_after_prefetch, workspace  # noqa: E402
 from images import deterministic_bytes  # noqa: E402
 from test_lazy_lib import push_estargz  # noqa: E402
 
@@ -28,11 +28,6 @@ ENTRIES = [Entry("big", data=BIG), Entry("small", data=b"small file\n")]
 MANY = [Entry("many", "dir"),
         *[Entry(f"many/f{i}", data=deterministic_bytes(100 + i, 3000 if i % 2 == 0 else 40000)) for i in range(40)]]
 LISTED = [f"many/f{i}" for i in range(0, 40, 2)]
-
-
-def stats(mnt):
-    out = run([IMGFS, "stats", mnt]).stdout.decode()
-    return {k: int(v) for k, v in (line.split() for line in out.splitlines())}
 
 
 def read_at(path, chunk_index):
@@ -64,12 +59,9 @@ with workspace() as work:
                       ["--prefetch=landmark", "--prefetch-list", listing])
             if not tap.ok(m.ok, f"several ranges, {policy or 'multipart'}: mount", m.stderr()):
                 continue
-            deadline = time.time() + 30
-            while time.time() < deadline and not stats(mnt)["prefetch_done"]:
-                time.sleep(0.05)
-            s = stats(mnt)
+            s = stats_after_prefetch(mnt)
             good = [p for p in LISTED if open(os.path.join(mnt, p), "rb").read() == MANY[1 + int(p[6:])].data]
-            after = stats(mnt)
+            after = imgfs_stats(mnt)
             if policy is None:
                 # Besides the footer and the TOC: at most one request per prefetch connection.
                 tap.ok(len(good) == len(LISTED) and s["prefetch_done"] and s["range_requests"] <= 2 + 4 and

@@ -12,17 +12,12 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import (Mount, Registry, Tap, diff_snapshots, require_root_and_fuse, run,  # noqa: E402
+from harness import (Mount, Registry, Tap, diff_snapshots, imgfs_stats, require_root_and_fuse, run,  # noqa: E402
                      skopeo_umoci_unpack, snapshot, workspace, IMGFS)
 from images import deterministic_bytes, push_rich  # noqa: E402
 
 tap = Tap()
 require_root_and_fuse(tap)
-
-
-def stats(mnt):
-    out = run([IMGFS, "stats", mnt]).stdout.decode()
-    return {k: int(v) for k, v in (line.split() for line in out.splitlines())}
 
 
 def read(path):
@@ -69,11 +64,11 @@ with workspace() as work:
         mnt = os.path.join(work, "mnt")
         m = Mount(ref, mnt, os.path.join(work, "cache-a"), ["--prefetch", "none"])
         if tap.ok(m.ok, "mount on a clean cache", m.stderr()):
-            s = stats(mnt)
+            s = imgfs_stats(mnt)
             tap.ok(s["bytes_fetched_whole"] == 0 and s["bytes_fetched_ranges"] == 0,
                    "mounting fetched no layer: only the index", s)
             tap.ok(read(f"{mnt}/usr/share/many/f1234") == b"file 1234\n", "a small file of the big gzip layer reads")
-            s = stats(mnt)
+            s = imgfs_stats(mnt)
             tap.ok(0 < s["bytes_fetched_ranges"] <= 1 << 20 and s["range_requests"] <= 4,
                    "reading it fetched a few verified spans, not the 8 MiB layer", s)
             big = deterministic_bytes(1, 8 << 20)
@@ -103,13 +98,13 @@ with workspace() as work:
             m = Mount(ref, mnt, os.path.join(work, "cache-g"), ["--prefetch", "landmark", "--prefetch-list", listing])
             if tap.ok(m.ok, "mount with --prefetch-list", m.stderr()):
                 deadline = time.time() + 60
-                while not stats(mnt)["prefetch_done"] and time.time() < deadline:
+                while not imgfs_stats(mnt)["prefetch_done"] and time.time() < deadline:
                     time.sleep(0.1)
-                before = stats(mnt)
+                before = imgfs_stats(mnt)
                 ok_bytes = (read(f"{mnt}/usr/share/many/f0500") == b"file 500\n" and
                             read(f"{mnt}/etc/hostname") == b"changed\n" and
                             read(f"{mnt}/usr/big.bin") == deterministic_bytes(1, 8 << 20))
-                after = stats(mnt)
+                after = imgfs_stats(mnt)
                 tap.ok(before["prefetch_done"] and 0 < before["bytes_prefetched"] < before["image_size"] and ok_bytes and
                        after["range_requests"] == before["range_requests"],
                        "the listed files were fetched ahead: reading them needs no request", (before, after))
@@ -139,14 +134,14 @@ with workspace() as work:
         m = Mount(ref, mnt, os.path.join(work, "cache-b"))
         if tap.ok(m.ok, "mount with the default background fetch", m.stderr()):
             deadline = time.time() + 120
-            while not stats(mnt)["prefetch_done"] and time.time() < deadline:
+            while not imgfs_stats(mnt)["prefetch_done"] and time.time() < deadline:
                 time.sleep(0.2)
-            s = stats(mnt)
+            s = imgfs_stats(mnt)
             tap.ok(s["prefetch_done"] == 1 and s["bytes_fetched_ranges"] <= s["image_size"] and
                    s["bytes_fetched_whole"] == 0, "the background fetch takes at most the image's size", s)
-            before = stats(mnt)["range_requests"]
+            before = imgfs_stats(mnt)["range_requests"]
             got = snapshot(mnt)
-            tap.ok(got == want and stats(mnt)["range_requests"] == before,
+            tap.ok(got == want and imgfs_stats(mnt)["range_requests"] == before,
                    "afterwards every read is served from the cache", diff_snapshots(want, got))
             m.umount()
 
@@ -173,7 +168,7 @@ with workspace() as work:
             f.write(b"\0" * 8)
         m = Mount(ref, mnt, os.path.join(work, "cache-d"), ["--prefetch", "none"])
         if tap.ok(m.ok, "mount with a damaged span table in the registry", m.stderr()):
-            s = stats(mnt)
+            s = imgfs_stats(mnt)
             tap.ok(s["bytes_fetched_whole"] > 0, "that layer was fetched whole, its index not trusted", s)
             tap.ok(read(f"{mnt}/etc/hostname") == b"changed\n", "and reads right")
             m.umount()

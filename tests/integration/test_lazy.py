@@ -12,8 +12,9 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 import estargz  # noqa: E402
 from test_lazy_lib import push_estargz  # noqa: E402
-from harness import (Entry, Mount, Registry, Tap, diff_snapshots, is_mounted, make_tar, compress, require_root_and_fuse,  # noqa: E402
-                     run, skopeo_umoci_unpack, snapshot, workspace, IMGFS, LAYER_TYPES, MT_OCI_CONFIG,
+from harness import (Entry, Mount, Registry, Tap, diff_snapshots, imgfs_stats, is_mounted, make_tar, compress,  # noqa: E402
+                     require_root_and_fuse, stats_after_prefetch,
+                     run, skopeo_umoci_unpack, snapshot, workspace, LAYER_TYPES, MT_OCI_CONFIG,
                      MT_OCI_MANIFEST, digest_of)
 from images import deterministic_bytes  # noqa: E402
 
@@ -32,18 +33,6 @@ LOWER = [Entry("etc", "dir"), Entry("etc/os-release", data=b"NAME=lazy\n"),
          Entry("gone", data=b"to be deleted")]
 UPPER = [Entry(".wh.gone", data=b""), Entry("etc", "dir", mode=0o700),
          Entry("etc/os-release", data=b"NAME=lazy upper\n")]
-
-
-def stats(mnt):
-    r = run([IMGFS, "stats", mnt])
-    return {k: int(v) for k, v in (line.split() for line in r.stdout.decode().splitlines())}
-
-
-def stats_after_prefetch(mnt, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline and not stats(mnt)["prefetch_done"]:
-        time.sleep(0.1)
-    return stats(mnt)
 
 
 def blob_bytes_served(reg, digest):
@@ -76,13 +65,13 @@ with workspace() as work:
                 tap.ok(f.read() == b"just a few bytes\n", "read a small file")
             served = blob_bytes_served(reg, big_layer["digest"])
             tap.ok(served < 128 << 10, f"reading it fetched {served} bytes of a {big_layer['size']}-byte layer")
-            s = stats(mnt)
+            s = imgfs_stats(mnt)
             tap.ok(s["bytes_fetched_whole"] == 0 and 0 < s["bytes_fetched_ranges"] < 128 << 10,
                    "imgfs stats agrees: ranges only, and few bytes", s)
             with open(os.path.join(mnt, "big/blob.bin"), "rb") as f:
                 f.seek(25 << 20)
                 tap.ok(f.read(1 << 20) == BIG[25 << 20:26 << 20], "a read in the middle of a 40 MiB file")
-            s2 = stats(mnt)
+            s2 = imgfs_stats(mnt)
             tap.ok(s2["bytes_fetched_ranges"] - s["bytes_fetched_ranges"] < 9 << 20,
                    "it fetched the chunks it needed, not the file", s2)
             tap.ok(open(os.path.join(mnt, "etc/os-release"), "rb").read() == b"NAME=lazy upper\n",
@@ -99,7 +88,7 @@ with workspace() as work:
         if tap.ok(m.ok, "mount again on the same cache", m.stderr()):
             want, got = snapshot(reference), snapshot(mnt)
             tap.ok(got == want, "the lazy tree equals the skopeo+umoci unpack", diff_snapshots(want, got))
-            s = stats(mnt)
+            s = imgfs_stats(mnt)
             tap.ok(s["cache_hits"] > 0, "chunks fetched by the first mount come from the cache", s)
             m.umount()
 
@@ -120,7 +109,7 @@ with workspace() as work:
         if tap.ok(m.ok, "mount over a cache with a damaged chunk", m.stderr()):
             with open(os.path.join(mnt, "small.txt"), "rb") as f:
                 tap.ok(f.read() == b"just a few bytes\n", "the damaged cached chunk is never served")
-            tap.ok(stats(mnt)["range_requests"] >= 1, "it was fetched again", stats(mnt))
+            tap.ok(imgfs_stats(mnt)["range_requests"] >= 1, "it was fetched again", imgfs_stats(mnt))
             m.umount()
 
         # The parsed TOC is saved: a later mount neither fetches nor parses it.
@@ -129,7 +118,7 @@ with workspace() as work:
         top = sorted(["etc", "big", "small.txt", "many", "link", "hard", "xattr", "fifo", "null"])
         m = Mount(f"{reg.host}/lazy/app:v1", mnt, cache, ["--prefetch=none"])
         if tap.ok(m.ok, "mount on a cache with the saved TOCs", m.stderr()):
-            s = stats(mnt)
+            s = imgfs_stats(mnt)
             tap.ok(s["range_requests"] == 0 and sorted(os.listdir(mnt)) == top,
                    "the mount asked the registry for no footer and no TOC", s)
             m.umount()
@@ -141,7 +130,7 @@ with workspace() as work:
                 f.write(bytes([byte[0] ^ 0x01]))
         m = Mount(f"{reg.host}/lazy/app:v1", mnt, cache, ["--prefetch=none"])
         if tap.ok(m.ok, "mount on a cache with damaged saved TOCs", m.stderr()):
-            s = stats(mnt)
+            s = imgfs_stats(mnt)
             tap.ok(s["range_requests"] == 4 and sorted(os.listdir(mnt)) == top and
                    open(os.path.join(mnt, "etc/os-release"), "rb").read() == b"NAME=lazy upper\n",
                    "a damaged saved TOC reads as absent: footer and TOC are fetched again", s)
@@ -155,7 +144,7 @@ with workspace() as work:
         m = Mount(f"{reg.host}/lazy/shared:v1", mnt, os.path.join(work, "cache-shared"), ["--prefetch=none"])
         if tap.ok(m.ok, "mount an eStargz image whose small files share members", m.stderr()):
             wrong = [e.path for e in shared[1:] if open(os.path.join(mnt, e.path), "rb").read() != e.data]
-            tap.ok(not wrong and stats(mnt)["range_requests"] >= 3, "each file reads right, from inside its member",
+            tap.ok(not wrong and imgfs_stats(mnt)["range_requests"] >= 3, "each file reads right, from inside its member",
                    wrong)
             m.umount()
 
@@ -165,7 +154,7 @@ with workspace() as work:
         if tap.ok(m.ok, "mount with the background fetch of everything", m.stderr()):
             with open(os.path.join(mnt, "big/blob.bin"), "rb") as f:
                 first = f.read(4096)
-            s = stats(mnt)
+            s = imgfs_stats(mnt)
             tap.ok(first == BIG[:4096] and s["bytes_prefetched"] == 0 and s["range_requests"] >= 1,
                    "the first chunk of the layer is read on demand while the background fetch waits", s)
             m.umount()
@@ -248,7 +237,7 @@ with workspace() as work:
                    s)
             with open(os.path.join(mnt, "later"), "rb") as f:
                 tap.ok(f.read() == rest[0].data, "the prefetched file reads whole")
-            tap.ok(stats(mnt)["bytes_fetched_ranges"] == s["bytes_fetched_ranges"],
+            tap.ok(imgfs_stats(mnt)["bytes_fetched_ranges"] == s["bytes_fetched_ranges"],
                    "reads after the prefetch come from the cache")
             m.umount()
 
@@ -265,7 +254,7 @@ with workspace() as work:
             with open(os.path.join(mnt, "boot", "second"), "rb") as f:
                 good = good and f.read() == b"needed at start\n"
             tap.ok(s["prefetch_done"] == 1 and (20 << 20) <= s["bytes_prefetched"] < (21 << 20) and good and
-                   stats(mnt)["range_requests"] == s["range_requests"],
+                   imgfs_stats(mnt)["range_requests"] == s["range_requests"],
                    "--prefetch-list fetches the listed files (not boot/first), on several connections", s)
             m.umount()
 
@@ -292,9 +281,9 @@ with workspace() as work:
                    f"unmounted at once ({took:.2f} s), with the TOC saved whole", saved)
         m = Mount(f"{reg.host}/lazy/huge:v1", mnt, cache_huge, ["--prefetch=none"])
         if tap.ok(m.ok, "mount it again", m.stderr()):
-            tap.ok(stats(mnt)["range_requests"] == 0 and len(os.listdir(os.path.join(mnt, "d"))) == 20000 and
+            tap.ok(imgfs_stats(mnt)["range_requests"] == 0 and len(os.listdir(os.path.join(mnt, "d"))) == 20000 and
                    open(os.path.join(mnt, "d", "f12345"), "rb").read() == b"12345\n",
-                   "from the saved TOC: 20,000 files, and their bytes", stats(mnt))
+                   "from the saved TOC: 20,000 files, and their bytes", imgfs_stats(mnt))
             m.umount()
 
         # zstd:chunked, as skopeo writes it, against the same image's plain tar mount.
@@ -311,10 +300,10 @@ with workspace() as work:
         p = Mount(f"{reg.host}/lazy/plain:v1", plain_mnt, cache)
         m = Mount(f"{reg.host}/lazy/zstdchunked:v1", mnt, os.path.join(work, "cache-zc"), ["--prefetch=none"])
         if tap.ok(m.ok and p.ok, "mount the zstd:chunked image", m.stderr() + p.stderr()):
-            s0 = stats(m.dir)
+            s0 = imgfs_stats(m.dir)
             with open(os.path.join(mnt, "small.txt"), "rb") as f:
                 tap.ok(f.read() == b"just a few bytes\n", "zstd:chunked: read a small file")
-            s1 = stats(m.dir)
+            s1 = imgfs_stats(m.dir)
             tap.ok(s0["bytes_fetched_whole"] == 0 and s1["bytes_fetched_ranges"] - s0["bytes_fetched_ranges"] < 256 << 10,
                    "zstd:chunked: reading it fetched a small range, not the 40 MiB layer", s1)
             want, got = snap(plain_mnt), snap(mnt)
