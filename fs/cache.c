@@ -149,3 +149,13 @@ int cache_parse_size(const char *text, uint64_t *ret)
 	*ret = (uint64_t)v << shift;
 	return 0;
 }
+
+char *cache_path(const char *cache_dir, const char *kind, const char *digest)
+{
+	return strdup_printf("%s/%s/sha256/%s", cache_dir, kind, digest + strlen("sha256:"));
+}
+
+char *cache_index_path(const char *cache_dir, const char *layer_digest)
+{
+	return cache_path(cache_dir, "index", layer_digest);
+}

@@ -16,3 +16,10 @@ void cache_note_used(int fd);
 void cache_note_used_path(const char *path);
 /* "10G", "512M", "1048576": bytes, with binary K, M, G, T suffixes. */
 int cache_parse_size(const char *text, uint64_t *ret);
+
+/* "<cache_dir>/<kind>/sha256/<hex>" (caller frees): where the cache keeps an
+ * object of that kind ("blobs", "index", ...) for a digest that
+ * digest_is_valid() accepted, so that it holds no "/" or "..". */
+char *cache_path(const char *cache_dir, const char *kind, const char *digest);
+/* Where the cache keeps the saved index of a layer (caller frees). */
+char *cache_index_path(const char *cache_dir, const char *layer_digest);

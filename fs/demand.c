@@ -1,7 +1,8 @@
-/* Reads and the background fetch of whole layers: see layer.h. */
-#include <time.h>
+/* Reads and the background fetch of whole layers: see demand.h. */
+#include "demand.h"
 
-#include "layer.h"
+#include <stdint.h>
+#include <time.h>
 
 /* The background fetch waits this long after the last read. */
 #define DEMAND_QUIET_MS 200

@@ -9,9 +9,13 @@
  *   refs/<hex>           what a reference resolved to for a platform (--pull) */
 #include "image.h"
 #include "cache.h"
-#include "decode.h"
+#include "chunked.h"
+#include "demand.h"
 #include "index_artifact.h"
+#include "index_io.h"
 #include "remote_blob.h"
+#include "scan.h"
+#include "tar_stream.h"
 
 #include <fcntl.h>
 #include <sys/resource.h>
@@ -31,12 +35,6 @@ char *image_default_cache_dir(void)
 		return strdup_printf("%s/imgfs", env);
 	env = getenv("HOME");
 	return strdup_printf("%s/.cache/imgfs", env && *env ? env : "/tmp");
-}
-
-static char *cache_path(const char *cache_dir, const char *kind, const char *digest)
-{
-	/* digest_is_valid() was checked by the manifest parser: no "/" or "..". */
-	return strdup_printf("%s/%s/sha256/%s", cache_dir, kind, digest + strlen("sha256:"));
 }
 
 /* Opens the cached blob, fetching and verifying it first if it is missing. */
@@ -88,11 +86,6 @@ static int ensure_blob(struct registry_client *client, const struct image_option
 #define ZSTD_CHUNKED_CHECKSUM "io.github.containers.zstd-chunked.manifest-checksum"
 #define ZSTD_CHUNKED_POSITION_OLD "io.containers.zstd-chunked.manifest-position"
 #define ZSTD_CHUNKED_CHECKSUM_OLD "io.containers.zstd-chunked.manifest-checksum"
-
-char *image_index_path(const char *cache_dir, const char *layer_digest)
-{
-	return cache_path(cache_dir, "index", layer_digest);
-}
 
 static bool blob_is_cached(const struct image_options *opts, const struct descriptor *d)
 {
@@ -171,8 +164,7 @@ static int open_indexed_layer(const struct image_ref *ref, struct registry_clien
 		layer_free(l);
 		return r;
 	}
-	if ((r = remote_blob_open(read_client, prefetch_client, d->digest, (uint64_t)d->size, opts->cache_dir, &st,
-				  &l->remote_blob)) < 0) {
+	if ((r = remote_blob_attach(l, read_client, prefetch_client, opts->cache_dir, &st)) < 0) {
 		registry_client_free(read_client);
 		registry_client_free(prefetch_client);
 		layer_free(l);
@@ -430,7 +422,7 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 		struct layer *l = img->layers[i];
 		/* Only where the whole blob is here: a lazily read layer would keep
 		 * several times the bytes it fetched. */
-		if (l->format == LAYER_TAR_STREAM && l->compression != COMPRESSION_NONE && l->blob_fd >= 0 &&
+		if (l->compression != COMPRESSION_NONE && l->blob_fd >= 0 &&
 		    !(l->decoded_prefix = cache_path(opts->cache_dir, "decoded", l->digest))) {
 			layer_free(l);
 			r = -ENOMEM;

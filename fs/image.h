@@ -62,9 +62,6 @@ int image_write_record(struct image *img, char **ret_path);
  * landmark set, in place of the layers' own; *ret_found counts those found. */
 int image_set_landmarks(struct image *img, const char *list_path, size_t *ret_found, struct err *err);
 
-/* Where the cache keeps the index of a layer (caller frees). */
-char *image_index_path(const char *cache_dir, const char *layer_digest);
-
 /* The default cache: /var/lib/imgfs for root, else $XDG_CACHE_HOME/imgfs
  * (~/.cache/imgfs).  $IMGFS_CACHE overrides both.  Caller frees. */
 char *image_default_cache_dir(void);

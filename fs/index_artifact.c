@@ -8,6 +8,7 @@
 
 #include <json-c/json.h>
 
+#include "cache.h"
 #include "remote_blob.h"
 
 #define EMPTY_CONFIG "{}"
@@ -100,10 +101,11 @@ int index_artifact_push(struct image *img, const struct image_ref *ref, const st
 	size_t pushed = 0;
 	for (size_t i = 0; i < img->n_layers && r == 0; i++) {
 		const struct layer *l = img->layers[i];
-		/* Chunked layers carry their own table of contents. */
-		if (l->format != LAYER_TAR_STREAM || l->blob_fd < 0)
+		/* Only a whole blob can be indexed; chunked layers, read lazily,
+		 * carry their own table of contents. */
+		if (l->blob_fd < 0)
 			continue;
-		_cleanup_free_ char *index_path = image_index_path(opts->cache_dir, l->digest);
+		_cleanup_free_ char *index_path = cache_index_path(opts->cache_dir, l->digest);
 		r = index_path ? push_layer(c, l, index_path, layers, err) : -ENOMEM;
 		pushed++;
 	}

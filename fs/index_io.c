@@ -1,7 +1,9 @@
 /* The on-disk form of a layer index, so that a second mount of an image does
  * not decode its layers again.  Little-endian, versioned, and closed by a
  * sha256 of everything before it: a damaged or foreign file reads as absent. */
-#include "decode.h"
+#include "index_io.h"
+
+#include "local_blob.h"
 #include "registry.h"
 
 #include <endian.h>
@@ -296,6 +298,8 @@ int layer_open_saved(const char *digest, enum layer_compression compression, int
 	}
 	if (b.bad || b.p != b.end || l->checkpoints[0].out != 0)
 		goto bad;
+	if (blob_fd >= 0)
+		local_blob_attach(l);
 	*ret = l;
 	return 0;
 bad:
@@ -366,7 +370,6 @@ int chunked_layer_open_saved(const char *digest, const char *toc_digest, enum la
 	struct layer *l = layer_alloc(digest, compression, -1);
 	if (!l)
 		return -ENOMEM;
-	l->format = LAYER_CHUNKED;
 	l->blob_size = blob_size;
 	_cleanup_free_ char *saved_digest = get_bytes(&b, NULL, false);
 	_cleanup_free_ char *saved_toc = get_bytes(&b, NULL, false);

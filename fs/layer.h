@@ -1,14 +1,14 @@
-/* Layers: one blob, its decompressed tar stream, and the index of its entries.
+/* Layers: one blob, the index of its entries, and the source their bytes
+ * come from.
  *
- * The read path every file read goes through is layer_read(): "bytes
- * [off, off+len) of the uncompressed tar stream of layer L".  Today the blob is
- * a verified file in the cache and the bytes come out of it through
- * decompression checkpoints; a lazy source can replace the blob file without
- * changing anything above this interface.
+ * Every file read goes through layer_read_entry(), which hands it to the
+ * layer's source (struct layer_source_ops).  Sources that decode a tar
+ * stream share tar_stream.c and differ only in where the compressed bytes
+ * come from (read_blob).
  *
  * Locking: a layer's entries and checkpoints are immutable once built.  The
- * decoder cursors are guarded by layer->lock; layer_read() may be called from
- * any thread. */
+ * decoder cursors are guarded by layer->lock; sources guard their own state;
+ * layer_read_entry() may be called from any thread. */
 #pragma once
 
 #include <pthread.h>
@@ -86,16 +86,39 @@ struct entry {
 };
 
 struct cursor;
-struct remote;
+struct layer;
 
-/* How a layer's file bytes are found: through the tar stream of a local blob,
- * or chunk by chunk from the registry. */
-enum layer_format { LAYER_TAR_STREAM, LAYER_CHUNKED };
+struct layer_stats {
+	uint64_t bytes_fetched, requests, chunk_hits, chunk_misses, bytes_prefetched;
+};
+
+/* Where a layer's file bytes come from: a local blob decoded through
+ * checkpoints (local_blob.c), the spans of a blob fetched against a pushed
+ * index (remote_blob.c), or the chunks of an eStargz or zstd:chunked layer
+ * (chunk_fetch.c).  Generic code reaches a source only through this table;
+ * a NULL operation is one the source has no use for. */
+struct layer_source_ops {
+	/* Bytes [off, off+len) of the compressed blob, verified: the input of
+	 * the tar stream decoder (tar_stream.c).  NULL where files are not
+	 * found through a tar stream. */
+	int (*read_blob)(struct layer *l, void *buf, size_t len, uint64_t off);
+	/* A file's bytes; [off, off+len) lies within the file. */
+	ssize_t (*read_entry)(struct layer *l, const struct entry *e, void *buf, size_t len, uint64_t off);
+	/* See layer_prefetch(). */
+	int (*prefetch)(struct layer *l, bool only_landmark, const atomic_bool *stop);
+	/* Fills the counters this source keeps; they start zeroed. */
+	void (*get_stats)(struct layer *l, struct layer_stats *ret);
+	void (*start_background)(struct layer *l);
+	/* Waits for what start_background() and reads left running. */
+	void (*stop_background)(struct layer *l);
+	/* Frees the source's state (l->source), before the entries are freed. */
+	void (*free)(struct layer *l);
+};
 
 struct layer {
 	char digest[72];
 	enum layer_compression compression;
-	int blob_fd;
+	int blob_fd; /* the whole blob, verified, in the cache; -1: not here */
 	uint64_t blob_size;
 	uint64_t tar_size;   /* uncompressed stream length */
 	struct entry *entries;
@@ -103,14 +126,11 @@ struct layer {
 	struct checkpoint *checkpoints;
 	size_t n_checkpoints;
 
-	enum layer_format format;
-	struct remote *remote;  /* LAYER_CHUNKED: fetches and caches chunks */
-	/* LAYER_TAR_STREAM without a local blob (blob_fd < 0): the blob's spans,
-	 * fetched and verified against a pushed imgfs index. */
-	struct remote_blob *remote_blob;
-	/* Compressed LAYER_TAR_STREAM: where decoded spans are kept between
-	 * mounts ("<dir>/<hex>-<start>-<len>"), so that a warm start reads
-	 * files instead of decompressing them again; NULL: not kept. */
+	const struct layer_source_ops *ops; /* NULL until a source is attached */
+	void *source;
+	/* Compressed tar streams of a local blob: where decoded spans are kept
+	 * between mounts ("<dir>/<hex>-<start>-<len>"), so that a warm start
+	 * reads files instead of decompressing them again; NULL: not kept. */
 	char *decoded_prefix;
 
 	pthread_mutex_t lock;
@@ -118,71 +138,29 @@ struct layer {
 	unsigned cursor_clock;
 };
 
-struct layer_stats {
-	uint64_t bytes_fetched, requests, chunk_hits, chunk_misses, bytes_prefetched;
-};
-
 enum prefetch_mode { PREFETCH_NONE, PREFETCH_LANDMARK, PREFETCH_ALL };
 
 /* Media type to compression; -ENOTSUP for media types that are not layers. */
 int layer_compression_from_media_type(const char *media_type, enum layer_compression *ret);
 
-/* Builds the index by decoding the whole blob once.  The layer takes
- * ownership of blob_fd.  Errors name the layer digest. */
-int layer_open_scan(const char *digest, enum layer_compression compression, int blob_fd, struct layer **ret,
-		    struct err *err);
-/* Loads a saved index; -ENOENT if there is none or it is stale or damaged.
- * Takes ownership of blob_fd only on success. */
-int layer_open_saved(const char *digest, enum layer_compression compression, int blob_fd,
-		     const char *index_path, struct layer **ret);
-int layer_save(const struct layer *l, const char *index_path);
-/* The same for a chunked layer (eStargz, zstd:chunked), in place of its
- * table of contents: stale unless layer digest, TOC digest, compression
- * and blob size all match.  The chunks get their order and slots from the
- * caller, as after a parse. */
-int chunked_layer_open_saved(const char *digest, const char *toc_digest, enum layer_compression compression,
-			     uint64_t blob_size, const char *path, struct layer **ret);
-int chunked_layer_save(const struct layer *l, const char *toc_digest, const char *path);
+struct layer *layer_alloc(const char *digest, enum layer_compression compression, int blob_fd);
+/* Stops the source's background work, frees it, then the entries. */
 struct layer *layer_free(struct layer *l);
 
-/* Reads exactly len bytes at off of the uncompressed stream. */
-int layer_read(struct layer *l, void *buf, size_t len, uint64_t off);
-/* Reads a file's bytes through its extents, zero-filling holes; returns bytes read. */
+/* Reads a file's bytes, zero-filling holes; returns bytes read, 0 past the end. */
 ssize_t layer_read_entry(struct layer *l, const struct entry *e, void *buf, size_t len, uint64_t off);
-
-/* Opens an eStargz layer from its table of contents alone: the footer and
- * the TOC are fetched with Range requests and the TOC is verified against
- * toc_digest (from the verified manifest).  File bytes are fetched later, a
- * chunk at a time, verified and kept in <cache_dir>/chunks.  Takes
- * ownership of both clients: one for reads, one for background prefetch. */
-struct registry_client;
-int estargz_open(struct registry_client *client, struct registry_client *prefetch_client, const char *digest,
-		 uint64_t blob_size, const char *toc_digest, const char *cache_dir, struct layer **ret, struct err *err);
-/* The same for a zstd:chunked layer: position is the manifest-position
- * annotation ("offset:length:uncompressedLength:1") and toc_checksum the
- * sha256 of the compressed TOC; each file chunk is a zstd frame. */
-int zstd_chunked_open(struct registry_client *client, struct registry_client *prefetch_client, const char *digest,
-		      uint64_t blob_size, const char *position, const char *toc_checksum, const char *cache_dir,
-		      struct layer **ret, struct err *err);
+/* Zero counters for a source that keeps none. */
 void layer_get_stats(struct layer *l, struct layer_stats *ret);
-/* Fetches the layer's chunks into the cache: with only_landmark, just the
- * files before the prefetch landmark.  Uses its own connection, so reads
- * never wait behind it.  Stops early, returning -ECANCELED, once *stop is set. */
+/* Fetches the layer's contents into the cache: with only_landmark, just
+ * the files in the prefetch set.  Uses its own connection, so reads never
+ * wait behind it.  Stops early, returning -ECANCELED, once *stop is set;
+ * 0 at once for a source with nothing to fetch. */
 int layer_prefetch(struct layer *l, bool only_landmark, const atomic_bool *stop);
-/* Starts what a layer does in the background once its mount is up: a
- * chunked layer saves the TOC it parsed.  Call it in the process that
- * serves the mount (threads do not survive fork). */
+/* Starts what a layer does in the background once its mount is up (a
+ * chunked layer saves the TOC it parsed).  Call it in the process that
+ * serves the mount: threads do not survive fork. */
 void layer_start_background(struct layer *l);
-
-/* The workload and the background fetch of whole layers share the
- * registry's time, and on a small machine the CPU: each read of a lazy
- * layer notes itself, served from the cache or not, and the background
- * fetch waits until none came for a moment (fs/demand.c), so that it never
- * slows the start it is there to help.  Landmark prefetching does not
- * wait: the start needs those files. */
-void demand_note(void);
-/* Returns once no read came for 200 ms, or when *stop is set. */
-void demand_wait_quiet(const atomic_bool *stop);
+void layer_stop_background(struct layer *l);
 
 /* Normalises a tar member name; -EINVAL for names that leave the root. */
 int path_normalise(const char *name, char **ret);

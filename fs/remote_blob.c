@@ -10,7 +10,9 @@
 #include <sys/stat.h>
 
 #include "cache.h"
+#include "demand.h"
 #include "registry.h"
+#include "tar_stream.h"
 
 struct remote_blob {
 	char digest[72];
@@ -142,8 +144,9 @@ static int span_fd(struct remote_blob *rb, size_t i)
 	return fd;
 }
 
-int remote_blob_read(struct remote_blob *rb, void *buf, size_t len, uint64_t off)
+static int remote_blob_read(struct layer *l, void *buf, size_t len, uint64_t off)
 {
+	struct remote_blob *rb = l->source;
 	if (off > rb->blob_size || len > rb->blob_size - off)
 		return -EIO;
 	demand_note();
@@ -204,30 +207,76 @@ static int prefetch_spans(struct remote_blob *rb, uint64_t off, uint64_t end, co
 	return 0;
 }
 
-int remote_blob_prefetch(struct remote_blob *rb, const atomic_bool *stop)
+/* A plain layer's landmarks come from a prefetch list: the spans the
+ * decoder will read for each listed file. */
+static int prefetch_listed(struct layer *l, const atomic_bool *stop)
 {
+	for (size_t i = 0; i < l->n_entries; i++) {
+		const struct entry *e = &l->entries[i];
+		for (uint32_t k = 0; e->prefetch && k < e->n_extents; k++) {
+			uint64_t in, end;
+			layer_compressed_range(l, e->extents[k].stream_off, e->extents[k].len, &in, &end);
+			if (prefetch_spans(l->source, in, end, stop, false) == -ECANCELED)
+				return -ECANCELED;
+		}
+	}
+	return 0;
+}
+
+static int remote_blob_prefetch(struct layer *l, bool only_landmark, const atomic_bool *stop)
+{
+	struct remote_blob *rb = l->source;
+	if (only_landmark)
+		return prefetch_listed(l, stop);
 	return prefetch_spans(rb, 0, rb->blob_size, stop, true);
 }
 
-int remote_blob_prefetch_range(struct remote_blob *rb, uint64_t off, uint64_t end, const atomic_bool *stop)
+static void remote_blob_stats(struct layer *l, struct layer_stats *s)
 {
-	return prefetch_spans(rb, off, end, stop, false);
-}
-
-void remote_blob_stats(struct remote_blob *rb, struct layer_stats *s)
-{
+	struct remote_blob *rb = l->source;
 	pthread_mutex_lock(&rb->lock);
-	s->bytes_fetched += rb->bytes_fetched;
-	s->requests += rb->requests;
-	s->chunk_hits += rb->hits;
-	s->chunk_misses += rb->misses;
-	s->bytes_prefetched += rb->bytes_prefetched;
+	s->bytes_fetched = rb->bytes_fetched;
+	s->requests = rb->requests;
+	s->chunk_hits = rb->hits;
+	s->chunk_misses = rb->misses;
+	s->bytes_prefetched = rb->bytes_prefetched;
 	pthread_mutex_unlock(&rb->lock);
 }
 
-int remote_blob_open(struct registry_client *client, struct registry_client *prefetch_client, const char *digest,
-		     uint64_t blob_size, const char *cache_dir, const struct span_table *spans, struct remote_blob **ret)
+static void remote_blob_free(struct remote_blob *rb)
 {
+	if (!rb)
+		return;
+	if (rb->open_fd >= 0)
+		close(rb->open_fd);
+	registry_client_free(rb->client);
+	registry_client_free(rb->prefetch_client);
+	free(rb->span_digests);
+	free(rb->verified);
+	free(rb->cache_dir);
+	free(rb);
+}
+
+static void remote_blob_layer_free(struct layer *l)
+{
+	tar_stream_release(l);
+	remote_blob_free(l->source);
+	l->source = NULL;
+}
+
+static const struct layer_source_ops remote_blob_ops = {
+	.read_blob = remote_blob_read,
+	.read_entry = tar_stream_read_entry,
+	.prefetch = remote_blob_prefetch,
+	.get_stats = remote_blob_stats,
+	.free = remote_blob_layer_free,
+};
+
+int remote_blob_attach(struct layer *l, struct registry_client *client, struct registry_client *prefetch_client,
+		       const char *cache_dir, const struct span_table *spans)
+{
+	const char *digest = l->digest;
+	uint64_t blob_size = l->blob_size;
 	if (spans->blob_size != blob_size || spans->span_size == 0 ||
 	    spans->n_spans != (blob_size + spans->span_size - 1) / spans->span_size)
 		return -EINVAL;
@@ -251,23 +300,9 @@ int remote_blob_open(struct registry_client *client, struct registry_client *pre
 	pthread_mutex_init(&rb->lock, NULL);
 	rb->client = client;
 	rb->prefetch_client = prefetch_client;
-	*ret = rb;
+	l->source = rb;
+	l->ops = &remote_blob_ops;
 	return 0;
-}
-
-struct remote_blob *remote_blob_free(struct remote_blob *rb)
-{
-	if (!rb)
-		return NULL;
-	if (rb->open_fd >= 0)
-		close(rb->open_fd);
-	registry_client_free(rb->client);
-	registry_client_free(rb->prefetch_client);
-	free(rb->span_digests);
-	free(rb->verified);
-	free(rb->cache_dir);
-	free(rb);
-	return NULL;
 }
 
 /* ---- the span table ---------------------------------------------------------

@@ -1,5 +1,6 @@
-/* A layer blob read from the registry span by span, each span verified
- * against the span table of a pushed imgfs index (private to fs/). */
+/* The layer source of a plain layer read from the registry span by span,
+ * each span verified against the span table of a pushed imgfs index, and
+ * decoded as a tar stream (private to fs/). */
 #pragma once
 
 #include <stdatomic.h>
@@ -23,17 +24,9 @@ int span_table_parse(const void *data, size_t len, const char *layer_digest, uin
 		     struct span_table *ret);
 
 struct registry_client;
-struct remote_blob;
 
-/* Takes ownership of both clients: one for reads, one for prefetch. */
-int remote_blob_open(struct registry_client *client, struct registry_client *prefetch_client, const char *digest,
-		     uint64_t blob_size, const char *cache_dir, const struct span_table *spans, struct remote_blob **ret);
-struct remote_blob *remote_blob_free(struct remote_blob *rb);
-/* Exactly len bytes at off of the blob, verified; -EIO otherwise. */
-int remote_blob_read(struct remote_blob *rb, void *buf, size_t len, uint64_t off);
-/* Fetches every span not cached yet; -ECANCELED once *stop is set. */
-int remote_blob_prefetch(struct remote_blob *rb, const atomic_bool *stop);
-/* The same for the spans that hold blob bytes [off, end). */
-int remote_blob_prefetch_range(struct remote_blob *rb, uint64_t off, uint64_t end, const atomic_bool *stop);
-/* Adds this blob's counters to s. */
-void remote_blob_stats(struct remote_blob *rb, struct layer_stats *s);
+/* Makes l (opened from a saved index without a local blob) read its blob
+ * span by span from the registry.  Takes ownership of both clients, one
+ * for reads and one for prefetch, on success only. */
+int remote_blob_attach(struct layer *l, struct registry_client *client, struct registry_client *prefetch_client,
+		       const char *cache_dir, const struct span_table *spans);

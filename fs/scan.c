@@ -1,8 +1,10 @@
 /* Building a layer's index: decode the blob once, let libarchive parse the
  * tar stream, and record every entry and where its bytes sit. */
+#include "scan.h"
+
 #include "archive_lib.h"
-#include "decode.h"
-#include "remote_blob.h"
+#include "local_blob.h"
+#include "tar_stream.h"
 
 #include <sys/stat.h>
 
@@ -17,85 +19,6 @@
 #define MAX_EXPANSION_RATIO 4096ull
 #define MIN_EXPANSION_LIMIT (1ull << 30)
 #define MAX_LAYER_TAR_SIZE (1ull << 40)
-
-int layer_compression_from_media_type(const char *media_type, enum layer_compression *ret)
-{
-	static const struct {
-		const char *media_type;
-		enum layer_compression compression;
-	} table[] = {
-		{ "application/vnd.oci.image.layer.v1.tar", COMPRESSION_NONE },
-		{ "application/vnd.oci.image.layer.v1.tar+gzip", COMPRESSION_GZIP },
-		{ "application/vnd.oci.image.layer.v1.tar+zstd", COMPRESSION_ZSTD },
-		{ "application/vnd.oci.image.layer.nondistributable.v1.tar", COMPRESSION_NONE },
-		{ "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip", COMPRESSION_GZIP },
-		{ "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd", COMPRESSION_ZSTD },
-		{ "application/vnd.docker.image.rootfs.diff.tar", COMPRESSION_NONE },
-		{ "application/vnd.docker.image.rootfs.diff.tar.gzip", COMPRESSION_GZIP },
-		{ "application/vnd.docker.image.rootfs.diff.tar.zstd", COMPRESSION_ZSTD },
-		{ "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip", COMPRESSION_GZIP },
-	};
-	for (size_t i = 0; i < ARRAY_SIZE(table); i++)
-		if (strcmp(media_type, table[i].media_type) == 0) {
-			*ret = table[i].compression;
-			return 0;
-		}
-	return -ENOTSUP;
-}
-
-int path_normalise(const char *name, char **ret)
-{
-	size_t len = strlen(name);
-	if (len > MAX_PATH_LEN)
-		return -ENAMETOOLONG;
-	char *out = malloc(len + 1);
-	if (!out)
-		return -ENOMEM;
-	size_t n = 0;
-	for (const char *p = name; *p;) {
-		while (*p == '/')
-			p++;
-		const char *end = strchrnul(p, '/');
-		size_t clen = (size_t)(end - p);
-		if (clen == 0)
-			break;
-		if (clen == 1 && p[0] == '.') {
-			p = end;
-			continue;
-		}
-		if (clen == 2 && p[0] == '.' && p[1] == '.') {
-			free(out);
-			return -EINVAL;
-		}
-		if (n > 0)
-			out[n++] = '/';
-		memcpy(out + n, p, clen);
-		n += clen;
-		p = end;
-	}
-	out[n] = '\0';
-	*ret = out;
-	return 0;
-}
-
-int checkpoint_add(struct checkpoint_recorder *rec, const struct checkpoint *cp, const void *window, size_t len)
-{
-	if (grow_array((void **)&rec->checkpoints, &rec->allocated, rec->n + 1, sizeof(*cp)) < 0)
-		return -ENOMEM;
-	struct checkpoint *slot = &rec->checkpoints[rec->n];
-	*slot = *cp;
-	slot->window = NULL;
-	slot->window_len = 0;
-	if (len) {
-		slot->window = malloc(len);
-		if (!slot->window)
-			return -ENOMEM;
-		memcpy(slot->window, window, len);
-		slot->window_len = (uint32_t)len;
-	}
-	rec->n++;
-	return 0;
-}
 
 struct scan {
 	const struct archive_lib *ar;
@@ -124,57 +47,6 @@ static la_ssize_t scan_read(struct archive *a, void *userdata, const void **ret_
 	}
 	*ret_buf = s->buf;
 	return n;
-}
-
-static void entry_done(struct entry *e)
-{
-	free(e->path);
-	free(e->link);
-	for (uint32_t i = 0; i < e->n_xattrs; i++) {
-		free(e->xattrs[i].name);
-		free(e->xattrs[i].value);
-	}
-	free(e->xattrs);
-	free(e->extents);
-	free(e->chunks);
-}
-
-struct layer *layer_free(struct layer *l)
-{
-	if (!l)
-		return NULL;
-	/* First: its threads may still use the chunks, which live in the entries. */
-	remote_free(l->remote);
-	for (size_t i = 0; i < l->n_entries; i++)
-		entry_done(&l->entries[i]);
-	free(l->entries);
-	for (size_t i = 0; i < l->n_checkpoints; i++)
-		free(l->checkpoints[i].window);
-	free(l->checkpoints);
-	layer_cursors_free(l);
-	layer_spans_drop(l);
-	remote_blob_free(l->remote_blob);
-	free(l->decoded_prefix);
-	if (l->blob_fd >= 0)
-		close(l->blob_fd);
-	pthread_mutex_destroy(&l->lock);
-	free(l);
-	return NULL;
-}
-
-struct layer *layer_alloc(const char *digest, enum layer_compression compression, int blob_fd)
-{
-	struct stat st;
-	struct layer *l = calloc(1, sizeof(*l));
-	if (!l)
-		return NULL;
-	l->blob_fd = blob_fd;
-	snprintf(l->digest, sizeof(l->digest), "%s", digest);
-	l->compression = compression;
-	pthread_mutex_init(&l->lock, NULL);
-	if (blob_fd >= 0 && fstat(blob_fd, &st) == 0)
-		l->blob_size = (uint64_t)st.st_size;
-	return l;
 }
 
 static int add_extent(struct entry *e, size_t *allocated, uint64_t file_off, uint64_t stream_off, uint64_t len)
@@ -333,6 +205,7 @@ int layer_open_scan(const char *digest, enum layer_compression compression, int 
 		close(blob_fd);
 		return -ENOMEM;
 	}
+	local_blob_attach(s.layer);
 	struct layer *l = s.layer;
 	uint64_t ratio_limit = l->blob_size * MAX_EXPANSION_RATIO;
 	s.limit = ratio_limit < MIN_EXPANSION_LIMIT ? MIN_EXPANSION_LIMIT : ratio_limit;

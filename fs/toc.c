@@ -1,7 +1,8 @@
 /* The table of contents of eStargz and zstd:chunked layers: its JSON, entry
  * by entry, into the layer's entries and their chunks.  json-c builds every
  * entry; a TOC over 1 MiB is parsed in two halves on two threads. */
-#include "decode.h"
+#include "toc.h"
+
 #include "registry.h"
 
 #include <json-c/json.h>

@@ -1,6 +1,7 @@
 /* eStargz: the footer parser on the first bytes, then the TOC parser on the
  * rest, then the merge of what it produced. */
-#include "decode.h"
+#include "chunked.h"
+#include "toc.h"
 #include "tree.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -16,7 +17,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (!l)
 		return 0;
 	l->blob_fd = -1;
-	l->format = LAYER_CHUNKED;
 	pthread_mutex_init(&l->lock, NULL);
 	struct err err = { 0 };
 	if (estargz_parse_toc(l, (const char *)data, size, 1u << 30, &err) == 0) {

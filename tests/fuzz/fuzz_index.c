@@ -3,7 +3,7 @@
  * too, though a wrong closing digest stops most before they are parsed. */
 #include <sys/mman.h>
 
-#include "decode.h"
+#include "index_io.h"
 #include "remote_blob.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

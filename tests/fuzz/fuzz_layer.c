@@ -3,7 +3,9 @@
  * is built, so that bad extents or links show up as crashes. */
 #include <sys/mman.h>
 
-#include "decode.h"
+#include "index_io.h"
+#include "scan.h"
+#include "tar_stream.h"
 #include "tree.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

@@ -9,7 +9,12 @@
 #include <time.h>
 
 #include "cache.h"
-#include "decode.h"
+#include "chunked.h"
+#include "demand.h"
+#include "index_io.h"
+#include "scan.h"
+#include "tar_stream.h"
+#include "toc.h"
 #include "remote_blob.h"
 #include "tap.h"
 #include "tree.h"

@@ -1,9 +1,9 @@
 /* Decoders for the three layer compressions behind one cursor interface, and
  * random access into the uncompressed stream through checkpoints (the zran
  * technique for gzip: a saved inflate window every SPAN bytes of output). */
-#include "decode.h"
+#include "tar_stream.h"
+
 #include "cache.h"
-#include "remote_blob.h"
 
 #include <fcntl.h>
 #include <inttypes.h>
@@ -35,12 +35,29 @@ struct cursor {
 	bool zstd_frame_done; /* at a frame boundary */
 };
 
-/* The compressed blob: a local file, or spans fetched from the registry. */
-static int blob_read(const struct layer *l, void *buf, size_t len, uint64_t off)
+/* The compressed blob, from wherever the layer's source keeps it. */
+static int blob_read(struct layer *l, void *buf, size_t len, uint64_t off)
 {
-	if (l->remote_blob)
-		return remote_blob_read(l->remote_blob, buf, len, off);
-	return read_full_at(l->blob_fd, buf, len, (off_t)off);
+	return l->ops->read_blob(l, buf, len, off);
+}
+
+int checkpoint_add(struct checkpoint_recorder *rec, const struct checkpoint *cp, const void *window, size_t len)
+{
+	if (grow_array((void **)&rec->checkpoints, &rec->allocated, rec->n + 1, sizeof(*cp)) < 0)
+		return -ENOMEM;
+	struct checkpoint *slot = &rec->checkpoints[rec->n];
+	*slot = *cp;
+	slot->window = NULL;
+	slot->window_len = 0;
+	if (len) {
+		slot->window = malloc(len);
+		if (!slot->window)
+			return -ENOMEM;
+		memcpy(slot->window, window, len);
+		slot->window_len = (uint32_t)len;
+	}
+	rec->n++;
+	return 0;
 }
 
 static int fill_input(struct cursor *c)
@@ -458,7 +475,7 @@ static void span_evict_locked(size_t need)
 	}
 }
 
-void layer_spans_drop(const struct layer *l)
+static void spans_drop(const struct layer *l)
 {
 	pthread_mutex_lock(&span_lock);
 	for (struct decoded_span **p = &spans; *p;) {
@@ -715,8 +732,9 @@ int layer_read(struct layer *l, void *buf, size_t len, uint64_t off)
 	return 0;
 }
 
-void layer_cursors_free(struct layer *l)
+void tar_stream_release(struct layer *l)
 {
+	spans_drop(l);
 	if (!l->cursors)
 		return;
 	for (int i = 0; i < CURSORS_PER_LAYER; i++)
@@ -725,14 +743,8 @@ void layer_cursors_free(struct layer *l)
 	l->cursors = NULL;
 }
 
-ssize_t layer_read_entry(struct layer *l, const struct entry *e, void *buf, size_t len, uint64_t off)
+ssize_t tar_stream_read_entry(struct layer *l, const struct entry *e, void *buf, size_t len, uint64_t off)
 {
-	if (off >= e->size)
-		return 0;
-	if (len > e->size - off)
-		len = (size_t)(e->size - off);
-	if (l->format == LAYER_CHUNKED)
-		return chunked_read_entry(l, e, buf, len, off);
 	memset(buf, 0, len);
 	for (uint32_t i = 0; i < e->n_extents; i++) {
 		const struct extent *x = &e->extents[i];

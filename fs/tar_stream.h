@@ -1,4 +1,8 @@
-/* Cursors: sequential decoders over a layer blob (private to fs/). */
+/* The tar stream of a layer blob: decoders for the three compressions behind
+ * one cursor interface, and random access into the uncompressed stream
+ * through checkpoints (private to fs/).  Shared by the sources whose files
+ * are runs of that stream (local_blob.c, remote_blob.c); the compressed
+ * bytes come from the source's read_blob operation. */
 #pragma once
 
 #include "layer.h"
@@ -21,27 +25,17 @@ int cursor_seek_checkpoint(struct cursor *c, const struct checkpoint *cp);
 /* Returns bytes decoded (0 at the end of the stream) or -errno. */
 ssize_t cursor_read(struct cursor *c, void *out, size_t len, struct checkpoint_recorder *rec);
 uint64_t cursor_position(const struct cursor *c);
-void layer_cursors_free(struct layer *l);
-/* Forgets the decoded spans of a layer that is going away. */
-void layer_spans_drop(const struct layer *l);
+
+/* Reads exactly len bytes at off of the uncompressed stream. */
+int layer_read(struct layer *l, void *buf, size_t len, uint64_t off);
+/* The read_entry operation of tar stream sources: through the entry's
+ * extents, zero-filling holes. */
+ssize_t tar_stream_read_entry(struct layer *l, const struct entry *e, void *buf, size_t len, uint64_t off);
+/* Frees the layer's cursors and forgets its decoded spans: part of the
+ * free operation of tar stream sources. */
+void tar_stream_release(struct layer *l);
 /* Waits until the decoded spans queued for the cache are written. */
 void decoded_keep_flush(void);
 /* The compressed bytes [*ret_in, *ret_end) a decoder reads for the stream
  * bytes [off, off+len). */
 void layer_compressed_range(const struct layer *l, uint64_t off, uint64_t len, uint64_t *ret_in, uint64_t *ret_end);
-struct layer *layer_alloc(const char *digest, enum layer_compression compression, int blob_fd);
-
-/* estargz.c */
-void remote_free(struct remote *r);
-/* layer_read_entry() for chunked layers; [off, off+len) lies within the file. */
-ssize_t chunked_read_entry(struct layer *l, const struct entry *e, void *buf, size_t len, uint64_t off);
-/* The eStargz footer (51 or 47 bytes), for estargz_open() and the fuzzers. */
-int estargz_parse_footer(const unsigned char *f, size_t n, uint64_t *ret_toc_off);
-
-/* toc.c */
-/* The TOC's own name in the layer, hidden from the tree. */
-#define TOC_NAME "stargz.index.json"
-/* A bound on one chunk's uncompressed size: what a read holds in memory. */
-#define CHUNK_MAX_SIZE (64u << 20)
-/* Adds the entries of a TOC JSON (eStargz and zstd:chunked alike) to l. */
-int estargz_parse_toc(struct layer *l, const char *json, size_t len, uint64_t toc_off, struct err *err);
