@@ -4,10 +4,8 @@
  * trusted.overlay.opaque xattr, user.overlay.opaque when not root), so the
  * kernel's overlayfs over an unpack of the image shows the same tree.
  *
- * Locking: one mutex guards the node table and every change to UPPERDIR;
- * reads and writes of open files and listings of open directories go to
- * their own file descriptors or snapshots without it.  A copy-up of a lazy
- * file therefore holds the mutex while its bytes are fetched. */
+ * Locking: one mutex guards the node table and every change to UPPERDIR
+ * (overlay_internal.h states the contract). */
 #pragma once
 
 #include "fuse_ops.h"

@@ -1,0 +1,302 @@
+/* The node table of the writable mount: nodes by kernel inode, by upper
+ * inode and by image inode, and the lookups that fill it.  See
+ * overlay_internal.h for the lock contract. */
+#include "overlay_internal.h"
+
+static size_t map_slot(const struct map *m, uint64_t key)
+{
+	key ^= key >> 33;
+	key *= 0xff51afd7ed558ccdULL;
+	key ^= key >> 33;
+	return (size_t)(key & (m->n_buckets - 1));
+}
+
+static struct map_entry *map_find(const struct map *m, uint64_t key)
+{
+	if (!m->n_buckets)
+		return NULL;
+	for (struct map_entry *e = m->buckets[map_slot(m, key)]; e; e = e->next)
+		if (e->key == key)
+			return e;
+	return NULL;
+}
+
+static bool map_get(const struct map *m, uint64_t key, uint64_t *ret_value)
+{
+	struct map_entry *e = map_find(m, key);
+	if (e)
+		*ret_value = e->value;
+	return e != NULL;
+}
+
+int map_put(struct map *m, uint64_t key, uint64_t value)
+{
+	struct map_entry *e = map_find(m, key);
+	if (e) {
+		e->value = value;
+		return 0;
+	}
+	if (m->count >= m->n_buckets) {
+		size_t n = m->n_buckets ? m->n_buckets * 2 : 256;
+		struct map_entry **b = calloc(n, sizeof(*b));
+		if (!b)
+			return -ENOMEM;
+		struct map old = *m;
+		m->buckets = b;
+		m->n_buckets = n;
+		for (size_t i = 0; i < old.n_buckets; i++)
+			for (struct map_entry *x = old.buckets[i], *next; x; x = next) {
+				next = x->next;
+				size_t s = map_slot(m, x->key);
+				x->next = b[s];
+				b[s] = x;
+			}
+		free(old.buckets);
+	}
+	if (!(e = malloc(sizeof(*e))))
+		return -ENOMEM;
+	size_t s = map_slot(m, key);
+	*e = (struct map_entry){ key, value, m->buckets[s] };
+	m->buckets[s] = e;
+	m->count++;
+	return 0;
+}
+
+/* Removes key only while it still maps to value. */
+static void map_del(struct map *m, uint64_t key, uint64_t value)
+{
+	if (!m->n_buckets)
+		return;
+	for (struct map_entry **p = &m->buckets[map_slot(m, key)]; *p; p = &(*p)->next)
+		if ((*p)->key == key) {
+			struct map_entry *e = *p;
+			if (e->value != value)
+				return;
+			*p = e->next;
+			free(e);
+			m->count--;
+			return;
+		}
+}
+
+void map_clear(struct map *m)
+{
+	for (size_t i = 0; i < m->n_buckets; i++)
+		for (struct map_entry *e = m->buckets[i], *next; e; e = next) {
+			next = e->next;
+			free(e);
+		}
+	free(m->buckets);
+	*m = (struct map){ 0 };
+}
+
+bool is_overlay_xattr(const char *name)
+{
+	return str_has_prefix(name, "trusted.overlay.") || str_has_prefix(name, "user.overlay.");
+}
+
+bool upper_is_opaque(struct overlay *ov, int fd)
+{
+	char path[64], value[4];
+	ssize_t n = getxattr(PROC_FD_PATH(path, fd), ov->opaque_xattr, value, sizeof(value));
+	return n == 1 && value[0] == 'y';
+}
+
+int set_opaque(struct overlay *ov, int fd)
+{
+	char path[64];
+	return setxattr(PROC_FD_PATH(path, fd), ov->opaque_xattr, "y", 1, 0) < 0 ? -errno : 0;
+}
+
+const struct tree_inode *node_merged(struct overlay *ov, struct node *n)
+{
+	if (!S_ISDIR(n->type) || !n->parent || n->merged_gen == ov->gen)
+		return n->merged;
+	/* Not copied up: it cannot have moved, its image directory is its listing. */
+	if (n->fd < 0)
+		return n->merged = n->origin;
+	const struct tree_inode *pm = node_merged(ov, n->parent);
+	const struct tree_inode *m = pm && !n->opaque ? tree_lookup(pm, n->name) : NULL;
+	n->merged = m && S_ISDIR(m->mode) ? m : NULL;
+	n->merged_gen = ov->gen;
+	return n->merged;
+}
+
+const struct tree_inode *image_child(struct overlay *ov, struct node *parent, const char *name)
+{
+	const struct tree_inode *m = node_merged(ov, parent);
+	return m ? tree_lookup(m, name) : NULL;
+}
+
+uint64_t ino_for_upper(struct overlay *ov, uint64_t upper_ino, uint64_t preferred)
+{
+	uint64_t v;
+	if (map_get(&ov->inos, upper_ino, &v))
+		return v;
+	v = preferred ? preferred : ov->next_ino++;
+	/* Without memory to remember it the number is only less stable. */
+	(void)map_put(&ov->inos, upper_ino, v);
+	return v;
+}
+
+int node_rename_to(struct overlay *ov, struct node *n, struct node *parent, const char *name)
+{
+	if (n->parent == parent && n->name && strcmp(n->name, name) == 0)
+		return 0;
+	char *copy = strdup(name);
+	if (!copy)
+		return -ENOMEM;
+	free(n->name);
+	n->name = copy;
+	if (n->parent != parent) {
+		struct node *old = n->parent;
+		parent->children++;
+		n->parent = parent;
+		old->children--;
+		node_unref(ov, old);
+	}
+	n->merged_gen--; /* recompute the merge at the new place */
+	return 0;
+}
+
+static struct node *node_new(struct node *parent, const char *name, mode_t type)
+{
+	struct node *n = calloc(1, sizeof(*n));
+	if (!n || !(n->name = strdup(name))) {
+		free(n);
+		return NULL;
+	}
+	n->parent = parent;
+	parent->children++;
+	n->type = type;
+	n->fd = -1;
+	return n;
+}
+
+void node_unref(struct overlay *ov, struct node *n)
+{
+	while (n && n != ov->root && n->lookups == 0 && n->children == 0) {
+		struct node *parent = n->parent;
+		if (n->fd >= 0) {
+			map_del(&ov->by_upper, n->upper_ino, (uintptr_t)n);
+			struct stat st;
+			/* Gone from disk: its number may come back for a new file. */
+			if (fstat(n->fd, &st) == 0 && st.st_nlink == 0)
+				map_del(&ov->inos, n->upper_ino, n->ino);
+			close(n->fd);
+		} else if (n->origin) {
+			map_del(&ov->by_image, n->origin->ino, (uintptr_t)n);
+		}
+		free(n->name);
+		free(n);
+		parent->children--;
+		n = parent;
+	}
+}
+
+int node_attach_upper(struct overlay *ov, struct node *n, int fd, const struct stat *st)
+{
+	int r = map_put(&ov->by_upper, st->st_ino, (uintptr_t)n);
+	if (r < 0) {
+		close(fd);
+		return r;
+	}
+	if (n->origin)
+		map_del(&ov->by_image, n->origin->ino, (uintptr_t)n);
+	n->fd = fd;
+	n->upper_ino = st->st_ino;
+	n->opaque = S_ISDIR(st->st_mode) && upper_is_opaque(ov, fd);
+	n->merged_gen = ov->gen - 1;
+	return 0;
+}
+
+static int lookup_upper(struct overlay *ov, struct node *parent, const char *name, int fd, struct node **ret)
+{
+	struct stat st;
+	if (fstat(fd, &st) < 0) {
+		int r = -errno;
+		close(fd);
+		return r;
+	}
+	if (is_whiteout(&st)) {
+		close(fd);
+		return -ENOENT;
+	}
+	uint64_t v;
+	if (map_get(&ov->by_upper, st.st_ino, &v)) {
+		close(fd);
+		struct node *n = (struct node *)(uintptr_t)v;
+		int r = node_rename_to(ov, n, parent, name);
+		if (r < 0)
+			return r;
+		*ret = n;
+		return 0;
+	}
+	struct node *n = node_new(parent, name, st.st_mode & S_IFMT);
+	if (!n) {
+		close(fd);
+		return -ENOMEM;
+	}
+	const struct tree_inode *below = S_ISDIR(st.st_mode) ? image_child(ov, parent, name) : NULL;
+	if (below && !S_ISDIR(below->mode))
+		below = NULL;
+	n->ino = ino_for_upper(ov, st.st_ino, below ? below->ino : 0);
+	int r = node_attach_upper(ov, n, fd, &st);
+	if (r < 0) {
+		node_unref(ov, n);
+		return r;
+	}
+	*ret = n;
+	return 0;
+}
+
+int resolve(struct overlay *ov, struct node *parent, const char *name, struct node **ret)
+{
+	if (!S_ISDIR(parent->type))
+		return -ENOTDIR;
+	if (strlen(name) > NAME_MAX)
+		return -ENAMETOOLONG;
+	if (parent->fd >= 0) {
+		int fd = openat(parent->fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+		if (fd >= 0)
+			return lookup_upper(ov, parent, name, fd, ret);
+		if (errno != ENOENT)
+			return -errno;
+	}
+	const struct tree_inode *below = image_child(ov, parent, name);
+	if (!below)
+		return -ENOENT;
+	uint64_t v;
+	struct node *n;
+	if (map_get(&ov->by_image, below->ino, &v)) {
+		n = (struct node *)(uintptr_t)v;
+		int r = node_rename_to(ov, n, parent, name);
+		if (r < 0)
+			return r;
+	} else {
+		if (!(n = node_new(parent, name, below->mode & S_IFMT)))
+			return -ENOMEM;
+		n->origin = below;
+		n->merged = S_ISDIR(below->mode) ? below : NULL;
+		n->merged_gen = ov->gen;
+		n->ino = below->ino;
+		if (map_put(&ov->by_image, below->ino, (uintptr_t)n) < 0) {
+			node_unref(ov, n);
+			return -ENOMEM;
+		}
+	}
+	*ret = n;
+	return 0;
+}
+
+int node_stat(struct node *n, struct stat *st)
+{
+	if (n->fd >= 0) {
+		if (fstat(n->fd, st) < 0)
+			return -errno;
+	} else {
+		tree_stat(n->origin, st);
+	}
+	st->st_ino = n->ino;
+	return 0;
+}
