@@ -1,7 +1,8 @@
 /* The distribution API v2 over libcurl: manifests and blobs, with the bearer
  * token flow, retries and digest verification. */
-#include "registry.h"
+#include "client_internal.h"
 #include "curl_lib.h"
+#include "response.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -11,238 +12,11 @@
 #define MAX_ATTEMPTS 5
 #define MAX_RETRY_AFTER_SECONDS 30
 #define TOKEN_MAX_SIZE (1u << 20)
-#define ERROR_BODY_MAX_SIZE (64u << 10)
 
 static const char manifest_accept[] =
 	"Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, "
 	"application/vnd.docker.distribution.manifest.v2+json, "
 	"application/vnd.docker.distribution.manifest.list.v2+json";
-
-struct registry_client {
-	CURL *curl;
-	struct image_ref ref;
-	char *base_url;         /* "https://host:port" */
-	char *credentials;      /* "user:password" or NULL */
-	char *token;            /* bearer token for the repository's pull scope */
-	time_t token_expiry;
-	bool basic_auth;        /* the registry asked for basic credentials */
-	struct platform platform;
-	size_t max_document_size;
-	bool insecure;
-	bool single_ranges; /* the server answered a multi-range request otherwise than in parts */
-	long stall_seconds; /* a transfer with no progress this long is retried */
-	void (*progress)(const char *digest, uint64_t done, uint64_t total);
-	const char *progress_digest; /* set while a blob streams to a file */
-	uint64_t progress_total;
-	struct timespec progress_last;
-};
-
-/* One HTTP exchange: the body goes to memory (bounded) or to a file. */
-struct response {
-	long status;
-	char *www_authenticate;
-	char *content_type;
-	char *docker_digest;
-	char *location;
-	char *content_range;
-	long retry_after;
-	/* memory sink */
-	char *body;
-	size_t body_len, body_cap, body_max;
-	bool too_big;
-	/* file sink */
-	int fd;
-	uint64_t written;
-	int64_t max_written;
-	struct digester *digester;
-	int write_errno;
-	/* range sink: exactly range_len bytes into range_buf */
-	unsigned char *range_buf;
-	size_t range_len, range_got;
-	uint64_t range_off;     /* where the range starts in the blob */
-	uint64_t range_skip;    /* bytes still to drop when the server sent the whole blob */
-	bool range_done;
-	/* multi-range sink: the parts go to multi_ranges through multi */
-	struct byterange *multi_ranges;
-	size_t multi_n;
-	struct byteranges *multi;
-	bool multi_stopped; /* not parts, or bad ones: what is missing is fetched alone */
-};
-
-static void response_reset(struct response *r)
-{
-	free(r->www_authenticate);
-	free(r->content_type);
-	free(r->docker_digest);
-	free(r->location);
-	free(r->content_range);
-	free(r->body);
-	byteranges_free(r->multi);
-	for (size_t i = 0; i < r->multi_n; i++)
-		r->multi_ranges[i].got = 0;
-	struct byterange *multi_ranges = r->multi_ranges;
-	size_t multi_n = r->multi_n;
-	int fd = r->fd;
-	size_t max = r->body_max;
-	int64_t max_written = r->max_written;
-	struct digester *d = r->digester;
-	unsigned char *range_buf = r->range_buf;
-	size_t range_len = r->range_len;
-	uint64_t range_off = r->range_off;
-	memset(r, 0, sizeof(*r));
-	r->fd = fd;
-	r->body_max = max;
-	r->max_written = max_written;
-	r->digester = d;
-	r->range_buf = range_buf;
-	r->range_len = range_len;
-	r->range_off = range_off;
-	r->range_skip = range_off;
-	r->multi_ranges = multi_ranges;
-	r->multi_n = multi_n;
-}
-
-static void response_done(struct response *r)
-{
-	r->digester = NULL;
-	r->multi_n = 0; /* what arrived stays */
-	response_reset(r);
-}
-
-static size_t header_cb(char *buf, size_t size, size_t n, void *userdata)
-{
-	struct response *r = userdata;
-	size_t len = size * n;
-	char **slot = NULL;
-	size_t name_len = 0;
-
-	/* A redirect or a 100-continue starts a new header block. */
-	if (len > 5 && strncmp(buf, "HTTP/", 5) == 0) {
-		free(r->www_authenticate);
-		free(r->content_type);
-		free(r->docker_digest);
-		free(r->location);
-		free(r->content_range);
-		r->www_authenticate = r->content_type = r->docker_digest = r->location = r->content_range = NULL;
-		r->retry_after = 0;
-		const char *sp = memchr(buf, ' ', len);
-		r->status = sp ? strtol(sp + 1, NULL, 10) : 0;
-		return len;
-	}
-	if (len > 17 && strncasecmp(buf, "WWW-Authenticate:", 17) == 0)
-		slot = &r->www_authenticate, name_len = 17;
-	else if (len > 13 && strncasecmp(buf, "Content-Type:", 13) == 0)
-		slot = &r->content_type, name_len = 13;
-	else if (len > 22 && strncasecmp(buf, "Docker-Content-Digest:", 22) == 0)
-		slot = &r->docker_digest, name_len = 22;
-	else if (len > 9 && strncasecmp(buf, "Location:", 9) == 0)
-		slot = &r->location, name_len = 9;
-	else if (len > 14 && strncasecmp(buf, "Content-Range:", 14) == 0)
-		slot = &r->content_range, name_len = 14;
-	else if (len > 12 && strncasecmp(buf, "Retry-After:", 12) == 0) {
-		char tmp[32];
-		size_t l = len - 12 < sizeof(tmp) - 1 ? len - 12 : sizeof(tmp) - 1;
-		memcpy(tmp, buf + 12, l);
-		tmp[l] = '\0';
-		r->retry_after = strtol(tmp, NULL, 10);
-		return len;
-	}
-	if (!slot || *slot)
-		return len;
-	const char *v = buf + name_len, *end = buf + len;
-	while (v < end && isspace((unsigned char)*v))
-		v++;
-	while (end > v && isspace((unsigned char)end[-1]))
-		end--;
-	*slot = strndup(v, (size_t)(end - v));
-	return len;
-}
-
-/* The body of a multi-range request: parts, or a single range, or (a 200)
- * the whole blob, which is not worth reading for a few ranges. */
-static size_t multi_body(struct response *r, const char *buf, size_t len)
-{
-	if (r->status == 206 && !r->multi)
-		r->multi = r->content_range ? byteranges_new_single(r->content_range, r->multi_ranges, r->multi_n)
-					    : byteranges_new(r->content_type, r->multi_ranges, r->multi_n);
-	if (r->status != 206 || !r->multi || byteranges_feed(r->multi, buf, len) < 0) {
-		r->multi_stopped = true;
-		return 0;
-	}
-	return len;
-}
-
-static size_t body_cb(char *buf, size_t size, size_t n, void *userdata)
-{
-	struct response *r = userdata;
-	size_t len = size * n;
-
-	if (r->multi_ranges && (r->status == 206 || r->status == 200))
-		return multi_body(r, buf, len);
-
-	if (r->range_buf && (r->status == 206 || r->status == 200)) {
-		/* A 200 means the server ignored the Range header: drop what
-		 * comes before the range and stop once it has arrived. */
-		if (r->status == 200 && r->range_skip > 0) {
-			size_t drop = r->range_skip < len ? (size_t)r->range_skip : len;
-			r->range_skip -= drop;
-			buf += drop;
-			len -= drop;
-			if (len == 0)
-				return size * n;
-		}
-		size_t room = r->range_len - r->range_got;
-		if (len > room) {
-			if (r->status == 206) {
-				r->too_big = true;
-				return 0;
-			}
-			len = room;
-		}
-		memcpy(r->range_buf + r->range_got, buf, len);
-		r->range_got += len;
-		if (r->status == 200 && r->range_got == r->range_len) {
-			r->range_done = true;
-			return 0;
-		}
-		return size * n;
-	}
-	/* Error bodies always go to memory so that they can be reported. */
-	if (r->fd >= 0 && r->status >= 200 && r->status < 300) {
-		if (r->max_written >= 0 && r->written + len > (uint64_t)r->max_written) {
-			r->too_big = true;
-			return 0;
-		}
-		int e = write_full(r->fd, buf, len);
-		if (e < 0) {
-			r->write_errno = -e;
-			return 0;
-		}
-		if (r->digester)
-			digester_update(r->digester, buf, len);
-		r->written += len;
-		return len;
-	}
-	size_t max = r->fd >= 0 ? ERROR_BODY_MAX_SIZE : r->body_max;
-	if (r->body_len + len > max) {
-		r->too_big = true;
-		return 0;
-	}
-	if (r->body_len + len + 1 > r->body_cap) {
-		size_t cap = r->body_cap ? r->body_cap : 4096;
-		while (cap < r->body_len + len + 1)
-			cap *= 2;
-		char *p = realloc(r->body, cap);
-		if (!p)
-			return 0;
-		r->body = p;
-		r->body_cap = cap;
-	}
-	memcpy(r->body + r->body_len, buf, len);
-	r->body_len += len;
-	r->body[r->body_len] = '\0';
-	return len;
-}
 
 static bool is_loopback_host(const char *domain)
 {
@@ -412,13 +186,6 @@ static void sleep_ms(long ms)
 }
 
 /* What a request other than a GET sends. */
-struct upload {
-	const char *method; /* "POST", "PUT", "HEAD" */
-	const char *content_type_header;
-	const void *body;
-	size_t len;
-};
-
 /* Performs one request with retries on transient failures.  Authorization is
  * passed as a header; libcurl (>= 7.58) does not send custom Authorization
  * headers to a different host when following a redirect, which is what keeps
@@ -435,15 +202,9 @@ static int http_request(struct registry_client *c, const char *url, const char *
 
 	for (int attempt = 1;; attempt++) {
 		struct curl_slist *headers = NULL, *h;
-		response_reset(resp);
-		if (resp->fd >= 0) {
-			if (ftruncate(resp->fd, 0) < 0 || lseek(resp->fd, 0, SEEK_SET) < 0)
-				return err_set(err, errno, "%s: cannot reset the cache file", what);
-			if (resp->digester) {
-				char discard[DIGEST_SHA256_LEN + 1];
-				digester_final(resp->digester, discard);
-			}
-		}
+		int rr = response_restart(resp);
+		if (rr < 0)
+			return err_set(err, -rr, "%s: cannot start the response again: %s", what, strerror(-rr));
 		if (accept && (h = curl->slist_append(headers, accept)))
 			headers = h;
 		if (authorization && (h = curl->slist_append(headers, authorization)))
@@ -467,12 +228,12 @@ static int http_request(struct registry_client *c, const char *url, const char *
 		curl->easy_setopt(c->curl, CURLOPT_LOW_SPEED_LIMIT, 1L);
 		curl->easy_setopt(c->curl, CURLOPT_LOW_SPEED_TIME, c->stall_seconds);
 		curl->easy_setopt(c->curl, CURLOPT_USERAGENT, "imgfs/0.1");
-		curl->easy_setopt(c->curl, CURLOPT_HEADERFUNCTION, header_cb);
+		curl->easy_setopt(c->curl, CURLOPT_HEADERFUNCTION, response_header_cb);
 		curl->easy_setopt(c->curl, CURLOPT_HEADERDATA, resp);
-		curl->easy_setopt(c->curl, CURLOPT_WRITEFUNCTION, body_cb);
+		curl->easy_setopt(c->curl, CURLOPT_WRITEFUNCTION, response_body_cb);
 		curl->easy_setopt(c->curl, CURLOPT_WRITEDATA, resp);
 		curl->easy_setopt(c->curl, CURLOPT_NOSIGNAL, 1L);
-		if (c->progress && c->progress_digest && resp->fd >= 0) {
+		if (c->progress && c->progress_digest) {
 			curl->easy_setopt(c->curl, CURLOPT_NOPROGRESS, 0L);
 			curl->easy_setopt(c->curl, CURLOPT_XFERINFOFUNCTION, xferinfo_cb);
 			curl->easy_setopt(c->curl, CURLOPT_XFERINFODATA, c);
@@ -486,12 +247,11 @@ static int http_request(struct registry_client *c, const char *url, const char *
 			curl->easy_setopt(c->curl, CURLOPT_POSTFIELDS, up->body ? up->body : "");
 			curl->easy_setopt(c->curl, CURLOPT_CUSTOMREQUEST, up->method);
 		}
-		/* body_cb needs the status before the body arrives. */
 		CURLcode code = curl->easy_perform(c->curl);
 		curl->slist_free_all(headers);
 		curl->easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &resp->status);
 
-		if (code == CURLE_WRITE_ERROR && (resp->range_done || resp->multi_stopped))
+		if (code == CURLE_WRITE_ERROR && resp->stopped_early)
 			code = CURLE_OK;
 		if (code == CURLE_WRITE_ERROR && resp->too_big)
 			return err_set(err, EFBIG, "%s: response is larger than allowed", what);
@@ -549,9 +309,7 @@ static int status_error(const struct response *resp, const char *what, struct er
 	return err_set(err, code, "%s: HTTP %ld: %s", what, resp->status, detail[0] ? detail : fallback);
 }
 
-/* NULL when out of memory or without libcurl: the request that follows
- * then fails and says why. */
-static char *url_escape(struct registry_client *c, const char *s)
+char *url_escape(struct registry_client *c, const char *s)
 {
 	const struct curl_lib *curl = client_curl(c, NULL);
 	char *e = curl ? curl->easy_escape(c->curl, s, 0) : NULL;
@@ -586,7 +344,8 @@ static int fetch_token(struct registry_client *c, const struct auth_challenge *c
 		authorization = strdup_printf("Authorization: Basic %s", b64);
 		explicit_bzero(b64, strlen(b64));
 	}
-	struct response resp = { .fd = -1, .body_max = TOKEN_MAX_SIZE };
+	struct response resp;
+	response_to_memory(&resp, TOKEN_MAX_SIZE);
 	char what[512];
 	snprintf(what, sizeof(what), "token for \"%s/%s\"", c->ref.domain, c->ref.repository);
 	int r = http_request(c, url, NULL, authorization, NULL, NULL, &resp, what, err);
@@ -639,9 +398,7 @@ static char *authorization_header(struct registry_client *c)
 	return NULL;
 }
 
-/* A request to the registry (a path under /v2/, or a URL it gave us),
- * answering one authentication challenge if needed. */
-static int registry_request(struct registry_client *c, const char *path_or_url, const char *accept,
+int registry_request(struct registry_client *c, const char *path_or_url, const char *accept,
 			    const char *range, const struct upload *up, struct response *resp, const char *what,
 			    struct err *err)
 {
@@ -684,13 +441,13 @@ static int registry_request(struct registry_client *c, const char *path_or_url, 
 	return 0;
 }
 
-static int registry_get(struct registry_client *c, const char *path, const char *accept, const char *range,
+int registry_get(struct registry_client *c, const char *path, const char *accept, const char *range,
 			struct response *resp, const char *what, struct err *err)
 {
 	return registry_request(c, path, accept, range, NULL, resp, what, err);
 }
 
-static int get_manifest(struct registry_client *c, const char *reference, const char *expected_digest,
+int get_manifest(struct registry_client *c, const char *reference, const char *expected_digest,
 			struct manifest *ret, char **ret_digest, struct err *err)
 {
 	_cleanup_free_ char *path = strdup_printf("%s/manifests/%s", c->ref.repository, reference);
@@ -698,7 +455,8 @@ static int get_manifest(struct registry_client *c, const char *reference, const 
 	char what[1024];
 	snprintf(what, sizeof(what), "manifest \"%s%s%s\"", name ? name : "", str_has_prefix(reference, "sha256:") ? "@" : ":",
 		 reference);
-	struct response resp = { .fd = -1, .body_max = MANIFEST_MAX_SIZE };
+	struct response resp;
+	response_to_memory(&resp, MANIFEST_MAX_SIZE);
 	int r = registry_get(c, path, manifest_accept, NULL, &resp, what, err);
 	if (r < 0)
 		goto out;
@@ -773,7 +531,8 @@ int registry_get_blob(struct registry_client *c, const char *digest, char **ret_
 	_cleanup_free_ char *path = strdup_printf("%s/blobs/%s", c->ref.repository, digest);
 	char what[1024];
 	snprintf(what, sizeof(what), "blob %s of \"%s/%s\"", digest, c->ref.domain, c->ref.repository);
-	struct response resp = { .fd = -1, .body_max = c->max_document_size };
+	struct response resp;
+	response_to_memory(&resp, c->max_document_size);
 	int r = registry_get(c, path, NULL, NULL, &resp, what, err);
 	if (r < 0)
 		goto out;
@@ -805,19 +564,20 @@ int registry_fetch_blob_to_fd(struct registry_client *c, const char *digest, int
 		digester_free(d);
 		return -ENOMEM;
 	}
-	struct response resp = { .fd = fd, .max_written = size, .digester = d };
+	struct response resp;
+	response_to_file(&resp, fd, size, d);
 	c->progress_digest = digest;
 	c->progress_total = (uint64_t)size;
 	c->progress_last = (struct timespec){ 0 };
 	int r = registry_get(c, path, NULL, NULL, &resp, what, err);
 	c->progress_digest = NULL;
 	if (r == 0 && c->progress)
-		c->progress(digest, resp.written, (uint64_t)size);
+		c->progress(digest, resp.file.written, (uint64_t)size);
 	if (r < 0)
 		goto out;
-	if (resp.written != (uint64_t)size) {
+	if (resp.file.written != (uint64_t)size) {
 		r = err_set(err, EBADMSG, "%s: got %llu bytes, the manifest says %lld", what,
-			    (unsigned long long)resp.written, (long long)size);
+			    (unsigned long long)resp.file.written, (long long)size);
 		goto out;
 	}
 	char actual[DIGEST_SHA256_LEN + 1];
@@ -843,11 +603,11 @@ int registry_fetch_range(struct registry_client *c, const char *digest, uint64_t
 		 (unsigned long long)off, (unsigned long long)(off + len - 1));
 	if (!path)
 		return -ENOMEM;
-	struct response resp = { .fd = -1, .body_max = ERROR_BODY_MAX_SIZE, .range_buf = buf, .range_len = len,
-				 .range_off = off };
+	struct response resp;
+	response_to_range(&resp, buf, len, off);
 	int r = registry_get(c, path, NULL, range, &resp, what, err);
-	if (r == 0 && resp.range_got != len)
-		r = err_set(err, EIO, "%s: got %zu bytes", what, resp.range_got);
+	if (r == 0 && resp.range.got != len)
+		r = err_set(err, EIO, "%s: got %zu bytes", what, resp.range.got);
 	response_done(&resp);
 	return r;
 }
@@ -901,7 +661,8 @@ int registry_fetch_ranges(struct registry_client *c, const char *digest, struct 
 		 c->ref.repository, n, (unsigned long long)ranges[0].off);
 	if (!path)
 		return -ENOMEM;
-	struct response resp = { .fd = -1, .body_max = ERROR_BODY_MAX_SIZE, .multi_ranges = ranges, .multi_n = n };
+	struct response resp;
+	response_to_ranges(&resp, ranges, n);
 	int r = registry_get(c, path, NULL, header, &resp, what, err);
 	/* A server that sent one range, or the whole blob, will do so again. */
 	if (r == 0 && (resp.status == 200 || resp.content_range))
@@ -913,190 +674,3 @@ int registry_fetch_ranges(struct registry_client *c, const char *digest, struct 
 	return alone < 0 ? alone : 1 + alone;
 }
 
-/* ---- pushing and referrers ------------------------------------------------- */
-
-int registry_push_blob(struct registry_client *c, const void *data, size_t len, char ret_digest[72],
-		       struct err *err)
-{
-	char digest[DIGEST_SHA256_LEN + 1];
-	digest_sha256(data, len, digest);
-	char what[512];
-	snprintf(what, sizeof(what), "blob %s of \"%s/%s\"", digest, c->ref.domain, c->ref.repository);
-	_cleanup_free_ char *path = strdup_printf("%s/blobs/%s", c->ref.repository, digest);
-	_cleanup_free_ char *start = strdup_printf("%s/blobs/uploads/", c->ref.repository);
-	if (!path || !start)
-		return -ENOMEM;
-	struct response resp = { .fd = -1, .body_max = ERROR_BODY_MAX_SIZE };
-	const struct upload head = { .method = "HEAD" };
-	struct err ignored = { 0 };
-	if (registry_request(c, path, NULL, NULL, &head, &resp, what, &ignored) == 0) {
-		response_done(&resp);
-		memcpy(ret_digest, digest, sizeof(digest));
-		return 0;
-	}
-	const struct upload post = { .method = "POST" };
-	int r = registry_request(c, start, NULL, NULL, &post, &resp, what, err);
-	if (r == 0 && (resp.status != 202 || !resp.location))
-		r = err_set(err, EPROTO, "%s: the registry did not start an upload (HTTP %ld)", what, resp.status);
-	_cleanup_free_ char *location = r == 0 ? strdup(resp.location) : NULL;
-	response_done(&resp);
-	if (r < 0)
-		return r;
-	if (!location)
-		return -ENOMEM;
-	_cleanup_free_ char *put_url = strdup_printf("%s%sdigest=%s", location, strchr(location, '?') ? "&" : "?", digest);
-	if (!put_url)
-		return -ENOMEM;
-	const struct upload put = { .method = "PUT", .content_type_header = "Content-Type: application/octet-stream",
-				    .body = data, .len = len };
-	r = registry_request(c, put_url, NULL, NULL, &put, &resp, what, err);
-	if (r == 0 && resp.status != 201)
-		r = err_set(err, EPROTO, "%s: upload answered HTTP %ld instead of 201", what, resp.status);
-	response_done(&resp);
-	if (r == 0)
-		memcpy(ret_digest, digest, sizeof(digest));
-	return r;
-}
-
-int registry_put_manifest(struct registry_client *c, const char *reference, const char *media_type,
-			  const void *data, size_t len, struct err *err)
-{
-	_cleanup_free_ char *path = strdup_printf("%s/manifests/%s", c->ref.repository, reference);
-	_cleanup_free_ char *content_type = strdup_printf("Content-Type: %s", media_type);
-	if (!path || !content_type)
-		return -ENOMEM;
-	char what[512];
-	snprintf(what, sizeof(what), "manifest \"%s/%s%s%s\"", c->ref.domain, c->ref.repository,
-		 str_has_prefix(reference, "sha256:") ? "@" : ":", reference);
-	struct response resp = { .fd = -1, .body_max = ERROR_BODY_MAX_SIZE };
-	const struct upload put = { .method = "PUT", .content_type_header = content_type, .body = data, .len = len };
-	int r = registry_request(c, path, NULL, NULL, &put, &resp, what, err);
-	response_done(&resp);
-	return r;
-}
-
-int registry_get_manifest_by_digest(struct registry_client *c, const char *digest, struct manifest *ret,
-				    struct err *err)
-{
-	char *got = NULL;
-	int r = get_manifest(c, digest, digest, ret, &got, err);
-	free(got);
-	return r;
-}
-
-/* Keeps the entries of an index with this artifact type. */
-static void filter_artifact_type(struct manifest *m, const char *artifact_type)
-{
-	size_t kept = 0;
-	for (size_t i = 0; i < m->n_layers; i++) {
-		struct descriptor *d = &m->layers[i];
-		if (d->artifact_type && strcmp(d->artifact_type, artifact_type) == 0)
-			m->layers[kept++] = *d;
-		else
-			descriptor_done(d);
-	}
-	m->n_layers = kept;
-}
-
-int registry_get_referrers(struct registry_client *c, const char *subject_digest, const char *artifact_type,
-			   struct manifest *ret, bool *ret_from_tag, struct err *err)
-{
-	if (!digest_is_valid(subject_digest))
-		return err_set(err, EINVAL, "invalid digest \"%s\"", subject_digest);
-	_cleanup_free_ char *escaped = url_escape(c, artifact_type);
-	_cleanup_free_ char *path = strdup_printf("%s/referrers/%s?artifactType=%s", c->ref.repository, subject_digest,
-						  escaped ? escaped : "");
-	if (!path)
-		return -ENOMEM;
-	char what[512];
-	snprintf(what, sizeof(what), "referrers of %s in \"%s/%s\"", subject_digest, c->ref.domain, c->ref.repository);
-	struct response resp = { .fd = -1, .body_max = MANIFEST_MAX_SIZE };
-	struct err api_err = { 0 };
-	int r = registry_get(c, path, "Accept: " MEDIA_TYPE_OCI_INDEX, NULL, &resp, what, &api_err);
-	if (r == 0) {
-		r = manifest_parse(resp.body ? resp.body : "", resp.body_len, resp.content_type, ret, err);
-		response_done(&resp);
-		if (r < 0)
-			return err_wrap(err, "%s", what);
-		if (ret->kind != MANIFEST_INDEX) {
-			manifest_done(ret);
-			return err_set(err, EPROTO, "%s: the registry answered with something that is not an index", what);
-		}
-		filter_artifact_type(ret, artifact_type);
-		*ret_from_tag = false;
-		return 0;
-	}
-	response_done(&resp);
-	if (r != -ENOENT)
-		return err_set(err, -r, "%s", api_err.msg);
-	/* No referrers API: the tag scheme, "sha256-<hex>" naming an index. */
-	char tag[80];
-	snprintf(tag, sizeof(tag), "sha256-%s", subject_digest + strlen("sha256:"));
-	char *got = NULL;
-	struct err tag_err = { 0 };
-	r = get_manifest(c, tag, NULL, ret, &got, &tag_err);
-	free(got);
-	*ret_from_tag = true;
-	if (r == -ENOENT) {
-		*ret = (struct manifest){ .kind = MANIFEST_INDEX };
-		return 0;
-	}
-	if (r < 0)
-		return err_set(err, -r, "%s", tag_err.msg);
-	if (ret->kind != MANIFEST_INDEX) {
-		manifest_done(ret);
-		return err_set(err, EPROTO, "%s: tag %s is not an index", what, tag);
-	}
-	filter_artifact_type(ret, artifact_type);
-	return 0;
-}
-
-int registry_add_referrer_tag(struct registry_client *c, const char *subject_digest, const char *media_type,
-			      const char *digest, int64_t size, const char *artifact_type, struct err *err)
-{
-	if (!digest_is_valid(subject_digest))
-		return err_set(err, EINVAL, "invalid digest \"%s\"", subject_digest);
-	char tag[80];
-	snprintf(tag, sizeof(tag), "sha256-%s", subject_digest + strlen("sha256:"));
-	_cleanup_free_ char *path = strdup_printf("%s/manifests/%s", c->ref.repository, tag);
-	if (!path)
-		return -ENOMEM;
-	char what[512];
-	snprintf(what, sizeof(what), "referrers tag %s of \"%s/%s\"", tag, c->ref.domain, c->ref.repository);
-	struct response resp = { .fd = -1, .body_max = MANIFEST_MAX_SIZE };
-	struct err get_err = { 0 };
-	int r = registry_get(c, path, "Accept: " MEDIA_TYPE_OCI_INDEX, NULL, &resp, what, &get_err);
-	if (r < 0 && r != -ENOENT) {
-		response_done(&resp);
-		return err_set(err, -r, "%s", get_err.msg);
-	}
-	struct json_object *index = r == 0 ? json_tokener_parse(resp.body ? resp.body : "") : NULL, *list;
-	response_done(&resp);
-	if (!index || !json_object_is_type(index, json_type_object) ||
-	    !json_object_object_get_ex(index, "manifests", &list) || !json_object_is_type(list, json_type_array)) {
-		json_object_put(index);
-		index = json_object_new_object();
-		list = json_object_new_array();
-		json_object_object_add(index, "schemaVersion", json_object_new_int(2));
-		json_object_object_add(index, "mediaType", json_object_new_string(MEDIA_TYPE_OCI_INDEX));
-		json_object_object_add(index, "manifests", list);
-	}
-	struct json_object *kept = json_object_new_array();
-	for (size_t i = 0; i < json_object_array_length(list); i++) {
-		struct json_object *e = json_object_array_get_idx(list, i), *d;
-		if (json_object_object_get_ex(e, "digest", &d) && strcmp(json_object_get_string(d), digest) == 0)
-			continue;
-		json_object_array_add(kept, json_object_get(e));
-	}
-	struct json_object *entry = json_object_new_object();
-	json_object_object_add(entry, "mediaType", json_object_new_string(media_type));
-	json_object_object_add(entry, "digest", json_object_new_string(digest));
-	json_object_object_add(entry, "size", json_object_new_int64(size));
-	json_object_object_add(entry, "artifactType", json_object_new_string(artifact_type));
-	json_object_array_add(kept, entry);
-	json_object_object_add(index, "manifests", kept);
-	const char *text = json_object_to_json_string_ext(index, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
-	r = text ? registry_put_manifest(c, tag, MEDIA_TYPE_OCI_INDEX, text, strlen(text), err) : -ENOMEM;
-	json_object_put(index);
-	return r;
-}

@@ -1,0 +1,50 @@
+/* The registry client's state and its requests, for the files of registry/
+ * that speak the API beside client.c (push.c). */
+#pragma once
+
+#include <time.h>
+
+#include "curl_lib.h"
+#include "registry.h"
+#include "response.h"
+
+struct registry_client {
+	CURL *curl;
+	struct image_ref ref;
+	char *base_url;         /* "https://host:port" */
+	char *credentials;      /* "user:password" or NULL */
+	char *token;            /* bearer token for the repository's pull scope */
+	time_t token_expiry;
+	bool basic_auth;        /* the registry asked for basic credentials */
+	struct platform platform;
+	size_t max_document_size;
+	bool insecure;
+	bool single_ranges; /* the server answered a multi-range request otherwise than in parts */
+	long stall_seconds; /* a transfer with no progress this long is retried */
+	void (*progress)(const char *digest, uint64_t done, uint64_t total);
+	const char *progress_digest; /* set while a blob streams to a file */
+	uint64_t progress_total;
+	struct timespec progress_last;
+};
+
+struct upload {
+	const char *method; /* "POST", "PUT", "HEAD" */
+	const char *content_type_header;
+	const void *body;
+	size_t len;
+};
+
+/* NULL when out of memory or without libcurl: the request that follows
+ * then fails and says why. */
+char *url_escape(struct registry_client *c, const char *s);
+/* A request to the registry (a path under /v2/, or a URL it gave us),
+ * answering one authentication challenge if needed; a status other than
+ * 2xx is an error that names what and the registry's own words. */
+int registry_request(struct registry_client *c, const char *path_or_url, const char *accept, const char *range,
+		     const struct upload *up, struct response *resp, const char *what, struct err *err);
+int registry_get(struct registry_client *c, const char *path, const char *accept, const char *range,
+		 struct response *resp, const char *what, struct err *err);
+/* The manifest at reference (a tag or a digest), verified against
+ * expected_digest or, without one, the registry's Docker-Content-Digest. */
+int get_manifest(struct registry_client *c, const char *reference, const char *expected_digest,
+		 struct manifest *ret, char **ret_digest, struct err *err);
