@@ -136,8 +136,9 @@ static int handle_line(struct byteranges *b, const char *line)
 			b->have_part_range = true;
 		}
 		return 0;
-	case DATA:
+	case DATA: /* data is not split into lines */
 	case END:
+	default:
 		break;
 	}
 	return 0;
