@@ -13,6 +13,7 @@ static pthread_once_t once = PTHREAD_ONCE_INIT;
 
 static void load(void)
 {
+	/* clang-format off */
 #define SYMBOL(field) { "archive_" #field, (void **)&lib.field }
 	const struct dl_symbol symbols[] = {
 		SYMBOL(read_new),	   SYMBOL(read_free),	      SYMBOL(read_support_filter_gzip),
@@ -25,6 +26,7 @@ static void load(void)
 		SYMBOL(entry_mtime_nsec),  SYMBOL(entry_rdevmajor),   SYMBOL(entry_rdevminor),
 		SYMBOL(entry_xattr_reset), SYMBOL(entry_xattr_next),
 	};
+	/* clang-format on */
 #undef SYMBOL
 	loaded = dl_open_symbols(ARCHIVE_SONAME, symbols, ARRAY_SIZE(symbols), load_error, sizeof(load_error)) == 0;
 }

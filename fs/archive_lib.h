@@ -16,8 +16,8 @@ struct archive_lib {
 	int (*read_free)(struct archive *a);
 	int (*read_support_filter_gzip)(struct archive *a);
 	int (*read_support_format_tar)(struct archive *a);
-	int (*read_open)(struct archive *a, void *client_data, archive_open_callback *open,
-			 archive_read_callback *read, archive_close_callback *close);
+	int (*read_open)(struct archive *a, void *client_data, archive_open_callback *open, archive_read_callback *read,
+			 archive_close_callback *close);
 	int (*read_open_memory)(struct archive *a, const void *buf, size_t size);
 	int (*read_next_header)(struct archive *a, struct archive_entry **entry);
 	la_ssize_t (*read_data)(struct archive *a, void *buf, size_t size);

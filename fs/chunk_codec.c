@@ -17,8 +17,7 @@ uint32_t gzip_isize(const unsigned char *member, size_t len)
  * libdeflate: 2.3 times zlib's speed here, and inflating was most of the
  * daemon's CPU in a lazy start.  False when the member is not just the
  * chunk (its trailer gives its size) or libdeflate refuses it. */
-bool gzip_inflate_whole(const unsigned char *comp, size_t comp_len, uint64_t inner_off, unsigned char *out,
-				 size_t size)
+bool gzip_inflate_whole(const unsigned char *comp, size_t comp_len, uint64_t inner_off, unsigned char *out, size_t size)
 {
 	if (inner_off != 0 || comp_len < GZIP_MIN_MEMBER || size == 0 || gzip_isize(comp, comp_len) != (uint32_t)size)
 		return false;
@@ -33,8 +32,7 @@ bool gzip_inflate_whole(const unsigned char *comp, size_t comp_len, uint64_t inn
 }
 
 /* Decompresses the frame(s) in comp and takes size bytes from inner_off on. */
-static int unzstd_chunk(const unsigned char *comp, size_t comp_len, uint64_t inner_off, unsigned char *out,
-			size_t size)
+static int unzstd_chunk(const unsigned char *comp, size_t comp_len, uint64_t inner_off, unsigned char *out, size_t size)
 {
 	ZSTD_DCtx *d = ZSTD_createDCtx();
 	if (!d)
@@ -46,8 +44,9 @@ static int unzstd_chunk(const unsigned char *comp, size_t comp_len, uint64_t inn
 	ZSTD_inBuffer in = { comp, comp_len, 0 };
 	int r = 0;
 	while (got < size) {
-		ZSTD_outBuffer o = skip > 0 ? (ZSTD_outBuffer){ discard, skip < sizeof(discard) ? (size_t)skip : sizeof(discard), 0 }
-					    : (ZSTD_outBuffer){ out + got, size - got, 0 };
+		ZSTD_outBuffer o =
+		    skip > 0 ? (ZSTD_outBuffer){ discard, skip < sizeof(discard) ? (size_t)skip : sizeof(discard), 0 }
+			     : (ZSTD_outBuffer){ out + got, size - got, 0 };
 		size_t zr = ZSTD_decompressStream(d, &o, &in);
 		if (ZSTD_isError(zr) || (o.pos == 0 && in.pos == in.size)) {
 			r = -EIO;
@@ -111,9 +110,8 @@ static int inflate_chunk(const unsigned char *comp, size_t comp_len, uint64_t in
 	return r;
 }
 
-
-int chunk_decompress(enum layer_compression compression, const unsigned char *comp, size_t comp_len,
-		     uint64_t inner_off, unsigned char *out, size_t size)
+int chunk_decompress(enum layer_compression compression, const unsigned char *comp, size_t comp_len, uint64_t inner_off,
+		     unsigned char *out, size_t size)
 {
 	if (compression == COMPRESSION_ZSTD)
 		return unzstd_chunk(comp, comp_len, inner_off, out, size);

@@ -16,5 +16,5 @@ bool gzip_inflate_whole(const unsigned char *comp, size_t comp_len, uint64_t inn
 			size_t size);
 /* Decompresses comp (members or frames, as compression says) and takes
  * size bytes from inner_off on; -EIO when they are not there. */
-int chunk_decompress(enum layer_compression compression, const unsigned char *comp, size_t comp_len,
-		     uint64_t inner_off, unsigned char *out, size_t size);
+int chunk_decompress(enum layer_compression compression, const unsigned char *comp, size_t comp_len, uint64_t inner_off,
+		     unsigned char *out, size_t size);

@@ -83,7 +83,6 @@ void remote_free(struct remote *r)
 	free(r);
 }
 
-
 static void chunked_get_stats(struct layer *l, struct layer_stats *ret)
 {
 	struct remote *rem = l->source;
@@ -173,8 +172,8 @@ static int fetch_background(struct remote *r, struct registry_client *client, ui
 }
 
 /* Several ranges on the caller's own connection, as fetch_background. */
-static int fetch_ranges_background(struct remote *r, struct registry_client *client, struct byterange *ranges,
-				   size_t n, struct err *err)
+static int fetch_ranges_background(struct remote *r, struct registry_client *client, struct byterange *ranges, size_t n,
+				   struct err *err)
 {
 	int requests = registry_fetch_ranges(client, r->digest, ranges, n, err);
 	if (requests < 0)
@@ -187,7 +186,7 @@ static int fetch_ranges_background(struct remote *r, struct registry_client *cli
 }
 
 int remote_new(struct registry_client *client, struct registry_client *prefetch_client, const char *digest,
-		      enum layer_compression compression, const char *cache_dir, struct remote **ret, struct err *err)
+	       enum layer_compression compression, const char *cache_dir, struct remote **ret, struct err *err)
 {
 	struct remote *rem = calloc(1, sizeof(*rem));
 	if (!rem) {
@@ -213,7 +212,6 @@ int remote_new(struct registry_client *client, struct registry_client *prefetch_
 	*ret = rem;
 	return 0;
 }
-
 
 static int cmp_chunk_offset(const void *a, const void *b)
 {
@@ -242,8 +240,8 @@ static ssize_t inflight_index(const struct remote *rem, const struct chunk *c)
 /* Marks the chunk as being fetched by the caller; rem->lock is held. */
 static bool inflight_add_locked(struct remote *rem, const struct chunk *c)
 {
-	if (grow_array((void **)&rem->inflight, &rem->allocated_inflight, rem->n_inflight + 1,
-		       sizeof(*rem->inflight)) < 0)
+	if (grow_array((void **)&rem->inflight, &rem->allocated_inflight, rem->n_inflight + 1, sizeof(*rem->inflight)) <
+	    0)
 		return false;
 	rem->inflight[rem->n_inflight++] = c;
 	return true;
@@ -264,7 +262,7 @@ static int chunk_fetch(struct remote *rem, const struct chunk *c, struct registr
 	for (int attempt = 0; attempt < CHUNK_FETCH_ATTEMPTS; attempt++) {
 		struct err err = { 0 };
 		int fr = bg ? fetch_background(rem, bg, c->comp_off, comp_len, comp, &err)
-				    : remote_fetch(rem, c->comp_off, comp_len, comp, &err);
+			    : remote_fetch(rem, c->comp_off, comp_len, comp, &err);
 		if (fr < 0)
 			return -EIO; /* the client already retried transient errors */
 		int r = pack_store_chunk(&rem->pack, c, comp, comp_len);
@@ -281,7 +279,7 @@ static void store_batch(struct remote *rem, const struct chunk *const *batch, si
 {
 	for (size_t i = 0; i < n; i++) {
 		if (!comp || pack_store_chunk(&rem->pack, batch[i], comp + (batch[i]->comp_off - start),
-					 (size_t)(batch[i]->comp_end - batch[i]->comp_off)) < 0)
+					      (size_t)(batch[i]->comp_end - batch[i]->comp_off)) < 0)
 			(void)chunk_fetch(rem, batch[i], bg);
 		pthread_mutex_lock(&rem->lock);
 		rem->chunk_misses++;
@@ -325,7 +323,8 @@ static bool store_later(struct remote *rem, const struct chunk **batch, size_t n
 	pthread_mutex_unlock(&rem->lock);
 	pthread_t thread;
 	pthread_attr_t attr;
-	bool started = pthread_attr_init(&attr) == 0 && pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
+	bool started = pthread_attr_init(&attr) == 0 &&
+		       pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
 		       pthread_create(&thread, &attr, deferred_store_main, d) == 0;
 	pthread_attr_destroy(&attr);
 	if (!started) {

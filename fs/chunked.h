@@ -13,7 +13,8 @@ struct registry_client;
  * kept in <cache_dir>/chunks.  Takes ownership of both clients: one for
  * reads, one for background prefetch. */
 int estargz_open(struct registry_client *client, struct registry_client *prefetch_client, const char *digest,
-		 uint64_t blob_size, const char *toc_digest, const char *cache_dir, struct layer **ret, struct err *err);
+		 uint64_t blob_size, const char *toc_digest, const char *cache_dir, struct layer **ret,
+		 struct err *err);
 /* The same for a zstd:chunked layer: position is the manifest-position
  * annotation ("offset:length:uncompressedLength:1") and toc_checksum the
  * sha256 of the compressed TOC; each file chunk is a zstd frame. */

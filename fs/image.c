@@ -38,8 +38,8 @@ char *image_default_cache_dir(void)
 }
 
 /* Opens the cached blob, fetching and verifying it first if it is missing. */
-static int ensure_blob(struct registry_client *client, const struct image_options *opts,
-		       const struct descriptor *d, int *ret_fd, bool *ret_cached, struct err *err)
+static int ensure_blob(struct registry_client *client, const struct image_options *opts, const struct descriptor *d,
+		       int *ret_fd, bool *ret_cached, struct err *err)
 {
 	_cleanup_free_ char *path = cache_path(opts->cache_dir, "blobs", d->digest);
 	if (!path)
@@ -254,8 +254,9 @@ static int open_layer(struct image *img, const struct image_ref *ref, struct reg
 
 int pull_policy_parse(const char *text, enum pull_policy *ret)
 {
-	static const char *const names[] = { [PULL_ALWAYS] = "always", [PULL_MISSING] = "missing",
-					     [PULL_NEVER] = "never" };
+	static const char *const names[] = {
+		[PULL_ALWAYS] = "always", [PULL_MISSING] = "missing", [PULL_NEVER] = "never"
+	};
 	for (size_t i = 0; i < ARRAY_SIZE(names); i++)
 		if (strcmp(text, names[i]) == 0) {
 			*ret = (enum pull_policy)i;
@@ -269,7 +270,7 @@ static char *ref_record_path(const char *cache_dir, const struct image_ref *ref,
 {
 	_cleanup_free_ char *canonical = image_ref_format(ref);
 	_cleanup_free_ char *key =
-		canonical ? strdup_printf("%s %s/%s/%s", canonical, p->os, p->architecture, p->variant) : NULL;
+	    canonical ? strdup_printf("%s %s/%s/%s", canonical, p->os, p->architecture, p->variant) : NULL;
 	if (!key)
 		return NULL;
 	char digest[DIGEST_SHA256_LEN + 1];
@@ -319,7 +320,8 @@ static void keep_resolved_manifest(const struct image_options *opts, const char 
 				   const char *digest)
 {
 	_cleanup_free_ char *blob_path = cache_path(opts->cache_dir, "blobs", digest);
-	_cleanup_free_ char *record = strdup_printf("%s %s\n", digest, m->media_type ? m->media_type : MEDIA_TYPE_OCI_MANIFEST);
+	_cleanup_free_ char *record =
+	    strdup_printf("%s %s\n", digest, m->media_type ? m->media_type : MEDIA_TYPE_OCI_MANIFEST);
 	struct stat st;
 	if (!record_path || !blob_path || !record || !m->raw)
 		return;
@@ -375,7 +377,8 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 	record_path = ref_record_path(opts->cache_dir, &ref, &opts->registry.platform);
 	if (opts->pull == PULL_ALWAYS || load_resolved_manifest(opts, record_path, &m, &img->manifest_digest) < 0) {
 		if (opts->pull == PULL_NEVER) {
-			r = err_set(err, ENOENT, "not in the cache \"%s\", and --pull never forbids asking the registry",
+			r = err_set(err, ENOENT,
+				    "not in the cache \"%s\", and --pull never forbids asking the registry",
 				    opts->cache_dir);
 			goto out;
 		}

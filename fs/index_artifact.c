@@ -15,8 +15,7 @@
 #define MEDIA_TYPE_EMPTY "application/vnd.oci.empty.v1+json"
 #define INDEX_FILE_MAX (4ull << 30)
 
-int index_artifact_find(struct registry_client *c, const char *manifest_digest, struct manifest *ret,
-			struct err *err)
+int index_artifact_find(struct registry_client *c, const char *manifest_digest, struct manifest *ret, struct err *err)
 {
 	struct manifest referrers;
 	bool from_tag;
@@ -74,7 +73,8 @@ static int push_layer(struct registry_client *c, const struct layer *l, const ch
 	size_t index_len;
 	int r = read_file_capped(index_path, INDEX_FILE_MAX, &index, &index_len);
 	if (r < 0)
-		return err_set(err, -r, "layer %s: cannot read its index \"%s\": %s", l->digest, index_path, strerror(-r));
+		return err_set(err, -r, "layer %s: cannot read its index \"%s\": %s", l->digest, index_path,
+			       strerror(-r));
 	_cleanup_free_ unsigned char *spans = NULL;
 	size_t spans_len;
 	r = span_table_build(l->blob_fd, l->blob_size, l->digest, SPAN_SIZE_DEFAULT, &spans, &spans_len);
@@ -83,10 +83,12 @@ static int push_layer(struct registry_client *c, const struct layer *l, const ch
 	char digest[72];
 	if ((r = registry_push_blob(c, index, index_len, digest, err)) < 0)
 		return err_wrap(err, "layer %s: index", l->digest);
-	json_object_array_add(layers, descriptor_json(IMGFS_MEDIA_TYPE_LAYER_INDEX, digest, (int64_t)index_len, l->digest));
+	json_object_array_add(layers,
+			      descriptor_json(IMGFS_MEDIA_TYPE_LAYER_INDEX, digest, (int64_t)index_len, l->digest));
 	if ((r = registry_push_blob(c, spans, spans_len, digest, err)) < 0)
 		return err_wrap(err, "layer %s: span table", l->digest);
-	json_object_array_add(layers, descriptor_json(IMGFS_MEDIA_TYPE_LAYER_SPANS, digest, (int64_t)spans_len, l->digest));
+	json_object_array_add(layers,
+			      descriptor_json(IMGFS_MEDIA_TYPE_LAYER_SPANS, digest, (int64_t)spans_len, l->digest));
 	return 0;
 }
 
@@ -124,10 +126,12 @@ int index_artifact_push(struct image *img, const struct image_ref *ref, const st
 	json_object_object_add(m, "schemaVersion", json_object_new_int(2));
 	json_object_object_add(m, "mediaType", json_object_new_string(MEDIA_TYPE_OCI_MANIFEST));
 	json_object_object_add(m, "artifactType", json_object_new_string(IMGFS_INDEX_ARTIFACT_TYPE));
-	json_object_object_add(m, "config", descriptor_json(MEDIA_TYPE_EMPTY, config_digest, strlen(EMPTY_CONFIG), NULL));
+	json_object_object_add(m, "config",
+			       descriptor_json(MEDIA_TYPE_EMPTY, config_digest, strlen(EMPTY_CONFIG), NULL));
 	json_object_object_add(m, "layers", layers);
-	json_object_object_add(m, "subject", descriptor_json(img->manifest_media_type, img->manifest_digest,
-							    (int64_t)img->manifest_size, NULL));
+	json_object_object_add(
+	    m, "subject",
+	    descriptor_json(img->manifest_media_type, img->manifest_digest, (int64_t)img->manifest_size, NULL));
 	const char *text = json_object_to_json_string_ext(m, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
 	char digest[DIGEST_SHA256_LEN + 1];
 	size_t len = text ? strlen(text) : 0;

@@ -11,8 +11,7 @@
 
 /* The newest index artifact that refers to manifest_digest, verified by its
  * digest; -ENOENT when there is none. */
-int index_artifact_find(struct registry_client *c, const char *manifest_digest, struct manifest *ret,
-			struct err *err);
+int index_artifact_find(struct registry_client *c, const char *manifest_digest, struct manifest *ret, struct err *err);
 /* The artifact's blob of media_type for a layer, or NULL. */
 const struct descriptor *index_artifact_blob(const struct manifest *artifact, const char *layer_digest,
 					     const char *media_type);

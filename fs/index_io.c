@@ -94,8 +94,9 @@ static int finish_and_write(struct wbuf *b, const char *path, bool durable)
 	if (!b->failed)
 		digest_sha256(b->data, b->len, digest);
 	put(b, digest, DIGEST_SHA256_LEN);
-	int r = b->failed ? -ENOMEM : durable ? write_file_atomic(path, b->data, b->len)
-						: write_file_replace(path, b->data, b->len);
+	int r = b->failed ? -ENOMEM
+		: durable ? write_file_atomic(path, b->data, b->len)
+			  : write_file_replace(path, b->data, b->len);
 	free(b->data);
 	return r;
 }
@@ -231,8 +232,8 @@ static bool get_entry_header(struct rbuf *b, struct entry *e)
 	return !b->bad;
 }
 
-int layer_open_saved(const char *digest, enum layer_compression compression, int blob_fd,
-		     const char *index_path, struct layer **ret)
+int layer_open_saved(const char *digest, enum layer_compression compression, int blob_fd, const char *index_path,
+		     struct layer **ret)
 {
 	_cleanup_free_ char *data = NULL;
 	struct rbuf b;
@@ -292,8 +293,8 @@ int layer_open_saved(const char *digest, enum layer_compression compression, int
 		c->bits = flags & 7;
 		c->raw = flags & 0x100;
 		c->window = get_bytes(&b, &c->window_len, false);
-		if (c->window_len > 32768 || c->in > l->blob_size ||
-		    (i > 0 && c->out <= l->checkpoints[i - 1].out) || (c->bits && c->in == 0))
+		if (c->window_len > 32768 || c->in > l->blob_size || (i > 0 && c->out <= l->checkpoints[i - 1].out) ||
+		    (c->bits && c->in == 0))
 			goto bad;
 	}
 	if (b.bad || b.p != b.end || l->checkpoints[0].out != 0)

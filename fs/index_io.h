@@ -7,8 +7,8 @@
 /* Loads a saved index; -ENOENT if there is none or it is stale or damaged.
  * With blob_fd >= 0 the layer reads its files from that blob (and owns it,
  * on success only); with -1 the caller attaches a source. */
-int layer_open_saved(const char *digest, enum layer_compression compression, int blob_fd,
-		     const char *index_path, struct layer **ret);
+int layer_open_saved(const char *digest, enum layer_compression compression, int blob_fd, const char *index_path,
+		     struct layer **ret);
 int layer_save(const struct layer *l, const char *index_path);
 /* The same for a chunked layer (eStargz, zstd:chunked), in place of its
  * table of contents: stale unless layer digest, TOC digest, compression

@@ -65,10 +65,10 @@ struct xattr {
 };
 
 struct entry {
-	char *path;           /* normalised: no leading "/", no "." or ".." components, "" for root */
-	char *link;           /* symlink target or hardlink target path (normalised) */
-	uint8_t type;         /* enum entry_type */
-	uint32_t mode;        /* permission bits including setuid/setgid/sticky */
+	char *path;    /* normalised: no leading "/", no "." or ".." components, "" for root */
+	char *link;    /* symlink target or hardlink target path (normalised) */
+	uint8_t type;  /* enum entry_type */
+	uint32_t mode; /* permission bits including setuid/setgid/sticky */
 	uint32_t uid, gid;
 	int64_t mtime_sec;
 	uint32_t mtime_nsec;
@@ -78,7 +78,7 @@ struct entry {
 	uint32_t n_xattrs;
 	struct extent *extents;
 	uint32_t n_extents;
-	struct chunk *chunks;   /* chunked layers only */
+	struct chunk *chunks; /* chunked layers only */
 	uint32_t n_chunks;
 	bool landmark;          /* before the eStargz prefetch landmark */
 	bool prefetch;          /* in the prefetch set: landmark, or in the prefetch list */
@@ -120,7 +120,7 @@ struct layer {
 	enum layer_compression compression;
 	int blob_fd; /* the whole blob, verified, in the cache; -1: not here */
 	uint64_t blob_size;
-	uint64_t tar_size;   /* uncompressed stream length */
+	uint64_t tar_size; /* uncompressed stream length */
 	struct entry *entries;
 	size_t n_entries;
 	struct checkpoint *checkpoints;

@@ -16,44 +16,43 @@
 
 static void usage(FILE *out)
 {
-	fprintf(out,
-		"Usage: imgfs mount [OPTIONS] REF DIR\n"
-		"       imgfs umount DIR\n"
-		"       imgfs stats DIR\n"
-		"       imgfs index push [--cache DIR] [--platform P] [--insecure-registry H] REF\n"
-		"       imgfs record DIR [FILE]\n"
-		"\n"
-		"Mounts the image REF from its registry on DIR, fetching layer contents into\n"
-		"a shared cache instead of unpacking them.  The mount is read-only unless\n"
-		"--upper names a directory that keeps the changes.\n"
-		"\n"
-		"Options for mount:\n"
-		"  --cache DIR                 cache directory (default: $IMGFS_CACHE,\n"
-		"                              /var/lib/imgfs for root, else $XDG_CACHE_HOME/imgfs)\n"
-		"  --cache-size SIZE           keep the cache under SIZE (K, M, G, T suffixes),\n"
-		"                              evicting what was used least recently\n"
-		"  --upper UPPERDIR            make the mount writable, keeping every change in\n"
-		"                              UPPERDIR (an overlayfs upper directory; created\n"
-		"                              if missing; one mount at a time)\n"
-		"  --platform OS/ARCH[/VAR]    platform to pick from a multi-platform image\n"
-		"  --pull POLICY               always (default): ask the registry what REF names;\n"
-		"                              missing: only if this cache has not resolved REF\n"
-		"                              before; never: only from the cache\n"
-		"  --prefetch MODE             none, landmark (the eStargz prefetch set only) or\n"
-		"                              all (default: the prefetch set first, then the rest)\n"
-		"  --prefetch-list FILE        fetch the files FILE lists (one path per line, as\n"
-		"                              imgfs record writes) first, in place of the\n"
-		"                              image's own landmarks\n"
-		"  --insecure-registry HOST    allow plain HTTP to HOST[:PORT] (repeatable;\n"
-		"                              also $IMGFS_INSECURE_REGISTRIES, comma-separated)\n"
-		"  -f, --foreground            stay in the foreground\n"
-		"  -d, --debug                 print FUSE requests (implies -f)\n"
-		"  -h, --help                  show this help\n"
-		"\n"
-		"imgfs index push fetches and indexes REF's plain gzip, zstd and tar layers,\n"
-		"then stores the index in REF's registry as an OCI artifact that refers to\n"
-		"the image, so that every later mount reads those layers lazily.\n"
-		"  --version                   show the version\n");
+	fprintf(out, "Usage: imgfs mount [OPTIONS] REF DIR\n"
+		     "       imgfs umount DIR\n"
+		     "       imgfs stats DIR\n"
+		     "       imgfs index push [--cache DIR] [--platform P] [--insecure-registry H] REF\n"
+		     "       imgfs record DIR [FILE]\n"
+		     "\n"
+		     "Mounts the image REF from its registry on DIR, fetching layer contents into\n"
+		     "a shared cache instead of unpacking them.  The mount is read-only unless\n"
+		     "--upper names a directory that keeps the changes.\n"
+		     "\n"
+		     "Options for mount:\n"
+		     "  --cache DIR                 cache directory (default: $IMGFS_CACHE,\n"
+		     "                              /var/lib/imgfs for root, else $XDG_CACHE_HOME/imgfs)\n"
+		     "  --cache-size SIZE           keep the cache under SIZE (K, M, G, T suffixes),\n"
+		     "                              evicting what was used least recently\n"
+		     "  --upper UPPERDIR            make the mount writable, keeping every change in\n"
+		     "                              UPPERDIR (an overlayfs upper directory; created\n"
+		     "                              if missing; one mount at a time)\n"
+		     "  --platform OS/ARCH[/VAR]    platform to pick from a multi-platform image\n"
+		     "  --pull POLICY               always (default): ask the registry what REF names;\n"
+		     "                              missing: only if this cache has not resolved REF\n"
+		     "                              before; never: only from the cache\n"
+		     "  --prefetch MODE             none, landmark (the eStargz prefetch set only) or\n"
+		     "                              all (default: the prefetch set first, then the rest)\n"
+		     "  --prefetch-list FILE        fetch the files FILE lists (one path per line, as\n"
+		     "                              imgfs record writes) first, in place of the\n"
+		     "                              image's own landmarks\n"
+		     "  --insecure-registry HOST    allow plain HTTP to HOST[:PORT] (repeatable;\n"
+		     "                              also $IMGFS_INSECURE_REGISTRIES, comma-separated)\n"
+		     "  -f, --foreground            stay in the foreground\n"
+		     "  -d, --debug                 print FUSE requests (implies -f)\n"
+		     "  -h, --help                  show this help\n"
+		     "\n"
+		     "imgfs index push fetches and indexes REF's plain gzip, zstd and tar layers,\n"
+		     "then stores the index in REF's registry as an OCI artifact that refers to\n"
+		     "the image, so that every later mount reads those layers lazily.\n"
+		     "  --version                   show the version\n");
 }
 
 static void progress_line(const char *line)
@@ -110,7 +109,8 @@ static int push_index(const char *ref_text, const struct image_options *opts)
 	int ret = 1;
 	if (image_ref_parse(ref_text, &ref, &err) < 0 || image_open(ref_text, opts, &img, &err) < 0 ||
 	    index_artifact_push(img, &ref, opts, &digest, &err) < 0) {
-		fprintf(stderr, "imgfs: cannot push the index of \"%s\": %s\n", ref_text, err.code ? err.msg : "out of memory");
+		fprintf(stderr, "imgfs: cannot push the index of \"%s\": %s\n", ref_text,
+			err.code ? err.msg : "out of memory");
 	} else {
 		printf("%s\n", digest);
 		ret = 0;
@@ -122,10 +122,11 @@ static int push_index(const char *ref_text, const struct image_options *opts)
 
 /* The options of every command that reaches a registry. */
 enum { OPT_CACHE = 256, OPT_PLATFORM, OPT_INSECURE, OPT_OWN };
-#define SOURCE_OPTIONS                                                         \
-	{ "cache", required_argument, NULL, OPT_CACHE },                       \
-	{ "platform", required_argument, NULL, OPT_PLATFORM },                 \
-	{ "insecure-registry", required_argument, NULL, OPT_INSECURE }
+#define SOURCE_OPTIONS                                                                                                 \
+	{ "cache", required_argument, NULL, OPT_CACHE }, { "platform", required_argument, NULL, OPT_PLATFORM },        \
+	{                                                                                                              \
+		"insecure-registry", required_argument, NULL, OPT_INSECURE                                             \
+	}
 
 struct source_flags {
 	char *cache_dir;
@@ -314,14 +315,17 @@ static int cmd_mount(int argc, char **argv)
 			break;
 		case OPT_PULL:
 			if (pull_policy_parse(optarg, &pull) < 0) {
-				fprintf(stderr, "imgfs: invalid --pull \"%s\": expected always, missing or never\n", optarg);
+				fprintf(stderr, "imgfs: invalid --pull \"%s\": expected always, missing or never\n",
+					optarg);
 				ret = 2;
 				goto out;
 			}
 			break;
 		case OPT_CACHE_SIZE:
 			if (cache_parse_size(optarg, &cache_size) < 0) {
-				fprintf(stderr, "imgfs: invalid --cache-size \"%s\": expected bytes, or a number with K, M, G or T\n",
+				fprintf(stderr,
+					"imgfs: invalid --cache-size \"%s\": expected bytes, or a number with K, M, G "
+					"or T\n",
 					optarg);
 				ret = 2;
 				goto out;
@@ -335,7 +339,8 @@ static int cmd_mount(int argc, char **argv)
 			else if (strcmp(optarg, "all") == 0)
 				prefetch = PREFETCH_ALL;
 			else {
-				fprintf(stderr, "imgfs: invalid --prefetch \"%s\": expected none, landmark or all\n", optarg);
+				fprintf(stderr, "imgfs: invalid --prefetch \"%s\": expected none, landmark or all\n",
+					optarg);
 				ret = 2;
 				goto out;
 			}

@@ -145,7 +145,8 @@ static int do_setattr(struct overlay *ov, struct node *n, const struct handle *h
 	if (r < 0)
 		return r;
 	char path[64];
-	if ((to_set & FUSE_SET_ATTR_MODE) && !S_ISLNK(n->type) && chmod(PROC_FD_PATH(path, n->fd), attr->st_mode & 07777) < 0)
+	if ((to_set & FUSE_SET_ATTR_MODE) && !S_ISLNK(n->type) &&
+	    chmod(PROC_FD_PATH(path, n->fd), attr->st_mode & 07777) < 0)
 		return -errno;
 	if (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
 		uid_t uid = (to_set & FUSE_SET_ATTR_UID) ? attr->st_uid : (uid_t)-1;
@@ -156,7 +157,8 @@ static int do_setattr(struct overlay *ov, struct node *n, const struct handle *h
 	if (to_set & FUSE_SET_ATTR_SIZE) {
 		if (!S_ISREG(n->type))
 			return -EINVAL;
-		if (h && h->fd >= 0 ? ftruncate(h->fd, attr->st_size) < 0 : truncate(PROC_FD_PATH(path, n->fd), attr->st_size) < 0)
+		if (h && h->fd >= 0 ? ftruncate(h->fd, attr->st_size) < 0
+				    : truncate(PROC_FD_PATH(path, n->fd), attr->st_size) < 0)
 			return -errno;
 	}
 	if (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW))
@@ -346,7 +348,9 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 {
 	struct overlay *ov = overlay_of(req);
 	const struct fuse_ctx *ctx = fuse_req_ctx(req);
-	struct make_request m = { .uid = ctx->uid, .gid = ctx->gid, .mode = S_IFREG | mode, .flags = fi->flags, .fd = -1 };
+	struct make_request m = {
+		.uid = ctx->uid, .gid = ctx->gid, .mode = S_IFREG | mode, .flags = fi->flags, .fd = -1
+	};
 	struct node *n;
 	pthread_mutex_lock(&ov->lock);
 	int r = make_entry(ov, node_of(ov, parent), name, make_file, &m, &n);

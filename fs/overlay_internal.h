@@ -78,8 +78,8 @@ struct overlay {
 };
 
 struct handle {
-	int fd;                           /* upper file, -1 when reading the image */
-	const struct tree_inode *image;   /* read from here when fd < 0 */
+	int fd;                         /* upper file, -1 when reading the image */
+	const struct tree_inode *image; /* read from here when fd < 0 */
 };
 
 /* The path through which the kernel reaches the object behind an O_PATH
@@ -103,13 +103,13 @@ struct name_set {
 };
 
 struct make_request {
-	uid_t uid;            /* owner of the new object; (uid_t)-1 keeps it */
+	uid_t uid; /* owner of the new object; (uid_t)-1 keeps it */
 	gid_t gid;
 	mode_t mode;
 	dev_t rdev;
-	const char *link;     /* symlink target */
-	int flags;            /* open flags for create */
-	int fd;               /* create: the open file; link: the object to link */
+	const char *link; /* symlink target */
+	int flags;        /* open flags for create */
+	int fd;           /* create: the open file; link: the object to link */
 };
 
 typedef int make_fn(int dirfd, const char *name, struct make_request *m);
@@ -175,8 +175,8 @@ int list_dir(struct overlay *ov, struct node *n, struct listing **ret);
  * hides an image entry of that name, the object is made under a temporary
  * name and swapped in, so the image entry never shows in between; a new
  * directory there is opaque. */
-int make_entry(struct overlay *ov, struct node *parent, const char *name, make_fn *make,
-		      struct make_request *m, struct node **ret);
+int make_entry(struct overlay *ov, struct node *parent, const char *name, make_fn *make, struct make_request *m,
+	       struct node **ret);
 int make_dir(int dirfd, const char *name, struct make_request *m);
 int make_node(int dirfd, const char *name, struct make_request *m);
 int make_symlink(int dirfd, const char *name, struct make_request *m);
@@ -185,5 +185,5 @@ int make_file(int dirfd, const char *name, struct make_request *m);
 /* Removes parent/name from the merged view: the upper object goes, and a
  * whiteout hides the image's entry of that name if there is one. */
 int remove_entry(struct overlay *ov, struct node *parent, const char *name, bool dir);
-int do_rename(struct overlay *ov, struct node *parent, const char *name, struct node *newparent,
-		     const char *newname, unsigned flags);
+int do_rename(struct overlay *ov, struct node *parent, const char *name, struct node *newparent, const char *newname,
+	      unsigned flags);

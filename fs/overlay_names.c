@@ -74,7 +74,8 @@ int list_dir(struct overlay *ov, struct node *n, struct listing **ret)
 			upper.v[upper.n++] = name;
 			if ((de->d_type == DT_CHR || de->d_type == DT_UNKNOWN) && is_whiteout(&st))
 				continue;
-			const struct tree_inode *below = S_ISDIR(type) && merged ? tree_lookup(merged, de->d_name) : NULL;
+			const struct tree_inode *below =
+			    S_ISDIR(type) && merged ? tree_lookup(merged, de->d_name) : NULL;
 			uint64_t ino = ino_for_upper(ov, de->d_ino, below && S_ISDIR(below->mode) ? below->ino : 0);
 			if ((r = listing_add(l, de->d_name, ino, type)) < 0)
 				break;
@@ -149,8 +150,8 @@ static int make_whiteout(int dirfd, const char *name)
 	return mknodat(dirfd, name, S_IFCHR | 0, makedev(0, 0)) < 0 ? -errno : 0;
 }
 
-int make_entry(struct overlay *ov, struct node *parent, const char *name, make_fn *make,
-		      struct make_request *m, struct node **ret)
+int make_entry(struct overlay *ov, struct node *parent, const char *name, make_fn *make, struct make_request *m,
+	       struct node **ret)
 {
 	if (!S_ISDIR(parent->type))
 		return -ENOTDIR;
@@ -285,8 +286,8 @@ static int prepare_move(struct overlay *ov, struct node *n, struct node *newpare
 	return 0;
 }
 
-int do_rename(struct overlay *ov, struct node *parent, const char *name, struct node *newparent,
-		     const char *newname, unsigned flags)
+int do_rename(struct overlay *ov, struct node *parent, const char *name, struct node *newparent, const char *newname,
+	      unsigned flags)
 {
 	if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE))
 		return -EINVAL;

@@ -147,4 +147,3 @@ int pack_store_chunk(struct pack_store *ps, const struct chunk *c, const unsigne
 	cache_note_stored(c->size);
 	return 0;
 }
-

@@ -21,7 +21,7 @@
 #define PACK_GENERATIONS 255
 
 struct pack_store {
-	pthread_mutex_t lock; /* guards packs, n_packs and verified; never held across I/O */
+	pthread_mutex_t lock;               /* guards packs, n_packs and verified; never held across I/O */
 	enum layer_compression compression; /* of each chunk's member or frame */
 	char *path;
 	int packs[PACK_GENERATIONS];

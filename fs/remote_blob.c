@@ -193,8 +193,8 @@ static int prefetch_spans(struct remote_blob *rb, uint64_t off, uint64_t end, co
 		size_t len = (size_t)span_len(rb, i);
 		_cleanup_free_ unsigned char *data = malloc(len ? len : 1);
 		struct err err = { 0 };
-		if (!data || registry_fetch_range(rb->prefetch_client, rb->digest, (uint64_t)i * rb->span_size, len, data,
-						  &err) < 0)
+		if (!data || registry_fetch_range(rb->prefetch_client, rb->digest, (uint64_t)i * rb->span_size, len,
+						  data, &err) < 0)
 			continue;
 		pthread_mutex_lock(&rb->lock);
 		rb->bytes_fetched += len;
@@ -311,8 +311,8 @@ int remote_blob_attach(struct layer *l, struct registry_client *client, struct r
 
 #define SPAN_MAGIC "IMGFSSP1"
 
-int span_table_build(int blob_fd, uint64_t blob_size, const char *layer_digest, uint32_t span_size,
-		     unsigned char **ret, size_t *ret_len)
+int span_table_build(int blob_fd, uint64_t blob_size, const char *layer_digest, uint32_t span_size, unsigned char **ret,
+		     size_t *ret_len)
 {
 	size_t n = (size_t)((blob_size + span_size - 1) / span_size);
 	size_t digest_len = strlen(layer_digest);
@@ -355,8 +355,7 @@ int span_table_build(int blob_fd, uint64_t blob_size, const char *layer_digest, 
 	return 0;
 }
 
-int span_table_parse(const void *data, size_t len, const char *layer_digest, uint64_t blob_size,
-		     struct span_table *ret)
+int span_table_parse(const void *data, size_t len, const char *layer_digest, uint64_t blob_size, struct span_table *ret)
 {
 	const unsigned char *p = data, *end = p + len;
 	size_t digest_len = strlen(layer_digest);
@@ -380,7 +379,7 @@ int span_table_parse(const void *data, size_t len, const char *layer_digest, uin
 	if (span_size < 4096 || span_size > (64u << 20) || n != (blob_size + span_size - 1) / span_size ||
 	    (uint64_t)(end - p) != 32 * n)
 		return -EINVAL;
-	*ret = (struct span_table){ .blob_size = blob_size, .span_size = span_size, .n_spans = (size_t)n,
-				    .digests = p };
+	*ret =
+	    (struct span_table){ .blob_size = blob_size, .span_size = span_size, .n_spans = (size_t)n, .digests = p };
 	return 0;
 }

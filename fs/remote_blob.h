@@ -17,8 +17,8 @@ struct span_table {
 };
 
 /* Hashes every span of a local blob into a span table (caller frees). */
-int span_table_build(int blob_fd, uint64_t blob_size, const char *layer_digest, uint32_t span_size,
-		     unsigned char **ret, size_t *ret_len);
+int span_table_build(int blob_fd, uint64_t blob_size, const char *layer_digest, uint32_t span_size, unsigned char **ret,
+		     size_t *ret_len);
 /* -EINVAL unless data is a span table for this layer digest and size. */
 int span_table_parse(const void *data, size_t len, const char *layer_digest, uint64_t blob_size,
 		     struct span_table *ret);

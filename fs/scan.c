@@ -64,8 +64,7 @@ static int add_extent(struct entry *e, size_t *allocated, uint64_t file_off, uin
 	return 0;
 }
 
-static int read_entry(struct scan *s, struct archive *a, struct archive_entry *ae, struct entry *e,
-		      struct err *err)
+static int read_entry(struct scan *s, struct archive *a, struct archive_entry *ae, struct entry *e, struct err *err)
 {
 	const char *name = s->ar->entry_pathname(ae);
 	int r;

@@ -19,8 +19,8 @@
 struct cursor {
 	struct layer *layer;
 	enum layer_compression compression;
-	uint64_t in_off;      /* next compressed byte to read from the blob */
-	uint64_t pos;         /* uncompressed offset of the next output byte */
+	uint64_t in_off; /* next compressed byte to read from the blob */
+	uint64_t pos;    /* uncompressed offset of the next output byte */
 	bool eof;
 	bool valid;
 	unsigned last_used;
@@ -131,8 +131,8 @@ static int gzip_next_member(struct cursor *c)
 	/* Need two bytes of magic; they may straddle the input buffer. */
 	unsigned char magic[2];
 	uint64_t at = c->in_off - (c->in_len - c->in_pos);
-	if (at + 2 > c->layer->blob_size || blob_read(c->layer, magic, 2, (off_t)at) < 0 ||
-	    magic[0] != 0x1f || magic[1] != 0x8b)
+	if (at + 2 > c->layer->blob_size || blob_read(c->layer, magic, 2, (off_t)at) < 0 || magic[0] != 0x1f ||
+	    magic[1] != 0x8b)
 		return 0; /* trailing padding or garbage: gzip(1) ignores it too */
 	inflateEnd(&c->z);
 	memset(&c->z, 0, sizeof(c->z));
@@ -557,8 +557,10 @@ static struct {
 	size_t pending_bytes;
 	bool busy;
 	pid_t thread_pid; /* threads do not survive fork: a child starts its own */
-} keeper = { .lock = PTHREAD_MUTEX_INITIALIZER, .work = PTHREAD_COND_INITIALIZER, .idle = PTHREAD_COND_INITIALIZER,
-	      .tail = &keeper.head };
+} keeper = { .lock = PTHREAD_MUTEX_INITIALIZER,
+	     .work = PTHREAD_COND_INITIALIZER,
+	     .idle = PTHREAD_COND_INITIALIZER,
+	     .tail = &keeper.head };
 
 static void span_forget(const struct layer *l, size_t idx)
 {
@@ -611,7 +613,8 @@ static bool keeper_running_locked(void)
 		return true;
 	pthread_t thread;
 	pthread_attr_t attr;
-	bool started = pthread_attr_init(&attr) == 0 && pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
+	bool started = pthread_attr_init(&attr) == 0 &&
+		       pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
 		       pthread_create(&thread, &attr, keeper_main, NULL) == 0;
 	pthread_attr_destroy(&attr);
 	if (started)

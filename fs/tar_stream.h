@@ -10,7 +10,7 @@
 struct checkpoint_recorder {
 	struct checkpoint *checkpoints;
 	size_t n, allocated;
-	uint64_t span;     /* minimum distance between checkpoints */
+	uint64_t span; /* minimum distance between checkpoints */
 };
 
 static inline bool checkpoint_due(const struct checkpoint_recorder *rec, uint64_t out)

@@ -13,15 +13,15 @@ static const char *jstr(struct json_object *o, const char *key)
 {
 	struct json_object *v;
 	return json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_string)
-		       ? json_object_get_string(v)
-		       : NULL;
+		   ? json_object_get_string(v)
+		   : NULL;
 }
 
 static int64_t jint(struct json_object *o, const char *key)
 {
 	struct json_object *v;
 	return json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_int) ? json_object_get_int64(v)
-												: 0;
+											      : 0;
 }
 
 /* RFC 3339, as Go writes it: 2006-01-02T15:04:05[.frac](Z|±hh:mm). */
@@ -111,7 +111,8 @@ static int add_chunk(struct entry *e, size_t *allocated, struct json_object *o, 
 	    (uint64_t)chunk_off > e->size || (uint64_t)chunk_size > e->size - (uint64_t)chunk_off ||
 	    (!zeros && chunk_size > CHUNK_MAX_SIZE) || !digest || !digest_is_valid(digest) || end_off < 0 ||
 	    (end_off > 0 && (end_off <= off || (uint64_t)end_off > toc_off)))
-		return err_set(err, EINVAL, "TOC entry \"%s\" has an invalid chunk at %lld", e->path, (long long)chunk_off);
+		return err_set(err, EINVAL, "TOC entry \"%s\" has an invalid chunk at %lld", e->path,
+			       (long long)chunk_off);
 	if (e->n_chunks > 0) {
 		const struct chunk *last = &e->chunks[e->n_chunks - 1];
 		if ((uint64_t)chunk_off != last->file_off + last->size)
@@ -194,10 +195,10 @@ static int toc_entry(struct toc_parser *tp, struct json_object *o, struct err *e
 	memset(e, 0, sizeof(*e));
 	e->path = TAKE_PTR(path);
 	static const struct {
-	const char *name;
+		const char *name;
 		enum entry_type type;
-	} types[] = { { "reg", ENTRY_REG },	      { "dir", ENTRY_DIR },   { "symlink", ENTRY_SYMLINK },
-		      { "hardlink", ENTRY_HARDLINK }, { "char", ENTRY_CHR },  { "block", ENTRY_BLK },
+	} types[] = { { "reg", ENTRY_REG },           { "dir", ENTRY_DIR },  { "symlink", ENTRY_SYMLINK },
+		      { "hardlink", ENTRY_HARDLINK }, { "char", ENTRY_CHR }, { "block", ENTRY_BLK },
 		      { "fifo", ENTRY_FIFO } };
 	bool known = false;
 	for (size_t k = 0; k < ARRAY_SIZE(types); k++)
@@ -394,8 +395,11 @@ static int parse_entries(struct toc_parser *tp, struct json_tokener *tok, const 
 {
 	size_t before = 0;
 	const char *split = end - *p >= PARALLEL_TOC_MIN ? find_split(tok, *p, end, &before) : NULL;
-	struct entries_half second = { .tp = { .toc_off = tp->toc_off, .landmark = SIZE_MAX, .index = tp->index + before },
-				       .p = split, .end = end };
+	struct entries_half second = {
+		.tp = { .toc_off = tp->toc_off, .landmark = SIZE_MAX, .index = tp->index + before },
+		.p = split,
+		.end = end
+	};
 	pthread_t thread;
 	if (!split || !(second.tp.layer = layer_alloc(tp->layer->digest, tp->layer->compression, -1)) ||
 	    pthread_create(&thread, NULL, parse_second_half, &second) != 0) {
@@ -412,8 +416,8 @@ static int parse_entries(struct toc_parser *tp, struct json_tokener *tok, const 
 	if (r == 0 && l->n_entries)
 		shrink_array((void **)&l->entries[l->n_entries - 1].chunks, l->entries[l->n_entries - 1].n_chunks,
 			     sizeof(struct chunk));
-	if (r == 0 && grow_array((void **)&l->entries, &tp->allocated, l->n_entries + tail->n_entries,
-				 sizeof(struct entry)) < 0)
+	if (r == 0 &&
+	    grow_array((void **)&l->entries, &tp->allocated, l->n_entries + tail->n_entries, sizeof(struct entry)) < 0)
 		r = -ENOMEM;
 	if (r == 0) {
 		if (second.tp.landmark != SIZE_MAX) /* the last landmark counts, as in one pass */
@@ -509,7 +513,8 @@ int estargz_parse_toc(struct layer *l, const char *json, size_t len, uint64_t to
 	/* Every chunk must cover its file exactly. */
 	for (size_t i = 0; i < l->n_entries; i++) {
 		struct entry *e = &l->entries[i];
-		uint64_t covered = e->n_chunks ? e->chunks[e->n_chunks - 1].file_off + e->chunks[e->n_chunks - 1].size : 0;
+		uint64_t covered =
+		    e->n_chunks ? e->chunks[e->n_chunks - 1].file_off + e->chunks[e->n_chunks - 1].size : 0;
 		if (e->type == ENTRY_REG && covered != e->size) {
 			return err_set(err, EINVAL, "TOC entry \"%s\": chunks cover %llu of %llu bytes", e->path,
 				       (unsigned long long)covered, (unsigned long long)e->size);

@@ -198,7 +198,8 @@ int estargz_open(struct registry_client *client, struct registry_client *prefetc
 		goto fail;
 	if (estargz_parse_footer(footer, footer_len, &toc_off) < 0) {
 		footer_len = LEGACY_FOOTER_SIZE;
-		if (estargz_parse_footer(footer + (FOOTER_SIZE - LEGACY_FOOTER_SIZE), LEGACY_FOOTER_SIZE, &toc_off) < 0) {
+		if (estargz_parse_footer(footer + (FOOTER_SIZE - LEGACY_FOOTER_SIZE), LEGACY_FOOTER_SIZE, &toc_off) <
+		    0) {
 			r = err_set(err, EINVAL, "no eStargz footer at the end of the blob");
 			goto fail;
 		}
@@ -283,8 +284,8 @@ int zstd_chunked_open(struct registry_client *client, struct registry_client *pr
 	}
 	free(TAKE_PTR(compressed));
 	json[n] = '\0';
-	r = chunked_layer_new(digest, COMPRESSION_ZSTD, blob_size, rem, json, n, off, toc_checksum, toc_index_path,
-			      ret, err);
+	r = chunked_layer_new(digest, COMPRESSION_ZSTD, blob_size, rem, json, n, off, toc_checksum, toc_index_path, ret,
+			      err);
 	if (r < 0)
 		goto fail;
 	return 0;
@@ -294,4 +295,3 @@ fail:
 		err_wrap(err, "zstd:chunked layer %s", digest);
 	return r;
 }
-

@@ -96,8 +96,8 @@ static int add_child(struct tree_inode *dir, const char *name, size_t len, struc
 		return -ENOMEM;
 	if (child_index(dir, copy, &at) >= 0)
 		return -EEXIST;
-	if (grow_array((void **)&dir->children, &dir->allocated_children, dir->n_children + 1,
-		       sizeof(*dir->children)) < 0)
+	if (grow_array((void **)&dir->children, &dir->allocated_children, dir->n_children + 1, sizeof(*dir->children)) <
+	    0)
 		return -ENOMEM;
 	memmove(&dir->children[at + 1], &dir->children[at], (dir->n_children - at) * sizeof(*dir->children));
 	dir->children[at] = (struct tree_dirent){ TAKE_PTR(copy), child };

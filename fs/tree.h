@@ -29,9 +29,9 @@ struct tree_inode {
 	int64_t mtime_sec;
 	uint32_t mtime_nsec;
 	uint32_t rdev_major, rdev_minor;
-	struct layer *layer;        /* NULL for directories no layer named */
-	const struct entry *entry;  /* xattrs, symlink target, extents */
-	struct tree_inode *parent;  /* directories only */
+	struct layer *layer;          /* NULL for directories no layer named */
+	const struct entry *entry;    /* xattrs, symlink target, extents */
+	struct tree_inode *parent;    /* directories only */
 	struct tree_dirent *children; /* directories only, sorted by name */
 	size_t n_children, allocated_children;
 	struct tree_inode *next_all;

@@ -30,11 +30,11 @@ int image_process_parse(const char *json, size_t len, struct image_process *ret,
 void image_process_done(struct image_process *p);
 
 struct spec_options {
-	char **command;          /* from the command line, may be empty */
-	const char *entrypoint;  /* --entrypoint: NULL unset, "" clears the image's */
-	char **env;              /* -e and --env-file, in order, KEY=VAL or KEY (from our env) */
+	char **command;         /* from the command line, may be empty */
+	const char *entrypoint; /* --entrypoint: NULL unset, "" clears the image's */
+	char **env;             /* -e and --env-file, in order, KEY=VAL or KEY (from our env) */
 	const char *workdir, *hostname, *init_path;
-	char **volumes;          /* HOST:CTR[:ro|rw] */
+	char **volumes; /* HOST:CTR[:ro|rw] */
 	bool tty, host_network;
 	unsigned short rows, cols;
 	/* Resolved from -u and the image's /etc/passwd and /etc/group. */
@@ -42,7 +42,7 @@ struct spec_options {
 	gid_t gid;
 	gid_t *groups;
 	size_t n_groups;
-	const char *home;        /* for $HOME when neither image nor -e sets it */
+	const char *home; /* for $HOME when neither image nor -e sets it */
 };
 
 /* The process args docker would run: entrypoint and command combined. */

@@ -23,7 +23,7 @@ struct run_options {
 	struct spec_options spec;
 	bool interactive, detach, remove, init;
 	const char *name, *user, *network, *runtime, *root, *detach_keys;
-	const char *pull; /* as podman: "missing" unless asked */
+	const char *pull;  /* as podman: "missing" unless asked */
 	char **imgfs_args; /* passed through to imgfs mount */
 	size_t n_imgfs_args, allocated_imgfs_args;
 	char **env, **volumes;
@@ -68,35 +68,49 @@ static int read_env_file(struct run_options *o, const char *path)
 
 static void usage(FILE *out)
 {
-	fprintf(out,
-		"Usage: launch run [OPTIONS] IMAGE [COMMAND [ARG...]]\n"
-		"\n"
-		"  -i, --interactive          keep stdin open\n"
-		"  -t, --tty                  allocate a pseudo-terminal\n"
-		"  -d, --detach               run in the background and print the container id\n"
-		"      --rm                   remove the container when it exits\n"
-		"      --name NAME            name the container\n"
-		"  -e, --env KEY[=VAL]        set an environment variable (repeatable)\n"
-		"      --env-file FILE        read KEY=VAL lines\n"
-		"  -w, --workdir DIR          working directory inside the container\n"
-		"  -u, --user USER[:GROUP]    user and group, names from the image's /etc/passwd, /etc/group\n"
-		"      --entrypoint CMD       override the image's entrypoint (\"\" clears it)\n"
-		"  -v, --volume HOST:CTR[:ro] bind mount a host directory\n"
-		"      --hostname NAME        the container's host name\n"
-		"      --network none|host    network namespace of its own (default) or the host's\n"
-		"      --init                 run a small init as pid 1 that reaps zombies\n"
-		"      --runtime PATH         OCI runtime (default: runc, else crun)\n"
-		"      --detach-keys KEYS     detach sequence (default: ctrl-p,ctrl-q)\n"
-		"      --root DIR             state directory (default: $LAUNCH_ROOT, /run/launch)\n"
-		"      --pull POLICY          missing (default): ask the registry only for an image\n"
-		"                             not in the cache; always; never\n"
-		"      --platform, --cache, --insecure-registry, --prefetch   as for imgfs mount\n");
+	fprintf(out, "Usage: launch run [OPTIONS] IMAGE [COMMAND [ARG...]]\n"
+		     "\n"
+		     "  -i, --interactive          keep stdin open\n"
+		     "  -t, --tty                  allocate a pseudo-terminal\n"
+		     "  -d, --detach               run in the background and print the container id\n"
+		     "      --rm                   remove the container when it exits\n"
+		     "      --name NAME            name the container\n"
+		     "  -e, --env KEY[=VAL]        set an environment variable (repeatable)\n"
+		     "      --env-file FILE        read KEY=VAL lines\n"
+		     "  -w, --workdir DIR          working directory inside the container\n"
+		     "  -u, --user USER[:GROUP]    user and group, names from the image's /etc/passwd, /etc/group\n"
+		     "      --entrypoint CMD       override the image's entrypoint (\"\" clears it)\n"
+		     "  -v, --volume HOST:CTR[:ro] bind mount a host directory\n"
+		     "      --hostname NAME        the container's host name\n"
+		     "      --network none|host    network namespace of its own (default) or the host's\n"
+		     "      --init                 run a small init as pid 1 that reaps zombies\n"
+		     "      --runtime PATH         OCI runtime (default: runc, else crun)\n"
+		     "      --detach-keys KEYS     detach sequence (default: ctrl-p,ctrl-q)\n"
+		     "      --root DIR             state directory (default: $LAUNCH_ROOT, /run/launch)\n"
+		     "      --pull POLICY          missing (default): ask the registry only for an image\n"
+		     "                             not in the cache; always; never\n"
+		     "      --platform, --cache, --insecure-registry, --prefetch   as for imgfs mount\n");
 }
 
 static int parse_run_options(int argc, char **argv, struct run_options *o)
 {
-	enum { O_RM = 256, O_NAME, O_ENV_FILE, O_ENTRYPOINT, O_HOSTNAME, O_NETWORK, O_INIT, O_RUNTIME, O_ROOT,
-	       O_DETACH_KEYS, O_PLATFORM, O_CACHE, O_INSECURE, O_PREFETCH, O_PULL };
+	enum {
+		O_RM = 256,
+		O_NAME,
+		O_ENV_FILE,
+		O_ENTRYPOINT,
+		O_HOSTNAME,
+		O_NETWORK,
+		O_INIT,
+		O_RUNTIME,
+		O_ROOT,
+		O_DETACH_KEYS,
+		O_PLATFORM,
+		O_CACHE,
+		O_INSECURE,
+		O_PREFETCH,
+		O_PULL
+	};
 	static const struct option opts[] = {
 		{ "interactive", no_argument, NULL, 'i' },
 		{ "tty", no_argument, NULL, 't' },
@@ -130,33 +144,82 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		int r = 0;
 		const char *imgfs_flag = NULL;
 		switch (c) {
-		case 'i': o->interactive = true; break;
-		case 't': o->spec.tty = true; break;
-		case 'd': o->detach = true; break;
-		case O_RM: o->remove = true; break;
-		case O_NAME: o->name = optarg; break;
-		case 'e': r = strv_push(&o->env, &o->n_env, &o->allocated_env, optarg); break;
-		case O_ENV_FILE: r = read_env_file(o, optarg); break;
-		case 'w': o->spec.workdir = optarg; break;
-		case 'u': o->user = optarg; break;
-		case O_ENTRYPOINT: o->spec.entrypoint = optarg; break;
-		case 'v': r = strv_push(&o->volumes, &o->n_volumes, &o->allocated_volumes, optarg); break;
-		case O_HOSTNAME: o->spec.hostname = optarg; break;
-		case O_NETWORK: o->network = optarg; break;
-		case O_INIT: o->init = true; break;
-		case O_RUNTIME: o->runtime = optarg; break;
-		case O_ROOT: o->root = optarg; break;
-		case O_DETACH_KEYS: o->detach_keys = optarg; break;
-		case O_PULL: o->pull = optarg; break;
-		case O_PLATFORM: imgfs_flag = "--platform"; break;
-		case O_CACHE: imgfs_flag = "--cache"; break;
-		case O_INSECURE: imgfs_flag = "--insecure-registry"; break;
-		case O_PREFETCH: imgfs_flag = "--prefetch"; break;
-		case 'h': usage(stdout); exit(0);
-		default: usage(stderr); return -EINVAL;
+		case 'i':
+			o->interactive = true;
+			break;
+		case 't':
+			o->spec.tty = true;
+			break;
+		case 'd':
+			o->detach = true;
+			break;
+		case O_RM:
+			o->remove = true;
+			break;
+		case O_NAME:
+			o->name = optarg;
+			break;
+		case 'e':
+			r = strv_push(&o->env, &o->n_env, &o->allocated_env, optarg);
+			break;
+		case O_ENV_FILE:
+			r = read_env_file(o, optarg);
+			break;
+		case 'w':
+			o->spec.workdir = optarg;
+			break;
+		case 'u':
+			o->user = optarg;
+			break;
+		case O_ENTRYPOINT:
+			o->spec.entrypoint = optarg;
+			break;
+		case 'v':
+			r = strv_push(&o->volumes, &o->n_volumes, &o->allocated_volumes, optarg);
+			break;
+		case O_HOSTNAME:
+			o->spec.hostname = optarg;
+			break;
+		case O_NETWORK:
+			o->network = optarg;
+			break;
+		case O_INIT:
+			o->init = true;
+			break;
+		case O_RUNTIME:
+			o->runtime = optarg;
+			break;
+		case O_ROOT:
+			o->root = optarg;
+			break;
+		case O_DETACH_KEYS:
+			o->detach_keys = optarg;
+			break;
+		case O_PULL:
+			o->pull = optarg;
+			break;
+		case O_PLATFORM:
+			imgfs_flag = "--platform";
+			break;
+		case O_CACHE:
+			imgfs_flag = "--cache";
+			break;
+		case O_INSECURE:
+			imgfs_flag = "--insecure-registry";
+			break;
+		case O_PREFETCH:
+			imgfs_flag = "--prefetch";
+			break;
+		case 'h':
+			usage(stdout);
+			exit(0);
+		default:
+			usage(stderr);
+			return -EINVAL;
 		}
-		if (imgfs_flag && ((r = strv_push(&o->imgfs_args, &o->n_imgfs_args, &o->allocated_imgfs_args, imgfs_flag)) < 0 ||
-				   (r = strv_push(&o->imgfs_args, &o->n_imgfs_args, &o->allocated_imgfs_args, optarg)) < 0))
+		if (imgfs_flag &&
+		    ((r = strv_push(&o->imgfs_args, &o->n_imgfs_args, &o->allocated_imgfs_args, imgfs_flag)) < 0 ||
+		     (r = strv_push(&o->imgfs_args, &o->n_imgfs_args, &o->allocated_imgfs_args, optarg)) < 0))
 			return r;
 		if (r < 0)
 			return r;
@@ -177,7 +240,8 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 	unsigned char keys[16];
 	size_t n_keys;
 	if (o->detach_keys && *o->detach_keys && parse_detach_keys(o->detach_keys, keys, &n_keys) < 0) {
-		fprintf(stderr, "launch run: invalid --detach-keys \"%s\": expected e.g. ctrl-p,ctrl-q\n", o->detach_keys);
+		fprintf(stderr, "launch run: invalid --detach-keys \"%s\": expected e.g. ctrl-p,ctrl-q\n",
+			o->detach_keys);
 		return -EINVAL;
 	}
 	o->spec.host_network = o->network && strcmp(o->network, "host") == 0;
@@ -302,7 +366,8 @@ static int load_image_process(const char *rootfs, struct image_process *ret, str
 	char path[PATH_MAX];
 	ssize_t n = getxattr(rootfs, CONFIG_XATTR, path, sizeof(path) - 1);
 	if (n < 0)
-		return err_set(err, errno, "cannot find the image config of the mount \"%s\": %s", rootfs, strerror(errno));
+		return err_set(err, errno, "cannot find the image config of the mount \"%s\": %s", rootfs,
+			       strerror(errno));
 	path[n] = '\0';
 	_cleanup_free_ char *data = NULL;
 	size_t len;
@@ -539,7 +604,8 @@ int cmd_run(int argc, char **argv)
 	if (!(root = state_root(o.root)))
 		goto out;
 	if (!(runtime = find_runtime(o.runtime))) {
-		fprintf(stderr, "launch: cannot find the OCI runtime %s in $PATH\n", o.runtime ? o.runtime : "runc or crun");
+		fprintf(stderr, "launch: cannot find the OCI runtime %s in $PATH\n",
+			o.runtime ? o.runtime : "runc or crun");
 		goto out;
 	}
 	if (prepare(&o, image, root, &c, &err) < 0) {

@@ -88,8 +88,9 @@ int image_process_parse(const char *json, size_t len, struct image_process *ret,
 	if (!json_object_is_type(root, json_type_object))
 		r = -EINVAL;
 	else if (json_object_object_get_ex(root, "config", &cfg) && json_object_is_type(cfg, json_type_object)) {
-		if ((r = json_strv(cfg, "Entrypoint", &p.entrypoint)) == 0 && (r = json_strv(cfg, "Cmd", &p.cmd)) == 0 &&
-		    (r = json_strv(cfg, "Env", &p.env)) == 0 && (r = json_str(cfg, "WorkingDir", &p.workdir)) == 0)
+		if ((r = json_strv(cfg, "Entrypoint", &p.entrypoint)) == 0 &&
+		    (r = json_strv(cfg, "Cmd", &p.cmd)) == 0 && (r = json_strv(cfg, "Env", &p.env)) == 0 &&
+		    (r = json_str(cfg, "WorkingDir", &p.workdir)) == 0)
 			r = json_str(cfg, "User", &p.user);
 	}
 	json_object_put(root);
@@ -124,7 +125,8 @@ int spec_args(const struct image_process *img, const struct spec_options *o, cha
 	}
 	size_t n = strv_len(entry) + strv_len(cmd);
 	if (n == 0)
-		return err_set(err, EINVAL, "no command: the image sets neither Entrypoint nor Cmd, and none was given");
+		return err_set(err, EINVAL,
+			       "no command: the image sets neither Entrypoint nor Cmd, and none was given");
 	size_t extra = o->init_path ? 2 : 0;
 	char **v = calloc(n + extra + 1, sizeof(char *));
 	if (!v)
@@ -173,9 +175,10 @@ static int open_in_root(int rootfs_fd, const char *path)
 		component[len] = '\0';
 		p += len;
 		bool last = p[strspn(p, "/")] == '\0';
-		int sub = strcmp(component, "..") == 0
-				  ? (errno = EPERM, -1)
-				  : openat(dir, component, (last ? O_RDONLY : O_PATH | O_DIRECTORY) | O_NOFOLLOW | O_CLOEXEC);
+		int sub =
+		    strcmp(component, "..") == 0
+			? (errno = EPERM, -1)
+			: openat(dir, component, (last ? O_RDONLY : O_PATH | O_DIRECTORY) | O_NOFOLLOW | O_CLOEXEC);
 		int saved = errno;
 		close(dir);
 		if (sub < 0)
@@ -282,8 +285,8 @@ int resolve_user(int rootfs_fd, const char *spec, uid_t *ret_uid, gid_t *ret_gid
 	}
 	if (!found_user) {
 		if (!numeric)
-			return err_set(err, ENOENT, "unable to find user %s: no matching entries in the image's /etc/passwd",
-				       user);
+			return err_set(err, ENOENT,
+				       "unable to find user %s: no matching entries in the image's /etc/passwd", user);
 		uid = num;
 	}
 
@@ -332,7 +335,8 @@ int resolve_user(int rootfs_fd, const char *spec, uid_t *ret_uid, gid_t *ret_gid
 	}
 	if (group && !found_group) {
 		free(groups);
-		return err_set(err, ENOENT, "unable to find group %s: no matching entries in the image's /etc/group", group);
+		return err_set(err, ENOENT, "unable to find group %s: no matching entries in the image's /etc/group",
+			       group);
 	}
 	*ret_uid = (uid_t)uid;
 	*ret_gid = have_gid ? (gid_t)gid : 0;
@@ -346,13 +350,14 @@ int resolve_user(int rootfs_fd, const char *spec, uid_t *ret_uid, gid_t *ret_gid
 
 /* podman's default capability set. */
 static const char *const default_caps[] = {
-	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_NET_BIND_SERVICE",
-	"CAP_SETFCAP", "CAP_SETGID", "CAP_SETPCAP", "CAP_SETUID", "CAP_SYS_CHROOT",
+	"CAP_CHOWN",   "CAP_DAC_OVERRIDE", "CAP_FOWNER",  "CAP_FSETID", "CAP_KILL",       "CAP_NET_BIND_SERVICE",
+	"CAP_SETFCAP", "CAP_SETGID",       "CAP_SETPCAP", "CAP_SETUID", "CAP_SYS_CHROOT",
 };
 
 static const char *const masked_paths[] = {
-	"/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
-	"/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/fs/selinux", "/sys/dev/block",
+	"/proc/acpi",       "/proc/kcore",       "/proc/keys",        "/proc/latency_stats",
+	"/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+	"/sys/firmware",    "/sys/fs/selinux",   "/sys/dev/block",
 };
 
 static const char *const readonly_paths[] = {
@@ -458,7 +463,8 @@ static int add_volumes(const struct spec_options *o, struct json_object *mounts,
 			if (strcmp(f[2], "ro") == 0)
 				ro = true;
 			else if (strcmp(f[2], "rw") != 0)
-				return err_set(err, EINVAL, "volume \"%s\": unknown option \"%s\" (ro or rw)", *v, f[2]);
+				return err_set(err, EINVAL, "volume \"%s\": unknown option \"%s\" (ro or rw)", *v,
+					       f[2]);
 		}
 		if (n < 2 || f[0][0] != '/' || f[1][0] != '/')
 			return err_set(err, EINVAL, "volume \"%s\": expected /HOST:/CONTAINER[:ro]", *v);
@@ -549,7 +555,9 @@ int spec_build(const struct image_process *img, const struct spec_options *o, ch
 		json_object_object_add(root, "hostname", json_object_new_string(o->hostname));
 
 	static const char *const dev_opts[] = { "nosuid", "strictatime", "mode=755", "size=65536k" };
-	static const char *const pts_opts[] = { "nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5" };
+	static const char *const pts_opts[] = {
+		"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"
+	};
 	static const char *const shm_opts[] = { "nosuid", "noexec", "nodev", "mode=1777", "size=65536k" };
 	static const char *const mq_opts[] = { "nosuid", "noexec", "nodev" };
 	static const char *const sys_opts[] = { "nosuid", "noexec", "nodev", "ro" };
@@ -577,7 +585,8 @@ int spec_build(const struct image_process *img, const struct spec_options *o, ch
 	json_object_object_add(linux_, "maskedPaths", string_array(masked_paths, ARRAY_SIZE(masked_paths)));
 	json_object_object_add(linux_, "readonlyPaths", string_array(readonly_paths, ARRAY_SIZE(readonly_paths)));
 
-	const char *text = json_object_to_json_string_ext(root, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE);
+	const char *text =
+	    json_object_to_json_string_ext(root, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE);
 	*ret_json = text ? strdup(text) : NULL;
 	r = *ret_json ? 0 : -ENOMEM;
 fail:

@@ -251,8 +251,8 @@ static int parse_signal(const char *s)
 	static const struct {
 		const char *name;
 		int sig;
-	} names[] = { { "HUP", SIGHUP }, { "INT", SIGINT }, { "QUIT", SIGQUIT }, { "KILL", SIGKILL },
-		      { "USR1", SIGUSR1 }, { "USR2", SIGUSR2 }, { "TERM", SIGTERM }, { "CONT", SIGCONT },
+	} names[] = { { "HUP", SIGHUP },   { "INT", SIGINT },    { "QUIT", SIGQUIT }, { "KILL", SIGKILL },
+		      { "USR1", SIGUSR1 }, { "USR2", SIGUSR2 },  { "TERM", SIGTERM }, { "CONT", SIGCONT },
 		      { "STOP", SIGSTOP }, { "WINCH", SIGWINCH } };
 	if (str_has_prefix(s, "SIG"))
 		s += 3;
@@ -344,7 +344,8 @@ int cmd_wait(int argc, char **argv)
 		}
 		int code = wait_exit(&c, -1);
 		if (code < 0) {
-			fprintf(stderr, "launch: container %s ended without an exit code (%s)\n", c.name, strerror(-code));
+			fprintf(stderr, "launch: container %s ended without an exit code (%s)\n", c.name,
+				strerror(-code));
 			ret = EXIT_LAUNCH_ERROR;
 		} else {
 			printf("%d\n", code);

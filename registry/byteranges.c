@@ -14,9 +14,9 @@
 
 #include "registry.h"
 
-#define BOUNDARY_MAX 70     /* RFC 2046 */
-#define LINE_MAX_LEN 1024   /* a header line, a delimiter, a line of preamble */
-#define NON_DATA_MAX 65536  /* preamble and headers of one part together */
+#define BOUNDARY_MAX 70    /* RFC 2046 */
+#define LINE_MAX_LEN 1024  /* a header line, a delimiter, a line of preamble */
+#define NON_DATA_MAX 65536 /* preamble and headers of one part together */
 
 enum state { PREAMBLE, HEADERS, DATA, AFTER_DATA, END };
 

@@ -14,9 +14,9 @@
 #define TOKEN_MAX_SIZE (1u << 20)
 
 static const char manifest_accept[] =
-	"Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, "
-	"application/vnd.docker.distribution.manifest.v2+json, "
-	"application/vnd.docker.distribution.manifest.list.v2+json";
+    "Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, "
+    "application/vnd.docker.distribution.manifest.v2+json, "
+    "application/vnd.docker.distribution.manifest.list.v2+json";
 
 static bool is_loopback_host(const char *domain)
 {
@@ -62,8 +62,8 @@ bool registry_host_is_insecure(const char *domain, char *const *insecure)
 	return false;
 }
 
-int registry_client_new(const struct image_ref *ref, const struct registry_options *opts,
-			struct registry_client **ret, struct err *err)
+int registry_client_new(const struct image_ref *ref, const struct registry_options *opts, struct registry_client **ret,
+			struct err *err)
 {
 	struct registry_client *c = calloc(1, sizeof(*c));
 	if (!c)
@@ -78,8 +78,8 @@ int registry_client_new(const struct image_ref *ref, const struct registry_optio
 	c->max_document_size = opts->max_document_size ? opts->max_document_size : MANIFEST_MAX_SIZE;
 	c->stall_seconds = opts->stall_seconds > 0 ? opts->stall_seconds : 30;
 	c->progress = opts->progress;
-	if (!c->ref.domain || !c->ref.repository || !c->base_url ||
-	    (ref->tag && !c->ref.tag) || (ref->digest && !c->ref.digest)) {
+	if (!c->ref.domain || !c->ref.repository || !c->base_url || (ref->tag && !c->ref.tag) ||
+	    (ref->digest && !c->ref.digest)) {
 		registry_client_free(c);
 		return err_set(err, ENOMEM, "registry \"%s\": out of memory", ref->domain);
 	}
@@ -258,17 +258,18 @@ static int http_request(struct registry_client *c, const char *url, const char *
 		if (code == CURLE_WRITE_ERROR && resp->write_errno)
 			return err_set(err, resp->write_errno, "%s: cannot write to the cache: %s", what,
 				       strerror(resp->write_errno));
-		bool transient = code != CURLE_OK ? curl_error_is_transient(code)
-						  : resp->status == 429 || resp->status >= 500;
+		bool transient =
+		    code != CURLE_OK ? curl_error_is_transient(code) : resp->status == 429 || resp->status >= 500;
 		if (!transient || attempt >= MAX_ATTEMPTS) {
 			if (code != CURLE_OK)
-				return err_set(err, EIO, "%s: %s", what, errbuf[0] ? errbuf : curl->easy_strerror(code));
+				return err_set(err, EIO, "%s: %s", what,
+					       errbuf[0] ? errbuf : curl->easy_strerror(code));
 			return 0;
 		}
 		long wait_ms = backoff_ms;
 		if (resp->status == 429 && resp->retry_after > 0)
 			wait_ms = (resp->retry_after > MAX_RETRY_AFTER_SECONDS ? MAX_RETRY_AFTER_SECONDS
-										: resp->retry_after) *
+									       : resp->retry_after) *
 				  1000L;
 		sleep_ms(wait_ms);
 		backoff_ms *= 2;
@@ -321,8 +322,8 @@ char *url_escape(struct registry_client *c, const char *s)
 
 static int fetch_token(struct registry_client *c, const struct auth_challenge *ch, struct err *err)
 {
-	_cleanup_free_ char *scope = ch->scope ? strdup(ch->scope)
-					       : strdup_printf("repository:%s:pull", c->ref.repository);
+	_cleanup_free_ char *scope =
+	    ch->scope ? strdup(ch->scope) : strdup_printf("repository:%s:pull", c->ref.repository);
 	if (!scope || !ch->realm)
 		return err_set(err, EACCES, "registry \"%s\" sent a bearer challenge without a realm", c->ref.domain);
 	_cleanup_free_ char *escaped_scope = url_escape(c, scope);
@@ -398,12 +399,11 @@ static char *authorization_header(struct registry_client *c)
 	return NULL;
 }
 
-int registry_request(struct registry_client *c, const char *path_or_url, const char *accept,
-			    const char *range, const struct upload *up, struct response *resp, const char *what,
-			    struct err *err)
+int registry_request(struct registry_client *c, const char *path_or_url, const char *accept, const char *range,
+		     const struct upload *up, struct response *resp, const char *what, struct err *err)
 {
 	_cleanup_free_ char *url = str_has_prefix(path_or_url, "http://") || str_has_prefix(path_or_url, "https://")
-					   ? strdup(path_or_url)
+				       ? strdup(path_or_url)
 				   : path_or_url[0] == '/' ? strdup_printf("%s%s", c->base_url, path_or_url)
 							   : strdup_printf("%s/v2/%s", c->base_url, path_or_url);
 	if (!url)
@@ -442,19 +442,19 @@ int registry_request(struct registry_client *c, const char *path_or_url, const c
 }
 
 int registry_get(struct registry_client *c, const char *path, const char *accept, const char *range,
-			struct response *resp, const char *what, struct err *err)
+		 struct response *resp, const char *what, struct err *err)
 {
 	return registry_request(c, path, accept, range, NULL, resp, what, err);
 }
 
-int get_manifest(struct registry_client *c, const char *reference, const char *expected_digest,
-			struct manifest *ret, char **ret_digest, struct err *err)
+int get_manifest(struct registry_client *c, const char *reference, const char *expected_digest, struct manifest *ret,
+		 char **ret_digest, struct err *err)
 {
 	_cleanup_free_ char *path = strdup_printf("%s/manifests/%s", c->ref.repository, reference);
 	_cleanup_free_ char *name = strdup_printf("%s/%s", c->ref.domain, c->ref.repository);
 	char what[1024];
-	snprintf(what, sizeof(what), "manifest \"%s%s%s\"", name ? name : "", str_has_prefix(reference, "sha256:") ? "@" : ":",
-		 reference);
+	snprintf(what, sizeof(what), "manifest \"%s%s%s\"", name ? name : "",
+		 str_has_prefix(reference, "sha256:") ? "@" : ":", reference);
 	struct response resp;
 	response_to_memory(&resp, MANIFEST_MAX_SIZE);
 	int r = registry_get(c, path, manifest_accept, NULL, &resp, what, err);
@@ -485,8 +485,7 @@ out:
 	return r;
 }
 
-int registry_get_image_manifest(struct registry_client *c, struct manifest *ret, char **ret_digest,
-				struct err *err)
+int registry_get_image_manifest(struct registry_client *c, struct manifest *ret, char **ret_digest, struct err *err)
 {
 	struct manifest m;
 	char *digest = NULL;
@@ -497,8 +496,8 @@ int registry_get_image_manifest(struct registry_client *c, struct manifest *ret,
 	if (m.kind == MANIFEST_INDEX) {
 		int i = manifest_select_platform(&m, &c->platform);
 		if (i < 0) {
-			r = err_set(err, ENOENT, "image \"%s/%s\" has no manifest for platform %s/%s%s%s", c->ref.domain,
-				    c->ref.repository, c->platform.os, c->platform.architecture,
+			r = err_set(err, ENOENT, "image \"%s/%s\" has no manifest for platform %s/%s%s%s",
+				    c->ref.domain, c->ref.repository, c->platform.os, c->platform.architecture,
 				    *c->platform.variant ? "/" : "", c->platform.variant);
 			manifest_done(&m);
 			free(digest);
@@ -525,8 +524,7 @@ int registry_get_image_manifest(struct registry_client *c, struct manifest *ret,
 	return 0;
 }
 
-int registry_get_blob(struct registry_client *c, const char *digest, char **ret_data, size_t *ret_len,
-		      struct err *err)
+int registry_get_blob(struct registry_client *c, const char *digest, char **ret_data, size_t *ret_len, struct err *err)
 {
 	_cleanup_free_ char *path = strdup_printf("%s/blobs/%s", c->ref.repository, digest);
 	char what[1024];
@@ -553,8 +551,7 @@ out:
 	return r;
 }
 
-int registry_fetch_blob_to_fd(struct registry_client *c, const char *digest, int64_t size, int fd,
-			      struct err *err)
+int registry_fetch_blob_to_fd(struct registry_client *c, const char *digest, int64_t size, int fd, struct err *err)
 {
 	_cleanup_free_ char *path = strdup_printf("%s/blobs/%s", c->ref.repository, digest);
 	char what[1024];
@@ -673,4 +670,3 @@ int registry_fetch_ranges(struct registry_client *c, const char *digest, struct 
 	int alone = fetch_ranges_alone(c, digest, ranges, n, err);
 	return alone < 0 ? alone : 1 + alone;
 }
-

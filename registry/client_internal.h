@@ -11,11 +11,11 @@
 struct registry_client {
 	CURL *curl;
 	struct image_ref ref;
-	char *base_url;         /* "https://host:port" */
-	char *credentials;      /* "user:password" or NULL */
-	char *token;            /* bearer token for the repository's pull scope */
+	char *base_url;    /* "https://host:port" */
+	char *credentials; /* "user:password" or NULL */
+	char *token;       /* bearer token for the repository's pull scope */
 	time_t token_expiry;
-	bool basic_auth;        /* the registry asked for basic credentials */
+	bool basic_auth; /* the registry asked for basic credentials */
 	struct platform platform;
 	size_t max_document_size;
 	bool insecure;
@@ -46,5 +46,5 @@ int registry_get(struct registry_client *c, const char *path, const char *accept
 		 struct response *resp, const char *what, struct err *err);
 /* The manifest at reference (a tag or a digest), verified against
  * expected_digest or, without one, the registry's Docker-Content-Digest. */
-int get_manifest(struct registry_client *c, const char *reference, const char *expected_digest,
-		 struct manifest *ret, char **ret_digest, struct err *err);
+int get_manifest(struct registry_client *c, const char *reference, const char *expected_digest, struct manifest *ret,
+		 char **ret_digest, struct err *err);

@@ -74,8 +74,8 @@ static char *dup_or_null(const char *s)
 	return s ? strdup(s) : NULL;
 }
 
-static int descriptor_parse(struct json_object *obj, bool want_platform, struct descriptor *ret,
-			    const char *what, struct err *err)
+static int descriptor_parse(struct json_object *obj, bool want_platform, struct descriptor *ret, const char *what,
+			    struct err *err)
 {
 	struct descriptor d = { 0 };
 	struct json_object *size, *platform, *annotations;
@@ -137,8 +137,7 @@ fail:
 	return r;
 }
 
-int manifest_parse(const char *json, size_t len, const char *content_type, struct manifest *ret,
-		   struct err *err)
+int manifest_parse(const char *json, size_t len, const char *content_type, struct manifest *ret, struct err *err)
 {
 	struct manifest m = { 0 };
 	struct json_object *root = NULL, *list;
@@ -150,8 +149,8 @@ int manifest_parse(const char *json, size_t len, const char *content_type, struc
 	if (!tok)
 		return -ENOMEM;
 	root = json_tokener_parse_ex(tok, json, (int)len);
-	bool complete = root && json_tokener_get_error(tok) == json_tokener_success &&
-			json_tokener_get_parse_end(tok) == len;
+	bool complete =
+	    root && json_tokener_get_error(tok) == json_tokener_success && json_tokener_get_parse_end(tok) == len;
 	json_tokener_free(tok);
 	if (!complete || !json_object_is_type(root, json_type_object)) {
 		r = err_set(err, EINVAL, "manifest is not a JSON object");

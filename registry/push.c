@@ -4,8 +4,7 @@
 
 #include <json-c/json.h>
 
-int registry_push_blob(struct registry_client *c, const void *data, size_t len, char ret_digest[72],
-		       struct err *err)
+int registry_push_blob(struct registry_client *c, const void *data, size_t len, char ret_digest[72], struct err *err)
 {
 	char digest[DIGEST_SHA256_LEN + 1];
 	digest_sha256(data, len, digest);
@@ -34,11 +33,14 @@ int registry_push_blob(struct registry_client *c, const void *data, size_t len, 
 		return r;
 	if (!location)
 		return -ENOMEM;
-	_cleanup_free_ char *put_url = strdup_printf("%s%sdigest=%s", location, strchr(location, '?') ? "&" : "?", digest);
+	_cleanup_free_ char *put_url =
+	    strdup_printf("%s%sdigest=%s", location, strchr(location, '?') ? "&" : "?", digest);
 	if (!put_url)
 		return -ENOMEM;
-	const struct upload put = { .method = "PUT", .content_type_header = "Content-Type: application/octet-stream",
-				    .body = data, .len = len };
+	const struct upload put = { .method = "PUT",
+				    .content_type_header = "Content-Type: application/octet-stream",
+				    .body = data,
+				    .len = len };
 	r = registry_request(c, put_url, NULL, NULL, &put, &resp, what, err);
 	if (r == 0 && resp.status != 201)
 		r = err_set(err, EPROTO, "%s: upload answered HTTP %ld instead of 201", what, resp.status);
@@ -48,8 +50,8 @@ int registry_push_blob(struct registry_client *c, const void *data, size_t len, 
 	return r;
 }
 
-int registry_put_manifest(struct registry_client *c, const char *reference, const char *media_type,
-			  const void *data, size_t len, struct err *err)
+int registry_put_manifest(struct registry_client *c, const char *reference, const char *media_type, const void *data,
+			  size_t len, struct err *err)
 {
 	_cleanup_free_ char *path = strdup_printf("%s/manifests/%s", c->ref.repository, reference);
 	_cleanup_free_ char *content_type = strdup_printf("Content-Type: %s", media_type);
@@ -95,8 +97,8 @@ int registry_get_referrers(struct registry_client *c, const char *subject_digest
 	if (!digest_is_valid(subject_digest))
 		return err_set(err, EINVAL, "invalid digest \"%s\"", subject_digest);
 	_cleanup_free_ char *escaped = url_escape(c, artifact_type);
-	_cleanup_free_ char *path = strdup_printf("%s/referrers/%s?artifactType=%s", c->ref.repository, subject_digest,
-						  escaped ? escaped : "");
+	_cleanup_free_ char *path =
+	    strdup_printf("%s/referrers/%s?artifactType=%s", c->ref.repository, subject_digest, escaped ? escaped : "");
 	if (!path)
 		return -ENOMEM;
 	char what[512];
@@ -112,7 +114,8 @@ int registry_get_referrers(struct registry_client *c, const char *subject_digest
 			return err_wrap(err, "%s", what);
 		if (ret->kind != MANIFEST_INDEX) {
 			manifest_done(ret);
-			return err_set(err, EPROTO, "%s: the registry answered with something that is not an index", what);
+			return err_set(err, EPROTO, "%s: the registry answered with something that is not an index",
+				       what);
 		}
 		filter_artifact_type(ret, artifact_type);
 		*ret_from_tag = false;
@@ -188,7 +191,8 @@ int registry_add_referrer_tag(struct registry_client *c, const char *subject_dig
 	json_object_object_add(entry, "artifactType", json_object_new_string(artifact_type));
 	json_object_array_add(kept, entry);
 	json_object_object_add(index, "manifests", kept);
-	const char *text = json_object_to_json_string_ext(index, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+	const char *text =
+	    json_object_to_json_string_ext(index, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
 	r = text ? registry_put_manifest(c, tag, MEDIA_TYPE_OCI_INDEX, text, strlen(text), err) : -ENOMEM;
 	json_object_put(index);
 	return r;

@@ -141,7 +141,8 @@ int image_ref_parse(const char *text, struct image_ref *ret, struct err *err)
 	if (at) {
 		*at = '\0';
 		if (!digest_is_valid(at + 1)) {
-			r = err_set(err, EINVAL, "invalid reference \"%s\": digest must be sha256:<64 lowercase hex digits>", text);
+			r = err_set(err, EINVAL,
+				    "invalid reference \"%s\": digest must be sha256:<64 lowercase hex digits>", text);
 			goto fail;
 		}
 		ref.digest = strdup(at + 1);
@@ -183,7 +184,8 @@ int image_ref_parse(const char *text, struct image_ref *ret, struct err *err)
 		size_t len = end ? (size_t)(end - p) : strlen(p);
 		if (!path_component_valid(p, len)) {
 			r = err_set(err, EINVAL,
-				    "invalid reference \"%s\": repository name must be lowercase letters, digits and separators",
+				    "invalid reference \"%s\": repository name must be lowercase letters, digits and "
+				    "separators",
 				    text);
 			goto fail;
 		}
@@ -204,7 +206,8 @@ int image_ref_parse(const char *text, struct image_ref *ret, struct err *err)
 		goto fail;
 	}
 	if (strlen(ref.domain) + 1 + strlen(ref.repository) > NAME_MAX_LEN) {
-		r = err_set(err, EINVAL, "invalid reference \"%s\": name longer than %d characters", text, NAME_MAX_LEN);
+		r = err_set(err, EINVAL, "invalid reference \"%s\": name longer than %d characters", text,
+			    NAME_MAX_LEN);
 		goto fail;
 	}
 	*ret = ref;

@@ -88,17 +88,16 @@ struct descriptor {
 struct manifest {
 	enum manifest_kind kind;
 	char *media_type;
-	struct descriptor config;   /* image only */
-	struct descriptor *layers;  /* image: layers; index: manifests */
+	struct descriptor config;  /* image only */
+	struct descriptor *layers; /* image: layers; index: manifests */
 	size_t n_layers;
-	size_t raw_size;            /* bytes of the document, when fetched */
-	char *raw;                  /* the document itself, when fetched */
+	size_t raw_size; /* bytes of the document, when fetched */
+	char *raw;       /* the document itself, when fetched */
 };
 
 /* Parses a manifest or index.  content_type (may be NULL) is the HTTP
  * Content-Type, used when the document does not carry mediaType itself. */
-int manifest_parse(const char *json, size_t len, const char *content_type, struct manifest *ret,
-		   struct err *err);
+int manifest_parse(const char *json, size_t len, const char *content_type, struct manifest *ret, struct err *err);
 void manifest_done(struct manifest *m);
 void descriptor_done(struct descriptor *d);
 const char *descriptor_annotation(const struct descriptor *d, const char *key);
@@ -130,8 +129,8 @@ struct registry_options {
 
 struct registry_client;
 
-int registry_client_new(const struct image_ref *ref, const struct registry_options *opts,
-			struct registry_client **ret, struct err *err);
+int registry_client_new(const struct image_ref *ref, const struct registry_options *opts, struct registry_client **ret,
+			struct err *err);
 struct registry_client *registry_client_free(struct registry_client *c);
 /* A second client for the same repository and options, with a connection
  * of its own (a client is not thread-safe: one per thread). */
@@ -140,15 +139,12 @@ struct registry_client *registry_client_dup(const struct registry_client *c);
 /* Resolves ref to an image manifest: fetches it, verifies its digest, and
  * follows an index to the entry for the configured platform. *ret_digest is
  * the digest of the image manifest (caller frees). */
-int registry_get_image_manifest(struct registry_client *c, struct manifest *ret,
-				char **ret_digest, struct err *err);
+int registry_get_image_manifest(struct registry_client *c, struct manifest *ret, char **ret_digest, struct err *err);
 /* Fetches a small blob (a config) into memory and verifies it. */
-int registry_get_blob(struct registry_client *c, const char *digest, char **ret_data,
-		      size_t *ret_len, struct err *err);
+int registry_get_blob(struct registry_client *c, const char *digest, char **ret_data, size_t *ret_len, struct err *err);
 /* Streams a blob into fd (truncated first), verifying size and digest; on
  * any mismatch the content of fd is garbage and an error is returned. */
-int registry_fetch_blob_to_fd(struct registry_client *c, const char *digest, int64_t size,
-			      int fd, struct err *err);
+int registry_fetch_blob_to_fd(struct registry_client *c, const char *digest, int64_t size, int fd, struct err *err);
 /* Reads bytes [off, off+len) of a blob with an HTTP Range request.  The
  * bytes are NOT verified: the caller checks them against a digest it trusts
  * (a chunk digest from a verified table of contents, say). */
@@ -194,11 +190,10 @@ struct byteranges *byteranges_free(struct byteranges *b);
 #define MEDIA_TYPE_OCI_INDEX "application/vnd.oci.image.index.v1+json"
 
 /* Uploads a blob unless the registry has it; *ret_digest gets its digest. */
-int registry_push_blob(struct registry_client *c, const void *data, size_t len, char ret_digest[72],
-		       struct err *err);
+int registry_push_blob(struct registry_client *c, const void *data, size_t len, char ret_digest[72], struct err *err);
 /* PUTs a manifest or index under reference (a tag or its digest). */
-int registry_put_manifest(struct registry_client *c, const char *reference, const char *media_type,
-			  const void *data, size_t len, struct err *err);
+int registry_put_manifest(struct registry_client *c, const char *reference, const char *media_type, const void *data,
+			  size_t len, struct err *err);
 /* The referrers of subject_digest with this artifact type: the referrers API
  * where the registry has it, else the "sha256-<hex>" tag of the fallback
  * scheme.  *ret is an index (empty when there are none); *ret_from_tag says

@@ -127,8 +127,7 @@ static const struct body_writer range_writer = { .write = range_write, .restart 
 
 void response_to_range(struct response *r, void *buf, size_t len, uint64_t off)
 {
-	*r = (struct response){ .writer = &range_writer,
-				.range = { .buf = buf, .len = len, .off = off, .skip = off } };
+	*r = (struct response){ .writer = &range_writer, .range = { .buf = buf, .len = len, .off = off, .skip = off } };
 }
 
 /* ---- several ranges ------------------------------------------------------- */
@@ -141,8 +140,8 @@ static size_t ranges_write(struct response *r, const char *buf, size_t len)
 		return memory_write(r, buf, len);
 	if (r->status == 206 && !r->multi.parser)
 		r->multi.parser = r->content_range
-					  ? byteranges_new_single(r->content_range, r->multi.ranges, r->multi.n)
-					  : byteranges_new(r->content_type, r->multi.ranges, r->multi.n);
+				      ? byteranges_new_single(r->content_range, r->multi.ranges, r->multi.n)
+				      : byteranges_new(r->content_type, r->multi.ranges, r->multi.n);
 	if (r->status != 206 || !r->multi.parser || byteranges_feed(r->multi.parser, buf, len) < 0) {
 		r->stopped_early = true;
 		return 0;

@@ -123,7 +123,9 @@ static int run_runtime(struct shim *sh, const char *verb, const char *option)
 	_cleanup_free_ char *log = state_path(sh, SHIM_RUNTIME_LOG);
 	if (!log)
 		return -ENOMEM;
-	const char *argv[12] = { sh->o.runtime, "--root", sh->o.runtime_root, "--log", log, "--log-format", "json", verb };
+	const char *argv[12] = {
+		sh->o.runtime, "--root", sh->o.runtime_root, "--log", log, "--log-format", "json", verb
+	};
 	size_t a = 8;
 	if (option)
 		argv[a++] = option;
@@ -157,7 +159,8 @@ static int runtime_error(struct shim *sh, char *msg, size_t size)
 	}
 	/* runc and crun say "exec: ..." or "executable file not found" when the
 	 * command is the problem, as docker maps it. */
-	if (strstr(msg, "executable file not found") || (strstr(msg, "exec") && strstr(msg, "no such file or directory")))
+	if (strstr(msg, "executable file not found") ||
+	    (strstr(msg, "exec") && strstr(msg, "no such file or directory")))
 		return 127;
 	if (strstr(msg, "exec") && (strstr(msg, "permission denied") || strstr(msg, "is a directory")))
 		return 126;
@@ -192,8 +195,9 @@ static int receive_fd(int sock)
 		struct cmsghdr h;
 		char buf[CMSG_SPACE(sizeof(int))];
 	} control;
-	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
-			      .msg_controllen = sizeof(control.buf) };
+	struct msghdr msg = {
+		.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof(control.buf)
+	};
 	if (recvmsg(sock, &msg, MSG_CMSG_CLOEXEC) < 0)
 		return -errno;
 	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
@@ -478,7 +482,8 @@ static void event_loop(struct shim *sh)
 		 * A slot whose client changed since the poll (a failed send
 		 * dropped it) has no events of its own this round. */
 		for (size_t k = n - first_client; k-- > 0;)
-			if (k < sh->n_clients && p[first_client + k].revents && p[first_client + k].fd == sh->clients[k].fd)
+			if (k < sh->n_clients && p[first_client + k].revents &&
+			    p[first_client + k].fd == sh->clients[k].fd)
 				client_input(sh, k, p[first_client + k].revents);
 	}
 	/* Both streams ended: wait for the exit itself. */
@@ -550,9 +555,23 @@ static int run_terminal_container(struct shim *sh)
 	_cleanup_close_ int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
 	if (console_fd < 0)
 		return console_fd;
-	const char *argv[] = { sh->o.runtime, "--root", sh->o.runtime_root, "--log", log, "--log-format", "json",
-			       "run", "--detach", "--bundle", sh->o.bundle, "--pid-file", pid_file, "--console-socket", console,
-			       sh->o.id, NULL };
+	const char *argv[] = { sh->o.runtime,
+			       "--root",
+			       sh->o.runtime_root,
+			       "--log",
+			       log,
+			       "--log-format",
+			       "json",
+			       "run",
+			       "--detach",
+			       "--bundle",
+			       sh->o.bundle,
+			       "--pid-file",
+			       pid_file,
+			       "--console-socket",
+			       console,
+			       sh->o.id,
+			       NULL };
 	pid_t pid = spawn(argv, devnull, devnull, devnull);
 	if (pid < 0)
 		return -errno;
@@ -588,8 +607,9 @@ static int run_container(struct shim *sh)
 	_cleanup_free_ char *log = state_path(sh, SHIM_RUNTIME_LOG);
 	if (!pid_file || !log)
 		return -ENOMEM;
-	const char *argv[] = { sh->o.runtime, "--root", sh->o.runtime_root, "--log", log, "--log-format", "json",
-			       "run", "--bundle", sh->o.bundle, "--pid-file", pid_file, sh->o.id, NULL };
+	const char *argv[] = { sh->o.runtime, "--root", sh->o.runtime_root, "--log",      log,          "--log-format",
+			       "json",        "run",    "--bundle",         sh->o.bundle, "--pid-file", pid_file,
+			       sh->o.id,      NULL };
 	int in[2] = { -1, -1 }, out[2] = { -1, -1 }, errp[2] = { -1, -1 };
 	_cleanup_close_ int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
 	if ((sh->o.stdin_open && pipe2(in, O_CLOEXEC) < 0) || pipe2(out, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0) {
@@ -668,7 +688,20 @@ static void usage(FILE *out)
 
 static int parse_options(int argc, char **argv, struct options *o)
 {
-	enum { O_ID = 256, O_STATE, O_BUNDLE, O_RUNTIME, O_ROOT, O_UNMOUNT, O_UNLINK, O_TERM, O_STDIN, O_LEAVE, O_WAIT, O_RM };
+	enum {
+		O_ID = 256,
+		O_STATE,
+		O_BUNDLE,
+		O_RUNTIME,
+		O_ROOT,
+		O_UNMOUNT,
+		O_UNLINK,
+		O_TERM,
+		O_STDIN,
+		O_LEAVE,
+		O_WAIT,
+		O_RM
+	};
 	static const struct option opts[] = {
 		{ "id", required_argument, NULL, O_ID },
 		{ "state", required_argument, NULL, O_STATE },
@@ -688,20 +721,47 @@ static int parse_options(int argc, char **argv, struct options *o)
 	int c;
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (c) {
-		case O_ID: o->id = optarg; break;
-		case O_STATE: o->state = optarg; break;
-		case O_BUNDLE: o->bundle = optarg; break;
-		case O_RUNTIME: o->runtime = optarg; break;
-		case O_ROOT: o->runtime_root = optarg; break;
-		case O_UNMOUNT: o->unmount = optarg; break;
-		case O_UNLINK: o->unlink_path = optarg; break;
-		case O_TERM: o->terminal = true; break;
-		case O_STDIN: o->stdin_open = true; break;
-		case O_LEAVE: o->leave_stdin_open = true; break;
-		case O_WAIT: o->wait_attach = true; break;
-		case O_RM: o->remove = true; break;
-		case 'h': usage(stdout); exit(0);
-		default: return -EINVAL;
+		case O_ID:
+			o->id = optarg;
+			break;
+		case O_STATE:
+			o->state = optarg;
+			break;
+		case O_BUNDLE:
+			o->bundle = optarg;
+			break;
+		case O_RUNTIME:
+			o->runtime = optarg;
+			break;
+		case O_ROOT:
+			o->runtime_root = optarg;
+			break;
+		case O_UNMOUNT:
+			o->unmount = optarg;
+			break;
+		case O_UNLINK:
+			o->unlink_path = optarg;
+			break;
+		case O_TERM:
+			o->terminal = true;
+			break;
+		case O_STDIN:
+			o->stdin_open = true;
+			break;
+		case O_LEAVE:
+			o->leave_stdin_open = true;
+			break;
+		case O_WAIT:
+			o->wait_attach = true;
+			break;
+		case O_RM:
+			o->remove = true;
+			break;
+		case 'h':
+			usage(stdout);
+			exit(0);
+		default:
+			return -EINVAL;
 		}
 	}
 	if (optind != argc || !o->id || !o->state || !o->bundle || !o->runtime || !o->runtime_root)
@@ -711,8 +771,13 @@ static int parse_options(int argc, char **argv, struct options *o)
 
 int main(int argc, char **argv)
 {
-	struct shim sh = { .sync_fd = -1, .listen_fd = -1, .ctl_fd = -1, .log_fd = -1, .sig_fd = -1,
-			   .stdin_fd = -1, .out_fd = { -1, -1 } };
+	struct shim sh = { .sync_fd = -1,
+			   .listen_fd = -1,
+			   .ctl_fd = -1,
+			   .log_fd = -1,
+			   .sig_fd = -1,
+			   .stdin_fd = -1,
+			   .out_fd = { -1, -1 } };
 	if (parse_options(argc, argv, &sh.o) < 0) {
 		usage(stderr);
 		return 2;

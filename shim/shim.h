@@ -7,11 +7,11 @@
 #pragma once
 
 /* Files in the state directory. */
-#define SHIM_ATTACH_SOCKET "attach"  /* SOCK_SEQPACKET, see below */
-#define SHIM_CTL_FIFO "ctl"          /* "resize ROWS COLS\n" or "kill SIGNAL\n" */
-#define SHIM_LOG_FILE "ctr.log"      /* k8s-file: "TIME STREAM F|P TEXT\n" */
-#define SHIM_EXIT_FILE "exit"        /* the exit code, written once the output is drained */
-#define SHIM_PID_FILE "pid"          /* the container's init, as the runtime reported it */
+#define SHIM_ATTACH_SOCKET "attach" /* SOCK_SEQPACKET, see below */
+#define SHIM_CTL_FIFO "ctl"         /* "resize ROWS COLS\n" or "kill SIGNAL\n" */
+#define SHIM_LOG_FILE "ctr.log"     /* k8s-file: "TIME STREAM F|P TEXT\n" */
+#define SHIM_EXIT_FILE "exit"       /* the exit code, written once the output is drained */
+#define SHIM_PID_FILE "pid"         /* the container's init, as the runtime reported it */
 #define SHIM_SHIM_PID_FILE "shim.pid"
 #define SHIM_RUNTIME_LOG "runtime.log"
 

@@ -14,9 +14,23 @@
 
 /* ---- ownership --------------------------------------------------------- */
 
-static inline void freep(void *p) { free(*(void **)p); }
-static inline void closep(int *fd) { if (*fd >= 0) { int saved = errno; close(*fd); errno = saved; } }
-static inline void fclosep(FILE **f) { if (*f) fclose(*f); }
+static inline void freep(void *p)
+{
+	free(*(void **)p);
+}
+static inline void closep(int *fd)
+{
+	if (*fd >= 0) {
+		int saved = errno;
+		close(*fd);
+		errno = saved;
+	}
+}
+static inline void fclosep(FILE **f)
+{
+	if (*f)
+		fclose(*f);
+}
 
 #define _cleanup_(f) __attribute__((cleanup(f)))
 #define _cleanup_free_ _cleanup_(freep)
@@ -24,8 +38,18 @@ static inline void fclosep(FILE **f) { if (*f) fclose(*f); }
 #define _cleanup_fclose_ _cleanup_(fclosep)
 
 /* Hands ownership out of a _cleanup_ variable. */
-#define TAKE_PTR(p) ({ __typeof__(p) _tp = (p); (p) = NULL; _tp; })
-#define TAKE_FD(fd) ({ int _tf = (fd); (fd) = -1; _tf; })
+#define TAKE_PTR(p)                                                                                                    \
+	({                                                                                                             \
+		__typeof__(p) _tp = (p);                                                                               \
+		(p) = NULL;                                                                                            \
+		_tp;                                                                                                   \
+	})
+#define TAKE_FD(fd)                                                                                                    \
+	({                                                                                                             \
+		int _tf = (fd);                                                                                        \
+		(fd) = -1;                                                                                             \
+		_tf;                                                                                                   \
+	})
 
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -36,7 +60,7 @@ static inline void fclosep(FILE **f) { if (*f) fclose(*f); }
  * with err_wrap() as the error travels up.  Library code never prints. */
 
 struct err {
-	int code;        /* positive errno-style value, 0 when unset */
+	int code; /* positive errno-style value, 0 when unset */
 	char msg[1024];
 };
 

@@ -105,8 +105,8 @@ static void test_format(enum layer_compression c, const char *name, const unsign
 	ok(dir && dir->type == ENTRY_DIR && dir->mode == 0750, "%s: ./dir/ normalises to dir", name);
 	ok(small && small->size == 5 && small->mtime_sec == 1700000000 && small->mtime_nsec == 42,
 	   "%s: size and mtime with nanoseconds", name);
-	ok(small && small->n_xattrs == 1 && strcmp(small->xattrs[0].name, "user.k") == 0 &&
-		   small->xattrs[0].len == 3 && memcmp(small->xattrs[0].value, "val", 3) == 0,
+	ok(small && small->n_xattrs == 1 && strcmp(small->xattrs[0].name, "user.k") == 0 && small->xattrs[0].len == 3 &&
+	       memcmp(small->xattrs[0].value, "val", 3) == 0,
 	   "%s: xattr", name);
 	ok(link && link->type == ENTRY_SYMLINK && strcmp(link->link, "/abs/target") == 0,
 	   "%s: absolute symlink target kept", name);
@@ -141,8 +141,8 @@ static void test_format(enum layer_compression c, const char *name, const unsign
 	if (again) {
 		const struct entry *b2 = find(again, "big");
 		ok(again->n_entries == l->n_entries && again->n_checkpoints == l->n_checkpoints && b2 &&
-			   layer_read_entry(again, b2, chunk, 1000, 6000000) == 1000 &&
-			   memcmp(chunk, big + 6000000, 1000) == 0,
+		       layer_read_entry(again, b2, chunk, 1000, 6000000) == 1000 &&
+		       memcmp(chunk, big + 6000000, 1000) == 0,
 		   "%s: the loaded index reads the same bytes", name);
 		layer_free(again);
 	}
@@ -206,19 +206,24 @@ static struct tree_inode *at(struct tree *t, const char *path)
 static void test_merge(void)
 {
 	static const struct spec lower[] = {
-		{ "a", ENTRY_DIR, NULL, 0755 },        { "a/x", ENTRY_REG },       { "a/y", ENTRY_REG },
-		{ "o", ENTRY_DIR, NULL, 0755 },        { "o/1", ENTRY_REG },       { "o/sub", ENTRY_DIR },
-		{ "o/sub/2", ENTRY_REG },              { "f2d", ENTRY_REG },       { "d2f", ENTRY_DIR },
-		{ "d2f/c", ENTRY_REG },                { "h1", ENTRY_REG },        { "h2", ENTRY_HARDLINK, "h1" },
-		{ "h3", ENTRY_HARDLINK, "h1" },        { "keep", ENTRY_REG },
+		{ "a", ENTRY_DIR, NULL, 0755 }, { "a/x", ENTRY_REG },  { "a/y", ENTRY_REG },
+		{ "o", ENTRY_DIR, NULL, 0755 }, { "o/1", ENTRY_REG },  { "o/sub", ENTRY_DIR },
+		{ "o/sub/2", ENTRY_REG },       { "f2d", ENTRY_REG },  { "d2f", ENTRY_DIR },
+		{ "d2f/c", ENTRY_REG },         { "h1", ENTRY_REG },   { "h2", ENTRY_HARDLINK, "h1" },
+		{ "h3", ENTRY_HARDLINK, "h1" }, { "keep", ENTRY_REG },
 	};
 	static const struct spec upper[] = {
 		/* The opaque marker comes after a new child: it still only hides lower ones. */
-		{ "o/new", ENTRY_REG },                { "o/.wh..wh..opq", ENTRY_REG },
-		{ "a/.wh.x", ENTRY_REG },              { "a/.wh.nothing", ENTRY_REG },
-		{ "f2d", ENTRY_DIR, NULL, 0700 },      { "f2d/in", ENTRY_REG },
-		{ "d2f", ENTRY_REG },                  { ".wh.h2", ENTRY_REG },
-		{ "a", ENTRY_DIR, NULL, 0711 },        { "implicit/deep/file", ENTRY_REG },
+		{ "o/new", ENTRY_REG },
+		{ "o/.wh..wh..opq", ENTRY_REG },
+		{ "a/.wh.x", ENTRY_REG },
+		{ "a/.wh.nothing", ENTRY_REG },
+		{ "f2d", ENTRY_DIR, NULL, 0700 },
+		{ "f2d/in", ENTRY_REG },
+		{ "d2f", ENTRY_REG },
+		{ ".wh.h2", ENTRY_REG },
+		{ "a", ENTRY_DIR, NULL, 0711 },
+		{ "implicit/deep/file", ENTRY_REG },
 		{ ".wh..wh.plnk", ENTRY_REG },
 	};
 	struct layer *layers[2] = { fake_layer(lower, ARRAY_SIZE(lower)), fake_layer(upper, ARRAY_SIZE(upper)) };
@@ -230,9 +235,11 @@ static void test_merge(void)
 	ok(!at(t, "a/x") && at(t, "a/y"), "a whiteout hides the lower name only");
 	ok(at(t, "a") && (at(t, "a")->mode & 07777) == 0711 && at(t, "a")->n_children == 1,
 	   "a directory seen again takes the new metadata and keeps its children");
-	ok(at(t, "o") && at(t, "o")->n_children == 1 && at(t, "o/new"), "an opaque directory shows only the upper children");
+	ok(at(t, "o") && at(t, "o")->n_children == 1 && at(t, "o/new"),
+	   "an opaque directory shows only the upper children");
 	ok(at(t, "f2d") && S_ISDIR(at(t, "f2d")->mode) && at(t, "f2d/in"), "a directory replaces a file");
-	ok(at(t, "d2f") && S_ISREG(at(t, "d2f")->mode) && !at(t, "d2f/c"), "a file replaces a directory and its subtree");
+	ok(at(t, "d2f") && S_ISREG(at(t, "d2f")->mode) && !at(t, "d2f/c"),
+	   "a file replaces a directory and its subtree");
 	ok(at(t, "h1") && at(t, "h1") == at(t, "h3") && at(t, "h1")->nlink == 2 && !at(t, "h2"),
 	   "hardlinks share an inode, and nlink follows whiteouts");
 	ok(at(t, "implicit/deep/file") && S_ISDIR(at(t, "implicit")->mode), "missing parents are created");
@@ -261,8 +268,15 @@ static void test_paths(void)
 	static const struct {
 		const char *in, *out;
 	} cases[] = {
-		{ "./a/b/", "a/b" }, { "/abs//x/./y", "abs/x/y" }, { "./", "" }, { ".", "" }, { "a/../b", NULL },
-		{ "..", NULL },      { "../x", NULL },             { "x/..", NULL }, { "..a/b..", "..a/b.." },
+		{ "./a/b/", "a/b" },
+		{ "/abs//x/./y", "abs/x/y" },
+		{ "./", "" },
+		{ ".", "" },
+		{ "a/../b", NULL },
+		{ "..", NULL },
+		{ "../x", NULL },
+		{ "x/..", NULL },
+		{ "..a/b..", "..a/b.." },
 	};
 	for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
 		char *out = NULL;
@@ -314,7 +328,6 @@ static void test_span_table(void)
 	close(fd);
 }
 
-
 static double seconds_now(void)
 {
 	struct timespec ts;
@@ -357,24 +370,30 @@ static char *large_toc(bool bad_entry_late, size_t *ret_len)
 	for (int i = 0; i < TOC_FILES; i++) {
 		if (i == TOC_FILES / 2 - TOC_BIG_CHUNKS / 2) {
 			/* A file whose "chunk" entries cover the middle of the text. */
-			fprintf(f, ",{\"name\":\"d/big\",\"type\":\"reg\",\"size\":%d,\"offset\":%" PRIu64
-				   ",\"chunkSize\":100,\"chunkDigest\":" TOC_DIGEST "}",
+			fprintf(f,
+				",{\"name\":\"d/big\",\"type\":\"reg\",\"size\":%d,\"offset\":%" PRIu64
+				",\"chunkSize\":100,\"chunkDigest\":" TOC_DIGEST "}",
 				TOC_BIG_CHUNKS * 100, off += 100);
 			for (int k = 1; k < TOC_BIG_CHUNKS; k++)
-				fprintf(f, ",{\"name\":\"d/big\",\"type\":\"chunk\",\"offset\":%" PRIu64
-					   ",\"chunkOffset\":%d,\"chunkSize\":100,\"chunkDigest\":" TOC_DIGEST "}",
+				fprintf(f,
+					",{\"name\":\"d/big\",\"type\":\"chunk\",\"offset\":%" PRIu64
+					",\"chunkOffset\":%d,\"chunkSize\":100,\"chunkDigest\":" TOC_DIGEST "}",
 					off += 100, k * 100);
 		}
 		if (i == TOC_FILES * 3 / 4)
-			fprintf(f, ",{\"name\":\".prefetch.landmark\",\"type\":\"reg\",\"size\":1,\"offset\":%" PRIu64
-				   ",\"chunkDigest\":" TOC_DIGEST "}", off += 100);
+			fprintf(f,
+				",{\"name\":\".prefetch.landmark\",\"type\":\"reg\",\"size\":1,\"offset\":%" PRIu64
+				",\"chunkDigest\":" TOC_DIGEST "}",
+				off += 100);
 		/* Before the middle, for the scan that finds it to step over. */
 		if (i == TOC_FILES / 8)
 			fprintf(f, ",{\"name\":\"d/we\\\"ird},{[\",\"type\":\"fifo\"}");
 		if (i == TOC_FILES * 7 / 8 && bad_entry_late)
 			fprintf(f, ",{\"name\":\"d/sock\",\"type\":\"socket\"}");
-		fprintf(f, ",{\"name\":\"d/f%05d\",\"type\":\"reg\",\"size\":10,\"offset\":%" PRIu64
-			   ",\"chunkDigest\":" TOC_DIGEST "}", i, off += 100);
+		fprintf(f,
+			",{\"name\":\"d/f%05d\",\"type\":\"reg\",\"size\":10,\"offset\":%" PRIu64
+			",\"chunkDigest\":" TOC_DIGEST "}",
+			i, off += 100);
 	}
 	fprintf(f, "]}");
 	fclose(f);
@@ -394,7 +413,8 @@ static bool same_entries(const struct layer *a, const struct layer *b)
 		for (uint32_t k = 0; k < x->n_chunks; k++) {
 			const struct chunk *c = &x->chunks[k], *d = &y->chunks[k];
 			if (c->file_off != d->file_off || c->size != d->size || c->comp_off != d->comp_off ||
-			    c->comp_end != d->comp_end || c->inner_off != d->inner_off || strcmp(c->digest, d->digest) != 0)
+			    c->comp_end != d->comp_end || c->inner_off != d->inner_off ||
+			    strcmp(c->digest, d->digest) != 0)
 				return false;
 		}
 	}
@@ -418,25 +438,26 @@ static void test_saved_toc(struct layer *parsed)
 	parsed->entries[1].prefetch = !parsed->entries[1].prefetch;
 	struct layer *l = NULL;
 	ok(chunked_layer_open_saved(parsed->digest, toc, COMPRESSION_GZIP, 1ull << 40, path, &l) == 0 && l &&
-		   same_entries(parsed, l),
+	       same_entries(parsed, l),
 	   "read back, it has every entry and chunk, and the image's own landmarks");
 	layer_free(l);
-	ok(chunked_layer_open_saved(parsed->digest, "sha256:2222222222222222222222222222222222222222222222222222222222222222",
+	ok(chunked_layer_open_saved(parsed->digest,
+				    "sha256:2222222222222222222222222222222222222222222222222222222222222222",
 				    COMPRESSION_GZIP, 1ull << 40, path, &l) == -ENOENT &&
-		   chunked_layer_open_saved(parsed->digest, toc, COMPRESSION_ZSTD, 1ull << 40, path, &l) == -ENOENT &&
-		   chunked_layer_open_saved(parsed->digest, toc, COMPRESSION_GZIP, 1ull << 39, path, &l) == -ENOENT,
+	       chunked_layer_open_saved(parsed->digest, toc, COMPRESSION_ZSTD, 1ull << 40, path, &l) == -ENOENT &&
+	       chunked_layer_open_saved(parsed->digest, toc, COMPRESSION_GZIP, 1ull << 39, path, &l) == -ENOENT,
 	   "another TOC digest, compression or blob size finds none");
 	int fd = open(path, O_RDWR);
 	struct stat st;
 	unsigned char byte = 0;
 	ok(fd >= 0 && fstat(fd, &st) == 0 && pread(fd, &byte, 1, st.st_size / 2) == 1 &&
-		   (byte ^= 1, pwrite(fd, &byte, 1, st.st_size / 2)) == 1 &&
-		   chunked_layer_open_saved(parsed->digest, toc, COMPRESSION_GZIP, 1ull << 40, path, &l) == -ENOENT,
+	       (byte ^= 1, pwrite(fd, &byte, 1, st.st_size / 2)) == 1 &&
+	       chunked_layer_open_saved(parsed->digest, toc, COMPRESSION_GZIP, 1ull << 40, path, &l) == -ENOENT,
 	   "a damaged saved TOC reads as absent");
 	if (fd >= 0)
 		close(fd);
 	ok(truncate(path, st.st_size / 2) == 0 &&
-		   chunked_layer_open_saved(parsed->digest, toc, COMPRESSION_GZIP, 1ull << 40, path, &l) == -ENOENT,
+	       chunked_layer_open_saved(parsed->digest, toc, COMPRESSION_GZIP, 1ull << 40, path, &l) == -ENOENT,
 	   "a truncated one too");
 	unlink(path);
 	rmdir(dir);
@@ -478,7 +499,8 @@ static void test_toc_halves(void)
 	_cleanup_free_ char *bad = large_toc(true, &len);
 	l = layer_alloc("sha256:00", COMPRESSION_GZIP, -1);
 	err = (struct err){ 0 };
-	ok(estargz_parse_toc(l, bad, len, 1ull << 40, &err) == -EINVAL && strstr(err.msg, "\"d/sock\" has unknown type"),
+	ok(estargz_parse_toc(l, bad, len, 1ull << 40, &err) == -EINVAL &&
+	       strstr(err.msg, "\"d/sock\" has unknown type"),
 	   "an error in the second half is reported: %s", err.msg);
 	layer_free(l);
 }

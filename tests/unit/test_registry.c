@@ -124,10 +124,10 @@ static void test_credentials(void)
 }
 
 static const char oci_manifest[] =
-	"{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\","
-	"\"config\":{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"" D64 "\",\"size\":7},"
-	"\"layers\":[{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+zstd\",\"digest\":\"" D64 "\","
-	"\"size\":123,\"annotations\":{\"k\":\"v\"}}]}";
+    "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\","
+    "\"config\":{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"" D64 "\",\"size\":7},"
+    "\"layers\":[{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+zstd\",\"digest\":\"" D64 "\","
+    "\"size\":123,\"annotations\":{\"k\":\"v\"}}]}";
 
 static void test_manifests(void)
 {
@@ -139,9 +139,10 @@ static void test_manifests(void)
 	is_str(descriptor_annotation(&m.layers[0], "k"), "v", "  annotation");
 	manifest_done(&m);
 
-	const char *no_type = "{\"schemaVersion\":2,\"manifests\":[{\"digest\":\"" D64 "\",\"size\":1,"
-			      "\"platform\":{\"os\":\"linux\",\"architecture\":\"arm64\",\"variant\":\"v8\"}},"
-			      "{\"digest\":\"" D64 "\",\"size\":2,\"platform\":{\"os\":\"linux\",\"architecture\":\"amd64\"}}]}";
+	const char *no_type =
+	    "{\"schemaVersion\":2,\"manifests\":[{\"digest\":\"" D64 "\",\"size\":1,"
+	    "\"platform\":{\"os\":\"linux\",\"architecture\":\"arm64\",\"variant\":\"v8\"}},"
+	    "{\"digest\":\"" D64 "\",\"size\":2,\"platform\":{\"os\":\"linux\",\"architecture\":\"amd64\"}}]}";
 	ok(manifest_parse(no_type, strlen(no_type), NULL, &m, &err) == 0 && m.kind == MANIFEST_INDEX,
 	   "an index without mediaType is recognised by its shape");
 	struct platform p;
@@ -151,14 +152,14 @@ static void test_manifests(void)
 	ok(platform_parse("linux/arm64/v9", &p) == 0 && manifest_select_platform(&m, &p) == -ENOENT,
 	   "linux/arm64/v9 matches nothing");
 	ok(platform_parse("linux", &p) == -EINVAL && platform_parse("linux/", &p) == -EINVAL &&
-		   platform_parse("a/b/c/d", &p) == -EINVAL,
+	       platform_parse("a/b/c/d", &p) == -EINVAL,
 	   "malformed platforms are rejected");
 	manifest_done(&m);
 
 	const char *docker_list = "{\"schemaVersion\":2,\"manifests\":[]}";
 	ok(manifest_parse(docker_list, strlen(docker_list),
 			  "application/vnd.docker.distribution.manifest.list.v2+json; charset=utf-8", &m, &err) == 0 &&
-		   m.kind == MANIFEST_INDEX && m.n_layers == 0,
+	       m.kind == MANIFEST_INDEX && m.n_layers == 0,
 	   "Content-Type decides when the body has no mediaType");
 	manifest_done(&m);
 
@@ -201,14 +202,13 @@ static void test_digests(void)
 	digester_final(g, d2);
 	is_str(d2, d, "a digester is reset by its final digest");
 	digester_free(g);
-	ok(digest_is_valid(d) && !digest_is_valid("sha256:ABC") && !digest_is_valid("sha512:00"),
-	   "digest validation");
+	ok(digest_is_valid(d) && !digest_is_valid("sha256:ABC") && !digest_is_valid("sha512:00"), "digest validation");
 	ok(registry_host_is_insecure("127.0.0.1:5000", NULL) && registry_host_is_insecure("localhost", NULL) &&
-		   registry_host_is_insecure("[::1]:5000", NULL) && !registry_host_is_insecure("example.com", NULL),
+	       registry_host_is_insecure("[::1]:5000", NULL) && !registry_host_is_insecure("example.com", NULL),
 	   "loopback registries may use plain HTTP, others may not");
 	char *list[] = { "reg.lan", "other.lan:5000", NULL };
 	ok(registry_host_is_insecure("reg.lan:443", list) && registry_host_is_insecure("other.lan:5000", list) &&
-		   !registry_host_is_insecure("other.lan:6000", list),
+	       !registry_host_is_insecure("other.lan:6000", list),
 	   "--insecure-registry HOST covers every port, HOST:PORT one");
 }
 
@@ -218,7 +218,8 @@ static void test_base64(void)
 	is_str(text, "dXNlcjpwYf9zcw==", "base64 of a password with a byte over 127, padded");
 	void *data = NULL;
 	size_t len = 0;
-	ok(text && base64_decode(text, strlen(text), &data, &len) == 0 && len == 10 && memcmp(data, "user:pa\xffss", 10) == 0,
+	ok(text && base64_decode(text, strlen(text), &data, &len) == 0 && len == 10 &&
+	       memcmp(data, "user:pa\xffss", 10) == 0,
 	   "base64 decodes what it encoded");
 	free(data);
 	free(text);
@@ -239,10 +240,10 @@ static void test_dl_open_symbols(void)
 	void *missing_symbol;
 	const struct dl_symbol absent[] = { { "imgfs_no_such_symbol", &missing_symbol } };
 	ok(dl_open_symbols("libc.so.6", absent, 1, err, sizeof(err)) == -ELIBACC &&
-		   strstr(err, "imgfs_no_such_symbol") && strstr(err, "libc.so.6"),
+	       strstr(err, "imgfs_no_such_symbol") && strstr(err, "libc.so.6"),
 	   "a missing symbol is -ELIBACC, naming symbol and library (%s)", err);
 	ok(dl_open_symbols("libimgfs-no-such-library.so.1", present, 1, err, sizeof(err)) == -ELIBACC &&
-		   strstr(err, "libimgfs-no-such-library.so.1"),
+	       strstr(err, "libimgfs-no-such-library.so.1"),
 	   "a missing library is -ELIBACC, named (%s)", err);
 }
 
@@ -300,40 +301,47 @@ static void test_byteranges(void)
 	for (int trickle = 0; trickle < 2; trickle++) {
 		int rc = parse_parts(ct, body, trickle, r);
 		ok(rc == 0 && r[0].got == 4 && memcmp(r[0].buf, "ABCD", 4) == 0 && r[1].got == 6 &&
-			   memcmp(r[1].buf, "EF\r\n--", 6) == 0,
+		       memcmp(r[1].buf, "EF\r\n--", 6) == 0,
 		   "two parts land in their ranges, a body that looks like a delimiter included (%s)",
 		   trickle ? "a byte at a time" : "at once");
 	}
 	ok(parse_parts("multipart/byteranges; boundary=\"XyZ\"", body, false, r) == 0 && r[1].got == 6,
 	   "a quoted boundary");
-	ok(parse_parts(ct, "preamble\r\n--XyZ\r\nContent-Range: bytes 10-21/99\r\n\r\nABCDEFGHIJKL\r\n--XyZ--",
-		       false, r) == 0 && memcmp(r[0].buf, "ABCD", 4) == 0 && r[0].got == 4 && r[1].got == 2 &&
-		   memcmp(r[1].buf, "KL", 2) == 0,
+	ok(parse_parts(ct, "preamble\r\n--XyZ\r\nContent-Range: bytes 10-21/99\r\n\r\nABCDEFGHIJKL\r\n--XyZ--", false,
+		       r) == 0 &&
+	       memcmp(r[0].buf, "ABCD", 4) == 0 && r[0].got == 4 && r[1].got == 2 && memcmp(r[1].buf, "KL", 2) == 0,
 	   "a part the server coalesced fills what it covers, no more");
-	ok(parse_parts(ct, "--XyZ\r\nContent-Range: bytes 10-13/99\r\n\r\nABCD\r\n--XyZ\r\nContent-Range: bytes 20-25/99\r\n\r\nEF",
-		       false, r) == -EBADMSG && r[1].got == 2,
+	ok(parse_parts(
+	       ct,
+	       "--XyZ\r\nContent-Range: bytes 10-13/99\r\n\r\nABCD\r\n--XyZ\r\nContent-Range: bytes 20-25/99\r\n\r\nEF",
+	       false, r) == -EBADMSG &&
+	       r[1].got == 2,
 	   "a truncated body is an error, and the range keeps count of what came");
-	ok(parse_parts(ct, "--XyZ\r\nContent-Range: bytes 20-25/99\r\n\r\nEFGHIJ\r\n--XyZ\r\nContent-Range: bytes 10-13/99\r\n\r\n",
-		       false, r) == -EBADMSG,
+	ok(parse_parts(
+	       ct,
+	       "--XyZ\r\nContent-Range: bytes 20-25/99\r\n\r\nEFGHIJ\r\n--XyZ\r\nContent-Range: bytes 10-13/99\r\n\r\n",
+	       false, r) == -EBADMSG,
 	   "parts out of order are refused");
 	ok(parse_parts(ct, "--XyZ\r\nContent-Range: bytes 0-13/99\r\n\r\n", false, r) == -EBADMSG,
 	   "a part before the span asked for is refused");
 	ok(parse_parts(ct, "--XyZ\r\nContent-Range: bytes 20-99/99\r\n\r\n", false, r) == -EBADMSG,
 	   "a part past the span asked for is refused");
-	ok(parse_parts(ct, "--XyZ\r\n\r\nABCD\r\n--XyZ--\r\n", false, r) == -EBADMSG, "a part without Content-Range is refused");
+	ok(parse_parts(ct, "--XyZ\r\n\r\nABCD\r\n--XyZ--\r\n", false, r) == -EBADMSG,
+	   "a part without Content-Range is refused");
 	ok(parse_parts(ct, "--XyZ\r\nContent-Range: bytes 13-10/99\r\n\r\n", false, r) == -EBADMSG,
 	   "a backwards Content-Range is refused");
-	ok(parse_parts(ct, "--XyZ\r\nContent-Range: bytes 10-13/99\r\n\r\nABCDjunk\r\n--XyZ--\r\n", false, r) == -EBADMSG,
+	ok(parse_parts(ct, "--XyZ\r\nContent-Range: bytes 10-13/99\r\n\r\nABCDjunk\r\n--XyZ--\r\n", false, r) ==
+	       -EBADMSG,
 	   "bytes after a body other than a delimiter are refused");
 	ok(parse_parts("application/octet-stream", body, false, r) == -EINVAL &&
-		   parse_parts("multipart/byteranges", body, false, r) == -EINVAL,
+	       parse_parts("multipart/byteranges", body, false, r) == -EINVAL,
 	   "no parser without multipart/byteranges and a boundary");
 
 	unsigned char one[6];
 	struct byterange single[2] = { { .off = 20, .len = 6, .buf = one }, { .off = 40, .len = 1, .buf = one } };
 	struct byteranges *p = byteranges_new_single(" bytes 20-25/*", single, 2);
 	ok(p && byteranges_feed(p, "EFGHIJ", 6) == 0 && byteranges_finish(p) == 0 && single[0].got == 6 &&
-		   single[1].got == 0,
+	       single[1].got == 0,
 	   "a single-range answer fills the first range and leaves the other missing");
 	ok(p && byteranges_feed(p, "x", 1) == -EBADMSG, "a single range longer than its Content-Range is refused");
 	byteranges_free(p);

@@ -10,9 +10,9 @@
 #include "tap.h"
 
 static const char *CONFIG =
-	"{\"architecture\":\"amd64\",\"os\":\"linux\",\"config\":{\"Entrypoint\":[\"/entry\",\"-x\"],"
-	"\"Cmd\":[\"default\"],\"Env\":[\"PATH=/opt/bin\",\"KEEP=1\",\"OVER=image\"],\"WorkingDir\":\"/srv\","
-	"\"User\":\"app\"}}";
+    "{\"architecture\":\"amd64\",\"os\":\"linux\",\"config\":{\"Entrypoint\":[\"/entry\",\"-x\"],"
+    "\"Cmd\":[\"default\"],\"Env\":[\"PATH=/opt/bin\",\"KEEP=1\",\"OVER=image\"],\"WorkingDir\":\"/srv\","
+    "\"User\":\"app\"}}";
 
 static char *args_joined(const struct image_process *p, const struct spec_options *o)
 {
@@ -72,11 +72,16 @@ static void test_parse_and_args(void)
 	free(s);
 	image_process_done(&p);
 
-	const char *bad[] = { "", "{", "[]", "{\"config\":{\"Cmd\":\"not an array\"}}", "{\"config\":{\"Env\":[1]}}",
+	const char *bad[] = { "",
+			      "{",
+			      "[]",
+			      "{\"config\":{\"Cmd\":\"not an array\"}}",
+			      "{\"config\":{\"Env\":[1]}}",
 			      "{\"config\":{\"WorkingDir\":7}}" };
 	for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
 		struct err e = { 0 };
-		ok(image_process_parse(bad[i], strlen(bad[i]), &p, &e) < 0 && e.code, "refused: %s (%s)", bad[i], e.msg);
+		ok(image_process_parse(bad[i], strlen(bad[i]), &p, &e) < 0 && e.code, "refused: %s (%s)", bad[i],
+		   e.msg);
 	}
 	const char *minimal = "{\"config\":{\"Cmd\":null}}";
 	ok(image_process_parse(minimal, strlen(minimal), &p, &err) == 0 && !p.cmd && !p.entrypoint,
@@ -128,33 +133,44 @@ static void test_build(void)
 	snprintf(vol_ro, sizeof(vol_ro), "%s:/ro:ro", dir);
 	char *volumes[] = { vol, vol_ro, NULL };
 	gid_t groups[] = { 10, 20 };
-	struct spec_options o = { .command = none, .env = env, .tty = true, .rows = 30, .cols = 90, .hostname = "box",
-				  .volumes = volumes, .uid = 1000, .gid = 1000, .groups = groups, .n_groups = 2,
+	struct spec_options o = { .command = none,
+				  .env = env,
+				  .tty = true,
+				  .rows = 30,
+				  .cols = 90,
+				  .hostname = "box",
+				  .volumes = volumes,
+				  .uid = 1000,
+				  .gid = 1000,
+				  .groups = groups,
+				  .n_groups = 2,
 				  .home = "/home/app" };
 	struct err err = { 0 };
 	struct json_object *root = build(&o, &err);
 	ok(root != NULL, "spec builds: %s", err.msg);
 	struct json_object *process = path(root, "process", NULL);
 	struct json_object *e = path(process, "env", NULL);
-	ok(array_has(e, "PATH=/opt/bin") && array_has(e, "KEEP=1") && array_has(e, "OVER=cli") && array_has(e, "NEW=2") &&
-	   !array_has(e, "OVER=image"), "env: the image's, overridden by -e");
+	ok(array_has(e, "PATH=/opt/bin") && array_has(e, "KEEP=1") && array_has(e, "OVER=cli") &&
+	       array_has(e, "NEW=2") && !array_has(e, "OVER=image"),
+	   "env: the image's, overridden by -e");
 	ok(array_has(e, "TERM=xterm") && array_has(e, "HOSTNAME=box") && array_has(e, "HOME=/home/app"),
 	   "env: TERM for a tty, HOSTNAME, HOME from passwd");
 	is_str(json_object_get_string(path(process, "cwd", NULL)), "/srv", "cwd is the image's WorkingDir");
 	ok(json_object_get_boolean(path(process, "terminal", NULL)) &&
-	   json_object_get_int(path(path(process, "consoleSize", NULL), "height", NULL)) == 30,
+	       json_object_get_int(path(path(process, "consoleSize", NULL), "height", NULL)) == 30,
 	   "terminal and consoleSize for -t");
 	ok(json_object_get_int(path(path(process, "user", NULL), "uid", NULL)) == 1000 &&
-	   json_object_array_length(path(path(process, "user", NULL), "additionalGids", NULL)) == 2,
+	       json_object_array_length(path(path(process, "user", NULL), "additionalGids", NULL)) == 2,
 	   "user and supplementary groups");
 	ok(json_object_get_boolean(path(process, "noNewPrivileges", NULL)), "no_new_privileges");
 	ok(array_has(path(path(process, "capabilities", NULL), "bounding", NULL), "CAP_NET_BIND_SERVICE") &&
-	   !array_has(path(path(process, "capabilities", NULL), "bounding", NULL), "CAP_SYS_ADMIN"),
+	       !array_has(path(path(process, "capabilities", NULL), "bounding", NULL), "CAP_SYS_ADMIN"),
 	   "podman's default capabilities, not SYS_ADMIN");
 	struct rlimit rl;
 	getrlimit(RLIMIT_NOFILE, &rl);
 	struct json_object *limit = json_object_array_get_idx(path(process, "rlimits", NULL), 0);
-	ok(limit && (rl.rlim_max == RLIM_INFINITY || (uint64_t)json_object_get_int64(path(limit, "hard", NULL)) <= rl.rlim_max),
+	ok(limit && (rl.rlim_max == RLIM_INFINITY ||
+		     (uint64_t)json_object_get_int64(path(limit, "hard", NULL)) <= rl.rlim_max),
 	   "RLIMIT_NOFILE never above our hard limit");
 	struct json_object *mounts = path(root, "mounts", NULL);
 	bool proc = false, data = false, ro = false;
@@ -221,7 +237,7 @@ static void test_users(void)
 	char *home = NULL;
 	struct err err = { 0 };
 	ok(resolve_user(fd, "app", &uid, &gid, &groups, &n, &home, &err) == 0 && uid == 1000 && gid == 1000 && n == 2 &&
-	   groups[0] == 1000 && groups[1] == 2000 && strcmp(home, "/home/app") == 0,
+	       groups[0] == 1000 && groups[1] == 2000 && strcmp(home, "/home/app") == 0,
 	   "a user name: uid, gid, home, primary group and the groups that list it");
 	free(groups);
 	free(home);
@@ -235,7 +251,8 @@ static void test_users(void)
 	free(home);
 	ok(resolve_user(fd, "nobody", &uid, &gid, &groups, &n, &home, &err) == -ENOENT && strstr(err.msg, "nobody"),
 	   "an unknown name: %s", err.msg);
-	ok(resolve_user(fd, "app:nogroup", &uid, &gid, &groups, &n, &home, &err) == -ENOENT && strstr(err.msg, "nogroup"),
+	ok(resolve_user(fd, "app:nogroup", &uid, &gid, &groups, &n, &home, &err) == -ENOENT &&
+	       strstr(err.msg, "nogroup"),
 	   "an unknown group: %s", err.msg);
 
 	/* An absolute symlink in the image resolves inside the image, never on the host. */
