@@ -6,16 +6,7 @@
 #include <fuse_lowlevel.h>
 
 #include "image.h"
-
-/* Virtual xattrs of the mount's root: fetch statistics, and the path of the
- * image config (verified, in the cache) for launchers. */
-#define IMGFS_STATS_XATTR "user.imgfs.stats"
-#define IMGFS_CONFIG_XATTR "user.imgfs.config-path"
-/* Reading it writes the list of files read so far into the cache and
- * answers with its path (imgfs record). */
-#define IMGFS_RECORD_XATTR "user.imgfs.record"
-/* The daemon's pid, for a launcher that waits for it to be gone. */
-#define IMGFS_PID_XATTR "user.imgfs.pid"
+#include "imgfs.h"
 
 /* The largest read or write one request carries, and the read-ahead the
  * mount asks for: an exec of a 2 MB binary then takes 3 round trips. */

@@ -1,9 +1,12 @@
 /* imgfs: mount a registry image as a FUSE file system. */
 #include "cache.h"
+#include "imgfs.h"
 #include "index_artifact.h"
 #include "overlay.h"
 
 #include <getopt.h>
+#include <limits.h>
+#include <stdarg.h>
 #include <malloc.h>
 #include <sys/mount.h>
 #include <sys/pidfd.h>
@@ -53,6 +56,67 @@ static void usage(FILE *out)
 		     "then stores the index in REF's registry as an OCI artifact that refers to\n"
 		     "the image, so that every later mount reads those layers lazily.\n"
 		     "  --version                   show the version\n");
+}
+
+/* IMGFS_ERROR_FD: where the one error line goes instead of stderr, until
+ * it is written or the daemon detaches from its caller. */
+static int error_fd = -1;
+
+static void error_fd_init(void)
+{
+	const char *env = getenv(IMGFS_ERROR_FD_ENV);
+	char *end;
+	long fd = env && *env ? strtol(env, &end, 10) : -1;
+	if (fd > STDERR_FILENO && fd <= INT_MAX && *end == '\0' && fcntl((int)fd, F_GETFD) >= 0) {
+		error_fd = (int)fd;
+		(void)fcntl(error_fd, F_SETFD, FD_CLOEXEC);
+	}
+}
+
+static void error_fd_close(void)
+{
+	if (error_fd >= 0)
+		close(error_fd);
+	error_fd = -1;
+}
+
+static void vreport(int errnum, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+static void vreport(int errnum, const char *fmt, va_list ap)
+{
+	char msg[2048];
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	if (error_fd < 0) {
+		fprintf(stderr, "imgfs: %s\n", msg);
+		return;
+	}
+	/* One line, whatever the message holds. */
+	for (char *p = msg; *p; p++)
+		if (*p == '\n')
+			*p = ' ';
+	dprintf(error_fd, "%d %s\n", errnum, msg);
+	error_fd_close();
+}
+
+/* Says what failed, naming the object; returns the exit code of a failure. */
+static int report(int errnum, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int report(int errnum, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vreport(errnum, fmt, ap);
+	va_end(ap);
+	return IMGFS_EXIT_FAILED;
+}
+
+/* The same for bad arguments. */
+static int report_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int report_usage(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vreport(EINVAL, fmt, ap);
+	va_end(ap);
+	return IMGFS_EXIT_USAGE;
 }
 
 static void progress_line(const char *line)
@@ -109,8 +173,8 @@ static int push_index(const char *ref_text, const struct image_options *opts)
 	int ret = 1;
 	if (image_ref_parse(ref_text, &ref, &err) < 0 || image_open(ref_text, opts, &img, &err) < 0 ||
 	    index_artifact_push(img, &ref, opts, &digest, &err) < 0) {
-		fprintf(stderr, "imgfs: cannot push the index of \"%s\": %s\n", ref_text,
-			err.code ? err.msg : "out of memory");
+		report(err.code ? err.code : ENOMEM, "cannot push the index of \"%s\": %s", ref_text,
+		       err.code ? err.msg : "out of memory");
 	} else {
 		printf("%s\n", digest);
 		ret = 0;
@@ -157,13 +221,11 @@ static int source_flag(struct source_flags *f, int c, const char *arg)
 static int source_flags_apply(struct source_flags *f, struct image_options *opts)
 {
 	if (insecure_from_env(&f->insecure, &f->n_insecure) < 0)
-		return 1;
-	if (platform_parse(f->platform, &opts->registry.platform) < 0) {
-		fprintf(stderr, "imgfs: invalid platform \"%s\": expected OS/ARCH[/VARIANT]\n", f->platform);
-		return 2;
-	}
+		return report(ENOMEM, "out of memory");
+	if (platform_parse(f->platform, &opts->registry.platform) < 0)
+		return report_usage("invalid platform \"%s\": expected OS/ARCH[/VARIANT]", f->platform);
 	if (!f->cache_dir && !(f->cache_dir = image_default_cache_dir()))
-		return 1;
+		return report(ENOMEM, "out of memory");
 	opts->cache_dir = f->cache_dir;
 	opts->registry.insecure_registries = f->insecure;
 	if (isatty(STDERR_FILENO)) {
@@ -208,7 +270,7 @@ static int cmd_index(int argc, char **argv)
 		goto out;
 	}
 	if (argc - optind != 1) {
-		fprintf(stderr, "imgfs index push: expected REF\n");
+		ret = report_usage("imgfs index push: expected REF");
 		goto out;
 	}
 	if ((ret = source_flags_apply(&flags, &opts)) == 0)
@@ -273,7 +335,17 @@ static void widen_readahead(const char *dir)
 		(void)!write(fd, value, (size_t)len);
 }
 
-static int cmd_mount(int argc, char **argv)
+struct mount_request {
+	struct source_flags source;
+	const char *ref, *dir, *upper, *prefetch_list;
+	uint64_t cache_size;
+	bool foreground, debug;
+	enum prefetch_mode prefetch;
+	enum pull_policy pull;
+};
+
+/* Parses the options of imgfs mount: -1 to go on, else the exit code. */
+static int mount_parse(int argc, char **argv, struct mount_request *req)
 {
 	enum { OPT_PREFETCH = OPT_OWN, OPT_UPPER, OPT_CACHE_SIZE, OPT_PREFETCH_LIST, OPT_PULL };
 	static const struct option options[] = {
@@ -288,172 +360,186 @@ static int cmd_mount(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
-	struct image_options opts = { 0 };
-	struct source_flags flags = { 0 };
-	const char *upper = NULL, *prefetch_list = NULL;
-	uint64_t cache_size = 0;
-	struct overlay *overlay = NULL;
-	bool foreground = false, debug = false;
-	enum prefetch_mode prefetch = PREFETCH_ALL;
-	enum pull_policy pull = PULL_ALWAYS;
-	struct err err = { 0 };
-	int ret = 1, c, r;
-
+	int c, r;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "+fdh", options, NULL)) != -1) {
-		if ((r = source_flag(&flags, c, optarg)) != 0) {
+		if ((r = source_flag(&req->source, c, optarg)) != 0) {
 			if (r < 0)
-				goto out;
+				return report(-r, "out of memory");
 			continue;
 		}
 		switch (c) {
 		case OPT_UPPER:
-			upper = optarg;
+			req->upper = optarg;
 			break;
 		case OPT_PREFETCH_LIST:
-			prefetch_list = optarg;
+			req->prefetch_list = optarg;
 			break;
 		case OPT_PULL:
-			if (pull_policy_parse(optarg, &pull) < 0) {
-				fprintf(stderr, "imgfs: invalid --pull \"%s\": expected always, missing or never\n",
-					optarg);
-				ret = 2;
-				goto out;
-			}
+			if (pull_policy_parse(optarg, &req->pull) < 0)
+				return report_usage("invalid --pull \"%s\": expected always, missing or never", optarg);
 			break;
 		case OPT_CACHE_SIZE:
-			if (cache_parse_size(optarg, &cache_size) < 0) {
-				fprintf(stderr,
-					"imgfs: invalid --cache-size \"%s\": expected bytes, or a number with K, M, G "
-					"or T\n",
-					optarg);
-				ret = 2;
-				goto out;
-			}
+			if (cache_parse_size(optarg, &req->cache_size) < 0)
+				return report_usage(
+				    "invalid --cache-size \"%s\": expected bytes, or a number with K, M, "
+				    "G or T",
+				    optarg);
 			break;
 		case OPT_PREFETCH:
 			if (strcmp(optarg, "none") == 0)
-				prefetch = PREFETCH_NONE;
+				req->prefetch = PREFETCH_NONE;
 			else if (strcmp(optarg, "landmark") == 0)
-				prefetch = PREFETCH_LANDMARK;
+				req->prefetch = PREFETCH_LANDMARK;
 			else if (strcmp(optarg, "all") == 0)
-				prefetch = PREFETCH_ALL;
-			else {
-				fprintf(stderr, "imgfs: invalid --prefetch \"%s\": expected none, landmark or all\n",
-					optarg);
-				ret = 2;
-				goto out;
-			}
+				req->prefetch = PREFETCH_ALL;
+			else
+				return report_usage("invalid --prefetch \"%s\": expected none, landmark or all",
+						    optarg);
 			break;
 		case 'f':
-			foreground = true;
+			req->foreground = true;
 			break;
 		case 'd':
-			debug = foreground = true;
+			req->debug = req->foreground = true;
 			break;
 		case 'h':
 			usage(stdout);
-			ret = 0;
-			goto out;
+			return IMGFS_EXIT_OK;
 		default:
 			usage(stderr);
-			ret = 2;
-			goto out;
+			return IMGFS_EXIT_USAGE;
 		}
 	}
 	if (argc - optind != 2) {
-		fprintf(stderr, "imgfs mount: expected REF and DIR\n");
 		usage(stderr);
-		ret = 2;
-		goto out;
+		return report_usage("imgfs mount: expected REF and DIR");
 	}
-	const char *ref = argv[optind], *dir = argv[optind + 1];
-	if ((ret = source_flags_apply(&flags, &opts)) != 0)
-		goto out;
-	opts.pull = pull;
-	ret = 1;
-	/* Tests shorten it to exercise stalled connections quickly. */
-	const char *stall = getenv("IMGFS_STALL_SECONDS");
-	if (stall && *stall)
-		opts.registry.stall_seconds = strtol(stall, NULL, 10);
+	req->ref = argv[optind];
+	req->dir = argv[optind + 1];
+	return -1;
+}
 
-	if (cache_limit_init(opts.cache_dir, cache_size) < 0)
-		goto out;
-	struct image *img = NULL;
-	r = image_open(ref, &opts, &img, &err);
-	if (r < 0) {
-		fprintf(stderr, "imgfs: %s\n", err.code ? err.msg : strerror(-r));
-		goto out;
-	}
+/* What a mount holds while it is served; mount_server_done() releases
+ * whatever of it was made, in reverse order. */
+struct mount_server {
+	struct image *img;
+	struct overlay *overlay;
+	struct fuse_args args;
+	struct fuse_session *se;
+	bool handlers, mounted;
+};
 
+static void mount_server_done(struct mount_server *s)
+{
+	if (s->mounted)
+		fuse_session_unmount(s->se);
+	if (s->handlers)
+		fuse_remove_signal_handlers(s->se);
+	if (s->se)
+		fuse_session_destroy(s->se);
+	fuse_opt_free_args(&s->args);
+	overlay_free(s->overlay);
+	image_free(s->img);
+}
+
+/* The image, and the writable layer over it when asked for. */
+static int mount_open_image(const struct mount_request *req, const struct image_options *opts, struct mount_server *s,
+			    struct err *err)
+{
 	size_t listed;
-	if (prefetch_list && image_set_landmarks(img, prefetch_list, &listed, &err) < 0) {
-		fprintf(stderr, "imgfs: %s\n", err.msg);
-		image_free(img);
-		goto out;
-	}
-	if (upper) {
-		int m = mkdir_parents(upper, 0755);
-		if (m < 0) {
-			fprintf(stderr, "imgfs: cannot create upper directory \"%s\": %s\n", upper, strerror(-m));
-			image_free(img);
-			goto out;
-		}
-		if (overlay_open(img, upper, &overlay, &err) < 0) {
-			fprintf(stderr, "imgfs: %s\n", err.msg);
-			image_free(img);
-			goto out;
-		}
-	}
+	int r = image_open(req->ref, opts, &s->img, err);
+	if (r == 0 && req->prefetch_list)
+		r = image_set_landmarks(s->img, req->prefetch_list, &listed, err);
+	if (r < 0 || !req->upper)
+		return r;
+	if ((r = mkdir_parents(req->upper, 0755)) < 0)
+		return err_set(err, -r, "cannot create upper directory \"%s\": %s", req->upper, strerror(-r));
+	return overlay_open(s->img, req->upper, &s->overlay, err);
+}
 
+/* Mounts the session on req->dir; the mount exists when this returns. */
+static int mount_attach(const struct mount_request *req, const char *argv0, struct mount_server *s, struct err *err)
+{
 	char mount_opts[256];
 	snprintf(mount_opts, sizeof(mount_opts), "%sdefault_permissions,fsname=imgfs,subtype=imgfs%s",
-		 overlay ? "" : "ro,", geteuid() == 0 ? ",allow_other" : "");
-	char *fuse_argv[] = { argv[0], "-o", mount_opts, debug ? "-d" : NULL, NULL };
-	struct fuse_args args = FUSE_ARGS_INIT(debug ? 4 : 3, fuse_argv);
-	struct fuse_session *se = overlay ? fuse_session_new(&args, &overlay_ops, sizeof(overlay_ops), overlay)
-					  : fuse_session_new(&args, &imgfs_ops, sizeof(imgfs_ops), img);
-	if (!se) {
-		fprintf(stderr, "imgfs: cannot create the FUSE session for \"%s\"\n", ref);
-		overlay_free(overlay);
-		image_free(img);
-		goto out;
-	}
-	if (fuse_set_signal_handlers(se) != 0) {
-		fprintf(stderr, "imgfs: cannot install signal handlers\n");
-		goto destroy;
-	}
-	if (fuse_session_mount(se, dir) != 0) {
-		fprintf(stderr, "imgfs: cannot mount \"%s\" on \"%s\"\n", ref, dir);
-		goto handlers;
-	}
-	widen_readahead(dir);
-	/* The mount exists before the parent returns: the caller can use it at once. */
-	if (fuse_daemonize(foreground) != 0) {
-		fprintf(stderr, "imgfs: cannot go to the background\n");
-		goto unmount;
-	}
-	if (image_start_background(img, prefetch) < 0)
-		fprintf(stderr, "imgfs: cannot start the background fetch; files are fetched when read\n");
+		 s->overlay ? "" : "ro,", geteuid() == 0 ? ",allow_other" : "");
+	/* fuse_args wants them writable. */
+	static char opt_flag[] = "-o", debug_flag[] = "-d";
+	char *fuse_argv[] = { (char *)argv0, opt_flag, mount_opts, req->debug ? debug_flag : NULL, NULL };
+	s->args = (struct fuse_args)FUSE_ARGS_INIT(req->debug ? 4 : 3, fuse_argv);
+	s->se = s->overlay ? fuse_session_new(&s->args, &overlay_ops, sizeof(overlay_ops), s->overlay)
+			   : fuse_session_new(&s->args, &imgfs_ops, sizeof(imgfs_ops), s->img);
+	if (!s->se)
+		return err_set(err, EIO, "cannot create the FUSE session for \"%s\"", req->ref);
+	if (fuse_set_signal_handlers(s->se) != 0)
+		return err_set(err, EIO, "cannot install signal handlers");
+	s->handlers = true;
+	if (fuse_session_mount(s->se, req->dir) != 0)
+		return err_set(err, EIO, "cannot mount \"%s\" on \"%s\"", req->ref, req->dir);
+	s->mounted = true;
+	widen_readahead(req->dir);
+	return 0;
+}
+
+/* Serves requests until the mount goes away; 0 when it went cleanly. */
+static int mount_loop(struct mount_server *s)
+{
 	struct fuse_loop_config *cfg = fuse_loop_cfg_create();
 	if (!cfg)
-		goto unmount;
+		return -ENOMEM;
 	fuse_loop_cfg_set_clone_fd(cfg, 0);
 	/* Each worker keeps a receive buffer of max_write (1 MiB): bound their number. */
 	fuse_loop_cfg_set_max_threads(cfg, 8);
-	ret = fuse_session_loop_mt(se, cfg) == 0 ? 0 : 1;
+	int r = fuse_session_loop_mt(s->se, cfg) == 0 ? 0 : -EIO;
 	fuse_loop_cfg_destroy(cfg);
-unmount:
-	fuse_session_unmount(se);
-handlers:
-	fuse_remove_signal_handlers(se);
-destroy:
-	fuse_session_destroy(se);
-	fuse_opt_free_args(&args);
-	overlay_free(overlay);
-	image_free(img);
-out:
-	source_flags_done(&flags);
+	return r;
+}
+
+static int mount_serve(const struct mount_request *req, const char *argv0, struct image_options *opts)
+{
+	struct mount_server s = { 0 };
+	struct err err = { 0 };
+	/* Tests shorten it to exercise stalled connections quickly. */
+	const char *stall = getenv("IMGFS_STALL_SECONDS");
+	if (stall && *stall)
+		opts->registry.stall_seconds = strtol(stall, NULL, 10);
+	int r = cache_limit_init(opts->cache_dir, req->cache_size);
+	if (r < 0)
+		err_set(&err, -r, "cannot use the cache \"%s\": %s", opts->cache_dir, strerror(-r));
+	if (r == 0)
+		r = mount_open_image(req, opts, &s, &err);
+	if (r == 0)
+		r = mount_attach(req, argv0, &s, &err);
+	/* The mount exists before the parent returns: the caller can use it at once. */
+	if (r == 0 && fuse_daemonize(req->foreground) != 0)
+		r = err_set(&err, EIO, "cannot go to the background");
+	if (r == 0) {
+		/* The caller reads it to its end: a daemon that kept it would
+		 * make the caller wait for the unmount. */
+		error_fd_close();
+		if (image_start_background(s.img, req->prefetch) < 0)
+			fprintf(stderr, "imgfs: cannot start the background fetch; files are fetched when read\n");
+		r = mount_loop(&s);
+	}
+	mount_server_done(&s);
+	if (r < 0 && err.code)
+		report(err.code, "%s", err.msg);
+	else if (r < 0)
+		report(-r, "serving \"%s\" on \"%s\": %s", req->ref, req->dir, strerror(-r));
+	return r < 0 ? IMGFS_EXIT_FAILED : IMGFS_EXIT_OK;
+}
+
+static int cmd_mount(int argc, char **argv)
+{
+	struct mount_request req = { .prefetch = PREFETCH_ALL, .pull = PULL_ALWAYS };
+	struct image_options opts = { 0 };
+	int ret = mount_parse(argc, argv, &req);
+	if (ret < 0 && (ret = source_flags_apply(&req.source, &opts)) == 0) {
+		opts.pull = req.pull;
+		ret = mount_serve(&req, argv[0], &opts);
+	}
+	source_flags_done(&req.source);
 	return ret;
 }
 
@@ -462,8 +548,8 @@ static ssize_t read_mount_xattr(const char *dir, const char *name, char *buf, si
 {
 	ssize_t n = getxattr(dir, name, buf, size - 1);
 	if (n < 0) {
-		fprintf(stderr, "imgfs: cannot read %s of \"%s\": %s\n", what, dir,
-			errno == ENODATA || errno == ENOTSUP ? "not an imgfs mount" : strerror(errno));
+		report(errno, "cannot read %s of \"%s\": %s", what, dir,
+		       errno == ENODATA || errno == ENOTSUP ? "not an imgfs mount" : strerror(errno));
 		return -1;
 	}
 	buf[n] = '\0';
@@ -501,10 +587,8 @@ static int cmd_record(int argc, char **argv)
 		r = write_file_replace(argv[2], data, len);
 	else if (r == 0)
 		r = write_full(STDOUT_FILENO, data, len);
-	if (r < 0) {
-		fprintf(stderr, "imgfs: cannot write the record of \"%s\": %s\n", argv[1], strerror(-r));
-		return 1;
-	}
+	if (r < 0)
+		return report(-r, "cannot write the record of \"%s\": %s", argv[1], strerror(-r));
 	return 0;
 }
 
@@ -533,14 +617,11 @@ static int cmd_umount(int argc, char **argv)
 			(void)pidfd_wait_exit(pidfd, DAEMON_EXIT_WAIT_MS);
 			return 0;
 		}
-		fprintf(stderr, "imgfs: cannot unmount \"%s\": %s\n", argv[1], strerror(errno));
-		return 1;
+		return report(errno, "cannot unmount \"%s\": %s", argv[1], strerror(errno));
 	}
 	pid_t pid = fork();
-	if (pid < 0) {
-		fprintf(stderr, "imgfs: cannot unmount \"%s\": %s\n", argv[1], strerror(errno));
-		return 1;
-	}
+	if (pid < 0)
+		return report(errno, "cannot unmount \"%s\": %s", argv[1], strerror(errno));
 	if (pid == 0) {
 		execlp("fusermount3", "fusermount3", "-u", "--", argv[1], (char *)NULL);
 		fprintf(stderr, "imgfs: cannot run fusermount3: %s\n", strerror(errno));
@@ -550,7 +631,7 @@ static int cmd_umount(int argc, char **argv)
 	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
 		;
 	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-		return 1;
+		return report(0, "cannot unmount \"%s\": fusermount3 failed", argv[1]);
 	(void)pidfd_wait_exit(pidfd, DAEMON_EXIT_WAIT_MS);
 	return 0;
 }
@@ -565,6 +646,7 @@ int main(int argc, char **argv)
 	 * them out of the heap, where freed spans leave holes that are never
 	 * returned; a fixed threshold keeps them mapped, and given back. */
 	mallopt(M_MMAP_THRESHOLD, 256 << 10);
+	error_fd_init();
 	if (argc < 2) {
 		usage(stderr);
 		return 2;
@@ -587,7 +669,6 @@ int main(int argc, char **argv)
 		printf("imgfs %s\n", IMGFS_VERSION);
 		return 0;
 	}
-	fprintf(stderr, "imgfs: unknown command \"%s\"\n", argv[1]);
 	usage(stderr);
-	return 2;
+	return report_usage("unknown command \"%s\"", argv[1]);
 }

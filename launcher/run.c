@@ -12,11 +12,12 @@
 #include <sys/xattr.h>
 #include <time.h>
 
+#include "imgfs.h"
 #include "launch.h"
 #include "shim.h"
 
-#define CONFIG_XATTR "user.imgfs.config-path"
-#define DAEMON_PID_XATTR "user.imgfs.pid"
+/* Where imgfs mount writes its error line (IMGFS_ERROR_FD_ENV). */
+#define ERROR_LINE_FD 3
 #define DEFAULT_DETACH_KEYS "ctrl-p,ctrl-q"
 
 struct run_options {
@@ -302,7 +303,8 @@ static int make_mount_points(const char *upper)
 	return 0;
 }
 
-/* Runs imgfs mount; its message explains a failure. */
+/* Runs imgfs mount; on failure, *ret_errno and msg are the error imgfs
+ * reported on its error line (IMGFS_ERROR_FD_ENV). */
 static int mount_image(const struct run_options *o, const char *image, const char *dir, char *msg, size_t size)
 {
 	_cleanup_free_ char *imgfs = find_helper("imgfs");
@@ -340,31 +342,47 @@ static int mount_image(const struct run_options *o, const char *image, const cha
 	}
 	pid_t pid = fork();
 	if (pid == 0) {
-		dup2(errpipe[1], 2);
+		/* The error line comes on descriptor 3; what imgfs says for people
+		 * goes where launch's own stderr goes. */
+		char fd_text[16];
+		snprintf(fd_text, sizeof(fd_text), "%d", ERROR_LINE_FD);
+		if (dup2(errpipe[1], ERROR_LINE_FD) < 0 || setenv(IMGFS_ERROR_FD_ENV, fd_text, 1) < 0)
+			_exit(127);
 		execv(imgfs, (char *const *)argv);
 		_exit(127);
 	}
 	free(argv);
 	close(errpipe[1]);
+	char line[1024];
 	size_t len = 0;
 	ssize_t n;
-	while (len < size - 1 && (n = read(errpipe[0], msg + len, size - 1 - len)) > 0)
+	while (len < sizeof(line) - 1 && (n = read(errpipe[0], line + len, sizeof(line) - 1 - len)) > 0)
 		len += (size_t)n;
-	msg[len] = '\0';
+	line[len] = '\0';
 	close(errpipe[0]);
 	int status;
 	if (pid < 0 || waitpid(pid, &status, 0) < 0)
 		return -errno;
-	msg[strcspn(msg, "\n")] = '\0';
-	if (str_has_prefix(msg, "imgfs: "))
-		memmove(msg, msg + 7, strlen(msg + 7) + 1);
-	return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -EIO;
+	if (WIFEXITED(status) && WEXITSTATUS(status) == IMGFS_EXIT_OK)
+		return 0;
+	line[strcspn(line, "\n")] = '\0';
+	char *text;
+	long code = strtol(line, &text, 10);
+	if (text != line && *text == ' ') {
+		snprintf(msg, size, "%s", text + 1);
+		return code > 0 ? (int)-code : -EIO;
+	}
+	if (WIFEXITED(status) && WEXITSTATUS(status) == 127)
+		snprintf(msg, size, "cannot run \"%s\"", imgfs);
+	else
+		snprintf(msg, size, "imgfs mount failed without saying why");
+	return -EIO;
 }
 
 static int load_image_process(const char *rootfs, struct image_process *ret, struct err *err)
 {
 	char path[PATH_MAX];
-	ssize_t n = getxattr(rootfs, CONFIG_XATTR, path, sizeof(path) - 1);
+	ssize_t n = getxattr(rootfs, IMGFS_CONFIG_XATTR, path, sizeof(path) - 1);
 	if (n < 0)
 		return err_set(err, errno, "cannot find the image config of the mount \"%s\": %s", rootfs,
 			       strerror(errno));
@@ -429,7 +447,7 @@ static int prepare(struct run_options *o, const char *image, const char *root, s
 	if (r == 0) {
 		_cleanup_free_ char *rootfs = strdup_printf("%s/rootfs", c->dir);
 		char pid[32];
-		ssize_t n = rootfs ? getxattr(rootfs, DAEMON_PID_XATTR, pid, sizeof(pid) - 1) : -1;
+		ssize_t n = rootfs ? getxattr(rootfs, IMGFS_PID_XATTR, pid, sizeof(pid) - 1) : -1;
 		if (n > 0) {
 			pid[n] = '\0';
 			c->daemon_pid = strtol(pid, NULL, 10);

@@ -236,7 +236,7 @@ static void log_line(struct shim *sh, int stream, const char *text, size_t len, 
 	size_t n = strftime(head, sizeof(head), "%Y-%m-%dT%H:%M:%S", &tm);
 	snprintf(head + n, sizeof(head) - n, ".%09ldZ %s %c ", ts.tv_nsec, stream ? "stderr" : "stdout",
 		 full ? 'F' : 'P');
-	struct iovec iov[3] = { { head, strlen(head) }, { (void *)text, len }, { "\n", 1 } };
+	struct iovec iov[3] = { { head, strlen(head) }, { (void *)text, len }, { (void *)"\n", 1 } };
 	/* One writev per line keeps lines whole for a reader following the log. */
 	(void)writev(sh->log_fd, iov, 3);
 }

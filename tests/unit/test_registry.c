@@ -206,7 +206,7 @@ static void test_digests(void)
 	ok(registry_host_is_insecure("127.0.0.1:5000", NULL) && registry_host_is_insecure("localhost", NULL) &&
 	       registry_host_is_insecure("[::1]:5000", NULL) && !registry_host_is_insecure("example.com", NULL),
 	   "loopback registries may use plain HTTP, others may not");
-	char *list[] = { "reg.lan", "other.lan:5000", NULL };
+	char *list[] = { (char *)"reg.lan", (char *)"other.lan:5000", NULL };
 	ok(registry_host_is_insecure("reg.lan:443", list) && registry_host_is_insecure("other.lan:5000", list) &&
 	       !registry_host_is_insecure("other.lan:6000", list),
 	   "--insecure-registry HOST covers every port, HOST:PORT one");

@@ -43,7 +43,7 @@ static void test_parse_and_args(void)
 	is_str(p.user, "app", "User");
 
 	char *none[] = { NULL };
-	char *given[] = { "a", "b", NULL };
+	char *given[] = { (char *)"a", (char *)"b", NULL };
 	struct spec_options o = { .command = none };
 	char *s = args_joined(&p, &o);
 	is_str(s, "/entry -x default", "Entrypoint + Cmd");
@@ -125,7 +125,7 @@ static bool array_has(struct json_object *a, const char *s)
 static void test_build(void)
 {
 	char *none[] = { NULL };
-	char *env[] = { "OVER=cli", "NEW=2", NULL };
+	char *env[] = { (char *)"OVER=cli", (char *)"NEW=2", NULL };
 	char dir[] = "/tmp/imgfs-spec-XXXXXX";
 	ok(mkdtemp(dir) != NULL, "a host directory for a volume");
 	char vol[256], vol_ro[256];
@@ -193,7 +193,7 @@ static void test_build(void)
 	json_object_put(root);
 	o.host_network = false;
 
-	char *bad_volume[] = { "relative:/x", NULL };
+	char *bad_volume[] = { (char *)"relative:/x", NULL };
 	o.volumes = bad_volume;
 	ok(build(&o, &err) == NULL && strstr(err.msg, "relative"), "a relative volume is refused: %s", err.msg);
 	char *bad_option[] = { vol_ro, NULL };
@@ -204,7 +204,7 @@ static void test_build(void)
 	o.workdir = "relative";
 	ok(build(&o, &err) == NULL && strstr(err.msg, "relative"), "a relative -w is refused: %s", err.msg);
 	o.workdir = NULL;
-	char *empty_key[] = { "=x", NULL };
+	char *empty_key[] = { (char *)"=x", NULL };
 	o.env = empty_key;
 	ok(build(&o, &err) == NULL && strstr(err.msg, "=x"), "-e =x is refused: %s", err.msg);
 	rmdir(dir);
