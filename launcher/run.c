@@ -607,110 +607,129 @@ static int wait_child(pid_t pid)
 	return 0;
 }
 
-int cmd_run(int argc, char **argv)
+/* What a run made so far: run_abort() undoes it, whatever step failed. */
+struct run {
+	struct run_options o;
+	char *root, *runtime;
+	struct container c;
+	bool prepared, bundle_written;
+	struct shim_handle shim;
+	int sock; /* the attach connection, -1 without one */
+};
+
+static void run_abort(struct run *run)
 {
-	struct run_options o = { .detach_keys = DEFAULT_DETACH_KEYS, .pull = "missing" };
-	struct container c = { 0 };
-	struct shim_handle shim = { .pid = -1 };
-	struct err err = { 0 };
-	_cleanup_free_ char *root = NULL, *runtime = NULL;
-	int ret = EXIT_LAUNCH_ERROR;
-	int first = parse_run_options(argc, argv, &o);
-	if (first < 0)
-		goto out;
-	const char *image = argv[first];
-	if (!(root = state_root(o.root)))
-		goto out;
-	if (!(runtime = find_runtime(o.runtime))) {
-		fprintf(stderr, "launch: cannot find the OCI runtime %s in $PATH\n",
-			o.runtime ? o.runtime : "runc or crun");
-		goto out;
+	if (run->shim.sync)
+		fclose(run->shim.sync);
+	run->shim.sync = NULL;
+	if (run->shim.pid > 0) {
+		/* A shim that waits for the bundle or for our attach would start
+		 * the container after its timeout: it has nothing left to do. */
+		if (!run->o.detach && run->sock < 0)
+			kill(run->shim.pid, SIGKILL);
+		if (run->sock >= 0)
+			close(run->sock);
+		run->sock = -1;
+		wait_child(run->shim.pid);
 	}
-	if (prepare(&o, image, root, &c, &err) < 0) {
-		fprintf(stderr, "launch: %s\n", err.code ? err.msg : "out of memory");
-		goto out;
+	if (run->prepared)
+		(void)container_remove(run->root, run->bundle_written ? run->runtime : NULL, &run->c, NULL);
+}
+
+/* From the mount to a started container (attached unless -d); 0, or the
+ * exit code of a failure, whose words are in err. */
+static int run_start(struct run *run, const char *image, struct err *err)
+{
+	struct run_options *o = &run->o;
+	if (!(run->root = state_root(o->root)))
+		return EXIT_LAUNCH_ERROR;
+	if (!(run->runtime = find_runtime(o->runtime))) {
+		err_set(err, ENOENT, "cannot find the OCI runtime %s in $PATH",
+			o->runtime ? o->runtime : "runc or crun");
+		return EXIT_LAUNCH_ERROR;
 	}
+	if (prepare(o, image, run->root, &run->c, err) < 0)
+		return EXIT_LAUNCH_ERROR;
+	run->prepared = true;
 	/* Attached and without a terminal, the shim starts the runtime only once
 	 * we attach: it can start up while the bundle is written. */
-	bool shim_first = !o.detach && !o.spec.tty;
-	if (shim_first && start_shim(&o, root, &c, runtime, &shim, &err) < 0) {
-		fprintf(stderr, "launch: %s\n", err.msg);
-		(void)container_remove(root, NULL, &c, NULL);
-		goto out;
-	}
-	if (write_bundle(&o, &c, &err) < 0) {
-		fprintf(stderr, "launch: %s\n", err.code ? err.msg : "out of memory");
-		if (shim_first) {
-			kill(shim.pid, SIGKILL);
-			wait_child(shim.pid);
-			fclose(shim.sync);
-		}
-		(void)container_remove(root, NULL, &c, NULL);
-		goto out;
-	}
-	if (!shim_first && start_shim(&o, root, &c, runtime, &shim, &err) < 0) {
-		fprintf(stderr, "launch: %s\n", err.msg);
-		(void)container_remove(root, runtime, &c, NULL);
-		goto out;
-	}
-	int code = read_report(&shim, "ready", &err);
-	int sock = -1;
-	if (code == 0 && !o.detach) {
+	bool shim_first = !o->detach && !o->spec.tty;
+	if (shim_first && start_shim(o, run->root, &run->c, run->runtime, &run->shim, err) < 0)
+		return EXIT_LAUNCH_ERROR;
+	if (write_bundle(o, &run->c, err) < 0)
+		return EXIT_LAUNCH_ERROR;
+	run->bundle_written = true;
+	if (!shim_first && start_shim(o, run->root, &run->c, run->runtime, &run->shim, err) < 0)
+		return EXIT_LAUNCH_ERROR;
+	int code = read_report(&run->shim, "ready", err);
+	if (code != 0)
+		return code;
+	if (!o->detach) {
 		/* The shim waits for this connection before it starts the container,
 		 * so not one byte of output is missed. */
-		if ((sock = attach_connect(c.dir)) < 0) {
-			err_set(&err, -sock, "cannot attach to %s: %s", c.id, strerror(-sock));
-			code = EXIT_LAUNCH_ERROR;
+		int sock = attach_connect(run->c.dir);
+		if (sock < 0) {
+			err_set(err, -sock, "cannot attach to %s: %s", run->c.id, strerror(-sock));
+			return EXIT_LAUNCH_ERROR;
 		}
+		run->sock = sock;
 	}
-	if (code == 0)
-		code = read_report(&shim, "started", &err);
-	fclose(shim.sync);
-	if (code != 0) {
-		fprintf(stderr, "launch: %s\n", err.msg);
-		if (sock >= 0)
-			close(sock);
-		/* A shim still waiting for our attach would start the container
-		 * after its timeout: it has nothing left to do. */
-		if (sock < 0 && !o.detach)
-			kill(shim.pid, SIGKILL);
-		wait_child(shim.pid);
-		(void)container_remove(root, runtime, &c, NULL);
-		ret = code;
-		goto out;
-	}
-	if (o.detach) {
-		printf("%s\n", c.id);
-		ret = 0;
-		goto out;
-	}
-	int r = attach_session(sock, c.dir, o.spec.tty, o.interactive, o.detach_keys);
-	close(sock);
+	code = read_report(&run->shim, "started", err);
+	fclose(run->shim.sync);
+	run->shim.sync = NULL;
+	return code;
+}
+
+/* Attached to the started container until it exits or we detach. */
+static int run_attached(struct run *run)
+{
+	struct run_options *o = &run->o;
+	int r = attach_session(run->sock, run->c.dir, o->spec.tty, o->interactive, o->detach_keys);
+	close(run->sock);
+	run->sock = -1;
 	if (r == ATTACH_DETACHED) {
-		fprintf(stderr, "\r\nlaunch: detached from %s (launch attach %s)\r\n", c.name, c.name);
-		ret = 0;
-		goto out;
+		fprintf(stderr, "\r\nlaunch: detached from %s (launch attach %s)\r\n", run->c.name, run->c.name);
+		return 0;
 	}
 	/* The shim finishes (runtime delete, and removal for --rm) before we
 	 * return, as docker run --rm does: down to the mount's daemon. */
-	wait_child(shim.pid);
-	if (o.remove)
-		wait_daemon_gone(&c, 5000);
-	if (r < 0) {
-		int exit_code;
-		if (container_status(&c, &exit_code) == STATUS_EXITED) {
-			ret = exit_code;
+	wait_child(run->shim.pid);
+	if (o->remove)
+		wait_daemon_gone(&run->c, 5000);
+	if (r >= 0)
+		return r;
+	int exit_code;
+	if (container_status(&run->c, &exit_code) == STATUS_EXITED)
+		return exit_code;
+	fprintf(stderr, "launch: lost the connection to the shim of %s: %s\n", run->c.id, strerror(-r));
+	return EXIT_LAUNCH_ERROR;
+}
+
+int cmd_run(int argc, char **argv)
+{
+	struct run run = { .o = { .detach_keys = DEFAULT_DETACH_KEYS, .pull = "missing" },
+			   .shim = { .pid = -1 },
+			   .sock = -1 };
+	struct err err = { 0 };
+	int ret = EXIT_LAUNCH_ERROR;
+	int first = parse_run_options(argc, argv, &run.o);
+	if (first >= 0) {
+		ret = run_start(&run, argv[first], &err);
+		if (ret != 0) {
+			fprintf(stderr, "launch: %s\n", err.code ? err.msg : "out of memory");
+			run_abort(&run);
+		} else if (run.o.detach) {
+			printf("%s\n", run.c.id);
 		} else {
-			fprintf(stderr, "launch: lost the connection to the shim of %s: %s\n", c.id, strerror(-r));
+			ret = run_attached(&run);
 		}
-		goto out;
 	}
-	ret = r;
-out:
-	container_done(&c);
-	free(o.spec.groups);
-	strv_free_n(o.env, o.n_env);
-	strv_free_n(o.volumes, o.n_volumes);
-	strv_free_n(o.imgfs_args, o.n_imgfs_args);
+	free(run.root);
+	free(run.runtime);
+	container_done(&run.c);
+	free(run.o.spec.groups);
+	strv_free_n(run.o.env, run.o.n_env);
+	strv_free_n(run.o.volumes, run.o.n_volumes);
+	strv_free_n(run.o.imgfs_args, run.o.n_imgfs_args);
 	return ret;
 }
