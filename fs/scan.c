@@ -64,6 +64,80 @@ static int add_extent(struct entry *e, size_t *allocated, uint64_t file_off, uin
 	return 0;
 }
 
+/* The entry's xattrs (PAX headers), bounded in number and size. */
+static int read_xattrs(struct scan *s, struct archive_entry *ae, struct entry *e, struct err *err)
+{
+	int n_xattrs = s->ar->entry_xattr_reset(ae);
+	if (n_xattrs > MAX_XATTRS)
+		return err_set(err, EINVAL, "entry \"%s\" has more than %d xattrs", e->path, MAX_XATTRS);
+	if (n_xattrs <= 0)
+		return 0;
+	e->xattrs = calloc((size_t)n_xattrs, sizeof(*e->xattrs));
+	if (!e->xattrs)
+		return -ENOMEM;
+	const char *xname;
+	const void *value;
+	size_t size;
+	while (s->ar->entry_xattr_next(ae, &xname, &value, &size) == ARCHIVE_OK && e->n_xattrs < (uint32_t)n_xattrs) {
+		if (size > MAX_XATTR_SIZE || strlen(xname) > 255)
+			return err_set(err, EINVAL, "entry \"%s\": xattr too large", e->path);
+		/* bsdtar writes each xattr twice (LIBARCHIVE.xattr and
+		 * SCHILY.xattr); libarchive reports both. The last one wins. */
+		struct xattr *x = NULL;
+		for (uint32_t k = 0; k < e->n_xattrs && !x; k++)
+			if (strcmp(e->xattrs[k].name, xname) == 0)
+				x = &e->xattrs[k];
+		if (x) {
+			free(x->value);
+			x->value = NULL;
+		} else {
+			x = &e->xattrs[e->n_xattrs++];
+			x->name = strdup(xname);
+		}
+		x->value = malloc(size ? size : 1);
+		if (!x->name || !x->value)
+			return -ENOMEM;
+		memcpy(x->value, value, size);
+		x->len = (uint32_t)size;
+	}
+	return 0;
+}
+
+/* Where a regular file's bytes sit in the stream: its extents (several
+ * for a sparse file). */
+static int read_extents(struct scan *s, struct archive *a, struct archive_entry *ae, struct entry *e, struct err *err)
+{
+	int r;
+	int64_t size = s->ar->entry_size(ae);
+	if (size < 0 || (uint64_t)size > s->limit)
+		return err_set(err, EFBIG, "entry \"%s\" claims an impossible size %lld", e->path, (long long)size);
+	e->size = (uint64_t)size;
+	/* After s->ar->read_data_block() returns, the format has consumed the
+	 * stream up to the start of the block it hands out: that position is
+	 * where the block sits in the uncompressed stream. */
+	size_t allocated = 0;
+	for (;;) {
+		const void *buf;
+		size_t len;
+		la_int64_t offset;
+		r = s->ar->read_data_block(a, &buf, &len, &offset);
+		if (r == ARCHIVE_EOF)
+			break;
+		if (r != ARCHIVE_OK && r != ARCHIVE_WARN)
+			return err_set(err, s->error ? -s->error : EIO, "entry \"%s\": %s", e->path,
+				       s->ar->error_string(a) ? s->ar->error_string(a) : "cannot read data");
+		if (len == 0)
+			continue;
+		if (offset < 0 || (uint64_t)offset + len > e->size)
+			return err_set(err, EINVAL, "entry \"%s\": data beyond its size", e->path);
+		la_int64_t stream_off = s->ar->filter_bytes(a, 0);
+		r = add_extent(e, &allocated, (uint64_t)offset, (uint64_t)stream_off, len);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
 static int read_entry(struct scan *s, struct archive *a, struct archive_entry *ae, struct entry *e, struct err *err)
 {
 	const char *name = s->ar->entry_pathname(ae);
@@ -120,71 +194,58 @@ static int read_entry(struct scan *s, struct archive *a, struct archive_entry *a
 		e->rdev_minor = (uint32_t)s->ar->entry_rdevminor(ae);
 	}
 
-	int n_xattrs = s->ar->entry_xattr_reset(ae);
-	if (n_xattrs > MAX_XATTRS)
-		return err_set(err, EINVAL, "entry \"%s\" has more than %d xattrs", e->path, MAX_XATTRS);
-	if (n_xattrs > 0) {
-		e->xattrs = calloc((size_t)n_xattrs, sizeof(*e->xattrs));
-		if (!e->xattrs)
-			return -ENOMEM;
-		const char *xname;
-		const void *value;
-		size_t size;
-		while (s->ar->entry_xattr_next(ae, &xname, &value, &size) == ARCHIVE_OK &&
-		       e->n_xattrs < (uint32_t)n_xattrs) {
-			if (size > MAX_XATTR_SIZE || strlen(xname) > 255)
-				return err_set(err, EINVAL, "entry \"%s\": xattr too large", e->path);
-			/* bsdtar writes each xattr twice (LIBARCHIVE.xattr and
-			 * SCHILY.xattr); libarchive reports both. The last one wins. */
-			struct xattr *x = NULL;
-			for (uint32_t k = 0; k < e->n_xattrs && !x; k++)
-				if (strcmp(e->xattrs[k].name, xname) == 0)
-					x = &e->xattrs[k];
-			if (x) {
-				free(x->value);
-				x->value = NULL;
-			} else {
-				x = &e->xattrs[e->n_xattrs++];
-				x->name = strdup(xname);
-			}
-			x->value = malloc(size ? size : 1);
-			if (!x->name || !x->value)
-				return -ENOMEM;
-			memcpy(x->value, value, size);
-			x->len = (uint32_t)size;
-		}
-	}
+	r = read_xattrs(s, ae, e, err);
+	if (r < 0)
+		return r;
 
 	if (e->type != ENTRY_REG)
 		return 0;
-	int64_t size = s->ar->entry_size(ae);
-	if (size < 0 || (uint64_t)size > s->limit)
-		return err_set(err, EFBIG, "entry \"%s\" claims an impossible size %lld", e->path, (long long)size);
-	e->size = (uint64_t)size;
-	/* After s->ar->read_data_block() returns, the format has consumed the
-	 * stream up to the start of the block it hands out: that position is
-	 * where the block sits in the uncompressed stream. */
-	size_t allocated = 0;
+	return read_extents(s, a, ae, e, err);
+}
+
+/* Every entry of the tar stream into s->layer. */
+static int scan_entries(struct scan *s, struct archive *a, struct err *err)
+{
+	struct layer *l = s->layer;
 	for (;;) {
-		const void *buf;
-		size_t len;
-		la_int64_t offset;
-		r = s->ar->read_data_block(a, &buf, &len, &offset);
-		if (r == ARCHIVE_EOF)
-			break;
-		if (r != ARCHIVE_OK && r != ARCHIVE_WARN)
-			return err_set(err, s->error ? -s->error : EIO, "entry \"%s\": %s", e->path,
-				       s->ar->error_string(a) ? s->ar->error_string(a) : "cannot read data");
-		if (len == 0)
+		struct archive_entry *ae;
+		int ar = s->ar->read_next_header(a, &ae);
+		if (ar == ARCHIVE_EOF)
+			return 0;
+		if (ar == ARCHIVE_RETRY)
 			continue;
-		if (offset < 0 || (uint64_t)offset + len > e->size)
-			return err_set(err, EINVAL, "entry \"%s\": data beyond its size", e->path);
-		la_int64_t stream_off = s->ar->filter_bytes(a, 0);
-		r = add_extent(e, &allocated, (uint64_t)offset, (uint64_t)stream_off, len);
+		if (ar != ARCHIVE_OK && ar != ARCHIVE_WARN) {
+			/* A FAILED entry header still leaves the stream position unknown
+			 * for what follows, so both FAILED and FATAL end the scan. */
+			return err_set(err, s->error ? -s->error : EINVAL, "corrupt tar stream after %zu entries: %s",
+				       l->n_entries, s->ar->error_string(a) ? s->ar->error_string(a) : "unknown error");
+		}
+		if (l->n_entries >= MAX_ENTRIES)
+			return err_set(err, EFBIG, "more than %u entries", MAX_ENTRIES);
+		if (grow_array((void **)&l->entries, &s->allocated_entries, l->n_entries + 1, sizeof(struct entry)) < 0)
+			return -ENOMEM;
+		struct entry *e = &l->entries[l->n_entries];
+		memset(e, 0, sizeof(*e));
+		l->n_entries++;
+		int r = read_entry(s, a, ae, e, err);
 		if (r < 0)
 			return r;
 	}
-	return 0;
+}
+
+/* Decodes to the end: the stream must be whole even past the tar end
+ * marker, and within the expansion limit. */
+static int scan_to_end(struct scan *s, struct err *err)
+{
+	for (;;) {
+		ssize_t n = cursor_read(s->cursor, s->buf, SCAN_BUFFER_SIZE, &s->rec);
+		if (n < 0)
+			return err_set(err, (int)-n, "the compressed stream is corrupt or truncated");
+		if (n == 0)
+			return 0;
+		if (cursor_position(s->cursor) > s->limit)
+			return err_set(err, EFBIG, "the layer expands beyond %llu bytes", (unsigned long long)s->limit);
+	}
 }
 
 int layer_open_scan(const char *digest, enum layer_compression compression, int blob_fd, struct layer **ret,
@@ -234,50 +295,11 @@ int layer_open_scan(const char *digest, enum layer_compression compression, int 
 		r = err_set(err, s.error ? -s.error : EINVAL, "not a tar stream: %s", s.ar->error_string(a));
 		goto out;
 	}
-	for (;;) {
-		struct archive_entry *ae;
-		int ar = s.ar->read_next_header(a, &ae);
-		if (ar == ARCHIVE_EOF)
-			break;
-		if (ar == ARCHIVE_RETRY)
-			continue;
-		if (ar != ARCHIVE_OK && ar != ARCHIVE_WARN) {
-			/* A FAILED entry header still leaves the stream position unknown
-			 * for what follows, so both FAILED and FATAL end the scan. */
-			r = err_set(err, s.error ? -s.error : EINVAL, "corrupt tar stream after %zu entries: %s",
-				    l->n_entries, s.ar->error_string(a) ? s.ar->error_string(a) : "unknown error");
-			goto out;
-		}
-		if (l->n_entries >= MAX_ENTRIES) {
-			r = err_set(err, EFBIG, "more than %u entries", MAX_ENTRIES);
-			goto out;
-		}
-		if (grow_array((void **)&l->entries, &s.allocated_entries, l->n_entries + 1, sizeof(struct entry)) <
-		    0) {
-			r = -ENOMEM;
-			goto out;
-		}
-		struct entry *e = &l->entries[l->n_entries];
-		memset(e, 0, sizeof(*e));
-		l->n_entries++;
-		r = read_entry(&s, a, ae, e, err);
-		if (r < 0)
-			goto out;
-	}
-	/* Decode to the end: the stream must be whole even past the tar end marker. */
-	for (;;) {
-		ssize_t n = cursor_read(s.cursor, s.buf, SCAN_BUFFER_SIZE, &s.rec);
-		if (n < 0) {
-			r = err_set(err, (int)-n, "the compressed stream is corrupt or truncated");
-			goto out;
-		}
-		if (n == 0)
-			break;
-		if (cursor_position(s.cursor) > s.limit) {
-			r = err_set(err, EFBIG, "the layer expands beyond %llu bytes", (unsigned long long)s.limit);
-			goto out;
-		}
-	}
+	r = scan_entries(&s, a, err);
+	if (r == 0)
+		r = scan_to_end(&s, err);
+	if (r < 0)
+		goto out;
 	l->tar_size = cursor_position(s.cursor);
 	shrink_array((void **)&l->entries, l->n_entries, sizeof(*l->entries));
 	for (size_t i = 0; i < l->n_entries; i++)

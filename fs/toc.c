@@ -149,51 +149,11 @@ struct toc_parser {
 };
 
 /* Adds one TOC entry (a JSON object) to the layer. */
-static int toc_entry(struct toc_parser *tp, struct json_object *o, struct err *err)
+/* The metadata of a new entry e, of TOC type type, and its first chunk. */
+static int toc_entry_fill(struct toc_parser *tp, struct json_object *o, const char *type, struct entry *e,
+			  struct err *err)
 {
-	struct layer *l = tp->layer;
-	size_t i = tp->index++;
-	int r = 0;
-	if (!json_object_is_type(o, json_type_object))
-		return err_set(err, EINVAL, "TOC entry %zu is not an object", i);
-	const char *name = jstr(o, "name"), *type = jstr(o, "type");
-	if (!name || !type) {
-		r = err_set(err, EINVAL, "TOC entry %zu has no name or type", i);
-		return r;
-	}
-	if (strcmp(type, "chunk") == 0) {
-		if (!tp->current_file) {
-			r = err_set(err, EINVAL, "TOC chunk \"%s\" follows no regular file", name);
-			return r;
-		}
-		r = add_chunk(tp->current_file, &tp->chunk_allocated, o, tp->toc_off, err);
-		if (r < 0)
-			return r;
-		return 0;
-	}
-	tp->current_file = NULL;
-	_cleanup_free_ char *path = NULL;
-	r = path_normalise(name, &path);
-	if (r < 0) {
-		r = err_set(err, EINVAL, "TOC entry \"%s\" leaves the image root", name);
-		return r;
-	}
-	if (strcmp(path, ".prefetch.landmark") == 0)
-		tp->landmark = l->n_entries;
-	if (hidden_name(path))
-		return 0;
-	/* The previous file is complete: give back its spare chunk slots now,
-	 * so that they never add up during the parse. */
-	if (l->n_entries)
-		shrink_array((void **)&l->entries[l->n_entries - 1].chunks, l->entries[l->n_entries - 1].n_chunks,
-			     sizeof(struct chunk));
-	if (grow_array((void **)&l->entries, &tp->allocated, l->n_entries + 1, sizeof(struct entry)) < 0) {
-		r = -ENOMEM;
-		return r;
-	}
-	struct entry *e = &l->entries[l->n_entries++];
-	memset(e, 0, sizeof(*e));
-	e->path = TAKE_PTR(path);
+	int r;
 	static const struct {
 		const char *name;
 		enum entry_type type;
@@ -206,16 +166,12 @@ static int toc_entry(struct toc_parser *tp, struct json_object *o, struct err *e
 			e->type = types[k].type;
 			known = true;
 		}
-	if (!known) {
-		r = err_set(err, EINVAL, "TOC entry \"%s\" has unknown type \"%s\"", e->path, type);
-		return r;
-	}
+	if (!known)
+		return err_set(err, EINVAL, "TOC entry \"%s\" has unknown type \"%s\"", e->path, type);
 	e->mode = (uint32_t)jint(o, "mode") & 07777;
 	int64_t uid = jint(o, "uid"), gid = jint(o, "gid");
-	if (uid < 0 || uid >= UINT32_MAX || gid < 0 || gid >= UINT32_MAX) {
-		r = err_set(err, EINVAL, "TOC entry \"%s\" has an invalid owner", e->path);
-		return r;
-	}
+	if (uid < 0 || uid >= UINT32_MAX || gid < 0 || gid >= UINT32_MAX)
+		return err_set(err, EINVAL, "TOC entry \"%s\" has an invalid owner", e->path);
 	e->uid = (uint32_t)uid;
 	e->gid = (uint32_t)gid;
 	parse_time(jstr(o, "modtime"), &e->mtime_sec, &e->mtime_nsec);
@@ -223,32 +179,22 @@ static int toc_entry(struct toc_parser *tp, struct json_object *o, struct err *e
 	e->rdev_minor = (uint32_t)jint(o, "devMinor");
 	const char *link = jstr(o, "linkName");
 	if (e->type == ENTRY_SYMLINK) {
-		if (!link || strlen(link) >= 4096) {
-			r = err_set(err, EINVAL, "TOC symlink \"%s\" has no valid target", e->path);
-			return r;
-		}
+		if (!link || strlen(link) >= 4096)
+			return err_set(err, EINVAL, "TOC symlink \"%s\" has no valid target", e->path);
 		e->link = strdup(link);
 	} else if (e->type == ENTRY_HARDLINK) {
-		if (!link || path_normalise(link, &e->link) < 0) {
-			r = err_set(err, EINVAL, "TOC hardlink \"%s\" points outside the image root", e->path);
-			return r;
-		}
+		if (!link || path_normalise(link, &e->link) < 0)
+			return err_set(err, EINVAL, "TOC hardlink \"%s\" points outside the image root", e->path);
 	}
-	if ((e->type == ENTRY_SYMLINK || e->type == ENTRY_HARDLINK) && !e->link) {
-		r = -ENOMEM;
-		return r;
-	}
+	if ((e->type == ENTRY_SYMLINK || e->type == ENTRY_HARDLINK) && !e->link)
+		return -ENOMEM;
 	r = decode_xattrs(o, e);
-	if (r < 0) {
-		r = err_set(err, -r, "TOC entry \"%s\" has invalid xattrs", e->path);
-		return r;
-	}
+	if (r < 0)
+		return err_set(err, -r, "TOC entry \"%s\" has invalid xattrs", e->path);
 	if (e->type == ENTRY_REG) {
 		int64_t size = jint(o, "size");
-		if (size < 0) {
-			r = err_set(err, EINVAL, "TOC entry \"%s\" has a negative size", e->path);
-			return r;
-		}
+		if (size < 0)
+			return err_set(err, EINVAL, "TOC entry \"%s\" has a negative size", e->path);
 		e->size = (uint64_t)size;
 		tp->chunk_allocated = 0;
 		if (size > 0) {
@@ -260,6 +206,41 @@ static int toc_entry(struct toc_parser *tp, struct json_object *o, struct err *e
 	}
 
 	return 0;
+}
+
+static int toc_entry(struct toc_parser *tp, struct json_object *o, struct err *err)
+{
+	struct layer *l = tp->layer;
+	size_t i = tp->index++;
+	if (!json_object_is_type(o, json_type_object))
+		return err_set(err, EINVAL, "TOC entry %zu is not an object", i);
+	const char *name = jstr(o, "name"), *type = jstr(o, "type");
+	if (!name || !type)
+		return err_set(err, EINVAL, "TOC entry %zu has no name or type", i);
+	if (strcmp(type, "chunk") == 0) {
+		if (!tp->current_file)
+			return err_set(err, EINVAL, "TOC chunk \"%s\" follows no regular file", name);
+		return add_chunk(tp->current_file, &tp->chunk_allocated, o, tp->toc_off, err);
+	}
+	tp->current_file = NULL;
+	_cleanup_free_ char *path = NULL;
+	if (path_normalise(name, &path) < 0)
+		return err_set(err, EINVAL, "TOC entry \"%s\" leaves the image root", name);
+	if (strcmp(path, ".prefetch.landmark") == 0)
+		tp->landmark = l->n_entries;
+	if (hidden_name(path))
+		return 0;
+	/* The previous file is complete: give back its spare chunk slots now,
+	 * so that they never add up during the parse. */
+	if (l->n_entries)
+		shrink_array((void **)&l->entries[l->n_entries - 1].chunks, l->entries[l->n_entries - 1].n_chunks,
+			     sizeof(struct chunk));
+	if (grow_array((void **)&l->entries, &tp->allocated, l->n_entries + 1, sizeof(struct entry)) < 0)
+		return -ENOMEM;
+	struct entry *e = &l->entries[l->n_entries++];
+	memset(e, 0, sizeof(*e));
+	e->path = TAKE_PTR(path);
+	return toc_entry_fill(tp, o, type, e, err);
 }
 
 static const char *skip_ws(const char *p, const char *end)

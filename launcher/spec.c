@@ -477,30 +477,14 @@ static int add_volumes(const struct spec_options *o, struct json_object *mounts,
 	return 0;
 }
 
-int spec_build(const struct image_process *img, const struct spec_options *o, char **ret_json, struct err *err)
+/* The process: terminal, user, arguments, environment, working directory,
+ * capabilities and limits. */
+static int spec_process(const struct image_process *img, const struct spec_options *o, char **args,
+			struct json_object *process, struct err *err)
 {
-	_cleanup_(strv_freep) char **args = NULL;
-	int r = spec_args(img, o, &args, err);
-	if (r < 0)
-		return r;
-	struct json_object *root = json_object_new_object();
-	struct json_object *process = json_object_new_object();
 	struct json_object *env = json_object_new_array();
-	struct json_object *mounts = json_object_new_array();
-	struct json_object *linux_ = json_object_new_object();
-	if (!root || !process || !env || !mounts || !linux_) {
-		json_object_put(root);
-		json_object_put(process);
-		json_object_put(env);
-		json_object_put(mounts);
-		json_object_put(linux_);
+	if (!env)
 		return -ENOMEM;
-	}
-	json_object_object_add(root, "ociVersion", json_object_new_string("1.0.2"));
-	json_object_object_add(root, "process", process);
-	json_object_object_add(root, "mounts", mounts);
-	json_object_object_add(root, "linux", linux_);
-
 	json_object_object_add(process, "terminal", json_object_new_boolean(o->tty));
 	if (o->tty && o->rows && o->cols) {
 		struct json_object *size = json_object_new_object();
@@ -520,13 +504,12 @@ int spec_build(const struct image_process *img, const struct spec_options *o, ch
 	json_object_object_add(process, "user", user);
 	json_object_object_add(process, "args", string_array((const char *const *)args, strv_len(args)));
 	json_object_object_add(process, "env", env);
-	if ((r = build_env(img, o, env, err)) < 0)
-		goto fail;
+	int r = build_env(img, o, env, err);
+	if (r < 0)
+		return r;
 	const char *cwd = o->workdir && *o->workdir ? o->workdir : img->workdir && *img->workdir ? img->workdir : "/";
-	if (cwd[0] != '/') {
-		r = err_set(err, EINVAL, "working directory \"%s\" is not absolute", cwd);
-		goto fail;
-	}
+	if (cwd[0] != '/')
+		return err_set(err, EINVAL, "working directory \"%s\" is not absolute", cwd);
 	json_object_object_add(process, "cwd", json_object_new_string(cwd));
 	struct json_object *caps = json_object_new_object();
 	const char *sets[] = { "bounding", "effective", "permitted" };
@@ -547,13 +530,12 @@ int spec_build(const struct image_process *img, const struct spec_options *o, ch
 	json_object_object_add(process, "rlimits", limits);
 	json_object_object_add(process, "noNewPrivileges", json_object_new_boolean(true));
 
-	struct json_object *rootfs = json_object_new_object();
-	json_object_object_add(rootfs, "path", json_object_new_string("rootfs"));
-	json_object_object_add(rootfs, "readonly", json_object_new_boolean(false));
-	json_object_object_add(root, "root", rootfs);
-	if (o->hostname)
-		json_object_object_add(root, "hostname", json_object_new_string(o->hostname));
+	return 0;
+}
 
+/* The file systems every container gets, the init and the volumes. */
+static int spec_mounts(const struct spec_options *o, struct json_object *mounts, struct err *err)
+{
 	static const char *const dev_opts[] = { "nosuid", "strictatime", "mode=755", "size=65536k" };
 	static const char *const pts_opts[] = {
 		"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"
@@ -571,9 +553,12 @@ int spec_build(const struct image_process *img, const struct spec_options *o, ch
 		static const char *const init_opts[] = { "bind", "ro", "nosuid", "nodev" };
 		add_mount(mounts, "/.launch-init", "bind", o->init_path, init_opts, ARRAY_SIZE(init_opts));
 	}
-	if ((r = add_volumes(o, mounts, err)) < 0)
-		goto fail;
+	return add_volumes(o, mounts, err);
+}
 
+/* Namespaces and the paths the container may not see or change. */
+static void spec_linux(const struct spec_options *o, struct json_object *linux_)
+{
 	struct json_object *namespaces = json_object_new_array();
 	const char *ns[] = { "pid", "mount", "ipc", "uts", "network" };
 	for (size_t i = 0; i < ARRAY_SIZE(ns) - (o->host_network ? 1 : 0); i++) {
@@ -584,6 +569,41 @@ int spec_build(const struct image_process *img, const struct spec_options *o, ch
 	json_object_object_add(linux_, "namespaces", namespaces);
 	json_object_object_add(linux_, "maskedPaths", string_array(masked_paths, ARRAY_SIZE(masked_paths)));
 	json_object_object_add(linux_, "readonlyPaths", string_array(readonly_paths, ARRAY_SIZE(readonly_paths)));
+}
+
+int spec_build(const struct image_process *img, const struct spec_options *o, char **ret_json, struct err *err)
+{
+	_cleanup_(strv_freep) char **args = NULL;
+	int r = spec_args(img, o, &args, err);
+	if (r < 0)
+		return r;
+	struct json_object *root = json_object_new_object();
+	struct json_object *process = json_object_new_object();
+	struct json_object *mounts = json_object_new_array();
+	struct json_object *linux_ = json_object_new_object();
+	if (!root || !process || !mounts || !linux_) {
+		json_object_put(root);
+		json_object_put(process);
+		json_object_put(mounts);
+		json_object_put(linux_);
+		return -ENOMEM;
+	}
+	json_object_object_add(root, "ociVersion", json_object_new_string("1.0.2"));
+	json_object_object_add(root, "process", process);
+	json_object_object_add(root, "mounts", mounts);
+	json_object_object_add(root, "linux", linux_);
+	if ((r = spec_process(img, o, args, process, err)) < 0)
+		goto fail;
+	struct json_object *rootfs = json_object_new_object();
+	json_object_object_add(rootfs, "path", json_object_new_string("rootfs"));
+	json_object_object_add(rootfs, "readonly", json_object_new_boolean(false));
+	json_object_object_add(root, "root", rootfs);
+	if (o->hostname)
+		json_object_object_add(root, "hostname", json_object_new_string(o->hostname));
+
+	if ((r = spec_mounts(o, mounts, err)) < 0)
+		goto fail;
+	spec_linux(o, linux_);
 
 	const char *text =
 	    json_object_to_json_string_ext(root, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE);

@@ -7,9 +7,9 @@ import os
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "integration"))
-from harness import IMGFS, Registry, is_mounted, push_image, workspace  # noqa: E402
-from images import busybox_layer  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from imgfs_test.harness import IMGFS, Registry, is_mounted, push_image, workspace  # noqa: E402
+from imgfs_test.images import busybox_layer  # noqa: E402
 
 
 def show(cmd):

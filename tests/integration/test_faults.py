@@ -10,14 +10,14 @@ import sys
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(__file__))
-from faultproxy import MODES, MULTI_MODES, FaultProxy  # noqa: E402
-from harness import Entry, Mount, Registry, Tap, imgfs_stats, require_root_and_fuse, stats_after_prefetch, workspace  # noqa: E402
-from images import deterministic_bytes  # noqa: E402
-from test_lazy_lib import push_estargz  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from imgfs_test.faultproxy import MODES, MULTI_MODES, FaultProxy  # noqa: E402
+from imgfs_test.cases import Suite, run_file  # noqa: E402
+from imgfs_test.harness import Entry, Mount, Registry, imgfs_stats, stats_after_prefetch  # noqa: E402
+from imgfs_test.images import deterministic_bytes  # noqa: E402
+from imgfs_test.lazy import push_estargz  # noqa: E402
 
-tap = Tap()
-require_root_and_fuse(tap)
+suite = Suite()
 
 CHUNK = 1 << 20
 BIG = deterministic_bytes(11, 24 * CHUNK)
@@ -43,83 +43,105 @@ def read_at(path, chunk_index):
 
 
 os.environ["IMGFS_STALL_SECONDS"] = "2"
-with workspace() as work:
-    reg = Registry(work)
-    proxy = FaultProxy(reg.host, stall_seconds=4)
-    try:
-        push_estargz(reg, "faults/app", "v1", [ENTRIES], chunk_size=CHUNK)
-        push_estargz(reg, "faults/many", "v1", [MANY])
-        listing = os.path.join(work, "listed")
-        with open(listing, "w") as f:
-            f.write("".join(f"/{p}\n" for p in LISTED))
-        for policy in (None, *MULTI_MODES):
-            mnt = os.path.join(work, f"mnt-multi-{policy}")
-            proxy.faults, proxy.always, proxy.multi, proxy.multi_requests = [], None, policy, 0
-            m = Mount(f"{proxy.host}/faults/many:v1", mnt, os.path.join(work, f"cache-multi-{policy}"),
-                      ["--prefetch=landmark", "--prefetch-list", listing])
-            if not tap.ok(m.ok, f"several ranges, {policy or 'multipart'}: mount", m.stderr()):
-                continue
-            s = stats_after_prefetch(mnt)
-            good = [p for p in LISTED if open(os.path.join(mnt, p), "rb").read() == MANY[1 + int(p[6:])].data]
-            after = imgfs_stats(mnt)
-            if policy is None:
-                # Besides the footer and the TOC: at most one request per prefetch connection.
-                tap.ok(len(good) == len(LISTED) and s["prefetch_done"] and s["range_requests"] <= 2 + 4 and
-                       proxy.multi_requests >= 1 and after["range_requests"] == s["range_requests"],
-                       f"{len(LISTED)} listed files apart from each other arrive in requests of several ranges",
-                       (len(good), s, proxy.multi_requests))
-            else:
-                tap.ok(len(good) == len(LISTED) and s["prefetch_done"] and 1 <= proxy.multi_requests <= 4,
-                       f"several ranges, {policy}: every listed file reads right", (len(good), s, proxy.multi_requests))
-            m.umount()
-        proxy.multi = None
-        for n, mode in enumerate(MODES):
-            mnt = os.path.join(work, f"mnt-{mode}")
-            proxy.faults, proxy.always = [], None
-            m = Mount(f"{proxy.host}/faults/app:v1", mnt, os.path.join(work, f"cache-{mode}"), ["--prefetch=none"])
-            if not tap.ok(m.ok, f"{mode}: mount through the fault proxy", m.stderr()):
-                continue
-            big = os.path.join(mnt, "big")
-            proxy.faults = [mode]
-            got = read_at(big, 3)
-            tap.ok(got == BIG[3 * CHUNK:3 * CHUNK + 4096] and proxy.injected[-1:] == [mode],
-                   f"{mode}: one fault is retried and the read returns the right bytes",
-                   got if isinstance(got, int) else len(got))
-            proxy.always = mode
-            got = read_at(big, 10)
-            tap.ok(got == errno.EIO, f"{mode}: a fault that persists gives EIO, not wrong bytes", got)
-            proxy.always = None
-            tap.ok(open(os.path.join(mnt, "small"), "rb").read() == b"small file\n",
-                   f"{mode}: the daemon keeps serving other files")
-            got = read_at(big, 10)
-            tap.ok(got == BIG[10 * CHUNK:10 * CHUNK + 4096], f"{mode}: the failed chunk reads once the fault is gone",
-                   got if isinstance(got, int) else len(got))
-            m.umount()
 
-        # A stalled read holds up no read of another file: on-demand reads use a connection each.
-        mnt = os.path.join(work, "mnt-parallel")
-        proxy.faults, proxy.always = [], None
-        m = Mount(f"{proxy.host}/faults/app:v1", mnt, os.path.join(work, "cache-parallel"), ["--prefetch=none"])
-        if tap.ok(m.ok, "parallel: mount through the fault proxy", m.stderr()):
-            stalled = {}
-            injected = len(proxy.injected)
-            proxy.faults = ["stall"]
-            reader = threading.Thread(target=lambda: stalled.update(got=read_at(os.path.join(mnt, "big"), 7)))
-            reader.start()
-            deadline = time.monotonic() + 10
-            while len(proxy.injected) == injected and time.monotonic() < deadline:
-                time.sleep(0.01)
-            t = time.monotonic()
-            small = open(os.path.join(mnt, "small"), "rb").read()
-            took = time.monotonic() - t
-            tap.ok(small == b"small file\n" and took < 1.5 and reader.is_alive(),
-                   "another file reads while a read of the big one stalls", (small, took))
-            reader.join()
-            tap.ok(stalled.get("got") == BIG[7 * CHUNK:7 * CHUNK + 4096], "and the stalled read is retried",
-                   stalled.get("got") if isinstance(stalled.get("got"), int) else None)
-            m.umount()
-    finally:
-        proxy.stop()
-        reg.stop()
 
-tap.done()
+@suite.setup
+def setup(t):
+    t.reg = Registry(t.work)
+    t.on_exit(t.reg.stop)
+    t.proxy = FaultProxy(t.reg.host, stall_seconds=4)
+    t.on_exit(t.proxy.stop)
+    push_estargz(t.reg, "faults/app", "v1", [ENTRIES], chunk_size=CHUNK)
+    push_estargz(t.reg, "faults/many", "v1", [MANY])
+
+
+@suite.case
+def several_ranges(t):
+    proxy = t.proxy
+    listing = os.path.join(t.work, "listed")
+    with open(listing, "w") as f:
+        f.write("".join(f"/{p}\n" for p in LISTED))
+    for policy in (None, *MULTI_MODES):
+        mnt = os.path.join(t.work, f"mnt-multi-{policy}")
+        proxy.faults, proxy.always, proxy.multi, proxy.multi_requests = [], None, policy, 0
+        m = Mount(f"{proxy.host}/faults/many:v1", mnt, os.path.join(t.work, f"cache-multi-{policy}"),
+                  ["--prefetch=landmark", "--prefetch-list", listing])
+        if not t.tap.ok(m.ok, f"several ranges, {policy or 'multipart'}: mount", m.stderr()):
+            continue
+        s = stats_after_prefetch(mnt)
+        good = [p for p in LISTED if open(os.path.join(mnt, p), "rb").read() == MANY[1 + int(p[6:])].data]
+        after = imgfs_stats(mnt)
+        if policy is None:
+            # Besides the footer and the TOC: at most one request per prefetch connection.
+            t.tap.ok(len(good) == len(LISTED) and s["prefetch_done"] and s["range_requests"] <= 2 + 4 and
+                     proxy.multi_requests >= 1 and after["range_requests"] == s["range_requests"],
+                     f"{len(LISTED)} listed files apart from each other arrive in requests of several ranges",
+                     (len(good), s, proxy.multi_requests))
+        else:
+            t.tap.ok(len(good) == len(LISTED) and s["prefetch_done"] and 1 <= proxy.multi_requests <= 4,
+                     f"several ranges, {policy}: every listed file reads right", (len(good), s, proxy.multi_requests))
+        m.umount()
+    proxy.multi = None
+
+
+def fault_case(mode):
+    def case(t):
+        proxy = t.proxy
+        mnt = os.path.join(t.work, f"mnt-{mode}")
+        proxy.faults, proxy.always, proxy.multi = [], None, None
+        m = Mount(f"{proxy.host}/faults/app:v1", mnt, os.path.join(t.work, f"cache-{mode}"), ["--prefetch=none"])
+        if not t.tap.ok(m.ok, f"{mode}: mount through the fault proxy", m.stderr()):
+            return
+        big = os.path.join(mnt, "big")
+        proxy.faults = [mode]
+        got = read_at(big, 3)
+        t.tap.ok(got == BIG[3 * CHUNK:3 * CHUNK + 4096] and proxy.injected[-1:] == [mode],
+                 f"{mode}: one fault is retried and the read returns the right bytes",
+                 got if isinstance(got, int) else len(got))
+        proxy.always = mode
+        got = read_at(big, 10)
+        t.tap.ok(got == errno.EIO, f"{mode}: a fault that persists gives EIO, not wrong bytes", got)
+        proxy.always = None
+        t.tap.ok(open(os.path.join(mnt, "small"), "rb").read() == b"small file\n",
+                 f"{mode}: the daemon keeps serving other files")
+        got = read_at(big, 10)
+        t.tap.ok(got == BIG[10 * CHUNK:10 * CHUNK + 4096], f"{mode}: the failed chunk reads once the fault is gone",
+                 got if isinstance(got, int) else len(got))
+        m.umount()
+    case.__name__ = f"fault_{mode}"
+    return case
+
+
+for fault in MODES:
+    suite.case(fault_case(fault))
+
+
+@suite.case
+def stalled_read_holds_up_nothing(t):
+    """On-demand reads use a connection each."""
+    proxy = t.proxy
+    mnt = os.path.join(t.work, "mnt-parallel")
+    proxy.faults, proxy.always, proxy.multi = [], None, None
+    m = Mount(f"{proxy.host}/faults/app:v1", mnt, os.path.join(t.work, "cache-parallel"), ["--prefetch=none"])
+    if not t.tap.ok(m.ok, "parallel: mount through the fault proxy", m.stderr()):
+        return
+    stalled = {}
+    injected = len(proxy.injected)
+    proxy.faults = ["stall"]
+    reader = threading.Thread(target=lambda: stalled.update(got=read_at(os.path.join(mnt, "big"), 7)))
+    reader.start()
+    deadline = time.monotonic() + 10
+    while len(proxy.injected) == injected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    start = time.monotonic()
+    small = open(os.path.join(mnt, "small"), "rb").read()
+    took = time.monotonic() - start
+    t.tap.ok(small == b"small file\n" and took < 1.5 and reader.is_alive(),
+             "another file reads while a read of the big one stalls", (small, took))
+    reader.join()
+    t.tap.ok(stalled.get("got") == BIG[7 * CHUNK:7 * CHUNK + 4096], "and the stalled read is retried",
+             stalled.get("got") if isinstance(stalled.get("got"), int) else None)
+    m.umount()
+
+
+run_file(suite)

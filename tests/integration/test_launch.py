@@ -18,11 +18,13 @@ import sys
 import termios
 import time
 
-sys.path.insert(0, os.path.dirname(__file__))
-from harness import Registry, Tap, push_image, workspace, IMGFS  # noqa: E402
-from images import busybox_layer  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from imgfs_test.cases import Suite, run_file  # noqa: E402
+from imgfs_test.harness import Registry, push_image, IMGFS  # noqa: E402
+from imgfs_test.images import busybox_layer  # noqa: E402
 
-tap = Tap()
+suite = Suite(needs_root=False)
+tap = suite.tap
 if os.geteuid() != 0:
     tap.skip_all("needs root (runc, FUSE mounts)")
 for tool in ("docker-registry", "runc"):
@@ -31,6 +33,8 @@ for tool in ("docker-registry", "runc"):
 
 BUILD = os.path.dirname(os.path.dirname(IMGFS))
 LAUNCH = os.environ.get("LAUNCH_BIN", os.path.join(BUILD, "launcher", "launch"))
+# The environment of every launch: its state root and cache, set by setup.
+ENV = {}
 
 
 class Pty:
@@ -141,188 +145,222 @@ def processes_with(text):
     return out
 
 
-with workspace() as work:
-    reg = Registry(work)
-    root = os.path.join(work, "launch-root")
-    ENV = dict(os.environ, LAUNCH_ROOT=root, IMGFS_CACHE=os.path.join(work, "cache"), TERM="xterm")
-    try:
-        push_image(reg, "test/busybox", "latest", [(busybox_layer(), "gzip")],
-                   config_extra={"config": {"Cmd": ["sh"], "Env": ["PATH=/bin", "FROM_IMAGE=yes"],
-                                            "WorkingDir": "/tmp"}})
-        push_image(reg, "test/entry", "latest", [(busybox_layer(), "gzip")],
-                   config_extra={"config": {"Entrypoint": ["echo", "entry"], "Cmd": ["default-cmd"],
-                                            "Env": ["PATH=/bin"], "User": "app"}})
-        img = f"{reg.host}/test/busybox"
-        entry = f"{reg.host}/test/entry"
+@suite.setup
+def setup(t):
+    t.reg = Registry(t.work)
+    t.on_exit(t.reg.stop)
+    t.root = os.path.join(t.work, "launch-root")
+    ENV.update(os.environ, LAUNCH_ROOT=t.root, IMGFS_CACHE=os.path.join(t.work, "cache"), TERM="xterm")
 
-        # -- output, exit codes, the image config as docker applies it
-        r = launch("run", "--rm", img, "sh", "-c", "echo out; echo err >&2; exit 3")
-        tap.ok((r.returncode, r.stdout, r.stderr) == (3, b"out\n", b"err\n"),
-               "stdout and stderr apart, the container's exit code as our own", r)
-        r = launch("run", "--rm", "--init", img, "sh", "-c", "kill -TERM $$")
-        tap.ok(r.returncode == 128 + signal.SIGTERM, "a command killed by a signal exits 128+signal", r)
-        r = launch("--rm", img, "echo", "shorthand")
-        tap.ok(r.stdout == b"shorthand\n", "launch IMAGE CMD is launch run IMAGE CMD", r)
-        r = launch("run", "--rm", img, "sh", "-c", "pwd; echo $FROM_IMAGE $HOME; id -u")
-        tap.ok(r.stdout == b"/tmp\nyes /root\n0\n", "WorkingDir and Env of the image, HOME from passwd", r.stdout)
-        r = launch("run", "--rm", "-w", "/etc", "-e", "FROM_IMAGE=overridden", "-e", "NEW=1", img,
-                   "sh", "-c", "pwd; echo $FROM_IMAGE $NEW")
-        tap.ok(r.stdout == b"/etc\noverridden 1\n", "-w and -e override the image", r.stdout)
-        envfile = os.path.join(work, "env")
-        with open(envfile, "w") as f:
-            f.write("# comment\nFROM_FILE=file value\n")
-        r = launch("run", "--rm", "--env-file", envfile, img, "sh", "-c", "echo $FROM_FILE")
-        tap.ok(r.stdout == b"file value\n", "--env-file", r.stdout)
-        r = launch("run", "--rm", entry)
-        tap.ok(r.stdout == b"entry default-cmd\n", "Entrypoint + Cmd of the image", r)
-        r = launch("run", "--rm", entry, "given")
-        tap.ok(r.stdout == b"entry given\n", "arguments replace Cmd, not Entrypoint", r.stdout)
-        r = launch("run", "--rm", "--entrypoint", "id", entry)
-        tap.ok(r.stdout.startswith(b"uid=1000(app) gid=1000(app) groups=1000(app),2000(extra)"),
-               "--entrypoint drops the image Cmd; User of the image resolved with its groups", r.stdout)
-        r = launch("run", "--rm", "-u", "app:root", img, "id")
-        tap.ok(r.stdout.startswith(b"uid=1000(app) gid=0(root)"), "-u USER:GROUP by names", r.stdout)
-        r = launch("run", "--rm", "-u", "nobody", img, "id")
-        tap.ok(r.returncode == 125 and b"nobody" in r.stderr, "-u of an unknown user: 125 and a message", r.stderr)
-        r = launch("run", "--rm", "--hostname", "box", img, "hostname")
-        tap.ok(r.stdout == b"box\n", "--hostname", r.stdout)
-        r = launch("run", "--rm", img, "sh", "-c", "echo $$")
-        r2 = launch("run", "--rm", "--init", img, "sh", "-c", "echo $$")
-        tap.ok(r.stdout == b"1\n" and r2.returncode == 0 and r2.stdout != b"1\n",
-               "--init puts an init of ours at pid 1", (r.stdout, r2.stdout, r2.stderr))
-        vol = os.path.join(work, "vol")
-        os.makedirs(vol)
-        r = launch("run", "--rm", "-v", f"{vol}:/data", img, "sh", "-c", "echo written > /data/f")
-        r2 = launch("run", "--rm", "-v", f"{vol}:/data:ro", img, "touch", "/data/g")
-        tap.ok(r.returncode == 0 and open(f"{vol}/f").read() == "written\n" and r2.returncode != 0 and
-               not os.path.exists(f"{vol}/g"), "-v bind mounts, :ro is read-only", (r.stderr, r2.stderr))
-
-        # -- stdin
-        r = launch("run", "-i", "--rm", img, "cat", input=b"hi\n")
-        tap.ok((r.returncode, r.stdout) == (0, b"hi\n"), "echo hi | launch run -i --rm IMAGE cat prints hi and exits", r)
-        r = launch("run", "--rm", img, "cat", input=b"not passed\n")
-        tap.ok((r.returncode, r.stdout) == (0, b""), "without -i the container's stdin is empty", r)
-
-        # -- 1 MiB of output at exit, whole, in the terminal and in the log
-        want = "".join(f"{i}\n" for i in range(1, 200001)).encode()
-        r = launch("run", "--name", "big", img, "seq", "1", "200000")
-        tap.ok(r.returncode == 0 and r.stdout == want, f"{len(want)} bytes of output arrive whole", len(r.stdout))
-        r = launch("logs", "big")
-        tap.ok(r.stdout == want, "launch logs has the same bytes", len(r.stdout))
-        launch("rm", "big")
-
-        # -- errors: image, command, runtime
-        r = launch("run", "--rm", f"{reg.host}/test/missing", "true")
-        tap.ok(r.returncode == 125 and b"test/missing" in r.stderr, "an image that does not exist: 125, named",
-               r.stderr)
-        r = launch("run", "--rm", "--pull", "never", f"{reg.host}/test/never-pulled", "true")
-        tap.ok(r.returncode == 125 and b"test/never-pulled" in r.stderr and b"--pull never" in r.stderr,
-               "--pull never for an image not in the cache: 125, named", r.stderr)
-        r = launch("run", "--rm", "--pull", "sometimes", img, "true")
-        tap.ok(r.returncode == 125 and b"--pull" in r.stderr, "an unknown --pull policy: 125", r.stderr)
-        r = launch("run", "--rm", img, "no-such-command")
-        tap.ok(r.returncode == 127 and b"no-such-command" in r.stderr, "a command that does not exist: 127", r)
-        r = launch("run", "--rm", img, "/etc/passwd")
-        tap.ok(r.returncode == 126 and b"/etc/passwd" in r.stderr, "a command that cannot be run: 126", r)
-        failing = os.path.join(work, "failing-runtime")
-        with open(failing, "w") as f:
-            f.write("#!/bin/sh\necho 'this runtime always fails' >&2\nexit 1\n")
-        os.chmod(failing, 0o755)
-        r = launch("run", "--rm", "--runtime", failing, img, "true")
-        tap.ok(r.returncode == 125 and b"failing-runtime" in r.stderr, "a runtime that fails: 125, named", r.stderr)
-        tap.ok(not mounts_under(root) and not os.listdir(os.path.join(root, "containers")) and not processes_with(root),
-               "failed runs (-u nobody above too) leave no mount, no state and no shim",
-               (mounts_under(root), os.listdir(os.path.join(root, "containers")), processes_with(root)))
-
-        # -- detached: ps, logs -f, exec, kill, wait, rm
-        r = launch("run", "-d", "--name", "bg", img, "sh", "-c", "echo started; sleep 300")
-        cid = r.stdout.decode().strip()
-        tap.ok(r.returncode == 0 and re.fullmatch(r"[0-9a-f]{64}", cid), "-d prints the container id", r)
-        time.sleep(0.3)
-        ps = launch("ps").stdout.decode()
-        tap.ok(cid[:12] in ps and "bg" in ps and "Up" in ps, "launch ps shows it running", ps)
-        tap.ok(launch("logs", "bg").stdout == b"started\n", "launch logs")
-        r = launch("exec", "bg", "sh", "-c", "echo inside $FROM_IMAGE; exit 4")
-        tap.ok((r.returncode, r.stdout) == (4, b"inside yes\n"), "launch exec runs in the container", r)
-        follower = subprocess.Popen([LAUNCH, "logs", "-f", cid[:8]], stdout=subprocess.PIPE, env=ENV)
-        time.sleep(0.3)
-        r = launch("kill", "-s", "KILL", "bg")
-        w = launch("wait", "bg")
-        tap.ok(r.returncode == 0 and w.stdout == b"137\n", "kill -s KILL, then wait prints 137", (r, w.stdout))
-        try:
-            out, _ = follower.communicate(timeout=10)
-            tap.ok(out == b"started\n", "logs -f ends when the container exits", out)
-        except subprocess.TimeoutExpired:
-            follower.kill()
-            tap.ok(False, "logs -f ends when the container exits")
-        ps = launch("ps", "-a").stdout.decode()
-        tap.ok("Exited (137)" in ps and "Exited" not in launch("ps").stdout.decode(), "ps -a shows it exited", ps)
-        r = launch("rm", "bg")
-        tap.ok(r.returncode == 0 and not mounts_under(root) and "bg" not in launch("ps", "-a").stdout.decode(),
-               "launch rm removes mount and state", r)
-        r = launch("run", "-d", "--name", "busy", img, "sleep", "300")
-        r2 = launch("rm", "busy")
-        r3 = launch("rm", "-f", "busy")
-        # A process killed a moment ago may still be on its way out.
-        deadline = time.monotonic() + 5
-        while processes_with("sleep\x00300") and time.monotonic() < deadline:
-            time.sleep(0.05)
-        left = (mounts_under(root), processes_with("sleep\x00300"))
-        tap.ok(r2.returncode == 125 and r3.returncode == 0 and left == ([], []),
-               "rm refuses a running container, rm -f kills and removes it",
-               (r2.stderr, r3.returncode, r3.stderr, left))
-        # A shim that crashed leaves a state that rm -f cleans.
-        r = launch("run", "-d", "--name", "orphan", img, "sleep", "301")
-        cid = r.stdout.decode().strip()
-        with open(os.path.join(root, "containers", cid, "shim.pid")) as f:
-            os.kill(int(f.read()), signal.SIGKILL)
-        time.sleep(0.3)
-        ps = launch("ps", "-a").stdout.decode()
-        r = launch("rm", "-f", "orphan")
-        tap.ok("shim gone" in ps and r.returncode == 0 and not mounts_under(root) and
-               not os.path.exists(os.path.join(root, "containers", cid)) and not processes_with("sleep\x00301"),
-               "after a shim crash, rm -f removes process, mount and state", (ps, r.stderr))
-
-        # -- a terminal: echo, window size, detach, re-attach
-        t = Pty([LAUNCH, "run", "-it", "--name", "tty", img, "sh"], ENV, rows=30, cols=90)
-        t.send(b"echo hel''lo\r")
-        tap.ok(t.expect(rb"hello\r\n") is not None, "typing into launch run -it IMAGE sh: the shell answers", t.buf[-200:])
-        t.send(b"stty size\r")
-        tap.ok(t.expect(rb"30 90\r\n") is not None, "the container's terminal starts with the user's size", t.buf[-200:])
-        t.resize(40, 100)
-        time.sleep(0.3)
-        t.send(b"stty size\r")
-        tap.ok(t.expect(rb"40 100\r\n") is not None, "stty size follows a window resize", t.buf[-200:])
-        t.send(b"\x10\x11")
-        status = t.wait()
-        t.close()
-        tap.ok(status == 0, "ctrl-p ctrl-q detaches; launch exits 0", status)
-        ps = launch("ps").stdout.decode()
-        tap.ok("tty" in ps and "Up" in ps, "after a detach launch ps shows the container running", ps)
-        t = Pty([LAUNCH, "attach", "tty"], ENV, rows=30, cols=90)
-        t.send(b"echo again-$((40+2))\r")
-        tap.ok(t.expect(rb"again-42\r\n") is not None, "launch attach re-attaches to the shell", t.buf[-200:])
-        t.send(b"seq 1 30000; exit 5\r")
-        out = t.read_all()
-        status = t.wait()
-        t.close()
-        tap.ok(status == 5 and b"\r\n29999\r\n30000\r\n" in out, "output and exit code through the re-attached terminal",
-               (status, out[-100:]))
-        r = launch("rm", "tty")
-        tap.ok(r.returncode == 0, "rm after the terminal session", r.stderr)
-
-        # -- --rm leaves nothing behind
-        before = set(os.listdir(os.path.join(root, "containers")))
-        r = launch("run", "--rm", "--name", "gone", img, "sh", "-c", "sleep 0.2; echo done")
-        left = (set(os.listdir(os.path.join(root, "containers"))) - before, mounts_under(root), processes_with(root),
-                os.path.lexists(os.path.join(root, "names", "gone")))
-        tap.ok(r.stdout == b"done\n" and left == (set(), [], [], False),
-               "--rm leaves no mount, no process and no state behind", (r, left))
-    finally:
-        for m in sorted(mounts_under(root), reverse=True):
+    def leave_nothing():
+        for m in sorted(mounts_under(t.root), reverse=True):
             subprocess.run(["umount", "-l", m])
-        for pid in processes_with(root):
+        for pid in processes_with(t.root):
             os.kill(pid, signal.SIGKILL)
-        reg.stop()
+    t.on_exit(leave_nothing)
+    push_image(t.reg, "test/busybox", "latest", [(busybox_layer(), "gzip")],
+               config_extra={"config": {"Cmd": ["sh"], "Env": ["PATH=/bin", "FROM_IMAGE=yes"],
+                                        "WorkingDir": "/tmp"}})
+    push_image(t.reg, "test/entry", "latest", [(busybox_layer(), "gzip")],
+               config_extra={"config": {"Entrypoint": ["echo", "entry"], "Cmd": ["default-cmd"],
+                                        "Env": ["PATH=/bin"], "User": "app"}})
+    t.img = f"{t.reg.host}/test/busybox"
+    t.entry = f"{t.reg.host}/test/entry"
 
-sys.exit(tap.done())
+
+@suite.case
+def output_and_image_config(t):
+    """Output, exit codes, the image config as docker applies it."""
+    work, img, entry = t.work, t.img, t.entry
+    r = launch("run", "--rm", img, "sh", "-c", "echo out; echo err >&2; exit 3")
+    tap.ok((r.returncode, r.stdout, r.stderr) == (3, b"out\n", b"err\n"),
+           "stdout and stderr apart, the container's exit code as our own", r)
+    r = launch("run", "--rm", "--init", img, "sh", "-c", "kill -TERM $$")
+    tap.ok(r.returncode == 128 + signal.SIGTERM, "a command killed by a signal exits 128+signal", r)
+    r = launch("--rm", img, "echo", "shorthand")
+    tap.ok(r.stdout == b"shorthand\n", "launch IMAGE CMD is launch run IMAGE CMD", r)
+    r = launch("run", "--rm", img, "sh", "-c", "pwd; echo $FROM_IMAGE $HOME; id -u")
+    tap.ok(r.stdout == b"/tmp\nyes /root\n0\n", "WorkingDir and Env of the image, HOME from passwd", r.stdout)
+    r = launch("run", "--rm", "-w", "/etc", "-e", "FROM_IMAGE=overridden", "-e", "NEW=1", img,
+               "sh", "-c", "pwd; echo $FROM_IMAGE $NEW")
+    tap.ok(r.stdout == b"/etc\noverridden 1\n", "-w and -e override the image", r.stdout)
+    envfile = os.path.join(work, "env")
+    with open(envfile, "w") as f:
+        f.write("# comment\nFROM_FILE=file value\n")
+    r = launch("run", "--rm", "--env-file", envfile, img, "sh", "-c", "echo $FROM_FILE")
+    tap.ok(r.stdout == b"file value\n", "--env-file", r.stdout)
+    r = launch("run", "--rm", entry)
+    tap.ok(r.stdout == b"entry default-cmd\n", "Entrypoint + Cmd of the image", r)
+    r = launch("run", "--rm", entry, "given")
+    tap.ok(r.stdout == b"entry given\n", "arguments replace Cmd, not Entrypoint", r.stdout)
+    r = launch("run", "--rm", "--entrypoint", "id", entry)
+    tap.ok(r.stdout.startswith(b"uid=1000(app) gid=1000(app) groups=1000(app),2000(extra)"),
+           "--entrypoint drops the image Cmd; User of the image resolved with its groups", r.stdout)
+    r = launch("run", "--rm", "-u", "app:root", img, "id")
+    tap.ok(r.stdout.startswith(b"uid=1000(app) gid=0(root)"), "-u USER:GROUP by names", r.stdout)
+    r = launch("run", "--rm", "-u", "nobody", img, "id")
+    tap.ok(r.returncode == 125 and b"nobody" in r.stderr, "-u of an unknown user: 125 and a message", r.stderr)
+    r = launch("run", "--rm", "--hostname", "box", img, "hostname")
+    tap.ok(r.stdout == b"box\n", "--hostname", r.stdout)
+    r = launch("run", "--rm", img, "sh", "-c", "echo $$")
+    r2 = launch("run", "--rm", "--init", img, "sh", "-c", "echo $$")
+    tap.ok(r.stdout == b"1\n" and r2.returncode == 0 and r2.stdout != b"1\n",
+           "--init puts an init of ours at pid 1", (r.stdout, r2.stdout, r2.stderr))
+    vol = os.path.join(work, "vol")
+    os.makedirs(vol)
+    r = launch("run", "--rm", "-v", f"{vol}:/data", img, "sh", "-c", "echo written > /data/f")
+    r2 = launch("run", "--rm", "-v", f"{vol}:/data:ro", img, "touch", "/data/g")
+    tap.ok(r.returncode == 0 and open(f"{vol}/f").read() == "written\n" and r2.returncode != 0 and
+           not os.path.exists(f"{vol}/g"), "-v bind mounts, :ro is read-only", (r.stderr, r2.stderr))
+
+
+@suite.case
+def stdin(t):
+    """Stdin."""
+    img = t.img
+    r = launch("run", "-i", "--rm", img, "cat", input=b"hi\n")
+    tap.ok((r.returncode, r.stdout) == (0, b"hi\n"), "echo hi | launch run -i --rm IMAGE cat prints hi and exits", r)
+    r = launch("run", "--rm", img, "cat", input=b"not passed\n")
+    tap.ok((r.returncode, r.stdout) == (0, b""), "without -i the container's stdin is empty", r)
+
+
+@suite.case
+def big_output(t):
+    """1 MiB of output at exit, whole, in the terminal and in the log."""
+    img = t.img
+    want = "".join(f"{i}\n" for i in range(1, 200001)).encode()
+    r = launch("run", "--name", "big", img, "seq", "1", "200000")
+    tap.ok(r.returncode == 0 and r.stdout == want, f"{len(want)} bytes of output arrive whole", len(r.stdout))
+    r = launch("logs", "big")
+    tap.ok(r.stdout == want, "launch logs has the same bytes", len(r.stdout))
+    launch("rm", "big")
+
+
+@suite.case
+def error_exit_codes(t):
+    """Errors: image, command, runtime."""
+    reg, work, root, img = t.reg, t.work, t.root, t.img
+    r = launch("run", "--rm", f"{reg.host}/test/missing", "true")
+    tap.ok(r.returncode == 125 and b"test/missing" in r.stderr, "an image that does not exist: 125, named",
+           r.stderr)
+    r = launch("run", "--rm", "--pull", "never", f"{reg.host}/test/never-pulled", "true")
+    tap.ok(r.returncode == 125 and b"test/never-pulled" in r.stderr and b"--pull never" in r.stderr,
+           "--pull never for an image not in the cache: 125, named", r.stderr)
+    r = launch("run", "--rm", "--pull", "sometimes", img, "true")
+    tap.ok(r.returncode == 125 and b"--pull" in r.stderr, "an unknown --pull policy: 125", r.stderr)
+    r = launch("run", "--rm", img, "no-such-command")
+    tap.ok(r.returncode == 127 and b"no-such-command" in r.stderr, "a command that does not exist: 127", r)
+    r = launch("run", "--rm", img, "/etc/passwd")
+    tap.ok(r.returncode == 126 and b"/etc/passwd" in r.stderr, "a command that cannot be run: 126", r)
+    failing = os.path.join(work, "failing-runtime")
+    with open(failing, "w") as f:
+        f.write("#!/bin/sh\necho 'this runtime always fails' >&2\nexit 1\n")
+    os.chmod(failing, 0o755)
+    r = launch("run", "--rm", "--runtime", failing, img, "true")
+    tap.ok(r.returncode == 125 and b"failing-runtime" in r.stderr, "a runtime that fails: 125, named", r.stderr)
+    r = launch("run", "--rm", "-u", "nobody", img, "id")
+    tap.ok(not mounts_under(root) and not os.listdir(os.path.join(root, "containers")) and not processes_with(root),
+           "failed runs leave no mount, no state and no shim",
+           (mounts_under(root), os.listdir(os.path.join(root, "containers")), processes_with(root)))
+
+
+@suite.case
+def detached_lifecycle(t):
+    """Detached: ps, logs -f, exec, kill, wait, rm."""
+    root, img = t.root, t.img
+    r = launch("run", "-d", "--name", "bg", img, "sh", "-c", "echo started; sleep 300")
+    cid = r.stdout.decode().strip()
+    tap.ok(r.returncode == 0 and re.fullmatch(r"[0-9a-f]{64}", cid), "-d prints the container id", r)
+    time.sleep(0.3)
+    ps = launch("ps").stdout.decode()
+    tap.ok(cid[:12] in ps and "bg" in ps and "Up" in ps, "launch ps shows it running", ps)
+    tap.ok(launch("logs", "bg").stdout == b"started\n", "launch logs")
+    r = launch("exec", "bg", "sh", "-c", "echo inside $FROM_IMAGE; exit 4")
+    tap.ok((r.returncode, r.stdout) == (4, b"inside yes\n"), "launch exec runs in the container", r)
+    follower = subprocess.Popen([LAUNCH, "logs", "-f", cid[:8]], stdout=subprocess.PIPE, env=ENV)
+    time.sleep(0.3)
+    r = launch("kill", "-s", "KILL", "bg")
+    w = launch("wait", "bg")
+    tap.ok(r.returncode == 0 and w.stdout == b"137\n", "kill -s KILL, then wait prints 137", (r, w.stdout))
+    try:
+        out, _ = follower.communicate(timeout=10)
+        tap.ok(out == b"started\n", "logs -f ends when the container exits", out)
+    except subprocess.TimeoutExpired:
+        follower.kill()
+        tap.ok(False, "logs -f ends when the container exits")
+    ps = launch("ps", "-a").stdout.decode()
+    tap.ok("Exited (137)" in ps and "Exited" not in launch("ps").stdout.decode(), "ps -a shows it exited", ps)
+    r = launch("rm", "bg")
+    tap.ok(r.returncode == 0 and not mounts_under(root) and "bg" not in launch("ps", "-a").stdout.decode(),
+           "launch rm removes mount and state", r)
+    r = launch("run", "-d", "--name", "busy", img, "sleep", "300")
+    r2 = launch("rm", "busy")
+    r3 = launch("rm", "-f", "busy")
+    # A process killed a moment ago may still be on its way out.
+    deadline = time.monotonic() + 5
+    while processes_with("sleep\x00300") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = (mounts_under(root), processes_with("sleep\x00300"))
+    tap.ok(r2.returncode == 125 and r3.returncode == 0 and left == ([], []),
+           "rm refuses a running container, rm -f kills and removes it",
+           (r2.stderr, r3.returncode, r3.stderr, left))
+    # A shim that crashed leaves a state that rm -f cleans.
+    r = launch("run", "-d", "--name", "orphan", img, "sleep", "301")
+    cid = r.stdout.decode().strip()
+    with open(os.path.join(root, "containers", cid, "shim.pid")) as f:
+        os.kill(int(f.read()), signal.SIGKILL)
+    time.sleep(0.3)
+    ps = launch("ps", "-a").stdout.decode()
+    r = launch("rm", "-f", "orphan")
+    tap.ok("shim gone" in ps and r.returncode == 0 and not mounts_under(root) and
+           not os.path.exists(os.path.join(root, "containers", cid)) and not processes_with("sleep\x00301"),
+           "after a shim crash, rm -f removes process, mount and state", (ps, r.stderr))
+
+
+@suite.case
+def terminal(t):
+    """A terminal: echo, window size, detach, re-attach."""
+    img = t.img
+    term = Pty([LAUNCH, "run", "-it", "--name", "tty", img, "sh"], ENV, rows=30, cols=90)
+    term.send(b"echo hel''lo\r")
+    tap.ok(term.expect(rb"hello\r\n") is not None, "typing into launch run -it IMAGE sh: the shell answers",
+           term.buf[-200:])
+    term.send(b"stty size\r")
+    tap.ok(term.expect(rb"30 90\r\n") is not None, "the container's terminal starts with the user's size",
+           term.buf[-200:])
+    term.resize(40, 100)
+    time.sleep(0.3)
+    term.send(b"stty size\r")
+    tap.ok(term.expect(rb"40 100\r\n") is not None, "stty size follows a window resize", term.buf[-200:])
+    term.send(b"\x10\x11")
+    status = term.wait()
+    term.close()
+    tap.ok(status == 0, "ctrl-p ctrl-q detaches; launch exits 0", status)
+    ps = launch("ps").stdout.decode()
+    tap.ok("tty" in ps and "Up" in ps, "after a detach launch ps shows the container running", ps)
+    term = Pty([LAUNCH, "attach", "tty"], ENV, rows=30, cols=90)
+    term.send(b"echo again-$((40+2))\r")
+    tap.ok(term.expect(rb"again-42\r\n") is not None, "launch attach re-attaches to the shell", term.buf[-200:])
+    term.send(b"seq 1 30000; exit 5\r")
+    out = term.read_all()
+    status = term.wait()
+    term.close()
+    tap.ok(status == 5 and b"\r\n29999\r\n30000\r\n" in out, "output and exit code through the re-attached terminal",
+           (status, out[-100:]))
+    r = launch("rm", "tty")
+    tap.ok(r.returncode == 0, "rm after the terminal session", r.stderr)
+
+
+@suite.case
+def rm_leaves_nothing(t):
+    """--rm leaves nothing behind."""
+    root, img = t.root, t.img
+    before = set(os.listdir(os.path.join(root, "containers")))
+    r = launch("run", "--rm", "--name", "gone", img, "sh", "-c", "sleep 0.2; echo done")
+    left = (set(os.listdir(os.path.join(root, "containers"))) - before, mounts_under(root), processes_with(root),
+            os.path.lexists(os.path.join(root, "names", "gone")))
+    tap.ok(r.stdout == b"done\n" and left == (set(), [], [], False),
+           "--rm leaves no mount, no process and no state behind", (r, left))
+
+
+run_file(suite)

@@ -9,17 +9,15 @@ import re
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(__file__))
-import estargz  # noqa: E402
-from test_lazy_lib import push_estargz  # noqa: E402
-from harness import (Entry, Mount, Registry, Tap, diff_snapshots, imgfs_stats, is_mounted, make_tar, compress,  # noqa: E402
-                     require_root_and_fuse, stats_after_prefetch,
-                     run, skopeo_umoci_unpack, snapshot, workspace, LAYER_TYPES, MT_OCI_CONFIG,
-                     MT_OCI_MANIFEST, digest_of)
-from images import deterministic_bytes  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from imgfs_test import estargz  # noqa: E402
+from imgfs_test.cases import Suite, run_file  # noqa: E402
+from imgfs_test.harness import (Entry, Mount, Registry, diff_snapshots, imgfs_stats, is_mounted, make_tar,  # noqa: E402
+                                push_image, run, skopeo_umoci_unpack, snapshot, stats_after_prefetch)
+from imgfs_test.images import deterministic_bytes  # noqa: E402
+from imgfs_test.lazy import push_estargz  # noqa: E402
 
-tap = Tap()
-require_root_and_fuse(tap)
+suite = Suite()
 
 BIG = deterministic_bytes(7, 40 << 20)
 LOWER = [Entry("etc", "dir"), Entry("etc/os-release", data=b"NAME=lazy\n"),
@@ -45,284 +43,345 @@ def blob_bytes_served(reg, digest):
     return total
 
 
-with workspace() as work:
-    reg = Registry(work)
-    try:
-        layers = push_estargz(reg, "lazy/app", "v1", [LOWER, UPPER])
-        big_layer = layers[0]
+TOP = sorted(["etc", "big", "small.txt", "many", "link", "hard", "xattr", "fifo", "null"])
 
-        cache = os.path.join(work, "cache")
-        mnt = os.path.join(work, "mnt")
-        m = Mount(f"{reg.host}/lazy/app:v1", mnt, cache, ["--prefetch=none"])
-        if tap.ok(m.ok, "mount an eStargz image", m.stderr()):
-            tap.ok(blob_bytes_served(reg, big_layer["digest"]) < 64 << 10,
-                   "mounting fetched only the footer and the TOC of a %d-byte layer" % big_layer["size"],
-                   blob_bytes_served(reg, big_layer["digest"]))
-            tap.ok(sorted(os.listdir(mnt)) == sorted(["etc", "big", "small.txt", "many", "link", "hard", "xattr",
-                                                       "fifo", "null"]),
-                   "the TOC and the landmark are not shown; the whiteout applies", os.listdir(mnt))
-            with open(os.path.join(mnt, "small.txt"), "rb") as f:
-                tap.ok(f.read() == b"just a few bytes\n", "read a small file")
-            served = blob_bytes_served(reg, big_layer["digest"])
-            tap.ok(served < 128 << 10, f"reading it fetched {served} bytes of a {big_layer['size']}-byte layer")
-            s = imgfs_stats(mnt)
-            tap.ok(s["bytes_fetched_whole"] == 0 and 0 < s["bytes_fetched_ranges"] < 128 << 10,
-                   "imgfs stats agrees: ranges only, and few bytes", s)
-            with open(os.path.join(mnt, "big/blob.bin"), "rb") as f:
-                f.seek(25 << 20)
-                tap.ok(f.read(1 << 20) == BIG[25 << 20:26 << 20], "a read in the middle of a 40 MiB file")
-            s2 = imgfs_stats(mnt)
-            tap.ok(s2["bytes_fetched_ranges"] - s["bytes_fetched_ranges"] < 9 << 20,
-                   "it fetched the chunks it needed, not the file", s2)
-            tap.ok(open(os.path.join(mnt, "etc/os-release"), "rb").read() == b"NAME=lazy upper\n",
-                   "the upper layer's file wins")
-            m.umount()
 
-        # Whole tree against umoci's unpack of the same blobs (a valid gzip stream).
-        reference = skopeo_umoci_unpack(reg, "lazy/app:v1", work)
-        root_times = os.stat(reference)
-        for name in (estargz.TOC_NAME, ".no.prefetch.landmark"):
-            os.unlink(os.path.join(reference, name))
-        os.utime(reference, ns=(root_times.st_atime_ns, root_times.st_mtime_ns))
-        m = Mount(f"{reg.host}/lazy/app:v1", mnt, cache)
-        if tap.ok(m.ok, "mount again on the same cache", m.stderr()):
-            want, got = snapshot(reference), snapshot(mnt)
-            tap.ok(got == want, "the lazy tree equals the skopeo+umoci unpack", diff_snapshots(want, got))
-            s = imgfs_stats(mnt)
-            tap.ok(s["cache_hits"] > 0, "chunks fetched by the first mount come from the cache", s)
-            m.umount()
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
 
-        # A cached chunk damaged on disk is hashed on first use, dropped and fetched again.
-        chunk_dir = os.path.join(cache, "chunks", "sha256")
-        packs = [p for p in os.listdir(chunk_dir) if p.endswith(".pack")]
-        tap.ok(len(packs) == 2, "the chunks of each eStargz layer are kept in one file", packs)
-        damaged = False
-        for name in packs:
-            with open(os.path.join(chunk_dir, name), "r+b") as f:
-                at = f.read().find(b"just a few bytes\n")
-                if at >= 0:
-                    f.seek(at)
-                    f.write(b"J")
-                    damaged = True
-        tap.ok(damaged, "small.txt's chunk is in a pack")
-        m = Mount(f"{reg.host}/lazy/app:v1", mnt, cache, ["--prefetch=none"])
-        if tap.ok(m.ok, "mount over a cache with a damaged chunk", m.stderr()):
-            with open(os.path.join(mnt, "small.txt"), "rb") as f:
-                tap.ok(f.read() == b"just a few bytes\n", "the damaged cached chunk is never served")
-            tap.ok(imgfs_stats(mnt)["range_requests"] >= 1, "it was fetched again", imgfs_stats(mnt))
-            m.umount()
 
-        # The parsed TOC is saved: a later mount neither fetches nor parses it.
-        tocs = [p for p in os.listdir(chunk_dir) if p.endswith(".toc")]
-        tap.ok(len(tocs) == 2, "each eStargz layer's parsed TOC is saved in the cache", tocs)
-        top = sorted(["etc", "big", "small.txt", "many", "link", "hard", "xattr", "fifo", "null"])
-        m = Mount(f"{reg.host}/lazy/app:v1", mnt, cache, ["--prefetch=none"])
-        if tap.ok(m.ok, "mount on a cache with the saved TOCs", m.stderr()):
-            s = imgfs_stats(mnt)
-            tap.ok(s["range_requests"] == 0 and sorted(os.listdir(mnt)) == top,
-                   "the mount asked the registry for no footer and no TOC", s)
-            m.umount()
-        for name in tocs:
-            with open(os.path.join(chunk_dir, name), "r+b") as f:
-                f.seek(os.path.getsize(f.name) // 2)
-                byte = f.read(1)
-                f.seek(-1, os.SEEK_CUR)
-                f.write(bytes([byte[0] ^ 0x01]))
-        m = Mount(f"{reg.host}/lazy/app:v1", mnt, cache, ["--prefetch=none"])
-        if tap.ok(m.ok, "mount on a cache with damaged saved TOCs", m.stderr()):
-            s = imgfs_stats(mnt)
-            tap.ok(s["range_requests"] == 4 and sorted(os.listdir(mnt)) == top and
-                   open(os.path.join(mnt, "etc/os-release"), "rb").read() == b"NAME=lazy upper\n",
-                   "a damaged saved TOC reads as absent: footer and TOC are fetched again", s)
-            m.umount()
+@suite.setup
+def setup(t):
+    t.reg = Registry(t.work)
+    t.on_exit(t.reg.stop)
+    t.big_layer = push_estargz(t.reg, "lazy/app", "v1", [LOWER, UPPER])[0]
+    t.app = f"{t.reg.host}/lazy/app:v1"
+    t.mnt = os.path.join(t.work, "mnt")
+    t.cache_of = lambda name: os.path.join(t.work, f"cache-{name}")
 
-        # Small files that share a gzip member with the tar headers around them (innerOffset).
-        shared = [Entry("s", "dir"), *[Entry(f"s/small{i}", data=deterministic_bytes(200 + i, 100 + 300 * i))
-                                       for i in range(10)],
-                  Entry("s/big", data=deterministic_bytes(300, 1 << 20)), Entry("s/last", data=b"after the big one\n")]
-        push_estargz(reg, "lazy/shared", "v1", [shared], share_below=4096)
-        m = Mount(f"{reg.host}/lazy/shared:v1", mnt, os.path.join(work, "cache-shared"), ["--prefetch=none"])
-        if tap.ok(m.ok, "mount an eStargz image whose small files share members", m.stderr()):
-            wrong = [e.path for e in shared[1:] if open(os.path.join(mnt, e.path), "rb").read() != e.data]
-            tap.ok(not wrong and imgfs_stats(mnt)["range_requests"] >= 3, "each file reads right, from inside its member",
-                   wrong)
-            m.umount()
 
-        # The background fetch waits for reads to pause before it claims chunks: a read of a chunk
-        # it would fetch first is served on demand at once, not held until the pause.
-        m = Mount(f"{reg.host}/lazy/app:v1", mnt, os.path.join(work, "cache-yield"), ["--prefetch=all"])
-        if tap.ok(m.ok, "mount with the background fetch of everything", m.stderr()):
-            with open(os.path.join(mnt, "big/blob.bin"), "rb") as f:
-                first = f.read(4096)
-            s = imgfs_stats(mnt)
-            tap.ok(first == BIG[:4096] and s["bytes_prefetched"] == 0 and s["range_requests"] >= 1,
-                   "the first chunk of the layer is read on demand while the background fetch waits", s)
-            m.umount()
+@suite.case
+def mount_fetches_only_the_toc(t):
+    reg, mnt, big_layer = t.reg, t.mnt, t.big_layer
+    m = Mount(t.app, mnt, t.cache_of("first"), ["--prefetch=none"])
+    if not t.tap.ok(m.ok, "mount an eStargz image", m.stderr()):
+        return
+    t.tap.ok(blob_bytes_served(reg, big_layer["digest"]) < 64 << 10,
+             "mounting fetched only the footer and the TOC of a %d-byte layer" % big_layer["size"],
+             blob_bytes_served(reg, big_layer["digest"]))
+    t.tap.ok(sorted(os.listdir(mnt)) == TOP, "the TOC and the landmark are not shown; the whiteout applies",
+             os.listdir(mnt))
+    t.tap.ok(read(os.path.join(mnt, "small.txt")) == b"just a few bytes\n", "read a small file")
+    served = blob_bytes_served(reg, big_layer["digest"])
+    t.tap.ok(served < 128 << 10, f"reading it fetched {served} bytes of a {big_layer['size']}-byte layer")
+    s = imgfs_stats(mnt)
+    t.tap.ok(s["bytes_fetched_whole"] == 0 and 0 < s["bytes_fetched_ranges"] < 128 << 10,
+             "imgfs stats agrees: ranges only, and few bytes", s)
+    with open(os.path.join(mnt, "big/blob.bin"), "rb") as f:
+        f.seek(25 << 20)
+        t.tap.ok(f.read(1 << 20) == BIG[25 << 20:26 << 20], "a read in the middle of a 40 MiB file")
+    s2 = imgfs_stats(mnt)
+    t.tap.ok(s2["bytes_fetched_ranges"] - s["bytes_fetched_ranges"] < 9 << 20,
+             "it fetched the chunks it needed, not the file", s2)
+    t.tap.ok(read(os.path.join(mnt, "etc/os-release")) == b"NAME=lazy upper\n", "the upper layer's file wins")
+    m.umount()
 
-        # A chunk corrupted in the registry: EIO for that chunk, the rest keeps working.
-        path = reg.blob_path(big_layer["digest"])
-        with open(path, "r+b") as f:
-            f.seek(big_layer["size"] // 2)
+
+@suite.case
+def tree_equals_umoci(t):
+    """The whole tree against umoci's unpack of the same blobs (a valid gzip stream)."""
+    mnt, cache = t.mnt, t.cache_of("tree")
+    reference = skopeo_umoci_unpack(t.reg, "lazy/app:v1", t.work)
+    root_times = os.stat(reference)
+    for name in (estargz.TOC_NAME, ".no.prefetch.landmark"):
+        os.unlink(os.path.join(reference, name))
+    os.utime(reference, ns=(root_times.st_atime_ns, root_times.st_mtime_ns))
+    m = Mount(t.app, mnt, cache, ["--prefetch=none"])
+    if t.tap.ok(m.ok, "mount to read a file", m.stderr()):
+        read(os.path.join(mnt, "small.txt"))
+        m.umount()
+    m = Mount(t.app, mnt, cache)
+    if t.tap.ok(m.ok, "mount again on the same cache", m.stderr()):
+        want, got = snapshot(reference), snapshot(mnt)
+        t.tap.ok(got == want, "the lazy tree equals the skopeo+umoci unpack", diff_snapshots(want, got))
+        s = imgfs_stats(mnt)
+        t.tap.ok(s["cache_hits"] > 0, "chunks fetched by the first mount come from the cache", s)
+        m.umount()
+
+
+@suite.case
+def damaged_cached_chunk(t):
+    """A cached chunk damaged on disk is hashed on first use, dropped and fetched again."""
+    mnt, cache = t.mnt, t.cache_of("damaged")
+    m = Mount(t.app, mnt, cache, ["--prefetch=none"])
+    if t.tap.ok(m.ok, "mount to cache a chunk", m.stderr()):
+        read(os.path.join(mnt, "small.txt"))
+        m.umount()
+    chunk_dir = os.path.join(cache, "chunks", "sha256")
+    packs = [p for p in os.listdir(chunk_dir) if p.endswith(".pack")]
+    t.tap.ok(len(packs) == 2, "the chunks of each eStargz layer are kept in one file", packs)
+    damaged = False
+    for name in packs:
+        with open(os.path.join(chunk_dir, name), "r+b") as f:
+            at = f.read().find(b"just a few bytes\n")
+            if at >= 0:
+                f.seek(at)
+                f.write(b"J")
+                damaged = True
+    t.tap.ok(damaged, "small.txt's chunk is in a pack")
+    m = Mount(t.app, mnt, cache, ["--prefetch=none"])
+    if t.tap.ok(m.ok, "mount over a cache with a damaged chunk", m.stderr()):
+        t.tap.ok(read(os.path.join(mnt, "small.txt")) == b"just a few bytes\n",
+                 "the damaged cached chunk is never served")
+        t.tap.ok(imgfs_stats(mnt)["range_requests"] >= 1, "it was fetched again", imgfs_stats(mnt))
+        m.umount()
+
+
+@suite.case
+def saved_toc(t):
+    """The parsed TOC is saved: a later mount neither fetches nor parses it."""
+    mnt, cache = t.mnt, t.cache_of("saved-toc")
+    Mount(t.app, mnt, cache, ["--prefetch=none"]).umount()
+    chunk_dir = os.path.join(cache, "chunks", "sha256")
+    tocs = [p for p in os.listdir(chunk_dir) if p.endswith(".toc")]
+    t.tap.ok(len(tocs) == 2, "each eStargz layer's parsed TOC is saved in the cache", tocs)
+    m = Mount(t.app, mnt, cache, ["--prefetch=none"])
+    if t.tap.ok(m.ok, "mount on a cache with the saved TOCs", m.stderr()):
+        s = imgfs_stats(mnt)
+        t.tap.ok(s["range_requests"] == 0 and sorted(os.listdir(mnt)) == TOP,
+                 "the mount asked the registry for no footer and no TOC", s)
+        m.umount()
+    for name in tocs:
+        with open(os.path.join(chunk_dir, name), "r+b") as f:
+            f.seek(os.path.getsize(f.name) // 2)
             byte = f.read(1)
-            f.seek(big_layer["size"] // 2)
-            f.write(bytes([byte[0] ^ 0x55]))
-        m = Mount(f"{reg.host}/lazy/app:v1", mnt, os.path.join(work, "cache-fresh"), ["--prefetch=none"])
-        if tap.ok(m.ok, "mount with a corrupt chunk in the registry (the TOC is intact)", m.stderr()):
-            failed = None
-            try:
-                with open(os.path.join(mnt, "big/blob.bin"), "rb") as f:
-                    data = f.read()
-                failed = data != BIG and "wrong bytes"
-            except OSError as e:
-                failed = e.errno
-            tap.ok(failed == errno.EIO, "reading the corrupt chunk fails with EIO, never wrong bytes", failed)
-            tap.ok(open(os.path.join(mnt, "small.txt"), "rb").read() == b"just a few bytes\n",
-                   "other files still read")
-            m.umount()
-        # Nothing unverified was kept: a new mount on that cache fails the same read again.
-        m = Mount(f"{reg.host}/lazy/app:v1", mnt, os.path.join(work, "cache-fresh"), ["--prefetch=none"])
-        if tap.ok(m.ok, "mount again on the cache of the failed read", m.stderr()):
-            failed = None
-            try:
-                with open(os.path.join(mnt, "big/blob.bin"), "rb") as f:
-                    failed = f.read() != BIG and "wrong bytes"
-            except OSError as e:
-                failed = e.errno
-            tap.ok(failed == errno.EIO, "a new mount on that cache does not serve it either: EIO again", failed)
-            m.umount()
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([byte[0] ^ 0x01]))
+    m = Mount(t.app, mnt, cache, ["--prefetch=none"])
+    if t.tap.ok(m.ok, "mount on a cache with damaged saved TOCs", m.stderr()):
+        s = imgfs_stats(mnt)
+        t.tap.ok(s["range_requests"] == 4 and sorted(os.listdir(mnt)) == TOP and
+                 read(os.path.join(mnt, "etc/os-release")) == b"NAME=lazy upper\n",
+                 "a damaged saved TOC reads as absent: footer and TOC are fetched again", s)
+        m.umount()
 
+
+@suite.case
+def shared_members(t):
+    """Small files that share a gzip member with the tar headers around them (innerOffset)."""
+    mnt = t.mnt
+    shared = [Entry("s", "dir"), *[Entry(f"s/small{i}", data=deterministic_bytes(200 + i, 100 + 300 * i))
+                                   for i in range(10)],
+              Entry("s/big", data=deterministic_bytes(300, 1 << 20)), Entry("s/last", data=b"after the big one\n")]
+    push_estargz(t.reg, "lazy/shared", "v1", [shared], share_below=4096)
+    m = Mount(f"{t.reg.host}/lazy/shared:v1", mnt, t.cache_of("shared"), ["--prefetch=none"])
+    if t.tap.ok(m.ok, "mount an eStargz image whose small files share members", m.stderr()):
+        wrong = [e.path for e in shared[1:] if read(os.path.join(mnt, e.path)) != e.data]
+        t.tap.ok(not wrong and imgfs_stats(mnt)["range_requests"] >= 3,
+                 "each file reads right, from inside its member", wrong)
+        m.umount()
+
+
+@suite.case
+def background_fetch_yields(t):
+    """The background fetch waits for reads to pause before it claims chunks: a
+    read of a chunk it would fetch first is served on demand at once."""
+    mnt = t.mnt
+    m = Mount(t.app, mnt, t.cache_of("yield"), ["--prefetch=all"])
+    if t.tap.ok(m.ok, "mount with the background fetch of everything", m.stderr()):
+        with open(os.path.join(mnt, "big/blob.bin"), "rb") as f:
+            first = f.read(4096)
+        s = imgfs_stats(mnt)
+        t.tap.ok(first == BIG[:4096] and s["bytes_prefetched"] == 0 and s["range_requests"] >= 1,
+                 "the first chunk of the layer is read on demand while the background fetch waits", s)
+        m.umount()
+
+
+def read_error(path):
+    try:
+        return read(path) != BIG and "wrong bytes"
+    except OSError as e:
+        return e.errno
+
+
+@suite.case
+def corrupt_chunk_in_registry(t):
+    """EIO for that chunk; the rest keeps working; nothing unverified is kept."""
+    mnt, big_layer = t.mnt, t.big_layer
+    path = t.reg.blob_path(big_layer["digest"])
+    with open(path, "r+b") as f:
+        f.seek(big_layer["size"] // 2)
+        byte = f.read(1)
+        f.seek(big_layer["size"] // 2)
+        f.write(bytes([byte[0] ^ 0x55]))
+    try:
+        m = Mount(t.app, mnt, t.cache_of("fresh"), ["--prefetch=none"])
+        if t.tap.ok(m.ok, "mount with a corrupt chunk in the registry (the TOC is intact)", m.stderr()):
+            failed = read_error(os.path.join(mnt, "big/blob.bin"))
+            t.tap.ok(failed == errno.EIO, "reading the corrupt chunk fails with EIO, never wrong bytes", failed)
+            t.tap.ok(read(os.path.join(mnt, "small.txt")) == b"just a few bytes\n", "other files still read")
+            m.umount()
+        m = Mount(t.app, mnt, t.cache_of("fresh"), ["--prefetch=none"])
+        if t.tap.ok(m.ok, "mount again on the cache of the failed read", m.stderr()):
+            failed = read_error(os.path.join(mnt, "big/blob.bin"))
+            t.tap.ok(failed == errno.EIO, "a new mount on that cache does not serve it either: EIO again", failed)
+            m.umount()
+    finally:
         with open(path, "r+b") as f:
             f.seek(big_layer["size"] // 2)
             f.write(byte)
 
-        # A cap below what one mount reads: packs are evicted under the reader, reads stay right.
-        cache_cap = os.path.join(work, "cache-cap")
-        m = Mount(f"{reg.host}/lazy/app:v1", mnt, cache_cap, ["--prefetch=none", "--cache-size", "2M"])
-        if tap.ok(m.ok, "mount an eStargz image with --cache-size 2M", m.stderr()):
-            with open(os.path.join(mnt, "big/blob.bin"), "rb") as f:
-                first = f.read()
-            with open(os.path.join(mnt, "big/blob.bin"), "rb") as f:
-                again = f.read()
-            used = sum(os.lstat(os.path.join(d, f)).st_blocks * 512
-                       for d, _, files in os.walk(cache_cap) for f in files)
-            tap.ok(first == BIG and again == BIG and used <= 2 << 20,
-                   "a 40 MiB file read twice through a 2 MiB cache: right bytes, cache within its cap",
-                   (used, first == BIG, again == BIG))
-            m.umount()
 
-        # Background fetch: the prefetch set first, then everything, each byte once.
-        prefetched = [Entry("boot", "dir"), Entry("boot/first", data=deterministic_bytes(3, 3 << 20)),
-                      Entry("boot/second", data=b"needed at start\n")]
-        rest = [Entry("later", data=deterministic_bytes(4, 20 << 20))]
-        layers = push_estargz(reg, "lazy/prefetch", "v1", [prefetched + rest], landmark_after=len(prefetched))
-        digest = layers[0]["digest"]
-        before = blob_bytes_served(reg, digest)
-        m = Mount(f"{reg.host}/lazy/prefetch:v1", mnt, os.path.join(work, "cache-landmark"), ["--prefetch=landmark"])
-        if tap.ok(m.ok, "mount with --prefetch=landmark", m.stderr()):
-            s = stats_after_prefetch(mnt)
-            tap.ok(s["prefetch_done"] == 1 and (3 << 20) <= s["bytes_prefetched"] < (4 << 20),
-                   "--prefetch=landmark fetches the files before the landmark only", s)
-            m.umount()
-        before = blob_bytes_served(reg, digest)
-        m = Mount(f"{reg.host}/lazy/prefetch:v1", mnt, os.path.join(work, "cache-all"))
-        if tap.ok(m.ok, "mount with the default prefetch", m.stderr()):
-            # Reads while the background fetch runs must not fetch anything twice.
-            with open(os.path.join(mnt, "later"), "rb") as f:
-                f.seek(17 << 20)
-                tap.ok(f.read(4096) == rest[0].data[17 << 20:(17 << 20) + 4096], "an on-demand read during prefetch")
-            s = stats_after_prefetch(mnt, 60)
-            served = blob_bytes_served(reg, digest) - before
-            tap.ok(s["prefetch_done"] == 1 and served <= layers[0]["size"],
-                   f"the whole layer arrived in the background, nothing twice: {served} of {layers[0]['size']} bytes",
-                   s)
-            with open(os.path.join(mnt, "later"), "rb") as f:
-                tap.ok(f.read() == rest[0].data, "the prefetched file reads whole")
-            tap.ok(imgfs_stats(mnt)["bytes_fetched_ranges"] == s["bytes_fetched_ranges"],
-                   "reads after the prefetch come from the cache")
-            m.umount()
-
-        # A recorded list replaces the image's landmarks: fetched first, in the order read.
-        listing = os.path.join(work, "prefetch.list")
-        with open(listing, "w") as f:
-            f.write("/boot/second\n/later\n/not/in/the/image\n")
-        m = Mount(f"{reg.host}/lazy/prefetch:v1", mnt, os.path.join(work, "cache-list"),
-                  ["--prefetch=landmark", "--prefetch-list", listing])
-        if tap.ok(m.ok, "mount with --prefetch-list", m.stderr()):
-            s = stats_after_prefetch(mnt)
-            with open(os.path.join(mnt, "later"), "rb") as f:
-                good = f.read() == rest[0].data
-            with open(os.path.join(mnt, "boot", "second"), "rb") as f:
-                good = good and f.read() == b"needed at start\n"
-            tap.ok(s["prefetch_done"] == 1 and (20 << 20) <= s["bytes_prefetched"] < (21 << 20) and good and
-                   imgfs_stats(mnt)["range_requests"] == s["range_requests"],
-                   "--prefetch-list fetches the listed files (not boot/first), on several connections", s)
-            m.umount()
-
-        # The saved TOC keeps the image's own landmarks, not those of a list given to the mount that saved it.
-        m = Mount(f"{reg.host}/lazy/prefetch:v1", mnt, os.path.join(work, "cache-list"), ["--prefetch=landmark"])
-        if tap.ok(m.ok, "mount again without the list, on the same cache", m.stderr()):
-            s = stats_after_prefetch(mnt)
-            tap.ok(s["range_requests"] >= 1 and (3 << 20) <= s["bytes_prefetched"] < (4 << 20),
-                   "the image's landmark (boot/first) is the prefetch set again", s)
-            m.umount()
-
-        # A large TOC is saved by the daemon after the mount, and completely before it exits.
-        huge = [Entry("d", "dir"), *[Entry(f"d/f{i:05d}", data=b"%d\n" % i) for i in range(20000)]]
-        push_estargz(reg, "lazy/huge", "v1", [huge])
-        cache_huge = os.path.join(work, "cache-huge")
-        m = Mount(f"{reg.host}/lazy/huge:v1", mnt, cache_huge, ["--prefetch=none"])
-        if tap.ok(m.ok, "mount an image with 20,000 files", m.stderr()):
-            t = time.monotonic()
-            m.umount()
-            took = time.monotonic() - t
-            saved = os.listdir(os.path.join(cache_huge, "chunks", "sha256"))
-            tap.ok(took < 10 and not is_mounted(mnt) and sum(p.endswith(".toc") for p in saved) == 1 and
-                   not any(".tmp." in p for p in saved),
-                   f"unmounted at once ({took:.2f} s), with the TOC saved whole", saved)
-        m = Mount(f"{reg.host}/lazy/huge:v1", mnt, cache_huge, ["--prefetch=none"])
-        if tap.ok(m.ok, "mount it again", m.stderr()):
-            tap.ok(imgfs_stats(mnt)["range_requests"] == 0 and len(os.listdir(os.path.join(mnt, "d"))) == 20000 and
-                   open(os.path.join(mnt, "d", "f12345"), "rb").read() == b"12345\n",
-                   "from the saved TOC: 20,000 files, and their bytes", imgfs_stats(mnt))
-            m.umount()
-
-        # zstd:chunked, as skopeo writes it, against the same image's plain tar mount.
-        from harness import push_image, make_tar, snapshot as snap
-        push_image(reg, "lazy/plain", "v1", [(make_tar(LOWER), "none"), (make_tar(UPPER), "none")])
-        policy = os.path.join(work, "policy.json")
-        with open(policy, "w") as f:
-            json.dump({"default": [{"type": "insecureAcceptAnything"}]}, f)
-        r = run(["skopeo", "--policy", policy, "copy", "--src-tls-verify=false", "--dest-tls-verify=false",
-                 "--dest-compress-format", "zstd:chunked", f"docker://{reg.host}/lazy/plain:v1",
-                 f"docker://{reg.host}/lazy/zstdchunked:v1"], timeout=300)
-        tap.ok(r.returncode == 0, "skopeo pushes a zstd:chunked copy", r.stderr)
-        plain_mnt = os.path.join(work, "mnt-plain")
-        p = Mount(f"{reg.host}/lazy/plain:v1", plain_mnt, cache)
-        m = Mount(f"{reg.host}/lazy/zstdchunked:v1", mnt, os.path.join(work, "cache-zc"), ["--prefetch=none"])
-        if tap.ok(m.ok and p.ok, "mount the zstd:chunked image", m.stderr() + p.stderr()):
-            s0 = imgfs_stats(m.dir)
-            with open(os.path.join(mnt, "small.txt"), "rb") as f:
-                tap.ok(f.read() == b"just a few bytes\n", "zstd:chunked: read a small file")
-            s1 = imgfs_stats(m.dir)
-            tap.ok(s0["bytes_fetched_whole"] == 0 and s1["bytes_fetched_ranges"] - s0["bytes_fetched_ranges"] < 256 << 10,
-                   "zstd:chunked: reading it fetched a small range, not the 40 MiB layer", s1)
-            want, got = snap(plain_mnt), snap(mnt)
-            tap.ok(got == want, "zstd:chunked tree equals the plain tar tree", diff_snapshots(want, got))
+@suite.case
+def cache_cap(t):
+    """A cap below what one mount reads: packs are evicted under the reader, reads stay right."""
+    mnt, cache_cap = t.mnt, t.cache_of("cap")
+    m = Mount(t.app, mnt, cache_cap, ["--prefetch=none", "--cache-size", "2M"])
+    if t.tap.ok(m.ok, "mount an eStargz image with --cache-size 2M", m.stderr()):
+        first = read(os.path.join(mnt, "big/blob.bin"))
+        again = read(os.path.join(mnt, "big/blob.bin"))
+        used = sum(os.lstat(os.path.join(d, f)).st_blocks * 512
+                   for d, _, files in os.walk(cache_cap) for f in files)
+        t.tap.ok(first == BIG and again == BIG and used <= 2 << 20,
+                 "a 40 MiB file read twice through a 2 MiB cache: right bytes, cache within its cap",
+                 (used, first == BIG, again == BIG))
         m.umount()
-        p.umount()
 
-        # A TOC split over several gzip members (inflated in one call only when it is one).
-        push_estargz(reg, "lazy/splittoc", "v1", [LOWER[:2]], toc_members=2)
-        m = Mount(f"{reg.host}/lazy/splittoc:v1", mnt, os.path.join(work, "cache-splittoc"), ["--prefetch=none"])
-        if tap.ok(m.ok, "mount an eStargz layer whose TOC spans two gzip members", m.stderr()):
-            tap.ok(open(os.path.join(mnt, "etc/os-release"), "rb").read() == b"NAME=lazy\n", "and read from it")
-            m.umount()
 
-        push_estargz(reg, "lazy/badtoc", "v1", [LOWER[:2]], bad_toc=True)
-        m = Mount(f"{reg.host}/lazy/badtoc:v1", mnt, cache)
-        tap.ok(not m.ok and "TOC digest" in m.stderr() and "does not match" in m.stderr(),
-               "a TOC that does not match its annotation is refused", m.stderr())
-    finally:
-        reg.stop()
+PREFETCHED = [Entry("boot", "dir"), Entry("boot/first", data=deterministic_bytes(3, 3 << 20)),
+              Entry("boot/second", data=b"needed at start\n")]
+REST = [Entry("later", data=deterministic_bytes(4, 20 << 20))]
 
-tap.done()
+
+def prefetch_image(t):
+    """An image whose landmark comes after boot/: its layer descriptor."""
+    return t.once("prefetch image", lambda: push_estargz(t.reg, "lazy/prefetch", "v1", [PREFETCHED + REST],
+                                                         landmark_after=len(PREFETCHED))[0])
+
+
+@suite.case
+def prefetch_landmark_then_all(t):
+    """The prefetch set first, then everything, each byte once."""
+    mnt, layer = t.mnt, prefetch_image(t)
+    m = Mount(f"{t.reg.host}/lazy/prefetch:v1", mnt, t.cache_of("landmark"), ["--prefetch=landmark"])
+    if t.tap.ok(m.ok, "mount with --prefetch=landmark", m.stderr()):
+        s = stats_after_prefetch(mnt)
+        t.tap.ok(s["prefetch_done"] == 1 and (3 << 20) <= s["bytes_prefetched"] < (4 << 20),
+                 "--prefetch=landmark fetches the files before the landmark only", s)
+        m.umount()
+    before = blob_bytes_served(t.reg, layer["digest"])
+    m = Mount(f"{t.reg.host}/lazy/prefetch:v1", mnt, t.cache_of("all"))
+    if t.tap.ok(m.ok, "mount with the default prefetch", m.stderr()):
+        # Reads while the background fetch runs must not fetch anything twice.
+        with open(os.path.join(mnt, "later"), "rb") as f:
+            f.seek(17 << 20)
+            t.tap.ok(f.read(4096) == REST[0].data[17 << 20:(17 << 20) + 4096], "an on-demand read during prefetch")
+        s = stats_after_prefetch(mnt, 60)
+        served = blob_bytes_served(t.reg, layer["digest"]) - before
+        t.tap.ok(s["prefetch_done"] == 1 and served <= layer["size"],
+                 f"the whole layer arrived in the background, nothing twice: {served} of {layer['size']} bytes", s)
+        t.tap.ok(read(os.path.join(mnt, "later")) == REST[0].data, "the prefetched file reads whole")
+        t.tap.ok(imgfs_stats(mnt)["bytes_fetched_ranges"] == s["bytes_fetched_ranges"],
+                 "reads after the prefetch come from the cache")
+        m.umount()
+
+
+@suite.case
+def prefetch_list(t):
+    """A recorded list replaces the image's landmarks: fetched first, in the
+    order read; the saved TOC keeps the image's own landmarks."""
+    mnt = t.mnt
+    prefetch_image(t)
+    listing = os.path.join(t.work, "prefetch.list")
+    with open(listing, "w") as f:
+        f.write("/boot/second\n/later\n/not/in/the/image\n")
+    m = Mount(f"{t.reg.host}/lazy/prefetch:v1", mnt, t.cache_of("list"),
+              ["--prefetch=landmark", "--prefetch-list", listing])
+    if t.tap.ok(m.ok, "mount with --prefetch-list", m.stderr()):
+        s = stats_after_prefetch(mnt)
+        good = (read(os.path.join(mnt, "later")) == REST[0].data and
+                read(os.path.join(mnt, "boot", "second")) == b"needed at start\n")
+        t.tap.ok(s["prefetch_done"] == 1 and (20 << 20) <= s["bytes_prefetched"] < (21 << 20) and good and
+                 imgfs_stats(mnt)["range_requests"] == s["range_requests"],
+                 "--prefetch-list fetches the listed files (not boot/first), on several connections", s)
+        m.umount()
+    m = Mount(f"{t.reg.host}/lazy/prefetch:v1", mnt, t.cache_of("list"), ["--prefetch=landmark"])
+    if t.tap.ok(m.ok, "mount again without the list, on the same cache", m.stderr()):
+        s = stats_after_prefetch(mnt)
+        t.tap.ok(s["range_requests"] >= 1 and (3 << 20) <= s["bytes_prefetched"] < (4 << 20),
+                 "the image's landmark (boot/first) is the prefetch set again", s)
+        m.umount()
+
+
+@suite.case
+def huge_toc(t):
+    """A large TOC is saved by the daemon after the mount, and completely before it exits."""
+    mnt = t.mnt
+    huge = [Entry("d", "dir"), *[Entry(f"d/f{i:05d}", data=b"%d\n" % i) for i in range(20000)]]
+    push_estargz(t.reg, "lazy/huge", "v1", [huge])
+    cache_huge = t.cache_of("huge")
+    m = Mount(f"{t.reg.host}/lazy/huge:v1", mnt, cache_huge, ["--prefetch=none"])
+    if t.tap.ok(m.ok, "mount an image with 20,000 files", m.stderr()):
+        start = time.monotonic()
+        m.umount()
+        took = time.monotonic() - start
+        saved = os.listdir(os.path.join(cache_huge, "chunks", "sha256"))
+        t.tap.ok(took < 10 and not is_mounted(mnt) and sum(p.endswith(".toc") for p in saved) == 1 and
+                 not any(".tmp." in p for p in saved),
+                 f"unmounted at once ({took:.2f} s), with the TOC saved whole", saved)
+    m = Mount(f"{t.reg.host}/lazy/huge:v1", mnt, cache_huge, ["--prefetch=none"])
+    if t.tap.ok(m.ok, "mount it again", m.stderr()):
+        t.tap.ok(imgfs_stats(mnt)["range_requests"] == 0 and len(os.listdir(os.path.join(mnt, "d"))) == 20000 and
+                 read(os.path.join(mnt, "d", "f12345")) == b"12345\n",
+                 "from the saved TOC: 20,000 files, and their bytes", imgfs_stats(mnt))
+        m.umount()
+
+
+@suite.case
+def zstd_chunked(t):
+    """zstd:chunked, as skopeo writes it, against the same image's plain tar mount."""
+    reg, work, mnt = t.reg, t.work, t.mnt
+    push_image(reg, "lazy/plain", "v1", [(make_tar(LOWER), "none"), (make_tar(UPPER), "none")])
+    policy = os.path.join(work, "policy.json")
+    with open(policy, "w") as f:
+        json.dump({"default": [{"type": "insecureAcceptAnything"}]}, f)
+    r = run(["skopeo", "--policy", policy, "copy", "--src-tls-verify=false", "--dest-tls-verify=false",
+             "--dest-compress-format", "zstd:chunked", f"docker://{reg.host}/lazy/plain:v1",
+             f"docker://{reg.host}/lazy/zstdchunked:v1"], timeout=300)
+    t.tap.ok(r.returncode == 0, "skopeo pushes a zstd:chunked copy", r.stderr)
+    plain_mnt = os.path.join(work, "mnt-plain")
+    p = Mount(f"{reg.host}/lazy/plain:v1", plain_mnt, t.cache_of("plain"))
+    m = Mount(f"{reg.host}/lazy/zstdchunked:v1", mnt, t.cache_of("zc"), ["--prefetch=none"])
+    if t.tap.ok(m.ok and p.ok, "mount the zstd:chunked image", m.stderr() + p.stderr()):
+        s0 = imgfs_stats(m.dir)
+        t.tap.ok(read(os.path.join(mnt, "small.txt")) == b"just a few bytes\n", "zstd:chunked: read a small file")
+        s1 = imgfs_stats(m.dir)
+        t.tap.ok(s0["bytes_fetched_whole"] == 0 and
+                 s1["bytes_fetched_ranges"] - s0["bytes_fetched_ranges"] < 256 << 10,
+                 "zstd:chunked: reading it fetched a small range, not the 40 MiB layer", s1)
+        want, got = snapshot(plain_mnt), snapshot(mnt)
+        t.tap.ok(got == want, "zstd:chunked tree equals the plain tar tree", diff_snapshots(want, got))
+    m.umount()
+    p.umount()
+
+
+@suite.case
+def split_toc(t):
+    """A TOC split over several gzip members (inflated in one call only when it is one)."""
+    push_estargz(t.reg, "lazy/splittoc", "v1", [LOWER[:2]], toc_members=2)
+    m = Mount(f"{t.reg.host}/lazy/splittoc:v1", t.mnt, t.cache_of("splittoc"), ["--prefetch=none"])
+    if t.tap.ok(m.ok, "mount an eStargz layer whose TOC spans two gzip members", m.stderr()):
+        t.tap.ok(read(os.path.join(t.mnt, "etc/os-release")) == b"NAME=lazy\n", "and read from it")
+        m.umount()
+
+
+@suite.case
+def bad_toc(t):
+    push_estargz(t.reg, "lazy/badtoc", "v1", [LOWER[:2]], bad_toc=True)
+    m = Mount(f"{t.reg.host}/lazy/badtoc:v1", t.mnt, t.cache_of("badtoc"))
+    t.tap.ok(not m.ok and "TOC digest" in m.stderr() and "does not match" in m.stderr(),
+             "a TOC that does not match its annotation is refused", m.stderr())
+
+
+run_file(suite)

@@ -16,13 +16,14 @@ import sys
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(__file__))
-from harness import (Mount, Registry, Tap, diff_snapshots, is_mounted, require_root_and_fuse, run,  # noqa: E402
-                     skopeo_umoci_unpack, snapshot, workspace, IMGFS)
-from images import deterministic_bytes, push_rich  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from imgfs_test.cases import Suite, run_file  # noqa: E402
+from imgfs_test.harness import (Mount, Registry, diff_snapshots, is_mounted, run, skopeo_umoci_unpack,  # noqa: E402
+                                snapshot)
+from imgfs_test.images import deterministic_bytes, push_rich  # noqa: E402
 
-tap = Tap()
-require_root_and_fuse(tap)
+suite = Suite()
+tap = suite.tap
 
 libc = ctypes.CDLL(None, use_errno=True)
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
@@ -124,7 +125,8 @@ def semantics(d, upper):
     tap.ok(stat.S_IMODE(os.stat(f"{d}/etc/hostname").st_mode) == 0o640,
            "copy-up keeps the image file's mode")
     write(f"{d}/usr/setuid", b"echo appended\n", "ab")
-    tap.ok(read(f"{d}/usr/setuid") == b"#!/bin/sh\necho appended\n", "O_APPEND to an image file appends after its bytes")
+    tap.ok(read(f"{d}/usr/setuid") == b"#!/bin/sh\necho appended\n",
+           "O_APPEND to an image file appends after its bytes")
 
     big = deterministic_bytes(1, 8 << 20)
     ino_before = os.stat(f"{d}/usr/big.bin").st_ino
@@ -166,7 +168,8 @@ def semantics(d, upper):
     tap.ok(not os.path.exists(f"{d}/newdir") and not os.path.lexists(f"{upper}/newdir"),
            "rmdir of an upper dir removes it, no whiteout needed")
     os.unlink(f"{d}/opq/upper")
-    tap.ok(errno_of(os.rmdir, f"{d}/file-to-dir") == errno.ENOTEMPTY, "rmdir with an image entry still showing: ENOTEMPTY")
+    tap.ok(errno_of(os.rmdir, f"{d}/file-to-dir") == errno.ENOTEMPTY,
+           "rmdir with an image entry still showing: ENOTEMPTY")
     os.rmdir(f"{d}/opq")
     tap.ok(not os.path.exists(f"{d}/opq") and is_whiteout(f"{upper}/opq"),
            "rmdir of an emptied image dir leaves a 0:0 whiteout")
@@ -214,14 +217,16 @@ def semantics(d, upper):
     tap.ok(errno_of(renameat2, f"{d}/x1", f"{d}/dev/null", RENAME_NOREPLACE) == errno.EEXIST,
            "RENAME_NOREPLACE over an image file: EEXIST")
     renameat2(f"{d}/x1", f"{d}/keep-hard-1", RENAME_EXCHANGE)
-    tap.ok(read(f"{d}/x1") == b"k\n" and read(f"{d}/keep-hard-1") == b"X1", "RENAME_EXCHANGE of an upper and an image file")
+    tap.ok(read(f"{d}/x1") == b"k\n" and read(f"{d}/keep-hard-1") == b"X1",
+           "RENAME_EXCHANGE of an upper and an image file")
     os.mkdir(f"{d}/xd")
     renameat2(f"{d}/xd", f"{d}/deep", RENAME_EXCHANGE)
     tap.ok(os.listdir(f"{d}/deep") == [] and len(os.listdir(f"{d}/xd")) == 1,
            "RENAME_EXCHANGE of an empty upper dir and an image dir")
     tap.ok(errno_of(os.rename, f"{d}/x1", f"{d}/usr") == errno.EISDIR, "rename of a file over a dir: EISDIR")
     tap.ok(errno_of(os.rename, f"{d}/xd", f"{d}/x1") == errno.ENOTDIR, "rename of a dir over a file: ENOTDIR")
-    tap.ok(errno_of(os.rename, f"{d}/xd", f"{d}/usr") == errno.ENOTEMPTY, "rename of a dir over a non-empty dir: ENOTEMPTY")
+    tap.ok(errno_of(os.rename, f"{d}/xd", f"{d}/usr") == errno.ENOTEMPTY,
+           "rename of a dir over a non-empty dir: ENOTEMPTY")
     tap.ok(errno_of(os.rename, f"{d}/no-such", f"{d}/x2") == errno.ENOENT, "rename of a missing name: ENOENT")
     os.mkdir(f"{d}/empty-target")
     os.rename(f"{d}/file-to-dir", f"{d}/empty-target")
@@ -235,7 +240,8 @@ def semantics(d, upper):
     tap.ok(errno_of(os.symlink, "x", f"{d}/usr/new-link") == errno.EEXIST, "symlink over an existing name: EEXIST")
     os.link(f"{d}/usr/setuid", f"{d}/hard-to-setuid")
     a, b = os.stat(f"{d}/usr/setuid"), os.stat(f"{d}/hard-to-setuid")
-    tap.ok(a.st_ino == b.st_ino and b.st_nlink == 2, "link to a copied-up file shares its inode", (a.st_nlink, b.st_nlink))
+    tap.ok(a.st_ino == b.st_ino and b.st_nlink == 2,
+           "link to a copied-up file shares its inode", (a.st_nlink, b.st_nlink))
     os.link(f"{d}/dev/pipe", f"{d}/hard-to-pipe")
     tap.ok(stat.S_ISFIFO(os.stat(f"{d}/hard-to-pipe").st_mode) and os.stat(f"{d}/dev/pipe").st_nlink == 2,
            "link to an image fifo copies it up and links it")
@@ -244,7 +250,8 @@ def semantics(d, upper):
     tap.ok(errno_of(os.link, f"{d}/usr", f"{d}/dirlink") == errno.EPERM, "link of a dir: EPERM")
     ha, hb = os.stat(f"{d}/usr/hard-a"), os.stat(f"{d}/usr/hard-b")
     write(f"{d}/usr/hard-a", b"rewritten\n", "r+b")
-    tap.ok(read(f"{d}/usr/hard-b") == b"rewritten\ntent\n" and os.stat(f"{d}/usr/hard-b").st_ino == hb.st_ino == ha.st_ino,
+    tap.ok(read(f"{d}/usr/hard-b") == b"rewritten\ntent\n" and
+           os.stat(f"{d}/usr/hard-b").st_ino == hb.st_ino == ha.st_ino,
            "image hardlinks stay linked after copy-up (as overlayfs with index=on)")
     tap.ok(os.stat(f"{upper}/usr/hard-a").st_ino == os.stat(f"{upper}/usr/hard-b").st_ino,
            "UPPERDIR holds the copied hardlinks as one inode")
@@ -281,7 +288,8 @@ def semantics(d, upper):
     os.removexattr(f"{d}/usr/moved-xattr-file", "user.greeting")
     tap.ok(errno_of(os.getxattr, f"{d}/usr/moved-xattr-file", "user.greeting") == errno.ENODATA,
            "removexattr")
-    tap.ok(errno_of(os.removexattr, f"{d}/usr/share", "user.none") == errno.ENODATA, "removexattr of a missing name: ENODATA")
+    tap.ok(errno_of(os.removexattr, f"{d}/usr/share", "user.none") == errno.ENODATA,
+           "removexattr of a missing name: ENODATA")
     sv = os.statvfs(d)
     tap.ok(sv.f_bsize > 0 and sv.f_blocks > 0, "statfs answers for the upper's file system")
 
@@ -300,7 +308,8 @@ def semantics(d, upper):
     tap.ok(as_user(1001, lambda: read(f"{d}/usr/added-late")) == 0, "another user reads a 0644 file")
     tap.ok(as_user(1001, lambda: write(f"{d}/usr/added-late", b"no")) == errno.EACCES,
            "another user writing a root 0644 file: EACCES")
-    tap.ok(as_user(1001, lambda: os.mkdir(f"{d}/etc/nope")) == errno.EACCES, "mkdir in a root 0711 dir as a user: EACCES")
+    tap.ok(as_user(1001, lambda: os.mkdir(f"{d}/etc/nope")) == errno.EACCES,
+           "mkdir in a root 0711 dir as a user: EACCES")
     tap.ok(as_user(1001, lambda: write(f"{d}/tmpfile-user", b"x")) == errno.EACCES, "create in a root 0755 dir: EACCES")
     os.mkdir(f"{d}/shared")
     os.chmod(f"{d}/shared", 0o777)
@@ -381,55 +390,80 @@ def overlay_equivalence(reg, work, upper, imgfs_view):
         run(["umount", ovl_mnt])
 
 
-with workspace() as work:
-    os.chmod(work, 0o755)  # other users reach the mount in the permission tests
-    reg = Registry(work)
-    cache = os.path.join(work, "cache")
-    try:
-        push_rich(reg, "test/rich", "gzip", ["gzip", "gzip", "gzip"], docker=True)
-        ref = f"{reg.host}/test/rich:gzip"
-        upper = os.path.join(work, "upper")
-        mnt = os.path.join(work, "mnt")
-        m = Mount(ref, mnt, cache, ["--upper", upper])
-        if not tap.ok(m.ok, "mount with --upper", m.stderr()):
-            raise SystemExit(tap.done())
-        tap.ok(os.path.isdir(upper), "UPPERDIR is created when missing")
+@suite.setup
+def setup(t):
+    os.chmod(t.work, 0o755)  # other users reach the mount in the permission tests
+    t.reg = Registry(t.work)
+    t.on_exit(t.reg.stop)
+    t.cache = os.path.join(t.work, "cache")
+    push_rich(t.reg, "test/rich", "gzip", ["gzip", "gzip", "gzip"], docker=True)
+    t.ref = f"{t.reg.host}/test/rich:gzip"
+    t.upper = os.path.join(t.work, "upper")
+    t.mnt = os.path.join(t.work, "mnt")
+    t.m = Mount(t.ref, t.mnt, t.cache, ["--upper", t.upper])
+    t.on_exit(lambda: t.m.umount())
+    if tap.ok(t.m.ok, "mount with --upper", t.m.stderr()):
+        tap.ok(os.path.isdir(t.upper), "UPPERDIR is created when missing")
 
-        second = Mount(ref, os.path.join(work, "mnt2"), cache, ["--upper", upper])
-        tap.ok(not second.ok and "in use" in second.stderr() and upper in second.stderr(),
-               "a second mount of the same UPPERDIR is refused with a clear error", second.stderr())
-        second.umount()
 
-        semantics(mnt, upper)
-        concurrent(mnt)
+# The cases share one writable mount, each going on from the state the
+# ones before it left; alone, each holds for a fresh UPPERDIR as well.
 
-        view = snapshot(mnt)
-        m.umount()
-        tap.ok(not is_mounted(mnt), "unmount of the writable mount")
-        m = Mount(ref, mnt, cache, ["--upper", upper])
-        tap.ok(m.ok and snapshot(mnt) == view, "remounting the same UPPERDIR shows every change",
-               m.stderr() if not m.ok else diff_snapshots(view, snapshot(mnt)))
+@suite.case
+def second_mount_refused(t):
+    second = Mount(t.ref, os.path.join(t.work, "mnt2"), t.cache, ["--upper", t.upper])
+    tap.ok(not second.ok and "in use" in second.stderr() and t.upper in second.stderr(),
+           "a second mount of the same UPPERDIR is refused with a clear error", second.stderr())
+    second.umount()
 
-        # -- what a program fsynced survives kill -9 of the daemon
-        with open(f"{mnt}/durable", "wb") as f:
-            f.write(b"fsynced bytes\n")
-            f.flush()
-            os.fsync(f.fileno())
-        pid = daemon_pid(mnt)
-        if tap.ok(pid is not None, "found the daemon of the mount"):
-            os.kill(pid, signal.SIGKILL)
-            for _ in range(100):
-                if not os.path.exists(f"/proc/{pid}"):
-                    break
-                time.sleep(0.05)
-            run(["umount", "-l", mnt])
-            m2 = Mount(ref, mnt, cache, ["--upper", upper])
-            tap.ok(m2.ok and read(f"{mnt}/durable") == b"fsynced bytes\n",
-                   "a file fsynced before kill -9 of the daemon is there after remount", m2.stderr())
-            view = snapshot(mnt)
-            m2.umount()
-        overlay_equivalence(reg, work, upper, view)
-    finally:
-        reg.stop()
 
-sys.exit(tap.done())
+@suite.case
+def posix_semantics(t):
+    semantics(t.mnt, t.upper)
+
+
+@suite.case
+def concurrent_writers(t):
+    concurrent(t.mnt)
+
+
+@suite.case
+def remount_keeps_changes(t):
+    view = snapshot(t.mnt)
+    t.m.umount()
+    tap.ok(not is_mounted(t.mnt), "unmount of the writable mount")
+    t.m = Mount(t.ref, t.mnt, t.cache, ["--upper", t.upper])
+    tap.ok(t.m.ok and snapshot(t.mnt) == view, "remounting the same UPPERDIR shows every change",
+           t.m.stderr() if not t.m.ok else diff_snapshots(view, snapshot(t.mnt)))
+
+
+@suite.case
+def fsync_survives_kill(t):
+    """What a program fsynced survives kill -9 of the daemon."""
+    mnt = t.mnt
+    with open(f"{mnt}/durable", "wb") as f:
+        f.write(b"fsynced bytes\n")
+        f.flush()
+        os.fsync(f.fileno())
+    pid = daemon_pid(mnt)
+    if not tap.ok(pid is not None, "found the daemon of the mount"):
+        return
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(100):
+        if not os.path.exists(f"/proc/{pid}"):
+            break
+        time.sleep(0.05)
+    run(["umount", "-l", mnt])
+    t.m = Mount(t.ref, mnt, t.cache, ["--upper", t.upper])
+    tap.ok(t.m.ok and read(f"{mnt}/durable") == b"fsynced bytes\n",
+           "a file fsynced before kill -9 of the daemon is there after remount", t.m.stderr())
+
+
+@suite.case
+def overlayfs_equivalence(t):
+    view = snapshot(t.mnt)
+    t.m.umount()
+    overlay_equivalence(t.reg, t.work, t.upper, view)
+
+
+run_file(suite)

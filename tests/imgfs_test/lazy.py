@@ -1,9 +1,9 @@
-"""Pushing eStargz images, for the lazy and fault tests."""
+"""Pushing eStargz images, for the lazy, fault and auth tests."""
 
 import json
 
-import estargz
-from harness import LAYER_TYPES, MT_OCI_CONFIG, MT_OCI_MANIFEST, digest_of
+from . import estargz
+from .harness import LAYER_TYPES, MT_OCI_CONFIG, MT_OCI_MANIFEST, digest_of
 
 
 def push_estargz(reg, repo, tag, layer_entries, bad_toc=False, chunk_size=4 << 20, landmark_after=0, share_below=0,

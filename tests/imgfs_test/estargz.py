@@ -41,7 +41,7 @@ def build(entries, chunk_size=4 << 20, landmark_after=0, share_below=0, toc_memb
     them, found by innerOffset, as writers with a minimum chunk size do.
     toc_members > 1 splits the TOC's tar into that many gzip members.
     Returns (blob, toc_digest, diff_id, uncompressed_size)."""
-    from harness import tar_header, tar_padding  # the same tar encoding as the other images
+    from .harness import tar_header, tar_padding  # the same tar encoding as the other images
 
     out = io.BytesIO()
     tar_all = io.BytesIO()
@@ -55,7 +55,7 @@ def build(entries, chunk_size=4 << 20, landmark_after=0, share_below=0, toc_memb
             tar_all.write(pending)
             pending = b""
 
-    from harness import Entry
+    from .harness import Entry
     items = list(entries)
     if landmark_after:
         items.insert(landmark_after, Entry(".prefetch.landmark", data=b"\x00"))

@@ -9,13 +9,10 @@ import io
 import json
 import os
 import subprocess
-import sys
 import tarfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
-import estargz  # noqa: E402
-from harness import IMGFS, LAYER_TYPES, MT_OCI_CONFIG, MT_OCI_MANIFEST, Entry  # noqa: E402
+from . import estargz
+from .harness import IMGFS, LAYER_TYPES, MT_OCI_CONFIG, MT_OCI_MANIFEST, Entry
 
 
 def drop_caches():

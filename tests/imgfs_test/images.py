@@ -4,7 +4,7 @@ exercises every layer rule and entry type."""
 import random
 import shutil
 
-from harness import Entry, make_tar, push_image
+from .harness import Entry, make_tar, push_image
 
 
 def busybox_layer():
@@ -15,8 +15,10 @@ def busybox_layer():
     for applet in ("sh", "ls", "cat", "echo", "true", "false", "stty", "sleep", "id", "seq", "head", "wc",
                    "hostname", "touch", "env", "pwd"):
         entries.append(Entry(f"bin/{applet}", "symlink", link="busybox", mode=0o777))
-    entries += [Entry("etc", "dir"), Entry("etc/passwd", data=b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n"),
-                Entry("etc/group", data=b"root:x:0:\napp:x:1000:\nextra:x:2000:app\n"), Entry("tmp", "dir", mode=0o1777),
+    entries += [Entry("etc", "dir"),
+                Entry("etc/passwd", data=b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n"),
+                Entry("etc/group", data=b"root:x:0:\napp:x:1000:\nextra:x:2000:app\n"),
+                Entry("tmp", "dir", mode=0o1777),
                 Entry("root", "dir", mode=0o700)]
     return make_tar(entries)
 
