@@ -42,6 +42,18 @@ static bool is_temporary(const char *name)
 	return name[0] == '.' || strstr(name, ".part") || strstr(name, ".tmp");
 }
 
+/* The stamp of an evicted blob ("<cache>/blobs/sha256/<hex>") goes with it. */
+static void unlink_stamp(const char *object_path)
+{
+	const char *blobs = strstr(object_path, "/blobs/sha256/");
+	if (!blobs)
+		return;
+	_cleanup_free_ char *stamp = strdup_printf("%.*s/verified/sha256/%s", (int)(blobs - object_path), object_path,
+						   blobs + strlen("/blobs/sha256/"));
+	if (stamp)
+		(void)unlink(stamp);
+}
+
 /* Scans the cache and removes the oldest objects while it is over the cap;
  * limit.lock is held.  Returns the bytes left. */
 static uint64_t evict_locked(void)
@@ -80,8 +92,10 @@ static uint64_t evict_locked(void)
 		uint64_t target = limit.cap / 100 * LOW_WATER_PERCENT;
 		qsort(v, n, sizeof(*v), by_age);
 		for (size_t i = 0; i < n && total > target; i++)
-			if (unlink(v[i].path) == 0)
+			if (unlink(v[i].path) == 0) {
 				total -= v[i].size;
+				unlink_stamp(v[i].path);
+			}
 	}
 	for (size_t i = 0; i < n; i++)
 		free(v[i].path);
@@ -176,4 +190,63 @@ char *cache_path(const char *cache_dir, const char *kind, const char *digest)
 char *cache_index_path(const char *cache_dir, const char *layer_digest)
 {
 	return cache_path(cache_dir, "index", layer_digest);
+}
+
+int cache_open_private(const char *cache_dir, struct err *err)
+{
+	int r = mkdir_parents(cache_dir, 0700);
+	if (r < 0)
+		return err_set(err, -r, "cannot create the cache directory \"%s\": %s", cache_dir, strerror(-r));
+	_cleanup_close_ int fd = open(cache_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) < 0)
+		return err_set(err, errno, "cannot open the cache directory \"%s\": %s", cache_dir, strerror(errno));
+	if (st.st_uid != geteuid())
+		return err_set(err, EPERM,
+			       "the cache directory \"%s\" belongs to uid %u, not to you (uid %u): another user could "
+			       "read or change what it holds; use --cache or $IMGFS_CACHE",
+			       cache_dir, (unsigned)st.st_uid, (unsigned)geteuid());
+	if (st.st_mode & (S_IWGRP | S_IWOTH))
+		return err_set(err, EPERM, "the cache directory \"%s\" is writable by others (mode %04o)", cache_dir,
+			       (unsigned)(st.st_mode & 07777));
+	/* A cache made by an older imgfs was 0755: nothing in it is for others. */
+	if ((st.st_mode & 077) && fchmod(fd, 0700) < 0)
+		return err_set(err, errno, "cannot make the cache directory \"%s\" private: %s", cache_dir,
+			       strerror(errno));
+	return 0;
+}
+
+static char *stamp_path(const char *cache_dir, const char *digest)
+{
+	return cache_path(cache_dir, "verified", digest);
+}
+
+static bool stamp_of(int fd, char *buf, size_t size)
+{
+	struct stat st;
+	if (fstat(fd, &st) < 0)
+		return false;
+	snprintf(buf, size, "%llu %llu %lld %lld.%09ld\n", (unsigned long long)st.st_dev, (unsigned long long)st.st_ino,
+		 (long long)st.st_size, (long long)st.st_ctim.tv_sec, st.st_ctim.tv_nsec);
+	return true;
+}
+
+bool cache_stamp_valid(const char *cache_dir, const char *digest, int fd)
+{
+	char want[128];
+	_cleanup_free_ char *path = stamp_path(cache_dir, digest);
+	_cleanup_free_ char *have = NULL;
+	size_t len;
+	return path && stamp_of(fd, want, sizeof(want)) && read_file_capped(path, sizeof(want), &have, &len) == 0 &&
+	       len == strlen(want) && memcmp(have, want, len) == 0;
+}
+
+void cache_stamp(const char *cache_dir, const char *digest, int fd)
+{
+	char stamp[128];
+	_cleanup_free_ char *dir = strdup_printf("%s/verified/sha256", cache_dir);
+	_cleanup_free_ char *path = stamp_path(cache_dir, digest);
+	/* Without a stamp the blob is only hashed again next time. */
+	if (dir && path && stamp_of(fd, stamp, sizeof(stamp)) && mkdir_parents(dir, 0700) == 0)
+		(void)write_file_replace(path, stamp, strlen(stamp));
 }

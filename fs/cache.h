@@ -5,8 +5,20 @@
  * verified again.  Private to fs/. */
 #pragma once
 
+#include <stdbool.h>
 #include <stdint.h>
 
+/* Makes cache_dir (and missing parents) 0700, or checks the one there: it
+ * must be a directory owned by the caller that no one else may write; one
+ * that others may read or enter is made 0700.  Errors say why. */
+struct err;
+int cache_open_private(const char *cache_dir, struct err *err);
+/* A blob is hashed when it is stored and, later, whenever it is about to be
+ * used unless it still carries the stamp of that check: the inode, size
+ * and change time it had then (<cache>/verified/<hex>).  Any write to the
+ * blob moves its change time, which no one but root can set back. */
+bool cache_stamp_valid(const char *cache_dir, const char *digest, int fd);
+void cache_stamp(const char *cache_dir, const char *digest, int fd);
 /* Sets the cap (0: none) and brings the cache under it now. */
 int cache_limit_init(const char *cache_dir, uint64_t cap);
 /* Called after a new object of this size went into the cache. */

@@ -34,10 +34,42 @@ char *image_default_cache_dir(void)
 	if (env && *env)
 		return strdup_printf("%s/imgfs", env);
 	env = getenv("HOME");
-	return strdup_printf("%s/.cache/imgfs", env && *env ? env : "/tmp");
+	/* Never a shared directory such as /tmp: another user could own it first. */
+	if (!env || env[0] != '/') {
+		errno = ENOENT;
+		return NULL;
+	}
+	return strdup_printf("%s/.cache/imgfs", env);
 }
 
-/* Opens the cached blob, fetching and verifying it first if it is missing. */
+/* Whether the blob open on fd holds the bytes of digest, hashing it. */
+static bool blob_matches(int fd, const char *digest)
+{
+	enum { CHUNK = 1 << 20 };
+	struct digester *d = digester_new();
+	_cleanup_free_ unsigned char *buf = malloc(CHUNK);
+	bool ok = d && buf;
+	for (off_t off = 0; ok;) {
+		ssize_t n = pread(fd, buf, CHUNK, off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			ok = n == 0;
+			break;
+		}
+		digester_update(d, buf, (size_t)n);
+		off += n;
+	}
+	char actual[DIGEST_SHA256_LEN + 1];
+	if (ok)
+		digester_final(d, actual);
+	digester_free(d);
+	return ok && strcmp(actual, digest) == 0;
+}
+
+/* Opens the cached blob, fetching and verifying it first if it is missing.
+ * A cached one is hashed again unless its stamp shows it unchanged since it
+ * was (cache_stamp_valid()): a changed blob is fetched again, never used. */
 static int ensure_blob(struct registry_client *client, const struct image_options *opts, const struct descriptor *d,
 		       int *ret_fd, bool *ret_cached, struct err *err)
 {
@@ -47,7 +79,13 @@ static int ensure_blob(struct registry_client *client, const struct image_option
 	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	if (fd >= 0) {
 		struct stat st;
-		if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size == d->size) {
+		bool usable = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size == d->size;
+		if (usable && !cache_stamp_valid(opts->cache_dir, d->digest, fd)) {
+			usable = blob_matches(fd, d->digest);
+			if (usable)
+				cache_stamp(opts->cache_dir, d->digest, fd);
+		}
+		if (usable) {
 			cache_note_used(fd);
 			*ret_fd = fd;
 			*ret_cached = true;
@@ -65,8 +103,6 @@ static int ensure_blob(struct registry_client *client, const struct image_option
 	int r = registry_fetch_blob_to_fd(client, d->digest, d->size, tmp_fd, err);
 	if (r == 0 && fsync(tmp_fd) < 0)
 		r = err_set(err, errno, "cannot sync %s into the cache: %s", d->digest, strerror(errno));
-	if (r == 0 && fchmod(tmp_fd, 0644) < 0)
-		r = -errno;
 	if (r == 0 && rename(tmp, path) < 0)
 		r = err_set(err, errno, "cannot store %s in the cache: %s", d->digest, strerror(errno));
 	if (r < 0) {
@@ -77,6 +113,7 @@ static int ensure_blob(struct registry_client *client, const struct image_option
 	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	if (fd < 0)
 		return err_set(err, errno, "cannot open %s in the cache: %s", d->digest, strerror(errno));
+	cache_stamp(opts->cache_dir, d->digest, fd);
 	*ret_fd = fd;
 	return 0;
 }
@@ -339,13 +376,16 @@ static void keep_resolved_manifest(const struct image_options *opts, const char 
 static int prepare_cache(const char *cache_dir, struct err *err)
 {
 	static const char *const subdirs[] = { "blobs/sha256", "index/sha256", "decoded/sha256", "refs" };
+	int r = cache_open_private(cache_dir, err);
+	if (r < 0)
+		return r;
 	for (size_t i = 0; i < ARRAY_SIZE(subdirs); i++) {
 		_cleanup_free_ char *p = strdup_printf("%s/%s", cache_dir, subdirs[i]);
 		if (!p)
 			return -ENOMEM;
-		int r = mkdir_parents(p, 0755);
+		r = mkdir_parents(p, 0700);
 		if (r < 0)
-			return err_set(err, r, "cannot create the cache directory \"%s\": %s", p, strerror(-r));
+			return err_set(err, -r, "cannot create the cache directory \"%s\": %s", p, strerror(-r));
 	}
 	return 0;
 }
@@ -544,7 +584,7 @@ int image_write_record(struct image *img, char **ret_path)
 	size_t len = 0;
 	if (!path)
 		return -ENOMEM;
-	int r = mkdir_parents(dir, 0755);
+	int r = mkdir_parents(dir, 0700);
 	if (r < 0)
 		return r;
 	FILE *f = open_memstream(&text, &len);

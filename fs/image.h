@@ -63,5 +63,6 @@ int image_write_record(struct image *img, char **ret_path);
 int image_set_landmarks(struct image *img, const char *list_path, size_t *ret_found, struct err *err);
 
 /* The default cache: /var/lib/imgfs for root, else $XDG_CACHE_HOME/imgfs
- * (~/.cache/imgfs).  $IMGFS_CACHE overrides both.  Caller frees. */
+ * (~/.cache/imgfs).  $IMGFS_CACHE overrides both.  Caller frees; NULL with
+ * errno ENOENT when there is no home to put it in, ENOMEM. */
 char *image_default_cache_dir(void);

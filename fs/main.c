@@ -9,6 +9,7 @@
 #include <stdarg.h>
 #include <malloc.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/pidfd.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
@@ -225,7 +226,9 @@ static int source_flags_apply(struct source_flags *f, struct image_options *opts
 	if (platform_parse(f->platform, &opts->registry.platform) < 0)
 		return report_usage("invalid platform \"%s\": expected OS/ARCH[/VARIANT]", f->platform);
 	if (!f->cache_dir && !(f->cache_dir = image_default_cache_dir()))
-		return report(ENOMEM, "out of memory");
+		return errno == ENOENT
+			   ? report(ENOENT, "no cache directory: $HOME is not set; use --cache or $IMGFS_CACHE")
+			   : report(ENOMEM, "out of memory");
 	opts->cache_dir = f->cache_dir;
 	opts->registry.insecure_registries = f->insecure;
 	if (isatty(STDERR_FILENO)) {
@@ -583,9 +586,14 @@ static int cmd_record(int argc, char **argv)
 	_cleanup_free_ char *data = NULL;
 	size_t len;
 	int r = read_file_capped(path, 256u << 20, &data, &len);
-	if (r == 0 && argc == 3)
+	if (r == 0 && argc == 3) {
 		r = write_file_replace(argv[2], data, len);
-	else if (r == 0)
+		/* A file of the user's, as the shell would make it. */
+		mode_t mask = umask(0);
+		umask(mask);
+		if (r == 0 && chmod(argv[2], 0666 & ~mask) < 0)
+			r = -errno;
+	} else if (r == 0)
 		r = write_full(STDOUT_FILENO, data, len);
 	if (r < 0)
 		return report(-r, "cannot write the record of \"%s\": %s", argv[1], strerror(-r));

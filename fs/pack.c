@@ -13,7 +13,7 @@
 
 static int open_pack(const char *path)
 {
-	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
 	return fd < 0 ? -errno : fd;
 }
 
@@ -26,7 +26,7 @@ int pack_store_open(struct pack_store *ps, const char *cache_dir, const char *di
 	ps->path = strdup_printf(PACK_NAME, cache_dir, digest + 7);
 	if (!dir || !ps->path)
 		return -ENOMEM;
-	int r = mkdir_parents(dir, 0755);
+	int r = mkdir_parents(dir, 0700);
 	if (r == 0 && (r = open_pack(ps->path)) >= 0) {
 		ps->packs[ps->n_packs++] = r;
 		r = 0;

@@ -292,7 +292,7 @@ int remote_blob_attach(struct layer *l, struct registry_client *client, struct r
 	rb->verified = calloc(spans->n_spans + 1, 1);
 	rb->cache_dir = strdup(cache_dir);
 	_cleanup_free_ char *chunks = strdup_printf("%s/chunks/sha256", cache_dir);
-	if (!rb->span_digests || !rb->verified || !rb->cache_dir || !chunks || mkdir_parents(chunks, 0755) < 0) {
+	if (!rb->span_digests || !rb->verified || !rb->cache_dir || !chunks || mkdir_parents(chunks, 0700) < 0) {
 		remote_blob_free(rb);
 		return -ENOMEM;
 	}

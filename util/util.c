@@ -166,8 +166,6 @@ static int write_file_renamed(const char *path, const void *data, size_t len, bo
 	int r = write_full(fd, data, len);
 	if (r == 0 && durable && fsync(fd) < 0)
 		r = -errno;
-	if (r == 0 && fchmod(fd, 0644) < 0)
-		r = -errno;
 	if (r == 0 && rename(tmp, path) < 0)
 		r = -errno;
 	if (r < 0)

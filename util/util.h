@@ -84,7 +84,8 @@ void shrink_array(void **array, size_t n, size_t size);
 /* mkdir -p with mode 0700 for created components. */
 int mkdir_parents(const char *path, mode_t mode);
 /* Writes data to path through a temporary file in the same directory, fsyncs
- * and renames it into place, so readers see the old or the new whole file. */
+ * and renames it into place, so readers see the old or the new whole file.
+ * The file is 0600: what a caller means to share, it chmods. */
 int write_file_atomic(const char *path, const void *data, size_t len);
 /* The same without the fsync: readers never see half a file, but a crash of
  * the machine may lose it.  For runtime state that dies with the machine. */

@@ -383,6 +383,31 @@ def workspace(prefix="imgfs-test-"):
         shutil.rmtree(d, ignore_errors=True)
 
 
+def as_user(uid, fn):
+    """Runs fn in a child process with uid/gid uid; returns its errno (0 on success)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        code = 0
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            fn()
+        except OSError as e:
+            code = e.errno
+        except BaseException:
+            code = 255
+        os.write(w, bytes([code]))
+        os._exit(0)
+    os.close(w)
+    data = os.read(r, 1)
+    os.close(r)
+    os.waitpid(pid, 0)
+    return data[0] if data else 255
+
+
 def require_root_and_fuse(tap):
     if os.geteuid() != 0:
         tap.skip_all("needs root (docker-registry on loopback, FUSE with allow_other, umoci as root)")

@@ -18,8 +18,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from imgfs_test.cases import Suite, run_file  # noqa: E402
-from imgfs_test.harness import (Mount, Registry, diff_snapshots, is_mounted, run, skopeo_umoci_unpack,  # noqa: E402
-                                snapshot)
+from imgfs_test.harness import (Mount, Registry, as_user, diff_snapshots, is_mounted, run,  # noqa: E402
+                                skopeo_umoci_unpack, snapshot)
 from imgfs_test.images import deterministic_bytes, push_rich  # noqa: E402
 
 suite = Suite()
@@ -60,31 +60,6 @@ def is_whiteout(path):
     except FileNotFoundError:
         return False
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
-
-
-def as_user(uid, fn):
-    """Runs fn in a child process with uid/gid uid; returns its errno (0 on success)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        code = 0
-        try:
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            fn()
-        except OSError as e:
-            code = e.errno
-        except BaseException:
-            code = 255
-        os.write(w, bytes([code]))
-        os._exit(0)
-    os.close(w)
-    data = os.read(r, 1)
-    os.close(r)
-    os.waitpid(pid, 0)
-    return data[0] if data else 255
 
 
 def daemon_pid(mountpoint):
