@@ -5,6 +5,19 @@
 #include <sys/stat.h>
 
 #define MAX_PATH_LEN 4096
+/* Decompression bombs: a layer may not expand beyond this ratio (gzip's
+ * own maximum is about 1032:1) or the absolute limit. */
+#define MAX_EXPANSION_RATIO 4096ull
+#define MIN_EXPANSION_LIMIT (1ull << 30)
+#define MAX_LAYER_TAR_SIZE (1ull << 40)
+
+uint64_t layer_size_limit(uint64_t blob_size)
+{
+	if (blob_size > MAX_LAYER_TAR_SIZE / MAX_EXPANSION_RATIO)
+		return MAX_LAYER_TAR_SIZE;
+	uint64_t limit = blob_size * MAX_EXPANSION_RATIO;
+	return limit < MIN_EXPANSION_LIMIT ? MIN_EXPANSION_LIMIT : limit;
+}
 
 int layer_compression_from_media_type(const char *media_type, enum layer_compression *ret)
 {

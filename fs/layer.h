@@ -162,5 +162,10 @@ int layer_prefetch(struct layer *l, bool only_landmark, const atomic_bool *stop)
 void layer_start_background(struct layer *l);
 void layer_stop_background(struct layer *l);
 
+/* What a blob of blob_size bytes may decode to, and so the largest file it
+ * may hold (holes of sparse files included): a bound on what an image can
+ * make the daemon read, copy up or keep. */
+uint64_t layer_size_limit(uint64_t blob_size);
+
 /* Normalises a tar member name; -EINVAL for names that leave the root. */
 int path_normalise(const char *name, char **ret);

@@ -14,11 +14,6 @@
 #define MAX_PATH_LEN 4096
 #define MAX_XATTR_SIZE (64u << 10)
 #define MAX_XATTRS 256
-/* Decompression bombs: a layer may not expand beyond this ratio (gzip's
- * own maximum is about 1032:1) or the absolute limit. */
-#define MAX_EXPANSION_RATIO 4096ull
-#define MIN_EXPANSION_LIMIT (1ull << 30)
-#define MAX_LAYER_TAR_SIZE (1ull << 40)
 
 struct scan {
 	const struct archive_lib *ar;
@@ -267,10 +262,7 @@ int layer_open_scan(const char *digest, enum layer_compression compression, int 
 	}
 	local_blob_attach(s.layer);
 	struct layer *l = s.layer;
-	uint64_t ratio_limit = l->blob_size * MAX_EXPANSION_RATIO;
-	s.limit = ratio_limit < MIN_EXPANSION_LIMIT ? MIN_EXPANSION_LIMIT : ratio_limit;
-	if (s.limit > MAX_LAYER_TAR_SIZE)
-		s.limit = MAX_LAYER_TAR_SIZE;
+	s.limit = layer_size_limit(l->blob_size);
 	s.buf = malloc(SCAN_BUFFER_SIZE);
 	s.cursor = cursor_new(l);
 	if (!s.buf || !s.cursor) {

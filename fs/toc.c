@@ -193,8 +193,12 @@ static int toc_entry_fill(struct toc_parser *tp, struct json_object *o, const ch
 		return err_set(err, -r, "TOC entry \"%s\" has invalid xattrs", e->path);
 	if (e->type == ENTRY_REG) {
 		int64_t size = jint(o, "size");
-		if (size < 0)
-			return err_set(err, EINVAL, "TOC entry \"%s\" has a negative size", e->path);
+		uint64_t limit = layer_size_limit(tp->layer->blob_size ? tp->layer->blob_size : tp->toc_off);
+		if (size < 0 || (uint64_t)size > limit)
+			return err_set(err, EFBIG,
+				       "TOC entry \"%s\" claims an impossible size %lld (the layer decodes to at "
+				       "most %llu bytes)",
+				       e->path, (long long)size, (unsigned long long)limit);
 		e->size = (uint64_t)size;
 		tp->chunk_allocated = 0;
 		if (size > 0) {

@@ -505,8 +505,34 @@ static void test_toc_halves(void)
 	layer_free(l);
 }
 
+/* A TOC may not declare a file larger than its layer can decode to: a
+ * 2^62-byte file of zeros chunks would make a copy-up loop for ever. */
+static void test_toc_size_bound(void)
+{
+	static const char toc[] =
+	    "{\"version\":1,\"entries\":[{\"name\":\"huge\",\"type\":\"reg\",\"size\":4611686018427387904,"
+	    "\"chunkType\":\"zeros\",\"chunkSize\":4611686018427387904}]}";
+	struct layer *l = layer_alloc("sha256:00", COMPRESSION_ZSTD, -1);
+	struct err err = { 0 };
+	l->blob_size = 1 << 20;
+	int r = estargz_parse_toc(l, toc, strlen(toc), 1 << 19, &err);
+	ok(r == -EFBIG && strstr(err.msg, "\"huge\" claims an impossible size"),
+	   "a TOC file of 2^62 bytes in a 1 MiB layer is refused: %s", err.msg);
+	layer_free(l);
+	static const char fits[] = "{\"version\":1,\"entries\":[{\"name\":\"sparse\",\"type\":\"reg\",\"size\":"
+				   "1073741824,\"chunkType\":\"zeros\",\"chunkSize\":1073741824}]}";
+	l = layer_alloc("sha256:00", COMPRESSION_ZSTD, -1);
+	l->blob_size = 1 << 20;
+	err = (struct err){ 0 };
+	ok(estargz_parse_toc(l, fits, strlen(fits), 1 << 19, &err) == 0 && l->n_entries == 1 &&
+	       l->entries[0].size == 1u << 30,
+	   "a 1 GiB sparse file of zeros in the same layer is not: %s", err.msg);
+	layer_free(l);
+}
+
 int main(void)
 {
+	test_toc_size_bound();
 	test_cache_sizes();
 	test_span_table();
 	unsigned char *big = big_data();
