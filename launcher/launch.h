@@ -43,7 +43,24 @@ struct spec_options {
 	gid_t *groups;
 	size_t n_groups;
 	const char *home; /* for $HOME when neither image nor -e sets it */
+	/* A seccomp profile in the containers/docker JSON format (podman's
+	 * default, or --security-opt seccomp=FILE); NULL: unconfined. */
+	const char *seccomp_profile;
+	size_t seccomp_profile_len;
+	int64_t pids_limit;   /* > 0: at most this many tasks */
+	int64_t memory_limit; /* > 0: bytes */
+	int64_t cpu_millis;   /* > 0: thousandths of a CPU (--cpus 1.5: 1500) */
 };
+
+#define CPU_PERIOD_US 100000
+/* podman's default --pids-limit. */
+#define DEFAULT_PIDS_LIMIT 2048
+
+/* The OCI linux.seccomp object of a containers/docker seccomp profile (JSON
+ * text), for a container with these capabilities on this machine. */
+struct json_object;
+int seccomp_from_profile(const char *json, size_t len, const char *const *caps, size_t n_caps, struct json_object **ret,
+			 struct err *err);
 
 /* The process args docker would run: entrypoint and command combined. */
 int spec_args(const struct image_process *img, const struct spec_options *o, char ***ret, struct err *err);

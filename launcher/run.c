@@ -29,7 +29,82 @@ struct run_options {
 	size_t n_imgfs_args, allocated_imgfs_args;
 	char **env, **volumes;
 	size_t n_env, allocated_env, n_volumes, allocated_volumes;
+	const char *seccomp; /* --security-opt seccomp=: a file, or "unconfined" */
+	char *seccomp_text;
 };
+
+/* podman's default seccomp profile, from containers-common. */
+#define DEFAULT_SECCOMP_PROFILE "/usr/share/containers/seccomp.json"
+#define SECCOMP_PROFILE_MAX (4u << 20)
+
+/* "512m", "1g", "1048576": bytes, with b, k, m, g suffixes as docker takes them. */
+static int parse_memory(const char *text, int64_t *ret)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(text, &end, 10);
+	if (errno || end == text || text[0] == '-')
+		return -EINVAL;
+	unsigned shift = 0;
+	switch (*end) {
+	case '\0':
+	case 'b':
+	case 'B':
+		break;
+	case 'k':
+	case 'K':
+		shift = 10;
+		break;
+	case 'm':
+	case 'M':
+		shift = 20;
+		break;
+	case 'g':
+	case 'G':
+		shift = 30;
+		break;
+	default:
+		return -EINVAL;
+	}
+	if (*end && end[1] != '\0')
+		return -EINVAL;
+	if (v == 0 || v > (unsigned long long)INT64_MAX >> shift)
+		return -EINVAL;
+	*ret = (int64_t)(v << shift);
+	return 0;
+}
+
+/* "1.5" CPUs: 1500 thousandths. */
+static int parse_cpus(const char *text, int64_t *ret)
+{
+	char *end;
+	errno = 0;
+	double v = strtod(text, &end);
+	if (errno || end == text || *end || !(v > 0) || v > 1e6)
+		return -EINVAL;
+	*ret = (int64_t)(v * 1000 + 0.5);
+	return *ret > 0 ? 0 : -EINVAL;
+}
+
+/* The profile --security-opt names, or podman's default; none for "unconfined". */
+static int load_seccomp_profile(struct run_options *o)
+{
+	const char *path = o->seccomp ? o->seccomp : DEFAULT_SECCOMP_PROFILE;
+	if (strcmp(path, "unconfined") == 0)
+		return 0;
+	size_t len;
+	int r = read_file_capped(path, SECCOMP_PROFILE_MAX, &o->seccomp_text, &len);
+	if (r < 0) {
+		fprintf(stderr, "launch run: cannot read the seccomp profile \"%s\": %s%s\n", path, strerror(-r),
+			o->seccomp ? ""
+				   : " (podman's default profile comes with containers-common; --security-opt "
+				     "seccomp=unconfined runs without one)");
+		return r;
+	}
+	o->spec.seccomp_profile = o->seccomp_text;
+	o->spec.seccomp_profile_len = len;
+	return 0;
+}
 
 static int strv_push(char ***v, size_t *n, size_t *allocated, const char *s)
 {
@@ -85,6 +160,12 @@ static void usage(FILE *out)
 		     "      --hostname NAME        the container's host name\n"
 		     "      --network none|host    network namespace of its own (default) or the host's\n"
 		     "      --init                 run a small init as pid 1 that reaps zombies\n"
+		     "      --security-opt seccomp=unconfined|FILE\n"
+		     "                             seccomp profile (default: podman's,\n"
+		     "                             " DEFAULT_SECCOMP_PROFILE ")\n"
+		     "      --pids-limit N         at most N tasks (default: 2048; -1: no limit)\n"
+		     "  -m, --memory SIZE          memory limit (b, k, m, g suffixes)\n"
+		     "      --cpus N               CPU time limit, in CPUs (1.5: one and a half)\n"
 		     "      --runtime PATH         OCI runtime (default: runc, else crun)\n"
 		     "      --detach-keys KEYS     detach sequence (default: ctrl-p,ctrl-q)\n"
 		     "      --root DIR             state directory (default: $LAUNCH_ROOT, /run/launch)\n"
@@ -110,7 +191,10 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		O_CACHE,
 		O_INSECURE,
 		O_PREFETCH,
-		O_PULL
+		O_PULL,
+		O_SECURITY_OPT,
+		O_PIDS_LIMIT,
+		O_CPUS,
 	};
 	static const struct option opts[] = {
 		{ "interactive", no_argument, NULL, 'i' },
@@ -136,12 +220,17 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		{ "insecure-registry", required_argument, NULL, O_INSECURE },
 		{ "prefetch", required_argument, NULL, O_PREFETCH },
 		{ "pull", required_argument, NULL, O_PULL },
+		{ "security-opt", required_argument, NULL, O_SECURITY_OPT },
+		{ "pids-limit", required_argument, NULL, O_PIDS_LIMIT },
+		{ "memory", required_argument, NULL, 'm' },
+		{ "cpus", required_argument, NULL, O_CPUS },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
 	int c;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "+itde:w:u:v:h", opts, NULL)) != -1) {
+	o->spec.pids_limit = DEFAULT_PIDS_LIMIT;
+	while ((c = getopt_long(argc, argv, "+itde:w:u:v:m:h", opts, NULL)) != -1) {
 		int r = 0;
 		const char *imgfs_flag = NULL;
 		switch (c) {
@@ -199,6 +288,43 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		case O_PULL:
 			o->pull = optarg;
 			break;
+		case O_SECURITY_OPT:
+			if (!str_has_prefix(optarg, "seccomp=") || !optarg[strlen("seccomp=")]) {
+				fprintf(stderr,
+					"launch run: --security-opt \"%s\" is not supported: seccomp=unconfined or "
+					"seccomp=FILE\n",
+					optarg);
+				return -EINVAL;
+			}
+			o->seccomp = optarg + strlen("seccomp=");
+			break;
+		case O_PIDS_LIMIT: {
+			char *end;
+			errno = 0;
+			long long v = strtoll(optarg, &end, 10);
+			if (errno || end == optarg || *end || v < -1) {
+				fprintf(stderr, "launch run: invalid --pids-limit \"%s\": a number, -1 for none\n",
+					optarg);
+				return -EINVAL;
+			}
+			o->spec.pids_limit = v;
+			break;
+		}
+		case 'm':
+			if (parse_memory(optarg, &o->spec.memory_limit) < 0) {
+				fprintf(stderr,
+					"launch run: invalid --memory \"%s\": bytes, or a number with b, k, m or g\n",
+					optarg);
+				return -EINVAL;
+			}
+			break;
+		case O_CPUS:
+			if (parse_cpus(optarg, &o->spec.cpu_millis) < 0) {
+				fprintf(stderr, "launch run: invalid --cpus \"%s\": a number of CPUs such as 1.5\n",
+					optarg);
+				return -EINVAL;
+			}
+			break;
 		case O_PLATFORM:
 			imgfs_flag = "--platform";
 			break;
@@ -245,6 +371,8 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 			o->detach_keys);
 		return -EINVAL;
 	}
+	if (load_seccomp_profile(o) < 0)
+		return -EINVAL;
 	o->spec.host_network = o->network && strcmp(o->network, "host") == 0;
 	o->spec.env = o->env;
 	o->spec.volumes = o->volumes;
@@ -731,5 +859,6 @@ int cmd_run(int argc, char **argv)
 	strv_free_n(run.o.env, run.o.n_env);
 	strv_free_n(run.o.volumes, run.o.n_volumes);
 	strv_free_n(run.o.imgfs_args, run.o.n_imgfs_args);
+	free(run.o.seccomp_text);
 	return ret;
 }

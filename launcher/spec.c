@@ -357,7 +357,7 @@ static const char *const default_caps[] = {
 static const char *const masked_paths[] = {
 	"/proc/acpi",       "/proc/kcore",       "/proc/keys",        "/proc/latency_stats",
 	"/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
-	"/sys/firmware",    "/sys/fs/selinux",   "/sys/dev/block",
+	"/sys/firmware",    "/sys/fs/selinux",   "/sys/dev/block",    "/sys/devices/virtual/powercap",
 };
 
 static const char *const readonly_paths[] = {
@@ -543,7 +543,8 @@ static int spec_mounts(const struct spec_options *o, struct json_object *mounts,
 	static const char *const shm_opts[] = { "nosuid", "noexec", "nodev", "mode=1777", "size=65536k" };
 	static const char *const mq_opts[] = { "nosuid", "noexec", "nodev" };
 	static const char *const sys_opts[] = { "nosuid", "noexec", "nodev", "ro" };
-	add_mount(mounts, "/proc", "proc", "proc", NULL, 0);
+	static const char *const proc_opts[] = { "nosuid", "noexec", "nodev" };
+	add_mount(mounts, "/proc", "proc", "proc", proc_opts, ARRAY_SIZE(proc_opts));
 	add_mount(mounts, "/dev", "tmpfs", "tmpfs", dev_opts, ARRAY_SIZE(dev_opts));
 	add_mount(mounts, "/dev/pts", "devpts", "devpts", pts_opts, ARRAY_SIZE(pts_opts));
 	add_mount(mounts, "/dev/shm", "tmpfs", "shm", shm_opts, ARRAY_SIZE(shm_opts));
@@ -557,7 +558,32 @@ static int spec_mounts(const struct spec_options *o, struct json_object *mounts,
 }
 
 /* Namespaces and the paths the container may not see or change. */
-static void spec_linux(const struct spec_options *o, struct json_object *linux_)
+/* The cgroup limits: pids (podman's default), memory, CPU time. */
+static struct json_object *spec_resources(const struct spec_options *o)
+{
+	struct json_object *resources = json_object_new_object();
+	if (o->pids_limit > 0) {
+		struct json_object *pids = json_object_new_object();
+		json_object_object_add(pids, "limit", json_object_new_int64(o->pids_limit));
+		json_object_object_add(resources, "pids", pids);
+	}
+	if (o->memory_limit > 0) {
+		struct json_object *memory = json_object_new_object();
+		json_object_object_add(memory, "limit", json_object_new_int64(o->memory_limit));
+		json_object_object_add(resources, "memory", memory);
+	}
+	if (o->cpu_millis > 0) {
+		/* --cpus 1.5: 150 ms of CPU time in every 100 ms. */
+		struct json_object *cpu = json_object_new_object();
+		json_object_object_add(cpu, "period", json_object_new_int64(CPU_PERIOD_US));
+		json_object_object_add(cpu, "quota", json_object_new_int64(o->cpu_millis * (CPU_PERIOD_US / 1000)));
+		json_object_object_add(resources, "cpu", cpu);
+	}
+	return resources;
+}
+
+/* Namespaces, limits, seccomp and the paths the container may not see or change. */
+static int spec_linux(const struct spec_options *o, struct json_object *linux_, struct err *err)
 {
 	struct json_object *namespaces = json_object_new_array();
 	const char *ns[] = { "pid", "mount", "ipc", "uts", "network" };
@@ -567,8 +593,18 @@ static void spec_linux(const struct spec_options *o, struct json_object *linux_)
 		json_object_array_add(namespaces, n);
 	}
 	json_object_object_add(linux_, "namespaces", namespaces);
+	json_object_object_add(linux_, "resources", spec_resources(o));
 	json_object_object_add(linux_, "maskedPaths", string_array(masked_paths, ARRAY_SIZE(masked_paths)));
 	json_object_object_add(linux_, "readonlyPaths", string_array(readonly_paths, ARRAY_SIZE(readonly_paths)));
+	if (!o->seccomp_profile)
+		return 0;
+	struct json_object *seccomp;
+	int r = seccomp_from_profile(o->seccomp_profile, o->seccomp_profile_len, default_caps, ARRAY_SIZE(default_caps),
+				     &seccomp, err);
+	if (r < 0)
+		return r;
+	json_object_object_add(linux_, "seccomp", seccomp);
+	return 0;
 }
 
 int spec_build(const struct image_process *img, const struct spec_options *o, char **ret_json, struct err *err)
@@ -603,7 +639,8 @@ int spec_build(const struct image_process *img, const struct spec_options *o, ch
 
 	if ((r = spec_mounts(o, mounts, err)) < 0)
 		goto fail;
-	spec_linux(o, linux_);
+	if ((r = spec_linux(o, linux_, err)) < 0)
+		goto fail;
 
 	const char *text =
 	    json_object_to_json_string_ext(root, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE);

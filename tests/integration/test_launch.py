@@ -214,6 +214,47 @@ def output_and_image_config(t):
            not os.path.exists(f"{vol}/g"), "-v bind mounts, :ro is read-only", (r.stderr, r2.stderr))
 
 
+PROBE = os.path.join(BUILD, "tests", "syscall-probe")
+
+
+def probe(img, *extra):
+    """What the calls a container must not make answered inside one: {name: errno}."""
+    r = launch("run", "--rm", *extra, "-v", f"{PROBE}:/probe:ro", img, "sh", "-c",
+               "/probe; grep Seccomp: /proc/self/status")
+    out = dict(line.split(None, 1) for line in r.stdout.decode().splitlines() if line.strip())
+    return {k: v.strip() for k, v in out.items()}, r
+
+
+@suite.case
+def defaults_like_podman(t):
+    """Seccomp, limits and /proc as podman sets them."""
+    img = t.img
+    got, r = probe(img)
+    blocked = {"add_key", "keyctl", "unshare_user", "perf_event_open", "userfaultfd", "bpf"}
+    denied = {str(errno.EPERM), str(errno.ENOSYS)}
+    tap.ok(r.returncode == 0 and got.get("Seccomp:") == "2" and all(got.get(k) in denied for k in blocked),
+           "add_key, keyctl, unshare(CLONE_NEWUSER), perf_event_open, userfaultfd and bpf fail with EPERM or "
+           "ENOSYS under podman's seccomp profile", (got, r.stderr))
+    got, r = probe(img, "--security-opt", "seccomp=unconfined")
+    tap.ok(got.get("Seccomp:") == "0" and got.get("add_key") == "0",
+           "--security-opt seccomp=unconfined runs without a filter", (got, r.stderr))
+    r = launch("run", "--rm", "--security-opt", "seccomp=/nonexistent.json", img, "true")
+    tap.ok(r.returncode == 125 and b"/nonexistent.json" in r.stderr, "a missing profile is a clear error", r.stderr)
+    r = launch("run", "--rm", img, "sh", "-c", "grep ' /proc ' /proc/mounts")
+    opts = r.stdout.split()[3].split(b",") if r.stdout else []
+    tap.ok(all(o in opts for o in (b"nosuid", b"nodev", b"noexec")), "/proc is nosuid,nodev,noexec", r.stdout)
+    loop = "for i in $(seq 40); do sleep 2 & done 2>&1; wait"
+    r = launch("run", "--rm", "--pids-limit", "20", img, "sh", "-c", loop)
+    r2 = launch("run", "--rm", "--pids-limit", "60", img, "sh", "-c", loop)
+    tap.ok(b"can't fork" in r.stdout and b"can't fork" not in r2.stdout,
+           "a loop forking 40 processes stops at --pids-limit 20, not at 60", (r.stdout[-200:], r2.stdout[-200:]))
+    big = 'BEGIN { s = "x"; while (length(s) < 100000000) s = s s; print length(s) }'
+    r = launch("run", "--rm", "--memory", "32m", img, "busybox", "awk", big)
+    r2 = launch("run", "--rm", img, "busybox", "awk", big)
+    tap.ok(r.returncode == 137 and r2.returncode == 0, "--memory 32m: a process that takes 128 MiB is killed",
+           (r.returncode, r2.returncode, r2.stderr))
+
+
 @suite.case
 def stdin(t):
     """Stdin."""

@@ -177,11 +177,18 @@ static void test_build(void)
 	for (size_t i = 0; i < json_object_array_length(mounts); i++) {
 		struct json_object *m = json_object_array_get_idx(mounts, i);
 		const char *dest = json_object_get_string(path(m, "destination", NULL));
-		proc |= strcmp(dest, "/proc") == 0;
+		proc |= strcmp(dest, "/proc") == 0 && array_has(path(m, "options", NULL), "nosuid") &&
+			array_has(path(m, "options", NULL), "nodev") && array_has(path(m, "options", NULL), "noexec");
 		data |= strcmp(dest, "/data") == 0 && array_has(path(m, "options", NULL), "rw");
 		ro |= strcmp(dest, "/ro") == 0 && array_has(path(m, "options", NULL), "ro");
 	}
-	ok(proc && data && ro, "mounts: /proc, the volumes with rw and ro");
+	ok(proc && data && ro, "mounts: /proc nosuid,nodev,noexec, the volumes with rw and ro");
+	ok(array_has(path(path(root, "linux", NULL), "maskedPaths", NULL), "/sys/devices/virtual/powercap") &&
+	       array_has(path(path(root, "linux", NULL), "maskedPaths", NULL), "/proc/kcore"),
+	   "docker's masked paths, powercap included");
+	ok(json_object_get_int64(path(path(path(root, "linux", NULL), "resources", NULL), "pids", NULL)) == 0 &&
+	       !path(path(root, "linux", NULL), "seccomp", NULL),
+	   "no limit and no filter unless asked (launch asks for podman's)");
 	struct json_object *ns = path(path(root, "linux", NULL), "namespaces", NULL);
 	ok(json_object_array_length(ns) == 5, "pid, mount, ipc, uts and network namespaces");
 	json_object_put(root);
@@ -218,6 +225,89 @@ static void write_at(const char *dir, const char *name, const char *text)
 	if (fd >= 0) {
 		(void)write_full(fd, text, strlen(text));
 		close(fd);
+	}
+}
+
+/* A profile in the containers/docker format, with every kind of rule
+ * podman's default has. */
+static const char *PROFILE =
+    "{\"defaultAction\":\"SCMP_ACT_ERRNO\",\"defaultErrnoRet\":38,"
+    "\"archMap\":[{\"architecture\":\"SCMP_ARCH_X86_64\",\"subArchitectures\":[\"SCMP_ARCH_X86\",\"SCMP_ARCH_X32\"]},"
+    "{\"architecture\":\"SCMP_ARCH_AARCH64\",\"subArchitectures\":[\"SCMP_ARCH_ARM\"]}],"
+    "\"syscalls\":["
+    "{\"names\":[\"read\",\"write\",\"keyctl\",\"unshare\"],\"action\":\"SCMP_ACT_ALLOW\",\"args\":[]},"
+    "{\"names\":[\"arch_prctl\"],\"action\":\"SCMP_ACT_ALLOW\",\"includes\":{\"arches\":[\"amd64\",\"x32\"]}},"
+    "{\"names\":[\"s390_runtime_instr\"],\"action\":\"SCMP_ACT_ALLOW\",\"includes\":{\"arches\":[\"s390x\"]}},"
+    "{\"names\":[\"chroot\"],\"action\":\"SCMP_ACT_ALLOW\",\"includes\":{\"caps\":[\"CAP_SYS_CHROOT\"]}},"
+    "{\"names\":[\"chroot\"],\"action\":\"SCMP_ACT_ERRNO\",\"errnoRet\":1,\"excludes\":{\"caps\":[\"CAP_SYS_"
+    "CHROOT\"]}},"
+    "{\"names\":[\"bpf\"],\"action\":\"SCMP_ACT_ALLOW\",\"includes\":{\"caps\":[\"CAP_SYS_ADMIN\"]}},"
+    "{\"names\":[\"bpf\"],\"action\":\"SCMP_ACT_ERRNO\",\"errnoRet\":1,\"excludes\":{\"caps\":[\"CAP_SYS_"
+    "ADMIN\"]}},"
+    "{\"names\":[\"future_call\"],\"action\":\"SCMP_ACT_ALLOW\",\"includes\":{\"minKernel\":\"99.0\"}}]}";
+
+/* The rules of a converted profile for name: their actions, joined. */
+static char *actions_for(struct json_object *seccomp, const char *name)
+{
+	char buf[256] = "";
+	struct json_object *rules = path(seccomp, "syscalls", NULL);
+	for (size_t i = 0; i < json_object_array_length(rules); i++) {
+		struct json_object *r = json_object_array_get_idx(rules, i);
+		if (array_has(path(r, "names", NULL), name))
+			snprintf(buf + strlen(buf), sizeof(buf) - strlen(buf), "%s%s", buf[0] ? "," : "",
+				 json_object_get_string(path(r, "action", NULL)));
+	}
+	return strdup(buf);
+}
+
+static void test_seccomp(void)
+{
+	const char *const chroot_caps[] = { "CAP_CHOWN", "CAP_SYS_CHROOT" };
+	const char *const admin_caps[] = { "CAP_SYS_ADMIN" };
+	struct json_object *s = NULL;
+	struct err err = { 0 };
+	ok(seccomp_from_profile(PROFILE, strlen(PROFILE), chroot_caps, 2, &s, &err) == 0, "a profile converts: %s",
+	   err.msg);
+	ok(strcmp(json_object_get_string(path(s, "defaultAction", NULL)), "SCMP_ACT_ERRNO") == 0 &&
+	       json_object_get_int(path(s, "defaultErrnoRet", NULL)) == 38,
+	   "the default action and errno are the profile's");
+#if defined(__x86_64__)
+	struct json_object *arches = path(s, "architectures", NULL);
+	ok(json_object_array_length(arches) == 3 && array_has(arches, "SCMP_ARCH_X86_64") &&
+	       array_has(arches, "SCMP_ARCH_X32") && !array_has(arches, "SCMP_ARCH_AARCH64"),
+	   "the architectures are this machine's and its sub-architectures");
+	_cleanup_free_ char *arch_prctl = actions_for(s, "arch_prctl");
+	is_str(arch_prctl, "SCMP_ACT_ALLOW", "a rule for this architecture applies");
+#endif
+	_cleanup_free_ char *s390 = actions_for(s, "s390_runtime_instr");
+	_cleanup_free_ char *chroot = actions_for(s, "chroot");
+	_cleanup_free_ char *bpf = actions_for(s, "bpf");
+	_cleanup_free_ char *future = actions_for(s, "future_call");
+	_cleanup_free_ char *keyctl = actions_for(s, "keyctl");
+	_cleanup_free_ char *unshare = actions_for(s, "unshare");
+	_cleanup_free_ char *read = actions_for(s, "read");
+	is_str(s390, "", "a rule for another architecture does not");
+	is_str(chroot, "SCMP_ACT_ALLOW", "a capability the container has: its rule, not the exclusion's");
+	is_str(bpf, "SCMP_ACT_ERRNO", "a capability it lacks: the exclusion's rule");
+	is_str(future, "", "a rule for a later kernel does not apply");
+	is_str(read, "SCMP_ACT_ALLOW", "plain rules apply");
+	is_str(keyctl, "", "keyctl is left to the default (ENOSYS), as docker has it");
+	is_str(unshare, "SCMP_ACT_ALLOW,SCMP_ACT_ERRNO", "unshare is allowed only without CLONE_NEWUSER");
+	json_object_put(s);
+
+	ok(seccomp_from_profile(PROFILE, strlen(PROFILE), admin_caps, 1, &s, &err) == 0, "with CAP_SYS_ADMIN");
+	_cleanup_free_ char *admin_unshare = actions_for(s, "unshare");
+	_cleanup_free_ char *admin_keyctl = actions_for(s, "keyctl");
+	is_str(admin_unshare, "SCMP_ACT_ALLOW", "CAP_SYS_ADMIN keeps the profile's unshare");
+	is_str(admin_keyctl, "SCMP_ACT_ALLOW", "and its keyctl");
+	json_object_put(s);
+
+	static const char *const bad[] = { "", "[]", "{\"syscalls\":[]}", "{\"defaultAction\":\"SCMP_ACT_ALLOW\"}",
+					   "{\"defaultAction\":\"SCMP_ACT_ALLOW\",\"syscalls\":[{\"names\":1}]}" };
+	for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+		err = (struct err){ 0 };
+		ok(seccomp_from_profile(bad[i], strlen(bad[i]), chroot_caps, 2, &s, &err) == -EINVAL && err.msg[0],
+		   "a broken profile is refused: %s", err.msg);
 	}
 }
 
@@ -277,6 +367,7 @@ static void test_users(void)
 
 int main(void)
 {
+	test_seccomp();
 	test_parse_and_args();
 	test_build();
 	test_users();
