@@ -655,6 +655,7 @@ int main(int argc, char **argv)
 	 * returned; a fixed threshold keeps them mapped, and given back. */
 	mallopt(M_MMAP_THRESHOLD, 256 << 10);
 	error_fd_init();
+	close_inherited_fds(&error_fd, 1);
 	if (argc < 2) {
 		usage(stderr);
 		return 2;

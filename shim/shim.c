@@ -782,6 +782,8 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	static const int given[] = { SHIM_SYNC_FD };
+	close_inherited_fds(given, ARRAY_SIZE(given));
 	struct stat st;
 	if (fstat(SHIM_SYNC_FD, &st) == 0) {
 		sh.sync_fd = SHIM_SYNC_FD;

@@ -261,3 +261,31 @@ int dl_open_symbols(const char *soname, const struct dl_symbol *symbols, size_t 
 		}
 	return 0;
 }
+
+static int compare_ints(const void *a, const void *b)
+{
+	int x = *(const int *)a, y = *(const int *)b;
+	return x < y ? -1 : x > y;
+}
+
+void close_inherited_fds(const int *keep, size_t n_keep)
+{
+	int sorted[16];
+	size_t n = 0;
+	for (size_t i = 0; i < n_keep && n < ARRAY_SIZE(sorted); i++)
+		if (keep[i] > STDERR_FILENO)
+			sorted[n++] = keep[i];
+	qsort(sorted, n, sizeof(sorted[0]), compare_ints);
+	unsigned first = STDERR_FILENO + 1;
+	for (size_t i = 0; i <= n; i++) {
+		unsigned last = i < n ? (unsigned)sorted[i] - 1 : ~0u;
+		if (first <= last && close_range(first, last, 0) < 0) {
+			/* Without close_range (before Linux 5.9): one by one. */
+			long max = sysconf(_SC_OPEN_MAX);
+			for (long fd = first; fd <= (long)last && fd < max; fd++)
+				close((int)fd);
+		}
+		if (i < n)
+			first = (unsigned)sorted[i] + 1;
+	}
+}

@@ -93,6 +93,10 @@ int write_file_replace(const char *path, const void *data, size_t len);
 /* Reads at most `cap` bytes of path; -EFBIG if the file is larger. */
 int read_file_capped(const char *path, size_t cap, char **ret_data, size_t *ret_len);
 int read_full_at(int fd, void *buf, size_t len, off_t off);
+/* Closes every descriptor above stderr but those in keep (at most 16): a
+ * daemon started from a shell holds whatever its caller had open, a lock
+ * among them, for as long as it runs. */
+void close_inherited_fds(const int *keep, size_t n_keep);
 int write_full(int fd, const void *buf, size_t len);
 int write_full_at(int fd, const void *buf, size_t len, off_t off);
 /* rm -rf that never follows a symlink and never enters another mount. */

@@ -256,6 +256,19 @@ def defaults_like_podman(t):
 
 
 @suite.case
+def inherited_descriptors_closed(t):
+    """The shim and the mount's daemon of a -d container keep nothing launch's caller had open."""
+    img, work = t.img, t.work
+    lock = os.path.join(work, "lock")
+    r = subprocess.run(["flock", lock, LAUNCH, "run", "-d", "--name", "locked", img, "sleep", "300"],
+                       capture_output=True, env=ENV, timeout=60)
+    free = subprocess.run(["flock", "-n", lock, "true"])
+    tap.ok(r.returncode == 0 and free.returncode == 0, "a lock taken around launch run -d is free when it returns",
+           (r.stderr, free.returncode))
+    launch("rm", "-f", "locked")
+
+
+@suite.case
 def stdin(t):
     """Stdin."""
     img = t.img

@@ -77,6 +77,24 @@ def progress_on_terminal(t):
 
 
 @suite.case
+def inherited_descriptors_closed(t):
+    """A daemon started from a shell keeps nothing its caller had open: a
+    lock taken around imgfs mount is free once the command returns."""
+    reg, work = t.reg, t.work
+    lock, mnt = os.path.join(work, "lock"), os.path.join(work, "mnt-lock")
+    os.makedirs(mnt)
+    r = run(["flock", lock, IMGFS, "mount", "--cache", os.path.join(work, "cache"), f"{reg.host}/test/rich:gzip",
+             mnt])
+    if not t.tap.ok(r.returncode == 0 and is_mounted(mnt), "mount under flock", r.stderr):
+        return
+    free = run(["flock", "-n", lock, "true"])
+    pid = os.getxattr(mnt, "user.imgfs.pid").decode()
+    kept = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    t.tap.ok(free.returncode == 0 and lock not in kept, "the lock is free while the mount is served", kept)
+    run([IMGFS, "umount", mnt])
+
+
+@suite.case
 def spot_checks(t):
     """What the layer rules must produce, independent of umoci."""
     reg, work = t.reg, t.work
