@@ -475,6 +475,8 @@ static int mount_attach(const struct mount_request *req, const char *argv0, stru
 			   : fuse_session_new(&s->args, &imgfs_ops, sizeof(imgfs_ops), s->img);
 	if (!s->se)
 		return err_set(err, EIO, "cannot create the FUSE session for \"%s\"", req->ref);
+	if (s->overlay)
+		overlay_set_session(s->overlay, s->se);
 	if (fuse_set_signal_handlers(s->se) != 0)
 		return err_set(err, EIO, "cannot install signal handlers");
 	s->handlers = true;

@@ -12,7 +12,7 @@
 static int count_entry(struct overlay *ov, struct node *n, struct fuse_entry_param *e)
 {
 	*e = (struct fuse_entry_param){ 0 };
-	int r = node_stat(n, &e->attr);
+	int r = node_stat(ov, n, &e->attr);
 	if (r < 0) {
 		node_unref(ov, n);
 		return r;
@@ -111,7 +111,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	struct overlay *ov = overlay_of(req);
 	struct stat st;
 	pthread_mutex_lock(&ov->lock);
-	int r = node_stat(node_of(ov, ino), &st);
+	int r = node_stat(ov, node_of(ov, ino), &st);
 	pthread_mutex_unlock(&ov->lock);
 	if (r < 0)
 		fuse_reply_err(req, -r);
@@ -175,7 +175,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 	pthread_mutex_lock(&ov->lock);
 	int r = do_setattr(ov, n, h, attr, to_set);
 	if (r == 0)
-		r = node_stat(n, &st);
+		r = node_stat(ov, n, &st);
 	pthread_mutex_unlock(&ov->lock);
 	if (r < 0)
 		fuse_reply_err(req, -r);
@@ -471,6 +471,10 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	pthread_mutex_lock(&ov->lock);
 	struct node *n = node_of(ov, ino);
 	int r = S_ISDIR(n->type) ? list_dir(ov, n, &l) : -ENOTDIR;
+	if (r == 0) {
+		l->self_ino = n->ino;
+		l->parent_ino = n->parent ? n->parent->ino : n->ino;
+	}
 	pthread_mutex_unlock(&ov->lock);
 	if (r < 0) {
 		fuse_reply_err(req, -r);
@@ -495,7 +499,7 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
 	}
 	size_t used = 0;
 	for (off_t pos = off < 0 ? 0 : off; (size_t)pos < l->n + 2; pos++) {
-		struct stat st = { .st_mode = S_IFDIR };
+		struct stat st = { .st_mode = S_IFDIR, .st_ino = pos == 0 ? l->self_ino : l->parent_ino };
 		const char *name = pos == 0 ? "." : "..";
 		if (pos >= 2) {
 			name = l->v[pos - 2].name;
@@ -760,6 +764,11 @@ int overlay_open(struct image *img, const char *upper_dir, struct overlay **ret,
 	ov->lock_fd = TAKE_FD(lock_fd);
 	*ret = ov;
 	return 0;
+}
+
+void overlay_set_session(struct overlay *ov, struct fuse_session *se)
+{
+	ov->se = se;
 }
 
 struct overlay *overlay_free(struct overlay *ov)

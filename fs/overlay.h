@@ -16,5 +16,8 @@ struct overlay;
  * the lock lasts as long as the overlay. */
 int overlay_open(struct image *img, const char *upper_dir, struct overlay **ret, struct err *err);
 struct overlay *overlay_free(struct overlay *ov);
+/* The session that serves ov, so that it can tell the kernel what changed
+ * behind its back. */
+void overlay_set_session(struct overlay *ov, struct fuse_session *se);
 
 extern const struct fuse_lowlevel_ops overlay_ops;

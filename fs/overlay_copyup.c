@@ -247,6 +247,12 @@ int copy_up(struct overlay *ov, struct node *n, bool with_data)
 	}
 	if ((r = node_attach_upper(ov, n, fd, &st)) < 0)
 		return r;
+	/* A directory that is now merged reports one link (node_stat()); the
+	 * kernel keeps the attributes of the image's for a day otherwise, as
+	 * nothing it sees changed them.  Only the attributes: no request comes
+	 * back to this mount for that, so ov->lock may be held. */
+	if (S_ISDIR(n->type) && ov->se)
+		(void)fuse_lowlevel_notify_inval_inode(ov->se, nodeid_of(ov, n), -1, 0);
 	if (created && S_ISREG(n->origin->mode) && n->origin->nlink > 1)
 		return link_image_siblings(ov, n, n->origin);
 	return 0;

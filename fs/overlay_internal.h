@@ -75,6 +75,7 @@ struct overlay {
 	uint64_t next_ino;
 	unsigned gen;
 	uint64_t tmp_counter;
+	struct fuse_session *se; /* for notifications to the kernel; NULL before the mount */
 };
 
 struct handle {
@@ -95,6 +96,7 @@ struct listing_entry {
 struct listing {
 	struct listing_entry *v;
 	size_t n, allocated;
+	uint64_t self_ino, parent_ino; /* what "." and ".." report */
 };
 
 struct name_set {
@@ -153,7 +155,7 @@ int node_attach_upper(struct overlay *ov, struct node *n, int fd, const struct s
 /* The node at parent/name in the merged view, with no lookup counted: the
  * caller counts one or hands it to node_unref(). */
 int resolve(struct overlay *ov, struct node *parent, const char *name, struct node **ret);
-int node_stat(struct node *n, struct stat *st);
+int node_stat(struct overlay *ov, struct node *n, struct stat *st);
 
 /* ---- copy-up (overlay_copyup.c) -------------------------------------------- */
 

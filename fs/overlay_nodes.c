@@ -289,11 +289,16 @@ int resolve(struct overlay *ov, struct node *parent, const char *name, struct no
 	return 0;
 }
 
-int node_stat(struct node *n, struct stat *st)
+int node_stat(struct overlay *ov, struct node *n, struct stat *st)
 {
 	if (n->fd >= 0) {
 		if (fstat(n->fd, st) < 0)
 			return -errno;
+		/* As overlayfs: counting the subdirectories of both layers is
+		 * not worth it, and 1 is what find and its kind take for "not
+		 * known". */
+		if (S_ISDIR(n->type) && !n->opaque && node_merged(ov, n))
+			st->st_nlink = 1;
 	} else {
 		tree_stat(n->origin, st);
 	}

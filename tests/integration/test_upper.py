@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import threading
@@ -400,6 +401,46 @@ def posix_semantics(t):
 @suite.case
 def concurrent_writers(t):
     concurrent(t.mnt)
+
+
+def raw_entries(path):
+    """What getdents64 returns for path: {name: d_ino}, "." and ".." included."""
+    SYS_getdents64 = {"x86_64": 217, "aarch64": 61}[os.uname().machine]
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    buf = ctypes.create_string_buffer(1 << 16)
+    out = {}
+    try:
+        while True:
+            n = libc.syscall(SYS_getdents64, fd, buf, len(buf))
+            if n <= 0:
+                break
+            pos = 0
+            while pos < n:
+                ino, _, reclen = struct.unpack_from("QqH", buf, pos)
+                name = buf.raw[pos + 19:pos + reclen].split(b"\0", 1)[0].decode()
+                out[name] = ino
+                pos += reclen
+    finally:
+        os.close(fd)
+    return out
+
+
+@suite.case
+def directory_entries_and_links(t):
+    """Entries carry real inode numbers, "." and ".." included (glibc and Go
+    pass inode 0 on as a deleted entry); a merged directory reports the link
+    count overlayfs reports."""
+    d = os.path.join(t.mnt, "usr", "share")
+    write(os.path.join(d, "made-here"), b"x")  # copies usr and usr/share up: both merged now
+    got = raw_entries(d)
+    want = {".": os.stat(d).st_ino, "..": os.stat(os.path.dirname(d)).st_ino,
+            "made-here": os.stat(os.path.join(d, "made-here")).st_ino, "many": os.stat(os.path.join(d, "many")).st_ino}
+    tap.ok(all(got.get(k) == v and v != 0 for k, v in want.items()) and 0 not in got.values(),
+           "every entry of a merged directory, . and .. too, has its inode number", (got.get("."), got.get(".."), want))
+    root = raw_entries(t.mnt)
+    tap.ok(root.get(".") == root.get("..") == os.stat(t.mnt).st_ino, "the root's . and .. are the root", root.get("."))
+    tap.ok(os.stat(d).st_nlink == 1 and os.stat(os.path.join(t.mnt, "usr")).st_nlink == 1,
+           "a merged directory reports one link, as overlayfs does", os.stat(d).st_nlink)
 
 
 @suite.case
