@@ -29,7 +29,8 @@ struct run_options {
 	size_t n_imgfs_args, allocated_imgfs_args;
 	char **env, **volumes;
 	size_t n_env, allocated_env, n_volumes, allocated_volumes;
-	const char *seccomp; /* --security-opt seccomp=: a file, or "unconfined" */
+	const char *seccomp;  /* --security-opt seccomp=: a file, or "unconfined" */
+	int64_t log_size_max; /* > 0: the log is truncated when it would grow past it */
 	char *seccomp_text;
 };
 
@@ -166,6 +167,8 @@ static void usage(FILE *out)
 		     "      --pids-limit N         at most N tasks (default: 2048; -1: no limit)\n"
 		     "  -m, --memory SIZE          memory limit (b, k, m, g suffixes)\n"
 		     "      --cpus N               CPU time limit, in CPUs (1.5: one and a half)\n"
+		     "      --log-size-max SIZE    truncate the log when it would grow past SIZE\n"
+		     "                             (b, k, m, g suffixes; -1, the default: no bound)\n"
 		     "      --runtime PATH         OCI runtime (default: runc, else crun)\n"
 		     "      --detach-keys KEYS     detach sequence (default: ctrl-p,ctrl-q)\n"
 		     "      --root DIR             state directory (default: $LAUNCH_ROOT, /run/launch)\n"
@@ -195,6 +198,7 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		O_SECURITY_OPT,
 		O_PIDS_LIMIT,
 		O_CPUS,
+		O_LOG_SIZE_MAX,
 	};
 	static const struct option opts[] = {
 		{ "interactive", no_argument, NULL, 'i' },
@@ -224,6 +228,7 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		{ "pids-limit", required_argument, NULL, O_PIDS_LIMIT },
 		{ "memory", required_argument, NULL, 'm' },
 		{ "cpus", required_argument, NULL, O_CPUS },
+		{ "log-size-max", required_argument, NULL, O_LOG_SIZE_MAX },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -314,6 +319,18 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 			if (parse_memory(optarg, &o->spec.memory_limit) < 0) {
 				fprintf(stderr,
 					"launch run: invalid --memory \"%s\": bytes, or a number with b, k, m or g\n",
+					optarg);
+				return -EINVAL;
+			}
+			break;
+		case O_LOG_SIZE_MAX:
+			/* podman: -1 is no bound, as by default. */
+			if (strcmp(optarg, "-1") == 0) {
+				o->log_size_max = 0;
+			} else if (parse_memory(optarg, &o->log_size_max) < 0) {
+				fprintf(stderr,
+					"launch run: invalid --log-size-max \"%s\": bytes, or a number with b, k, m "
+					"or g; -1 for no bound\n",
 					optarg);
 				return -EINVAL;
 			}
@@ -651,7 +668,8 @@ static int start_shim(const struct run_options *o, const char *root, const struc
 		return err_set(err, ENOENT, "cannot find the launch-shim program next to launch or in $PATH");
 	if (!rt_root || !rootfs || !name_link)
 		return -ENOMEM;
-	const char *argv[24];
+	const char *argv[26];
+	char log_size_max[32];
 	size_t a = 0;
 	argv[a++] = shim;
 	argv[a++] = "--id";
@@ -670,6 +688,11 @@ static int start_shim(const struct run_options *o, const char *root, const struc
 		argv[a++] = "--stdin";
 	if (!o->detach)
 		argv[a++] = "--wait-attach";
+	if (o->log_size_max > 0) {
+		snprintf(log_size_max, sizeof(log_size_max), "%lld", (long long)o->log_size_max);
+		argv[a++] = "--log-size-max";
+		argv[a++] = log_size_max;
+	}
 	if (o->remove) {
 		argv[a++] = "--rm";
 		argv[a++] = "--unmount";

@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/pidfd.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 
@@ -98,8 +99,12 @@ int cmd_ps(int argc, char **argv)
 static bool print_log(const char *path, off_t *offset)
 {
 	_cleanup_fclose_ FILE *f = fopen(path, "re");
-	if (!f)
+	struct stat st;
+	if (!f || fstat(fileno(f), &st) < 0)
 		return false;
+	/* --log-size-max truncated it: what is there now is new. */
+	if (st.st_size < *offset)
+		*offset = 0;
 	if (fseeko(f, *offset, SEEK_SET) < 0)
 		return false;
 	char *line = NULL;
@@ -153,6 +158,13 @@ int cmd_logs(int argc, char **argv)
 		struct timespec ts = { 0, 100 * 1000 * 1000 };
 		nanosleep(&ts, NULL);
 		exists = print_log(path, &offset);
+	}
+	_cleanup_free_ char *error_path = strdup_printf("%s/%s", c.dir, SHIM_LOG_ERROR_FILE);
+	_cleanup_free_ char *why = NULL;
+	size_t why_len;
+	if (error_path && read_file_capped(error_path, SHIM_LOG_ERROR_SIZE, &why, &why_len) == 0 && why_len && why[0]) {
+		why[strcspn(why, "\n")] = '\0';
+		fprintf(stderr, "launch: the log of %s is incomplete: writing it failed: %s\n", c.name, why);
 	}
 	container_done(&c);
 	return ret;

@@ -41,6 +41,7 @@
 struct options {
 	const char *id, *state, *bundle, *runtime, *runtime_root, *unmount, *unlink_path;
 	bool terminal, stdin_open, leave_stdin_open, wait_attach, remove;
+	uint64_t log_size_max; /* 0: no bound */
 };
 
 struct client {
@@ -51,8 +52,11 @@ struct client {
 struct shim {
 	struct options o;
 	int sync_fd, listen_fd, ctl_fd, log_fd, sig_fd;
-	int stdin_fd;  /* pipe write end or a duplicate of the pty master; -1 once closed */
-	int out_fd[2]; /* stdout and stderr pipes, or the pty master as stdout */
+	uint64_t log_size; /* what the log holds now */
+	int log_errno;     /* the last failed write, reported once; 0 once writes work */
+	int log_error_fd;  /* SHIM_LOG_ERROR_FILE, its room taken in advance */
+	int stdin_fd;      /* pipe write end or a duplicate of the pty master; -1 once closed */
+	int out_fd[2];     /* stdout and stderr pipes, or the pty master as stdout */
 	char partial[2][8192];
 	size_t partial_len[2];
 	struct client clients[MAX_CLIENTS];
@@ -226,6 +230,25 @@ static int accept_console(int listen_fd, pid_t runtime_pid, int *ret_status)
 
 /* ---- output: log and attach clients ----------------------------------------------- */
 
+/* A failed log write is said once, in the state directory, where launch
+ * logs finds it and says the log is incomplete; a later write that works
+ * clears it. */
+static void log_write_result(struct shim *sh, int errnum)
+{
+	if (errnum == sh->log_errno)
+		return;
+	sh->log_errno = errnum;
+	/* Written into room taken when the log was opened: a full disk does
+	 * not keep it from saying so.  All zeros: nothing to say. */
+	char text[SHIM_LOG_ERROR_SIZE] = "";
+	if (errnum)
+		snprintf(text, sizeof(text), "%s\n", strerror(errnum));
+	if (sh->log_error_fd >= 0)
+		(void)write_full_at(sh->log_error_fd, text, sizeof(text), 0);
+	if (errnum)
+		fprintf(stderr, "launch-shim: cannot write the log of %s: %s\n", sh->o.id, strerror(errnum));
+}
+
 static void log_line(struct shim *sh, int stream, const char *text, size_t len, bool full)
 {
 	struct timespec ts;
@@ -237,8 +260,15 @@ static void log_line(struct shim *sh, int stream, const char *text, size_t len, 
 	snprintf(head + n, sizeof(head) - n, ".%09ldZ %s %c ", ts.tv_nsec, stream ? "stderr" : "stdout",
 		 full ? 'F' : 'P');
 	struct iovec iov[3] = { { head, strlen(head) }, { (void *)text, len }, { (void *)"\n", 1 } };
+	size_t line_len = iov[0].iov_len + len + 1;
+	/* podman's --log-size-max: the log is truncated and starts again. */
+	if (sh->o.log_size_max && sh->log_size + line_len > sh->o.log_size_max && ftruncate(sh->log_fd, 0) == 0)
+		sh->log_size = 0;
 	/* One writev per line keeps lines whole for a reader following the log. */
-	(void)writev(sh->log_fd, iov, 3);
+	ssize_t written = writev(sh->log_fd, iov, 3);
+	if (written >= 0)
+		sh->log_size += (uint64_t)written;
+	log_write_result(sh, written == (ssize_t)line_len ? 0 : written < 0 ? errno : EIO);
 }
 
 static void log_output(struct shim *sh, int stream, const char *data, size_t len)
@@ -521,6 +551,14 @@ static int setup_files(struct shim *sh)
 		return -errno;
 	if ((sh->log_fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600)) < 0)
 		return -errno;
+	struct stat log_st;
+	if (fstat(sh->log_fd, &log_st) == 0)
+		sh->log_size = (uint64_t)log_st.st_size;
+	if ((sh->log_error_fd = open(SHIM_LOG_ERROR_FILE, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) < 0)
+		return -errno;
+	int e = posix_fallocate(sh->log_error_fd, 0, SHIM_LOG_ERROR_SIZE);
+	if (e != 0)
+		return -e;
 	sigset_t set;
 	sigemptyset(&set);
 	sigaddset(&set, SIGCHLD);
@@ -700,7 +738,8 @@ static int parse_options(int argc, char **argv, struct options *o)
 		O_STDIN,
 		O_LEAVE,
 		O_WAIT,
-		O_RM
+		O_RM,
+		O_LOG_SIZE_MAX,
 	};
 	static const struct option opts[] = {
 		{ "id", required_argument, NULL, O_ID },
@@ -715,6 +754,7 @@ static int parse_options(int argc, char **argv, struct options *o)
 		{ "leave-stdin-open", no_argument, NULL, O_LEAVE },
 		{ "wait-attach", no_argument, NULL, O_WAIT },
 		{ "rm", no_argument, NULL, O_RM },
+		{ "log-size-max", required_argument, NULL, O_LOG_SIZE_MAX },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -724,6 +764,14 @@ static int parse_options(int argc, char **argv, struct options *o)
 		case O_ID:
 			o->id = optarg;
 			break;
+		case O_LOG_SIZE_MAX: {
+			char *end;
+			errno = 0;
+			o->log_size_max = strtoull(optarg, &end, 10);
+			if (errno || end == optarg || *end)
+				return -EINVAL;
+			break;
+		}
 		case O_STATE:
 			o->state = optarg;
 			break;
@@ -775,6 +823,7 @@ int main(int argc, char **argv)
 			   .listen_fd = -1,
 			   .ctl_fd = -1,
 			   .log_fd = -1,
+			   .log_error_fd = -1,
 			   .sig_fd = -1,
 			   .stdin_fd = -1,
 			   .out_fd = { -1, -1 } };

@@ -14,6 +14,10 @@
 #define SHIM_PID_FILE "pid"         /* the container's init, as the runtime reported it */
 #define SHIM_SHIM_PID_FILE "shim.pid"
 #define SHIM_RUNTIME_LOG "runtime.log"
+/* While writes to the log fail, why (strerror text and a newline); all
+ * zeros otherwise.  Its SHIM_LOG_ERROR_SIZE bytes are allocated up front. */
+#define SHIM_LOG_ERROR_FILE "log-error"
+#define SHIM_LOG_ERROR_SIZE 256
 
 /* Attach: every packet from the shim is one tag byte and its payload; every
  * packet to the shim is raw stdin.  A client that shuts down its writing

@@ -269,6 +269,36 @@ def inherited_descriptors_closed(t):
 
 
 @suite.case
+def log_size_and_errors(t):
+    """--log-size-max truncates the log and starts it again, as podman; a
+    log that cannot be written is said, not dropped in silence."""
+    img, root, work = t.img, t.root, t.work
+    r = launch("run", "--name", "capped", "--log-size-max", "4k", img, "seq", "1", "2000")
+    logs = launch("logs", "capped").stdout.split()
+    cid = [d for d in os.listdir(os.path.join(root, "containers"))
+           if open(os.path.join(root, "containers", d, "launch.json")).read().find('"capped"') >= 0]
+    size = os.path.getsize(os.path.join(root, "containers", cid[0], "ctr.log")) if cid else -1
+    tap.ok(r.returncode == 0 and 0 < size <= 4096 and logs and logs[-1] == b"2000" and len(logs) < 2000,
+           "a log capped at 4 KiB keeps the last lines", (size, logs[-3:], len(logs)))
+    launch("rm", "capped")
+    small = os.path.join(work, "small-root")
+    os.makedirs(small)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", small], check=True)
+    try:
+        env = dict(ENV, LAUNCH_ROOT=small)
+        r = subprocess.run([LAUNCH, "run", "--name", "full", img, "seq", "1", "200000"], capture_output=True,
+                           env=env, timeout=120)
+        logs = subprocess.run([LAUNCH, "logs", "full"], capture_output=True, env=env, timeout=60)
+        tap.ok(r.returncode == 0 and r.stdout.endswith(b"199999\n200000\n") and
+               b"the log of full is incomplete" in logs.stderr and b"No space left on device" in logs.stderr,
+               "a full disk: the output still arrives, and launch logs says the log is incomplete and why",
+               (r.returncode, r.stderr[-300:], logs.stderr[-300:]))
+        subprocess.run([LAUNCH, "rm", "full"], capture_output=True, env=env, timeout=60)
+    finally:
+        subprocess.run(["umount", "-l", small])
+
+
+@suite.case
 def stdin(t):
     """Stdin."""
     img = t.img
