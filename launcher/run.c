@@ -585,8 +585,12 @@ static int prepare(struct run_options *o, const char *image, const char *root, s
 	if ((r = reserve_name(root, c->name, id)) < 0)
 		return err_set(err, -r, "the container name \"%s\" is already in use", c->name);
 	char msg[1024] = "";
+	/* Recorded before anything is mounted: whatever happens to this run
+	 * from here on, ps -a shows the container and rm -f removes it. */
 	if (mkdir(c->dir, 0700) < 0)
 		r = err_set(err, errno, "cannot create \"%s\": %s", c->dir, strerror(errno));
+	else if ((r = container_save(c)) < 0)
+		r = err_set(err, -r, "cannot record the container in \"%s\": %s", c->dir, strerror(-r));
 	else if ((r = mount_image(o, image, c->dir, msg, sizeof(msg))) < 0)
 		r = err_set(err, -r, "cannot mount image \"%s\": %s", image, *msg ? msg : strerror(-r));
 	if (r == 0) {
@@ -597,6 +601,7 @@ static int prepare(struct run_options *o, const char *image, const char *root, s
 			pid[n] = '\0';
 			c->daemon_pid = strtol(pid, NULL, 10);
 		}
+		(void)container_save(c); /* with the daemon, for rm -f to wait for it */
 	}
 	if (r < 0)
 		(void)container_remove(root, NULL, c, NULL);

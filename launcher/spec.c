@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <json-c/json.h>
 #include <linux/openat2.h>
+#include <sys/stat.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 
@@ -155,7 +156,10 @@ int spec_args(const struct image_process *img, const struct spec_options *o, cha
 
 static int open_in_root(int rootfs_fd, const char *path)
 {
-	struct open_how how = { .flags = O_RDONLY | O_CLOEXEC, .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS };
+	/* O_NONBLOCK: an image's /etc/passwd may be a FIFO, whose open would
+	 * wait for a writer for ever. */
+	struct open_how how = { .flags = O_RDONLY | O_NONBLOCK | O_CLOEXEC,
+				.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS };
 	int fd = (int)syscall(SYS_openat2, rootfs_fd, path, &how, sizeof(how));
 	if (fd >= 0 || errno != ENOSYS)
 		return fd < 0 ? -errno : fd;
@@ -175,10 +179,10 @@ static int open_in_root(int rootfs_fd, const char *path)
 		component[len] = '\0';
 		p += len;
 		bool last = p[strspn(p, "/")] == '\0';
-		int sub =
-		    strcmp(component, "..") == 0
-			? (errno = EPERM, -1)
-			: openat(dir, component, (last ? O_RDONLY : O_PATH | O_DIRECTORY) | O_NOFOLLOW | O_CLOEXEC);
+		int sub = strcmp(component, "..") == 0
+			      ? (errno = EPERM, -1)
+			      : openat(dir, component,
+				       (last ? O_RDONLY | O_NONBLOCK : O_PATH | O_DIRECTORY) | O_NOFOLLOW | O_CLOEXEC);
 		int saved = errno;
 		close(dir);
 		if (sub < 0)
@@ -195,6 +199,11 @@ static int read_in_root(int rootfs_fd, const char *path, char **ret)
 	_cleanup_close_ int fd = open_in_root(rootfs_fd, path);
 	if (fd < 0)
 		return fd;
+	struct stat st;
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	if (!S_ISREG(st.st_mode))
+		return -EINVAL; /* a FIFO or a device: not a file of users */
 	size_t cap = ID_FILE_MAX, len = 0;
 	_cleanup_free_ char *buf = malloc(cap + 1);
 	if (!buf)

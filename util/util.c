@@ -2,7 +2,7 @@
 
 #include <dlfcn.h>
 #include <fcntl.h>
-#include <ftw.h>
+#include <dirent.h>
 #include <poll.h>
 #include <sys/stat.h>
 
@@ -216,24 +216,126 @@ int read_file_capped(const char *path, size_t cap, char **ret_data, size_t *ret_
 	return 0;
 }
 
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+/* A directory remove_tree() could not empty: it is not entered again. */
+struct kept_dir {
+	dev_t dev;
+	ino_t ino;
+};
+
+static bool is_kept(const struct kept_dir *kept, size_t n, const struct stat *st)
 {
-	(void)st;
-	(void)ftw;
-	if (flag == FTW_DP)
-		rmdir(path);
-	else
-		unlink(path);
-	return 0;
+	for (size_t i = 0; i < n; i++)
+		if (kept[i].dev == st->st_dev && kept[i].ino == st->st_ino)
+			return true;
+	return false;
+}
+
+/* Removes what it can of the entries of the directory open on fd; enters
+ * the first subdirectory it cannot unlink, returning its name (for the
+ * caller to push) and leaving fd on it.  NULL when the directory is done
+ * with; *err keeps the first failure. */
+static char *remove_entries(int *fd, dev_t dev, const struct kept_dir *kept, size_t n_kept, int *err)
+{
+	int copy = dup(*fd);
+	DIR *d = copy >= 0 ? fdopendir(copy) : NULL;
+	if (!d) {
+		if (copy >= 0)
+			close(copy);
+		*err = *err ? *err : errno;
+		return NULL;
+	}
+	char *entered = NULL;
+	for (struct dirent *de; !entered && (de = readdir(d));) {
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		if (unlinkat(*fd, de->d_name, 0) == 0 || errno == ENOENT)
+			continue;
+		if (errno != EISDIR) {
+			*err = *err ? *err : errno;
+			continue;
+		}
+		struct stat st;
+		int child = openat(*fd, de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (child < 0 || fstat(child, &st) < 0 || st.st_dev != dev || is_kept(kept, n_kept, &st)) {
+			/* Another file system mounted there is not ours to empty. */
+			*err = *err ? *err : child < 0 ? errno : EBUSY;
+			if (child >= 0)
+				close(child);
+			continue;
+		}
+		if (!(entered = strdup(de->d_name))) {
+			close(child);
+			*err = *err ? *err : ENOMEM;
+			continue;
+		}
+		close(*fd);
+		*fd = child;
+	}
+	closedir(d);
+	return entered;
 }
 
 int remove_tree(const char *path)
 {
-	if (nftw(path, remove_entry, 32, FTW_DEPTH | FTW_PHYS | FTW_MOUNT) < 0 && errno != ENOENT)
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT                      ? 0
+		       : errno == ENOTDIR || errno == ELOOP ? (unlink(path) < 0 ? -errno : 0)
+							    : -errno;
+	struct stat top;
+	if (fstat(fd, &top) < 0) {
+		close(fd);
 		return -errno;
+	}
+	/* One descriptor and a stack of names, not one descriptor or one path
+	 * per level: a tree nested past PATH_MAX, or past the descriptor
+	 * limit, goes too. */
+	char **names = NULL;
+	size_t depth = 0, allocated = 0, n_kept = 0, kept_allocated = 0;
+	struct kept_dir *kept = NULL;
+	int err = 0;
+	for (;;) {
+		char *entered = remove_entries(&fd, top.st_dev, kept, n_kept, &err);
+		if (entered) {
+			if (grow_array((void **)&names, &allocated, depth + 1, sizeof(*names)) < 0) {
+				free(entered);
+				err = err ? err : ENOMEM;
+				break;
+			}
+			names[depth++] = entered;
+			continue;
+		}
+		if (depth == 0)
+			break;
+		struct stat here;
+		int parent = openat(fd, "..", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (parent < 0 || fstat(fd, &here) < 0) {
+			err = err ? err : errno;
+			if (parent >= 0)
+				close(parent);
+			break;
+		}
+		close(fd);
+		fd = parent;
+		char *name = names[--depth];
+		if (unlinkat(fd, name, AT_REMOVEDIR) < 0 && errno != ENOENT) {
+			err = err ? err : errno;
+			if (grow_array((void **)&kept, &kept_allocated, n_kept + 1, sizeof(*kept)) < 0) {
+				free(name); /* cannot remember it: stop rather than enter it again */
+				break;
+			}
+			kept[n_kept++] = (struct kept_dir){ here.st_dev, here.st_ino };
+		}
+		free(name);
+	}
+	close(fd);
+	while (depth)
+		free(names[--depth]);
+	free(names);
+	free(kept);
 	if (rmdir(path) < 0 && errno != ENOENT)
-		return -errno;
-	return 0;
+		err = err ? err : errno;
+	return -err;
 }
 
 bool pidfd_wait_exit(int pidfd, int timeout_ms)

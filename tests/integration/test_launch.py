@@ -12,6 +12,7 @@ import re
 import select
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from imgfs_test.cases import Suite, run_file  # noqa: E402
-from imgfs_test.harness import Registry, push_image, IMGFS  # noqa: E402
+from imgfs_test.harness import Entry, Registry, make_tar, push_image, IMGFS  # noqa: E402
 from imgfs_test.images import busybox_layer  # noqa: E402
 
 suite = Suite(needs_root=False)
@@ -296,6 +297,39 @@ def log_size_and_errors(t):
         subprocess.run([LAUNCH, "rm", "full"], capture_output=True, env=env, timeout=60)
     finally:
         subprocess.run(["umount", "-l", small])
+
+
+@suite.case
+def interrupted_runs_leave_nothing_unseen(t):
+    """A run killed before its mount answered, and an image whose /etc/passwd
+    is a FIFO: ps -a sees what is left and rm -f removes it, or nothing is left."""
+    reg, root = t.reg, t.root
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts connections and never answers
+    try:
+        p = subprocess.Popen([LAUNCH, "run", "--rm", "--name", "stuck", f"127.0.0.1:{silent.getsockname()[1]}/x/y",
+                              "true"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+        time.sleep(1.5)
+        p.kill()
+        p.wait()
+        ps = launch("ps", "-a").stdout.decode()
+        r = launch("rm", "-f", "stuck")
+        for pid in processes_with("127.0.0.1:%d" % silent.getsockname()[1]):
+            os.kill(pid, signal.SIGKILL)
+        tap.ok("stuck" in ps and r.returncode == 0 and "stuck" not in launch("ps", "-a").stdout.decode() and
+               not os.path.lexists(os.path.join(root, "names", "stuck")),
+               "a run killed while its image was fetched: ps -a shows it, rm -f removes it and its name", (ps, r))
+    finally:
+        silent.close()
+    push_image(reg, "test/fifo-passwd", "latest",
+               [(busybox_layer(), "gzip"), (make_tar([Entry("etc", "dir"), Entry("etc/passwd", "fifo")]), "gzip")],
+               config_extra={"config": {"Env": ["PATH=/bin"]}})
+    before = set(os.listdir(os.path.join(root, "containers")))
+    r = launch("run", "--rm", "-u", "app", f"{reg.host}/test/fifo-passwd", "true", timeout=30)
+    left = set(os.listdir(os.path.join(root, "containers"))) - before
+    tap.ok(r.returncode == 125 and b"/etc/passwd" in r.stderr and not left and not mounts_under(root),
+           "an image whose /etc/passwd is a FIFO: a clear error, no hang, nothing left", (r.stderr, left))
 
 
 @suite.case

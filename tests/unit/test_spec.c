@@ -365,8 +365,33 @@ static void test_users(void)
 	close(fd);
 }
 
+/* launch rm of a container whose files nest past PATH_MAX. */
+static void test_remove_tree(void)
+{
+	char top[] = "/tmp/imgfs-tree-XXXXXX";
+	ok(mkdtemp(top) != NULL, "a directory to remove");
+	int fd = open(top, O_RDONLY | O_DIRECTORY);
+	int levels = 0;
+	for (; fd >= 0 && levels < 3000; levels++) {
+		int file = openat(fd, "f", O_WRONLY | O_CREAT, 0600);
+		if (file >= 0)
+			close(file);
+		if (mkdirat(fd, "d", 0700) < 0)
+			break;
+		int child = openat(fd, "d", O_RDONLY | O_DIRECTORY);
+		close(fd);
+		fd = child;
+	}
+	if (fd >= 0)
+		close(fd);
+	ok(levels == 3000, "3000 nested directories, 6000 bytes of path");
+	ok(remove_tree(top) == 0 && access(top, F_OK) < 0, "remove_tree removes them all");
+	ok(remove_tree(top) == 0, "a tree that is not there is removed already");
+}
+
 int main(void)
 {
+	test_remove_tree();
 	test_seccomp();
 	test_parse_and_args();
 	test_build();
