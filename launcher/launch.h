@@ -111,6 +111,14 @@ int container_remove(const char *root, const char *runtime, const struct contain
 char *find_helper(const char *name);
 /* runc, else crun, from $PATH, unless the option names one. */
 char *find_runtime(const char *option);
+/* The exit code the shim of a --rm container left (ROOT/exits/ID), or
+ * -ENOENT; records older than a day are pruned by exit_records_prune(). */
+int container_removed_exit_code(const char *root, const struct container *c);
+void exit_records_prune(const char *root);
+/* When the shim is gone, the runtime still knows the container: whether it
+ * runs, and how to signal it. */
+bool runtime_running(const char *root, const char *runtime, const struct container *c);
+int runtime_kill(const char *root, const char *runtime, const struct container *c, int sig);
 char *runtime_root(const char *root);
 
 /* ---- attach ------------------------------------------------------------------- */

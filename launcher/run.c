@@ -570,6 +570,7 @@ static int prepare(struct run_options *o, const char *image, const char *root, s
 		if ((r = mkdir_parents(p, 0700)) < 0)
 			return err_set(err, -r, "cannot create the state directory \"%s\": %s", p, strerror(-r));
 	}
+	exit_records_prune(root);
 	if (o->name && (!*o->name || strchr(o->name, '/') || o->name[0] == '.'))
 		return err_set(err, EINVAL, "invalid container name \"%s\"", o->name);
 	c->id = strdup(id);

@@ -203,6 +203,33 @@ static int read_number(const char *dir, const char *name, long *ret)
 	return end == data ? -EBADMSG : 0;
 }
 
+#define EXIT_RECORD_KEEP_SECONDS (24 * 3600)
+
+int container_removed_exit_code(const char *root, const struct container *c)
+{
+	_cleanup_free_ char *dir = strdup_printf("%s/%s", root, SHIM_EXITS_DIR);
+	long code;
+	if (!dir || read_number(dir, c->id, &code) < 0)
+		return -ENOENT;
+	return (int)code;
+}
+
+void exit_records_prune(const char *root)
+{
+	_cleanup_free_ char *dir = strdup_printf("%s/%s", root, SHIM_EXITS_DIR);
+	DIR *d = dir ? opendir(dir) : NULL;
+	if (!d)
+		return;
+	time_t now = time(NULL);
+	for (struct dirent *de; (de = readdir(d));) {
+		struct stat st;
+		if (de->d_name[0] != '.' && fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+		    now - st.st_mtime > EXIT_RECORD_KEEP_SECONDS)
+			(void)unlinkat(dirfd(d), de->d_name, 0);
+	}
+	closedir(d);
+}
+
 bool process_alive(pid_t pid, const char *program)
 {
 	/* A zombie nobody reaped yet is as gone as a process can be. */
@@ -280,6 +307,63 @@ static int run_quiet(const char *const argv[])
 		if (errno != EINTR)
 			return -errno;
 	return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -EIO;
+}
+
+/* runc/crun state ID: its JSON on stdout, read to the end. */
+static int runtime_state_json(const char *root, const char *runtime, const struct container *c, char *buf, size_t size)
+{
+	_cleanup_free_ char *rt_root = runtime_root(root);
+	int out[2];
+	if (!rt_root || pipe2(out, O_CLOEXEC) < 0)
+		return -ENOMEM;
+	pid_t pid = fork();
+	if (pid == 0) {
+		int devnull = open("/dev/null", O_RDWR);
+		dup2(out[1], 1);
+		if (devnull >= 0)
+			dup2(devnull, 2);
+		execlp(runtime, runtime, "--root", rt_root, "state", c->id, (char *)NULL);
+		_exit(127);
+	}
+	close(out[1]);
+	size_t len = 0;
+	ssize_t n;
+	while (pid > 0 && len < size - 1 && (n = read(out[0], buf + len, size - 1 - len)) > 0)
+		len += (size_t)n;
+	buf[len] = '\0';
+	close(out[0]);
+	int status;
+	if (pid < 0)
+		return -errno;
+	while (waitpid(pid, &status, 0) < 0)
+		if (errno != EINTR)
+			return -errno;
+	return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -ENOENT;
+}
+
+bool runtime_running(const char *root, const char *runtime, const struct container *c)
+{
+	char json[8192];
+	/* Its status, as the runtime checked it (pid and start time): a pid
+	 * file alone may name a process that took over the number. */
+	if (!runtime || runtime_state_json(root, runtime, c, json, sizeof(json)) < 0)
+		return false;
+	struct json_object *state = json_tokener_parse(json), *status;
+	bool running = state && json_object_object_get_ex(state, "status", &status) &&
+		       strcmp(json_object_get_string(status), "running") == 0;
+	json_object_put(state);
+	return running;
+}
+
+int runtime_kill(const char *root, const char *runtime, const struct container *c, int sig)
+{
+	_cleanup_free_ char *rt_root = runtime_root(root);
+	char signal_text[16];
+	snprintf(signal_text, sizeof(signal_text), "%d", sig);
+	if (!rt_root)
+		return -ENOMEM;
+	const char *argv[] = { runtime, "--root", rt_root, "kill", c->id, signal_text, NULL };
+	return run_quiet(argv);
 }
 
 int container_remove(const char *root, const char *runtime, const struct container *c, struct err *err)

@@ -49,6 +49,14 @@ static int verb_options(int argc, char **argv, const char *letters, const struct
 	return optind;
 }
 
+/* What the runtime says of a container whose shim is gone. */
+static bool shim_gone_running(const struct container *c)
+{
+	_cleanup_free_ char *root = state_root(root_option);
+	_cleanup_free_ char *runtime = find_runtime(NULL);
+	return root && runtime_running(root, runtime, c);
+}
+
 static const char *status_text(const struct container *c, char *buf, size_t size)
 {
 	int code = 0;
@@ -60,7 +68,7 @@ static const char *status_text(const struct container *c, char *buf, size_t size
 		snprintf(buf, size, "Up");
 		break;
 	case STATUS_SHIM_GONE:
-		snprintf(buf, size, "Unknown (shim gone)");
+		snprintf(buf, size, "%s (shim gone)", shim_gone_running(c) ? "Up" : "Unknown");
 		break;
 	default:
 		snprintf(buf, size, "Created");
@@ -302,6 +310,7 @@ int cmd_kill(int argc, char **argv)
 		return EXIT_LAUNCH_ERROR;
 	}
 	_cleanup_free_ char *root = state_root(root_option);
+	_cleanup_free_ char *runtime = find_runtime(NULL);
 	int ret = 0;
 	for (int i = first; root && i < argc; i++) {
 		struct container c;
@@ -309,7 +318,12 @@ int cmd_kill(int argc, char **argv)
 			ret = EXIT_LAUNCH_ERROR;
 			continue;
 		}
-		if (container_status(&c, NULL) != STATUS_RUNNING || send_kill(&c, sig) < 0) {
+		enum container_status s = container_status(&c, NULL);
+		/* Without its shim, through the runtime, which still holds it. */
+		int r = s == STATUS_RUNNING     ? send_kill(&c, sig)
+			: s == STATUS_SHIM_GONE ? runtime_kill(root, runtime, &c, sig)
+						: -ESRCH;
+		if (r < 0) {
 			fprintf(stderr, "launch: container %s is not running\n", c.name);
 			ret = EXIT_LAUNCH_ERROR;
 		} else {
@@ -321,16 +335,24 @@ int cmd_kill(int argc, char **argv)
 }
 
 /* Waits for the exit file; -ENOENT if the container vanished (--rm). */
-static int wait_exit(struct container *c, int timeout_ms)
+/* The exit code, once there is one; -ENOENT when the container is gone
+ * without one, -ESRCH when it ended without its shim to record it. */
+static int wait_exit(const char *root, struct container *c, int timeout_ms)
 {
+	_cleanup_free_ char *runtime = find_runtime(NULL);
 	for (int waited = 0; timeout_ms < 0 || waited < timeout_ms; waited += 50) {
 		int code;
 		switch (container_status(c, &code)) {
 		case STATUS_EXITED:
 			return code;
 		case STATUS_SHIM_GONE:
-			return access(c->dir, F_OK) == 0 ? -ESRCH : -ENOENT;
+			if (!runtime_running(root, runtime, c))
+				return access(c->dir, F_OK) == 0 ? -ESRCH : -ENOENT;
+			break;
 		default:
+			/* Removed (--rm): the shim left its exit code behind. */
+			if (access(c->dir, F_OK) < 0)
+				return container_removed_exit_code(root, c);
 			break;
 		}
 		struct timespec ts = { 0, 50 * 1000 * 1000 };
@@ -354,7 +376,7 @@ int cmd_wait(int argc, char **argv)
 			ret = EXIT_LAUNCH_ERROR;
 			continue;
 		}
-		int code = wait_exit(&c, -1);
+		int code = wait_exit(root, &c, -1);
 		if (code < 0) {
 			fprintf(stderr, "launch: container %s ended without an exit code (%s)\n", c.name,
 				strerror(-code));
@@ -387,11 +409,20 @@ int cmd_rm(int argc, char **argv)
 			continue;
 		}
 		enum container_status s = container_status(&c, NULL);
-		if (s == STATUS_RUNNING && !flags['f']) {
-			fprintf(stderr, "launch: container %s is running: stop it first or use rm -f\n", c.name);
+		bool orphan = s == STATUS_SHIM_GONE && runtime_running(root, runtime, &c);
+		if ((s == STATUS_RUNNING || orphan) && !flags['f']) {
+			fprintf(stderr, "launch: container %s is running%s: stop it first or use rm -f\n", c.name,
+				orphan ? " (its shim is gone)" : "");
 			ret = EXIT_LAUNCH_ERROR;
 			container_done(&c);
 			continue;
+		}
+		if (orphan) {
+			(void)runtime_kill(root, runtime, &c, SIGKILL);
+			for (int waited = 0; waited < 10000 && runtime_running(root, runtime, &c); waited += 50) {
+				struct timespec ts = { 0, 50 * 1000 * 1000 };
+				nanosleep(&ts, NULL);
+			}
 		}
 		if (s == STATUS_RUNNING) {
 			/* The shim drains, records the exit and deletes the runtime state.
@@ -400,7 +431,7 @@ int cmd_rm(int argc, char **argv)
 			 * gone, whatever the shim managed. */
 			_cleanup_close_ int init = container_init_pidfd(&c);
 			(void)send_kill(&c, SIGKILL);
-			(void)wait_exit(&c, 10000);
+			(void)wait_exit(root, &c, 10000);
 			if (init >= 0 && pidfd_send_signal(init, SIGKILL, NULL, 0) == 0)
 				(void)pidfd_wait_exit(init, 10000);
 		}

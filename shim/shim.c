@@ -469,6 +469,10 @@ static void finish(struct shim *sh)
 	if (!sh->runtime_pid || sh->runtime_killed)
 		(void)run_runtime(sh, "delete", "--force");
 	if (sh->o.remove) {
+		/* The state directory is ROOT/containers/ID, and our cwd. */
+		_cleanup_free_ char *exit_record = strdup_printf("../../%s/%s", SHIM_EXITS_DIR, sh->o.id);
+		if (exit_record && (mkdir("../../" SHIM_EXITS_DIR, 0700) == 0 || errno == EEXIST))
+			(void)write_file_replace(exit_record, code, (size_t)n);
 		if (sh->o.unmount)
 			(void)umount2(sh->o.unmount, MNT_DETACH);
 		(void)remove_tree(sh->o.state);

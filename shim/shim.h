@@ -17,6 +17,9 @@
 /* While writes to the log fail, why (strerror text and a newline); all
  * zeros otherwise.  Its SHIM_LOG_ERROR_SIZE bytes are allocated up front. */
 #define SHIM_LOG_ERROR_FILE "log-error"
+/* Beside the containers' state directories (ROOT/exits/ID): the exit code
+ * of a --rm container, whose state directory is gone, for launch wait. */
+#define SHIM_EXITS_DIR "exits"
 #define SHIM_LOG_ERROR_SIZE 256
 
 /* Attach: every packet from the shim is one tag byte and its payload; every

@@ -154,6 +154,10 @@ def setup(t):
     ENV.update(os.environ, LAUNCH_ROOT=t.root, IMGFS_CACHE=os.path.join(t.work, "cache"), TERM="xterm")
 
     def leave_nothing():
+        runtime_root = os.path.join(t.root, "runtime")
+        listed = subprocess.run(["runc", "--root", runtime_root, "list", "-q"], capture_output=True, text=True)
+        for cid in listed.stdout.split():
+            subprocess.run(["runc", "--root", runtime_root, "delete", "--force", cid], capture_output=True)
         for m in sorted(mounts_under(t.root), reverse=True):
             subprocess.run(["umount", "-l", m])
         for pid in processes_with(t.root):
@@ -422,17 +426,42 @@ def detached_lifecycle(t):
     tap.ok(r2.returncode == 125 and r3.returncode == 0 and left == ([], []),
            "rm refuses a running container, rm -f kills and removes it",
            (r2.stderr, r3.returncode, r3.stderr, left))
-    # A shim that crashed leaves a state that rm -f cleans.
+    # A shim that crashed: the runtime still holds the container, and launch works through it.
     r = launch("run", "-d", "--name", "orphan", img, "sleep", "301")
     cid = r.stdout.decode().strip()
     with open(os.path.join(root, "containers", cid, "shim.pid")) as f:
         os.kill(int(f.read()), signal.SIGKILL)
     time.sleep(0.3)
     ps = launch("ps", "-a").stdout.decode()
-    r = launch("rm", "-f", "orphan")
-    tap.ok("shim gone" in ps and r.returncode == 0 and not mounts_under(root) and
-           not os.path.exists(os.path.join(root, "containers", cid)) and not processes_with("sleep\x00301"),
-           "after a shim crash, rm -f removes process, mount and state", (ps, r.stderr))
+    refused = launch("rm", "orphan")
+    tap.ok("Up (shim gone)" in ps and refused.returncode == 125 and processes_with("sleep\x00301"),
+           "after a shim crash ps shows it up, and rm without -f refuses it", (ps, refused.stderr))
+    with open(os.path.join(root, "containers", cid, "pid")) as f:
+        init = int(f.read())
+    killed = launch("kill", "-s", "KILL", "orphan")
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{init}/cmdline") and open(f"/proc/{init}/cmdline", "rb").read() and \
+            time.monotonic() < deadline:
+        time.sleep(0.05)
+    waited = launch("wait", "orphan", timeout=10)
+    tap.ok(killed.returncode == 0 and not processes_with("sleep\x00301") and waited.returncode == 125 and
+           b"without an exit code" in waited.stderr,
+           "kill works through the runtime; wait returns, saying the exit code is unknown",
+           (killed.returncode, killed.stderr, processes_with("sleep\x00301"), waited.stderr))
+    r = launch("run", "-d", "--name", "orphan2", img, "sleep", "302")
+    cid = r.stdout.decode().strip()
+    with open(os.path.join(root, "containers", cid, "shim.pid")) as f:
+        os.kill(int(f.read()), signal.SIGKILL)
+    time.sleep(0.3)
+    r = launch("rm", "-f", "orphan2")
+    launch("rm", "-f", "orphan")
+    tap.ok(r.returncode == 0 and not mounts_under(root) and not processes_with("sleep\x00302") and
+           not os.path.exists(os.path.join(root, "containers", cid)),
+           "rm -f removes the process, mount and state of a container whose shim is gone", r.stderr)
+    r = launch("run", "-d", "--rm", "--name", "gone-soon", img, "sh", "-c", "sleep 0.5; exit 7")
+    w = launch("wait", "gone-soon", timeout=20)
+    tap.ok(r.returncode == 0 and (w.returncode, w.stdout) == (0, b"7\n"),
+           "wait on a -d --rm container returns its exit code once it is gone", (w.returncode, w.stdout, w.stderr))
 
 
 @suite.case
