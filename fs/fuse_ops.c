@@ -261,11 +261,32 @@ void reply_xattr_value(fuse_req_t req, const void *value, size_t len, size_t siz
 		fuse_reply_buf(req, value, len);
 }
 
+/* Whether the caller shares the daemon's mount namespace: a process on the
+ * host, not in a container, which runs in a namespace of its own.  A pid
+ * that was reused in between can only make this say no to a host process. */
+static bool caller_on_host(fuse_req_t req)
+{
+	char path[64], theirs[64], ours[64];
+	snprintf(path, sizeof(path), "/proc/%d/ns/mnt", (int)fuse_req_ctx(req)->pid);
+	ssize_t a = readlink(path, theirs, sizeof(theirs) - 1);
+	ssize_t b = readlink("/proc/self/ns/mnt", ours, sizeof(ours) - 1);
+	return a > 0 && a == b && memcmp(theirs, ours, (size_t)a) == 0;
+}
+
 bool reply_virtual_xattr(fuse_req_t req, struct image *img, fuse_ino_t ino, const char *name, size_t size)
 {
 	/* listxattr does not show them, so copies of the tree never carry them along. */
 	if (ino != FUSE_ROOT_ID)
 		return false;
+	/* What names host paths or pids, or makes the daemon write into the
+	 * host's cache, is not for the container on this mount: to it these
+	 * names do not exist. */
+	bool host_only = strcmp(name, IMGFS_CONFIG_XATTR) == 0 || strcmp(name, IMGFS_PID_XATTR) == 0 ||
+			 strcmp(name, IMGFS_RECORD_XATTR) == 0;
+	if (host_only && !caller_on_host(req)) {
+		fuse_reply_err(req, ENODATA);
+		return true;
+	}
 	if (strcmp(name, IMGFS_CONFIG_XATTR) == 0) {
 		reply_xattr_value(req, img->config_path, strlen(img->config_path), size);
 		return true;

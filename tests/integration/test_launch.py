@@ -240,6 +240,10 @@ def defaults_like_podman(t):
     tap.ok(r.returncode == 0 and got.get("Seccomp:") == "2" and all(got.get(k) in denied for k in blocked),
            "add_key, keyctl, unshare(CLONE_NEWUSER), perf_event_open, userfaultfd and bpf fail with EPERM or "
            "ENOSYS under podman's seccomp profile", (got, r.stderr))
+    hidden = {"xattr_pid", "xattr_config_path", "xattr_record"}
+    # launch itself reads the config path from the host: every run shows it can.
+    tap.ok(all(got.get(k) == str(errno.ENODATA) for k in hidden),
+           "the mount under the container tells it no host path or pid, and writes no record for it", got)
     got, r = probe(img, "--security-opt", "seccomp=unconfined")
     tap.ok(got.get("Seccomp:") == "0" and got.get("add_key") == "0",
            "--security-opt seccomp=unconfined runs without a filter", (got, r.stderr))
