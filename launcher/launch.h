@@ -76,6 +76,7 @@ int resolve_user(int rootfs_fd, const char *spec, uid_t *ret_uid, gid_t *ret_gid
 
 struct container {
 	char *id, *dir, *name, *image, *command;
+	char *storage; /* STORAGE/containers/ID: its writable layer's directory */
 	bool tty, interactive, remove;
 	long created;
 	long daemon_pid; /* the imgfs daemon of its root file system */
@@ -120,6 +121,10 @@ void exit_records_prune(const char *root);
 bool runtime_running(const char *root, const char *runtime, const struct container *c);
 int runtime_kill(const char *root, const char *runtime, const struct container *c, int sig);
 char *runtime_root(const char *root);
+/* Where writable layers live, persistent: $LAUNCH_STORAGE; ROOT/storage when
+ * the state root was chosen (--root, $LAUNCH_ROOT); /var/lib/launch (root);
+ * else $XDG_DATA_HOME/launch or ~/.local/share/launch.  Caller frees. */
+char *storage_root(const char *state_option);
 
 /* ---- attach ------------------------------------------------------------------- */
 

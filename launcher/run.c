@@ -450,11 +450,12 @@ static int make_mount_points(const char *upper)
 
 /* Runs imgfs mount; on failure, *ret_errno and msg are the error imgfs
  * reported on its error line (IMGFS_ERROR_FD_ENV). */
-static int mount_image(const struct run_options *o, const char *image, const char *dir, char *msg, size_t size)
+static int mount_image(const struct run_options *o, const struct container *c, char *msg, size_t size)
 {
+	const char *image = c->image;
 	_cleanup_free_ char *imgfs = find_helper("imgfs");
-	_cleanup_free_ char *upper = strdup_printf("%s/upper", dir);
-	_cleanup_free_ char *rootfs = strdup_printf("%s/rootfs", dir);
+	_cleanup_free_ char *upper = strdup_printf("%s/upper", c->storage);
+	_cleanup_free_ char *rootfs = strdup_printf("%s/rootfs", c->dir);
 	if (!imgfs) {
 		snprintf(msg, size, "cannot find the imgfs program next to launch or in $PATH");
 		return -ENOENT;
@@ -577,12 +578,17 @@ static int prepare(struct run_options *o, const char *image, const char *root, s
 	c->name = o->name ? strdup(o->name) : strdup_printf("c-%.12s", id);
 	c->image = strdup(image);
 	c->dir = strdup_printf("%s/containers/%s", root, id);
+	_cleanup_free_ char *storage = storage_root(o->root);
+	c->storage = storage ? strdup_printf("%s/containers/%s", storage, id) : NULL;
 	c->tty = o->spec.tty;
 	c->interactive = o->interactive;
 	c->remove = o->remove;
 	c->created = (long)time(NULL);
 	if (!c->id || !c->name || !c->image || !c->dir)
 		return -ENOMEM;
+	if (!c->storage)
+		return err_set(err, errno, "no storage for the writable layer: %s (set $LAUNCH_STORAGE or $HOME)",
+			       strerror(errno));
 	if ((r = reserve_name(root, c->name, id)) < 0)
 		return err_set(err, -r, "the container name \"%s\" is already in use", c->name);
 	char msg[1024] = "";
@@ -592,7 +598,9 @@ static int prepare(struct run_options *o, const char *image, const char *root, s
 		r = err_set(err, errno, "cannot create \"%s\": %s", c->dir, strerror(errno));
 	else if ((r = container_save(c)) < 0)
 		r = err_set(err, -r, "cannot record the container in \"%s\": %s", c->dir, strerror(-r));
-	else if ((r = mount_image(o, image, c->dir, msg, sizeof(msg))) < 0)
+	else if ((r = mkdir_parents(c->storage, 0700)) < 0)
+		r = err_set(err, -r, "cannot create \"%s\": %s", c->storage, strerror(-r));
+	else if ((r = mount_image(o, c, msg, sizeof(msg))) < 0)
 		r = err_set(err, -r, "cannot mount image \"%s\": %s", image, *msg ? msg : strerror(-r));
 	if (r == 0) {
 		_cleanup_free_ char *rootfs = strdup_printf("%s/rootfs", c->dir);
@@ -674,7 +682,7 @@ static int start_shim(const struct run_options *o, const char *root, const struc
 		return err_set(err, ENOENT, "cannot find the launch-shim program next to launch or in $PATH");
 	if (!rt_root || !rootfs || !name_link)
 		return -ENOMEM;
-	const char *argv[26];
+	const char *argv[28];
 	char log_size_max[32];
 	size_t a = 0;
 	argv[a++] = shim;
@@ -705,6 +713,8 @@ static int start_shim(const struct run_options *o, const char *root, const struc
 		argv[a++] = rootfs;
 		argv[a++] = "--unlink";
 		argv[a++] = name_link;
+		argv[a++] = "--remove-storage";
+		argv[a++] = c->storage;
 	}
 	argv[a] = NULL;
 	int sync[2];

@@ -1,7 +1,8 @@
 /* Per-container state:
  *   ROOT/containers/ID/launch.json   what launch knows of the container
- *   ROOT/containers/ID/config.json   the bundle; rootfs/ is the imgfs mount,
- *                                    upper/ its writable layer
+ *   ROOT/containers/ID/config.json   the bundle; rootfs/ is the imgfs mount
+ *   STORAGE/containers/ID/upper/     its writable layer, on persistent storage
+ *                                    (/run, where ROOT is, is RAM on most hosts)
  *   ROOT/containers/ID/{attach,ctl,ctr.log,exit,pid,...}  the shim's (shim.h)
  *   ROOT/names/NAME -> ../containers/ID
  *   ROOT/runtime/                    the runtime's --root
@@ -35,6 +36,26 @@ char *state_root(const char *option)
 	return strdup_printf("/tmp/launch-%u", (unsigned)geteuid());
 }
 
+char *storage_root(const char *state_option)
+{
+	const char *env = getenv("LAUNCH_STORAGE");
+	if (env && *env)
+		return strdup(env);
+	if ((state_option && *state_option) || ((env = getenv("LAUNCH_ROOT")) && *env))
+		return strdup_printf("%s/storage", state_option && *state_option ? state_option : env);
+	if (geteuid() == 0)
+		return strdup("/var/lib/launch");
+	const char *xdg = getenv("XDG_DATA_HOME");
+	if (xdg && *xdg)
+		return strdup_printf("%s/launch", xdg);
+	const char *home = getenv("HOME");
+	if (!home || home[0] != '/') {
+		errno = ENOENT;
+		return NULL;
+	}
+	return strdup_printf("%s/.local/share/launch", home);
+}
+
 char *runtime_root(const char *root)
 {
 	return strdup_printf("%s/runtime", root);
@@ -47,6 +68,7 @@ void container_done(struct container *c)
 	free(c->name);
 	free(c->image);
 	free(c->command);
+	free(c->storage);
 	*c = (struct container){ 0 };
 }
 
@@ -64,6 +86,8 @@ int container_save(const struct container *c)
 	json_object_object_add(o, "rm", json_object_new_boolean(c->remove));
 	json_object_object_add(o, "created", json_object_new_int64(c->created));
 	json_object_object_add(o, "daemon_pid", json_object_new_int64(c->daemon_pid));
+	if (c->storage)
+		json_object_object_add(o, "storage", json_object_new_string(c->storage));
 	const char *text = json_object_to_json_string(o);
 	_cleanup_free_ char *path = strdup_printf("%s/launch.json", c->dir);
 	int r = path && text ? write_file_replace(path, text, strlen(text)) : -ENOMEM;
@@ -101,6 +125,9 @@ static int container_load(const char *root, const char *id, struct container *re
 	c.remove = json_object_object_get_ex(o, "rm", &v) && json_object_get_boolean(v);
 	c.created = json_object_object_get_ex(o, "created", &v) ? (long)json_object_get_int64(v) : 0;
 	c.daemon_pid = json_object_object_get_ex(o, "daemon_pid", &v) ? (long)json_object_get_int64(v) : 0;
+	/* Absent for a container made before the writable layers moved there. */
+	if (json_object_object_get_ex(o, "storage", &v) && json_object_get_string_len(v) > 0)
+		c.storage = strdup(json_object_get_string(v));
 	json_object_put(o);
 	if (!c.id || !c.name || !c.image || !c.command || strcmp(c.id, id) != 0) {
 		container_done(&c);
@@ -380,7 +407,10 @@ int container_remove(const char *root, const char *runtime, const struct contain
 		return err_set(err, errno, "cannot unmount the root file system of %s at \"%s\": %s", c->id, rootfs,
 			       strerror(errno));
 	wait_daemon_gone(c, 5000);
-	int r = remove_tree(c->dir);
+	int r = c->storage ? remove_tree(c->storage) : 0;
+	if (r < 0)
+		return err_set(err, -r, "cannot remove \"%s\": %s", c->storage, strerror(-r));
+	r = remove_tree(c->dir);
 	if (r < 0)
 		return err_set(err, -r, "cannot remove \"%s\": %s", c->dir, strerror(-r));
 	if (c->name && *c->name) {

@@ -40,6 +40,7 @@
 
 struct options {
 	const char *id, *state, *bundle, *runtime, *runtime_root, *unmount, *unlink_path;
+	const char *storage; /* removed with --rm: the container's writable layer */
 	bool terminal, stdin_open, leave_stdin_open, wait_attach, remove;
 	uint64_t log_size_max; /* 0: no bound */
 };
@@ -475,6 +476,8 @@ static void finish(struct shim *sh)
 			(void)write_file_replace(exit_record, code, (size_t)n);
 		if (sh->o.unmount)
 			(void)umount2(sh->o.unmount, MNT_DETACH);
+		if (sh->o.storage)
+			(void)remove_tree(sh->o.storage);
 		(void)remove_tree(sh->o.state);
 		if (sh->o.unlink_path)
 			(void)unlink(sh->o.unlink_path);
@@ -744,6 +747,7 @@ static int parse_options(int argc, char **argv, struct options *o)
 		O_WAIT,
 		O_RM,
 		O_LOG_SIZE_MAX,
+		O_STORAGE,
 	};
 	static const struct option opts[] = {
 		{ "id", required_argument, NULL, O_ID },
@@ -759,6 +763,7 @@ static int parse_options(int argc, char **argv, struct options *o)
 		{ "wait-attach", no_argument, NULL, O_WAIT },
 		{ "rm", no_argument, NULL, O_RM },
 		{ "log-size-max", required_argument, NULL, O_LOG_SIZE_MAX },
+		{ "remove-storage", required_argument, NULL, O_STORAGE },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -790,6 +795,9 @@ static int parse_options(int argc, char **argv, struct options *o)
 			break;
 		case O_UNMOUNT:
 			o->unmount = optarg;
+			break;
+		case O_STORAGE:
+			o->storage = optarg;
 			break;
 		case O_UNLINK:
 			o->unlink_path = optarg;

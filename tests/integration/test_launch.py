@@ -397,6 +397,10 @@ def detached_lifecycle(t):
     r = launch("run", "-d", "--name", "bg", img, "sh", "-c", "echo started; sleep 300")
     cid = r.stdout.decode().strip()
     tap.ok(r.returncode == 0 and re.fullmatch(r"[0-9a-f]{64}", cid), "-d prints the container id", r)
+    storage = os.path.join(root, "storage", "containers", cid)
+    tap.ok(os.path.isdir(os.path.join(storage, "upper")) and
+           not os.path.exists(os.path.join(root, "containers", cid, "upper")),
+           "the writable layer is on the storage root, not with the runtime state", os.listdir(storage))
     time.sleep(0.3)
     ps = launch("ps").stdout.decode()
     tap.ok(cid[:12] in ps and "bg" in ps and "Up" in ps, "launch ps shows it running", ps)
@@ -417,8 +421,8 @@ def detached_lifecycle(t):
     ps = launch("ps", "-a").stdout.decode()
     tap.ok("Exited (137)" in ps and "Exited" not in launch("ps").stdout.decode(), "ps -a shows it exited", ps)
     r = launch("rm", "bg")
-    tap.ok(r.returncode == 0 and not mounts_under(root) and "bg" not in launch("ps", "-a").stdout.decode(),
-           "launch rm removes mount and state", r)
+    tap.ok(r.returncode == 0 and not mounts_under(root) and "bg" not in launch("ps", "-a").stdout.decode() and
+           not os.path.exists(storage), "launch rm removes mount, state and writable layer", r)
     r = launch("run", "-d", "--name", "busy", img, "sleep", "300")
     r2 = launch("rm", "busy")
     r3 = launch("rm", "-f", "busy")
@@ -506,10 +510,11 @@ def terminal(t):
 def rm_leaves_nothing(t):
     """--rm leaves nothing behind."""
     root, img = t.root, t.img
-    before = set(os.listdir(os.path.join(root, "containers")))
+    storage = os.path.join(root, "storage", "containers")
+    before = set(os.listdir(os.path.join(root, "containers"))) | set(os.listdir(storage))
     r = launch("run", "--rm", "--name", "gone", img, "sh", "-c", "sleep 0.2; echo done")
-    left = (set(os.listdir(os.path.join(root, "containers"))) - before, mounts_under(root), processes_with(root),
-            os.path.lexists(os.path.join(root, "names", "gone")))
+    left = ((set(os.listdir(os.path.join(root, "containers"))) | set(os.listdir(storage))) - before,
+            mounts_under(root), processes_with(root), os.path.lexists(os.path.join(root, "names", "gone")))
     tap.ok(r.stdout == b"done\n" and left == (set(), [], [], False),
            "--rm leaves no mount, no process and no state behind", (r, left))
 
