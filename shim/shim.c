@@ -35,6 +35,9 @@
 #include "util.h"
 
 #define MAX_CLIENTS 32
+/* A client that takes no output for this long is dropped: it may hold the
+ * container up, not the other clients or the shim. */
+#define CLIENT_STALL_MS 5000
 #define ATTACH_WAIT_MS 30000
 #define CONSOLE_WAIT_MS 60000
 
@@ -48,6 +51,12 @@ struct options {
 struct client {
 	int fd;
 	bool reading; /* false once it ended its stdin */
+	/* A packet its socket had no room for: until it goes, no more output
+	 * is read from the container (a client that does not read holds it
+	 * up, as a full pipe would), for at most CLIENT_STALL_MS. */
+	char *pending;
+	size_t pending_len;
+	int64_t pending_since_ms;
 };
 
 struct shim {
@@ -302,7 +311,69 @@ static void log_flush(struct shim *sh)
 static void drop_client(struct shim *sh, size_t k)
 {
 	close(sh->clients[k].fd);
+	free(sh->clients[k].pending);
 	sh->clients[k] = sh->clients[--sh->n_clients];
+}
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Sends client k its pending packet, waiting at most wait_ms for room.
+ * Returns false when the client was dropped: it failed, or it has taken
+ * nothing for CLIENT_STALL_MS. */
+static bool client_flush(struct shim *sh, size_t k, int wait_ms)
+{
+	struct client *c = &sh->clients[k];
+	while (c->pending) {
+		if (send(c->fd, c->pending, c->pending_len, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0) {
+			free(c->pending);
+			c->pending = NULL;
+			break;
+		}
+		int64_t stalled = now_ms() - c->pending_since_ms;
+		if ((errno != EAGAIN && errno != EINTR) || stalled >= CLIENT_STALL_MS) {
+			if (errno == EAGAIN)
+				fprintf(stderr,
+					"launch-shim: %s: an attached client took no output for %d ms: dropped\n",
+					sh->o.id, CLIENT_STALL_MS);
+			drop_client(sh, k);
+			return false;
+		}
+		if (wait_ms <= 0)
+			break;
+		int slice = (int)(CLIENT_STALL_MS - stalled) < wait_ms ? (int)(CLIENT_STALL_MS - stalled) : wait_ms;
+		struct pollfd p = { c->fd, POLLOUT, 0 };
+		int64_t before = now_ms();
+		(void)poll(&p, 1, slice);
+		wait_ms -= (int)(now_ms() - before);
+	}
+	return true;
+}
+
+static bool any_client_stalled(const struct shim *sh)
+{
+	for (size_t k = 0; k < sh->n_clients; k++)
+		if (sh->clients[k].pending)
+			return true;
+	return false;
+}
+
+/* How long the event loop may sleep before a stalled client is due to go. */
+static int stall_timeout_ms(const struct shim *sh)
+{
+	int64_t soonest = -1, now = now_ms();
+	for (size_t k = 0; k < sh->n_clients; k++) {
+		if (!sh->clients[k].pending)
+			continue;
+		int64_t left = sh->clients[k].pending_since_ms + CLIENT_STALL_MS - now;
+		if (soonest < 0 || left < soonest)
+			soonest = left < 0 ? 0 : left;
+	}
+	return (int)soonest;
 }
 
 static void broadcast(struct shim *sh, int tag, const char *data, size_t len)
@@ -313,11 +384,21 @@ static void broadcast(struct shim *sh, int tag, const char *data, size_t len)
 		size_t n = len - off < SHIM_PACKET_MAX ? len - off : SHIM_PACKET_MAX;
 		memcpy(packet + 1, data + off, n);
 		for (size_t k = 0; k < sh->n_clients;) {
-			/* A client that does not read holds the container up, as a full pipe would. */
-			if (send(sh->clients[k].fd, packet, n + 1, MSG_NOSIGNAL) < 0)
-				drop_client(sh, k);
-			else
-				k++;
+			/* Only after the exit, when output is drained, can one be
+			 * pending here: the event loop reads none while one is. */
+			if (sh->clients[k].pending && !client_flush(sh, k, CLIENT_STALL_MS))
+				continue;
+			struct client *c = &sh->clients[k];
+			if (!c->pending && send(c->fd, packet, n + 1, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+				if (errno != EAGAIN || !(c->pending = malloc(n + 1))) {
+					drop_client(sh, k);
+					continue;
+				}
+				memcpy(c->pending, packet, n + 1);
+				c->pending_len = n + 1;
+				c->pending_since_ms = now_ms();
+			}
+			k++;
 		}
 		if (len == 0)
 			break;
@@ -383,7 +464,7 @@ static void accept_client(struct shim *sh)
 		close(fd);
 		return;
 	}
-	sh->clients[sh->n_clients++] = (struct client){ fd, true };
+	sh->clients[sh->n_clients++] = (struct client){ .fd = fd, .reading = true };
 }
 
 static void ctl_input(struct shim *sh)
@@ -496,12 +577,17 @@ static void event_loop(struct shim *sh)
 		p[n++] = (struct pollfd){ sh->sig_fd, POLLIN, 0 };
 		p[n++] = (struct pollfd){ sh->listen_fd, POLLIN, 0 };
 		p[n++] = (struct pollfd){ sh->ctl_fd, POLLIN, 0 };
-		p[n++] = (struct pollfd){ sh->out_fd[0], POLLIN, 0 };
-		p[n++] = (struct pollfd){ sh->out_fd[1], POLLIN, 0 };
+		/* While a client has no room, the container's output waits in its pipe. */
+		bool stalled = any_client_stalled(sh);
+		p[n++] = (struct pollfd){ stalled ? -1 : sh->out_fd[0], POLLIN, 0 };
+		p[n++] = (struct pollfd){ stalled ? -1 : sh->out_fd[1], POLLIN, 0 };
 		size_t first_client = n;
-		for (size_t k = 0; k < sh->n_clients; k++)
-			p[n++] = (struct pollfd){ sh->clients[k].reading ? sh->clients[k].fd : -1, POLLIN, 0 };
-		if (poll(p, n, -1) < 0) {
+		for (size_t k = 0; k < sh->n_clients; k++) {
+			struct client *c = &sh->clients[k];
+			short events = (short)((c->reading ? POLLIN : 0) | (c->pending ? POLLOUT : 0));
+			p[n++] = (struct pollfd){ events ? c->fd : -1, events, 0 };
+		}
+		if (poll(p, n, stalled ? stall_timeout_ms(sh) : -1) < 0) {
 			if (errno == EINTR)
 				continue;
 			break;
@@ -518,10 +604,16 @@ static void event_loop(struct shim *sh)
 		/* Backwards: dropping a client moves the last one into its slot.
 		 * A slot whose client changed since the poll (a failed send
 		 * dropped it) has no events of its own this round. */
-		for (size_t k = n - first_client; k-- > 0;)
-			if (k < sh->n_clients && p[first_client + k].revents &&
-			    p[first_client + k].fd == sh->clients[k].fd)
-				client_input(sh, k, p[first_client + k].revents);
+		for (size_t k = n - first_client; k-- > 0;) {
+			if (k >= sh->n_clients || p[first_client + k].fd != sh->clients[k].fd)
+				continue;
+			short revents = p[first_client + k].revents;
+			/* Also when the poll timed out: a client stalled too long goes. */
+			if (sh->clients[k].pending && !client_flush(sh, k, 0))
+				continue;
+			if (revents & (POLLIN | POLLHUP | POLLERR))
+				client_input(sh, k, revents);
+		}
 	}
 	/* Both streams ended: wait for the exit itself. */
 	while (!sh->exited) {

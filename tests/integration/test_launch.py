@@ -341,6 +341,44 @@ def interrupted_runs_leave_nothing_unseen(t):
 
 
 @suite.case
+def stalled_client(t):
+    """An attached client that reads nothing holds the container's output up
+    for a while, never kill or the other clients for good."""
+    img, root = t.img, t.root
+    r = launch("run", "-d", "--name", "chatty", img, "sh", "-c", "while true; do echo 0123456789abcdef; done")
+    cid = r.stdout.decode().strip()
+    stalled = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    state = os.open(os.path.join(root, "containers", cid), os.O_PATH)
+    stalled.connect(f"/proc/self/fd/{state}/attach")  # the state path is longer than sun_path allows
+    os.close(state)
+    try:
+        def lines():
+            return launch("logs", "chatty").stdout.count(b"0123456789abcdef\n")
+        time.sleep(1)  # its socket buffer fills; it reads nothing
+        held = lines()
+        time.sleep(5.5)
+        after = lines()
+        tap.ok(after > held + 20000, "output is held for the stalled client, then goes on without it",
+               (held, after))
+        stalled2 = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        state = os.open(os.path.join(root, "containers", cid), os.O_PATH)
+        stalled2.connect(f"/proc/self/fd/{state}/attach")
+        os.close(state)
+        time.sleep(1)
+        start = time.monotonic()
+        k = launch("kill", "-s", "KILL", "chatty")
+        took_kill = time.monotonic() - start
+        w = launch("wait", "chatty", timeout=20)
+        stalled2.close()
+        tap.ok(k.returncode == 0 and took_kill < 1 and w.stdout == b"137\n",
+               f"kill is served at once while a client stalls ({took_kill:.2f} s), and wait returns",
+               (k.stderr, w.stdout, w.stderr))
+    finally:
+        stalled.close()
+        launch("rm", "-f", "chatty")
+
+
+@suite.case
 def stdin(t):
     """Stdin."""
     img = t.img
