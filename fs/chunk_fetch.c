@@ -93,6 +93,9 @@ static void chunked_get_stats(struct layer *l, struct layer_stats *ret)
 	ret->chunk_misses = rem->chunk_misses;
 	ret->bytes_prefetched = rem->bytes_prefetched;
 	pthread_mutex_unlock(&rem->lock);
+	pthread_mutex_lock(&rem->pack.lock);
+	ret->bytes_in_memory = rem->pack.mem_bytes;
+	pthread_mutex_unlock(&rem->pack.lock);
 }
 
 /* A connection for an on-demand read, NULL when out of memory; *ret_slot
@@ -414,7 +417,7 @@ static int chunk_ready(struct remote *rem, const struct chunk *c)
 /* Claims the chunk for fetching unless it is cached or being fetched. */
 static bool chunk_claim(struct remote *rem, const struct chunk *c)
 {
-	if (pack_lookup(&rem->pack, c) >= 0)
+	if (pack_lookup(&rem->pack, c) >= 0 || pack_in_memory(&rem->pack, c))
 		return false;
 	pthread_mutex_lock(&rem->lock);
 	bool claimed = inflight_index(rem, c) < 0 && inflight_add_locked(rem, c);
@@ -462,6 +465,13 @@ static int fetch_entries(struct remote *rem, const struct entry *const *v, size_
 			}
 			if (n == 0)
 				demand_wait_quiet(stop);
+			/* The cache disk is full: what is fetched ahead could only
+			 * push what reads need out of memory. */
+			if (pack_disk_full(&rem->pack)) {
+				if (n)
+					fetch_batch(rem, batch, n, client);
+				return 0;
+			}
 			if (!chunk_bounds_valid(c) || !chunk_claim(rem, c))
 				continue;
 			batch[n++] = c;
@@ -685,10 +695,17 @@ static ssize_t chunked_read_entry(struct layer *l, const struct entry *e, void *
 			memset((char *)buf + (start - off), 0, (size_t)(end - start));
 			continue;
 		}
+		char *dst = (char *)buf + (start - off);
+		/* A chunk the full cache disk could not take is served from memory. */
+		if (pack_read_memory(&rem->pack, c, dst, start - c->file_off, (size_t)(end - start)) == 0)
+			continue;
 		int fd = chunk_ready(rem, c);
-		if (fd < 0)
+		if (fd < 0) {
+			if (pack_read_memory(&rem->pack, c, dst, start - c->file_off, (size_t)(end - start)) == 0)
+				continue;
 			return fd;
-		int r = read_full_at(fd, (char *)buf + (start - off), (size_t)(end - start),
+		}
+		int r = read_full_at(fd, dst, (size_t)(end - start),
 				     (off_t)(rem->pack.slot[c->order] + (start - c->file_off)));
 		if (r < 0)
 			return -EIO;

@@ -90,6 +90,8 @@ struct layer;
 
 struct layer_stats {
 	uint64_t bytes_fetched, requests, chunk_hits, chunk_misses, bytes_prefetched;
+	/* Verified bytes served from memory: the cache disk could not take them. */
+	uint64_t bytes_in_memory;
 };
 
 /* Where a layer's file bytes come from: a local blob decoded through

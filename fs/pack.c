@@ -38,6 +38,9 @@ int pack_store_open(struct pack_store *ps, const char *cache_dir, const char *di
 
 void pack_store_close(struct pack_store *ps)
 {
+	for (size_t i = 0; i < ps->n_mem; i++)
+		free(ps->mem[i].data);
+	free(ps->mem);
 	for (size_t i = 0; i < ps->n_packs; i++)
 		close(ps->packs[i]);
 	free(ps->slot);
@@ -125,6 +128,78 @@ static int pack_for_writing(struct pack_store *ps, size_t *ret_index)
 	return fd;
 }
 
+static ssize_t mem_index_locked(const struct pack_store *ps, const struct chunk *c)
+{
+	for (size_t i = 0; i < ps->n_mem; i++)
+		if (ps->mem[i].order == c->order)
+			return (ssize_t)i;
+	return -1;
+}
+
+/* Takes data (the verified bytes of c) when its write failed with err. */
+static int keep_in_memory(struct pack_store *ps, const struct chunk *c, unsigned char *data, int err)
+{
+	if (c->size > PACK_MEMORY_MAX) {
+		free(data);
+		return err;
+	}
+	pthread_mutex_lock(&ps->lock);
+	if (!ps->disk_full)
+		fprintf(stderr,
+			"imgfs: cannot write to the chunk cache \"%s\" (%s): serving verified chunks from memory\n",
+			ps->path, strerror(-err));
+	ps->disk_full = true;
+	while (ps->n_mem && ps->mem_bytes + c->size > PACK_MEMORY_MAX) {
+		size_t oldest = 0;
+		for (size_t i = 1; i < ps->n_mem; i++)
+			if (ps->mem[i].last_use < ps->mem[oldest].last_use)
+				oldest = i;
+		ps->mem_bytes -= ps->mem[oldest].size;
+		free(ps->mem[oldest].data);
+		ps->mem[oldest] = ps->mem[--ps->n_mem];
+	}
+	int r = 0;
+	if (mem_index_locked(ps, c) >= 0) {
+		free(data); /* another fetch kept it first */
+	} else if (grow_array((void **)&ps->mem, &ps->allocated_mem, ps->n_mem + 1, sizeof(*ps->mem)) < 0) {
+		free(data);
+		r = -ENOMEM;
+	} else {
+		ps->mem[ps->n_mem++] = (struct mem_chunk){ c->order, data, c->size, ++ps->mem_clock };
+		ps->mem_bytes += c->size;
+	}
+	pthread_mutex_unlock(&ps->lock);
+	return r;
+}
+
+int pack_read_memory(struct pack_store *ps, const struct chunk *c, void *buf, uint64_t off, size_t len)
+{
+	pthread_mutex_lock(&ps->lock);
+	ssize_t i = ps->n_mem ? mem_index_locked(ps, c) : -1;
+	if (i >= 0 && off <= ps->mem[i].size && len <= ps->mem[i].size - off) {
+		memcpy(buf, ps->mem[i].data + off, len);
+		ps->mem[i].last_use = ++ps->mem_clock;
+	}
+	pthread_mutex_unlock(&ps->lock);
+	return i >= 0 ? 0 : -ENOENT;
+}
+
+bool pack_in_memory(struct pack_store *ps, const struct chunk *c)
+{
+	pthread_mutex_lock(&ps->lock);
+	bool found = ps->n_mem && mem_index_locked(ps, c) >= 0;
+	pthread_mutex_unlock(&ps->lock);
+	return found;
+}
+
+bool pack_disk_full(struct pack_store *ps)
+{
+	pthread_mutex_lock(&ps->lock);
+	bool full = ps->disk_full;
+	pthread_mutex_unlock(&ps->lock);
+	return full;
+}
+
 int pack_store_chunk(struct pack_store *ps, const struct chunk *c, const unsigned char *comp, size_t comp_len)
 {
 	_cleanup_free_ unsigned char *data = malloc(c->size ? c->size : 1);
@@ -140,7 +215,7 @@ int pack_store_chunk(struct pack_store *ps, const struct chunk *c, const unsigne
 	int fd = pack_for_writing(ps, &pack);
 	int r = write_full_at(fd, data, c->size, (off_t)ps->slot[c->order]);
 	if (r < 0)
-		return r;
+		return keep_in_memory(ps, c, TAKE_PTR(data), r);
 	pthread_mutex_lock(&ps->lock);
 	ps->verified[c->order] = (uint8_t)(pack + 1);
 	pthread_mutex_unlock(&ps->lock);

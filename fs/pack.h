@@ -20,8 +20,20 @@
  * Unlinked packs hold at most the chunks this mount read, until it ends. */
 #define PACK_GENERATIONS 255
 
+/* Verified chunks that could not be written (a full cache disk) are kept in
+ * memory instead, least recently used out first, up to this many bytes. */
+#define PACK_MEMORY_MAX (64u << 20)
+
+struct mem_chunk {
+	uint32_t order;
+	unsigned char *data;
+	size_t size;
+	uint64_t last_use;
+};
+
 struct pack_store {
-	pthread_mutex_t lock;               /* guards packs, n_packs and verified; never held across I/O */
+	/* Guards packs, n_packs, verified and the memory chunks; never held across I/O. */
+	pthread_mutex_t lock;
 	enum layer_compression compression; /* of each chunk's member or frame */
 	char *path;
 	int packs[PACK_GENERATIONS];
@@ -30,6 +42,10 @@ struct pack_store {
 	/* By chunk order: 0, or 1 + the index in packs of the pack in which
 	 * this process verified the chunk. */
 	uint8_t *verified;
+	struct mem_chunk *mem;
+	size_t n_mem, allocated_mem, mem_bytes;
+	uint64_t mem_clock;
+	bool disk_full; /* a write failed: chunks go to memory from then on */
 };
 
 /* Opens (or creates) the pack of layer digest; errors name the file. */
@@ -46,5 +62,12 @@ int pack_verified(struct pack_store *ps, const struct chunk *c);
  * this process has not verified yet is hashed first. */
 int pack_lookup(struct pack_store *ps, const struct chunk *c);
 /* Decompresses one chunk out of its compressed bytes, verifies it and
- * writes it at its slot.  -EBADMSG when the bytes do not match. */
+ * writes it at its slot, or keeps it in memory when the write fails (a
+ * full disk: reads go on, from memory).  -EBADMSG when the bytes do not
+ * match. */
 int pack_store_chunk(struct pack_store *ps, const struct chunk *c, const unsigned char *comp, size_t comp_len);
+/* Copies len bytes at off of a chunk kept in memory; -ENOENT when it is not. */
+int pack_read_memory(struct pack_store *ps, const struct chunk *c, void *buf, uint64_t off, size_t len);
+bool pack_in_memory(struct pack_store *ps, const struct chunk *c);
+/* Whether writes to the pack failed: fetching ahead is then pointless. */
+bool pack_disk_full(struct pack_store *ps);

@@ -31,6 +31,11 @@ struct remote_blob {
 	/* The span last read, kept open: decoders read a span in many pieces. */
 	size_t open_span;
 	int open_fd;
+	/* The last span the cache could not take (a full disk), verified: it
+	 * is read from memory instead. */
+	size_t mem_span;
+	unsigned char *mem_data;
+	uint64_t bytes_in_memory;
 };
 
 static void hex_of(const unsigned char d[32], char out[65])
@@ -116,10 +121,22 @@ static int fetch_span(struct remote_blob *rb, size_t i)
 	rb->bytes_fetched += len;
 	rb->requests++;
 	/* Never keep or serve bytes the index does not vouch for. */
-	if (!digest_matches(data, len, rb->span_digests[i]) || store_span(rb, i, data, len) < 0)
+	if (!digest_matches(data, len, rb->span_digests[i]))
 		return -EIO;
+	if (store_span(rb, i, data, len) < 0) {
+		free(rb->mem_data);
+		rb->mem_data = TAKE_PTR(data);
+		rb->mem_span = i;
+		rb->bytes_in_memory = len;
+		return 0;
+	}
 	rb->verified[i] = 1;
 	return 0;
+}
+
+static bool span_in_memory(const struct remote_blob *rb, size_t i)
+{
+	return rb->mem_data && rb->mem_span == i;
 }
 
 static int span_fd(struct remote_blob *rb, size_t i)
@@ -134,6 +151,8 @@ static int span_fd(struct remote_blob *rb, size_t i)
 		int r = fetch_span(rb, i);
 		if (r < 0)
 			return r;
+		if (span_in_memory(rb, i))
+			return -ENOSPC;
 		if ((fd = open_cached_span(rb, i)) < 0)
 			return fd;
 	}
@@ -157,8 +176,10 @@ static int remote_blob_read(struct layer *l, void *buf, size_t len, uint64_t off
 		size_t i = (size_t)(off / rb->span_size);
 		uint64_t in_span = off - (uint64_t)i * rb->span_size;
 		size_t n = (size_t)(span_len(rb, i) - in_span < len ? span_len(rb, i) - in_span : len);
-		int fd = span_fd(rb, i);
-		if (fd < 0 || read_full_at(fd, out, n, (off_t)in_span) < 0)
+		int fd = span_in_memory(rb, i) ? -ENOSPC : span_fd(rb, i);
+		if (fd == -ENOSPC && span_in_memory(rb, i))
+			memcpy(out, rb->mem_data + in_span, n);
+		else if (fd < 0 || read_full_at(fd, out, n, (off_t)in_span) < 0)
 			r = -EIO;
 		out += n;
 		off += n;
@@ -240,6 +261,7 @@ static void remote_blob_stats(struct layer *l, struct layer_stats *s)
 	s->chunk_hits = rb->hits;
 	s->chunk_misses = rb->misses;
 	s->bytes_prefetched = rb->bytes_prefetched;
+	s->bytes_in_memory = rb->bytes_in_memory;
 	pthread_mutex_unlock(&rb->lock);
 }
 
@@ -249,6 +271,7 @@ static void remote_blob_free(struct remote_blob *rb)
 		return;
 	if (rb->open_fd >= 0)
 		close(rb->open_fd);
+	free(rb->mem_data);
 	registry_client_free(rb->client);
 	registry_client_free(rb->prefetch_client);
 	free(rb->span_digests);

@@ -9,6 +9,7 @@ last two cases damage the registry's copy of the image: they run last."""
 import errno
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -151,6 +152,24 @@ def cache_size_cap(t):
         m.umount()
     r = run([IMGFS, "mount", "--cache-size", "lots", t.ref, mnt])
     t.tap.ok(r.returncode == 2 and b"--cache-size" in r.stderr, "an invalid --cache-size is refused", r.stderr)
+
+
+@suite.case
+def full_cache_disk(t):
+    """Verified spans the cache disk cannot take are read from memory, not EIO."""
+    cache = os.path.join(t.work, "cache-full")
+    os.makedirs(cache)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m,mode=0700", "tmpfs", cache], check=True)
+    try:
+        m = Mount(t.ref, t.mnt, cache, ["--prefetch", "none"])
+        if t.tap.ok(m.ok, "mount with the cache on a 3 MiB disk", m.stderr()):
+            got = read(f"{t.mnt}/usr/big.bin")
+            s = imgfs_stats(t.mnt)
+            t.tap.ok(got == deterministic_bytes(1, 8 << 20) and s["bytes_in_memory"] > 0,
+                     "an 8 MiB file of an indexed layer reads right through a full cache disk", s)
+            m.umount()
+    finally:
+        subprocess.run(["umount", "-l", cache])
 
 
 @suite.case

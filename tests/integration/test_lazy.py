@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 
@@ -231,6 +232,28 @@ def corrupt_chunk_in_registry(t):
         with open(path, "r+b") as f:
             f.seek(big_layer["size"] // 2)
             f.write(byte)
+
+
+@suite.case
+def full_cache_disk(t):
+    """A cache disk that fills up: verified chunks are served from memory,
+    not EIO."""
+    cache = t.cache_of("full-disk")
+    os.makedirs(cache)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", cache], check=True)
+    try:
+        data = deterministic_bytes(12, 10 << 20)
+        push_estargz(t.reg, "lazy/bigfile", "v1", [[Entry("ten", data=data)]], chunk_size=1 << 20)
+        m = Mount(f"{t.reg.host}/lazy/bigfile:v1", t.mnt, cache, ["--prefetch=none"])
+        if t.tap.ok(m.ok, "mount with the cache on a 4 MiB disk", m.stderr()):
+            got = read(os.path.join(t.mnt, "ten"))
+            s = imgfs_stats(t.mnt)
+            t.tap.ok(got == data and s["bytes_in_memory"] > 0,
+                     "a 10 MB file reads whole and right, what the disk could not take from memory",
+                     (len(got), s))
+            m.umount()
+    finally:
+        subprocess.run(["umount", "-l", cache])
 
 
 @suite.case
