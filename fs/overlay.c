@@ -742,6 +742,7 @@ int overlay_open(struct image *img, const char *upper_dir, struct overlay **ret,
 		return err_set(err, ENOMEM, "upper directory \"%s\": out of memory", upper_dir);
 	}
 	pthread_mutex_init(&ov->lock, NULL);
+	pthread_cond_init(&ov->copied, NULL);
 	ov->img = img;
 	ov->opaque_xattr = geteuid() == 0 ? "trusted.overlay.opaque" : "user.overlay.opaque";
 	ov->next_ino = img->tree->n_inodes + 1;
@@ -795,6 +796,7 @@ struct overlay *overlay_free(struct overlay *ov)
 	if (ov->lock_fd >= 0)
 		close(ov->lock_fd);
 	pthread_mutex_destroy(&ov->lock);
+	pthread_cond_destroy(&ov->copied);
 	free(ov);
 	return NULL;
 }

@@ -210,27 +210,15 @@ static int link_image_siblings(struct overlay *ov, struct node *n, const struct 
 	return 0;
 }
 
-int copy_up(struct overlay *ov, struct node *n, bool with_data)
+/* Makes the UPPERDIR object at n's place (made by copy_into() when
+ * missing) n's own.  made: whether this call created it. */
+static int attach_upper(struct overlay *ov, struct node *n, bool made)
 {
-	if (n->fd >= 0)
-		return 0;
-	if (!n->parent || !n->origin)
-		return -EIO;
-	int r = copy_up(ov, n->parent, true);
-	if (r < 0)
-		return r;
-	bool created = false;
 	int fd = openat(n->parent->fd, n->name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0 && errno == ENOENT) {
-		/* Otherwise a directory move already copied it: take that copy. */
-		if ((r = copy_into(n->parent->fd, n->name, n->origin, with_data)) < 0)
-			return r;
-		created = true;
-		fd = openat(n->parent->fd, n->name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-	}
 	if (fd < 0)
 		return -errno;
 	struct stat st;
+	int r;
 	if (fstat(fd, &st) < 0) {
 		r = -errno;
 		close(fd);
@@ -253,9 +241,102 @@ int copy_up(struct overlay *ov, struct node *n, bool with_data)
 	 * back to this mount for that, so ov->lock may be held. */
 	if (S_ISDIR(n->type) && ov->se)
 		(void)fuse_lowlevel_notify_inval_inode(ov->se, nodeid_of(ov, n), -1, 0);
-	if (created && S_ISREG(n->origin->mode) && n->origin->nlink > 1)
+	if (made && S_ISREG(n->origin->mode) && n->origin->nlink > 1)
 		return link_image_siblings(ov, n, n->origin);
 	return 0;
+}
+
+/* A regular file's copy-up: its bytes copied into an unnamed file with
+ * ov->lock released, as they may have to be fetched, then linked in. */
+static int copy_up_file(struct overlay *ov, struct node *n)
+{
+	const struct tree_inode *origin = n->origin;
+	int dirfd = fcntl(n->parent->fd, F_DUPFD_CLOEXEC, 3);
+	if (dirfd < 0)
+		return -errno;
+	n->copying = true;
+	ov->copying[ov->n_copying++] = n;
+	pthread_mutex_unlock(&ov->lock);
+	int tmp = openat(dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	int r = tmp < 0 ? -errno : copy_image_data(tmp, origin);
+	if (r == 0)
+		r = set_image_meta_fd(tmp, origin);
+	pthread_mutex_lock(&ov->lock);
+	n->copying = false;
+	for (size_t i = 0; i < ov->n_copying; i++)
+		if (ov->copying[i] == n)
+			ov->copying[i] = ov->copying[--ov->n_copying];
+	pthread_cond_broadcast(&ov->copied);
+	close(dirfd);
+	/* Where the node is now: a rename waited for the copy, an unlink
+	 * left a whiteout at its name. */
+	bool made = false;
+	struct stat before;
+	if (r == 0 && fstat(n->parent->fd, &before) < 0)
+		r = -errno;
+	if (r == 0) {
+		r = link_fd_at(tmp, n->parent->fd, n->name);
+		made = r == 0;
+		restore_dir_times(n->parent->fd, &before);
+		if (r == -EEXIST)
+			r = 0; /* a directory move copied it already, or a whiteout: see attach_upper() */
+	}
+	if (tmp >= 0)
+		close(tmp);
+	return r < 0 ? r : attach_upper(ov, n, made);
+}
+
+bool name_copying(const struct overlay *ov, const struct node *dir, const char *name)
+{
+	for (size_t i = 0; i < ov->n_copying; i++)
+		if (ov->copying[i]->parent == dir && strcmp(ov->copying[i]->name, name) == 0)
+			return true;
+	return false;
+}
+
+void wait_name_copied(struct overlay *ov, struct node *dir, const char *name)
+{
+	while (name_copying(ov, dir, name))
+		pthread_cond_wait(&ov->copied, &ov->lock);
+}
+
+static int copy_up_node(struct overlay *ov, struct node *n, bool with_data, bool may_unlock)
+{
+	while (n->copying)
+		pthread_cond_wait(&ov->copied, &ov->lock);
+	if (n->fd >= 0)
+		return 0;
+	/* Too many already: this one is copied under the lock. */
+	if (ov->n_copying == MAX_UNLOCKED_COPIES)
+		may_unlock = false;
+	if (!n->parent || !n->origin)
+		return -EIO;
+	int r = copy_up_node(ov, n->parent, true, false); /* a directory: never unlocks */
+	if (r < 0)
+		return r;
+	bool made = false;
+	int fd = openat(n->parent->fd, n->name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	if (fd >= 0)
+		close(fd); /* a directory move already copied it: take that copy */
+	else if (errno != ENOENT)
+		return -errno;
+	else if (may_unlock && with_data && S_ISREG(n->origin->mode) && n->origin->size > 0)
+		return copy_up_file(ov, n);
+	else if ((r = copy_into(n->parent->fd, n->name, n->origin, with_data)) < 0)
+		return r;
+	else
+		made = true;
+	return attach_upper(ov, n, made);
+}
+
+int copy_up(struct overlay *ov, struct node *n, bool with_data)
+{
+	return copy_up_node(ov, n, with_data, true);
+}
+
+int copy_up_holding_lock(struct overlay *ov, struct node *n, bool with_data)
+{
+	return copy_up_node(ov, n, with_data, false);
 }
 
 int copy_up_tree(struct overlay *ov, int dirfd, const struct tree_inode *merged)

@@ -15,8 +15,10 @@
  * here is called with ov->lock held, except listing_free() (a listing is a
  * snapshot owned by its open directory).  Reads and writes of open files
  * and listings of open directories go to their own descriptors or snapshots
- * without it.  A copy-up of a lazy file holds the lock while its bytes are
- * fetched. */
+ * without it.  The bytes of a file being copied up are copied (and fetched,
+ * for a lazy layer) with the lock released: the node is marked copying
+ * meanwhile, copy_up() of it waits on ov->copied, and the copy is linked
+ * in under the lock, at wherever the node is then. */
 #pragma once
 
 #include "overlay.h"
@@ -32,6 +34,9 @@
 #include <sys/statvfs.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
+
+/* Copy-ups that may run with ov->lock released at once; more wait. */
+#define MAX_UNLOCKED_COPIES 16
 
 struct map_entry {
 	uint64_t key, value;
@@ -54,7 +59,8 @@ struct node {
 	const struct tree_inode *merged;
 	unsigned merged_gen;
 	bool opaque;
-	int fd; /* O_PATH in UPPERDIR, -1 before copy-up */
+	bool copying; /* a copy-up of its bytes runs without ov->lock: wait on ov->copied */
+	int fd;       /* O_PATH in UPPERDIR, -1 before copy-up */
 	uint64_t upper_ino;
 	uint64_t ino; /* st_ino: stable for the life of the mount, across copy-up */
 	mode_t type;
@@ -64,6 +70,11 @@ struct node {
 struct overlay {
 	struct image *img;
 	pthread_mutex_t lock;
+	pthread_cond_t copied; /* a node's copying ended */
+	/* The nodes whose bytes are being copied up: their names change only
+	 * once they are linked in (wait_name_copied()). */
+	struct node *copying[MAX_UNLOCKED_COPIES];
+	size_t n_copying;
 	struct node *root;
 	int lock_fd; /* holds the flock on UPPERDIR */
 	const char *opaque_xattr;
@@ -161,8 +172,13 @@ int node_stat(struct overlay *ov, struct node *n, struct stat *st);
 
 int link_fd_at(int fd, int dirfd, const char *name);
 /* Gives n an upper copy (with its bytes unless with_data is false, for a
- * file about to be truncated), copying its parents first. */
+ * file about to be truncated), copying its parents first.  For a file's
+ * bytes it releases ov->lock: the caller may keep n and its parents (the
+ * kernel holds them), nothing it looked up or checked in between. */
 int copy_up(struct overlay *ov, struct node *n, bool with_data);
+/* The same, never releasing ov->lock: for an operation that checked the
+ * namespace before (a rename). */
+int copy_up_holding_lock(struct overlay *ov, struct node *n, bool with_data);
 /* Copies every image object under the upper directory dirfd that merged
  * shows there, so the directory can move away from the image below it. */
 int copy_up_tree(struct overlay *ov, int dirfd, const struct tree_inode *merged);
@@ -187,5 +203,9 @@ int make_file(int dirfd, const char *name, struct make_request *m);
 /* Removes parent/name from the merged view: the upper object goes, and a
  * whiteout hides the image's entry of that name if there is one. */
 int remove_entry(struct overlay *ov, struct node *parent, const char *name, bool dir);
+/* Whether the node at dir/name is being copied up; wait_name_copied()
+ * waits until it is not. */
+bool name_copying(const struct overlay *ov, const struct node *dir, const char *name);
+void wait_name_copied(struct overlay *ov, struct node *dir, const char *name);
 int do_rename(struct overlay *ov, struct node *parent, const char *name, struct node *newparent, const char *newname,
 	      unsigned flags);

@@ -157,6 +157,7 @@ int make_entry(struct overlay *ov, struct node *parent, const char *name, make_f
 		return -ENOTDIR;
 	if (strlen(name) > NAME_MAX)
 		return -ENAMETOOLONG;
+	wait_name_copied(ov, parent, name);
 	int r = copy_up(ov, parent, true);
 	if (r < 0)
 		return r;
@@ -233,6 +234,7 @@ int make_file(int dirfd, const char *name, struct make_request *m)
 int remove_entry(struct overlay *ov, struct node *parent, const char *name, bool dir)
 {
 	struct node *n;
+	wait_name_copied(ov, parent, name);
 	int r = resolve(ov, parent, name, &n);
 	if (r < 0)
 		return r;
@@ -271,7 +273,7 @@ int remove_entry(struct overlay *ov, struct node *parent, const char *name, bool
  * copied up whole when the image below it would not follow it there. */
 static int prepare_move(struct overlay *ov, struct node *n, struct node *newparent, const char *newname)
 {
-	int r = copy_up(ov, n, true);
+	int r = copy_up_holding_lock(ov, n, true);
 	if (r < 0 || !S_ISDIR(n->type))
 		return r;
 	const struct tree_inode *merged = node_merged(ov, n);
@@ -291,6 +293,8 @@ int do_rename(struct overlay *ov, struct node *parent, const char *name, struct 
 {
 	if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE))
 		return -EINVAL;
+	while (name_copying(ov, parent, name) || name_copying(ov, newparent, newname))
+		pthread_cond_wait(&ov->copied, &ov->lock);
 	struct node *src = NULL, *dst = NULL;
 	int r = resolve(ov, parent, name, &src);
 	if (r < 0)

@@ -144,4 +144,43 @@ def stalled_read_holds_up_nothing(t):
     m.umount()
 
 
+@suite.case
+def copy_up_holds_up_nothing(t):
+    """A copy-up of a large lazy file through a stalled registry leaves the
+    rest of the writable mount working."""
+    proxy = t.proxy
+    mnt = os.path.join(t.work, "mnt-copy-up")
+    proxy.faults, proxy.always, proxy.multi = [], None, None
+    m = Mount(f"{proxy.host}/faults/app:v1", mnt, os.path.join(t.work, "cache-copy-up"),
+              ["--prefetch=none", "--upper", os.path.join(t.work, "upper-copy-up")])
+    if not t.tap.ok(m.ok, "writable mount through the fault proxy", m.stderr()):
+        return
+    injected = len(proxy.injected)
+    proxy.faults = ["stall"]
+    done = {}
+
+    def write_big():
+        with open(os.path.join(mnt, "big"), "r+b") as f:  # copies the 24 MiB up, fetching it
+            f.write(b"X")
+        done["at"] = time.monotonic()
+    writer = threading.Thread(target=write_big)
+    writer.start()
+    deadline = time.monotonic() + 10
+    while len(proxy.injected) == injected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    start = time.monotonic()
+    listing = sorted(os.listdir(mnt))
+    small = open(os.path.join(mnt, "small"), "rb").read()
+    with open(os.path.join(mnt, "new-file"), "wb") as f:
+        f.write(b"made meanwhile")
+    took = time.monotonic() - start
+    t.tap.ok(listing == ["big", "small"] and small == b"small file\n" and took < 1 and writer.is_alive(),
+             f"while the copy-up waits for the registry, ls, reads and a new file take {took:.2f} s", listing)
+    writer.join()
+    with open(os.path.join(mnt, "big"), "rb") as f:
+        got = f.read()
+    t.tap.ok(got == b"X" + BIG[1:], "the copied-up file holds the image's bytes and the write")
+    m.umount()
+
+
 run_file(suite)

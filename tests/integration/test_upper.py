@@ -433,8 +433,8 @@ def directory_entries_and_links(t):
     d = os.path.join(t.mnt, "usr", "share")
     write(os.path.join(d, "made-here"), b"x")  # copies usr and usr/share up: both merged now
     got = raw_entries(d)
-    want = {".": os.stat(d).st_ino, "..": os.stat(os.path.dirname(d)).st_ino,
-            "made-here": os.stat(os.path.join(d, "made-here")).st_ino, "many": os.stat(os.path.join(d, "many")).st_ino}
+    want = {".": os.stat(d).st_ino, "..": os.stat(os.path.dirname(d)).st_ino}
+    want.update((name, os.lstat(os.path.join(d, name)).st_ino) for name in os.listdir(d))
     tap.ok(all(got.get(k) == v and v != 0 for k, v in want.items()) and 0 not in got.values(),
            "every entry of a merged directory, . and .. too, has its inode number", (got.get("."), got.get(".."), want))
     root = raw_entries(t.mnt)
