@@ -231,22 +231,45 @@ static bool stamp_of(int fd, char *buf, size_t size)
 	return true;
 }
 
-bool cache_stamp_valid(const char *cache_dir, const char *digest, int fd)
+static bool stamp_matches(const char *path, int fd)
 {
 	char want[128];
-	_cleanup_free_ char *path = stamp_path(cache_dir, digest);
 	_cleanup_free_ char *have = NULL;
 	size_t len;
 	return path && stamp_of(fd, want, sizeof(want)) && read_file_capped(path, sizeof(want), &have, &len) == 0 &&
 	       len == strlen(want) && memcmp(have, want, len) == 0;
 }
 
-void cache_stamp(const char *cache_dir, const char *digest, int fd)
+static void stamp_write(const char *path, int fd)
 {
 	char stamp[128];
+	if (path && stamp_of(fd, stamp, sizeof(stamp)))
+		(void)write_file_replace(path, stamp, strlen(stamp));
+}
+
+bool cache_stamp_valid(const char *cache_dir, const char *digest, int fd)
+{
+	_cleanup_free_ char *path = stamp_path(cache_dir, digest);
+	return stamp_matches(path, fd);
+}
+
+bool cache_object_stamp_valid(const char *object_path, int fd)
+{
+	_cleanup_free_ char *path = strdup_printf("%s.ok", object_path);
+	return stamp_matches(path, fd);
+}
+
+void cache_object_stamp(const char *object_path, int fd)
+{
+	_cleanup_free_ char *path = strdup_printf("%s.ok", object_path);
+	stamp_write(path, fd);
+}
+
+void cache_stamp(const char *cache_dir, const char *digest, int fd)
+{
 	_cleanup_free_ char *dir = strdup_printf("%s/verified/sha256", cache_dir);
 	_cleanup_free_ char *path = stamp_path(cache_dir, digest);
 	/* Without a stamp the blob is only hashed again next time. */
-	if (dir && path && stamp_of(fd, stamp, sizeof(stamp)) && mkdir_parents(dir, 0700) == 0)
-		(void)write_file_replace(path, stamp, strlen(stamp));
+	if (dir && mkdir_parents(dir, 0700) == 0)
+		stamp_write(path, fd);
 }

@@ -19,6 +19,11 @@ int cache_open_private(const char *cache_dir, struct err *err);
  * blob moves its change time, which no one but root can set back. */
 bool cache_stamp_valid(const char *cache_dir, const char *digest, int fd);
 void cache_stamp(const char *cache_dir, const char *digest, int fd);
+/* The same for an object that has no digest of its own, derived from
+ * verified ones by this daemon (a decoded span): the stamp is
+ * "<object path>.ok", and an object without a valid one is not used. */
+bool cache_object_stamp_valid(const char *object_path, int fd);
+void cache_object_stamp(const char *object_path, int fd);
 /* Sets the cap (0: none) and brings the cache under it now. */
 int cache_limit_init(const char *cache_dir, uint64_t cap);
 /* Called after a new object of this size went into the cache. */

@@ -524,7 +524,7 @@ static bool decoded_read(const struct layer *l, uint64_t start, uint64_t end, vo
 	_cleanup_close_ int fd = path ? open(path, O_RDONLY | O_CLOEXEC) : -1;
 	struct stat st;
 	if (fd < 0 || fstat(fd, &st) < 0 || (uint64_t)st.st_size != end - start ||
-	    read_full_at(fd, buf, len, (off_t)(off - start)) < 0)
+	    !cache_object_stamp_valid(path, fd) || read_full_at(fd, buf, len, (off_t)(off - start)) < 0)
 		return false;
 	cache_note_used(fd);
 	return true;
@@ -591,6 +591,9 @@ static void *keeper_main(void *arg)
 		keeper.busy = true;
 		pthread_mutex_unlock(&keeper.lock);
 		if (write_file_atomic(job->path, job->data, job->len) == 0) {
+			_cleanup_close_ int fd = open(job->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+			if (fd >= 0)
+				cache_object_stamp(job->path, fd);
 			cache_note_stored(job->len);
 			span_forget(job->layer, job->index);
 		}
