@@ -4,7 +4,10 @@
 #include "index_artifact.h"
 #include "overlay.h"
 
+#include <dirent.h>
 #include <getopt.h>
+#include <poll.h>
+#include <signal.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <malloc.h>
@@ -44,6 +47,8 @@ static void usage(FILE *out)
 		     "                              before; never: only from the cache\n"
 		     "  --prefetch MODE             none, landmark (the eStargz prefetch set only) or\n"
 		     "                              all (default: the prefetch set first, then the rest)\n"
+		     "  --nonempty                  mount over a directory that holds files (they are\n"
+		     "                              hidden while the image is mounted)\n"
 		     "  --prefetch-list FILE        fetch the files FILE lists (one path per line, as\n"
 		     "                              imgfs record writes) first, in place of the\n"
 		     "                              image's own landmarks\n"
@@ -299,16 +304,39 @@ static void mountinfo_unescape(char *s)
 	*out = '\0';
 }
 
+/* The file system type mounted on top at path ("fuse.imgfs"), from
+ * mountinfo, or NULL: asking the mount itself would wait for its daemon. */
+static char *mounted_type(const char *path)
+{
+	_cleanup_fclose_ FILE *f = fopen("/proc/self/mountinfo", "re");
+	_cleanup_free_ char *line = NULL;
+	char *type = NULL;
+	size_t size = 0;
+	while (f && getline(&line, &size, f) > 0) {
+		char point[4097], fstype[256];
+		/* ID PARENT MAJ:MIN ROOT POINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER */
+		const char *dash = strstr(line, " - ");
+		if (!dash || sscanf(line, "%*d %*d %*s %*s %4096s", point) != 1 ||
+		    sscanf(dash + 3, "%255s", fstype) != 1)
+			continue;
+		mountinfo_unescape(point);
+		if (strcmp(point, path) == 0) {
+			free(type);
+			type = strdup(fstype); /* the last one is the mount on top */
+		}
+	}
+	return type;
+}
+
 /* The kernel gives a FUSE mount 128 KiB of read-ahead whatever max_readahead
  * the daemon offers; raising it to FUSE_IO_MAX took the exec of busybox on
  * a new mount from 22 reads to 3.  Only root may, through the mount's bdi in
  * sysfs; for anyone else the default stays, which is only slower.  The
  * device comes from mountinfo: a stat() of the mount would wait for this
  * daemon, which does not serve requests yet. */
-static void widen_readahead(const char *dir)
+static void widen_readahead(const char *path)
 {
-	_cleanup_free_ char *path = realpath(dir, NULL);
-	_cleanup_fclose_ FILE *f = path && geteuid() == 0 ? fopen("/proc/self/mountinfo", "re") : NULL;
+	_cleanup_fclose_ FILE *f = geteuid() == 0 ? fopen("/proc/self/mountinfo", "re") : NULL;
 	if (!f)
 		return;
 	unsigned major = 0, minor = 0;
@@ -342,7 +370,7 @@ struct mount_request {
 	struct source_flags source;
 	const char *ref, *dir, *upper, *prefetch_list;
 	uint64_t cache_size;
-	bool foreground, debug;
+	bool foreground, debug, nonempty;
 	enum prefetch_mode prefetch;
 	enum pull_policy pull;
 };
@@ -350,7 +378,7 @@ struct mount_request {
 /* Parses the options of imgfs mount: -1 to go on, else the exit code. */
 static int mount_parse(int argc, char **argv, struct mount_request *req)
 {
-	enum { OPT_PREFETCH = OPT_OWN, OPT_UPPER, OPT_CACHE_SIZE, OPT_PREFETCH_LIST, OPT_PULL };
+	enum { OPT_PREFETCH = OPT_OWN, OPT_UPPER, OPT_CACHE_SIZE, OPT_PREFETCH_LIST, OPT_PULL, OPT_NONEMPTY };
 	static const struct option options[] = {
 		SOURCE_OPTIONS,
 		{ "pull", required_argument, NULL, OPT_PULL },
@@ -358,6 +386,7 @@ static int mount_parse(int argc, char **argv, struct mount_request *req)
 		{ "upper", required_argument, NULL, OPT_UPPER },
 		{ "cache-size", required_argument, NULL, OPT_CACHE_SIZE },
 		{ "prefetch-list", required_argument, NULL, OPT_PREFETCH_LIST },
+		{ "nonempty", no_argument, NULL, OPT_NONEMPTY },
 		{ "foreground", no_argument, NULL, 'f' },
 		{ "debug", no_argument, NULL, 'd' },
 		{ "help", no_argument, NULL, 'h' },
@@ -377,6 +406,9 @@ static int mount_parse(int argc, char **argv, struct mount_request *req)
 			break;
 		case OPT_PREFETCH_LIST:
 			req->prefetch_list = optarg;
+			break;
+		case OPT_NONEMPTY:
+			req->nonempty = true;
 			break;
 		case OPT_PULL:
 			if (pull_policy_parse(optarg, &req->pull) < 0)
@@ -461,12 +493,49 @@ static int mount_open_image(const struct mount_request *req, const struct image_
 	return overlay_open(s->img, req->upper, &s->overlay, err);
 }
 
-/* Mounts the session on req->dir; the mount exists when this returns. */
-static int mount_attach(const struct mount_request *req, const char *argv0, struct mount_server *s, struct err *err)
+/* "fsname=" text for the image reference: the options' own separators
+ * escaped, so that mount, df and findmnt show the reference. */
+static void fsname_option(const char *ref, char *buf, size_t size)
 {
-	char mount_opts[256];
-	snprintf(mount_opts, sizeof(mount_opts), "%sdefault_permissions,fsname=imgfs,subtype=imgfs%s",
-		 s->overlay ? "" : "ro,", geteuid() == 0 ? ",allow_other" : "");
+	size_t n = 0;
+	for (const char *p = ref; *p && n + 3 < size; p++) {
+		if (*p == ',' || *p == '\\')
+			buf[n++] = '\\';
+		buf[n++] = *p;
+	}
+	buf[n] = '\0';
+}
+
+/* A mount point must not be a mount already (a second mount would hide the
+ * first), nor hide files of its own unless asked to (--nonempty). */
+static int check_mount_point(const char *point, bool nonempty, struct err *err)
+{
+	_cleanup_free_ char *type = mounted_type(point);
+	if (type)
+		return err_set(err, EBUSY, "\"%s\" is a mount point already (%s): unmount it first", point, type);
+	DIR *d = opendir(point);
+	if (!d)
+		return err_set(err, errno, "cannot use the mount point \"%s\": %s", point, strerror(errno));
+	bool empty = true;
+	for (struct dirent *de; empty && (de = readdir(d));)
+		empty = strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0;
+	closedir(d);
+	if (!empty && !nonempty)
+		return err_set(
+		    err, ENOTEMPTY,
+		    "\"%s\" is not empty: the mount would hide what it holds (--nonempty mounts over it anyway)",
+		    point);
+	return 0;
+}
+
+/* Mounts the session on point; the mount exists when this returns. */
+static int mount_attach(const struct mount_request *req, const char *point, const char *argv0, struct mount_server *s,
+			struct err *err)
+{
+	char mount_opts[1024], fsname[700];
+	fsname_option(req->ref, fsname, sizeof(fsname));
+	snprintf(mount_opts, sizeof(mount_opts), "%sdefault_permissions,fsname=%s,subtype=imgfs%s",
+		 s->overlay ? "" : "ro,", fsname, geteuid() == 0 ? ",allow_other" : "");
 	/* fuse_args wants them writable. */
 	static char opt_flag[] = "-o", debug_flag[] = "-d";
 	char *fuse_argv[] = { (char *)argv0, opt_flag, mount_opts, req->debug ? debug_flag : NULL, NULL };
@@ -480,10 +549,10 @@ static int mount_attach(const struct mount_request *req, const char *argv0, stru
 	if (fuse_set_signal_handlers(s->se) != 0)
 		return err_set(err, EIO, "cannot install signal handlers");
 	s->handlers = true;
-	if (fuse_session_mount(s->se, req->dir) != 0)
-		return err_set(err, EIO, "cannot mount \"%s\" on \"%s\"", req->ref, req->dir);
+	if (fuse_session_mount(s->se, point) != 0)
+		return err_set(err, EIO, "cannot mount \"%s\" on \"%s\"", req->ref, point);
 	s->mounted = true;
-	widen_readahead(req->dir);
+	widen_readahead(point);
 	return 0;
 }
 
@@ -509,13 +578,19 @@ static int mount_serve(const struct mount_request *req, const char *argv0, struc
 	const char *stall = getenv("IMGFS_STALL_SECONDS");
 	if (stall && *stall)
 		opts->registry.stall_seconds = strtol(stall, NULL, 10);
-	int r = cache_limit_init(opts->cache_dir, req->cache_size);
-	if (r < 0)
+	/* The mount point as the kernel will show it, taken before anything is
+	 * mounted there: a lookup through our own mount (DIR/, DIR/..) would
+	 * wait for this daemon, which does not serve yet. */
+	_cleanup_free_ char *point = realpath(req->dir, NULL);
+	int r = point ? check_mount_point(point, req->nonempty, &err) : -errno;
+	if (!point)
+		err_set(&err, errno, "cannot use the mount point \"%s\": %s", req->dir, strerror(errno));
+	if (r == 0 && (r = cache_limit_init(opts->cache_dir, req->cache_size)) < 0)
 		err_set(&err, -r, "cannot use the cache \"%s\": %s", opts->cache_dir, strerror(-r));
 	if (r == 0)
 		r = mount_open_image(req, opts, &s, &err);
 	if (r == 0)
-		r = mount_attach(req, argv0, &s, &err);
+		r = mount_attach(req, point, argv0, &s, &err);
 	/* The mount exists before the parent returns: the caller can use it at once. */
 	if (r == 0 && fuse_daemonize(req->foreground) != 0)
 		r = err_set(&err, EIO, "cannot go to the background");
@@ -602,38 +677,101 @@ static int cmd_record(int argc, char **argv)
 	return 0;
 }
 
-/* A pidfd of the daemon serving dir, or -1 (not ours, or too old a kernel). */
-static int open_daemon_pidfd(const char *dir)
+/* How long imgfs umount waits for a daemon to say its pid. */
+#define DAEMON_ANSWER_WAIT_MS 2000
+
+/* A pidfd of the daemon serving point, or -1: not ours, dead, or not
+ * answering within DAEMON_ANSWER_WAIT_MS (*ret_hung).  Asked from a child,
+ * which a daemon that stopped answering leaves waiting, and which a signal
+ * then ends (FUSE requests end on SIGKILL). */
+static int open_daemon_pidfd(const char *point, bool *ret_hung)
 {
-	char pid[32];
-	ssize_t n = getxattr(dir, IMGFS_PID_XATTR, pid, sizeof(pid) - 1);
+	*ret_hung = false;
+	int pipefd[2];
+	if (pipe2(pipefd, O_CLOEXEC) < 0)
+		return -1;
+	pid_t child = fork();
+	if (child == 0) {
+		char pid[32];
+		ssize_t n = getxattr(point, IMGFS_PID_XATTR, pid, sizeof(pid) - 1);
+		if (n > 0)
+			(void)!write(pipefd[1], pid, (size_t)n);
+		_exit(0);
+	}
+	close(pipefd[1]);
+	char pid[32] = "";
+	struct pollfd p = { pipefd[0], POLLIN, 0 };
+	ssize_t n = child > 0 && poll(&p, 1, DAEMON_ANSWER_WAIT_MS) > 0 ? read(pipefd[0], pid, sizeof(pid) - 1) : -1;
+	close(pipefd[0]);
+	if (child > 0 && n < 0 && p.revents == 0) {
+		*ret_hung = true;
+		kill(child, SIGKILL);
+	}
+	if (child > 0)
+		(void)waitpid(child, NULL, 0);
 	if (n <= 0)
 		return -1;
 	pid[n] = '\0';
 	return pidfd_open((pid_t)strtol(pid, NULL, 10), 0);
 }
 
+/* DIR as mountinfo shows it, without looking DIR itself up (its daemon may
+ * not answer): the real path of its parent, and its own name. */
+static char *mount_point_of(const char *dir)
+{
+	_cleanup_free_ char *copy = strdup(dir);
+	if (!copy)
+		return NULL;
+	size_t len = strlen(copy);
+	while (len > 1 && copy[len - 1] == '/')
+		copy[--len] = '\0';
+	char *slash = strrchr(copy, '/');
+	const char *name = slash ? slash + 1 : copy;
+	if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0 || !*name)
+		return realpath(dir, NULL);
+	_cleanup_free_ char *parent = slash == copy ? strdup("/")
+				      : slash       ? strndup(copy, (size_t)(slash - copy))
+						    : strdup(".");
+	_cleanup_free_ char *real_parent = parent ? realpath(parent, NULL) : NULL;
+	if (!real_parent)
+		return NULL;
+	return strdup_printf("%s%s%s", real_parent, strcmp(real_parent, "/") == 0 ? "" : "/", name);
+}
+
 static int cmd_umount(int argc, char **argv)
 {
 	if (argc != 2) {
 		fprintf(stderr, "Usage: imgfs umount DIR\n");
-		return 2;
+		return IMGFS_EXIT_USAGE;
 	}
+	_cleanup_free_ char *point = mount_point_of(argv[1]);
+	if (!point)
+		return report(errno, "cannot unmount \"%s\": %s", argv[1], strerror(errno));
+	_cleanup_free_ char *type = mounted_type(point);
+	if (!type)
+		return report(EINVAL, "cannot unmount \"%s\": not a mount point", argv[1]);
+	if (strcmp(type, "fuse.imgfs") != 0)
+		return report(EINVAL, "cannot unmount \"%s\": it is a %s mount, not an imgfs one", argv[1], type);
 	/* The daemon writes its last cache objects when the kernel lets go:
 	 * waiting for it makes the cache complete once umount returns. */
-	_cleanup_close_ int pidfd = open_daemon_pidfd(argv[1]);
+	bool hung;
+	_cleanup_close_ int pidfd = open_daemon_pidfd(point, &hung);
+	if (hung)
+		fprintf(stderr, "imgfs: the daemon of \"%s\" does not answer: detaching the mount lazily\n", argv[1]);
 	if (geteuid() == 0) {
-		if (umount2(argv[1], UMOUNT_NOFOLLOW) == 0) {
+		if (umount2(point, UMOUNT_NOFOLLOW | (hung ? MNT_DETACH : 0)) == 0) {
 			(void)pidfd_wait_exit(pidfd, DAEMON_EXIT_WAIT_MS);
-			return 0;
+			return IMGFS_EXIT_OK;
 		}
-		return report(errno, "cannot unmount \"%s\": %s", argv[1], strerror(errno));
+		return report(errno, "cannot unmount \"%s\": %s", argv[1],
+			      errno == EBUSY ? "it is in use (a process has a file or its cwd there)"
+					     : strerror(errno));
 	}
 	pid_t pid = fork();
 	if (pid < 0)
 		return report(errno, "cannot unmount \"%s\": %s", argv[1], strerror(errno));
 	if (pid == 0) {
-		execlp("fusermount3", "fusermount3", "-u", "--", argv[1], (char *)NULL);
+		execlp("fusermount3", "fusermount3", hung ? "-uz" : "-u", "--", point, (char *)NULL);
 		fprintf(stderr, "imgfs: cannot run fusermount3: %s\n", strerror(errno));
 		_exit(127);
 	}
@@ -643,7 +781,7 @@ static int cmd_umount(int argc, char **argv)
 	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
 		return report(0, "cannot unmount \"%s\": fusermount3 failed", argv[1]);
 	(void)pidfd_wait_exit(pidfd, DAEMON_EXIT_WAIT_MS);
-	return 0;
+	return IMGFS_EXIT_OK;
 }
 
 int main(int argc, char **argv)

@@ -9,9 +9,11 @@ import io
 import json
 import os
 import subprocess
+import signal
 import sys
 import tarfile
 import threading
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from imgfs_test.cases import Suite, run_file  # noqa: E402
@@ -219,6 +221,73 @@ def oversized_manifest(t):
     m = t.mount(f"{t.reg.host}/bad/big:v1")
     t.tap.ok(one_clear_line(m, "bad/big:v1", "larger than allowed"), "a manifest over the size cap is refused",
              m.stderr())
+
+
+def mount_source(point):
+    """The source mountinfo shows for the mount on point, or None."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == point:
+                return fields[fields.index("-") + 2]
+    return None
+
+
+@suite.case
+def mount_points(t):
+    """DIR/ as tab completion writes it; a busy or non-empty DIR; what
+    mount and df show."""
+    push_image(t.reg, "good/small", "v1", [(make_tar([Entry("f", data=b"small\n")]), "gzip")])
+    ref = f"{t.reg.host}/good/small:v1"
+    mnt = os.path.join(t.work, "mnt-points")
+    os.makedirs(mnt)
+    r = subprocess.run([IMGFS, "mount", "--cache", t.cache, ref, mnt + "/"], capture_output=True, timeout=30)
+    t.tap.ok(r.returncode == 0 and open(os.path.join(mnt, "f"), "rb").read() == b"small\n",
+             "imgfs mount REF DIR/ (a trailing slash) mounts and returns", r.stderr)
+    t.tap.ok(mount_source(mnt) == ref, "mount, df and findmnt show the image reference as the source",
+             mount_source(mnt))
+    again = Mount(ref, mnt, t.cache)
+    t.tap.ok(not again.ok and "mount point already" in again.stderr() and mount_source(mnt) == ref,
+             "a second mount on the same DIR is refused", again.stderr())
+    r = subprocess.run([IMGFS, "umount", mnt + "/"], capture_output=True, timeout=30)
+    t.tap.ok(r.returncode == 0 and mount_source(mnt) is None, "imgfs umount DIR/ unmounts", r.stderr)
+    with open(os.path.join(mnt, "mine"), "w") as f:
+        f.write("keep me")
+    m = Mount(ref, mnt, t.cache)
+    t.tap.ok(not m.ok and "not empty" in m.stderr() and "--nonempty" in m.stderr(),
+             "a mount over a directory that holds files is refused, naming the option that allows it", m.stderr())
+    m = Mount(ref, mnt, t.cache, ["--nonempty"])
+    t.tap.ok(m.ok and os.listdir(mnt) == ["f"], "--nonempty mounts over it", m.stderr())
+    m.umount()
+    t.tap.ok(os.listdir(mnt) == ["mine"], "and the files are there again after the unmount")
+
+
+@suite.case
+def umount_only_imgfs(t):
+    """imgfs umount refuses what is not an imgfs mount, and never hangs on a
+    daemon that stopped answering."""
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", IMGFS, "umount", "/proc"],
+                       capture_output=True, timeout=30)  # a namespace of its own: /proc stays whatever happens
+    t.tap.ok(r.returncode == 1 and b"proc mount, not an imgfs one" in r.stderr,
+             "imgfs umount /proc is refused", r.stderr)
+    r = subprocess.run([IMGFS, "umount", t.work], capture_output=True, timeout=30)
+    t.tap.ok(r.returncode == 1 and b"not a mount point" in r.stderr, "so is a directory that is no mount", r.stderr)
+    push_image(t.reg, "good/stopped", "v1", [(make_tar([Entry("f", data=b"x")]), "gzip")])
+    mnt = os.path.join(t.work, "mnt-stopped")
+    m = Mount(f"{t.reg.host}/good/stopped:v1", mnt, t.cache)
+    if not t.tap.ok(m.ok, "mount", m.stderr()):
+        return
+    pid = int(os.getxattr(mnt, "user.imgfs.pid"))
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        r = subprocess.run([IMGFS, "umount", mnt], capture_output=True, timeout=30)
+        took = time.monotonic() - start
+        t.tap.ok(r.returncode == 0 and b"does not answer" in r.stderr and mount_source(mnt) is None and took < 10,
+                 f"a stopped daemon: umount detaches the mount lazily and says so ({took:.1f} s)", r.stderr)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGCONT)
 
 
 run_file(suite)
