@@ -52,6 +52,10 @@ struct spec_options {
 	int64_t cpu_millis;   /* > 0: thousandths of a CPU (--cpus 1.5: 1500) */
 };
 
+#define LAUNCH_VERSION "0.1.0"
+/* docker's PATH for an image that sets none. */
+#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
 #define CPU_PERIOD_US 100000
 /* podman's default --pids-limit. */
 #define DEFAULT_PIDS_LIMIT 2048
@@ -66,6 +70,11 @@ int seccomp_from_profile(const char *json, size_t len, const char *const *caps, 
 int spec_args(const struct image_process *img, const struct spec_options *o, char ***ret, struct err *err);
 /* The config.json text for runc/crun. */
 int spec_build(const struct image_process *img, const struct spec_options *o, char **ret_json, struct err *err);
+
+/* Whether command (a path, or a name looked up in path_env) is an
+ * executable file inside rootfs_fd: 0, -ENOENT or -EACCES, as the runtime
+ * will find it. */
+int find_command(int rootfs_fd, const char *command, const char *path_env);
 
 /* Resolves USER[:GROUP] (names or numbers) through etc/passwd and etc/group
  * under rootfs_fd, never following a link out of it. */
@@ -147,3 +156,4 @@ int cmd_exec(int argc, char **argv);
 int cmd_kill(int argc, char **argv);
 int cmd_wait(int argc, char **argv);
 int cmd_rm(int argc, char **argv);
+int cmd_stop(int argc, char **argv);

@@ -13,8 +13,10 @@ static void usage(FILE *out)
 		     "  attach [--detach-keys KEYS] NAME|ID     attach to a running container\n"
 		     "  exec [-i] [-t] NAME|ID COMMAND [ARG...] run a command in a running container\n"
 		     "  kill [-s SIGNAL] NAME|ID...             signal containers (default KILL)\n"
+		     "  stop [-t SECONDS] NAME|ID...            SIGTERM, then SIGKILL after SECONDS (10)\n"
 		     "  wait NAME|ID...                         wait for containers, print exit codes\n"
 		     "  rm [-f] NAME|ID...                      remove containers (-f: running ones too)\n"
+		     "  version                                 print launch's version (also --version)\n"
 		     "\n"
 		     "Every command takes --root DIR (default: $LAUNCH_ROOT, /run/launch for root,\n"
 		     "$XDG_RUNTIME_DIR/launch otherwise).  Exit status: the container's own, or 125\n"
@@ -22,14 +24,30 @@ static void usage(FILE *out)
 		     "does not exist.\n");
 }
 
+/* docker and podman verbs launch does not have: never image names. */
+static const char *const foreign_verbs[] = {
+	"build", "commit", "container", "cp",   "create",  "diff",    "events", "export", "history",
+	"image", "images", "import",    "info", "inspect", "load",    "login",  "logout", "network",
+	"pause", "port",   "pull",      "push", "rename",  "restart", "rmi",    "save",   "search",
+	"start", "stats",  "system",    "tag",  "top",     "unpause", "update", "volume", "compose",
+};
+
 int main(int argc, char **argv)
 {
 	static const struct {
 		const char *name;
 		int (*fn)(int, char **);
+		const char *usage;
 	} verbs[] = {
-		{ "run", cmd_run },   { "ps", cmd_ps },     { "logs", cmd_logs }, { "attach", cmd_attach },
-		{ "exec", cmd_exec }, { "kill", cmd_kill }, { "wait", cmd_wait }, { "rm", cmd_rm },
+		{ "run", cmd_run, NULL },
+		{ "ps", cmd_ps, "ps [-a]" },
+		{ "logs", cmd_logs, "logs [-f] NAME|ID" },
+		{ "attach", cmd_attach, "attach [--detach-keys KEYS] NAME|ID" },
+		{ "exec", cmd_exec, "exec [-i] [-t] NAME|ID COMMAND [ARG...]" },
+		{ "kill", cmd_kill, "kill [-s SIGNAL] NAME|ID..." },
+		{ "stop", cmd_stop, "stop [-t SECONDS] NAME|ID..." },
+		{ "wait", cmd_wait, "wait NAME|ID..." },
+		{ "rm", cmd_rm, "rm [-f] NAME|ID..." },
 	};
 	if (argc < 2) {
 		usage(stderr);
@@ -39,9 +57,26 @@ int main(int argc, char **argv)
 		usage(stdout);
 		return 0;
 	}
-	for (size_t i = 0; i < ARRAY_SIZE(verbs); i++)
-		if (strcmp(argv[1], verbs[i].name) == 0)
-			return verbs[i].fn(argc - 1, argv + 1);
+	if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "version") == 0) {
+		printf("launch %s\n", LAUNCH_VERSION);
+		return 0;
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(verbs); i++) {
+		if (strcmp(argv[1], verbs[i].name) != 0)
+			continue;
+		if (verbs[i].usage && argc > 2 && (strcmp(argv[2], "--help") == 0 || strcmp(argv[2], "-h") == 0)) {
+			printf("Usage: launch %s\n", verbs[i].usage);
+			return 0;
+		}
+		return verbs[i].fn(argc - 1, argv + 1);
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(foreign_verbs); i++)
+		if (strcmp(argv[1], foreign_verbs[i]) == 0) {
+			fprintf(stderr,
+				"launch: \"%s\" is a docker command that launch does not have; see launch --help\n",
+				argv[1]);
+			return EXIT_LAUNCH_ERROR;
+		}
 	/* Anything else is `launch run`'s options and image: `launch IMAGE ...`. */
 	return cmd_run(argc, argv);
 }

@@ -358,7 +358,8 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 			usage(stdout);
 			exit(0);
 		default:
-			usage(stderr);
+			/* getopt said what was wrong; the whole usage would bury it. */
+			fprintf(stderr, "Try 'launch run --help'.\n");
 			return -EINVAL;
 		}
 		if (imgfs_flag &&
@@ -369,8 +370,7 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 			return r;
 	}
 	if (optind >= argc) {
-		fprintf(stderr, "launch run: expected IMAGE\n");
-		usage(stderr);
+		fprintf(stderr, "launch run: expected IMAGE\nTry 'launch run --help'.\n");
 		return -EINVAL;
 	}
 	if (strcmp(o->pull, "always") != 0 && strcmp(o->pull, "missing") != 0 && strcmp(o->pull, "never") != 0) {

@@ -194,6 +194,35 @@ static int open_in_root(int rootfs_fd, const char *path)
 	return -errno;
 }
 
+int find_command(int rootfs_fd, const char *command, const char *path_env)
+{
+	if (!command || !*command)
+		return -ENOENT;
+	if (strchr(command, '/')) {
+		_cleanup_close_ int fd = open_in_root(rootfs_fd, command);
+		struct stat st;
+		if (fd < 0)
+			return fd == -ENOTDIR || fd == -ELOOP ? -ENOENT : fd;
+		if (fstat(fd, &st) < 0)
+			return -errno;
+		return S_ISREG(st.st_mode) && (st.st_mode & 0111) ? 0 : -EACCES;
+	}
+	_cleanup_free_ char *dirs = strdup(path_env && *path_env ? path_env : DEFAULT_PATH);
+	char *save = NULL;
+	int found = -ENOENT;
+	for (char *dir = dirs ? strtok_r(dirs, ":", &save) : NULL; dir; dir = strtok_r(NULL, ":", &save)) {
+		_cleanup_free_ char *candidate = strdup_printf("%s/%s", dir, command);
+		_cleanup_close_ int fd = candidate ? open_in_root(rootfs_fd, candidate) : -ENOMEM;
+		struct stat st;
+		if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+			continue;
+		if (st.st_mode & 0111)
+			return 0;
+		found = -EACCES; /* as execvp: a later directory may have an executable one */
+	}
+	return found;
+}
+
 static int read_in_root(int rootfs_fd, const char *path, char **ret)
 {
 	_cleanup_close_ int fd = open_in_root(rootfs_fd, path);
@@ -425,7 +454,7 @@ static int build_env(const struct image_process *img, const struct spec_options 
 	for (char **e = img->env; e && *e; e++)
 		env_set(env, *e);
 	if (!env_has(env, "PATH"))
-		env_set(env, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+		env_set(env, "PATH=" DEFAULT_PATH);
 	if (o->tty && !env_has(env, "TERM"))
 		env_set(env, "TERM=xterm");
 	for (char **e = o->env; e && *e; e++) {

@@ -1,6 +1,7 @@
 /* The lifecycle verbs: ps, logs, attach, exec, kill, wait, rm. */
 #include <fcntl.h>
 #include <getopt.h>
+#include <json-c/json.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/pidfd.h>
@@ -217,6 +218,30 @@ int cmd_attach(int argc, char **argv)
 	return ret;
 }
 
+/* find_command() in the container's root, with the PATH of its process. */
+static int exec_command_check(const struct container *c, const char *command)
+{
+	_cleanup_free_ char *config = strdup_printf("%s/config.json", c->dir);
+	_cleanup_free_ char *rootfs = strdup_printf("%s/rootfs", c->dir);
+	_cleanup_free_ char *data = NULL;
+	size_t len;
+	if (!config || !rootfs || read_file_capped(config, 8 << 20, &data, &len) < 0)
+		return 0; /* the runtime will say */
+	struct json_object *spec = json_tokener_parse(data), *process, *env;
+	const char *path_env = NULL;
+	if (spec && json_object_object_get_ex(spec, "process", &process) &&
+	    json_object_object_get_ex(process, "env", &env))
+		for (size_t i = 0; i < json_object_array_length(env); i++) {
+			const char *e = json_object_get_string(json_object_array_get_idx(env, i));
+			if (e && str_has_prefix(e, "PATH="))
+				path_env = e + strlen("PATH=");
+		}
+	_cleanup_close_ int rootfs_fd = open(rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	int r = rootfs_fd < 0 ? 0 : find_command(rootfs_fd, command, path_env);
+	json_object_put(spec);
+	return r;
+}
+
 int cmd_exec(int argc, char **argv)
 {
 	const char *flags[256] = { 0 };
@@ -238,6 +263,16 @@ int cmd_exec(int argc, char **argv)
 		fprintf(stderr, "launch: %s\n", runtime ? "the container is not running" : "cannot find runc or crun");
 		container_done(&c);
 		return EXIT_LAUNCH_ERROR;
+	}
+	/* The runtime's own words for a command that is not there are a raw
+	 * log line and 255: say it as run does, with 127 or 126. */
+	const char *command = argv[first + 1];
+	int found = exec_command_check(&c, command);
+	if (found < 0) {
+		fprintf(stderr, "launch: cannot run \"%s\" in %s: %s\n", command, c.name,
+			found == -ENOENT ? "no such file in the container's $PATH" : "not an executable file");
+		container_done(&c);
+		return found == -ENOENT ? EXIT_NOT_FOUND : EXIT_CANNOT_RUN;
 	}
 	_cleanup_free_ char *rt_root = runtime_root(root);
 	size_t n = (size_t)(argc - first - 1);
@@ -441,6 +476,42 @@ int cmd_rm(int argc, char **argv)
 		} else {
 			printf("%s\n", argv[i]);
 		}
+		container_done(&c);
+	}
+	return ret;
+}
+
+/* docker's and podman's stop: SIGTERM, then SIGKILL once -t seconds passed. */
+int cmd_stop(int argc, char **argv)
+{
+	const char *flags[256] = { 0 };
+	static const struct option opts[] = { { "time", required_argument, NULL, 't' }, { 0 } };
+	int first = verb_options(argc, argv, "t:", opts, flags);
+	char *end = NULL;
+	long seconds = flags['t'] ? strtol(flags['t'], &end, 10) : 10;
+	if (first < 0 || first >= argc || (flags['t'] && (*end || seconds < 0))) {
+		fprintf(stderr, "Usage: launch stop [-t SECONDS] NAME|ID...\n");
+		return EXIT_LAUNCH_ERROR;
+	}
+	_cleanup_free_ char *root = state_root(root_option);
+	_cleanup_free_ char *runtime = find_runtime(NULL);
+	int ret = 0;
+	for (int i = first; root && i < argc; i++) {
+		struct container c;
+		if (find_or_complain(root, argv[i], &c) < 0) {
+			ret = EXIT_LAUNCH_ERROR;
+			continue;
+		}
+		enum container_status s = container_status(&c, NULL);
+		bool orphan = s == STATUS_SHIM_GONE && runtime_running(root, runtime, &c);
+		if (s == STATUS_RUNNING || orphan) {
+			int r = orphan ? runtime_kill(root, runtime, &c, SIGTERM) : send_kill(&c, SIGTERM);
+			if (r == 0 && wait_exit(root, &c, (int)seconds * 1000) == -ETIMEDOUT)
+				(void)(orphan ? runtime_kill(root, runtime, &c, SIGKILL) : send_kill(&c, SIGKILL));
+			(void)wait_exit(root, &c, 10000);
+		}
+		/* A container that is not running is stopped already, as docker has it. */
+		printf("%s\n", argv[i]);
 		container_done(&c);
 	}
 	return ret;

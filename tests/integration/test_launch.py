@@ -445,6 +445,16 @@ def detached_lifecycle(t):
     tap.ok(launch("logs", "bg").stdout == b"started\n", "launch logs")
     r = launch("exec", "bg", "sh", "-c", "echo inside $FROM_IMAGE; exit 4")
     tap.ok((r.returncode, r.stdout) == (4, b"inside yes\n"), "launch exec runs in the container", r)
+    marker = launch("exec", "bg", "sh", "-c", "echo $$ > /tmp/exec-was-here; cat /proc/1/cmdline")
+    tap.ok(marker.stdout.endswith(b"sleep\x00300\x00") and  # sh ran its last command in its place
+           os.path.exists(os.path.join(storage, "upper", "tmp", "exec-was-here")),
+           "exec runs beside the container's own process, and writes into its writable layer", marker.stdout)
+    r = launch("exec", "bg", "no-such-command")
+    r2 = launch("exec", "bg", "/etc/passwd")
+    tap.ok(r.returncode == 127 and b"no-such-command" in r.stderr and b"exec failed" not in r.stderr and
+           r2.returncode == 126 and b"/etc/passwd" in r2.stderr,
+           "exec of a missing command: 127; of a file that is no program: 126; each said as run says it",
+           (r.returncode, r.stderr, r2.returncode, r2.stderr))
     follower = subprocess.Popen([LAUNCH, "logs", "-f", cid[:8]], stdout=subprocess.PIPE, env=ENV)
     time.sleep(0.3)
     r = launch("kill", "-s", "KILL", "bg")
