@@ -401,6 +401,40 @@ def big_output(t):
 
 
 @suite.case
+def docker_words(t):
+    """What a docker user types first: verbs are never image names."""
+    for verb in ("images", "pull", "start", "inspect", "restart", "rmi"):
+        r = launch(verb, "x")
+        if not tap.ok(r.returncode == 125 and b"docker command that launch does not have" in r.stderr,
+                      f"launch {verb} is refused, not run as the image {verb}", r.stderr):
+            break
+    v, v2 = launch("version"), launch("--version")
+    tap.ok(v.stdout.startswith(b"launch ") and v.stdout == v2.stdout, "launch version and --version", v.stdout)
+    h = launch("kill", "--help")
+    tap.ok(h.returncode == 0 and h.stdout.startswith(b"Usage: launch kill"), "launch VERB --help", h.stdout)
+    typo = launch("run", "--rmm", t.img, "true")
+    tap.ok(typo.returncode == 125 and len(typo.stderr.splitlines()) == 2 and b"--rmm" in typo.stderr,
+           "a mistyped option: what was wrong and where to look, in two lines", typo.stderr)
+    r = launch("run", "-d", "--name", "stoppable", t.img, "sh", "-c",
+               "trap 'exit 3' TERM; echo trapped; while true; do sleep 1; done")
+    deadline = time.monotonic() + 10
+    while b"trapped" not in launch("logs", "stoppable").stdout and time.monotonic() < deadline:
+        time.sleep(0.05)
+    s = launch("stop", "-t", "5", "stoppable")
+    w = launch("wait", "stoppable")
+    r2 = launch("run", "-d", "--name", "stubborn", t.img, "sleep", "300")
+    start = time.monotonic()
+    s2 = launch("stop", "-t", "1", "stubborn")
+    took = time.monotonic() - start
+    w2 = launch("wait", "stubborn")
+    tap.ok(r.returncode == 0 and s.stdout == b"stoppable\n" and w.stdout == b"3\n" and
+           r2.returncode == 0 and s2.returncode == 0 and w2.stdout == b"137\n" and took < 5,
+           "stop: SIGTERM, then SIGKILL after -t seconds for a process that ignores it",
+           (w.stdout, w2.stdout, took, s.stderr, s2.stderr))
+    launch("rm", "stoppable", "stubborn")
+
+
+@suite.case
 def error_exit_codes(t):
     """Errors: image, command, runtime."""
     reg, work, root, img = t.reg, t.work, t.root, t.img
