@@ -18,6 +18,7 @@
 #include "tar_stream.h"
 
 #include <fcntl.h>
+#include <json-c/json.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 
@@ -65,6 +66,33 @@ static bool blob_matches(int fd, const char *digest)
 		digester_final(d, actual);
 	digester_free(d);
 	return ok && strcmp(actual, digest) == 0;
+}
+
+/* An image of one manifest is for the platform its config names: asked for
+ * another one explicitly (--platform), that is an error naming both, not a
+ * mount of binaries that will not run. */
+static int check_config_platform(int config_fd, const struct platform *want, bool explicit, const char *ref_text,
+				 struct err *err)
+{
+	if (!explicit)
+		return 0;
+	struct stat st;
+	if (fstat(config_fd, &st) < 0 || st.st_size > CONFIG_MAX_SIZE)
+		return 0;
+	_cleanup_free_ char *buf = malloc((size_t)st.st_size + 1);
+	if (!buf || read_full_at(config_fd, buf, (size_t)st.st_size, 0) < 0)
+		return 0;
+	buf[st.st_size] = '\0';
+	struct json_object *config = json_tokener_parse(buf), *v;
+	const char *os = config && json_object_object_get_ex(config, "os", &v) ? json_object_get_string(v) : NULL;
+	const char *arch =
+	    config && json_object_object_get_ex(config, "architecture", &v) ? json_object_get_string(v) : NULL;
+	int r = 0;
+	if (os && arch && (strcmp(os, want->os) != 0 || strcmp(arch, want->architecture) != 0))
+		r = err_set(err, ENOENT, "image \"%s\" is for %s/%s, not for the platform asked for, %s/%s", ref_text,
+			    os, arch, want->os, want->architecture);
+	json_object_put(config);
+	return r;
 }
 
 /* Opens the cached blob, fetching and verifying it first if it is missing.
@@ -439,7 +467,10 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 	r = ensure_blob(client, opts, &m.config, &config_fd, &config_cached, err);
 	if (r < 0)
 		goto out;
+	r = check_config_platform(config_fd, &opts->registry.platform, opts->platform_explicit, ref_text, err);
 	close(config_fd);
+	if (r < 0)
+		goto out;
 	char *config_path = cache_path(opts->cache_dir, "blobs", m.config.digest);
 	img->config_path = config_path ? realpath(config_path, NULL) : NULL;
 	free(config_path);

@@ -23,6 +23,9 @@ struct image_options {
 	/* Fetch plain layers whole even where the registry has an imgfs index
 	 * for them (to build and push one). */
 	bool ignore_index_artifacts;
+	/* registry.platform was asked for, not the host's by default: an image
+	 * of one manifest for another platform is then an error. */
+	bool platform_explicit;
 };
 
 struct image {

@@ -228,6 +228,7 @@ static int source_flags_apply(struct source_flags *f, struct image_options *opts
 {
 	if (insecure_from_env(&f->insecure, &f->n_insecure) < 0)
 		return report(ENOMEM, "out of memory");
+	opts->platform_explicit = f->platform != NULL;
 	if (platform_parse(f->platform, &opts->registry.platform) < 0)
 		return report_usage("invalid platform \"%s\": expected OS/ARCH[/VARIANT]", f->platform);
 	if (!f->cache_dir && !(f->cache_dir = image_default_cache_dir()))

@@ -496,9 +496,17 @@ int registry_get_image_manifest(struct registry_client *c, struct manifest *ret,
 	if (m.kind == MANIFEST_INDEX) {
 		int i = manifest_select_platform(&m, &c->platform);
 		if (i < 0) {
-			r = err_set(err, ENOENT, "image \"%s/%s\" has no manifest for platform %s/%s%s%s",
+			char has[512] = "";
+			for (size_t k = 0; k < m.n_layers && strlen(has) < sizeof(has) - 64; k++) {
+				const struct descriptor *d = &m.layers[k];
+				if (d->os && d->architecture)
+					snprintf(has + strlen(has), sizeof(has) - strlen(has), "%s%s/%s%s%s",
+						 *has ? ", " : "", d->os, d->architecture, d->variant ? "/" : "",
+						 d->variant ? d->variant : "");
+			}
+			r = err_set(err, ENOENT, "image \"%s/%s\" has no manifest for platform %s/%s%s%s (it has %s)",
 				    c->ref.domain, c->ref.repository, c->platform.os, c->platform.architecture,
-				    *c->platform.variant ? "/" : "", c->platform.variant);
+				    *c->platform.variant ? "/" : "", c->platform.variant, *has ? has : "none");
 			manifest_done(&m);
 			free(digest);
 			return r;

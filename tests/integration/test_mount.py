@@ -275,8 +275,14 @@ def multi_platform(t):
                 t.tap.ok(f.read() == expect, f"{platform} picks its own manifest")
             m.umount()
     m = Mount(f"{reg.host}/test/multi", os.path.join(work, "mnt-multi"), cache, ["--platform", "linux/s390x"])
-    t.tap.ok(not m.ok and "no manifest for platform linux/s390x" in m.stderr(),
-             "a platform the index lacks is a clear error", m.stderr())
+    t.tap.ok(not m.ok and "no manifest for platform linux/s390x" in m.stderr() and
+             "it has linux/amd64, linux/arm64/v8" in m.stderr(),
+             "a platform the index lacks is a clear error naming those it has", m.stderr())
+    m.umount()
+    m = Mount(f"{reg.host}/test/multi:amd64-only", os.path.join(work, "mnt-multi"), cache,
+              ["--platform", "linux/arm64"])
+    t.tap.ok(not m.ok and "is for linux/amd64" in m.stderr() and "linux/arm64" in m.stderr(),
+             "--platform linux/arm64 of an image made for linux/amd64 alone is refused, naming both", m.stderr())
     m.umount()
     m = Mount(f"{reg.host}/test/multi@{amd[0]}", os.path.join(work, "mnt-multi"), cache)
     t.tap.ok(m.ok, "mount by digest", m.stderr())
