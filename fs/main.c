@@ -130,6 +130,13 @@ static void progress_line(const char *line)
 	fprintf(stderr, "imgfs: %s\n", line);
 }
 
+/* A registry that accepts and does not answer is retried for minutes
+ * before it is an error: say so while it lasts. */
+static void waiting_notice(const char *what, long seconds)
+{
+	fprintf(stderr, "imgfs: %s: no answer from the registry for %ld s; still waiting\n", what, seconds);
+}
+
 /* One line per blob on a terminal, redrawn in place as it streams. */
 static void transfer_progress(const char *digest, uint64_t done, uint64_t total)
 {
@@ -241,6 +248,7 @@ static int source_flags_apply(struct source_flags *f, struct image_options *opts
 		opts->progress = progress_line;
 		opts->registry.progress = transfer_progress;
 	}
+	opts->registry.waiting = waiting_notice;
 	return 0;
 }
 

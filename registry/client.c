@@ -78,6 +78,7 @@ int registry_client_new(const struct image_ref *ref, const struct registry_optio
 	c->max_document_size = opts->max_document_size ? opts->max_document_size : MANIFEST_MAX_SIZE;
 	c->stall_seconds = opts->stall_seconds > 0 ? opts->stall_seconds : 30;
 	c->progress = opts->progress;
+	c->waiting = opts->waiting;
 	if (!c->ref.domain || !c->ref.repository || !c->base_url || (ref->tag && !c->ref.tag) ||
 	    (ref->digest && !c->ref.digest)) {
 		registry_client_free(c);
@@ -161,6 +162,14 @@ static bool curl_error_is_transient(CURLcode code)
 	}
 }
 
+/* A request with no answer for this long is said to the user, once. */
+#define WAIT_NOTICE_MS 5000
+
+static long ms_since(const struct timespec *then, const struct timespec *now)
+{
+	return (now->tv_sec - then->tv_sec) * 1000 + (now->tv_nsec - then->tv_nsec) / 1000000;
+}
+
 static int xferinfo_cb(void *userdata, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow)
 {
 	(void)dltotal;
@@ -169,9 +178,13 @@ static int xferinfo_cb(void *userdata, curl_off_t dltotal, curl_off_t dlnow, cur
 	struct registry_client *c = userdata;
 	struct timespec now;
 	clock_gettime(CLOCK_MONOTONIC, &now);
-	long ms = (now.tv_sec - c->progress_last.tv_sec) * 1000 + (now.tv_nsec - c->progress_last.tv_nsec) / 1000000;
+	if (dlnow == 0 && c->waiting && !c->wait_noticed && ms_since(&c->request_started, &now) >= WAIT_NOTICE_MS) {
+		c->wait_noticed = true;
+		c->waiting(c->request_what, ms_since(&c->request_started, &now) / 1000);
+	}
 	/* The end is reported once, after the digest is checked. */
-	if (dlnow > 0 && (uint64_t)dlnow < c->progress_total && ms >= 100) {
+	if (c->progress && c->progress_digest && dlnow > 0 && (uint64_t)dlnow < c->progress_total &&
+	    ms_since(&c->progress_last, &now) >= 100) {
 		c->progress_last = now;
 		c->progress(c->progress_digest, (uint64_t)dlnow, c->progress_total);
 	}
@@ -233,10 +246,13 @@ static int http_request(struct registry_client *c, const char *url, const char *
 		curl->easy_setopt(c->curl, CURLOPT_WRITEFUNCTION, response_body_cb);
 		curl->easy_setopt(c->curl, CURLOPT_WRITEDATA, resp);
 		curl->easy_setopt(c->curl, CURLOPT_NOSIGNAL, 1L);
-		if (c->progress && c->progress_digest) {
+		if ((c->progress && c->progress_digest) || c->waiting) {
 			curl->easy_setopt(c->curl, CURLOPT_NOPROGRESS, 0L);
 			curl->easy_setopt(c->curl, CURLOPT_XFERINFOFUNCTION, xferinfo_cb);
 			curl->easy_setopt(c->curl, CURLOPT_XFERINFODATA, c);
+			clock_gettime(CLOCK_MONOTONIC, &c->request_started);
+			c->request_what = what;
+			c->wait_noticed = false;
 		}
 		if (up && strcmp(up->method, "HEAD") == 0) {
 			curl->easy_setopt(c->curl, CURLOPT_NOBODY, 1L);

@@ -25,6 +25,11 @@ struct registry_client {
 	const char *progress_digest; /* set while a blob streams to a file */
 	uint64_t progress_total;
 	struct timespec progress_last;
+	/* A request that goes unanswered is said once (registry_options.waiting). */
+	void (*waiting)(const char *what, long seconds);
+	const char *request_what;
+	struct timespec request_started;
+	bool wait_noticed;
 };
 
 struct upload {

@@ -125,6 +125,10 @@ struct registry_options {
 	/* Called now and then while a blob streams to a file (at most every
 	 * 100 ms, and once at its end), when non-NULL. */
 	void (*progress)(const char *digest, uint64_t done, uint64_t total);
+	/* Called once for a request that got no answer for a few seconds, when
+	 * non-NULL: what it asks for ("manifest \"host/repo:tag\"") and for how
+	 * long it has waited. */
+	void (*waiting)(const char *what, long seconds);
 };
 
 struct registry_client;

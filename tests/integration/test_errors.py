@@ -8,6 +8,7 @@ import gzip
 import io
 import json
 import os
+import socket
 import subprocess
 import signal
 import sys
@@ -100,6 +101,28 @@ def unreachable_registry(t):
     m = t.mount("127.0.0.1:1/nothing/listens:here")
     t.tap.ok(one_clear_line(m, "127.0.0.1:1/nothing/listens"), "an unreachable registry is a clear error",
              m.stderr())
+
+
+@suite.case
+def silent_registry(t):
+    """A registry that accepts and never answers is said within seconds, not
+    after minutes of silence."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    ref = f"127.0.0.1:{silent.getsockname()[1]}/quiet/image:v1"
+    os.makedirs(t.mnt, exist_ok=True)
+    p = subprocess.Popen([IMGFS, "mount", "--cache", t.cache, ref, t.mnt], stderr=subprocess.PIPE)
+    try:
+        start = time.monotonic()
+        line = p.stderr.readline()
+        took = time.monotonic() - start
+        t.tap.ok(b"no answer from the registry" in line and ref.encode() in line and took < 15,
+                 f"after {took:.1f} s: {line.decode().strip()}", line)
+    finally:
+        p.kill()
+        p.wait()
+        silent.close()
 
 
 @suite.case
