@@ -464,8 +464,16 @@ char *find_helper(const char *name)
 
 char *find_runtime(const char *option)
 {
+	/* A path that is not a program is no runtime: the container is not to
+	 * blame for it (it failed with 127 as if its command were missing). */
+	if (option && *option && strchr(option, '/')) {
+		struct stat st;
+		if (stat(option, &st) < 0 || !S_ISREG(st.st_mode) || access(option, X_OK) < 0)
+			return NULL;
+		return strdup(option);
+	}
 	if (option && *option)
-		return strchr(option, '/') ? strdup(option) : search_path(option);
+		return search_path(option);
 	char *r = search_path("runc");
 	return r ? r : search_path("crun");
 }

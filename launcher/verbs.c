@@ -134,6 +134,9 @@ static bool print_log(const char *path, off_t *offset)
 		fputs(text + 1, out);
 		if (tag[1] == 'F')
 			fputc('\n', out);
+		/* Line by line: where both streams go to one place, their lines
+		 * arrive in the order they were written. */
+		fflush(out);
 	}
 	free(line);
 	fflush(stdout);

@@ -454,6 +454,9 @@ def error_exit_codes(t):
     with open(failing, "w") as f:
         f.write("#!/bin/sh\necho 'this runtime always fails' >&2\nexit 1\n")
     os.chmod(failing, 0o755)
+    r = launch("run", "--rm", "--runtime", "/nonexistent/runc", img, "true")
+    tap.ok(r.returncode == 125 and b"cannot find the OCI runtime /nonexistent/runc" in r.stderr,
+           "a runtime that is not there: 125, naming it, not blaming the container", r.stderr)
     r = launch("run", "--rm", "--runtime", failing, img, "true")
     tap.ok(r.returncode == 125 and b"failing-runtime" in r.stderr, "a runtime that fails: 125, named", r.stderr)
     r = launch("run", "--rm", "-u", "nobody", img, "id")
