@@ -418,6 +418,29 @@ static int prepare_cache(const char *cache_dir, struct err *err)
 	return 0;
 }
 
+/* The config is small; fetching it verifies the image is complete. */
+static int load_config(struct image *img, struct registry_client *client, const struct image_options *opts,
+		       const struct descriptor *config, struct err *err)
+{
+	if (config->size > CONFIG_MAX_SIZE)
+		return err_set(err, EFBIG, "config %s of \"%s\" is larger than %u bytes", config->digest, img->ref_text,
+			       CONFIG_MAX_SIZE);
+	int config_fd;
+	bool cached;
+	int r = ensure_blob(client, opts, config, &config_fd, &cached, err);
+	if (r < 0)
+		return r;
+	r = check_config_platform(config_fd, &opts->registry.platform, opts->platform_explicit, img->ref_text, err);
+	close(config_fd);
+	if (r < 0)
+		return r;
+	_cleanup_free_ char *config_path = cache_path(opts->cache_dir, "blobs", config->digest);
+	img->config_path = config_path ? realpath(config_path, NULL) : NULL;
+	if (!img->config_path)
+		return err_set(err, errno, "config %s: %s", config->digest, strerror(errno));
+	return 0;
+}
+
 int image_open(const char *ref_text, const struct image_options *opts, struct image **ret, struct err *err)
 {
 	struct image_ref ref = { 0 };
@@ -456,28 +479,8 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 		keep_resolved_manifest(opts, record_path, &m, img->manifest_digest);
 	}
 
-	/* The config is small; fetching it verifies the image is complete. */
-	int config_fd;
-	if (m.config.size > CONFIG_MAX_SIZE) {
-		r = err_set(err, EFBIG, "config %s of \"%s\" is larger than %u bytes", m.config.digest, ref_text,
-			    CONFIG_MAX_SIZE);
+	if ((r = load_config(img, client, opts, &m.config, err)) < 0)
 		goto out;
-	}
-	bool config_cached;
-	r = ensure_blob(client, opts, &m.config, &config_fd, &config_cached, err);
-	if (r < 0)
-		goto out;
-	r = check_config_platform(config_fd, &opts->registry.platform, opts->platform_explicit, ref_text, err);
-	close(config_fd);
-	if (r < 0)
-		goto out;
-	char *config_path = cache_path(opts->cache_dir, "blobs", m.config.digest);
-	img->config_path = config_path ? realpath(config_path, NULL) : NULL;
-	free(config_path);
-	if (!img->config_path) {
-		r = err_set(err, errno, "config %s: %s", m.config.digest, strerror(errno));
-		goto out;
-	}
 
 	img->layers = calloc(m.n_layers ? m.n_layers : 1, sizeof(*img->layers));
 	if (!img->layers) {

@@ -50,6 +50,8 @@ struct spec_options {
 	int64_t pids_limit;   /* > 0: at most this many tasks */
 	int64_t memory_limit; /* > 0: bytes */
 	int64_t cpu_millis;   /* > 0: thousandths of a CPU (--cpus 1.5: 1500) */
+	/* Host files bind-mounted on /etc/hosts and /etc/resolv.conf; NULL: the image's. */
+	const char *etc_hosts, *etc_resolv;
 };
 
 #define LAUNCH_VERSION "0.1.0"
@@ -157,3 +159,23 @@ int cmd_kill(int argc, char **argv);
 int cmd_wait(int argc, char **argv);
 int cmd_rm(int argc, char **argv);
 int cmd_stop(int argc, char **argv);
+
+/* ---- network (network.c) ------------------------------------------------------- */
+
+/* -p [IP:]HOST:CTR[/tcp|udp] */
+struct port_mapping {
+	char host_ip[64];
+	unsigned host_port, ctr_port;
+	char proto[4];
+};
+int port_mapping_parse(const char *text, struct port_mapping *ret);
+/* In the state directory, bind-mounted over the container's own. */
+#define NETWORK_HOSTS_FILE "hosts"
+#define NETWORK_RESOLV_FILE "resolv.conf"
+/* The hosts and resolv.conf of a container on slirp4netns, in dir: names
+ * (its host name, its name) are its own address. */
+int network_files(const char *dir, const char *names, struct err *err);
+/* Connects the started container of state directory dir through
+ * slirp4netns and publishes ports; network_stop() ends it. */
+int network_start(const char *dir, const struct port_mapping *ports, size_t n_ports, struct err *err);
+void network_stop(const char *dir);

@@ -20,6 +20,8 @@
 #define ERROR_LINE_FD 3
 #define DEFAULT_DETACH_KEYS "ctrl-p,ctrl-q"
 
+#define MAX_PORTS 32
+
 struct run_options {
 	struct spec_options spec;
 	bool interactive, detach, remove, init;
@@ -32,6 +34,9 @@ struct run_options {
 	const char *seccomp;  /* --security-opt seccomp=: a file, or "unconfined" */
 	int64_t log_size_max; /* > 0: the log is truncated when it would grow past it */
 	char *seccomp_text;
+	struct port_mapping ports[MAX_PORTS];
+	size_t n_ports;
+	char *etc_hosts_path, *etc_resolv_path;
 };
 
 /* podman's default seccomp profile, from containers-common. */
@@ -159,7 +164,11 @@ static void usage(FILE *out)
 		     "      --entrypoint CMD       override the image's entrypoint (\"\" clears it)\n"
 		     "  -v, --volume HOST:CTR[:ro] bind mount a host directory\n"
 		     "      --hostname NAME        the container's host name\n"
-		     "      --network none|host    network namespace of its own (default) or the host's\n"
+		     "      --network none|host|slirp4netns\n"
+		     "                             a network namespace of its own with no link (none,\n"
+		     "                             the default), the host's, or one slirp4netns connects\n"
+		     "  -p, --publish [IP:]HOST:CTR[/tcp|udp]\n"
+		     "                             publish a container port on the host (slirp4netns)\n"
 		     "      --init                 run a small init as pid 1 that reaps zombies\n"
 		     "      --security-opt seccomp=unconfined|FILE\n"
 		     "                             seccomp profile (default: podman's,\n"
@@ -200,6 +209,7 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		O_CPUS,
 		O_LOG_SIZE_MAX,
 	};
+	/* -p is "publish", as in docker. */
 	static const struct option opts[] = {
 		{ "interactive", no_argument, NULL, 'i' },
 		{ "tty", no_argument, NULL, 't' },
@@ -229,13 +239,14 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		{ "memory", required_argument, NULL, 'm' },
 		{ "cpus", required_argument, NULL, O_CPUS },
 		{ "log-size-max", required_argument, NULL, O_LOG_SIZE_MAX },
+		{ "publish", required_argument, NULL, 'p' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
 	int c;
 	optind = 1;
 	o->spec.pids_limit = DEFAULT_PIDS_LIMIT;
-	while ((c = getopt_long(argc, argv, "+itde:w:u:v:m:h", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "+itde:w:u:v:m:p:h", opts, NULL)) != -1) {
 		int r = 0;
 		const char *imgfs_flag = NULL;
 		switch (c) {
@@ -323,6 +334,15 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 				return -EINVAL;
 			}
 			break;
+		case 'p':
+			if (o->n_ports == MAX_PORTS || port_mapping_parse(optarg, &o->ports[o->n_ports]) < 0) {
+				fprintf(stderr,
+					"launch run: invalid -p \"%s\": [IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]%s\n",
+					optarg, o->n_ports == MAX_PORTS ? " (too many)" : "");
+				return -EINVAL;
+			}
+			o->n_ports++;
+			break;
 		case O_LOG_SIZE_MAX:
 			/* podman: -1 is no bound, as by default. */
 			if (strcmp(optarg, "-1") == 0) {
@@ -377,8 +397,17 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		fprintf(stderr, "launch run: invalid --pull \"%s\": expected always, missing or never\n", o->pull);
 		return -EINVAL;
 	}
-	if (o->network && strcmp(o->network, "none") != 0 && strcmp(o->network, "host") != 0) {
-		fprintf(stderr, "launch run: --network \"%s\" is not supported: none or host\n", o->network);
+	/* Published ports need a network that forwards them: rootless podman's. */
+	if (o->n_ports && !o->network)
+		o->network = "slirp4netns";
+	if (o->network && strcmp(o->network, "none") != 0 && strcmp(o->network, "host") != 0 &&
+	    strcmp(o->network, "slirp4netns") != 0) {
+		fprintf(stderr, "launch run: --network \"%s\" is not supported: none, host or slirp4netns\n",
+			o->network);
+		return -EINVAL;
+	}
+	if (o->n_ports && strcmp(o->network, "slirp4netns") != 0) {
+		fprintf(stderr, "launch run: -p needs --network slirp4netns, not %s\n", o->network);
 		return -EINVAL;
 	}
 	unsigned char keys[16];
@@ -617,9 +646,32 @@ static int prepare(struct run_options *o, const char *image, const char *root, s
 	return r;
 }
 
+static bool on_slirp(const struct run_options *o)
+{
+	return o->network && strcmp(o->network, "slirp4netns") == 0;
+}
+
 /* config.json from the image config and the options, and launch.json. */
 static int write_bundle(struct run_options *o, struct container *c, struct err *err)
 {
+	if (on_slirp(o)) {
+		/* The host name the container will have (see below), and its name. */
+		char short_id[13];
+		snprintf(short_id, sizeof(short_id), "%.12s", c->id);
+		_cleanup_free_ char *names =
+		    strdup_printf("%s %s", o->spec.hostname ? o->spec.hostname : short_id, c->name);
+		int nr = names ? network_files(c->dir, names, err) : -ENOMEM;
+		if (nr < 0)
+			return nr;
+		if (!o->etc_hosts_path)
+			o->etc_hosts_path = strdup_printf("%s/%s", c->dir, NETWORK_HOSTS_FILE);
+		if (!o->etc_resolv_path)
+			o->etc_resolv_path = strdup_printf("%s/%s", c->dir, NETWORK_RESOLV_FILE);
+		if (!o->etc_hosts_path || !o->etc_resolv_path)
+			return -ENOMEM;
+		o->spec.etc_hosts = o->etc_hosts_path;
+		o->spec.etc_resolv = o->etc_resolv_path;
+	}
 	_cleanup_free_ char *rootfs = strdup_printf("%s/rootfs", c->dir);
 	_cleanup_free_ char *config = strdup_printf("%s/config.json", c->dir);
 	if (!rootfs || !config)
@@ -844,6 +896,8 @@ static int run_start(struct run *run, const char *image, struct err *err)
 	code = read_report(&run->shim, "started", err);
 	fclose(run->shim.sync);
 	run->shim.sync = NULL;
+	if (code == 0 && on_slirp(o) && network_start(run->c.dir, o->ports, o->n_ports, err) < 0)
+		code = EXIT_LAUNCH_ERROR;
 	return code;
 }
 
@@ -899,5 +953,7 @@ int cmd_run(int argc, char **argv)
 	strv_free_n(run.o.volumes, run.o.n_volumes);
 	strv_free_n(run.o.imgfs_args, run.o.n_imgfs_args);
 	free(run.o.seccomp_text);
+	free(run.o.etc_hosts_path);
+	free(run.o.etc_resolv_path);
 	return ret;
 }

@@ -592,6 +592,11 @@ static int spec_mounts(const struct spec_options *o, struct json_object *mounts,
 		static const char *const init_opts[] = { "bind", "ro", "nosuid", "nodev" };
 		add_mount(mounts, "/.launch-init", "bind", o->init_path, init_opts, ARRAY_SIZE(init_opts));
 	}
+	static const char *const etc_opts[] = { "bind", "rprivate" };
+	if (o->etc_hosts)
+		add_mount(mounts, "/etc/hosts", "bind", o->etc_hosts, etc_opts, ARRAY_SIZE(etc_opts));
+	if (o->etc_resolv)
+		add_mount(mounts, "/etc/resolv.conf", "bind", o->etc_resolv, etc_opts, ARRAY_SIZE(etc_opts));
 	return add_volumes(o, mounts, err);
 }
 

@@ -403,6 +403,7 @@ int container_remove(const char *root, const char *runtime, const struct contain
 		const char *argv[] = { runtime, "--root", rt_root, "delete", "--force", c->id, NULL };
 		(void)run_quiet(argv);
 	}
+	network_stop(c->dir);
 	if (umount2(rootfs, MNT_DETACH) < 0 && errno != EINVAL && errno != ENOENT)
 		return err_set(err, errno, "cannot unmount the root file system of %s at \"%s\": %s", c->id, rootfs,
 			       strerror(errno));

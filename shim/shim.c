@@ -547,6 +547,8 @@ static void finish(struct shim *sh)
 	broadcast(sh, SHIM_TAG_EXIT, code, (size_t)n);
 	while (sh->n_clients)
 		drop_client(sh, 0);
+	/* The container's slirp4netns, which launch started, ends with it. */
+	(void)kill_recorded_process(SHIM_NETWORK_PID_FILE, "slirp4netns", SIGTERM);
 	/* A foreground runtime deleted the container itself when it exited. */
 	if (!sh->runtime_pid || sh->runtime_killed)
 		(void)run_runtime(sh, "delete", "--force");

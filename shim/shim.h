@@ -13,6 +13,8 @@
 #define SHIM_EXIT_FILE "exit"       /* the exit code, written once the output is drained */
 #define SHIM_PID_FILE "pid"         /* the container's init, as the runtime reported it */
 #define SHIM_SHIM_PID_FILE "shim.pid"
+/* The container's slirp4netns (launch started it): ended with the container. */
+#define SHIM_NETWORK_PID_FILE "slirp4netns.pid"
 #define SHIM_RUNTIME_LOG "runtime.log"
 /* While writes to the log fail, why (strerror text and a newline); all
  * zeros otherwise.  Its SHIM_LOG_ERROR_SIZE bytes are allocated up front. */

@@ -3,6 +3,7 @@
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <dirent.h>
+#include <signal.h>
 #include <poll.h>
 #include <sys/stat.h>
 
@@ -390,4 +391,20 @@ void close_inherited_fds(const int *keep, size_t n_keep)
 		if (i < n)
 			first = (unsigned)sorted[i] + 1;
 	}
+}
+
+bool kill_recorded_process(const char *pid_path, const char *comm, int sig)
+{
+	_cleanup_free_ char *text = NULL;
+	size_t len;
+	long pid;
+	if (read_file_capped(pid_path, 64, &text, &len) < 0 || (pid = strtol(text, NULL, 10)) <= 1)
+		return false;
+	char name[64] = "", path[64];
+	snprintf(path, sizeof(path), "/proc/%ld/comm", pid);
+	_cleanup_fclose_ FILE *f = fopen(path, "re");
+	/* Only that program: the number may have been taken over since. */
+	if (!f || !fgets(name, sizeof(name), f) || strncmp(name, comm, strlen(comm)) != 0)
+		return false;
+	return kill((pid_t)pid, sig) == 0;
 }

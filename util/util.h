@@ -97,6 +97,9 @@ int read_full_at(int fd, void *buf, size_t len, off_t off);
  * daemon started from a shell holds whatever its caller had open, a lock
  * among them, for as long as it runs. */
 void close_inherited_fds(const int *keep, size_t n_keep);
+/* Sends sig to the process whose pid pid_path holds, if it still runs
+ * the program comm (its /proc comm starts so). */
+bool kill_recorded_process(const char *pid_path, const char *comm, int sig);
 int write_full(int fd, const void *buf, size_t len);
 int write_full_at(int fd, const void *buf, size_t len, off_t off);
 /* rm -rf that never follows a symlink and never enters another mount. */

@@ -379,6 +379,46 @@ def stalled_client(t):
 
 
 @suite.case
+def published_port(t):
+    """-p as rootless podman does it: slirp4netns publishes the port on the host."""
+    if not shutil.which("slirp4netns"):
+        tap.ok(False, "slirp4netns is installed (tools/install-deps installs it)")
+        return
+    r = launch("run", "-d", "--name", "web", "-p", "127.0.0.1:18080:8080", t.img, "sh", "-c",
+               "mkdir -p /www && echo served-from-the-container > /www/index.html && httpd -f -p 8080 -h /www")
+    body = b""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", 18080), timeout=2) as s:
+                s.sendall(b"GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n")
+                body = b"".join(iter(lambda: s.recv(4096), b""))
+            if b"served-from-the-container" in body:
+                break
+        except OSError:
+            pass
+        time.sleep(0.2)
+    files = launch("exec", "web", "cat", "/etc/resolv.conf", "/etc/hosts").stdout
+    tap.ok(r.returncode == 0 and b"served-from-the-container" in body,
+           "a server in the container answers at the published 127.0.0.1:18080", (r.stderr, body[-200:]))
+    tap.ok(b"nameserver 10.0.2.3" in files and b"web" in files and b"localhost" in files,
+           "the container gets its /etc/resolv.conf and /etc/hosts", files)
+    cid = r.stdout.decode().strip()
+    with open(os.path.join(t.root, "containers", cid, "slirp4netns.pid")) as f:
+        slirp = int(f.read())
+    launch("rm", "-f", "web")
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{slirp}/cmdline") and open(f"/proc/{slirp}/cmdline", "rb").read() and \
+            time.monotonic() < deadline:
+        time.sleep(0.05)
+    tap.ok(not os.path.exists(f"/proc/{slirp}/cmdline") or not open(f"/proc/{slirp}/cmdline", "rb").read(),
+           "rm -f ends its slirp4netns")
+    bad = launch("run", "--rm", "--network", "none", "-p", "8080:80", t.img, "true")
+    tap.ok(bad.returncode == 125 and b"-p needs --network slirp4netns" in bad.stderr,
+           "-p with --network none is refused", bad.stderr)
+
+
+@suite.case
 def stdin(t):
     """Stdin."""
     img = t.img
