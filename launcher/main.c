@@ -8,8 +8,8 @@ static void usage(FILE *out)
 		     "\n"
 		     "Commands:\n"
 		     "  run [OPTIONS] IMAGE [COMMAND [ARG...]]  run a container (launch run --help)\n"
-		     "  ps [-a]                                 list running (all) containers\n"
-		     "  logs [-f] NAME|ID                       print (and follow) a container's output\n"
+		     "  ps [-a] [-q] [--format TEMPLATE]        list running (all) containers\n"
+		     "  logs [-f] [-t] [--tail N] [--since T] NAME|ID   a container's output\n"
 		     "  attach [--detach-keys KEYS] NAME|ID     attach to a running container\n"
 		     "  exec [-i] [-t] NAME|ID COMMAND [ARG...] run a command in a running container\n"
 		     "  kill [-s SIGNAL] NAME|ID...             signal containers (default KILL)\n"
@@ -40,8 +40,8 @@ int main(int argc, char **argv)
 		const char *usage;
 	} verbs[] = {
 		{ "run", cmd_run, NULL },
-		{ "ps", cmd_ps, "ps [-a]" },
-		{ "logs", cmd_logs, "logs [-f] NAME|ID" },
+		{ "ps", cmd_ps, "ps [-a] [-q] [--format TEMPLATE]" },
+		{ "logs", cmd_logs, "logs [-f] [-t] [--tail N] [--since TIME|DURATION] NAME|ID" },
 		{ "attach", cmd_attach, "attach [--detach-keys KEYS] NAME|ID" },
 		{ "exec", cmd_exec, "exec [-i] [-t] NAME|ID COMMAND [ARG...]" },
 		{ "kill", cmd_kill, "kill [-s SIGNAL] NAME|ID..." },

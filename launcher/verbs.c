@@ -77,11 +77,49 @@ static const char *status_text(const struct container *c, char *buf, size_t size
 	return buf;
 }
 
+/* docker's --format: {{.ID}} {{.Image}} {{.Command}} {{.Status}} {{.Names}}
+ * {{.CreatedAt}}, and \\t and \\n escapes; values[] in that order. */
+static void print_formatted(const char *format, const char *const values[6])
+{
+	static const char *const keys[] = { "{{.ID}}",     "{{.Image}}", "{{.Command}}",
+					    "{{.Status}}", "{{.Names}}", "{{.CreatedAt}}" };
+	for (const char *p = format; *p;) {
+		size_t k = 0;
+		while (k < ARRAY_SIZE(keys) && !str_has_prefix(p, keys[k]))
+			k++;
+		if (k < ARRAY_SIZE(keys)) {
+			fputs(values[k] ? values[k] : "", stdout);
+			p += strlen(keys[k]);
+		} else if (p[0] == '\\' && (p[1] == 't' || p[1] == 'n')) {
+			putchar(p[1] == 't' ? '\t' : '\n');
+			p += 2;
+		} else {
+			putchar(*p++);
+		}
+	}
+	putchar('\n');
+}
+
+static void print_container(const char *format, const struct container *c, const char *status)
+{
+	char created[32] = "", id[13];
+	time_t t = (time_t)c->created;
+	struct tm tm;
+	if (localtime_r(&t, &tm))
+		strftime(created, sizeof(created), "%Y-%m-%d %H:%M:%S", &tm);
+	snprintf(id, sizeof(id), "%.12s", c->id);
+	const char *const values[6] = { id, c->image, c->command, status, c->name, created };
+	print_formatted(format, values);
+}
+
 int cmd_ps(int argc, char **argv)
 {
 	const char *flags[256] = { 0 };
-	static const struct option opts[] = { { "all", no_argument, NULL, 'a' }, { 0 } };
-	if (verb_options(argc, argv, "a", opts, flags) < 0)
+	static const struct option opts[] = { { "all", no_argument, NULL, 'a' },
+					      { "quiet", no_argument, NULL, 'q' },
+					      { "format", required_argument, NULL, 'F' },
+					      { 0 } };
+	if (verb_options(argc, argv, "aq", opts, flags) < 0)
 		return EXIT_LAUNCH_ERROR;
 	_cleanup_free_ char *root = state_root(root_option);
 	struct container *v;
@@ -90,13 +128,28 @@ int cmd_ps(int argc, char **argv)
 		fprintf(stderr, "launch: cannot list containers in \"%s\"\n", root ? root : "?");
 		return EXIT_LAUNCH_ERROR;
 	}
-	printf("%-14s%-32s%-24s%-22s%s\n", "CONTAINER ID", "IMAGE", "COMMAND", "STATUS", "NAMES");
+	const char *format = flags['F'];
+	if (format && str_has_prefix(format, "table ")) {
+		format += strlen("table ");
+		static const char *const heads[6] = { "CONTAINER ID", "IMAGE", "COMMAND",
+						      "STATUS",       "NAMES", "CREATED AT" };
+		print_formatted(format, heads);
+	} else if (!format && !flags['q']) {
+		printf("%-14s%-32s%-24s%-22s%s\n", "CONTAINER ID", "IMAGE", "COMMAND", "STATUS", "NAMES");
+	}
 	for (size_t i = 0; i < n; i++) {
 		char status[64];
 		bool running = container_status(&v[i], NULL) == STATUS_RUNNING;
-		if (running || flags['a'])
-			printf("%-14.12s%-32.31s%-24.23s%-22s%s\n", v[i].id, v[i].image, v[i].command,
-			       status_text(&v[i], status, sizeof(status)), v[i].name);
+		status_text(&v[i], status, sizeof(status));
+		if (!running && !flags['a'])
+			;
+		else if (flags['q'])
+			printf("%.12s\n", v[i].id);
+		else if (format)
+			print_container(format, &v[i], status);
+		else
+			printf("%-14.12s%-32.31s%-24.23s%-22s%s\n", v[i].id, v[i].image, v[i].command, status,
+			       v[i].name);
 		container_done(&v[i]);
 	}
 	free(v);
@@ -105,7 +158,55 @@ int cmd_ps(int argc, char **argv)
 
 /* Prints the records of a k8s-file log from *offset on; returns false when
  * the file is gone. */
-static bool print_log(const char *path, off_t *offset)
+/* Which records of a log launch logs prints, and how. */
+struct log_view {
+	char since[40];  /* records stamped before it are left out; "" for all */
+	long tail;       /* only the last this many lines of the first print; < 0: all */
+	bool timestamps; /* each line with the time the shim logged it */
+};
+
+/* "2026-12-02T14:44:16Z" (RFC 3339, or with a zone offset) or a duration
+ * ago ("10m", "1h30m", "45s") into the log's own stamp form, which then
+ * compares as text.  -EINVAL for anything else. */
+static int parse_since(const char *text, char out[40])
+{
+	time_t t = 0;
+	struct tm tm = { 0 };
+	const char *end = strptime(text, "%Y-%m-%dT%H:%M:%S", &tm);
+	if (end) {
+		while (*end == '.' || (*end >= '0' && *end <= '9'))
+			end++; /* fractions: whole seconds are enough */
+		long offset = 0;
+		int h, m;
+		if ((*end == '+' || *end == '-') && sscanf(end + 1, "%d:%d", &h, &m) == 2)
+			offset = (*end == '+' ? 1 : -1) * (h * 3600L + m * 60L);
+		else if (*end != 'Z' && *end != '\0')
+			return -EINVAL;
+		t = timegm(&tm) - offset;
+	} else {
+		long seconds = 0;
+		for (const char *p = text; *p;) {
+			char *unit;
+			long v = strtol(p, &unit, 10);
+			if (unit == p || v < 0)
+				return -EINVAL;
+			seconds += v * (*unit == 'h' ? 3600 : *unit == 'm' ? 60 : *unit == 's' ? 1 : -1);
+			if (!*unit || !strchr("hms", *unit))
+				return -EINVAL;
+			p = unit + 1;
+		}
+		t = time(NULL) - seconds;
+	}
+	struct tm utc;
+	if (!gmtime_r(&t, &utc))
+		return -EINVAL;
+	strftime(out, 40, "%Y-%m-%dT%H:%M:%S", &utc);
+	return 0;
+}
+
+/* Prints the records of a k8s-file log from *offset on; returns false when
+ * the file is gone. */
+static bool print_log(const char *path, off_t *offset, struct log_view *view)
 {
 	_cleanup_fclose_ FILE *f = fopen(path, "re");
 	struct stat st;
@@ -119,6 +220,16 @@ static bool print_log(const char *path, off_t *offset)
 	char *line = NULL;
 	size_t cap = 0;
 	ssize_t len;
+	long skip = 0;
+	if (view->tail >= 0) {
+		long lines = 0;
+		while ((len = getline(&line, &cap, f)) > 0)
+			lines += line[len - 1] == '\n';
+		skip = lines > view->tail ? lines - view->tail : 0;
+		view->tail = -1; /* what follows later is printed whole */
+		if (fseeko(f, *offset, SEEK_SET) < 0)
+			return false;
+	}
 	while ((len = getline(&line, &cap, f)) > 0) {
 		if (line[len - 1] != '\n')
 			break; /* a record still being written: read it next time */
@@ -128,9 +239,11 @@ static bool print_log(const char *path, off_t *offset)
 		char *stream = strchr(line, ' ');
 		char *tag = stream ? strchr(stream + 1, ' ') : NULL;
 		char *text = tag ? strchr(tag + 1, ' ') : NULL;
-		if (!text)
+		if (!text || (skip > 0 && skip--) || strncmp(line, view->since, strlen(view->since)) < 0)
 			continue;
 		FILE *out = strncmp(stream + 1, "stderr", 6) == 0 ? stderr : stdout;
+		if (view->timestamps)
+			fprintf(out, "%.*s ", (int)(stream - line), line);
 		fputs(text + 1, out);
 		if (tag[1] == 'F')
 			fputc('\n', out);
@@ -147,10 +260,21 @@ static bool print_log(const char *path, off_t *offset)
 int cmd_logs(int argc, char **argv)
 {
 	const char *flags[256] = { 0 };
-	static const struct option opts[] = { { "follow", no_argument, NULL, 'f' }, { 0 } };
-	int first = verb_options(argc, argv, "f", opts, flags);
+	static const struct option opts[] = { { "follow", no_argument, NULL, 'f' },
+					      { "tail", required_argument, NULL, 'T' },
+					      { "since", required_argument, NULL, 'S' },
+					      { "timestamps", no_argument, NULL, 't' },
+					      { 0 } };
+	int first = verb_options(argc, argv, "ft", opts, flags);
+	struct log_view view = { .tail = -1 };
+	char *end = NULL;
+	if (flags['T'] && strcmp(flags['T'], "all") != 0 && ((view.tail = strtol(flags['T'], &end, 10)) < 0 || *end))
+		first = -1;
+	if (flags['S'] && parse_since(flags['S'], view.since) < 0)
+		first = -1;
+	view.timestamps = flags['t'] != NULL;
 	if (first < 0 || first != argc - 1) {
-		fprintf(stderr, "Usage: launch logs [-f] NAME|ID\n");
+		fprintf(stderr, "Usage: launch logs [-f] [-t] [--tail N] [--since TIME|DURATION] NAME|ID\n");
 		return EXIT_LAUNCH_ERROR;
 	}
 	_cleanup_free_ char *root = state_root(root_option);
@@ -160,16 +284,16 @@ int cmd_logs(int argc, char **argv)
 	_cleanup_free_ char *path = strdup_printf("%s/%s", c.dir, SHIM_LOG_FILE);
 	off_t offset = 0;
 	int ret = 0;
-	bool exists = path && print_log(path, &offset);
+	bool exists = path && print_log(path, &offset, &view);
 	while (exists && flags['f']) {
 		enum container_status s = container_status(&c, NULL);
 		if (s != STATUS_RUNNING && s != STATUS_CREATED) {
-			print_log(path, &offset); /* what came after the last look */
+			print_log(path, &offset, &view); /* what came after the last look */
 			break;
 		}
 		struct timespec ts = { 0, 100 * 1000 * 1000 };
 		nanosleep(&ts, NULL);
-		exists = print_log(path, &offset);
+		exists = print_log(path, &offset, &view);
 	}
 	_cleanup_free_ char *error_path = strdup_printf("%s/%s", c.dir, SHIM_LOG_ERROR_FILE);
 	_cleanup_free_ char *why = NULL;

@@ -475,6 +475,30 @@ def docker_words(t):
 
 
 @suite.case
+def ps_and_logs_options(t):
+    """ps -q and --format, logs --tail, -t and --since, as docker takes them."""
+    r = launch("run", "-d", "--name", "listed", t.img, "sh", "-c", "for i in 1 2 3 4 5; do echo line$i; done; sleep 60")
+    cid = r.stdout.decode().strip()
+    deadline = time.monotonic() + 10
+    while b"line5" not in launch("logs", "listed").stdout and time.monotonic() < deadline:
+        time.sleep(0.05)
+    q = launch("ps", "-q").stdout.decode().split()
+    f = launch("ps", "--format", "{{.Names}} {{.ID}} {{.Status}}").stdout.decode().splitlines()
+    tap.ok(cid[:12] in q and all(len(x) == 12 for x in q) and f"listed {cid[:12]} Up" in f,
+           "ps -q prints short ids; --format fills {{.Names}} {{.ID}} {{.Status}}", (q, f))
+    tail = launch("logs", "--tail", "2", "listed").stdout
+    stamped = launch("logs", "-t", "--tail", "1", "listed").stdout
+    future = launch("logs", "--since", "2999-01-01T00:00:00Z", "listed").stdout
+    recent = launch("logs", "--since", "10m", "listed").stdout
+    tap.ok(tail == b"line4\nline5\n" and re.fullmatch(rb"\d{4}-\d\d-\d\dT[\d:.]+Z line5\n", stamped) is not None and
+           future == b"" and recent.count(b"line") == 5,
+           "logs --tail 2, -t, --since a time to come and --since 10m", (tail, stamped, future, recent))
+    bad = launch("logs", "--since", "yesterday", "listed")
+    tap.ok(bad.returncode == 125 and b"Usage" in bad.stderr, "a --since that is no time is refused", bad.stderr)
+    launch("rm", "-f", "listed")
+
+
+@suite.case
 def error_exit_codes(t):
     """Errors: image, command, runtime."""
     reg, work, root, img = t.reg, t.work, t.root, t.img
