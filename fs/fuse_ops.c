@@ -287,6 +287,10 @@ bool reply_virtual_xattr(fuse_req_t req, struct image *img, fuse_ino_t ino, cons
 		fuse_reply_err(req, ENODATA);
 		return true;
 	}
+	if (strcmp(name, IMGFS_MANIFEST_XATTR) == 0) {
+		reply_xattr_value(req, img->manifest_digest, strlen(img->manifest_digest), size);
+		return true;
+	}
 	if (strcmp(name, IMGFS_CONFIG_XATTR) == 0) {
 		reply_xattr_value(req, img->config_path, strlen(img->config_path), size);
 		return true;

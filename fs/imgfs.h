@@ -8,6 +8,8 @@
  * tree never carry them along). */
 /* "key value" lines: what the mount fetched and from where it served. */
 #define IMGFS_STATS_XATTR "user.imgfs.stats"
+/* The digest of the image manifest the mount serves. */
+#define IMGFS_MANIFEST_XATTR "user.imgfs.manifest-digest"
 /* The path of the verified image config in the cache. */
 #define IMGFS_CONFIG_XATTR "user.imgfs.config-path"
 /* Reading it writes the list of files read so far into the cache and

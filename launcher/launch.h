@@ -87,7 +87,8 @@ int resolve_user(int rootfs_fd, const char *spec, uid_t *ret_uid, gid_t *ret_gid
 
 struct container {
 	char *id, *dir, *name, *image, *command;
-	char *storage; /* STORAGE/containers/ID: its writable layer's directory */
+	char *storage;	    /* STORAGE/containers/ID: its writable layer's directory */
+	char *image_digest; /* of the image manifest its root file system is */
 	bool tty, interactive, remove;
 	long created;
 	long daemon_pid; /* the imgfs daemon of its root file system */
@@ -159,6 +160,7 @@ int cmd_kill(int argc, char **argv);
 int cmd_wait(int argc, char **argv);
 int cmd_rm(int argc, char **argv);
 int cmd_stop(int argc, char **argv);
+int cmd_inspect(int argc, char **argv);
 
 /* ---- network (network.c) ------------------------------------------------------- */
 

@@ -16,6 +16,7 @@ static void usage(FILE *out)
 		     "  stop [-t SECONDS] NAME|ID...            SIGTERM, then SIGKILL after SECONDS (10)\n"
 		     "  wait NAME|ID...                         wait for containers, print exit codes\n"
 		     "  rm [-f] NAME|ID...                      remove containers (-f: running ones too)\n"
+		     "  inspect NAME|ID...                      state, config, mounts and image, as JSON\n"
 		     "  version                                 print launch's version (also --version)\n"
 		     "\n"
 		     "Every command takes --root DIR (default: $LAUNCH_ROOT, /run/launch for root,\n"
@@ -26,10 +27,10 @@ static void usage(FILE *out)
 
 /* docker and podman verbs launch does not have: never image names. */
 static const char *const foreign_verbs[] = {
-	"build", "commit", "container", "cp",   "create",  "diff",    "events", "export", "history",
-	"image", "images", "import",    "info", "inspect", "load",    "login",  "logout", "network",
-	"pause", "port",   "pull",      "push", "rename",  "restart", "rmi",    "save",   "search",
-	"start", "stats",  "system",    "tag",  "top",     "unpause", "update", "volume", "compose",
+	"build", "commit", "container", "cp",     "create",  "diff",   "events", "export",  "history",
+	"image", "images", "import",    "info",   "load",    "login",  "logout", "network", "pause",
+	"port",  "pull",   "push",      "rename", "restart", "rmi",    "save",   "search",  "start",
+	"stats", "system", "tag",       "top",    "unpause", "update", "volume", "compose",
 };
 
 int main(int argc, char **argv)
@@ -48,6 +49,7 @@ int main(int argc, char **argv)
 		{ "stop", cmd_stop, "stop [-t SECONDS] NAME|ID..." },
 		{ "wait", cmd_wait, "wait NAME|ID..." },
 		{ "rm", cmd_rm, "rm [-f] NAME|ID..." },
+		{ "inspect", cmd_inspect, "inspect NAME|ID..." },
 	};
 	if (argc < 2) {
 		usage(stderr);

@@ -639,6 +639,12 @@ static int prepare(struct run_options *o, const char *image, const char *root, s
 			pid[n] = '\0';
 			c->daemon_pid = strtol(pid, NULL, 10);
 		}
+		char digest[80];
+		n = rootfs ? getxattr(rootfs, IMGFS_MANIFEST_XATTR, digest, sizeof(digest) - 1) : -1;
+		if (n > 0) {
+			digest[n] = '\0';
+			c->image_digest = strdup(digest);
+		}
 		(void)container_save(c); /* with the daemon, for rm -f to wait for it */
 	}
 	if (r < 0)

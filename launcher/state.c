@@ -69,6 +69,7 @@ void container_done(struct container *c)
 	free(c->image);
 	free(c->command);
 	free(c->storage);
+	free(c->image_digest);
 	*c = (struct container){ 0 };
 }
 
@@ -88,6 +89,8 @@ int container_save(const struct container *c)
 	json_object_object_add(o, "daemon_pid", json_object_new_int64(c->daemon_pid));
 	if (c->storage)
 		json_object_object_add(o, "storage", json_object_new_string(c->storage));
+	if (c->image_digest)
+		json_object_object_add(o, "image_digest", json_object_new_string(c->image_digest));
 	const char *text = json_object_to_json_string(o);
 	_cleanup_free_ char *path = strdup_printf("%s/launch.json", c->dir);
 	int r = path && text ? write_file_replace(path, text, strlen(text)) : -ENOMEM;
@@ -128,6 +131,8 @@ static int container_load(const char *root, const char *id, struct container *re
 	/* Absent for a container made before the writable layers moved there. */
 	if (json_object_object_get_ex(o, "storage", &v) && json_object_get_string_len(v) > 0)
 		c.storage = strdup(json_object_get_string(v));
+	if (json_object_object_get_ex(o, "image_digest", &v) && json_object_get_string_len(v) > 0)
+		c.image_digest = strdup(json_object_get_string(v));
 	json_object_put(o);
 	if (!c.id || !c.name || !c.image || !c.command || strcmp(c.id, id) != 0) {
 		container_done(&c);

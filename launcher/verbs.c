@@ -643,3 +643,101 @@ int cmd_stop(int argc, char **argv)
 	}
 	return ret;
 }
+
+static struct json_object *json_string_or_null(const char *s)
+{
+	return s ? json_object_new_string(s) : NULL;
+}
+
+/* What docker inspect shows of a container, in its key names. */
+static struct json_object *inspect_one(const char *root, const struct container *c)
+{
+	struct json_object *o = json_object_new_object(), *state = json_object_new_object();
+	int code = 0;
+	enum container_status s = container_status(c, &code);
+	_cleanup_free_ char *runtime = find_runtime(NULL);
+	bool running = s == STATUS_RUNNING || (s == STATUS_SHIM_GONE && runtime_running(root, runtime, c));
+	static const char *const names[] = { "created", "running", "exited", "unknown" };
+	const char *status = running ? "running" : names[s == STATUS_EXITED ? 2 : s == STATUS_CREATED ? 0 : 3];
+	long pid = 0;
+	_cleanup_free_ char *pid_path = strdup_printf("%s/%s", c->dir, SHIM_PID_FILE);
+	_cleanup_free_ char *pid_text = NULL;
+	size_t len;
+	if (running && pid_path && read_file_capped(pid_path, 64, &pid_text, &len) == 0)
+		pid = strtol(pid_text, NULL, 10);
+	json_object_object_add(state, "Status", json_object_new_string(status));
+	json_object_object_add(state, "Running", json_object_new_boolean(running));
+	json_object_object_add(state, "ExitCode", json_object_new_int(s == STATUS_EXITED ? code : 0));
+	json_object_object_add(state, "Pid", json_object_new_int64(pid));
+	json_object_object_add(o, "Id", json_object_new_string(c->id));
+	json_object_object_add(o, "Name", json_object_new_string(c->name));
+	char created[32] = "";
+	time_t t = (time_t)c->created;
+	struct tm tm;
+	if (gmtime_r(&t, &tm))
+		strftime(created, sizeof(created), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	json_object_object_add(o, "Created", json_object_new_string(created));
+	json_object_object_add(o, "State", state);
+	json_object_object_add(o, "Image", json_object_new_string(c->image));
+	json_object_object_add(o, "ImageDigest", json_string_or_null(c->image_digest));
+	/* The bundle's process and mounts, as the runtime got them. */
+	_cleanup_free_ char *config_path = strdup_printf("%s/config.json", c->dir);
+	_cleanup_free_ char *config_text = NULL;
+	struct json_object *spec = config_path && read_file_capped(config_path, 8 << 20, &config_text, &len) == 0
+				       ? json_tokener_parse(config_text)
+				       : NULL,
+			   *v;
+	struct json_object *config = json_object_new_object();
+	if (spec && json_object_object_get_ex(spec, "process", &v)) {
+		struct json_object *field;
+		if (json_object_object_get_ex(v, "args", &field))
+			json_object_object_add(config, "Cmd", json_object_get(field));
+		if (json_object_object_get_ex(v, "env", &field))
+			json_object_object_add(config, "Env", json_object_get(field));
+		if (json_object_object_get_ex(v, "cwd", &field))
+			json_object_object_add(config, "WorkingDir", json_object_get(field));
+		if (json_object_object_get_ex(v, "terminal", &field))
+			json_object_object_add(config, "Tty", json_object_get(field));
+	}
+	if (spec && json_object_object_get_ex(spec, "hostname", &v))
+		json_object_object_add(config, "Hostname", json_object_get(v));
+	json_object_object_add(o, "Config", config);
+	json_object_object_add(o, "Mounts",
+			       spec && json_object_object_get_ex(spec, "mounts", &v) ? json_object_get(v)
+										     : json_object_new_array());
+	json_object_put(spec);
+	struct json_object *storage = json_object_new_object();
+	_cleanup_free_ char *merged = strdup_printf("%s/rootfs", c->dir);
+	_cleanup_free_ char *upper = c->storage ? strdup_printf("%s/upper", c->storage) : NULL;
+	json_object_object_add(storage, "Name", json_object_new_string("imgfs"));
+	json_object_object_add(storage, "MergedDir", json_string_or_null(merged));
+	json_object_object_add(storage, "UpperDir", json_string_or_null(upper));
+	json_object_object_add(o, "GraphDriver", storage);
+	_cleanup_free_ char *log = strdup_printf("%s/%s", c->dir, SHIM_LOG_FILE);
+	json_object_object_add(o, "LogPath", json_string_or_null(log));
+	return o;
+}
+
+int cmd_inspect(int argc, char **argv)
+{
+	int first = verb_options(argc, argv, "", NULL, NULL);
+	if (first < 0 || first >= argc) {
+		fprintf(stderr, "Usage: launch inspect NAME|ID...\n");
+		return EXIT_LAUNCH_ERROR;
+	}
+	_cleanup_free_ char *root = state_root(root_option);
+	struct json_object *all = json_object_new_array();
+	int ret = 0;
+	for (int i = first; root && i < argc; i++) {
+		struct container c;
+		if (find_or_complain(root, argv[i], &c) < 0) {
+			ret = EXIT_LAUNCH_ERROR;
+			continue;
+		}
+		json_object_array_add(all, inspect_one(root, &c));
+		container_done(&c);
+	}
+	puts(json_object_to_json_string_ext(all, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
+	json_object_put(all);
+	return ret;
+}

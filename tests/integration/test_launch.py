@@ -6,6 +6,7 @@ logs, kill, wait, exec, rm, --rm cleanliness and the error exit codes."""
 
 import errno
 import fcntl
+import json
 import os
 import pty
 import re
@@ -443,7 +444,7 @@ def big_output(t):
 @suite.case
 def docker_words(t):
     """What a docker user types first: verbs are never image names."""
-    for verb in ("images", "pull", "start", "inspect", "restart", "rmi"):
+    for verb in ("images", "pull", "start", "restart", "rmi"):
         r = launch(verb, "x")
         if not tap.ok(r.returncode == 125 and b"docker command that launch does not have" in r.stderr,
                       f"launch {verb} is refused, not run as the image {verb}", r.stderr):
@@ -493,6 +494,13 @@ def ps_and_logs_options(t):
     tap.ok(tail == b"line4\nline5\n" and re.fullmatch(rb"\d{4}-\d\d-\d\dT[\d:.]+Z line5\n", stamped) is not None and
            future == b"" and recent.count(b"line") == 5,
            "logs --tail 2, -t, --since a time to come and --since 10m", (tail, stamped, future, recent))
+    info = json.loads(launch("inspect", "listed").stdout)
+    tap.ok(len(info) == 1 and info[0]["Id"] == cid and info[0]["State"]["Running"] and
+           info[0]["State"]["Pid"] > 1 and info[0]["ImageDigest"].startswith("sha256:") and
+           info[0]["Config"]["Cmd"][:2] == ["sh", "-c"] and
+           any(m["destination"] == "/proc" for m in info[0]["Mounts"]) and
+           info[0]["GraphDriver"]["UpperDir"].endswith("/upper"),
+           "inspect: state, config, mounts and the image digest as JSON", info)
     bad = launch("logs", "--since", "yesterday", "listed")
     tap.ok(bad.returncode == 125 and b"Usage" in bad.stderr, "a --since that is no time is refused", bad.stderr)
     launch("rm", "-f", "listed")
