@@ -17,6 +17,7 @@
 #include "scan.h"
 #include "tar_stream.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <json-c/json.h>
 #include <sys/resource.h>
@@ -382,11 +383,17 @@ static int load_resolved_manifest(const struct image_options *opts, const char *
 /* Remembering is an optimisation: a failure only costs the next start a
  * round trip to the registry. */
 static void keep_resolved_manifest(const struct image_options *opts, const char *record_path, const struct manifest *m,
-				   const char *digest)
+				   const char *digest, const struct image_ref *ref)
 {
 	_cleanup_free_ char *blob_path = cache_path(opts->cache_dir, "blobs", digest);
+	_cleanup_free_ char *canonical = image_ref_format(ref);
+	const struct platform *p = &opts->registry.platform;
+	/* "DIGEST MEDIA_TYPE REF OS/ARCH[/VARIANT]": the last two for imgfs images. */
 	_cleanup_free_ char *record =
-	    strdup_printf("%s %s\n", digest, m->media_type ? m->media_type : MEDIA_TYPE_OCI_MANIFEST);
+	    canonical
+		? strdup_printf("%s %s %s %s/%s%s%s\n", digest, m->media_type ? m->media_type : MEDIA_TYPE_OCI_MANIFEST,
+				canonical, p->os, p->architecture, *p->variant ? "/" : "", p->variant)
+		: NULL;
 	struct stat st;
 	if (!record_path || !blob_path || !record || !m->raw)
 		return;
@@ -476,7 +483,7 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 		r = registry_get_image_manifest(client, &m, &img->manifest_digest, err);
 		if (r < 0)
 			goto out;
-		keep_resolved_manifest(opts, record_path, &m, img->manifest_digest);
+		keep_resolved_manifest(opts, record_path, &m, img->manifest_digest, &ref);
 	}
 
 	if ((r = load_config(img, client, opts, &m.config, err)) < 0)
@@ -665,5 +672,42 @@ int image_set_landmarks(struct image *img, const char *list_path, size_t *ret_fo
 	}
 	free(line);
 	*ret_found = found;
+	return 0;
+}
+
+int image_refs_list(const char *cache_dir, void (*fn)(const char *ref, const char *platform, const char *digest))
+{
+	_cleanup_free_ char *dir = strdup_printf("%s/refs", cache_dir);
+	DIR *d = dir ? opendir(dir) : NULL;
+	if (!d)
+		return errno == ENOENT ? 0 : -errno;
+	for (struct dirent *de; (de = readdir(d));) {
+		if (de->d_name[0] == '.')
+			continue;
+		_cleanup_free_ char *path = strdup_printf("%s/%s", dir, de->d_name);
+		_cleanup_free_ char *record = NULL;
+		size_t len;
+		char digest[DIGEST_SHA256_LEN + 1], media_type[256], ref[1024] = "<none>", platform[128] = "";
+		if (path && read_file_capped(path, 2048, &record, &len) == 0 &&
+		    sscanf(record, "%71s %255s %1023s %127s", digest, media_type, ref, platform) >= 2)
+			fn(ref, platform, digest);
+	}
+	closedir(d);
+	return 0;
+}
+
+int image_ref_forget(const char *cache_dir, const char *ref_text, const struct platform *p, struct err *err)
+{
+	struct image_ref ref = { 0 };
+	int r = image_ref_parse(ref_text, &ref, err);
+	if (r < 0)
+		return r;
+	_cleanup_free_ char *path = ref_record_path(cache_dir, &ref, p);
+	image_ref_done(&ref);
+	if (!path)
+		return -ENOMEM;
+	if (unlink(path) < 0)
+		return err_set(err, errno, "image \"%s\" (%s/%s): %s", ref_text, p->os, p->architecture,
+			       errno == ENOENT ? "not in this cache" : strerror(errno));
 	return 0;
 }

@@ -65,6 +65,14 @@ int image_write_record(struct image *img, char **ret_path);
  * landmark set, in place of the layers' own; *ret_found counts those found. */
 int image_set_landmarks(struct image *img, const char *list_path, size_t *ret_found, struct err *err);
 
+/* The references this cache resolved, for imgfs images: fn gets each one's
+ * canonical text ("<none>" for a record older than that), platform and
+ * manifest digest. */
+int image_refs_list(const char *cache_dir, void (*fn)(const char *ref, const char *platform, const char *digest));
+/* Forgets what ref resolved to for platform (imgfs rmi): its blobs stay
+ * until --cache-size evicts them. */
+int image_ref_forget(const char *cache_dir, const char *ref_text, const struct platform *p, struct err *err);
+
 /* The default cache: /var/lib/imgfs for root, else $XDG_CACHE_HOME/imgfs
  * (~/.cache/imgfs).  $IMGFS_CACHE overrides both.  Caller frees; NULL with
  * errno ENOENT when there is no home to put it in, ENOMEM. */

@@ -28,6 +28,7 @@ static void usage(FILE *out)
 		     "       imgfs stats DIR\n"
 		     "       imgfs index push [--cache DIR] [--platform P] [--insecure-registry H] REF\n"
 		     "       imgfs record DIR [FILE]\n"
+		     "       imgfs images | pull REF | rmi REF...   what the cache holds\n"
 		     "\n"
 		     "Mounts the image REF from its registry on DIR, fetching layer contents into\n"
 		     "a shared cache instead of unpacking them.  The mount is read-only unless\n"
@@ -793,6 +794,75 @@ static int cmd_umount(int argc, char **argv)
 	return IMGFS_EXIT_OK;
 }
 
+/* The commands imgfs images, pull and rmi: what the cache holds. */
+static int image_command(int argc, char **argv, const char *usage_line, int (*fn)(int, char **, struct image_options *))
+{
+	static const struct option options[] = {
+		SOURCE_OPTIONS,
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	struct image_options opts = { .pull = PULL_ALWAYS };
+	struct source_flags flags = { 0 };
+	int ret = -1, c, r;
+	optind = 1;
+	while (ret < 0 && (c = getopt_long(argc, argv, "+h", options, NULL)) != -1) {
+		if ((r = source_flag(&flags, c, optarg)) < 0)
+			ret = report(-r, "out of memory");
+		else if (r == 0 && c == 'h')
+			ret = (printf("Usage: %s\n", usage_line), IMGFS_EXIT_OK);
+		else if (r == 0)
+			ret = report_usage("usage: %s", usage_line);
+	}
+	if (ret < 0 && (ret = source_flags_apply(&flags, &opts)) == 0)
+		ret = fn(argc - optind, argv + optind, &opts);
+	source_flags_done(&flags);
+	return ret;
+}
+
+static void print_ref(const char *ref, const char *platform, const char *digest)
+{
+	printf("%-60s %-16s %s\n", ref, platform, digest);
+}
+
+static int images_main(int argc, char **argv, struct image_options *opts)
+{
+	(void)argv;
+	if (argc != 0)
+		return report_usage("imgfs images takes no arguments");
+	printf("%-60s %-16s %s\n", "REFERENCE", "PLATFORM", "DIGEST");
+	int r = image_refs_list(opts->cache_dir, print_ref);
+	return r < 0 ? report(-r, "cannot list the cache \"%s\": %s", opts->cache_dir, strerror(-r)) : IMGFS_EXIT_OK;
+}
+
+static int pull_main(int argc, char **argv, struct image_options *opts)
+{
+	if (argc != 1)
+		return report_usage("imgfs pull: expected REF");
+	struct err err = { 0 };
+	struct image *img = NULL;
+	if (image_open(argv[0], opts, &img, &err) < 0)
+		return report(err.code ? err.code : ENOMEM, "%s", err.code ? err.msg : "out of memory");
+	printf("%s\n", img->manifest_digest);
+	image_free(img);
+	return IMGFS_EXIT_OK;
+}
+
+static int rmi_main(int argc, char **argv, struct image_options *opts)
+{
+	if (argc < 1)
+		return report_usage("imgfs rmi: expected REF...");
+	int ret = IMGFS_EXIT_OK;
+	for (int i = 0; i < argc; i++) {
+		struct err err = { 0 };
+		if (image_ref_forget(opts->cache_dir, argv[i], &opts->registry.platform, &err) < 0)
+			ret = report(err.code, "%s", err.msg);
+		else
+			printf("Untagged: %s\n", argv[i]);
+	}
+	return ret;
+}
+
 int main(int argc, char **argv)
 {
 	/* Up to a dozen threads (FUSE workers, prefetch): one malloc arena per
@@ -817,6 +887,12 @@ int main(int argc, char **argv)
 		return cmd_index(argc - 1, argv + 1);
 	if (strcmp(argv[1], "record") == 0)
 		return cmd_record(argc - 1, argv + 1);
+	if (strcmp(argv[1], "images") == 0)
+		return image_command(argc - 1, argv + 1, "imgfs images [--cache DIR]", images_main);
+	if (strcmp(argv[1], "pull") == 0)
+		return image_command(argc - 1, argv + 1, "imgfs pull [--cache DIR] [--platform P] REF", pull_main);
+	if (strcmp(argv[1], "rmi") == 0)
+		return image_command(argc - 1, argv + 1, "imgfs rmi [--cache DIR] [--platform P] REF...", rmi_main);
 	if (strcmp(argv[1], "umount") == 0 || strcmp(argv[1], "unmount") == 0)
 		return cmd_umount(argc - 1, argv + 1);
 	if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {

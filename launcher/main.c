@@ -17,6 +17,7 @@ static void usage(FILE *out)
 		     "  wait NAME|ID...                         wait for containers, print exit codes\n"
 		     "  rm [-f] NAME|ID...                      remove containers (-f: running ones too)\n"
 		     "  inspect NAME|ID...                      state, config, mounts and image, as JSON\n"
+		     "  images | pull IMAGE | rmi IMAGE...      what the image cache holds (imgfs's)\n"
 		     "  version                                 print launch's version (also --version)\n"
 		     "\n"
 		     "Every command takes --root DIR (default: $LAUNCH_ROOT, /run/launch for root,\n"
@@ -25,12 +26,32 @@ static void usage(FILE *out)
 		     "does not exist.\n");
 }
 
+/* images, pull and rmi are imgfs's: the cache is its. */
+static int cmd_imgfs(int argc, char **argv)
+{
+	_cleanup_free_ char *imgfs = find_helper("imgfs");
+	if (!imgfs) {
+		fprintf(stderr, "launch: cannot find the imgfs program next to launch or in $PATH\n");
+		return EXIT_LAUNCH_ERROR;
+	}
+	char **args = calloc((size_t)argc + 2, sizeof(char *));
+	if (!args)
+		return EXIT_LAUNCH_ERROR;
+	args[0] = imgfs;
+	for (int i = 0; i < argc; i++)
+		args[i + 1] = argv[i];
+	execv(imgfs, args);
+	fprintf(stderr, "launch: cannot run \"%s\": %s\n", imgfs, strerror(errno));
+	free(args);
+	return EXIT_LAUNCH_ERROR;
+}
+
 /* docker and podman verbs launch does not have: never image names. */
 static const char *const foreign_verbs[] = {
-	"build", "commit", "container", "cp",     "create",  "diff",   "events", "export",  "history",
-	"image", "images", "import",    "info",   "load",    "login",  "logout", "network", "pause",
-	"port",  "pull",   "push",      "rename", "restart", "rmi",    "save",   "search",  "start",
-	"stats", "system", "tag",       "top",    "unpause", "update", "volume", "compose",
+	"build",   "commit", "container", "cp",     "create",  "diff",   "events", "export",
+	"history", "image",  "import",    "info",   "load",    "login",  "logout", "network",
+	"pause",   "port",   "push",      "rename", "restart", "save",   "search", "start",
+	"stats",   "system", "tag",       "top",    "unpause", "update", "volume", "compose",
 };
 
 int main(int argc, char **argv)
@@ -50,6 +71,9 @@ int main(int argc, char **argv)
 		{ "wait", cmd_wait, "wait NAME|ID..." },
 		{ "rm", cmd_rm, "rm [-f] NAME|ID..." },
 		{ "inspect", cmd_inspect, "inspect NAME|ID..." },
+		{ "images", cmd_imgfs, NULL },
+		{ "pull", cmd_imgfs, NULL },
+		{ "rmi", cmd_imgfs, NULL },
 	};
 	if (argc < 2) {
 		usage(stderr);

@@ -444,11 +444,23 @@ def big_output(t):
 @suite.case
 def docker_words(t):
     """What a docker user types first: verbs are never image names."""
-    for verb in ("images", "pull", "start", "restart", "rmi"):
+    for verb in ("start", "restart", "build", "push"):
         r = launch(verb, "x")
         if not tap.ok(r.returncode == 125 and b"docker command that launch does not have" in r.stderr,
                       f"launch {verb} is refused, not run as the image {verb}", r.stderr):
             break
+    pulled = launch("pull", t.img)
+    images = launch("images").stdout.decode()
+    tap.ok(pulled.returncode == 0 and pulled.stdout.startswith(b"sha256:") and
+           pulled.stdout.decode().strip() in images and "test/busybox:latest" in images,
+           "launch pull fetches an image into the cache, launch images lists it by reference and digest",
+           (pulled.stderr, images))
+    removed = launch("rmi", t.img)
+    gone = launch("images").stdout.decode()
+    again = launch("rmi", t.img)
+    tap.ok(removed.returncode == 0 and "test/busybox:latest" not in gone and again.returncode == 1 and
+           b"not in this cache" in again.stderr, "launch rmi forgets it; a second rmi says it is not there",
+           (removed.stderr, gone, again.stderr))
     v, v2 = launch("version"), launch("--version")
     tap.ok(v.stdout.startswith(b"launch ") and v.stdout == v2.stdout, "launch version and --version", v.stdout)
     h = launch("kill", "--help")
