@@ -457,6 +457,18 @@ static int send_kill(const struct container *c, int sig)
 	return write_full(fd, line, strlen(line));
 }
 
+/* Signals a running container through its shim or, without the shim,
+ * through the runtime, which still holds it; -ESRCH when it does not run. */
+static int signal_container(const char *root, const char *runtime, const struct container *c, int sig)
+{
+	enum container_status s = container_status(c, NULL);
+	if (s == STATUS_RUNNING)
+		return send_kill(c, sig);
+	if (s == STATUS_SHIM_GONE && runtime_running(root, runtime, c))
+		return runtime_kill(root, runtime, c, sig);
+	return -ESRCH;
+}
+
 int cmd_kill(int argc, char **argv)
 {
 	const char *flags[256] = { 0 };
@@ -480,12 +492,7 @@ int cmd_kill(int argc, char **argv)
 			ret = EXIT_LAUNCH_ERROR;
 			continue;
 		}
-		enum container_status s = container_status(&c, NULL);
-		/* Without its shim, through the runtime, which still holds it. */
-		int r = s == STATUS_RUNNING     ? send_kill(&c, sig)
-			: s == STATUS_SHIM_GONE ? runtime_kill(root, runtime, &c, sig)
-						: -ESRCH;
-		if (r < 0) {
+		if (signal_container(root, runtime, &c, sig) < 0) {
 			fprintf(stderr, "launch: container %s is not running\n", c.name);
 			ret = EXIT_LAUNCH_ERROR;
 		} else {
@@ -629,12 +636,9 @@ int cmd_stop(int argc, char **argv)
 			ret = EXIT_LAUNCH_ERROR;
 			continue;
 		}
-		enum container_status s = container_status(&c, NULL);
-		bool orphan = s == STATUS_SHIM_GONE && runtime_running(root, runtime, &c);
-		if (s == STATUS_RUNNING || orphan) {
-			int r = orphan ? runtime_kill(root, runtime, &c, SIGTERM) : send_kill(&c, SIGTERM);
-			if (r == 0 && wait_exit(root, &c, (int)seconds * 1000) == -ETIMEDOUT)
-				(void)(orphan ? runtime_kill(root, runtime, &c, SIGKILL) : send_kill(&c, SIGKILL));
+		if (signal_container(root, runtime, &c, SIGTERM) == 0 &&
+		    wait_exit(root, &c, (int)seconds * 1000) == -ETIMEDOUT) {
+			(void)signal_container(root, runtime, &c, SIGKILL);
 			(void)wait_exit(root, &c, 10000);
 		}
 		/* A container that is not running is stopped already, as docker has it. */
