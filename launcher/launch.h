@@ -87,7 +87,7 @@ int resolve_user(int rootfs_fd, const char *spec, uid_t *ret_uid, gid_t *ret_gid
 
 struct container {
 	char *id, *dir, *name, *image, *command;
-	char *storage;	    /* STORAGE/containers/ID: its writable layer's directory */
+	char *storage;      /* STORAGE/containers/ID: its writable layer's directory */
 	char *image_digest; /* of the image manifest its root file system is */
 	bool tty, interactive, remove;
 	long created;
@@ -161,6 +161,7 @@ int cmd_wait(int argc, char **argv);
 int cmd_rm(int argc, char **argv);
 int cmd_stop(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
+int cmd_start(int argc, char **argv);
 
 /* ---- network (network.c) ------------------------------------------------------- */
 

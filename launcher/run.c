@@ -479,6 +479,21 @@ static int make_mount_points(const char *upper)
 
 /* Runs imgfs mount; on failure, *ret_errno and msg are the error imgfs
  * reported on its error line (IMGFS_ERROR_FD_ENV). */
+/* Whether path is a mount point, from mountinfo: asking it would wait for a
+ * daemon that may be gone. */
+static bool is_mount_point(const char *path)
+{
+	_cleanup_fclose_ FILE *f = fopen("/proc/self/mountinfo", "re");
+	_cleanup_free_ char *line = NULL;
+	size_t size = 0;
+	bool found = false;
+	while (f && !found && getline(&line, &size, f) > 0) {
+		char point[4097];
+		found = sscanf(line, "%*d %*d %*s %*s %4096s", point) == 1 && strcmp(point, path) == 0;
+	}
+	return found;
+}
+
 static int mount_image(const struct run_options *o, const struct container *c, char *msg, size_t size)
 {
 	const char *image = c->image;
@@ -863,6 +878,8 @@ static void run_abort(struct run *run)
 
 /* From the mount to a started container (attached unless -d); 0, or the
  * exit code of a failure, whose words are in err. */
+static int run_connect(struct run *run, struct err *err);
+
 static int run_start(struct run *run, const char *image, struct err *err)
 {
 	struct run_options *o = &run->o;
@@ -886,6 +903,14 @@ static int run_start(struct run *run, const char *image, struct err *err)
 	run->bundle_written = true;
 	if (!shim_first && start_shim(o, run->root, &run->c, run->runtime, &run->shim, err) < 0)
 		return EXIT_LAUNCH_ERROR;
+	return run_connect(run, err);
+}
+
+/* From a shim that was started to a started container: attached unless -d,
+ * connected to the network asked for. */
+static int run_connect(struct run *run, struct err *err)
+{
+	struct run_options *o = &run->o;
 	int code = read_report(&run->shim, "ready", err);
 	if (code != 0)
 		return code;
@@ -961,5 +986,89 @@ int cmd_run(int argc, char **argv)
 	free(run.o.seccomp_text);
 	free(run.o.etc_hosts_path);
 	free(run.o.etc_resolv_path);
+	return ret;
+}
+
+/* Clears what the shim of an earlier run left: a new one writes them again.
+ * The log goes on. */
+static void clear_shim_state(const struct container *c)
+{
+	static const char *const files[] = { SHIM_EXIT_FILE,     SHIM_PID_FILE, SHIM_SHIM_PID_FILE,
+					     SHIM_ATTACH_SOCKET, SHIM_CTL_FIFO, SHIM_NETWORK_PID_FILE };
+	for (size_t i = 0; i < ARRAY_SIZE(files); i++) {
+		_cleanup_free_ char *path = strdup_printf("%s/%s", c->dir, files[i]);
+		if (path)
+			(void)unlink(path);
+	}
+}
+
+/* docker start: a container that exited runs again, on its own writable
+ * layer, attached with -a. */
+int cmd_start(int argc, char **argv)
+{
+	static const struct option opts[] = { { "attach", no_argument, NULL, 'a' },
+					      { "interactive", no_argument, NULL, 'i' },
+					      { "root", required_argument, NULL, 'R' },
+					      { 0 } };
+	struct run run = { .o = { .detach_keys = DEFAULT_DETACH_KEYS, .pull = "missing", .detach = true },
+			   .shim = { .pid = -1 },
+			   .sock = -1 };
+	bool interactive = false;
+	int c;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "+ai", opts, NULL)) != -1) {
+		if (c == 'a')
+			run.o.detach = false;
+		else if (c == 'i')
+			interactive = true;
+		else if (c == 'R')
+			run.o.root = optarg;
+		else
+			optind = argc + 1;
+	}
+	if (optind != argc - 1) {
+		fprintf(stderr, "Usage: launch start [-a] [-i] NAME|ID\n");
+		return EXIT_LAUNCH_ERROR;
+	}
+	struct err err = { 0 };
+	int ret = EXIT_LAUNCH_ERROR;
+	char *rootfs = NULL;
+	if (!(run.root = state_root(run.o.root)) || !(run.runtime = find_runtime(NULL)) ||
+	    container_find(run.root, argv[optind], &run.c, &err) < 0) {
+		fprintf(stderr, "launch: %s\n", err.code ? err.msg : "cannot find runc or crun");
+		goto out;
+	}
+	enum container_status s = container_status(&run.c, NULL);
+	if (s == STATUS_RUNNING || s == STATUS_SHIM_GONE) {
+		fprintf(stderr, "launch: container %s is running already\n", run.c.name);
+		goto out;
+	}
+	run.o.spec.tty = run.c.tty;
+	run.o.interactive = interactive && run.c.interactive;
+	run.o.remove = run.c.remove;
+	clear_shim_state(&run.c);
+	/* The mount outlives the container's process; after a reboot it is
+	 * made again, over the same writable layer. */
+	rootfs = strdup_printf("%s/rootfs", run.c.dir);
+	char msg[1024] = "";
+	int r = rootfs && is_mount_point(rootfs) ? 0 : mount_image(&run.o, &run.c, msg, sizeof(msg));
+	if (r < 0) {
+		fprintf(stderr, "launch: cannot mount image \"%s\": %s\n", run.c.image, *msg ? msg : strerror(-r));
+		goto out;
+	}
+	if (start_shim(&run.o, run.root, &run.c, run.runtime, &run.shim, &err) < 0 ||
+	    (ret = run_connect(&run, &err)) != 0) {
+		fprintf(stderr, "launch: %s\n", err.code ? err.msg : "out of memory");
+		ret = ret ? ret : EXIT_LAUNCH_ERROR;
+		/* Not prepared here: the container stays, only the shim goes. */
+		run_abort(&run);
+		goto out;
+	}
+	ret = run.o.detach ? (printf("%s\n", argv[optind]), 0) : run_attached(&run);
+out:
+	free(rootfs);
+	free(run.root);
+	free(run.runtime);
+	container_done(&run.c);
 	return ret;
 }

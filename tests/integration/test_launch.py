@@ -444,7 +444,7 @@ def big_output(t):
 @suite.case
 def docker_words(t):
     """What a docker user types first: verbs are never image names."""
-    for verb in ("start", "restart", "build", "push"):
+    for verb in ("restart", "build", "push", "commit"):
         r = launch(verb, "x")
         if not tap.ok(r.returncode == 125 and b"docker command that launch does not have" in r.stderr,
                       f"launch {verb} is refused, not run as the image {verb}", r.stderr):
@@ -461,6 +461,15 @@ def docker_words(t):
     tap.ok(removed.returncode == 0 and "test/busybox:latest" not in gone and again.returncode == 1 and
            b"not in this cache" in again.stderr, "launch rmi forgets it; a second rmi says it is not there",
            (removed.stderr, gone, again.stderr))
+    r = launch("run", "--name", "again", t.img, "sh", "-c", "echo run >> /kept; cat /kept; exit 4")
+    s1 = launch("start", "-a", "again")
+    launch("start", "again")
+    w = launch("wait", "again")
+    tap.ok(r.stdout == b"run\n" and r.returncode == 4 and (s1.returncode, s1.stdout) == (4, b"run\nrun\n") and
+           w.stdout == b"4\n" and launch("logs", "again").stdout == b"run\nrun\nrun\nrun\nrun\nrun\n",
+           "start of an exited container runs it again on its writable layer (-a: attached), its log going on",
+           (r.stdout, s1.returncode, s1.stdout, s1.stderr, w.stdout))
+    launch("rm", "again")
     v, v2 = launch("version"), launch("--version")
     tap.ok(v.stdout.startswith(b"launch ") and v.stdout == v2.stdout, "launch version and --version", v.stdout)
     h = launch("kill", "--help")
