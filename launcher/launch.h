@@ -162,6 +162,7 @@ int cmd_rm(int argc, char **argv);
 int cmd_stop(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_start(int argc, char **argv);
+int cmd_restart(int argc, char **argv);
 
 /* ---- network (network.c) ------------------------------------------------------- */
 

@@ -15,6 +15,7 @@ static void usage(FILE *out)
 		     "  kill [-s SIGNAL] NAME|ID...             signal containers (default KILL)\n"
 		     "  stop [-t SECONDS] NAME|ID...            SIGTERM, then SIGKILL after SECONDS (10)\n"
 		     "  start [-a] [-i] NAME|ID                 run an exited container again (-a: attached)\n"
+		     "  restart [-t SECONDS] NAME|ID...         stop, then start\n"
 		     "  wait NAME|ID...                         wait for containers, print exit codes\n"
 		     "  rm [-f] NAME|ID...                      remove containers (-f: running ones too)\n"
 		     "  inspect NAME|ID...                      state, config, mounts and image, as JSON\n"
@@ -49,10 +50,9 @@ static int cmd_imgfs(int argc, char **argv)
 
 /* docker and podman verbs launch does not have: never image names. */
 static const char *const foreign_verbs[] = {
-	"build",   "commit", "container", "cp",      "create",  "diff",   "events",  "export",
-	"history", "image",  "import",    "info",    "load",    "login",  "logout",  "network",
-	"pause",   "port",   "push",      "rename",  "restart", "save",   "search",  "stats",
-	"system",  "tag",    "top",       "unpause", "update",  "volume", "compose",
+	"build",  "commit", "container", "cp",     "create", "diff",    "events",  "export", "history", "image",
+	"import", "info",   "load",      "login",  "logout", "network", "pause",   "port",   "push",    "rename",
+	"save",   "search", "stats",     "system", "tag",    "top",     "unpause", "update", "volume",  "compose",
 };
 
 int main(int argc, char **argv)
@@ -73,6 +73,7 @@ int main(int argc, char **argv)
 		{ "rm", cmd_rm, "rm [-f] NAME|ID..." },
 		{ "inspect", cmd_inspect, "inspect NAME|ID..." },
 		{ "start", cmd_start, "start [-a] [-i] NAME|ID" },
+		{ "restart", cmd_restart, "restart [-t SECONDS] NAME|ID..." },
 		{ "images", cmd_imgfs, NULL },
 		{ "pull", cmd_imgfs, NULL },
 		{ "rmi", cmd_imgfs, NULL },

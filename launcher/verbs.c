@@ -616,7 +616,8 @@ int cmd_rm(int argc, char **argv)
 }
 
 /* docker's and podman's stop: SIGTERM, then SIGKILL once -t seconds passed. */
-int cmd_stop(int argc, char **argv)
+/* stop, and restart (which starts each container again once stopped). */
+static int stop_or_restart(int argc, char **argv, bool restart)
 {
 	const char *flags[256] = { 0 };
 	static const struct option opts[] = { { "time", required_argument, NULL, 't' }, { 0 } };
@@ -624,7 +625,7 @@ int cmd_stop(int argc, char **argv)
 	char *end = NULL;
 	long seconds = flags['t'] ? strtol(flags['t'], &end, 10) : 10;
 	if (first < 0 || first >= argc || (flags['t'] && (*end || seconds < 0))) {
-		fprintf(stderr, "Usage: launch stop [-t SECONDS] NAME|ID...\n");
+		fprintf(stderr, "Usage: launch %s [-t SECONDS] NAME|ID...\n", restart ? "restart" : "stop");
 		return EXIT_LAUNCH_ERROR;
 	}
 	_cleanup_free_ char *root = state_root(root_option);
@@ -641,11 +642,28 @@ int cmd_stop(int argc, char **argv)
 			(void)signal_container(root, runtime, &c, SIGKILL);
 			(void)wait_exit(root, &c, 10000);
 		}
-		/* A container that is not running is stopped already, as docker has it. */
-		printf("%s\n", argv[i]);
 		container_done(&c);
+		if (restart) {
+			/* launch start prints the name. */
+			char *start_argv[] = { (char *)"start", (char *)"--root", root, argv[i], NULL };
+			int r = cmd_start(4, start_argv);
+			ret = r ? r : ret;
+		} else {
+			/* A container that is not running is stopped already, as docker has it. */
+			printf("%s\n", argv[i]);
+		}
 	}
 	return ret;
+}
+
+int cmd_stop(int argc, char **argv)
+{
+	return stop_or_restart(argc, argv, false);
+}
+
+int cmd_restart(int argc, char **argv)
+{
+	return stop_or_restart(argc, argv, true);
 }
 
 static struct json_object *json_string_or_null(const char *s)

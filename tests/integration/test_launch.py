@@ -444,7 +444,7 @@ def big_output(t):
 @suite.case
 def docker_words(t):
     """What a docker user types first: verbs are never image names."""
-    for verb in ("restart", "build", "push", "commit"):
+    for verb in ("build", "push", "commit", "cp"):
         r = launch(verb, "x")
         if not tap.ok(r.returncode == 125 and b"docker command that launch does not have" in r.stderr,
                       f"launch {verb} is refused, not run as the image {verb}", r.stderr):
@@ -470,6 +470,16 @@ def docker_words(t):
            "start of an exited container runs it again on its writable layer (-a: attached), its log going on",
            (r.stdout, s1.returncode, s1.stdout, s1.stderr, w.stdout))
     launch("rm", "again")
+    r = launch("run", "-d", "--name", "bounce", t.img, "sh", "-c", "echo up >> /count; sleep 300")
+    rs = launch("restart", "-t", "1", "bounce")
+    deadline = time.monotonic() + 10
+    while launch("exec", "bounce", "cat", "/count").stdout != b"up\nup\n" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    count = launch("exec", "bounce", "cat", "/count").stdout
+    tap.ok(rs.returncode == 0 and rs.stdout == b"bounce\n" and count == b"up\nup\n" and
+           "Up" in launch("ps", "--format", "{{.Names}} {{.Status}}").stdout.decode(),
+           "restart stops the container and runs it again on its writable layer", (rs.stderr, count))
+    launch("rm", "-f", "bounce")
     v, v2 = launch("version"), launch("--version")
     tap.ok(v.stdout.startswith(b"launch ") and v.stdout == v2.stdout, "launch version and --version", v.stdout)
     h = launch("kill", "--help")
