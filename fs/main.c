@@ -53,8 +53,12 @@ static void usage(FILE *out)
 		     "  --prefetch-list FILE        fetch the files FILE lists (one path per line, as\n"
 		     "                              imgfs record writes) first, in place of the\n"
 		     "                              image's own landmarks\n"
-		     "  --insecure-registry HOST    allow plain HTTP to HOST[:PORT] (repeatable;\n"
-		     "                              also $IMGFS_INSECURE_REGISTRIES, comma-separated)\n"
+		     "  --insecure-registry HOST    TLS without verification, or plain HTTP, for\n"
+		     "                              HOST[:PORT] (repeatable; also\n"
+		     "                              $IMGFS_INSECURE_REGISTRIES, comma-separated);\n"
+		     "                              loopback registries may answer in plain HTTP\n"
+		     "  --cert-dir DIR              CAs (*.crt) and a client pair (*.cert, *.key) for\n"
+		     "                              the registry, instead of its certs.d directory\n"
 		     "  -f, --foreground            stay in the foreground\n"
 		     "  -d, --debug                 print FUSE requests (implies -f)\n"
 		     "  -h, --help                  show this help\n"
@@ -199,11 +203,12 @@ static int push_index(const char *ref_text, const struct image_options *opts)
 }
 
 /* The options of every command that reaches a registry. */
-enum { OPT_CACHE = 256, OPT_PLATFORM, OPT_INSECURE, OPT_OWN };
+enum { OPT_CACHE = 256, OPT_PLATFORM, OPT_INSECURE, OPT_CERT_DIR, OPT_OWN };
 #define SOURCE_OPTIONS                                                                                                 \
 	{ "cache", required_argument, NULL, OPT_CACHE }, { "platform", required_argument, NULL, OPT_PLATFORM },        \
+	    { "insecure-registry", required_argument, NULL, OPT_INSECURE },                                            \
 	{                                                                                                              \
-		"insecure-registry", required_argument, NULL, OPT_INSECURE                                             \
+		"cert-dir", required_argument, NULL, OPT_CERT_DIR                                                      \
 	}
 
 struct source_flags {
@@ -211,6 +216,7 @@ struct source_flags {
 	char **insecure;
 	size_t n_insecure;
 	const char *platform;
+	const char *cert_dir;
 };
 
 /* 1 when c was one of SOURCE_OPTIONS, 0 when not, -ENOMEM. */
@@ -225,6 +231,9 @@ static int source_flag(struct source_flags *f, int c, const char *arg)
 		return 1;
 	case OPT_INSECURE:
 		return insecure_add(&f->insecure, &f->n_insecure, arg) < 0 ? -ENOMEM : 1;
+	case OPT_CERT_DIR:
+		f->cert_dir = arg;
+		return 1;
 	default:
 		return 0;
 	}
@@ -245,6 +254,7 @@ static int source_flags_apply(struct source_flags *f, struct image_options *opts
 			   : report(ENOMEM, "out of memory");
 	opts->cache_dir = f->cache_dir;
 	opts->registry.insecure_registries = f->insecure;
+	opts->registry.cert_dir = f->cert_dir;
 	if (isatty(STDERR_FILENO)) {
 		opts->progress = progress_line;
 		opts->registry.progress = transfer_progress;

@@ -164,11 +164,64 @@ static int check_toc_digest(const void *data, size_t len, const char *want, stru
 	return 0;
 }
 
+/* Bytes that fail their checks may come from a broken proxy or CDN node as
+ * well as from a bad blob: a TOC is fetched again before it is an error. */
+#define TOC_FETCH_ATTEMPTS 2
+
+/* The footer, then the TOC it points to, verified; *fetched tells a failure
+ * of the bytes from a failure to get them (which the client retried). */
+static int fetch_estargz_toc(struct remote *rem, uint64_t blob_size, const char *toc_digest, char **ret_json,
+			     size_t *ret_len, uint64_t *ret_toc_off, bool *fetched, struct err *err)
+{
+	unsigned char footer[FOOTER_SIZE];
+	uint64_t toc_off = 0;
+	size_t footer_len = FOOTER_SIZE;
+	if (blob_size < FOOTER_SIZE)
+		footer_len = LEGACY_FOOTER_SIZE;
+	if (blob_size < footer_len)
+		return err_set(err, EINVAL, "too small for an eStargz layer");
+	int r = remote_fetch(rem, blob_size - footer_len, footer_len, footer, err);
+	if (r < 0)
+		return r;
+	*fetched = true;
+	if (estargz_parse_footer(footer, footer_len, &toc_off) < 0) {
+		footer_len = LEGACY_FOOTER_SIZE;
+		if (estargz_parse_footer(footer + (FOOTER_SIZE - LEGACY_FOOTER_SIZE), LEGACY_FOOTER_SIZE, &toc_off) < 0)
+			return err_set(err, EINVAL, "no eStargz footer at the end of the blob");
+	}
+	if (toc_off >= blob_size - footer_len || blob_size - footer_len - toc_off > TOC_MAX_COMPRESSED)
+		return err_set(err, EINVAL, "the eStargz footer points to an impossible TOC offset %llu",
+			       (unsigned long long)toc_off);
+	size_t toc_gz_len = (size_t)(blob_size - footer_len - toc_off);
+	_cleanup_free_ char *toc_gz = malloc(toc_gz_len);
+	if (!toc_gz)
+		return -ENOMEM;
+	*fetched = false;
+	r = remote_fetch(rem, toc_off, toc_gz_len, toc_gz, err);
+	if (r < 0)
+		return r;
+	*fetched = true;
+	_cleanup_free_ char *json = NULL;
+	size_t json_len = 0;
+	r = extract_toc(toc_gz, toc_gz_len, &json, &json_len, err);
+	/* Peak memory matters more than a free() later: drop it now. */
+	free(TAKE_PTR(toc_gz));
+	if (r < 0)
+		return r;
+	r = check_toc_digest(json, json_len, toc_digest, err);
+	if (r < 0)
+		return r;
+	*ret_json = TAKE_PTR(json);
+	*ret_len = json_len;
+	*ret_toc_off = toc_off;
+	return 0;
+}
+
 int estargz_open(struct registry_client *client, struct registry_client *prefetch_client, const char *digest,
 		 uint64_t blob_size, const char *toc_digest, const char *cache_dir, struct layer **ret, struct err *err)
 {
 	struct remote *rem = NULL;
-	_cleanup_free_ char *toc_gz = NULL, *json = NULL;
+	_cleanup_free_ char *json = NULL;
 	_cleanup_free_ char *toc_index_path = strdup_printf(TOC_INDEX_NAME, cache_dir, digest + 7);
 	size_t json_len = 0;
 	int r = remote_new(client, prefetch_client, digest, COMPRESSION_GZIP, cache_dir, &rem, err);
@@ -183,47 +236,16 @@ int estargz_open(struct registry_client *client, struct registry_client *prefetc
 		goto fail;
 	}
 
-	unsigned char footer[FOOTER_SIZE];
 	uint64_t toc_off = 0;
-	size_t footer_len = FOOTER_SIZE;
-	if (blob_size < FOOTER_SIZE)
-		footer_len = LEGACY_FOOTER_SIZE;
-	if (blob_size < footer_len) {
-		r = err_set(err, EINVAL, "too small for an eStargz layer");
-		goto fail;
-	}
 	archive_lib_preload(); /* for the TOC, while the footer and the TOC arrive */
-	r = remote_fetch(rem, blob_size - footer_len, footer_len, footer, err);
-	if (r < 0)
-		goto fail;
-	if (estargz_parse_footer(footer, footer_len, &toc_off) < 0) {
-		footer_len = LEGACY_FOOTER_SIZE;
-		if (estargz_parse_footer(footer + (FOOTER_SIZE - LEGACY_FOOTER_SIZE), LEGACY_FOOTER_SIZE, &toc_off) <
-		    0) {
-			r = err_set(err, EINVAL, "no eStargz footer at the end of the blob");
-			goto fail;
-		}
+	bool fetched = false;
+	for (int attempt = 1; attempt <= TOC_FETCH_ATTEMPTS; attempt++) {
+		fetched = false;
+		free(TAKE_PTR(json));
+		r = fetch_estargz_toc(rem, blob_size, toc_digest, &json, &json_len, &toc_off, &fetched, err);
+		if (r == 0 || r == -ENOMEM || !fetched)
+			break;
 	}
-	if (toc_off >= blob_size - footer_len || blob_size - footer_len - toc_off > TOC_MAX_COMPRESSED) {
-		r = err_set(err, EINVAL, "the eStargz footer points to an impossible TOC offset %llu",
-			    (unsigned long long)toc_off);
-		goto fail;
-	}
-	size_t toc_gz_len = (size_t)(blob_size - footer_len - toc_off);
-	toc_gz = malloc(toc_gz_len);
-	if (!toc_gz) {
-		r = -ENOMEM;
-		goto fail;
-	}
-	r = remote_fetch(rem, toc_off, toc_gz_len, toc_gz, err);
-	if (r < 0)
-		goto fail;
-	r = extract_toc(toc_gz, toc_gz_len, &json, &json_len, err);
-	/* Peak memory matters more than a free() later: drop it now. */
-	free(TAKE_PTR(toc_gz));
-	if (r < 0)
-		goto fail;
-	r = check_toc_digest(json, json_len, toc_digest, err);
 	if (r < 0)
 		goto fail;
 	r = chunked_layer_new(digest, COMPRESSION_GZIP, blob_size, rem, json, json_len, toc_off, toc_digest,
@@ -271,17 +293,22 @@ int zstd_chunked_open(struct registry_client *client, struct registry_client *pr
 		r = -ENOMEM;
 		goto fail;
 	}
-	r = remote_fetch(rem, off, (size_t)len, compressed, err);
-	if (r < 0)
-		goto fail;
-	r = check_toc_digest(compressed, (size_t)len, toc_checksum, err);
-	if (r < 0)
-		goto fail;
-	size_t n = ZSTD_decompress(json, (size_t)uncompressed, compressed, (size_t)len);
-	if (ZSTD_isError(n) || n != uncompressed) {
-		r = err_set(err, EINVAL, "the TOC does not decompress to %llu bytes", uncompressed);
-		goto fail;
+	size_t n = 0;
+	for (int attempt = 1; attempt <= TOC_FETCH_ATTEMPTS; attempt++) {
+		r = remote_fetch(rem, off, (size_t)len, compressed, err);
+		if (r < 0)
+			goto fail;
+		r = check_toc_digest(compressed, (size_t)len, toc_checksum, err);
+		if (r == 0) {
+			n = ZSTD_decompress(json, (size_t)uncompressed, compressed, (size_t)len);
+			if (ZSTD_isError(n) || n != uncompressed)
+				r = err_set(err, EINVAL, "the TOC does not decompress to %llu bytes", uncompressed);
+		}
+		if (r == 0)
+			break;
 	}
+	if (r < 0)
+		goto fail;
 	free(TAKE_PTR(compressed));
 	json[n] = '\0';
 	r = chunked_layer_new(digest, COMPRESSION_ZSTD, blob_size, rem, json, n, off, toc_checksum, toc_index_path, ret,

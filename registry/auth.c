@@ -117,6 +117,12 @@ static bool auth_key_matches(const char *key, const char *domain)
 	else if (str_has_prefix(key, "http://"))
 		key += 7;
 	size_t len = strcspn(key, "/");
+	/* docker login writes Docker Hub as "https://index.docker.io/v1/". */
+	static const char *const hub_names[] = { "index.docker.io", "registry-1.docker.io", "docker.io" };
+	if (strcmp(domain, "docker.io") == 0)
+		for (size_t i = 0; i < ARRAY_SIZE(hub_names); i++)
+			if (strlen(hub_names[i]) == len && strncmp(key, hub_names[i], len) == 0)
+				return true;
 	return strlen(domain) == len && strncmp(key, domain, len) == 0;
 }
 

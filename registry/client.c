@@ -10,6 +10,9 @@
 #include <time.h>
 
 #define MAX_ATTEMPTS 5
+/* Bytes that fail their digest may come from a broken proxy or CDN node as
+ * well as from a bad blob: they are fetched again, on a new connection. */
+#define DIGEST_ATTEMPTS 2
 #define MAX_RETRY_AFTER_SECONDS 30
 #define TOKEN_MAX_SIZE (1u << 20)
 
@@ -18,7 +21,7 @@ static const char manifest_accept[] =
     "application/vnd.docker.distribution.manifest.v2+json, "
     "application/vnd.docker.distribution.manifest.list.v2+json";
 
-static bool is_loopback_host(const char *domain)
+bool registry_host_is_loopback(const char *domain)
 {
 	char host[256];
 	const char *end;
@@ -49,8 +52,6 @@ static bool is_loopback_host(const char *domain)
 
 bool registry_host_is_insecure(const char *domain, char *const *insecure)
 {
-	if (is_loopback_host(domain))
-		return true;
 	for (char *const *p = insecure; p && *p; p++) {
 		if (strcmp(*p, domain) == 0)
 			return true;
@@ -62,6 +63,13 @@ bool registry_host_is_insecure(const char *domain, char *const *insecure)
 	return false;
 }
 
+const char *registry_endpoint_host(const char *domain)
+{
+	/* docker.io names images; the API is served elsewhere, as every docker
+	 * and podman client knows. */
+	return strcmp(domain, "docker.io") == 0 ? "registry-1.docker.io" : domain;
+}
+
 int registry_client_new(const struct image_ref *ref, const struct registry_options *opts, struct registry_client **ret,
 			struct err *err)
 {
@@ -69,11 +77,12 @@ int registry_client_new(const struct image_ref *ref, const struct registry_optio
 	if (!c)
 		return err_set(err, ENOMEM, "registry \"%s\": out of memory", ref->domain);
 	c->insecure = registry_host_is_insecure(ref->domain, opts->insecure_registries);
+	c->may_use_http = c->insecure || registry_host_is_loopback(ref->domain);
 	c->ref.domain = strdup(ref->domain);
 	c->ref.repository = strdup(ref->repository);
 	c->ref.tag = ref->tag ? strdup(ref->tag) : NULL;
 	c->ref.digest = ref->digest ? strdup(ref->digest) : NULL;
-	c->base_url = strdup_printf("%s://%s", c->insecure ? "http" : "https", ref->domain);
+	c->base_url = strdup_printf("https://%s", registry_endpoint_host(ref->domain));
 	c->platform = opts->platform;
 	c->max_document_size = opts->max_document_size ? opts->max_document_size : MANIFEST_MAX_SIZE;
 	c->stall_seconds = opts->stall_seconds > 0 ? opts->stall_seconds : 30;
@@ -83,6 +92,12 @@ int registry_client_new(const struct image_ref *ref, const struct registry_optio
 	    (ref->digest && !c->ref.digest)) {
 		registry_client_free(c);
 		return err_set(err, ENOMEM, "registry \"%s\": out of memory", ref->domain);
+	}
+	int r = tls_material_load(ref->domain, opts->cert_dir, &c->tls, err);
+	if (r < 0) {
+		registry_client_free(c);
+		return r == -ENOMEM ? err_set(err, ENOMEM, "registry \"%s\": out of memory", ref->domain)
+				    : err_wrap(err, "registry \"%s\"", ref->domain);
 	}
 	if (auth_lookup_credentials(ref->domain, &c->credentials) < 0)
 		c->credentials = NULL;
@@ -96,6 +111,9 @@ struct registry_client *registry_client_dup(const struct registry_client *c)
 	if (!d)
 		return NULL;
 	d->insecure = c->insecure;
+	d->may_use_http = c->may_use_http;
+	d->endpoint_known = c->endpoint_known;
+	d->plain_http = c->plain_http;
 	d->single_ranges = c->single_ranges;
 	d->platform = c->platform;
 	d->max_document_size = c->max_document_size;
@@ -110,6 +128,20 @@ struct registry_client *registry_client_dup(const struct registry_client *c)
 	d->base_url = strdup(c->base_url);
 	d->credentials = c->credentials ? strdup(c->credentials) : NULL;
 	d->token = c->token ? strdup(c->token) : NULL;
+	bool tls_ok = true;
+	if (c->tls.ca_pem) {
+		d->tls.ca_pem = malloc(c->tls.ca_len + 1);
+		if ((tls_ok = d->tls.ca_pem != NULL)) {
+			memcpy(d->tls.ca_pem, c->tls.ca_pem, c->tls.ca_len + 1);
+			d->tls.ca_len = c->tls.ca_len;
+		}
+	}
+	d->tls.ca_files = c->tls.ca_files ? strdup(c->tls.ca_files) : NULL;
+	d->tls.client_cert = c->tls.client_cert ? strdup(c->tls.client_cert) : NULL;
+	d->tls.client_key = c->tls.client_key ? strdup(c->tls.client_key) : NULL;
+	if (!tls_ok || (c->tls.ca_files && !d->tls.ca_files) || (c->tls.client_cert && !d->tls.client_cert) ||
+	    (c->tls.client_key && !d->tls.client_key))
+		return registry_client_free(d);
 	if (!d->ref.domain || !d->ref.repository || !d->base_url || (c->ref.tag && !d->ref.tag) ||
 	    (c->ref.digest && !d->ref.digest) || (c->credentials && !d->credentials) || (c->token && !d->token))
 		return registry_client_free(d);
@@ -123,6 +155,7 @@ struct registry_client *registry_client_free(struct registry_client *c)
 	if (c->curl)
 		curl_lib_get(NULL)->easy_cleanup(c->curl);
 	image_ref_done(&c->ref);
+	tls_material_done(&c->tls);
 	free(c->base_url);
 	if (c->credentials) {
 		explicit_bzero(c->credentials, strlen(c->credentials));
@@ -198,7 +231,31 @@ static void sleep_ms(long ms)
 		;
 }
 
-/* What a request other than a GET sends. */
+/* Which schemes, and which TLS trust and identity, a request uses. */
+static void set_transport_options(struct registry_client *c, const struct curl_lib *curl)
+{
+	bool http_ok = c->insecure || c->plain_http;
+	curl->easy_setopt(c->curl, CURLOPT_REDIR_PROTOCOLS_STR, http_ok ? "http,https" : "https");
+	curl->easy_setopt(c->curl, CURLOPT_PROTOCOLS_STR, http_ok ? "http,https" : "https");
+	if (c->insecure) {
+		curl->easy_setopt(c->curl, CURLOPT_SSL_VERIFYPEER, 0L);
+		curl->easy_setopt(c->curl, CURLOPT_SSL_VERIFYHOST, 0L);
+	}
+	/* With OpenSSL, libcurl trusts this blob besides its default bundle;
+	 * the blob is not copied: it lives as long as the client. */
+	struct curl_blob ca = { .data = c->tls.ca_pem, .len = c->tls.ca_len, .flags = CURL_BLOB_NOCOPY };
+	if (c->tls.ca_pem)
+		curl->easy_setopt(c->curl, CURLOPT_CAINFO_BLOB, &ca);
+	if (c->tls.client_cert) {
+		curl->easy_setopt(c->curl, CURLOPT_SSLCERT, c->tls.client_cert);
+		curl->easy_setopt(c->curl, CURLOPT_SSLKEY, c->tls.client_key);
+	}
+	if (c->fresh_connection) {
+		curl->easy_setopt(c->curl, CURLOPT_FRESH_CONNECT, 1L);
+		curl->easy_setopt(c->curl, CURLOPT_FORBID_REUSE, 1L);
+	}
+}
+
 /* Performs one request with retries on transient failures.  Authorization is
  * passed as a header; libcurl (>= 7.58) does not send custom Authorization
  * headers to a different host when following a redirect, which is what keeps
@@ -234,8 +291,7 @@ static int http_request(struct registry_client *c, const char *url, const char *
 		curl->easy_setopt(c->curl, CURLOPT_ERRORBUFFER, errbuf);
 		curl->easy_setopt(c->curl, CURLOPT_FOLLOWLOCATION, 1L);
 		curl->easy_setopt(c->curl, CURLOPT_MAXREDIRS, 10L);
-		curl->easy_setopt(c->curl, CURLOPT_REDIR_PROTOCOLS_STR, c->insecure ? "http,https" : "https");
-		curl->easy_setopt(c->curl, CURLOPT_PROTOCOLS_STR, c->insecure ? "http,https" : "https");
+		set_transport_options(c, curl);
 		curl->easy_setopt(c->curl, CURLOPT_CONNECTTIMEOUT, 20L);
 		/* A stalled transfer counts as a connection error. */
 		curl->easy_setopt(c->curl, CURLOPT_LOW_SPEED_LIMIT, 1L);
@@ -264,6 +320,8 @@ static int http_request(struct registry_client *c, const char *url, const char *
 			curl->easy_setopt(c->curl, CURLOPT_CUSTOMREQUEST, up->method);
 		}
 		CURLcode code = curl->easy_perform(c->curl);
+		c->last_code = code;
+		c->fresh_connection = false;
 		curl->slist_free_all(headers);
 		curl->easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &resp->status);
 
@@ -277,6 +335,13 @@ static int http_request(struct registry_client *c, const char *url, const char *
 		bool transient =
 		    code != CURLE_OK ? curl_error_is_transient(code) : resp->status == 429 || resp->status >= 500;
 		if (!transient || attempt >= MAX_ATTEMPTS) {
+			if (code == CURLE_PEER_FAILED_VERIFICATION)
+				return err_set(err, EIO,
+					       "%s: %s: %s (trusted: the system's CAs%s%s; a registry's own CA belongs "
+					       "in certs.d/%s/*.crt)",
+					       what, url, errbuf[0] ? errbuf : curl->easy_strerror(code),
+					       c->tls.ca_files ? ", " : "", c->tls.ca_files ? c->tls.ca_files : "",
+					       c->ref.domain);
 			if (code != CURLE_OK)
 				return err_set(err, EIO, "%s: %s", what,
 					       errbuf[0] ? errbuf : curl->easy_strerror(code));
@@ -350,7 +415,7 @@ static int fetch_token(struct registry_client *c, const struct auth_challenge *c
 	if (!url)
 		return -ENOMEM;
 	/* Token servers live on other hosts; plain HTTP only where the registry itself may use it. */
-	if (!str_has_prefix(url, "https://") && !(c->insecure && str_has_prefix(url, "http://")))
+	if (!str_has_prefix(url, "https://") && !((c->insecure || c->plain_http) && str_has_prefix(url, "http://")))
 		return err_set(err, EACCES, "registry \"%s\": refusing token realm that is not https", c->ref.domain);
 
 	_cleanup_free_ char *authorization = NULL;
@@ -415,6 +480,22 @@ static char *authorization_header(struct registry_client *c)
 	return NULL;
 }
 
+/* After a failed first request: whether the registry is one that may be
+ * spoken to in plain HTTP and did not speak TLS at all (a certificate that
+ * fails verification is not that), in which case the client now uses HTTP. */
+static bool speaks_plain_http(struct registry_client *c)
+{
+	if (c->endpoint_known || !c->may_use_http || c->plain_http || c->last_code != CURLE_SSL_CONNECT_ERROR)
+		return false;
+	_cleanup_free_ char *http_url = strdup_printf("http://%s", c->base_url + strlen("https://"));
+	if (!http_url)
+		return false;
+	free(c->base_url);
+	c->base_url = TAKE_PTR(http_url);
+	c->plain_http = true;
+	return true;
+}
+
 int registry_request(struct registry_client *c, const char *path_or_url, const char *accept, const char *range,
 		     const struct upload *up, struct response *resp, const char *what, struct err *err)
 {
@@ -432,8 +513,15 @@ int registry_request(struct registry_client *c, const char *path_or_url, const c
 		int r = http_request(c, url, accept, authorization, range, up, resp, what, err);
 		if (authorization)
 			explicit_bzero(authorization, strlen(authorization));
+		if (r < 0 && own_host && speaks_plain_http(c)) {
+			/* The URL changes only in its scheme: "https" → "http". */
+			memmove(url + 4, url + 5, strlen(url + 5) + 1);
+			round--;
+			continue;
+		}
 		if (r < 0)
 			return r;
+		c->endpoint_known = true;
 		if (resp->status != 401 || round > 0 || !own_host)
 			break;
 		struct auth_challenge ch = { 0 };
@@ -473,15 +561,22 @@ int get_manifest(struct registry_client *c, const char *reference, const char *e
 		 str_has_prefix(reference, "sha256:") ? "@" : ":", reference);
 	struct response resp;
 	response_to_memory(&resp, MANIFEST_MAX_SIZE);
-	int r = registry_get(c, path, manifest_accept, NULL, &resp, what, err);
-	if (r < 0)
-		goto out;
-
 	char digest[DIGEST_SHA256_LEN + 1];
-	digest_sha256(resp.body ? resp.body : "", resp.body_len, digest);
-	const char *want = expected_digest ? expected_digest : resp.docker_digest;
-	if (want && str_has_prefix(want, "sha256:") && strcmp(want, digest) != 0) {
-		r = err_set(err, EBADMSG, "%s: content digest %s does not match %s", what, digest, want);
+	int r;
+	for (int attempt = 1;; attempt++) {
+		r = registry_get(c, path, manifest_accept, NULL, &resp, what, err);
+		if (r < 0)
+			goto out;
+		digest_sha256(resp.body ? resp.body : "", resp.body_len, digest);
+		const char *want = expected_digest ? expected_digest : resp.docker_digest;
+		if (!want || !str_has_prefix(want, "sha256:") || strcmp(want, digest) == 0)
+			break;
+		if (attempt < DIGEST_ATTEMPTS) {
+			c->fresh_connection = true;
+			continue;
+		}
+		r = err_set(err, EBADMSG, "%s: content digest %s does not match %s (fetched %d times)", what, digest,
+			    want, attempt);
 		goto out;
 	}
 	r = manifest_parse(resp.body ? resp.body : "", resp.body_len, resp.content_type, ret, err);
@@ -555,13 +650,21 @@ int registry_get_blob(struct registry_client *c, const char *digest, char **ret_
 	snprintf(what, sizeof(what), "blob %s of \"%s/%s\"", digest, c->ref.domain, c->ref.repository);
 	struct response resp;
 	response_to_memory(&resp, c->max_document_size);
-	int r = registry_get(c, path, NULL, NULL, &resp, what, err);
-	if (r < 0)
-		goto out;
-	char actual[DIGEST_SHA256_LEN + 1];
-	digest_sha256(resp.body ? resp.body : "", resp.body_len, actual);
-	if (strcmp(actual, digest) != 0) {
-		r = err_set(err, EBADMSG, "%s: content digest %s does not match", what, actual);
+	int r;
+	for (int attempt = 1;; attempt++) {
+		r = registry_get(c, path, NULL, NULL, &resp, what, err);
+		if (r < 0)
+			goto out;
+		char actual[DIGEST_SHA256_LEN + 1];
+		digest_sha256(resp.body ? resp.body : "", resp.body_len, actual);
+		if (strcmp(actual, digest) == 0)
+			break;
+		if (attempt < DIGEST_ATTEMPTS) {
+			c->fresh_connection = true;
+			continue;
+		}
+		r = err_set(err, EBADMSG, "%s: content digest %s does not match (fetched %d times)", what, actual,
+			    attempt);
 		goto out;
 	}
 	if (!resp.body && !(resp.body = strdup(""))) {
@@ -590,22 +693,30 @@ int registry_fetch_blob_to_fd(struct registry_client *c, const char *digest, int
 	c->progress_digest = digest;
 	c->progress_total = (uint64_t)size;
 	c->progress_last = (struct timespec){ 0 };
-	int r = registry_get(c, path, NULL, NULL, &resp, what, err);
+	int r;
+	for (int attempt = 1;; attempt++) {
+		r = registry_get(c, path, NULL, NULL, &resp, what, err);
+		if (r < 0)
+			break;
+		char actual[DIGEST_SHA256_LEN + 1];
+		digester_final(d, actual);
+		if (resp.file.written == (uint64_t)size && strcmp(actual, digest) == 0)
+			break;
+		if (attempt < DIGEST_ATTEMPTS) {
+			c->fresh_connection = true;
+			continue;
+		}
+		if (resp.file.written != (uint64_t)size)
+			r = err_set(err, EBADMSG, "%s: got %llu bytes, the manifest says %lld (fetched %d times)", what,
+				    (unsigned long long)resp.file.written, (long long)size, attempt);
+		else
+			r = err_set(err, EBADMSG, "%s: content digest %s does not match (fetched %d times)", what,
+				    actual, attempt);
+		break;
+	}
 	c->progress_digest = NULL;
 	if (r == 0 && c->progress)
 		c->progress(digest, resp.file.written, (uint64_t)size);
-	if (r < 0)
-		goto out;
-	if (resp.file.written != (uint64_t)size) {
-		r = err_set(err, EBADMSG, "%s: got %llu bytes, the manifest says %lld", what,
-			    (unsigned long long)resp.file.written, (long long)size);
-		goto out;
-	}
-	char actual[DIGEST_SHA256_LEN + 1];
-	digester_final(d, actual);
-	if (strcmp(actual, digest) != 0)
-		r = err_set(err, EBADMSG, "%s: content digest %s does not match", what, actual);
-out:
 	response_done(&resp);
 	digester_free(d);
 	return r;

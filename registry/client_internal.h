@@ -8,17 +8,37 @@
 #include "registry.h"
 #include "response.h"
 
+/* A registry's own TLS trust and identity (tls.c). */
+struct tls_material {
+	char *ca_pem; /* the *.crt files, one after the other; NULL when none */
+	size_t ca_len;
+	char *ca_files; /* their paths, for error messages */
+	char *client_cert, *client_key;
+};
+
+/* Loads what the certs.d directory of host ("host[:port]") holds, or of
+ * cert_dir when it is not NULL (podman's --cert-dir); a registry without a
+ * directory has no material. */
+int tls_material_load(const char *host, const char *cert_dir, struct tls_material *ret, struct err *err);
+void tls_material_done(struct tls_material *t);
+
 struct registry_client {
 	CURL *curl;
 	struct image_ref ref;
-	char *base_url;    /* "https://host:port" */
+	char *base_url;    /* "https://host:port", or "http://" once plain HTTP was settled on */
 	char *credentials; /* "user:password" or NULL */
 	char *token;       /* bearer token for the repository's pull scope */
 	time_t token_expiry;
 	bool basic_auth; /* the registry asked for basic credentials */
 	struct platform platform;
 	size_t max_document_size;
-	bool insecure;
+	bool insecure;       /* TLS unverified and plain HTTP allowed, as podman's insecure */
+	bool may_use_http;   /* insecure, or loopback: plain HTTP if TLS is not spoken at all */
+	bool endpoint_known; /* a request got through: no more falling back */
+	bool plain_http;
+	CURLcode last_code;    /* of the last transfer, to tell a TLS handshake failure */
+	bool fresh_connection; /* the next request opens a connection of its own */
+	struct tls_material tls;
 	bool single_ranges; /* the server answered a multi-range request otherwise than in parts */
 	long stall_seconds; /* a transfer with no progress this long is retried */
 	void (*progress)(const char *digest, uint64_t done, uint64_t total);

@@ -157,7 +157,10 @@ int image_ref_parse(const char *text, struct image_ref *ret, struct err *err)
 			r = err_set(err, EINVAL, "invalid reference \"%s\": bad registry host", text);
 			goto fail;
 		}
-		ref.domain = strndup(copy, (size_t)(slash - copy));
+		/* Docker Hub's old name is its name. */
+		ref.domain = slash - copy == 15 && strncmp(copy, "index.docker.io", 15) == 0
+				 ? strdup("docker.io")
+				 : strndup(copy, (size_t)(slash - copy));
 		remainder = slash + 1;
 	} else {
 		ref.domain = strdup("docker.io");

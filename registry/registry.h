@@ -113,9 +113,13 @@ int manifest_select_platform(const struct manifest *index, const struct platform
 /* ---- client ------------------------------------------------------------- */
 
 struct registry_options {
-	/* Hosts ("host" or "host:port") that may be reached over plain HTTP.
-	 * Loopback registries always may. NULL-terminated, may be NULL. */
+	/* Hosts ("host" or "host:port") spoken to without TLS verification, or
+	 * over plain HTTP when they do not speak TLS. NULL-terminated, may be
+	 * NULL. */
 	char **insecure_registries;
+	/* A directory of CAs (*.crt) and a client pair (*.cert, *.key) used for
+	 * every registry instead of the certs.d directories; may be NULL. */
+	const char *cert_dir;
 	struct platform platform;
 	/* Maximum bytes for a blob fetched to memory (configs). */
 	size_t max_document_size;
@@ -212,5 +216,12 @@ int registry_add_referrer_tag(struct registry_client *c, const char *subject_dig
 int registry_get_manifest_by_digest(struct registry_client *c, const char *digest, struct manifest *ret,
 				    struct err *err);
 
-/* True when a host may be contacted over plain HTTP under these options. */
+/* True when host ("host[:port]") is in the insecure list (podman's
+ * --tls-verify=false): TLS without verification, and plain HTTP if the
+ * registry does not speak TLS.  "host" covers every port of host. */
 bool registry_host_is_insecure(const char *domain, char *const *insecure);
+/* True for localhost and loopback addresses: these, too, may be spoken to
+ * in plain HTTP when they do not speak TLS (verification stays on). */
+bool registry_host_is_loopback(const char *domain);
+/* Where the API of a registry domain is served (docker.io's is elsewhere). */
+const char *registry_endpoint_host(const char *domain);

@@ -24,6 +24,10 @@ class FaultProxy:
         self.injected = []
         self.multi = None         # one of MULTI_MODES for every request of several ranges
         self.multi_requests = 0
+        # Corrupts the first answer for every blob (whole or ranged), as a
+        # broken CDN node would; the second answer is right.
+        self.corrupt_first_of_each = False
+        self.corrupted_blobs = set()
         self.lock = threading.Lock()
         proxy = self
 
@@ -60,6 +64,11 @@ class FaultProxy:
                     elif proxy.multi == "first":
                         headers["Range"] = headers["Range"].split(",")[0]
                     elif proxy.multi == "corrupt":
+                        fault = "corrupt"
+                blob = self.path.split("?")[0]
+                with proxy.lock:
+                    if proxy.corrupt_first_of_each and "/blobs/" in blob and blob not in proxy.corrupted_blobs:
+                        proxy.corrupted_blobs.add(blob)
                         fault = "corrupt"
                 req = urllib.request.Request(f"http://{proxy.upstream}{self.path}", headers=headers)
                 try:

@@ -76,15 +76,70 @@ def free_port():
         return s.getsockname()[1]
 
 
+class TlsFiles:
+    """A CA made here with openssl, and a server certificate for 127.0.0.1
+    signed by it; with client=True also a client pair the CA signed."""
+
+    def __init__(self, workdir, client=False):
+        self.dir = os.path.join(workdir, "tls")
+        os.makedirs(self.dir, exist_ok=True)
+        p = lambda name: os.path.join(self.dir, name)  # noqa: E731
+        self.ca_cert, self.ca_key = p("ca.crt"), p("ca.key")
+        self.server_cert, self.server_key = p("server.crt"), p("server.key")
+        self.client_cert = p("client.cert") if client else None
+        self.client_key = p("client.key") if client else None
+
+        def run(*args):
+            subprocess.run(["openssl", *args], check=True, capture_output=True)
+        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=imgfs test CA",
+            "-keyout", self.ca_key, "-out", self.ca_cert)
+        pairs = [(self.server_cert, self.server_key, "/CN=127.0.0.1", "subjectAltName=IP:127.0.0.1,DNS:localhost")]
+        if client:
+            pairs.append((self.client_cert, self.client_key, "/CN=imgfs test client", "extendedKeyUsage=clientAuth"))
+        for cert, key, subject, ext in pairs:
+            run("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", key, "-out", cert + ".csr")
+            with open(cert + ".ext", "w") as f:
+                f.write(ext + "\n")
+            run("x509", "-req", "-in", cert + ".csr", "-CA", self.ca_cert, "-CAkey", self.ca_key,
+                "-CAcreateserial", "-days", "2", "-extfile", cert + ".ext", "-out", cert)
+
+    def install(self, certs_d_dir, host, client=True):
+        """Puts the CA (and the client pair) where podman looks for HOST."""
+        d = os.path.join(certs_d_dir, host)
+        os.makedirs(d, exist_ok=True)
+        shutil.copy(self.ca_cert, os.path.join(d, "ca.crt"))
+        if client and self.client_cert:
+            shutil.copy(self.client_cert, os.path.join(d, "client.cert"))
+            shutil.copy(self.client_key, os.path.join(d, "client.key"))
+        return d
+
+
 class Registry:
     """docker-registry on 127.0.0.1 with a throwaway configuration and storage."""
 
-    def __init__(self, workdir):
-        self.dir = os.path.join(workdir, "registry")
+    def __init__(self, workdir, tls=None, name="registry"):
+        """tls: a TlsFiles; the registry then serves HTTPS only."""
+        self.dir = os.path.join(workdir, name)
         os.makedirs(self.dir, exist_ok=True)
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.storage = os.path.join(self.dir, "storage")
+        self.scheme = "https" if tls else "http"
+        self.ssl_context = None
+        http_tls = ""
+        if tls:
+            import ssl
+            self.ssl_context = ssl.create_default_context(cafile=tls.ca_cert)
+            if tls.client_cert:
+                self.ssl_context.load_cert_chain(tls.client_cert, tls.client_key)
+            http_tls = f"""  tls:
+    certificate: {tls.server_cert}
+    key: {tls.server_key}
+"""
+            if tls.client_cert:
+                http_tls += f"""    clientcas:
+      - {tls.ca_cert}
+"""
         config = os.path.join(self.dir, "config.yml")
         with open(config, "w") as f:
             f.write(f"""version: 0.1
@@ -99,13 +154,14 @@ storage:
     enabled: true
 http:
   addr: 127.0.0.1:{self.port}
-""")
+{http_tls}""")
         self.log = open(os.path.join(self.dir, "registry.log"), "wb")
         self.proc = subprocess.Popen(["docker-registry", "serve", config], stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 30
         while True:
             try:
-                with urllib.request.urlopen(f"http://{self.host}/v2/", timeout=2) as r:
+                with urllib.request.urlopen(f"{self.scheme}://{self.host}/v2/", timeout=2,
+                                            context=self.ssl_context) as r:
                     if r.status == 200:
                         break
             except (urllib.error.URLError, ConnectionError, OSError):
@@ -128,8 +184,9 @@ http:
             return f.read().decode(errors="replace")
 
     def _request(self, method, path, data=None, headers=None):
-        req = urllib.request.Request(f"http://{self.host}{path}", data=data, method=method, headers=headers or {})
-        with urllib.request.urlopen(req, timeout=60) as r:
+        req = urllib.request.Request(f"{self.scheme}://{self.host}{path}", data=data, method=method,
+                                     headers=headers or {})
+        with urllib.request.urlopen(req, timeout=60, context=self.ssl_context) as r:
             return r.status, dict(r.headers), r.read()
 
     def push_blob(self, repo, data):
@@ -143,10 +200,10 @@ http:
         location = headers["Location"]
         sep = "&" if "?" in location else "?"
         if location.startswith("/"):
-            location = f"http://{self.host}{location}"
+            location = f"{self.scheme}://{self.host}{location}"
         req = urllib.request.Request(f"{location}{sep}digest={digest}", data=data, method="PUT",
                                      headers={"Content-Type": "application/octet-stream"})
-        with urllib.request.urlopen(req, timeout=120) as r:
+        with urllib.request.urlopen(req, timeout=120, context=self.ssl_context) as r:
             assert r.status == 201, r.status
         return digest
 

@@ -13,7 +13,8 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from imgfs_test.faultproxy import MODES, MULTI_MODES, FaultProxy  # noqa: E402
 from imgfs_test.cases import Suite, run_file  # noqa: E402
-from imgfs_test.harness import Entry, Mount, Registry, imgfs_stats, stats_after_prefetch  # noqa: E402
+from imgfs_test.harness import (Entry, Mount, Registry, imgfs_stats, make_tar, push_image,  # noqa: E402
+                                snapshot, stats_after_prefetch)
 from imgfs_test.images import deterministic_bytes  # noqa: E402
 from imgfs_test.lazy import push_estargz  # noqa: E402
 
@@ -53,6 +54,7 @@ def setup(t):
     t.on_exit(t.proxy.stop)
     push_estargz(t.reg, "faults/app", "v1", [ENTRIES], chunk_size=CHUNK)
     push_estargz(t.reg, "faults/many", "v1", [MANY])
+    push_image(t.reg, "faults/plain", "v1", [(make_tar(MANY[:10]), "gzip"), (make_tar(ENTRIES), "zstd")])
 
 
 @suite.case
@@ -181,6 +183,29 @@ def copy_up_holds_up_nothing(t):
         got = f.read()
     t.tap.ok(got == b"X" + BIG[1:], "the copied-up file holds the image's bytes and the write")
     m.umount()
+
+
+@suite.case
+def first_answer_of_every_blob_corrupt(t):
+    """A broken CDN node: each blob's first answer has a flipped byte; the tree is exact anyway."""
+    proxy = t.proxy
+    proxy.faults, proxy.always, proxy.multi = [], None, None
+    proxy.corrupt_first_of_each, proxy.corrupted_blobs = True, set()
+    t.on_exit(lambda: setattr(proxy, "corrupt_first_of_each", False))
+    for repo, files in (("faults/app", ENTRIES), ("faults/plain", MANY[:10] + ENTRIES)):
+        mnt = os.path.join(t.work, "mnt-corrupt")
+        before = len(proxy.corrupted_blobs)
+        m = Mount(f"{proxy.host}/{repo}:v1", mnt, os.path.join(t.work, "cache-corrupt-" + repo.split("/")[1]))
+        if not t.tap.ok(m.ok, f"{repo}: mounts though the first answer for each blob is corrupt", m.stderr()):
+            continue
+        want = {e.path: e.data for e in files if e.kind == "file"}
+        got = {p: open(os.path.join(mnt, p), "rb").read() for p in want}
+        names = sorted(snapshot(mnt))
+        t.tap.ok(got == want and names == sorted(["."] + [e.path for e in files]),
+                 f"{repo}: every file and every byte is the image's", names)
+        t.tap.ok(len(proxy.corrupted_blobs) - before >= 2, f"{repo}: the corruption was injected",
+                 proxy.corrupted_blobs)
+        m.umount()
 
 
 run_file(suite)

@@ -49,6 +49,15 @@ static void test_refs(void)
 	check_ref("quay.example/a__b/c--d.e:t", "quay.example", "a__b/c--d.e", "t", NULL);
 	check_ref("name@" D64, "docker.io", "library/name", NULL, D64);
 	check_ref("host:1/name:tag@" D64, "host:1", "name", "tag", D64);
+	/* distribution/reference's normalisation of Docker Hub names */
+	check_ref("index.docker.io/busybox", "docker.io", "library/busybox", "latest", NULL);
+	check_ref("index.docker.io/user/app:1", "docker.io", "user/app", "1", NULL);
+	check_ref("docker.io/library/busybox:1.36@" D64, "docker.io", "library/busybox", "1.36", D64);
+	check_ref("registry-1.docker.io/busybox", "registry-1.docker.io", "busybox", "latest", NULL);
+	is_str(registry_endpoint_host("docker.io"), "registry-1.docker.io",
+	       "docker.io is served at Docker Hub's API host");
+	is_str(registry_endpoint_host("quay.example:5000"), "quay.example:5000",
+	       "other registries serve their own API");
 
 	check_bad_ref("");
 	check_bad_ref("UPPER");
@@ -116,6 +125,12 @@ static void test_credentials(void)
 	free(cred);
 	ok(auth_credentials_from_json(json, strlen(json), "reg.example", &cred) == -ENOENT,
 	   "a host without the port does not match host:port");
+	const char *hub = "{\"auths\":{\"https://index.docker.io/v1/\":{\"auth\":\"dXNlcjpwYTpzcw==\"}}}";
+	ok(auth_credentials_from_json(hub, strlen(hub), "docker.io", &cred) == 0,
+	   "docker login's Docker Hub key is docker.io's");
+	free(cred);
+	ok(auth_credentials_from_json(hub, strlen(hub), "index.docker.io.example", &cred) == -ENOENT,
+	   "  and no other host's");
 	ok(auth_credentials_from_json("{\"auths\":{\"h\":{\"auth\":\"!!!!\"}}}", 30, "h", &cred) == -EINVAL,
 	   "invalid base64 is an error");
 	ok(auth_credentials_from_json("{\"auths\":{\"h\":{\"auth\":\"bm9jb2xvbg==\"}}}", 37, "h", &cred) == -EINVAL,
@@ -203,9 +218,11 @@ static void test_digests(void)
 	is_str(d2, d, "a digester is reset by its final digest");
 	digester_free(g);
 	ok(digest_is_valid(d) && !digest_is_valid("sha256:ABC") && !digest_is_valid("sha512:00"), "digest validation");
-	ok(registry_host_is_insecure("127.0.0.1:5000", NULL) && registry_host_is_insecure("localhost", NULL) &&
-	       registry_host_is_insecure("[::1]:5000", NULL) && !registry_host_is_insecure("example.com", NULL),
-	   "loopback registries may use plain HTTP, others may not");
+	ok(registry_host_is_loopback("127.0.0.1:5000") && registry_host_is_loopback("localhost") &&
+	       registry_host_is_loopback("[::1]:5000") && !registry_host_is_loopback("example.com") &&
+	       !registry_host_is_loopback("127.0.0.1.example:5000"),
+	   "loopback registries are told from others");
+	ok(!registry_host_is_insecure("127.0.0.1:5000", NULL), "loopback is not insecure: TLS is verified there too");
 	char *list[] = { (char *)"reg.lan", (char *)"other.lan:5000", NULL };
 	ok(registry_host_is_insecure("reg.lan:443", list) && registry_host_is_insecure("other.lan:5000", list) &&
 	       !registry_host_is_insecure("other.lan:6000", list),
