@@ -2,7 +2,13 @@
 #include "registry.h"
 
 #include <ctype.h>
+#include <fcntl.h>
 #include <json-c/json.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 
 #define AUTH_FILE_MAX_SIZE (1u << 20)
 
@@ -170,25 +176,163 @@ out:
 	return r;
 }
 
+/* The string member key of object obj, or NULL. */
+static const char *string_member(struct json_object *obj, const char *key)
+{
+	struct json_object *v;
+	if (!obj || !json_object_is_type(obj, json_type_object) || !json_object_object_get_ex(obj, key, &v) ||
+	    !json_object_is_type(v, json_type_string))
+		return NULL;
+	return json_object_get_string(v);
+}
+
+int auth_source_from_json(const char *json, size_t len, const char *domain, char **ret_credentials, char **ret_helper)
+{
+	*ret_credentials = *ret_helper = NULL;
+	struct json_tokener *tok = json_tokener_new();
+	if (!tok)
+		return -ENOMEM;
+	struct json_object *root = json_tokener_parse_ex(tok, json, (int)len);
+	json_tokener_free(tok);
+	if (!root)
+		return -EINVAL;
+	int r = -ENOENT;
+	struct json_object *helpers;
+	if (json_object_object_get_ex(root, "credHelpers", &helpers) &&
+	    json_object_is_type(helpers, json_type_object)) {
+		json_object_object_foreach(helpers, key, value)
+		{
+			if (auth_key_matches(key, domain) && json_object_is_type(value, json_type_string)) {
+				*ret_helper = strdup(json_object_get_string(value));
+				r = *ret_helper ? 0 : -ENOMEM;
+				goto out;
+			}
+		}
+	}
+	r = auth_credentials_from_json(json, len, domain, ret_credentials);
+	const char *store = string_member(root, "credsStore");
+	if (r == -ENOENT && store && *store) {
+		*ret_helper = strdup(store);
+		r = *ret_helper ? 0 : -ENOMEM;
+	}
+out:
+	json_object_put(root);
+	return r;
+}
+
+#define HELPER_OUTPUT_MAX (64u << 10)
+#define HELPER_TIMEOUT_MS 10000
+
+static bool helper_name_valid(const char *name)
+{
+	if (!*name || strlen(name) > 64)
+		return false;
+	for (const char *p = name; *p; p++)
+		if (!isalnum((unsigned char)*p) && *p != '-' && *p != '_' && *p != '.')
+			return false;
+	return true;
+}
+
+/* Runs docker-credential-HELPER get, the docker credential-helper protocol:
+ * the registry on stdin, {"Username","Secret"} on stdout.  The secret never
+ * passes through argv or the environment. */
+static int ask_credential_helper(const char *helper, const char *domain, char **ret)
+{
+	if (!helper_name_valid(helper))
+		return -EINVAL;
+	_cleanup_free_ char *program = strdup_printf("docker-credential-%s", helper);
+	if (!program)
+		return -ENOMEM;
+	int in[2], out[2];
+	/* A socket for stdin: send() with MSG_NOSIGNAL cannot raise SIGPIPE. */
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, in) < 0)
+		return -errno;
+	if (pipe2(out, O_CLOEXEC) < 0) {
+		int e = errno;
+		close(in[0]);
+		close(in[1]);
+		return -e;
+	}
+	posix_spawn_file_actions_t fa;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, in[1], STDIN_FILENO);
+	posix_spawn_file_actions_adddup2(&fa, out[1], STDOUT_FILENO);
+	char *argv[] = { program, (char *)"get", NULL };
+	pid_t pid;
+	int r = -posix_spawnp(&pid, program, &fa, NULL, argv, environ);
+	posix_spawn_file_actions_destroy(&fa);
+	close(in[1]);
+	close(out[1]);
+	_cleanup_free_ char *output = NULL;
+	size_t used = 0;
+	if (r == 0) {
+		(void)send(in[0], domain, strlen(domain), MSG_NOSIGNAL);
+		shutdown(in[0], SHUT_WR);
+		output = malloc(HELPER_OUTPUT_MAX + 1);
+		for (;;) {
+			struct pollfd p = { .fd = out[0], .events = POLLIN };
+			if (!output || poll(&p, 1, HELPER_TIMEOUT_MS) <= 0) {
+				kill(pid, SIGKILL);
+				r = output ? -ETIMEDOUT : -ENOMEM;
+				break;
+			}
+			ssize_t n = read(out[0], output + used, HELPER_OUTPUT_MAX - used);
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n <= 0 || (used += (size_t)n) == HELPER_OUTPUT_MAX)
+				break;
+		}
+		int status = 0;
+		while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+			;
+		if (r == 0 && (!WIFEXITED(status) || WEXITSTATUS(status) != 0))
+			r = -ENOENT; /* "credentials not found", in the helper's words on its stderr */
+	}
+	close(in[0]);
+	close(out[0]);
+	if (r < 0)
+		return r;
+	output[used] = '\0';
+	struct json_object *root = json_tokener_parse(output);
+	const char *user = string_member(root, "Username"), *secret = string_member(root, "Secret");
+	/* An identity token needs an exchange at the token server: not done yet. */
+	if (!user || !secret || !*user || strcmp(user, "<token>") == 0)
+		r = -ENOENT;
+	else if (!(*ret = strdup_printf("%s:%s", user, secret)))
+		r = -ENOMEM;
+	json_object_put(root);
+	explicit_bzero(output, used);
+	return r;
+}
+
 int auth_lookup_credentials(const char *domain, char **ret)
 {
-	const char *files[3] = { 0 };
-	_cleanup_free_ char *runtime_file = NULL, *docker_file = NULL;
-	const char *env;
+	const char *files[4] = { 0 };
+	_cleanup_free_ char *runtime_file = NULL, *user_file = NULL, *docker_file = NULL;
+	const char *env, *home = getenv("HOME");
 
-	if ((env = getenv("REGISTRY_AUTH_FILE")) && *env)
+	/* podman's order; an auth file that is named is the only one read. */
+	if ((env = getenv("REGISTRY_AUTH_FILE")) && *env) {
 		files[0] = env;
-	if ((env = getenv("XDG_RUNTIME_DIR")) && *env)
-		files[1] = runtime_file = strdup_printf("%s/containers/auth.json", env);
-	if ((env = getenv("HOME")) && *env)
-		files[2] = docker_file = strdup_printf("%s/.docker/config.json", env);
+	} else {
+		if ((env = getenv("XDG_RUNTIME_DIR")) && *env)
+			files[0] = runtime_file = strdup_printf("%s/containers/auth.json", env);
+		if (home && *home)
+			files[1] = user_file = strdup_printf("%s/.config/containers/auth.json", home);
+		if ((env = getenv("DOCKER_CONFIG")) && *env)
+			files[2] = docker_file = strdup_printf("%s/config.json", env);
+		else if (home && *home)
+			files[2] = docker_file = strdup_printf("%s/.docker/config.json", home);
+	}
 
 	for (size_t i = 0; i < ARRAY_SIZE(files); i++) {
-		_cleanup_free_ char *data = NULL;
+		_cleanup_free_ char *data = NULL, *helper = NULL;
 		size_t len;
 		if (!files[i] || read_file_capped(files[i], AUTH_FILE_MAX_SIZE, &data, &len) < 0)
 			continue;
-		int r = auth_credentials_from_json(data, len, domain, ret);
+		int r = auth_source_from_json(data, len, domain, ret, &helper);
+		if (r == 0 && helper)
+			r = ask_credential_helper(helper, domain, ret);
 		if (r != -ENOENT)
 			return r;
 	}

@@ -63,12 +63,20 @@ struct auth_challenge {
 int auth_challenge_parse(const char *header, struct auth_challenge *ret);
 void auth_challenge_done(struct auth_challenge *c);
 
-/* Looks up "user:password" for a registry host in $REGISTRY_AUTH_FILE,
- * $XDG_RUNTIME_DIR/containers/auth.json and ~/.docker/config.json, in that
- * order.  Returns 0 and *ret (caller frees) when found, -ENOENT when not. */
+/* Looks up "user:password" for a registry host as podman does: in
+ * $REGISTRY_AUTH_FILE alone when it is set, else in
+ * $XDG_RUNTIME_DIR/containers/auth.json, ~/.config/containers/auth.json and
+ * $DOCKER_CONFIG/config.json (or ~/.docker/config.json); in each, the
+ * registry's credHelpers entry, then auths, then credsStore, a helper being
+ * run as docker-credential-NAME get.  Returns 0 and *ret (caller frees)
+ * when found, -ENOENT when not. */
 int auth_lookup_credentials(const char *domain, char **ret);
-/* Same, in one JSON document (exposed for tests and fuzzing). */
+/* The auths entry for domain in one JSON document (exposed for tests and
+ * fuzzing). */
 int auth_credentials_from_json(const char *json, size_t len, const char *domain, char **ret);
+/* What one auth file says for domain: credentials, or the name of the
+ * helper to ask (credHelpers before auths before credsStore); -ENOENT. */
+int auth_source_from_json(const char *json, size_t len, const char *domain, char **ret_credentials, char **ret_helper);
 
 /* ---- manifests ---------------------------------------------------------- */
 

@@ -105,6 +105,82 @@ def auth_file_first(t):
     m.umount()
 
 
+def install_helper(t, name, password):
+    """A docker-credential-NAME on PATH that answers for the front and logs what it was asked."""
+    bindir = os.path.join(t.work, "helper-bin")
+    os.makedirs(bindir, exist_ok=True)
+    log = os.path.join(t.work, f"helper-{name}.log")
+    path = os.path.join(bindir, f"docker-credential-{name}")
+    with open(path, "w") as f:
+        f.write(f"""#!/bin/sh
+read -r server
+echo "$1 $server" >> {log}
+[ "$server" = "{t.proxy.front_host}" ] || {{ echo "credentials not found in native keychain" >&2; exit 1; }}
+printf '{{"ServerURL":"%s","Username":"alice","Secret":"{password}"}}' "$server"
+""")
+    os.chmod(path, 0o755)
+    if bindir not in os.environ["PATH"].split(":"):
+        os.environ["PATH"] = bindir + ":" + os.environ["PATH"]
+    return log
+
+
+def write_config(t, path, config):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(config, f)
+
+
+@suite.case
+def credential_helpers(t):
+    """credHelpers for the registry, before auths; credsStore for the rest (docker's protocol)."""
+    credentials(t)
+    log = install_helper(t, "imgfstest", SECRET)
+    config = os.path.join(t.work, ".docker", "config.json")
+    stale = {t.proxy.front_host: {"auth": base64.b64encode(b"alice:stale").decode()}}
+    write_config(t, config, {"credHelpers": {t.proxy.front_host: "imgfstest"}, "auths": stale})
+    m = Mount(t.ref, t.mnt, os.path.join(t.work, "cache-helper"))
+    t.tap.ok(m.ok, "credHelpers: docker-credential-NAME get supplies the credentials", m.stderr())
+    m.umount()
+    t.tap.ok(SECRET not in m.stderr(), "the secret is not printed")
+    with open(log) as f:
+        t.tap.ok(f.read().split("\n")[0] == f"get {t.proxy.front_host}",
+                 "the helper was asked with 'get' and the registry on stdin")
+    write_config(t, config, {"credsStore": "imgfstest"})
+    m = Mount(t.ref, t.mnt, os.path.join(t.work, "cache-store"))
+    t.tap.ok(m.ok, "credsStore: the default helper for registries without an entry", m.stderr())
+    m.umount()
+    os.unlink(config)
+
+
+@suite.case
+def containers_auth_json(t):
+    """~/.config/containers/auth.json, where podman login writes without XDG_RUNTIME_DIR."""
+    credentials(t)
+    path = os.path.join(t.work, ".config", "containers", "auth.json")
+    write_auth(t, path, SECRET)
+    m = Mount(t.ref, t.mnt, os.path.join(t.work, "cache-containers-auth"))
+    t.tap.ok(m.ok, "credentials from ~/.config/containers/auth.json", m.stderr())
+    m.umount()
+    os.unlink(path)
+    other = os.path.join(t.work, "elsewhere")
+    write_auth(t, os.path.join(other, "config.json"), SECRET)
+    os.environ["DOCKER_CONFIG"] = other
+    m = Mount(t.ref, t.mnt, os.path.join(t.work, "cache-docker-config"))
+    del os.environ["DOCKER_CONFIG"]
+    t.tap.ok(m.ok, "credentials from $DOCKER_CONFIG/config.json", m.stderr())
+    m.umount()
+
+
+@suite.case
+def auth_file_alone(t):
+    """A named auth file is the only one read, as podman's --authfile."""
+    credentials(t, auth_file="wrong-" + SECRET, docker_password=SECRET)
+    m = Mount(t.ref, t.mnt, os.path.join(t.work, "cache-alone"))
+    t.tap.ok(not m.ok and "401" in m.stderr(),
+             "with $REGISTRY_AUTH_FILE set, ~/.docker/config.json is not consulted", m.stderr())
+    m.umount()
+
+
 @suite.case
 def lazy_through_token_front(t):
     """Lazy reads through the token front and its redirects, on several connections at once."""

@@ -136,6 +136,24 @@ static void test_credentials(void)
 	ok(auth_credentials_from_json("{\"auths\":{\"h\":{\"auth\":\"bm9jb2xvbg==\"}}}", 37, "h", &cred) == -EINVAL,
 	   "credentials without a colon are an error");
 	ok(auth_credentials_from_json("not json", 8, "h", &cred) == -EINVAL, "malformed auth file");
+
+	char *helper = NULL;
+	const char *all = "{\"credHelpers\":{\"h:5000\":\"pass\"},\"credsStore\":\"secretservice\","
+			  "\"auths\":{\"h:5000\":{\"auth\":\"eDp5\"},\"a\":{\"auth\":\"eDp5\"}}}";
+	ok(auth_source_from_json(all, strlen(all), "h:5000", &cred, &helper) == 0 && !cred && helper &&
+	       strcmp(helper, "pass") == 0,
+	   "credHelpers for the registry comes before auths");
+	free(helper);
+	ok(auth_source_from_json(all, strlen(all), "a", &cred, &helper) == 0 && cred && !helper &&
+	       strcmp(cred, "x:y") == 0,
+	   "auths comes before credsStore");
+	free(cred);
+	ok(auth_source_from_json(all, strlen(all), "other", &cred, &helper) == 0 && !cred && helper &&
+	       strcmp(helper, "secretservice") == 0,
+	   "credsStore for the rest");
+	free(helper);
+	ok(auth_source_from_json("{}", 2, "other", &cred, &helper) == -ENOENT && !cred && !helper,
+	   "nothing for a registry the file does not know");
 }
 
 static const char oci_manifest[] =
