@@ -448,23 +448,100 @@ static int load_config(struct image *img, struct registry_client *client, const 
 	return 0;
 }
 
+/* What a reference resolved to: the qualified name (which the cache
+ * records) and the endpoint that answered for it (a mirror, or the
+ * registry's location), with a client for it. */
+struct resolution {
+	struct image_ref ref, source;
+	struct image_options opts; /* the caller's, with the endpoint's insecurity */
+	struct registry_client *client;
+};
+
+static void resolution_done(struct resolution *res)
+{
+	image_ref_done(&res->ref);
+	image_ref_done(&res->source);
+	registry_client_free(res->client);
+}
+
+/* Tries one endpoint of one candidate name: the cache's record of it, or its manifest. */
+static int try_endpoint(const char *name, const struct registry_endpoint *ep, const struct image_options *opts,
+			struct resolution *res, struct manifest *m, char **manifest_digest, struct err *err)
+{
+	res->opts = *opts;
+	res->opts.registry.insecure = ep->insecure;
+	int r = image_ref_parse(name, &res->ref, err);
+	if (r == 0)
+		r = image_ref_copy(&ep->ref, &res->source);
+	if (r == 0)
+		r = registry_client_new(&res->source, &res->opts.registry, &res->client, err);
+	if (r < 0)
+		return r;
+	_cleanup_free_ char *record_path = ref_record_path(opts->cache_dir, &res->ref, &opts->registry.platform);
+	if (opts->pull != PULL_ALWAYS && load_resolved_manifest(opts, record_path, m, manifest_digest) == 0)
+		return 0;
+	if (opts->pull == PULL_NEVER)
+		return err_set(err, ENOENT, "not in the cache \"%s\", and --pull never forbids asking the registry",
+			       opts->cache_dir);
+	r = registry_get_image_manifest(res->client, m, manifest_digest, err);
+	if (r == 0)
+		keep_resolved_manifest(opts, record_path, m, *manifest_digest, &res->ref);
+	return r;
+}
+
+/* The names registries.conf gives ref_text, each at its endpoints in
+ * order, until one answers; the error is the last endpoint's, so that a
+ * mirror that is down does not hide why the registry itself failed. */
+static int resolve_image(const char *ref_text, const struct image_options *opts, struct resolution *res,
+			 struct manifest *m, char **manifest_digest, struct err *err)
+{
+	struct registries_conf *conf = NULL;
+	char **names = NULL;
+	size_t n_names = 0;
+	int r = registries_conf_load(&conf, err);
+	if (r == 0)
+		r = registries_conf_candidates(conf, ref_text, &names, &n_names, err);
+	for (size_t i = 0; r == 0 && i < n_names; i++) {
+		struct image_ref ref = { 0 };
+		struct registry_endpoint *eps = NULL;
+		size_t n_eps = 0;
+		r = image_ref_parse(names[i], &ref, err);
+		if (r == 0)
+			r = registries_conf_endpoints(conf, &ref, &eps, &n_eps, err);
+		image_ref_done(&ref);
+		for (size_t j = 0; r == 0 && j < n_eps; j++) {
+			r = try_endpoint(names[i], &eps[j], opts, res, m, manifest_digest, err);
+			if (r < 0 && j + 1 < n_eps) {
+				resolution_done(res);
+				*res = (struct resolution){ 0 };
+				r = 0; /* the next endpoint */
+			} else if (r == 0) {
+				registry_endpoints_free(eps, n_eps);
+				goto out;
+			}
+		}
+		registry_endpoints_free(eps, n_eps);
+		if (r < 0 && i + 1 < n_names && r != -ENOMEM) {
+			resolution_done(res);
+			*res = (struct resolution){ 0 };
+			r = 0; /* the next search registry */
+		}
+	}
+out:
+	registry_names_free(names, n_names);
+	registries_conf_free(conf);
+	return r;
+}
+
 int image_open(const char *ref_text, const struct image_options *opts, struct image **ret, struct err *err)
 {
-	struct image_ref ref = { 0 };
-	struct registry_client *client = NULL;
+	struct resolution res = { 0 };
 	struct manifest m = { 0 };
 	struct artifact_lookup artifacts = { 0 };
 	struct image *img = NULL;
-	_cleanup_free_ char *record_path = NULL;
 	int r;
 
-	r = image_ref_parse(ref_text, &ref, err);
-	if (r < 0)
-		return r;
 	r = prepare_cache(opts->cache_dir, err);
-	if (r < 0)
-		goto out;
-	r = registry_client_new(&ref, &opts->registry, &client, err);
 	if (r < 0)
 		goto out;
 	img = calloc(1, sizeof(*img));
@@ -472,19 +549,12 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 		r = -ENOMEM;
 		goto out;
 	}
-	record_path = ref_record_path(opts->cache_dir, &ref, &opts->registry.platform);
-	if (opts->pull == PULL_ALWAYS || load_resolved_manifest(opts, record_path, &m, &img->manifest_digest) < 0) {
-		if (opts->pull == PULL_NEVER) {
-			r = err_set(err, ENOENT,
-				    "not in the cache \"%s\", and --pull never forbids asking the registry",
-				    opts->cache_dir);
-			goto out;
-		}
-		r = registry_get_image_manifest(client, &m, &img->manifest_digest, err);
-		if (r < 0)
-			goto out;
-		keep_resolved_manifest(opts, record_path, &m, img->manifest_digest, &ref);
-	}
+	r = resolve_image(ref_text, opts, &res, &m, &img->manifest_digest, err);
+	if (r < 0)
+		goto out;
+	struct registry_client *client = res.client;
+	const struct image_ref *source = &res.source;
+	opts = &res.opts;
 
 	if ((r = load_config(img, client, opts, &m.config, err)) < 0)
 		goto out;
@@ -500,7 +570,7 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 		goto out;
 	}
 	for (size_t i = 0; i < m.n_layers; i++) {
-		r = open_layer(img, &ref, client, opts, &m.layers[i], &artifacts, &img->layers[i], err);
+		r = open_layer(img, source, client, opts, &m.layers[i], &artifacts, &img->layers[i], err);
 		if (r < 0)
 			goto out;
 		struct layer *l = img->layers[i];
@@ -526,8 +596,7 @@ out:
 	manifest_done(&m);
 	if (artifacts.found)
 		manifest_done(&artifacts.artifact);
-	registry_client_free(client);
-	image_ref_done(&ref);
+	resolution_done(&res);
 	return r;
 }
 

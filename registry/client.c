@@ -76,7 +76,7 @@ int registry_client_new(const struct image_ref *ref, const struct registry_optio
 	struct registry_client *c = calloc(1, sizeof(*c));
 	if (!c)
 		return err_set(err, ENOMEM, "registry \"%s\": out of memory", ref->domain);
-	c->insecure = registry_host_is_insecure(ref->domain, opts->insecure_registries);
+	c->insecure = opts->insecure || registry_host_is_insecure(ref->domain, opts->insecure_registries);
 	c->may_use_http = c->insecure || registry_host_is_loopback(ref->domain);
 	c->ref.domain = strdup(ref->domain);
 	c->ref.repository = strdup(ref->repository);

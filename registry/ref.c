@@ -123,6 +123,14 @@ void image_ref_done(struct image_ref *ref)
 	memset(ref, 0, sizeof(*ref));
 }
 
+bool image_ref_has_domain(const char *text)
+{
+	/* The first component is a domain when it looks like a host. */
+	const char *slash = strchr(text, '/');
+	return slash && (memchr(text, '.', (size_t)(slash - text)) || memchr(text, ':', (size_t)(slash - text)) ||
+			 (slash - text == 9 && strncmp(text, "localhost", 9) == 0) || text[0] == '[');
+}
+
 int image_ref_parse(const char *text, struct image_ref *ret, struct err *err)
 {
 	struct image_ref ref = { 0 };
@@ -148,11 +156,9 @@ int image_ref_parse(const char *text, struct image_ref *ret, struct err *err)
 		ref.digest = strdup(at + 1);
 	}
 
-	/* The first component is a domain when it looks like a host. */
 	char *remainder = copy;
 	char *slash = strchr(copy, '/');
-	if (slash && (memchr(copy, '.', (size_t)(slash - copy)) || memchr(copy, ':', (size_t)(slash - copy)) ||
-		      (slash - copy == 9 && strncmp(copy, "localhost", 9) == 0) || copy[0] == '[')) {
+	if (image_ref_has_domain(copy)) {
 		if (!domain_valid(copy, (size_t)(slash - copy))) {
 			r = err_set(err, EINVAL, "invalid reference \"%s\": bad registry host", text);
 			goto fail;
@@ -224,4 +230,18 @@ char *image_ref_format(const struct image_ref *ref)
 {
 	return strdup_printf("%s/%s%s%s%s%s", ref->domain, ref->repository, ref->tag ? ":" : "",
 			     ref->tag ? ref->tag : "", ref->digest ? "@" : "", ref->digest ? ref->digest : "");
+}
+
+int image_ref_copy(const struct image_ref *from, struct image_ref *to)
+{
+	*to = (struct image_ref){ 0 };
+	to->domain = strdup(from->domain);
+	to->repository = strdup(from->repository);
+	to->tag = from->tag ? strdup(from->tag) : NULL;
+	to->digest = from->digest ? strdup(from->digest) : NULL;
+	if (!to->domain || !to->repository || (from->tag && !to->tag) || (from->digest && !to->digest)) {
+		image_ref_done(to);
+		return -ENOMEM;
+	}
+	return 0;
 }

@@ -25,6 +25,8 @@ struct image_ref {
 /* Parses a reference the way docker and podman do: a short name normalises to
  * docker.io/library/NAME and a missing tag to "latest". */
 int image_ref_parse(const char *text, struct image_ref *ret, struct err *err);
+/* A deep copy; -ENOMEM. */
+int image_ref_copy(const struct image_ref *from, struct image_ref *to);
 void image_ref_done(struct image_ref *ref);
 /* "domain/repository:tag@digest" in canonical form; caller frees. */
 char *image_ref_format(const struct image_ref *ref);
@@ -78,6 +80,43 @@ int auth_credentials_from_json(const char *json, size_t len, const char *domain,
  * helper to ask (credHelpers before auths before credsStore); -ENOENT. */
 int auth_source_from_json(const char *json, size_t len, const char *domain, char **ret_credentials, char **ret_helper);
 
+/* ---- registries.conf ----------------------------------------------------- */
+
+struct registries_conf;
+
+/* containers-registries.conf(5) as podman reads it: $CONTAINERS_REGISTRIES_CONF,
+ * else ~/.config/containers/registries.conf (which then replaces the system's
+ * files), else /etc/containers/registries.conf; then the registries.conf.d
+ * drop-ins of the system and of the user, in name order.  Missing files
+ * are no error; a malformed one is, naming it and the line. */
+int registries_conf_load(struct registries_conf **ret, struct err *err);
+struct registries_conf *registries_conf_new(void);
+/* Merges one file's text, as a later drop-in (exposed for tests, fuzzing). */
+int registries_conf_parse(struct registries_conf *c, const char *text, size_t len, const char *file, struct err *err);
+void registries_conf_free(struct registries_conf *c);
+
+/* One place to ask for an image: a mirror, or the registry itself. */
+struct registry_endpoint {
+	struct image_ref ref; /* the name rewritten for this endpoint */
+	bool insecure;
+	bool mirror;
+};
+
+/* Where ref is fetched from, in order: the mirrors that serve it (by tag
+ * or digest as configured), then the registry's location; an error when
+ * the registry is blocked.  c may be NULL (ref alone). */
+int registries_conf_endpoints(const struct registries_conf *c, const struct image_ref *ref,
+			      struct registry_endpoint **ret, size_t *ret_n, struct err *err);
+void registry_endpoints_free(struct registry_endpoint *list, size_t n);
+/* The fully qualified names to try for a reference as the user wrote it:
+ * itself when it names a registry; else its [aliases] entry; else one per
+ * unqualified-search-registries entry; else itself (docker.io). */
+int registries_conf_candidates(const struct registries_conf *c, const char *text, char ***ret, size_t *ret_n,
+			       struct err *err);
+void registry_names_free(char **list, size_t n);
+/* Whether a reference as written starts with a registry host. */
+bool image_ref_has_domain(const char *text);
+
 /* ---- manifests ---------------------------------------------------------- */
 
 #define MANIFEST_MAX_SIZE (4u << 20)
@@ -128,6 +167,8 @@ struct registry_options {
 	/* A directory of CAs (*.crt) and a client pair (*.cert, *.key) used for
 	 * every registry instead of the certs.d directories; may be NULL. */
 	const char *cert_dir;
+	/* The registry is insecure whatever the list says (registries.conf). */
+	bool insecure;
 	struct platform platform;
 	/* Maximum bytes for a blob fetched to memory (configs). */
 	size_t max_document_size;

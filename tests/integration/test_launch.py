@@ -232,6 +232,25 @@ def probe(img, *extra):
 
 
 @suite.case
+def short_name_through_registries_conf(t):
+    """launch run --rm busybox, as against Docker Hub, with docker.io/library mapped to the test registry."""
+    conf = os.path.join(t.work, "registries.conf")
+    with open(conf, "w") as f:
+        f.write(f'unqualified-search-registries = ["docker.io"]\n[[registry]]\nprefix = "docker.io/library"\n'
+                f'location = "{t.reg.host}/test"\n')
+    saved = dict(ENV)
+    ENV["CONTAINERS_REGISTRIES_CONF"] = conf
+    try:
+        r = launch("run", "--rm", "busybox", "sh", "-c", "echo hi from $FROM_IMAGE")
+    finally:
+        ENV.clear()
+        ENV.update(saved)
+    t.tap.ok(r.returncode == 0 and r.stdout == b"hi from yes\n",
+             "launch run --rm busybox runs the image registries.conf maps docker.io/library/busybox to",
+             (r.returncode, r.stdout, r.stderr))
+
+
+@suite.case
 def defaults_like_podman(t):
     """Seccomp, limits and /proc as podman sets them."""
     img = t.img

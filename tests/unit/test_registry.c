@@ -384,6 +384,137 @@ static void test_byteranges(void)
 	   "a Content-Range without a length, or unsatisfied, is no single part");
 }
 
+/* The endpoints conf gives name, as "host/repo" words joined by spaces. */
+static char *endpoints_of(struct registries_conf *conf, const char *name)
+{
+	struct image_ref ref;
+	struct registry_endpoint *eps = NULL;
+	size_t n = 0;
+	struct err err = { 0 };
+	if (image_ref_parse(name, &ref, NULL) < 0)
+		return strdup("bad ref");
+	int r = registries_conf_endpoints(conf, &ref, &eps, &n, &err);
+	image_ref_done(&ref);
+	if (r < 0)
+		return strdup(err.msg);
+	char buf[1024] = "";
+	for (size_t i = 0; i < n; i++)
+		snprintf(buf + strlen(buf), sizeof(buf) - strlen(buf), "%s%s%s/%s", i ? " " : "",
+			 eps[i].insecure ? "!" : "", eps[i].ref.domain, eps[i].ref.repository);
+	registry_endpoints_free(eps, n);
+	return strdup(buf);
+}
+
+static void check_endpoints(struct registries_conf *conf, const char *name, const char *want, const char *what)
+{
+	char *got = endpoints_of(conf, name);
+	is_str(got, want, "%s", what);
+	free(got);
+}
+
+static char *candidates_of(struct registries_conf *conf, const char *text)
+{
+	char **names = NULL, buf[1024] = "";
+	size_t n = 0;
+	if (registries_conf_candidates(conf, text, &names, &n, NULL) < 0)
+		return strdup("error");
+	for (size_t i = 0; i < n; i++)
+		snprintf(buf + strlen(buf), sizeof(buf) - strlen(buf), "%s%s", i ? " " : "", names[i]);
+	registry_names_free(names, n);
+	return strdup(buf);
+}
+
+static void test_registries_conf(void)
+{
+	struct registries_conf *conf = registries_conf_new();
+	const char *base = "unqualified-search-registries = ['a.example', \"b.example\"]\n"
+			   "[[registry]]\n"
+			   "prefix = \"docker.io\"\n"
+			   "location = \"hub.example\"\n"
+			   "[[registry]]\n"
+			   "prefix = \"docker.io/library\"\n"
+			   "location = \"lib.example/official\"\n"
+			   "insecure = true\n"
+			   "[[registry.mirror]]\n"
+			   "location = \"m1.example/lib\"\n"
+			   "[[registry.mirror]]\n"
+			   "location = \"m2.example/lib\"\n"
+			   "pull-from-mirror = \"digest-only\"\n"
+			   "[[registry]]\n"
+			   "prefix = \"*.blocked.example\"\n"
+			   "blocked = true\n"
+			   "[aliases]\n"
+			   "\"box\" = \"quay.example/tools/box\"\n"
+			   "\"gone\" = \"quay.example/gone\"\n";
+	struct err err = { 0 };
+	ok(conf && registries_conf_parse(conf, base, strlen(base), "base.conf", &err) == 0,
+	   "parse a registries.conf (%s)", err.msg);
+	check_endpoints(conf, "busybox", "m1.example/lib/busybox !lib.example/official/busybox",
+			"the longest prefix wins; tag: mirrors that serve tags, then the location");
+	check_endpoints(conf, "busybox@" D64,
+			"m1.example/lib/busybox m2.example/lib/busybox !lib.example/official/busybox",
+			"digest: every mirror, in order, then the location");
+	check_endpoints(conf, "someone/app", "hub.example/someone/app", "a shorter prefix for what the longer misses");
+	check_endpoints(conf, "docker.io/libraryx/a", "hub.example/libraryx/a", "prefixes match whole components");
+	check_endpoints(conf, "reg.other/x", "reg.other/x", "no prefix: the registry itself");
+	char *blocked = endpoints_of(conf, "a.blocked.example:5000/x");
+	ok(strstr(blocked, "blocked") && strstr(blocked, "base.conf"), "a wildcard blocks every host below it (%s)",
+	   blocked);
+	free(blocked);
+	check_endpoints(conf, "blocked.example/x", "blocked.example/x", "  but not the domain itself");
+
+	char *c = candidates_of(conf, "box:1");
+	is_str(c, "quay.example/tools/box:1", "an alias names a short name, keeping its tag");
+	free(c);
+	c = candidates_of(conf, "tool/x@" D64);
+	is_str(c, "a.example/tool/x@" D64 " b.example/tool/x@" D64, "search registries, in order");
+	free(c);
+	c = candidates_of(conf, "localhost:5000/x");
+	is_str(c, "localhost:5000/x", "a name with a registry is itself");
+	free(c);
+
+	const char *drop_in = "unqualified-search-registries = []\n"
+			      "[[registry]]\n"
+			      "prefix = \"docker.io\"\n"
+			      "location = \"hub2.example\"\n"
+			      "[aliases]\n"
+			      "gone = ''\n";
+	ok(registries_conf_parse(conf, drop_in, strlen(drop_in), "drop-in.conf", &err) == 0, "parse a drop-in");
+	check_endpoints(conf, "someone/app", "hub2.example/someone/app", "a drop-in's prefix replaces the same prefix");
+	c = candidates_of(conf, "gone");
+	is_str(c, "gone", "an empty alias takes one back; an empty search list means docker.io");
+	free(c);
+	registries_conf_free(conf);
+	c = candidates_of(NULL, "busybox");
+	is_str(c, "busybox", "without a registries.conf, a short name is itself");
+	free(c);
+
+	static const struct {
+		const char *text, *needle;
+	} bad[] = {
+		{ "a = 'x", "line 1: unterminated string" },
+		{ "\n\n[[registry]]\nprefix = 1.5\n", "line 4" },
+		{ "a.b = 1", "dotted keys" },
+		{ "a = 1\na = 2", "line 2: a key is defined twice" },
+		{ "[registries.search]\nregistries = ['x']", "version 1" },
+		{ "[[registry]]\ninsecure = true", "neither prefix nor location" },
+		{ "[[registry]]\nprefix = '*.x'\nlocation = 'y'", "wildcard" },
+		{ "[[registry]]\nprefix = 'x'\n[[registry.mirror]]\nlocation = 'y'\npull-from-mirror = 'some'",
+		  "pull-from-mirror" },
+		{ "unqualified-search-registries = [1]", "array of strings" },
+		{ "a = [[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]", "nested" },
+		{ "a = \"\\q\"", "escape" },
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct registries_conf *b = registries_conf_new();
+		struct err e = { 0 };
+		int r = registries_conf_parse(b, bad[i].text, strlen(bad[i].text), "bad.conf", &e);
+		ok(r == -EINVAL && strstr(e.msg, bad[i].needle) && strstr(e.msg, "bad.conf"), "malformed: %s (%s)",
+		   bad[i].needle, e.msg);
+		registries_conf_free(b);
+	}
+}
+
 int main(void)
 {
 	test_byteranges();
@@ -395,5 +526,6 @@ int main(void)
 	test_manifests();
 	test_digests();
 	test_base64();
+	test_registries_conf();
 	return tap_done();
 }
