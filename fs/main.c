@@ -2,6 +2,7 @@
 #include "cache.h"
 #include "imgfs.h"
 #include "index_artifact.h"
+#include "login.h"
 #include "overlay.h"
 
 #include <dirent.h>
@@ -29,6 +30,7 @@ static void usage(FILE *out)
 		     "       imgfs index push [--cache DIR] [--platform P] [--insecure-registry H] REF\n"
 		     "       imgfs record DIR [FILE]\n"
 		     "       imgfs images | pull REF | rmi REF...   what the cache holds\n"
+		     "       imgfs login [-u USER] [--password-stdin] REGISTRY | logout REGISTRY\n"
 		     "\n"
 		     "Mounts the image REF from its registry on DIR, fetching layer contents into\n"
 		     "a shared cache instead of unpacking them.  The mount is read-only unless\n"
@@ -905,6 +907,10 @@ int main(int argc, char **argv)
 		return image_command(argc - 1, argv + 1, "imgfs rmi [--cache DIR] [--platform P] REF...", rmi_main);
 	if (strcmp(argv[1], "umount") == 0 || strcmp(argv[1], "unmount") == 0)
 		return cmd_umount(argc - 1, argv + 1);
+	if (strcmp(argv[1], "login") == 0)
+		return login_main(argc - 1, argv + 1);
+	if (strcmp(argv[1], "logout") == 0)
+		return logout_main(argc - 1, argv + 1);
 	if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
 		usage(stdout);
 		return 0;

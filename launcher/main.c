@@ -20,6 +20,8 @@ static void usage(FILE *out)
 		     "  rm [-f] NAME|ID...                      remove containers (-f: running ones too)\n"
 		     "  inspect NAME|ID...                      state, config, mounts and image, as JSON\n"
 		     "  images | pull IMAGE | rmi IMAGE...      what the image cache holds (imgfs's)\n"
+		     "  login [-u USER] [--password-stdin] REG  check and keep credentials, as podman login\n"
+		     "  logout REGISTRY                         forget them\n"
 		     "  version                                 print launch's version (also --version)\n"
 		     "\n"
 		     "Every command takes --root DIR (default: $LAUNCH_ROOT, /run/launch for root,\n"
@@ -28,7 +30,8 @@ static void usage(FILE *out)
 		     "does not exist.\n");
 }
 
-/* images, pull and rmi are imgfs's: the cache is its. */
+/* images, pull and rmi are imgfs's (the cache is its), and so are login
+ * and logout (the credentials are what imgfs reads). */
 static int cmd_imgfs(int argc, char **argv)
 {
 	_cleanup_free_ char *imgfs = find_helper("imgfs");
@@ -50,9 +53,9 @@ static int cmd_imgfs(int argc, char **argv)
 
 /* docker and podman verbs launch does not have: never image names. */
 static const char *const foreign_verbs[] = {
-	"build",  "commit", "container", "cp",     "create", "diff",    "events",  "export", "history", "image",
-	"import", "info",   "load",      "login",  "logout", "network", "pause",   "port",   "push",    "rename",
-	"save",   "search", "stats",     "system", "tag",    "top",     "unpause", "update", "volume",  "compose",
+	"build",  "commit", "container", "cp",      "create",  "diff",   "events", "export",  "history", "image",
+	"import", "info",   "load",      "network", "pause",   "port",   "push",   "rename",  "save",    "search",
+	"stats",  "system", "tag",       "top",     "unpause", "update", "volume", "compose",
 };
 
 int main(int argc, char **argv)
@@ -77,6 +80,8 @@ int main(int argc, char **argv)
 		{ "images", cmd_imgfs, NULL },
 		{ "pull", cmd_imgfs, NULL },
 		{ "rmi", cmd_imgfs, NULL },
+		{ "login", cmd_imgfs, NULL },
+		{ "logout", cmd_imgfs, NULL },
 	};
 	if (argc < 2) {
 		usage(stderr);

@@ -305,8 +305,9 @@ static int ask_credential_helper(const char *helper, const char *domain, char **
 	return r;
 }
 
-int auth_lookup_credentials(const char *domain, char **ret)
+int auth_lookup_credentials(const char *domain, char **ret, char **ret_source)
 {
+	*ret_source = NULL;
 	const char *files[4] = { 0 };
 	_cleanup_free_ char *runtime_file = NULL, *user_file = NULL, *docker_file = NULL;
 	const char *env, *home = getenv("HOME");
@@ -315,8 +316,7 @@ int auth_lookup_credentials(const char *domain, char **ret)
 	if ((env = getenv("REGISTRY_AUTH_FILE")) && *env) {
 		files[0] = env;
 	} else {
-		if ((env = getenv("XDG_RUNTIME_DIR")) && *env)
-			files[0] = runtime_file = strdup_printf("%s/containers/auth.json", env);
+		files[0] = runtime_file = auth_default_file();
 		if (home && *home)
 			files[1] = user_file = strdup_printf("%s/.config/containers/auth.json", home);
 		if ((env = getenv("DOCKER_CONFIG")) && *env)
@@ -333,8 +333,106 @@ int auth_lookup_credentials(const char *domain, char **ret)
 		int r = auth_source_from_json(data, len, domain, ret, &helper);
 		if (r == 0 && helper)
 			r = ask_credential_helper(helper, domain, ret);
+		if (r == 0) {
+			*ret_source = helper ? strdup_printf("docker-credential-%s (named in %s)", helper, files[i])
+					     : strdup(files[i]);
+			if (!*ret_source) {
+				explicit_bzero(*ret, strlen(*ret));
+				free(*ret);
+				*ret = NULL;
+				return -ENOMEM;
+			}
+		}
 		if (r != -ENOENT)
 			return r;
 	}
 	return -ENOENT;
+}
+
+char *auth_default_file(void)
+{
+	const char *env = getenv("REGISTRY_AUTH_FILE");
+	if (env && *env)
+		return strdup(env);
+	if ((env = getenv("XDG_RUNTIME_DIR")) && *env)
+		return strdup_printf("%s/containers/auth.json", env);
+	return strdup_printf("/run/containers/%u/auth.json", (unsigned)getuid());
+}
+
+/* The key under which podman login stores a registry. */
+static char *auth_key_for(const char *registry)
+{
+	const char *p = registry;
+	if (str_has_prefix(p, "https://"))
+		p += 8;
+	else if (str_has_prefix(p, "http://"))
+		p += 7;
+	size_t len = strcspn(p, "/");
+	_cleanup_free_ char *host = strndup(p, len);
+	if (!host)
+		return NULL;
+	if (strcmp(host, "index.docker.io") == 0 || strcmp(host, "registry-1.docker.io") == 0)
+		return strdup("docker.io");
+	return TAKE_PTR(host);
+}
+
+int auth_store_credentials(const char *file, const char *registry, const char *credentials, struct err *err)
+{
+	_cleanup_free_ char *key = auth_key_for(registry), *data = NULL, *dir = strdup(file);
+	if (!key || !dir)
+		return -ENOMEM;
+	if (!*key)
+		return err_set(err, EINVAL, "no registry named");
+	size_t len = 0;
+	int r = read_file_capped(file, AUTH_FILE_MAX_SIZE, &data, &len);
+	if (r < 0 && r != -ENOENT)
+		return err_set(err, -r, "cannot read \"%s\": %s", file, strerror(-r));
+	struct json_object *root = r == 0 && len > 0 ? json_tokener_parse(data) : json_object_new_object(), *auths;
+	if (!root || !json_object_is_type(root, json_type_object)) {
+		json_object_put(root);
+		return err_set(err, EINVAL, "\"%s\" is not an auth file (a JSON object)", file);
+	}
+	if (!json_object_object_get_ex(root, "auths", &auths) || !json_object_is_type(auths, json_type_object)) {
+		auths = json_object_new_object();
+		if (!auths || json_object_object_add(root, "auths", auths) < 0) {
+			json_object_put(auths);
+			json_object_put(root);
+			return -ENOMEM;
+		}
+	}
+	if (!credentials) {
+		bool had = json_object_object_get_ex(auths, key, NULL);
+		json_object_object_del(auths, key);
+		if (!had) {
+			json_object_put(root);
+			return err_set(err, ENOENT, "not logged in to \"%s\" (in \"%s\")", key, file);
+		}
+	} else {
+		_cleanup_free_ char *b64 = base64_encode(credentials, strlen(credentials));
+		struct json_object *entry = json_object_new_object(), *value = b64 ? json_object_new_string(b64) : NULL;
+		if (b64)
+			explicit_bzero(b64, strlen(b64));
+		if (!entry || !value || json_object_object_add(entry, "auth", value) < 0 ||
+		    json_object_object_add(auths, key, entry) < 0) {
+			json_object_put(value);
+			json_object_put(entry);
+			json_object_put(root);
+			return -ENOMEM;
+		}
+	}
+	const char *text = json_object_to_json_string_ext(root, JSON_C_TO_STRING_PRETTY);
+	r = 0;
+	char *slash = strrchr(dir, '/');
+	if (slash && slash != dir) {
+		*slash = '\0';
+		r = mkdir_parents(dir, 0700);
+	}
+	if (r == 0)
+		r = text ? write_file_atomic(file, text, strlen(text)) : -ENOMEM;
+	if (text)
+		explicit_bzero((char *)text, strlen(text));
+	json_object_put(root);
+	if (data)
+		explicit_bzero(data, len);
+	return r < 0 ? err_set(err, -r, "cannot write \"%s\": %s", file, strerror(-r)) : 0;
 }

@@ -99,8 +99,8 @@ int registry_client_new(const struct image_ref *ref, const struct registry_optio
 		return r == -ENOMEM ? err_set(err, ENOMEM, "registry \"%s\": out of memory", ref->domain)
 				    : err_wrap(err, "registry \"%s\"", ref->domain);
 	}
-	if (auth_lookup_credentials(ref->domain, &c->credentials) < 0)
-		c->credentials = NULL;
+	if (auth_lookup_credentials(ref->domain, &c->credentials, &c->credentials_source) < 0)
+		c->credentials = c->credentials_source = NULL;
 	*ret = c;
 	return 0;
 }
@@ -127,6 +127,7 @@ struct registry_client *registry_client_dup(const struct registry_client *c)
 	d->ref.digest = c->ref.digest ? strdup(c->ref.digest) : NULL;
 	d->base_url = strdup(c->base_url);
 	d->credentials = c->credentials ? strdup(c->credentials) : NULL;
+	d->credentials_source = c->credentials_source ? strdup(c->credentials_source) : NULL;
 	d->token = c->token ? strdup(c->token) : NULL;
 	bool tls_ok = true;
 	if (c->tls.ca_pem) {
@@ -156,6 +157,7 @@ struct registry_client *registry_client_free(struct registry_client *c)
 		curl_lib_get(NULL)->easy_cleanup(c->curl);
 	image_ref_done(&c->ref);
 	tls_material_done(&c->tls);
+	free(c->credentials_source);
 	free(c->base_url);
 	if (c->credentials) {
 		explicit_bzero(c->credentials, strlen(c->credentials));
@@ -378,10 +380,17 @@ static void describe_error_body(const struct response *resp, char *buf, size_t s
 	json_object_put(root);
 }
 
-static int status_error(const struct response *resp, const char *what, struct err *err)
+static int status_error(const struct registry_client *c, const struct response *resp, const char *what, struct err *err)
 {
 	char detail[256];
 	describe_error_body(resp, detail, sizeof(detail));
+	/* Which credentials were refused, never what they are. */
+	if (resp->status == 401 || resp->status == 403) {
+		size_t used = strlen(detail);
+		snprintf(detail + used, sizeof(detail) - used, "%s(%s%s)", used ? " " : "unauthorized ",
+			 c->credentials ? "credentials from " : "no credentials found",
+			 c->credentials && c->credentials_source ? c->credentials_source : "");
+	}
 	int code = resp->status == 404 ? ENOENT : resp->status == 401 || resp->status == 403 ? EACCES : EIO;
 	const char *fallback = resp->status == 404   ? "not found"
 			       : resp->status == 401 ? "unauthorized"
@@ -403,15 +412,18 @@ char *url_escape(struct registry_client *c, const char *s)
 
 static int fetch_token(struct registry_client *c, const struct auth_challenge *ch, struct err *err)
 {
-	_cleanup_free_ char *scope =
-	    ch->scope ? strdup(ch->scope) : strdup_printf("repository:%s:pull", c->ref.repository);
+	/* A login asks for no repository: a token for no scope proves the credentials. */
+	_cleanup_free_ char *scope = ch->scope            ? strdup(ch->scope)
+				     : *c->ref.repository ? strdup_printf("repository:%s:pull", c->ref.repository)
+							  : strdup("");
 	if (!scope || !ch->realm)
 		return err_set(err, EACCES, "registry \"%s\" sent a bearer challenge without a realm", c->ref.domain);
 	_cleanup_free_ char *escaped_scope = url_escape(c, scope);
 	_cleanup_free_ char *escaped_service = ch->service ? url_escape(c, ch->service) : NULL;
-	_cleanup_free_ char *url = strdup_printf("%s%sscope=%s%s%s", ch->realm, strchr(ch->realm, '?') ? "&" : "?",
-						 escaped_scope ? escaped_scope : "", escaped_service ? "&service=" : "",
-						 escaped_service ? escaped_service : "");
+	_cleanup_free_ char *url =
+	    strdup_printf("%s%s%s%s%s%s%s", ch->realm, strchr(ch->realm, '?') ? "&" : "?", *scope ? "scope=" : "",
+			  *scope && escaped_scope ? escaped_scope : "", *scope && escaped_service ? "&" : "",
+			  escaped_service ? "service=" : "", escaped_service ? escaped_service : "");
 	if (!url)
 		return -ENOMEM;
 	/* Token servers live on other hosts; plain HTTP only where the registry itself may use it. */
@@ -436,7 +448,7 @@ static int fetch_token(struct registry_client *c, const struct auth_challenge *c
 	if (r < 0)
 		goto out;
 	if (resp.status != 200) {
-		r = status_error(&resp, what, err);
+		r = status_error(c, &resp, what, err);
 		goto out;
 	}
 	struct json_object *root = json_tokener_parse(resp.body ? resp.body : ""), *v;
@@ -541,7 +553,7 @@ int registry_request(struct registry_client *c, const char *path_or_url, const c
 		}
 	}
 	if (resp->status < 200 || resp->status >= 300)
-		return status_error(resp, what, err);
+		return status_error(c, resp, what, err);
 	return 0;
 }
 
@@ -804,4 +816,29 @@ int registry_fetch_ranges(struct registry_client *c, const char *digest, struct 
 		return r;
 	int alone = fetch_ranges_alone(c, digest, ranges, n, err);
 	return alone < 0 ? alone : 1 + alone;
+}
+
+int registry_check_credentials(const char *domain, const char *credentials, const struct registry_options *opts,
+			       struct err *err)
+{
+	struct image_ref ref = { .domain = (char *)domain, .repository = (char *)"", .tag = (char *)"latest" };
+	struct registry_client *c = NULL;
+	int r = registry_client_new(&ref, opts, &c, err);
+	if (r < 0)
+		return r;
+	if (c->credentials) {
+		explicit_bzero(c->credentials, strlen(c->credentials));
+		free(c->credentials);
+	}
+	c->credentials = credentials ? strdup(credentials) : NULL;
+	free(c->credentials_source);
+	c->credentials_source = strdup("the login");
+	char what[512];
+	snprintf(what, sizeof(what), "login to \"%s\"", domain);
+	struct response resp;
+	response_to_memory(&resp, 1u << 20);
+	r = credentials && !c->credentials ? -ENOMEM : registry_request(c, "/v2/", NULL, NULL, NULL, &resp, what, err);
+	response_done(&resp);
+	registry_client_free(c);
+	return r;
 }

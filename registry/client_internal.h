@@ -25,9 +25,10 @@ void tls_material_done(struct tls_material *t);
 struct registry_client {
 	CURL *curl;
 	struct image_ref ref;
-	char *base_url;    /* "https://host:port", or "http://" once plain HTTP was settled on */
-	char *credentials; /* "user:password" or NULL */
-	char *token;       /* bearer token for the repository's pull scope */
+	char *base_url;           /* "https://host:port", or "http://" once plain HTTP was settled on */
+	char *credentials;        /* "user:password" or NULL */
+	char *credentials_source; /* the file or helper they came from, for messages */
+	char *token;              /* bearer token for the repository's pull scope */
 	time_t token_expiry;
 	bool basic_auth; /* the registry asked for basic credentials */
 	struct platform platform;

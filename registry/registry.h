@@ -67,12 +67,21 @@ void auth_challenge_done(struct auth_challenge *c);
 
 /* Looks up "user:password" for a registry host as podman does: in
  * $REGISTRY_AUTH_FILE alone when it is set, else in
- * $XDG_RUNTIME_DIR/containers/auth.json, ~/.config/containers/auth.json and
+ * $XDG_RUNTIME_DIR/containers/auth.json (/run/containers/UID/auth.json
+ * without it), ~/.config/containers/auth.json and
  * $DOCKER_CONFIG/config.json (or ~/.docker/config.json); in each, the
  * registry's credHelpers entry, then auths, then credsStore, a helper being
  * run as docker-credential-NAME get.  Returns 0 and *ret (caller frees)
- * when found, -ENOENT when not. */
-int auth_lookup_credentials(const char *domain, char **ret);
+ * when found, with *ret_source naming the file or helper (caller frees),
+ * -ENOENT when not. */
+int auth_lookup_credentials(const char *domain, char **ret, char **ret_source);
+/* The file podman login writes: $REGISTRY_AUTH_FILE, else
+ * $XDG_RUNTIME_DIR/containers/auth.json, else /run/containers/UID/auth.json. */
+char *auth_default_file(void);
+/* Stores "user:password" for registry (a host, or docker login's URL
+ * forms) in file's auths, or removes it when credentials is NULL (-ENOENT
+ * when it was not there); the file stays 0600. */
+int auth_store_credentials(const char *file, const char *registry, const char *credentials, struct err *err);
 /* The auths entry for domain in one JSON document (exposed for tests and
  * fuzzing). */
 int auth_credentials_from_json(const char *json, size_t len, const char *domain, char **ret);
@@ -185,6 +194,11 @@ struct registry_options {
 };
 
 struct registry_client;
+
+/* Asks the registry's /v2/ with credentials ("user:password"), through the
+ * bearer token flow if it has one, as a login does; 0 when it accepts them. */
+int registry_check_credentials(const char *domain, const char *credentials, const struct registry_options *opts,
+			       struct err *err);
 
 int registry_client_new(const struct image_ref *ref, const struct registry_options *opts, struct registry_client **ret,
 			struct err *err);

@@ -5,13 +5,14 @@ demands bearer tokens, in front of a real docker-registry."""
 import base64
 import json
 import os
+import subprocess
 import sys
 import threading
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from imgfs_test.authproxy import AuthProxy  # noqa: E402
 from imgfs_test.cases import Suite, run_file  # noqa: E402
-from imgfs_test.harness import Entry, Mount, Registry, make_tar, push_image  # noqa: E402
+from imgfs_test.harness import IMGFS, Entry, Mount, Registry, make_tar, push_image  # noqa: E402
 from imgfs_test.images import deterministic_bytes  # noqa: E402
 from imgfs_test.lazy import push_estargz  # noqa: E402
 
@@ -64,6 +65,7 @@ def no_credentials(t):
     m = Mount(t.ref, t.mnt, os.path.join(t.work, "cache-none"))
     t.tap.ok(not m.ok and "private/app" in m.stderr() and "HTTP 401" in m.stderr(),
              "without credentials the token server refuses, and the error says so", m.stderr())
+    t.tap.ok("no credentials found" in m.stderr(), "  and that no credentials were found", m.stderr())
 
 
 @suite.case
@@ -72,6 +74,8 @@ def wrong_credentials(t):
     m = Mount(t.ref, t.mnt, os.path.join(t.work, "cache-wrong"))
     t.tap.ok(not m.ok and SECRET not in m.stderr() and "alice" not in m.stderr(),
              "wrong credentials fail without printing them", m.stderr())
+    t.tap.ok("credentials from " + os.environ.get("REGISTRY_AUTH_FILE", "?") in m.stderr(),
+             "  the error names where the refused credentials came from", m.stderr())
 
 
 @suite.case
@@ -179,6 +183,47 @@ def auth_file_alone(t):
     t.tap.ok(not m.ok and "401" in m.stderr(),
              "with $REGISTRY_AUTH_FILE set, ~/.docker/config.json is not consulted", m.stderr())
     m.umount()
+
+
+def login(t, program, password, *extra):
+    return subprocess.run([*program, "login", "-u", "alice", "--password-stdin", *extra, t.proxy.front_host],
+                          input=password.encode() + b"\n", capture_output=True, timeout=60)
+
+
+@suite.case
+def login_logout(t):
+    """imgfs login checks the credentials and keeps them where podman login does; logout forgets them."""
+    credentials(t)
+    runtime = os.path.join(t.work, "runtime")
+    os.makedirs(runtime, exist_ok=True)
+    os.environ["XDG_RUNTIME_DIR"] = runtime
+    auth = os.path.join(runtime, "containers", "auth.json")
+    try:
+        r = login(t, [IMGFS], "wrong-" + SECRET)
+        t.tap.ok(r.returncode != 0 and b"401" in r.stderr and not os.path.exists(auth)
+                 and SECRET.encode() not in r.stderr + r.stdout,
+                 "a refused login says so and keeps nothing", r.stderr)
+        launch = os.path.join(os.path.dirname(os.path.dirname(IMGFS)), "launcher", "launch")
+        r = login(t, [launch], SECRET)
+        t.tap.ok(r.returncode == 0 and b"Login Succeeded" in r.stdout and os.path.exists(auth),
+                 "launch login writes $XDG_RUNTIME_DIR/containers/auth.json", r.stderr)
+        t.tap.ok(os.path.exists(auth) and os.stat(auth).st_mode & 0o777 == 0o600, "  readable by its owner alone")
+        m = Mount(t.ref, t.mnt, os.path.join(t.work, "cache-login"))
+        t.tap.ok(m.ok, "a mount after login needs no other credentials", m.stderr())
+        m.umount()
+        r = subprocess.run([IMGFS, "logout", t.proxy.front_host], capture_output=True, timeout=30)
+        with open(auth) as f:
+            left = json.load(f)
+        t.tap.ok(r.returncode == 0 and t.proxy.front_host not in left.get("auths", {}),
+                 "logout removes the registry's entry", (r.stderr, left))
+        m = Mount(t.ref, t.mnt, os.path.join(t.work, "cache-logout"))
+        t.tap.ok(not m.ok and "401" in m.stderr(), "after logout the registry refuses again", m.stderr())
+        r = subprocess.run([IMGFS, "login", "-u", "alice", t.proxy.front_host], stdin=subprocess.DEVNULL,
+                           capture_output=True, timeout=30)
+        t.tap.ok(r.returncode == 2 and b"--password-stdin" in r.stderr,
+                 "without a terminal, login asks for --password-stdin instead of a password in argv", r.stderr)
+    finally:
+        os.environ.pop("XDG_RUNTIME_DIR", None)
 
 
 @suite.case
