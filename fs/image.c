@@ -290,8 +290,10 @@ static int open_layer(struct image *img, const struct image_ref *ref, struct reg
 	int fd;
 	bool cached = false;
 	int r = ensure_blob(client, opts, d, &fd, &cached, err);
-	if (r == 0 && !cached)
+	if (r == 0 && !cached) {
 		img->bytes_fetched_whole += (uint64_t)d->size;
+		img->layers_fetched_whole++;
+	}
 	if (r < 0)
 		return r;
 	_cleanup_free_ char *index_path = cache_path(opts->cache_dir, "index", d->digest);
@@ -588,6 +590,14 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 	r = tree_build(img->layers, img->n_layers, &img->tree, err);
 	if (r < 0)
 		goto out;
+	if (img->layers_fetched_whole && opts->notice && !opts->ignore_index_artifacts) {
+		char line[1024];
+		snprintf(line, sizeof(line),
+			 "%zu of %zu layers of \"%s\" have neither an eStargz/zstd:chunked TOC nor an imgfs index: "
+			 "fetched whole (%.1f MB); \"imgfs index push %s\" makes the next mounts lazy",
+			 img->layers_fetched_whole, img->n_layers, ref_text, img->bytes_fetched_whole / 1e6, ref_text);
+		opts->notice(line);
+	}
 	*ret = TAKE_PTR(img);
 out:
 	if (r < 0 && err && err->code)
@@ -639,6 +649,7 @@ int image_format_stats(struct image *img, char *buf, size_t size)
 	int n = snprintf(buf, size,
 			 "image_size %llu\n"
 			 "bytes_fetched_whole %llu\n"
+			 "layers_fetched_whole %zu\n"
 			 "bytes_fetched_ranges %llu\n"
 			 "range_requests %llu\n"
 			 "cache_hits %llu\n"
@@ -647,10 +658,10 @@ int image_format_stats(struct image *img, char *buf, size_t size)
 			 "bytes_in_memory %llu\n"
 			 "prefetch_done %d\n",
 			 (unsigned long long)img->image_size, (unsigned long long)img->bytes_fetched_whole,
-			 (unsigned long long)total.bytes_fetched, (unsigned long long)total.requests,
-			 (unsigned long long)total.chunk_hits, (unsigned long long)total.chunk_misses,
-			 (unsigned long long)total.bytes_prefetched, (unsigned long long)total.bytes_in_memory,
-			 atomic_load(&img->prefetch_done) ? 1 : 0);
+			 img->layers_fetched_whole, (unsigned long long)total.bytes_fetched,
+			 (unsigned long long)total.requests, (unsigned long long)total.chunk_hits,
+			 (unsigned long long)total.chunk_misses, (unsigned long long)total.bytes_prefetched,
+			 (unsigned long long)total.bytes_in_memory, atomic_load(&img->prefetch_done) ? 1 : 0);
 	return n < 0 || (size_t)n >= size ? -ERANGE : n;
 }
 

@@ -20,6 +20,9 @@ struct image_options {
 	struct registry_options registry;
 	/* Called with a line of progress (not an error) when non-NULL. */
 	void (*progress)(const char *line);
+	/* Called, when non-NULL, with what a user should know even when no
+	 * one watches progress (a layer that cannot be read lazily). */
+	void (*notice)(const char *line);
 	/* Fetch plain layers whole even where the registry has an imgfs index
 	 * for them (to build and push one). */
 	bool ignore_index_artifacts;
@@ -40,6 +43,7 @@ struct image {
 	struct tree *tree;
 	uint64_t image_size;          /* compressed layers, as the manifest says */
 	uint64_t bytes_fetched_whole; /* blobs fetched whole by this mount */
+	size_t layers_fetched_whole;  /* layers with no TOC or index, not in the cache */
 
 	pthread_t prefetch_thread;
 	bool prefetch_running;

@@ -262,6 +262,7 @@ static int source_flags_apply(struct source_flags *f, struct image_options *opts
 		opts->registry.progress = transfer_progress;
 	}
 	opts->registry.waiting = waiting_notice;
+	opts->notice = progress_line;
 	return 0;
 }
 

@@ -350,7 +350,7 @@ static int http_request(struct registry_client *c, const char *url, const char *
 			return 0;
 		}
 		long wait_ms = backoff_ms;
-		if (resp->status == 429 && resp->retry_after > 0)
+		if ((resp->status == 429 || resp->status == 503) && resp->retry_after > 0)
 			wait_ms = (resp->retry_after > MAX_RETRY_AFTER_SECONDS ? MAX_RETRY_AFTER_SECONDS
 									       : resp->retry_after) *
 				  1000L;

@@ -46,10 +46,12 @@ class FaultProxy:
                     time.sleep(proxy.stall_seconds)
                     self.close_connection = True
                     return
-                if fault in ("503", "429"):
-                    self.send_response(int(fault))
+                if fault in ("503", "429", "503-retry-after-2"):
+                    self.send_response(int(fault[:3]))
                     if fault == "429":
                         self.send_header("Retry-After", "1")
+                    elif fault == "503-retry-after-2":
+                        self.send_header("Retry-After", "2")
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return

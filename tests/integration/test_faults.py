@@ -119,6 +119,25 @@ for fault in MODES:
 
 
 @suite.case
+def retry_after_on_503(t):
+    """A 503 with Retry-After is retried after the time the registry asks for, not before."""
+    proxy = t.proxy
+    mnt = os.path.join(t.work, "mnt-retry-after")
+    proxy.faults, proxy.always, proxy.multi = [], None, None
+    m = Mount(f"{proxy.host}/faults/app:v1", mnt, os.path.join(t.work, "cache-retry-after"), ["--prefetch=none"])
+    if not t.tap.ok(m.ok, "mount through the fault proxy", m.stderr()):
+        return
+    proxy.faults = ["503-retry-after-2"]
+    start = time.monotonic()
+    got = read_at(os.path.join(mnt, "big"), 5)
+    took = time.monotonic() - start
+    t.tap.ok(got == BIG[5 * CHUNK:5 * CHUNK + 4096] and took >= 1.9,
+             f"the read waited {took:.1f} s (Retry-After: 2) and returned the right bytes",
+             got if isinstance(got, int) else len(got))
+    m.umount()
+
+
+@suite.case
 def stalled_read_holds_up_nothing(t):
     """On-demand reads use a connection each."""
     proxy = t.proxy

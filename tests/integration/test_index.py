@@ -78,8 +78,8 @@ def clean_cache_mount(t):
     if not t.tap.ok(m.ok, "mount on a clean cache", m.stderr()):
         return
     s = imgfs_stats(mnt)
-    t.tap.ok(s["bytes_fetched_whole"] == 0 and s["bytes_fetched_ranges"] == 0,
-             "mounting fetched no layer: only the index", s)
+    t.tap.ok(s["bytes_fetched_whole"] == 0 and s["bytes_fetched_ranges"] == 0 and s["layers_fetched_whole"] == 0
+             and "fetched whole" not in m.stderr(), "mounting fetched no layer: only the index", (s, m.stderr()))
     t.tap.ok(read(f"{mnt}/usr/share/many/f1234") == b"file 1234\n", "a small file of the big gzip layer reads")
     s = imgfs_stats(mnt)
     t.tap.ok(0 < s["bytes_fetched_ranges"] <= 1 << 20 and s["range_requests"] <= 4,
@@ -92,6 +92,21 @@ def clean_cache_mount(t):
     t.tap.ok(got == t.want(), "the lazily mounted tree equals the unpack, entry by entry (gzip, zstd, tar layers)",
              diff_snapshots(t.want(), got))
     m.umount()
+
+
+@suite.case
+def not_lazy_is_said(t):
+    """An image with neither TOCs nor an index is fetched whole, and the mount says so once."""
+    ref = f"{t.reg.host}/test/rich:gzip"
+    m = Mount(ref, t.mnt, os.path.join(t.work, "cache-whole"), ["--prefetch", "none"])
+    if not t.tap.ok(m.ok, "mount an image without TOCs or index", m.stderr()):
+        return
+    s = imgfs_stats(t.mnt)
+    m.umount()
+    t.tap.ok(m.stderr().count("fetched whole") == 1 and "3 of 3 layers" in m.stderr()
+             and f"imgfs index push {ref}" in m.stderr(),
+             "one line says which layers were fetched whole and how to make them lazy", m.stderr())
+    t.tap.ok(s["layers_fetched_whole"] == 3 and s["bytes_fetched_whole"] > 0, "imgfs stats counts them", s)
 
 
 @suite.case
