@@ -233,6 +233,40 @@ static void sleep_ms(long ms)
 		;
 }
 
+/* Appends to buf the subject and issuer of the certificate the server at
+ * url presents, read on a connection that verifies nothing and sends no
+ * request: what a user needs to tell a wrong CA from a wrong server. */
+static void describe_peer_certificate(struct registry_client *c, const struct curl_lib *curl, const char *url,
+				      char *buf, size_t size)
+{
+	curl->easy_reset(c->curl);
+	curl->easy_setopt(c->curl, CURLOPT_URL, url);
+	curl->easy_setopt(c->curl, CURLOPT_CONNECT_ONLY, 1L);
+	curl->easy_setopt(c->curl, CURLOPT_SSL_VERIFYPEER, 0L);
+	curl->easy_setopt(c->curl, CURLOPT_SSL_VERIFYHOST, 0L);
+	curl->easy_setopt(c->curl, CURLOPT_CERTINFO, 1L);
+	curl->easy_setopt(c->curl, CURLOPT_CONNECTTIMEOUT, 5L);
+	curl->easy_setopt(c->curl, CURLOPT_NOSIGNAL, 1L);
+	struct curl_certinfo *info = NULL;
+	if (curl->easy_perform(c->curl) != CURLE_OK ||
+	    curl->easy_getinfo(c->curl, CURLINFO_CERTINFO, &info) != CURLE_OK || !info || info->num_of_certs < 1)
+		return;
+	const char *subject = NULL, *issuer = NULL;
+	for (struct curl_slist *l = info->certinfo[0]; l; l = l->next) {
+		if (str_has_prefix(l->data, "Subject:"))
+			subject = l->data + strlen("Subject:");
+		else if (str_has_prefix(l->data, "Issuer:"))
+			issuer = l->data + strlen("Issuer:");
+	}
+	size_t used = strlen(buf);
+	if (subject)
+		snprintf(buf + used, size - used, "; the registry's certificate is \"%s\", issued by \"%s\"", subject,
+			 issuer ? issuer : "?");
+	/* The connection is not reused for requests that verify. */
+	curl->easy_reset(c->curl);
+	c->fresh_connection = true;
+}
+
 /* Which schemes, and which TLS trust and identity, a request uses. */
 static void set_transport_options(struct registry_client *c, const struct curl_lib *curl)
 {
@@ -337,13 +371,16 @@ static int http_request(struct registry_client *c, const char *url, const char *
 		bool transient =
 		    code != CURLE_OK ? curl_error_is_transient(code) : resp->status == 429 || resp->status >= 500;
 		if (!transient || attempt >= MAX_ATTEMPTS) {
-			if (code == CURLE_PEER_FAILED_VERIFICATION)
+			if (code == CURLE_PEER_FAILED_VERIFICATION) {
+				char peer[600];
+				snprintf(peer, sizeof(peer), "%s", errbuf[0] ? errbuf : curl->easy_strerror(code));
+				describe_peer_certificate(c, curl, url, peer, sizeof(peer));
 				return err_set(err, EIO,
 					       "%s: %s: %s (trusted: the system's CAs%s%s; a registry's own CA belongs "
 					       "in certs.d/%s/*.crt)",
-					       what, url, errbuf[0] ? errbuf : curl->easy_strerror(code),
-					       c->tls.ca_files ? ", " : "", c->tls.ca_files ? c->tls.ca_files : "",
-					       c->ref.domain);
+					       what, url, peer, c->tls.ca_files ? ", " : "",
+					       c->tls.ca_files ? c->tls.ca_files : "", c->ref.domain);
+			}
 			if (code != CURLE_OK)
 				return err_set(err, EIO, "%s: %s", what,
 					       errbuf[0] ? errbuf : curl->easy_strerror(code));

@@ -62,6 +62,8 @@ def ca_missing_is_an_error(t):
     print("# " + err.strip().replace("\n", "\n# "))
     t.tap.ok(not m.ok and "certificate" in err and t.reg.host in err and "certs.d" in err,
              "an untrusted certificate fails, naming the registry and where a CA belongs", err)
+    t.tap.ok("CN = 127.0.0.1" in err and "imgfs test CA" in err,
+             "the error shows the certificate's subject and issuer", err)
     t.tap.ok("HTTP 400" not in err and "http://" not in err,
              "no fall back to plain HTTP after a failed verification", err)
     m.umount()
