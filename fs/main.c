@@ -61,6 +61,8 @@ static void usage(FILE *out)
 		     "                              loopback registries may answer in plain HTTP\n"
 		     "  --cert-dir DIR              CAs (*.crt) and a client pair (*.cert, *.key) for\n"
 		     "                              the registry, instead of its certs.d directory\n"
+		     "  --fetch-timeout SECONDS     give up a request after SECONDS, retries included\n"
+		     "                              (default 900; also $IMGFS_FETCH_TIMEOUT)\n"
 		     "  -f, --foreground            stay in the foreground\n"
 		     "  -d, --debug                 print FUSE requests (implies -f)\n"
 		     "  -h, --help                  show this help\n"
@@ -205,12 +207,13 @@ static int push_index(const char *ref_text, const struct image_options *opts)
 }
 
 /* The options of every command that reaches a registry. */
-enum { OPT_CACHE = 256, OPT_PLATFORM, OPT_INSECURE, OPT_CERT_DIR, OPT_OWN };
+enum { OPT_CACHE = 256, OPT_PLATFORM, OPT_INSECURE, OPT_CERT_DIR, OPT_FETCH_TIMEOUT, OPT_OWN };
 #define SOURCE_OPTIONS                                                                                                 \
 	{ "cache", required_argument, NULL, OPT_CACHE }, { "platform", required_argument, NULL, OPT_PLATFORM },        \
 	    { "insecure-registry", required_argument, NULL, OPT_INSECURE },                                            \
+	    { "cert-dir", required_argument, NULL, OPT_CERT_DIR },                                                     \
 	{                                                                                                              \
-		"cert-dir", required_argument, NULL, OPT_CERT_DIR                                                      \
+		"fetch-timeout", required_argument, NULL, OPT_FETCH_TIMEOUT                                            \
 	}
 
 struct source_flags {
@@ -219,6 +222,7 @@ struct source_flags {
 	size_t n_insecure;
 	const char *platform;
 	const char *cert_dir;
+	const char *fetch_timeout;
 };
 
 /* 1 when c was one of SOURCE_OPTIONS, 0 when not, -ENOMEM. */
@@ -235,6 +239,9 @@ static int source_flag(struct source_flags *f, int c, const char *arg)
 		return insecure_add(&f->insecure, &f->n_insecure, arg) < 0 ? -ENOMEM : 1;
 	case OPT_CERT_DIR:
 		f->cert_dir = arg;
+		return 1;
+	case OPT_FETCH_TIMEOUT:
+		f->fetch_timeout = arg;
 		return 1;
 	default:
 		return 0;
@@ -257,6 +264,14 @@ static int source_flags_apply(struct source_flags *f, struct image_options *opts
 	opts->cache_dir = f->cache_dir;
 	opts->registry.insecure_registries = f->insecure;
 	opts->registry.cert_dir = f->cert_dir;
+	const char *timeout = f->fetch_timeout ? f->fetch_timeout : getenv("IMGFS_FETCH_TIMEOUT");
+	if (timeout && *timeout) {
+		char *end;
+		long seconds = strtol(timeout, &end, 10);
+		if (*end || seconds <= 0 || seconds > 86400)
+			return report_usage("invalid fetch timeout \"%s\": expected seconds (1 to 86400)", timeout);
+		opts->registry.fetch_timeout = seconds;
+	}
 	if (isatty(STDERR_FILENO)) {
 		opts->progress = progress_line;
 		opts->registry.progress = transfer_progress;

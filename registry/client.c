@@ -86,6 +86,7 @@ int registry_client_new(const struct image_ref *ref, const struct registry_optio
 	c->platform = opts->platform;
 	c->max_document_size = opts->max_document_size ? opts->max_document_size : MANIFEST_MAX_SIZE;
 	c->stall_seconds = opts->stall_seconds > 0 ? opts->stall_seconds : 30;
+	c->fetch_timeout = opts->fetch_timeout > 0 ? opts->fetch_timeout : 900;
 	c->progress = opts->progress;
 	c->waiting = opts->waiting;
 	if (!c->ref.domain || !c->ref.repository || !c->base_url || (ref->tag && !c->ref.tag) ||
@@ -118,6 +119,7 @@ struct registry_client *registry_client_dup(const struct registry_client *c)
 	d->platform = c->platform;
 	d->max_document_size = c->max_document_size;
 	d->stall_seconds = c->stall_seconds;
+	d->fetch_timeout = c->fetch_timeout;
 	d->progress = c->progress;
 	d->basic_auth = c->basic_auth;
 	d->token_expiry = c->token_expiry;
@@ -306,8 +308,16 @@ static int http_request(struct registry_client *c, const char *url, const char *
 	if (!curl)
 		return err_wrap(err, "%s", what);
 
+	struct timespec started;
+	clock_gettime(CLOCK_MONOTONIC, &started);
 	for (int attempt = 1;; attempt++) {
 		struct curl_slist *headers = NULL, *h;
+		struct timespec now;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		long left_ms = c->fetch_timeout * 1000 - ms_since(&started, &now);
+		if (left_ms <= 0)
+			return err_set(err, ETIMEDOUT, "%s: no complete answer within %ld s (fetch timeout)", what,
+				       c->fetch_timeout);
 		int rr = response_restart(resp);
 		if (rr < 0)
 			return err_set(err, -rr, "%s: cannot start the response again: %s", what, strerror(-rr));
@@ -332,6 +342,7 @@ static int http_request(struct registry_client *c, const char *url, const char *
 		/* A stalled transfer counts as a connection error. */
 		curl->easy_setopt(c->curl, CURLOPT_LOW_SPEED_LIMIT, 1L);
 		curl->easy_setopt(c->curl, CURLOPT_LOW_SPEED_TIME, c->stall_seconds);
+		curl->easy_setopt(c->curl, CURLOPT_TIMEOUT_MS, left_ms);
 		curl->easy_setopt(c->curl, CURLOPT_USERAGENT, "imgfs/0.1");
 		curl->easy_setopt(c->curl, CURLOPT_HEADERFUNCTION, response_header_cb);
 		curl->easy_setopt(c->curl, CURLOPT_HEADERDATA, resp);

@@ -42,6 +42,7 @@ struct registry_client {
 	struct tls_material tls;
 	bool single_ranges; /* the server answered a multi-range request otherwise than in parts */
 	long stall_seconds; /* a transfer with no progress this long is retried */
+	long fetch_timeout; /* seconds a request may take, retries included */
 	void (*progress)(const char *digest, uint64_t done, uint64_t total);
 	const char *progress_digest; /* set while a blob streams to a file */
 	uint64_t progress_total;

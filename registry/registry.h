@@ -184,6 +184,8 @@ struct registry_options {
 	/* Seconds without progress before a transfer counts as failed and is
 	 * retried; 0 means 30. */
 	long stall_seconds;
+	/* Seconds a request may take in all, retries included; 0 means 900. */
+	long fetch_timeout;
 	/* Called now and then while a blob streams to a file (at most every
 	 * 100 ms, and once at its end), when non-NULL. */
 	void (*progress)(const char *digest, uint64_t done, uint64_t total);

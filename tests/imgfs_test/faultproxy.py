@@ -88,6 +88,16 @@ class FaultProxy:
                         self.send_header(h, rh[h])
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                if fault == "trickle":  # a byte every 0.4 s: never stalled, never done
+                    try:
+                        for i in range(len(body)):
+                            self.wfile.write(body[i:i + 1])
+                            self.wfile.flush()
+                            time.sleep(0.4)
+                    except OSError:
+                        pass
+                    self.close_connection = True
+                    return
                 if fault == "truncate":
                     self.wfile.write(body[: len(body) // 2])
                     self.wfile.flush()

@@ -119,6 +119,30 @@ for fault in MODES:
 
 
 @suite.case
+def fetch_timeout(t):
+    """A registry that keeps sending a byte now and then is given up after --fetch-timeout, retries included."""
+    proxy = t.proxy
+    mnt = os.path.join(t.work, "mnt-fetch-timeout")
+    proxy.faults, proxy.always, proxy.multi = [], None, None
+    m = Mount(f"{proxy.host}/faults/app:v1", mnt, os.path.join(t.work, "cache-fetch-timeout"),
+              ["--prefetch=none", "--fetch-timeout", "3"])
+    if not t.tap.ok(m.ok, "mount with --fetch-timeout 3", m.stderr()):
+        return
+    proxy.always = "trickle"
+    start = time.monotonic()
+    got = read_at(os.path.join(mnt, "big"), 6)
+    took = time.monotonic() - start
+    proxy.always = None
+    # The read's batch and then each of its chunks alone get 3 s each; the
+    # trickle itself would take days.
+    t.tap.ok(got == errno.EIO and 2.5 < took < 25, f"a trickling answer fails the read after {took:.1f} s", got)
+    got = read_at(os.path.join(mnt, "big"), 6)
+    t.tap.ok(got == BIG[6 * CHUNK:6 * CHUNK + 4096], "the same read works once the registry answers",
+             got if isinstance(got, int) else len(got))
+    m.umount()
+
+
+@suite.case
 def retry_after_on_503(t):
     """A 503 with Retry-After is retried after the time the registry asks for, not before."""
     proxy = t.proxy
