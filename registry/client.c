@@ -288,6 +288,14 @@ static void set_transport_options(struct registry_client *c, const struct curl_l
 		curl->easy_setopt(c->curl, CURLOPT_SSLCERT, c->tls.client_cert);
 		curl->easy_setopt(c->curl, CURLOPT_SSLKEY, c->tls.client_key);
 	}
+	/* Proxies as podman (Go's net/http) takes them: never for a loopback
+	 * registry, and HTTP_PROXY in capitals too (libcurl reads only
+	 * http_proxy for http://, against CGI's HTTP_PROXY header). */
+	const char *http_proxy = getenv("HTTP_PROXY");
+	if (registry_host_is_loopback(c->ref.domain))
+		curl->easy_setopt(c->curl, CURLOPT_NOPROXY, "*");
+	else if (c->plain_http && !getenv("http_proxy") && http_proxy && *http_proxy)
+		curl->easy_setopt(c->curl, CURLOPT_PROXY, http_proxy);
 	if (c->fresh_connection) {
 		curl->easy_setopt(c->curl, CURLOPT_FRESH_CONNECT, 1L);
 		curl->easy_setopt(c->curl, CURLOPT_FORBID_REUSE, 1L);

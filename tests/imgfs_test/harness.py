@@ -93,7 +93,9 @@ class TlsFiles:
             subprocess.run(["openssl", *args], check=True, capture_output=True)
         run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=imgfs test CA",
             "-keyout", self.ca_key, "-out", self.ca_cert)
-        pairs = [(self.server_cert, self.server_key, "/CN=127.0.0.1", "subjectAltName=IP:127.0.0.1,DNS:localhost")]
+        # registry.test resolves nowhere: a test reaches it through a proxy.
+        san = "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:registry.test"
+        pairs = [(self.server_cert, self.server_key, "/CN=127.0.0.1", san)]
         if client:
             pairs.append((self.client_cert, self.client_key, "/CN=imgfs test client", "extendedKeyUsage=clientAuth"))
         for cert, key, subject, ext in pairs:

@@ -5,14 +5,65 @@ trusts them (certs.d directories, --cert-dir), never by falling back to
 plain HTTP."""
 
 import os
+import select
 import shutil
+import socket
+import socketserver
 import sys
+import threading
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from imgfs_test.cases import Suite, run_file  # noqa: E402
 from imgfs_test.harness import Entry, Mount, Registry, TlsFiles, make_tar, push_image  # noqa: E402
 
 suite = Suite()
+
+
+class ConnectProxy:
+    """An HTTP CONNECT proxy on loopback that sends every tunnel to 127.0.0.1
+    (the test's names resolve nowhere else) and records what was asked."""
+
+    def __init__(self):
+        self.targets = []
+        proxy = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self):
+                line = self.rfile.readline().decode(errors="replace").split()
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass
+                if len(line) < 2 or line[0] != "CONNECT":
+                    self.wfile.write(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+                    return
+                proxy.targets.append(line[1])
+                upstream = socket.create_connection(("127.0.0.1", int(line[1].rsplit(":", 1)[1])))
+                self.wfile.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                self.wfile.flush()
+                ends = [self.connection, upstream]
+                try:
+                    while True:
+                        ready, _, _ = select.select(ends, [], [], 30)
+                        if not ready:
+                            return
+                        for end in ready:
+                            data = end.recv(65536)
+                            if not data:
+                                return
+                            (upstream if end is self.connection else self.connection).sendall(data)
+                except OSError:
+                    pass
+                finally:
+                    upstream.close()
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
 
 CONTENT = b"served over TLS\n"
 
@@ -120,6 +171,35 @@ def plain_http_loopback(t):
     push_image(plain, "plain/app", "v1", [(make_tar([Entry("hello", data=CONTENT)]), "gzip")])
     reads_hello(t, Mount(f"{plain.host}/plain/app:v1", t.mnt, os.path.join(t.work, "cache-plain")),
                 "a plain-HTTP registry on 127.0.0.1 without any option")
+
+
+@suite.case
+def https_proxy_as_podman(t):
+    """HTTPS_PROXY carries a registry's connections, NO_PROXY exempts it, and a loopback registry never uses it."""
+    h = home(t, "home-proxy")
+    name = f"registry.test:{t.reg.port}"  # resolves nowhere: only the proxy can reach it
+    t.tls.install(os.path.join(h, ".config", "containers", "certs.d"), name)
+    t.tls.install(os.path.join(h, ".config", "containers", "certs.d"), t.reg.host)
+    proxy = ConnectProxy()
+    t.on_exit(proxy.stop)
+    os.environ["HTTPS_PROXY"] = proxy.url
+    try:
+        reads_hello(t, Mount(f"{name}/secure/app:v1", t.mnt, os.path.join(t.work, "cache-proxy")),
+                    "HTTPS_PROXY: a registry reached through the proxy's CONNECT tunnel")
+        t.tap.ok(name in proxy.targets, "  the proxy carried it", proxy.targets)
+        os.environ["NO_PROXY"] = "registry.test"
+        m = Mount(f"{name}/secure/app:v1", t.mnt, os.path.join(t.work, "cache-no-proxy"))
+        t.tap.ok(not m.ok and "registry.test" in m.stderr(), "NO_PROXY: the registry is reached directly (and "
+                 "here cannot be resolved)", m.stderr())
+        m.umount()
+        del os.environ["NO_PROXY"]
+        before = len(proxy.targets)
+        reads_hello(t, Mount(t.ref, t.mnt, os.path.join(t.work, "cache-loopback-proxy")),
+                    "a registry on 127.0.0.1 is reached directly, as podman does, whatever HTTPS_PROXY says")
+        t.tap.ok(len(proxy.targets) == before, "  the proxy saw nothing of it", proxy.targets)
+    finally:
+        os.environ.pop("HTTPS_PROXY", None)
+        os.environ.pop("NO_PROXY", None)
 
 
 run_file(suite)
