@@ -119,8 +119,9 @@ class TlsFiles:
 class Registry:
     """docker-registry on 127.0.0.1 with a throwaway configuration and storage."""
 
-    def __init__(self, workdir, tls=None, name="registry"):
-        """tls: a TlsFiles; the registry then serves HTTPS only."""
+    def __init__(self, workdir, tls=None, name="registry", htpasswd=None):
+        """tls: a TlsFiles; the registry then serves HTTPS only.  htpasswd:
+        (user, password) that docker-registry's basic auth (TLS only) accepts."""
         self.dir = os.path.join(workdir, name)
         os.makedirs(self.dir, exist_ok=True)
         self.port = free_port()
@@ -142,9 +143,23 @@ class Registry:
                 http_tls += f"""    clientcas:
       - {tls.ca_cert}
 """
+        auth = ""
+        self.basic = None
+        if htpasswd:
+            path = os.path.join(self.dir, "htpasswd")
+            line = subprocess.run(["htpasswd", "-Bbn", *htpasswd], check=True, capture_output=True).stdout
+            with open(path, "wb") as f:
+                f.write(line.strip() + b"\n")
+            auth = f"""auth:
+  htpasswd:
+    realm: imgfs-test
+    path: {path}
+"""
+            import base64
+            self.basic = "Basic " + base64.b64encode(":".join(htpasswd).encode()).decode()
         config = os.path.join(self.dir, "config.yml")
         with open(config, "w") as f:
-            f.write(f"""version: 0.1
+            f.write(f"""{auth}version: 0.1
 log:
   level: warn
   accesslog:
@@ -166,6 +181,9 @@ http:
                                             context=self.ssl_context) as r:
                     if r.status == 200:
                         break
+            except urllib.error.HTTPError as e:
+                if e.code == 401 and self.basic:  # up, and asking for the credentials
+                    break
             except (urllib.error.URLError, ConnectionError, OSError):
                 pass
             if self.proc.poll() is not None or time.time() > deadline:
@@ -186,8 +204,11 @@ http:
             return f.read().decode(errors="replace")
 
     def _request(self, method, path, data=None, headers=None):
+        headers = dict(headers or {})
+        if self.basic:
+            headers["Authorization"] = self.basic
         req = urllib.request.Request(f"{self.scheme}://{self.host}{path}", data=data, method=method,
-                                     headers=headers or {})
+                                     headers=headers)
         with urllib.request.urlopen(req, timeout=60, context=self.ssl_context) as r:
             return r.status, dict(r.headers), r.read()
 
@@ -203,8 +224,11 @@ http:
         sep = "&" if "?" in location else "?"
         if location.startswith("/"):
             location = f"{self.scheme}://{self.host}{location}"
+        put_headers = {"Content-Type": "application/octet-stream"}
+        if self.basic:
+            put_headers["Authorization"] = self.basic
         req = urllib.request.Request(f"{location}{sep}digest={digest}", data=data, method="PUT",
-                                     headers={"Content-Type": "application/octet-stream"})
+                                     headers=put_headers)
         with urllib.request.urlopen(req, timeout=120, context=self.ssl_context) as r:
             assert r.status == 201, r.status
         return digest

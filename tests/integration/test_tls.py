@@ -9,12 +9,13 @@ import select
 import shutil
 import socket
 import socketserver
+import subprocess
 import sys
 import threading
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from imgfs_test.cases import Suite, run_file  # noqa: E402
-from imgfs_test.harness import Entry, Mount, Registry, TlsFiles, make_tar, push_image  # noqa: E402
+from imgfs_test.harness import IMGFS, Entry, Mount, Registry, TlsFiles, make_tar, push_image  # noqa: E402
 
 suite = Suite()
 
@@ -171,6 +172,31 @@ def plain_http_loopback(t):
     push_image(plain, "plain/app", "v1", [(make_tar([Entry("hello", data=CONTENT)]), "gzip")])
     reads_hello(t, Mount(f"{plain.host}/plain/app:v1", t.mnt, os.path.join(t.work, "cache-plain")),
                 "a plain-HTTP registry on 127.0.0.1 without any option")
+
+
+@suite.case
+def htpasswd_basic_auth(t):
+    """docker-registry's htpasswd (basic) auth behind TLS: credentials from an auth file, or from imgfs login."""
+    h = home(t, "home-basic")
+    secure = Registry(t.work, tls=t.tls, name="registry-basic", htpasswd=("bob", "b4sic-pa55"))
+    t.on_exit(secure.stop)
+    push_image(secure, "basic/app", "v1", [(make_tar([Entry("hello", data=CONTENT)]), "gzip")])
+    t.tls.install(os.path.join(h, ".config", "containers", "certs.d"), secure.host)
+    ref = f"{secure.host}/basic/app:v1"
+    m = Mount(ref, t.mnt, os.path.join(t.work, "cache-basic-none"))
+    t.tap.ok(not m.ok and "401" in m.stderr() and "no credentials found" in m.stderr(),
+             "without credentials: 401, and the error says none were found", m.stderr())
+    m.umount()
+    auth = os.path.join(t.work, "basic-auth.json")
+    os.environ["REGISTRY_AUTH_FILE"] = auth
+    try:
+        r = subprocess.run([IMGFS, "login", "-u", "bob", "--password-stdin", secure.host], input=b"b4sic-pa55\n",
+                           capture_output=True, timeout=60)
+        t.tap.ok(r.returncode == 0 and os.path.exists(auth), "imgfs login with basic auth over TLS", r.stderr)
+        reads_hello(t, Mount(ref, t.mnt, os.path.join(t.work, "cache-basic")),
+                    "a mount with the login's credentials (basic auth behind TLS)")
+    finally:
+        os.environ.pop("REGISTRY_AUTH_FILE", None)
 
 
 @suite.case
