@@ -147,9 +147,17 @@ int auth_credentials_from_json(const char *json, size_t len, const char *domain,
 		goto out;
 	json_object_object_foreach(auths, key, entry)
 	{
-		struct json_object *auth;
-		if (!auth_key_matches(key, domain) || !json_object_is_type(entry, json_type_object) ||
-		    !json_object_object_get_ex(entry, "auth", &auth) || !json_object_is_type(auth, json_type_string))
+		struct json_object *auth, *identity;
+		if (!auth_key_matches(key, domain) || !json_object_is_type(entry, json_type_object))
+			continue;
+		/* docker login with a browser keeps an identity token, which wins. */
+		if (json_object_object_get_ex(entry, "identitytoken", &identity) &&
+		    json_object_is_type(identity, json_type_string) && *json_object_get_string(identity)) {
+			*ret = strdup_printf(IDENTITY_TOKEN_USER ":%s", json_object_get_string(identity));
+			r = *ret ? 0 : -ENOMEM;
+			goto out;
+		}
+		if (!json_object_object_get_ex(entry, "auth", &auth) || !json_object_is_type(auth, json_type_string))
 			continue;
 		const char *b64 = json_object_get_string(auth);
 		size_t b64_len = strlen(b64);
@@ -295,8 +303,7 @@ static int ask_credential_helper(const char *helper, const char *domain, char **
 	output[used] = '\0';
 	struct json_object *root = json_tokener_parse(output);
 	const char *user = string_member(root, "Username"), *secret = string_member(root, "Secret");
-	/* An identity token needs an exchange at the token server: not done yet. */
-	if (!user || !secret || !*user || strcmp(user, "<token>") == 0)
+	if (!user || !secret || !*user || !*secret)
 		r = -ENOENT;
 	else if (!(*ret = strdup_printf("%s:%s", user, secret)))
 		r = -ENOMEM;

@@ -486,8 +486,28 @@ static int fetch_token(struct registry_client *c, const struct auth_challenge *c
 	if (!str_has_prefix(url, "https://") && !((c->insecure || c->plain_http) && str_has_prefix(url, "http://")))
 		return err_set(err, EACCES, "registry \"%s\": refusing token realm that is not https", c->ref.domain);
 
+	/* An identity token (docker's "<token>" user) is exchanged by OAuth2's
+	 * refresh_token grant, in a POST: never in a URL, which servers log. */
+	struct upload form = { 0 };
+	_cleanup_free_ char *form_body = NULL;
+	if (c->credentials && str_has_prefix(c->credentials, IDENTITY_TOKEN_USER ":")) {
+		_cleanup_free_ char *token = url_escape(c, c->credentials + strlen(IDENTITY_TOKEN_USER ":"));
+		form_body =
+		    token ? strdup_printf("grant_type=refresh_token&client_id=imgfs&refresh_token=%s%s%s%s%s", token,
+					  escaped_service ? "&service=" : "", escaped_service ? escaped_service : "",
+					  *scope ? "&scope=" : "", *scope && escaped_scope ? escaped_scope : "")
+			  : NULL;
+		if (token)
+			explicit_bzero(token, strlen(token));
+		if (!form_body)
+			return -ENOMEM;
+		form = (struct upload){ .method = "POST",
+					.content_type_header = "Content-Type: application/x-www-form-urlencoded",
+					.body = form_body,
+					.len = strlen(form_body) };
+	}
 	_cleanup_free_ char *authorization = NULL;
-	if (c->credentials) {
+	if (c->credentials && !form_body) {
 		_cleanup_free_ char *b64 = base64_encode(c->credentials, strlen(c->credentials));
 		if (!b64)
 			return -ENOMEM;
@@ -498,9 +518,12 @@ static int fetch_token(struct registry_client *c, const struct auth_challenge *c
 	response_to_memory(&resp, TOKEN_MAX_SIZE);
 	char what[512];
 	snprintf(what, sizeof(what), "token for \"%s/%s\"", c->ref.domain, c->ref.repository);
-	int r = http_request(c, url, NULL, authorization, NULL, NULL, &resp, what, err);
+	int r = form_body ? http_request(c, ch->realm, NULL, NULL, NULL, &form, &resp, what, err)
+			  : http_request(c, url, NULL, authorization, NULL, NULL, &resp, what, err);
 	if (authorization)
 		explicit_bzero(authorization, strlen(authorization));
+	if (form_body)
+		explicit_bzero(form_body, strlen(form_body));
 	if (r < 0)
 		goto out;
 	if (resp.status != 200) {
@@ -600,7 +623,8 @@ int registry_request(struct registry_client *c, const char *path_or_url, const c
 			auth_challenge_done(&ch);
 			if (r < 0)
 				return err_wrap(err, "authenticating");
-		} else if (strcmp(ch.scheme, "basic") == 0 && c->credentials) {
+		} else if (strcmp(ch.scheme, "basic") == 0 && c->credentials &&
+			   !str_has_prefix(c->credentials, IDENTITY_TOKEN_USER ":")) {
 			auth_challenge_done(&ch);
 			c->basic_auth = true;
 		} else {

@@ -75,6 +75,10 @@ void auth_challenge_done(struct auth_challenge *c);
  * when found, with *ret_source naming the file or helper (caller frees),
  * -ENOENT when not. */
 int auth_lookup_credentials(const char *domain, char **ret, char **ret_source);
+/* The user name of credentials that hold an identity token (an OAuth2
+ * refresh token) in place of a password, as docker's credential helpers
+ * and auth files give them: exchanged at the registry's token server. */
+#define IDENTITY_TOKEN_USER "<token>"
 /* The file podman login writes: $REGISTRY_AUTH_FILE, else
  * $XDG_RUNTIME_DIR/containers/auth.json, else /run/containers/UID/auth.json. */
 char *auth_default_file(void);

@@ -10,6 +10,7 @@ import json
 import secrets
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 
 
@@ -23,6 +24,10 @@ class AuthProxy:
         self.fail_first = dict(fail_first or {})  # path suffix -> [status, ...] to answer first
         self.token_expires = token_expires
         self.requests = []
+        # An identity token, as a browser login gives docker: exchanged by a
+        # POST of OAuth2's refresh_token grant.
+        self.refresh_token = "rt-" + secrets.token_hex(8)
+        self.refresh_grants = 0
         proxy = self
 
         class Front(http.server.BaseHTTPRequestHandler):
@@ -61,6 +66,24 @@ class AuthProxy:
                     self.end_headers()
                     return
                 proxy.forward(self, self.path)
+
+            def do_POST(self):
+                proxy.requests.append("POST " + self.path)
+                form = urllib.parse.parse_qs(self.rfile.read(int(self.headers.get("Content-Length", "0"))).decode())
+                ok = (self.path == "/token" and form.get("grant_type") == ["refresh_token"]
+                      and form.get("refresh_token") == [proxy.refresh_token] and form.get("service") == ["imgfs-test"])
+                if ok:
+                    proxy.refresh_grants += 1
+                    token = secrets.token_hex(16)
+                    proxy.tokens.add(token)
+                    self.send_response(200)
+                    body = json.dumps({"access_token": token, "expires_in": proxy.token_expires}).encode()
+                else:
+                    self.send_response(401)
+                    body = b'{"errors":[{"code":"UNAUTHORIZED","message":"bad refresh token"}]}'
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
 
         class Storage(http.server.BaseHTTPRequestHandler):
             def log_message(self, *a):

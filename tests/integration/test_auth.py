@@ -157,6 +157,31 @@ def credential_helpers(t):
 
 
 @suite.case
+def identity_tokens(t):
+    """An identity token, from an auth file or a helper's <token> user, is exchanged at the token server."""
+    credentials(t)
+    config = os.path.join(t.work, ".docker", "config.json")
+    write_config(t, config, {"auths": {t.proxy.front_host: {"auth": "", "identitytoken": t.proxy.refresh_token}}})
+    before = t.proxy.refresh_grants
+    m = Mount(t.ref, t.mnt, os.path.join(t.work, "cache-identity"))
+    t.tap.ok(m.ok and t.proxy.refresh_grants > before, "an auth file's identitytoken is exchanged (POST, "
+             "refresh_token grant)", (m.stderr(), t.proxy.requests[-5:]))
+    m.umount()
+    t.tap.ok(not any(t.proxy.refresh_token in r for r in t.proxy.requests), "  the token never appears in a URL")
+    log = install_helper(t, "idtoken", t.proxy.refresh_token)
+    with open(os.path.join(os.path.dirname(log), "helper-bin", "docker-credential-idtoken")) as f:
+        script = f.read().replace('"Username":"alice"', '"Username":"<token>"')
+    with open(os.path.join(os.path.dirname(log), "helper-bin", "docker-credential-idtoken"), "w") as f:
+        f.write(script)
+    write_config(t, config, {"credHelpers": {t.proxy.front_host: "idtoken"}})
+    before = t.proxy.refresh_grants
+    m = Mount(t.ref, t.mnt, os.path.join(t.work, "cache-identity-helper"))
+    t.tap.ok(m.ok and t.proxy.refresh_grants > before, "a helper's <token> user is an identity token", m.stderr())
+    m.umount()
+    os.unlink(config)
+
+
+@suite.case
 def containers_auth_json(t):
     """~/.config/containers/auth.json, where podman login writes without XDG_RUNTIME_DIR."""
     credentials(t)

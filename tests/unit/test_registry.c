@@ -136,6 +136,11 @@ static void test_credentials(void)
 	ok(auth_credentials_from_json("{\"auths\":{\"h\":{\"auth\":\"bm9jb2xvbg==\"}}}", 37, "h", &cred) == -EINVAL,
 	   "credentials without a colon are an error");
 	ok(auth_credentials_from_json("not json", 8, "h", &cred) == -EINVAL, "malformed auth file");
+	const char *idt = "{\"auths\":{\"h\":{\"auth\":\"eDp5\",\"identitytoken\":\"rt-1\"}}}";
+	ok(auth_credentials_from_json(idt, strlen(idt), "h", &cred) == 0 &&
+	       strcmp(cred, IDENTITY_TOKEN_USER ":rt-1") == 0,
+	   "an identitytoken wins over auth, as docker's");
+	free(cred);
 
 	char *helper = NULL;
 	const char *all = "{\"credHelpers\":{\"h:5000\":\"pass\"},\"credsStore\":\"secretservice\","
