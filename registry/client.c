@@ -269,6 +269,17 @@ static void describe_peer_certificate(struct registry_client *c, const struct cu
 	c->fresh_connection = true;
 }
 
+/* The headers of lines that are not NULL; one that cannot be added is
+ * left out, and the request then fails and says why. */
+static struct curl_slist *header_list(const struct curl_lib *curl, const char *const *lines, size_t n)
+{
+	struct curl_slist *headers = NULL, *h;
+	for (size_t i = 0; i < n; i++)
+		if (lines[i] && (h = curl->slist_append(headers, lines[i])))
+			headers = h;
+	return headers;
+}
+
 /* Which schemes, and which TLS trust and identity, a request uses. */
 static void set_transport_options(struct registry_client *c, const struct curl_lib *curl)
 {
@@ -319,7 +330,6 @@ static int http_request(struct registry_client *c, const char *url, const char *
 	struct timespec started;
 	clock_gettime(CLOCK_MONOTONIC, &started);
 	for (int attempt = 1;; attempt++) {
-		struct curl_slist *headers = NULL, *h;
 		struct timespec now;
 		clock_gettime(CLOCK_MONOTONIC, &now);
 		long left_ms = c->fetch_timeout * 1000 - ms_since(&started, &now);
@@ -329,14 +339,8 @@ static int http_request(struct registry_client *c, const char *url, const char *
 		int rr = response_restart(resp);
 		if (rr < 0)
 			return err_set(err, -rr, "%s: cannot start the response again: %s", what, strerror(-rr));
-		if (accept && (h = curl->slist_append(headers, accept)))
-			headers = h;
-		if (authorization && (h = curl->slist_append(headers, authorization)))
-			headers = h;
-		if (range && (h = curl->slist_append(headers, range)))
-			headers = h;
-		if (up && up->content_type_header && (h = curl->slist_append(headers, up->content_type_header)))
-			headers = h;
+		const char *lines[] = { accept, authorization, range, up ? up->content_type_header : NULL };
+		struct curl_slist *headers = header_list(curl, lines, ARRAY_SIZE(lines));
 
 		curl->easy_reset(c->curl);
 		errbuf[0] = '\0';
