@@ -30,6 +30,9 @@ struct registries_conf {
 	size_t n_registries;
 	struct json_object *search;  /* array of strings, or NULL */
 	struct json_object *aliases; /* object of strings */
+	/* short-name-aliases.conf, which podman writes and reads before the
+	 * aliases of registries.conf. */
+	struct json_object *cached_aliases;
 };
 
 static void conf_registry_done(struct conf_registry *r)
@@ -51,6 +54,7 @@ void registries_conf_free(struct registries_conf *c)
 	free(c->registries);
 	json_object_put(c->search);
 	json_object_put(c->aliases);
+	json_object_put(c->cached_aliases);
 	free(c);
 }
 
@@ -242,6 +246,32 @@ static int load_drop_ins(struct registries_conf *c, const char *dir, struct err 
 	return r;
 }
 
+/* podman's cache of the aliases a user chose: root's in /var/cache,
+ * another user's under $XDG_CACHE_HOME (~/.cache). */
+static int load_alias_cache(struct registries_conf *c, struct err *err)
+{
+	const char *cache_home = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+	_cleanup_free_ char *path =
+	    geteuid() == 0              ? strdup("/var/cache/containers/short-name-aliases.conf")
+	    : cache_home && *cache_home ? strdup_printf("%s/containers/short-name-aliases.conf", cache_home)
+	    : home && *home             ? strdup_printf("%s/.cache/containers/short-name-aliases.conf", home)
+					: NULL;
+	_cleanup_free_ char *data = NULL;
+	size_t len;
+	struct json_object *root = NULL, *aliases;
+	int r = path ? read_file_capped(path, CONF_FILE_MAX_SIZE, &data, &len) : -ENOENT;
+	if (r == -ENOENT)
+		return 0;
+	if (r < 0)
+		return err_set(err, -r, "cannot read \"%s\": %s", path, strerror(-r));
+	if ((r = toml_parse(data, len, path, &root, err)) < 0)
+		return r;
+	if (json_object_object_get_ex(root, "aliases", &aliases) && json_object_is_type(aliases, json_type_object))
+		c->cached_aliases = json_object_get(aliases);
+	json_object_put(root);
+	return 0;
+}
+
 int registries_conf_load(struct registries_conf **ret, struct err *err)
 {
 	struct registries_conf *c = registries_conf_new();
@@ -261,6 +291,8 @@ int registries_conf_load(struct registries_conf **ret, struct err *err)
 		r = load_drop_ins(c, "/etc/containers/registries.conf.d", err);
 	if (r == 0)
 		r = load_drop_ins(c, user_dir, err);
+	if (r == 0)
+		r = load_alias_cache(c, err);
 	if (r < 0) {
 		registries_conf_free(c);
 		return r;
@@ -378,7 +410,12 @@ int registries_conf_candidates(const struct registries_conf *c, const char *text
 		if (colon)
 			name_len = (size_t)(colon - text);
 		_cleanup_free_ char *name = strndup(text, name_len);
-		const char *alias = name ? get_string(c->aliases, name) : NULL;
+		const char *alias = !name ? NULL
+				    : c->cached_aliases && get_string(c->cached_aliases, name)
+					? get_string(c->cached_aliases, name)
+					: get_string(c->aliases, name);
+		if (alias && !*alias)
+			alias = NULL; /* the cache's way to take an alias back */
 		if (alias)
 			list[n++] = strdup_printf("%s%s", alias, text + name_len);
 		else if (c->search && json_object_array_length(c->search) > 0)

@@ -125,6 +125,36 @@ def alias_and_search_order(t):
 
 
 @suite.case
+def alias_cache_first(t):
+    """podman's short-name-aliases.conf (root's, in /var/cache) wins over registries.conf's aliases."""
+    # No test may reach beyond loopback: a name no alias resolves goes to a dead port.
+    conf(t, "alias-cache", f"""unqualified-search-registries = ["{t.dead}"]
+[aliases]
+"cached-box" = "{t.mirror.host}/library/busybox"
+""")
+    path = "/var/cache/containers/short-name-aliases.conf"
+    saved = open(path, "rb").read() if os.path.exists(path) else None
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+
+    def restore():
+        if saved is None:
+            os.unlink(path)
+        else:
+            with open(path, "wb") as f:
+                f.write(saved)
+    t.on_exit(restore)
+    with open(path, "w") as f:
+        f.write(f'[aliases]\n  "cached-box" = "{t.reg.host}/library/busybox"\n')
+    m, got = mount_whoami(t, "cached-box", "alias-cache")
+    t.tap.ok(got == PRIMARY, "the alias podman cached wins over the registries.conf one", m.stderr())
+    with open(path, "w") as f:
+        f.write('[aliases]\n  "cached-box" = ""\n')
+    m, got = mount_whoami(t, "cached-box", "alias-cache-reset")
+    t.tap.ok(got is None and f"{t.dead}/cached-box" in m.stderr(),
+             "an empty cached alias takes it back (the name goes to the search registries)", m.stderr())
+
+
+@suite.case
 def malformed_conf(t):
     path = conf(t, "bad", "[[registry]]\nprefix = \"x\nblocked = yes\n")
     m, got = mount_whoami(t, "busybox", "bad")
