@@ -455,7 +455,11 @@ static int load_config(struct image *img, struct registry_client *client, const 
  * registry's location), with a client for it. */
 struct resolution {
 	struct image_ref ref, source;
-	struct image_options opts; /* the caller's, with the endpoint's insecurity */
+	/* The caller's options, with the endpoint's insecurity and the
+	 * endpoints after it as fallbacks (which eps holds). */
+	struct image_options opts;
+	struct registry_endpoint *eps;
+	size_t n_eps;
 	struct registry_client *client;
 };
 
@@ -464,14 +468,20 @@ static void resolution_done(struct resolution *res)
 	image_ref_done(&res->ref);
 	image_ref_done(&res->source);
 	registry_client_free(res->client);
+	registry_endpoints_free(res->eps, res->n_eps);
+	*res = (struct resolution){ 0 };
 }
 
-/* Tries one endpoint of one candidate name: the cache's record of it, or its manifest. */
-static int try_endpoint(const char *name, const struct registry_endpoint *ep, const struct image_options *opts,
-			struct resolution *res, struct manifest *m, char **manifest_digest, struct err *err)
+/* Tries endpoint i of a candidate name (which res->eps holds): the cache's
+ * record of it, or its manifest. */
+static int try_endpoint(const char *name, size_t i, const struct image_options *opts, struct resolution *res,
+			struct manifest *m, char **manifest_digest, struct err *err)
 {
+	const struct registry_endpoint *ep = &res->eps[i];
 	res->opts = *opts;
 	res->opts.registry.insecure = ep->insecure;
+	res->opts.registry.fallbacks = ep + 1;
+	res->opts.registry.n_fallbacks = res->n_eps - i - 1;
 	int r = image_ref_parse(name, &res->ref, err);
 	if (r == 0)
 		r = image_ref_copy(&ep->ref, &res->source);
@@ -505,27 +515,24 @@ static int resolve_image(const char *ref_text, const struct image_options *opts,
 		r = registries_conf_candidates(conf, ref_text, &names, &n_names, err);
 	for (size_t i = 0; r == 0 && i < n_names; i++) {
 		struct image_ref ref = { 0 };
-		struct registry_endpoint *eps = NULL;
-		size_t n_eps = 0;
 		r = image_ref_parse(names[i], &ref, err);
 		if (r == 0)
-			r = registries_conf_endpoints(conf, &ref, &eps, &n_eps, err);
+			r = registries_conf_endpoints(conf, &ref, &res->eps, &res->n_eps, err);
 		image_ref_done(&ref);
-		for (size_t j = 0; r == 0 && j < n_eps; j++) {
-			r = try_endpoint(names[i], &eps[j], opts, res, m, manifest_digest, err);
-			if (r < 0 && j + 1 < n_eps) {
-				resolution_done(res);
-				*res = (struct resolution){ 0 };
-				r = 0; /* the next endpoint */
-			} else if (r == 0) {
-				registry_endpoints_free(eps, n_eps);
+		for (size_t j = 0; r == 0 && j < res->n_eps; j++) {
+			r = try_endpoint(names[i], j, opts, res, m, manifest_digest, err);
+			if (r == 0)
 				goto out;
+			if (j + 1 < res->n_eps) {
+				/* The next endpoint: the same name, a fresh start. */
+				image_ref_done(&res->ref);
+				image_ref_done(&res->source);
+				res->client = registry_client_free(res->client);
+				r = 0;
 			}
 		}
-		registry_endpoints_free(eps, n_eps);
 		if (r < 0 && i + 1 < n_names && r != -ENOMEM) {
 			resolution_done(res);
-			*res = (struct resolution){ 0 };
 			r = 0; /* the next search registry */
 		}
 	}

@@ -10,9 +10,6 @@
 #include <time.h>
 
 #define MAX_ATTEMPTS 5
-/* Bytes that fail their digest may come from a broken proxy or CDN node as
- * well as from a bad blob: they are fetched again, on a new connection. */
-#define DIGEST_ATTEMPTS 2
 #define MAX_RETRY_AFTER_SECONDS 30
 #define TOKEN_MAX_SIZE (1u << 20)
 
@@ -70,6 +67,20 @@ const char *registry_endpoint_host(const char *domain)
 	return strcmp(domain, "docker.io") == 0 ? "registry-1.docker.io" : domain;
 }
 
+static int copy_fallbacks(struct registry_client *c, const struct registry_endpoint *list, size_t n)
+{
+	if (n == 0)
+		return 0;
+	if (!(c->fallbacks = calloc(n, sizeof(*c->fallbacks))))
+		return -ENOMEM;
+	for (; c->n_fallbacks < n; c->n_fallbacks++) {
+		c->fallbacks[c->n_fallbacks] = list[c->n_fallbacks];
+		if (image_ref_copy(&list[c->n_fallbacks].ref, &c->fallbacks[c->n_fallbacks].ref) < 0)
+			return -ENOMEM;
+	}
+	return 0;
+}
+
 int registry_client_new(const struct image_ref *ref, const struct registry_options *opts, struct registry_client **ret,
 			struct err *err)
 {
@@ -102,7 +113,53 @@ int registry_client_new(const struct image_ref *ref, const struct registry_optio
 	}
 	if (auth_lookup_credentials(ref->domain, &c->credentials, &c->credentials_source) < 0)
 		c->credentials = c->credentials_source = NULL;
+	c->opts = *opts;
+	c->opts.fallbacks = NULL;
+	c->opts.n_fallbacks = 0;
+	if (copy_fallbacks(c, opts->fallbacks, opts->n_fallbacks) < 0) {
+		registry_client_free(c);
+		return err_set(err, ENOMEM, "registry \"%s\": out of memory", ref->domain);
+	}
 	*ret = c;
+	return 0;
+}
+
+#define SWAP(a, b)                                                                                                     \
+	do {                                                                                                           \
+		__typeof__(a) swap_tmp = (a);                                                                          \
+		(a) = (b);                                                                                             \
+		(b) = swap_tmp;                                                                                        \
+	} while (0)
+
+/* After a request to this endpoint failed: the client becomes one for the
+ * next fallback endpoint (its name, TLS material, credentials), keeping its
+ * connection handle.  -ENOENT when there is none left. */
+static int client_move_on(struct registry_client *c, struct err *err)
+{
+	if (c->next_fallback >= c->n_fallbacks)
+		return -ENOENT;
+	const struct registry_endpoint *ep = &c->fallbacks[c->next_fallback++];
+	struct registry_options opts = c->opts;
+	opts.insecure = ep->insecure;
+	struct registry_client *n = NULL;
+	int r = registry_client_new(&ep->ref, &opts, &n, err);
+	if (r < 0)
+		return r;
+	SWAP(c->ref, n->ref);
+	SWAP(c->base_url, n->base_url);
+	SWAP(c->credentials, n->credentials);
+	SWAP(c->credentials_source, n->credentials_source);
+	SWAP(c->token, n->token);
+	SWAP(c->token_expiry, n->token_expiry);
+	SWAP(c->basic_auth, n->basic_auth);
+	SWAP(c->insecure, n->insecure);
+	SWAP(c->may_use_http, n->may_use_http);
+	SWAP(c->endpoint_known, n->endpoint_known);
+	SWAP(c->plain_http, n->plain_http);
+	SWAP(c->single_ranges, n->single_ranges);
+	SWAP(c->tls, n->tls);
+	registry_client_free(n);
+	c->fresh_connection = true;
 	return 0;
 }
 
@@ -123,6 +180,10 @@ struct registry_client *registry_client_dup(const struct registry_client *c)
 	d->progress = c->progress;
 	d->basic_auth = c->basic_auth;
 	d->token_expiry = c->token_expiry;
+	d->opts = c->opts;
+	d->next_fallback = c->next_fallback;
+	if (copy_fallbacks(d, c->fallbacks, c->n_fallbacks) < 0)
+		return registry_client_free(d);
 	d->ref.domain = strdup(c->ref.domain);
 	d->ref.repository = strdup(c->ref.repository);
 	d->ref.tag = c->ref.tag ? strdup(c->ref.tag) : NULL;
@@ -159,6 +220,9 @@ struct registry_client *registry_client_free(struct registry_client *c)
 		curl_lib_get(NULL)->easy_cleanup(c->curl);
 	image_ref_done(&c->ref);
 	tls_material_done(&c->tls);
+	for (size_t i = 0; i < c->n_fallbacks; i++)
+		image_ref_done(&c->fallbacks[i].ref);
+	free(c->fallbacks);
 	free(c->credentials_source);
 	free(c->base_url);
 	if (c->credentials) {
@@ -591,8 +655,8 @@ static bool speaks_plain_http(struct registry_client *c)
 	return true;
 }
 
-int registry_request(struct registry_client *c, const char *path_or_url, const char *accept, const char *range,
-		     const struct upload *up, struct response *resp, const char *what, struct err *err)
+static int request_endpoint(struct registry_client *c, const char *path_or_url, const char *accept, const char *range,
+			    const struct upload *up, struct response *resp, const char *what, struct err *err)
 {
 	_cleanup_free_ char *url = str_has_prefix(path_or_url, "http://") || str_has_prefix(path_or_url, "https://")
 				       ? strdup(path_or_url)
@@ -639,6 +703,38 @@ int registry_request(struct registry_client *c, const char *path_or_url, const c
 	if (resp->status < 200 || resp->status >= 300)
 		return status_error(c, resp, what, err);
 	return 0;
+}
+
+/* Whether a failed request may be asked of the next endpoint: one about
+ * the repository (not a URL the registry gave), that did not fail here. */
+static bool may_move_on(const struct registry_client *c, const char *path, const struct response *resp, int r)
+{
+	size_t len = strlen(c->ref.repository);
+	return r < 0 && r != -ENOMEM && c->next_fallback < c->n_fallbacks && !resp->write_errno && !resp->too_big &&
+	       strncmp(path, c->ref.repository, len) == 0 && path[len] == '/';
+}
+
+int registry_request(struct registry_client *c, const char *path_or_url, const char *accept, const char *range,
+		     const struct upload *up, struct response *resp, const char *what, struct err *err)
+{
+	_cleanup_free_ char *path = strdup(path_or_url);
+	if (!path)
+		return -ENOMEM;
+	int r = request_endpoint(c, path, accept, range, up, resp, what, err);
+	while (may_move_on(c, path, resp, r)) {
+		/* The path names the repository, which differs from endpoint to endpoint. */
+		_cleanup_free_ char *rest = strdup(path + strlen(c->ref.repository));
+		if (!rest)
+			return -ENOMEM;
+		int moved = client_move_on(c, err);
+		if (moved < 0)
+			return moved == -ENOENT ? r : moved;
+		free(path);
+		if (!(path = strdup_printf("%s%s", c->ref.repository, rest)))
+			return -ENOMEM;
+		r = request_endpoint(c, path, accept, range, up, resp, what, err);
+	}
+	return r;
 }
 
 int registry_get(struct registry_client *c, const char *path, const char *accept, const char *range,
@@ -737,192 +833,4 @@ int registry_get_image_manifest(struct registry_client *c, struct manifest *ret,
 	*ret = m;
 	*ret_digest = digest;
 	return 0;
-}
-
-int registry_get_blob(struct registry_client *c, const char *digest, char **ret_data, size_t *ret_len, struct err *err)
-{
-	_cleanup_free_ char *path = strdup_printf("%s/blobs/%s", c->ref.repository, digest);
-	char what[1024];
-	snprintf(what, sizeof(what), "blob %s of \"%s/%s\"", digest, c->ref.domain, c->ref.repository);
-	struct response resp;
-	response_to_memory(&resp, c->max_document_size);
-	int r;
-	for (int attempt = 1;; attempt++) {
-		r = registry_get(c, path, NULL, NULL, &resp, what, err);
-		if (r < 0)
-			goto out;
-		char actual[DIGEST_SHA256_LEN + 1];
-		digest_sha256(resp.body ? resp.body : "", resp.body_len, actual);
-		if (strcmp(actual, digest) == 0)
-			break;
-		if (attempt < DIGEST_ATTEMPTS) {
-			c->fresh_connection = true;
-			continue;
-		}
-		r = err_set(err, EBADMSG, "%s: content digest %s does not match (fetched %d times)", what, actual,
-			    attempt);
-		goto out;
-	}
-	if (!resp.body && !(resp.body = strdup(""))) {
-		r = -ENOMEM;
-		goto out;
-	}
-	*ret_data = TAKE_PTR(resp.body);
-	*ret_len = resp.body_len;
-out:
-	response_done(&resp);
-	return r;
-}
-
-int registry_fetch_blob_to_fd(struct registry_client *c, const char *digest, int64_t size, int fd, struct err *err)
-{
-	_cleanup_free_ char *path = strdup_printf("%s/blobs/%s", c->ref.repository, digest);
-	char what[1024];
-	snprintf(what, sizeof(what), "blob %s of \"%s/%s\"", digest, c->ref.domain, c->ref.repository);
-	struct digester *d = digester_new();
-	if (!path || !d) {
-		digester_free(d);
-		return -ENOMEM;
-	}
-	struct response resp;
-	response_to_file(&resp, fd, size, d);
-	c->progress_digest = digest;
-	c->progress_total = (uint64_t)size;
-	c->progress_last = (struct timespec){ 0 };
-	int r;
-	for (int attempt = 1;; attempt++) {
-		r = registry_get(c, path, NULL, NULL, &resp, what, err);
-		if (r < 0)
-			break;
-		char actual[DIGEST_SHA256_LEN + 1];
-		digester_final(d, actual);
-		if (resp.file.written == (uint64_t)size && strcmp(actual, digest) == 0)
-			break;
-		if (attempt < DIGEST_ATTEMPTS) {
-			c->fresh_connection = true;
-			continue;
-		}
-		if (resp.file.written != (uint64_t)size)
-			r = err_set(err, EBADMSG, "%s: got %llu bytes, the manifest says %lld (fetched %d times)", what,
-				    (unsigned long long)resp.file.written, (long long)size, attempt);
-		else
-			r = err_set(err, EBADMSG, "%s: content digest %s does not match (fetched %d times)", what,
-				    actual, attempt);
-		break;
-	}
-	c->progress_digest = NULL;
-	if (r == 0 && c->progress)
-		c->progress(digest, resp.file.written, (uint64_t)size);
-	response_done(&resp);
-	digester_free(d);
-	return r;
-}
-
-int registry_fetch_range(struct registry_client *c, const char *digest, uint64_t off, size_t len, void *buf,
-			 struct err *err)
-{
-	if (len == 0)
-		return 0;
-	_cleanup_free_ char *path = strdup_printf("%s/blobs/%s", c->ref.repository, digest);
-	char range[96], what[1024];
-	snprintf(range, sizeof(range), "Range: bytes=%llu-%llu", (unsigned long long)off,
-		 (unsigned long long)(off + len - 1));
-	snprintf(what, sizeof(what), "blob %s of \"%s/%s\" bytes %llu-%llu", digest, c->ref.domain, c->ref.repository,
-		 (unsigned long long)off, (unsigned long long)(off + len - 1));
-	if (!path)
-		return -ENOMEM;
-	struct response resp;
-	response_to_range(&resp, buf, len, off);
-	int r = registry_get(c, path, NULL, range, &resp, what, err);
-	if (r == 0 && resp.range.got != len)
-		r = err_set(err, EIO, "%s: got %zu bytes", what, resp.range.got);
-	response_done(&resp);
-	return r;
-}
-
-#define RANGES_PER_REQUEST 64 /* keeps the Range header near 2 KiB */
-
-/* Fetches the ranges that are not complete, one request each; returns how
- * many requests that took. */
-static int fetch_ranges_alone(struct registry_client *c, const char *digest, struct byterange *ranges, size_t n,
-			      struct err *err)
-{
-	int requests = 0;
-	for (size_t i = 0; i < n; i++) {
-		if (ranges[i].got == ranges[i].len)
-			continue;
-		int r = registry_fetch_range(c, digest, ranges[i].off, ranges[i].len, ranges[i].buf, err);
-		if (r < 0)
-			return r;
-		ranges[i].got = ranges[i].len;
-		requests++;
-	}
-	return requests;
-}
-
-int registry_fetch_ranges(struct registry_client *c, const char *digest, struct byterange *ranges, size_t n,
-			  struct err *err)
-{
-	for (size_t i = 0; i < n; i++)
-		ranges[i].got = 0;
-	if (n > RANGES_PER_REQUEST) {
-		int first = registry_fetch_ranges(c, digest, ranges, RANGES_PER_REQUEST, err);
-		if (first < 0)
-			return first;
-		int rest = registry_fetch_ranges(c, digest, ranges + RANGES_PER_REQUEST, n - RANGES_PER_REQUEST, err);
-		return rest < 0 ? rest : first + rest;
-	}
-	if (n <= 1 || c->single_ranges)
-		return fetch_ranges_alone(c, digest, ranges, n, err);
-
-	_cleanup_free_ char *path = strdup_printf("%s/blobs/%s", c->ref.repository, digest);
-	char header[32 + RANGES_PER_REQUEST * 42] = "Range: bytes=", what[1024];
-	size_t used = strlen(header);
-	for (size_t i = 0; i < n; i++) {
-		if (ranges[i].len == 0 || (i > 0 && ranges[i].off < ranges[i - 1].off + ranges[i - 1].len))
-			return err_set(err, EINVAL, "blob %s: ranges must be ascending, apart and not empty", digest);
-		used += (size_t)snprintf(header + used, sizeof(header) - used, "%s%llu-%llu", i ? "," : "",
-					 (unsigned long long)ranges[i].off,
-					 (unsigned long long)(ranges[i].off + ranges[i].len - 1));
-	}
-	snprintf(what, sizeof(what), "blob %s of \"%s/%s\", %zu ranges from byte %llu", digest, c->ref.domain,
-		 c->ref.repository, n, (unsigned long long)ranges[0].off);
-	if (!path)
-		return -ENOMEM;
-	struct response resp;
-	response_to_ranges(&resp, ranges, n);
-	int r = registry_get(c, path, NULL, header, &resp, what, err);
-	/* A server that sent one range, or the whole blob, will do so again. */
-	if (r == 0 && (resp.status == 200 || resp.content_range))
-		c->single_ranges = true;
-	response_done(&resp);
-	if (r < 0)
-		return r;
-	int alone = fetch_ranges_alone(c, digest, ranges, n, err);
-	return alone < 0 ? alone : 1 + alone;
-}
-
-int registry_check_credentials(const char *domain, const char *credentials, const struct registry_options *opts,
-			       struct err *err)
-{
-	struct image_ref ref = { .domain = (char *)domain, .repository = (char *)"", .tag = (char *)"latest" };
-	struct registry_client *c = NULL;
-	int r = registry_client_new(&ref, opts, &c, err);
-	if (r < 0)
-		return r;
-	if (c->credentials) {
-		explicit_bzero(c->credentials, strlen(c->credentials));
-		free(c->credentials);
-	}
-	c->credentials = credentials ? strdup(credentials) : NULL;
-	free(c->credentials_source);
-	c->credentials_source = strdup("the login");
-	char what[512];
-	snprintf(what, sizeof(what), "login to \"%s\"", domain);
-	struct response resp;
-	response_to_memory(&resp, 1u << 20);
-	r = credentials && !c->credentials ? -ENOMEM : registry_request(c, "/v2/", NULL, NULL, NULL, &resp, what, err);
-	response_done(&resp);
-	registry_client_free(c);
-	return r;
 }

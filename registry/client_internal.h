@@ -40,6 +40,11 @@ struct registry_client {
 	CURLcode last_code;    /* of the last transfer, to tell a TLS handshake failure */
 	bool fresh_connection; /* the next request opens a connection of its own */
 	struct tls_material tls;
+	/* The options it was made with (their lists live as long as the
+	 * process), and the endpoints it moves to when this one fails. */
+	struct registry_options opts;
+	struct registry_endpoint *fallbacks;
+	size_t n_fallbacks, next_fallback;
 	bool single_ranges; /* the server answered a multi-range request otherwise than in parts */
 	long stall_seconds; /* a transfer with no progress this long is retried */
 	long fetch_timeout; /* seconds a request may take, retries included */
@@ -53,6 +58,10 @@ struct registry_client {
 	struct timespec request_started;
 	bool wait_noticed;
 };
+
+/* Bytes that fail their digest may come from a broken proxy or CDN node as
+ * well as from a bad blob: they are fetched again, on a new connection. */
+#define DIGEST_ATTEMPTS 2
 
 struct upload {
 	const char *method; /* "POST", "PUT", "HEAD" */

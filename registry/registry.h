@@ -182,6 +182,10 @@ struct registry_options {
 	const char *cert_dir;
 	/* The registry is insecure whatever the list says (registries.conf). */
 	bool insecure;
+	/* Where to go on, in order, when a request to the registry fails: the
+	 * other endpoints registries.conf gives the image.  Copied. */
+	const struct registry_endpoint *fallbacks;
+	size_t n_fallbacks;
 	struct platform platform;
 	/* Maximum bytes for a blob fetched to memory (configs). */
 	size_t max_document_size;

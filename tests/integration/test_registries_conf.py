@@ -9,6 +9,8 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from imgfs_test.cases import Suite, run_file  # noqa: E402
 from imgfs_test.harness import Entry, Mount, Registry, free_port, make_tar, push_image  # noqa: E402
+from imgfs_test.images import deterministic_bytes  # noqa: E402
+from imgfs_test.lazy import push_estargz  # noqa: E402
 
 suite = Suite()
 
@@ -152,6 +154,38 @@ def alias_cache_first(t):
     m, got = mount_whoami(t, "cached-box", "alias-cache-reset")
     t.tap.ok(got is None and f"{t.dead}/cached-box" in m.stderr(),
              "an empty cached alias takes it back (the name goes to the search registries)", m.stderr())
+
+
+@suite.case
+def lazy_reads_move_to_the_next_endpoint(t):
+    """A mirror that served the manifest goes down mid-mount: lazy reads go on at the primary."""
+    mirror = Registry(t.work, name="registry-lazy-mirror")
+    primary = Registry(t.work, name="registry-lazy-primary")
+    t.on_exit(mirror.stop)
+    t.on_exit(primary.stop)
+    data = deterministic_bytes(7, 3 << 20)
+    layers = [[Entry("data", data=data)]]
+    pushed = [push_estargz(reg, "lib/lazyapp", "v1", layers, chunk_size=1 << 20) for reg in (mirror, primary)]
+    t.tap.ok(pushed[0] == pushed[1], "the same eStargz image on the mirror and the primary")
+    conf(t, "lazy-mirror", f"""[[registry]]
+prefix = "lazy.example/app"
+location = "{primary.host}/lib/lazyapp"
+[[registry.mirror]]
+location = "{mirror.host}/lib/lazyapp"
+""")
+    m = Mount("lazy.example/app:v1", t.mnt, os.path.join(t.work, "cache-lazy-failover"), ["--prefetch=none"])
+    if not t.tap.ok(m.ok, "mounted from the mirror", m.stderr()):
+        return
+    with open(os.path.join(t.mnt, "data"), "rb") as f:
+        first = f.read(4096)
+        mirror.stop()
+        f.seek(2 << 20)
+        later = f.read(4096)
+    m.umount()
+    t.tap.ok(first == data[:4096] and later == data[2 << 20:(2 << 20) + 4096],
+             "a read after the mirror went down returns the right bytes")
+    t.tap.ok("/v2/lib/lazyapp/blobs/" + pushed[0][0]["digest"] in primary.access_log(),
+             "  read from the primary", primary.access_log()[-400:])
 
 
 @suite.case
