@@ -132,16 +132,24 @@ static bool auth_key_matches(const char *key, const char *domain)
 	return strlen(domain) == len && strncmp(key, domain, len) == 0;
 }
 
-int auth_credentials_from_json(const char *json, size_t len, const char *domain, char **ret)
+/* A JSON document of len bytes (no NUL needed): 0, -ENOMEM or -EINVAL. */
+static int parse_json(const char *json, size_t len, struct json_object **ret)
 {
 	struct json_tokener *tok = json_tokener_new();
 	if (!tok)
 		return -ENOMEM;
-	struct json_object *root = json_tokener_parse_ex(tok, json, (int)len);
+	*ret = json_tokener_parse_ex(tok, json, (int)len);
 	json_tokener_free(tok);
-	if (!root)
-		return -EINVAL;
-	int r = -ENOENT;
+	return *ret ? 0 : -EINVAL;
+}
+
+int auth_credentials_from_json(const char *json, size_t len, const char *domain, char **ret)
+{
+	struct json_object *root;
+	int r = parse_json(json, len, &root);
+	if (r < 0)
+		return r;
+	r = -ENOENT;
 	struct json_object *auths;
 	if (!json_object_object_get_ex(root, "auths", &auths) || !json_object_is_type(auths, json_type_object))
 		goto out;
@@ -197,14 +205,11 @@ static const char *string_member(struct json_object *obj, const char *key)
 int auth_source_from_json(const char *json, size_t len, const char *domain, char **ret_credentials, char **ret_helper)
 {
 	*ret_credentials = *ret_helper = NULL;
-	struct json_tokener *tok = json_tokener_new();
-	if (!tok)
-		return -ENOMEM;
-	struct json_object *root = json_tokener_parse_ex(tok, json, (int)len);
-	json_tokener_free(tok);
-	if (!root)
-		return -EINVAL;
-	int r = -ENOENT;
+	struct json_object *root;
+	int r = parse_json(json, len, &root);
+	if (r < 0)
+		return r;
+	r = -ENOENT;
 	struct json_object *helpers;
 	if (json_object_object_get_ex(root, "credHelpers", &helpers) &&
 	    json_object_is_type(helpers, json_type_object)) {
