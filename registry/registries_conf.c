@@ -150,6 +150,57 @@ static int add_registry(struct registries_conf *c, struct json_object *entry, co
 	return 0;
 }
 
+/* The strings of registries.KIND.registries in a version 1 file, or NULL. */
+static struct json_object *version1_list(struct json_object *registries, const char *kind, const char *file,
+					 struct err *err, int *r)
+{
+	struct json_object *table, *list;
+	if (!json_object_object_get_ex(registries, kind, &table))
+		return NULL;
+	if (!json_object_object_get_ex(table, "registries", &list))
+		return NULL;
+	bool strings = json_object_is_type(list, json_type_array);
+	for (size_t i = 0; strings && i < json_object_array_length(list); i++)
+		strings = json_object_is_type(json_object_array_get_idx(list, i), json_type_string);
+	if (!strings) {
+		*r = err_set(err, EINVAL, "%s: [registries.%s] registries must be an array of strings", file, kind);
+		return NULL;
+	}
+	return list;
+}
+
+/* The version 1 format, as containers/image still reads it:
+ * [registries.search], [registries.insecure] and [registries.block], each
+ * a list of registries. */
+static int add_version1(struct registries_conf *c, struct json_object *registries, const char *file, struct err *err)
+{
+	int r = 0;
+	if (!json_object_is_type(registries, json_type_object))
+		return err_set(err, EINVAL, "%s: registries must be a table ([registries.search])", file);
+	struct json_object *search = version1_list(registries, "search", file, err, &r);
+	if (search) {
+		json_object_put(c->search);
+		c->search = json_object_get(search);
+	}
+	static const char *const kinds[] = { "insecure", "block" };
+	for (size_t k = 0; r == 0 && k < ARRAY_SIZE(kinds); k++) {
+		struct json_object *list = version1_list(registries, kinds[k], file, err, &r);
+		for (size_t i = 0; list && r == 0 && i < json_object_array_length(list); i++) {
+			struct json_object *entry = json_object_new_object();
+			if (!entry ||
+			    json_object_object_add(entry, "prefix",
+						   json_object_get(json_object_array_get_idx(list, i))) < 0 ||
+			    json_object_object_add(entry, k == 0 ? "insecure" : "blocked",
+						   json_object_new_boolean(true)) < 0)
+				r = -ENOMEM;
+			else
+				r = add_registry(c, entry, file, err);
+			json_object_put(entry);
+		}
+	}
+	return r;
+}
+
 int registries_conf_parse(struct registries_conf *c, const char *text, size_t len, const char *file, struct err *err)
 {
 	struct json_object *root = NULL, *v;
@@ -157,10 +208,7 @@ int registries_conf_parse(struct registries_conf *c, const char *text, size_t le
 	if (r < 0)
 		return r;
 	if (json_object_object_get_ex(root, "registries", &v)) {
-		r = err_set(err, EINVAL,
-			    "%s: the version 1 format ([registries.search]) is not supported; use "
-			    "unqualified-search-registries and [[registry]]",
-			    file);
+		r = add_version1(c, v, file, err);
 		goto out;
 	}
 	if (json_object_object_get_ex(root, "registry", &v)) {

@@ -490,6 +490,20 @@ static void test_registries_conf(void)
 	is_str(c, "gone", "an empty alias takes one back; an empty search list means docker.io");
 	free(c);
 	registries_conf_free(conf);
+	conf = registries_conf_new();
+	const char *v1 = "[registries.search]\nregistries = ['one.example', 'two.example']\n"
+			 "[registries.insecure]\nregistries = ['lan.example:5000']\n"
+			 "[registries.block]\nregistries = ['bad.example']\n";
+	ok(registries_conf_parse(conf, v1, strlen(v1), "v1.conf", &err) == 0, "the version 1 format is read (%s)",
+	   err.msg);
+	c = candidates_of(conf, "x");
+	is_str(c, "one.example/x two.example/x", "  [registries.search]");
+	free(c);
+	check_endpoints(conf, "lan.example:5000/x", "!lan.example:5000/x", "  [registries.insecure]");
+	blocked = endpoints_of(conf, "bad.example/x");
+	ok(strstr(blocked, "blocked") != NULL, "  [registries.block] (%s)", blocked);
+	free(blocked);
+	registries_conf_free(conf);
 	c = candidates_of(NULL, "busybox");
 	is_str(c, "busybox", "without a registries.conf, a short name is itself");
 	free(c);
@@ -501,7 +515,7 @@ static void test_registries_conf(void)
 		{ "\n\n[[registry]]\nprefix = 1.5\n", "line 4" },
 		{ "a.b = 1", "dotted keys" },
 		{ "a = 1\na = 2", "line 2: a key is defined twice" },
-		{ "[registries.search]\nregistries = ['x']", "version 1" },
+		{ "[registries.search]\nregistries = [1]", "array of strings" },
 		{ "[[registry]]\ninsecure = true", "neither prefix nor location" },
 		{ "[[registry]]\nprefix = '*.x'\nlocation = 'y'", "wildcard" },
 		{ "[[registry]]\nprefix = 'x'\n[[registry.mirror]]\nlocation = 'y'\npull-from-mirror = 'some'",
