@@ -115,21 +115,51 @@ fail:
 	return r;
 }
 
-/* Auth file keys are "host", "host:port", or URLs such as "https://host/v1/". */
-static bool auth_key_matches(const char *key, const char *domain)
+static bool same_host(const char *a, size_t a_len, const char *b, size_t b_len)
 {
-	if (str_has_prefix(key, "https://"))
-		key += 8;
-	else if (str_has_prefix(key, "http://"))
-		key += 7;
-	size_t len = strcspn(key, "/");
 	/* docker login writes Docker Hub as "https://index.docker.io/v1/". */
 	static const char *const hub_names[] = { "index.docker.io", "registry-1.docker.io", "docker.io" };
-	if (strcmp(domain, "docker.io") == 0)
+	if (b_len == strlen("docker.io") && strncmp(b, "docker.io", b_len) == 0)
 		for (size_t i = 0; i < ARRAY_SIZE(hub_names); i++)
-			if (strlen(hub_names[i]) == len && strncmp(key, hub_names[i], len) == 0)
+			if (strlen(hub_names[i]) == a_len && strncmp(a, hub_names[i], a_len) == 0)
 				return true;
-	return strlen(domain) == len && strncmp(key, domain, len) == 0;
+	return a_len == b_len && strncmp(a, b, a_len) == 0;
+}
+
+/* How closely an auth file key names name ("host[/namespace[/repo]]"): 0
+ * when it does not, 1 for the whole registry, more for a longer path.  Keys
+ * are "host[:port]", "host/namespace[/repo]" (podman), or URLs such as
+ * "https://host/v1/" (docker), which name the whole registry. */
+static size_t auth_key_match(const char *key, const char *name)
+{
+	bool url = str_has_prefix(key, "https://") || str_has_prefix(key, "http://");
+	if (url)
+		key = strstr(key, "://") + 3;
+	size_t key_host = strcspn(key, "/"), name_host = strcspn(name, "/");
+	if (!same_host(key, key_host, name, name_host))
+		return 0;
+	const char *key_path = key + key_host, *name_path = name + name_host;
+	if (url || !*key_path)
+		return 1;
+	size_t len = strlen(key_path);
+	return strncmp(key_path, name_path, len) == 0 && (name_path[len] == '\0' || name_path[len] == '/') ? 1 + len
+													   : 0;
+}
+
+/* The member of obj whose key names name most closely, or NULL. */
+static struct json_object *best_match(struct json_object *obj, const char *name)
+{
+	struct json_object *best = NULL;
+	size_t best_len = 0;
+	json_object_object_foreach(obj, key, value)
+	{
+		size_t len = auth_key_match(key, name);
+		if (len > best_len) {
+			best = value;
+			best_len = len;
+		}
+	}
+	return best;
 }
 
 /* A JSON document of len bytes (no NUL needed): 0, -ENOMEM or -EINVAL. */
@@ -143,50 +173,46 @@ static int parse_json(const char *json, size_t len, struct json_object **ret)
 	return *ret ? 0 : -EINVAL;
 }
 
-int auth_credentials_from_json(const char *json, size_t len, const char *domain, char **ret)
+int auth_credentials_from_json(const char *json, size_t len, const char *name, char **ret)
 {
-	struct json_object *root;
+	struct json_object *root, *auths, *auth, *identity;
 	int r = parse_json(json, len, &root);
 	if (r < 0)
 		return r;
 	r = -ENOENT;
-	struct json_object *auths;
-	if (!json_object_object_get_ex(root, "auths", &auths) || !json_object_is_type(auths, json_type_object))
+	struct json_object *entry =
+	    json_object_object_get_ex(root, "auths", &auths) && json_object_is_type(auths, json_type_object)
+		? best_match(auths, name)
+		: NULL;
+	if (!entry || !json_object_is_type(entry, json_type_object))
 		goto out;
-	json_object_object_foreach(auths, key, entry)
-	{
-		struct json_object *auth, *identity;
-		if (!auth_key_matches(key, domain) || !json_object_is_type(entry, json_type_object))
-			continue;
-		/* docker login with a browser keeps an identity token, which wins. */
-		if (json_object_object_get_ex(entry, "identitytoken", &identity) &&
-		    json_object_is_type(identity, json_type_string) && *json_object_get_string(identity)) {
-			*ret = strdup_printf(IDENTITY_TOKEN_USER ":%s", json_object_get_string(identity));
-			r = *ret ? 0 : -ENOMEM;
-			goto out;
-		}
-		if (!json_object_object_get_ex(entry, "auth", &auth) || !json_object_is_type(auth, json_type_string))
-			continue;
-		const char *b64 = json_object_get_string(auth);
-		size_t b64_len = strlen(b64);
-		if (b64_len == 0 || b64_len % 4 != 0 || b64_len > 16384) {
-			r = -EINVAL;
-			goto out;
-		}
-		void *value;
-		size_t n;
-		if ((r = base64_decode(b64, b64_len, &value, &n)) < 0)
-			goto out;
-		char *decoded = value;
-		if (!strchr(decoded, ':') || strlen(decoded) != n) {
-			free(decoded);
-			r = -EINVAL;
-			goto out;
-		}
-		*ret = decoded;
-		r = 0;
+	/* docker login with a browser keeps an identity token, which wins. */
+	if (json_object_object_get_ex(entry, "identitytoken", &identity) &&
+	    json_object_is_type(identity, json_type_string) && *json_object_get_string(identity)) {
+		*ret = strdup_printf(IDENTITY_TOKEN_USER ":%s", json_object_get_string(identity));
+		r = *ret ? 0 : -ENOMEM;
 		goto out;
 	}
+	if (!json_object_object_get_ex(entry, "auth", &auth) || !json_object_is_type(auth, json_type_string))
+		goto out;
+	const char *b64 = json_object_get_string(auth);
+	size_t b64_len = strlen(b64);
+	if (b64_len == 0 || b64_len % 4 != 0 || b64_len > 16384) {
+		r = -EINVAL;
+		goto out;
+	}
+	void *value;
+	size_t n;
+	if ((r = base64_decode(b64, b64_len, &value, &n)) < 0)
+		goto out;
+	char *decoded = value;
+	if (!strchr(decoded, ':') || strlen(decoded) != n) {
+		free(decoded);
+		r = -EINVAL;
+		goto out;
+	}
+	*ret = decoded;
+	r = 0;
 out:
 	json_object_put(root);
 	return r;
@@ -202,7 +228,7 @@ static const char *string_member(struct json_object *obj, const char *key)
 	return json_object_get_string(v);
 }
 
-int auth_source_from_json(const char *json, size_t len, const char *domain, char **ret_credentials, char **ret_helper)
+int auth_source_from_json(const char *json, size_t len, const char *name, char **ret_credentials, char **ret_helper)
 {
 	*ret_credentials = *ret_helper = NULL;
 	struct json_object *root;
@@ -210,19 +236,15 @@ int auth_source_from_json(const char *json, size_t len, const char *domain, char
 	if (r < 0)
 		return r;
 	r = -ENOENT;
-	struct json_object *helpers;
+	struct json_object *helpers, *helper;
 	if (json_object_object_get_ex(root, "credHelpers", &helpers) &&
-	    json_object_is_type(helpers, json_type_object)) {
-		json_object_object_foreach(helpers, key, value)
-		{
-			if (auth_key_matches(key, domain) && json_object_is_type(value, json_type_string)) {
-				*ret_helper = strdup(json_object_get_string(value));
-				r = *ret_helper ? 0 : -ENOMEM;
-				goto out;
-			}
-		}
+	    json_object_is_type(helpers, json_type_object) && (helper = best_match(helpers, name)) &&
+	    json_object_is_type(helper, json_type_string)) {
+		*ret_helper = strdup(json_object_get_string(helper));
+		r = *ret_helper ? 0 : -ENOMEM;
+		goto out;
 	}
-	r = auth_credentials_from_json(json, len, domain, ret_credentials);
+	r = auth_credentials_from_json(json, len, name, ret_credentials);
 	const char *store = string_member(root, "credsStore");
 	if (r == -ENOENT && store && *store) {
 		*ret_helper = strdup(store);
@@ -317,9 +339,11 @@ static int ask_credential_helper(const char *helper, const char *domain, char **
 	return r;
 }
 
-int auth_lookup_credentials(const char *domain, char **ret, char **ret_source)
+int auth_lookup_credentials(const char *name, char **ret, char **ret_source)
 {
 	*ret_source = NULL;
+	/* A helper is asked for the registry, as docker asks it. */
+	_cleanup_free_ char *host = strndup(name, strcspn(name, "/"));
 	const char *files[4] = { 0 };
 	_cleanup_free_ char *runtime_file = NULL, *user_file = NULL, *docker_file = NULL;
 	const char *env, *home = getenv("HOME");
@@ -342,9 +366,9 @@ int auth_lookup_credentials(const char *domain, char **ret, char **ret_source)
 		size_t len;
 		if (!files[i] || read_file_capped(files[i], AUTH_FILE_MAX_SIZE, &data, &len) < 0)
 			continue;
-		int r = auth_source_from_json(data, len, domain, ret, &helper);
+		int r = auth_source_from_json(data, len, name, ret, &helper);
 		if (r == 0 && helper)
-			r = ask_credential_helper(helper, domain, ret);
+			r = host ? ask_credential_helper(helper, host, ret) : -ENOMEM;
 		if (r == 0) {
 			*ret_source = helper ? strdup_printf("docker-credential-%s (named in %s)", helper, files[i])
 					     : strdup(files[i]);

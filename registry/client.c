@@ -111,7 +111,10 @@ int registry_client_new(const struct image_ref *ref, const struct registry_optio
 		return r == -ENOMEM ? err_set(err, ENOMEM, "registry \"%s\": out of memory", ref->domain)
 				    : err_wrap(err, "registry \"%s\"", ref->domain);
 	}
-	if (auth_lookup_credentials(ref->domain, &c->credentials, &c->credentials_source) < 0)
+	/* Auth files may hold credentials for a namespace or a repository. */
+	_cleanup_free_ char *name =
+	    *ref->repository ? strdup_printf("%s/%s", ref->domain, ref->repository) : strdup(ref->domain);
+	if (!name || auth_lookup_credentials(name, &c->credentials, &c->credentials_source) < 0)
 		c->credentials = c->credentials_source = NULL;
 	c->opts = *opts;
 	c->opts.fallbacks = NULL;

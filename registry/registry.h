@@ -65,16 +65,19 @@ struct auth_challenge {
 int auth_challenge_parse(const char *header, struct auth_challenge *ret);
 void auth_challenge_done(struct auth_challenge *c);
 
-/* Looks up "user:password" for a registry host as podman does: in
+/* Looks up "user:password" for an image name ("host[/namespace/repo]") as
+ * podman does: in
  * $REGISTRY_AUTH_FILE alone when it is set, else in
  * $XDG_RUNTIME_DIR/containers/auth.json (/run/containers/UID/auth.json
  * without it), ~/.config/containers/auth.json and
  * $DOCKER_CONFIG/config.json (or ~/.docker/config.json); in each, the
- * registry's credHelpers entry, then auths, then credsStore, a helper being
- * run as docker-credential-NAME get.  Returns 0 and *ret (caller frees)
+ * registry's credHelpers entry, then the auths entry whose key names the
+ * image most closely (host/namespace/repo before host/namespace before
+ * host), then credsStore, a helper being run as docker-credential-NAME get
+ * and asked for the host.  Returns 0 and *ret (caller frees)
  * when found, with *ret_source naming the file or helper (caller frees),
  * -ENOENT when not. */
-int auth_lookup_credentials(const char *domain, char **ret, char **ret_source);
+int auth_lookup_credentials(const char *name, char **ret, char **ret_source);
 /* The user name of credentials that hold an identity token (an OAuth2
  * refresh token) in place of a password, as docker's credential helpers
  * and auth files give them: exchanged at the registry's token server. */
@@ -88,10 +91,10 @@ char *auth_default_file(void);
 int auth_store_credentials(const char *file, const char *registry, const char *credentials, struct err *err);
 /* The auths entry for domain in one JSON document (exposed for tests and
  * fuzzing). */
-int auth_credentials_from_json(const char *json, size_t len, const char *domain, char **ret);
+int auth_credentials_from_json(const char *json, size_t len, const char *name, char **ret);
 /* What one auth file says for domain: credentials, or the name of the
  * helper to ask (credHelpers before auths before credsStore); -ENOENT. */
-int auth_source_from_json(const char *json, size_t len, const char *domain, char **ret_credentials, char **ret_helper);
+int auth_source_from_json(const char *json, size_t len, const char *name, char **ret_credentials, char **ret_helper);
 
 /* ---- registries.conf ----------------------------------------------------- */
 

@@ -136,6 +136,23 @@ static void test_credentials(void)
 	ok(auth_credentials_from_json("{\"auths\":{\"h\":{\"auth\":\"bm9jb2xvbg==\"}}}", 37, "h", &cred) == -EINVAL,
 	   "credentials without a colon are an error");
 	ok(auth_credentials_from_json("not json", 8, "h", &cred) == -EINVAL, "malformed auth file");
+	const char *nested = "{\"auths\":{\"r.example\":{\"auth\":\"aDpo\"},\"r.example/team\":{\"auth\":\"dDp0\"},"
+			     "\"r.example/team/app\":{\"auth\":\"YTph\"},\"r.example/te\":{\"auth\":\"eDp4\"}}}";
+	static const struct {
+		const char *name, *want, *what;
+	} specific[] = {
+		{ "r.example/team/app", "a:a", "host/namespace/repo before host/namespace" },
+		{ "r.example/team/other", "t:t", "host/namespace before host" },
+		{ "r.example/teams/x", "h:h", "keys match whole path components" },
+		{ "r.example", "h:h", "the host alone, for a login" },
+	};
+	for (size_t i = 0; i < sizeof(specific) / sizeof(specific[0]); i++) {
+		cred = NULL;
+		ok(auth_credentials_from_json(nested, strlen(nested), specific[i].name, &cred) == 0 && cred &&
+		       strcmp(cred, specific[i].want) == 0,
+		   "auths: %s (%s → %s)", specific[i].what, specific[i].name, cred ? cred : "none");
+		free(cred);
+	}
 	const char *idt = "{\"auths\":{\"h\":{\"auth\":\"eDp5\",\"identitytoken\":\"rt-1\"}}}";
 	ok(auth_credentials_from_json(idt, strlen(idt), "h", &cred) == 0 &&
 	       strcmp(cred, IDENTITY_TOKEN_USER ":rt-1") == 0,
