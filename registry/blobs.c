@@ -3,9 +3,29 @@
 #include "client_internal.h"
 #include "response.h"
 
+/* After bytes failed their digest: whether to fetch them again, and where:
+ * on a new connection first, then at the next endpoint (a mirror that
+ * serves bad bytes is left like one that is down). */
+static bool fetch_again(struct registry_client *c, int *attempt, char **path, const char *digest)
+{
+	if (*attempt < DIGEST_ATTEMPTS) {
+		c->fresh_connection = true;
+		return true;
+	}
+	char *moved = client_move_on(c, NULL) == 0 ? strdup_printf("%s/blobs/%s", c->ref.repository, digest) : NULL;
+	if (!moved)
+		return false;
+	free(*path);
+	*path = moved;
+	*attempt = 0;
+	return true;
+}
+
 int registry_get_blob(struct registry_client *c, const char *digest, char **ret_data, size_t *ret_len, struct err *err)
 {
 	_cleanup_free_ char *path = strdup_printf("%s/blobs/%s", c->ref.repository, digest);
+	if (!path)
+		return -ENOMEM;
 	char what[1024];
 	snprintf(what, sizeof(what), "blob %s of \"%s/%s\"", digest, c->ref.domain, c->ref.repository);
 	struct response resp;
@@ -19,10 +39,8 @@ int registry_get_blob(struct registry_client *c, const char *digest, char **ret_
 		digest_sha256(resp.body ? resp.body : "", resp.body_len, actual);
 		if (strcmp(actual, digest) == 0)
 			break;
-		if (attempt < DIGEST_ATTEMPTS) {
-			c->fresh_connection = true;
+		if (fetch_again(c, &attempt, &path, digest))
 			continue;
-		}
 		r = err_set(err, EBADMSG, "%s: content digest %s does not match (fetched %d times)", what, actual,
 			    attempt);
 		goto out;
@@ -62,10 +80,8 @@ int registry_fetch_blob_to_fd(struct registry_client *c, const char *digest, int
 		digester_final(d, actual);
 		if (resp.file.written == (uint64_t)size && strcmp(actual, digest) == 0)
 			break;
-		if (attempt < DIGEST_ATTEMPTS) {
-			c->fresh_connection = true;
+		if (fetch_again(c, &attempt, &path, digest))
 			continue;
-		}
 		if (resp.file.written != (uint64_t)size)
 			r = err_set(err, EBADMSG, "%s: got %llu bytes, the manifest says %lld (fetched %d times)", what,
 				    (unsigned long long)resp.file.written, (long long)size, attempt);

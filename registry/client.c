@@ -134,10 +134,7 @@ int registry_client_new(const struct image_ref *ref, const struct registry_optio
 		(b) = swap_tmp;                                                                                        \
 	} while (0)
 
-/* After a request to this endpoint failed: the client becomes one for the
- * next fallback endpoint (its name, TLS material, credentials), keeping its
- * connection handle.  -ENOENT when there is none left. */
-static int client_move_on(struct registry_client *c, struct err *err)
+int client_move_on(struct registry_client *c, struct err *err)
 {
 	if (c->next_fallback >= c->n_fallbacks)
 		return -ENOENT;

@@ -70,6 +70,10 @@ struct upload {
 	size_t len;
 };
 
+/* After a request to this endpoint failed: the client becomes one for the
+ * next fallback endpoint (its name, TLS material, credentials), keeping its
+ * connection handle.  -ENOENT when there is none left. */
+int client_move_on(struct registry_client *c, struct err *err);
 /* NULL when out of memory or without libcurl: the request that follows
  * then fails and says why. */
 char *url_escape(struct registry_client *c, const char *s);

@@ -27,6 +27,7 @@ class FaultProxy:
         # Corrupts the first answer for every blob (whole or ranged), as a
         # broken CDN node would; the second answer is right.
         self.corrupt_first_of_each = False
+        self.corrupt_all_blobs = False  # a mirror that only ever serves bad bytes
         self.corrupted_blobs = set()
         self.lock = threading.Lock()
         proxy = self
@@ -69,7 +70,10 @@ class FaultProxy:
                         fault = "corrupt"
                 blob = self.path.split("?")[0]
                 with proxy.lock:
-                    if proxy.corrupt_first_of_each and "/blobs/" in blob and blob not in proxy.corrupted_blobs:
+                    if proxy.corrupt_all_blobs and "/blobs/" in blob:
+                        proxy.corrupted_blobs.add(blob)
+                        fault = "corrupt"
+                    elif proxy.corrupt_first_of_each and "/blobs/" in blob and blob not in proxy.corrupted_blobs:
                         proxy.corrupted_blobs.add(blob)
                         fault = "corrupt"
                 req = urllib.request.Request(f"http://{proxy.upstream}{self.path}", headers=headers)

@@ -8,6 +8,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from imgfs_test.cases import Suite, run_file  # noqa: E402
+from imgfs_test.faultproxy import FaultProxy  # noqa: E402
 from imgfs_test.harness import Entry, Mount, Registry, free_port, make_tar, push_image  # noqa: E402
 from imgfs_test.images import deterministic_bytes  # noqa: E402
 from imgfs_test.lazy import push_estargz  # noqa: E402
@@ -186,6 +187,24 @@ location = "{mirror.host}/lib/lazyapp"
              "a read after the mirror went down returns the right bytes")
     t.tap.ok("/v2/lib/lazyapp/blobs/" + pushed[0][0]["digest"] in primary.access_log(),
              "  read from the primary", primary.access_log()[-400:])
+
+
+@suite.case
+def mirror_with_bad_bytes(t):
+    """A mirror whose blobs never match their digests is left for the primary, as one that is down."""
+    bad = FaultProxy(t.reg.host)
+    t.on_exit(bad.stop)
+    bad.corrupt_all_blobs = True
+    conf(t, "mirror-bad", f"""unqualified-search-registries = ["docker.io"]
+[[registry]]
+prefix = "docker.io/library"
+location = "{t.reg.host}/library"
+[[registry.mirror]]
+location = "{bad.host}/library"
+""")
+    m, got = mount_whoami(t, "busybox", "mirror-bad")
+    t.tap.ok(got == PRIMARY and bad.corrupted_blobs, "bad bytes from the mirror: the primary's are used",
+             (m.stderr(), bad.corrupted_blobs))
 
 
 @suite.case
