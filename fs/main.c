@@ -277,7 +277,9 @@ static int source_flags_apply(struct source_flags *f, struct image_options *opts
 		opts->registry.progress = transfer_progress;
 	}
 	opts->registry.waiting = waiting_notice;
-	opts->notice = progress_line;
+	/* A program that drives imgfs (launch) owns its stderr unless a person watches it. */
+	if (error_fd < 0 || isatty(STDERR_FILENO))
+		opts->notice = progress_line;
 	return 0;
 }
 
