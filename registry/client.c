@@ -706,12 +706,16 @@ static int request_endpoint(struct registry_client *c, const char *path_or_url, 
 }
 
 /* Whether a failed request may be asked of the next endpoint: one about
- * the repository (not a URL the registry gave), that did not fail here. */
+ * the repository (not a URL the registry gave) that the endpoint could not
+ * answer (no answer, 5xx, 429), not one it answered with "not found" or
+ * "denied" (an optional lookup, as for an index artifact, gets those), nor
+ * one that failed here. */
 static bool may_move_on(const struct registry_client *c, const char *path, const struct response *resp, int r)
 {
 	size_t len = strlen(c->ref.repository);
-	return r < 0 && r != -ENOMEM && c->next_fallback < c->n_fallbacks && !resp->write_errno && !resp->too_big &&
-	       strncmp(path, c->ref.repository, len) == 0 && path[len] == '/';
+	bool endpoint_failed = resp->status == 0 || resp->status >= 500 || resp->status == 429;
+	return r < 0 && r != -ENOMEM && endpoint_failed && c->next_fallback < c->n_fallbacks && !resp->write_errno &&
+	       !resp->too_big && strncmp(path, c->ref.repository, len) == 0 && path[len] == '/';
 }
 
 int registry_request(struct registry_client *c, const char *path_or_url, const char *accept, const char *range,
