@@ -92,6 +92,8 @@ struct container {
 	bool tty, interactive, remove;
 	long created;
 	long daemon_pid; /* the imgfs daemon of its root file system */
+	char *network;   /* --network, for start to connect it again */
+	char *ports;     /* its -p mappings, space-separated */
 };
 
 /* The state root: --root, $LAUNCH_ROOT, /run/launch (root) or

@@ -192,6 +192,27 @@ static char *join_command(char **argv)
 	return s;
 }
 
+/* -p mappings as launch.json keeps them: "[IP:]HOST:CTR/PROTO ...". */
+static char *ports_text(const struct port_mapping *ports, size_t n)
+{
+	char buf[MAX_PORTS * 96] = "";
+	for (size_t i = 0; i < n; i++)
+		snprintf(buf + strlen(buf), sizeof(buf) - strlen(buf), "%s%s%s%u:%u/%s", i ? " " : "", ports[i].host_ip,
+			 *ports[i].host_ip ? ":" : "", ports[i].host_port, ports[i].ctr_port, ports[i].proto);
+	return strdup(buf);
+}
+
+static int ports_parse(const char *text, struct port_mapping *ports, size_t *n)
+{
+	*n = 0;
+	_cleanup_free_ char *copy = text ? strdup(text) : NULL;
+	char *save = NULL;
+	for (char *tok = copy ? strtok_r(copy, " ", &save) : NULL; tok; tok = strtok_r(NULL, " ", &save))
+		if (*n == MAX_PORTS || port_mapping_parse(tok, &ports[(*n)++]) < 0)
+			return -EINVAL;
+	return text && !copy ? -ENOMEM : 0;
+}
+
 /* The state directory, the name and the mount; on failure, what was made
  * is removed again and the message is in err. */
 static int prepare(struct run_options *o, const char *image, const char *root, struct container *c, struct err *err)
@@ -218,6 +239,10 @@ static int prepare(struct run_options *o, const char *image, const char *root, s
 	_cleanup_free_ char *storage = storage_root(o->root);
 	c->storage = storage ? strdup_printf("%s/containers/%s", storage, id) : NULL;
 	c->tty = o->spec.tty;
+	c->network = o->network ? strdup(o->network) : NULL;
+	c->ports = o->n_ports ? ports_text(o->ports, o->n_ports) : NULL;
+	if ((o->network && !c->network) || (o->n_ports && !c->ports))
+		return -ENOMEM;
 	c->interactive = o->interactive;
 	c->remove = o->remove;
 	c->created = (long)time(NULL);
@@ -637,6 +662,13 @@ int cmd_start(int argc, char **argv)
 		goto out;
 	}
 	run.o.spec.tty = run.c.tty;
+	/* Connected again as it was: run_connect starts slirp4netns for it. */
+	run.o.network = run.c.network;
+	if (ports_parse(run.c.ports, run.o.ports, &run.o.n_ports) < 0) {
+		fprintf(stderr, "launch: container %s: its recorded ports \"%s\" are not valid\n", run.c.name,
+			run.c.ports);
+		goto out;
+	}
 	run.o.interactive = interactive && run.c.interactive;
 	run.o.remove = run.c.remove;
 	clear_shim_state(&run.c);

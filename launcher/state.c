@@ -70,6 +70,8 @@ void container_done(struct container *c)
 	free(c->command);
 	free(c->storage);
 	free(c->image_digest);
+	free(c->network);
+	free(c->ports);
 	*c = (struct container){ 0 };
 }
 
@@ -91,6 +93,10 @@ int container_save(const struct container *c)
 		json_object_object_add(o, "storage", json_object_new_string(c->storage));
 	if (c->image_digest)
 		json_object_object_add(o, "image_digest", json_object_new_string(c->image_digest));
+	if (c->network)
+		json_object_object_add(o, "network", json_object_new_string(c->network));
+	if (c->ports)
+		json_object_object_add(o, "ports", json_object_new_string(c->ports));
 	const char *text = json_object_to_json_string(o);
 	_cleanup_free_ char *path = strdup_printf("%s/launch.json", c->dir);
 	int r = path && text ? write_file_replace(path, text, strlen(text)) : -ENOMEM;
@@ -133,6 +139,10 @@ static int container_load(const char *root, const char *id, struct container *re
 		c.storage = strdup(json_object_get_string(v));
 	if (json_object_object_get_ex(o, "image_digest", &v) && json_object_get_string_len(v) > 0)
 		c.image_digest = strdup(json_object_get_string(v));
+	if (json_object_object_get_ex(o, "network", &v) && json_object_get_string_len(v) > 0)
+		c.network = strdup(json_object_get_string(v));
+	if (json_object_object_get_ex(o, "ports", &v) && json_object_get_string_len(v) > 0)
+		c.ports = strdup(json_object_get_string(v));
 	json_object_put(o);
 	if (!c.id || !c.name || !c.image || !c.command || strcmp(c.id, id) != 0) {
 		container_done(&c);

@@ -406,21 +406,30 @@ def published_port(t):
         return
     r = launch("run", "-d", "--name", "web", "-p", "127.0.0.1:18080:8080", t.img, "sh", "-c",
                "mkdir -p /www && echo served-from-the-container > /www/index.html && httpd -f -p 8080 -h /www")
-    body = b""
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", 18080), timeout=2) as s:
-                s.sendall(b"GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n")
-                body = b"".join(iter(lambda: s.recv(4096), b""))
-            if b"served-from-the-container" in body:
-                break
-        except OSError:
-            pass
-        time.sleep(0.2)
+
+    def fetch():
+        body = b""
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", 18080), timeout=2) as s:
+                    s.sendall(b"GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n")
+                    body = b"".join(iter(lambda: s.recv(4096), b""))
+                if b"served-from-the-container" in body:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        return body
+    body = fetch()
     files = launch("exec", "web", "cat", "/etc/resolv.conf", "/etc/hosts").stdout
     tap.ok(r.returncode == 0 and b"served-from-the-container" in body,
            "a server in the container answers at the published 127.0.0.1:18080", (r.stderr, body[-200:]))
+    stopped = launch("stop", "-t", "1", "web")
+    started = launch("start", "web")
+    body = fetch()
+    tap.ok(stopped.returncode == 0 and started.returncode == 0 and b"served-from-the-container" in body,
+           "after stop and start the port is published again", (stopped.stderr, started.stderr, body[-200:]))
     tap.ok(b"nameserver 10.0.2.3" in files and b"web" in files and b"localhost" in files,
            "the container gets its /etc/resolv.conf and /etc/hosts", files)
     cid = r.stdout.decode().strip()
