@@ -639,14 +639,16 @@ def detached_lifecycle(t):
     r = launch("rm", "bg")
     tap.ok(r.returncode == 0 and not mounts_under(root) and "bg" not in launch("ps", "-a").stdout.decode() and
            not os.path.exists(storage), "launch rm removes mount, state and writable layer", r)
-    r = launch("run", "-d", "--name", "busy", img, "sleep", "300")
+    # A duration no one else on the host is likely to sleep for: the check
+    # below looks at every process.
+    r = launch("run", "-d", "--name", "busy", img, "sleep", "2987")
     r2 = launch("rm", "busy")
     r3 = launch("rm", "-f", "busy")
     # A process killed a moment ago may still be on its way out.
     deadline = time.monotonic() + 5
-    while processes_with("sleep\x00300") and time.monotonic() < deadline:
+    while processes_with("sleep\x002987") and time.monotonic() < deadline:
         time.sleep(0.05)
-    left = (mounts_under(root), processes_with("sleep\x00300"))
+    left = (mounts_under(root), processes_with("sleep\x002987"))
     tap.ok(r2.returncode == 125 and r3.returncode == 0 and left == ([], []),
            "rm refuses a running container, rm -f kills and removes it",
            (r2.stderr, r3.returncode, r3.stderr, left))
