@@ -115,14 +115,28 @@ fail:
 	return r;
 }
 
+/* Docker Hub under the names auth files give it: docker login writes
+ * "https://index.docker.io/v1/". */
+static bool is_docker_hub(const char *host, size_t len)
+{
+	static const char *const names[] = { "docker.io", "index.docker.io", "registry-1.docker.io" };
+	for (size_t i = 0; i < ARRAY_SIZE(names); i++)
+		if (strlen(names[i]) == len && strncmp(host, names[i], len) == 0)
+			return true;
+	return false;
+}
+
+/* An auth file key or a login argument without its "https://" or "http://". */
+static const char *without_scheme(const char *key)
+{
+	return str_has_prefix(key, "https://") ? key + 8 : str_has_prefix(key, "http://") ? key + 7 : key;
+}
+
+/* Whether key host a names the registry host b of an image. */
 static bool same_host(const char *a, size_t a_len, const char *b, size_t b_len)
 {
-	/* docker login writes Docker Hub as "https://index.docker.io/v1/". */
-	static const char *const hub_names[] = { "index.docker.io", "registry-1.docker.io", "docker.io" };
-	if (b_len == strlen("docker.io") && strncmp(b, "docker.io", b_len) == 0)
-		for (size_t i = 0; i < ARRAY_SIZE(hub_names); i++)
-			if (strlen(hub_names[i]) == a_len && strncmp(a, hub_names[i], a_len) == 0)
-				return true;
+	if (b_len == strlen("docker.io") && strncmp(b, "docker.io", b_len) == 0 && is_docker_hub(a, a_len))
+		return true;
 	return a_len == b_len && strncmp(a, b, a_len) == 0;
 }
 
@@ -132,9 +146,9 @@ static bool same_host(const char *a, size_t a_len, const char *b, size_t b_len)
  * "https://host/v1/" (docker), which name the whole registry. */
 static size_t auth_key_match(const char *key, const char *name)
 {
-	bool url = str_has_prefix(key, "https://") || str_has_prefix(key, "http://");
-	if (url)
-		key = strstr(key, "://") + 3;
+	const char *bare = without_scheme(key);
+	bool url = bare != key;
+	key = bare;
 	size_t key_host = strcspn(key, "/"), name_host = strcspn(name, "/");
 	if (!same_host(key, key_host, name, name_host))
 		return 0;
@@ -398,18 +412,9 @@ char *auth_default_file(void)
 /* The key under which podman login stores a registry. */
 static char *auth_key_for(const char *registry)
 {
-	const char *p = registry;
-	if (str_has_prefix(p, "https://"))
-		p += 8;
-	else if (str_has_prefix(p, "http://"))
-		p += 7;
-	size_t len = strcspn(p, "/");
-	_cleanup_free_ char *host = strndup(p, len);
-	if (!host)
-		return NULL;
-	if (strcmp(host, "index.docker.io") == 0 || strcmp(host, "registry-1.docker.io") == 0)
-		return strdup("docker.io");
-	return TAKE_PTR(host);
+	const char *host = without_scheme(registry);
+	size_t len = strcspn(host, "/");
+	return is_docker_hub(host, len) ? strdup("docker.io") : strndup(host, len);
 }
 
 int auth_store_credentials(const char *file, const char *registry, const char *credentials, struct err *err)

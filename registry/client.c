@@ -192,19 +192,7 @@ struct registry_client *registry_client_dup(const struct registry_client *c)
 	d->credentials = c->credentials ? strdup(c->credentials) : NULL;
 	d->credentials_source = c->credentials_source ? strdup(c->credentials_source) : NULL;
 	d->token = c->token ? strdup(c->token) : NULL;
-	bool tls_ok = true;
-	if (c->tls.ca_pem) {
-		d->tls.ca_pem = malloc(c->tls.ca_len + 1);
-		if ((tls_ok = d->tls.ca_pem != NULL)) {
-			memcpy(d->tls.ca_pem, c->tls.ca_pem, c->tls.ca_len + 1);
-			d->tls.ca_len = c->tls.ca_len;
-		}
-	}
-	d->tls.ca_files = c->tls.ca_files ? strdup(c->tls.ca_files) : NULL;
-	d->tls.client_cert = c->tls.client_cert ? strdup(c->tls.client_cert) : NULL;
-	d->tls.client_key = c->tls.client_key ? strdup(c->tls.client_key) : NULL;
-	if (!tls_ok || (c->tls.ca_files && !d->tls.ca_files) || (c->tls.client_cert && !d->tls.client_cert) ||
-	    (c->tls.client_key && !d->tls.client_key))
+	if (tls_material_copy(&c->tls, &d->tls) < 0)
 		return registry_client_free(d);
 	if (!d->ref.domain || !d->ref.repository || !d->base_url || (c->ref.tag && !d->ref.tag) ||
 	    (c->ref.digest && !d->ref.digest) || (c->credentials && !d->credentials) || (c->token && !d->token))

@@ -20,6 +20,8 @@ struct tls_material {
  * cert_dir when it is not NULL (podman's --cert-dir); a registry without a
  * directory has no material. */
 int tls_material_load(const char *host, const char *cert_dir, struct tls_material *ret, struct err *err);
+/* A deep copy (for a client's duplicate); -ENOMEM. */
+int tls_material_copy(const struct tls_material *from, struct tls_material *to);
 void tls_material_done(struct tls_material *t);
 
 struct registry_client {

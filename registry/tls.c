@@ -124,6 +124,24 @@ int tls_material_load(const char *host, const char *cert_dir, struct tls_materia
 	return r;
 }
 
+int tls_material_copy(const struct tls_material *from, struct tls_material *to)
+{
+	*to = (struct tls_material){ 0 };
+	if (from->ca_pem && (to->ca_pem = malloc(from->ca_len + 1))) {
+		memcpy(to->ca_pem, from->ca_pem, from->ca_len + 1);
+		to->ca_len = from->ca_len;
+	}
+	to->ca_files = from->ca_files ? strdup(from->ca_files) : NULL;
+	to->client_cert = from->client_cert ? strdup(from->client_cert) : NULL;
+	to->client_key = from->client_key ? strdup(from->client_key) : NULL;
+	if ((from->ca_pem && !to->ca_pem) || (from->ca_files && !to->ca_files) ||
+	    (from->client_cert && !to->client_cert) || (from->client_key && !to->client_key)) {
+		tls_material_done(to);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
 void tls_material_done(struct tls_material *t)
 {
 	free(t->ca_pem);
