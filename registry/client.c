@@ -88,7 +88,7 @@ int registry_client_new(const struct image_ref *ref, const struct registry_optio
 	if (!c)
 		return err_set(err, ENOMEM, "registry \"%s\": out of memory", ref->domain);
 	c->insecure = opts->insecure || registry_host_is_insecure(ref->domain, opts->insecure_registries);
-	c->may_use_http = c->insecure || registry_host_is_loopback(ref->domain);
+	c->loopback = registry_host_is_loopback(ref->domain);
 	c->ref.domain = strdup(ref->domain);
 	c->ref.repository = strdup(ref->repository);
 	c->ref.tag = ref->tag ? strdup(ref->tag) : NULL;
@@ -153,7 +153,7 @@ int client_move_on(struct registry_client *c, struct err *err)
 	SWAP(c->token_expiry, n->token_expiry);
 	SWAP(c->basic_auth, n->basic_auth);
 	SWAP(c->insecure, n->insecure);
-	SWAP(c->may_use_http, n->may_use_http);
+	SWAP(c->loopback, n->loopback);
 	SWAP(c->endpoint_known, n->endpoint_known);
 	SWAP(c->plain_http, n->plain_http);
 	SWAP(c->single_ranges, n->single_ranges);
@@ -169,7 +169,7 @@ struct registry_client *registry_client_dup(const struct registry_client *c)
 	if (!d)
 		return NULL;
 	d->insecure = c->insecure;
-	d->may_use_http = c->may_use_http;
+	d->loopback = c->loopback;
 	d->endpoint_known = c->endpoint_known;
 	d->plain_http = c->plain_http;
 	d->single_ranges = c->single_ranges;
@@ -355,7 +355,7 @@ static void set_transport_options(struct registry_client *c, const struct curl_l
 	 * registry, and HTTP_PROXY in capitals too (libcurl reads only
 	 * http_proxy for http://, against CGI's HTTP_PROXY header). */
 	const char *http_proxy = getenv("HTTP_PROXY");
-	if (registry_host_is_loopback(c->ref.domain))
+	if (c->loopback)
 		curl->easy_setopt(c->curl, CURLOPT_NOPROXY, "*");
 	else if (c->plain_http && !getenv("http_proxy") && http_proxy && *http_proxy)
 		curl->easy_setopt(c->curl, CURLOPT_PROXY, http_proxy);
@@ -632,7 +632,8 @@ static char *authorization_header(struct registry_client *c)
  * fails verification is not that), in which case the client now uses HTTP. */
 static bool speaks_plain_http(struct registry_client *c)
 {
-	if (c->endpoint_known || !c->may_use_http || c->plain_http || c->last_code != CURLE_SSL_CONNECT_ERROR)
+	if (c->endpoint_known || !(c->insecure || c->loopback) || c->plain_http ||
+	    c->last_code != CURLE_SSL_CONNECT_ERROR)
 		return false;
 	_cleanup_free_ char *http_url = strdup_printf("http://%s", c->base_url + strlen("https://"));
 	if (!http_url)

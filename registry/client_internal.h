@@ -36,7 +36,7 @@ struct registry_client {
 	struct platform platform;
 	size_t max_document_size;
 	bool insecure;       /* TLS unverified and plain HTTP allowed, as podman's insecure */
-	bool may_use_http;   /* insecure, or loopback: plain HTTP if TLS is not spoken at all */
+	bool loopback;       /* a loopback host: plain HTTP if it speaks no TLS, and no proxy */
 	bool endpoint_known; /* a request got through: no more falling back */
 	bool plain_http;
 	CURLcode last_code;    /* of the last transfer, to tell a TLS handshake failure */
