@@ -38,13 +38,32 @@
 #error "no seccomp architecture name for this machine"
 #endif
 
-static bool in_strings(struct json_object *array, const char *s)
+/* A profile is input: a list may be anything, and its members too. */
+static size_t list_length(struct json_object *list)
 {
-	size_t n = json_object_is_type(array, json_type_array) ? json_object_array_length(array) : 0;
-	for (size_t i = 0; i < n; i++)
-		if (strcmp(json_object_get_string(json_object_array_get_idx(array, i)), s) == 0)
+	return json_object_is_type(list, json_type_array) ? json_object_array_length(list) : 0;
+}
+
+static const char *string_at(struct json_object *list, size_t i)
+{
+	struct json_object *s = json_object_array_get_idx(list, i);
+	return json_object_is_type(s, json_type_string) ? json_object_get_string(s) : "";
+}
+
+static bool in_strings(struct json_object *list, const char *s)
+{
+	for (size_t i = 0; i < list_length(list); i++)
+		if (strcmp(string_at(list, i), s) == 0)
 			return true;
 	return false;
+}
+
+static bool all_strings(struct json_object *list)
+{
+	for (size_t i = 0; i < list_length(list); i++)
+		if (!json_object_is_type(json_object_array_get_idx(list, i), json_type_string))
+			return false;
+	return json_object_is_type(list, json_type_array);
 }
 
 static bool has_cap(const char *const *caps, size_t n_caps, const char *cap)
@@ -73,18 +92,18 @@ static bool rule_applies(struct json_object *rule, const char *const *caps, size
 	json_object_object_get_ex(rule, "includes", &includes);
 	json_object_object_get_ex(rule, "excludes", &excludes);
 	if (includes && json_object_object_get_ex(includes, "caps", &v))
-		for (size_t i = 0; json_object_is_type(v, json_type_array) && i < json_object_array_length(v); i++)
-			if (!has_cap(caps, n_caps, json_object_get_string(json_object_array_get_idx(v, i))))
+		for (size_t i = 0; i < list_length(v); i++)
+			if (!has_cap(caps, n_caps, string_at(v, i)))
 				return false;
-	if (includes && json_object_object_get_ex(includes, "arches", &v) && json_object_array_length(v) > 0 &&
+	if (includes && json_object_object_get_ex(includes, "arches", &v) && list_length(v) > 0 &&
 	    !in_strings(v, NATIVE_ARCH))
 		return false;
 	if (includes && json_object_object_get_ex(includes, "minKernel", &v) &&
 	    !kernel_at_least(json_object_get_string(v)))
 		return false;
 	if (excludes && json_object_object_get_ex(excludes, "caps", &v))
-		for (size_t i = 0; json_object_is_type(v, json_type_array) && i < json_object_array_length(v); i++)
-			if (has_cap(caps, n_caps, json_object_get_string(json_object_array_get_idx(v, i))))
+		for (size_t i = 0; i < list_length(v); i++)
+			if (has_cap(caps, n_caps, string_at(v, i)))
 				return false;
 	if (excludes && json_object_object_get_ex(excludes, "arches", &v) && in_strings(v, NATIVE_ARCH))
 		return false;
@@ -176,13 +195,13 @@ static struct json_object *architectures(struct json_object *profile)
 	for (size_t i = 0; i < json_object_array_length(map); i++) {
 		struct json_object *entry = json_object_array_get_idx(map, i);
 		if (!json_object_object_get_ex(entry, "architecture", &v) ||
-		    strcmp(json_object_get_string(v), NATIVE_SCMP) != 0)
+		    !json_object_is_type(v, json_type_string) || strcmp(json_object_get_string(v), NATIVE_SCMP) != 0)
 			continue;
 		json_object_array_add(out, json_object_new_string(NATIVE_SCMP));
 		if (json_object_object_get_ex(entry, "subArchitectures", &v))
-			for (size_t k = 0; json_object_is_type(v, json_type_array) && k < json_object_array_length(v);
-			     k++)
-				json_object_array_add(out, json_object_get(json_object_array_get_idx(v, k)));
+			for (size_t k = 0; k < list_length(v); k++)
+				if (*string_at(v, k))
+					json_object_array_add(out, json_object_new_string(string_at(v, k)));
 	}
 	return out;
 }
@@ -209,13 +228,12 @@ int seccomp_from_profile(const char *json, size_t len, const char *const *caps, 
 	for (size_t i = 0; i < json_object_array_length(rules); i++) {
 		struct json_object *rule = json_object_array_get_idx(rules, i), *names, *action;
 		if (!json_object_is_type(rule, json_type_object) || !json_object_object_get_ex(rule, "names", &names) ||
-		    !json_object_is_type(names, json_type_array) ||
-		    !json_object_object_get_ex(rule, "action", &action) ||
+		    !all_strings(names) || !json_object_object_get_ex(rule, "action", &action) ||
 		    !json_object_is_type(action, json_type_string)) {
 			json_object_put(out);
 			json_object_put(syscalls);
 			json_object_put(profile);
-			return err_set(err, EINVAL, "seccomp rule %zu has no names or no action", i);
+			return err_set(err, EINVAL, "seccomp rule %zu has no list of names or no action", i);
 		}
 		struct json_object *oci = rule_applies(rule, caps, n_caps) ? oci_rule(rule, tighten) : NULL;
 		if (oci)

@@ -357,7 +357,7 @@ static int exec_command_check(const struct container *c, const char *command)
 	struct json_object *spec = json_tokener_parse(data), *process, *env;
 	const char *path_env = NULL;
 	if (spec && json_object_object_get_ex(spec, "process", &process) &&
-	    json_object_object_get_ex(process, "env", &env))
+	    json_object_object_get_ex(process, "env", &env) && json_object_is_type(env, json_type_array))
 		for (size_t i = 0; i < json_object_array_length(env); i++) {
 			const char *e = json_object_get_string(json_object_array_get_idx(env, i));
 			if (e && str_has_prefix(e, "PATH="))

@@ -180,7 +180,8 @@ int registry_add_referrer_tag(struct registry_client *c, const char *subject_dig
 	struct json_object *kept = json_object_new_array();
 	for (size_t i = 0; i < json_object_array_length(list); i++) {
 		struct json_object *e = json_object_array_get_idx(list, i), *d;
-		if (json_object_object_get_ex(e, "digest", &d) && strcmp(json_object_get_string(d), digest) == 0)
+		if (json_object_object_get_ex(e, "digest", &d) && json_object_is_type(d, json_type_string) &&
+		    strcmp(json_object_get_string(d), digest) == 0)
 			continue;
 		json_object_array_add(kept, json_object_get(e));
 	}
