@@ -43,23 +43,25 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	conn->max_readahead = FUSE_IO_MAX;
 }
 
-static void fill_entry(const struct tree_inode *i, struct fuse_entry_param *e)
+/* The merged tree is the whole mount: its inodes are the FUSE inodes. */
+static struct served_tree served_image(fuse_req_t req)
+{
+	return (struct served_tree){ image_of(req)->tree, 0, FUSE_ROOT_ID };
+}
+
+void served_fill_entry(const struct served_tree *t, const struct tree_inode *i, struct fuse_entry_param *e)
 {
 	memset(e, 0, sizeof(*e));
-	e->ino = i->ino;
+	e->ino = t->base + i->ino;
 	e->generation = 1;
 	tree_stat(i, &e->attr);
+	e->attr.st_ino = e->ino;
 	e->attr_timeout = CACHE_TIMEOUT;
 	e->entry_timeout = CACHE_TIMEOUT;
 }
 
-static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+void served_lookup(fuse_req_t req, const struct served_tree *t, const struct tree_inode *dir, const char *name)
 {
-	struct tree_inode *dir = inode_of(req, parent);
-	if (!dir) {
-		fuse_reply_err(req, ENOENT);
-		return;
-	}
 	if (!S_ISDIR(dir->mode)) {
 		fuse_reply_err(req, ENOTDIR);
 		return;
@@ -73,8 +75,18 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		fuse_reply_entry(req, &e);
 		return;
 	}
-	fill_entry(child, &e);
+	served_fill_entry(t, child, &e);
 	fuse_reply_entry(req, &e);
+}
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct tree_inode *dir = inode_of(req, parent);
+	struct served_tree t = served_image(req);
+	if (!dir)
+		fuse_reply_err(req, ENOENT);
+	else
+		served_lookup(req, &t, dir, name);
 }
 
 static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
@@ -92,36 +104,44 @@ static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_dat
 	fuse_reply_none(req);
 }
 
+void served_getattr(fuse_req_t req, const struct served_tree *t, const struct tree_inode *i)
+{
+	struct stat st;
+	tree_stat(i, &st);
+	st.st_ino = t->base + i->ino;
+	fuse_reply_attr(req, &st, CACHE_TIMEOUT);
+}
+
 static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	(void)fi;
 	struct tree_inode *i = inode_of(req, ino);
-	if (!i) {
+	struct served_tree t = served_image(req);
+	if (!i)
 		fuse_reply_err(req, ENOENT);
-		return;
-	}
-	struct stat st;
-	tree_stat(i, &st);
-	fuse_reply_attr(req, &st, CACHE_TIMEOUT);
+	else
+		served_getattr(req, &t, i);
+}
+
+void served_readlink(fuse_req_t req, const struct tree_inode *i)
+{
+	if (!S_ISLNK(i->mode) || !i->entry)
+		fuse_reply_err(req, EINVAL);
+	else
+		fuse_reply_readlink(req, i->entry->link);
 }
 
 static void op_readlink(fuse_req_t req, fuse_ino_t ino)
 {
 	struct tree_inode *i = inode_of(req, ino);
-	if (!i || !S_ISLNK(i->mode) || !i->entry) {
-		fuse_reply_err(req, i ? EINVAL : ENOENT);
-		return;
-	}
-	fuse_reply_readlink(req, i->entry->link);
+	if (!i)
+		fuse_reply_err(req, ENOENT);
+	else
+		served_readlink(req, i);
 }
 
-static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+void served_open(fuse_req_t req, const struct tree_inode *i, struct fuse_file_info *fi)
 {
-	struct tree_inode *i = inode_of(req, ino);
-	if (!i) {
-		fuse_reply_err(req, ENOENT);
-		return;
-	}
 	if (S_ISDIR(i->mode)) {
 		fuse_reply_err(req, EISDIR);
 		return;
@@ -130,23 +150,28 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, EROFS);
 		return;
 	}
-	/* The kernel then opens every file itself, with FOPEN_KEEP_CACHE; the
-	 * mount is MS_RDONLY, so the VFS refuses writes before they get here. */
-	if (skip_open) {
-		fuse_reply_err(req, ENOSYS);
-		return;
-	}
 	fi->keep_cache = 1;
 	fi->noflush = 1;
 	fuse_reply_open(req, fi);
 }
 
-static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	(void)fi;
 	struct tree_inode *i = inode_of(req, ino);
-	if (!i || off < 0) {
-		fuse_reply_err(req, i ? EINVAL : ENOENT);
+	if (!i)
+		fuse_reply_err(req, ENOENT);
+	/* The kernel then opens every file itself, with FOPEN_KEEP_CACHE; the
+	 * mount is MS_RDONLY, so the VFS refuses writes before they get here. */
+	else if (skip_open && !S_ISDIR(i->mode) && (fi->flags & O_ACCMODE) == O_RDONLY && !(fi->flags & O_TRUNC))
+		fuse_reply_err(req, ENOSYS);
+	else
+		served_open(req, i, fi);
+}
+
+void served_read(fuse_req_t req, const struct tree_inode *i, size_t size, off_t off)
+{
+	if (off < 0) {
+		fuse_reply_err(req, EINVAL);
 		return;
 	}
 	if (size > FUSE_IO_MAX)
@@ -161,6 +186,16 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		fuse_reply_err(req, (int)-n);
 	else
 		fuse_reply_buf(req, buf, (size_t)n);
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	(void)fi;
+	struct tree_inode *i = inode_of(req, ino);
+	if (!i)
+		fuse_reply_err(req, ENOENT);
+	else
+		served_read(req, i, size, off);
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -192,11 +227,11 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 }
 
 /* Directory offsets: 1 and 2 follow "." and "..", k + 3 follows child k. */
-static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus)
+void served_readdir(fuse_req_t req, const struct served_tree *t, const struct tree_inode *dir, size_t size, off_t off,
+		    bool plus)
 {
-	struct tree_inode *dir = inode_of(req, ino);
-	if (!dir || !S_ISDIR(dir->mode)) {
-		fuse_reply_err(req, dir ? ENOTDIR : ENOENT);
+	if (!S_ISDIR(dir->mode)) {
+		fuse_reply_err(req, ENOTDIR);
 		return;
 	}
 	if (size > FUSE_IO_MAX)
@@ -216,13 +251,16 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 			name = "..", child = dir->parent ? dir->parent : dir;
 		else
 			name = dir->children[pos - 2].name, child = dir->children[pos - 2].inode;
+		/* The parent of a served tree's root is outside the tree. */
+		fuse_ino_t ino = pos == 1 && dir->ino == 1 ? t->root_parent : t->base + child->ino;
 		size_t n;
 		if (plus) {
 			struct fuse_entry_param e;
-			fill_entry(child, &e);
+			served_fill_entry(t, child, &e);
+			e.ino = e.attr.st_ino = ino;
 			n = fuse_add_direntry_plus(req, buf + used, size - used, name, &e, pos + 1);
 		} else {
-			struct stat st = { .st_ino = child->ino, .st_mode = child->mode };
+			struct stat st = { .st_ino = ino, .st_mode = child->mode };
 			n = fuse_add_direntry(req, buf + used, size - used, name, &st, pos + 1);
 		}
 		if (n > size - used)
@@ -230,6 +268,16 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 		used += n;
 	}
 	fuse_reply_buf(req, buf, used);
+}
+
+static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus)
+{
+	struct tree_inode *dir = inode_of(req, ino);
+	struct served_tree t = served_image(req);
+	if (!dir)
+		fuse_reply_err(req, ENOENT);
+	else
+		served_readdir(req, &t, dir, size, off, plus);
 }
 
 static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
@@ -329,8 +377,12 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 		fuse_reply_err(req, ENOENT);
 		return;
 	}
-	if (reply_virtual_xattr(req, image_of(req), ino, name, size))
-		return;
+	if (!reply_virtual_xattr(req, image_of(req), ino, name, size))
+		served_getxattr(req, i, name, size);
+}
+
+void served_getxattr(fuse_req_t req, const struct tree_inode *i, const char *name, size_t size)
+{
 	const struct xattr *x = tree_xattr(i, name);
 	if (!x)
 		fuse_reply_err(req, ENODATA);
@@ -341,10 +393,14 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
 	struct tree_inode *i = inode_of(req, ino);
-	if (!i) {
+	if (!i)
 		fuse_reply_err(req, ENOENT);
-		return;
-	}
+	else
+		served_listxattr(req, i, size);
+}
+
+void served_listxattr(fuse_req_t req, const struct tree_inode *i, size_t size)
+{
 	size_t total = tree_list_xattrs(i, NULL, 0);
 	if (size == 0) {
 		fuse_reply_xattr(req, total);

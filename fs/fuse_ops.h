@@ -19,3 +19,24 @@ void reply_xattr_value(fuse_req_t req, const void *value, size_t len, size_t siz
 /* Answers a virtual xattr of the root and returns true, or returns false
  * without replying for any other inode or name. */
 bool reply_virtual_xattr(fuse_req_t req, struct image *img, fuse_ino_t ino, const char *name, size_t size);
+
+/* A tree served inside a larger FUSE namespace (the layer store serves one
+ * per layer): tree inode k is FUSE inode base + k, and ".." of its root is
+ * root_parent.  The served_* functions answer for one inode of it. */
+struct served_tree {
+	const struct tree *tree;
+	uint64_t base;
+	fuse_ino_t root_parent;
+};
+
+void served_fill_entry(const struct served_tree *t, const struct tree_inode *i, struct fuse_entry_param *e);
+void served_lookup(fuse_req_t req, const struct served_tree *t, const struct tree_inode *dir, const char *name);
+void served_getattr(fuse_req_t req, const struct served_tree *t, const struct tree_inode *i);
+void served_readlink(fuse_req_t req, const struct tree_inode *i);
+/* Read-only opens; a directory is EISDIR. */
+void served_open(fuse_req_t req, const struct tree_inode *i, struct fuse_file_info *fi);
+void served_read(fuse_req_t req, const struct tree_inode *i, size_t size, off_t off);
+void served_readdir(fuse_req_t req, const struct served_tree *t, const struct tree_inode *dir, size_t size, off_t off,
+		    bool plus);
+void served_getxattr(fuse_req_t req, const struct tree_inode *i, const char *name, size_t size);
+void served_listxattr(fuse_req_t req, const struct tree_inode *i, size_t size);

@@ -257,6 +257,13 @@ static int open_layer(struct image *img, const struct image_ref *ref, struct reg
 	}
 	bool estargz = compression == COMPRESSION_GZIP && toc_digest && digest_is_valid(toc_digest);
 	bool zstd_chunked = compression == COMPRESSION_ZSTD && zstd_position && zstd_checksum;
+	if (opts->separate_layers) {
+		struct image_layer_desc *desc = &img->descs[img->n_layers];
+		desc->size = (uint64_t)d->size;
+		if (!(desc->media_type = strdup(d->media_type)) ||
+		    ((estargz || zstd_chunked) && !(desc->toc_digest = strdup(estargz ? toc_digest : zstd_checksum))))
+			return -ENOMEM;
+	}
 	if (estargz || zstd_chunked) {
 		/* Lazy: each layer gets its own connections, so layers fetch in parallel. */
 		struct registry_client *layer_client, *prefetch_client;
@@ -554,6 +561,8 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 	if (r < 0)
 		goto out;
 	img = calloc(1, sizeof(*img));
+	if (img)
+		pthread_mutex_init(&img->blob_lock, NULL);
 	if (!img || !(img->ref_text = strdup(ref_text)) || !(img->cache_dir = strdup(opts->cache_dir))) {
 		r = -ENOMEM;
 		goto out;
@@ -569,7 +578,9 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 		goto out;
 
 	img->layers = calloc(m.n_layers ? m.n_layers : 1, sizeof(*img->layers));
-	if (!img->layers) {
+	if (opts->separate_layers)
+		img->descs = calloc(m.n_layers + 1, sizeof(*img->descs)); /* and one being filled */
+	if (!img->layers || (opts->separate_layers && !img->descs)) {
 		r = -ENOMEM;
 		goto out;
 	}
@@ -594,8 +605,9 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 		img->n_layers++;
 		img->image_size += (uint64_t)m.layers[i].size;
 	}
-	r = tree_build(img->layers, img->n_layers, &img->tree, err);
-	if (r < 0)
+	if (opts->separate_layers)
+		img->blob_client = TAKE_PTR(res.client);
+	else if ((r = tree_build(img->layers, img->n_layers, &img->tree, err)) < 0)
 		goto out;
 	if (img->layers_fetched_whole && opts->notice && !opts->ignore_index_artifacts) {
 		char line[1024];
@@ -630,6 +642,13 @@ struct image *image_free(struct image *img)
 	decoded_keep_flush();
 	for (size_t i = 0; i < img->n_layers; i++)
 		layer_free(img->layers[i]);
+	for (size_t i = 0; img->descs && i <= img->n_layers; i++) {
+		free(img->descs[i].media_type);
+		free(img->descs[i].toc_digest);
+	}
+	free(img->descs);
+	registry_client_free(img->blob_client);
+	pthread_mutex_destroy(&img->blob_lock);
 	free(img->layers);
 	free(img->manifest_digest);
 	free(img->cache_dir);
@@ -638,6 +657,23 @@ struct image *image_free(struct image *img)
 	free(img->ref_text);
 	free(img);
 	return NULL;
+}
+
+int image_layer_blob(struct image *img, size_t i, int *ret_fd, struct err *err)
+{
+	if (i >= img->n_layers || !img->descs)
+		return -ENOENT;
+	if (img->layers[i]->blob_fd >= 0) {
+		*ret_fd = fcntl(img->layers[i]->blob_fd, F_DUPFD_CLOEXEC, 3);
+		return *ret_fd < 0 ? err_set(err, errno, "layer %s: %s", img->layers[i]->digest, strerror(errno)) : 0;
+	}
+	struct image_options opts = { .cache_dir = img->cache_dir };
+	struct descriptor d = { .digest = img->layers[i]->digest, .size = (int64_t)img->descs[i].size };
+	bool cached;
+	pthread_mutex_lock(&img->blob_lock);
+	int r = ensure_blob(img->blob_client, &opts, &d, ret_fd, &cached, err);
+	pthread_mutex_unlock(&img->blob_lock);
+	return r;
 }
 
 int image_format_stats(struct image *img, char *buf, size_t size)

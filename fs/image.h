@@ -29,6 +29,17 @@ struct image_options {
 	/* registry.platform was asked for, not the host's by default: an image
 	 * of one manifest for another platform is then an error. */
 	bool platform_explicit;
+	/* Serve the layers one by one (imgfs store): no merged tree, and what
+	 * the manifest says of each layer is kept in image.descs. */
+	bool separate_layers;
+};
+
+/* A layer as the manifest describes it. */
+struct image_layer_desc {
+	char *media_type;
+	/* The eStargz TOC or zstd:chunked manifest digest; NULL: neither. */
+	char *toc_digest;
+	uint64_t size;
 };
 
 struct image {
@@ -40,7 +51,12 @@ struct image {
 	char *cache_dir;
 	struct layer **layers;
 	size_t n_layers;
-	struct tree *tree;
+	struct tree *tree;              /* NULL with separate_layers */
+	struct image_layer_desc *descs; /* separate_layers only, one per layer */
+	/* separate_layers: where a layer's blob is fetched from, by one
+	 * thread at a time (blob_lock). */
+	struct registry_client *blob_client;
+	pthread_mutex_t blob_lock;
 	uint64_t image_size;          /* compressed layers, as the manifest says */
 	uint64_t bytes_fetched_whole; /* blobs fetched whole by this mount */
 	size_t layers_fetched_whole;  /* layers with no TOC or index, not in the cache */
@@ -61,6 +77,10 @@ int image_format_stats(struct image *img, char *buf, size_t size);
 
 int image_open(const char *ref_text, const struct image_options *opts, struct image **ret, struct err *err);
 struct image *image_free(struct image *img);
+
+/* The whole compressed blob of layer i, verified, from the cache, fetched
+ * into it first when it is not there (separate_layers images only). */
+int image_layer_blob(struct image *img, size_t i, int *ret_fd, struct err *err);
 
 /* Writes the files read so far (see tree_write_record) to
  * <cache>/records/<manifest hex>; *ret_path (caller frees) names it. */

@@ -4,6 +4,7 @@
 #include "index_artifact.h"
 #include "login.h"
 #include "overlay.h"
+#include "store.h"
 
 #include <dirent.h>
 #include <getopt.h>
@@ -25,6 +26,7 @@
 static void usage(FILE *out)
 {
 	fprintf(out, "Usage: imgfs mount [OPTIONS] REF DIR\n"
+		     "       imgfs store [OPTIONS] DIR   a layer store for podman and CRI-O\n"
 		     "       imgfs umount DIR\n"
 		     "       imgfs stats DIR\n"
 		     "       imgfs index push [--cache DIR] [--platform P] [--insecure-registry H] REF\n"
@@ -63,6 +65,8 @@ static void usage(FILE *out)
 		     "                              the registry, instead of its certs.d directory\n"
 		     "  --fetch-timeout SECONDS     give up a request after SECONDS, retries included\n"
 		     "                              (default 900; also $IMGFS_FETCH_TIMEOUT)\n"
+		     "  --resolve-timeout SECONDS   store: how long a lookup waits for a reference\n"
+		     "                              to resolve before podman pulls it itself (10)\n"
 		     "  -f, --foreground            stay in the foreground\n"
 		     "  -d, --debug                 print FUSE requests (implies -f)\n"
 		     "  -h, --help                  show this help\n"
@@ -411,6 +415,8 @@ struct mount_request {
 	const char *ref, *dir, *upper, *prefetch_list;
 	uint64_t cache_size;
 	bool foreground, debug, nonempty;
+	bool store; /* imgfs store DIR: no REF */
+	unsigned resolve_timeout_ms;
 	enum prefetch_mode prefetch;
 	enum pull_policy pull;
 };
@@ -418,9 +424,18 @@ struct mount_request {
 /* Parses the options of imgfs mount: -1 to go on, else the exit code. */
 static int mount_parse(int argc, char **argv, struct mount_request *req)
 {
-	enum { OPT_PREFETCH = OPT_OWN, OPT_UPPER, OPT_CACHE_SIZE, OPT_PREFETCH_LIST, OPT_PULL, OPT_NONEMPTY };
+	enum {
+		OPT_PREFETCH = OPT_OWN,
+		OPT_UPPER,
+		OPT_CACHE_SIZE,
+		OPT_PREFETCH_LIST,
+		OPT_PULL,
+		OPT_NONEMPTY,
+		OPT_RESOLVE_TIMEOUT
+	};
 	static const struct option options[] = {
 		SOURCE_OPTIONS,
+		{ "resolve-timeout", required_argument, NULL, OPT_RESOLVE_TIMEOUT },
 		{ "pull", required_argument, NULL, OPT_PULL },
 		{ "prefetch", required_argument, NULL, OPT_PREFETCH },
 		{ "upper", required_argument, NULL, OPT_UPPER },
@@ -450,6 +465,15 @@ static int mount_parse(int argc, char **argv, struct mount_request *req)
 		case OPT_NONEMPTY:
 			req->nonempty = true;
 			break;
+		case OPT_RESOLVE_TIMEOUT: {
+			char *end;
+			double seconds = strtod(optarg, &end);
+			if (*end || end == optarg || !(seconds >= 0 && seconds <= 3600))
+				return report_usage("invalid --resolve-timeout \"%s\": expected seconds, 0 to 3600",
+						    optarg);
+			req->resolve_timeout_ms = (unsigned)(seconds * 1000);
+			break;
+		}
 		case OPT_PULL:
 			if (pull_policy_parse(optarg, &req->pull) < 0)
 				return report_usage("invalid --pull \"%s\": expected always, missing or never", optarg);
@@ -486,12 +510,14 @@ static int mount_parse(int argc, char **argv, struct mount_request *req)
 			return IMGFS_EXIT_USAGE;
 		}
 	}
-	if (argc - optind != 2) {
+	if (req->store && (req->upper || req->prefetch_list))
+		return report_usage("imgfs store: --upper and --prefetch-list are for imgfs mount");
+	if (argc - optind != (req->store ? 1 : 2)) {
 		usage(stderr);
-		return report_usage("imgfs mount: expected REF and DIR");
+		return report_usage(req->store ? "imgfs store: expected DIR" : "imgfs mount: expected REF and DIR");
 	}
-	req->ref = argv[optind];
-	req->dir = argv[optind + 1];
+	req->ref = req->store ? "imgfs-store" : argv[optind];
+	req->dir = argv[argc - 1];
 	return -1;
 }
 
@@ -500,6 +526,7 @@ static int mount_parse(int argc, char **argv, struct mount_request *req)
 struct mount_server {
 	struct image *img;
 	struct overlay *overlay;
+	struct store *store;
 	struct fuse_args args;
 	struct fuse_session *se;
 	bool handlers, mounted;
@@ -516,6 +543,7 @@ static void mount_server_done(struct mount_server *s)
 	fuse_opt_free_args(&s->args);
 	overlay_free(s->overlay);
 	image_free(s->img);
+	store_free(s->store);
 }
 
 /* The image, and the writable layer over it when asked for. */
@@ -574,14 +602,19 @@ static int mount_attach(const struct mount_request *req, const char *point, cons
 {
 	char mount_opts[1024], fsname[700];
 	fsname_option(req->ref, fsname, sizeof(fsname));
+	/* The store takes "use" creates and rmdirs: not a read-only mount. */
 	snprintf(mount_opts, sizeof(mount_opts), "%sdefault_permissions,fsname=%s,subtype=imgfs%s",
-		 s->overlay ? "" : "ro,", fsname, geteuid() == 0 ? ",allow_other" : "");
+		 s->overlay || s->store ? "" : "ro,", fsname, geteuid() == 0 ? ",allow_other" : "");
 	/* fuse_args wants them writable. */
 	static char opt_flag[] = "-o", debug_flag[] = "-d";
 	char *fuse_argv[] = { (char *)argv0, opt_flag, mount_opts, req->debug ? debug_flag : NULL, NULL };
 	s->args = (struct fuse_args)FUSE_ARGS_INIT(req->debug ? 4 : 3, fuse_argv);
-	s->se = s->overlay ? fuse_session_new(&s->args, &overlay_ops, sizeof(overlay_ops), s->overlay)
-			   : fuse_session_new(&s->args, &imgfs_ops, sizeof(imgfs_ops), s->img);
+	if (s->store)
+		s->se = fuse_session_new(&s->args, &store_ops, sizeof(store_ops), s->store);
+	else if (s->overlay)
+		s->se = fuse_session_new(&s->args, &overlay_ops, sizeof(overlay_ops), s->overlay);
+	else
+		s->se = fuse_session_new(&s->args, &imgfs_ops, sizeof(imgfs_ops), s->img);
 	if (!s->se)
 		return err_set(err, EIO, "cannot create the FUSE session for \"%s\"", req->ref);
 	if (s->overlay)
@@ -627,8 +660,13 @@ static int mount_serve(const struct mount_request *req, const char *argv0, struc
 		err_set(&err, errno, "cannot use the mount point \"%s\": %s", req->dir, strerror(errno));
 	if (r == 0 && (r = cache_limit_init(opts->cache_dir, req->cache_size)) < 0)
 		err_set(&err, -r, "cannot use the cache \"%s\": %s", opts->cache_dir, strerror(-r));
-	if (r == 0)
+	if (r == 0 && req->store) {
+		struct store_options so = { *opts, req->prefetch, req->resolve_timeout_ms };
+		if ((r = store_new(&so, &s.store)) < 0)
+			err_set(&err, -r, "cannot start the store: %s", strerror(-r));
+	} else if (r == 0) {
 		r = mount_open_image(req, opts, &s, &err);
+	}
 	if (r == 0)
 		r = mount_attach(req, point, argv0, &s, &err);
 	/* The mount exists before the parent returns: the caller can use it at once. */
@@ -638,7 +676,7 @@ static int mount_serve(const struct mount_request *req, const char *argv0, struc
 		/* The caller reads it to its end: a daemon that kept it would
 		 * make the caller wait for the unmount. */
 		error_fd_close();
-		if (image_start_background(s.img, req->prefetch) < 0)
+		if (s.img && image_start_background(s.img, req->prefetch) < 0)
 			fprintf(stderr, "imgfs: cannot start the background fetch; files are fetched when read\n");
 		r = mount_loop(&s);
 	}
@@ -652,7 +690,12 @@ static int mount_serve(const struct mount_request *req, const char *argv0, struc
 
 static int cmd_mount(int argc, char **argv)
 {
-	struct mount_request req = { .prefetch = PREFETCH_ALL, .pull = PULL_ALWAYS };
+	struct mount_request req = {
+		.prefetch = PREFETCH_ALL,
+		.pull = PULL_ALWAYS,
+		.store = strcmp(argv[0], "store") == 0,
+		.resolve_timeout_ms = 10000,
+	};
 	struct image_options opts = { 0 };
 	int ret = mount_parse(argc, argv, &req);
 	if (ret < 0 && (ret = source_flags_apply(&req.source, &opts)) == 0) {
@@ -909,7 +952,7 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	if (strcmp(argv[1], "mount") == 0)
+	if (strcmp(argv[1], "mount") == 0 || strcmp(argv[1], "store") == 0)
 		return cmd_mount(argc - 1, argv + 1);
 	if (strcmp(argv[1], "stats") == 0)
 		return cmd_stats(argc - 1, argv + 1);

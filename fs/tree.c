@@ -265,19 +265,60 @@ static int number_inodes(struct inode_table *table, struct tree *t, struct tree_
 	return 0;
 }
 
-int tree_build(struct layer *const *layers, size_t n, struct tree **ret, struct err *err)
+static int builder_init(struct builder *b)
 {
-	struct builder b = { 0 };
-	int r;
-
-	b.tree = calloc(1, sizeof(*b.tree));
-	if (!b.tree)
+	*b = (struct builder){ 0 };
+	b->tree = calloc(1, sizeof(*b->tree));
+	if (!b->tree)
 		return -ENOMEM;
-	b.root = inode_new(&b, S_IFDIR | 0755);
-	if (!b.root) {
-		tree_free(b.tree);
+	b->root = inode_new(b, S_IFDIR | 0755);
+	if (!b->root) {
+		b->tree = tree_free(b->tree);
 		return -ENOMEM;
 	}
+	return 0;
+}
+
+static int layer_failed(struct builder *b, const struct layer *l, int r, struct err *err)
+{
+	if (err && err->code)
+		err_wrap(err, "layer %s", l->digest);
+	else
+		err_set(err, r, "layer %s: %s", l->digest, strerror(-r));
+	b->tree = tree_free(b->tree);
+	return r;
+}
+
+/* Depth-first numbering: ino 1 is the root, as FUSE wants. */
+static int builder_finish(struct builder *b, struct tree **ret)
+{
+	struct inode_table table = { 0 };
+	if (grow_array((void **)&table.v, &table.allocated, 2, sizeof(*table.v)) < 0) {
+		tree_free(b->tree);
+		return -ENOMEM;
+	}
+	table.v[0] = NULL;
+	table.v[1] = b->root;
+	table.n = 2;
+	b->root->ino = 1;
+	b->root->parent = b->root;
+	int r = number_inodes(&table, b->tree, b->root);
+	b->tree->inodes = table.v;
+	b->tree->n_inodes = table.n;
+	if (r < 0) {
+		tree_free(b->tree);
+		return r;
+	}
+	*ret = b->tree;
+	return 0;
+}
+
+int tree_build(struct layer *const *layers, size_t n, struct tree **ret, struct err *err)
+{
+	struct builder b;
+	int r = builder_init(&b);
+	if (r < 0)
+		return r;
 	for (size_t i = 0; i < n; i++) {
 		struct layer *l = layers[i];
 		r = apply_whiteouts(&b, l);
@@ -287,35 +328,49 @@ int tree_build(struct layer *const *layers, size_t n, struct tree **ret, struct 
 				continue;
 			r = apply_entry(&b, l, e, err);
 		}
-		if (r < 0) {
-			if (err && err->code)
-				err_wrap(err, "layer %s", l->digest);
-			else
-				err_set(err, r, "layer %s: %s", l->digest, strerror(-r));
-			tree_free(b.tree);
-			return r;
-		}
+		if (r < 0)
+			return layer_failed(&b, l, r, err);
 	}
-	/* Depth-first numbering: ino 1 is the root, as FUSE wants. */
-	struct inode_table table = { 0 };
-	if (grow_array((void **)&table.v, &table.allocated, 2, sizeof(*table.v)) < 0) {
-		tree_free(b.tree);
-		return -ENOMEM;
-	}
-	table.v[0] = NULL;
-	table.v[1] = b.root;
-	table.n = 2;
-	b.root->ino = 1;
-	b.root->parent = b.root;
-	r = number_inodes(&table, b.tree, b.root);
-	b.tree->inodes = table.v;
-	b.tree->n_inodes = table.n;
-	if (r < 0) {
-		tree_free(b.tree);
+	return builder_finish(&b, ret);
+}
+
+/* A whiteout as overlayfs keeps it: the hidden name as a 0/0 character
+ * device, or the opaque mark on its directory. */
+static int apply_lower_whiteout(struct builder *b, const struct entry *e)
+{
+	struct tree_inode *dir;
+	const char *base;
+	int r = walk_parent(b, e->path, true, &dir, &base);
+	if (r < 0)
 		return r;
+	if (strcmp(base, OPAQUE_MARKER) == 0) {
+		dir->opaque = true;
+		return 0;
 	}
-	*ret = b.tree;
-	return 0;
+	const char *hidden = base + strlen(WHITEOUT_PREFIX);
+	if (str_has_prefix(base, ".wh..wh.") || !*hidden || strcmp(hidden, ".") == 0 || strcmp(hidden, "..") == 0)
+		return 0; /* aufs bookkeeping, or no name at all */
+	struct tree_inode *whiteout = inode_new(b, S_IFCHR);
+	if (!whiteout)
+		return -ENOMEM;
+	ssize_t idx = child_index(dir, hidden, NULL);
+	if (idx >= 0)
+		remove_child(dir, (size_t)idx);
+	return add_child(dir, hidden, strlen(hidden), whiteout);
+}
+
+int tree_build_lower(struct layer *l, struct tree **ret, struct err *err)
+{
+	struct builder b;
+	int r = builder_init(&b);
+	for (size_t k = 0; r >= 0 && k < l->n_entries; k++) {
+		const struct entry *e = &l->entries[k];
+		r = str_has_prefix(basename_of(e->path), WHITEOUT_PREFIX) ? apply_lower_whiteout(&b, e)
+									  : apply_entry(&b, l, e, err);
+	}
+	if (r < 0)
+		return b.tree ? layer_failed(&b, l, r, err) : r;
+	return builder_finish(&b, ret);
 }
 
 struct tree *tree_free(struct tree *t)
@@ -379,8 +434,13 @@ ssize_t tree_read(const struct tree_inode *i, void *buf, size_t size, uint64_t o
 	return n < 0 ? -EIO : n;
 }
 
+#define OVERLAY_OPAQUE_XATTR "trusted.overlay.opaque"
+static const struct xattr opaque_xattr = { (char *)OVERLAY_OPAQUE_XATTR, (void *)"y", 1 };
+
 const struct xattr *tree_xattr(const struct tree_inode *i, const char *name)
 {
+	if (i->opaque && strcmp(name, OVERLAY_OPAQUE_XATTR) == 0)
+		return &opaque_xattr;
 	const struct entry *e = i->entry;
 	for (uint32_t k = 0; e && k < e->n_xattrs; k++)
 		if (strcmp(e->xattrs[k].name, name) == 0)
@@ -391,12 +451,16 @@ const struct xattr *tree_xattr(const struct tree_inode *i, const char *name)
 size_t tree_list_xattrs(const struct tree_inode *i, char *buf, size_t size)
 {
 	const struct entry *e = i->entry;
-	size_t total = 0;
+	size_t total = i->opaque ? sizeof(OVERLAY_OPAQUE_XATTR) : 0;
 	for (uint32_t k = 0; e && k < e->n_xattrs; k++)
 		total += strlen(e->xattrs[k].name) + 1;
 	if (!buf || size < total)
 		return total;
 	size_t used = 0;
+	if (i->opaque) {
+		memcpy(buf, OVERLAY_OPAQUE_XATTR, sizeof(OVERLAY_OPAQUE_XATTR));
+		used = sizeof(OVERLAY_OPAQUE_XATTR);
+	}
 	for (uint32_t k = 0; e && k < e->n_xattrs; k++) {
 		size_t len = strlen(e->xattrs[k].name) + 1;
 		memcpy(buf + used, e->xattrs[k].name, len);

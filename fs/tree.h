@@ -29,6 +29,7 @@ struct tree_inode {
 	int64_t mtime_sec;
 	uint32_t mtime_nsec;
 	uint32_t rdev_major, rdev_minor;
+	bool opaque;                  /* overlayfs lower form: trusted.overlay.opaque=y */
 	struct layer *layer;          /* NULL for directories no layer named */
 	const struct entry *entry;    /* xattrs, symlink target, extents */
 	struct tree_inode *parent;    /* directories only */
@@ -47,6 +48,10 @@ struct tree {
 
 /* Merges layers[0] (bottom) .. layers[n-1] (top).  Errors name the layer. */
 int tree_build(struct layer *const *layers, size_t n, struct tree **ret, struct err *err);
+/* One layer alone in the form overlayfs takes as a lower layer: a whiteout
+ * is a 0/0 character device of the name it hides, an opaque directory
+ * carries trusted.overlay.opaque=y. */
+int tree_build_lower(struct layer *l, struct tree **ret, struct err *err);
 struct tree *tree_free(struct tree *t);
 
 struct tree_inode *tree_get(const struct tree *t, uint64_t ino);

@@ -1,0 +1,845 @@
+/* The layer store's namespace over images opened with separate layers.
+ *
+ * Inodes: the store's own nodes (root, references, layer directories and
+ * their info and blob files) are numbered from 1 in the order they appear;
+ * the lower tree of the layer in slot k (k >= 1) is served as inodes
+ * (k << 32) + tree inode.  Nodes are never removed while the store runs, so
+ * the kernel's lookup counts need no bookkeeping.
+ *
+ * Locking: s->lock guards the node table and the slot table (both grow);
+ * a reference's state is guarded by its own lock.  A reference is resolved
+ * by a thread of its own, so that a lookup can stop waiting for it. */
+#include "store.h"
+
+#include <json-c/json.h>
+#include <sys/statvfs.h>
+#include <time.h>
+
+#include "layer.h"
+
+#define TREE_SHIFT 32
+/* A reference that failed to resolve is tried again after this long. */
+#define RETRY_SECONDS 5
+#define CACHE_TIMEOUT (365.0 * 24 * 3600)
+
+enum node_kind { NODE_ROOT, NODE_REF, NODE_LAYER, NODE_INFO, NODE_BLOB };
+
+struct store_layer {
+	struct store_ref *ref;
+	size_t index; /* in ref->img */
+	fuse_ino_t dir_ino, info_ino, blob_ino;
+	uint64_t slot;
+	struct tree *tree; /* the layer alone, in overlayfs lower form */
+	char *info;
+	size_t info_len;
+	atomic_int uses;
+};
+
+enum ref_state { REF_NEW, REF_RESOLVING, REF_READY, REF_FAILED };
+
+struct store_ref {
+	struct store *store;
+	char *name; /* as looked up: base64 */
+	char *text; /* the reference it encodes */
+	fuse_ino_t ino;
+	pthread_mutex_t lock;
+	pthread_cond_t changed;
+	enum ref_state state;
+	bool thread_started;
+	pthread_t thread;
+	time_t failed_at;
+	struct image *img;
+	struct store_layer *layers;
+	size_t n_layers;
+};
+
+struct store_node {
+	enum node_kind kind;
+	void *object; /* struct store_ref or struct store_layer */
+};
+
+struct store {
+	struct store_options opts;
+	pthread_mutex_t lock;
+	struct store_node *nodes; /* by ino; [0] unused, [1] the root */
+	size_t n_nodes, allocated_nodes;
+	struct store_layer **slots; /* [0] unused */
+	size_t n_slots, allocated_slots;
+	struct store_ref **refs;
+	size_t n_refs, allocated_refs;
+	char last_error[1024];
+};
+
+static struct store *store_of(fuse_req_t req)
+{
+	return fuse_req_userdata(req);
+}
+
+/* Adds a node under s->lock; 0 when out of memory. */
+static fuse_ino_t node_add(struct store *s, enum node_kind kind, void *object)
+{
+	if (grow_array((void **)&s->nodes, &s->allocated_nodes, s->n_nodes + 1, sizeof(*s->nodes)) < 0 ||
+	    s->n_nodes >= (1ull << TREE_SHIFT))
+		return 0;
+	s->nodes[s->n_nodes] = (struct store_node){ kind, object };
+	return s->n_nodes++;
+}
+
+static bool node_get(struct store *s, fuse_ino_t ino, struct store_node *ret)
+{
+	pthread_mutex_lock(&s->lock);
+	bool found = ino > 0 && ino < s->n_nodes;
+	if (found)
+		*ret = s->nodes[ino];
+	pthread_mutex_unlock(&s->lock);
+	return found;
+}
+
+/* The layer whose lower tree holds ino, and that tree inode; NULL for the
+ * store's own nodes. */
+static struct store_layer *tree_node(struct store *s, fuse_ino_t ino, struct tree_inode **ret)
+{
+	uint64_t slot = (uint64_t)ino >> TREE_SHIFT;
+	pthread_mutex_lock(&s->lock);
+	struct store_layer *l = slot > 0 && slot < s->n_slots ? s->slots[slot] : NULL;
+	pthread_mutex_unlock(&s->lock);
+	*ret = l ? tree_get(l->tree, ino & ((1ull << TREE_SHIFT) - 1)) : NULL;
+	return *ret ? l : NULL;
+}
+
+static struct served_tree served_layer(const struct store_layer *l)
+{
+	return (struct served_tree){ l->tree, l->slot << TREE_SHIFT, l->dir_ino };
+}
+
+int store_new(const struct store_options *opts, struct store **ret)
+{
+	struct store *s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->opts = *opts;
+	s->opts.image.separate_layers = true;
+	pthread_mutex_init(&s->lock, NULL);
+	s->n_nodes = 1;
+	s->n_slots = 1;
+	if (node_add(s, NODE_ROOT, NULL) != FUSE_ROOT_ID ||
+	    grow_array((void **)&s->slots, &s->allocated_slots, 1, sizeof(*s->slots)) < 0) {
+		store_free(s);
+		return -ENOMEM;
+	}
+	*ret = s;
+	return 0;
+}
+
+static void ref_free(struct store_ref *r)
+{
+	pthread_mutex_lock(&r->lock);
+	bool join = r->thread_started;
+	pthread_mutex_unlock(&r->lock);
+	/* A resolution in flight ends within the registry's own timeouts. */
+	if (join)
+		pthread_join(r->thread, NULL);
+	for (size_t i = 0; i < r->n_layers; i++) {
+		tree_free(r->layers[i].tree);
+		free(r->layers[i].info);
+	}
+	free(r->layers);
+	image_free(r->img);
+	pthread_cond_destroy(&r->changed);
+	pthread_mutex_destroy(&r->lock);
+	free(r->name);
+	free(r->text);
+	free(r);
+}
+
+struct store *store_free(struct store *s)
+{
+	if (!s)
+		return NULL;
+	for (size_t i = 0; i < s->n_refs; i++) {
+		pthread_mutex_lock(&s->refs[i]->lock);
+		bool resolving = s->refs[i]->state == REF_RESOLVING;
+		pthread_mutex_unlock(&s->refs[i]->lock);
+		/* Only the exit of the process follows: a registry that hangs
+		 * must not keep it (and imgfs umount) waiting for its timeout. */
+		if (resolving)
+			return NULL;
+	}
+	for (size_t i = 0; i < s->n_refs; i++)
+		ref_free(s->refs[i]);
+	free(s->refs);
+	free(s->nodes);
+	free(s->slots);
+	pthread_mutex_destroy(&s->lock);
+	free(s);
+	return NULL;
+}
+
+/* The uids or gids a layer's files use, as containers/storage lists them
+ * (uidset, gidset) to decide whether a user namespace can map them. */
+static struct json_object *id_set(const struct tree *t, bool gids)
+{
+	struct json_object *set = json_object_new_array();
+	for (const struct tree_inode *i = t->all; set && i; i = i->next_all) {
+		uint32_t id = gids ? i->gid : i->uid;
+		bool seen = false;
+		for (size_t k = 0; k < json_object_array_length(set) && !seen; k++)
+			seen = (uint32_t)json_object_get_int64(json_object_array_get_idx(set, k)) == id;
+		if (!seen && json_object_array_length(set) < 4096)
+			json_object_array_add(set, json_object_new_int64(id));
+	}
+	return set;
+}
+
+/* containers/storage's Layer JSON: what podman records of a layer it takes
+ * from the store. */
+static int layer_info(struct store_layer *sl, const char *diff_id)
+{
+	const struct image *img = sl->ref->img;
+	const struct layer *l = img->layers[sl->index];
+	const struct image_layer_desc *d = &img->descs[sl->index];
+	/* containers/storage's archive.Compression values. */
+	int compression = l->compression == COMPRESSION_GZIP ? 2 : l->compression == COMPRESSION_ZSTD ? 4 : 0;
+	uint64_t size = l->tar_size ? l->tar_size : sl->tree->total_size;
+	struct json_object *o = json_object_new_object();
+	if (!o)
+		return -ENOMEM;
+	json_object_object_add(o, "compressed-diff-digest", json_object_new_string(l->digest));
+	json_object_object_add(o, "compressed-size", json_object_new_int64((int64_t)d->size));
+	json_object_object_add(o, "diff-digest", json_object_new_string(diff_id));
+	json_object_object_add(o, "diff-size", json_object_new_int64((int64_t)size));
+	if (d->toc_digest)
+		json_object_object_add(o, "toc-digest", json_object_new_string(d->toc_digest));
+	json_object_object_add(o, "compression", json_object_new_int(compression));
+	json_object_object_add(o, "uidset", id_set(sl->tree, false));
+	json_object_object_add(o, "gidset", id_set(sl->tree, true));
+	const char *text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
+	sl->info = text ? strdup(text) : NULL;
+	sl->info_len = sl->info ? strlen(sl->info) : 0;
+	json_object_put(o);
+	return sl->info ? 0 : -ENOMEM;
+}
+
+/* The config's rootfs.diff_ids: the uncompressed digests podman names
+ * layers by. */
+static struct json_object *read_diff_ids(const struct image *img, struct err *err)
+{
+	struct json_object *config = json_object_from_file(img->config_path), *rootfs, *ids;
+	if (config && json_object_object_get_ex(config, "rootfs", &rootfs) &&
+	    json_object_object_get_ex(rootfs, "diff_ids", &ids) && json_object_is_type(ids, json_type_array) &&
+	    json_object_array_length(ids) == img->n_layers) {
+		json_object_get(ids);
+		json_object_put(config);
+		return ids;
+	}
+	json_object_put(config);
+	err_set(err, EBADMSG, "config %s does not list one diff_id per layer", img->config_path);
+	return NULL;
+}
+
+/* Each layer's lower tree and info, and its nodes and slot. */
+static int ref_add_layers(struct store_ref *r, struct err *err)
+{
+	struct store *s = r->store;
+	struct json_object *ids = read_diff_ids(r->img, err);
+	if (!ids)
+		return -EBADMSG;
+	int ret = (r->layers = calloc(r->img->n_layers ? r->img->n_layers : 1, sizeof(*r->layers))) ? 0 : -ENOMEM;
+	for (size_t i = 0; ret == 0 && i < r->img->n_layers; i++, r->n_layers++) {
+		struct store_layer *sl = &r->layers[i];
+		const char *diff_id = json_object_get_string(json_object_array_get_idx(ids, i));
+		*sl = (struct store_layer){ .ref = r, .index = i };
+		ret = tree_build_lower(r->img->layers[i], &sl->tree, err);
+		if (ret == 0 && (!diff_id || !digest_is_valid(diff_id)))
+			ret = err_set(err, EBADMSG, "layer %s has no valid diff_id in the config",
+				      r->img->layers[i]->digest);
+		if (ret == 0)
+			ret = layer_info(sl, diff_id);
+	}
+	json_object_put(ids);
+	if (ret < 0)
+		return ret;
+	pthread_mutex_lock(&s->lock);
+	ret = grow_array((void **)&s->slots, &s->allocated_slots, s->n_slots + r->n_layers, sizeof(*s->slots));
+	for (size_t i = 0; ret == 0 && i < r->n_layers; i++) {
+		struct store_layer *sl = &r->layers[i];
+		sl->dir_ino = node_add(s, NODE_LAYER, sl);
+		sl->info_ino = node_add(s, NODE_INFO, sl);
+		sl->blob_ino = node_add(s, NODE_BLOB, sl);
+		if (!sl->dir_ino || !sl->info_ino || !sl->blob_ino || sl->tree->n_inodes >= (1ull << TREE_SHIFT))
+			ret = -ENOMEM;
+		sl->slot = s->n_slots;
+		s->slots[s->n_slots++] = sl;
+	}
+	pthread_mutex_unlock(&s->lock);
+	return ret;
+}
+
+static void *resolve_main(void *userdata)
+{
+	struct store_ref *r = userdata;
+	struct store *s = r->store;
+	struct err err = { 0 };
+	struct image *img = NULL;
+	int ret = image_open(r->text, &s->opts.image, &img, &err);
+	pthread_mutex_lock(&r->lock);
+	r->img = img;
+	if (ret == 0)
+		ret = ref_add_layers(r, &err);
+	if (ret == 0 && image_start_background(img, s->opts.prefetch) < 0)
+		fprintf(stderr, "imgfs store: %s: cannot start the background fetch\n", r->text);
+	if (ret < 0) {
+		if (!err.code)
+			err_set(&err, -ret, "%s", strerror(-ret));
+		fprintf(stderr, "imgfs store: %s\n", err.msg);
+		pthread_mutex_lock(&s->lock);
+		snprintf(s->last_error, sizeof(s->last_error), "%s", err.msg);
+		pthread_mutex_unlock(&s->lock);
+	}
+	r->state = ret == 0 ? REF_READY : REF_FAILED;
+	r->failed_at = time(NULL);
+	pthread_cond_broadcast(&r->changed);
+	pthread_mutex_unlock(&r->lock);
+	return NULL;
+}
+
+/* Whether r is resolved, starting its resolution if no one has (or the
+ * last one failed a while ago), and waiting for it at most the timeout. */
+static bool ref_ready(struct store_ref *r)
+{
+	struct store *s = r->store;
+	pthread_mutex_lock(&r->lock);
+	bool retry = r->state == REF_FAILED && time(NULL) - r->failed_at >= RETRY_SECONDS && !r->layers;
+	if (r->state == REF_NEW || retry) {
+		if (r->thread_started)
+			pthread_join(r->thread, NULL);
+		r->img = image_free(r->img);
+		r->thread_started = pthread_create(&r->thread, NULL, resolve_main, r) == 0;
+		r->state = r->thread_started ? REF_RESOLVING : REF_FAILED;
+	}
+	struct timespec deadline;
+	clock_gettime(CLOCK_REALTIME, &deadline);
+	deadline.tv_sec += s->opts.resolve_timeout_ms / 1000;
+	deadline.tv_nsec += (long)(s->opts.resolve_timeout_ms % 1000) * 1000000L;
+	if (deadline.tv_nsec >= 1000000000L) {
+		deadline.tv_sec++;
+		deadline.tv_nsec -= 1000000000L;
+	}
+	while (r->state == REF_RESOLVING)
+		if (pthread_cond_timedwait(&r->changed, &r->lock, &deadline) == ETIMEDOUT)
+			break;
+	bool ready = r->state == REF_READY;
+	pthread_mutex_unlock(&r->lock);
+	return ready;
+}
+
+/* The reference a root entry names: base64 of a reference podman could
+ * pull; NULL (errno ENOENT) for any other name. */
+static struct store_ref *ref_find(struct store *s, const char *name)
+{
+	for (size_t i = 0; i < s->n_refs; i++)
+		if (strcmp(s->refs[i]->name, name) == 0)
+			return s->refs[i];
+	return NULL;
+}
+
+static struct store_ref *ref_get(struct store *s, const char *name)
+{
+	pthread_mutex_lock(&s->lock);
+	struct store_ref *r = ref_find(s, name);
+	pthread_mutex_unlock(&s->lock);
+	if (r)
+		return r;
+	void *decoded = NULL;
+	size_t len = 0;
+	struct image_ref parsed = { 0 };
+	if (base64_decode(name, strlen(name), &decoded, &len) < 0 || len == 0 || strlen(decoded) != len ||
+	    image_ref_parse(decoded, &parsed, NULL) < 0) {
+		free(decoded);
+		return NULL;
+	}
+	image_ref_done(&parsed);
+	r = calloc(1, sizeof(*r));
+	if (!r || !(r->name = strdup(name))) {
+		free(r);
+		free(decoded);
+		return NULL;
+	}
+	r->store = s;
+	r->text = decoded;
+	pthread_mutex_init(&r->lock, NULL);
+	pthread_cond_init(&r->changed, NULL);
+	pthread_mutex_lock(&s->lock);
+	struct store_ref *raced = ref_find(s, name);
+	if (!raced && grow_array((void **)&s->refs, &s->allocated_refs, s->n_refs + 1, sizeof(*s->refs)) == 0 &&
+	    (r->ino = node_add(s, NODE_REF, r)) != 0)
+		s->refs[s->n_refs++] = r;
+	pthread_mutex_unlock(&s->lock);
+	if (raced || !r->ino) {
+		ref_free(r);
+		return raced;
+	}
+	return r;
+}
+
+static struct store_layer *layer_find(struct store_ref *r, const char *digest)
+{
+	for (size_t i = 0; i < r->n_layers; i++) {
+		const struct image_layer_desc *d = &r->img->descs[i];
+		if (strcmp(r->img->layers[i]->digest, digest) == 0 ||
+		    (d->toc_digest && strcmp(d->toc_digest, digest) == 0))
+			return &r->layers[i];
+	}
+	return NULL;
+}
+
+static void node_stat(struct store *s, fuse_ino_t ino, const struct store_node *n, struct stat *st)
+{
+	(void)s;
+	memset(st, 0, sizeof(*st));
+	st->st_ino = ino;
+	st->st_nlink = 1;
+	st->st_blksize = 4096;
+	const struct store_layer *l = n->object;
+	switch (n->kind) {
+	default:
+	case NODE_ROOT:
+	case NODE_REF:
+		st->st_mode = S_IFDIR | 0755;
+		st->st_nlink = 2;
+		break;
+	case NODE_LAYER:
+		st->st_mode = S_IFDIR | 0755;
+		st->st_nlink = 3;
+		break;
+	case NODE_INFO:
+		st->st_mode = S_IFREG | 0444;
+		st->st_size = (off_t)l->info_len;
+		break;
+	case NODE_BLOB:
+		st->st_mode = S_IFREG | 0444;
+		st->st_size = (off_t)l->ref->img->descs[l->index].size;
+		break;
+	}
+	st->st_blocks = (st->st_size + 511) / 512;
+}
+
+/* An answer the kernel must not keep: the name may exist on the next
+ * lookup (a reference that resolves later, a store restarted). */
+static void reply_absent(fuse_req_t req)
+{
+	struct fuse_entry_param e = { 0 };
+	fuse_reply_entry(req, &e);
+}
+
+static void reply_node(fuse_req_t req, struct store *s, fuse_ino_t ino)
+{
+	struct store_node n;
+	struct fuse_entry_param e = { .ino = ino, .generation = 1 };
+	if (!node_get(s, ino, &n)) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	node_stat(s, ino, &n, &e.attr);
+	e.attr_timeout = e.entry_timeout = CACHE_TIMEOUT;
+	fuse_reply_entry(req, &e);
+}
+
+static void op_init(void *userdata, struct fuse_conn_info *conn)
+{
+	(void)userdata;
+	if (conn->capable & FUSE_CAP_CACHE_SYMLINKS)
+		conn->want |= FUSE_CAP_CACHE_SYMLINKS;
+	conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+	conn->max_write = FUSE_IO_MAX;
+	conn->max_readahead = FUSE_IO_MAX;
+}
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct store *s = store_of(req);
+	struct store_node n;
+	struct tree_inode *dir;
+	struct store_layer *l = tree_node(s, parent, &dir);
+	if (l) {
+		struct served_tree t = served_layer(l);
+		served_lookup(req, &t, dir, name);
+		return;
+	}
+	if (!node_get(s, parent, &n)) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	if (n.kind == NODE_ROOT) {
+		struct store_ref *r = ref_get(s, name);
+		if (r)
+			reply_node(req, s, r->ino);
+		else
+			reply_absent(req);
+	} else if (n.kind == NODE_REF) {
+		struct store_ref *r = n.object;
+		l = ref_ready(r) ? layer_find(r, name) : NULL;
+		if (l)
+			reply_node(req, s, l->dir_ino);
+		else
+			reply_absent(req);
+	} else if (n.kind == NODE_LAYER) {
+		l = n.object;
+		if (strcmp(name, "diff") == 0) {
+			struct served_tree t = served_layer(l);
+			struct fuse_entry_param e;
+			served_fill_entry(&t, tree_get(l->tree, FUSE_ROOT_ID), &e);
+			fuse_reply_entry(req, &e);
+		} else if (strcmp(name, "info") == 0 || strcmp(name, "blob") == 0) {
+			reply_node(req, s, strcmp(name, "info") == 0 ? l->info_ino : l->blob_ino);
+		} else {
+			reply_absent(req);
+		}
+	} else {
+		fuse_reply_err(req, ENOTDIR);
+	}
+}
+
+static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+	(void)ino;
+	(void)nlookup;
+	fuse_reply_none(req);
+}
+
+static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
+{
+	(void)count;
+	(void)forgets;
+	fuse_reply_none(req);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)fi;
+	struct store *s = store_of(req);
+	struct tree_inode *i;
+	struct store_layer *l = tree_node(s, ino, &i);
+	struct store_node n;
+	if (l) {
+		struct served_tree t = served_layer(l);
+		served_getattr(req, &t, i);
+	} else if (node_get(s, ino, &n)) {
+		struct stat st;
+		node_stat(s, ino, &n, &st);
+		fuse_reply_attr(req, &st, CACHE_TIMEOUT);
+	} else {
+		fuse_reply_err(req, ENOENT);
+	}
+}
+
+static void op_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+	struct tree_inode *i;
+	if (tree_node(store_of(req), ino, &i))
+		served_readlink(req, i);
+	else
+		fuse_reply_err(req, EINVAL);
+}
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct store *s = store_of(req);
+	struct tree_inode *i;
+	struct store_node n;
+	if (tree_node(s, ino, &i)) {
+		served_open(req, i, fi);
+		return;
+	}
+	if (!node_get(s, ino, &n)) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	if (n.kind != NODE_INFO && n.kind != NODE_BLOB) {
+		fuse_reply_err(req, EISDIR);
+		return;
+	}
+	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	fi->fh = 0;
+	fi->keep_cache = 1;
+	if (n.kind == NODE_BLOB) {
+		/* The blob is read whole or not at all (podman push, save): fetched
+		 * and verified once, on its first open. */
+		struct store_layer *l = n.object;
+		struct err err = { 0 };
+		int fd;
+		int r = image_layer_blob(l->ref->img, l->index, &fd, &err);
+		if (r < 0) {
+			fprintf(stderr, "imgfs store: %s\n", err.code ? err.msg : strerror(-r));
+			fuse_reply_err(req, EIO);
+			return;
+		}
+		fi->fh = (uint64_t)fd;
+	}
+	fuse_reply_open(req, fi);
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	struct store *s = store_of(req);
+	struct tree_inode *i;
+	struct store_node n;
+	if (tree_node(s, ino, &i)) {
+		served_read(req, i, size, off);
+		return;
+	}
+	if (!node_get(s, ino, &n) || (n.kind != NODE_INFO && n.kind != NODE_BLOB) || off < 0) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	struct store_layer *l = n.object;
+	if (n.kind == NODE_INFO) {
+		size_t start = (uint64_t)off < l->info_len ? (size_t)off : l->info_len;
+		fuse_reply_buf(req, l->info + start, size < l->info_len - start ? size : l->info_len - start);
+		return;
+	}
+	if (size > FUSE_IO_MAX)
+		size = FUSE_IO_MAX;
+	_cleanup_free_ char *buf = malloc(size ? size : 1);
+	ssize_t got = buf ? pread((int)fi->fh, buf, size, off) : -1;
+	if (got < 0)
+		fuse_reply_err(req, buf ? errno : ENOMEM);
+	else
+		fuse_reply_buf(req, buf, (size_t)got);
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	if (fi->fh)
+		close((int)fi->fh);
+	fuse_reply_err(req, 0);
+}
+
+/* Adds one entry; false when the buffer is full. */
+static bool add_dirent(fuse_req_t req, char *buf, size_t size, size_t *used, const char *name, fuse_ino_t ino,
+		       mode_t mode, off_t next)
+{
+	struct stat st = { .st_ino = ino, .st_mode = mode };
+	size_t n = fuse_add_direntry(req, buf + *used, size - *used, name, &st, next);
+	if (n > size - *used)
+		return false;
+	*used += n;
+	return true;
+}
+
+/* The store's own directories: a reference lists the layers it resolved
+ * to (without waiting for it), a layer its three names. */
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	(void)fi;
+	struct store *s = store_of(req);
+	struct tree_inode *dir;
+	struct store_layer *l = tree_node(s, ino, &dir);
+	struct store_node n;
+	if (l) {
+		struct served_tree t = served_layer(l);
+		served_readdir(req, &t, dir, size, off, false);
+		return;
+	}
+	if (!node_get(s, ino, &n) || n.kind == NODE_INFO || n.kind == NODE_BLOB) {
+		fuse_reply_err(req, ENOTDIR);
+		return;
+	}
+	if (size > FUSE_IO_MAX)
+		size = FUSE_IO_MAX;
+	_cleanup_free_ char *buf = malloc(size);
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	size_t used = 0;
+	off_t pos = off < 0 ? 0 : off;
+	if (pos == 0 && add_dirent(req, buf, size, &used, ".", ino, S_IFDIR, 1))
+		pos = 1;
+	if (pos == 1 && add_dirent(req, buf, size, &used, "..", FUSE_ROOT_ID, S_IFDIR, 2))
+		pos = 2;
+	if (n.kind == NODE_REF) {
+		struct store_ref *r = n.object;
+		pthread_mutex_lock(&r->lock);
+		for (; r->state == REF_READY && (size_t)pos - 2 < r->n_layers; pos++)
+			if (!add_dirent(req, buf, size, &used, r->img->layers[pos - 2]->digest,
+					r->layers[pos - 2].dir_ino, S_IFDIR, pos + 1))
+				break;
+		pthread_mutex_unlock(&r->lock);
+	} else if (n.kind == NODE_LAYER) {
+		l = n.object;
+		static const char *const names[] = { "diff", "info", "blob" };
+		fuse_ino_t inos[] = { (l->slot << TREE_SHIFT) + FUSE_ROOT_ID, l->info_ino, l->blob_ino };
+		for (; (size_t)pos - 2 < ARRAY_SIZE(names); pos++)
+			if (!add_dirent(req, buf, size, &used, names[pos - 2], inos[pos - 2],
+					pos == 2 ? S_IFDIR : S_IFREG, pos + 1))
+				break;
+	}
+	fuse_reply_buf(req, buf, used);
+}
+
+static int format_stats(struct store *s, char *buf, size_t size)
+{
+	uint64_t refs_ready = 0, layers = 0, uses = 0, whole = 0, bytes_whole = 0, ranges = 0, requests = 0;
+	/* References are never freed while the store runs, and a reference's
+	 * lock is never taken under s->lock. */
+	pthread_mutex_lock(&s->lock);
+	size_t n_refs = s->n_refs;
+	_cleanup_free_ struct store_ref **refs = malloc((n_refs ? n_refs : 1) * sizeof(*refs));
+	if (refs)
+		memcpy(refs, s->refs, n_refs * sizeof(*refs));
+	char last_error[sizeof(s->last_error)];
+	memcpy(last_error, s->last_error, sizeof(last_error));
+	pthread_mutex_unlock(&s->lock);
+	if (!refs)
+		return -ENOMEM;
+	for (size_t i = 0; i < n_refs; i++) {
+		struct store_ref *r = refs[i];
+		pthread_mutex_lock(&r->lock);
+		if (r->state == REF_READY) {
+			refs_ready++;
+			layers += r->n_layers;
+			whole += r->img->layers_fetched_whole;
+			bytes_whole += r->img->bytes_fetched_whole;
+			for (size_t k = 0; k < r->n_layers; k++) {
+				struct layer_stats st;
+				layer_get_stats(r->img->layers[k], &st);
+				ranges += st.bytes_fetched;
+				requests += st.requests;
+				uses += (uint64_t)atomic_load(&r->layers[k].uses);
+			}
+		}
+		pthread_mutex_unlock(&r->lock);
+	}
+	int n = snprintf(buf, size,
+			 "refs %zu\nrefs_resolved %llu\nlayers %llu\nlayers_in_use %llu\nlayers_fetched_whole %llu\n"
+			 "bytes_fetched_whole %llu\nbytes_fetched_ranges %llu\nrange_requests %llu\n%s%s%s",
+			 n_refs, (unsigned long long)refs_ready, (unsigned long long)layers, (unsigned long long)uses,
+			 (unsigned long long)whole, (unsigned long long)bytes_whole, (unsigned long long)ranges,
+			 (unsigned long long)requests, *last_error ? "last_error " : "", last_error,
+			 *last_error ? "\n" : "");
+	return n < 0 || (size_t)n >= size ? -ERANGE : n;
+}
+
+static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+	struct store *s = store_of(req);
+	struct tree_inode *i;
+	if (tree_node(s, ino, &i)) {
+		served_getxattr(req, i, name, size);
+		return;
+	}
+	if (ino == FUSE_ROOT_ID && strcmp(name, IMGFS_PID_XATTR) == 0) {
+		/* imgfs umount waits for this process to end. */
+		char pid[32];
+		int n = snprintf(pid, sizeof(pid), "%d", (int)getpid());
+		reply_xattr_value(req, pid, (size_t)n, size);
+		return;
+	}
+	if (ino != FUSE_ROOT_ID || strcmp(name, IMGFS_STATS_XATTR) != 0) {
+		fuse_reply_err(req, ENODATA);
+		return;
+	}
+	char stats[2048];
+	int n = format_stats(s, stats, sizeof(stats));
+	if (n < 0)
+		fuse_reply_err(req, EIO);
+	else
+		reply_xattr_value(req, stats, (size_t)n, size);
+}
+
+static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	struct tree_inode *i;
+	if (tree_node(store_of(req), ino, &i))
+		served_listxattr(req, i, size);
+	else if (size == 0)
+		fuse_reply_xattr(req, 0);
+	else
+		fuse_reply_buf(req, NULL, 0);
+}
+
+/* containers/storage takes a layer by creating "use" in its directory and
+ * expects ENOENT from a store that counts it. */
+static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi)
+{
+	(void)mode;
+	(void)fi;
+	struct store_node n;
+	if (node_get(store_of(req), parent, &n) && n.kind == NODE_LAYER && strcmp(name, "use") == 0) {
+		atomic_fetch_add(&((struct store_layer *)n.object)->uses, 1);
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	fuse_reply_err(req, EROFS);
+}
+
+/* ... and releases it by removing the layer's directory. */
+static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct store_node n;
+	struct store_layer *l = NULL;
+	if (node_get(store_of(req), parent, &n) && n.kind == NODE_REF) {
+		struct store_ref *r = n.object;
+		pthread_mutex_lock(&r->lock);
+		l = r->state == REF_READY ? layer_find(r, name) : NULL;
+		pthread_mutex_unlock(&r->lock);
+	}
+	if (l && atomic_load(&l->uses) > 0)
+		atomic_fetch_sub(&l->uses, 1);
+	fuse_reply_err(req, l ? ENOENT : EROFS);
+}
+
+static void op_refuse_entry(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	(void)parent;
+	(void)name;
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_refuse_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+	(void)mode;
+	op_refuse_entry(req, parent, name);
+}
+
+static void op_refuse_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi)
+{
+	(void)ino;
+	(void)attr;
+	(void)to_set;
+	(void)fi;
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	(void)ino;
+	struct statvfs st = { .f_bsize = 4096, .f_frsize = 4096, .f_namemax = 255 };
+	fuse_reply_statfs(req, &st);
+}
+
+const struct fuse_lowlevel_ops store_ops = {
+	.init = op_init,
+	.lookup = op_lookup,
+	.forget = op_forget,
+	.forget_multi = op_forget_multi,
+	.getattr = op_getattr,
+	.readlink = op_readlink,
+	.open = op_open,
+	.read = op_read,
+	.release = op_release,
+	.readdir = op_readdir,
+	.getxattr = op_getxattr,
+	.listxattr = op_listxattr,
+	.create = op_create,
+	.rmdir = op_rmdir,
+	.unlink = op_refuse_entry,
+	.mkdir = op_refuse_mkdir,
+	.setattr = op_refuse_setattr,
+	.statfs = op_statfs,
+};
