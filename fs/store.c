@@ -152,6 +152,10 @@ static void ref_free(struct store_ref *r)
 	free(r);
 }
 
+/* A store left to its resolution threads at exit stays reachable: it is
+ * not lost, only not waited for. */
+static struct store *left_running;
+
 struct store *store_free(struct store *s)
 {
 	if (!s)
@@ -162,8 +166,10 @@ struct store *store_free(struct store *s)
 		pthread_mutex_unlock(&s->refs[i]->lock);
 		/* Only the exit of the process follows: a registry that hangs
 		 * must not keep it (and imgfs umount) waiting for its timeout. */
-		if (resolving)
+		if (resolving) {
+			left_running = s;
 			return NULL;
+		}
 	}
 	for (size_t i = 0; i < s->n_refs; i++)
 		ref_free(s->refs[i]);

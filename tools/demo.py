@@ -4,6 +4,7 @@ registry, mount it with imgfs, look around and run a program from it, write
 to it through an upper layer, and run it as a container with launch."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -41,6 +42,22 @@ with workspace("imgfs-demo-") as work:
         launch = os.path.join(os.path.dirname(os.path.dirname(IMGFS)), "launcher", "launch")
         os.environ.update(LAUNCH_ROOT=os.path.join(work, "launch"), IMGFS_CACHE=os.path.join(work, "cache"))
         show([launch, "run", "--rm", ref, "sh", "-c", "echo hello from a container; id; hostname"])
+
+        if shutil.which("podman"):
+            # podman's own storage, with imgfs as its additional layer store.
+            store = os.path.join(work, "store")
+            os.makedirs(store)
+            conf = os.path.join(work, "storage.conf")
+            with open(conf, "w") as f:
+                f.write(f'[storage]\ndriver = "overlay"\ngraphroot = "{work}/podman"\nrunroot = "{work}/podman-run"\n'
+                        f'[storage.options]\nadditionallayerstores = ["{store}:ref"]\n')
+            os.environ["CONTAINERS_STORAGE_CONF"] = conf
+            show([IMGFS, "store", "--cache", os.path.join(work, "cache"), store])
+            show(["podman", "run", "--rm", "--tls-verify=false", "--network", "none", "--ulimit", "nofile=1024:1024",
+                  "--ulimit", "nproc=1024:1024", ref, "sh", "-c", "echo hello from podman over imgfs store"])
+            show([IMGFS, "stats", store])
+            show(["podman", "rmi", "-a"])
+            show([IMGFS, "umount", store])
         print("demo finished: the image was mounted, written to and run without being unpacked")
     finally:
         reg.stop()
