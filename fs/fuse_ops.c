@@ -89,7 +89,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		served_lookup(req, &t, dir, name);
 }
 
-static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+void forget_nothing(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
 {
 	/* Inodes live as long as the tree: nothing to count. */
 	(void)ino;
@@ -97,7 +97,7 @@ static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
 	fuse_reply_none(req);
 }
 
-static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
+void forget_multi_nothing(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
 {
 	(void)count;
 	(void)forgets;
@@ -309,6 +309,13 @@ void reply_xattr_value(fuse_req_t req, const void *value, size_t len, size_t siz
 		fuse_reply_buf(req, value, len);
 }
 
+void reply_pid_xattr(fuse_req_t req, size_t size)
+{
+	char pid[32];
+	int n = snprintf(pid, sizeof(pid), "%d", (int)getpid());
+	reply_xattr_value(req, pid, (size_t)n, size);
+}
+
 /* Whether the caller shares the daemon's mount namespace: a process on the
  * host, not in a container, which runs in a namespace of its own.  A pid
  * that was reused in between can only make this say no to a host process. */
@@ -344,9 +351,7 @@ bool reply_virtual_xattr(fuse_req_t req, struct image *img, fuse_ino_t ino, cons
 		return true;
 	}
 	if (strcmp(name, IMGFS_PID_XATTR) == 0) {
-		char pid[32];
-		int n = snprintf(pid, sizeof(pid), "%d", (int)getpid());
-		reply_xattr_value(req, pid, (size_t)n, size);
+		reply_pid_xattr(req, size);
 		return true;
 	}
 	if (strcmp(name, IMGFS_RECORD_XATTR) == 0) {
@@ -436,8 +441,8 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 const struct fuse_lowlevel_ops imgfs_ops = {
 	.init = op_init,
 	.lookup = op_lookup,
-	.forget = op_forget,
-	.forget_multi = op_forget_multi,
+	.forget = forget_nothing,
+	.forget_multi = forget_multi_nothing,
 	.getattr = op_getattr,
 	.readlink = op_readlink,
 	.open = op_open,

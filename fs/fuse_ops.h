@@ -16,6 +16,12 @@ extern const struct fuse_lowlevel_ops imgfs_ops;
 
 /* Answers getxattr with value (len bytes) for a caller who offered size bytes. */
 void reply_xattr_value(fuse_req_t req, const void *value, size_t len, size_t size);
+/* The daemon's pid as an xattr value: imgfs umount waits for it to end. */
+void reply_pid_xattr(fuse_req_t req, size_t size);
+/* For file systems whose inodes outlive every lookup: no counting. */
+void forget_nothing(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup);
+void forget_multi_nothing(fuse_req_t req, size_t count, struct fuse_forget_data *forgets);
+
 /* Answers a virtual xattr of the root and returns true, or returns false
  * without replying for any other inode or name. */
 bool reply_virtual_xattr(fuse_req_t req, struct image *img, fuse_ino_t ino, const char *name, size_t size);

@@ -506,20 +506,6 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	}
 }
 
-static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
-{
-	(void)ino;
-	(void)nlookup;
-	fuse_reply_none(req);
-}
-
-static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
-{
-	(void)count;
-	(void)forgets;
-	fuse_reply_none(req);
-}
-
 static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	(void)fi;
@@ -696,7 +682,7 @@ static int format_stats(struct store *s, char *buf, size_t size)
 	pthread_mutex_lock(&s->lock);
 	size_t n_refs = s->n_refs;
 	_cleanup_free_ struct store_ref **refs = malloc((n_refs ? n_refs : 1) * sizeof(*refs));
-	if (refs)
+	if (refs && n_refs)
 		memcpy(refs, s->refs, n_refs * sizeof(*refs));
 	char last_error[sizeof(s->last_error)];
 	memcpy(last_error, s->last_error, sizeof(last_error));
@@ -740,10 +726,7 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 		return;
 	}
 	if (ino == FUSE_ROOT_ID && strcmp(name, IMGFS_PID_XATTR) == 0) {
-		/* imgfs umount waits for this process to end. */
-		char pid[32];
-		int n = snprintf(pid, sizeof(pid), "%d", (int)getpid());
-		reply_xattr_value(req, pid, (size_t)n, size);
+		reply_pid_xattr(req, size); /* imgfs umount waits for this process to end */
 		return;
 	}
 	if (ino != FUSE_ROOT_ID || strcmp(name, IMGFS_STATS_XATTR) != 0) {
@@ -832,8 +815,8 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 const struct fuse_lowlevel_ops store_ops = {
 	.init = op_init,
 	.lookup = op_lookup,
-	.forget = op_forget,
-	.forget_multi = op_forget_multi,
+	.forget = forget_nothing,
+	.forget_multi = forget_multi_nothing,
 	.getattr = op_getattr,
 	.readlink = op_readlink,
 	.open = op_open,
