@@ -160,11 +160,49 @@ static bool blob_is_cached(const struct image_options *opts, const struct descri
 	return path && stat(path, &st) == 0 && S_ISREG(st.st_mode) && st.st_size == d->size;
 }
 
+/* A client of the index repository, with none of the image's endpoints
+ * (mirrors, insecurity) but the same credentials and certificates. */
+static int index_repo_client(const struct image_options *opts, struct registry_client **ret, struct err *err)
+{
+	struct image_ref ref = { 0 };
+	struct registry_options repo_opts = opts->registry;
+	repo_opts.fallbacks = NULL;
+	repo_opts.n_fallbacks = 0;
+	repo_opts.insecure = false;
+	int r = image_ref_parse(opts->index_repo, &ref, err);
+	if (r == 0)
+		r = registry_client_new(&ref, &repo_opts, ret, err);
+	image_ref_done(&ref);
+	return r;
+}
+
+/* The newest artifact of type that refers to img: from the image's own
+ * repository, else from the index repository, in which case *ret_owned is
+ * the client that found it (the caller frees it).  -ENOENT: none. */
+static int find_referring(struct image *img, struct registry_client *client, const struct image_options *opts,
+			  const char *type, struct manifest *ret, struct registry_client **ret_owned, struct err *err)
+{
+	*ret_owned = NULL;
+	int r = index_artifact_find(client, img->manifest_digest, type, ret, err);
+	if (r == 0 || !opts->index_repo)
+		return r;
+	struct registry_client *repo;
+	if ((r = index_repo_client(opts, &repo, err)) < 0)
+		return r;
+	r = index_artifact_find(repo, img->manifest_digest, type, ret, err);
+	if (r == 0)
+		*ret_owned = repo;
+	else
+		registry_client_free(repo);
+	return r;
+}
+
 /* The image's imgfs index artifact, looked up once, when a plain layer is
- * not in the cache. */
+ * not in the cache; client is the one of the repository it came from. */
 struct artifact_lookup {
 	bool looked, found;
 	struct manifest artifact;
+	struct registry_client *client, *owned;
 };
 
 static const struct manifest *find_artifact(struct image *img, struct registry_client *client,
@@ -173,7 +211,9 @@ static const struct manifest *find_artifact(struct image *img, struct registry_c
 	if (!a->looked) {
 		a->looked = true;
 		struct err err = { 0 };
-		a->found = index_artifact_find(client, img->manifest_digest, &a->artifact, &err) == 0;
+		a->found =
+		    find_referring(img, client, opts, IMGFS_INDEX_ARTIFACT_TYPE, &a->artifact, &a->owned, &err) == 0;
+		a->client = a->owned ? a->owned : client;
 		if (!a->found && err.code && opts->progress) {
 			char line[1200];
 			snprintf(line, sizeof(line), "no imgfs index: %s", err.msg);
@@ -183,10 +223,41 @@ static const struct manifest *find_artifact(struct image *img, struct registry_c
 	return a->found ? &a->artifact : NULL;
 }
 
+#define PROFILE_MAX_SIZE (16u << 20)
+
+/* The published profile of the image, in the cache (img->profile_path);
+ * one that cannot be used is ignored, with a notice saying why. */
+static void find_profile(struct image *img, struct registry_client *client, const struct image_options *opts)
+{
+	struct manifest profile;
+	struct registry_client *owned;
+	struct err err = { 0 };
+	int r = find_referring(img, client, opts, IMGFS_PROFILE_ARTIFACT_TYPE, &profile, &owned, &err);
+	if (r == 0) {
+		const struct descriptor *d = profile.n_layers == 1 ? &profile.layers[0] : NULL;
+		int fd;
+		bool cached;
+		if (!d || strcmp(d->media_type, IMGFS_MEDIA_TYPE_PROFILE) != 0 || d->size > PROFILE_MAX_SIZE)
+			r = err_set(&err, EBADMSG, "it is not one list of files of at most %u bytes", PROFILE_MAX_SIZE);
+		else if ((r = ensure_blob(owned ? owned : client, opts, d, &fd, &cached, &err)) == 0)
+			close(fd);
+		if (r == 0 && !(img->profile_path = cache_path(opts->cache_dir, "blobs", d->digest)))
+			r = -ENOMEM;
+		manifest_done(&profile);
+	}
+	registry_client_free(owned);
+	if (r < 0 && r != -ENOENT && opts->notice) {
+		char line[1400];
+		snprintf(line, sizeof(line), "ignoring the published profile of \"%s\": %s", img->ref_text,
+			 err.code ? err.msg : strerror(-r));
+		opts->notice(line);
+	}
+}
+
 /* A plain layer read lazily through its pushed index: the index and the
  * span table come into the cache (verified by digest), the blob stays in the
  * registry. */
-static int open_indexed_layer(const struct image_ref *ref, struct registry_client *client,
+static int open_indexed_layer(const struct image_ref *ref, struct registry_client *index_client,
 			      const struct image_options *opts, const struct descriptor *d,
 			      enum layer_compression compression, const struct manifest *artifact, struct layer **ret,
 			      struct err *err)
@@ -197,11 +268,11 @@ static int open_indexed_layer(const struct image_ref *ref, struct registry_clien
 		return -ENOENT;
 	int fd;
 	bool cached;
-	int r = ensure_blob(client, opts, index, &fd, &cached, err);
+	int r = ensure_blob(index_client, opts, index, &fd, &cached, err);
 	if (r < 0)
 		return r;
 	close(fd);
-	if ((r = ensure_blob(client, opts, spans, &fd, &cached, err)) < 0)
+	if ((r = ensure_blob(index_client, opts, spans, &fd, &cached, err)) < 0)
 		return r;
 	_cleanup_close_ int spans_fd = fd;
 	_cleanup_free_ char *index_path = cache_path(opts->cache_dir, "blobs", index->digest);
@@ -285,7 +356,7 @@ static int open_layer(struct image *img, const struct image_ref *ref, struct reg
 	if (!opts->ignore_index_artifacts && !blob_is_cached(opts, d) &&
 	    (artifact = find_artifact(img, client, opts, artifacts))) {
 		struct err index_err = { 0 };
-		int r = open_indexed_layer(ref, client, opts, d, compression, artifact, ret, &index_err);
+		int r = open_indexed_layer(ref, artifacts->client, opts, d, compression, artifact, ret, &index_err);
 		if (r == 0)
 			return 0;
 		if (index_err.code && opts->progress) {
@@ -549,6 +620,25 @@ out:
 	return r;
 }
 
+int image_resolve_manifest(const char *ref_text, const struct image_options *opts, struct artifact_subject_info *ret,
+			   struct err *err)
+{
+	struct resolution res = { 0 };
+	struct manifest m = { 0 };
+	*ret = (struct artifact_subject_info){ 0 };
+	int r = prepare_cache(opts->cache_dir, err);
+	if (r == 0)
+		r = resolve_image(ref_text, opts, &res, &m, &ret->digest, err);
+	if (r == 0 && !(ret->media_type = strdup(m.media_type ? m.media_type : MEDIA_TYPE_OCI_MANIFEST)))
+		r = -ENOMEM;
+	ret->size = m.raw_size;
+	manifest_done(&m);
+	resolution_done(&res);
+	if (r < 0 && err && err->code)
+		err_wrap(err, "image \"%s\"", ref_text);
+	return r;
+}
+
 int image_open(const char *ref_text, const struct image_options *opts, struct image **ret, struct err *err)
 {
 	struct resolution res = { 0 };
@@ -576,6 +666,8 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 
 	if ((r = load_config(img, client, opts, &m.config, err)) < 0)
 		goto out;
+	if (opts->find_profile)
+		find_profile(img, client, opts);
 
 	img->layers = calloc(m.n_layers ? m.n_layers : 1, sizeof(*img->layers));
 	if (opts->separate_layers)
@@ -625,6 +717,7 @@ out:
 	manifest_done(&m);
 	if (artifacts.found)
 		manifest_done(&artifacts.artifact);
+	registry_client_free(artifacts.owned);
 	resolution_done(&res);
 	return r;
 }
@@ -654,6 +747,7 @@ struct image *image_free(struct image *img)
 	free(img->cache_dir);
 	free(img->manifest_media_type);
 	free(img->config_path);
+	free(img->profile_path);
 	free(img->ref_text);
 	free(img);
 	return NULL;
@@ -773,29 +867,37 @@ int image_set_landmarks(struct image *img, const char *list_path, size_t *ret_fo
 	_cleanup_fclose_ FILE *f = fopen(list_path, "re");
 	if (!f)
 		return err_set(err, errno, "cannot read the prefetch list \"%s\": %s", list_path, strerror(errno));
-	for (size_t i = 0; i < img->n_layers; i++)
-		for (size_t k = 0; k < img->layers[i]->n_entries; k++) {
-			img->layers[i]->entries[k].prefetch = false;
-			img->layers[i]->entries[k].prefetch_rank = 0;
-		}
-	size_t found = 0;
+	struct entry **listed = NULL;
+	size_t found = 0, allocated = 0;
 	char *line = NULL;
 	size_t cap = 0;
-	ssize_t n;
-	while ((n = getline(&line, &cap, f)) > 0) {
+	int r = 0;
+	while (r == 0 && getline(&line, &cap, f) > 0) {
 		line[strcspn(line, "\r\n")] = '\0';
 		struct tree_inode *i = line[0] ? tree_lookup_path(img->tree, line) : NULL;
 		if (!i || !S_ISREG(i->mode) || !i->entry)
 			continue;
-		/* The tree shares the layers' entries; until the mount serves, they are ours. */
-		struct entry *e = (struct entry *)i->entry;
-		e->prefetch = true;
-		if (!e->prefetch_rank)
-			e->prefetch_rank = (uint32_t)++found;
+		if (grow_array((void **)&listed, &allocated, found + 1, sizeof(*listed)) < 0)
+			r = -ENOMEM;
+		else /* The tree shares the layers' entries; until the mount serves, they are ours. */
+			listed[found++] = (struct entry *)i->entry;
 	}
 	free(line);
-	*ret_found = found;
-	return 0;
+	/* A list that names none of the image's files leaves its own landmarks. */
+	for (size_t i = 0; r == 0 && found && i < img->n_layers; i++)
+		for (size_t k = 0; k < img->layers[i]->n_entries; k++) {
+			img->layers[i]->entries[k].prefetch = false;
+			img->layers[i]->entries[k].prefetch_rank = 0;
+		}
+	uint32_t rank = 0;
+	for (size_t i = 0; r == 0 && i < found; i++) {
+		listed[i]->prefetch = true;
+		if (!listed[i]->prefetch_rank)
+			listed[i]->prefetch_rank = ++rank;
+	}
+	free(listed);
+	*ret_found = rank;
+	return r;
 }
 
 int image_refs_list(const char *cache_dir, void (*fn)(const char *ref, const char *platform, const char *digest))

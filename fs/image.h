@@ -32,6 +32,11 @@ struct image_options {
 	/* Serve the layers one by one (imgfs store): no merged tree, and what
 	 * the manifest says of each layer is kept in image.descs. */
 	bool separate_layers;
+	/* A repository ("REG/NAME") also searched for imgfs index artifacts and
+	 * profiles, after the image's own; NULL: none. */
+	const char *index_repo;
+	/* Look for a published profile (imgfs profile push): img->profile_path. */
+	bool find_profile;
 };
 
 /* A layer as the manifest describes it. */
@@ -47,7 +52,8 @@ struct image {
 	char *manifest_digest;
 	char *manifest_media_type;
 	size_t manifest_size;
-	char *config_path; /* the verified image config in the cache, absolute */
+	char *config_path;  /* the verified image config in the cache, absolute */
+	char *profile_path; /* a published profile, verified, in the cache; NULL: none */
 	char *cache_dir;
 	struct layer **layers;
 	size_t n_layers;
@@ -77,6 +83,14 @@ int image_format_stats(struct image *img, char *buf, size_t size);
 
 int image_open(const char *ref_text, const struct image_options *opts, struct image **ret, struct err *err);
 struct image *image_free(struct image *img);
+
+/* What ref_text names, without opening its layers (imgfs profile push). */
+struct artifact_subject_info {
+	char *digest, *media_type;
+	size_t size;
+};
+int image_resolve_manifest(const char *ref_text, const struct image_options *opts, struct artifact_subject_info *ret,
+			   struct err *err);
 
 /* The whole compressed blob of layer i, verified, from the cache, fetched
  * into it first when it is not there (separate_layers images only). */

@@ -2,8 +2,11 @@
  * image manifest of artifactType IMGFS_INDEX_ARTIFACT_TYPE whose subject is
  * the image manifest, with two blobs per plain layer (the layer index of
  * index_io.c, and the span table of remote_blob.c), each annotated with the
- * layer digest.  Registries with the referrers API list it there; for the
- * others the "sha256-<hex>" tag of the fallback scheme points to it. */
+ * layer digest.  A profile is the same with one blob, the list of files.
+ * Registries with the referrers API list them there; for the others the
+ * "sha256-<hex>" tag of the fallback scheme points to them.  In a
+ * repository other than the image's (--index-repo) the tag is what finds
+ * them: the subject names a manifest that repository does not hold. */
 #include "index_artifact.h"
 
 #include <json-c/json.h>
@@ -15,11 +18,12 @@
 #define MEDIA_TYPE_EMPTY "application/vnd.oci.empty.v1+json"
 #define INDEX_FILE_MAX (4ull << 30)
 
-int index_artifact_find(struct registry_client *c, const char *manifest_digest, struct manifest *ret, struct err *err)
+int index_artifact_find(struct registry_client *c, const char *manifest_digest, const char *artifact_type,
+			struct manifest *ret, struct err *err)
 {
 	struct manifest referrers;
 	bool from_tag;
-	int r = registry_get_referrers(c, manifest_digest, IMGFS_INDEX_ARTIFACT_TYPE, &referrers, &from_tag, err);
+	int r = registry_get_referrers(c, manifest_digest, artifact_type, &referrers, &from_tag, err);
 	if (r < 0)
 		return r;
 	/* The newest push is the last entry. */
@@ -92,6 +96,51 @@ static int push_layer(struct registry_client *c, const struct layer *l, const ch
 	return 0;
 }
 
+/* Pushes an artifact of artifact_type with these layer descriptors that
+ * refers to the subject manifest, and lists it under the subject's tag
+ * where the registry has no referrers API. */
+static int artifact_push(struct registry_client *c, const char *artifact_type, struct json_object *layers,
+			 const struct artifact_subject *subject, char **ret_digest, struct err *err)
+{
+	char config_digest[72];
+	int r = registry_push_blob(c, EMPTY_CONFIG, strlen(EMPTY_CONFIG), config_digest, err);
+	if (r < 0) {
+		json_object_put(layers);
+		return err_wrap(err, "empty config");
+	}
+	struct json_object *m = json_object_new_object();
+	json_object_object_add(m, "schemaVersion", json_object_new_int(2));
+	json_object_object_add(m, "mediaType", json_object_new_string(MEDIA_TYPE_OCI_MANIFEST));
+	json_object_object_add(m, "artifactType", json_object_new_string(artifact_type));
+	json_object_object_add(m, "config",
+			       descriptor_json(MEDIA_TYPE_EMPTY, config_digest, strlen(EMPTY_CONFIG), NULL));
+	json_object_object_add(m, "layers", layers);
+	json_object_object_add(m, "subject",
+			       descriptor_json(subject->media_type, subject->digest, (int64_t)subject->size, NULL));
+	const char *text = json_object_to_json_string_ext(m, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+	char digest[DIGEST_SHA256_LEN + 1];
+	size_t len = text ? strlen(text) : 0;
+	if (!text) {
+		r = -ENOMEM;
+	} else {
+		digest_sha256(text, len, digest);
+		r = registry_put_manifest(c, digest, MEDIA_TYPE_OCI_MANIFEST, text, len, err);
+	}
+	json_object_put(m);
+	struct manifest referrers;
+	bool from_tag = false;
+	if (r == 0 &&
+	    (r = registry_get_referrers(c, subject->digest, artifact_type, &referrers, &from_tag, err)) == 0) {
+		manifest_done(&referrers);
+		if (from_tag)
+			r = registry_add_referrer_tag(c, subject->digest, MEDIA_TYPE_OCI_MANIFEST, digest, (int64_t)len,
+						      artifact_type, err);
+	}
+	if (r == 0 && !(*ret_digest = strdup(digest)))
+		r = -ENOMEM;
+	return r;
+}
+
 int index_artifact_push(struct image *img, const struct image_ref *ref, const struct image_options *opts,
 			char **ret_digest, struct err *err)
 {
@@ -114,46 +163,32 @@ int index_artifact_push(struct image *img, const struct image_ref *ref, const st
 	if (r == 0 && pushed == 0)
 		r = err_set(err, ENOENT, "image \"%s\" has no plain layer to index: its layers are lazy already",
 			    img->ref_text);
-	char config_digest[72];
-	if (r == 0 && (r = registry_push_blob(c, EMPTY_CONFIG, strlen(EMPTY_CONFIG), config_digest, err)) < 0)
-		err_wrap(err, "empty config");
 	if (r < 0) {
 		json_object_put(layers);
 		registry_client_free(c);
 		return r;
 	}
-	struct json_object *m = json_object_new_object();
-	json_object_object_add(m, "schemaVersion", json_object_new_int(2));
-	json_object_object_add(m, "mediaType", json_object_new_string(MEDIA_TYPE_OCI_MANIFEST));
-	json_object_object_add(m, "artifactType", json_object_new_string(IMGFS_INDEX_ARTIFACT_TYPE));
-	json_object_object_add(m, "config",
-			       descriptor_json(MEDIA_TYPE_EMPTY, config_digest, strlen(EMPTY_CONFIG), NULL));
-	json_object_object_add(m, "layers", layers);
-	json_object_object_add(
-	    m, "subject",
-	    descriptor_json(img->manifest_media_type, img->manifest_digest, (int64_t)img->manifest_size, NULL));
-	const char *text = json_object_to_json_string_ext(m, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
-	char digest[DIGEST_SHA256_LEN + 1];
-	size_t len = text ? strlen(text) : 0;
-	if (!text) {
-		r = -ENOMEM;
-	} else {
-		digest_sha256(text, len, digest);
-		r = registry_put_manifest(c, digest, MEDIA_TYPE_OCI_MANIFEST, text, len, err);
-	}
-	json_object_put(m);
-	/* Where the registry has no referrers API, the tag scheme lists it. */
-	struct manifest referrers;
-	bool from_tag = false;
-	if (r == 0 && (r = registry_get_referrers(c, img->manifest_digest, IMGFS_INDEX_ARTIFACT_TYPE, &referrers,
-						  &from_tag, err)) == 0) {
-		manifest_done(&referrers);
-		if (from_tag)
-			r = registry_add_referrer_tag(c, img->manifest_digest, MEDIA_TYPE_OCI_MANIFEST, digest,
-						      (int64_t)len, IMGFS_INDEX_ARTIFACT_TYPE, err);
-	}
+	struct artifact_subject subject = { img->manifest_digest, img->manifest_media_type, img->manifest_size };
+	r = artifact_push(c, IMGFS_INDEX_ARTIFACT_TYPE, layers, &subject, ret_digest, err);
 	registry_client_free(c);
-	if (r == 0 && !(*ret_digest = strdup(digest)))
-		r = -ENOMEM;
+	return r;
+}
+
+int profile_artifact_push(const struct image_ref *repo, const struct artifact_subject *subject, const char *list,
+			  size_t len, const struct image_options *opts, char **ret_digest, struct err *err)
+{
+	struct registry_client *c = NULL;
+	int r = registry_client_new(repo, &opts->registry, &c, err);
+	if (r < 0)
+		return r;
+	char digest[72];
+	if ((r = registry_push_blob(c, list, len, digest, err)) < 0) {
+		registry_client_free(c);
+		return err_wrap(err, "profile");
+	}
+	struct json_object *layers = json_object_new_array();
+	json_object_array_add(layers, descriptor_json(IMGFS_MEDIA_TYPE_PROFILE, digest, (int64_t)len, NULL));
+	r = artifact_push(c, IMGFS_PROFILE_ARTIFACT_TYPE, layers, subject, ret_digest, err);
+	registry_client_free(c);
 	return r;
 }

@@ -8,10 +8,21 @@
 #define IMGFS_MEDIA_TYPE_LAYER_INDEX "application/vnd.imgfs.layer-index.v1"
 #define IMGFS_MEDIA_TYPE_LAYER_SPANS "application/vnd.imgfs.layer-spans.v1"
 #define IMGFS_INDEX_LAYER_ANNOTATION "io.imgfs.layer.digest"
+/* A workload's files in the order it read them (imgfs record): what a
+ * mount of the image prefetches first. */
+#define IMGFS_PROFILE_ARTIFACT_TYPE "application/vnd.imgfs.profile.v1"
+#define IMGFS_MEDIA_TYPE_PROFILE "application/vnd.imgfs.profile.v1+text"
 
-/* The newest index artifact that refers to manifest_digest, verified by its
- * digest; -ENOENT when there is none. */
-int index_artifact_find(struct registry_client *c, const char *manifest_digest, struct manifest *ret, struct err *err);
+/* The image manifest an artifact refers to. */
+struct artifact_subject {
+	const char *digest, *media_type;
+	size_t size;
+};
+
+/* The newest artifact of artifact_type in c's repository that refers to
+ * manifest_digest, verified by its digest; -ENOENT when there is none. */
+int index_artifact_find(struct registry_client *c, const char *manifest_digest, const char *artifact_type,
+			struct manifest *ret, struct err *err);
 /* The artifact's blob of media_type for a layer, or NULL. */
 const struct descriptor *index_artifact_blob(const struct manifest *artifact, const char *layer_digest,
 					     const char *media_type);
@@ -19,3 +30,7 @@ const struct descriptor *index_artifact_blob(const struct manifest *artifact, co
  * cache) and makes the registry list it as a referrer of the image. */
 int index_artifact_push(struct image *img, const struct image_ref *ref, const struct image_options *opts,
 			char **ret_digest, struct err *err);
+/* Pushes list (a profile) into repo's repository as an artifact that
+ * refers to subject. */
+int profile_artifact_push(const struct image_ref *repo, const struct artifact_subject *subject, const char *list,
+			  size_t len, const struct image_options *opts, char **ret_digest, struct err *err);

@@ -7,20 +7,9 @@
 #include <getopt.h>
 #include <termios.h>
 
+#include "cli.h"
 #include "imgfs.h"
 #include "registry.h"
-
-static int fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int fail(int code, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	fputs("imgfs: ", stderr);
-	vfprintf(stderr, fmt, ap);
-	fputc('\n', stderr);
-	va_end(ap);
-	return code;
-}
 
 /* One line from f, without its newline; NULL at EOF or without memory. */
 static char *read_line(FILE *f)
@@ -63,7 +52,7 @@ static void wipe_free(char *s)
 	}
 }
 
-enum { OPT_AUTHFILE = 256, OPT_PASSWORD_STDIN, OPT_CERT_DIR, OPT_INSECURE };
+enum { OPT_AUTHFILE = OPT_OWN, OPT_PASSWORD_STDIN };
 
 int login_main(int argc, char **argv)
 {
@@ -110,17 +99,15 @@ int login_main(int argc, char **argv)
 	}
 	if (optind + 1 != argc) {
 		fputs(usage, stderr);
-		return fail(IMGFS_EXIT_USAGE, "login needs one REGISTRY");
+		return report_usage("login needs one REGISTRY");
 	}
 	opts.insecure_registries = insecure[0] ? insecure : NULL;
 	const char *registry = argv[optind];
 	bool tty = isatty(STDIN_FILENO);
 	if (!user_arg && (password_stdin || !tty))
-		return fail(IMGFS_EXIT_USAGE, "login to \"%s\": give the user with -u (no terminal to ask on)",
-			    registry);
+		return report_usage("login to \"%s\": give the user with -u (no terminal to ask on)", registry);
 	if (!password_stdin && !tty)
-		return fail(IMGFS_EXIT_USAGE, "login to \"%s\": use --password-stdin (no terminal to ask on)",
-			    registry);
+		return report_usage("login to \"%s\": use --password-stdin (no terminal to ask on)", registry);
 	_cleanup_free_ char *user = user_arg ? strdup(user_arg) : prompt("Username", false);
 	char *password = password_stdin ? read_line(stdin) : prompt("Password", true);
 	_cleanup_free_ char *file = authfile ? strdup(authfile) : auth_default_file();
@@ -128,8 +115,8 @@ int login_main(int argc, char **argv)
 	wipe_free(password);
 	if (!credentials || !file || !*user) {
 		wipe_free(credentials);
-		return fail(IMGFS_EXIT_FAILED, "login to \"%s\": %s", registry,
-			    user && !*user ? "no user name" : "no password given");
+		return report(EINVAL, "login to \"%s\": %s", registry,
+			      user && !*user ? "no user name" : "no password given");
 	}
 	struct err err = { 0 };
 	int r = registry_check_credentials(registry, credentials, &opts, &err);
@@ -137,8 +124,8 @@ int login_main(int argc, char **argv)
 		r = auth_store_credentials(file, registry, credentials, &err);
 	wipe_free(credentials);
 	if (r < 0)
-		return fail(IMGFS_EXIT_FAILED, "login to \"%s\" failed: %s", registry,
-			    err.code ? err.msg : strerror(-r));
+		return report(err.code ? err.code : -r, "login to \"%s\" failed: %s", registry,
+			      err.code ? err.msg : strerror(-r));
 	printf("Login Succeeded!\n");
 	return 0;
 }
@@ -168,14 +155,14 @@ int logout_main(int argc, char **argv)
 	}
 	if (optind + 1 != argc) {
 		fputs(usage, stderr);
-		return fail(IMGFS_EXIT_USAGE, "logout needs one REGISTRY");
+		return report_usage("logout needs one REGISTRY");
 	}
 	_cleanup_free_ char *file = authfile ? strdup(authfile) : auth_default_file();
 	struct err err = { 0 };
 	int r = file ? auth_store_credentials(file, argv[optind], NULL, &err) : -ENOMEM;
 	if (r < 0)
-		return fail(IMGFS_EXIT_FAILED, "logout from \"%s\" failed: %s", argv[optind],
-			    err.code ? err.msg : strerror(-r));
+		return report(err.code ? err.code : -r, "logout from \"%s\" failed: %s", argv[optind],
+			      err.code ? err.msg : strerror(-r));
 	printf("Removed login credentials for %s\n", argv[optind]);
 	return 0;
 }

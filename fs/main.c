@@ -1,5 +1,7 @@
 /* imgfs: mount a registry image as a FUSE file system. */
+#include "artifact_cmd.h"
 #include "cache.h"
+#include "cli.h"
 #include "imgfs.h"
 #include "index_artifact.h"
 #include "login.h"
@@ -31,6 +33,7 @@ static void usage(FILE *out)
 		     "       imgfs stats DIR\n"
 		     "       imgfs index push [--cache DIR] [--platform P] [--insecure-registry H] REF\n"
 		     "       imgfs record DIR [FILE]\n"
+		     "       imgfs profile push [--index-repo REPO] REF FILE\n"
 		     "       imgfs images | pull REF | rmi REF...   what the cache holds\n"
 		     "       imgfs login [-u USER] [--password-stdin] REGISTRY | logout REGISTRY\n"
 		     "\n"
@@ -63,6 +66,9 @@ static void usage(FILE *out)
 		     "                              loopback registries may answer in plain HTTP\n"
 		     "  --cert-dir DIR              CAs (*.crt) and a client pair (*.cert, *.key) for\n"
 		     "                              the registry, instead of its certs.d directory\n"
+		     "  --index-repo REPO           also look for imgfs indexes and profiles in REPO\n"
+		     "                              (REG/NAME; also $IMGFS_INDEX_REPO, imgfs.conf's\n"
+		     "                              index-repository); index push stores them there\n"
 		     "  --fetch-timeout SECONDS     give up a request after SECONDS, retries included\n"
 		     "                              (default 900; also $IMGFS_FETCH_TIMEOUT)\n"
 		     "  --resolve-timeout SECONDS   store: how long a lookup waits for a reference\n"
@@ -75,261 +81,6 @@ static void usage(FILE *out)
 		     "then stores the index in REF's registry as an OCI artifact that refers to\n"
 		     "the image, so that every later mount reads those layers lazily.\n"
 		     "  --version                   show the version\n");
-}
-
-/* IMGFS_ERROR_FD: where the one error line goes instead of stderr, until
- * it is written or the daemon detaches from its caller. */
-static int error_fd = -1;
-
-static void error_fd_init(void)
-{
-	const char *env = getenv(IMGFS_ERROR_FD_ENV);
-	char *end;
-	long fd = env && *env ? strtol(env, &end, 10) : -1;
-	if (fd > STDERR_FILENO && fd <= INT_MAX && *end == '\0' && fcntl((int)fd, F_GETFD) >= 0) {
-		error_fd = (int)fd;
-		(void)fcntl(error_fd, F_SETFD, FD_CLOEXEC);
-	}
-}
-
-static void error_fd_close(void)
-{
-	if (error_fd >= 0)
-		close(error_fd);
-	error_fd = -1;
-}
-
-static void vreport(int errnum, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
-static void vreport(int errnum, const char *fmt, va_list ap)
-{
-	char msg[2048];
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	if (error_fd < 0) {
-		fprintf(stderr, "imgfs: %s\n", msg);
-		return;
-	}
-	/* One line, whatever the message holds. */
-	for (char *p = msg; *p; p++)
-		if (*p == '\n')
-			*p = ' ';
-	dprintf(error_fd, "%d %s\n", errnum, msg);
-	error_fd_close();
-}
-
-/* Says what failed, naming the object; returns the exit code of a failure. */
-static int report(int errnum, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int report(int errnum, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	vreport(errnum, fmt, ap);
-	va_end(ap);
-	return IMGFS_EXIT_FAILED;
-}
-
-/* The same for bad arguments. */
-static int report_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int report_usage(const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	vreport(EINVAL, fmt, ap);
-	va_end(ap);
-	return IMGFS_EXIT_USAGE;
-}
-
-static void progress_line(const char *line)
-{
-	fprintf(stderr, "imgfs: %s\n", line);
-}
-
-/* A registry that accepts and does not answer is retried for minutes
- * before it is an error: say so while it lasts. */
-static void waiting_notice(const char *what, long seconds)
-{
-	fprintf(stderr, "imgfs: %s: no answer from the registry for %ld s; still waiting\n", what, seconds);
-}
-
-/* One line per blob on a terminal, redrawn in place as it streams. */
-static void transfer_progress(const char *digest, uint64_t done, uint64_t total)
-{
-	unsigned percent = total ? (unsigned)(done * 100 / total) : 100;
-	fprintf(stderr, "\rimgfs: fetching %.19s %3u%% (%.1f of %.1f MB)%s", digest, percent, done / 1e6, total / 1e6,
-		done >= total ? "\n" : "");
-}
-
-static int insecure_add(char ***list, size_t *n, const char *host)
-{
-	char **v = realloc(*list, (*n + 2) * sizeof(char *));
-	if (!v)
-		return -ENOMEM;
-	*list = v;
-	if (!(v[*n] = strdup(host)))
-		return -ENOMEM;
-	v[++*n] = NULL;
-	return 0;
-}
-
-static void insecure_free(char **list)
-{
-	for (char **p = list; p && *p; p++)
-		free(*p);
-	free(list);
-}
-
-static int insecure_from_env(char ***list, size_t *n)
-{
-	const char *env = getenv("IMGFS_INSECURE_REGISTRIES");
-	if (!env || !*env)
-		return 0;
-	_cleanup_free_ char *copy = strdup(env);
-	char *save = NULL;
-	for (char *tok = copy ? strtok_r(copy, ", ", &save) : NULL; tok; tok = strtok_r(NULL, ", ", &save))
-		if (insecure_add(list, n, tok) < 0)
-			return -ENOMEM;
-	return copy ? 0 : -ENOMEM;
-}
-
-static int push_index(const char *ref_text, const struct image_options *opts)
-{
-	struct err err = { 0 };
-	struct image_ref ref = { 0 };
-	struct image *img = NULL;
-	_cleanup_free_ char *digest = NULL;
-	int ret = 1;
-	if (image_ref_parse(ref_text, &ref, &err) < 0 || image_open(ref_text, opts, &img, &err) < 0 ||
-	    index_artifact_push(img, &ref, opts, &digest, &err) < 0) {
-		report(err.code ? err.code : ENOMEM, "cannot push the index of \"%s\": %s", ref_text,
-		       err.code ? err.msg : "out of memory");
-	} else {
-		printf("%s\n", digest);
-		ret = 0;
-	}
-	image_free(img);
-	image_ref_done(&ref);
-	return ret;
-}
-
-/* The options of every command that reaches a registry. */
-enum { OPT_CACHE = 256, OPT_PLATFORM, OPT_INSECURE, OPT_CERT_DIR, OPT_FETCH_TIMEOUT, OPT_OWN };
-#define SOURCE_OPTIONS                                                                                                 \
-	{ "cache", required_argument, NULL, OPT_CACHE }, { "platform", required_argument, NULL, OPT_PLATFORM },        \
-	    { "insecure-registry", required_argument, NULL, OPT_INSECURE },                                            \
-	    { "cert-dir", required_argument, NULL, OPT_CERT_DIR },                                                     \
-	{                                                                                                              \
-		"fetch-timeout", required_argument, NULL, OPT_FETCH_TIMEOUT                                            \
-	}
-
-struct source_flags {
-	char *cache_dir;
-	char **insecure;
-	size_t n_insecure;
-	const char *platform;
-	const char *cert_dir;
-	const char *fetch_timeout;
-};
-
-/* 1 when c was one of SOURCE_OPTIONS, 0 when not, -ENOMEM. */
-static int source_flag(struct source_flags *f, int c, const char *arg)
-{
-	switch (c) {
-	case OPT_CACHE:
-		free(f->cache_dir);
-		return (f->cache_dir = strdup(arg)) ? 1 : -ENOMEM;
-	case OPT_PLATFORM:
-		f->platform = arg;
-		return 1;
-	case OPT_INSECURE:
-		return insecure_add(&f->insecure, &f->n_insecure, arg) < 0 ? -ENOMEM : 1;
-	case OPT_CERT_DIR:
-		f->cert_dir = arg;
-		return 1;
-	case OPT_FETCH_TIMEOUT:
-		f->fetch_timeout = arg;
-		return 1;
-	default:
-		return 0;
-	}
-}
-
-/* Puts the flags (and the environment's defaults) into opts; an exit code
- * when they do not make sense. */
-static int source_flags_apply(struct source_flags *f, struct image_options *opts)
-{
-	if (insecure_from_env(&f->insecure, &f->n_insecure) < 0)
-		return report(ENOMEM, "out of memory");
-	opts->platform_explicit = f->platform != NULL;
-	if (platform_parse(f->platform, &opts->registry.platform) < 0)
-		return report_usage("invalid platform \"%s\": expected OS/ARCH[/VARIANT]", f->platform);
-	if (!f->cache_dir && !(f->cache_dir = image_default_cache_dir()))
-		return errno == ENOENT
-			   ? report(ENOENT, "no cache directory: $HOME is not set; use --cache or $IMGFS_CACHE")
-			   : report(ENOMEM, "out of memory");
-	opts->cache_dir = f->cache_dir;
-	opts->registry.insecure_registries = f->insecure;
-	opts->registry.cert_dir = f->cert_dir;
-	const char *timeout = f->fetch_timeout ? f->fetch_timeout : getenv("IMGFS_FETCH_TIMEOUT");
-	if (timeout && *timeout) {
-		char *end;
-		long seconds = strtol(timeout, &end, 10);
-		if (*end || seconds <= 0 || seconds > 86400)
-			return report_usage("invalid fetch timeout \"%s\": expected seconds (1 to 86400)", timeout);
-		opts->registry.fetch_timeout = seconds;
-	}
-	if (isatty(STDERR_FILENO)) {
-		opts->progress = progress_line;
-		opts->registry.progress = transfer_progress;
-	}
-	opts->registry.waiting = waiting_notice;
-	/* A program that drives imgfs (launch) owns its stderr unless a person watches it. */
-	if (error_fd < 0 || isatty(STDERR_FILENO))
-		opts->notice = progress_line;
-	return 0;
-}
-
-static void source_flags_done(struct source_flags *f)
-{
-	free(f->cache_dir);
-	insecure_free(f->insecure);
-}
-
-static int cmd_index(int argc, char **argv)
-{
-	static const struct option options[] = {
-		SOURCE_OPTIONS,
-		{ "help", no_argument, NULL, 'h' },
-		{ 0 },
-	};
-	if (argc < 2 || strcmp(argv[1], "push") != 0) {
-		fprintf(stderr, "Usage: imgfs index push [--cache DIR] [--platform P] [--insecure-registry H] REF\n");
-		return 2;
-	}
-	argc--, argv++;
-	struct image_options opts = { .ignore_index_artifacts = true };
-	struct source_flags flags = { 0 };
-	int ret = 2, c, r;
-	optind = 1;
-	while ((c = getopt_long(argc, argv, "+h", options, NULL)) != -1) {
-		if ((r = source_flag(&flags, c, optarg)) != 0) {
-			if (r < 0)
-				goto out;
-			continue;
-		}
-		if (c == 'h') {
-			usage(stdout);
-			ret = 0;
-		}
-		goto out;
-	}
-	if (argc - optind != 1) {
-		ret = report_usage("imgfs index push: expected REF");
-		goto out;
-	}
-	if ((ret = source_flags_apply(&flags, &opts)) == 0)
-		ret = push_index(argv[optind], &opts);
-out:
-	source_flags_done(&flags);
-	return ret;
 }
 
 /* Decodes the octal escapes (\040 for a space) of a mountinfo field in place. */
@@ -546,6 +297,28 @@ static void mount_server_done(struct mount_server *s)
 	store_free(s->store);
 }
 
+/* A published profile replaces the image's own landmarks; one that names
+ * none of the image's files is ignored, and said so. */
+static void use_profile(struct image *img, const struct image_options *opts)
+{
+	struct err err = { 0 };
+	size_t found = 0;
+	int r = image_set_landmarks(img, img->profile_path, &found, &err);
+	char line[1400];
+	if (r < 0)
+		snprintf(line, sizeof(line), "ignoring the published profile of \"%s\": %s", img->ref_text, err.msg);
+	else if (found == 0)
+		snprintf(line, sizeof(line), "ignoring the published profile of \"%s\": it names none of its files",
+			 img->ref_text);
+	else
+		snprintf(line, sizeof(line), "prefetching the %zu files of the published profile of \"%s\" first",
+			 found, img->ref_text);
+	if (opts->notice && (r < 0 || found == 0))
+		opts->notice(line);
+	else if (opts->progress)
+		opts->progress(line);
+}
+
 /* The image, and the writable layer over it when asked for. */
 static int mount_open_image(const struct mount_request *req, const struct image_options *opts, struct mount_server *s,
 			    struct err *err)
@@ -554,6 +327,8 @@ static int mount_open_image(const struct mount_request *req, const struct image_
 	int r = image_open(req->ref, opts, &s->img, err);
 	if (r == 0 && req->prefetch_list)
 		r = image_set_landmarks(s->img, req->prefetch_list, &listed, err);
+	else if (r == 0 && s->img->profile_path)
+		use_profile(s->img, opts);
 	if (r < 0 || !req->upper)
 		return r;
 	if ((r = mkdir_parents(req->upper, 0755)) < 0)
@@ -700,6 +475,7 @@ static int cmd_mount(int argc, char **argv)
 	int ret = mount_parse(argc, argv, &req);
 	if (ret < 0 && (ret = source_flags_apply(&req.source, &opts)) == 0) {
 		opts.pull = req.pull;
+		opts.find_profile = !req.store && !req.prefetch_list && req.prefetch != PREFETCH_NONE;
 		ret = mount_serve(&req, argv[0], &opts);
 	}
 	source_flags_done(&req.source);
@@ -947,7 +723,7 @@ int main(int argc, char **argv)
 	 * returned; a fixed threshold keeps them mapped, and given back. */
 	mallopt(M_MMAP_THRESHOLD, 256 << 10);
 	error_fd_init();
-	close_inherited_fds(&error_fd, 1);
+	error_fd_keep_only();
 	if (argc < 2) {
 		usage(stderr);
 		return 2;
@@ -958,6 +734,8 @@ int main(int argc, char **argv)
 		return cmd_stats(argc - 1, argv + 1);
 	if (strcmp(argv[1], "index") == 0)
 		return cmd_index(argc - 1, argv + 1);
+	if (strcmp(argv[1], "profile") == 0)
+		return cmd_profile(argc - 1, argv + 1);
 	if (strcmp(argv[1], "record") == 0)
 		return cmd_record(argc - 1, argv + 1);
 	if (strcmp(argv[1], "images") == 0)

@@ -18,15 +18,16 @@
 #include "layer.h"
 
 #define TREE_SHIFT 32
-/* A reference that failed to resolve is tried again after this long. */
+/* A lookup that finds no layer asks the registry again what the reference
+ * names (a tag moved, or the last try failed) at most this often. */
 #define RETRY_SECONDS 5
 #define CACHE_TIMEOUT (365.0 * 24 * 3600)
 
 enum node_kind { NODE_ROOT, NODE_REF, NODE_LAYER, NODE_INFO, NODE_BLOB };
 
 struct store_layer {
-	struct store_ref *ref;
-	size_t index; /* in ref->img */
+	struct store_image *image;
+	size_t index; /* in image->img */
 	fuse_ino_t dir_ino, info_ino, blob_ino;
 	uint64_t slot;
 	struct tree *tree; /* the layer alone, in overlayfs lower form */
@@ -35,8 +36,17 @@ struct store_layer {
 	atomic_int uses;
 };
 
-enum ref_state { REF_NEW, REF_RESOLVING, REF_READY, REF_FAILED };
+/* What one resolution of a reference named: an image and its layers. */
+struct store_image {
+	struct store_ref *ref;
+	struct image *img;
+	struct store_layer *layers;
+	size_t n_layers;
+	size_t n_served; /* n_layers, or 0 for an image whose layers failed */
+};
 
+/* A reference keeps every image it named while the store runs: podman may
+ * use layers of each, under the same directory. */
 struct store_ref {
 	struct store *store;
 	char *name; /* as looked up: base64 */
@@ -44,13 +54,12 @@ struct store_ref {
 	fuse_ino_t ino;
 	pthread_mutex_t lock;
 	pthread_cond_t changed;
-	enum ref_state state;
+	bool resolving;
 	bool thread_started;
 	pthread_t thread;
-	time_t failed_at;
-	struct image *img;
-	struct store_layer *layers;
-	size_t n_layers;
+	time_t last_attempt;
+	struct store_image **images; /* oldest first */
+	size_t n_images, allocated_images;
 };
 
 struct store_node {
@@ -131,20 +140,29 @@ int store_new(const struct store_options *opts, struct store **ret)
 	return 0;
 }
 
+static void store_image_free(struct store_image *si)
+{
+	if (!si)
+		return;
+	for (size_t i = 0; i < si->n_layers; i++) {
+		tree_free(si->layers[i].tree);
+		free(si->layers[i].info);
+	}
+	free(si->layers);
+	image_free(si->img);
+	free(si);
+}
+
 static void ref_free(struct store_ref *r)
 {
 	pthread_mutex_lock(&r->lock);
 	bool join = r->thread_started;
 	pthread_mutex_unlock(&r->lock);
-	/* A resolution in flight ends within the registry's own timeouts. */
 	if (join)
 		pthread_join(r->thread, NULL);
-	for (size_t i = 0; i < r->n_layers; i++) {
-		tree_free(r->layers[i].tree);
-		free(r->layers[i].info);
-	}
-	free(r->layers);
-	image_free(r->img);
+	for (size_t i = 0; i < r->n_images; i++)
+		store_image_free(r->images[i]);
+	free(r->images);
 	pthread_cond_destroy(&r->changed);
 	pthread_mutex_destroy(&r->lock);
 	free(r->name);
@@ -162,7 +180,7 @@ struct store *store_free(struct store *s)
 		return NULL;
 	for (size_t i = 0; i < s->n_refs; i++) {
 		pthread_mutex_lock(&s->refs[i]->lock);
-		bool resolving = s->refs[i]->state == REF_RESOLVING;
+		bool resolving = s->refs[i]->resolving;
 		pthread_mutex_unlock(&s->refs[i]->lock);
 		/* Only the exit of the process follows: a registry that hangs
 		 * must not keep it (and imgfs umount) waiting for its timeout. */
@@ -201,7 +219,7 @@ static struct json_object *id_set(const struct tree *t, bool gids)
  * from the store. */
 static int layer_info(struct store_layer *sl, const char *diff_id)
 {
-	const struct image *img = sl->ref->img;
+	const struct image *img = sl->image->img;
 	const struct layer *l = img->layers[sl->index];
 	const struct image_layer_desc *d = &img->descs[sl->index];
 	/* containers/storage's archive.Compression values. */
@@ -244,21 +262,21 @@ static struct json_object *read_diff_ids(const struct image *img, struct err *er
 }
 
 /* Each layer's lower tree and info, and its nodes and slot. */
-static int ref_add_layers(struct store_ref *r, struct err *err)
+static int image_add_layers(struct store *s, struct store_image *si, struct err *err)
 {
-	struct store *s = r->store;
-	struct json_object *ids = read_diff_ids(r->img, err);
+	struct json_object *ids = read_diff_ids(si->img, err);
 	if (!ids)
 		return -EBADMSG;
-	int ret = (r->layers = calloc(r->img->n_layers ? r->img->n_layers : 1, sizeof(*r->layers))) ? 0 : -ENOMEM;
-	for (size_t i = 0; ret == 0 && i < r->img->n_layers; i++, r->n_layers++) {
-		struct store_layer *sl = &r->layers[i];
+	size_t n = si->img->n_layers;
+	int ret = (si->layers = calloc(n ? n : 1, sizeof(*si->layers))) ? 0 : -ENOMEM;
+	for (size_t i = 0; ret == 0 && i < n; i++, si->n_layers++) {
+		struct store_layer *sl = &si->layers[i];
 		const char *diff_id = json_object_get_string(json_object_array_get_idx(ids, i));
-		*sl = (struct store_layer){ .ref = r, .index = i };
-		ret = tree_build_lower(r->img->layers[i], &sl->tree, err);
+		*sl = (struct store_layer){ .image = si, .index = i };
+		ret = tree_build_lower(si->img->layers[i], &sl->tree, err);
 		if (ret == 0 && (!diff_id || !digest_is_valid(diff_id)))
 			ret = err_set(err, EBADMSG, "layer %s has no valid diff_id in the config",
-				      r->img->layers[i]->digest);
+				      si->img->layers[i]->digest);
 		if (ret == 0)
 			ret = layer_info(sl, diff_id);
 	}
@@ -266,9 +284,9 @@ static int ref_add_layers(struct store_ref *r, struct err *err)
 	if (ret < 0)
 		return ret;
 	pthread_mutex_lock(&s->lock);
-	ret = grow_array((void **)&s->slots, &s->allocated_slots, s->n_slots + r->n_layers, sizeof(*s->slots));
-	for (size_t i = 0; ret == 0 && i < r->n_layers; i++) {
-		struct store_layer *sl = &r->layers[i];
+	ret = grow_array((void **)&s->slots, &s->allocated_slots, s->n_slots + n, sizeof(*s->slots));
+	for (size_t i = 0; ret == 0 && i < n; i++) {
+		struct store_layer *sl = &si->layers[i];
 		sl->dir_ino = node_add(s, NODE_LAYER, sl);
 		sl->info_ino = node_add(s, NODE_INFO, sl);
 		sl->blob_ino = node_add(s, NODE_BLOB, sl);
@@ -281,62 +299,108 @@ static int ref_add_layers(struct store_ref *r, struct err *err)
 	return ret;
 }
 
+/* Whether r already holds the image of this manifest (the tag did not move). */
+static bool ref_has_manifest(const struct store_ref *r, const char *digest)
+{
+	for (size_t i = 0; i < r->n_images; i++)
+		if (strcmp(r->images[i]->img->manifest_digest, digest) == 0)
+			return true;
+	return false;
+}
+
+static void note_error(struct store *s, const char *ref, struct err *err, int ret)
+{
+	if (!err->code)
+		err_set(err, -ret, "%s: %s", ref, strerror(-ret));
+	fprintf(stderr, "imgfs store: %s\n", err->msg);
+	pthread_mutex_lock(&s->lock);
+	snprintf(s->last_error, sizeof(s->last_error), "%s", err->msg);
+	pthread_mutex_unlock(&s->lock);
+}
+
+/* Builds what the reference names now, without r->lock (lookups of its
+ * older images go on meanwhile), and adds it unless r holds it already. */
 static void *resolve_main(void *userdata)
 {
 	struct store_ref *r = userdata;
 	struct store *s = r->store;
 	struct err err = { 0 };
-	struct image *img = NULL;
-	int ret = image_open(r->text, &s->opts.image, &img, &err);
+	struct store_image *si = calloc(1, sizeof(*si));
+	int ret = si ? image_open(r->text, &s->opts.image, &si->img, &err) : -ENOMEM;
 	pthread_mutex_lock(&r->lock);
-	r->img = img;
-	if (ret == 0)
-		ret = ref_add_layers(r, &err);
-	if (ret == 0 && image_start_background(img, s->opts.prefetch) < 0)
-		fprintf(stderr, "imgfs store: %s: cannot start the background fetch\n", r->text);
-	if (ret < 0) {
-		if (!err.code)
-			err_set(&err, -ret, "%s", strerror(-ret));
-		fprintf(stderr, "imgfs store: %s\n", err.msg);
-		pthread_mutex_lock(&s->lock);
-		snprintf(s->last_error, sizeof(s->last_error), "%s", err.msg);
-		pthread_mutex_unlock(&s->lock);
+	bool known = ret == 0 && ref_has_manifest(r, si->img->manifest_digest);
+	pthread_mutex_unlock(&r->lock);
+	if (ret == 0 && !known) {
+		si->ref = r;
+		ret = image_add_layers(s, si, &err);
+		if (ret == 0 && image_start_background(si->img, s->opts.prefetch) < 0)
+			fprintf(stderr, "imgfs store: %s: cannot start the background fetch\n", r->text);
 	}
-	r->state = ret == 0 ? REF_READY : REF_FAILED;
-	r->failed_at = time(NULL);
+	if (ret < 0)
+		note_error(s, r->text, &err, ret);
+	pthread_mutex_lock(&r->lock);
+	/* An image whose layers failed is kept unserved: slots may name them. */
+	bool keep = si && (ret == 0 ? !known : si->n_layers > 0);
+	if (keep && grow_array((void **)&r->images, &r->allocated_images, r->n_images + 1, sizeof(*r->images)) == 0) {
+		si->n_served = ret == 0 ? si->n_layers : 0;
+		r->images[r->n_images++] = si;
+	} else {
+		store_image_free(si);
+	}
+	r->resolving = false;
 	pthread_cond_broadcast(&r->changed);
 	pthread_mutex_unlock(&r->lock);
 	return NULL;
 }
 
-/* Whether r is resolved, starting its resolution if no one has (or the
- * last one failed a while ago), and waiting for it at most the timeout. */
-static bool ref_ready(struct store_ref *r)
+static struct store_layer *layer_find(struct store_ref *r, const char *digest)
 {
-	struct store *s = r->store;
+	for (size_t k = r->n_images; k-- > 0;) {
+		struct store_image *si = r->images[k];
+		for (size_t i = 0; i < si->n_served; i++) {
+			const struct image_layer_desc *d = &si->img->descs[i];
+			if (strcmp(si->img->layers[i]->digest, digest) == 0 ||
+			    (d->toc_digest && strcmp(d->toc_digest, digest) == 0))
+				return &si->layers[i];
+		}
+	}
+	return NULL;
+}
+
+static void deadline_after(struct timespec *t, unsigned ms)
+{
+	clock_gettime(CLOCK_REALTIME, t);
+	t->tv_sec += ms / 1000;
+	t->tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (t->tv_nsec >= 1000000000L) {
+		t->tv_sec++;
+		t->tv_nsec -= 1000000000L;
+	}
+}
+
+/* The layer of r named digest.  When none of r's images has it, asks the
+ * registry again (at most every RETRY_SECONDS), and waits for the answer
+ * at most the resolve timeout. */
+static struct store_layer *ref_layer(struct store_ref *r, const char *digest)
+{
 	pthread_mutex_lock(&r->lock);
-	bool retry = r->state == REF_FAILED && time(NULL) - r->failed_at >= RETRY_SECONDS && !r->layers;
-	if (r->state == REF_NEW || retry) {
+	struct store_layer *l = layer_find(r, digest);
+	time_t now = time(NULL);
+	if (!l && !r->resolving && now - r->last_attempt >= RETRY_SECONDS) {
 		if (r->thread_started)
 			pthread_join(r->thread, NULL);
-		r->img = image_free(r->img);
-		r->thread_started = pthread_create(&r->thread, NULL, resolve_main, r) == 0;
-		r->state = r->thread_started ? REF_RESOLVING : REF_FAILED;
+		r->last_attempt = now;
+		r->thread_started = r->resolving = pthread_create(&r->thread, NULL, resolve_main, r) == 0;
 	}
 	struct timespec deadline;
-	clock_gettime(CLOCK_REALTIME, &deadline);
-	deadline.tv_sec += s->opts.resolve_timeout_ms / 1000;
-	deadline.tv_nsec += (long)(s->opts.resolve_timeout_ms % 1000) * 1000000L;
-	if (deadline.tv_nsec >= 1000000000L) {
-		deadline.tv_sec++;
-		deadline.tv_nsec -= 1000000000L;
-	}
-	while (r->state == REF_RESOLVING)
+	deadline_after(&deadline, r->store->opts.resolve_timeout_ms);
+	while (!l && r->resolving) {
 		if (pthread_cond_timedwait(&r->changed, &r->lock, &deadline) == ETIMEDOUT)
 			break;
-	bool ready = r->state == REF_READY;
+		l = layer_find(r, digest);
+	}
 	pthread_mutex_unlock(&r->lock);
-	return ready;
+	return l;
 }
 
 /* The reference a root entry names: base64 of a reference podman could
@@ -388,17 +452,6 @@ static struct store_ref *ref_get(struct store *s, const char *name)
 	return r;
 }
 
-static struct store_layer *layer_find(struct store_ref *r, const char *digest)
-{
-	for (size_t i = 0; i < r->n_layers; i++) {
-		const struct image_layer_desc *d = &r->img->descs[i];
-		if (strcmp(r->img->layers[i]->digest, digest) == 0 ||
-		    (d->toc_digest && strcmp(d->toc_digest, digest) == 0))
-			return &r->layers[i];
-	}
-	return NULL;
-}
-
 static void node_stat(struct store *s, fuse_ino_t ino, const struct store_node *n, struct stat *st)
 {
 	(void)s;
@@ -424,7 +477,7 @@ static void node_stat(struct store *s, fuse_ino_t ino, const struct store_node *
 		break;
 	case NODE_BLOB:
 		st->st_mode = S_IFREG | 0444;
-		st->st_size = (off_t)l->ref->img->descs[l->index].size;
+		st->st_size = (off_t)l->image->img->descs[l->index].size;
 		break;
 	}
 	st->st_blocks = (st->st_size + 511) / 512;
@@ -483,8 +536,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		else
 			reply_absent(req);
 	} else if (n.kind == NODE_REF) {
-		struct store_ref *r = n.object;
-		l = ref_ready(r) ? layer_find(r, name) : NULL;
+		l = ref_layer(n.object, name);
 		if (l)
 			reply_node(req, s, l->dir_ino);
 		else
@@ -563,7 +615,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		struct store_layer *l = n.object;
 		struct err err = { 0 };
 		int fd;
-		int r = image_layer_blob(l->ref->img, l->index, &fd, &err);
+		int r = image_layer_blob(l->image->img, l->index, &fd, &err);
 		if (r < 0) {
 			fprintf(stderr, "imgfs store: %s\n", err.code ? err.msg : strerror(-r));
 			fuse_reply_err(req, EIO);
@@ -655,11 +707,16 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
 	if (pos == 1 && add_dirent(req, buf, size, &used, "..", FUSE_ROOT_ID, S_IFDIR, 2))
 		pos = 2;
 	if (n.kind == NODE_REF) {
+		/* What the reference named last: listing every image would repeat
+		 * the layers they share. */
 		struct store_ref *r = n.object;
 		pthread_mutex_lock(&r->lock);
-		for (; r->state == REF_READY && (size_t)pos - 2 < r->n_layers; pos++)
-			if (!add_dirent(req, buf, size, &used, r->img->layers[pos - 2]->digest,
-					r->layers[pos - 2].dir_ino, S_IFDIR, pos + 1))
+		struct store_image *si = NULL;
+		for (size_t k = 0; k < r->n_images; k++)
+			si = r->images[k]->n_served ? r->images[k] : si;
+		for (; si && (size_t)pos - 2 < si->n_served; pos++)
+			if (!add_dirent(req, buf, size, &used, si->img->layers[pos - 2]->digest,
+					si->layers[pos - 2].dir_ino, S_IFDIR, pos + 1))
 				break;
 		pthread_mutex_unlock(&r->lock);
 	} else if (n.kind == NODE_LAYER) {
@@ -692,19 +749,22 @@ static int format_stats(struct store *s, char *buf, size_t size)
 	for (size_t i = 0; i < n_refs; i++) {
 		struct store_ref *r = refs[i];
 		pthread_mutex_lock(&r->lock);
-		if (r->state == REF_READY) {
-			refs_ready++;
-			layers += r->n_layers;
-			whole += r->img->layers_fetched_whole;
-			bytes_whole += r->img->bytes_fetched_whole;
-			for (size_t k = 0; k < r->n_layers; k++) {
+		bool served = false;
+		for (size_t j = 0; j < r->n_images; j++) {
+			struct store_image *si = r->images[j];
+			served = served || si->n_served;
+			layers += si->n_served;
+			whole += si->img->layers_fetched_whole;
+			bytes_whole += si->img->bytes_fetched_whole;
+			for (size_t k = 0; k < si->n_served; k++) {
 				struct layer_stats st;
-				layer_get_stats(r->img->layers[k], &st);
+				layer_get_stats(si->img->layers[k], &st);
 				ranges += st.bytes_fetched;
 				requests += st.requests;
-				uses += (uint64_t)atomic_load(&r->layers[k].uses);
+				uses += (uint64_t)atomic_load(&si->layers[k].uses);
 			}
 		}
+		refs_ready += served;
 		pthread_mutex_unlock(&r->lock);
 	}
 	int n = snprintf(buf, size,
@@ -775,7 +835,7 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 	if (node_get(store_of(req), parent, &n) && n.kind == NODE_REF) {
 		struct store_ref *r = n.object;
 		pthread_mutex_lock(&r->lock);
-		l = r->state == REF_READY ? layer_find(r, name) : NULL;
+		l = layer_find(r, name);
 		pthread_mutex_unlock(&r->lock);
 	}
 	if (l && atomic_load(&l->uses) > 0)

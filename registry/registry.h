@@ -96,6 +96,15 @@ int auth_credentials_from_json(const char *json, size_t len, const char *name, c
  * helper to ask (credHelpers before auths before credsStore); -ENOENT. */
 int auth_source_from_json(const char *json, size_t len, const char *name, char **ret_credentials, char **ret_helper);
 
+/* ---- imgfs.conf ------------------------------------------------------------ */
+
+/* The repository ("REG/NAME") where indexes and profiles of images a user
+ * may not push next to are kept: imgfs.conf's index-repository, the file
+ * being $IMGFS_CONF, else (not for root) $XDG_CONFIG_HOME/imgfs/imgfs.conf
+ * or ~/.config/imgfs/imgfs.conf when it exists, else /etc/imgfs/imgfs.conf.
+ * *ret is NULL when none is set or there is no file. */
+int imgfs_conf_index_repository(char **ret, struct err *err);
+
 /* ---- registries.conf ----------------------------------------------------- */
 
 struct registries_conf;

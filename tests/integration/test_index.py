@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from imgfs_test.cases import Suite, run_file  # noqa: E402
@@ -142,6 +143,126 @@ def record_then_prefetch_list(t):
     t.tap.ok(before["prefetch_done"] and 0 < before["bytes_prefetched"] < before["image_size"] and ok_bytes and
              after["range_requests"] == before["range_requests"],
              "the listed files were fetched ahead: reading them needs no request", (before, after))
+    m.umount()
+
+
+def record_listing(t, mnt, name):
+    """A workload on the lazily mounted rich image, recorded: the listing's path."""
+    read(f"{mnt}/usr/share/many/f0700")
+    read(f"{mnt}/etc/hostname")
+    with open(f"{mnt}/usr/big.bin", "rb") as f:
+        f.read(100)
+    listing = os.path.join(t.work, name)
+    run([IMGFS, "record", mnt, listing])
+    return listing
+
+
+def prefetched_then_read(t, mnt):
+    """(stats once the prefetch is done, whether reading the workload's
+    files then needed no request)."""
+    deadline = time.time() + 60
+    while not imgfs_stats(mnt)["prefetch_done"] and time.time() < deadline:
+        time.sleep(0.1)
+    before = imgfs_stats(mnt)
+    ok = (read(f"{mnt}/usr/share/many/f0700") == b"file 700\n" and read(f"{mnt}/etc/hostname") == b"changed\n"
+          and read(f"{mnt}/usr/big.bin") == deterministic_bytes(1, 8 << 20))
+    return before, ok and imgfs_stats(mnt)["range_requests"] == before["range_requests"]
+
+
+@suite.case
+def published_profile(t):
+    """imgfs profile push: any later mount (clean cache, other host) prefetches
+    the recorded files first, without --prefetch-list."""
+    mnt = t.mnt
+    m = Mount(t.ref, mnt, os.path.join(t.work, "cache-p1"), ["--prefetch", "none"])
+    if not t.tap.ok(m.ok, "mount to record a workload", m.stderr()):
+        return
+    listing = record_listing(t, mnt, "profile.list")
+    m.umount()
+    r = run([IMGFS, "profile", "push", "--cache", os.path.join(t.work, "cache-p1"), t.ref, listing])
+    t.tap.ok(r.returncode == 0 and r.stdout.decode().startswith("sha256:"), "imgfs profile push prints its digest",
+             r.stderr)
+    types = sorted(m_.get("artifactType") for m_ in index_request(t))
+    t.tap.ok(types == ["application/vnd.imgfs.index.v1", "application/vnd.imgfs.profile.v1"],
+             "the image's referrers list the profile beside the index", types)
+    m = Mount(t.ref, mnt, os.path.join(t.work, "cache-p2"), ["--prefetch", "landmark"])
+    if not t.tap.ok(m.ok, "a clean cache mounts with the default prefetch", m.stderr()):
+        return
+    before, no_requests = prefetched_then_read(t, mnt)
+    t.tap.ok(0 < before["bytes_prefetched"] < before["image_size"] and no_requests,
+             "the profile's files were fetched ahead: reading them needs no request", before)
+    m.umount()
+
+
+@suite.case
+def foreign_index_repo(t):
+    """An index and a profile of an image the user may not push next to, kept
+    in a repository of their own (--index-repo, $IMGFS_INDEX_REPO, imgfs.conf)."""
+    manifest_digest, _ = push_rich(t.reg, "vendor/app", "v1", ["gzip", "zstd", "gzip"])
+    ref, repo = f"{t.reg.host}/vendor/app:v1", f"{t.reg.host}/mine/imgfs-index"
+    r = run([IMGFS, "index", "push", "--cache", os.path.join(t.work, "cache-v"), "--index-repo", repo, ref])
+    t.tap.ok(r.returncode == 0, "imgfs index push --index-repo", r.stderr)
+    try:
+        t.reg._request("GET", f"/v2/vendor/app/manifests/sha256-{manifest_digest.split(':')[1]}",
+                       headers={"Accept": "application/vnd.oci.image.index.v1+json"})
+        status = 200
+    except urllib.error.HTTPError as e:
+        status = e.code
+    t.tap.ok(status == 404, "nothing was pushed next to the image", status)
+    conf = os.path.join(t.work, "imgfs.conf")
+    with open(conf, "w") as f:
+        f.write(f'index-repository = "{repo}"\n')
+    ways = [("--index-repo", ["--index-repo", repo], {}), ("$IMGFS_INDEX_REPO", [], {"IMGFS_INDEX_REPO": repo}),
+            ("imgfs.conf", [], {"IMGFS_CONF": conf})]
+    for i, (how, flags, env) in enumerate(ways):
+        r = run([IMGFS, "mount", "--cache", os.path.join(t.work, f"cache-v{i}"), "--prefetch", "none", *flags, ref,
+                 t.mnt], env={**os.environ, **env})
+        if not t.tap.ok(r.returncode == 0, f"mount with the index repository from {how}", r.stderr):
+            continue
+        s = imgfs_stats(t.mnt)
+        t.tap.ok(s["layers_fetched_whole"] == 0 and read(f"{t.mnt}/usr/share/many/f0001") == b"file 1\n",
+                 f"{how}: no layer fetched whole, files read through the index found there", s)
+        run([IMGFS, "umount", t.mnt])
+    m = Mount(ref, t.mnt, os.path.join(t.work, "cache-v9"), ["--prefetch", "none"])
+    t.tap.ok(m.ok and imgfs_stats(t.mnt)["layers_fetched_whole"] == 3, "without it the layers are fetched whole")
+    listing = record_listing(t, t.mnt, "vendor.list")
+    m.umount()
+    r = run([IMGFS, "profile", "push", "--index-repo", repo, "--cache", os.path.join(t.work, "cache-v9"), ref,
+             listing])
+    t.tap.ok(r.returncode == 0, "imgfs profile push --index-repo", r.stderr)
+    m = Mount(ref, t.mnt, os.path.join(t.work, "cache-v10"), ["--prefetch", "landmark", "--index-repo", repo])
+    if t.tap.ok(m.ok, "mount with the profile in the index repository", m.stderr()):
+        before, no_requests = prefetched_then_read(t, t.mnt)
+        t.tap.ok(before["bytes_prefetched"] > 0 and no_requests, "its files were prefetched", before)
+        m.umount()
+
+
+@suite.case
+def unusable_profile_ignored(t):
+    """A profile whose blob is damaged, or that names none of the image's
+    files, is ignored with a warning: the mount goes on."""
+    push_rich(t.reg, "vendor/other", "v1", ["gzip", "gzip", "gzip"])
+    ref = f"{t.reg.host}/vendor/other:v1"
+    stranger = os.path.join(t.work, "stranger.list")
+    with open(stranger, "w") as f:
+        f.write("/not/in/this/image\n")
+    r = run([IMGFS, "profile", "push", "--cache", os.path.join(t.work, "cache-o"), ref, stranger])
+    m = Mount(ref, t.mnt, os.path.join(t.work, "cache-o1"), ["--prefetch", "landmark"])
+    t.tap.ok(r.returncode == 0 and m.ok and "names none of its files" in m.stderr(),
+             "a profile of files the image does not have is ignored, and said so", m.stderr())
+    m.umount()
+    listing = os.path.join(t.work, "other.list")
+    with open(listing, "w") as f:
+        f.write("/etc/hostname\n")
+    r = run([IMGFS, "profile", "push", "--cache", os.path.join(t.work, "cache-o"), ref, listing])
+    _, _, body = t.reg._request("GET", f"/v2/vendor/other/manifests/{r.stdout.decode().strip()}",
+                                headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+    blob = t.reg.blob_path(json.loads(body)["layers"][0]["digest"])
+    with open(blob, "wb") as f:
+        f.write(b"/etc/hostnamX\n")  # same length, other bytes
+    m = Mount(ref, t.mnt, os.path.join(t.work, "cache-o2"), ["--prefetch", "landmark"])
+    t.tap.ok(m.ok and "ignoring the published profile" in m.stderr() and "does not match" in m.stderr(),
+             "a profile whose bytes do not match its digest is ignored, and said so", m.stderr())
     m.umount()
 
 

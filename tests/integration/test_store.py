@@ -248,6 +248,27 @@ def rmi_and_run_again(t):
 
 
 @suite.case
+def moved_tag(t):
+    """A tag pushed again while the store runs: podman's next pull takes the
+    new image's layers from the store too."""
+    def push(version):
+        files = [Entry("bin", "dir"), Entry("bin/busybox", data=open(shutil.which("busybox"), "rb").read(),
+                                            mode=0o755), Entry("version", data=version)]
+        push_estargz(t.reg, "store/moving", "latest", [files])
+    image = f"{t.reg.host}/store/moving:latest"
+    push(b"one\n")
+    r = podman_run(t, image, "busybox", "cat", "/version")
+    before = store_stats(t.store.dir)["layers_in_use"]
+    t.tap.ok(r.returncode == 0 and r.stdout == b"one\n", "the first image of the tag runs", r.stderr)
+    push(b"two\n")
+    time.sleep(5.5)  # the store asks the registry again at most every 5 s
+    r = podman(t, "run", "--rm", "--pull", "always", "--tls-verify=false", "--network", "none", *PODMAN_LIMITS,
+               image, "busybox", "cat", "/version")
+    t.tap.ok(r.returncode == 0 and r.stdout == b"two\n" and store_stats(t.store.dir)["layers_in_use"] == before + 1,
+             "after the tag moved, the new layer comes from the store", (r.stderr, store_stats(t.store.dir)))
+
+
+@suite.case
 def names_that_are_not_images(t):
     """Names that are not a reference, or not a layer of it, answer ENOENT at once."""
     for name in ("not base64!", base64.b64encode(b"UPPER/case:x").decode(),
