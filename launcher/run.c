@@ -360,6 +360,7 @@ static int write_bundle(struct run_options *o, struct container *c, struct err *
 struct shim_handle {
 	pid_t pid;
 	FILE *sync;
+	int go_fd; /* --create-first: one byte here starts the container; -1: none */
 };
 
 static int start_shim(const struct run_options *o, const char *root, const struct container *c, const char *runtime,
@@ -373,7 +374,7 @@ static int start_shim(const struct run_options *o, const char *root, const struc
 		return err_set(err, ENOENT, "cannot find the launch-shim program next to launch or in $PATH");
 	if (!rt_root || !rootfs || !name_link)
 		return -ENOMEM;
-	const char *argv[28];
+	const char *argv[32];
 	char log_size_max[32];
 	size_t a = 0;
 	argv[a++] = shim;
@@ -407,24 +408,38 @@ static int start_shim(const struct run_options *o, const char *root, const struc
 		argv[a++] = "--remove-storage";
 		argv[a++] = c->storage;
 	}
+	/* slirp4netns joins the container's namespace before it runs. */
+	if (on_slirp(o))
+		argv[a++] = "--create-first";
 	argv[a] = NULL;
-	int sync[2];
+	int sync[2], go[2] = { -1, -1 };
 	if (pipe2(sync, O_CLOEXEC) < 0)
 		return err_set(err, errno, "cannot start the shim: %s", strerror(errno));
+	if (on_slirp(o) && pipe2(go, O_CLOEXEC) < 0) {
+		close(sync[0]);
+		close(sync[1]);
+		return err_set(err, errno, "cannot start the shim: %s", strerror(errno));
+	}
+	ret->go_fd = -1;
 	pid_t pid = fork();
 	if (pid == 0) {
-		if (dup2(sync[1], SHIM_SYNC_FD) < 0)
+		if (dup2(sync[1], SHIM_SYNC_FD) < 0 || (go[0] >= 0 && dup2(go[0], SHIM_GO_FD) < 0))
 			_exit(125);
 		execv(shim, (char *const *)argv);
 		dprintf(SHIM_SYNC_FD, "error 125 cannot run \"%s\": %s\n", shim, strerror(errno));
 		_exit(125);
 	}
 	close(sync[1]);
+	if (go[0] >= 0)
+		close(go[0]);
 	if (pid < 0) {
 		close(sync[0]);
+		if (go[1] >= 0)
+			close(go[1]);
 		return err_set(err, errno, "cannot start the shim: %s", strerror(errno));
 	}
 	ret->pid = pid;
+	ret->go_fd = go[1];
 	ret->sync = fdopen(sync[0], "r");
 	if (!ret->sync) {
 		close(sync[0]);
@@ -480,6 +495,9 @@ static void run_abort(struct run *run)
 	if (run->shim.sync)
 		fclose(run->shim.sync);
 	run->shim.sync = NULL;
+	if (run->shim.go_fd >= 0)
+		close(run->shim.go_fd); /* a created container is not started */
+	run->shim.go_fd = -1;
 	if (run->shim.pid > 0) {
 		/* A shim that waits for the bundle or for our attach would start
 		 * the container after its timeout: it has nothing left to do. */
@@ -542,11 +560,23 @@ static int run_connect(struct run *run, struct err *err)
 		}
 		run->sock = sock;
 	}
+	if (run->shim.go_fd >= 0) {
+		/* The container exists and waits: its network comes first. */
+		code = read_report(&run->shim, "created", err);
+		if (code == 0 && network_start(run->c.dir, o->ports, o->n_ports, err) < 0)
+			code = EXIT_LAUNCH_ERROR;
+		if (code == 0 && write(run->shim.go_fd, "g", 1) != 1) {
+			err_set(err, errno, "cannot start %s: %s", run->c.id, strerror(errno));
+			code = EXIT_LAUNCH_ERROR;
+		}
+		close(run->shim.go_fd);
+		run->shim.go_fd = -1;
+		if (code != 0)
+			return code;
+	}
 	code = read_report(&run->shim, "started", err);
 	fclose(run->shim.sync);
 	run->shim.sync = NULL;
-	if (code == 0 && on_slirp(o) && network_start(run->c.dir, o->ports, o->n_ports, err) < 0)
-		code = EXIT_LAUNCH_ERROR;
 	return code;
 }
 
@@ -578,7 +608,7 @@ static int run_attached(struct run *run)
 int cmd_run(int argc, char **argv)
 {
 	struct run run = { .o = { .detach_keys = DEFAULT_DETACH_KEYS, .pull = "missing" },
-			   .shim = { .pid = -1 },
+			   .shim = { .pid = -1, .go_fd = -1 },
 			   .sock = -1 };
 	struct err err = { 0 };
 	int ret = EXIT_LAUNCH_ERROR;
@@ -629,7 +659,7 @@ int cmd_start(int argc, char **argv)
 					      { "root", required_argument, NULL, 'R' },
 					      { 0 } };
 	struct run run = { .o = { .detach_keys = DEFAULT_DETACH_KEYS, .pull = "missing", .detach = true },
-			   .shim = { .pid = -1 },
+			   .shim = { .pid = -1, .go_fd = -1 },
 			   .sock = -1 };
 	bool interactive = false;
 	int c;

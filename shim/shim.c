@@ -40,11 +40,15 @@
 #define CLIENT_STALL_MS 5000
 #define ATTACH_WAIT_MS 30000
 #define CONSOLE_WAIT_MS 60000
+#define SHIM_GO_WAIT_MS 120000
 
 struct options {
 	const char *id, *state, *bundle, *runtime, *runtime_root, *unmount, *unlink_path;
 	const char *storage; /* removed with --rm: the container's writable layer */
 	bool terminal, stdin_open, leave_stdin_open, wait_attach, remove;
+	/* create, report "created PID", wait for the launcher's go on
+	 * SHIM_GO_FD (it connects the network meanwhile), then start. */
+	bool create_first;
 	uint64_t log_size_max; /* 0: no bound */
 };
 
@@ -681,8 +685,8 @@ static int read_pid_file(struct shim *sh)
 	return pid > 1 ? (int)pid : -EIO;
 }
 
-/* Runs `run --detach` with a console socket: the container runs, and the
- * shim holds the pty master it received. */
+/* Runs `run --detach` (or `create`) with a console socket: the container
+ * runs (or waits for start), and the shim holds the pty master it received. */
 static int run_terminal_container(struct shim *sh)
 {
 	_cleanup_free_ char *pid_file = state_path(sh, SHIM_PID_FILE);
@@ -694,23 +698,20 @@ static int run_terminal_container(struct shim *sh)
 	_cleanup_close_ int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
 	if (console_fd < 0)
 		return console_fd;
-	const char *argv[] = { sh->o.runtime,
-			       "--root",
-			       sh->o.runtime_root,
-			       "--log",
-			       log,
-			       "--log-format",
-			       "json",
-			       "run",
-			       "--detach",
-			       "--bundle",
-			       sh->o.bundle,
-			       "--pid-file",
-			       pid_file,
-			       "--console-socket",
-			       console,
-			       sh->o.id,
-			       NULL };
+	const char *argv[20] = { sh->o.runtime, "--root", sh->o.runtime_root, "--log", log, "--log-format", "json" };
+	size_t a = 7;
+	if (sh->o.create_first) {
+		argv[a++] = "create";
+	} else {
+		argv[a++] = "run";
+		argv[a++] = "--detach";
+	}
+	const char *rest[] = {
+		"--bundle", sh->o.bundle, "--pid-file", pid_file, "--console-socket", console, sh->o.id
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(rest); i++)
+		argv[a++] = rest[i];
+	argv[a] = NULL;
 	pid_t pid = spawn(argv, devnull, devnull, devnull);
 	if (pid < 0)
 		return -errno;
@@ -746,8 +747,9 @@ static int run_container(struct shim *sh)
 	_cleanup_free_ char *log = state_path(sh, SHIM_RUNTIME_LOG);
 	if (!pid_file || !log)
 		return -ENOMEM;
+	const char *verb = sh->o.create_first ? "create" : "run";
 	const char *argv[] = { sh->o.runtime, "--root", sh->o.runtime_root, "--log",      log,          "--log-format",
-			       "json",        "run",    "--bundle",         sh->o.bundle, "--pid-file", pid_file,
+			       "json",        verb,     "--bundle",         sh->o.bundle, "--pid-file", pid_file,
 			       sh->o.id,      NULL };
 	int in[2] = { -1, -1 }, out[2] = { -1, -1 }, errp[2] = { -1, -1 };
 	_cleanup_close_ int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
@@ -771,6 +773,17 @@ static int run_container(struct shim *sh)
 	sh->out_fd[1] = errp[0];
 	if (pid < 0)
 		return -errno;
+	if (sh->o.create_first) {
+		/* create returns once the container waits for start: it is then
+		 * the shim's child (subreaper), as with a terminal. */
+		int status = wait_exit_status(pid);
+		if (status < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+			return -EIO;
+		int cpid = read_pid_file(sh);
+		if (cpid > 0)
+			sh->container_pid = cpid;
+		return cpid < 0 ? cpid : 0;
+	}
 	sh->runtime_pid = pid;
 	for (;;) {
 		int cpid = read_pid_file(sh);
@@ -810,6 +823,22 @@ static int start_failed(struct shim *sh, int r)
 	return 1;
 }
 
+/* "created PID", then the launcher's go (one byte on SHIM_GO_FD) and the
+ * runtime's start.  No go (the launcher could not connect the network, or
+ * died): the container never runs. */
+static int start_when_told(struct shim *sh)
+{
+	report(sh, "created %d", (int)sh->container_pid);
+	struct pollfd p = { SHIM_GO_FD, POLLIN, 0 };
+	char go;
+	int n = poll(&p, 1, SHIM_GO_WAIT_MS);
+	bool told = n > 0 && read(SHIM_GO_FD, &go, 1) == 1;
+	close(SHIM_GO_FD);
+	if (!told)
+		return n == 0 ? -ETIMEDOUT : -ECANCELED;
+	return run_runtime(sh, "start", NULL);
+}
+
 static void wait_first_client(struct shim *sh)
 {
 	struct pollfd p = { sh->listen_fd, POLLIN, 0 };
@@ -821,7 +850,7 @@ static void usage(FILE *out)
 {
 	fprintf(out, "Usage: launch-shim --id ID --state DIR --bundle DIR --runtime PATH --runtime-root DIR\n"
 		     "                   [--terminal] [--stdin] [--leave-stdin-open] [--wait-attach]\n"
-		     "                   [--rm [--unmount PATH] [--unlink PATH]]\n"
+		     "                   [--rm [--unmount PATH] [--unlink PATH]] [--create-first]\n"
 		     "Supervises one container; started by launch with a sync pipe on fd 3.\n");
 }
 
@@ -842,6 +871,7 @@ static int parse_options(int argc, char **argv, struct options *o)
 		O_RM,
 		O_LOG_SIZE_MAX,
 		O_STORAGE,
+		O_CREATE_FIRST,
 	};
 	static const struct option opts[] = {
 		{ "id", required_argument, NULL, O_ID },
@@ -858,6 +888,7 @@ static int parse_options(int argc, char **argv, struct options *o)
 		{ "rm", no_argument, NULL, O_RM },
 		{ "log-size-max", required_argument, NULL, O_LOG_SIZE_MAX },
 		{ "remove-storage", required_argument, NULL, O_STORAGE },
+		{ "create-first", no_argument, NULL, O_CREATE_FIRST },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -911,6 +942,9 @@ static int parse_options(int argc, char **argv, struct options *o)
 		case O_RM:
 			o->remove = true;
 			break;
+		case O_CREATE_FIRST:
+			o->create_first = true;
+			break;
 		case 'h':
 			usage(stdout);
 			exit(0);
@@ -937,13 +971,15 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	static const int given[] = { SHIM_SYNC_FD };
-	close_inherited_fds(given, ARRAY_SIZE(given));
+	static const int given[] = { SHIM_SYNC_FD, SHIM_GO_FD };
+	close_inherited_fds(given, sh.o.create_first ? 2 : 1);
 	struct stat st;
 	if (fstat(SHIM_SYNC_FD, &st) == 0) {
 		sh.sync_fd = SHIM_SYNC_FD;
 		fcntl(sh.sync_fd, F_SETFD, FD_CLOEXEC);
 	}
+	if (sh.o.create_first)
+		fcntl(SHIM_GO_FD, F_SETFD, FD_CLOEXEC);
 	/* Outlive the launcher, away from its terminal and its signals, and
 	 * become the parent of the container when the runtime exits. */
 	if (setsid() < 0 && errno != EPERM) {
@@ -980,6 +1016,8 @@ int main(int argc, char **argv)
 	if (sh.o.wait_attach)
 		wait_first_client(&sh);
 	if (!sh.o.terminal && (r = run_container(&sh)) < 0)
+		return start_failed(&sh, r);
+	if (sh.o.create_first && (r = start_when_told(&sh)) < 0)
 		return start_failed(&sh, r);
 	report(&sh, "started %d", (int)sh.container_pid);
 	close(sh.sync_fd);

@@ -43,3 +43,7 @@ enum shim_attach_tag {
  * (125 runtime or shim failure, 126 command cannot be run, 127 command not
  * found). */
 #define SHIM_SYNC_FD 3
+/* With --create-first the report "created PID" comes before "started": the
+ * container exists (its namespaces too) and waits until the launcher writes
+ * one byte on this descriptor; closing it instead stops the start. */
+#define SHIM_GO_FD 4

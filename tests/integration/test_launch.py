@@ -442,6 +442,10 @@ def published_port(t):
         time.sleep(0.05)
     tap.ok(not os.path.exists(f"/proc/{slirp}/cmdline") or not open(f"/proc/{slirp}/cmdline", "rb").read(),
            "rm -f ends its slirp4netns")
+    # The first instruction lists the interfaces: slirp4netns made tap0 before it ran.
+    firsts = [launch("run", "--rm", "--network", "slirp4netns", t.img, "ls", "/sys/class/net") for _ in range(3)]
+    tap.ok(all(r.returncode == 0 and r.stdout.split() == [b"lo", b"tap0"] for r in firsts),
+           "the network is up before the container's first instruction", [(r.stdout, r.stderr) for r in firsts])
     bad = launch("run", "--rm", "--network", "none", "-p", "8080:80", t.img, "true")
     tap.ok(bad.returncode == 125 and b"-p needs --network slirp4netns" in bad.stderr,
            "-p with --network none is refused", bad.stderr)
