@@ -32,6 +32,7 @@
 #include <termios.h>
 #include <time.h>
 
+#include "shim_options.h"
 #include "util.h"
 
 #define MAX_CLIENTS 32
@@ -41,16 +42,6 @@
 #define ATTACH_WAIT_MS 30000
 #define CONSOLE_WAIT_MS 60000
 #define SHIM_GO_WAIT_MS 120000
-
-struct options {
-	const char *id, *state, *bundle, *runtime, *runtime_root, *unmount, *unlink_path;
-	const char *storage; /* removed with --rm: the container's writable layer */
-	bool terminal, stdin_open, leave_stdin_open, wait_attach, remove;
-	/* create, report "created PID", wait for the launcher's go on
-	 * SHIM_GO_FD (it connects the network meanwhile), then start. */
-	bool create_first;
-	uint64_t log_size_max; /* 0: no bound */
-};
 
 struct client {
 	int fd;
@@ -844,117 +835,6 @@ static void wait_first_client(struct shim *sh)
 	struct pollfd p = { sh->listen_fd, POLLIN, 0 };
 	if (poll(&p, 1, ATTACH_WAIT_MS) > 0)
 		accept_client(sh);
-}
-
-static void usage(FILE *out)
-{
-	fprintf(out, "Usage: launch-shim --id ID --state DIR --bundle DIR --runtime PATH --runtime-root DIR\n"
-		     "                   [--terminal] [--stdin] [--leave-stdin-open] [--wait-attach]\n"
-		     "                   [--rm [--unmount PATH] [--unlink PATH]] [--create-first]\n"
-		     "Supervises one container; started by launch with a sync pipe on fd 3.\n");
-}
-
-static int parse_options(int argc, char **argv, struct options *o)
-{
-	enum {
-		O_ID = 256,
-		O_STATE,
-		O_BUNDLE,
-		O_RUNTIME,
-		O_ROOT,
-		O_UNMOUNT,
-		O_UNLINK,
-		O_TERM,
-		O_STDIN,
-		O_LEAVE,
-		O_WAIT,
-		O_RM,
-		O_LOG_SIZE_MAX,
-		O_STORAGE,
-		O_CREATE_FIRST,
-	};
-	static const struct option opts[] = {
-		{ "id", required_argument, NULL, O_ID },
-		{ "state", required_argument, NULL, O_STATE },
-		{ "bundle", required_argument, NULL, O_BUNDLE },
-		{ "runtime", required_argument, NULL, O_RUNTIME },
-		{ "runtime-root", required_argument, NULL, O_ROOT },
-		{ "unmount", required_argument, NULL, O_UNMOUNT },
-		{ "unlink", required_argument, NULL, O_UNLINK },
-		{ "terminal", no_argument, NULL, O_TERM },
-		{ "stdin", no_argument, NULL, O_STDIN },
-		{ "leave-stdin-open", no_argument, NULL, O_LEAVE },
-		{ "wait-attach", no_argument, NULL, O_WAIT },
-		{ "rm", no_argument, NULL, O_RM },
-		{ "log-size-max", required_argument, NULL, O_LOG_SIZE_MAX },
-		{ "remove-storage", required_argument, NULL, O_STORAGE },
-		{ "create-first", no_argument, NULL, O_CREATE_FIRST },
-		{ "help", no_argument, NULL, 'h' },
-		{ 0 },
-	};
-	int c;
-	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-		switch (c) {
-		case O_ID:
-			o->id = optarg;
-			break;
-		case O_LOG_SIZE_MAX: {
-			char *end;
-			errno = 0;
-			o->log_size_max = strtoull(optarg, &end, 10);
-			if (errno || end == optarg || *end)
-				return -EINVAL;
-			break;
-		}
-		case O_STATE:
-			o->state = optarg;
-			break;
-		case O_BUNDLE:
-			o->bundle = optarg;
-			break;
-		case O_RUNTIME:
-			o->runtime = optarg;
-			break;
-		case O_ROOT:
-			o->runtime_root = optarg;
-			break;
-		case O_UNMOUNT:
-			o->unmount = optarg;
-			break;
-		case O_STORAGE:
-			o->storage = optarg;
-			break;
-		case O_UNLINK:
-			o->unlink_path = optarg;
-			break;
-		case O_TERM:
-			o->terminal = true;
-			break;
-		case O_STDIN:
-			o->stdin_open = true;
-			break;
-		case O_LEAVE:
-			o->leave_stdin_open = true;
-			break;
-		case O_WAIT:
-			o->wait_attach = true;
-			break;
-		case O_RM:
-			o->remove = true;
-			break;
-		case O_CREATE_FIRST:
-			o->create_first = true;
-			break;
-		case 'h':
-			usage(stdout);
-			exit(0);
-		default:
-			return -EINVAL;
-		}
-	}
-	if (optind != argc || !o->id || !o->state || !o->bundle || !o->runtime || !o->runtime_root)
-		return -EINVAL;
-	return 0;
 }
 
 int main(int argc, char **argv)
