@@ -197,6 +197,21 @@ static int find_referring(struct image *img, struct registry_client *client, con
 	return r;
 }
 
+/* The profile an earlier mount found for this manifest, when its blob is
+ * still in the cache. */
+static void profile_from_record(struct image *img, const struct image_options *opts)
+{
+	_cleanup_free_ char *record = cache_path(opts->cache_dir, "profiles", img->manifest_digest);
+	_cleanup_free_ char *digest = NULL;
+	size_t len;
+	struct stat st;
+	if (!record || read_file_capped(record, 100, &digest, &len) < 0 || !digest_is_valid(digest))
+		return;
+	_cleanup_free_ char *path = cache_path(opts->cache_dir, "blobs", digest);
+	if (path && stat(path, &st) == 0 && S_ISREG(st.st_mode))
+		img->profile_path = TAKE_PTR(path);
+}
+
 /* The image's imgfs index artifact, looked up once, when a plain layer is
  * not in the cache; client is the one of the repository it came from. */
 struct artifact_lookup {
@@ -243,6 +258,10 @@ static void find_profile(struct image *img, struct registry_client *client, cons
 			close(fd);
 		if (r == 0 && !(img->profile_path = cache_path(opts->cache_dir, "blobs", d->digest)))
 			r = -ENOMEM;
+		/* What a later mount that does not ask the registry (--pull missing) uses. */
+		_cleanup_free_ char *record = cache_path(opts->cache_dir, "profiles", img->manifest_digest);
+		if (r == 0 && record)
+			(void)write_file_replace(record, d->digest, strlen(d->digest));
 		manifest_done(&profile);
 	}
 	registry_client_free(owned);
@@ -490,7 +509,8 @@ static void keep_resolved_manifest(const struct image_options *opts, const char 
 
 static int prepare_cache(const char *cache_dir, struct err *err)
 {
-	static const char *const subdirs[] = { "blobs/sha256", "index/sha256", "decoded/sha256", "refs" };
+	static const char *const subdirs[] = { "blobs/sha256", "index/sha256", "decoded/sha256", "profiles/sha256",
+					       "refs" };
 	int r = cache_open_private(cache_dir, err);
 	if (r < 0)
 		return r;
@@ -539,6 +559,7 @@ struct resolution {
 	struct registry_endpoint *eps;
 	size_t n_eps;
 	struct registry_client *client;
+	bool from_cache; /* the cache's record answered: no request was made */
 };
 
 static void resolution_done(struct resolution *res)
@@ -568,8 +589,10 @@ static int try_endpoint(const char *name, size_t i, const struct image_options *
 	if (r < 0)
 		return r;
 	_cleanup_free_ char *record_path = ref_record_path(opts->cache_dir, &res->ref, &opts->registry.platform);
-	if (opts->pull != PULL_ALWAYS && load_resolved_manifest(opts, record_path, m, manifest_digest) == 0)
+	if (opts->pull != PULL_ALWAYS && load_resolved_manifest(opts, record_path, m, manifest_digest) == 0) {
+		res->from_cache = true;
 		return 0;
+	}
 	if (opts->pull == PULL_NEVER)
 		return err_set(err, ENOENT, "not in the cache \"%s\", and --pull never forbids asking the registry",
 			       opts->cache_dir);
@@ -666,7 +689,9 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 
 	if ((r = load_config(img, client, opts, &m.config, err)) < 0)
 		goto out;
-	if (opts->find_profile)
+	if (opts->find_profile && res.from_cache)
+		profile_from_record(img, opts);
+	else if (opts->find_profile)
 		find_profile(img, client, opts);
 
 	img->layers = calloc(m.n_layers ? m.n_layers : 1, sizeof(*img->layers));
