@@ -26,15 +26,9 @@ int imgfs_conf_index_repository(char **ret, struct err *err)
 {
 	*ret = NULL;
 	_cleanup_free_ char *path = imgfs_conf_path();
-	_cleanup_free_ char *data = NULL;
-	size_t len;
 	struct json_object *root = NULL, *v;
-	int r = path ? read_file_capped(path, IMGFS_CONF_MAX_SIZE, &data, &len) : -ENOMEM;
-	if (r == -ENOENT)
-		return 0;
-	if (r < 0)
-		return err_set(err, -r, "cannot read \"%s\": %s", path, strerror(-r));
-	if ((r = toml_parse(data, len, path, &root, err)) < 0)
+	int r = path ? toml_read_file(path, IMGFS_CONF_MAX_SIZE, &root, err) : -ENOMEM;
+	if (r < 0 || !root)
 		return r;
 	if (json_object_object_get_ex(root, "index-repository", &v)) {
 		struct image_ref ref = { 0 };

@@ -304,15 +304,9 @@ static int load_alias_cache(struct registries_conf *c, struct err *err)
 	    : cache_home && *cache_home ? strdup_printf("%s/containers/short-name-aliases.conf", cache_home)
 	    : home && *home             ? strdup_printf("%s/.cache/containers/short-name-aliases.conf", home)
 					: NULL;
-	_cleanup_free_ char *data = NULL;
-	size_t len;
 	struct json_object *root = NULL, *aliases;
-	int r = path ? read_file_capped(path, CONF_FILE_MAX_SIZE, &data, &len) : -ENOENT;
-	if (r == -ENOENT)
-		return 0;
-	if (r < 0)
-		return err_set(err, -r, "cannot read \"%s\": %s", path, strerror(-r));
-	if ((r = toml_parse(data, len, path, &root, err)) < 0)
+	int r = path ? toml_read_file(path, CONF_FILE_MAX_SIZE, &root, err) : 0;
+	if (r < 0 || !root)
 		return r;
 	if (json_object_object_get_ex(root, "aliases", &aliases) && json_object_is_type(aliases, json_type_object))
 		c->cached_aliases = json_object_get(aliases);

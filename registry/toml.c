@@ -323,3 +323,16 @@ int toml_parse(const char *text, size_t len, const char *file, struct json_objec
 	*ret = root;
 	return 0;
 }
+
+int toml_read_file(const char *path, size_t max, struct json_object **ret, struct err *err)
+{
+	_cleanup_free_ char *data = NULL;
+	size_t len;
+	*ret = NULL;
+	int r = read_file_capped(path, max, &data, &len);
+	if (r == -ENOENT)
+		return 0;
+	if (r < 0)
+		return err_set(err, -r, "cannot read \"%s\": %s", path, strerror(-r));
+	return toml_parse(data, len, path, ret, err);
+}
