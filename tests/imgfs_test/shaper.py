@@ -1,0 +1,153 @@
+"""A shaped link in userspace (this kernel has no netem): a TCP proxy on
+loopback that delays every byte by half the round trip in each direction
+and lets through at most `rate` bytes per second per direction, shared by
+all connections, as one link would.  It counts the HTTP requests that
+cross it and the most that were outstanding at once (a request is
+outstanding from its first byte until its response, sized by
+Content-Length, has been delivered)."""
+
+import asyncio
+import re
+import socket
+import threading
+import time
+
+
+class _Direction:
+    """One direction of the link: a serialising rate, then a fixed delay."""
+
+    def __init__(self, rate, delay):
+        self.rate, self.delay = rate, delay
+        self.free_at = 0.0
+
+    def schedule(self, n):
+        now = time.monotonic()
+        self.free_at = max(self.free_at, now) + n / self.rate
+        return self.free_at + self.delay
+
+
+class ShapedLink:
+    def __init__(self, upstream_port, rtt=0.020, rate=100e6 / 8):
+        self.upstream_port = upstream_port
+        self.up = _Direction(rate, rtt / 2)
+        self.down = _Direction(rate, rtt / 2)
+        self.requests = 0
+        self.outstanding = 0
+        self.max_outstanding = 0
+        self.bytes_down = 0
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(128)
+        self.port = listener.getsockname()[1]
+        self.host = f"127.0.0.1:{self.port}"
+        self.loop = asyncio.new_event_loop()
+        self._listener = listener
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        asyncio.set_event_loop(self.loop)
+        self.server = self.loop.run_until_complete(asyncio.start_server(self._serve, sock=self._listener))
+        self.loop.run_forever()
+
+    def counters(self):
+        return {"requests": self.requests, "max_outstanding": self.max_outstanding, "bytes_down": self.bytes_down}
+
+    def reset(self):
+        self.requests = self.max_outstanding = self.bytes_down = 0
+
+    async def _pump(self, reader, writer, direction, on_data):
+        queue = asyncio.Queue()
+
+        async def deliver():
+            while True:
+                item = await queue.get()
+                if item is None:
+                    break
+                at, data = item
+                wait = at - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                if writer.is_closing():
+                    continue  # the peer went away: drop what is queued
+                try:
+                    writer.write(data)
+                    await writer.drain()
+                except (ConnectionError, RuntimeError):
+                    continue
+                on_data(data, delivered=True)
+        sender = asyncio.ensure_future(deliver())
+        try:
+            while not writer.is_closing():
+                data = await reader.read(65536)
+                if not data:
+                    break
+                on_data(data, delivered=False)
+                queue.put_nowait((direction.schedule(len(data)), data))
+        except ConnectionError:
+            pass
+        queue.put_nowait(None)
+        await sender
+        try:
+            writer.write_eof()
+        except (OSError, RuntimeError):
+            pass
+
+    async def _serve(self, client_reader, client_writer):
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:
+            client_writer.close()
+            return
+        state = {"header": b"", "body_left": 0, "open": 0, "methods": []}
+
+        def from_client(data, delivered):
+            if delivered:
+                return
+            for m in re.finditer(rb"(?:^|\r\n)(GET|HEAD|PUT|POST|PATCH|DELETE) /", data):
+                self.requests += 1
+                state["open"] += 1
+                state["methods"].append(m.group(1))
+                self.outstanding += 1
+                self.max_outstanding = max(self.max_outstanding, self.outstanding)
+
+        def to_client(data, delivered):
+            if not delivered:
+                return
+            self.bytes_down += len(data)
+            while data and state["open"]:
+                if state["body_left"] == 0 and b"\r\n\r\n" not in state["header"]:
+                    state["header"] += data
+                    end = state["header"].find(b"\r\n\r\n")
+                    if end < 0:
+                        return
+                    head, data = state["header"][:end], state["header"][end + 4:]
+                    m = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+                    method = state["methods"][0] if state["methods"] else b"GET"
+                    state["body_left"] = int(m.group(1)) if m and method != b"HEAD" else 0
+                    state["header"] = b""
+                    if state["body_left"] == 0:
+                        self._done(state)
+                        continue
+                take = min(len(data), state["body_left"])
+                state["body_left"] -= take
+                data = data[take:]
+                if state["body_left"] == 0:
+                    self._done(state)
+
+        await asyncio.gather(self._pump(client_reader, up_writer, self.up, from_client),
+                             self._pump(up_reader, client_writer, self.down, to_client))
+        self.outstanding -= state["open"]
+        client_writer.close()
+        up_writer.close()
+
+    def _done(self, state):
+        state["open"] -= 1
+        if state["methods"]:
+            state["methods"].pop(0)
+        self.outstanding -= 1
+
+    def stop(self):
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
