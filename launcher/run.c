@@ -7,6 +7,7 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
@@ -415,7 +416,8 @@ static int start_shim(const struct run_options *o, const char *root, const struc
 	int sync[2], go[2] = { -1, -1 };
 	if (pipe2(sync, O_CLOEXEC) < 0)
 		return err_set(err, errno, "cannot start the shim: %s", strerror(errno));
-	if (on_slirp(o) && pipe2(go, O_CLOEXEC) < 0) {
+	/* A socket, not a pipe: a go for a shim that died is an error, not a SIGPIPE. */
+	if (on_slirp(o) && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, go) < 0) {
 		close(sync[0]);
 		close(sync[1]);
 		return err_set(err, errno, "cannot start the shim: %s", strerror(errno));
@@ -565,7 +567,7 @@ static int run_connect(struct run *run, struct err *err)
 		code = read_report(&run->shim, "created", err);
 		if (code == 0 && network_start(run->c.dir, o->ports, o->n_ports, err) < 0)
 			code = EXIT_LAUNCH_ERROR;
-		if (code == 0 && write(run->shim.go_fd, "g", 1) != 1) {
+		if (code == 0 && send(run->shim.go_fd, "g", 1, MSG_NOSIGNAL) != 1) {
 			err_set(err, errno, "cannot start %s: %s", run->c.id, strerror(errno));
 			code = EXIT_LAUNCH_ERROR;
 		}
