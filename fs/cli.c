@@ -114,9 +114,13 @@ static int insecure_from_env(char ***list, size_t *n)
 	return copy ? 0 : -ENOMEM;
 }
 
-void error_fd_keep_only(void)
+void error_fd_keep_only(const int *given, size_t n_given)
 {
-	close_inherited_fds(&error_fd, 1);
+	int keep[8] = { error_fd };
+	size_t n = 1;
+	for (size_t i = 0; i < n_given && n < ARRAY_SIZE(keep); i++)
+		keep[n++] = given[i];
+	close_inherited_fds(keep, n);
 }
 
 int source_flag(struct source_flags *f, int c, const char *arg)

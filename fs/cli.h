@@ -10,8 +10,9 @@
 
 /* IMGFS_ERROR_FD, when the caller gave one. */
 void error_fd_init(void);
-/* Closes every descriptor but stdio and the error descriptor. */
-void error_fd_keep_only(void);
+/* Closes every descriptor but stdio, the error descriptor and the n_given
+ * others the caller was handed on purpose. */
+void error_fd_keep_only(const int *given, size_t n_given);
 /* A daemon that detaches must not keep its caller waiting on it. */
 void error_fd_close(void);
 

@@ -2,6 +2,7 @@
  * immutable, so nothing here takes a lock and the kernel may cache entries,
  * attributes, directory listings and pages for as long as it likes. */
 #include "fuse_ops.h"
+#include "takeover.h"
 
 #include <sys/statvfs.h>
 
@@ -367,7 +368,7 @@ bool reply_virtual_xattr(fuse_req_t req, struct image *img, fuse_ino_t ino, cons
 	if (strcmp(name, IMGFS_STATS_XATTR) != 0)
 		return false;
 	char stats[1024];
-	int n = image_format_stats(img, stats, sizeof(stats));
+	int n = takeover_append_stats(stats, image_format_stats(img, stats, sizeof(stats)), sizeof(stats));
 	if (n < 0)
 		fuse_reply_err(req, EIO);
 	else

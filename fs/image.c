@@ -443,18 +443,12 @@ static char *ref_record_path(const char *cache_dir, const struct image_ref *ref,
 	return strdup_printf("%s/refs/%s", cache_dir, digest + strlen("sha256:"));
 }
 
-/* The image manifest this cache resolved ref to before, verified again by
- * its digest; -ENOENT when there is none (or it is damaged or evicted). */
-static int load_resolved_manifest(const struct image_options *opts, const char *record_path, struct manifest *ret,
-				  char **ret_digest)
+/* The image manifest digest names, from the cache, verified again by its
+ * digest; -ENOENT when it is not there (or damaged, or not an image
+ * manifest).  media_type NULL: the one the document names. */
+static int load_cached_manifest(const struct image_options *opts, const char *digest, const char *media_type,
+				struct manifest *ret, char **ret_digest)
 {
-	_cleanup_free_ char *record = NULL;
-	size_t record_len;
-	if (!record_path || read_file_capped(record_path, 512, &record, &record_len) < 0)
-		return -ENOENT;
-	char digest[DIGEST_SHA256_LEN + 1], media_type[256];
-	if (sscanf(record, "%71s %255s", digest, media_type) != 2 || !digest_is_valid(digest))
-		return -ENOENT;
 	_cleanup_free_ char *blob_path = cache_path(opts->cache_dir, "blobs", digest);
 	char *data = NULL;
 	size_t len;
@@ -477,6 +471,21 @@ static int load_resolved_manifest(const struct image_options *opts, const char *
 	m.raw_size = len;
 	*ret = m;
 	return 0;
+}
+
+/* The image manifest this cache resolved ref to before; -ENOENT when there
+ * is none (or it is damaged or evicted). */
+static int load_resolved_manifest(const struct image_options *opts, const char *record_path, struct manifest *ret,
+				  char **ret_digest)
+{
+	_cleanup_free_ char *record = NULL;
+	size_t record_len;
+	if (!record_path || read_file_capped(record_path, 512, &record, &record_len) < 0)
+		return -ENOENT;
+	char digest[DIGEST_SHA256_LEN + 1], media_type[256];
+	if (sscanf(record, "%71s %255s", digest, media_type) != 2 || !digest_is_valid(digest))
+		return -ENOENT;
+	return load_cached_manifest(opts, digest, media_type, ret, ret_digest);
 }
 
 /* Remembering is an optimisation: a failure only costs the next start a
@@ -589,7 +598,10 @@ static int try_endpoint(const char *name, size_t i, const struct image_options *
 	if (r < 0)
 		return r;
 	_cleanup_free_ char *record_path = ref_record_path(opts->cache_dir, &res->ref, &opts->registry.platform);
-	if (opts->pull != PULL_ALWAYS && load_resolved_manifest(opts, record_path, m, manifest_digest) == 0) {
+	/* A digest names one manifest for good: the cache's copy is it. */
+	if (opts->pull != PULL_ALWAYS &&
+	    ((res->ref.digest && load_cached_manifest(opts, res->ref.digest, NULL, m, manifest_digest) == 0) ||
+	     load_resolved_manifest(opts, record_path, m, manifest_digest) == 0)) {
 		res->from_cache = true;
 		return 0;
 	}
@@ -662,6 +674,13 @@ int image_resolve_manifest(const char *ref_text, const struct image_options *opt
 	return r;
 }
 
+/* name@digest: the image resolved, whatever its tag names later. */
+static char *pinned_ref(const struct image_ref *ref, const char *digest)
+{
+	struct image_ref pinned = { .domain = ref->domain, .repository = ref->repository, .digest = (char *)digest };
+	return image_ref_format(&pinned);
+}
+
 int image_open(const char *ref_text, const struct image_options *opts, struct image **ret, struct err *err)
 {
 	struct resolution res = { 0 };
@@ -683,6 +702,10 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 	r = resolve_image(ref_text, opts, &res, &m, &img->manifest_digest, err);
 	if (r < 0)
 		goto out;
+	if (!(img->pinned_ref = pinned_ref(&res.ref, img->manifest_digest))) {
+		r = -ENOMEM;
+		goto out;
+	}
 	struct registry_client *client = res.client;
 	const struct image_ref *source = &res.source;
 	opts = &res.opts;
@@ -774,6 +797,7 @@ struct image *image_free(struct image *img)
 	free(img->config_path);
 	free(img->profile_path);
 	free(img->ref_text);
+	free(img->pinned_ref);
 	free(img);
 	return NULL;
 }

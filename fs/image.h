@@ -50,6 +50,7 @@ struct image_layer_desc {
 struct image {
 	char *ref_text;
 	char *manifest_digest;
+	char *pinned_ref; /* resolved name@manifest digest: what a successor server opens */
 	char *manifest_media_type;
 	size_t manifest_size;
 	char *config_path;  /* the verified image config in the cache, absolute */

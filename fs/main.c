@@ -7,6 +7,7 @@
 #include "login.h"
 #include "overlay.h"
 #include "store.h"
+#include "takeover.h"
 
 #include <dirent.h>
 #include <getopt.h>
@@ -15,6 +16,7 @@
 #include <limits.h>
 #include <stdarg.h>
 #include <malloc.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/pidfd.h>
@@ -30,6 +32,7 @@ static void usage(FILE *out)
 	fprintf(out, "Usage: imgfs mount [OPTIONS] REF DIR\n"
 		     "       imgfs store [OPTIONS] DIR   a layer store for podman and CRI-O\n"
 		     "       imgfs umount DIR\n"
+		     "       imgfs upgrade DIR            hand a live mount to this binary\n"
 		     "       imgfs stats DIR\n"
 		     "       imgfs index push [--cache DIR] [--platform P] [--insecure-registry H] REF\n"
 		     "       imgfs record DIR [FILE]\n"
@@ -168,6 +171,7 @@ struct mount_request {
 	bool foreground, debug, nonempty;
 	bool store; /* imgfs store DIR: no REF */
 	unsigned resolve_timeout_ms;
+	int n_options; /* argv[0 .. n_options - 1]: the command and its options */
 	enum prefetch_mode prefetch;
 	enum pull_policy pull;
 };
@@ -267,6 +271,7 @@ static int mount_parse(int argc, char **argv, struct mount_request *req)
 		usage(stderr);
 		return report_usage(req->store ? "imgfs store: expected DIR" : "imgfs mount: expected REF and DIR");
 	}
+	req->n_options = optind;
 	req->ref = req->store ? "imgfs-store" : argv[optind];
 	req->dir = argv[argc - 1];
 	return -1;
@@ -321,7 +326,7 @@ static void use_profile(struct image *img, const struct image_options *opts)
 
 /* The image, and the writable layer over it when asked for. */
 static int mount_open_image(const struct mount_request *req, const struct image_options *opts, struct mount_server *s,
-			    struct err *err)
+			    struct takeover *t, struct err *err)
 {
 	size_t listed;
 	int r = image_open(req->ref, opts, &s->img, err);
@@ -333,7 +338,10 @@ static int mount_open_image(const struct mount_request *req, const struct image_
 		return r;
 	if ((r = mkdir_parents(req->upper, 0755)) < 0)
 		return err_set(err, -r, "cannot create upper directory \"%s\": %s", req->upper, strerror(-r));
-	return overlay_open(s->img, req->upper, &s->overlay, err);
+	/* The node table a successor server needs lives as long as the keeper. */
+	if (!req->foreground && !t->resuming && (t->state_fd = memfd_create("imgfs-overlay", MFD_CLOEXEC)) < 0)
+		return err_set(err, errno, "cannot keep the state of the writable layer: %s", strerror(errno));
+	return overlay_open(s->img, req->upper, t->state_fd, t->resuming, &s->overlay, err);
 }
 
 /* "fsname=" text for the image reference: the options' own separators
@@ -373,7 +381,7 @@ static int check_mount_point(const char *point, bool nonempty, struct err *err)
 
 /* Mounts the session on point; the mount exists when this returns. */
 static int mount_attach(const struct mount_request *req, const char *point, const char *argv0, struct mount_server *s,
-			struct err *err)
+			struct takeover *t, struct err *err)
 {
 	char mount_opts[1024], fsname[700];
 	fsname_option(req->ref, fsname, sizeof(fsname));
@@ -397,11 +405,22 @@ static int mount_attach(const struct mount_request *req, const char *point, cons
 	if (fuse_set_signal_handlers(s->se) != 0)
 		return err_set(err, EIO, "cannot install signal handlers");
 	s->handlers = true;
+	takeover_handle_handover(s->se);
+	if (t->resuming) {
+		int r = takeover_attach(s->se, t);
+		if (r == 0)
+			s->mounted = true;
+		return r < 0 ? err_set(err, -r, "cannot take over the mount on \"%s\": %s", point, strerror(-r)) : 0;
+	}
 	if (fuse_session_mount(s->se, point) != 0)
 		return err_set(err, EIO, "cannot mount \"%s\" on \"%s\"", req->ref, point);
 	s->mounted = true;
 	widen_readahead(point);
-	return 0;
+	if (req->foreground)
+		return 0;
+	t->fuse_fd = fuse_session_fd(s->se);
+	int r = takeover_attach(s->se, t);
+	return r < 0 ? err_set(err, -r, "cannot serve the mount on \"%s\": %s", point, strerror(-r)) : 0;
 }
 
 /* Serves requests until the mount goes away; 0 when it went cleanly. */
@@ -418,7 +437,47 @@ static int mount_loop(struct mount_server *s)
 	return r;
 }
 
-static int mount_serve(const struct mount_request *req, const char *argv0, struct image_options *opts)
+/* What the keeper runs a successor server with: this command's options,
+ * and the image it resolved, from the cache. */
+static char **restart_argv(const struct mount_request *req, char **argv, const struct mount_server *s,
+			   const char *point)
+{
+	char **v = calloc((size_t)req->n_options + 6, sizeof(*v));
+	if (!v)
+		return NULL;
+	size_t n = 0;
+	for (int i = 0; i < req->n_options; i++)
+		v[n++] = argv[i];
+	v[n++] = (char *)"--pull";
+	v[n++] = (char *)"missing";
+	v[n++] = s->img->pinned_ref;
+	v[n++] = (char *)point;
+	return v;
+}
+
+/* A server of its own, in the background, with a keeper; or the successor
+ * of one, which finds the mount made and itself in the background. */
+static int mount_start(const struct mount_request *req, char **argv, struct mount_server *s, struct takeover *t,
+		       const char *point, struct err *err)
+{
+	if (t->resuming)
+		return 0;
+	/* The mount exists before the parent returns: the caller can use it at once. */
+	if (fuse_daemonize(req->foreground) != 0)
+		return err_set(err, EIO, "cannot go to the background");
+	/* The store numbers its nodes in the order references resolve, which
+	 * a successor could not repeat: it is served by this process alone. */
+	if (req->foreground || req->store)
+		return 0;
+	_cleanup_free_ char **v = restart_argv(req, argv, s, point);
+	int r = v ? takeover_start_keeper(t, point, v) : -ENOMEM;
+	/* Without a keeper the mount is served as before, only not past this process. */
+	if (r < 0)
+		fprintf(stderr, "imgfs: cannot start the keeper of \"%s\": %s\n", point, strerror(-r));
+	return 0;
+}
+
+static int mount_serve(const struct mount_request *req, char **argv, struct image_options *opts, struct takeover *t)
 {
 	struct mount_server s = { 0 };
 	struct err err = { 0 };
@@ -428,11 +487,14 @@ static int mount_serve(const struct mount_request *req, const char *argv0, struc
 		opts->registry.stall_seconds = strtol(stall, NULL, 10);
 	/* The mount point as the kernel will show it, taken before anything is
 	 * mounted there: a lookup through our own mount (DIR/, DIR/..) would
-	 * wait for this daemon, which does not serve yet. */
-	_cleanup_free_ char *point = realpath(req->dir, NULL);
-	int r = point ? check_mount_point(point, req->nonempty, &err) : -errno;
+	 * wait for this daemon, which does not serve yet.  A successor is given
+	 * it, and must not look: the mount is there and nobody serves it. */
+	_cleanup_free_ char *point = t->resuming ? strdup(req->dir) : realpath(req->dir, NULL);
+	int r = point ? 0 : -errno;
 	if (!point)
 		err_set(&err, errno, "cannot use the mount point \"%s\": %s", req->dir, strerror(errno));
+	else if (!t->resuming)
+		r = check_mount_point(point, req->nonempty, &err);
 	if (r == 0 && (r = cache_limit_init(opts->cache_dir, req->cache_size)) < 0)
 		err_set(&err, -r, "cannot use the cache \"%s\": %s", opts->cache_dir, strerror(-r));
 	if (r == 0 && req->store) {
@@ -440,13 +502,12 @@ static int mount_serve(const struct mount_request *req, const char *argv0, struc
 		if ((r = store_new(&so, &s.store)) < 0)
 			err_set(&err, -r, "cannot start the store: %s", strerror(-r));
 	} else if (r == 0) {
-		r = mount_open_image(req, opts, &s, &err);
+		r = mount_open_image(req, opts, &s, t, &err);
 	}
 	if (r == 0)
-		r = mount_attach(req, point, argv0, &s, &err);
-	/* The mount exists before the parent returns: the caller can use it at once. */
-	if (r == 0 && fuse_daemonize(req->foreground) != 0)
-		r = err_set(&err, EIO, "cannot go to the background");
+		r = mount_attach(req, point, argv[0], &s, t, &err);
+	if (r == 0)
+		r = mount_start(req, argv, &s, t, point, &err);
 	if (r == 0) {
 		/* The caller reads it to its end: a daemon that kept it would
 		 * make the caller wait for the unmount. */
@@ -455,6 +516,9 @@ static int mount_serve(const struct mount_request *req, const char *argv0, struc
 			fprintf(stderr, "imgfs: cannot start the background fetch; files are fetched when read\n");
 		r = mount_loop(&s);
 	}
+	/* Handed over: the mount stays for the next server. */
+	if (takeover_handing_over())
+		s.mounted = false;
 	mount_server_done(&s);
 	if (r < 0 && err.code)
 		report(err.code, "%s", err.msg);
@@ -463,7 +527,7 @@ static int mount_serve(const struct mount_request *req, const char *argv0, struc
 	return r < 0 ? IMGFS_EXIT_FAILED : IMGFS_EXIT_OK;
 }
 
-static int cmd_mount(int argc, char **argv)
+static int cmd_mount(int argc, char **argv, struct takeover *t)
 {
 	struct mount_request req = {
 		.prefetch = PREFETCH_ALL,
@@ -476,7 +540,7 @@ static int cmd_mount(int argc, char **argv)
 	if (ret < 0 && (ret = source_flags_apply(&req.source, &opts)) == 0) {
 		opts.pull = req.pull;
 		opts.find_profile = !req.store && !req.prefetch_list && req.prefetch != PREFETCH_NONE;
-		ret = mount_serve(&req, argv[0], &opts);
+		ret = mount_serve(&req, argv, &opts, t);
 	}
 	source_flags_done(&req.source);
 	return ret;
@@ -722,14 +786,22 @@ int main(int argc, char **argv)
 	 * them out of the heap, where freed spans leave holes that are never
 	 * returned; a fixed threshold keeps them mapped, and given back. */
 	mallopt(M_MMAP_THRESHOLD, 256 << 10);
+	if (argc >= 2 && strcmp(argv[1], "keeper") == 0)
+		return keeper_main(argc - 1, argv + 1);
 	error_fd_init();
-	error_fd_keep_only();
+	struct takeover t;
+	if (takeover_from_env(&t) < 0)
+		return report(EINVAL, "malformed $%s", TAKEOVER_ENV);
+	int given[4];
+	error_fd_keep_only(given, takeover_fds(&t, given, ARRAY_SIZE(given)));
 	if (argc < 2) {
 		usage(stderr);
 		return 2;
 	}
 	if (strcmp(argv[1], "mount") == 0 || strcmp(argv[1], "store") == 0)
-		return cmd_mount(argc - 1, argv + 1);
+		return cmd_mount(argc - 1, argv + 1, &t);
+	if (strcmp(argv[1], "upgrade") == 0)
+		return upgrade_main(argc - 1, argv + 1);
 	if (strcmp(argv[1], "stats") == 0)
 		return cmd_stats(argc - 1, argv + 1);
 	if (strcmp(argv[1], "index") == 0)

@@ -18,7 +18,8 @@ static int count_entry(struct overlay *ov, struct node *n, struct fuse_entry_par
 		return r;
 	}
 	n->lookups++;
-	e->ino = nodeid_of(ov, n);
+	node_save(ov, n);
+	e->ino = n->id;
 	e->generation = 1;
 	e->attr_timeout = CACHE_TIMEOUT;
 	e->entry_timeout = CACHE_TIMEOUT;
@@ -80,9 +81,10 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 static void forget_one(struct overlay *ov, fuse_ino_t ino, uint64_t nlookup)
 {
 	struct node *n = node_of(ov, ino);
-	if (n == ov->root)
+	if (!n || n == ov->root)
 		return;
 	n->lookups -= nlookup < n->lookups ? nlookup : n->lookups;
+	node_save(ov, n);
 	node_unref(ov, n);
 }
 
@@ -166,14 +168,16 @@ static int do_setattr(struct overlay *ov, struct node *n, const struct handle *h
 	return 0;
 }
 
+static void *handle_get(struct overlay *ov, uint64_t fh, bool dir);
+
 static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi)
 {
 	struct overlay *ov = overlay_of(req);
-	struct node *n = node_of(ov, ino);
-	const struct handle *h = fi ? (const struct handle *)(uintptr_t)fi->fh : NULL;
+	const struct handle *h = fi ? handle_get(ov, fi->fh, false) : NULL;
 	struct stat st;
 	pthread_mutex_lock(&ov->lock);
-	int r = do_setattr(ov, n, h, attr, to_set);
+	struct node *n = node_of(ov, ino);
+	int r = n ? do_setattr(ov, n, h, attr, to_set) : -ESTALE;
 	if (r == 0)
 		r = node_stat(ov, n, &st);
 	pthread_mutex_unlock(&ov->lock);
@@ -189,6 +193,10 @@ static void op_readlink(fuse_req_t req, fuse_ino_t ino)
 	char target[PATH_MAX + 1];
 	pthread_mutex_lock(&ov->lock);
 	struct node *n = node_of(ov, ino);
+	if (!n) {
+		unlock_reply_err(req, ov, -ESTALE);
+		return;
+	}
 	int r = 0;
 	if (!S_ISLNK(n->type)) {
 		r = -EINVAL;
@@ -254,6 +262,10 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const 
 	struct overlay *ov = overlay_of(req);
 	pthread_mutex_lock(&ov->lock);
 	struct node *n = node_of(ov, ino), *linked;
+	if (!n) {
+		unlock_reply_err(req, ov, -ESTALE);
+		return;
+	}
 	int r = copy_up(ov, n, true);
 	struct make_request m = { .uid = (uid_t)-1, .gid = (gid_t)-1, .mode = n->type, .fd = n->fd };
 	if (r == 0)
@@ -295,27 +307,97 @@ static int open_upper(int path_fd, int flags)
 	return fd < 0 ? -errno : fd;
 }
 
-static void reply_open_handle(fuse_req_t req, struct fuse_file_info *fi, int fd, const struct tree_inode *image)
+static void close_open(bool dir, void *h)
 {
-	struct handle *h = malloc(sizeof(*h));
-	if (!h) {
-		if (fd >= 0)
+	if (dir) {
+		listing_free(h);
+	} else if (h) {
+		struct handle *fh = h;
+		if (fh->fd >= 0)
+			close(fh->fd);
+		free(fh);
+	}
+}
+
+/* An open file of the server before this one, opened again as it was. */
+static void *reopen_handle(struct overlay *ov, uint64_t fh)
+{
+	fuse_ino_t id;
+	int flags;
+	unsigned kind;
+	if (!handle_record(ov, fh, &id, &flags, &kind))
+		return NULL;
+	pthread_mutex_lock(&ov->lock);
+	struct node *n = node_of(ov, id);
+	void *h = NULL;
+	if (n && kind == HANDLE_DIR) {
+		struct listing *l = NULL;
+		if (S_ISDIR(n->type) && list_dir(ov, n, &l) == 0) {
+			l->self_ino = n->ino;
+			l->parent_ino = n->parent ? n->parent->ino : n->ino;
+		}
+		h = l;
+	} else if (n && (kind == HANDLE_UPPER ? n->fd >= 0 : n->origin != NULL)) {
+		int fd = kind == HANDLE_UPPER ? open_upper(n->fd, flags) : -1;
+		struct handle *fh_open = fd >= 0 || kind != HANDLE_UPPER ? malloc(sizeof(*fh_open)) : NULL;
+		if (fh_open)
+			*fh_open = (struct handle){ .fd = fd, .image = n->origin };
+		else if (fd >= 0)
 			close(fd);
-		fuse_reply_err(req, ENOMEM);
+		h = fh_open;
+	}
+	pthread_mutex_unlock(&ov->lock);
+	if (!h)
+		return NULL;
+	void *kept = handle_adopt(ov, fh, h);
+	if (kept != h)
+		close_open(kind == HANDLE_DIR, h);
+	return kept;
+}
+
+static void *handle_get(struct overlay *ov, uint64_t fh, bool dir)
+{
+	bool reopen;
+	void *h = handle_peek(ov, fh, dir, &reopen);
+	return h || !reopen ? h : reopen_handle(ov, fh);
+}
+
+/* Gives the kernel a handle for h (struct handle, or struct listing for
+ * HANDLE_DIR), which it holds from then on, or frees h. */
+static bool give_handle(struct overlay *ov, fuse_ino_t ino, struct fuse_file_info *fi, unsigned kind, void *h)
+{
+	fi->fh = h ? handle_put(ov, ino, fi->flags, kind, h) : 0;
+	if (!fi->fh)
+		close_open(kind == HANDLE_DIR, h);
+	return fi->fh != 0;
+}
+
+/* The kernel did not take the handle (the caller was interrupted). */
+static void drop_handle(struct overlay *ov, uint64_t fh, bool dir)
+{
+	close_open(dir, handle_take(ov, fh));
+}
+
+static void reply_open_handle(fuse_req_t req, struct fuse_file_info *fi, fuse_ino_t ino, int fd,
+			      const struct tree_inode *image)
+{
+	struct overlay *ov = overlay_of(req);
+	struct handle *h = malloc(sizeof(*h));
+	if (h)
+		*h = (struct handle){ .fd = fd, .image = image };
+	else if (fd >= 0)
+		close(fd);
+	if (!give_handle(ov, ino, fi, fd >= 0 ? HANDLE_UPPER : HANDLE_IMAGE, h)) {
+		fuse_reply_err(req, h ? ENFILE : ENOMEM);
 		return;
 	}
-	*h = (struct handle){ .fd = fd, .image = image };
-	fi->fh = (uintptr_t)h;
 	/* The image's bytes never change; an upper file's pages are only
 	 * trusted until the next open. */
 	fi->keep_cache = fd < 0;
 	/* Locks are the kernel's own (no lock operations here): nothing to flush. */
 	fi->noflush = 1;
-	if (fuse_reply_open(req, fi) != 0) {
-		if (fd >= 0)
-			close(fd);
-		free(h);
-	}
+	if (fuse_reply_open(req, fi) != 0)
+		drop_handle(ov, fi->fh, false);
 }
 
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -323,6 +405,10 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	struct overlay *ov = overlay_of(req);
 	pthread_mutex_lock(&ov->lock);
 	struct node *n = node_of(ov, ino);
+	if (!n) {
+		unlock_reply_err(req, ov, -ESTALE);
+		return;
+	}
 	int r = 0, fd = -1;
 	bool writing = (fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC);
 	if (S_ISDIR(n->type))
@@ -341,7 +427,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	if (r < 0)
 		fuse_reply_err(req, -r);
 	else
-		reply_open_handle(req, fi, fd, image);
+		reply_open_handle(req, fi, ino, fd, image);
 }
 
 static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi)
@@ -365,29 +451,33 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	}
 	pthread_mutex_unlock(&ov->lock);
 	struct handle *h = malloc(sizeof(*h));
-	if (!h) {
+	if (h)
+		*h = (struct handle){ .fd = m.fd };
+	else
 		close(m.fd);
-		fuse_reply_err(req, ENOMEM);
+	/* The kernel holds the lookup it was counted, whatever the reply. */
+	if (!give_handle(ov, e.ino, fi, HANDLE_UPPER, h)) {
+		fuse_reply_err(req, h ? ENFILE : ENOMEM);
 		return;
 	}
-	*h = (struct handle){ .fd = m.fd };
-	fi->fh = (uintptr_t)h;
 	fi->noflush = 1;
-	if (fuse_reply_create(req, &e, fi) != 0) {
-		close(m.fd);
-		free(h);
-	}
+	if (fuse_reply_create(req, &e, fi) != 0)
+		drop_handle(ov, fi->fh, false);
 }
 
-static struct handle *handle_of(struct fuse_file_info *fi)
+static struct handle *handle_of(fuse_req_t req, struct fuse_file_info *fi)
 {
-	return (struct handle *)(uintptr_t)fi->fh;
+	return handle_get(overlay_of(req), fi->fh, false);
 }
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
 	(void)ino;
-	struct handle *h = handle_of(fi);
+	struct handle *h = handle_of(req, fi);
+	if (!h) {
+		fuse_reply_err(req, EBADF);
+		return;
+	}
 	if (off < 0) {
 		fuse_reply_err(req, EINVAL);
 		return;
@@ -409,7 +499,11 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off, struct fuse_file_info *fi)
 {
 	(void)ino;
-	struct handle *h = handle_of(fi);
+	struct handle *h = handle_of(req, fi);
+	if (!h) {
+		fuse_reply_err(req, EBADF);
+		return;
+	}
 	if (h->fd < 0) {
 		fuse_reply_err(req, EBADF);
 		return;
@@ -424,7 +518,11 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len, struct fuse_file_info *fi)
 {
 	(void)ino;
-	struct handle *h = handle_of(fi);
+	struct handle *h = handle_of(req, fi);
+	if (!h) {
+		fuse_reply_err(req, EBADF);
+		return;
+	}
 	if (h->fd < 0)
 		fuse_reply_err(req, EBADF);
 	else
@@ -434,7 +532,11 @@ static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, of
 static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	(void)ino;
-	struct handle *h = handle_of(fi);
+	struct handle *h = handle_of(req, fi);
+	if (!h) {
+		fuse_reply_err(req, EBADF);
+		return;
+	}
 	/* Closing a duplicate drops the POSIX locks, as close() by the caller would. */
 	int r = 0;
 	if (h->fd >= 0) {
@@ -447,7 +549,11 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
 	(void)ino;
-	struct handle *h = handle_of(fi);
+	struct handle *h = handle_of(req, fi);
+	if (!h) {
+		fuse_reply_err(req, EBADF);
+		return;
+	}
 	int r = 0;
 	if (h->fd >= 0)
 		r = (datasync ? fdatasync(h->fd) : fsync(h->fd)) < 0 ? errno : 0;
@@ -457,10 +563,8 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	(void)ino;
-	struct handle *h = handle_of(fi);
-	if (h->fd >= 0)
-		close(h->fd);
-	free(h);
+	/* Not reopened if a server before this one opened it: never used again. */
+	close_open(false, handle_take(overlay_of(req), fi->fh));
 	fuse_reply_err(req, 0);
 }
 
@@ -470,6 +574,10 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	struct listing *l = NULL;
 	pthread_mutex_lock(&ov->lock);
 	struct node *n = node_of(ov, ino);
+	if (!n) {
+		unlock_reply_err(req, ov, -ESTALE);
+		return;
+	}
 	int r = S_ISDIR(n->type) ? list_dir(ov, n, &l) : -ENOTDIR;
 	if (r == 0) {
 		l->self_ino = n->ino;
@@ -480,16 +588,23 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		fuse_reply_err(req, -r);
 		return;
 	}
-	fi->fh = (uintptr_t)l;
+	if (!give_handle(ov, ino, fi, HANDLE_DIR, l)) {
+		fuse_reply_err(req, ENFILE);
+		return;
+	}
 	if (fuse_reply_open(req, fi) != 0)
-		listing_free(l);
+		drop_handle(ov, fi->fh, true);
 }
 
 /* Offsets: 1 and 2 follow "." and "..", k + 3 follows entry k. */
 static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
 	(void)ino;
-	const struct listing *l = (const struct listing *)(uintptr_t)fi->fh;
+	const struct listing *l = handle_get(overlay_of(req), fi->fh, true);
+	if (!l) {
+		fuse_reply_err(req, EBADF);
+		return;
+	}
 	if (size > FUSE_IO_MAX)
 		size = FUSE_IO_MAX;
 	_cleanup_free_ char *buf = malloc(size);
@@ -517,7 +632,7 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
 static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	(void)ino;
-	listing_free((struct listing *)(uintptr_t)fi->fh);
+	close_open(true, handle_take(overlay_of(req), fi->fh));
 	fuse_reply_err(req, 0);
 }
 
@@ -527,6 +642,10 @@ static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fus
 	struct overlay *ov = overlay_of(req);
 	pthread_mutex_lock(&ov->lock);
 	struct node *n = node_of(ov, ino);
+	if (!n) {
+		unlock_reply_err(req, ov, -ESTALE);
+		return;
+	}
 	/* Not copied up: nothing of it is in UPPERDIR to sync. */
 	int fd = n->fd >= 0 ? open_upper(n->fd, O_RDONLY | O_DIRECTORY) : -EBADF;
 	pthread_mutex_unlock(&ov->lock);
@@ -562,6 +681,10 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 	}
 	pthread_mutex_lock(&ov->lock);
 	struct node *n = node_of(ov, ino);
+	if (!n) {
+		unlock_reply_err(req, ov, -ESTALE);
+		return;
+	}
 	if (n->fd < 0) {
 		const struct xattr *x = tree_xattr(n->origin, name);
 		pthread_mutex_unlock(&ov->lock);
@@ -621,6 +744,10 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	ssize_t len;
 	pthread_mutex_lock(&ov->lock);
 	struct node *n = node_of(ov, ino);
+	if (!n) {
+		unlock_reply_err(req, ov, -ESTALE);
+		return;
+	}
 	if (n->fd < 0) {
 		len = (ssize_t)tree_list_xattrs(n->origin, NULL, 0);
 		if ((list = malloc((size_t)len + 1)))
@@ -648,6 +775,10 @@ static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const 
 	}
 	pthread_mutex_lock(&ov->lock);
 	struct node *n = node_of(ov, ino);
+	if (!n) {
+		unlock_reply_err(req, ov, -ESTALE);
+		return;
+	}
 	int r = copy_up(ov, n, true);
 	char path[64];
 	if (r == 0 && S_ISLNK(n->type))
@@ -666,6 +797,10 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 	}
 	pthread_mutex_lock(&ov->lock);
 	struct node *n = node_of(ov, ino);
+	if (!n) {
+		unlock_reply_err(req, ov, -ESTALE);
+		return;
+	}
 	int r = 0;
 	if (n->fd < 0 && !tree_xattr(n->origin, name))
 		r = -ENODATA; /* nothing to remove: no reason to copy up */
@@ -713,7 +848,8 @@ const struct fuse_lowlevel_ops overlay_ops = {
 	.fallocate = op_fallocate,
 };
 
-int overlay_open(struct image *img, const char *upper_dir, struct overlay **ret, struct err *err)
+int overlay_open(struct image *img, const char *upper_dir, int state_fd, bool resume, struct overlay **ret,
+		 struct err *err)
 {
 	_cleanup_close_ int lock_fd = open(upper_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (lock_fd < 0)
@@ -758,9 +894,16 @@ int overlay_open(struct image *img, const char *upper_dir, struct overlay **ret,
 	int r = map_put(&ov->by_upper, st.st_ino, (uintptr_t)root);
 	if (r == 0)
 		r = map_put(&ov->inos, st.st_ino, FUSE_ROOT_ID);
+	if (r == 0)
+		r = state_open(ov, state_fd, resume);
+	if (r == 0)
+		r = node_take_id(ov, root);
+	if (r == 0 && resume)
+		r = state_restore(ov);
 	if (r < 0) {
 		overlay_free(ov);
-		return err_set(err, -r, "upper directory \"%s\": out of memory", upper_dir);
+		return err_set(err, -r, "upper directory \"%s\": %s", upper_dir,
+			       r == -EBADMSG ? "the state the previous server left is damaged" : strerror(-r));
 	}
 	ov->lock_fd = TAKE_FD(lock_fd);
 	*ret = ov;
@@ -793,6 +936,11 @@ struct overlay *overlay_free(struct overlay *ov)
 	map_clear(&ov->by_upper);
 	map_clear(&ov->by_image);
 	map_clear(&ov->inos);
+	/* The records stay: a server that takes over reopens what the
+	 * kernel still holds open. */
+	for (uint64_t fh = 1; fh < handle_limit(ov); fh++)
+		close_open(handle_is_dir(ov, fh), handle_detach(ov, fh));
+	state_free(ov);
 	if (ov->lock_fd >= 0)
 		close(ov->lock_fd);
 	pthread_mutex_destroy(&ov->lock);

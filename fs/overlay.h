@@ -13,8 +13,11 @@
 struct overlay;
 
 /* Opens upper_dir (which must exist) and locks it against a second mount;
- * the lock lasts as long as the overlay. */
-int overlay_open(struct image *img, const char *upper_dir, struct overlay **ret, struct err *err);
+ * the lock lasts as long as the overlay.  The node ids and handles the
+ * kernel is given are kept in state_fd (-1: in memory only) for a server
+ * that takes the mount over (takeover.h); resume: this one does. */
+int overlay_open(struct image *img, const char *upper_dir, int state_fd, bool resume, struct overlay **ret,
+		 struct err *err);
 struct overlay *overlay_free(struct overlay *ov);
 /* The session that serves ov, so that it can tell the kernel what changed
  * behind its back. */

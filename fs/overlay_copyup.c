@@ -240,7 +240,7 @@ static int attach_upper(struct overlay *ov, struct node *n, bool made)
 	 * nothing it sees changed them.  Only the attributes: no request comes
 	 * back to this mount for that, so ov->lock may be held. */
 	if (S_ISDIR(n->type) && ov->se)
-		(void)fuse_lowlevel_notify_inval_inode(ov->se, nodeid_of(ov, n), -1, 0);
+		(void)fuse_lowlevel_notify_inval_inode(ov->se, n->id, -1, 0);
 	if (made && S_ISREG(n->origin->mode) && n->origin->nlink > 1)
 		return link_image_siblings(ov, n, n->origin);
 	return 0;

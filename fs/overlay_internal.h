@@ -65,6 +65,7 @@ struct node {
 	uint64_t ino; /* st_ino: stable for the life of the mount, across copy-up */
 	mode_t type;
 	uint64_t lookups, children;
+	uint32_t id; /* the node id the kernel knows it by (overlay_state.c) */
 };
 
 struct overlay {
@@ -87,6 +88,7 @@ struct overlay {
 	unsigned gen;
 	uint64_t tmp_counter;
 	struct fuse_session *se; /* for notifications to the kernel; NULL before the mount */
+	struct overlay_state *state;
 };
 
 struct handle {
@@ -132,15 +134,45 @@ static inline struct overlay *overlay_of(fuse_req_t req)
 	return fuse_req_userdata(req);
 }
 
-static inline struct node *node_of(struct overlay *ov, fuse_ino_t ino)
-{
-	return ino == FUSE_ROOT_ID ? ov->root : (struct node *)(uintptr_t)ino;
-}
+/* ---- node ids and handles a successor finds again (overlay_state.c) ------- */
 
-static inline fuse_ino_t nodeid_of(struct overlay *ov, struct node *n)
-{
-	return n == ov->root ? FUSE_ROOT_ID : (fuse_ino_t)(uintptr_t)n;
-}
+/* Kinds of open files: an upper file, the image's bytes, a directory. */
+enum { HANDLE_UPPER = 1, HANDLE_IMAGE, HANDLE_DIR };
+
+/* Maps the tables, in the takeover state file fd (-1: memory of its own);
+ * resume: the tables a server before this one left there. */
+int state_open(struct overlay *ov, int fd, bool resume);
+/* Rebuilds the nodes the records describe, after the root. */
+int state_restore(struct overlay *ov);
+void state_free(struct overlay *ov);
+/* The node of a kernel node id; NULL for one this mount does not know. */
+struct node *node_of(struct overlay *ov, fuse_ino_t id);
+int node_take_id(struct overlay *ov, struct node *n);
+/* Stores what a successor needs of n; after every change to it. */
+void node_save(struct overlay *ov, struct node *n);
+void node_drop_id(struct overlay *ov, struct node *n);
+/* ov->inos learnt upper_ino -> ino (0: forgot it). */
+void state_note_ino(struct overlay *ov, uint64_t upper_ino, uint64_t ino);
+/* Handles are called for without ov->lock.  handle_put gives one for h
+ * (struct handle, or struct listing for HANDLE_DIR); 0 when the table is
+ * full. */
+uint64_t handle_put(struct overlay *ov, fuse_ino_t node, int flags, unsigned kind, void *h);
+/* The open file of fh if it is of that sort; NULL with *ret_reopen when a
+ * server before this one opened it, and it is to be opened again. */
+void *handle_peek(struct overlay *ov, uint64_t fh, bool dir, bool *ret_reopen);
+/* What fh was opened as. */
+bool handle_record(struct overlay *ov, uint64_t fh, fuse_ino_t *ret_node, int *ret_flags, unsigned *ret_kind);
+/* Sets what fh holds, unless another thread did first: what it holds. */
+void *handle_adopt(struct overlay *ov, uint64_t fh, void *h);
+/* Removes fh from the table; what it held is the caller's. */
+void *handle_take(struct overlay *ov, uint64_t fh);
+/* What fh holds, now the caller's, its record kept for a successor. */
+void *handle_detach(struct overlay *ov, uint64_t fh);
+/* Handles are below this; handle_is_dir tells which kind one is. */
+uint64_t handle_limit(struct overlay *ov);
+bool handle_is_dir(struct overlay *ov, uint64_t fh);
+/* map_* and upper_is_opaque() are in overlay_state.c too: the tables stand
+ * on them. */
 
 static inline bool is_whiteout(const struct stat *st)
 {
@@ -150,6 +182,9 @@ static inline bool is_whiteout(const struct stat *st)
 /* ---- the node table (overlay_nodes.c) -------------------------------------- */
 
 int map_put(struct map *m, uint64_t key, uint64_t value);
+bool map_get(const struct map *m, uint64_t key, uint64_t *ret_value);
+/* Removes key only while it still maps to value. */
+void map_del(struct map *m, uint64_t key, uint64_t value);
 void map_clear(struct map *m);
 bool is_overlay_xattr(const char *name);
 bool upper_is_opaque(struct overlay *ov, int fd);

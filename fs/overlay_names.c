@@ -153,6 +153,8 @@ static int make_whiteout(int dirfd, const char *name)
 int make_entry(struct overlay *ov, struct node *parent, const char *name, make_fn *make, struct make_request *m,
 	       struct node **ret)
 {
+	if (!parent)
+		return -ESTALE;
 	if (!S_ISDIR(parent->type))
 		return -ENOTDIR;
 	if (strlen(name) > NAME_MAX)
@@ -234,6 +236,8 @@ int make_file(int dirfd, const char *name, struct make_request *m)
 int remove_entry(struct overlay *ov, struct node *parent, const char *name, bool dir)
 {
 	struct node *n;
+	if (!parent)
+		return -ESTALE;
 	wait_name_copied(ov, parent, name);
 	int r = resolve(ov, parent, name, &n);
 	if (r < 0)
@@ -293,6 +297,8 @@ int do_rename(struct overlay *ov, struct node *parent, const char *name, struct 
 {
 	if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE))
 		return -EINVAL;
+	if (!parent || !newparent)
+		return -ESTALE;
 	while (name_copying(ov, parent, name) || name_copying(ov, newparent, newname))
 		pthread_cond_wait(&ov->copied, &ov->lock);
 	struct node *src = NULL, *dst = NULL;

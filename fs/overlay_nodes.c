@@ -3,103 +3,9 @@
  * overlay_internal.h for the lock contract. */
 #include "overlay_internal.h"
 
-static size_t map_slot(const struct map *m, uint64_t key)
-{
-	key ^= key >> 33;
-	key *= 0xff51afd7ed558ccdULL;
-	key ^= key >> 33;
-	return (size_t)(key & (m->n_buckets - 1));
-}
-
-static struct map_entry *map_find(const struct map *m, uint64_t key)
-{
-	if (!m->n_buckets)
-		return NULL;
-	for (struct map_entry *e = m->buckets[map_slot(m, key)]; e; e = e->next)
-		if (e->key == key)
-			return e;
-	return NULL;
-}
-
-static bool map_get(const struct map *m, uint64_t key, uint64_t *ret_value)
-{
-	struct map_entry *e = map_find(m, key);
-	if (e)
-		*ret_value = e->value;
-	return e != NULL;
-}
-
-int map_put(struct map *m, uint64_t key, uint64_t value)
-{
-	struct map_entry *e = map_find(m, key);
-	if (e) {
-		e->value = value;
-		return 0;
-	}
-	if (m->count >= m->n_buckets) {
-		size_t n = m->n_buckets ? m->n_buckets * 2 : 256;
-		struct map_entry **b = calloc(n, sizeof(*b));
-		if (!b)
-			return -ENOMEM;
-		struct map old = *m;
-		m->buckets = b;
-		m->n_buckets = n;
-		for (size_t i = 0; i < old.n_buckets; i++)
-			for (struct map_entry *x = old.buckets[i], *next; x; x = next) {
-				next = x->next;
-				size_t s = map_slot(m, x->key);
-				x->next = b[s];
-				b[s] = x;
-			}
-		free(old.buckets);
-	}
-	if (!(e = malloc(sizeof(*e))))
-		return -ENOMEM;
-	size_t s = map_slot(m, key);
-	*e = (struct map_entry){ key, value, m->buckets[s] };
-	m->buckets[s] = e;
-	m->count++;
-	return 0;
-}
-
-/* Removes key only while it still maps to value. */
-static void map_del(struct map *m, uint64_t key, uint64_t value)
-{
-	if (!m->n_buckets)
-		return;
-	for (struct map_entry **p = &m->buckets[map_slot(m, key)]; *p; p = &(*p)->next)
-		if ((*p)->key == key) {
-			struct map_entry *e = *p;
-			if (e->value != value)
-				return;
-			*p = e->next;
-			free(e);
-			m->count--;
-			return;
-		}
-}
-
-void map_clear(struct map *m)
-{
-	for (size_t i = 0; i < m->n_buckets; i++)
-		for (struct map_entry *e = m->buckets[i], *next; e; e = next) {
-			next = e->next;
-			free(e);
-		}
-	free(m->buckets);
-	*m = (struct map){ 0 };
-}
-
 bool is_overlay_xattr(const char *name)
 {
 	return str_has_prefix(name, "trusted.overlay.") || str_has_prefix(name, "user.overlay.");
-}
-
-bool upper_is_opaque(struct overlay *ov, int fd)
-{
-	char path[64], value[4];
-	ssize_t n = getxattr(PROC_FD_PATH(path, fd), ov->opaque_xattr, value, sizeof(value));
-	return n == 1 && value[0] == 'y';
 }
 
 int set_opaque(struct overlay *ov, int fd)
@@ -135,7 +41,8 @@ uint64_t ino_for_upper(struct overlay *ov, uint64_t upper_ino, uint64_t preferre
 		return v;
 	v = preferred ? preferred : ov->next_ino++;
 	/* Without memory to remember it the number is only less stable. */
-	(void)map_put(&ov->inos, upper_ino, v);
+	if (map_put(&ov->inos, upper_ino, v) == 0)
+		state_note_ino(ov, upper_ino, v);
 	return v;
 }
 
@@ -156,20 +63,26 @@ int node_rename_to(struct overlay *ov, struct node *n, struct node *parent, cons
 		node_unref(ov, old);
 	}
 	n->merged_gen--; /* recompute the merge at the new place */
+	node_save(ov, n);
 	return 0;
 }
 
-static struct node *node_new(struct node *parent, const char *name, mode_t type)
+static struct node *node_new(struct overlay *ov, struct node *parent, const char *name, mode_t type)
 {
 	struct node *n = calloc(1, sizeof(*n));
 	if (!n || !(n->name = strdup(name))) {
 		free(n);
 		return NULL;
 	}
-	n->parent = parent;
-	parent->children++;
 	n->type = type;
 	n->fd = -1;
+	n->parent = parent;
+	if (node_take_id(ov, n) < 0) {
+		free(n->name);
+		free(n);
+		return NULL;
+	}
+	parent->children++;
 	return n;
 }
 
@@ -181,12 +94,15 @@ void node_unref(struct overlay *ov, struct node *n)
 			map_del(&ov->by_upper, n->upper_ino, (uintptr_t)n);
 			struct stat st;
 			/* Gone from disk: its number may come back for a new file. */
-			if (fstat(n->fd, &st) == 0 && st.st_nlink == 0)
+			if (fstat(n->fd, &st) == 0 && st.st_nlink == 0) {
 				map_del(&ov->inos, n->upper_ino, n->ino);
+				state_note_ino(ov, n->upper_ino, 0);
+			}
 			close(n->fd);
 		} else if (n->origin) {
 			map_del(&ov->by_image, n->origin->ino, (uintptr_t)n);
 		}
+		node_drop_id(ov, n);
 		free(n->name);
 		free(n);
 		parent->children--;
@@ -207,6 +123,7 @@ int node_attach_upper(struct overlay *ov, struct node *n, int fd, const struct s
 	n->upper_ino = st->st_ino;
 	n->opaque = S_ISDIR(st->st_mode) && upper_is_opaque(ov, fd);
 	n->merged_gen = ov->gen - 1;
+	node_save(ov, n);
 	return 0;
 }
 
@@ -232,7 +149,7 @@ static int lookup_upper(struct overlay *ov, struct node *parent, const char *nam
 		*ret = n;
 		return 0;
 	}
-	struct node *n = node_new(parent, name, st.st_mode & S_IFMT);
+	struct node *n = node_new(ov, parent, name, st.st_mode & S_IFMT);
 	if (!n) {
 		close(fd);
 		return -ENOMEM;
@@ -252,6 +169,8 @@ static int lookup_upper(struct overlay *ov, struct node *parent, const char *nam
 
 int resolve(struct overlay *ov, struct node *parent, const char *name, struct node **ret)
 {
+	if (!parent)
+		return -ESTALE;
 	if (!S_ISDIR(parent->type))
 		return -ENOTDIR;
 	if (strlen(name) > NAME_MAX)
@@ -274,7 +193,7 @@ int resolve(struct overlay *ov, struct node *parent, const char *name, struct no
 		if (r < 0)
 			return r;
 	} else {
-		if (!(n = node_new(parent, name, below->mode & S_IFMT)))
+		if (!(n = node_new(ov, parent, name, below->mode & S_IFMT)))
 			return -ENOMEM;
 		n->origin = below;
 		n->merged = S_ISDIR(below->mode) ? below : NULL;
@@ -291,6 +210,8 @@ int resolve(struct overlay *ov, struct node *parent, const char *name, struct no
 
 int node_stat(struct overlay *ov, struct node *n, struct stat *st)
 {
+	if (!n)
+		return -ESTALE;
 	if (n->fd >= 0) {
 		if (fstat(n->fd, st) < 0)
 			return -errno;

@@ -10,6 +10,7 @@
  * a reference's state is guarded by its own lock.  A reference is resolved
  * by a thread of its own, so that a lookup can stop waiting for it. */
 #include "store.h"
+#include "takeover.h"
 
 #include <json-c/json.h>
 #include <sys/statvfs.h>
@@ -794,7 +795,7 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 		return;
 	}
 	char stats[2048];
-	int n = format_stats(s, stats, sizeof(stats));
+	int n = takeover_append_stats(stats, format_stats(s, stats, sizeof(stats)), sizeof(stats));
 	if (n < 0)
 		fuse_reply_err(req, EIO);
 	else

@@ -127,6 +127,13 @@ static int write_all(int fd, const void *buf, size_t len, off_t off)
 	return 0;
 }
 
+int dup_for_exec(int from, int to)
+{
+	if (from == to)
+		return fcntl(to, F_SETFD, 0) < 0 ? -errno : 0;
+	return dup2(from, to) < 0 ? -errno : 0;
+}
+
 int write_full(int fd, const void *buf, size_t len)
 {
 	return write_all(fd, buf, len, -1);

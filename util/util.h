@@ -101,6 +101,9 @@ void close_inherited_fds(const int *keep, size_t n_keep);
  * the program comm (its /proc comm starts so). */
 bool kill_recorded_process(const char *pid_path, const char *comm, int sig);
 int write_full(int fd, const void *buf, size_t len);
+/* Makes to a copy of from that an exec keeps (dup2 onto itself would not
+ * clear FD_CLOEXEC); for a child about to exec. */
+int dup_for_exec(int from, int to);
 int write_full_at(int fd, const void *buf, size_t len, off_t off);
 /* rm -rf that never follows a symlink and never enters another mount. */
 int remove_tree(const char *path);
