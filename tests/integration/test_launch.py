@@ -133,6 +133,15 @@ def mounts_under(path):
         return [line.split()[4] for line in f if line.split()[4].startswith(path)]
 
 
+def alive(pid):
+    """Whether pid runs (a zombie has an empty cmdline); it may exit while this looks."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return bool(f.read())
+    except OSError:
+        return False
+
+
 def processes_with(text):
     out = []
     for p in os.listdir("/proc"):
@@ -670,8 +679,7 @@ def detached_lifecycle(t):
         init = int(f.read())
     killed = launch("kill", "-s", "KILL", "orphan")
     deadline = time.monotonic() + 5
-    while os.path.exists(f"/proc/{init}/cmdline") and open(f"/proc/{init}/cmdline", "rb").read() and \
-            time.monotonic() < deadline:
+    while alive(init) and time.monotonic() < deadline:
         time.sleep(0.05)
     waited = launch("wait", "orphan", timeout=10)
     tap.ok(killed.returncode == 0 and not processes_with("sleep\x00301") and waited.returncode == 125 and
