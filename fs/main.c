@@ -324,6 +324,14 @@ static void use_profile(struct image *img, const struct image_options *opts)
 		opts->progress(line);
 }
 
+/* What a successor server needs lives in a memory file the keeper holds. */
+static int keep_state(const struct mount_request *req, struct takeover *t, const char *name, struct err *err)
+{
+	if (req->foreground || t->resuming || (t->state_fd = memfd_create(name, MFD_CLOEXEC)) >= 0)
+		return 0;
+	return err_set(err, errno, "cannot keep the state of \"%s\" for a successor: %s", req->dir, strerror(errno));
+}
+
 /* The image, and the writable layer over it when asked for. */
 static int mount_open_image(const struct mount_request *req, const struct image_options *opts, struct mount_server *s,
 			    struct takeover *t, struct err *err)
@@ -338,9 +346,8 @@ static int mount_open_image(const struct mount_request *req, const struct image_
 		return r;
 	if ((r = mkdir_parents(req->upper, 0755)) < 0)
 		return err_set(err, -r, "cannot create upper directory \"%s\": %s", req->upper, strerror(-r));
-	/* The node table a successor server needs lives as long as the keeper. */
-	if (!req->foreground && !t->resuming && (t->state_fd = memfd_create("imgfs-overlay", MFD_CLOEXEC)) < 0)
-		return err_set(err, errno, "cannot keep the state of the writable layer: %s", strerror(errno));
+	if ((r = keep_state(req, t, "imgfs-overlay", err)) < 0)
+		return r;
 	return overlay_open(s->img, req->upper, t->state_fd, t->resuming, &s->overlay, err);
 }
 
@@ -448,9 +455,11 @@ static char **restart_argv(const struct mount_request *req, char **argv, const s
 	size_t n = 0;
 	for (int i = 0; i < req->n_options; i++)
 		v[n++] = argv[i];
-	v[n++] = (char *)"--pull";
-	v[n++] = (char *)"missing";
-	v[n++] = s->img->pinned_ref;
+	if (s->img) {
+		v[n++] = (char *)"--pull";
+		v[n++] = (char *)"missing";
+		v[n++] = s->img->pinned_ref;
+	}
 	v[n++] = (char *)point;
 	return v;
 }
@@ -465,9 +474,7 @@ static int mount_start(const struct mount_request *req, char **argv, struct moun
 	/* The mount exists before the parent returns: the caller can use it at once. */
 	if (fuse_daemonize(req->foreground) != 0)
 		return err_set(err, EIO, "cannot go to the background");
-	/* The store numbers its nodes in the order references resolve, which
-	 * a successor could not repeat: it is served by this process alone. */
-	if (req->foreground || req->store)
+	if (req->foreground)
 		return 0;
 	_cleanup_free_ char **v = restart_argv(req, argv, s, point);
 	int r = v ? takeover_start_keeper(t, point, v) : -ENOMEM;
@@ -499,8 +506,8 @@ static int mount_serve(const struct mount_request *req, char **argv, struct imag
 		err_set(&err, -r, "cannot use the cache \"%s\": %s", opts->cache_dir, strerror(-r));
 	if (r == 0 && req->store) {
 		struct store_options so = { *opts, req->prefetch, req->resolve_timeout_ms };
-		if ((r = store_new(&so, &s.store)) < 0)
-			err_set(&err, -r, "cannot start the store: %s", strerror(-r));
+		if ((r = keep_state(req, t, "imgfs-store", &err)) == 0)
+			r = store_new(&so, t->state_fd, t->resuming, &s.store, &err);
 	} else if (r == 0) {
 		r = mount_open_image(req, opts, &s, t, &err);
 	}

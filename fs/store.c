@@ -10,6 +10,7 @@
  * a reference's state is guarded by its own lock.  A reference is resolved
  * by a thread of its own, so that a lookup can stop waiting for it. */
 #include "store.h"
+#include "store_journal.h"
 #include "takeover.h"
 
 #include <json-c/json.h>
@@ -34,7 +35,9 @@ struct store_layer {
 	struct tree *tree; /* the layer alone, in overlayfs lower form */
 	char *info;
 	size_t info_len;
-	atomic_int uses;
+	atomic_uint *uses; /* in the journal, which outlives this server */
+	atomic_uint own_uses;
+	atomic_int blob_fd; /* the verified blob in the cache, -1 before its first open */
 };
 
 /* What one resolution of a reference named: an image and its layers. */
@@ -77,6 +80,8 @@ struct store {
 	size_t n_slots, allocated_slots;
 	struct store_ref **refs;
 	size_t n_refs, allocated_refs;
+	struct store_journal *journal;
+	bool replaying; /* a successor making the nodes the journal lists */
 	char last_error[1024];
 };
 
@@ -122,25 +127,6 @@ static struct served_tree served_layer(const struct store_layer *l)
 	return (struct served_tree){ l->tree, l->slot << TREE_SHIFT, l->dir_ino };
 }
 
-int store_new(const struct store_options *opts, struct store **ret)
-{
-	struct store *s = calloc(1, sizeof(*s));
-	if (!s)
-		return -ENOMEM;
-	s->opts = *opts;
-	s->opts.image.separate_layers = true;
-	pthread_mutex_init(&s->lock, NULL);
-	s->n_nodes = 1;
-	s->n_slots = 1;
-	if (node_add(s, NODE_ROOT, NULL) != FUSE_ROOT_ID ||
-	    grow_array((void **)&s->slots, &s->allocated_slots, 1, sizeof(*s->slots)) < 0) {
-		store_free(s);
-		return -ENOMEM;
-	}
-	*ret = s;
-	return 0;
-}
-
 static void store_image_free(struct store_image *si)
 {
 	if (!si)
@@ -148,6 +134,8 @@ static void store_image_free(struct store_image *si)
 	for (size_t i = 0; i < si->n_layers; i++) {
 		tree_free(si->layers[i].tree);
 		free(si->layers[i].info);
+		if (si->layers[i].blob_fd >= 0)
+			close(si->layers[i].blob_fd);
 	}
 	free(si->layers);
 	image_free(si->img);
@@ -195,6 +183,7 @@ struct store *store_free(struct store *s)
 	free(s->refs);
 	free(s->nodes);
 	free(s->slots);
+	journal_close(s->journal);
 	pthread_mutex_destroy(&s->lock);
 	free(s);
 	return NULL;
@@ -273,7 +262,8 @@ static int image_add_layers(struct store *s, struct store_image *si, struct err 
 	for (size_t i = 0; ret == 0 && i < n; i++, si->n_layers++) {
 		struct store_layer *sl = &si->layers[i];
 		const char *diff_id = json_object_get_string(json_object_array_get_idx(ids, i));
-		*sl = (struct store_layer){ .image = si, .index = i };
+		*sl = (struct store_layer){ .image = si, .index = i, .blob_fd = -1 };
+		sl->uses = &sl->own_uses;
 		ret = tree_build_lower(si->img->layers[i], &sl->tree, err);
 		if (ret == 0 && (!diff_id || !digest_is_valid(diff_id)))
 			ret = err_set(err, EBADMSG, "layer %s has no valid diff_id in the config",
@@ -285,6 +275,9 @@ static int image_add_layers(struct store *s, struct store_image *si, struct err 
 	if (ret < 0)
 		return ret;
 	pthread_mutex_lock(&s->lock);
+	struct journal_event e = {
+		.kind = JOURNAL_IMAGE, .n_layers = (uint32_t)n, .ref_ino = si->ref->ino, .first_slot = s->n_slots
+	};
 	ret = grow_array((void **)&s->slots, &s->allocated_slots, s->n_slots + n, sizeof(*s->slots));
 	for (size_t i = 0; ret == 0 && i < n; i++) {
 		struct store_layer *sl = &si->layers[i];
@@ -295,7 +288,14 @@ static int image_add_layers(struct store *s, struct store_image *si, struct err 
 			ret = -ENOMEM;
 		sl->slot = s->n_slots;
 		s->slots[s->n_slots++] = sl;
+		atomic_uint *shared = journal_uses(s->journal, sl->slot);
+		if (shared)
+			sl->uses = shared;
 	}
+	e.served = ret == 0;
+	snprintf(e.text, sizeof(e.text), "%s", si->img->pinned_ref);
+	if (!s->replaying)
+		(void)journal_append(s->journal, &e);
 	pthread_mutex_unlock(&s->lock);
 	return ret;
 }
@@ -443,14 +443,96 @@ static struct store_ref *ref_get(struct store *s, const char *name)
 	pthread_mutex_lock(&s->lock);
 	struct store_ref *raced = ref_find(s, name);
 	if (!raced && grow_array((void **)&s->refs, &s->allocated_refs, s->n_refs + 1, sizeof(*s->refs)) == 0 &&
-	    (r->ino = node_add(s, NODE_REF, r)) != 0)
+	    (r->ino = node_add(s, NODE_REF, r)) != 0) {
 		s->refs[s->n_refs++] = r;
+		struct journal_event e = { .kind = JOURNAL_REF };
+		snprintf(e.text, sizeof(e.text), "%s", name);
+		/* A name too long for the journal: this store is served by this
+		 * process alone. */
+		if (!s->replaying && strlen(name) >= sizeof(e.text))
+			journal_spoil(s->journal);
+		else if (!s->replaying)
+			(void)journal_append(s->journal, &e);
+	}
 	pthread_mutex_unlock(&s->lock);
 	if (raced || !r->ino) {
 		ref_free(r);
 		return raced;
 	}
 	return r;
+}
+
+/* A successor makes the nodes its predecessor made, in the same order,
+ * so that every number the kernel holds names the same thing again. */
+static int store_replay(struct store *s, struct err *err)
+{
+	struct image_options opts = s->opts.image;
+	opts.pull = PULL_MISSING; /* name@digest: the cache has it */
+	int r = 0;
+	s->replaying = true;
+	for (size_t i = 0; r == 0 && i < journal_count(s->journal); i++) {
+		const struct journal_event *e = journal_get(s->journal, i);
+		char text[sizeof(e->text)];
+		snprintf(text, sizeof(text), "%.*s", (int)sizeof(e->text) - 1, e->text);
+		struct store_node n;
+		if (e->kind == JOURNAL_REF) {
+			if (!ref_get(s, text))
+				r = err_set(err, EBADMSG, "journal: cannot name the reference \"%s\" again", text);
+			continue;
+		}
+		if (e->kind != JOURNAL_IMAGE || !node_get(s, e->ref_ino, &n) || n.kind != NODE_REF) {
+			r = err_set(err, EBADMSG, "journal: event %zu names no reference", i);
+			break;
+		}
+		struct store_image *si = calloc(1, sizeof(*si));
+		r = si ? image_open(text, &opts, &si->img, err) : -ENOMEM;
+		if (r == 0) {
+			si->ref = n.object;
+			r = image_add_layers(s, si, err);
+		}
+		if (r == 0 && (si->n_layers != e->n_layers || (si->n_layers && si->layers[0].slot != e->first_slot)))
+			r = err_set(err, EBADMSG, "journal: \"%s\" does not have the layers it had", text);
+		struct store_ref *ref = si ? si->ref : NULL;
+		if (r == 0 && grow_array((void **)&ref->images, &ref->allocated_images, ref->n_images + 1,
+					 sizeof(*ref->images)) == 0) {
+			si->n_served = e->served ? si->n_layers : 0;
+			ref->images[ref->n_images++] = si;
+			if (image_start_background(si->img, s->opts.prefetch) < 0)
+				fprintf(stderr, "imgfs store: %s: cannot start the background fetch\n", text);
+		} else {
+			store_image_free(si);
+			r = r < 0 ? r : -ENOMEM;
+		}
+	}
+	s->replaying = false;
+	return r;
+}
+
+int store_new(const struct store_options *opts, int state_fd, bool resume, struct store **ret, struct err *err)
+{
+	struct store *s = calloc(1, sizeof(*s));
+	if (!s)
+		return err_set(err, ENOMEM, "cannot start the store: out of memory");
+	s->opts = *opts;
+	s->opts.image.separate_layers = true;
+	pthread_mutex_init(&s->lock, NULL);
+	s->n_nodes = 1;
+	s->n_slots = 1;
+	int r = node_add(s, NODE_ROOT, NULL) == FUSE_ROOT_ID &&
+			grow_array((void **)&s->slots, &s->allocated_slots, 1, sizeof(*s->slots)) == 0
+		    ? 0
+		    : err_set(err, ENOMEM, "cannot start the store: out of memory");
+	if (r == 0 && (r = journal_open(state_fd, resume, &s->journal)) < 0)
+		err_set(err, -r, "cannot start the store: its journal: %s",
+			r == -EBADMSG ? "the previous server left it damaged or full" : strerror(-r));
+	if (r == 0 && resume)
+		r = store_replay(s, err);
+	if (r < 0) {
+		store_free(s);
+		return r;
+	}
+	*ret = s;
+	return 0;
 }
 
 static void node_stat(struct store *s, fuse_ino_t ino, const struct store_node *n, struct stat *st)
@@ -587,6 +669,27 @@ static void op_readlink(fuse_req_t req, fuse_ino_t ino)
 		fuse_reply_err(req, EINVAL);
 }
 
+/* The blob is read whole or not at all (podman push, save): fetched and
+ * verified once, on its first open, and kept open while the store runs. */
+static int layer_blob_fd(struct store_layer *l)
+{
+	int fd = atomic_load(&l->blob_fd);
+	if (fd >= 0)
+		return fd;
+	struct err err = { 0 };
+	int r = image_layer_blob(l->image->img, l->index, &fd, &err);
+	if (r < 0) {
+		fprintf(stderr, "imgfs store: %s\n", err.code ? err.msg : strerror(-r));
+		return r;
+	}
+	int none = -1;
+	if (!atomic_compare_exchange_strong(&l->blob_fd, &none, fd)) {
+		close(fd);
+		fd = none;
+	}
+	return fd;
+}
+
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct store *s = store_of(req);
@@ -608,27 +711,17 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, EROFS);
 		return;
 	}
-	fi->fh = 0;
 	fi->keep_cache = 1;
-	if (n.kind == NODE_BLOB) {
-		/* The blob is read whole or not at all (podman push, save): fetched
-		 * and verified once, on its first open. */
-		struct store_layer *l = n.object;
-		struct err err = { 0 };
-		int fd;
-		int r = image_layer_blob(l->image->img, l->index, &fd, &err);
-		if (r < 0) {
-			fprintf(stderr, "imgfs store: %s\n", err.code ? err.msg : strerror(-r));
-			fuse_reply_err(req, EIO);
-			return;
-		}
-		fi->fh = (uint64_t)fd;
-	}
-	fuse_reply_open(req, fi);
+	int r = n.kind == NODE_BLOB ? layer_blob_fd(n.object) : 0;
+	if (r < 0)
+		fuse_reply_err(req, EIO);
+	else
+		fuse_reply_open(req, fi);
 }
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
+	(void)fi;
 	struct store *s = store_of(req);
 	struct tree_inode *i;
 	struct store_node n;
@@ -648,10 +741,12 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	}
 	if (size > FUSE_IO_MAX)
 		size = FUSE_IO_MAX;
-	_cleanup_free_ char *buf = malloc(size ? size : 1);
-	ssize_t got = buf ? pread((int)fi->fh, buf, size, off) : -1;
+	/* Opened by a server before this one, maybe: the descriptor is the layer's. */
+	int fd = layer_blob_fd(l);
+	_cleanup_free_ char *buf = fd >= 0 ? malloc(size ? size : 1) : NULL;
+	ssize_t got = buf ? pread(fd, buf, size, off) : -1;
 	if (got < 0)
-		fuse_reply_err(req, buf ? errno : ENOMEM);
+		fuse_reply_err(req, fd < 0 ? EIO : buf ? errno : ENOMEM);
 	else
 		fuse_reply_buf(req, buf, (size_t)got);
 }
@@ -659,8 +754,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	(void)ino;
-	if (fi->fh)
-		close((int)fi->fh);
+	(void)fi;
 	fuse_reply_err(req, 0);
 }
 
@@ -762,7 +856,7 @@ static int format_stats(struct store *s, char *buf, size_t size)
 				layer_get_stats(si->img->layers[k], &st);
 				ranges += st.bytes_fetched;
 				requests += st.requests;
-				uses += (uint64_t)atomic_load(&si->layers[k].uses);
+				uses += (uint64_t)atomic_load(si->layers[k].uses);
 			}
 		}
 		refs_ready += served;
@@ -821,7 +915,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	(void)fi;
 	struct store_node n;
 	if (node_get(store_of(req), parent, &n) && n.kind == NODE_LAYER && strcmp(name, "use") == 0) {
-		atomic_fetch_add(&((struct store_layer *)n.object)->uses, 1);
+		atomic_fetch_add(((struct store_layer *)n.object)->uses, 1);
 		fuse_reply_err(req, ENOENT);
 		return;
 	}
@@ -839,8 +933,8 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 		l = layer_find(r, name);
 		pthread_mutex_unlock(&r->lock);
 	}
-	if (l && atomic_load(&l->uses) > 0)
-		atomic_fetch_sub(&l->uses, 1);
+	if (l && atomic_load(l->uses) > 0)
+		atomic_fetch_sub(l->uses, 1);
 	fuse_reply_err(req, l ? ENOENT : EROFS);
 }
 

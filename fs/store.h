@@ -26,7 +26,9 @@ struct store_options {
 
 struct store;
 
-int store_new(const struct store_options *opts, struct store **ret);
+/* state_fd keeps what a successor needs to number nodes the same way
+ * (-1: nothing, memory of its own); resume: this server is one. */
+int store_new(const struct store_options *opts, int state_fd, bool resume, struct store **ret, struct err *err);
 struct store *store_free(struct store *s);
 
 extern const struct fuse_lowlevel_ops store_ops;

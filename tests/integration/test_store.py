@@ -318,17 +318,47 @@ def hanging_registry(t):
 
 @suite.case
 def killed_store(t):
-    """After kill -9 of the store podman pulls by itself; a restarted store
-    makes the next run lazy again."""
+    """kill -9 of the store's server: its keeper starts another, which
+    numbers every layer as before (podman's mounts of them read on), and
+    the next podman run takes its layers from the store again; a store
+    unmounted and started again on the same directory serves too."""
     image = f"{t.reg.host}/store/own:v1"
-    os.kill(t.store.pid(), signal.SIGKILL)
-    time.sleep(0.3)
     r = podman_run(t, image, "busybox", "md5sum", "/data/f01")
-    t.tap.ok(r.returncode == 0 and r.stdout.decode().split()[:1] == [md5(deterministic_bytes(101, 1 << 20))],
-             "podman runs an image from its own pull while the store is dead", r.stderr)
+    uses = store_stats(t.store.dir).get("layers_in_use")
+    # Started before the kill, it looks its files up and reads them after it.
+    reader = podman(t, "run", "-d", "--name", "reader", "--tls-verify=false", "--network", "none", *PODMAN_LIMITS,
+                    image, "busybox", "sh", "-c", "sleep 2; busybox md5sum /data/f03 /data/f04")
+    time.sleep(0.5)
+    pid = t.store.pid()
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if t.store.pid() != pid:
+                break
+        except OSError:
+            pass
+        time.sleep(0.02)
+    stats = store_stats(t.store.dir)
+    t.tap.ok(t.store.pid() != pid and stats.get("takeovers") == 1 and stats.get("layers_in_use") == uses,
+             "after kill -9 a new server serves the store, with the layers' use counts", (pid, stats))
+    waited = podman(t, "wait", "reader")
+    logs = podman(t, "logs", "reader").stdout.decode().split()
+    podman(t, "rm", "-f", "reader")
+    t.tap.ok(reader.returncode == 0 and waited.stdout.decode().strip() == "0" and
+             logs[0::2] == [md5(deterministic_bytes(103, 1 << 20)), md5(deterministic_bytes(104, 1 << 20))],
+             "a container running on the store's layers reads files it had not opened, after the kill",
+             (reader.stderr, waited.stdout, logs))
     r = podman(t, "rmi", "-f", image)
+    released = store_stats(t.store.dir)["layers_in_use"]
+    r = podman_run(t, image, "busybox", "md5sum", "/data/f02")
+    t.tap.ok(r.returncode == 0 and r.stdout.decode().split()[:1] == [md5(deterministic_bytes(102, 1 << 20))] and
+             uses and released == uses - 2 and store_stats(t.store.dir)["layers_in_use"] == uses,
+             "podman rmi releases the layers through the new server, and the next run takes them from it again",
+             (r.stderr, uses, released, store_stats(t.store.dir)))
+    podman(t, "rmi", "-f", image)
     r = run([IMGFS, "umount", t.store.dir])
-    t.tap.ok(r.returncode == 0 and not is_mounted(t.store.dir), "imgfs umount clears the dead store", r.stderr)
+    t.tap.ok(r.returncode == 0 and not is_mounted(t.store.dir), "imgfs umount ends it", r.stderr)
     t.store = Store(t, "store", ["--prefetch", "none"])
     t.tap.ok(t.store.ok, "the store starts again on the same directory", t.store.result.stderr)
     r = podman_run(t, image, "busybox", "md5sum", "/data/f02")
