@@ -36,6 +36,7 @@
 
 struct keeper {
 	const char *point;
+	const char *cwd;     /* where the first server was started: its relative paths */
 	char **restart_argv; /* after the program name, which restart_argv[-1] is */
 	int state_fd;
 	pid_t server;
@@ -109,6 +110,8 @@ static int start_server(struct keeper *k)
 		if (dup_for_exec(pair[1], KEEPER_CHANNEL_FD) < 0 || dup_for_exec(KEEPER_FUSE_FD, KEEPER_FUSE_FD) < 0 ||
 		    (k->state_fd >= 0 && dup_for_exec(KEEPER_STATE_FD, KEEPER_STATE_FD) < 0) ||
 		    setenv(TAKEOVER_ENV, env, 1) < 0)
+			_exit(127);
+		if (chdir(k->cwd) < 0 && chdir("/") < 0)
 			_exit(127);
 		execveat(k->binary_fd, "", k->restart_argv - 1, environ, AT_EMPTY_PATH);
 		_exit(127);
@@ -284,16 +287,17 @@ static int keeper_loop(struct keeper *k)
 
 int keeper_main(int argc, char **argv)
 {
-	/* imgfs keeper SERVER_PID POINT STATE_FD -- ARGS... */
-	if (argc < 6 || strcmp(argv[4], "--") != 0) {
+	/* imgfs keeper SERVER_PID POINT STATE_FD CWD -- ARGS... */
+	if (argc < 7 || strcmp(argv[5], "--") != 0) {
 		fprintf(stderr, "imgfs keeper is started by imgfs mount and imgfs store, not by hand\n");
 		return IMGFS_EXIT_USAGE;
 	}
 	/* What a successor runs: "imgfs" ARGS... */
-	argv[4] = (char *)"imgfs";
+	argv[5] = (char *)"imgfs";
 	struct keeper k = {
 		.point = argv[2],
-		.restart_argv = argv + 5,
+		.cwd = argv[4],
+		.restart_argv = argv + 6,
 		.state_fd = atoi(argv[3]) >= 0 ? KEEPER_STATE_FD : -1,
 		.server = (pid_t)atoi(argv[1]),
 		.channel = KEEPER_CHANNEL_FD,
@@ -304,6 +308,8 @@ int keeper_main(int argc, char **argv)
 	close_inherited_fds(keep, k.state_fd >= 0 ? 3 : 2);
 	for (int fd = 3; fd <= 5; fd++)
 		(void)fcntl(fd, F_SETFD, FD_CLOEXEC);
+	/* The descriptor it names is not a successor's: 3 is the connection. */
+	unsetenv(IMGFS_ERROR_FD_ENV);
 	signal(SIGINT, SIG_IGN);
 	signal(SIGHUP, SIG_IGN);
 	signal(SIGPIPE, SIG_IGN);

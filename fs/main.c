@@ -469,6 +469,8 @@ static char **restart_argv(const struct mount_request *req, char **argv, const s
 static int mount_start(const struct mount_request *req, char **argv, struct mount_server *s, struct takeover *t,
 		       const char *point, struct err *err)
 {
+	/* Before fuse_daemonize() moves to "/". */
+	_cleanup_free_ char *cwd = getcwd(NULL, 0);
 	if (t->resuming)
 		return 0;
 	/* The mount exists before the parent returns: the caller can use it at once. */
@@ -477,7 +479,7 @@ static int mount_start(const struct mount_request *req, char **argv, struct moun
 	if (req->foreground)
 		return 0;
 	_cleanup_free_ char **v = restart_argv(req, argv, s, point);
-	int r = v ? takeover_start_keeper(t, point, v) : -ENOMEM;
+	int r = v ? takeover_start_keeper(t, point, cwd, v) : -ENOMEM;
 	/* Without a keeper the mount is served as before, only not past this process. */
 	if (r < 0)
 		fprintf(stderr, "imgfs: cannot start the keeper of \"%s\": %s\n", point, strerror(-r));

@@ -180,7 +180,7 @@ int takeover_attach(struct fuse_session *se, struct takeover *t)
 	return r;
 }
 
-int takeover_start_keeper(struct takeover *t, const char *point, char *const *restart_argv)
+int takeover_start_keeper(struct takeover *t, const char *point, const char *cwd, char *const *restart_argv)
 {
 	int pair[2];
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0)
@@ -188,7 +188,7 @@ int takeover_start_keeper(struct takeover *t, const char *point, char *const *re
 	size_t n = 0;
 	while (restart_argv[n])
 		n++;
-	const char **argv = calloc(n + 8, sizeof(*argv));
+	const char **argv = calloc(n + 9, sizeof(*argv));
 	if (!argv) {
 		close(pair[0]);
 		close(pair[1]);
@@ -203,6 +203,7 @@ int takeover_start_keeper(struct takeover *t, const char *point, char *const *re
 	argv[a++] = server;
 	argv[a++] = point;
 	argv[a++] = state;
+	argv[a++] = cwd ? cwd : "/";
 	argv[a++] = "--";
 	for (size_t i = 0; i < n; i++)
 		argv[a++] = restart_argv[i];

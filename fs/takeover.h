@@ -59,9 +59,10 @@ size_t takeover_fds(const struct takeover *t, int *fds, size_t max);
 int takeover_attach(struct fuse_session *se, struct takeover *t);
 
 /* Starts the keeper of the mount at point: restart_argv (NULL-ended,
- * without the program) is what a successor server runs with.  Call it from
- * the server, after the mount, before any thread starts. */
-int takeover_start_keeper(struct takeover *t, const char *point, char *const *restart_argv);
+ * without the program) is what a successor server runs with, in cwd (the
+ * directory the command was given relative paths from).  Call it from the
+ * server, after the mount, before any thread starts. */
+int takeover_start_keeper(struct takeover *t, const char *point, const char *cwd, char *const *restart_argv);
 
 /* SIGUSR1 makes the server stop reading, finish what it has read, and exit
  * without unmounting (imgfs upgrade).  True once it was asked to. */

@@ -238,6 +238,28 @@ def killed_during_fetch(t):
 
 
 @suite.case
+def relative_paths(t):
+    """A mount made with relative paths (cache, upper directory) from some
+    directory is taken over with the same paths, from that directory."""
+    mnt = os.path.join(t.work, "rel-mnt")
+    os.makedirs(mnt)
+    r = run([IMGFS, "mount", "--cache", "rel-cache", "--upper", "rel-upper", t.img, "rel-mnt"], cwd=t.work)
+    if not tap.ok(r.returncode == 0, "mount with relative paths", r.stderr):
+        return
+    with open(os.path.join(mnt, "w", "kept"), "w") as f:
+        f.write("kept\n")
+    pid = server_pid(mnt)
+    os.kill(pid, signal.SIGKILL)
+    new, _ = wait_takeover(mnt, pid)
+    with open(os.path.join(mnt, "w", "kept")) as f:
+        kept = f.read()
+    cwd = os.path.realpath(f"/proc/{new}/cwd") if new else None
+    tap.ok(new and kept == "kept\n" and os.path.isfile(os.path.join(t.work, "rel-upper", "w", "kept")),
+           "the next server serves the same upper directory and cache", (new, kept, cwd))
+    run([IMGFS, "umount", mnt])
+
+
+@suite.case
 def keeper_leaves_with_the_mount(t):
     """imgfs umount ends the server and its keeper; upgrade of a foreground
     mount says why it cannot."""
