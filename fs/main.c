@@ -617,28 +617,36 @@ static int cmd_record(int argc, char **argv)
 /* How long imgfs umount waits for a daemon to say its pid. */
 #define DAEMON_ANSWER_WAIT_MS 2000
 
-/* A pidfd of the daemon serving point, or -1: not ours, dead, or not
- * answering within DAEMON_ANSWER_WAIT_MS (*ret_hung).  Asked from a child,
- * which a daemon that stopped answering leaves waiting, and which a signal
- * then ends (FUSE requests end on SIGKILL). */
-static int open_daemon_pidfd(const char *point, bool *ret_hung)
+/* Pidfds of the daemon serving point and of its keeper, or -1: not ours,
+ * dead, no keeper, or not answering within DAEMON_ANSWER_WAIT_MS
+ * (*ret_hung).  Asked from a child, which a daemon that stopped answering
+ * leaves waiting, and which a signal then ends (FUSE requests end on
+ * SIGKILL). */
+static int open_daemon_pidfds(const char *point, int *ret_keeper, bool *ret_hung)
 {
 	*ret_hung = false;
+	*ret_keeper = -1;
 	int pipefd[2];
 	if (pipe2(pipefd, O_CLOEXEC) < 0)
 		return -1;
 	pid_t child = fork();
 	if (child == 0) {
-		char pid[32];
+		char pid[32], stats[2048], line[80];
 		ssize_t n = getxattr(point, IMGFS_PID_XATTR, pid, sizeof(pid) - 1);
-		if (n > 0)
-			(void)!write(pipefd[1], pid, (size_t)n);
+		ssize_t m = n > 0 ? getxattr(point, IMGFS_STATS_XATTR, stats, sizeof(stats) - 1) : -1;
+		stats[m > 0 ? m : 0] = '\0';
+		const char *keeper = strstr(stats, "keeper_pid ");
+		if (n > 0) {
+			pid[n] = '\0';
+			int len = snprintf(line, sizeof(line), "%s %d", pid, keeper ? atoi(keeper + 11) : 0);
+			(void)!write(pipefd[1], line, (size_t)len);
+		}
 		_exit(0);
 	}
 	close(pipefd[1]);
-	char pid[32] = "";
+	char line[80] = "";
 	struct pollfd p = { pipefd[0], POLLIN, 0 };
-	ssize_t n = child > 0 && poll(&p, 1, DAEMON_ANSWER_WAIT_MS) > 0 ? read(pipefd[0], pid, sizeof(pid) - 1) : -1;
+	ssize_t n = child > 0 && poll(&p, 1, DAEMON_ANSWER_WAIT_MS) > 0 ? read(pipefd[0], line, sizeof(line) - 1) : -1;
 	close(pipefd[0]);
 	if (child > 0 && n < 0 && p.revents == 0) {
 		*ret_hung = true;
@@ -646,10 +654,12 @@ static int open_daemon_pidfd(const char *point, bool *ret_hung)
 	}
 	if (child > 0)
 		(void)waitpid(child, NULL, 0);
-	if (n <= 0)
+	int server = 0, keeper = 0;
+	if (n <= 0 || sscanf(line, "%d %d", &server, &keeper) < 1 || server <= 0)
 		return -1;
-	pid[n] = '\0';
-	return pidfd_open((pid_t)strtol(pid, NULL, 10), 0);
+	if (keeper > 0)
+		*ret_keeper = pidfd_open(keeper, 0);
+	return pidfd_open(server, 0);
 }
 
 /* DIR as mountinfo shows it, without looking DIR itself up (its daemon may
@@ -692,12 +702,15 @@ static int cmd_umount(int argc, char **argv)
 	/* The daemon writes its last cache objects when the kernel lets go:
 	 * waiting for it makes the cache complete once umount returns. */
 	bool hung;
-	_cleanup_close_ int pidfd = open_daemon_pidfd(point, &hung);
+	int keeper;
+	_cleanup_close_ int pidfd = open_daemon_pidfds(point, &keeper, &hung);
+	_cleanup_close_ int keeper_pidfd = keeper;
 	if (hung)
 		fprintf(stderr, "imgfs: the daemon of \"%s\" does not answer: detaching the mount lazily\n", argv[1]);
 	if (geteuid() == 0) {
 		if (umount2(point, UMOUNT_NOFOLLOW | (hung ? MNT_DETACH : 0)) == 0) {
 			(void)pidfd_wait_exit(pidfd, DAEMON_EXIT_WAIT_MS);
+			(void)pidfd_wait_exit(keeper_pidfd, DAEMON_ANSWER_WAIT_MS);
 			return IMGFS_EXIT_OK;
 		}
 		return report(errno, "cannot unmount \"%s\": %s", argv[1],
@@ -718,6 +731,7 @@ static int cmd_umount(int argc, char **argv)
 	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
 		return report(0, "cannot unmount \"%s\": fusermount3 failed", argv[1]);
 	(void)pidfd_wait_exit(pidfd, DAEMON_EXIT_WAIT_MS);
+	(void)pidfd_wait_exit(keeper_pidfd, DAEMON_ANSWER_WAIT_MS);
 	return IMGFS_EXIT_OK;
 }
 
