@@ -130,7 +130,8 @@ static int start_server(struct keeper *k)
 	return k->server_pidfd < 0 ? -errno : 0;
 }
 
-static void read_channel(struct keeper *k)
+/* One message of the server; false when none was waiting. */
+static bool read_channel(struct keeper *k)
 {
 	unsigned char msg[1 + TAKEOVER_INIT_MAX];
 	ssize_t n = recv(k->channel, msg, sizeof(msg), MSG_DONTWAIT);
@@ -139,7 +140,7 @@ static void read_channel(struct keeper *k)
 			close(k->channel);
 			k->channel = -1;
 		}
-		return;
+		return false;
 	}
 	if (msg[0] == 'I' && k->init_len == 0 && n > 1) {
 		memcpy(k->init, msg + 1, (size_t)n - 1);
@@ -154,6 +155,7 @@ static void read_channel(struct keeper *k)
 			answer_client(k, "ok %d", (int)k->server);
 		}
 	}
+	return true;
 }
 
 /* The server is gone: 0 when a new one serves, 1 when the keeper is done. */
@@ -162,10 +164,12 @@ static int server_gone(struct keeper *k)
 	(void)waitpid(k->server, NULL, WNOHANG);
 	close(k->server_pidfd);
 	k->server_pidfd = -1;
+	/* What it sent just before it died is still queued. */
+	while (k->channel >= 0 && read_channel(k))
+		;
 	if (k->channel >= 0) {
-		/* What it sent just before it died is still queued. */
-		while (k->channel >= 0)
-			read_channel(k);
+		close(k->channel);
+		k->channel = -1;
 	}
 	if (mount_gone()) {
 		answer_client(k, "error the mount went away");
@@ -277,7 +281,7 @@ static int keeper_loop(struct keeper *k)
 			return 1;
 		}
 		if (p[1].revents)
-			read_channel(k);
+			(void)read_channel(k);
 		if (p[2].revents & POLLIN)
 			accept_client(k);
 		if (p[0].revents && server_gone(k) != 0)

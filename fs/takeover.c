@@ -71,6 +71,11 @@ int takeover_from_env(struct takeover *t)
 		return -EINVAL;
 	t->keeper_pid = keeper_pid;
 	t->resuming = true;
+	/* Given for this process only: nothing it starts may hold them. */
+	const int given[] = { t->fuse_fd, t->keeper_fd, t->state_fd };
+	for (size_t i = 0; i < ARRAY_SIZE(given); i++)
+		if (given[i] >= 0)
+			(void)fcntl(given[i], F_SETFD, FD_CLOEXEC);
 	return 0;
 }
 
