@@ -29,6 +29,11 @@
  * same time, so that a slow or stalled read never holds up the others. */
 #define DEMAND_CLIENTS 4
 
+struct inflight {
+	const struct chunk *chunk;
+	bool background; /* claimed by a background fetch no reader took over */
+};
+
 struct remote {
 	pthread_mutex_t lock; /* guards the counters, inflight and clients; never held across I/O */
 	pthread_cond_t inflight_done, client_free, stores_done;
@@ -51,12 +56,14 @@ struct remote {
 	struct pack_store pack;
 	char digest[72];
 	uint64_t bytes_fetched, requests, chunk_hits, chunk_misses, bytes_prefetched;
+	uint64_t chunks_taken_over; /* fetched by a reader while a background request had them */
 	/* Every chunk of the layer in blob order, for fetching neighbours together. */
 	const struct chunk **by_offset;
 	size_t n_chunks;
 	/* Chunks being fetched right now: a second reader waits for the first
-	 * instead of fetching the same bytes again. */
-	const struct chunk **inflight;
+	 * instead of fetching the same bytes again, unless the first is the
+	 * background fetch (see chunk_ready()). */
+	struct inflight *inflight;
 	size_t n_inflight, allocated_inflight;
 };
 
@@ -95,6 +102,7 @@ static void chunked_get_stats(struct layer *l, struct layer_stats *ret)
 	ret->chunk_hits = rem->chunk_hits;
 	ret->chunk_misses = rem->chunk_misses;
 	ret->bytes_prefetched = rem->bytes_prefetched;
+	ret->reads_ahead_of_prefetch = rem->chunks_taken_over;
 	pthread_mutex_unlock(&rem->lock);
 	pthread_mutex_lock(&rem->pack.lock);
 	ret->bytes_in_memory = rem->pack.mem_bytes;
@@ -230,7 +238,7 @@ static bool chunk_bounds_valid(const struct chunk *c)
 	return c->comp_end > c->comp_off && c->comp_end - c->comp_off <= CHUNK_MAX_SIZE * 2;
 }
 
-static bool chunk_claim(struct remote *rem, const struct chunk *c);
+static bool chunk_claim(struct remote *rem, const struct chunk *c, bool background);
 static void chunk_release(struct remote *rem, const struct chunk *c);
 
 /* Chunks are stored by slot, so a chunk is in flight as itself: another
@@ -238,18 +246,18 @@ static void chunk_release(struct remote *rem, const struct chunk *c);
 static ssize_t inflight_index(const struct remote *rem, const struct chunk *c)
 {
 	for (size_t i = 0; i < rem->n_inflight; i++)
-		if (rem->inflight[i] == c)
+		if (rem->inflight[i].chunk == c)
 			return (ssize_t)i;
 	return -1;
 }
 
 /* Marks the chunk as being fetched by the caller; rem->lock is held. */
-static bool inflight_add_locked(struct remote *rem, const struct chunk *c)
+static bool inflight_add_locked(struct remote *rem, const struct chunk *c, bool background)
 {
 	if (grow_array((void **)&rem->inflight, &rem->allocated_inflight, rem->n_inflight + 1, sizeof(*rem->inflight)) <
 	    0)
 		return false;
-	rem->inflight[rem->n_inflight++] = c;
+	rem->inflight[rem->n_inflight++] = (struct inflight){ c, background };
 	return true;
 }
 
@@ -385,14 +393,30 @@ static int chunk_ready(struct remote *rem, const struct chunk *c)
 			return fd;
 		}
 		pthread_mutex_lock(&rem->lock);
-		if (inflight_index(rem, c) < 0)
+		ssize_t i = inflight_index(rem, c);
+		if (i < 0)
 			break; /* ours to fetch; still locked */
-		while (inflight_index(rem, c) >= 0)
-			pthread_cond_wait(&rem->inflight_done, &rem->lock);
+		if (rem->inflight[i].background) {
+			/* A background request may be megabytes long, or slow: a
+			 * reader never waits for one.  It fetches the chunk itself;
+			 * readers after it wait for it, and the background copy,
+			 * the same verified bytes, lands on top. */
+			rem->inflight[i].background = false;
+			rem->chunks_taken_over++;
+			pthread_mutex_unlock(&rem->lock);
+			int r = chunk_fetch(rem, c, NULL);
+			pthread_mutex_lock(&rem->lock);
+			rem->chunk_misses++;
+			pthread_cond_broadcast(&rem->inflight_done);
+			pthread_mutex_unlock(&rem->lock);
+			fd = r < 0 ? -1 : pack_verified(&rem->pack, c);
+			return fd < 0 ? -EIO : fd;
+		}
+		pthread_cond_wait(&rem->inflight_done, &rem->lock);
 		pthread_mutex_unlock(&rem->lock);
 		/* Whoever we waited for has cached it, or failed: look again. */
 	}
-	bool claimed = inflight_add_locked(rem, c);
+	bool claimed = inflight_add_locked(rem, c, false);
 	pthread_mutex_unlock(&rem->lock);
 	if (!claimed)
 		return -ENOMEM;
@@ -407,7 +431,7 @@ static int chunk_ready(struct remote *rem, const struct chunk *c)
 		const struct chunk *next = rem->by_offset[k];
 		uint64_t len = next->comp_end - next->comp_off;
 		if (next->comp_off != batch[n - 1]->comp_end || !chunk_bounds_valid(next) ||
-		    extra + len > READAHEAD_BYTES || !chunk_claim(rem, next))
+		    extra + len > READAHEAD_BYTES || !chunk_claim(rem, next, false))
 			break;
 		batch[n++] = next;
 		extra += len;
@@ -418,12 +442,12 @@ static int chunk_ready(struct remote *rem, const struct chunk *c)
 }
 
 /* Claims the chunk for fetching unless it is cached or being fetched. */
-static bool chunk_claim(struct remote *rem, const struct chunk *c)
+static bool chunk_claim(struct remote *rem, const struct chunk *c, bool background)
 {
 	if (pack_lookup(&rem->pack, c) >= 0 || pack_in_memory(&rem->pack, c))
 		return false;
 	pthread_mutex_lock(&rem->lock);
-	bool claimed = inflight_index(rem, c) < 0 && inflight_add_locked(rem, c);
+	bool claimed = inflight_index(rem, c) < 0 && inflight_add_locked(rem, c, background);
 	pthread_mutex_unlock(&rem->lock);
 	return claimed;
 }
@@ -475,7 +499,7 @@ static int fetch_entries(struct remote *rem, const struct entry *const *v, size_
 					fetch_batch(rem, batch, n, client);
 				return 0;
 			}
-			if (!chunk_bounds_valid(c) || !chunk_claim(rem, c))
+			if (!chunk_bounds_valid(c) || !chunk_claim(rem, c, true))
 				continue;
 			batch[n++] = c;
 			batch_bytes += c->comp_end - c->comp_off;
@@ -623,7 +647,7 @@ static void take_chunks(struct landmark_job *job, struct span_job *sj)
 				continue;
 			if (!job_has_room(sj, c))
 				goto full;
-			if (chunk_claim(job->rem, c))
+			if (chunk_claim(job->rem, c, true))
 				job_add(sj, c);
 		}
 	}

@@ -92,6 +92,9 @@ struct layer_stats {
 	uint64_t bytes_fetched, requests, chunk_hits, chunk_misses, bytes_prefetched;
 	/* Verified bytes served from memory: the cache disk could not take them. */
 	uint64_t bytes_in_memory;
+	/* Reads that fetched bytes themselves rather than wait for the
+	 * background request that had them. */
+	uint64_t reads_ahead_of_prefetch;
 };
 
 /* Where a layer's file bytes come from: a local blob decoded through

@@ -29,6 +29,12 @@ class FaultProxy:
         self.corrupt_first_of_each = False
         self.corrupt_all_blobs = False  # a mirror that only ever serves bad bytes
         self.corrupted_blobs = set()
+        # (bytes, seconds): a ranged read of more than bytes waits seconds
+        # first, as a long background request on a slow link would; the
+        # ranges asked for are recorded with whether they were held.
+        self.hold_large = None
+        self.ranges = []
+        self.held_now = 0
         self.lock = threading.Lock()
         proxy = self
 
@@ -59,6 +65,9 @@ class FaultProxy:
                 headers = {"Accept": self.headers.get("Accept", "*/*")}
                 if self.headers.get("Range"):
                     headers["Range"] = self.headers["Range"]
+                    if proxy.hold(headers["Range"]):
+                        with proxy.lock:
+                            proxy.held_now -= 1
                 if "," in headers.get("Range", ""):
                     with proxy.lock:
                         proxy.multi_requests += 1
@@ -112,6 +121,19 @@ class FaultProxy:
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.host = f"127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def hold(self, range_header):
+        """Records a Range; holds it when hold_large says so.  True if held."""
+        spans = [p.split("-") for p in range_header.split("=", 1)[-1].split(",")]
+        size = sum(int(b) - int(a) + 1 for a, b in spans if a.isdigit() and b.isdigit())
+        held = self.hold_large is not None and size > self.hold_large[0]
+        with self.lock:
+            self.ranges.append((size, held))
+            if held:
+                self.held_now += 1
+        if held:
+            time.sleep(self.hold_large[1])
+        return held
 
     def next_fault(self, handler):
         if "/blobs/" not in handler.path or not handler.headers.get("Range"):

@@ -251,4 +251,35 @@ def first_answer_of_every_blob_corrupt(t):
         m.umount()
 
 
+@suite.case
+def read_not_behind_background(t):
+    """A read whose bytes a background request has claimed, on a link where
+    that request takes seconds, fetches them itself: counted by requests,
+    it returns while the background request is still held."""
+    proxy = t.proxy
+    proxy.faults, proxy.always, proxy.multi = [], None, None
+    proxy.ranges, proxy.held_now = [], 0
+    proxy.hold_large = (2 * CHUNK, 5)
+    mnt = os.path.join(t.work, "mnt-behind")
+    m = Mount(f"{proxy.host}/faults/app:v1", mnt, os.path.join(t.work, "cache-behind"), ["--prefetch=all"])
+    try:
+        if not t.tap.ok(m.ok, "mount with the background fetch", m.stderr()):
+            return
+        deadline = time.monotonic() + 10
+        while proxy.held_now == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        small_before = sum(1 for _, held in proxy.ranges if not held)
+        got = read_at(os.path.join(mnt, "big"), 2)
+        still_held = proxy.held_now
+        small_after = sum(1 for _, held in proxy.ranges if not held)
+        s = imgfs_stats(mnt)
+        t.tap.ok(got == BIG[2 * CHUNK:2 * CHUNK + 4096] and still_held >= 1 and small_after > small_before and
+                 s["reads_ahead_of_prefetch"] >= 1,
+                 "a read in the range of a held background request makes its own request and returns first",
+                 (got if isinstance(got, int) else len(got), still_held, small_before, small_after, s))
+    finally:
+        proxy.hold_large = None
+        m.umount()
+
+
 run_file(suite)
