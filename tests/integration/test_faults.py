@@ -253,9 +253,9 @@ def first_answer_of_every_blob_corrupt(t):
 
 @suite.case
 def read_not_behind_background(t):
-    """A read whose bytes a background request has claimed, on a link where
-    that request takes seconds, fetches them itself: counted by requests,
-    it returns while the background request is still held."""
+    """A read whose bytes a background request has claimed, when that
+    request is late (the proxy holds it 5 s), fetches them itself: counted
+    by requests, it returns while the background request is still held."""
     proxy = t.proxy
     proxy.faults, proxy.always, proxy.multi = [], None, None
     proxy.ranges, proxy.held_now = [], 0
@@ -275,7 +275,7 @@ def read_not_behind_background(t):
         s = imgfs_stats(mnt)
         t.tap.ok(got == BIG[2 * CHUNK:2 * CHUNK + 4096] and still_held >= 1 and small_after > small_before and
                  s["reads_ahead_of_prefetch"] >= 1,
-                 "a read in the range of a held background request makes its own request and returns first",
+                 "a read in the range of a late background request makes its own request and returns first",
                  (got if isinstance(got, int) else len(got), still_held, small_before, small_after, s))
     finally:
         proxy.hold_large = None
