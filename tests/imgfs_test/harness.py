@@ -212,6 +212,13 @@ http:
         with urllib.request.urlopen(req, timeout=60, context=self.ssl_context) as r:
             return r.status, dict(r.headers), r.read()
 
+    def get_manifest(self, repo, ref, accept="application/vnd.oci.image.manifest.v1+json"):
+        """The manifest repo:ref names, parsed; None when there is none."""
+        try:
+            return json.loads(self._request("GET", f"/v2/{repo}/manifests/{ref}", headers={"Accept": accept})[2])
+        except urllib.error.HTTPError:
+            return None
+
     def push_blob(self, repo, data):
         digest = digest_of(data)
         try:
@@ -330,6 +337,19 @@ def push_image(registry, repo, tag, layers, arch="amd64", docker=False, config_e
 
 def run(cmd, timeout=120, **kw):
     return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout, **kw)
+
+
+def skopeo_copy(policy, src, dest, extra=(), timeout=300):
+    """skopeo copy between two registries of the test, with a blob-info cache
+    of its own: with root's (/var/lib/containers/cache, shared by every run)
+    it may take blobs the destination registry already holds in another
+    form for the copy (the gzip source of a zstd:chunked one), instead of
+    compressing them as asked."""
+    os.makedirs("/var/lib/containers/cache", exist_ok=True)
+    copy = ["skopeo", "--policy", policy, "copy", "--src-tls-verify=false", "--dest-tls-verify=false", *extra,
+            src, dest]
+    return run(["unshare", "-m", "sh", "-c", 'mount -t tmpfs imgfs-test /var/lib/containers/cache && exec "$@"',
+                "sh", *copy], timeout=timeout)
 
 
 def imgfs_stats(mnt):

@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from imgfs_test import estargz  # noqa: E402
 from imgfs_test.cases import Suite, run_file  # noqa: E402
 from imgfs_test.harness import (Entry, Mount, Registry, diff_snapshots, imgfs_stats, is_mounted, make_tar,  # noqa: E402
-                                push_image, run, skopeo_umoci_unpack, snapshot, stats_after_prefetch)
+                                push_image, skopeo_copy, skopeo_umoci_unpack, snapshot, stats_after_prefetch)
 from imgfs_test.images import deterministic_bytes  # noqa: E402
 from imgfs_test.lazy import push_estargz  # noqa: E402
 
@@ -369,9 +369,8 @@ def zstd_chunked(t):
     policy = os.path.join(work, "policy.json")
     with open(policy, "w") as f:
         json.dump({"default": [{"type": "insecureAcceptAnything"}]}, f)
-    r = run(["skopeo", "--policy", policy, "copy", "--src-tls-verify=false", "--dest-tls-verify=false",
-             "--dest-compress-format", "zstd:chunked", f"docker://{reg.host}/lazy/plain:v1",
-             f"docker://{reg.host}/lazy/zstdchunked:v1"], timeout=300)
+    r = skopeo_copy(policy, f"docker://{reg.host}/lazy/plain:v1", f"docker://{reg.host}/lazy/zstdchunked:v1",
+                    ["--dest-compress-format", "zstd:chunked"])
     t.tap.ok(r.returncode == 0, "skopeo pushes a zstd:chunked copy", r.stderr)
     plain_mnt = os.path.join(work, "mnt-plain")
     p = Mount(f"{reg.host}/lazy/plain:v1", plain_mnt, t.cache_of("plain"))

@@ -17,7 +17,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from imgfs_test.cases import Suite, run_file  # noqa: E402
 from imgfs_test.harness import (Entry, Registry, is_mounted, make_tar, push_image, run,  # noqa: E402
-                                skopeo_umoci_unpack, IMGFS)
+                                skopeo_copy, skopeo_umoci_unpack, IMGFS)
 from imgfs_test.images import busybox_layer, deterministic_bytes, rich_layers  # noqa: E402
 from imgfs_test.lazy import push_estargz  # noqa: E402
 
@@ -105,10 +105,14 @@ def setup(t):
     policy = os.path.join(t.work, "policy.json")
     with open(policy, "w") as f:
         json.dump({"default": [{"type": "insecureAcceptAnything"}]}, f)
-    r = run(["skopeo", "--policy", policy, "copy", "--src-tls-verify=false", "--dest-tls-verify=false",
-             "--dest-compress-format", "zstd:chunked", f"docker://{t.reg.host}/store/chunked-source:v1",
-             f"docker://{t.reg.host}/store/zstdchunked:v1"], timeout=300)
-    t.tap.ok(r.returncode == 0, "skopeo pushes a zstd:chunked copy", r.stderr)
+    r = skopeo_copy(policy, f"docker://{t.reg.host}/store/chunked-source:v1",
+                    f"docker://{t.reg.host}/store/zstdchunked:v1", ["--dest-compress-format", "zstd:chunked"])
+    made = t.reg.get_manifest("store/zstdchunked", "v1") or {}
+    layers_made = [d for d in made.get("layers", []) if set(d.get("annotations") or {}) &
+                   {"io.github.containers.zstd-chunked.manifest-checksum",
+                    "io.containers.zstd-chunked.manifest-checksum"}]
+    t.tap.ok(r.returncode == 0 and len(layers_made) == 2, "skopeo pushes a zstd:chunked copy",
+             (r.stderr, made.get("layers")))
     for repo in ("indexed", "indexed-zstd"):
         r = run([IMGFS, "index", "push", "--cache", os.path.join(t.work, "index-cache"),
                  f"{t.reg.host}/store/{repo}:v1"], timeout=300)
