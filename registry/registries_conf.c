@@ -201,12 +201,11 @@ static int add_version1(struct registries_conf *c, struct json_object *registrie
 	return r;
 }
 
-int registries_conf_parse(struct registries_conf *c, const char *text, size_t len, const char *file, struct err *err)
+/* Adds what one file's parsed TOML says; takes root. */
+static int add_file(struct registries_conf *c, struct json_object *root, const char *file, struct err *err)
 {
-	struct json_object *root = NULL, *v;
-	int r = toml_parse(text, len, file, &root, err);
-	if (r < 0)
-		return r;
+	struct json_object *v;
+	int r = 0;
 	if (json_object_object_get_ex(root, "registries", &v)) {
 		r = add_version1(c, v, file, err);
 		goto out;
@@ -249,6 +248,13 @@ out:
 	return r;
 }
 
+int registries_conf_parse(struct registries_conf *c, const char *text, size_t len, const char *file, struct err *err)
+{
+	struct json_object *root = NULL;
+	int r = toml_parse(text, len, file, &root, err);
+	return r < 0 ? r : add_file(c, root, file, err);
+}
+
 struct registries_conf *registries_conf_new(void)
 {
 	struct registries_conf *c = calloc(1, sizeof(*c));
@@ -261,14 +267,10 @@ struct registries_conf *registries_conf_new(void)
 
 static int load_file(struct registries_conf *c, const char *path, struct err *err)
 {
-	_cleanup_free_ char *data = NULL;
-	size_t len;
-	int r = read_file_capped(path, CONF_FILE_MAX_SIZE, &data, &len);
-	if (r == -ENOENT)
-		return 0;
-	if (r < 0)
-		return err_set(err, -r, "cannot read \"%s\": %s", path, strerror(-r));
-	return registries_conf_parse(c, data, len, path, err);
+	struct json_object *root;
+	int r = toml_read_file(path, CONF_FILE_MAX_SIZE, &root, err);
+	/* No file: nothing to add. */
+	return r < 0 || !root ? r : add_file(c, root, path, err);
 }
 
 static int conf_file_filter(const struct dirent *d)
