@@ -11,6 +11,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -509,6 +510,54 @@ def as_user(uid, fn):
     os.close(r)
     os.waitpid(pid, 0)
     return data[0] if data else 255
+
+
+# launch, next to the imgfs under test.
+LAUNCH = os.environ.get("LAUNCH_BIN", os.path.join(os.path.dirname(os.path.dirname(IMGFS)), "launcher", "launch"))
+
+
+def require_root_and_runc(tap):
+    """launch's tests: containers under the real runc, on FUSE mounts."""
+    if os.geteuid() != 0:
+        tap.skip_all("needs root (runc, FUSE mounts)")
+    for tool in ("docker-registry", "runc"):
+        if not shutil.which(tool):
+            tap.skip_all(f"{tool} is not installed (tools/install-deps installs it)")
+
+
+def mounts_under(path):
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f if line.split()[4].startswith(path)]
+
+
+def processes_with(text):
+    out = []
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    out.append(int(p))
+        except OSError:
+            pass
+    return out
+
+
+def leave_no_containers(launch_root, mounts_below):
+    """What a failed launch test may leave: the runtime's containers under
+    launch_root, the mounts below mounts_below, processes naming launch_root."""
+    runtime_root = os.path.join(launch_root, "runtime")
+    listed = subprocess.run(["runc", "--root", runtime_root, "list", "-q"], capture_output=True, text=True)
+    for cid in listed.stdout.split():
+        subprocess.run(["runc", "--root", runtime_root, "delete", "--force", cid], capture_output=True)
+    for m in sorted(mounts_under(mounts_below), reverse=True):
+        subprocess.run(["umount", "-l", m])
+    for pid in processes_with(launch_root):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def require_root_and_fuse(tap):

@@ -22,19 +22,13 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from imgfs_test.cases import Suite, run_file  # noqa: E402
-from imgfs_test.harness import Entry, Registry, make_tar, push_image, IMGFS  # noqa: E402
+from imgfs_test.harness import (LAUNCH, Entry, Registry, leave_no_containers, make_tar, mounts_under,  # noqa: E402
+                                processes_with, push_image, require_root_and_runc, IMGFS)
 from imgfs_test.images import busybox_layer  # noqa: E402
 
 suite = Suite(needs_root=False)
 tap = suite.tap
-if os.geteuid() != 0:
-    tap.skip_all("needs root (runc, FUSE mounts)")
-for tool in ("docker-registry", "runc"):
-    if not shutil.which(tool):
-        tap.skip_all(f"{tool} is not installed (tools/install-deps installs it)")
-
-BUILD = os.path.dirname(os.path.dirname(IMGFS))
-LAUNCH = os.environ.get("LAUNCH_BIN", os.path.join(BUILD, "launcher", "launch"))
+require_root_and_runc(tap)
 # The environment of every launch: its state root and cache, set by setup.
 ENV = {}
 
@@ -128,11 +122,6 @@ def launch(*args, input=None, timeout=60):
                           timeout=timeout, env=ENV)
 
 
-def mounts_under(path):
-    with open("/proc/self/mountinfo") as f:
-        return [line.split()[4] for line in f if line.split()[4].startswith(path)]
-
-
 def alive(pid):
     """Whether pid runs (a zombie has an empty cmdline); it may exit while this looks."""
     try:
@@ -142,20 +131,6 @@ def alive(pid):
         return False
 
 
-def processes_with(text):
-    out = []
-    for p in os.listdir("/proc"):
-        if not p.isdigit():
-            continue
-        try:
-            with open(f"/proc/{p}/cmdline", "rb") as f:
-                if text.encode() in f.read():
-                    out.append(int(p))
-        except OSError:
-            pass
-    return out
-
-
 @suite.setup
 def setup(t):
     t.reg = Registry(t.work)
@@ -163,16 +138,7 @@ def setup(t):
     t.root = os.path.join(t.work, "launch-root")
     ENV.update(os.environ, LAUNCH_ROOT=t.root, IMGFS_CACHE=os.path.join(t.work, "cache"), TERM="xterm")
 
-    def leave_nothing():
-        runtime_root = os.path.join(t.root, "runtime")
-        listed = subprocess.run(["runc", "--root", runtime_root, "list", "-q"], capture_output=True, text=True)
-        for cid in listed.stdout.split():
-            subprocess.run(["runc", "--root", runtime_root, "delete", "--force", cid], capture_output=True)
-        for m in sorted(mounts_under(t.root), reverse=True):
-            subprocess.run(["umount", "-l", m])
-        for pid in processes_with(t.root):
-            os.kill(pid, signal.SIGKILL)
-    t.on_exit(leave_nothing)
+    t.on_exit(lambda: leave_no_containers(t.root, t.root))
     push_image(t.reg, "test/busybox", "latest", [(busybox_layer(), "gzip")],
                config_extra={"config": {"Cmd": ["sh"], "Env": ["PATH=/bin", "FROM_IMAGE=yes"],
                                         "WorkingDir": "/tmp"}})
@@ -229,7 +195,7 @@ def output_and_image_config(t):
            not os.path.exists(f"{vol}/g"), "-v bind mounts, :ro is read-only", (r.stderr, r2.stderr))
 
 
-PROBE = os.path.join(BUILD, "tests", "syscall-probe")
+PROBE = os.path.join(os.path.dirname(os.path.dirname(IMGFS)), "tests", "syscall-probe")
 
 
 def probe(img, *extra):

@@ -17,20 +17,15 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from imgfs_test.cases import Suite, run_file  # noqa: E402
-from imgfs_test.harness import IMGFS, Entry, Mount, Registry, imgfs_stats, make_tar, push_image, run  # noqa: E402
+from imgfs_test.harness import (IMGFS, LAUNCH, Entry, Mount, Registry, imgfs_stats, leave_no_containers,  # noqa: E402
+                                make_tar, push_image, require_root_and_runc, run)
 from imgfs_test.images import busybox_layer, deterministic_bytes  # noqa: E402
 from imgfs_test.lazy import push_estargz  # noqa: E402
 from imgfs_test.shaper import ShapedLink  # noqa: E402
 
 suite = Suite(needs_root=False)
 tap = suite.tap
-if os.geteuid() != 0:
-    tap.skip_all("needs root (runc, FUSE mounts)")
-for tool in ("docker-registry", "runc"):
-    if not shutil.which(tool):
-        tap.skip_all(f"{tool} is not installed (tools/install-deps installs it)")
-BUILD = os.path.dirname(os.path.dirname(IMGFS))
-LAUNCH = os.environ.get("LAUNCH_BIN", os.path.join(BUILD, "launcher", "launch"))
+require_root_and_runc(tap)
 ENV = {}
 BIG = deterministic_bytes(7, 3 << 20)
 LINES = "".join(f"line {i}\n" for i in range(1, 200001)).encode()
@@ -75,16 +70,7 @@ def setup(t):
     t.root = os.path.join(t.work, "launch-root")
     ENV.update(os.environ, LAUNCH_ROOT=t.root, IMGFS_CACHE=os.path.join(t.work, "cache"))
 
-    def leave_nothing():
-        runtime_root = os.path.join(t.root, "runtime")
-        listed = subprocess.run(["runc", "--root", runtime_root, "list", "-q"], capture_output=True, text=True)
-        for cid in listed.stdout.split():
-            subprocess.run(["runc", "--root", runtime_root, "delete", "--force", cid], capture_output=True)
-        with open("/proc/self/mountinfo") as f:
-            points = [line.split()[4] for line in f if line.split()[4].startswith(t.work)]
-        for m in sorted(points, reverse=True):
-            subprocess.run(["umount", "-l", m])
-    t.on_exit(leave_nothing)
+    t.on_exit(lambda: leave_no_containers(t.root, t.work))
     data = make_tar([Entry("data", "dir"), Entry("data/big", data=BIG), Entry("data/lines", data=LINES),
                      Entry("w", "dir")])
     push_image(t.reg, "takeover/app", "v1", [(busybox_layer(), "gzip"), (data, "gzip")],
