@@ -161,16 +161,10 @@ bool upper_is_opaque(struct overlay *ov, int fd)
 
 static int push_free(uint32_t **v, size_t *n, size_t *size, uint32_t slot)
 {
-	if (*n == *size) {
-		size_t grown = *size ? *size * 2 : 256;
-		uint32_t *p = realloc(*v, grown * sizeof(*p));
-		if (!p)
-			return -ENOMEM;
-		*v = p;
-		*size = grown;
-	}
-	(*v)[(*n)++] = slot;
-	return 0;
+	int r = grow_array((void **)v, size, *n + 1, sizeof(**v));
+	if (r == 0)
+		(*v)[(*n)++] = slot;
+	return r;
 }
 
 int state_open(struct overlay *ov, int fd, bool resume)
@@ -180,16 +174,8 @@ int state_open(struct overlay *ov, int fd, bool resume)
 		return -ENOMEM;
 	ov->state = s;
 	pthread_mutex_init(&s->handles_lock, NULL);
-	if (fd >= 0 && !resume && ftruncate(fd, (off_t)STATE_SIZE) < 0)
+	if (!(s->map = map_state_file(fd, STATE_SIZE, resume)))
 		return -errno;
-	/* Sparse: only the pages of records in use take memory. */
-	s->map = fd >= 0 ? mmap(NULL, STATE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-			 : mmap(NULL, STATE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-				-1, 0);
-	if (s->map == MAP_FAILED) {
-		s->map = NULL;
-		return -errno;
-	}
 	s->header = s->map;
 	s->nodes = (struct node_record *)((char *)s->map + NODES_OFFSET);
 	s->handles = (struct handle_record *)((char *)s->map + HANDLES_OFFSET);

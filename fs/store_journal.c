@@ -6,6 +6,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "util.h"
+
 #define JOURNAL_MAGIC 0x316c6e726a676d69ULL /* "imgjrnl1" */
 #define MAX_EVENTS (1u << 16)
 #define MAX_SLOTS (1u << 20)
@@ -32,15 +34,7 @@ int journal_open(int fd, bool resume, struct store_journal **ret)
 	struct store_journal *j = calloc(1, sizeof(*j));
 	if (!j)
 		return -ENOMEM;
-	if (fd >= 0 && !resume && ftruncate(fd, (off_t)JOURNAL_SIZE) < 0) {
-		free(j);
-		return -errno;
-	}
-	/* Sparse: the pages of events and counts in use take memory. */
-	j->map = fd >= 0 ? mmap(NULL, JOURNAL_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-			 : mmap(NULL, JOURNAL_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-				-1, 0);
-	if (j->map == MAP_FAILED) {
+	if (!(j->map = map_state_file(fd, JOURNAL_SIZE, resume))) {
 		int r = -errno;
 		free(j);
 		return r;

@@ -2,6 +2,7 @@
 
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <dirent.h>
 #include <signal.h>
 #include <poll.h>
@@ -125,6 +126,16 @@ static int write_all(int fd, const void *buf, size_t len, off_t off)
 			off += n;
 	}
 	return 0;
+}
+
+void *map_state_file(int fd, size_t size, bool existing)
+{
+	if (fd >= 0 && !existing && ftruncate(fd, (off_t)size) < 0)
+		return NULL;
+	void *map = fd >= 0
+			? mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+			: mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	return map == MAP_FAILED ? NULL : map;
 }
 
 int dup_for_exec(int from, int to)

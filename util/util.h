@@ -105,6 +105,11 @@ int write_full(int fd, const void *buf, size_t len);
  * clear FD_CLOEXEC); for a child about to exec. */
 int dup_for_exec(int from, int to);
 int write_full_at(int fd, const void *buf, size_t len, off_t off);
+/* Maps size bytes of the memory file fd, shared with every other holder
+ * of it, sizing the file first unless it was sized before (existing); fd -1
+ * maps memory of the caller's own.  Sparse: only pages written take memory.
+ * NULL (errno set) on failure; munmap(size) releases it. */
+void *map_state_file(int fd, size_t size, bool existing);
 /* rm -rf that never follows a symlink and never enters another mount. */
 int remove_tree(const char *path);
 
