@@ -319,6 +319,18 @@ static void note_error(struct store *s, const char *ref, struct err *err, int re
 	pthread_mutex_unlock(&s->lock);
 }
 
+/* r keeps si, served or not (its layers failed: slots may name them);
+ * r->lock is held, or nothing else runs yet. */
+static int ref_keep_image(struct store_ref *r, struct store_image *si, bool served)
+{
+	int ret = grow_array((void **)&r->images, &r->allocated_images, r->n_images + 1, sizeof(*r->images));
+	if (ret == 0) {
+		si->n_served = served ? si->n_layers : 0;
+		r->images[r->n_images++] = si;
+	}
+	return ret;
+}
+
 /* Builds what the reference names now, without r->lock (lookups of its
  * older images go on meanwhile), and adds it unless r holds it already. */
 static void *resolve_main(void *userdata)
@@ -342,12 +354,8 @@ static void *resolve_main(void *userdata)
 	pthread_mutex_lock(&r->lock);
 	/* An image whose layers failed is kept unserved: slots may name them. */
 	bool keep = si && (ret == 0 ? !known : si->n_layers > 0);
-	if (keep && grow_array((void **)&r->images, &r->allocated_images, r->n_images + 1, sizeof(*r->images)) == 0) {
-		si->n_served = ret == 0 ? si->n_layers : 0;
-		r->images[r->n_images++] = si;
-	} else {
+	if (!keep || ref_keep_image(r, si, ret == 0) < 0)
 		store_image_free(si);
-	}
 	r->resolving = false;
 	pthread_cond_broadcast(&r->changed);
 	pthread_mutex_unlock(&r->lock);
@@ -493,10 +501,7 @@ static int store_replay(struct store *s, struct err *err)
 		if (r == 0 && (si->n_layers != e->n_layers || (si->n_layers && si->layers[0].slot != e->first_slot)))
 			r = err_set(err, EBADMSG, "journal: \"%s\" does not have the layers it had", text);
 		struct store_ref *ref = si ? si->ref : NULL;
-		if (r == 0 && grow_array((void **)&ref->images, &ref->allocated_images, ref->n_images + 1,
-					 sizeof(*ref->images)) == 0) {
-			si->n_served = e->served ? si->n_layers : 0;
-			ref->images[ref->n_images++] = si;
+		if (r == 0 && ref_keep_image(ref, si, e->served) == 0) {
 			if (image_start_background(si->img, s->opts.prefetch) < 0)
 				fprintf(stderr, "imgfs store: %s: cannot start the background fetch\n", text);
 		} else {

@@ -108,12 +108,28 @@ static void unlock_mutex(void *mutex)
 	pthread_mutex_unlock(mutex);
 }
 
+/* A request from the kernel; the first FUSE_INIT goes to the keeper too. */
+static ssize_t read_request(int fd, void *buf, size_t len)
+{
+	ssize_t n = read(fd, buf, len);
+	if (n >= (ssize_t)sizeof(struct fuse_in_header) && (size_t)n <= TAKEOVER_INIT_MAX &&
+	    ((const struct fuse_in_header *)buf)->opcode == FUSE_INIT &&
+	    !__atomic_exchange_n(&io.init_sent, true, __ATOMIC_SEQ_CST))
+		send_to_keeper('I', buf, (size_t)n);
+	return n;
+}
+
 static ssize_t hook_read(int fd, void *buf, size_t len, void *userdata)
 {
 	(void)userdata;
+	/* Every read of the session passes here: the lock only while a
+	 * replay is under way. */
+	enum replay replay = __atomic_load_n(&io.replay, __ATOMIC_ACQUIRE);
+	if (replay == REPLAY_NONE || replay == REPLAY_DONE)
+		return read_request(fd, buf, len);
 	pthread_mutex_lock(&io.lock);
 	if (io.replay == REPLAY_PENDING && len >= io.t->init_len) {
-		io.replay = REPLAY_HANDED;
+		__atomic_store_n(&io.replay, REPLAY_HANDED, __ATOMIC_RELEASE);
 		memcpy(buf, io.t->init, io.t->init_len);
 		pthread_mutex_unlock(&io.lock);
 		return (ssize_t)io.t->init_len;
@@ -124,12 +140,7 @@ static ssize_t hook_read(int fd, void *buf, size_t len, void *userdata)
 	while (io.replay == REPLAY_HANDED)
 		pthread_cond_wait(&io.done, &io.lock);
 	pthread_cleanup_pop(1);
-	ssize_t n = read(fd, buf, len);
-	if (n >= (ssize_t)sizeof(struct fuse_in_header) && (size_t)n <= TAKEOVER_INIT_MAX &&
-	    ((const struct fuse_in_header *)buf)->opcode == FUSE_INIT &&
-	    !__atomic_exchange_n(&io.init_sent, true, __ATOMIC_SEQ_CST))
-		send_to_keeper('I', buf, (size_t)n);
-	return n;
+	return read_request(fd, buf, len);
 }
 
 /* Requests the dead server had read and not answered are on the kernel's
@@ -156,7 +167,7 @@ static ssize_t hook_writev(int fd, struct iovec *iov, int count, void *userdata)
 			total += (ssize_t)iov[i].iov_len;
 		ask_resend(fd);
 		pthread_mutex_lock(&io.lock);
-		io.replay = REPLAY_DONE;
+		__atomic_store_n(&io.replay, REPLAY_DONE, __ATOMIC_RELEASE);
 		pthread_cond_broadcast(&io.done);
 		pthread_mutex_unlock(&io.lock);
 		send_to_keeper('R', NULL, 0);
@@ -171,7 +182,7 @@ int takeover_attach(struct fuse_session *se, struct takeover *t)
 	io.t = t;
 	io.se = se;
 	if (t->resuming) {
-		io.replay = REPLAY_PENDING;
+		__atomic_store_n(&io.replay, REPLAY_PENDING, __ATOMIC_RELEASE);
 		io.replay_unique = ((const struct fuse_in_header *)t->init)->unique;
 		io.init_sent = true;
 	}
