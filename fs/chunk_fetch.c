@@ -13,6 +13,8 @@
 #include "index_io.h"
 #include "pack.h"
 #include "registry.h"
+#include "span_job.h"
+#include "speculate.h"
 #include "toc.h"
 
 #define CHUNK_FETCH_ATTEMPTS 3
@@ -45,7 +47,8 @@ struct inflight {
 struct remote {
 	pthread_mutex_t lock; /* guards the counters, inflight and clients; never held across I/O */
 	pthread_cond_t inflight_done, client_free, stores_done;
-	/* Threads still storing the read-ahead part of an on-demand fetch. */
+	/* Threads still fetching or storing the read-ahead part of an
+	 * on-demand fetch (fetch_demand). */
 	size_t deferred_stores;
 	/* The TOC this mount parsed, saved after the mount to toc_index_path
 	 * (start_background). */
@@ -65,6 +68,8 @@ struct remote {
 	char digest[72];
 	uint64_t bytes_fetched, requests, chunk_hits, chunk_misses, bytes_prefetched;
 	uint64_t chunks_taken_over; /* fetched by a reader while a background request had them */
+	uint64_t bytes_speculated;  /* fetched as the neighbours of a miss (speculate.h) */
+	struct speculation *speculation;
 	/* Every chunk of the layer in blob order, for fetching neighbours together. */
 	const struct chunk **by_offset;
 	size_t n_chunks;
@@ -86,6 +91,7 @@ void remote_free(struct remote *r)
 	pthread_mutex_unlock(&r->lock);
 	if (r->toc_saving)
 		pthread_join(r->toc_saver, NULL);
+	speculation_free(r->speculation);
 	for (size_t i = 0; i < r->n_clients; i++)
 		registry_client_free(r->clients[i]);
 	registry_client_free(r->template);
@@ -111,6 +117,7 @@ static void chunked_get_stats(struct layer *l, struct layer_stats *ret)
 	ret->chunk_misses = rem->chunk_misses;
 	ret->bytes_prefetched = rem->bytes_prefetched;
 	ret->reads_ahead_of_prefetch = rem->chunks_taken_over;
+	ret->bytes_speculated = rem->bytes_speculated;
 	pthread_mutex_unlock(&rem->lock);
 	pthread_mutex_lock(&rem->pack.lock);
 	ret->bytes_in_memory = rem->pack.mem_bytes;
@@ -173,11 +180,15 @@ int remote_fetch(struct remote *r, uint64_t off, size_t len, void *buf, struct e
 	return ret;
 }
 
+/* Set on a speculation worker while it fetches: its background requests
+ * count as guesses, not as the prefetch the user asked for. */
+static _Thread_local bool speculating;
+
 static void count_prefetched(struct remote *r, uint64_t bytes, uint64_t requests)
 {
 	pthread_mutex_lock(&r->lock);
 	r->bytes_fetched += bytes;
-	r->bytes_prefetched += bytes;
+	*(speculating ? &r->bytes_speculated : &r->bytes_prefetched) += bytes;
 	r->requests += requests;
 	pthread_mutex_unlock(&r->lock);
 }
@@ -325,60 +336,9 @@ static void store_batch(struct remote *rem, const struct chunk *const *batch, si
 	}
 }
 
-struct deferred_store {
-	struct remote *rem;
-	unsigned char *comp;
-	uint64_t start;
-	size_t n;
-	const struct chunk *chunks[];
-};
-
-static void *deferred_store_main(void *arg)
-{
-	struct deferred_store *d = arg;
-	struct remote *rem = d->rem;
-	store_batch(rem, d->chunks, d->n, d->comp, d->start, NULL);
-	free(d->comp);
-	free(d);
-	pthread_mutex_lock(&rem->lock);
-	if (--rem->deferred_stores == 0)
-		pthread_cond_broadcast(&rem->stores_done);
-	pthread_mutex_unlock(&rem->lock);
-	return NULL;
-}
-
-/* Stores batch[1..n) on a thread of its own; false if none could start. */
-static bool store_later(struct remote *rem, const struct chunk **batch, size_t n, unsigned char *comp, uint64_t start)
-{
-	struct deferred_store *d = malloc(sizeof(*d) + (n - 1) * sizeof(d->chunks[0]));
-	if (!d)
-		return false;
-	*d = (struct deferred_store){ .rem = rem, .comp = comp, .start = start, .n = n - 1 };
-	memcpy(d->chunks, batch + 1, (n - 1) * sizeof(d->chunks[0]));
-	pthread_mutex_lock(&rem->lock);
-	rem->deferred_stores++;
-	pthread_mutex_unlock(&rem->lock);
-	pthread_t thread;
-	pthread_attr_t attr;
-	bool started = pthread_attr_init(&attr) == 0 &&
-		       pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
-		       pthread_create(&thread, &attr, deferred_store_main, d) == 0;
-	pthread_attr_destroy(&attr);
-	if (!started) {
-		pthread_mutex_lock(&rem->lock);
-		rem->deferred_stores--;
-		pthread_mutex_unlock(&rem->lock);
-		free(d);
-	}
-	return started;
-}
-
 /* One Range request for a run of adjacent chunks the caller claimed; each is
  * verified on its own, and one that fails is fetched again alone.  Releases
- * the claims.  On demand, batch[0] is what the reader waits for: the chunks
- * read ahead after it are inflated, hashed and stored on another thread, so
- * that their work is not on the reader's path (a reader that wants one of
- * them waits for its claim as for any chunk in flight). */
+ * the claims. */
 static void fetch_batch(struct remote *rem, const struct chunk **batch, size_t n, struct registry_client *bg)
 {
 	uint64_t start = batch[0]->comp_off, end = batch[n - 1]->comp_end;
@@ -389,22 +349,176 @@ static void fetch_batch(struct remote *rem, const struct chunk **batch, size_t n
 		free(comp);
 		comp = NULL;
 	}
-	if (!bg && comp && n > 1) {
-		store_batch(rem, batch, 1, comp, start, bg);
-		if (store_later(rem, batch, n, comp, start))
-			return;
-		batch++;
-		n--;
-	}
 	store_batch(rem, batch, n, comp, start, bg);
 	free(comp);
+}
+
+/* A read that must fetch asks for its chunk and the ones after it in one
+ * request, made on a thread of its own; each chunk is stored and released
+ * as soon as its bytes are in, so that the reader waits only for its own
+ * chunk and a reader of the next one only for that (on a 100 Mbit/s link,
+ * 512 KiB of read-ahead take 40 ms, as long as the round trip). */
+struct demand_fetch {
+	struct remote *rem;
+	pthread_mutex_t lock;
+	pthread_cond_t told;
+	int first; /* batch[0]: 0 on its way, 1 stored, -1 failed */
+	int refs;
+	unsigned char *comp;
+	size_t stored; /* batch[0..stored) were handled by demand_arrived() */
+	size_t n_failed;
+	const struct chunk **failed; /* to fetch again alone, still claimed */
+	size_t n;
+	const struct chunk *batch[];
+};
+
+static void demand_fetch_unref(struct demand_fetch *d)
+{
+	pthread_mutex_lock(&d->lock);
+	bool last = --d->refs == 0;
+	pthread_mutex_unlock(&d->lock);
+	if (!last)
+		return;
+	pthread_mutex_destroy(&d->lock);
+	pthread_cond_destroy(&d->told);
+	free(d->comp);
+	free(d->failed);
+	free(d);
+}
+
+/* The first word counts: once told, later calls change nothing. */
+static void demand_fetch_tell(struct demand_fetch *d, int first)
+{
+	pthread_mutex_lock(&d->lock);
+	if (!d->first)
+		d->first = first;
+	pthread_cond_signal(&d->told);
+	pthread_mutex_unlock(&d->lock);
+}
+
+/* The transfer's progress: stores every chunk now complete.  The reader
+ * releases batch[0]; a chunk that fails its digest keeps its claim until
+ * it is fetched again alone.  After a retry, got starts over at 0 and
+ * what was stored is not stored again. */
+static void demand_arrived(void *ctx, size_t got)
+{
+	struct demand_fetch *d = ctx;
+	uint64_t start = d->batch[0]->comp_off;
+	for (; d->stored < d->n && d->batch[d->stored]->comp_end - start <= got; d->stored++) {
+		const struct chunk *c = d->batch[d->stored];
+		int r = pack_store_chunk(&d->rem->pack, c, d->comp + (c->comp_off - start),
+					 (size_t)(c->comp_end - c->comp_off));
+		if (d->stored == 0) {
+			demand_fetch_tell(d, r == 0 ? 1 : -1);
+			continue;
+		}
+		if (r < 0) {
+			d->failed[d->n_failed++] = c;
+			continue;
+		}
+		pthread_mutex_lock(&d->rem->lock);
+		d->rem->chunk_misses++;
+		pthread_mutex_unlock(&d->rem->lock);
+		chunk_release(d->rem, c);
+	}
+}
+
+static void *demand_fetch_main(void *arg)
+{
+	struct demand_fetch *d = arg;
+	struct remote *rem = d->rem;
+	uint64_t start = d->batch[0]->comp_off, len = d->batch[d->n - 1]->comp_end - start;
+	size_t slot;
+	struct registry_client *client = client_take(rem, &slot);
+	struct err err = { 0 };
+	int r = client ? registry_fetch_range_streaming(client, rem->digest, start, (size_t)len, d->comp,
+							demand_arrived, d, &err)
+		       : -ENOMEM;
+	if (client)
+		client_give_back(rem, slot);
+	demand_fetch_tell(d, -1);
+	if (r == 0) {
+		pthread_mutex_lock(&rem->lock);
+		rem->bytes_fetched += len;
+		rem->requests++;
+		pthread_mutex_unlock(&rem->lock);
+	}
+	/* What did not come or failed its digest: each alone. */
+	size_t from = d->stored ? d->stored : 1;
+	store_batch(rem, d->batch + from, d->n - from, NULL, start, NULL);
+	store_batch(rem, d->failed, d->n_failed, NULL, start, NULL);
+	demand_fetch_unref(d);
+	pthread_mutex_lock(&rem->lock);
+	if (--rem->deferred_stores == 0)
+		pthread_cond_broadcast(&rem->stores_done);
+	pthread_mutex_unlock(&rem->lock);
+	return NULL;
+}
+
+static bool start_detached(void *(*fn)(void *), void *arg)
+{
+	pthread_t thread;
+	pthread_attr_t attr;
+	bool started = pthread_attr_init(&attr) == 0 &&
+		       pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
+		       pthread_create(&thread, &attr, fn, arg) == 0;
+	pthread_attr_destroy(&attr);
+	return started;
+}
+
+/* As fetch_batch for an on-demand read of batch[0]. */
+static void fetch_demand(struct remote *rem, const struct chunk **batch, size_t n)
+{
+	struct demand_fetch *d = n > 1 ? calloc(1, sizeof(*d) + n * sizeof(d->batch[0])) : NULL;
+	if (d && (!(d->comp = malloc((size_t)(batch[n - 1]->comp_end - batch[0]->comp_off))) ||
+		  !(d->failed = calloc(n, sizeof(*d->failed))))) {
+		free(d->comp);
+		free(d);
+		d = NULL;
+	}
+	if (!d) {
+		fetch_batch(rem, batch, n, NULL);
+		return;
+	}
+	d->rem = rem;
+	d->n = n;
+	d->refs = 2;
+	memcpy(d->batch, batch, n * sizeof(batch[0]));
+	pthread_mutex_init(&d->lock, NULL);
+	pthread_cond_init(&d->told, NULL);
+	pthread_mutex_lock(&rem->lock);
+	rem->deferred_stores++;
+	pthread_mutex_unlock(&rem->lock);
+	if (!start_detached(demand_fetch_main, d)) {
+		pthread_mutex_lock(&rem->lock);
+		rem->deferred_stores--;
+		pthread_mutex_unlock(&rem->lock);
+		d->refs = 1;
+		demand_fetch_unref(d);
+		fetch_batch(rem, batch, n, NULL);
+		return;
+	}
+	pthread_mutex_lock(&d->lock);
+	while (!d->first)
+		pthread_cond_wait(&d->told, &d->lock);
+	bool stored = d->first > 0;
+	pthread_mutex_unlock(&d->lock);
+	demand_fetch_unref(d);
+	/* The request failed, or its bytes failed the digest, before the rest
+	 * came: this chunk alone, tried again. */
+	if (!stored)
+		(void)chunk_fetch(rem, batch[0], NULL);
+	pthread_mutex_lock(&rem->lock);
+	rem->chunk_misses++;
+	pthread_mutex_unlock(&rem->lock);
+	chunk_release(rem, batch[0]);
 }
 
 /* Makes sure the chunk is in the cache, verified; returns the pack that
  * holds it, which stays open as long as rem.  Concurrent requests for one
  * chunk fetch it once.  Lock order: rem->lock is never held across
  * pack_lookup(). */
-static int chunk_ready(struct remote *rem, const struct chunk *c)
+static int chunk_ready(struct remote *rem, const struct chunk *c, bool *ret_fetched)
 {
 	int fd;
 	for (;;) {
@@ -454,6 +568,7 @@ static int chunk_ready(struct remote *rem, const struct chunk *c)
 	pthread_mutex_unlock(&rem->lock);
 	if (!claimed)
 		return -ENOMEM;
+	*ret_fetched = true;
 	if (!chunk_bounds_valid(c)) {
 		chunk_release(rem, c);
 		return -EIO;
@@ -470,7 +585,7 @@ static int chunk_ready(struct remote *rem, const struct chunk *c)
 		batch[n++] = next;
 		extra += len;
 	}
-	fetch_batch(rem, batch, n, NULL);
+	fetch_demand(rem, batch, n);
 	fd = pack_verified(&rem->pack, c);
 	return fd < 0 ? -EIO : fd;
 }
@@ -545,88 +660,13 @@ static int fetch_entries(struct remote *rem, const struct entry *const *v, size_
 }
 
 #define LANDMARK_WORKERS 4
-/* A landmark request: runs of adjacent chunks ("spans") of several files in
- * one multi-range request, because a registry's cost per request dwarfs its
- * cost per range (docker-registry: about 4 ms of CPU against 1.3 ms). */
-#define JOB_SPANS 32
-#define JOB_CHUNKS 256
-#define JOB_BYTES (4u << 20)
-#define MERGE_GAP (32u << 10)
 
-struct span_job {
-	const struct chunk *chunks[JOB_CHUNKS];
-	size_t n_chunks;
-	size_t first[JOB_SPANS]; /* where each span starts in chunks */
-	size_t n_spans;
-	uint64_t bytes;
-};
-
-static bool job_extends(const struct span_job *j, const struct chunk *c)
-{
-	return j->n_chunks > 0 && j->chunks[j->n_chunks - 1]->comp_end == c->comp_off;
-}
-
-static bool job_has_room(const struct span_job *j, const struct chunk *c)
-{
-	if (j->n_chunks == 0)
-		return true;
-	return j->n_chunks < JOB_CHUNKS && (job_extends(j, c) || j->n_spans < JOB_SPANS) &&
-	       j->bytes + (c->comp_end - c->comp_off) <= JOB_BYTES;
-}
-
-static void job_add(struct span_job *j, const struct chunk *c)
-{
-	if (!job_extends(j, c))
-		j->first[j->n_spans++] = j->n_chunks;
-	j->chunks[j->n_chunks++] = c;
-	j->bytes += c->comp_end - c->comp_off;
-}
-
-static size_t span_end(const struct span_job *j, size_t s)
-{
-	return s + 1 < j->n_spans ? j->first[s + 1] : j->n_chunks;
-}
-
-struct span_ref {
-	uint64_t off;
-	size_t span;
-};
-
-static int by_span_offset(const void *a, const void *b)
-{
-	const struct span_ref *x = a, *y = b;
-	return x->off < y->off ? -1 : x->off > y->off;
-}
-
-/* Fetches the job's claimed chunks and releases them.  Spans less than
- * MERGE_GAP apart share a range: the tar headers of the next file, in
- * members of their own, lie between the files of an image laid out for its
- * workload, and a range costs the registry more than a few KiB.  Spans
- * that a hostile TOC made overlap are fetched one by one. */
+/* Fetches the job's claimed chunks and releases them. */
 static void fetch_job(struct remote *rem, struct span_job *j, struct registry_client *client)
 {
-	struct span_ref order[JOB_SPANS];
 	struct byterange ranges[JOB_SPANS];
-	size_t range_of[JOB_SPANS], n_ranges = 0;
-	for (size_t s = 0; s < j->n_spans; s++)
-		order[s] = (struct span_ref){ .off = j->chunks[j->first[s]]->comp_off, .span = s };
-	qsort(order, j->n_spans, sizeof(order[0]), by_span_offset);
-	bool apart = true;
-	size_t total = 0;
-	for (size_t k = 0; apart && k < j->n_spans; k++) {
-		size_t s = order[k].span;
-		uint64_t off = order[k].off, end = j->chunks[span_end(j, s) - 1]->comp_end;
-		struct byterange *last = n_ranges ? &ranges[n_ranges - 1] : NULL;
-		apart = !last || off >= last->off + last->len;
-		if (apart && last && off - (last->off + last->len) <= MERGE_GAP) {
-			total += (size_t)(end - (last->off + last->len));
-			last->len = (size_t)(end - last->off);
-		} else {
-			ranges[n_ranges++] = (struct byterange){ .off = off, .len = (size_t)(end - off) };
-			total += (size_t)(end - off);
-		}
-		range_of[s] = n_ranges - 1;
-	}
+	size_t range_of[JOB_SPANS], n_ranges = 0, total = 0;
+	bool apart = span_job_plan(j, ranges, range_of, &n_ranges, &total);
 	unsigned char *buf = apart ? malloc(total) : NULL;
 	for (size_t k = 0, used = 0; buf && k < n_ranges; used += ranges[k++].len)
 		ranges[k].buf = buf + used;
@@ -636,25 +676,31 @@ static void fetch_job(struct remote *rem, struct span_job *j, struct registry_cl
 	/* In the order the files are wanted, not the order they arrived in. */
 	for (size_t s = 0; s < j->n_spans; s++) {
 		const struct chunk **span = &j->chunks[j->first[s]];
-		size_t n = span_end(j, s) - j->first[s];
-		const struct byterange *r = &ranges[range_of[s]];
-		if (apart)
+		size_t n = span_job_end(j, s) - j->first[s];
+		if (apart) {
+			const struct byterange *r = &ranges[range_of[s]];
 			store_batch(rem, span, n, r->buf + (span[0]->comp_off - r->off), span[0]->comp_off, client);
-		else
+		} else {
 			fetch_batch(rem, span, n, client);
+		}
 	}
 	free(buf);
 	j->n_chunks = j->n_spans = 0;
 	j->bytes = 0;
 }
 
-struct landmark_job {
+/* Files whose chunks are fetched in the background in the order listed, by
+ * one or more workers, each file up to per_file and all of them up to
+ * budget (compressed bytes claimed: what is cached or in flight is free). */
+struct list_job {
 	struct remote *rem;
 	const struct entry **entries;
 	size_t n;
-	pthread_mutex_t lock; /* over next and next_chunk */
+	uint64_t per_file, budget;
+	pthread_mutex_t lock; /* over the fields below */
 	size_t next;          /* the first entry no worker took yet */
 	uint32_t next_chunk;  /* and its first chunk no worker took */
+	uint64_t file_taken, taken;
 	const atomic_bool *stop;
 };
 
@@ -670,26 +716,36 @@ static int by_rank(const void *a, const void *b)
 /* Fills sj with the next chunks in line, up to its limits.  A worker takes
  * consecutive files: where they lie together in the blob (an image laid
  * out for its workload), they make one range. */
-static void take_chunks(struct landmark_job *job, struct span_job *sj)
+static void take_chunks(struct list_job *job, struct span_job *sj)
 {
 	pthread_mutex_lock(&job->lock);
-	for (; job->next < job->n && !atomic_load(job->stop); job->next++, job->next_chunk = 0) {
+	for (; job->next < job->n && !atomic_load(job->stop); job->next++, job->next_chunk = 0, job->file_taken = 0) {
 		const struct entry *e = job->entries[job->next];
 		for (; job->next_chunk < e->n_chunks; job->next_chunk++) {
 			const struct chunk *c = &e->chunks[job->next_chunk];
 			if (!chunk_bounds_valid(c))
 				continue;
-			if (!job_has_room(sj, c))
+			uint64_t len = c->comp_end - c->comp_off;
+			if (job->taken + len > job->budget) {
+				job->next = job->n;
 				goto full;
-			if (chunk_claim(job->rem, c, true))
-				job_add(sj, c);
+			}
+			if (job->file_taken + len > job->per_file)
+				break;
+			if (!span_job_has_room(sj, c))
+				goto full;
+			if (chunk_claim(job->rem, c, true)) {
+				span_job_add(sj, c);
+				job->file_taken += len;
+				job->taken += len;
+			}
 		}
 	}
 full:
 	pthread_mutex_unlock(&job->lock);
 }
 
-static void landmark_work(struct landmark_job *job, struct registry_client *client)
+static void list_work(struct list_job *job, struct registry_client *client)
 {
 	struct span_job *sj = calloc(1, sizeof(*sj));
 	if (!sj)
@@ -705,10 +761,10 @@ static void landmark_work(struct landmark_job *job, struct registry_client *clie
 
 static void *landmark_thread(void *arg)
 {
-	struct landmark_job *job = arg;
+	struct list_job *job = arg;
 	struct registry_client *client = registry_client_dup(job->rem->template);
 	if (client)
-		landmark_work(job, client);
+		list_work(job, client);
 	registry_client_free(client);
 	return NULL;
 }
@@ -728,24 +784,47 @@ static int chunked_prefetch(struct layer *l, bool only_landmark, const atomic_bo
 	/* The workload needs them in the order it read them, soon: in that
 	 * order, on several connections. */
 	qsort(v, n, sizeof(*v), by_rank);
-	struct landmark_job job = { .rem = rem, .entries = v, .n = n, .stop = stop };
+	struct list_job job = {
+		.rem = rem, .entries = v, .n = n, .per_file = UINT64_MAX, .budget = UINT64_MAX, .stop = stop
+	};
 	pthread_mutex_init(&job.lock, NULL);
 	pthread_t threads[LANDMARK_WORKERS - 1];
 	size_t started = 0;
 	for (; started < ARRAY_SIZE(threads) && n > started + 1; started++)
 		if (pthread_create(&threads[started], NULL, landmark_thread, &job) != 0)
 			break;
-	landmark_work(&job, rem->prefetch_client);
+	list_work(&job, rem->prefetch_client);
 	for (size_t i = 0; i < started; i++)
 		pthread_join(threads[i], NULL);
 	pthread_mutex_destroy(&job.lock);
 	return atomic_load(stop) ? -ECANCELED : 0;
 }
 
+static struct registry_client *speculation_client(void *ctx)
+{
+	const struct remote *rem = ctx;
+	return registry_client_dup(rem->template);
+}
+
+static uint64_t speculation_fetch(void *ctx, const struct entry **files, size_t n, uint64_t per_file, uint64_t budget,
+				  struct registry_client *client, const atomic_bool *stop)
+{
+	struct list_job job = {
+		.rem = ctx, .entries = files, .n = n, .per_file = per_file, .budget = budget, .stop = stop
+	};
+	pthread_mutex_init(&job.lock, NULL);
+	speculating = true;
+	list_work(&job, client);
+	speculating = false;
+	pthread_mutex_destroy(&job.lock);
+	return job.taken;
+}
+
 static ssize_t chunked_read_entry(struct layer *l, const struct entry *e, void *buf, size_t len, uint64_t off)
 {
 	struct remote *rem = l->source;
 	demand_note();
+	bool fetched = false;
 	for (uint32_t i = 0; i < e->n_chunks; i++) {
 		const struct chunk *c = &e->chunks[i];
 		uint64_t start = off > c->file_off ? off : c->file_off;
@@ -760,7 +839,7 @@ static ssize_t chunked_read_entry(struct layer *l, const struct entry *e, void *
 		/* A chunk the full cache disk could not take is served from memory. */
 		if (pack_read_memory(&rem->pack, c, dst, start - c->file_off, (size_t)(end - start)) == 0)
 			continue;
-		int fd = chunk_ready(rem, c);
+		int fd = chunk_ready(rem, c, &fetched);
 		if (fd < 0) {
 			if (pack_read_memory(&rem->pack, c, dst, start - c->file_off, (size_t)(end - start)) == 0)
 				continue;
@@ -771,6 +850,8 @@ static ssize_t chunked_read_entry(struct layer *l, const struct entry *e, void *
 		if (r < 0)
 			return -EIO;
 	}
+	if (fetched)
+		speculation_note_miss(rem->speculation, e);
 	return (ssize_t)len;
 }
 
@@ -790,6 +871,7 @@ static void chunked_start_background(struct layer *l)
 	struct remote *rem = l->source;
 	if (rem->toc_unsaved[0] && !rem->toc_saving)
 		rem->toc_saving = pthread_create(&rem->toc_saver, NULL, toc_save_main, l) == 0;
+	speculation_start(rem->speculation);
 }
 
 /* The threads storing read-ahead chunks use rem, its connections too (a
@@ -805,6 +887,7 @@ static void chunked_stop_background(struct layer *l)
 	if (rem->toc_saving)
 		pthread_join(rem->toc_saver, NULL);
 	rem->toc_saving = false;
+	speculation_stop(rem->speculation);
 }
 
 static void chunked_free(struct layer *l)
@@ -837,6 +920,10 @@ int chunked_attach(struct layer *l, struct remote *rem, const char *toc_to_save,
 	qsort(rem->by_offset, rem->n_chunks, sizeof(*rem->by_offset), cmp_chunk_offset);
 	if (pack_store_assign(&rem->pack, rem->by_offset, rem->n_chunks) < 0)
 		return -ENOMEM;
+	const struct speculation_ops ops = { .ctx = rem, .new_client = speculation_client, .fetch = speculation_fetch };
+	int r = speculation_new(l, &ops, &rem->speculation);
+	if (r < 0)
+		return r;
 	if (toc_to_save) {
 		if (!(rem->toc_index_path = strdup(toc_index_path)))
 			return -ENOMEM;

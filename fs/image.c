@@ -832,6 +832,7 @@ int image_format_stats(struct image *img, char *buf, size_t size)
 		total.bytes_prefetched += s.bytes_prefetched;
 		total.bytes_in_memory += s.bytes_in_memory;
 		total.reads_ahead_of_prefetch += s.reads_ahead_of_prefetch;
+		total.bytes_speculated += s.bytes_speculated;
 	}
 	int n = snprintf(buf, size,
 			 "image_size %llu\n"
@@ -844,13 +845,14 @@ int image_format_stats(struct image *img, char *buf, size_t size)
 			 "bytes_prefetched %llu\n"
 			 "bytes_in_memory %llu\n"
 			 "reads_ahead_of_prefetch %llu\n"
+			 "bytes_speculated %llu\n"
 			 "prefetch_done %d\n",
 			 (unsigned long long)img->image_size, (unsigned long long)img->bytes_fetched_whole,
 			 img->layers_fetched_whole, (unsigned long long)total.bytes_fetched,
 			 (unsigned long long)total.requests, (unsigned long long)total.chunk_hits,
 			 (unsigned long long)total.chunk_misses, (unsigned long long)total.bytes_prefetched,
 			 (unsigned long long)total.bytes_in_memory, (unsigned long long)total.reads_ahead_of_prefetch,
-			 atomic_load(&img->prefetch_done) ? 1 : 0);
+			 (unsigned long long)total.bytes_speculated, atomic_load(&img->prefetch_done) ? 1 : 0);
 	return n < 0 || (size_t)n >= size ? -ERANGE : n;
 }
 

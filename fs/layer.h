@@ -95,6 +95,8 @@ struct layer_stats {
 	/* Reads that fetched bytes themselves rather than wait for the
 	 * background request that had them. */
 	uint64_t reads_ahead_of_prefetch;
+	/* Fetched as the neighbours of a read that had to fetch (speculate.h). */
+	uint64_t bytes_speculated;
 };
 
 /* Where a layer's file bytes come from: a local blob decoded through

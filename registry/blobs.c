@@ -101,6 +101,12 @@ int registry_fetch_blob_to_fd(struct registry_client *c, const char *digest, int
 int registry_fetch_range(struct registry_client *c, const char *digest, uint64_t off, size_t len, void *buf,
 			 struct err *err)
 {
+	return registry_fetch_range_streaming(c, digest, off, len, buf, NULL, NULL, err);
+}
+
+int registry_fetch_range_streaming(struct registry_client *c, const char *digest, uint64_t off, size_t len, void *buf,
+				   void (*arrived)(void *ctx, size_t got), void *ctx, struct err *err)
+{
 	if (len == 0)
 		return 0;
 	_cleanup_free_ char *path = strdup_printf("%s/blobs/%s", c->ref.repository, digest);
@@ -113,6 +119,8 @@ int registry_fetch_range(struct registry_client *c, const char *digest, uint64_t
 		return -ENOMEM;
 	struct response resp;
 	response_to_range(&resp, buf, len, off);
+	resp.range.arrived = arrived;
+	resp.range.arrived_ctx = ctx;
 	int r = registry_get(c, path, NULL, range, &resp, what, err);
 	if (r == 0 && resp.range.got != len)
 		r = err_set(err, EIO, "%s: got %zu bytes", what, resp.range.got);

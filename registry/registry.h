@@ -243,6 +243,12 @@ int registry_fetch_blob_to_fd(struct registry_client *c, const char *digest, int
  * (a chunk digest from a verified table of contents, say). */
 int registry_fetch_range(struct registry_client *c, const char *digest, uint64_t off, size_t len, void *buf,
 			 struct err *err);
+/* As registry_fetch_range, and each time more bytes came, arrived(ctx, got)
+ * is called on the fetching thread with the bytes now in buf: what has
+ * arrived can be used while the rest is on its way.  A request tried again
+ * starts over: got goes back to 0 and buf is written again. */
+int registry_fetch_range_streaming(struct registry_client *c, const char *digest, uint64_t off, size_t len, void *buf,
+				   void (*arrived)(void *ctx, size_t got), void *ctx, struct err *err);
 /* One range of a blob to read: [off, off+len) into buf; got counts the
  * bytes that arrived. */
 struct byterange {

@@ -109,6 +109,8 @@ static size_t range_write(struct response *r, const char *buf, size_t len)
 	}
 	memcpy(r->range.buf + r->range.got, buf, len);
 	r->range.got += len;
+	if (r->range.arrived)
+		r->range.arrived(r->range.arrived_ctx, r->range.got);
 	if (r->status == 200 && r->range.got == r->range.len) {
 		r->stopped_early = true;
 		return 0;

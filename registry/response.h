@@ -47,6 +47,9 @@ struct response {
 		size_t len, got;
 		uint64_t off;  /* where the range starts in the blob */
 		uint64_t skip; /* bytes still to drop when the server sent the whole blob */
+		/* Told how many bytes are in buf each time more came. */
+		void (*arrived)(void *ctx, size_t got);
+		void *arrived_ctx;
 	} range;
 	struct {
 		struct byterange *ranges;

@@ -33,6 +33,10 @@ class FaultProxy:
         # first, as a long background request on a slow link would; the
         # ranges asked for are recorded with whether they were held.
         self.hold_large = None
+        # (bytes, seconds): the next ranged read of more than twice bytes
+        # sends all but its last bytes at once and the rest seconds later,
+        # as a long read on a slow link does; counted in held_now too.
+        self.hold_tail = None
         self.ranges = []
         self.held_now = 0
         self.lock = threading.Lock()
@@ -116,6 +120,14 @@ class FaultProxy:
                     self.wfile.flush()
                     self.close_connection = True
                     return
+                tail = proxy.take_hold_tail(status, len(body))
+                if tail:
+                    self.wfile.write(body[:-tail[0]])
+                    self.wfile.flush()
+                    time.sleep(tail[1])
+                    with proxy.lock:
+                        proxy.held_now -= 1
+                    body = body[-tail[0]:]
                 self.wfile.write(body)
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -134,6 +146,16 @@ class FaultProxy:
         if held:
             time.sleep(self.hold_large[1])
         return held
+
+    def take_hold_tail(self, status, size):
+        """The hold_tail for this answer, if it gets one (once)."""
+        with self.lock:
+            tail = self.hold_tail
+            if status != 206 or not tail or size <= 2 * tail[0]:
+                return None
+            self.hold_tail = None
+            self.held_now += 1
+            return tail
 
     def next_fault(self, handler):
         if "/blobs/" not in handler.path or not handler.headers.get("Range"):

@@ -282,4 +282,32 @@ def read_not_behind_background(t):
         m.umount()
 
 
+@suite.case
+def read_not_behind_read_ahead(t):
+    """A read that must fetch takes the files after it in the same request;
+    it returns once its own bytes are in, and so does a read of a file that
+    came early in that request: counted by requests, both return while the
+    proxy still holds the request's tail."""
+    proxy = t.proxy
+    proxy.faults, proxy.always, proxy.multi, proxy.hold_large = [], None, None, None
+    proxy.held_now = 0
+    mnt = os.path.join(t.work, "mnt-read-ahead")
+    m = Mount(f"{proxy.host}/faults/many:v1", mnt, os.path.join(t.work, "cache-read-ahead"), ["--prefetch=none"])
+    try:
+        if not t.tap.ok(m.ok, "mount an image of small files", m.stderr()):
+            return
+        proxy.hold_tail = (45000, 5)
+        first = open(os.path.join(mnt, "many/f0"), "rb").read()
+        held_after_first = proxy.held_now
+        second = open(os.path.join(mnt, "many/f1"), "rb").read()
+        held_after_second = proxy.held_now
+        t.tap.ok(first == MANY[1].data and proxy.hold_tail is None and held_after_first == 1,
+                 "the read that fetched returns before its read-ahead has all come", held_after_first)
+        t.tap.ok(second == MANY[2].data and held_after_second == 1,
+                 "a read of the next file, which came early in that request, returns too", held_after_second)
+    finally:
+        proxy.hold_tail = None
+        m.umount()
+
+
 run_file(suite)

@@ -184,6 +184,47 @@ def shared_members(t):
         m.umount()
 
 
+def settled_stats(mnt, key, seconds=10):
+    """imgfs stats once key has stopped growing (background work done)."""
+    deadline, last, s = time.monotonic() + seconds, None, imgfs_stats(mnt)
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        s = imgfs_stats(mnt)
+        if s.get(key) and s.get(key) == last:
+            break
+        last = s.get(key)
+    return s
+
+
+@suite.case
+def neighbours_fetched_ahead(t):
+    """A read that had to fetch brings the other files of its directory in
+    the background, on a connection of its own: a program reads a
+    package's files together.  The guess stays in that directory."""
+    pkg = [Entry("pkg", "dir"), *[Entry(f"pkg/m{i:02}", data=deterministic_bytes(500 + i, 40000)) for i in range(30)]]
+    other = [Entry("other", "dir"),
+             *[Entry(f"other/o{i}", data=deterministic_bytes(600 + i, 40000)) for i in range(30)]]
+    push_estargz(t.reg, "lazy/dirs", "v1", [pkg + other])
+    mnt = os.path.join(t.work, "mnt-dirs")
+    m = Mount(f"{t.reg.host}/lazy/dirs:v1", mnt, t.cache_of("dirs"), ["--prefetch=none"])
+    if not t.tap.ok(m.ok, "mount an image of two directories of 1.2 MB each", m.stderr()):
+        return
+    try:
+        first = read(os.path.join(mnt, "pkg/m00"))
+        before = settled_stats(mnt, "bytes_speculated")
+        wrong = [e.path for e in pkg[1:] if read(os.path.join(mnt, e.path)) != e.data]
+        after = imgfs_stats(mnt)
+        t.tap.ok(first == pkg[1].data and not wrong and before.get("bytes_speculated", 0) > 0 and
+                 after["range_requests"] == before["range_requests"],
+                 "after one read of pkg/, every file of pkg/ reads right with no request of its own",
+                 (wrong, before, after))
+        t.tap.ok(read(os.path.join(mnt, "other/o29")) == other[-1].data and
+                 imgfs_stats(mnt)["range_requests"] > after["range_requests"],
+                 "a file of another directory was not guessed: its read fetches", imgfs_stats(mnt))
+    finally:
+        m.umount()
+
+
 @suite.case
 def background_fetch_yields(t):
     """The background fetch waits for reads to pause before it claims chunks: a

@@ -1,0 +1,206 @@
+/* The files beside a miss, fetched ahead: see speculate.h. */
+#include "speculate.h"
+
+#include "registry.h"
+
+/* A directory's guess stops here: one range of this size is ~170 ms on a
+ * 100 Mbit/s link, a few round trips, and a large directory (a library
+ * directory of thousands of files) is mostly not what a program reads. */
+#define DIR_BYTES (2u << 20)
+/* A large file beside a miss is usually mapped and read in part: its
+ * start (headers, the ELF tables) is what the guess is for. */
+#define FILE_BYTES (512u << 10)
+/* All guesses of one layer: past this a workload is reading far more
+ * than a start does, and guessing only competes with its reads. */
+#define LAYER_BYTES (64ull << 20)
+#define DIR_FILES 512
+#define WORKERS 2
+#define QUEUE_LEN 32
+#define NOWHERE UINT32_MAX
+
+struct speculation {
+	struct speculation_ops ops;
+	const struct entry *entries; /* the layer's, to number an entry */
+	size_t n_entries;
+	/* Regular files with chunks, by directory then blob order. */
+	const struct entry **by_dir;
+	uint32_t n_files;
+	uint32_t *place;     /* per entry: its index in by_dir, NOWHERE if none */
+	uint32_t *dir_first; /* per index in by_dir: where its directory starts */
+	uint32_t *dir_end;   /* and ends */
+
+	pthread_mutex_t lock; /* over the fields below */
+	pthread_cond_t wake;
+	bool *asked; /* per index of a directory's start: its guess was queued */
+	uint32_t queue[QUEUE_LEN];
+	size_t queue_head, queue_len;
+	uint64_t claimed;
+	bool running;
+	atomic_bool stop;
+	pthread_t threads[WORKERS];
+	size_t n_threads;
+};
+
+static size_t dir_len(const struct entry *e)
+{
+	const char *slash = strrchr(e->path, '/');
+	return slash ? (size_t)(slash - e->path) : 0;
+}
+
+static int by_dir_then_offset(const void *a, const void *b)
+{
+	const struct entry *x = *(const struct entry *const *)a, *y = *(const struct entry *const *)b;
+	size_t xl = dir_len(x), yl = dir_len(y);
+	int c = memcmp(x->path, y->path, xl < yl ? xl : yl);
+	if (c || xl != yl)
+		return c ? c : (xl < yl ? -1 : 1);
+	uint64_t xo = x->chunks[0].comp_off, yo = y->chunks[0].comp_off;
+	return xo < yo ? -1 : xo > yo;
+}
+
+int speculation_new(const struct layer *l, const struct speculation_ops *ops, struct speculation **ret)
+{
+	if (l->n_entries >= NOWHERE)
+		return -EFBIG;
+	struct speculation *s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->ops = *ops;
+	s->entries = l->entries;
+	s->n_entries = l->n_entries;
+	pthread_mutex_init(&s->lock, NULL);
+	pthread_cond_init(&s->wake, NULL);
+	size_t n = l->n_entries ? l->n_entries : 1;
+	s->by_dir = calloc(n, sizeof(*s->by_dir));
+	s->place = malloc(n * sizeof(*s->place));
+	s->dir_first = calloc(n, sizeof(*s->dir_first));
+	s->dir_end = calloc(n, sizeof(*s->dir_end));
+	s->asked = calloc(n, sizeof(*s->asked));
+	if (!s->by_dir || !s->place || !s->dir_first || !s->dir_end || !s->asked) {
+		speculation_free(s);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < l->n_entries; i++) {
+		s->place[i] = NOWHERE;
+		if (l->entries[i].type == ENTRY_REG && l->entries[i].n_chunks > 0)
+			s->by_dir[s->n_files++] = &l->entries[i];
+	}
+	qsort(s->by_dir, s->n_files, sizeof(*s->by_dir), by_dir_then_offset);
+	for (uint32_t i = 0, first = 0; i < s->n_files; i++) {
+		if (i > 0 && (dir_len(s->by_dir[i]) != dir_len(s->by_dir[first]) ||
+			      memcmp(s->by_dir[i]->path, s->by_dir[first]->path, dir_len(s->by_dir[i]))))
+			first = i;
+		s->dir_first[i] = first;
+		s->place[s->by_dir[i] - l->entries] = i;
+	}
+	for (uint32_t i = s->n_files; i-- > 0;)
+		s->dir_end[i] =
+		    i + 1 == s->n_files || s->dir_first[i + 1] != s->dir_first[i] ? i + 1 : s->dir_end[i + 1];
+	*ret = s;
+	return 0;
+}
+
+/* The directory of the file at place, from the file after it round to the
+ * one before: what follows a file in the blob is likeliest read next. */
+static size_t dir_guess(const struct speculation *s, uint32_t place, const struct entry **out)
+{
+	uint32_t first = s->dir_first[place], end = s->dir_end[place];
+	size_t n = 0;
+	for (uint32_t i = place + 1; i < end && n < DIR_FILES; i++)
+		out[n++] = s->by_dir[i];
+	for (uint32_t i = first; i < place && n < DIR_FILES; i++)
+		out[n++] = s->by_dir[i];
+	return n;
+}
+
+static void *worker_main(void *arg)
+{
+	struct speculation *s = arg;
+	struct registry_client *client = s->ops.new_client(s->ops.ctx);
+	const struct entry **files = calloc(DIR_FILES, sizeof(*files));
+	pthread_mutex_lock(&s->lock);
+	while (client && files && !atomic_load(&s->stop)) {
+		if (!s->queue_len) {
+			pthread_cond_wait(&s->wake, &s->lock);
+			continue;
+		}
+		uint32_t place = s->queue[s->queue_head];
+		s->queue_head = (s->queue_head + 1) % QUEUE_LEN;
+		s->queue_len--;
+		uint64_t budget = s->claimed < LAYER_BYTES ? LAYER_BYTES - s->claimed : 0;
+		pthread_mutex_unlock(&s->lock);
+		size_t n = dir_guess(s, place, files);
+		uint64_t claimed = n && budget ? s->ops.fetch(s->ops.ctx, files, n, FILE_BYTES,
+							      budget < DIR_BYTES ? budget : DIR_BYTES, client, &s->stop)
+					       : 0;
+		pthread_mutex_lock(&s->lock);
+		s->claimed += claimed;
+	}
+	pthread_mutex_unlock(&s->lock);
+	free(files);
+	registry_client_free(client);
+	return NULL;
+}
+
+void speculation_start(struct speculation *s)
+{
+	pthread_mutex_lock(&s->lock);
+	if (!s->running && s->n_files > 1) {
+		atomic_store(&s->stop, false);
+		for (; s->n_threads < WORKERS; s->n_threads++)
+			if (pthread_create(&s->threads[s->n_threads], NULL, worker_main, s) != 0)
+				break;
+		s->running = s->n_threads > 0;
+	}
+	pthread_mutex_unlock(&s->lock);
+}
+
+void speculation_note_miss(struct speculation *s, const struct entry *e)
+{
+	size_t index = (size_t)(e - s->entries);
+	if (index >= s->n_entries || s->place[index] == NOWHERE)
+		return;
+	uint32_t place = s->place[index];
+	uint32_t first = s->dir_first[place];
+	if (s->dir_end[place] - first < 2)
+		return;
+	pthread_mutex_lock(&s->lock);
+	/* A full queue drops the guess: reads are outrunning the workers. */
+	if (s->running && !s->asked[first] && s->claimed < LAYER_BYTES && s->queue_len < QUEUE_LEN) {
+		s->asked[first] = true;
+		s->queue[(s->queue_head + s->queue_len++) % QUEUE_LEN] = place;
+		pthread_cond_signal(&s->wake);
+	}
+	pthread_mutex_unlock(&s->lock);
+}
+
+void speculation_stop(struct speculation *s)
+{
+	if (!s)
+		return;
+	pthread_mutex_lock(&s->lock);
+	atomic_store(&s->stop, true);
+	pthread_cond_broadcast(&s->wake);
+	size_t n = s->n_threads;
+	s->n_threads = 0;
+	s->running = false;
+	s->queue_len = 0;
+	pthread_mutex_unlock(&s->lock);
+	for (size_t i = 0; i < n; i++)
+		pthread_join(s->threads[i], NULL);
+}
+
+void speculation_free(struct speculation *s)
+{
+	if (!s)
+		return;
+	speculation_stop(s);
+	pthread_mutex_destroy(&s->lock);
+	pthread_cond_destroy(&s->wake);
+	free(s->by_dir);
+	free(s->place);
+	free(s->dir_first);
+	free(s->dir_end);
+	free(s->asked);
+	free(s);
+}
