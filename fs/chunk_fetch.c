@@ -732,6 +732,8 @@ static void take_chunks(struct list_job *job, struct span_job *sj)
 			}
 			if (job->file_taken + len > job->per_file)
 				break;
+			if (!entry_part_listed(e, c->file_off, c->size))
+				continue;
 			if (!span_job_has_room(sj, c))
 				goto full;
 			if (chunk_claim(job->rem, c, true)) {

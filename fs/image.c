@@ -891,69 +891,6 @@ int image_start_background(struct image *img, enum prefetch_mode mode)
 	return 0;
 }
 
-int image_write_record(struct image *img, char **ret_path)
-{
-	_cleanup_free_ char *dir = strdup_printf("%s/records", img->cache_dir);
-	_cleanup_free_ char *path = dir ? strdup_printf("%s/%s", dir, img->manifest_digest + strlen("sha256:")) : NULL;
-	_cleanup_free_ char *text = NULL;
-	size_t len = 0;
-	if (!path)
-		return -ENOMEM;
-	int r = mkdir_parents(dir, 0700);
-	if (r < 0)
-		return r;
-	FILE *f = open_memstream(&text, &len);
-	if (!f)
-		return -ENOMEM;
-	r = tree_write_record(img->tree, f);
-	if (fclose(f) != 0 && r >= 0)
-		r = -ENOMEM;
-	if (r >= 0)
-		r = write_file_replace(path, text ? text : "", len);
-	if (r < 0)
-		return r;
-	*ret_path = TAKE_PTR(path);
-	return 0;
-}
-
-int image_set_landmarks(struct image *img, const char *list_path, size_t *ret_found, struct err *err)
-{
-	_cleanup_fclose_ FILE *f = fopen(list_path, "re");
-	if (!f)
-		return err_set(err, errno, "cannot read the prefetch list \"%s\": %s", list_path, strerror(errno));
-	struct entry **listed = NULL;
-	size_t found = 0, allocated = 0;
-	char *line = NULL;
-	size_t cap = 0;
-	int r = 0;
-	while (r == 0 && getline(&line, &cap, f) > 0) {
-		line[strcspn(line, "\r\n")] = '\0';
-		struct tree_inode *i = line[0] ? tree_lookup_path(img->tree, line) : NULL;
-		if (!i || !S_ISREG(i->mode) || !i->entry)
-			continue;
-		if (grow_array((void **)&listed, &allocated, found + 1, sizeof(*listed)) < 0)
-			r = -ENOMEM;
-		else /* The tree shares the layers' entries; until the mount serves, they are ours. */
-			listed[found++] = (struct entry *)i->entry;
-	}
-	free(line);
-	/* A list that names none of the image's files leaves its own landmarks. */
-	for (size_t i = 0; r == 0 && found && i < img->n_layers; i++)
-		for (size_t k = 0; k < img->layers[i]->n_entries; k++) {
-			img->layers[i]->entries[k].prefetch = false;
-			img->layers[i]->entries[k].prefetch_rank = 0;
-		}
-	uint32_t rank = 0;
-	for (size_t i = 0; r == 0 && i < found; i++) {
-		listed[i]->prefetch = true;
-		if (!listed[i]->prefetch_rank)
-			listed[i]->prefetch_rank = ++rank;
-	}
-	free(listed);
-	*ret_found = rank;
-	return r;
-}
-
 int image_refs_list(const char *cache_dir, void (*fn)(const char *ref, const char *platform, const char *digest))
 {
 	_cleanup_free_ char *dir = strdup_printf("%s/refs", cache_dir);

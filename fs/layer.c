@@ -2,6 +2,7 @@
  * path's entry point and the calls that reach the source's ops table. */
 #include "layer.h"
 
+#include <ctype.h>
 #include <sys/stat.h>
 
 #define MAX_PATH_LEN 4096
@@ -81,6 +82,7 @@ int path_normalise(const char *name, char **ret)
 
 static void entry_done(struct entry *e)
 {
+	free(e->prefetch_parts);
 	free(e->path);
 	free(e->link);
 	for (uint32_t i = 0; i < e->n_xattrs; i++) {
@@ -165,4 +167,50 @@ void layer_stop_background(struct layer *l)
 {
 	if (l->ops && l->ops->stop_background)
 		l->ops->stop_background(l);
+}
+
+bool entry_part_listed(const struct entry *e, uint64_t off, uint64_t len)
+{
+	if (!e->prefetch_parts)
+		return true;
+	for (uint32_t i = 0; i < e->n_prefetch_parts; i++)
+		if (e->prefetch_parts[i].off < off + len && off < e->prefetch_parts[i].off + e->prefetch_parts[i].len)
+			return true;
+	return false;
+}
+
+#define MAX_FILE_PARTS 4096
+
+int file_parts_parse(const char *text, struct file_part **ret, uint32_t *ret_n)
+{
+	struct file_part *parts = NULL;
+	size_t n = 0, allocated = 0;
+	const char *p = text;
+	uint64_t last_end = 0;
+	for (;;) {
+		char *end;
+		errno = 0;
+		unsigned long long off = strtoull(p, &end, 10);
+		if (end == p || *end != '+' || errno || !isdigit((unsigned char)*p))
+			break;
+		p = end + 1;
+		unsigned long long len = strtoull(p, &end, 10);
+		if (end == p || errno || !isdigit((unsigned char)*p) || len == 0 || off > UINT64_MAX - len ||
+		    (n && off < last_end) || n == MAX_FILE_PARTS)
+			break;
+		if (grow_array((void **)&parts, &allocated, n + 1, sizeof(*parts)) < 0)
+			break;
+		parts[n++] = (struct file_part){ off, len };
+		last_end = off + len;
+		p = end;
+		if (*p == '\0') {
+			*ret = parts;
+			*ret_n = (uint32_t)n;
+			return 0;
+		}
+		if (*p++ != ',')
+			break;
+	}
+	free(parts);
+	return -EINVAL;
 }

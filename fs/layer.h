@@ -58,6 +58,11 @@ struct chunk {
 	char digest[72];
 };
 
+/* Bytes [off, off+len) of a file. */
+struct file_part {
+	uint64_t off, len;
+};
+
 struct xattr {
 	char *name;
 	void *value;
@@ -83,6 +88,9 @@ struct entry {
 	bool landmark;          /* before the eStargz prefetch landmark */
 	bool prefetch;          /* in the prefetch set: landmark, or in the prefetch list */
 	uint32_t prefetch_rank; /* position in a prefetch list (first read first), 0: none */
+	/* The parts of the file that list named, ascending; NULL: all of it. */
+	struct file_part *prefetch_parts;
+	uint32_t n_prefetch_parts;
 };
 
 struct cursor;
@@ -154,6 +162,12 @@ struct layer *layer_alloc(const char *digest, enum layer_compression compression
 /* Stops the source's background work, frees it, then the entries. */
 struct layer *layer_free(struct layer *l);
 
+/* A file's parts as a prefetch list line gives them after "\t@":
+ * "OFF+LEN,OFF+LEN,...", in bytes, ascending and apart, at most 4096.
+ * Anything else is -EINVAL (the line then names the whole file). */
+int file_parts_parse(const char *text, struct file_part **ret, uint32_t *ret_n);
+/* Whether the prefetch set wants any of bytes [off, off+len) of e. */
+bool entry_part_listed(const struct entry *e, uint64_t off, uint64_t len);
 /* Reads a file's bytes, zero-filling holes; returns bytes read, 0 past the end. */
 ssize_t layer_read_entry(struct layer *l, const struct entry *e, void *buf, size_t len, uint64_t off);
 /* Zero counters for a source that keeps none. */

@@ -259,16 +259,28 @@ static int prefetch_spans(struct remote_blob *rb, uint64_t off, uint64_t end, co
 }
 
 /* A plain layer's landmarks come from a prefetch list: the spans the
- * decoder will read for each listed file. */
+ * decoder will read for each listed file, or for the parts listed. */
 static int prefetch_listed(struct layer *l, const atomic_bool *stop)
 {
 	for (size_t i = 0; i < l->n_entries; i++) {
 		const struct entry *e = &l->entries[i];
+		uint32_t n_parts = e->prefetch_parts ? e->n_prefetch_parts : 1;
 		for (uint32_t k = 0; e->prefetch && k < e->n_extents; k++) {
-			uint64_t in, end;
-			layer_compressed_range(l, e->extents[k].stream_off, e->extents[k].len, &in, &end);
-			if (prefetch_spans(l->source, in, end, stop, false) == -ECANCELED)
-				return -ECANCELED;
+			const struct extent *x = &e->extents[k];
+			for (uint32_t p = 0; p < n_parts; p++) {
+				uint64_t from = x->file_off, to = x->file_off + x->len;
+				if (e->prefetch_parts) {
+					const struct file_part *part = &e->prefetch_parts[p];
+					from = part->off > from ? part->off : from;
+					to = part->off + part->len < to ? part->off + part->len : to;
+				}
+				if (from >= to)
+					continue;
+				uint64_t in, end;
+				layer_compressed_range(l, x->stream_off + (from - x->file_off), to - from, &in, &end);
+				if (prefetch_spans(l->source, in, end, stop, false) == -ECANCELED)
+					return -ECANCELED;
+			}
 		}
 	}
 	return 0;

@@ -382,6 +382,7 @@ struct tree *tree_free(struct tree *t)
 		for (size_t k = 0; k < i->n_children; k++)
 			free(i->children[k].name);
 		free(i->children);
+		free(atomic_load(&i->read_map));
 		free(i);
 	}
 	free(t->inodes);
@@ -417,6 +418,34 @@ void tree_stat(const struct tree_inode *i, struct stat *st)
 /* One clock for the process: a daemon serves one image. */
 static atomic_uint read_clock;
 
+static size_t read_map_words(const struct tree_inode *i)
+{
+	return (size_t)((i->size + (uint64_t)TREE_RECORD_BLOCK * 64 - 1) / ((uint64_t)TREE_RECORD_BLOCK * 64));
+}
+
+/* Notes blocks [off, off+size) as read; a map that cannot be allocated
+ * only leaves the record saying "the whole file". */
+static void note_read(const struct tree_inode *i, uint64_t off, size_t size)
+{
+	_Atomic(atomic_ullong *) *slot = (_Atomic(atomic_ullong *) *)&i->read_map;
+	atomic_ullong *map = atomic_load(slot);
+	if (!map) {
+		atomic_ullong *fresh = calloc(read_map_words(i), sizeof(*fresh));
+		if (!fresh)
+			return;
+		atomic_ullong *expected = NULL;
+		if (atomic_compare_exchange_strong(slot, &expected, fresh)) {
+			map = fresh;
+		} else {
+			free(fresh);
+			map = expected;
+		}
+	}
+	uint64_t end = off + size < i->size ? off + size : i->size;
+	for (uint64_t b = off / TREE_RECORD_BLOCK; b * TREE_RECORD_BLOCK < end; b++)
+		atomic_fetch_or(&map[b / 64], 1ull << (b % 64));
+}
+
 ssize_t tree_read(const struct tree_inode *i, void *buf, size_t size, uint64_t off)
 {
 	if (!S_ISREG(i->mode) || !i->entry)
@@ -429,6 +458,7 @@ ssize_t tree_read(const struct tree_inode *i, void *buf, size_t size, uint64_t o
 	}
 	if (off >= i->size || size == 0)
 		return 0;
+	note_read(i, off, size);
 	ssize_t n = layer_read_entry(i->layer, i->entry, buf, size, off);
 	/* Never hand out bytes we could not decode or verify. */
 	return n < 0 ? -EIO : n;
@@ -482,6 +512,7 @@ struct tree_inode *tree_lookup_path(const struct tree *t, const char *path)
 struct record_item {
 	unsigned order;
 	char *path;
+	const struct tree_inode *inode;
 };
 
 static int by_order(const void *a, const void *b)
@@ -521,10 +552,38 @@ static void collect_reads(struct tree_inode *dir, char *path, size_t len, struct
 				rec->failed = true;
 				return;
 			}
-			rec->v[rec->n++] = (struct record_item){ order, copy };
+			rec->v[rec->n++] = (struct record_item){ order, copy, c };
 		}
 	}
 	path[len] = '\0';
+}
+
+static bool block_read(const atomic_ullong *map, uint64_t b)
+{
+	return atomic_load_explicit(&map[b / 64], memory_order_relaxed) & (1ull << (b % 64));
+}
+
+/* Nothing when the whole file was read (or the map is missing). */
+static void write_parts_read(const struct tree_inode *i, FILE *out)
+{
+	const atomic_ullong *map = atomic_load(&i->read_map);
+	uint64_t blocks = (i->size + TREE_RECORD_BLOCK - 1) / TREE_RECORD_BLOCK, b = 0;
+	while (map && b < blocks && block_read(map, b))
+		b++;
+	if (!map || b == blocks)
+		return;
+	const char *sep = "\t@";
+	for (b = 0; b < blocks; b++) {
+		if (!block_read(map, b))
+			continue;
+		uint64_t first = b;
+		while (b + 1 < blocks && block_read(map, b + 1))
+			b++;
+		uint64_t off = first * TREE_RECORD_BLOCK, end = (b + 1) * TREE_RECORD_BLOCK;
+		fprintf(out, "%s%llu+%llu", sep, (unsigned long long)off,
+			(unsigned long long)((end < i->size ? end : i->size) - off));
+		sep = ",";
+	}
 }
 
 int tree_write_record(const struct tree *t, FILE *out)
@@ -535,7 +594,9 @@ int tree_write_record(const struct tree *t, FILE *out)
 	if (rec.n)
 		qsort(rec.v, rec.n, sizeof(*rec.v), by_order);
 	for (size_t i = 0; i < rec.n; i++) {
-		fprintf(out, "%s\n", rec.v[i].path);
+		fputs(rec.v[i].path, out);
+		write_parts_read(rec.v[i].inode, out);
+		fputc('\n', out);
 		free(rec.v[i].path);
 	}
 	free(rec.v);

@@ -37,7 +37,12 @@ struct tree_inode {
 	size_t n_children, allocated_children;
 	struct tree_inode *next_all;
 	atomic_uint first_read; /* order of the first read of this file, 0: never */
+	/* Which TREE_RECORD_BLOCK blocks of the file were read, a bit each;
+	 * allocated by the first read. */
+	_Atomic(atomic_ullong *) read_map;
 };
+
+#define TREE_RECORD_BLOCK (64u << 10)
 
 struct tree {
 	struct tree_inode **inodes; /* by ino; inodes[1] is the root */
@@ -60,7 +65,9 @@ void tree_stat(const struct tree_inode *i, struct stat *st);
 /* The inode at a path ("/usr/bin/x" or "usr/bin/x"), following no symlink. */
 struct tree_inode *tree_lookup_path(const struct tree *t, const char *path);
 /* Writes the paths of the files read so far, one per line, in the order of
- * their first read; returns how many. */
+ * their first read; a file read in part has "\t@" and the parts read after
+ * its path ("OFF+LEN,..." in bytes, whole TREE_RECORD_BLOCK blocks).
+ * Returns how many. */
 int tree_write_record(const struct tree *t, FILE *out);
 /* Reads a regular file's bytes; 0 at or past its end, -EIO if the layer
  * could not deliver verified bytes.  The first read is recorded. */

@@ -379,6 +379,38 @@ def prefetch_list(t):
 
 
 @suite.case
+def prefetch_list_parts(t):
+    """A list line may name parts of a file, as imgfs record writes for a file
+    read in part: only the chunks that hold them are prefetched.  A line whose
+    parts do not parse names the whole file."""
+    mnt = t.mnt
+    prefetch_image(t)
+    listing = os.path.join(t.work, "parts.list")
+    with open(listing, "w") as f:
+        f.write(f"/later\t@{8 << 20}+65536\n/boot/second\t@not+parts\n")
+    m = Mount(f"{t.reg.host}/lazy/prefetch:v1", mnt, t.cache_of("parts"),
+              ["--prefetch=landmark", "--prefetch-list", listing])
+    if not t.tap.ok(m.ok, "mount with a list naming a part of a file", m.stderr()):
+        return
+    try:
+        s = stats_after_prefetch(mnt)
+        with open(os.path.join(mnt, "later"), "rb") as f:
+            f.seek(8 << 20)
+            part = f.read(65536)
+        second = read(os.path.join(mnt, "boot", "second"))
+        after = imgfs_stats(mnt)
+        t.tap.ok(s["prefetch_done"] == 1 and (4 << 20) <= s["bytes_prefetched"] < (5 << 20) and
+                 part == REST[0].data[8 << 20:(8 << 20) + 65536] and second == b"needed at start\n" and
+                 after["range_requests"] == s["range_requests"],
+                 "the 4 MiB chunk of later that holds the part, and boot/second whole, were fetched ahead", s)
+        t.tap.ok(read(os.path.join(mnt, "later")) == REST[0].data and
+                 imgfs_stats(mnt)["range_requests"] > after["range_requests"],
+                 "the rest of later was not: reading it fetches", imgfs_stats(mnt))
+    finally:
+        m.umount()
+
+
+@suite.case
 def huge_toc(t):
     """A large TOC is saved by the daemon after the mount, and completely before it exits."""
     mnt = t.mnt
