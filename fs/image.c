@@ -674,6 +674,45 @@ int image_resolve_manifest(const char *ref_text, const struct image_options *opt
 	return r;
 }
 
+/* The published profile needs nothing the layers' TOCs give: it is looked
+ * up on a connection of its own while the layers open (referrers, artifact
+ * manifest, list: three round trips the start no longer waits for).  The
+ * config is not: a platform it refuses must stop the mount before a layer
+ * is fetched whole. */
+struct profile_lookup {
+	struct image *img;
+	const struct image_options *opts;
+	struct registry_client *client, *owned;
+	pthread_t thread;
+	bool running;
+};
+
+static void *profile_lookup_main(void *arg)
+{
+	struct profile_lookup *s = arg;
+	find_profile(s->img, s->client, s->opts);
+	return NULL;
+}
+
+/* Without a thread or a second connection, the same work, here and now. */
+static void profile_lookup_start(struct profile_lookup *s, struct registry_client *client)
+{
+	s->owned = registry_client_dup(client);
+	s->client = s->owned ? s->owned : client;
+	s->running = s->owned && pthread_create(&s->thread, NULL, profile_lookup_main, s) == 0;
+	if (!s->running)
+		profile_lookup_main(s);
+}
+
+/* Waits for it; again: nothing. */
+static void profile_lookup_finish(struct profile_lookup *s)
+{
+	if (s->running)
+		pthread_join(s->thread, NULL);
+	s->running = false;
+	s->owned = registry_client_free(s->owned);
+}
+
 /* name@digest: the image resolved, whatever its tag names later. */
 static char *pinned_ref(const struct image_ref *ref, const char *digest)
 {
@@ -686,6 +725,7 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 	struct resolution res = { 0 };
 	struct manifest m = { 0 };
 	struct artifact_lookup artifacts = { 0 };
+	struct profile_lookup lookup = { 0 };
 	struct image *img = NULL;
 	int r;
 
@@ -712,10 +752,11 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 
 	if ((r = load_config(img, client, opts, &m.config, err)) < 0)
 		goto out;
+	lookup = (struct profile_lookup){ .img = img, .opts = opts };
 	if (opts->find_profile && res.from_cache)
 		profile_from_record(img, opts);
 	else if (opts->find_profile)
-		find_profile(img, client, opts);
+		profile_lookup_start(&lookup, client);
 
 	img->layers = calloc(m.n_layers ? m.n_layers : 1, sizeof(*img->layers));
 	if (opts->separate_layers)
@@ -745,6 +786,7 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 		img->n_layers++;
 		img->image_size += (uint64_t)m.layers[i].size;
 	}
+	profile_lookup_finish(&lookup);
 	if (opts->separate_layers)
 		img->blob_client = TAKE_PTR(res.client);
 	else if ((r = tree_build(img->layers, img->n_layers, &img->tree, err)) < 0)
@@ -759,6 +801,7 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 	}
 	*ret = TAKE_PTR(img);
 out:
+	profile_lookup_finish(&lookup);
 	if (r < 0 && err && err->code)
 		err_wrap(err, "image \"%s\"", ref_text);
 	image_free(img);

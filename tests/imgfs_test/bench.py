@@ -109,11 +109,21 @@ def record_workload(reg, workload, work):
     return listing
 
 
+def listed_paths(listing):
+    """The paths of a list imgfs record wrote, without the parts read."""
+    with open(listing) as f:
+        return [line.split("\t@")[0].strip() for line in f if line.strip()]
+
+
+def opened_bytes(rootfs, listing):
+    """The size of the files a recorded workload opened, whole."""
+    return sum(os.lstat(os.path.join(rootfs, p.lstrip("/"))).st_size for p in listed_paths(listing))
+
+
 def push_optimized_estargz(reg, rootfs, listing, config_extra=None):
     """bench/debian-estargz-opt: the tree at rootfs as eStargz with the files
     listing names first, then the prefetch landmark; returns the layer."""
-    with open(listing) as f:
-        wanted = [line.strip() for line in f if line.strip()]
+    wanted = listed_paths(listing)
     entries, n_first = prioritized(tar_entries(rootfs_tar(rootfs)), wanted)
     blob, toc_digest, diff_id, size = estargz.build(entries, landmark_after=n_first)
     return push(reg, "bench/debian-estargz-opt", blob, LAYER_TYPES["gzip"], diff_id,
