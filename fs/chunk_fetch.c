@@ -406,6 +406,9 @@ static void demand_arrived(void *ctx, size_t got)
 	uint64_t start = d->batch[0]->comp_off;
 	for (; d->stored < d->n && d->batch[d->stored]->comp_end - start <= got; d->stored++) {
 		const struct chunk *c = d->batch[d->stored];
+		pthread_mutex_lock(&d->rem->lock);
+		d->rem->bytes_fetched += c->comp_end - c->comp_off;
+		pthread_mutex_unlock(&d->rem->lock);
 		int r = pack_store_chunk(&d->rem->pack, c, d->comp + (c->comp_off - start),
 					 (size_t)(c->comp_end - c->comp_off));
 		if (d->stored == 0) {
@@ -430,19 +433,17 @@ static void *demand_fetch_main(void *arg)
 	uint64_t start = d->batch[0]->comp_off, len = d->batch[d->n - 1]->comp_end - start;
 	size_t slot;
 	struct registry_client *client = client_take(rem, &slot);
-	struct err err = { 0 };
-	int r = client ? registry_fetch_range_streaming(client, rem->digest, start, (size_t)len, d->comp,
-							demand_arrived, d, &err)
-		       : -ENOMEM;
-	if (client)
-		client_give_back(rem, slot);
-	demand_fetch_tell(d, -1);
-	if (r == 0) {
+	if (client) {
+		/* Counted now, its bytes as they come: stats are current. */
 		pthread_mutex_lock(&rem->lock);
-		rem->bytes_fetched += len;
 		rem->requests++;
 		pthread_mutex_unlock(&rem->lock);
+		struct err err = { 0 };
+		(void)registry_fetch_range_streaming(client, rem->digest, start, (size_t)len, d->comp, demand_arrived,
+						     d, &err);
+		client_give_back(rem, slot);
 	}
+	demand_fetch_tell(d, -1);
 	/* What did not come or failed its digest: each alone. */
 	size_t from = d->stored ? d->stored : 1;
 	store_batch(rem, d->batch + from, d->n - from, NULL, start, NULL);

@@ -36,6 +36,14 @@ struct remote_blob {
 	size_t mem_span;
 	unsigned char *mem_data;
 	uint64_t bytes_in_memory;
+	/* The on-demand fetch under way on stream_client, if any: spans
+	 * [stream_first, stream_end) of one request, each stored as it
+	 * arrives, [stream_first, stream_next) handled so far (stream_main). */
+	struct registry_client *stream_client;
+	bool streaming;
+	size_t stream_first, stream_next, stream_end;
+	unsigned char *stream_buf;
+	pthread_cond_t stream_moved; /* stream_next moved or the stream ended */
 };
 
 static void hex_of(const unsigned char d[32], char out[65])
@@ -110,6 +118,36 @@ static int store_span(const struct remote_blob *rb, size_t i, const void *data, 
  * many bytes in all: a decoder reads on from where it started, and over a
  * link with a real round trip a request costs more than 256 KiB. */
 #define SPAN_READAHEAD_BYTES (512u << 10)
+/* ... or up to the next checkpoint, when that is further but not beyond
+ * this: a read decodes the stream from a checkpoint to the next (2 MiB of
+ * tar, kept decoded in memory; tar_stream.c), so one request takes it all
+ * instead of one every 512 KiB.  The bound is for an index whose
+ * checkpoints lie far apart (incompressible data is a little over 2 MiB). */
+#define SPAN_READAHEAD_MAX_BYTES (4u << 20)
+
+/* The decoder reads its input in pieces of this size (tar_stream.c), so
+ * it asks for up to that much past the end of the stream it decodes. */
+#define DECODER_INPUT_BYTES (128u << 10)
+
+/* How far a miss at blob offset off reads ahead: to the first checkpoint
+ * more than a decoder's input piece after off (the first one follows the
+ * gzip header, and a decoder at a checkpoint reads on past it), and the
+ * piece the decoder reads past that. */
+static uint64_t readahead_limit(const struct layer *l, uint64_t off)
+{
+	size_t lo = 0, hi = l->n_checkpoints;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (l->checkpoints[mid].in <= off + DECODER_INPUT_BYTES)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	uint64_t to_next = lo < l->n_checkpoints ? l->checkpoints[lo].in - off + DECODER_INPUT_BYTES : 0;
+	if (to_next > SPAN_READAHEAD_MAX_BYTES)
+		return SPAN_READAHEAD_MAX_BYTES;
+	return to_next > SPAN_READAHEAD_BYTES ? to_next : SPAN_READAHEAD_BYTES;
+}
 
 static bool span_cached(const struct remote_blob *rb, size_t i)
 {
@@ -120,14 +158,108 @@ static bool span_cached(const struct remote_blob *rb, size_t i)
 	return path && stat(path, &st) == 0 && (uint64_t)st.st_size == span_len(rb, i);
 }
 
-/* Fetches span i (and the missing ones after it) on the on-demand
- * connection, verifies each and stores it; rb->lock is held. */
-static int fetch_span(struct remote_blob *rb, size_t i)
+/* How many spans from i on a miss fetches: i and the missing ones after
+ * it, until they hold readahead bytes. */
+static size_t spans_to_fetch(const struct remote_blob *rb, size_t i, uint64_t readahead, uint64_t *ret_total)
 {
 	size_t n = 1;
 	uint64_t total = span_len(rb, i);
-	while (i + n < rb->n_spans && total + span_len(rb, i + n) <= SPAN_READAHEAD_BYTES && !span_cached(rb, i + n))
+	while (i + n < rb->n_spans && total < readahead && !span_cached(rb, i + n))
 		total += span_len(rb, i + n++);
+	*ret_total = total;
+	return n;
+}
+
+/* The transfer's progress: every span now complete is verified and stored
+ * (one that fails is left for a reader to fetch again alone).  After a
+ * retry got starts over, and what was handled is not handled again. */
+static void stream_arrived(void *ctx, size_t got)
+{
+	struct remote_blob *rb = ctx;
+	for (;;) {
+		pthread_mutex_lock(&rb->lock);
+		size_t k = rb->stream_next;
+		bool complete = k < rb->stream_end && (k - rb->stream_first) * rb->span_size + span_len(rb, k) <= got;
+		pthread_mutex_unlock(&rb->lock);
+		if (!complete)
+			return;
+		const unsigned char *data = rb->stream_buf + (k - rb->stream_first) * rb->span_size;
+		bool ok = digest_matches(data, (size_t)span_len(rb, k), rb->span_digests[k]) &&
+			  store_span(rb, k, data, (size_t)span_len(rb, k)) == 0;
+		pthread_mutex_lock(&rb->lock);
+		if (ok)
+			rb->verified[k] = 1;
+		rb->bytes_fetched += span_len(rb, k);
+		rb->stream_next = k + 1;
+		pthread_cond_broadcast(&rb->stream_moved);
+		pthread_mutex_unlock(&rb->lock);
+	}
+}
+
+static void *stream_main(void *arg)
+{
+	struct remote_blob *rb = arg;
+	uint64_t off = (uint64_t)rb->stream_first * rb->span_size, end = (uint64_t)rb->stream_end * rb->span_size;
+	if (end > rb->blob_size)
+		end = rb->blob_size;
+	struct err err = { 0 };
+	/* A span it did not bring is fetched by its reader. */
+	(void)registry_fetch_range_streaming(rb->stream_client, rb->digest, off, (size_t)(end - off), rb->stream_buf,
+					     stream_arrived, rb, &err);
+	pthread_mutex_lock(&rb->lock);
+	rb->streaming = false;
+	free(rb->stream_buf);
+	rb->stream_buf = NULL;
+	pthread_cond_broadcast(&rb->stream_moved);
+	pthread_mutex_unlock(&rb->lock);
+	return NULL;
+}
+
+/* A miss at span i: fetches it and the spans after it in one request on a
+ * thread of its own, and returns once span i is stored (0) or the request
+ * has passed it without (-EAGAIN: fetch it alone).  The decoder works on
+ * each span while the next arrives: on the shaped link of tools/bench-link
+ * the plain image read through an index started in 9.7 s instead of
+ * 10.8 s.  -EBUSY when a request of another stream is under way (the
+ * caller fetches on its own connection).  rb->lock is held. */
+static int stream_span(struct remote_blob *rb, size_t i, uint64_t readahead)
+{
+	if (!rb->streaming || i < rb->stream_first || i >= rb->stream_end) {
+		if (rb->streaming || !rb->stream_client)
+			return -EBUSY;
+		uint64_t total;
+		size_t n = spans_to_fetch(rb, i, readahead, &total);
+		if (!(rb->stream_buf = malloc((size_t)total)))
+			return -ENOMEM;
+		rb->stream_first = rb->stream_next = i;
+		rb->stream_end = i + n;
+		rb->streaming = true;
+		rb->requests++; /* counted now, its bytes as they come: stats are current */
+		pthread_t thread;
+		pthread_attr_t attr;
+		bool started = pthread_attr_init(&attr) == 0 &&
+			       pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
+			       pthread_create(&thread, &attr, stream_main, rb) == 0;
+		pthread_attr_destroy(&attr);
+		if (!started) {
+			rb->streaming = false;
+			free(rb->stream_buf);
+			rb->stream_buf = NULL;
+			return -EBUSY;
+		}
+	}
+	size_t first = rb->stream_first;
+	while (rb->streaming && rb->stream_first == first && rb->stream_next <= i)
+		pthread_cond_wait(&rb->stream_moved, &rb->lock);
+	return rb->verified[i] ? 0 : -EAGAIN;
+}
+
+/* Fetches span i (and the missing ones after it) on the on-demand
+ * connection, verifies each and stores it; rb->lock is held. */
+static int fetch_span(struct remote_blob *rb, size_t i, uint64_t readahead)
+{
+	uint64_t total;
+	size_t n = spans_to_fetch(rb, i, readahead, &total);
 	_cleanup_free_ unsigned char *data = malloc((size_t)total);
 	if (!data)
 		return -ENOMEM;
@@ -169,7 +301,7 @@ static bool span_in_memory(const struct remote_blob *rb, size_t i)
 	return rb->mem_data && rb->mem_span == i;
 }
 
-static int span_fd(struct remote_blob *rb, size_t i)
+static int span_fd(struct remote_blob *rb, size_t i, uint64_t readahead)
 {
 	if (rb->open_fd >= 0 && rb->open_span == i)
 		return rb->open_fd;
@@ -178,13 +310,21 @@ static int span_fd(struct remote_blob *rb, size_t i)
 		rb->hits++;
 	} else {
 		rb->misses++;
-		int r = fetch_span(rb, i);
-		if (r < 0)
+		/* A streamed span may be gone already: a cache smaller than the
+		 * request evicts its first spans (--cache-size). */
+		int r = stream_span(rb, i, readahead);
+		if (r == -ENOMEM)
 			return r;
-		if (span_in_memory(rb, i))
-			return -ENOSPC;
-		if ((fd = open_cached_span(rb, i)) < 0)
-			return fd;
+		if (r == 0)
+			fd = open_cached_span(rb, i);
+		if (fd < 0) {
+			if ((r = fetch_span(rb, i, readahead)) < 0)
+				return r;
+			if (span_in_memory(rb, i))
+				return -ENOSPC;
+			if ((fd = open_cached_span(rb, i)) < 0)
+				return fd;
+		}
 	}
 	if (rb->open_fd >= 0)
 		close(rb->open_fd);
@@ -206,7 +346,7 @@ static int remote_blob_read(struct layer *l, void *buf, size_t len, uint64_t off
 		size_t i = (size_t)(off / rb->span_size);
 		uint64_t in_span = off - (uint64_t)i * rb->span_size;
 		size_t n = (size_t)(span_len(rb, i) - in_span < len ? span_len(rb, i) - in_span : len);
-		int fd = span_in_memory(rb, i) ? -ENOSPC : span_fd(rb, i);
+		int fd = span_in_memory(rb, i) ? -ENOSPC : span_fd(rb, i, readahead_limit(l, off));
 		if (fd == -ENOSPC && span_in_memory(rb, i))
 			memcpy(out, rb->mem_data + in_span, n);
 		else if (fd < 0 || read_full_at(fd, out, n, (off_t)in_span) < 0)
@@ -311,6 +451,12 @@ static void remote_blob_free(struct remote_blob *rb)
 {
 	if (!rb)
 		return;
+	/* The stream's thread uses rb until it has said it is done. */
+	pthread_mutex_lock(&rb->lock);
+	while (rb->streaming)
+		pthread_cond_wait(&rb->stream_moved, &rb->lock);
+	pthread_mutex_unlock(&rb->lock);
+	registry_client_free(rb->stream_client);
 	if (rb->open_fd >= 0)
 		close(rb->open_fd);
 	free(rb->mem_data);
@@ -319,6 +465,8 @@ static void remote_blob_free(struct remote_blob *rb)
 	free(rb->span_digests);
 	free(rb->verified);
 	free(rb->cache_dir);
+	pthread_mutex_destroy(&rb->lock);
+	pthread_cond_destroy(&rb->stream_moved);
 	free(rb);
 }
 
@@ -348,6 +496,8 @@ int remote_blob_attach(struct layer *l, struct registry_client *client, struct r
 	struct remote_blob *rb = calloc(1, sizeof(*rb));
 	if (!rb)
 		return -ENOMEM;
+	pthread_mutex_init(&rb->lock, NULL);
+	pthread_cond_init(&rb->stream_moved, NULL);
 	snprintf(rb->digest, sizeof(rb->digest), "%s", digest);
 	rb->blob_size = blob_size;
 	rb->span_size = spans->span_size;
@@ -362,8 +512,9 @@ int remote_blob_attach(struct layer *l, struct registry_client *client, struct r
 		return -ENOMEM;
 	}
 	memcpy(rb->span_digests, spans->digests, spans->n_spans * 32);
-	pthread_mutex_init(&rb->lock, NULL);
 	rb->client = client;
+	/* Without it, misses are fetched whole on the one connection. */
+	rb->stream_client = registry_client_dup(client);
 	rb->prefetch_client = prefetch_client;
 	l->source = rb;
 	l->ops = &remote_blob_ops;

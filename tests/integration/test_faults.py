@@ -6,6 +6,7 @@ serving everything else."""
 
 import errno
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -13,7 +14,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from imgfs_test.faultproxy import MODES, MULTI_MODES, FaultProxy  # noqa: E402
 from imgfs_test.cases import Suite, run_file  # noqa: E402
-from imgfs_test.harness import (Entry, Mount, Registry, imgfs_stats, make_tar, push_image,  # noqa: E402
+from imgfs_test.harness import (IMGFS, Entry, Mount, Registry, imgfs_stats, make_tar, push_image,  # noqa: E402
                                 snapshot, stats_after_prefetch)
 from imgfs_test.images import deterministic_bytes  # noqa: E402
 from imgfs_test.lazy import push_estargz  # noqa: E402
@@ -290,6 +291,7 @@ def read_not_behind_read_ahead(t):
     proxy still holds the request's tail."""
     proxy = t.proxy
     proxy.faults, proxy.always, proxy.multi, proxy.hold_large = [], None, None, None
+    proxy.corrupt_first_of_each = proxy.corrupt_all_blobs = False
     proxy.held_now = 0
     mnt = os.path.join(t.work, "mnt-read-ahead")
     m = Mount(f"{proxy.host}/faults/many:v1", mnt, os.path.join(t.work, "cache-read-ahead"), ["--prefetch=none"])
@@ -307,6 +309,51 @@ def read_not_behind_read_ahead(t):
                  "a read of the next file, which came early in that request, returns too", held_after_second)
     finally:
         proxy.hold_tail = None
+        m.umount()
+
+
+def read_no_readahead(path, off):
+    """4 KiB at off with the kernel's read-ahead off: bytes or errno."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+            return os.pread(fd, 4096, off)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        return e.errno
+
+
+@suite.case
+def indexed_interval_in_one_request(t):
+    """A plain gzip layer read through its index: a read decodes the stream
+    from a checkpoint to the next, and those bytes come in one request,
+    decoded as they arrive; a request cut short midway still gives the
+    right bytes."""
+    proxy = t.proxy
+    proxy.faults, proxy.always, proxy.multi, proxy.hold_large = [], None, None, None
+    proxy.corrupt_first_of_each = proxy.corrupt_all_blobs = False
+    push_image(t.reg, "faults/indexed", "v1", [(make_tar(ENTRIES), "gzip")])
+    pushed = subprocess.run([IMGFS, "index", "push", "--cache", os.path.join(t.work, "cache-index-push"),
+                             f"{t.reg.host}/faults/indexed:v1"], capture_output=True)
+    if not t.tap.ok(pushed.returncode == 0, "imgfs index push of a plain gzip image", pushed.stderr):
+        return
+    mnt = os.path.join(t.work, "mnt-indexed")
+    m = Mount(f"{proxy.host}/faults/indexed:v1", mnt, os.path.join(t.work, "cache-indexed"), ["--prefetch=none"])
+    try:
+        if not t.tap.ok(m.ok and imgfs_stats(mnt)["layers_fetched_whole"] == 0, "mount it lazily", m.stderr()):
+            return
+        got = read_no_readahead(os.path.join(mnt, "big"), 0)
+        s = imgfs_stats(mnt)
+        t.tap.ok(got == BIG[:4096] and s["range_requests"] == 1 and s["bytes_fetched_ranges"] > 2 << 20,
+                 "the first read's 2 MiB of compressed stream came in one request", s)
+        proxy.faults = ["truncate"]
+        got = read_no_readahead(os.path.join(mnt, "big"), 10 * CHUNK)
+        t.tap.ok(got == BIG[10 * CHUNK:10 * CHUNK + 4096] and proxy.injected[-1:] == ["truncate"],
+                 "a request cut short midway: the read still returns the right bytes", (proxy.injected, s))
+    finally:
+        proxy.faults = []
         m.umount()
 
 

@@ -83,8 +83,8 @@ def clean_cache_mount(t):
              and "fetched whole" not in m.stderr(), "mounting fetched no layer: only the index", (s, m.stderr()))
     t.tap.ok(read(f"{mnt}/usr/share/many/f1234") == b"file 1234\n", "a small file of the big gzip layer reads")
     s = imgfs_stats(mnt)
-    t.tap.ok(0 < s["bytes_fetched_ranges"] <= 1 << 20 and s["range_requests"] <= 4,
-             "reading it fetched a few verified spans, not the 8 MiB layer", s)
+    t.tap.ok(0 < s["bytes_fetched_ranges"] <= 5 << 19 and s["range_requests"] <= 4,
+             "reading it fetched a few verified spans (to the next checkpoint at most), not the 8.7 MB layer", s)
     big = deterministic_bytes(1, 8 << 20)
     with open(f"{mnt}/usr/big.bin", "rb") as f:
         f.seek(6 << 20)
