@@ -289,6 +289,38 @@ static void test_paths(void)
 	}
 }
 
+static void test_file_parts(void)
+{
+	struct file_part *parts = NULL;
+	uint32_t n = 0;
+	ok(file_parts_parse("0+65536,131072+10", &parts, &n) == 0 && n == 2 && parts[0].off == 0 &&
+	       parts[0].len == 65536 && parts[1].off == 131072 && parts[1].len == 10,
+	   "parts as imgfs record writes them");
+	struct entry e = { .prefetch_parts = parts, .n_prefetch_parts = n };
+	ok(entry_part_listed(&e, 60000, 10000) && entry_part_listed(&e, 131081, 100) &&
+	       !entry_part_listed(&e, 65536, 65536) && !entry_part_listed(&e, 131082, 1),
+	   "a range is wanted when it meets a part, and only then");
+	free(parts);
+	e = (struct entry){ 0 };
+	ok(entry_part_listed(&e, 1ull << 40, 1), "no parts: the whole file is wanted");
+	const char *bad[] = { "",
+			      "5",
+			      "5+",
+			      "+5",
+			      "5+0",
+			      "5+5,7+1",
+			      "9+1,2+1",
+			      " 1+1",
+			      "1+1,",
+			      "1+-1",
+			      "18446744073709551615+1",
+			      "1+1 junk" };
+	for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+		parts = NULL;
+		ok(file_parts_parse(bad[i], &parts, &n) == -EINVAL && !parts, "refused: \"%s\"", bad[i]);
+	}
+}
+
 static void test_cache_sizes(void)
 {
 	uint64_t v = 0;
@@ -534,6 +566,7 @@ int main(void)
 {
 	test_toc_size_bound();
 	test_cache_sizes();
+	test_file_parts();
 	test_span_table();
 	unsigned char *big = big_data();
 	test_format(COMPRESSION_NONE, "plain", big);
