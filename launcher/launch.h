@@ -92,6 +92,7 @@ struct container {
 	bool tty, interactive, remove;
 	long created;
 	long daemon_pid; /* the imgfs daemon of its root file system */
+	long keeper_pid; /* and the process that keeps its mount, 0: none */
 	char *network;   /* --network, for start to connect it again */
 	char *ports;     /* its -p mappings, space-separated */
 };

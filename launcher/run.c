@@ -273,6 +273,16 @@ static int prepare(struct run_options *o, const char *image, const char *root, s
 			pid[n] = '\0';
 			c->daemon_pid = strtol(pid, NULL, 10);
 		}
+		/* Its keeper outlives it by a moment: --rm and rm wait for both. */
+		char stats[2048];
+		n = rootfs ? getxattr(rootfs, IMGFS_STATS_XATTR, stats, sizeof(stats) - 1) : -1;
+		const char *keeper = NULL;
+		if (n > 0) {
+			stats[n] = '\0';
+			keeper = strstr(stats, "\nkeeper_pid ");
+		}
+		if (keeper)
+			c->keeper_pid = strtol(keeper + strlen("\nkeeper_pid "), NULL, 10);
 		char digest[80];
 		n = rootfs ? getxattr(rootfs, IMGFS_MANIFEST_XATTR, digest, sizeof(digest) - 1) : -1;
 		if (n > 0) {

@@ -89,6 +89,7 @@ int container_save(const struct container *c)
 	json_object_object_add(o, "rm", json_object_new_boolean(c->remove));
 	json_object_object_add(o, "created", json_object_new_int64(c->created));
 	json_object_object_add(o, "daemon_pid", json_object_new_int64(c->daemon_pid));
+	json_object_object_add(o, "keeper_pid", json_object_new_int64(c->keeper_pid));
 	if (c->storage)
 		json_object_object_add(o, "storage", json_object_new_string(c->storage));
 	if (c->image_digest)
@@ -134,6 +135,7 @@ static int container_load(const char *root, const char *id, struct container *re
 	c.remove = json_object_object_get_ex(o, "rm", &v) && json_object_get_boolean(v);
 	c.created = json_object_object_get_ex(o, "created", &v) ? (long)json_object_get_int64(v) : 0;
 	c.daemon_pid = json_object_object_get_ex(o, "daemon_pid", &v) ? (long)json_object_get_int64(v) : 0;
+	c.keeper_pid = json_object_object_get_ex(o, "keeper_pid", &v) ? (long)json_object_get_int64(v) : 0;
 	/* Absent for a container made before the writable layers moved there. */
 	if (json_object_object_get_ex(o, "storage", &v) && json_object_get_string_len(v) > 0)
 		c.storage = strdup(json_object_get_string(v));
@@ -291,22 +293,28 @@ bool process_alive(pid_t pid, const char *program)
 	return name && strncmp(name + 1, program, n) == 0;
 }
 
-void wait_daemon_gone(const struct container *c, int timeout_ms)
+static void wait_imgfs_gone(long pid, int timeout_ms)
 {
-	/* The daemon leaves once the kernel lets go of the unmounted tree.  A
-	 * pidfd says when at once; polling costs a --rm run up to 10 ms. */
-	if (c->daemon_pid > 1 && process_alive((pid_t)c->daemon_pid, "imgfs")) {
-		_cleanup_close_ int pidfd = pidfd_open((pid_t)c->daemon_pid, 0);
+	/* A pidfd says when at once; polling costs a --rm run up to 10 ms. */
+	if (pid > 1 && process_alive((pid_t)pid, "imgfs")) {
+		_cleanup_close_ int pidfd = pidfd_open((pid_t)pid, 0);
 		if (pidfd >= 0) {
 			(void)pidfd_wait_exit(pidfd, timeout_ms);
 			return;
 		}
 	}
-	for (int waited = 0; c->daemon_pid > 1 && waited < timeout_ms && process_alive((pid_t)c->daemon_pid, "imgfs");
-	     waited += 10) {
+	for (int waited = 0; pid > 1 && waited < timeout_ms && process_alive((pid_t)pid, "imgfs"); waited += 10) {
 		struct timespec ts = { 0, 10 * 1000 * 1000 };
 		nanosleep(&ts, NULL);
 	}
+}
+
+void wait_daemon_gone(const struct container *c, int timeout_ms)
+{
+	/* The daemon leaves once the kernel lets go of the unmounted tree, and
+	 * its keeper once the daemon and the connection are gone. */
+	wait_imgfs_gone(c->daemon_pid, timeout_ms);
+	wait_imgfs_gone(c->keeper_pid, timeout_ms);
 }
 
 int container_init_pidfd(const struct container *c)

@@ -708,11 +708,22 @@ def rm_leaves_nothing(t):
     root, img = t.root, t.img
     storage = os.path.join(root, "storage", "containers")
     before = set(os.listdir(os.path.join(root, "containers"))) | set(os.listdir(storage))
+    # The mount's keeper too: it leaves a moment after the daemon.
     r = launch("run", "--rm", "--name", "gone", img, "sh", "-c", "sleep 0.2; echo done")
     left = ((set(os.listdir(os.path.join(root, "containers"))) | set(os.listdir(storage))) - before,
             mounts_under(root), processes_with(root), os.path.lexists(os.path.join(root, "names", "gone")))
     tap.ok(r.stdout == b"done\n" and left == (set(), [], [], False),
            "--rm leaves no mount, no process and no state behind", (r, left))
+    r = launch("run", "-d", "--name", "kept", img, "sleep", "30")
+    record = os.path.join(os.path.realpath(os.path.join(root, "names", "kept")), "launch.json")
+    keeper = json.load(open(record)).get("keeper_pid", 0) if r.returncode == 0 and os.path.exists(record) else 0
+    try:
+        cmdline = open(f"/proc/{keeper}/cmdline", "rb").read().split(b"\0")[:2] if keeper else []
+    except OSError:
+        cmdline = []
+    launch("rm", "-f", "kept")
+    tap.ok(cmdline[1:] == [b"keeper"] and processes_with(root) == [] and mounts_under(root) == [],
+           "the container's record names its mount's keeper, and rm -f waits for it too", (r, keeper, cmdline))
 
 
 run_file(suite)
