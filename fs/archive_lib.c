@@ -40,13 +40,7 @@ static void *preload_main(void *arg)
 
 void archive_lib_preload(void)
 {
-	pthread_t thread;
-	pthread_attr_t attr;
-	if (pthread_attr_init(&attr) != 0)
-		return;
-	if (pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0)
-		(void)pthread_create(&thread, &attr, preload_main, NULL);
-	pthread_attr_destroy(&attr);
+	(void)start_detached_thread(preload_main, NULL);
 }
 
 const struct archive_lib *archive_lib_get(struct err *err)

@@ -456,17 +456,6 @@ static void *demand_fetch_main(void *arg)
 	return NULL;
 }
 
-static bool start_detached(void *(*fn)(void *), void *arg)
-{
-	pthread_t thread;
-	pthread_attr_t attr;
-	bool started = pthread_attr_init(&attr) == 0 &&
-		       pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
-		       pthread_create(&thread, &attr, fn, arg) == 0;
-	pthread_attr_destroy(&attr);
-	return started;
-}
-
 /* As fetch_batch for an on-demand read of batch[0]. */
 static void fetch_demand(struct remote *rem, const struct chunk **batch, size_t n)
 {
@@ -490,7 +479,7 @@ static void fetch_demand(struct remote *rem, const struct chunk **batch, size_t 
 	pthread_mutex_lock(&rem->lock);
 	rem->deferred_stores++;
 	pthread_mutex_unlock(&rem->lock);
-	if (!start_detached(demand_fetch_main, d)) {
+	if (!start_detached_thread(demand_fetch_main, d)) {
 		pthread_mutex_lock(&rem->lock);
 		rem->deferred_stores--;
 		pthread_mutex_unlock(&rem->lock);

@@ -236,13 +236,7 @@ static int stream_span(struct remote_blob *rb, size_t i, uint64_t readahead)
 		rb->stream_end = i + n;
 		rb->streaming = true;
 		rb->requests++; /* counted now, its bytes as they come: stats are current */
-		pthread_t thread;
-		pthread_attr_t attr;
-		bool started = pthread_attr_init(&attr) == 0 &&
-			       pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
-			       pthread_create(&thread, &attr, stream_main, rb) == 0;
-		pthread_attr_destroy(&attr);
-		if (!started) {
+		if (!start_detached_thread(stream_main, rb)) {
 			rb->streaming = false;
 			free(rb->stream_buf);
 			rb->stream_buf = NULL;

@@ -614,15 +614,10 @@ static bool keeper_running_locked(void)
 {
 	if (keeper.thread_pid == getpid())
 		return true;
-	pthread_t thread;
-	pthread_attr_t attr;
-	bool started = pthread_attr_init(&attr) == 0 &&
-		       pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
-		       pthread_create(&thread, &attr, keeper_main, NULL) == 0;
-	pthread_attr_destroy(&attr);
-	if (started)
-		keeper.thread_pid = getpid();
-	return started;
+	if (!start_detached_thread(keeper_main, NULL))
+		return false;
+	keeper.thread_pid = getpid();
+	return true;
 }
 
 static void decoded_keep_later(const struct layer *l, size_t idx, uint64_t start, uint64_t end,

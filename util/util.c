@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <signal.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/stat.h>
 
 int err_set(struct err *err, int code, const char *fmt, ...)
@@ -425,4 +426,15 @@ bool kill_recorded_process(const char *pid_path, const char *comm, int sig)
 	if (!f || !fgets(name, sizeof(name), f) || strncmp(name, comm, strlen(comm)) != 0)
 		return false;
 	return kill((pid_t)pid, sig) == 0;
+}
+
+bool start_detached_thread(void *(*fn)(void *), void *arg)
+{
+	pthread_t thread;
+	pthread_attr_t attr;
+	bool started = pthread_attr_init(&attr) == 0 &&
+		       pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
+		       pthread_create(&thread, &attr, fn, arg) == 0;
+	pthread_attr_destroy(&attr);
+	return started;
 }

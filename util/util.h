@@ -104,6 +104,8 @@ int write_full(int fd, const void *buf, size_t len);
 /* Makes to a copy of from that an exec keeps (dup2 onto itself would not
  * clear FD_CLOEXEC); for a child about to exec. */
 int dup_for_exec(int from, int to);
+/* Runs fn(arg) on a thread nobody joins; false if none could start. */
+bool start_detached_thread(void *(*fn)(void *), void *arg);
 int write_full_at(int fd, const void *buf, size_t len, off_t off);
 /* Maps size bytes of the memory file fd, shared with every other holder
  * of it, sizing the file first unless it was sized before (existing); fd -1
