@@ -156,8 +156,6 @@ int cmd_ps(int argc, char **argv)
 	return 0;
 }
 
-/* Prints the records of a k8s-file log from *offset on; returns false when
- * the file is gone. */
 /* Which records of a log launch logs prints, and how. */
 struct log_view {
 	char since[40];  /* records stamped before it are left out; "" for all */

@@ -26,12 +26,15 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <time.h>
 
+#include "ctr_log.h"
+#include "output_fs.h"
 #include "shim_options.h"
 #include "util.h"
 
@@ -56,14 +59,11 @@ struct client {
 
 struct shim {
 	struct options o;
-	int sync_fd, listen_fd, ctl_fd, log_fd, sig_fd;
-	uint64_t log_size; /* what the log holds now */
-	int log_errno;     /* the last failed write, reported once; 0 once writes work */
-	int log_error_fd;  /* SHIM_LOG_ERROR_FILE, its room taken in advance */
-	int stdin_fd;      /* pipe write end or a duplicate of the pty master; -1 once closed */
-	int out_fd[2];     /* stdout and stderr pipes, or the pty master as stdout */
-	char partial[2][8192];
-	size_t partial_len[2];
+	int sync_fd, listen_fd, ctl_fd, sig_fd;
+	struct ctr_log log;
+	int stdin_fd;             /* pipe write end or a duplicate of the pty master; -1 once closed */
+	int out_fd[2];            /* stdout and stderr pipes, or the pty master as stdout */
+	struct output_fs *output; /* or stdout and stderr as files, in the order written */
 	struct client clients[MAX_CLIENTS];
 	size_t n_clients;
 	pid_t container_pid; /* 0 until the runtime reported it */
@@ -127,7 +127,8 @@ static int wait_exit_status(pid_t pid)
 }
 
 /* Runs `RUNTIME VERB [OPTION] ID` and waits for it. */
-static int run_runtime(struct shim *sh, const char *verb, const char *option)
+/* Starts `RUNTIME VERB [OPTION] ID`; its pid or -errno. */
+static pid_t start_runtime(struct shim *sh, const char *verb, const char *option)
 {
 	_cleanup_free_ char *log = state_path(sh, SHIM_RUNTIME_LOG);
 	if (!log)
@@ -142,12 +143,23 @@ static int run_runtime(struct shim *sh, const char *verb, const char *option)
 	argv[a] = NULL;
 	int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
 	pid_t pid = spawn(argv, devnull, devnull, devnull);
+	int saved = errno;
 	if (devnull >= 0)
 		close(devnull);
+	return pid < 0 ? -saved : pid;
+}
+
+static int wait_runtime(pid_t pid)
+{
 	if (pid < 0)
-		return -errno;
+		return pid;
 	int status = wait_exit_status(pid);
 	return status < 0 ? status : WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -EIO;
+}
+
+static int run_runtime(struct shim *sh, const char *verb, const char *option)
+{
+	return wait_runtime(start_runtime(sh, verb, option));
 }
 
 /* The last error the runtime logged, with the exit code it stands for. */
@@ -234,74 +246,6 @@ static int accept_console(int listen_fd, pid_t runtime_pid, int *ret_status)
 }
 
 /* ---- output: log and attach clients ----------------------------------------------- */
-
-/* A failed log write is said once, in the state directory, where launch
- * logs finds it and says the log is incomplete; a later write that works
- * clears it. */
-static void log_write_result(struct shim *sh, int errnum)
-{
-	if (errnum == sh->log_errno)
-		return;
-	sh->log_errno = errnum;
-	/* Written into room taken when the log was opened: a full disk does
-	 * not keep it from saying so.  All zeros: nothing to say. */
-	char text[SHIM_LOG_ERROR_SIZE] = "";
-	if (errnum)
-		snprintf(text, sizeof(text), "%s\n", strerror(errnum));
-	if (sh->log_error_fd >= 0)
-		(void)write_full_at(sh->log_error_fd, text, sizeof(text), 0);
-	if (errnum)
-		fprintf(stderr, "launch-shim: cannot write the log of %s: %s\n", sh->o.id, strerror(errnum));
-}
-
-static void log_line(struct shim *sh, int stream, const char *text, size_t len, bool full)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	struct tm tm;
-	gmtime_r(&ts.tv_sec, &tm);
-	char head[96];
-	size_t n = strftime(head, sizeof(head), "%Y-%m-%dT%H:%M:%S", &tm);
-	snprintf(head + n, sizeof(head) - n, ".%09ldZ %s %c ", ts.tv_nsec, stream ? "stderr" : "stdout",
-		 full ? 'F' : 'P');
-	struct iovec iov[3] = { { head, strlen(head) }, { (void *)text, len }, { (void *)"\n", 1 } };
-	size_t line_len = iov[0].iov_len + len + 1;
-	/* podman's --log-size-max: the log is truncated and starts again. */
-	if (sh->o.log_size_max && sh->log_size + line_len > sh->o.log_size_max && ftruncate(sh->log_fd, 0) == 0)
-		sh->log_size = 0;
-	/* One writev per line keeps lines whole for a reader following the log. */
-	ssize_t written = writev(sh->log_fd, iov, 3);
-	if (written >= 0)
-		sh->log_size += (uint64_t)written;
-	log_write_result(sh, written == (ssize_t)line_len ? 0 : written < 0 ? errno : EIO);
-}
-
-static void log_output(struct shim *sh, int stream, const char *data, size_t len)
-{
-	char *buf = sh->partial[stream];
-	size_t *have = &sh->partial_len[stream];
-	for (size_t i = 0; i < len; i++) {
-		if (data[i] == '\n') {
-			log_line(sh, stream, buf, *have, true);
-			*have = 0;
-			continue;
-		}
-		if (*have == sizeof(sh->partial[stream])) {
-			log_line(sh, stream, buf, *have, false);
-			*have = 0;
-		}
-		buf[(*have)++] = data[i];
-	}
-}
-
-static void log_flush(struct shim *sh)
-{
-	for (int s = 0; s < 2; s++)
-		if (sh->partial_len[s]) {
-			log_line(sh, s, sh->partial[s], sh->partial_len[s], false);
-			sh->partial_len[s] = 0;
-		}
-}
 
 static void drop_client(struct shim *sh, size_t k)
 {
@@ -400,6 +344,15 @@ static void broadcast(struct shim *sh, int tag, const char *data, size_t len)
 	}
 }
 
+/* False while a client has no room: the container's output then waits. */
+static bool output_written(void *ctx, int stream, const char *data, size_t len)
+{
+	struct shim *sh = ctx;
+	ctr_log_output(&sh->log, stream, data, len);
+	broadcast(sh, stream ? SHIM_TAG_STDERR : SHIM_TAG_STDOUT, data, len);
+	return !any_client_stalled(sh);
+}
+
 /* Returns false at the end of the stream. */
 static bool pump_output(struct shim *sh, int stream)
 {
@@ -412,9 +365,18 @@ static bool pump_output(struct shim *sh, int stream)
 		sh->out_fd[stream] = -1;
 		return false;
 	}
-	log_output(sh, stream, buf, (size_t)n);
-	broadcast(sh, stream ? SHIM_TAG_STDERR : SHIM_TAG_STDOUT, buf, (size_t)n);
+	output_written(sh, stream, buf, (size_t)n);
 	return true;
+}
+
+/* Returns false once no one writes to the output files. */
+static bool serve_output(struct shim *sh, short revents)
+{
+	if (output_fs_serve(sh->output, revents))
+		return true;
+	output_fs_free(sh->output);
+	sh->output = NULL;
+	return false;
 }
 
 static void close_stdin(struct shim *sh)
@@ -511,9 +473,16 @@ static void signal_input(struct shim *sh)
 }
 
 /* Everything the container wrote before it exited is in the pipes or the
- * pty: read it all before the exit code goes out. */
+ * pty: read it all before the exit code goes out.  (A write to the output
+ * files had been taken when it returned; what waits there is requests of
+ * writers killed at the exit.) */
 static void drain(struct shim *sh)
 {
+	for (int spins = 0; sh->output && spins < 100000; spins++) {
+		struct pollfd p = { output_fs_fd(sh->output), POLLIN, 0 };
+		if (poll(&p, 1, 50) <= 0 || !serve_output(sh, p.revents))
+			break;
+	}
 	for (int s = 0; s < 2; s++) {
 		if (sh->out_fd[s] < 0)
 			continue;
@@ -526,7 +495,7 @@ static void drain(struct shim *sh)
 				break;
 		}
 	}
-	log_flush(sh);
+	ctr_log_flush(&sh->log);
 }
 
 /* ---- lifecycle ---------------------------------------------------------------- */
@@ -534,6 +503,9 @@ static void drain(struct shim *sh)
 static void finish(struct shim *sh)
 {
 	drain(sh);
+	/* A writer the container left behind gets errors now, as at a closed pipe. */
+	output_fs_free(sh->output);
+	sh->output = NULL;
 	char code[16];
 	int n = snprintf(code, sizeof(code), "%d", sh->exit_code);
 	_cleanup_free_ char *exit_path = state_path(sh, SHIM_EXIT_FILE);
@@ -545,17 +517,22 @@ static void finish(struct shim *sh)
 	/* The container's slirp4netns, which launch started, ends with it. */
 	(void)kill_recorded_process(SHIM_NETWORK_PID_FILE, "slirp4netns", SIGTERM);
 	/* A foreground runtime deleted the container itself when it exited. */
-	if (!sh->runtime_pid || sh->runtime_killed)
-		(void)run_runtime(sh, "delete", "--force");
+	pid_t deleting = !sh->runtime_pid || sh->runtime_killed ? start_runtime(sh, "delete", "--force") : -1;
 	if (sh->o.remove) {
 		/* The state directory is ROOT/containers/ID, and our cwd. */
 		_cleanup_free_ char *exit_record = strdup_printf("../../%s/%s", SHIM_EXITS_DIR, sh->o.id);
 		if (exit_record && (mkdir("../../" SHIM_EXITS_DIR, 0700) == 0 || errno == EEXIST))
 			(void)write_file_replace(exit_record, code, (size_t)n);
+		/* While the runtime deletes the stopped container, which needs
+		 * neither: the mount's daemon leaves meanwhile. */
 		if (sh->o.unmount)
 			(void)umount2(sh->o.unmount, MNT_DETACH);
 		if (sh->o.storage)
 			(void)remove_tree(sh->o.storage);
+	}
+	(void)wait_runtime(deleting);
+	if (sh->o.remove) {
+		/* The runtime's log is in it. */
 		(void)remove_tree(sh->o.state);
 		if (sh->o.unlink_path)
 			(void)unlink(sh->o.unlink_path);
@@ -564,12 +541,12 @@ static void finish(struct shim *sh)
 
 static void event_loop(struct shim *sh)
 {
-	while (!sh->exited || sh->out_fd[0] >= 0 || sh->out_fd[1] >= 0) {
+	while (!sh->exited || sh->out_fd[0] >= 0 || sh->out_fd[1] >= 0 || sh->output) {
 		if (sh->exited) {
 			finish(sh);
 			return;
 		}
-		struct pollfd p[5 + MAX_CLIENTS];
+		struct pollfd p[6 + MAX_CLIENTS];
 		size_t n = 0;
 		p[n++] = (struct pollfd){ sh->sig_fd, POLLIN, 0 };
 		p[n++] = (struct pollfd){ sh->listen_fd, POLLIN, 0 };
@@ -578,6 +555,7 @@ static void event_loop(struct shim *sh)
 		bool stalled = any_client_stalled(sh);
 		p[n++] = (struct pollfd){ stalled ? -1 : sh->out_fd[0], POLLIN, 0 };
 		p[n++] = (struct pollfd){ stalled ? -1 : sh->out_fd[1], POLLIN, 0 };
+		p[n++] = (struct pollfd){ stalled || !sh->output ? -1 : output_fs_fd(sh->output), POLLIN, 0 };
 		size_t first_client = n;
 		for (size_t k = 0; k < sh->n_clients; k++) {
 			struct client *c = &sh->clients[k];
@@ -598,6 +576,8 @@ static void event_loop(struct shim *sh)
 		for (int s = 0; s < 2; s++)
 			if (p[3 + s].revents)
 				pump_output(sh, s);
+		if (p[5].revents)
+			serve_output(sh, p[5].revents);
 		/* Backwards: dropping a client moves the last one into its slot.
 		 * A slot whose client changed since the poll (a failed send
 		 * dropped it) has no events of its own this round. */
@@ -645,16 +625,8 @@ static int setup_files(struct shim *sh)
 	/* Opened for writing too, so the fifo never reports end-of-file. */
 	if ((sh->ctl_fd = open(ctl, O_RDWR | O_NONBLOCK | O_CLOEXEC)) < 0)
 		return -errno;
-	if ((sh->log_fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600)) < 0)
-		return -errno;
-	struct stat log_st;
-	if (fstat(sh->log_fd, &log_st) == 0)
-		sh->log_size = (uint64_t)log_st.st_size;
-	if ((sh->log_error_fd = open(SHIM_LOG_ERROR_FILE, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) < 0)
-		return -errno;
-	int e = posix_fallocate(sh->log_error_fd, 0, SHIM_LOG_ERROR_SIZE);
-	if (e != 0)
-		return -e;
+	if ((r = ctr_log_open(&sh->log, log, sh->o.log_size_max, sh->o.id)) < 0)
+		return r;
 	sigset_t set;
 	sigemptyset(&set);
 	sigaddset(&set, SIGCHLD);
@@ -729,45 +701,106 @@ static int run_terminal_container(struct shim *sh)
 	return 0;
 }
 
-/* Runs `run` in the foreground with pipes as the container's stdio, and
- * waits until the runtime has written the container's pid (it started) or
- * has exited (it failed: -EIO, the reason in its log). */
+static void close_pair(int fds[2])
+{
+	for (int k = 0; k < 2; k++)
+		if (fds[k] >= 0)
+			close(fds[k]);
+}
+
+/* Waits for a runtime command that returns once the container exists,
+ * serving the container's output meanwhile: the runtime changes the owner
+ * of the container's stdio as it creates it, and that request waits for
+ * the shim.  Only this pid is reaped: a container that exited already is
+ * the event loop's to reap. */
+static int wait_runtime_serving(struct shim *sh, pid_t pid)
+{
+	_cleanup_close_ int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+	for (;;) {
+		int status;
+		pid_t w = waitpid(pid, &status, WNOHANG);
+		if (w == pid)
+			return status;
+		if (w < 0 && errno != EINTR)
+			return -errno;
+		struct pollfd p[2] = { { pidfd, POLLIN, 0 },
+				       { sh->output ? output_fs_fd(sh->output) : -1, POLLIN, 0 } };
+		/* Without a pidfd: looked at every millisecond. */
+		if (poll(p, 2, pidfd < 0 ? 1 : -1) < 0 && errno != EINTR)
+			return -errno;
+		if (p[1].revents)
+			serve_output(sh, p[1].revents);
+	}
+}
+
+/* The container's stdio: its stdout and stderr as the shim's files, or
+ * pipes where those cannot be mounted; given[] are the ends it writes to. */
+static int open_stdio(struct shim *sh, int given[2], int in[2])
+{
+	int r = output_fs_open("output", output_written, sh, &sh->output, given);
+	if (r < 0) {
+		/* Pipes still carry everything, only not the order across them. */
+		fprintf(stderr,
+			"launch-shim: %s: cannot serve the output as files (%s): pipes keep no order between "
+			"stdout and stderr\n",
+			sh->o.id, strerror(-r));
+		int out[2] = { -1, -1 }, errp[2] = { -1, -1 };
+		if (pipe2(out, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0) {
+			r = -errno;
+			close_pair(out);
+			return r;
+		}
+		given[0] = out[1];
+		given[1] = errp[1];
+		sh->out_fd[0] = out[0];
+		sh->out_fd[1] = errp[0];
+	}
+	if (sh->o.stdin_open && pipe2(in, O_CLOEXEC) < 0) {
+		r = -errno;
+		close_pair(given);
+		return r;
+	}
+	return 0;
+}
+
+/* Runs the container with the stdio of open_stdio(), and waits until the
+ * runtime has written the container's pid (it started) or has exited (it
+ * failed: -EIO, the reason in its log).  Output files go to the container
+ * as they are: `run --detach` (or `create`) hands its stdio down, where a
+ * foreground `run` would copy it through pipes of its own. */
 static int run_container(struct shim *sh)
 {
 	_cleanup_free_ char *pid_file = state_path(sh, SHIM_PID_FILE);
 	_cleanup_free_ char *log = state_path(sh, SHIM_RUNTIME_LOG);
 	if (!pid_file || !log)
 		return -ENOMEM;
-	const char *verb = sh->o.create_first ? "create" : "run";
-	const char *argv[] = { sh->o.runtime, "--root", sh->o.runtime_root, "--log",      log,          "--log-format",
-			       "json",        verb,     "--bundle",         sh->o.bundle, "--pid-file", pid_file,
-			       sh->o.id,      NULL };
-	int in[2] = { -1, -1 }, out[2] = { -1, -1 }, errp[2] = { -1, -1 };
+	int in[2] = { -1, -1 }, given[2] = { -1, -1 };
+	int r = open_stdio(sh, given, in);
+	if (r < 0)
+		return r;
+	bool foreground = !sh->o.create_first && !sh->output;
+	const char *argv[16] = { sh->o.runtime, "--root", sh->o.runtime_root, "--log", log, "--log-format", "json" };
+	size_t a = 7;
+	argv[a++] = sh->o.create_first ? "create" : "run";
+	if (!foreground && !sh->o.create_first)
+		argv[a++] = "--detach";
+	const char *rest[] = { "--bundle", sh->o.bundle, "--pid-file", pid_file, sh->o.id };
+	for (size_t i = 0; i < ARRAY_SIZE(rest); i++)
+		argv[a++] = rest[i];
+	argv[a] = NULL;
 	_cleanup_close_ int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
-	if ((sh->o.stdin_open && pipe2(in, O_CLOEXEC) < 0) || pipe2(out, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0) {
-		int saved = errno;
-		for (int k = 0; k < 2; k++) {
-			if (in[k] >= 0)
-				close(in[k]);
-			if (out[k] >= 0)
-				close(out[k]);
-		}
-		return -saved;
-	}
-	pid_t pid = spawn(argv, in[0] >= 0 ? in[0] : devnull, out[1], errp[1]);
+	pid_t pid = spawn(argv, in[0] >= 0 ? in[0] : devnull, given[0], given[1]);
 	if (in[0] >= 0)
 		close(in[0]);
-	close(out[1]);
-	close(errp[1]);
+	close_pair(given);
 	sh->stdin_fd = in[1];
-	sh->out_fd[0] = out[0];
-	sh->out_fd[1] = errp[0];
 	if (pid < 0)
 		return -errno;
-	if (sh->o.create_first) {
-		/* create returns once the container waits for start: it is then
-		 * the shim's child (subreaper), as with a terminal. */
-		int status = wait_exit_status(pid);
+	if (!foreground) {
+		/* It returns once the container runs (or waits for start): the
+		 * container is then the shim's child (subreaper), as with a
+		 * terminal. */
+		int status = wait_runtime_serving(sh, pid);
 		if (status < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
 			return -EIO;
 		int cpid = read_pid_file(sh);
@@ -842,8 +875,7 @@ int main(int argc, char **argv)
 	struct shim sh = { .sync_fd = -1,
 			   .listen_fd = -1,
 			   .ctl_fd = -1,
-			   .log_fd = -1,
-			   .log_error_fd = -1,
+			   .log = { .fd = -1, .error_fd = -1 },
 			   .sig_fd = -1,
 			   .stdin_fd = -1,
 			   .out_fd = { -1, -1 } };

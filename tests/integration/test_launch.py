@@ -449,6 +449,45 @@ def big_output(t):
 
 
 @suite.case
+def output_order(t):
+    """Lines written in turn to stdout and stderr keep their order, attached and in the log; the
+    container can still open /dev/stdout and /dev/stderr by name, as root and as another user."""
+    img = t.img
+    script = 'i=0; while [ $i -lt 300 ]; do echo "out $i"; echo "err $i" >&2; i=$((i+1)); done'
+    want = "".join(f"out {i}\nerr {i}\n" for i in range(300)).encode()
+    r = subprocess.run([LAUNCH, "run", "--name", "order", img, "sh", "-c", script], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, env=ENV, timeout=60)
+    tap.ok(r.returncode == 0 and r.stdout == want, "attached: 600 lines in the order written", r.stdout[:200])
+    merged = subprocess.run([LAUNCH, "logs", "order"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=ENV,
+                            timeout=60)
+    apart = launch("logs", "order")
+    tap.ok(merged.stdout == want and apart.stdout == "".join(f"out {i}\n" for i in range(300)).encode() and
+           apart.stderr == "".join(f"err {i}\n" for i in range(300)).encode(),
+           "launch logs: the same order, each line on its own stream", merged.stdout[:200])
+    launch("rm", "order")
+    r = launch("run", "--name", "parts", img, "sh", "-c", "printf begun; echo err >&2; echo ' and ended'")
+    merged = subprocess.run([LAUNCH, "logs", "parts"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=ENV,
+                            timeout=60)
+    tap.ok(r.stdout == b"begun and ended\n" and merged.stdout == b"begunerr\n and ended\n",
+           "a line left unfinished before a write to the other stream keeps its place in the log",
+           (r, merged.stdout))
+    launch("rm", "parts")
+    r = launch("run", "-d", "--name", "quiet", img, "sleep", "30")
+    pid = open(os.path.join(os.path.realpath(os.path.join(t.root, "names", "quiet")), "pid")).read().strip()
+    stdout_of = os.readlink(f"/proc/{pid}/fd/1")
+    with open("/proc/self/mountinfo") as f:
+        mounts = f.read()
+    launch("rm", "-f", "quiet")
+    tap.ok(r.returncode == 0 and stdout_of == "/stdout" and "launch-output" not in mounts,
+           "the container's stdout is the shim's file, and its mount is in no mount table", (r, stdout_of))
+    for user in ("root", "app"):
+        r = launch("run", "--rm", "-u", user, img, "sh", "-c",
+                   "echo by-name > /dev/stdout && echo err-by-name > /dev/stderr && echo appended >> /dev/stdout")
+        tap.ok((r.returncode, r.stdout, r.stderr) == (0, b"by-name\nappended\n", b"err-by-name\n"),
+               f"as {user}: /dev/stdout and /dev/stderr open by name", r)
+
+
+@suite.case
 def docker_words(t):
     """What a docker user types first: verbs are never image names."""
     for verb in ("build", "push", "commit", "cp"):
