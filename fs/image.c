@@ -281,7 +281,9 @@ static int open_indexed_layer(const struct image_ref *ref, struct registry_clien
 			      enum layer_compression compression, const struct manifest *artifact, struct layer **ret,
 			      struct err *err)
 {
-	const struct descriptor *index = index_artifact_blob(artifact, d->digest, IMGFS_MEDIA_TYPE_LAYER_INDEX);
+	const struct descriptor *index = index_artifact_blob(artifact, d->digest, IMGFS_MEDIA_TYPE_LAYER_INDEX_ZSTD);
+	if (!index)
+		index = index_artifact_blob(artifact, d->digest, IMGFS_MEDIA_TYPE_LAYER_INDEX);
 	const struct descriptor *spans = index_artifact_blob(artifact, d->digest, IMGFS_MEDIA_TYPE_LAYER_SPANS);
 	if (!index || !spans)
 		return -ENOENT;

@@ -12,6 +12,7 @@
 #include <json-c/json.h>
 
 #include "cache.h"
+#include "index_io.h"
 #include "remote_blob.h"
 
 #define EMPTY_CONFIG "{}"
@@ -84,11 +85,19 @@ static int push_layer(struct registry_client *c, const struct layer *l, const ch
 	r = span_table_build(l->blob_fd, l->blob_size, l->digest, SPAN_SIZE_DEFAULT, &spans, &spans_len);
 	if (r < 0)
 		return err_set(err, -r, "layer %s: cannot hash its spans: %s", l->digest, strerror(-r));
+	_cleanup_free_ void *packed = NULL;
+	size_t packed_len = 0;
+	r = layer_index_compress(index, index_len, &packed, &packed_len);
+	if (r < 0 && r != -ERANGE)
+		return err_set(err, -r, "layer %s: cannot compress its index: %s", l->digest, strerror(-r));
 	char digest[72];
-	if ((r = registry_push_blob(c, index, index_len, digest, err)) < 0)
+	const void *blob = packed ? packed : index;
+	size_t blob_len = packed ? packed_len : index_len;
+	if ((r = registry_push_blob(c, blob, blob_len, digest, err)) < 0)
 		return err_wrap(err, "layer %s: index", l->digest);
 	json_object_array_add(layers,
-			      descriptor_json(IMGFS_MEDIA_TYPE_LAYER_INDEX, digest, (int64_t)index_len, l->digest));
+			      descriptor_json(packed ? IMGFS_MEDIA_TYPE_LAYER_INDEX_ZSTD : IMGFS_MEDIA_TYPE_LAYER_INDEX,
+					      digest, (int64_t)blob_len, l->digest));
 	if ((r = registry_push_blob(c, spans, spans_len, digest, err)) < 0)
 		return err_wrap(err, "layer %s: span table", l->digest);
 	json_object_array_add(layers,

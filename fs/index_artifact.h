@@ -6,6 +6,10 @@
 
 #define IMGFS_INDEX_ARTIFACT_TYPE "application/vnd.imgfs.index.v1"
 #define IMGFS_MEDIA_TYPE_LAYER_INDEX "application/vnd.imgfs.layer-index.v1"
+/* The same index as one zstd frame, fewer bytes for a mount to fetch: its
+ * checkpoint windows are the layer's own uncompressed data.  An older
+ * imgfs knows no such blob and fetches the layer whole. */
+#define IMGFS_MEDIA_TYPE_LAYER_INDEX_ZSTD "application/vnd.imgfs.layer-index.v1+zstd"
 #define IMGFS_MEDIA_TYPE_LAYER_SPANS "application/vnd.imgfs.layer-spans.v1"
 #define IMGFS_INDEX_LAYER_ANNOTATION "io.imgfs.layer.digest"
 /* A workload's files in the order it read them (imgfs record): what a

@@ -8,9 +8,16 @@
 
 #include <endian.h>
 #include <sys/stat.h>
+#include <zstd.h>
 
 #define INDEX_MAGIC "IMGFSIX1"
 #define INDEX_MAX_FILE_SIZE (4ull << 30)
+/* A pushed index may come as one zstd frame (IMGFS_MEDIA_TYPE_LAYER_INDEX_ZSTD).
+ * Its checkpoint windows are layer data and compress 2-5x; a frame that
+ * claims to expand far more is refused before its output is allocated,
+ * and an index that compresses that well is pushed as it is. */
+#define INDEX_ZSTD_MAX_RATIO 64
+#define INDEX_ZSTD_LEVEL 12
 
 struct wbuf {
 	unsigned char *data;
@@ -185,14 +192,59 @@ static void *get_bytes(struct rbuf *b, uint32_t *ret_len, bool allow_absent)
 	return s;
 }
 
-/* Reads a whole saved file whose magic and closing digest are right; *b
- * covers what lies between them.  -ENOENT otherwise. */
+int layer_index_compress(const void *data, size_t len, void **ret, size_t *ret_len)
+{
+	size_t cap = ZSTD_compressBound(len);
+	void *out = malloc(cap);
+	if (!out)
+		return -ENOMEM;
+	size_t n = ZSTD_compress(out, cap, data, len, INDEX_ZSTD_LEVEL);
+	if (ZSTD_isError(n) || len > (uint64_t)n * INDEX_ZSTD_MAX_RATIO) {
+		free(out);
+		return ZSTD_isError(n) ? -EIO : -ERANGE;
+	}
+	*ret = out;
+	*ret_len = n;
+	return 0;
+}
+
+/* One whole zstd frame into *data (replaced); false when it is not one, or
+ * claims more than INDEX_ZSTD_MAX_RATIO times its size. */
+static bool inflate_zstd_frame(char **data, size_t *len)
+{
+	unsigned long long size = ZSTD_getFrameContentSize(*data, *len);
+	if (size == ZSTD_CONTENTSIZE_UNKNOWN || size == ZSTD_CONTENTSIZE_ERROR || size == 0 ||
+	    size > (unsigned long long)*len * INDEX_ZSTD_MAX_RATIO || size > INDEX_MAX_FILE_SIZE ||
+	    ZSTD_findFrameCompressedSize(*data, *len) != *len)
+		return false;
+	char *out = malloc((size_t)size);
+	if (!out)
+		return false;
+	size_t n = ZSTD_decompress(out, (size_t)size, *data, *len);
+	if (ZSTD_isError(n) || n != size) {
+		free(out);
+		return false;
+	}
+	free(*data);
+	*data = out;
+	*len = n;
+	return true;
+}
+
+/* Reads a whole saved file whose magic and closing digest are right (a
+ * pushed index, one zstd frame, inflated first); *b covers what lies
+ * between them.  -ENOENT otherwise. */
 static int read_saved(const char *path, const char *magic, char **ret_data, struct rbuf *b)
 {
 	char *data;
 	size_t len;
 	if (read_file_capped(path, INDEX_MAX_FILE_SIZE, &data, &len) < 0)
 		return -ENOENT;
+	static const unsigned char zstd_magic[4] = { 0x28, 0xb5, 0x2f, 0xfd };
+	if (len >= 4 && memcmp(data, zstd_magic, 4) == 0 && !inflate_zstd_frame(&data, &len)) {
+		free(data);
+		return -ENOENT;
+	}
 	char actual[DIGEST_SHA256_LEN + 1];
 	if (len < 8 + DIGEST_SHA256_LEN || memcmp(data, magic, 8) != 0 ||
 	    (digest_sha256(data, len - DIGEST_SHA256_LEN, actual),

@@ -10,6 +10,10 @@
 int layer_open_saved(const char *digest, enum layer_compression compression, int blob_fd, const char *index_path,
 		     struct layer **ret);
 int layer_save(const struct layer *l, const char *index_path);
+/* A saved index as one zstd frame, as it is pushed; layer_open_saved()
+ * reads either form.  -ERANGE when it would expand more than a reader
+ * accepts (push it as it is). */
+int layer_index_compress(const void *data, size_t len, void **ret, size_t *ret_len);
 /* The same for a chunked layer (eStargz, zstd:chunked), in place of its
  * table of contents: stale unless layer digest, TOC digest, compression
  * and blob size all match.  The caller attaches the source, which gives

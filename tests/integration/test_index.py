@@ -250,6 +250,55 @@ def foreign_index_repo(t):
 
 
 @suite.case
+def compressed_index(t):
+    """The layer index goes up as one zstd frame (its windows are the layer's own data), and an
+    index an older imgfs pushed, as it is, still mounts lazily."""
+    indexes = [d for d in t.art["layers"] if d["mediaType"].startswith("application/vnd.imgfs.layer-index")]
+    raw = []
+    for d in indexes:
+        r = subprocess.run(["zstd", "-dc"], input=read(t.reg.blob_path(d["digest"])), stdout=subprocess.PIPE)
+        raw.append(r.stdout if r.returncode == 0 else b"")
+    t.tap.ok(len(indexes) == 3 and all(d["mediaType"] == "application/vnd.imgfs.layer-index.v1+zstd" for d in indexes)
+             and all(x.startswith(b"IMGFSIX1") for x in raw)
+             and sum(d["size"] for d in indexes) * 2 < sum(len(x) for x in raw),
+             "each layer index is a zstd frame of the saved form, less than half its size",
+             [(d["mediaType"], d["size"], len(x)) for d, x in zip(indexes, raw)])
+    # The same artifact as an older imgfs pushed it, in the index repository of a copy of the
+    # image that has no index of its own (one next to the image is looked for first).
+    copy_digest, _ = push_rich(t.reg, "older/app", "v1", ["gzip", "zstd", "none"])
+    repo = "older/imgfs-index"
+    layers = []
+    for d in t.art["layers"]:
+        if d in indexes:
+            blob = raw[indexes.index(d)]
+            d = dict(d, mediaType="application/vnd.imgfs.layer-index.v1", size=len(blob),
+                     digest=t.reg.push_blob(repo, blob))
+        else:
+            t.reg.push_blob(repo, read(t.reg.blob_path(d["digest"])))
+        layers.append(d)
+    t.reg.push_blob(repo, read(t.reg.blob_path(t.art["config"]["digest"])))
+    art_type = "application/vnd.oci.image.manifest.v1+json"
+    body = json.dumps(dict(t.art, layers=layers)).encode()
+    older = t.reg.push_manifest(repo, "older", body, art_type)
+    listing = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+               "manifests": [{"mediaType": art_type, "digest": older, "size": len(body),
+                              "artifactType": "application/vnd.imgfs.index.v1"}]}
+    t.reg.push_manifest(repo, f"sha256-{copy_digest.split(':')[1]}", listing, listing["mediaType"])
+    seen = len(t.reg.access_log())
+    m = Mount(f"{t.reg.host}/older/app:v1", t.mnt, os.path.join(t.work, "cache-older"),
+              ["--prefetch", "none", "--index-repo", f"{t.reg.host}/{repo}"])
+    if t.tap.ok(m.ok, "mount with an index of the older form", m.stderr()):
+        s = imgfs_stats(t.mnt)
+        fetched = [d["digest"] for d in layers if d["mediaType"] == "application/vnd.imgfs.layer-index.v1"
+                   and f"/v2/{repo}/blobs/{d['digest']}" in t.reg.access_log()[seen:]]
+        t.tap.ok(copy_digest == t.manifest_digest and s["layers_fetched_whole"] == 0 and len(fetched) == 3 and
+                 read(f"{t.mnt}/usr/share/many/f1234") == b"file 1234\n",
+                 "no layer fetched whole: the three uncompressed indexes were fetched and read as before",
+                 (s, fetched, m.stderr()))
+        m.umount()
+
+
+@suite.case
 def unusable_profile_ignored(t):
     """A profile whose blob is damaged, or that names none of the image's
     files, is ignored with a warning: the mount goes on."""

@@ -7,6 +7,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <zstd.h>
 
 #include "cache.h"
 #include "chunked.h"
@@ -88,6 +89,52 @@ static const struct entry *find(const struct layer *l, const char *path)
 	return NULL;
 }
 
+/* The index as it is pushed, one zstd frame: read as the saved form is; a
+ * cut frame, or one that claims far more than its size, reads as absent. */
+static void saved_compressed(const char *name, enum layer_compression c, int fd, const char *path,
+			     const struct layer *l)
+{
+	_cleanup_free_ char *raw = NULL;
+	size_t raw_len = 0;
+	void *packed = NULL;
+	size_t packed_len = 0;
+	ok(read_file_capped(path, 1 << 30, &raw, &raw_len) == 0 &&
+	       layer_index_compress(raw, raw_len, &packed, &packed_len) == 0 && packed_len < raw_len,
+	   "%s: the index compresses", name);
+	char zpath[] = "/tmp/imgfs-zindex-XXXXXX";
+	int z = mkstemp(zpath);
+	bool written = packed && write_full(z, packed, packed_len) == 0;
+	struct layer *again = NULL;
+	ok(written && layer_open_saved("sha256:test", c, dup(fd), zpath, &again) == 0 && again &&
+	       again->n_entries == l->n_entries && again->n_checkpoints == l->n_checkpoints,
+	   "%s: the compressed index loads as the saved one", name);
+	if (again)
+		layer_free(again);
+	int dfd = dup(fd);
+	ok(written && ftruncate(z, (off_t)packed_len - 1) == 0 &&
+	       layer_open_saved("sha256:test", c, dfd, zpath, &again) == -ENOENT,
+	   "%s: a cut frame reads as absent", name);
+	close(dfd);
+	free(packed);
+	/* 1 MiB of zeros: far beyond the ratio an index has. */
+	char *zeros = calloc(1, 1 << 20);
+	size_t cap = ZSTD_compressBound(1 << 20);
+	void *bomb = malloc(cap);
+	size_t n = zeros && bomb ? ZSTD_compress(bomb, cap, zeros, 1 << 20, 1) : 0;
+	void *none = NULL;
+	ok(zeros && layer_index_compress(zeros, 1 << 20, &none, &packed_len) == -ERANGE && !none,
+	   "%s: what compresses past the ratio a reader accepts is not compressed", name);
+	dfd = dup(fd);
+	ok(n && !ZSTD_isError(n) && ftruncate(z, 0) == 0 && pwrite(z, bomb, n, 0) == (ssize_t)n &&
+	       layer_open_saved("sha256:test", c, dfd, zpath, &again) == -ENOENT,
+	   "%s: a frame claiming 1 MiB from %zu bytes is refused", name, n);
+	close(dfd);
+	free(zeros);
+	free(bomb);
+	close(z);
+	unlink(zpath);
+}
+
 static void test_format(enum layer_compression c, const char *name, const unsigned char *big)
 {
 	int fd = write_tar(c, big);
@@ -146,6 +193,7 @@ static void test_format(enum layer_compression c, const char *name, const unsign
 		   "%s: the loaded index reads the same bytes", name);
 		layer_free(again);
 	}
+	saved_compressed(name, c, fd, path, l);
 	int dfd = dup(fd);
 	ok(layer_open_saved("sha256:other", c, dfd, path, &again) == -ENOENT, "%s: an index of another layer is stale",
 	   name);
