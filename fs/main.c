@@ -296,6 +296,9 @@ static void mount_server_done(struct mount_server *s)
 		fuse_remove_signal_handlers(s->se);
 	if (s->se)
 		fuse_session_destroy(s->se);
+	/* No one reads any more: read-ahead and guesses on the wire are given
+	 * up, not waited for (the threads that run them are joined below). */
+	registry_abort_transfers();
 	fuse_opt_free_args(&s->args);
 	overlay_free(s->overlay);
 	image_free(s->img);

@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <json-c/json.h>
+#include <stdatomic.h>
 #include <time.h>
 
 #define MAX_ATTEMPTS 5
@@ -259,11 +260,21 @@ static long ms_since(const struct timespec *then, const struct timespec *now)
 	return (now->tv_sec - then->tv_sec) * 1000 + (now->tv_nsec - then->tv_nsec) / 1000000;
 }
 
+static atomic_bool transfers_aborted;
+
+void registry_abort_transfers(void)
+{
+	atomic_store(&transfers_aborted, true);
+}
+
 static int xferinfo_cb(void *userdata, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow)
 {
 	(void)dltotal;
 	(void)ultotal;
 	(void)ulnow;
+	/* libcurl calls this at least once a second, data or not. */
+	if (atomic_load(&transfers_aborted))
+		return 1;
 	struct registry_client *c = userdata;
 	struct timespec now;
 	clock_gettime(CLOCK_MONOTONIC, &now);
@@ -280,11 +291,15 @@ static int xferinfo_cb(void *userdata, curl_off_t dltotal, curl_off_t dlnow, cur
 	return 0;
 }
 
+/* Between attempts: in slices, so that an abort ends the wait too. */
 static void sleep_ms(long ms)
 {
-	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L };
-	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-		;
+	for (long slice; ms > 0 && !atomic_load(&transfers_aborted); ms -= slice) {
+		slice = ms < 100 ? ms : 100;
+		struct timespec ts = { .tv_sec = 0, .tv_nsec = slice * 1000000L };
+		while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+			;
+	}
 }
 
 /* Appends to buf the subject and issuer of the certificate the server at
@@ -385,6 +400,8 @@ static int http_request(struct registry_client *c, const char *url, const char *
 		struct timespec now;
 		clock_gettime(CLOCK_MONOTONIC, &now);
 		long left_ms = c->fetch_timeout * 1000 - ms_since(&started, &now);
+		if (atomic_load(&transfers_aborted))
+			return err_set(err, ECANCELED, "%s: given up, imgfs is shutting down", what);
 		if (left_ms <= 0)
 			return err_set(err, ETIMEDOUT, "%s: no complete answer within %ld s (fetch timeout)", what,
 				       c->fetch_timeout);
@@ -413,10 +430,10 @@ static int http_request(struct registry_client *c, const char *url, const char *
 		curl->easy_setopt(c->curl, CURLOPT_WRITEFUNCTION, response_body_cb);
 		curl->easy_setopt(c->curl, CURLOPT_WRITEDATA, resp);
 		curl->easy_setopt(c->curl, CURLOPT_NOSIGNAL, 1L);
+		curl->easy_setopt(c->curl, CURLOPT_NOPROGRESS, 0L);
+		curl->easy_setopt(c->curl, CURLOPT_XFERINFOFUNCTION, xferinfo_cb);
+		curl->easy_setopt(c->curl, CURLOPT_XFERINFODATA, c);
 		if ((c->progress && c->progress_digest) || c->waiting) {
-			curl->easy_setopt(c->curl, CURLOPT_NOPROGRESS, 0L);
-			curl->easy_setopt(c->curl, CURLOPT_XFERINFOFUNCTION, xferinfo_cb);
-			curl->easy_setopt(c->curl, CURLOPT_XFERINFODATA, c);
 			clock_gettime(CLOCK_MONOTONIC, &c->request_started);
 			c->request_what = what;
 			c->wait_noticed = false;
@@ -436,6 +453,8 @@ static int http_request(struct registry_client *c, const char *url, const char *
 		curl->slist_free_all(headers);
 		curl->easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &resp->status);
 
+		if (code == CURLE_ABORTED_BY_CALLBACK)
+			return err_set(err, ECANCELED, "%s: given up, imgfs is shutting down", what);
 		if (code == CURLE_WRITE_ERROR && resp->stopped_early)
 			code = CURLE_OK;
 		if (code == CURLE_WRITE_ERROR && resp->too_big)

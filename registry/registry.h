@@ -225,6 +225,10 @@ int registry_check_credentials(const char *domain, const char *credentials, cons
 int registry_client_new(const struct image_ref *ref, const struct registry_options *opts, struct registry_client **ret,
 			struct err *err);
 struct registry_client *registry_client_free(struct registry_client *c);
+/* Makes every transfer of this process, in flight or to come, give up at
+ * once (ECANCELED): for a daemon whose mount went away, so that a request
+ * hanging on a slow link does not hold its exit until the fetch timeout. */
+void registry_abort_transfers(void);
 /* A second client for the same repository and options, with a connection
  * of its own (a client is not thread-safe: one per thread). */
 struct registry_client *registry_client_dup(const struct registry_client *c);

@@ -14,8 +14,8 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from imgfs_test.faultproxy import MODES, MULTI_MODES, FaultProxy  # noqa: E402
 from imgfs_test.cases import Suite, run_file  # noqa: E402
-from imgfs_test.harness import (IMGFS, Entry, Mount, Registry, imgfs_stats, make_tar, push_image,  # noqa: E402
-                                snapshot, stats_after_prefetch)
+from imgfs_test.harness import (IMGFS, Entry, Mount, Registry, imgfs_stats, make_tar, processes_with,  # noqa: E402
+                                push_image, run, snapshot, stats_after_prefetch)
 from imgfs_test.images import deterministic_bytes  # noqa: E402
 from imgfs_test.lazy import push_estargz  # noqa: E402
 
@@ -307,6 +307,35 @@ def read_not_behind_read_ahead(t):
                  "the read that fetched returns before its read-ahead has all come", held_after_first)
         t.tap.ok(second == MANY[2].data and held_after_second == 1,
                  "a read of the next file, which came early in that request, returns too", held_after_second)
+    finally:
+        proxy.hold_tail = None
+        m.umount()
+
+
+@suite.case
+def umount_during_fetch(t):
+    """imgfs umount while a read-ahead request hangs on the link: the daemon
+    gives the request up and leaves at once, not when the fetch times out."""
+    proxy = t.proxy
+    proxy.faults, proxy.always, proxy.multi, proxy.hold_large = [], None, None, None
+    proxy.corrupt_first_of_each = proxy.corrupt_all_blobs = False
+    proxy.held_now = 0
+    mnt = os.path.join(t.work, "mnt-umount-held")
+    m = Mount(f"{proxy.host}/faults/many:v1", mnt, os.path.join(t.work, "cache-umount-held"), ["--prefetch=none"])
+    try:
+        if not t.tap.ok(m.ok, "mount an image of small files", m.stderr()):
+            return
+        proxy.hold_tail = (45000, 25)
+        first = open(os.path.join(mnt, "many/f0"), "rb").read()
+        held = proxy.held_now
+        start = time.monotonic()
+        r = run([IMGFS, "umount", mnt])
+        took = time.monotonic() - start
+        left = processes_with(mnt)
+        t.tap.ok(first == MANY[1].data and held == 1 and r.returncode == 0 and took < 5 and left == [],
+                 "umount returns in seconds, the daemon gone, while the read-ahead is held for 25 s",
+                 (held, r, took, left))
+        m.ok = r.returncode != 0
     finally:
         proxy.hold_tail = None
         m.umount()
