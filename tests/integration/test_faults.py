@@ -283,16 +283,22 @@ def read_not_behind_background(t):
         m.umount()
 
 
+def healthy_proxy(t):
+    """The proxy with no fault left from an earlier case."""
+    proxy = t.proxy
+    proxy.faults, proxy.always, proxy.multi, proxy.hold_large = [], None, None, None
+    proxy.corrupt_first_of_each = proxy.corrupt_all_blobs = False
+    proxy.held_now = 0
+    return proxy
+
+
 @suite.case
 def read_not_behind_read_ahead(t):
     """A read that must fetch takes the files after it in the same request;
     it returns once its own bytes are in, and so does a read of a file that
     came early in that request: counted by requests, both return while the
     proxy still holds the request's tail."""
-    proxy = t.proxy
-    proxy.faults, proxy.always, proxy.multi, proxy.hold_large = [], None, None, None
-    proxy.corrupt_first_of_each = proxy.corrupt_all_blobs = False
-    proxy.held_now = 0
+    proxy = healthy_proxy(t)
     mnt = os.path.join(t.work, "mnt-read-ahead")
     m = Mount(f"{proxy.host}/faults/many:v1", mnt, os.path.join(t.work, "cache-read-ahead"), ["--prefetch=none"])
     try:
@@ -316,10 +322,7 @@ def read_not_behind_read_ahead(t):
 def umount_during_fetch(t):
     """imgfs umount while a read-ahead request hangs on the link: the daemon
     gives the request up and leaves at once, not when the fetch times out."""
-    proxy = t.proxy
-    proxy.faults, proxy.always, proxy.multi, proxy.hold_large = [], None, None, None
-    proxy.corrupt_first_of_each = proxy.corrupt_all_blobs = False
-    proxy.held_now = 0
+    proxy = healthy_proxy(t)
     mnt = os.path.join(t.work, "mnt-umount-held")
     m = Mount(f"{proxy.host}/faults/many:v1", mnt, os.path.join(t.work, "cache-umount-held"), ["--prefetch=none"])
     try:
@@ -360,9 +363,7 @@ def indexed_interval_in_one_request(t):
     from a checkpoint to the next, and those bytes come in one request,
     decoded as they arrive; a request cut short midway still gives the
     right bytes."""
-    proxy = t.proxy
-    proxy.faults, proxy.always, proxy.multi, proxy.hold_large = [], None, None, None
-    proxy.corrupt_first_of_each = proxy.corrupt_all_blobs = False
+    proxy = healthy_proxy(t)
     push_image(t.reg, "faults/indexed", "v1", [(make_tar(ENTRIES), "gzip")])
     pushed = subprocess.run([IMGFS, "index", "push", "--cache", os.path.join(t.work, "cache-index-push"),
                              f"{t.reg.host}/faults/indexed:v1"], capture_output=True)
