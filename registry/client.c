@@ -380,6 +380,20 @@ static void set_transport_options(struct registry_client *c, const struct curl_l
 	}
 }
 
+/* The progress callback: progress and wait notices, and the abort of
+ * registry_abort_transfers(). */
+static void watch_transfer(struct registry_client *c, const struct curl_lib *curl, const char *what)
+{
+	curl->easy_setopt(c->curl, CURLOPT_NOPROGRESS, 0L);
+	curl->easy_setopt(c->curl, CURLOPT_XFERINFOFUNCTION, xferinfo_cb);
+	curl->easy_setopt(c->curl, CURLOPT_XFERINFODATA, c);
+	if ((c->progress && c->progress_digest) || c->waiting) {
+		clock_gettime(CLOCK_MONOTONIC, &c->request_started);
+		c->request_what = what;
+		c->wait_noticed = false;
+	}
+}
+
 /* Performs one request with retries on transient failures.  Authorization is
  * passed as a header; libcurl (>= 7.58) does not send custom Authorization
  * headers to a different host when following a redirect, which is what keeps
@@ -430,14 +444,7 @@ static int http_request(struct registry_client *c, const char *url, const char *
 		curl->easy_setopt(c->curl, CURLOPT_WRITEFUNCTION, response_body_cb);
 		curl->easy_setopt(c->curl, CURLOPT_WRITEDATA, resp);
 		curl->easy_setopt(c->curl, CURLOPT_NOSIGNAL, 1L);
-		curl->easy_setopt(c->curl, CURLOPT_NOPROGRESS, 0L);
-		curl->easy_setopt(c->curl, CURLOPT_XFERINFOFUNCTION, xferinfo_cb);
-		curl->easy_setopt(c->curl, CURLOPT_XFERINFODATA, c);
-		if ((c->progress && c->progress_digest) || c->waiting) {
-			clock_gettime(CLOCK_MONOTONIC, &c->request_started);
-			c->request_what = what;
-			c->wait_noticed = false;
-		}
+		watch_transfer(c, curl, what);
 		if (up && strcmp(up->method, "HEAD") == 0) {
 			curl->easy_setopt(c->curl, CURLOPT_NOBODY, 1L);
 		} else if (up) {
