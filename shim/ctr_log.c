@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -47,26 +46,37 @@ static void write_result(struct ctr_log *log, int errnum)
 		fprintf(stderr, "launch-shim: cannot write the log of %s: %s\n", log->id, strerror(errnum));
 }
 
-static void record(struct ctr_log *log, int stream, const char *text, size_t len, bool full)
+/* The records of one write go out in one write(2) of whole lines, stamped
+ * with the time the write came: a line per write(2), as before, took the
+ * shim longer than the container took to make the lines. */
+static void write_batch(struct ctr_log *log)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	struct tm tm;
-	gmtime_r(&ts.tv_sec, &tm);
-	char head[96];
-	size_t n = strftime(head, sizeof(head), "%Y-%m-%dT%H:%M:%S", &tm);
-	snprintf(head + n, sizeof(head) - n, ".%09ldZ %s %c ", ts.tv_nsec, stream ? "stderr" : "stdout",
-		 full ? 'F' : 'P');
-	struct iovec iov[3] = { { head, strlen(head) }, { (void *)text, len }, { (void *)"\n", 1 } };
-	size_t line_len = iov[0].iov_len + len + 1;
-	/* podman's --log-size-max: the log is truncated and starts again. */
-	if (log->size_max && log->size + line_len > log->size_max && ftruncate(log->fd, 0) == 0)
-		log->size = 0;
-	/* One writev per line keeps lines whole for a reader following the log. */
-	ssize_t written = writev(log->fd, iov, 3);
+	if (!log->batch_len)
+		return;
+	ssize_t written = write(log->fd, log->batch, log->batch_len);
 	if (written >= 0)
 		log->size += (uint64_t)written;
-	write_result(log, written == (ssize_t)line_len ? 0 : written < 0 ? errno : EIO);
+	write_result(log, written == (ssize_t)log->batch_len ? 0 : written < 0 ? errno : EIO);
+	log->batch_len = 0;
+}
+
+static void record(struct ctr_log *log, int stream, const char *text, size_t len, bool full)
+{
+	char head[80];
+	int n = snprintf(head, sizeof(head), "%s %s %c ", log->stamp, stream ? "stderr" : "stdout", full ? 'F' : 'P');
+	size_t head_len = n > 0 ? (size_t)n : 0, record_len = head_len + len + 1;
+	/* podman's --log-size-max: the log is truncated and starts again
+	 * (what is pending would go with it). */
+	if (log->size_max && log->size + log->batch_len + record_len > log->size_max && ftruncate(log->fd, 0) == 0) {
+		log->size = 0;
+		log->batch_len = 0;
+	}
+	if (log->batch_len + record_len > sizeof(log->batch))
+		write_batch(log);
+	memcpy(log->batch + log->batch_len, head, head_len);
+	memcpy(log->batch + log->batch_len + head_len, text, len);
+	log->batch[log->batch_len + head_len + len] = '\n';
+	log->batch_len += record_len;
 }
 
 static void flush_stream(struct ctr_log *log, int stream)
@@ -77,29 +87,50 @@ static void flush_stream(struct ctr_log *log, int stream)
 	}
 }
 
+static void stamp_now(struct ctr_log *log)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	struct tm tm;
+	gmtime_r(&ts.tv_sec, &tm);
+	size_t n = strftime(log->stamp, sizeof(log->stamp), "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(log->stamp + n, sizeof(log->stamp) - n, ".%09ldZ", ts.tv_nsec);
+}
+
 void ctr_log_output(struct ctr_log *log, int stream, const char *data, size_t len)
 {
+	stamp_now(log);
 	/* The output comes in the order it was written: the other stream's
 	 * unfinished line goes first, so the log keeps that order. */
 	flush_stream(log, !stream);
 	char *buf = log->partial[stream];
 	size_t *have = &log->partial_len[stream];
-	for (size_t i = 0; i < len; i++) {
-		if (data[i] == '\n') {
+	for (const char *p = data, *end = data + len; p < end;) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		for (size_t seg = (size_t)((nl ? nl : end) - p); seg > 0;) {
+			if (*have == sizeof(log->partial[stream])) {
+				record(log, stream, buf, *have, false);
+				*have = 0;
+			}
+			size_t room = sizeof(log->partial[stream]) - *have, n = seg < room ? seg : room;
+			memcpy(buf + *have, p, n);
+			*have += n;
+			p += n;
+			seg -= n;
+		}
+		if (nl) {
 			record(log, stream, buf, *have, true);
 			*have = 0;
-			continue;
+			p = nl + 1;
 		}
-		if (*have == sizeof(log->partial[stream])) {
-			record(log, stream, buf, *have, false);
-			*have = 0;
-		}
-		buf[(*have)++] = data[i];
 	}
+	write_batch(log);
 }
 
 void ctr_log_flush(struct ctr_log *log)
 {
+	stamp_now(log);
 	for (int s = 0; s < 2; s++)
 		flush_stream(log, s);
+	write_batch(log);
 }

@@ -19,6 +19,9 @@ struct ctr_log {
 	const char *id;    /* the container, for messages */
 	char partial[2][CTR_LOG_RECORD_MAX];
 	size_t partial_len[2];
+	char stamp[40]; /* the time of the write being logged */
+	char batch[64 << 10];
+	size_t batch_len;
 };
 
 /* Opens the log at path for appending and SHIM_LOG_ERROR_FILE in the
