@@ -355,48 +355,82 @@ static int remote_blob_read(struct layer *l, void *buf, size_t len, uint64_t off
 }
 
 /* With yield, each span waits until on-demand reads pause. */
+static bool span_present(struct remote_blob *rb, size_t i)
+{
+	pthread_mutex_lock(&rb->lock);
+	int fd = open_cached_span(rb, i);
+	pthread_mutex_unlock(&rb->lock);
+	if (fd >= 0)
+		close(fd);
+	return fd >= 0;
+}
+
+/* Fetches the spans of [off, end) that are not cached, each run of missing
+ * spans (up to SPAN_READAHEAD_MAX_BYTES) in one request: a request per
+ * span cost a round trip per 256 KiB. */
 static int prefetch_spans(struct remote_blob *rb, uint64_t off, uint64_t end, const atomic_bool *stop, bool yield)
 {
 	if (end > rb->blob_size)
 		end = rb->blob_size;
 	if (off >= end)
 		return 0;
-	for (size_t i = (size_t)(off / rb->span_size); i <= (size_t)((end - 1) / rb->span_size); i++) {
+	size_t last = (size_t)((end - 1) / rb->span_size);
+	for (size_t i = (size_t)(off / rb->span_size); i <= last;) {
 		if (atomic_load(stop))
 			return -ECANCELED;
-		pthread_mutex_lock(&rb->lock);
-		int fd = open_cached_span(rb, i);
-		pthread_mutex_unlock(&rb->lock);
-		if (fd >= 0) {
-			close(fd);
+		if (span_present(rb, i)) {
+			i++;
 			continue;
 		}
+		size_t run = 1;
+		uint64_t len = span_len(rb, i);
+		while (i + run <= last && len + span_len(rb, i + run) <= SPAN_READAHEAD_MAX_BYTES &&
+		       !span_present(rb, i + run))
+			len += span_len(rb, i + run++);
 		/* The prefetch connection is ours alone; the lock only covers the
 		 * bookkeeping, so on-demand reads never wait behind this fetch
 		 * for long.  Two fetches of one span store the same bytes. */
 		if (yield)
 			demand_wait_quiet(stop);
-		size_t len = (size_t)span_len(rb, i);
-		_cleanup_free_ unsigned char *data = malloc(len ? len : 1);
+		_cleanup_free_ unsigned char *data = malloc((size_t)len);
 		struct err err = { 0 };
-		if (!data || registry_fetch_range(rb->prefetch_client, rb->digest, (uint64_t)i * rb->span_size, len,
-						  data, &err) < 0)
-			continue;
-		pthread_mutex_lock(&rb->lock);
-		rb->bytes_fetched += len;
-		rb->bytes_prefetched += len;
-		rb->requests++;
-		pthread_mutex_unlock(&rb->lock);
-		if (digest_matches(data, len, rb->span_digests[i]))
-			(void)store_span(rb, i, data, len);
+		if (data && registry_fetch_range(rb->prefetch_client, rb->digest, (uint64_t)i * rb->span_size,
+						 (size_t)len, data, &err) == 0) {
+			pthread_mutex_lock(&rb->lock);
+			rb->bytes_fetched += len;
+			rb->bytes_prefetched += len;
+			rb->requests++;
+			pthread_mutex_unlock(&rb->lock);
+			for (size_t k = 0, at = 0; k < run; at += span_len(rb, i + k), k++)
+				if (digest_matches(data + at, span_len(rb, i + k), rb->span_digests[i + k]))
+					(void)store_span(rb, i + k, data + at, span_len(rb, i + k));
+		}
+		i += run;
 	}
 	return 0;
 }
 
+struct blob_range {
+	uint64_t in, end;
+};
+
+static int by_start(const void *a, const void *b)
+{
+	const struct blob_range *x = a, *y = b;
+	return x->in < y->in ? -1 : x->in > y->in;
+}
+
+/* Ranges closer than this are fetched as one: the gap costs less than the
+ * round trip of another request on a real link. */
+#define PREFETCH_MERGE_GAP (256u << 10)
+
 /* A plain layer's landmarks come from a prefetch list: the spans the
- * decoder will read for each listed file, or for the parts listed. */
+ * decoder will read for each listed file, or for the parts listed, merged
+ * into few long requests. */
 static int prefetch_listed(struct layer *l, const atomic_bool *stop)
 {
+	struct blob_range *ranges = NULL;
+	size_t n = 0, cap = 0;
 	for (size_t i = 0; i < l->n_entries; i++) {
 		const struct entry *e = &l->entries[i];
 		uint32_t n_parts = e->prefetch_parts ? e->n_prefetch_parts : 1;
@@ -411,14 +445,35 @@ static int prefetch_listed(struct layer *l, const atomic_bool *stop)
 				}
 				if (from >= to)
 					continue;
-				uint64_t in, end;
-				layer_compressed_range(l, x->stream_off + (from - x->file_off), to - from, &in, &end);
-				if (prefetch_spans(l->source, in, end, stop, false) == -ECANCELED)
-					return -ECANCELED;
+				if (n == cap) {
+					struct blob_range *more =
+					    realloc(ranges, (cap = cap ? 2 * cap : 256) * sizeof(*more));
+					if (!more) {
+						free(ranges);
+						return -ENOMEM;
+					}
+					ranges = more;
+				}
+				layer_compressed_range(l, x->stream_off + (from - x->file_off), to - from,
+						       &ranges[n].in, &ranges[n].end);
+				n++;
 			}
 		}
 	}
-	return 0;
+	if (n > 1)
+		qsort(ranges, n, sizeof(*ranges), by_start);
+	int r = 0;
+	for (size_t i = 0; i < n && r != -ECANCELED;) {
+		struct blob_range merged = ranges[i++];
+		while (i < n && ranges[i].in <= merged.end + PREFETCH_MERGE_GAP) {
+			if (ranges[i].end > merged.end)
+				merged.end = ranges[i].end;
+			i++;
+		}
+		r = prefetch_spans(l->source, merged.in, merged.end, stop, false);
+	}
+	free(ranges);
+	return r == -ECANCELED ? r : 0;
 }
 
 static int remote_blob_prefetch(struct layer *l, bool only_landmark, const atomic_bool *stop)
