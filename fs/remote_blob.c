@@ -354,7 +354,6 @@ static int remote_blob_read(struct layer *l, void *buf, size_t len, uint64_t off
 	return r;
 }
 
-/* With yield, each span waits until on-demand reads pause. */
 static bool span_present(struct remote_blob *rb, size_t i)
 {
 	pthread_mutex_lock(&rb->lock);
@@ -367,7 +366,8 @@ static bool span_present(struct remote_blob *rb, size_t i)
 
 /* Fetches the spans of [off, end) that are not cached, each run of missing
  * spans (up to SPAN_READAHEAD_MAX_BYTES) in one request: a request per
- * span cost a round trip per 256 KiB. */
+ * span cost a round trip per 256 KiB.  With yield, each run waits until
+ * on-demand reads pause. */
 static int prefetch_spans(struct remote_blob *rb, uint64_t off, uint64_t end, const atomic_bool *stop, bool yield)
 {
 	if (end > rb->blob_size)

@@ -160,6 +160,11 @@ static int64_t monotonic_ns(void)
 	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+static int64_t monotonic_ms(void)
+{
+	return monotonic_ns() / 1000000;
+}
+
 bool output_fs_serve(struct output_fs *ofs, short revents)
 {
 	ofs->paused = false;
@@ -222,11 +227,6 @@ static void *open_streams(void *arg)
 	}
 	(void)eventfd_write(op->done_fd, 1);
 	return NULL;
-}
-
-static int64_t monotonic_ms(void)
-{
-	return monotonic_ns() / 1000000;
 }
 
 /* Serves the mount until the opener is done; false when it broke first. */

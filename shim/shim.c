@@ -22,11 +22,11 @@
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/pidfd.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -126,7 +126,6 @@ static int wait_exit_status(pid_t pid)
 	return status;
 }
 
-/* Runs `RUNTIME VERB [OPTION] ID` and waits for it. */
 /* Starts `RUNTIME VERB [OPTION] ID`; its pid or -errno. */
 static pid_t start_runtime(struct shim *sh, const char *verb, const char *option)
 {
@@ -157,6 +156,7 @@ static int wait_runtime(pid_t pid)
 	return status < 0 ? status : WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -EIO;
 }
 
+/* Runs `RUNTIME VERB [OPTION] ID` and waits for it. */
 static int run_runtime(struct shim *sh, const char *verb, const char *option)
 {
 	return wait_runtime(start_runtime(sh, verb, option));
@@ -715,7 +715,7 @@ static void close_pair(int fds[2])
  * the event loop's to reap. */
 static int wait_runtime_serving(struct shim *sh, pid_t pid)
 {
-	_cleanup_close_ int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+	_cleanup_close_ int pidfd = pidfd_open(pid, 0);
 	for (;;) {
 		int status;
 		pid_t w = waitpid(pid, &status, WNOHANG);
