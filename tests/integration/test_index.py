@@ -150,6 +150,8 @@ def record_then_prefetch_list(t):
     t.tap.ok(before["prefetch_done"] and 0 < before["bytes_prefetched"] < before["image_size"] and ok_bytes and
              after["range_requests"] == before["range_requests"],
              "the listed files and parts were fetched ahead: reading them needs no request", (before, after))
+    t.tap.ok(0 < before["range_requests"] * 2 <= before["bytes_prefetched"] // (256 << 10),
+             "a run of missing 256 KiB spans is one request, not one each", before)
     t.tap.ok(read(f"{mnt}/usr/big.bin") == deterministic_bytes(1, 8 << 20) and
              imgfs_stats(mnt)["range_requests"] > after["range_requests"],
              "the parts not listed were not: reading all of big.bin fetches", imgfs_stats(mnt))
