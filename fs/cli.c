@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
 
 /* IMGFS_ERROR_FD: where the one error line goes instead of stderr, until
@@ -74,12 +75,56 @@ static void waiting_notice(const char *what, long seconds)
 	fprintf(stderr, "imgfs: %s: no answer from the registry for %ld s; still waiting\n", what, seconds);
 }
 
-/* One line per blob on a terminal, redrawn in place as it streams. */
+/* The blobs streaming at once (plain layers are fetched in parallel). */
+static struct {
+	pthread_mutex_t lock;
+	struct transfer {
+		char digest[20];
+		uint64_t done, total;
+	} blobs[16];
+	size_t n;
+} transfers = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+static struct transfer *transfer_find(const char *digest)
+{
+	for (size_t i = 0; i < transfers.n; i++)
+		if (strncmp(transfers.blobs[i].digest, digest, sizeof(transfers.blobs[i].digest) - 1) == 0)
+			return &transfers.blobs[i];
+	if (transfers.n == ARRAY_SIZE(transfers.blobs))
+		return NULL;
+	struct transfer *t = &transfers.blobs[transfers.n++];
+	snprintf(t->digest, sizeof(t->digest), "%s", digest);
+	return t;
+}
+
+/* On a terminal, one line redrawn in place: the blob streaming, or the
+ * sum of those streaming at once; and a line of its own for each blob
+ * fetched, once verified. */
 static void transfer_progress(const char *digest, uint64_t done, uint64_t total)
 {
-	unsigned percent = total ? (unsigned)(done * 100 / total) : 100;
-	fprintf(stderr, "\rimgfs: fetching %.19s %3u%% (%.1f of %.1f MB)%s", digest, percent, done / 1e6, total / 1e6,
-		done >= total ? "\n" : "");
+	pthread_mutex_lock(&transfers.lock);
+	struct transfer *t = transfer_find(digest);
+	if (t && done >= total) {
+		*t = transfers.blobs[--transfers.n];
+		fprintf(stderr, "\rimgfs: fetching %.19s 100%% (%.1f of %.1f MB)\033[K\n", digest, done / 1e6,
+			total / 1e6);
+	} else if (t) {
+		t->done = done;
+		t->total = total;
+	}
+	uint64_t sum_done = 0, sum_total = 0;
+	for (size_t i = 0; i < transfers.n; i++) {
+		sum_done += transfers.blobs[i].done;
+		sum_total += transfers.blobs[i].total;
+	}
+	unsigned percent = sum_total ? (unsigned)(sum_done * 100 / sum_total) : 100;
+	if (transfers.n == 1)
+		fprintf(stderr, "\rimgfs: fetching %.19s %3u%% (%.1f of %.1f MB)\033[K", transfers.blobs[0].digest,
+			percent, sum_done / 1e6, sum_total / 1e6);
+	else if (transfers.n > 1)
+		fprintf(stderr, "\rimgfs: fetching %zu blobs %3u%% (%.1f of %.1f MB)\033[K", transfers.n, percent,
+			sum_done / 1e6, sum_total / 1e6);
+	pthread_mutex_unlock(&transfers.lock);
 }
 
 static int insecure_add(char ***list, size_t *n, const char *host)

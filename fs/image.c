@@ -16,6 +16,7 @@
 #include "remote_blob.h"
 #include "scan.h"
 #include "tar_stream.h"
+#include "whole_layer.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -44,31 +45,6 @@ char *image_default_cache_dir(void)
 	return strdup_printf("%s/.cache/imgfs", env);
 }
 
-/* Whether the blob open on fd holds the bytes of digest, hashing it. */
-static bool blob_matches(int fd, const char *digest)
-{
-	enum { CHUNK = 1 << 20 };
-	struct digester *d = digester_new();
-	_cleanup_free_ unsigned char *buf = malloc(CHUNK);
-	bool ok = d && buf;
-	for (off_t off = 0; ok;) {
-		ssize_t n = pread(fd, buf, CHUNK, off);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			ok = n == 0;
-			break;
-		}
-		digester_update(d, buf, (size_t)n);
-		off += n;
-	}
-	char actual[DIGEST_SHA256_LEN + 1];
-	if (ok)
-		digester_final(d, actual);
-	digester_free(d);
-	return ok && strcmp(actual, digest) == 0;
-}
-
 /* An image of one manifest is for the platform its config names: asked for
  * another one explicitly (--platform), that is an error naming both, not a
  * mount of binaries that will not run. */
@@ -94,57 +70,6 @@ static int check_config_platform(int config_fd, const struct platform *want, boo
 			    os, arch, want->os, want->architecture);
 	json_object_put(config);
 	return r;
-}
-
-/* Opens the cached blob, fetching and verifying it first if it is missing.
- * A cached one is hashed again unless its stamp shows it unchanged since it
- * was (cache_stamp_valid()): a changed blob is fetched again, never used. */
-static int ensure_blob(struct registry_client *client, const struct image_options *opts, const struct descriptor *d,
-		       int *ret_fd, bool *ret_cached, struct err *err)
-{
-	_cleanup_free_ char *path = cache_path(opts->cache_dir, "blobs", d->digest);
-	if (!path)
-		return -ENOMEM;
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-	if (fd >= 0) {
-		struct stat st;
-		bool usable = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size == d->size;
-		if (usable && !cache_stamp_valid(opts->cache_dir, d->digest, fd)) {
-			usable = blob_matches(fd, d->digest);
-			if (usable)
-				cache_stamp(opts->cache_dir, d->digest, fd);
-		}
-		if (usable) {
-			cache_note_used(fd);
-			*ret_fd = fd;
-			*ret_cached = true;
-			return 0;
-		}
-		close(fd);
-	}
-	_cleanup_free_ char *tmp = strdup_printf("%s.part.XXXXXX", path);
-	if (!tmp)
-		return -ENOMEM;
-	_cleanup_close_ int tmp_fd = mkostemp(tmp, O_CLOEXEC);
-	if (tmp_fd < 0)
-		return err_set(err, errno, "cannot create a file in the cache \"%s\": %s", opts->cache_dir,
-			       strerror(errno));
-	int r = registry_fetch_blob_to_fd(client, d->digest, d->size, tmp_fd, err);
-	if (r == 0 && fsync(tmp_fd) < 0)
-		r = err_set(err, errno, "cannot sync %s into the cache: %s", d->digest, strerror(errno));
-	if (r == 0 && rename(tmp, path) < 0)
-		r = err_set(err, errno, "cannot store %s in the cache: %s", d->digest, strerror(errno));
-	if (r < 0) {
-		unlink(tmp);
-		return r;
-	}
-	cache_note_stored((uint64_t)d->size);
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-	if (fd < 0)
-		return err_set(err, errno, "cannot open %s in the cache: %s", d->digest, strerror(errno));
-	cache_stamp(opts->cache_dir, d->digest, fd);
-	*ret_fd = fd;
-	return 0;
 }
 
 #define ESTARGZ_TOC_ANNOTATION "containerd.io/snapshot/stargz/toc.digest"
@@ -254,7 +179,7 @@ static void find_profile(struct image *img, struct registry_client *client, cons
 		bool cached;
 		if (!d || strcmp(d->media_type, IMGFS_MEDIA_TYPE_PROFILE) != 0 || d->size > PROFILE_MAX_SIZE)
 			r = err_set(&err, EBADMSG, "it is not one list of files of at most %u bytes", PROFILE_MAX_SIZE);
-		else if ((r = ensure_blob(owned ? owned : client, opts, d, &fd, &cached, &err)) == 0)
+		else if ((r = blob_cache_fetch(owned ? owned : client, opts->cache_dir, d, &fd, &cached, &err)) == 0)
 			close(fd);
 		if (r == 0 && !(img->profile_path = cache_path(opts->cache_dir, "blobs", d->digest)))
 			r = -ENOMEM;
@@ -289,11 +214,11 @@ static int open_indexed_layer(const struct image_ref *ref, struct registry_clien
 		return -ENOENT;
 	int fd;
 	bool cached;
-	int r = ensure_blob(index_client, opts, index, &fd, &cached, err);
+	int r = blob_cache_fetch(index_client, opts->cache_dir, index, &fd, &cached, err);
 	if (r < 0)
 		return r;
 	close(fd);
-	if ((r = ensure_blob(index_client, opts, spans, &fd, &cached, err)) < 0)
+	if ((r = blob_cache_fetch(index_client, opts->cache_dir, spans, &fd, &cached, err)) < 0)
 		return r;
 	_cleanup_close_ int spans_fd = fd;
 	_cleanup_free_ char *index_path = cache_path(opts->cache_dir, "blobs", index->digest);
@@ -332,9 +257,11 @@ static int open_indexed_layer(const struct image_ref *ref, struct registry_clien
 	return 0;
 }
 
+/* Opens a lazy layer into *ret, or starts fetching a plain one whole into
+ * *ret_whole (finish_whole_layers()). */
 static int open_layer(struct image *img, const struct image_ref *ref, struct registry_client *client,
 		      const struct image_options *opts, const struct descriptor *d, struct artifact_lookup *artifacts,
-		      struct layer **ret, struct err *err)
+		      struct layer **ret, struct whole_layer **ret_whole, struct err *err)
 {
 	enum layer_compression compression;
 	if (layer_compression_from_media_type(d->media_type, &compression) < 0)
@@ -386,37 +313,27 @@ static int open_layer(struct image *img, const struct image_ref *ref, struct reg
 			opts->progress(line);
 		}
 	}
-	int fd;
-	bool cached = false;
-	int r = ensure_blob(client, opts, d, &fd, &cached, err);
-	if (r == 0 && !cached) {
-		img->bytes_fetched_whole += (uint64_t)d->size;
-		img->layers_fetched_whole++;
+	return whole_layer_start(client, opts->cache_dir, d, compression, opts->progress, ret_whole);
+}
+
+/* Waits for the layers fetched whole, all of them even after an error. */
+static int finish_whole_layers(struct image *img, struct whole_layer **whole, const struct descriptor *descs,
+			       struct err *err)
+{
+	int r = 0;
+	for (size_t i = 0; i < img->n_layers; i++) {
+		if (!whole[i])
+			continue;
+		bool fetched;
+		int wr = whole_layer_finish(TAKE_PTR(whole[i]), &img->layers[i], &fetched, r < 0 ? NULL : err);
+		if (wr < 0 && r == 0)
+			r = wr;
+		if (wr == 0 && fetched) {
+			img->bytes_fetched_whole += (uint64_t)descs[i].size;
+			img->layers_fetched_whole++;
+		}
 	}
-	if (r < 0)
-		return r;
-	_cleanup_free_ char *index_path = cache_path(opts->cache_dir, "index", d->digest);
-	if (!index_path) {
-		close(fd);
-		return -ENOMEM;
-	}
-	if (layer_open_saved(d->digest, compression, fd, index_path, ret) == 0) {
-		cache_note_used_path(index_path);
-		return 0;
-	}
-	if (opts->progress) {
-		char line[256];
-		snprintf(line, sizeof(line), "indexing %s", d->digest);
-		opts->progress(line);
-	}
-	r = layer_open_scan(d->digest, compression, fd, ret, err);
-	if (r < 0)
-		return r;
-	/* A failure to save only costs the next mount a rescan. */
-	struct stat st;
-	if (layer_save(*ret, index_path) == 0 && stat(index_path, &st) == 0)
-		cache_note_stored((uint64_t)st.st_size);
-	return 0;
+	return r;
 }
 
 int pull_policy_parse(const char *text, enum pull_policy *ret)
@@ -545,7 +462,7 @@ static int load_config(struct image *img, struct registry_client *client, const 
 			       CONFIG_MAX_SIZE);
 	int config_fd;
 	bool cached;
-	int r = ensure_blob(client, opts, config, &config_fd, &cached, err);
+	int r = blob_cache_fetch(client, opts->cache_dir, config, &config_fd, &cached, err);
 	if (r < 0)
 		return r;
 	r = check_config_platform(config_fd, &opts->registry.platform, opts->platform_explicit, img->ref_text, err);
@@ -729,6 +646,7 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 	struct artifact_lookup artifacts = { 0 };
 	struct profile_lookup lookup = { 0 };
 	struct image *img = NULL;
+	_cleanup_free_ struct whole_layer **whole = NULL;
 	int r;
 
 	r = prepare_cache(opts->cache_dir, err);
@@ -763,7 +681,8 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 	img->layers = calloc(m.n_layers ? m.n_layers : 1, sizeof(*img->layers));
 	if (opts->separate_layers)
 		img->descs = calloc(m.n_layers + 1, sizeof(*img->descs)); /* and one being filled */
-	if (!img->layers || (opts->separate_layers && !img->descs)) {
+	whole = calloc(m.n_layers ? m.n_layers : 1, sizeof(*whole));
+	if (!img->layers || !whole || (opts->separate_layers && !img->descs)) {
 		r = -ENOMEM;
 		goto out;
 	}
@@ -772,22 +691,26 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 		r = -ENOMEM;
 		goto out;
 	}
-	for (size_t i = 0; i < m.n_layers; i++) {
-		r = open_layer(img, source, client, opts, &m.layers[i], &artifacts, &img->layers[i], err);
-		if (r < 0)
-			goto out;
+	for (size_t i = 0; i < m.n_layers && r == 0; i++) {
+		r = open_layer(img, source, client, opts, &m.layers[i], &artifacts, &img->layers[i], &whole[i], err);
+		if (r == 0) {
+			img->n_layers++;
+			img->image_size += (uint64_t)m.layers[i].size;
+		}
+	}
+	int finished = finish_whole_layers(img, whole, m.layers, r < 0 ? NULL : err);
+	if (r == 0)
+		r = finished;
+	for (size_t i = 0; i < img->n_layers && r == 0; i++) {
 		struct layer *l = img->layers[i];
 		/* Only where the whole blob is here: a lazily read layer would keep
 		 * several times the bytes it fetched. */
 		if (l->compression != COMPRESSION_NONE && l->blob_fd >= 0 &&
-		    !(l->decoded_prefix = cache_path(opts->cache_dir, "decoded", l->digest))) {
-			layer_free(l);
+		    !(l->decoded_prefix = cache_path(opts->cache_dir, "decoded", l->digest)))
 			r = -ENOMEM;
-			goto out;
-		}
-		img->n_layers++;
-		img->image_size += (uint64_t)m.layers[i].size;
 	}
+	if (r < 0)
+		goto out;
 	profile_lookup_finish(&lookup);
 	if (opts->separate_layers)
 		img->blob_client = TAKE_PTR(res.client);
@@ -855,11 +778,10 @@ int image_layer_blob(struct image *img, size_t i, int *ret_fd, struct err *err)
 		*ret_fd = fcntl(img->layers[i]->blob_fd, F_DUPFD_CLOEXEC, 3);
 		return *ret_fd < 0 ? err_set(err, errno, "layer %s: %s", img->layers[i]->digest, strerror(errno)) : 0;
 	}
-	struct image_options opts = { .cache_dir = img->cache_dir };
 	struct descriptor d = { .digest = img->layers[i]->digest, .size = (int64_t)img->descs[i].size };
 	bool cached;
 	pthread_mutex_lock(&img->blob_lock);
-	int r = ensure_blob(img->blob_client, &opts, &d, ret_fd, &cached, err);
+	int r = blob_cache_fetch(img->blob_client, img->cache_dir, &d, ret_fd, &cached, err);
 	pthread_mutex_unlock(&img->blob_lock);
 	return r;
 }

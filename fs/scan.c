@@ -246,6 +246,12 @@ static int scan_to_end(struct scan *s, struct err *err)
 int layer_open_scan(const char *digest, enum layer_compression compression, int blob_fd, struct layer **ret,
 		    struct err *err)
 {
+	return layer_open_scan_through(digest, compression, blob_fd, UINT64_MAX, NULL, NULL, ret, err);
+}
+
+int layer_open_scan_through(const char *digest, enum layer_compression compression, int blob_fd, uint64_t blob_size,
+			    const struct layer_source_ops *reading, void *source, struct layer **ret, struct err *err)
+{
 	struct scan s = { .rec.span = CHECKPOINT_SPAN, .ar = archive_lib_get(err) };
 	struct archive *a = NULL;
 	int r;
@@ -260,8 +266,15 @@ int layer_open_scan(const char *digest, enum layer_compression compression, int 
 		close(blob_fd);
 		return -ENOMEM;
 	}
-	local_blob_attach(s.layer);
 	struct layer *l = s.layer;
+	if (reading) {
+		l->ops = reading;
+		l->source = source;
+	} else {
+		local_blob_attach(l);
+	}
+	if (blob_size != UINT64_MAX)
+		l->blob_size = blob_size;
 	s.limit = layer_size_limit(l->blob_size);
 	s.buf = malloc(SCAN_BUFFER_SIZE);
 	s.cursor = cursor_new(l);
@@ -299,6 +312,8 @@ int layer_open_scan(const char *digest, enum layer_compression compression, int 
 	l->checkpoints = TAKE_PTR(s.rec.checkpoints);
 	l->n_checkpoints = s.rec.n;
 	s.rec.n = 0;
+	local_blob_attach(l);
+	l->source = NULL;
 	*ret = TAKE_PTR(s.layer);
 	r = 0;
 out:
@@ -311,6 +326,10 @@ out:
 	free(s.rec.checkpoints);
 	if (r < 0 && err && err->code)
 		err_wrap(err, "layer %s", digest);
+	if (s.layer) {
+		local_blob_attach(s.layer);
+		s.layer->source = NULL;
+	}
 	layer_free(s.layer);
 	return r;
 }

@@ -58,6 +58,12 @@ out:
 
 int registry_fetch_blob_to_fd(struct registry_client *c, const char *digest, int64_t size, int fd, struct err *err)
 {
+	return registry_fetch_blob_streaming(c, digest, size, fd, NULL, NULL, err);
+}
+
+int registry_fetch_blob_streaming(struct registry_client *c, const char *digest, int64_t size, int fd,
+				  void (*arrived)(void *ctx, uint64_t written), void *ctx, struct err *err)
+{
 	_cleanup_free_ char *path = strdup_printf("%s/blobs/%s", c->ref.repository, digest);
 	char what[1024];
 	snprintf(what, sizeof(what), "blob %s of \"%s/%s\"", digest, c->ref.domain, c->ref.repository);
@@ -68,6 +74,8 @@ int registry_fetch_blob_to_fd(struct registry_client *c, const char *digest, int
 	}
 	struct response resp;
 	response_to_file(&resp, fd, size, d);
+	resp.file.arrived = arrived;
+	resp.file.arrived_ctx = ctx;
 	c->progress_digest = digest;
 	c->progress_total = (uint64_t)size;
 	c->progress_last = (struct timespec){ 0 };

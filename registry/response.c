@@ -60,6 +60,8 @@ static size_t file_write(struct response *r, const char *buf, size_t len)
 	if (r->file.digester)
 		digester_update(r->file.digester, buf, len);
 	r->file.written += len;
+	if (r->file.arrived)
+		r->file.arrived(r->file.arrived_ctx, r->file.written);
 	return len;
 }
 
@@ -72,6 +74,8 @@ static int file_restart(struct response *r)
 		digester_final(r->file.digester, discard);
 	}
 	r->file.written = 0;
+	if (r->file.arrived)
+		r->file.arrived(r->file.arrived_ctx, 0);
 	return 0;
 }
 

@@ -41,6 +41,9 @@ struct response {
 		uint64_t written;
 		int64_t max;
 		struct digester *digester;
+		/* Told how many bytes are in the file each time more came. */
+		void (*arrived)(void *ctx, uint64_t written);
+		void *arrived_ctx;
 	} file;
 	struct {
 		unsigned char *buf;

@@ -37,6 +37,11 @@ class FaultProxy:
         # sends all but its last bytes at once and the rest seconds later,
         # as a long read on a slow link does; counted in held_now too.
         self.hold_tail = None
+        # (bytes, seconds): every whole blob answer larger than twice bytes
+        # sends all but its last bytes at once and the rest seconds later;
+        # whole_held_most counts the most held at the same time.
+        self.hold_whole = None
+        self.whole_held_now = self.whole_held_most = 0
         self.ranges = []
         self.held_now = 0
         self.lock = threading.Lock()
@@ -120,6 +125,14 @@ class FaultProxy:
                     self.wfile.flush()
                     self.close_connection = True
                     return
+                whole_tail = proxy.take_hold_whole(self, status, len(body))
+                if whole_tail:
+                    self.wfile.write(body[:-whole_tail[0]])
+                    self.wfile.flush()
+                    time.sleep(whole_tail[1])
+                    with proxy.lock:
+                        proxy.whole_held_now -= 1
+                    body = body[-whole_tail[0]:]
                 tail = proxy.take_hold_tail(status, len(body))
                 if tail:
                     self.wfile.write(body[:-tail[0]])
@@ -155,6 +168,17 @@ class FaultProxy:
                 return None
             self.hold_tail = None
             self.held_now += 1
+            return tail
+
+    def take_hold_whole(self, handler, status, size):
+        """The hold_whole for this answer, if it gets one."""
+        with self.lock:
+            tail = self.hold_whole
+            if (status != 200 or not tail or size <= 2 * tail[0] or handler.headers.get("Range")
+                    or "/blobs/" not in handler.path):
+                return None
+            self.whole_held_now += 1
+            self.whole_held_most = max(self.whole_held_most, self.whole_held_now)
             return tail
 
     def next_fault(self, handler):

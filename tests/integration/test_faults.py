@@ -286,7 +286,7 @@ def read_not_behind_background(t):
 def healthy_proxy(t):
     """The proxy with no fault left from an earlier case."""
     proxy = t.proxy
-    proxy.faults, proxy.always, proxy.multi, proxy.hold_large = [], None, None, None
+    proxy.faults, proxy.always, proxy.multi, proxy.hold_large, proxy.hold_whole = [], None, None, None, None
     proxy.corrupt_first_of_each = proxy.corrupt_all_blobs = False
     proxy.held_now = 0
     return proxy
@@ -315,6 +315,31 @@ def read_not_behind_read_ahead(t):
                  "a read of the next file, which came early in that request, returns too", held_after_second)
     finally:
         proxy.hold_tail = None
+        m.umount()
+
+
+@suite.case
+def plain_layers_fetched_at_once(t):
+    """The layers of an image with no index anywhere are fetched whole all
+    at once, each on a connection of its own: counted by the proxy, which
+    holds the tail of every whole blob for 2 s, both layers' answers are
+    held at the same time (one after the other before).  The tree is exact."""
+    proxy = healthy_proxy(t)
+    proxy.hold_whole, proxy.whole_held_most = (4096, 2), 0
+    mnt = os.path.join(t.work, "mnt-at-once")
+    m = Mount(f"{proxy.host}/faults/plain:v1", mnt, os.path.join(t.work, "cache-at-once"))
+    try:
+        most = proxy.whole_held_most
+        if not t.tap.ok(m.ok, "mount the plain image", m.stderr()):
+            return
+        want = {e.path: e.data for e in MANY[:10] + ENTRIES if e.kind == "file"}
+        got = {p: open(os.path.join(mnt, p), "rb").read() for p in want}
+        s = imgfs_stats(mnt)
+        t.tap.ok(most == 2 and s["layers_fetched_whole"] == 2 and got == want,
+                 "both layers streamed at once, and every file reads the image's bytes",
+                 (most, s["layers_fetched_whole"], sorted(p for p in want if got[p] != want[p])))
+    finally:
+        proxy.hold_whole = None
         m.umount()
 
 
