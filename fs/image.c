@@ -11,6 +11,7 @@
 #include "cache.h"
 #include "chunked.h"
 #include "demand.h"
+#include "elf_guess.h"
 #include "index_artifact.h"
 #include "index_io.h"
 #include "remote_blob.h"
@@ -746,6 +747,7 @@ struct image *image_free(struct image *img)
 		atomic_store(&img->prefetch_stop, true);
 		pthread_join(img->prefetch_thread, NULL);
 	}
+	elf_guess_stop(img->elf_guess);
 	tree_free(img->tree);
 	/* The copies being written are what makes the next start quick. */
 	decoded_keep_flush();
@@ -813,13 +815,15 @@ int image_format_stats(struct image *img, char *buf, size_t size)
 			 "bytes_in_memory %llu\n"
 			 "reads_ahead_of_prefetch %llu\n"
 			 "bytes_speculated %llu\n"
+			 "libraries_guessed %llu\n"
 			 "prefetch_done %d\n",
 			 (unsigned long long)img->image_size, (unsigned long long)img->bytes_fetched_whole,
 			 img->layers_fetched_whole, (unsigned long long)total.bytes_fetched,
 			 (unsigned long long)total.requests, (unsigned long long)total.chunk_hits,
 			 (unsigned long long)total.chunk_misses, (unsigned long long)total.bytes_prefetched,
 			 (unsigned long long)total.bytes_in_memory, (unsigned long long)total.reads_ahead_of_prefetch,
-			 (unsigned long long)total.bytes_speculated, atomic_load(&img->prefetch_done) ? 1 : 0);
+			 (unsigned long long)total.bytes_speculated,
+			 (unsigned long long)elf_guess_count(img->elf_guess), atomic_load(&img->prefetch_done) ? 1 : 0);
 	return n < 0 || (size_t)n >= size ? -ERANGE : n;
 }
 
@@ -848,6 +852,8 @@ int image_start_background(struct image *img, enum prefetch_mode mode)
 {
 	for (size_t i = 0; i < img->n_layers; i++)
 		layer_start_background(img->layers[i]);
+	if (img->tree)
+		img->elf_guess = elf_guess_start(img->tree);
 	img->prefetch_mode = mode;
 	if (mode == PREFETCH_NONE)
 		return 0;

@@ -68,6 +68,7 @@ struct image {
 	uint64_t bytes_fetched_whole; /* blobs fetched whole by this mount */
 	size_t layers_fetched_whole;  /* layers with no TOC or index, not in the cache */
 
+	struct elf_guess *elf_guess; /* NULL: nothing guessed */
 	pthread_t prefetch_thread;
 	bool prefetch_running;
 	atomic_bool prefetch_stop, prefetch_done;

@@ -446,22 +446,82 @@ static void note_read(const struct tree_inode *i, uint64_t off, size_t size)
 		atomic_fetch_or(&map[b / 64], 1ull << (b % 64));
 }
 
+static void (*head_hook)(void *ctx, const struct tree_inode *i, const void *head, size_t len);
+static void *head_hook_ctx;
+
+void tree_set_head_hook(void (*fn)(void *ctx, const struct tree_inode *i, const void *head, size_t len), void *ctx)
+{
+	head_hook = fn;
+	head_hook_ctx = ctx;
+}
+
 ssize_t tree_read(const struct tree_inode *i, void *buf, size_t size, uint64_t off)
 {
 	if (!S_ISREG(i->mode) || !i->entry)
 		return -EINVAL;
 	/* The one field of a built tree that changes: inodes are never const objects. */
 	atomic_uint *stamp = (atomic_uint *)&i->first_read;
+	bool first = false;
 	if (atomic_load_explicit(stamp, memory_order_relaxed) == 0) {
 		unsigned expected = 0;
-		atomic_compare_exchange_strong(stamp, &expected, atomic_fetch_add(&read_clock, 1) + 1);
+		first = atomic_compare_exchange_strong(stamp, &expected, atomic_fetch_add(&read_clock, 1) + 1);
 	}
 	if (off >= i->size || size == 0)
 		return 0;
 	note_read(i, off, size);
 	ssize_t n = layer_read_entry(i->layer, i->entry, buf, size, off);
+	if (first && off == 0 && n > 0 && head_hook)
+		head_hook(head_hook_ctx, i, buf, (size_t)n);
 	/* Never hand out bytes we could not decode or verify. */
 	return n < 0 ? -EIO : n;
+}
+
+#define MAX_LINKS 40
+
+struct tree_inode *tree_resolve_path(const struct tree *t, const char *path)
+{
+	/* The directories walked so far, for "..". */
+	struct tree_inode *dirs[256] = { tree_get(t, 1) };
+	size_t depth = 1;
+	char pending[PATH_MAX];
+	unsigned links = 0;
+	if (!dirs[0] || snprintf(pending, sizeof(pending), "%s", path) >= (int)sizeof(pending))
+		return NULL;
+	char *rest = pending;
+	while (*rest) {
+		char *name = rest;
+		char *slash = strchr(rest, '/');
+		rest = slash ? slash + 1 : rest + strlen(rest);
+		if (slash)
+			*slash = '\0';
+		if (!*name || strcmp(name, ".") == 0)
+			continue;
+		if (strcmp(name, "..") == 0) {
+			depth -= depth > 1;
+			continue;
+		}
+		struct tree_inode *child = S_ISDIR(dirs[depth - 1]->mode) ? tree_lookup(dirs[depth - 1], name) : NULL;
+		if (!child)
+			return NULL;
+		if (S_ISLNK(child->mode)) {
+			const char *target = child->entry ? child->entry->link : NULL;
+			char next[PATH_MAX];
+			if (!target || ++links > MAX_LINKS ||
+			    snprintf(next, sizeof(next), "%s/%s", target, rest) >= (int)sizeof(next))
+				return NULL;
+			if (target[0] == '/')
+				depth = 1;
+			memcpy(pending, next, strlen(next) + 1);
+			rest = pending;
+			continue;
+		}
+		if (!*rest)
+			return child;
+		if (!S_ISDIR(child->mode) || depth == ARRAY_SIZE(dirs))
+			return NULL;
+		dirs[depth++] = child;
+	}
+	return dirs[depth - 1];
 }
 
 #define OVERLAY_OPAQUE_XATTR "trusted.overlay.opaque"

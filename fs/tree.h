@@ -72,6 +72,13 @@ int tree_write_record(const struct tree *t, FILE *out);
 /* Reads a regular file's bytes; 0 at or past its end, -EIO if the layer
  * could not deliver verified bytes.  The first read is recorded. */
 ssize_t tree_read(const struct tree_inode *i, void *buf, size_t size, uint64_t off);
+/* Tells fn of the first bytes of a file the first time they are read
+ * (NULL: no one); one hook per process, set before reads are served. */
+void tree_set_head_hook(void (*fn)(void *ctx, const struct tree_inode *i, const void *head, size_t len), void *ctx);
+/* The inode at a path of the image, following symlinks as the kernel
+ * would inside it (absolute targets from the image's root); NULL if there
+ * is none or the links loop. */
+struct tree_inode *tree_resolve_path(const struct tree *t, const char *path);
 const struct xattr *tree_xattr(const struct tree_inode *i, const char *name);
 /* Writes the NUL-separated xattr names into buf when it is large enough;
  * returns the length the list needs. */

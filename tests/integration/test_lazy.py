@@ -12,9 +12,11 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from imgfs_test import estargz  # noqa: E402
+from imgfs_test.elf import ld_so_cache, shared_object  # noqa: E402
 from imgfs_test.cases import Suite, run_file  # noqa: E402
-from imgfs_test.harness import (Entry, Mount, Registry, diff_snapshots, imgfs_stats, is_mounted, make_tar,  # noqa: E402
-                                push_image, skopeo_copy, skopeo_umoci_unpack, snapshot, stats_after_prefetch)
+from imgfs_test.harness import (IMGFS, Entry, Mount, Registry, diff_snapshots, imgfs_stats, is_mounted,  # noqa: E402
+                                make_tar, push_image, skopeo_copy, skopeo_umoci_unpack, snapshot,
+                                stats_after_prefetch)
 from imgfs_test.images import deterministic_bytes  # noqa: E402
 from imgfs_test.lazy import push_estargz  # noqa: E402
 
@@ -221,6 +223,62 @@ def neighbours_fetched_ahead(t):
         t.tap.ok(read(os.path.join(mnt, "other/o29")) == other[-1].data and
                  imgfs_stats(mnt)["range_requests"] > after["range_requests"],
                  "a file of another directory was not guessed: its read fetches", imgfs_stats(mnt))
+    finally:
+        m.umount()
+
+
+@suite.case
+def libraries_fetched_ahead(t):
+    """The first read of a program's head brings what the loader reads
+    next: the program's dynamic section and the libraries it needs, found
+    as the loader finds them (RUNPATH with $ORIGIN through a symlink, the
+    image's ld.so.cache, the default directories), and theirs in turn.
+    Counted by requests: the loader's reads of them then make none.  The
+    guess is no read of the program's: imgfs record does not list them."""
+    mib = 1 << 20
+    objects = {
+        "usr/bin/app": shared_object(3 * mib, 5 * mib // 2, ["libfoo.so.1", "libbar.so.2", "libc.so.6"],
+                                     "$ORIGIN/../lib/app", seed=701),
+        "usr/lib/app/libfoo.so.1.0": shared_object(2 * mib, 3 * mib // 2, ["libbaz.so.3"], seed=702),
+        "usr/lib/x86_64-linux-gnu/libbaz.so.3": shared_object(3 * mib // 2, 5 * mib // 4, seed=703),
+        "opt/bar/libbar.so.2": shared_object(3 * mib // 2, 5 * mib // 4, seed=704),
+    }
+    dynamic_at = {"usr/bin/app": 5 * mib // 2, "usr/lib/app/libfoo.so.1.0": 3 * mib // 2}
+    entries = [Entry(d, "dir") for d in ("etc", "opt", "opt/bar", "usr", "usr/bin", "usr/lib", "usr/lib/app",
+                                         "usr/lib/x86_64-linux-gnu")]
+    entries += [Entry(path, data=data, mode=0o755) for path, data in objects.items()]
+    entries += [Entry("usr/lib/app/libfoo.so.1", "symlink", link="libfoo.so.1.0"),
+                Entry("etc/ld.so.cache", data=ld_so_cache([("libbar.so.2", "/opt/bar/libbar.so.2")]))]
+    push_estargz(t.reg, "lazy/elf", "v1", [entries], chunk_size=mib)
+    mnt = os.path.join(t.work, "mnt-elf")
+    m = Mount(f"{t.reg.host}/lazy/elf:v1", mnt, t.cache_of("elf"), ["--prefetch=none"])
+    if not t.tap.ok(m.ok, "mount an image of a program and its libraries", m.stderr()):
+        return
+    try:
+        fd = os.open(os.path.join(mnt, "usr/bin/app"), os.O_RDONLY)
+        head = os.pread(fd, 832, 0)
+        os.close(fd)
+        deadline = time.monotonic() + 10
+        while imgfs_stats(mnt).get("libraries_guessed", 0) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        before = imgfs_stats(mnt)
+        listing = os.path.join(t.work, "elf.list")
+        subprocess.run([IMGFS, "record", mnt, listing], check=True)
+        recorded = [line.split("\t")[0] for line in open(listing)]
+        t.tap.ok(head == objects["usr/bin/app"][:832] and before.get("libraries_guessed") == 3 and
+                 recorded == ["/usr/bin/app"],
+                 "reading the program's head guessed its three libraries; only the program is recorded",
+                 (before.get("libraries_guessed"), recorded))
+        wrong = []
+        for path, data in objects.items():
+            at = dynamic_at.get(path, len(data) * 5 // 6)
+            with open(os.path.join(mnt, path), "rb") as f:
+                if os.pread(f.fileno(), 832, 0) != data[:832] or os.pread(f.fileno(), 4096, at) != data[at:at + 4096]:
+                    wrong.append(path)
+        after = imgfs_stats(mnt)
+        t.tap.ok(not wrong and after["range_requests"] == before["range_requests"],
+                 "the loader's reads of the dynamic section and of each library's head and dynamic "
+                 "section make no request", (wrong, before["range_requests"], after["range_requests"]))
     finally:
         m.umount()
 

@@ -311,6 +311,43 @@ static void test_merge(void)
 	layer_free(layers[1]);
 }
 
+/* Symlinks inside an image resolve inside it: an absolute target from the
+ * image's root, ".." never above it, loops and dead ends give NULL. */
+static void test_resolve(void)
+{
+	static const struct spec specs[] = {
+		{ "usr", ENTRY_DIR, NULL, 0755 },
+		{ "usr/lib", ENTRY_DIR, NULL, 0755 },
+		{ "usr/lib/libc.so.6", ENTRY_REG },
+		{ "lib", ENTRY_SYMLINK, "usr/lib" },
+		{ "etc", ENTRY_DIR, NULL, 0755 },
+		{ "etc/alt", ENTRY_SYMLINK, "/lib/libc.so.6" },
+		{ "usr/lib/up", ENTRY_SYMLINK, "../../../../etc/alt" },
+		{ "loop1", ENTRY_SYMLINK, "loop2" },
+		{ "loop2", ENTRY_SYMLINK, "/loop1" },
+		{ "dead", ENTRY_SYMLINK, "/nowhere/x" },
+	};
+	struct layer *l = fake_layer(specs, ARRAY_SIZE(specs));
+	struct tree *t = NULL;
+	struct err err = { 0 };
+	ok(tree_build(&l, 1, &t, &err) == 0, "a tree of symlinks (%s)", err.msg);
+	if (!t) {
+		layer_free(l);
+		return;
+	}
+	struct tree_inode *libc = at(t, "usr/lib/libc.so.6");
+	ok(libc && tree_resolve_path(t, "/lib/libc.so.6") == libc && tree_resolve_path(t, "etc/alt") == libc,
+	   "a symlinked directory and an absolute target resolve in the image");
+	ok(tree_resolve_path(t, "usr/lib/up") == libc, "\"..\" stops at the image's root");
+	ok(tree_resolve_path(t, "/lib/") == at(t, "usr/lib") && tree_resolve_path(t, "") == tree_get(t, 1),
+	   "a directory, and the root");
+	ok(!tree_resolve_path(t, "loop1") && !tree_resolve_path(t, "dead") && !tree_resolve_path(t, "etc/alt/x") &&
+	       !tree_resolve_path(t, "usr/none"),
+	   "loops, dead links, a file as a directory and missing names resolve to nothing");
+	tree_free(t);
+	layer_free(l);
+}
+
 static void test_paths(void)
 {
 	static const struct {
@@ -622,6 +659,7 @@ int main(void)
 	test_format(COMPRESSION_ZSTD, "zstd", big);
 	free(big);
 	test_merge();
+	test_resolve();
 	test_paths();
 	test_toc_halves();
 	test_demand_quiet();
