@@ -422,7 +422,8 @@ static int http_request(struct registry_client *c, const char *url, const char *
 		int rr = response_restart(resp);
 		if (rr < 0)
 			return err_set(err, -rr, "%s: cannot start the response again: %s", what, strerror(-rr));
-		const char *lines[] = { accept, authorization, range, up ? up->content_type_header : NULL };
+		const char *lines[] = { accept, authorization, resp->resume_range[0] ? resp->resume_range : range,
+					up ? up->content_type_header : NULL };
 		struct curl_slist *headers = header_list(curl, lines, ARRAY_SIZE(lines));
 
 		curl->easy_reset(c->curl);

@@ -46,8 +46,46 @@ void response_to_memory(struct response *r, size_t max)
 
 /* ---- a file, through a digester ------------------------------------------- */
 
+static int file_start_over(struct response *r)
+{
+	if (ftruncate(r->file.fd, 0) < 0 || lseek(r->file.fd, 0, SEEK_SET) < 0)
+		return -errno;
+	if (r->file.digester) {
+		char discard[DIGEST_SHA256_LEN + 1];
+		digester_final(r->file.digester, discard);
+	}
+	r->file.written = 0;
+	if (r->file.arrived)
+		r->file.arrived(r->file.arrived_ctx, 0);
+	return 0;
+}
+
+/* The first bytes of an attempt that asked to resume: a 206 from where the
+ * file stops continues it; a 200 (the server ignored the Range) replaces
+ * it; a range from anywhere else is dropped, and the short file makes the
+ * caller fetch again from the start. */
+static bool file_resume_answer(struct response *r)
+{
+	unsigned long long start;
+	if (r->status == 206 && r->content_range && sscanf(r->content_range, " bytes %llu-", &start) == 1 &&
+	    start == r->file.resume_from)
+		return true;
+	r->file.discarding = r->status == 206;
+	int e = file_start_over(r);
+	if (e < 0)
+		r->write_errno = -e;
+	return e == 0;
+}
+
 static size_t file_write(struct response *r, const char *buf, size_t len)
 {
+	if (!r->file.attempt_started) {
+		r->file.attempt_started = true;
+		if (r->file.resume_from && !file_resume_answer(r))
+			return 0;
+	}
+	if (r->file.discarding)
+		return len;
 	if (r->file.max >= 0 && r->file.written + len > (uint64_t)r->file.max) {
 		r->too_big = true;
 		return 0;
@@ -65,18 +103,20 @@ static size_t file_write(struct response *r, const char *buf, size_t len)
 	return len;
 }
 
+/* A body broken off midway is continued, not fetched again: a layer of
+ * hundreds of MB on a link that drops now and then would otherwise never
+ * complete.  A complete body (its digest did not match) starts over. */
 static int file_restart(struct response *r)
 {
-	if (ftruncate(r->file.fd, 0) < 0 || lseek(r->file.fd, 0, SEEK_SET) < 0)
-		return -errno;
-	if (r->file.digester) {
-		char discard[DIGEST_SHA256_LEN + 1];
-		digester_final(r->file.digester, discard);
+	r->file.attempt_started = r->file.discarding = false;
+	r->file.resume_from = 0;
+	if (r->file.written > 0 && r->file.max > 0 && r->file.written < (uint64_t)r->file.max) {
+		r->file.resume_from = r->file.written;
+		snprintf(r->resume_range, sizeof(r->resume_range), "Range: bytes=%llu-",
+			 (unsigned long long)r->file.written);
+		return 0;
 	}
-	r->file.written = 0;
-	if (r->file.arrived)
-		r->file.arrived(r->file.arrived_ctx, 0);
-	return 0;
+	return file_start_over(r);
 }
 
 static const struct body_writer file_writer = { .write = file_write, .restart = file_restart };
@@ -175,6 +215,7 @@ void response_to_ranges(struct response *r, struct byterange *ranges, size_t n)
 
 int response_restart(struct response *r)
 {
+	r->resume_range[0] = '\0';
 	headers_clear(r);
 	free(r->body);
 	r->body = NULL;

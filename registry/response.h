@@ -44,7 +44,15 @@ struct response {
 		/* Told how many bytes are in the file each time more came. */
 		void (*arrived)(void *ctx, uint64_t written);
 		void *arrived_ctx;
+		/* An attempt after a transfer broke off continues where it
+		 * stopped, with a Range request (resume_range), where the
+		 * answer is that range; otherwise it starts over. */
+		uint64_t resume_from;
+		bool attempt_started, discarding;
 	} file;
+	/* A Range header the next attempt sends instead of the caller's, to
+	 * continue a body; empty: none. */
+	char resume_range[64];
 	struct {
 		unsigned char *buf;
 		size_t len, got;

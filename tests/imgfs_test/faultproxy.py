@@ -42,6 +42,12 @@ class FaultProxy:
         # whole_held_most counts the most held at the same time.
         self.hold_whole = None
         self.whole_held_now = self.whole_held_most = 0
+        # Cuts the next whole blob answer larger than this many bytes at
+        # half and drops the connection, as a link that fails midway; the
+        # Range headers of blob requests are recorded in blob_ranges.
+        self.cut_whole_once = None
+        self.blob_ranges = []
+        self.blob_bytes_sent = 0
         self.ranges = []
         self.held_now = 0
         self.lock = threading.Lock()
@@ -121,6 +127,20 @@ class FaultProxy:
                     self.close_connection = True
                     return
                 if fault == "truncate":
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                with proxy.lock:
+                    if "/blobs/" in blob:
+                        proxy.blob_ranges.append(self.headers.get("Range"))
+                    cut = (proxy.cut_whole_once is not None and status == 200 and "/blobs/" in blob
+                           and len(body) > proxy.cut_whole_once)
+                    if cut:
+                        proxy.cut_whole_once = None
+                    if "/blobs/" in blob:
+                        proxy.blob_bytes_sent += len(body) // 2 if cut else len(body)
+                if cut:
                     self.wfile.write(body[: len(body) // 2])
                     self.wfile.flush()
                     self.close_connection = True

@@ -344,6 +344,33 @@ def plain_layers_fetched_at_once(t):
 
 
 @suite.case
+def whole_blob_resumed(t):
+    """A whole layer whose answer breaks off halfway is continued from
+    where it stopped (a Range request from that byte), not fetched again:
+    the proxy sends the blob's bytes once, and the tree is exact."""
+    proxy = healthy_proxy(t)
+    big = 20 << 20
+    proxy.cut_whole_once, proxy.blob_ranges, proxy.blob_bytes_sent = big, [], 0
+    mnt = os.path.join(t.work, "mnt-resumed")
+    m = Mount(f"{proxy.host}/faults/plain:v1", mnt, os.path.join(t.work, "cache-resumed"))
+    try:
+        cut, ranges, sent = proxy.cut_whole_once, list(proxy.blob_ranges), proxy.blob_bytes_sent
+        if not t.tap.ok(m.ok, "mount the plain image though its large layer broke off halfway", m.stderr()):
+            return
+        want = {e.path: e.data for e in MANY[:10] + ENTRIES if e.kind == "file"}
+        got = {p: open(os.path.join(mnt, p), "rb").read() for p in want}
+        size = sum(imgfs_stats(mnt)[k] for k in ("bytes_fetched_whole",))
+        resumed = [r for r in ranges if r and r.startswith("bytes=") and r.endswith("-")]
+        t.tap.ok(cut is None and len(resumed) == 1 and int(resumed[0][6:-1]) > big // 2 and sent <= size + 4096
+                 and got == want,
+                 "the second request asks for the rest only; every byte crossed once; every file reads right",
+                 (cut, ranges, sent, size, sorted(p for p in want if got[p] != want[p])))
+    finally:
+        proxy.cut_whole_once = None
+        m.umount()
+
+
+@suite.case
 def umount_during_fetch(t):
     """imgfs umount while a read-ahead request hangs on the link: the daemon
     gives the request up and leaves at once, not when the fetch times out."""
