@@ -895,6 +895,7 @@ static const struct layer_source_ops chunked_ops = {
 	.start_background = chunked_start_background,
 	.stop_background = chunked_stop_background,
 	.free = chunked_free,
+	.concurrent_reads = true,
 };
 
 int chunked_attach(struct layer *l, struct remote *rem, const char *toc_to_save, const char *toc_index_path)

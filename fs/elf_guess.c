@@ -51,15 +51,17 @@ static bool enqueue_locked(struct elf_guess *g, const struct tree_inode *i, bool
 	return true;
 }
 
-static bool lazy(const struct tree_inode *i)
+/* A file on a layer whose reads fetch, each on its own. */
+static bool guessable(const struct tree_inode *i)
 {
-	return S_ISREG(i->mode) && i->layer && i->entry && i->layer->blob_fd < 0;
+	return S_ISREG(i->mode) && i->layer && i->entry && i->layer->blob_fd < 0 && i->layer->ops &&
+	       i->layer->ops->concurrent_reads;
 }
 
 static void note_head(void *ctx, const struct tree_inode *i, const void *head, size_t len)
 {
 	struct elf_guess *g = ctx;
-	if (len < SELFMAG || memcmp(head, ELFMAG, SELFMAG) != 0 || !lazy(i))
+	if (len < SELFMAG || memcmp(head, ELFMAG, SELFMAG) != 0 || !guessable(i))
 		return;
 	/* Every dynamically linked program's loader reads the cache next; so
 	 * does the guess, to find the libraries. */
@@ -67,7 +69,7 @@ static void note_head(void *ctx, const struct tree_inode *i, const void *head, s
 	    atomic_load(&g->cache_queued) ? NULL : tree_resolve_path(g->tree, "etc/ld.so.cache");
 	pthread_mutex_lock(&g->lock);
 	enqueue_locked(g, i, false);
-	if (cache && lazy(cache) && !atomic_exchange(&g->cache_queued, true))
+	if (cache && guessable(cache) && !atomic_exchange(&g->cache_queued, true))
 		enqueue_locked(g, cache, false);
 	pthread_mutex_unlock(&g->lock);
 }
@@ -228,7 +230,7 @@ static void analyse(struct elf_guess *g, const struct tree_inode *i)
 		char soname[256];
 		const struct tree_inode *lib;
 		if (read_string(i, strtab, d.strsz, d.needed[k], soname, sizeof(soname)) < 0 ||
-		    !(lib = find_library(g, soname, origin, runpath, layout.machine)) || !lazy(lib))
+		    !(lib = find_library(g, soname, origin, runpath, layout.machine)) || !guessable(lib))
 			continue;
 		pthread_mutex_lock(&g->lock);
 		enqueue_locked(g, lib, true);
@@ -260,10 +262,10 @@ static void *worker_main(void *arg)
 
 struct elf_guess *elf_guess_start(const struct tree *t)
 {
-	bool any_lazy = false;
-	for (const struct tree_inode *i = t->all; i && !any_lazy; i = i->next_all)
-		any_lazy = lazy(i);
-	if (!any_lazy)
+	bool any_guessable = false;
+	for (const struct tree_inode *i = t->all; i && !any_guessable; i = i->next_all)
+		any_guessable = guessable(i);
+	if (!any_guessable)
 		return NULL;
 	struct elf_guess *g = calloc(1, sizeof(*g));
 	if (!g || !(g->seen = calloc(t->n_inodes ? t->n_inodes : 1, 1))) {

@@ -128,6 +128,11 @@ struct layer_source_ops {
 	void (*stop_background)(struct layer *l);
 	/* Frees the source's state (l->source), before the entries are freed. */
 	void (*free)(struct layer *l);
+	/* Fetches for several readers at once, each on a connection of its
+	 * own: a guess of what is read next can run ahead of the reads
+	 * (elf_guess.h).  Where reads of a layer take turns (a tar stream
+	 * decoded through its checkpoints), a guess only makes them wait. */
+	bool concurrent_reads;
 };
 
 struct layer {

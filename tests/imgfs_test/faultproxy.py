@@ -145,23 +145,21 @@ class FaultProxy:
                     self.wfile.flush()
                     self.close_connection = True
                     return
-                whole_tail = proxy.take_hold_whole(self, status, len(body))
-                if whole_tail:
-                    self.wfile.write(body[:-whole_tail[0]])
-                    self.wfile.flush()
-                    time.sleep(whole_tail[1])
-                    with proxy.lock:
-                        proxy.whole_held_now -= 1
-                    body = body[-whole_tail[0]:]
-                tail = proxy.take_hold_tail(status, len(body))
-                if tail:
-                    self.wfile.write(body[:-tail[0]])
-                    self.wfile.flush()
-                    time.sleep(tail[1])
-                    with proxy.lock:
-                        proxy.held_now -= 1
-                    body = body[-tail[0]:]
+                body = self.send_all_but_tail(body, proxy.take_hold_whole(self, status, len(body)), "whole_held_now")
+                body = self.send_all_but_tail(body, proxy.take_hold_tail(status, len(body)), "held_now")
                 self.wfile.write(body)
+
+            def send_all_but_tail(self, body, tail, counter):
+                """With tail = (bytes, seconds): sends all but the last bytes, waits,
+                and counts the hold as over; returns what is left to send."""
+                if not tail:
+                    return body
+                self.wfile.write(body[:-tail[0]])
+                self.wfile.flush()
+                time.sleep(tail[1])
+                with proxy.lock:
+                    setattr(proxy, counter, getattr(proxy, counter) - 1)
+                return body[-tail[0]:]
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.host = f"127.0.0.1:{self.server.server_address[1]}"
