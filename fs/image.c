@@ -314,21 +314,29 @@ static int open_layer(struct image *img, const struct image_ref *ref, struct reg
 			opts->progress(line);
 		}
 	}
-	return whole_layer_start(client, opts->cache_dir, d, compression, opts->progress, ret_whole);
+	return whole_layer_start(client, opts->cache_dir, d, compression, opts->progress, &img->open_failed, ret_whole);
 }
 
-/* Waits for the layers fetched whole, all of them even after an error. */
+/* Waits for the layers fetched whole, all of them, and says why the first
+ * that failed did (not a layer that gave up because another had failed).
+ * After an error elsewhere (failed), they give up at once. */
 static int finish_whole_layers(struct image *img, struct whole_layer **whole, const struct descriptor *descs,
-			       struct err *err)
+			       bool failed, struct err *err)
 {
+	if (failed)
+		atomic_store(&img->open_failed, true);
 	int r = 0;
 	for (size_t i = 0; i < img->n_layers; i++) {
 		if (!whole[i])
 			continue;
 		bool fetched;
-		int wr = whole_layer_finish(TAKE_PTR(whole[i]), &img->layers[i], &fetched, r < 0 ? NULL : err);
-		if (wr < 0 && r == 0)
+		struct err layer_err = { 0 };
+		int wr = whole_layer_finish(TAKE_PTR(whole[i]), &img->layers[i], &fetched, &layer_err);
+		if (wr < 0 && (r == 0 || (r == -ECANCELED && wr != -ECANCELED))) {
 			r = wr;
+			if (err)
+				*err = layer_err;
+		}
 		if (wr == 0 && fetched) {
 			img->bytes_fetched_whole += (uint64_t)descs[i].size;
 			img->layers_fetched_whole++;
@@ -699,7 +707,7 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 			img->image_size += (uint64_t)m.layers[i].size;
 		}
 	}
-	int finished = finish_whole_layers(img, whole, m.layers, r < 0 ? NULL : err);
+	int finished = finish_whole_layers(img, whole, m.layers, r < 0, r < 0 ? NULL : err);
 	if (r == 0)
 		r = finished;
 	for (size_t i = 0; i < img->n_layers && r == 0; i++) {

@@ -67,6 +67,8 @@ struct image {
 	uint64_t image_size;          /* compressed layers, as the manifest says */
 	uint64_t bytes_fetched_whole; /* blobs fetched whole by this mount */
 	size_t layers_fetched_whole;  /* layers with no TOC or index, not in the cache */
+	/* While it opens: a layer failed, and those fetched whole give up. */
+	atomic_bool open_failed;
 
 	struct elf_guess *elf_guess; /* NULL: nothing guessed */
 	pthread_t prefetch_thread;

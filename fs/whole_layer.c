@@ -79,9 +79,10 @@ struct arrival {
 	int result;
 	int final_fd; /* the blob, verified, under its name in the cache */
 	struct err err;
+	const atomic_bool *cancel; /* set: give the transfer up; may be NULL */
 };
 
-static void arrived(void *ctx, uint64_t written)
+static bool arrived(void *ctx, uint64_t written)
 {
 	struct arrival *a = ctx;
 	pthread_mutex_lock(&a->lock);
@@ -90,6 +91,7 @@ static void arrived(void *ctx, uint64_t written)
 	a->written = written;
 	pthread_cond_broadcast(&a->cond);
 	pthread_mutex_unlock(&a->lock);
+	return !a->cancel || !atomic_load(a->cancel);
 }
 
 /* Fetches the blob into tmp, verifies it and renames it into place. */
@@ -210,6 +212,7 @@ static void slot_give_back(void)
 
 struct whole_layer {
 	struct registry_client *client; /* a duplicate: a connection of this layer's own */
+	atomic_bool *cancel;            /* shared by the layers of one image */
 	char *cache_dir;
 	struct descriptor d;
 	enum layer_compression compression;
@@ -234,6 +237,7 @@ static int fetch_and_scan(struct whole_layer *w, const char *path)
 	int r = arrival_init(&a, w->client, w->cache_dir, &w->d, path, tmp, &w->err);
 	if (r < 0)
 		return r;
+	a.cancel = w->cancel;
 	pthread_t fetcher;
 	bool streaming = pthread_create(&fetcher, NULL, fetch_main, &a) == 0;
 	struct err scan_err = { 0 };
@@ -288,7 +292,7 @@ static int open_whole(struct whole_layer *w)
 	} else {
 		w->fetched = true;
 		slot_take();
-		r = fetch_and_scan(w, path);
+		r = atomic_load(w->cancel) ? -ECANCELED : fetch_and_scan(w, path);
 		slot_give_back();
 	}
 	if (r < 0)
@@ -304,15 +308,20 @@ static void *whole_layer_main(void *arg)
 {
 	struct whole_layer *w = arg;
 	w->result = open_whole(w);
+	/* The image cannot open: the other layers need not come either. */
+	if (w->result < 0)
+		atomic_store(w->cancel, true);
 	return NULL;
 }
 
 int whole_layer_start(const struct registry_client *client, const char *cache_dir, const struct descriptor *d,
-		      enum layer_compression compression, void (*progress)(const char *line), struct whole_layer **ret)
+		      enum layer_compression compression, void (*progress)(const char *line), atomic_bool *cancel,
+		      struct whole_layer **ret)
 {
 	struct whole_layer *w = calloc(1, sizeof(*w));
 	if (!w)
 		return -ENOMEM;
+	w->cancel = cancel;
 	w->client = registry_client_dup(client);
 	w->cache_dir = strdup(cache_dir);
 	w->d = (struct descriptor){ .digest = strdup(d->digest), .size = d->size };

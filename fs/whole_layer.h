@@ -6,6 +6,8 @@
 #include "layer.h"
 #include "registry.h"
 
+#include <stdatomic.h>
+
 /* Opens the cached blob, fetching and verifying it first if it is missing.
  * A cached one is hashed again unless its stamp shows it unchanged since it
  * was (cache_stamp_valid()): a changed blob is fetched again, never used. */
@@ -16,9 +18,12 @@ struct whole_layer;
 /* Starts opening the layer of d on a thread of its own: from the cache and
  * its saved index where they are, else fetched through a duplicate of client
  * and scanned as it streams.  progress (may be NULL) is told of a cached
- * blob that must be indexed. */
+ * blob that must be indexed.  *cancel is shared by the layers of one image:
+ * a layer that fails sets it, and once it is set the others give their
+ * transfers up (-ECANCELED) rather than fetch what cannot be used. */
 int whole_layer_start(const struct registry_client *client, const char *cache_dir, const struct descriptor *d,
-		      enum layer_compression compression, void (*progress)(const char *line), struct whole_layer **ret);
+		      enum layer_compression compression, void (*progress)(const char *line), atomic_bool *cancel,
+		      struct whole_layer **ret);
 /* Waits for it and frees it: *ret is the layer, reading its verified blob
  * from the cache; *ret_fetched says whether that blob came over the network.
  * Errors name the layer. */

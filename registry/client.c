@@ -467,6 +467,8 @@ static int http_request(struct registry_client *c, const char *url, const char *
 			code = CURLE_OK;
 		if (code == CURLE_WRITE_ERROR && resp->too_big)
 			return err_set(err, EFBIG, "%s: response is larger than allowed", what);
+		if (code == CURLE_WRITE_ERROR && resp->write_errno == ECANCELED)
+			return err_set(err, ECANCELED, "%s: given up", what);
 		if (code == CURLE_WRITE_ERROR && resp->write_errno)
 			return err_set(err, resp->write_errno, "%s: cannot write to the cache: %s", what,
 				       strerror(resp->write_errno));

@@ -245,10 +245,11 @@ int registry_fetch_blob_to_fd(struct registry_client *c, const char *digest, int
 /* As registry_fetch_blob_to_fd, and each time more bytes were written,
  * arrived(ctx, written) is called on the fetching thread: the file can be
  * read up to there while the rest is on its way, but nothing in it is
- * verified until this returns 0.  An attempt made again starts the file
- * over: written goes back to 0 first. */
+ * verified until this returns 0.  An attempt that starts the file over
+ * (not one that continues it) calls arrived(ctx, 0) first.  When arrived
+ * returns false the transfer is given up (-ECANCELED). */
 int registry_fetch_blob_streaming(struct registry_client *c, const char *digest, int64_t size, int fd,
-				  void (*arrived)(void *ctx, uint64_t written), void *ctx, struct err *err);
+				  bool (*arrived)(void *ctx, uint64_t written), void *ctx, struct err *err);
 /* Reads bytes [off, off+len) of a blob with an HTTP Range request.  The
  * bytes are NOT verified: the caller checks them against a digest it trusts
  * (a chunk digest from a verified table of contents, say). */

@@ -45,6 +45,7 @@ class FaultProxy:
         # Cuts the next whole blob answer larger than this many bytes at
         # half and drops the connection, as a link that fails midway; the
         # Range headers of blob requests are recorded in blob_ranges.
+        self.missing_blobs = set()  # digests answered 404, as a registry that lost them
         self.cut_whole_once = None
         self.blob_ranges = []
         self.blob_bytes_sent = 0
@@ -60,6 +61,11 @@ class FaultProxy:
                 pass
 
             def do_GET(self):
+                if self.path.split("?")[0].rsplit("/", 1)[-1] in proxy.missing_blobs:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 fault = proxy.next_fault(self)
                 if fault == "drop":
                     self.close_connection = True

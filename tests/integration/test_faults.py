@@ -5,11 +5,13 @@ gives EIO for the affected read only, never wrong bytes, and the daemon keeps
 serving everything else."""
 
 import errno
+import json
 import os
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from imgfs_test.faultproxy import MODES, MULTI_MODES, FaultProxy  # noqa: E402
@@ -367,6 +369,33 @@ def whole_blob_resumed(t):
                  (cut, ranges, sent, size, sorted(p for p in want if got[p] != want[p])))
     finally:
         proxy.cut_whole_once = None
+        m.umount()
+
+
+@suite.case
+def failed_layer_stops_the_others(t):
+    """A plain layer that cannot be fetched (the registry lost it) fails the
+    mount at once, naming it: the layer below it, streaming at the same time
+    and held by the proxy for 25 s, is given up, not waited for (one after
+    the other, the mount failed only once that one had come)."""
+    proxy = healthy_proxy(t)
+    push_image(t.reg, "faults/lost", "v1", [(make_tar(ENTRIES), "zstd"), (make_tar(MANY[:10]), "gzip")])
+    manifest = json.loads(urllib.request.urlopen(urllib.request.Request(
+        f"http://{t.reg.host}/v2/faults/lost/manifests/v1",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})).read())
+    big, small = manifest["layers"]
+    proxy.hold_whole, proxy.missing_blobs = (4096, 25), {small["digest"]}
+    mnt = os.path.join(t.work, "mnt-lost")
+    start = time.monotonic()
+    m = Mount(f"{proxy.host}/faults/lost:v1", mnt, os.path.join(t.work, "cache-lost"))
+    took = time.monotonic() - start
+    held = proxy.whole_held_now
+    try:
+        t.tap.ok(not m.ok and small["digest"] in m.stderr() and took < 10 and held == 1,
+                 "the mount fails within seconds, naming the lost layer, while the other is still held",
+                 (m.ok, took, held, m.stderr()[-400:]))
+    finally:
+        proxy.hold_whole, proxy.missing_blobs = None, set()
         m.umount()
 
 
