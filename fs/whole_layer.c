@@ -79,10 +79,9 @@ struct arrival {
 	int result;
 	int final_fd; /* the blob, verified, under its name in the cache */
 	struct err err;
-	const atomic_bool *cancel; /* set: give the transfer up; may be NULL */
 };
 
-static bool arrived(void *ctx, uint64_t written)
+static void arrived(void *ctx, uint64_t written)
 {
 	struct arrival *a = ctx;
 	pthread_mutex_lock(&a->lock);
@@ -91,7 +90,6 @@ static bool arrived(void *ctx, uint64_t written)
 	a->written = written;
 	pthread_cond_broadcast(&a->cond);
 	pthread_mutex_unlock(&a->lock);
-	return !a->cancel || !atomic_load(a->cancel);
 }
 
 /* Fetches the blob into tmp, verifies it and renames it into place. */
@@ -237,7 +235,6 @@ static int fetch_and_scan(struct whole_layer *w, const char *path)
 	int r = arrival_init(&a, w->client, w->cache_dir, &w->d, path, tmp, &w->err);
 	if (r < 0)
 		return r;
-	a.cancel = w->cancel;
 	pthread_t fetcher;
 	bool streaming = pthread_create(&fetcher, NULL, fetch_main, &a) == 0;
 	struct err scan_err = { 0 };
@@ -327,6 +324,8 @@ int whole_layer_start(const struct registry_client *client, const char *cache_di
 	w->d = (struct descriptor){ .digest = strdup(d->digest), .size = d->size };
 	w->compression = compression;
 	w->progress = progress;
+	if (w->client)
+		registry_client_cancel_on(w->client, cancel);
 	if (!w->client || !w->cache_dir || !w->d.digest) {
 		struct layer *none;
 		bool fetched;

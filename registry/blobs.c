@@ -62,7 +62,7 @@ int registry_fetch_blob_to_fd(struct registry_client *c, const char *digest, int
 }
 
 int registry_fetch_blob_streaming(struct registry_client *c, const char *digest, int64_t size, int fd,
-				  bool (*arrived)(void *ctx, uint64_t written), void *ctx, struct err *err)
+				  void (*arrived)(void *ctx, uint64_t written), void *ctx, struct err *err)
 {
 	_cleanup_free_ char *path = strdup_printf("%s/blobs/%s", c->ref.repository, digest);
 	char what[1024];

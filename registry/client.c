@@ -267,15 +267,31 @@ void registry_abort_transfers(void)
 	atomic_store(&transfers_aborted, true);
 }
 
+void registry_client_cancel_on(struct registry_client *c, const atomic_bool *flag)
+{
+	c->cancel = flag;
+}
+
+static bool given_up(const struct registry_client *c)
+{
+	return atomic_load(&transfers_aborted) || (c->cancel && atomic_load(c->cancel));
+}
+
+static int given_up_error(const char *what, struct err *err)
+{
+	return err_set(err, ECANCELED, "%s: given up%s", what,
+		       atomic_load(&transfers_aborted) ? ", imgfs is shutting down" : "");
+}
+
 static int xferinfo_cb(void *userdata, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow)
 {
 	(void)dltotal;
 	(void)ultotal;
 	(void)ulnow;
-	/* libcurl calls this at least once a second, data or not. */
-	if (atomic_load(&transfers_aborted))
-		return 1;
 	struct registry_client *c = userdata;
+	/* libcurl calls this at least once a second, data or not. */
+	if (given_up(c))
+		return 1;
 	struct timespec now;
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	if (dlnow == 0 && c->waiting && !c->wait_noticed && ms_since(&c->request_started, &now) >= WAIT_NOTICE_MS) {
@@ -292,9 +308,9 @@ static int xferinfo_cb(void *userdata, curl_off_t dltotal, curl_off_t dlnow, cur
 }
 
 /* Between attempts: in slices, so that an abort ends the wait too. */
-static void sleep_ms(long ms)
+static void sleep_ms(const struct registry_client *c, long ms)
 {
-	for (long slice; ms > 0 && !atomic_load(&transfers_aborted); ms -= slice) {
+	for (long slice; ms > 0 && !given_up(c); ms -= slice) {
 		slice = ms < 100 ? ms : 100;
 		struct timespec ts = { .tv_sec = 0, .tv_nsec = slice * 1000000L };
 		while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
@@ -414,8 +430,8 @@ static int http_request(struct registry_client *c, const char *url, const char *
 		struct timespec now;
 		clock_gettime(CLOCK_MONOTONIC, &now);
 		long left_ms = c->fetch_timeout * 1000 - ms_since(&started, &now);
-		if (atomic_load(&transfers_aborted))
-			return err_set(err, ECANCELED, "%s: given up, imgfs is shutting down", what);
+		if (given_up(c))
+			return given_up_error(what, err);
 		if (left_ms <= 0)
 			return err_set(err, ETIMEDOUT, "%s: no complete answer within %ld s (fetch timeout)", what,
 				       c->fetch_timeout);
@@ -462,13 +478,11 @@ static int http_request(struct registry_client *c, const char *url, const char *
 		curl->easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &resp->status);
 
 		if (code == CURLE_ABORTED_BY_CALLBACK)
-			return err_set(err, ECANCELED, "%s: given up, imgfs is shutting down", what);
+			return given_up_error(what, err);
 		if (code == CURLE_WRITE_ERROR && resp->stopped_early)
 			code = CURLE_OK;
 		if (code == CURLE_WRITE_ERROR && resp->too_big)
 			return err_set(err, EFBIG, "%s: response is larger than allowed", what);
-		if (code == CURLE_WRITE_ERROR && resp->write_errno == ECANCELED)
-			return err_set(err, ECANCELED, "%s: given up", what);
 		if (code == CURLE_WRITE_ERROR && resp->write_errno)
 			return err_set(err, resp->write_errno, "%s: cannot write to the cache: %s", what,
 				       strerror(resp->write_errno));
@@ -495,7 +509,7 @@ static int http_request(struct registry_client *c, const char *url, const char *
 			wait_ms = (resp->retry_after > MAX_RETRY_AFTER_SECONDS ? MAX_RETRY_AFTER_SECONDS
 									       : resp->retry_after) *
 				  1000L;
-		sleep_ms(wait_ms);
+		sleep_ms(c, wait_ms);
 		backoff_ms *= 2;
 	}
 }

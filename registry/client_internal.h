@@ -35,9 +35,10 @@ struct registry_client {
 	bool basic_auth; /* the registry asked for basic credentials */
 	struct platform platform;
 	size_t max_document_size;
-	bool insecure;       /* TLS unverified and plain HTTP allowed, as podman's insecure */
-	bool loopback;       /* a loopback host: plain HTTP if it speaks no TLS, and no proxy */
-	bool endpoint_known; /* a request got through: no more falling back */
+	bool insecure;             /* TLS unverified and plain HTTP allowed, as podman's insecure */
+	bool loopback;             /* a loopback host: plain HTTP if it speaks no TLS, and no proxy */
+	const atomic_bool *cancel; /* once set, this client's transfers give up (not copied by dup) */
+	bool endpoint_known;       /* a request got through: no more falling back */
 	bool plain_http;
 	CURLcode last_code;    /* of the last transfer, to tell a TLS handshake failure */
 	bool fresh_connection; /* the next request opens a connection of its own */

@@ -7,6 +7,7 @@
  * A `struct registry_client` is not thread-safe: use one per thread. */
 #pragma once
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -229,6 +230,10 @@ struct registry_client *registry_client_free(struct registry_client *c);
  * once (ECANCELED): for a daemon whose mount went away, so that a request
  * hanging on a slow link does not hold its exit until the fetch timeout. */
 void registry_abort_transfers(void);
+/* Makes this client's transfers, in flight or to come, give up
+ * (ECANCELED) within a second of *flag being set, data or not: for work
+ * that another thread's failure has made useless. */
+void registry_client_cancel_on(struct registry_client *c, const atomic_bool *flag);
 /* A second client for the same repository and options, with a connection
  * of its own (a client is not thread-safe: one per thread). */
 struct registry_client *registry_client_dup(const struct registry_client *c);
@@ -246,10 +251,9 @@ int registry_fetch_blob_to_fd(struct registry_client *c, const char *digest, int
  * arrived(ctx, written) is called on the fetching thread: the file can be
  * read up to there while the rest is on its way, but nothing in it is
  * verified until this returns 0.  An attempt that starts the file over
- * (not one that continues it) calls arrived(ctx, 0) first.  When arrived
- * returns false the transfer is given up (-ECANCELED). */
+ * (not one that continues it) calls arrived(ctx, 0) first. */
 int registry_fetch_blob_streaming(struct registry_client *c, const char *digest, int64_t size, int fd,
-				  bool (*arrived)(void *ctx, uint64_t written), void *ctx, struct err *err);
+				  void (*arrived)(void *ctx, uint64_t written), void *ctx, struct err *err);
 /* Reads bytes [off, off+len) of a blob with an HTTP Range request.  The
  * bytes are NOT verified: the caller checks them against a digest it trusts
  * (a chunk digest from a verified table of contents, say). */

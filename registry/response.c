@@ -56,7 +56,7 @@ static int file_start_over(struct response *r)
 	}
 	r->file.written = 0;
 	if (r->file.arrived)
-		(void)r->file.arrived(r->file.arrived_ctx, 0);
+		r->file.arrived(r->file.arrived_ctx, 0);
 	return 0;
 }
 
@@ -98,10 +98,8 @@ static size_t file_write(struct response *r, const char *buf, size_t len)
 	if (r->file.digester)
 		digester_update(r->file.digester, buf, len);
 	r->file.written += len;
-	if (r->file.arrived && !r->file.arrived(r->file.arrived_ctx, r->file.written)) {
-		r->write_errno = ECANCELED;
-		return 0;
-	}
+	if (r->file.arrived)
+		r->file.arrived(r->file.arrived_ctx, r->file.written);
 	return len;
 }
 

@@ -41,9 +41,8 @@ struct response {
 		uint64_t written;
 		int64_t max;
 		struct digester *digester;
-		/* Told how many bytes are in the file each time more came;
-		 * false gives the transfer up (write_errno ECANCELED). */
-		bool (*arrived)(void *ctx, uint64_t written);
+		/* Told how many bytes are in the file each time more came. */
+		void (*arrived)(void *ctx, uint64_t written);
 		void *arrived_ctx;
 		/* An attempt after a transfer broke off continues where it
 		 * stopped, with a Range request (resume_range), where the
