@@ -258,11 +258,17 @@ static int open_indexed_layer(const struct image_ref *ref, struct registry_clien
 	return 0;
 }
 
-/* Opens a lazy layer into *ret, or starts fetching a plain one whole into
- * *ret_whole (finish_whole_layers()). */
+/* A layer being opened on a thread of its own (finish_pending_layers()). */
+struct pending_layer {
+	struct chunked_open *chunked; /* eStargz, zstd:chunked: its TOC */
+	struct whole_layer *whole;    /* plain, with no index: its blob */
+};
+
+/* Opens an indexed plain layer into *ret, or starts opening the others
+ * into *pending. */
 static int open_layer(struct image *img, const struct image_ref *ref, struct registry_client *client,
 		      const struct image_options *opts, const struct descriptor *d, struct artifact_lookup *artifacts,
-		      struct layer **ret, struct whole_layer **ret_whole, struct err *err)
+		      struct layer **ret, struct pending_layer *pending, struct err *err)
 {
 	enum layer_compression compression;
 	if (layer_compression_from_media_type(d->media_type, &compression) < 0)
@@ -285,7 +291,7 @@ static int open_layer(struct image *img, const struct image_ref *ref, struct reg
 			return -ENOMEM;
 	}
 	if (estargz || zstd_chunked) {
-		/* Lazy: each layer gets its own connections, so layers fetch in parallel. */
+		/* Lazy: each layer gets its own connections, so layers open and fetch in parallel. */
 		struct registry_client *layer_client, *prefetch_client;
 		int r = registry_client_new(ref, &opts->registry, &layer_client, err);
 		if (r < 0)
@@ -295,11 +301,10 @@ static int open_layer(struct image *img, const struct image_ref *ref, struct reg
 			registry_client_free(layer_client);
 			return r;
 		}
-		if (zstd_chunked)
-			return zstd_chunked_open(layer_client, prefetch_client, d->digest, (uint64_t)d->size,
-						 zstd_position, zstd_checksum, opts->cache_dir, ret, err);
-		return estargz_open(layer_client, prefetch_client, d->digest, (uint64_t)d->size, toc_digest,
-				    opts->cache_dir, ret, err);
+		return chunked_open_start(layer_client, prefetch_client, d->digest, (uint64_t)d->size,
+					  zstd_chunked ? zstd_checksum : toc_digest,
+					  zstd_chunked ? zstd_position : NULL, opts->cache_dir, &img->open_failed,
+					  &pending->chunked);
 	}
 	const struct manifest *artifact;
 	if (!opts->ignore_index_artifacts && !blob_is_cached(opts, d) &&
@@ -314,24 +319,27 @@ static int open_layer(struct image *img, const struct image_ref *ref, struct reg
 			opts->progress(line);
 		}
 	}
-	return whole_layer_start(client, opts->cache_dir, d, compression, opts->progress, &img->open_failed, ret_whole);
+	return whole_layer_start(client, opts->cache_dir, d, compression, opts->progress, &img->open_failed,
+				 &pending->whole);
 }
 
-/* Waits for the layers fetched whole, all of them, and says why the first
+/* Waits for the layers being opened, all of them, and says why the first
  * that failed did (not a layer that gave up because another had failed).
- * After an error elsewhere (failed), they give up at once. */
-static int finish_whole_layers(struct image *img, struct whole_layer **whole, const struct descriptor *descs,
-			       bool failed, struct err *err)
+ * After an error elsewhere (failed), those fetched whole give up at once. */
+static int finish_pending_layers(struct image *img, struct pending_layer *pending, const struct descriptor *descs,
+				 bool failed, struct err *err)
 {
 	if (failed)
 		atomic_store(&img->open_failed, true);
 	int r = 0;
 	for (size_t i = 0; i < img->n_layers; i++) {
-		if (!whole[i])
+		if (!pending[i].whole && !pending[i].chunked)
 			continue;
-		bool fetched;
+		bool fetched = false;
 		struct err layer_err = { 0 };
-		int wr = whole_layer_finish(TAKE_PTR(whole[i]), &img->layers[i], &fetched, &layer_err);
+		int wr = pending[i].chunked
+			     ? chunked_open_finish(TAKE_PTR(pending[i].chunked), &img->layers[i], &layer_err)
+			     : whole_layer_finish(TAKE_PTR(pending[i].whole), &img->layers[i], &fetched, &layer_err);
 		if (wr < 0 && (r == 0 || (r == -ECANCELED && wr != -ECANCELED))) {
 			r = wr;
 			if (err)
@@ -611,8 +619,7 @@ struct profile_lookup {
 	struct image *img;
 	const struct image_options *opts;
 	struct registry_client *client, *owned;
-	pthread_t thread;
-	bool running;
+	struct background_job job;
 };
 
 static void *profile_lookup_main(void *arg)
@@ -627,17 +634,16 @@ static void profile_lookup_start(struct profile_lookup *s, struct registry_clien
 {
 	s->owned = registry_client_dup(client);
 	s->client = s->owned ? s->owned : client;
-	s->running = s->owned && pthread_create(&s->thread, NULL, profile_lookup_main, s) == 0;
-	if (!s->running)
+	if (s->owned)
+		background_job_start(&s->job, profile_lookup_main, s);
+	else
 		profile_lookup_main(s);
 }
 
 /* Waits for it; again: nothing. */
 static void profile_lookup_finish(struct profile_lookup *s)
 {
-	if (s->running)
-		pthread_join(s->thread, NULL);
-	s->running = false;
+	background_job_join(&s->job);
 	s->owned = registry_client_free(s->owned);
 }
 
@@ -655,7 +661,7 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 	struct artifact_lookup artifacts = { 0 };
 	struct profile_lookup lookup = { 0 };
 	struct image *img = NULL;
-	_cleanup_free_ struct whole_layer **whole = NULL;
+	_cleanup_free_ struct pending_layer *pending = NULL;
 	int r;
 
 	r = prepare_cache(opts->cache_dir, err);
@@ -690,8 +696,8 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 	img->layers = calloc(m.n_layers ? m.n_layers : 1, sizeof(*img->layers));
 	if (opts->separate_layers)
 		img->descs = calloc(m.n_layers + 1, sizeof(*img->descs)); /* and one being filled */
-	whole = calloc(m.n_layers ? m.n_layers : 1, sizeof(*whole));
-	if (!img->layers || !whole || (opts->separate_layers && !img->descs)) {
+	pending = calloc(m.n_layers ? m.n_layers : 1, sizeof(*pending));
+	if (!img->layers || !pending || (opts->separate_layers && !img->descs)) {
 		r = -ENOMEM;
 		goto out;
 	}
@@ -701,13 +707,13 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 		goto out;
 	}
 	for (size_t i = 0; i < m.n_layers && r == 0; i++) {
-		r = open_layer(img, source, client, opts, &m.layers[i], &artifacts, &img->layers[i], &whole[i], err);
+		r = open_layer(img, source, client, opts, &m.layers[i], &artifacts, &img->layers[i], &pending[i], err);
 		if (r == 0) {
 			img->n_layers++;
 			img->image_size += (uint64_t)m.layers[i].size;
 		}
 	}
-	int finished = finish_whole_layers(img, whole, m.layers, r < 0, r < 0 ? NULL : err);
+	int finished = finish_pending_layers(img, pending, m.layers, r < 0, r < 0 ? NULL : err);
 	if (r == 0)
 		r = finished;
 	for (size_t i = 0; i < img->n_layers && r == 0; i++) {

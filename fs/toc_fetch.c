@@ -322,3 +322,82 @@ fail:
 		err_wrap(err, "zstd:chunked layer %s", digest);
 	return r;
 }
+
+#define CONCURRENT_OPENS 8
+
+struct chunked_open {
+	struct registry_client *client, *prefetch_client;
+	char *digest, *toc_digest, *position, *cache_dir;
+	uint64_t blob_size;
+	atomic_bool *failed;
+	struct background_job job;
+	struct layer *layer;
+	int result;
+	struct err err;
+};
+
+static struct turns open_turns = TURNS_INIT(CONCURRENT_OPENS);
+
+static void *chunked_open_main(void *arg)
+{
+	struct chunked_open *o = arg;
+	turn_take(&open_turns);
+	/* The open functions own the clients from here, whatever comes of it. */
+	if (o->position)
+		o->result =
+		    zstd_chunked_open(TAKE_PTR(o->client), TAKE_PTR(o->prefetch_client), o->digest, o->blob_size,
+				      o->position, o->toc_digest, o->cache_dir, &o->layer, &o->err);
+	else
+		o->result = estargz_open(TAKE_PTR(o->client), TAKE_PTR(o->prefetch_client), o->digest, o->blob_size,
+					 o->toc_digest, o->cache_dir, &o->layer, &o->err);
+	if (o->result < 0)
+		atomic_store(o->failed, true);
+	turn_give_back(&open_turns);
+	return NULL;
+}
+
+int chunked_open_start(struct registry_client *client, struct registry_client *prefetch_client, const char *digest,
+		       uint64_t blob_size, const char *toc_digest, const char *position, const char *cache_dir,
+		       atomic_bool *failed, struct chunked_open **ret)
+{
+	struct chunked_open *o = calloc(1, sizeof(*o));
+	if (o) {
+		*o = (struct chunked_open){
+			.client = client, .prefetch_client = prefetch_client, .blob_size = blob_size, .failed = failed
+		};
+		o->digest = strdup(digest);
+		o->toc_digest = strdup(toc_digest);
+		o->position = position ? strdup(position) : NULL;
+		o->cache_dir = strdup(cache_dir);
+	}
+	if (!o || !o->digest || !o->toc_digest || (position && !o->position) || !o->cache_dir) {
+		if (o) {
+			struct layer *none;
+			chunked_open_finish(o, &none, NULL);
+		} else {
+			registry_client_free(client);
+			registry_client_free(prefetch_client);
+		}
+		return -ENOMEM;
+	}
+	background_job_start(&o->job, chunked_open_main, o);
+	*ret = o;
+	return 0;
+}
+
+int chunked_open_finish(struct chunked_open *o, struct layer **ret, struct err *err)
+{
+	background_job_join(&o->job);
+	int r = o->result;
+	if (r < 0 && err)
+		*err = o->err;
+	*ret = TAKE_PTR(o->layer);
+	registry_client_free(o->client);
+	registry_client_free(o->prefetch_client);
+	free(o->digest);
+	free(o->toc_digest);
+	free(o->position);
+	free(o->cache_dir);
+	free(o);
+	return r;
+}

@@ -186,27 +186,8 @@ static int arriving_read_blob(struct layer *l, void *buf, size_t len, uint64_t o
 
 static const struct layer_source_ops arriving_ops = { .read_blob = arriving_read_blob };
 
-/* Slots for CONCURRENT_FETCHES fetches, shared by every image opened. */
-static pthread_mutex_t slots_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t slots_cond = PTHREAD_COND_INITIALIZER;
-static unsigned slots_taken;
-
-static void slot_take(void)
-{
-	pthread_mutex_lock(&slots_lock);
-	while (slots_taken >= CONCURRENT_FETCHES)
-		pthread_cond_wait(&slots_cond, &slots_lock);
-	slots_taken++;
-	pthread_mutex_unlock(&slots_lock);
-}
-
-static void slot_give_back(void)
-{
-	pthread_mutex_lock(&slots_lock);
-	slots_taken--;
-	pthread_cond_signal(&slots_cond);
-	pthread_mutex_unlock(&slots_lock);
-}
+/* Turns for CONCURRENT_FETCHES fetches, shared by every image opened. */
+static struct turns fetch_turns = TURNS_INIT(CONCURRENT_FETCHES);
 
 struct whole_layer {
 	struct registry_client *client; /* a duplicate: a connection of this layer's own */
@@ -215,8 +196,7 @@ struct whole_layer {
 	struct descriptor d;
 	enum layer_compression compression;
 	void (*progress)(const char *line);
-	pthread_t thread;
-	bool running;
+	struct background_job job;
 	/* What came of it. */
 	struct layer *layer;
 	bool fetched;
@@ -288,9 +268,9 @@ static int open_whole(struct whole_layer *w)
 		r = layer_open_scan(w->d.digest, w->compression, fd, &w->layer, &w->err);
 	} else {
 		w->fetched = true;
-		slot_take();
+		turn_take(&fetch_turns);
 		r = atomic_load(w->cancel) ? -ECANCELED : fetch_and_scan(w, path);
-		slot_give_back();
+		turn_give_back(&fetch_turns);
 	}
 	if (r < 0)
 		return r;
@@ -332,18 +312,14 @@ int whole_layer_start(const struct registry_client *client, const char *cache_di
 		whole_layer_finish(w, &none, &fetched, NULL);
 		return -ENOMEM;
 	}
-	/* Without a thread, the same work, here and now. */
-	w->running = pthread_create(&w->thread, NULL, whole_layer_main, w) == 0;
-	if (!w->running)
-		whole_layer_main(w);
+	background_job_start(&w->job, whole_layer_main, w);
 	*ret = w;
 	return 0;
 }
 
 int whole_layer_finish(struct whole_layer *w, struct layer **ret, bool *ret_fetched, struct err *err)
 {
-	if (w->running)
-		pthread_join(w->thread, NULL);
+	background_job_join(&w->job);
 	int r = w->result;
 	if (r < 0 && err)
 		*err = w->err;

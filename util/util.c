@@ -428,6 +428,37 @@ bool kill_recorded_process(const char *pid_path, const char *comm, int sig)
 	return kill((pid_t)pid, sig) == 0;
 }
 
+void background_job_start(struct background_job *j, void *(*fn)(void *), void *arg)
+{
+	j->running = pthread_create(&j->thread, NULL, fn, arg) == 0;
+	if (!j->running)
+		fn(arg);
+}
+
+void background_job_join(struct background_job *j)
+{
+	if (j->running)
+		pthread_join(j->thread, NULL);
+	j->running = false;
+}
+
+void turn_take(struct turns *t)
+{
+	pthread_mutex_lock(&t->lock);
+	while (t->taken >= t->limit)
+		pthread_cond_wait(&t->free, &t->lock);
+	t->taken++;
+	pthread_mutex_unlock(&t->lock);
+}
+
+void turn_give_back(struct turns *t)
+{
+	pthread_mutex_lock(&t->lock);
+	t->taken--;
+	pthread_cond_signal(&t->free);
+	pthread_mutex_unlock(&t->lock);
+}
+
 bool start_detached_thread(void *(*fn)(void *), void *arg)
 {
 	pthread_t thread;

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -106,6 +107,28 @@ int write_full(int fd, const void *buf, size_t len);
 int dup_for_exec(int from, int to);
 /* Runs fn(arg) on a thread nobody joins; false if none could start. */
 bool start_detached_thread(void *(*fn)(void *), void *arg);
+
+/* Work on a thread of its own, joined later; where no thread can start,
+ * the same work is done at once, on the caller's. */
+struct background_job {
+	pthread_t thread;
+	bool running;
+};
+void background_job_start(struct background_job *j, void *(*fn)(void *), void *arg);
+void background_job_join(struct background_job *j);
+
+/* At most limit holders at once, the others wait their turn. */
+struct turns {
+	pthread_mutex_t lock;
+	pthread_cond_t free;
+	unsigned taken, limit;
+};
+#define TURNS_INIT(n)                                                                                                  \
+	{                                                                                                              \
+		PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, (n)                                            \
+	}
+void turn_take(struct turns *t);
+void turn_give_back(struct turns *t);
 int write_full_at(int fd, const void *buf, size_t len, off_t off);
 /* Maps size bytes of the memory file fd, shared with every other holder
  * of it, sizing the file first unless it was sized before (existing); fd -1
