@@ -29,8 +29,9 @@ struct elf_guess {
 	unsigned char *seen; /* per inode number: noted or queued already */
 	unsigned taken;      /* files queued, at most MAX_FILES */
 	bool stop;
-	atomic_bool cache_queued;   /* the ld.so.cache was queued to be fetched */
-	pthread_mutex_t cache_lock; /* over the three below until cache_loaded */
+	const struct tree_inode *ld_cache_inode; /* the image's /etc/ld.so.cache, NULL: none */
+	atomic_bool cache_queued;                /* it was queued to be fetched */
+	pthread_mutex_t cache_lock;              /* over the three below until cache_loaded */
 	bool cache_loaded;
 	unsigned char *ld_cache;
 	size_t ld_cache_len;
@@ -65,8 +66,7 @@ static void note_head(void *ctx, const struct tree_inode *i, const void *head, s
 		return;
 	/* Every dynamically linked program's loader reads the cache next; so
 	 * does the guess, to find the libraries. */
-	const struct tree_inode *cache =
-	    atomic_load(&g->cache_queued) ? NULL : tree_resolve_path(g->tree, "etc/ld.so.cache");
+	const struct tree_inode *cache = g->ld_cache_inode;
 	pthread_mutex_lock(&g->lock);
 	enqueue_locked(g, i, false);
 	if (cache && guessable(cache) && !atomic_exchange(&g->cache_queued, true))
@@ -86,7 +86,7 @@ static const unsigned char *ld_cache(struct elf_guess *g, size_t *ret_len)
 {
 	pthread_mutex_lock(&g->cache_lock);
 	if (!g->cache_loaded) {
-		const struct tree_inode *i = tree_resolve_path(g->tree, "etc/ld.so.cache");
+		const struct tree_inode *i = g->ld_cache_inode;
 		unsigned char *buf =
 		    i && S_ISREG(i->mode) && i->entry && i->size <= MAX_LD_CACHE ? malloc(i->size ? i->size : 1) : NULL;
 		if (buf && read_at(i, buf, i->size, 0) == (ssize_t)i->size) {
@@ -273,6 +273,7 @@ struct elf_guess *elf_guess_start(const struct tree *t)
 		return NULL;
 	}
 	g->tree = t;
+	g->ld_cache_inode = tree_resolve_path(t, "etc/ld.so.cache");
 	pthread_mutex_init(&g->lock, NULL);
 	pthread_mutex_init(&g->cache_lock, NULL);
 	pthread_cond_init(&g->wake, NULL);
