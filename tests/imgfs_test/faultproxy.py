@@ -50,7 +50,7 @@ class FaultProxy:
         self.blob_ranges = []
         self.blob_bytes_sent = 0
         self.ranges = []
-        self.held_now = self.held_most = 0
+        self.held_now = 0
         self.lock = threading.Lock()
         proxy = self
 
@@ -180,7 +180,6 @@ class FaultProxy:
             self.ranges.append((size, held))
             if held:
                 self.held_now += 1
-                self.held_most = max(self.held_most, self.held_now)
         if held:
             time.sleep(self.hold_large[1])
         return held

@@ -373,32 +373,6 @@ def whole_blob_resumed(t):
 
 
 @suite.case
-def lazy_layers_open_at_once(t):
-    """The layers of an eStargz image fetch their tables of contents at
-    the same time, not one after another: counted by the proxy, which holds
-    every ranged read for 4 s (a loaded machine may start the second layer's
-    request a second late), both layers' reads are held at once."""
-    proxy = healthy_proxy(t)
-    push_estargz(t.reg, "faults/two", "v1", [ENTRIES, MANY[:10]])
-    proxy.ranges, proxy.held_now, proxy.held_most = [], 0, 0
-    proxy.hold_large = (0, 4)
-    mnt = os.path.join(t.work, "mnt-two")
-    os.environ["IMGFS_STALL_SECONDS"] = "30"  # a held read is not a stalled one here
-    try:
-        m = Mount(f"{proxy.host}/faults/two:v1", mnt, os.path.join(t.work, "cache-two"), ["--prefetch=none"])
-    finally:
-        os.environ["IMGFS_STALL_SECONDS"] = "2"
-    most = proxy.held_most
-    proxy.hold_large = None
-    try:
-        t.tap.ok(m.ok and most == 2 and read_at(os.path.join(mnt, "small"), 0) == b"small file\n",
-                 "both layers' reads were held at the same time, and the tree reads right",
-                 (most, proxy.ranges, m.stderr()))
-    finally:
-        m.umount()
-
-
-@suite.case
 def failed_layer_stops_the_others(t):
     """A plain layer that cannot be fetched (the registry lost it) fails the
     mount at once, naming it: the layer below it, streaming at the same time
