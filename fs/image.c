@@ -207,12 +207,18 @@ static int open_indexed_layer(const struct image_ref *ref, struct registry_clien
 			      enum layer_compression compression, const struct manifest *artifact, struct layer **ret,
 			      struct err *err)
 {
-	const struct descriptor *index = index_artifact_blob(artifact, d->digest, IMGFS_MEDIA_TYPE_LAYER_INDEX_ZSTD);
+	/* The newest form this imgfs reads first: windows apart. */
+	const struct descriptor *index = index_artifact_blob(artifact, d->digest, IMGFS_MEDIA_TYPE_LAYER_INDEX_V2);
+	const struct descriptor *windows = index_artifact_blob(artifact, d->digest, IMGFS_MEDIA_TYPE_LAYER_WINDOWS);
+	if (!index)
+		index = index_artifact_blob(artifact, d->digest, IMGFS_MEDIA_TYPE_LAYER_INDEX_ZSTD);
 	if (!index)
 		index = index_artifact_blob(artifact, d->digest, IMGFS_MEDIA_TYPE_LAYER_INDEX);
 	const struct descriptor *spans = index_artifact_blob(artifact, d->digest, IMGFS_MEDIA_TYPE_LAYER_SPANS);
 	if (!index || !spans)
 		return -ENOENT;
+	struct windows_blob_ref windows_ref = { windows ? windows->digest : NULL,
+						windows ? (uint64_t)windows->size : 0 };
 	int fd;
 	bool cached;
 	int r = blob_cache_fetch(index_client, opts->cache_dir, index, &fd, &cached, err);
@@ -248,10 +254,14 @@ static int open_indexed_layer(const struct image_ref *ref, struct registry_clien
 		layer_free(l);
 		return r;
 	}
-	if ((r = remote_blob_attach(l, read_client, prefetch_client, opts->cache_dir, &st)) < 0) {
+	if ((r = remote_blob_attach(l, read_client, prefetch_client, opts->cache_dir, &st,
+				    windows ? &windows_ref : NULL)) < 0) {
 		registry_client_free(read_client);
 		registry_client_free(prefetch_client);
 		layer_free(l);
+		if (r == -EINVAL)
+			return err_set(err, EBADMSG, "layer %s: its imgfs index %s does not match its windows blob",
+				       d->digest, index->digest);
 		return err_set(err, -r, "layer %s: %s", d->digest, strerror(-r));
 	}
 	*ret = l;

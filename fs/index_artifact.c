@@ -11,13 +11,12 @@
 
 #include <json-c/json.h>
 
-#include "cache.h"
 #include "index_io.h"
 #include "remote_blob.h"
+#include "windows_blob.h"
 
 #define EMPTY_CONFIG "{}"
 #define MEDIA_TYPE_EMPTY "application/vnd.oci.empty.v1+json"
-#define INDEX_FILE_MAX (4ull << 30)
 
 int index_artifact_find(struct registry_client *c, const char *manifest_digest, const char *artifact_type,
 			struct manifest *ret, struct err *err)
@@ -70,16 +69,33 @@ static struct json_object *descriptor_json(const char *media_type, const char *d
 	return d;
 }
 
-/* Pushes the index and span table of one layer; adds their descriptors. */
-static int push_layer(struct registry_client *c, const struct layer *l, const char *index_path,
-		      struct json_object *layers, struct err *err)
+/* Pushes one blob of the index and adds its descriptor. */
+static int push_part(struct registry_client *c, const struct layer *l, const char *media_type, const void *data,
+		     size_t len, const char *what, struct json_object *layers, struct err *err)
 {
-	_cleanup_free_ char *index = NULL;
-	size_t index_len;
-	int r = read_file_capped(index_path, INDEX_FILE_MAX, &index, &index_len);
+	char digest[72];
+	if (registry_push_blob(c, data, len, digest, err) < 0)
+		return err_wrap(err, "layer %s: %s", l->digest, what);
+	json_object_array_add(layers, descriptor_json(media_type, digest, (int64_t)len, l->digest));
+	return 0;
+}
+
+/* Pushes the index, its windows and the span table of one layer; adds
+ * their descriptors. */
+static int push_layer(struct registry_client *c, struct layer *l, struct json_object *layers, struct err *err)
+{
+	struct windows_blob windows = { 0 };
+	_cleanup_free_ struct checkpoint *cps = NULL;
+	size_t n_cps = 0;
+	int r = windows_blob_build(l, &windows, &cps, &n_cps);
+	_cleanup_free_ unsigned char *windows_data = windows.data;
 	if (r < 0)
-		return err_set(err, -r, "layer %s: cannot read its index \"%s\": %s", l->digest, index_path,
+		return err_set(err, -r, "layer %s: cannot decode it to place its checkpoints: %s", l->digest,
 			       strerror(-r));
+	_cleanup_free_ void *index = NULL;
+	size_t index_len;
+	if ((r = layer_index_windows_apart(l, cps, n_cps, &index, &index_len)) < 0)
+		return err_set(err, -r, "layer %s: cannot write its index: %s", l->digest, strerror(-r));
 	_cleanup_free_ unsigned char *spans = NULL;
 	size_t spans_len;
 	r = span_table_build(l->blob_fd, l->blob_size, l->digest, SPAN_SIZE_DEFAULT, &spans, &spans_len);
@@ -90,19 +106,13 @@ static int push_layer(struct registry_client *c, const struct layer *l, const ch
 	r = layer_index_compress(index, index_len, &packed, &packed_len);
 	if (r < 0 && r != -ERANGE)
 		return err_set(err, -r, "layer %s: cannot compress its index: %s", l->digest, strerror(-r));
-	char digest[72];
-	const void *blob = packed ? packed : index;
-	size_t blob_len = packed ? packed_len : index_len;
-	if ((r = registry_push_blob(c, blob, blob_len, digest, err)) < 0)
-		return err_wrap(err, "layer %s: index", l->digest);
-	json_object_array_add(layers,
-			      descriptor_json(packed ? IMGFS_MEDIA_TYPE_LAYER_INDEX_ZSTD : IMGFS_MEDIA_TYPE_LAYER_INDEX,
-					      digest, (int64_t)blob_len, l->digest));
-	if ((r = registry_push_blob(c, spans, spans_len, digest, err)) < 0)
-		return err_wrap(err, "layer %s: span table", l->digest);
-	json_object_array_add(layers,
-			      descriptor_json(IMGFS_MEDIA_TYPE_LAYER_SPANS, digest, (int64_t)spans_len, l->digest));
-	return 0;
+	if ((r = push_part(c, l, IMGFS_MEDIA_TYPE_LAYER_INDEX_V2, packed ? packed : index,
+			   packed ? packed_len : index_len, "index", layers, err)) < 0)
+		return r;
+	if (windows.len && (r = push_part(c, l, IMGFS_MEDIA_TYPE_LAYER_WINDOWS, windows.data, windows.len, "windows",
+					  layers, err)) < 0)
+		return r;
+	return push_part(c, l, IMGFS_MEDIA_TYPE_LAYER_SPANS, spans, spans_len, "span table", layers, err);
 }
 
 /* Pushes an artifact of artifact_type with these layer descriptors that
@@ -160,13 +170,12 @@ int index_artifact_push(struct image *img, const struct image_ref *ref, const st
 	struct json_object *layers = json_object_new_array();
 	size_t pushed = 0;
 	for (size_t i = 0; i < img->n_layers && r == 0; i++) {
-		const struct layer *l = img->layers[i];
+		struct layer *l = img->layers[i];
 		/* Only a whole blob can be indexed; chunked layers, read lazily,
 		 * carry their own table of contents. */
 		if (l->blob_fd < 0)
 			continue;
-		_cleanup_free_ char *index_path = cache_index_path(opts->cache_dir, l->digest);
-		r = index_path ? push_layer(c, l, index_path, layers, err) : -ENOMEM;
+		r = push_layer(c, l, layers, err);
 		pushed++;
 	}
 	if (r == 0 && pushed == 0)

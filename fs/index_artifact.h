@@ -10,6 +10,12 @@
  * checkpoint windows are the layer's own uncompressed data.  An older
  * imgfs knows no such blob and fetches the layer whole. */
 #define IMGFS_MEDIA_TYPE_LAYER_INDEX_ZSTD "application/vnd.imgfs.layer-index.v1+zstd"
+/* The index with its checkpoints' windows in a blob of their own
+ * (windows_blob.h), one zstd frame (or as it is, as above): a mount
+ * fetches entries and checkpoints only, a read the one window it starts
+ * from.  An older imgfs knows neither blob and fetches the layer whole. */
+#define IMGFS_MEDIA_TYPE_LAYER_INDEX_V2 "application/vnd.imgfs.layer-index.v2"
+#define IMGFS_MEDIA_TYPE_LAYER_WINDOWS "application/vnd.imgfs.layer-windows.v1"
 #define IMGFS_MEDIA_TYPE_LAYER_SPANS "application/vnd.imgfs.layer-spans.v1"
 #define IMGFS_INDEX_LAYER_ANNOTATION "io.imgfs.layer.digest"
 /* A workload's files in the order it read them (imgfs record): what a

@@ -11,6 +11,8 @@
 #include <zstd.h>
 
 #define INDEX_MAGIC "IMGFSIX1"
+/* The same with each checkpoint's window in a windows blob (windows_blob.h). */
+#define INDEX_WINDOWS_APART_MAGIC "IMGFSIX2"
 #define INDEX_MAX_FILE_SIZE (4ull << 30)
 /* A pushed index may come as one zstd frame (IMGFS_MEDIA_TYPE_LAYER_INDEX_ZSTD).
  * Its checkpoint windows are layer data and compress 2-5x; a frame that
@@ -95,12 +97,17 @@ static void put_entry_header(struct wbuf *b, const struct entry *e)
 
 /* Closes the file with the digest of what precedes it and writes it; a
  * file torn by a crash reads as absent, so durable is a choice. */
-static int finish_and_write(struct wbuf *b, const char *path, bool durable)
+static void put_closing_digest(struct wbuf *b)
 {
 	char digest[DIGEST_SHA256_LEN + 1];
 	if (!b->failed)
 		digest_sha256(b->data, b->len, digest);
 	put(b, digest, DIGEST_SHA256_LEN);
+}
+
+static int finish_and_write(struct wbuf *b, const char *path, bool durable)
+{
+	put_closing_digest(b);
 	int r = b->failed ? -ENOMEM
 		: durable ? write_file_atomic(path, b->data, b->len)
 			  : write_file_replace(path, b->data, b->len);
@@ -108,34 +115,64 @@ static int finish_and_write(struct wbuf *b, const char *path, bool durable)
 	return r;
 }
 
+/* The form both magics share; with windows_apart a checkpoint says where
+ * its window is, not what it is. */
+static void put_layer_index(struct wbuf *b, const struct layer *l, const struct checkpoint *cps, size_t n_cps,
+			    bool windows_apart)
+{
+	put(b, windows_apart ? INDEX_WINDOWS_APART_MAGIC : INDEX_MAGIC, 8);
+	put_str(b, l->digest);
+	put_u32(b, l->compression);
+	put_u64(b, l->blob_size);
+	put_u64(b, l->tar_size);
+	put_u64(b, l->n_entries);
+	for (size_t i = 0; i < l->n_entries; i++) {
+		const struct entry *e = &l->entries[i];
+		put_entry_header(b, e);
+		put_u32(b, e->n_extents);
+		for (uint32_t j = 0; j < e->n_extents; j++) {
+			put_u64(b, e->extents[j].file_off);
+			put_u64(b, e->extents[j].stream_off);
+			put_u64(b, e->extents[j].len);
+		}
+	}
+	put_u64(b, n_cps);
+	for (size_t i = 0; i < n_cps; i++) {
+		const struct checkpoint *c = &cps[i];
+		put_u64(b, c->in);
+		put_u64(b, c->out);
+		put_u32(b, c->bits | (c->raw ? 0x100u : 0));
+		if (!windows_apart) {
+			put_bytes(b, c->window, c->window_len);
+			continue;
+		}
+		put_u32(b, c->window_len);
+		put_u64(b, c->window_at);
+		put_u32(b, c->window_stored);
+		put(b, c->window_sha256, 32);
+	}
+}
+
 int layer_save(const struct layer *l, const char *index_path)
 {
 	struct wbuf b = { 0 };
-	put(&b, INDEX_MAGIC, 8);
-	put_str(&b, l->digest);
-	put_u32(&b, l->compression);
-	put_u64(&b, l->blob_size);
-	put_u64(&b, l->tar_size);
-	put_u64(&b, l->n_entries);
-	for (size_t i = 0; i < l->n_entries; i++) {
-		const struct entry *e = &l->entries[i];
-		put_entry_header(&b, e);
-		put_u32(&b, e->n_extents);
-		for (uint32_t j = 0; j < e->n_extents; j++) {
-			put_u64(&b, e->extents[j].file_off);
-			put_u64(&b, e->extents[j].stream_off);
-			put_u64(&b, e->extents[j].len);
-		}
-	}
-	put_u64(&b, l->n_checkpoints);
-	for (size_t i = 0; i < l->n_checkpoints; i++) {
-		const struct checkpoint *c = &l->checkpoints[i];
-		put_u64(&b, c->in);
-		put_u64(&b, c->out);
-		put_u32(&b, c->bits | (c->raw ? 0x100u : 0));
-		put_bytes(&b, c->window, c->window_len);
-	}
+	put_layer_index(&b, l, l->checkpoints, l->n_checkpoints, false);
 	return finish_and_write(&b, index_path, true);
+}
+
+int layer_index_windows_apart(const struct layer *l, const struct checkpoint *cps, size_t n_cps, void **ret,
+			      size_t *ret_len)
+{
+	struct wbuf b = { 0 };
+	put_layer_index(&b, l, cps, n_cps, true);
+	put_closing_digest(&b);
+	if (b.failed) {
+		free(b.data);
+		return -ENOMEM;
+	}
+	*ret = b.data;
+	*ret_len = b.len;
+	return 0;
 }
 
 struct rbuf {
@@ -234,7 +271,7 @@ static bool inflate_zstd_frame(char **data, size_t *len)
 /* Reads a whole saved file whose magic and closing digest are right (a
  * pushed index, one zstd frame, inflated first); *b covers what lies
  * between them.  -ENOENT otherwise. */
-static int read_saved(const char *path, const char *magic, char **ret_data, struct rbuf *b)
+static int read_saved(const char *path, const char *magic, const char *other_magic, char **ret_data, struct rbuf *b)
 {
 	char *data;
 	size_t len;
@@ -246,7 +283,8 @@ static int read_saved(const char *path, const char *magic, char **ret_data, stru
 		return -ENOENT;
 	}
 	char actual[DIGEST_SHA256_LEN + 1];
-	if (len < 8 + DIGEST_SHA256_LEN || memcmp(data, magic, 8) != 0 ||
+	if (len < 8 + DIGEST_SHA256_LEN ||
+	    (memcmp(data, magic, 8) != 0 && (!other_magic || memcmp(data, other_magic, 8) != 0)) ||
 	    (digest_sha256(data, len - DIGEST_SHA256_LEN, actual),
 	     memcmp(actual, data + len - DIGEST_SHA256_LEN, DIGEST_SHA256_LEN) != 0)) {
 		free(data);
@@ -289,7 +327,11 @@ int layer_open_saved(const char *digest, enum layer_compression compression, int
 {
 	_cleanup_free_ char *data = NULL;
 	struct rbuf b;
-	if (read_saved(index_path, INDEX_MAGIC, &data, &b) < 0)
+	if (read_saved(index_path, INDEX_MAGIC, INDEX_WINDOWS_APART_MAGIC, &data, &b) < 0)
+		return -ENOENT;
+	/* Windows apart are fetched by a remote source, never a local blob's. */
+	bool windows_apart = memcmp(data, INDEX_WINDOWS_APART_MAGIC, 8) == 0;
+	if (windows_apart && blob_fd >= 0)
 		return -ENOENT;
 	struct layer *l = layer_alloc(digest, compression, blob_fd);
 	if (!l)
@@ -344,7 +386,17 @@ int layer_open_saved(const char *digest, enum layer_compression compression, int
 		uint32_t flags = get_u32(&b);
 		c->bits = flags & 7;
 		c->raw = flags & 0x100;
-		c->window = get_bytes(&b, &c->window_len, false);
+		if (windows_apart) {
+			c->window_len = get_u32(&b);
+			c->window_at = get_u64(&b);
+			c->window_stored = get_u32(&b);
+			get(&b, c->window_sha256, 32);
+			/* A window is one zstd frame of at most 32 KiB. */
+			if (c->window_len && (!c->raw || c->window_stored == 0 || c->window_stored > 65536))
+				goto bad;
+		} else {
+			c->window = get_bytes(&b, &c->window_len, false);
+		}
 		if (c->window_len > 32768 || c->in > l->blob_size || (i > 0 && c->out <= l->checkpoints[i - 1].out) ||
 		    (c->bits && c->in == 0))
 			goto bad;
@@ -418,7 +470,7 @@ int chunked_layer_open_saved(const char *digest, const char *toc_digest, enum la
 {
 	_cleanup_free_ char *data = NULL;
 	struct rbuf b;
-	if (read_saved(path, TOC_INDEX_MAGIC, &data, &b) < 0)
+	if (read_saved(path, TOC_INDEX_MAGIC, NULL, &data, &b) < 0)
 		return -ENOENT;
 	struct layer *l = layer_alloc(digest, compression, -1);
 	if (!l)

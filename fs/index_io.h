@@ -10,6 +10,12 @@
 int layer_open_saved(const char *digest, enum layer_compression compression, int blob_fd, const char *index_path,
 		     struct layer **ret);
 int layer_save(const struct layer *l, const char *index_path);
+/* The index as a push with a windows blob sends it: l's entries, with
+ * checkpoints cps whose windows lie in that blob (windows_blob_build());
+ * layer_open_saved() reads it, and the layer's source fetches each window
+ * (read_window).  The caller frees *ret. */
+int layer_index_windows_apart(const struct layer *l, const struct checkpoint *cps, size_t n_cps, void **ret,
+			      size_t *ret_len);
 /* A saved index as one zstd frame, as it is pushed; layer_open_saved()
  * reads either form.  -ERANGE when it would expand more than a reader
  * accepts (push it as it is). */

@@ -28,7 +28,12 @@ struct checkpoint {
 	uint8_t bits;        /* gzip: bits of the byte before `in` still to use */
 	bool raw;            /* gzip: inside a deflate stream (needs window) */
 	uint32_t window_len; /* gzip: bytes of window (at most 32 KiB) */
+	/* NULL with window_len > 0: the window lies in the windows blob of a
+	 * pushed index (windows_blob.h), fetched when a read starts here. */
 	unsigned char *window;
+	uint64_t window_at;              /* its offset there */
+	uint32_t window_stored;          /* and length, compressed */
+	unsigned char window_sha256[32]; /* of those stored bytes */
 };
 
 enum entry_type {
@@ -117,6 +122,10 @@ struct layer_source_ops {
 	 * the tar stream decoder (tar_stream.c).  NULL where files are not
 	 * found through a tar stream. */
 	int (*read_blob)(struct layer *l, void *buf, size_t len, uint64_t off);
+	/* The window of a checkpoint that has none in memory (window_len bytes
+	 * into out), verified; called with l->lock held.  NULL: no source of
+	 * this kind has such checkpoints. */
+	int (*read_window)(struct layer *l, const struct checkpoint *cp, unsigned char *out);
 	/* A file's bytes; [off, off+len) lies within the file. */
 	ssize_t (*read_entry)(struct layer *l, const struct entry *e, void *buf, size_t len, uint64_t off);
 	/* See layer_prefetch(). */

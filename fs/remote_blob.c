@@ -13,6 +13,7 @@
 #include "demand.h"
 #include "registry.h"
 #include "tar_stream.h"
+#include "windows_blob.h"
 
 struct remote_blob {
 	char digest[72];
@@ -44,6 +45,12 @@ struct remote_blob {
 	size_t stream_first, stream_next, stream_end;
 	unsigned char *stream_buf;
 	pthread_cond_t stream_moved; /* stream_next moved or the stream ended */
+	/* The windows blob of an index pushed with its windows apart; its
+	 * own connection, so that a window comes beside the stream. */
+	char windows_digest[72];
+	uint64_t windows_size;
+	struct registry_client *window_client;
+	pthread_mutex_t window_lock; /* guards window_client */
 };
 
 static void hex_of(const unsigned char d[32], char out[65])
@@ -52,11 +59,16 @@ static void hex_of(const unsigned char d[32], char out[65])
 		sprintf(out + 2 * i, "%02x", d[i]);
 }
 
-static char *span_path(const struct remote_blob *rb, size_t i)
+static char *chunk_path(const struct remote_blob *rb, const unsigned char digest[32])
 {
 	char hex[65];
-	hex_of(rb->span_digests[i], hex);
+	hex_of(digest, hex);
 	return strdup_printf("%s/chunks/sha256/%s", rb->cache_dir, hex);
+}
+
+static char *span_path(const struct remote_blob *rb, size_t i)
+{
+	return chunk_path(rb, rb->span_digests[i]);
 }
 
 static uint64_t span_len(const struct remote_blob *rb, size_t i)
@@ -67,10 +79,9 @@ static uint64_t span_len(const struct remote_blob *rb, size_t i)
 
 static bool digest_matches(const void *data, size_t len, const unsigned char want[32])
 {
-	char got[DIGEST_SHA256_LEN + 1], hex[65];
-	digest_sha256(data, len, got);
-	hex_of(want, hex);
-	return strcmp(got + strlen("sha256:"), hex) == 0;
+	unsigned char got[32];
+	digest_sha256_raw(data, len, got);
+	return memcmp(got, want, 32) == 0;
 }
 
 /* Opens span i from the cache, verifying it the first time this mount uses
@@ -120,14 +131,11 @@ static int store_span(const struct remote_blob *rb, size_t i, const void *data, 
 #define SPAN_READAHEAD_BYTES (512u << 10)
 /* ... or up to the next checkpoint, when that is further but not beyond
  * this: a read decodes the stream from a checkpoint to the next (2 MiB of
- * tar, kept decoded in memory; tar_stream.c), so one request takes it all
+ * tar, or 256 KiB with windows apart; kept decoded in memory,
+ * tar_stream.c), so one request takes it all
  * instead of one every 512 KiB.  The bound is for an index whose
  * checkpoints lie far apart (incompressible data is a little over 2 MiB). */
 #define SPAN_READAHEAD_MAX_BYTES (4u << 20)
-
-/* The decoder reads its input in pieces of this size (tar_stream.c), so
- * it asks for up to that much past the end of the stream it decodes. */
-#define DECODER_INPUT_BYTES (128u << 10)
 
 /* How far a miss at blob offset off reads ahead: to the first checkpoint
  * more than a decoder's input piece after off (the first one follows the
@@ -138,12 +146,12 @@ static uint64_t readahead_limit(const struct layer *l, uint64_t off)
 	size_t lo = 0, hi = l->n_checkpoints;
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
-		if (l->checkpoints[mid].in <= off + DECODER_INPUT_BYTES)
+		if (l->checkpoints[mid].in <= off + DECODER_INPUT_PIECE)
 			lo = mid + 1;
 		else
 			hi = mid;
 	}
-	uint64_t to_next = lo < l->n_checkpoints ? l->checkpoints[lo].in - off + DECODER_INPUT_BYTES : 0;
+	uint64_t to_next = lo < l->n_checkpoints ? l->checkpoints[lo].in - off + DECODER_INPUT_PIECE : 0;
 	if (to_next > SPAN_READAHEAD_MAX_BYTES)
 		return SPAN_READAHEAD_MAX_BYTES;
 	return to_next > SPAN_READAHEAD_BYTES ? to_next : SPAN_READAHEAD_BYTES;
@@ -215,6 +223,30 @@ static void *stream_main(void *arg)
 	return NULL;
 }
 
+/* Starts the request for span i and the missing ones after it on the
+ * stream's thread; -EBUSY when a request is under way or none can start.
+ * rb->lock is held. */
+static int stream_begin(struct remote_blob *rb, size_t i, uint64_t readahead)
+{
+	if (rb->streaming || !rb->stream_client)
+		return -EBUSY;
+	uint64_t total;
+	size_t n = spans_to_fetch(rb, i, readahead, &total);
+	if (!(rb->stream_buf = malloc((size_t)total)))
+		return -ENOMEM;
+	rb->stream_first = rb->stream_next = i;
+	rb->stream_end = i + n;
+	rb->streaming = true;
+	rb->requests++; /* counted now, its bytes as they come: stats are current */
+	if (!start_detached_thread(stream_main, rb)) {
+		rb->streaming = false;
+		free(rb->stream_buf);
+		rb->stream_buf = NULL;
+		return -EBUSY;
+	}
+	return 0;
+}
+
 /* A miss at span i: fetches it and the spans after it in one request on a
  * thread of its own, and returns once span i is stored (0) or the request
  * has passed it without (-EAGAIN: fetch it alone).  The decoder works on
@@ -226,22 +258,9 @@ static void *stream_main(void *arg)
 static int stream_span(struct remote_blob *rb, size_t i, uint64_t readahead)
 {
 	if (!rb->streaming || i < rb->stream_first || i >= rb->stream_end) {
-		if (rb->streaming || !rb->stream_client)
-			return -EBUSY;
-		uint64_t total;
-		size_t n = spans_to_fetch(rb, i, readahead, &total);
-		if (!(rb->stream_buf = malloc((size_t)total)))
-			return -ENOMEM;
-		rb->stream_first = rb->stream_next = i;
-		rb->stream_end = i + n;
-		rb->streaming = true;
-		rb->requests++; /* counted now, its bytes as they come: stats are current */
-		if (!start_detached_thread(stream_main, rb)) {
-			rb->streaming = false;
-			free(rb->stream_buf);
-			rb->stream_buf = NULL;
-			return -EBUSY;
-		}
+		int r = stream_begin(rb, i, readahead);
+		if (r < 0)
+			return r;
 	}
 	size_t first = rb->stream_first;
 	while (rb->streaming && rb->stream_first == first && rb->stream_next <= i)
@@ -354,6 +373,69 @@ static int remote_blob_read(struct layer *l, void *buf, size_t len, uint64_t off
 	return r;
 }
 
+/* A window from the cache, verified and unpacked into out; -ENOENT when
+ * it is not there whole. */
+static int cached_window(const struct remote_blob *rb, const struct checkpoint *cp, unsigned char *out)
+{
+	_cleanup_free_ char *path = chunk_path(rb, cp->window_sha256);
+	_cleanup_close_ int fd = path ? open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW) : -1;
+	_cleanup_free_ unsigned char *stored = malloc(cp->window_stored);
+	if (fd < 0 || !stored || read_full_at(fd, stored, cp->window_stored, 0) < 0 ||
+	    window_unpack(cp, stored, cp->window_stored, out) < 0)
+		return -ENOENT;
+	cache_note_used(fd);
+	return 0;
+}
+
+/* Checks a fetched window, unpacks it into out (when not NULL) and keeps
+ * it in the cache. */
+static int keep_window(struct remote_blob *rb, const struct checkpoint *cp, const unsigned char *stored,
+		       unsigned char *out)
+{
+	unsigned char scratch[32768];
+	int r = window_unpack(cp, stored, cp->window_stored, out ? out : scratch);
+	_cleanup_free_ char *path = r == 0 ? chunk_path(rb, cp->window_sha256) : NULL;
+	if (path && write_file_replace(path, stored, cp->window_stored) == 0)
+		cache_note_stored(cp->window_stored);
+	return r == 0 ? 0 : -EIO;
+}
+
+/* The window a decoder starts from at cp.  The decoder reads the bytes
+ * after cp next: their request goes out first, on the stream's
+ * connection, so that both arrive after one round trip, not two. */
+static int remote_blob_read_window(struct layer *l, const struct checkpoint *cp, unsigned char *out)
+{
+	struct remote_blob *rb = l->source;
+	if (!rb->window_client || cp->window_at > rb->windows_size ||
+	    cp->window_stored > rb->windows_size - cp->window_at)
+		return -EIO;
+	if (cached_window(rb, cp, out) == 0)
+		return 0;
+	uint64_t from = cp->bits ? cp->in - 1 : cp->in;
+	if (from < rb->blob_size) {
+		pthread_mutex_lock(&rb->lock);
+		size_t i = (size_t)(from / rb->span_size);
+		if (!span_cached(rb, i) && !span_in_memory(rb, i))
+			(void)stream_begin(rb, i, readahead_limit(l, from));
+		pthread_mutex_unlock(&rb->lock);
+	}
+	_cleanup_free_ unsigned char *stored = malloc(cp->window_stored);
+	if (!stored)
+		return -ENOMEM;
+	struct err err = { 0 };
+	pthread_mutex_lock(&rb->window_lock);
+	int r =
+	    registry_fetch_range(rb->window_client, rb->windows_digest, cp->window_at, cp->window_stored, stored, &err);
+	pthread_mutex_unlock(&rb->window_lock);
+	if (r < 0)
+		return -EIO;
+	pthread_mutex_lock(&rb->lock);
+	rb->requests++;
+	rb->bytes_fetched += cp->window_stored;
+	pthread_mutex_unlock(&rb->lock);
+	return keep_window(rb, cp, stored, out);
+}
+
 static bool span_present(struct remote_blob *rb, size_t i)
 {
 	pthread_mutex_lock(&rb->lock);
@@ -412,6 +494,7 @@ static int prefetch_spans(struct remote_blob *rb, uint64_t off, uint64_t end, co
 
 struct blob_range {
 	uint64_t in, end;
+	const struct checkpoint *from; /* where decoding it starts */
 };
 
 static int by_start(const void *a, const void *b)
@@ -423,6 +506,57 @@ static int by_start(const void *a, const void *b)
 /* Ranges closer than this are fetched as one: the gap costs less than the
  * round trip of another request on a real link. */
 #define PREFETCH_MERGE_GAP (256u << 10)
+
+/* Windows a request carries at most: each is a range of the Range header. */
+#define WINDOWS_PER_REQUEST 256
+
+/* The windows the merged ranges start from, when they lie apart: a few
+ * requests of many ranges, before the spans, so that reading a prefetched
+ * file makes no request of its own. */
+static int prefetch_windows(struct layer *l, const struct blob_range *ranges, size_t n, const atomic_bool *stop)
+{
+	struct remote_blob *rb = l->source;
+	if (!rb->window_client)
+		return 0;
+	_cleanup_free_ struct byterange *want = calloc(WINDOWS_PER_REQUEST, sizeof(*want));
+	_cleanup_free_ const struct checkpoint **cps = calloc(WINDOWS_PER_REQUEST, sizeof(*cps));
+	unsigned char scratch[32768];
+	if (!want || !cps)
+		return -ENOMEM;
+	for (size_t i = 0; i < n;) {
+		size_t k = 0;
+		for (; i < n && k < WINDOWS_PER_REQUEST; i++) {
+			const struct checkpoint *cp = ranges[i].from;
+			if (cp->window || !cp->window_len || (k > 0 && cps[k - 1] == cp) ||
+			    cached_window(rb, cp, scratch) == 0)
+				continue;
+			cps[k] = cp;
+			want[k++] = (struct byterange){ .off = cp->window_at, .len = cp->window_stored };
+		}
+		if (atomic_load(stop))
+			return -ECANCELED;
+		size_t total = 0;
+		for (size_t j = 0; j < k; j++)
+			total += want[j].len;
+		_cleanup_free_ unsigned char *buf = malloc(total ? total : 1);
+		if (!buf)
+			return -ENOMEM;
+		for (size_t j = 0, at = 0; j < k; at += want[j++].len)
+			want[j].buf = buf + at;
+		struct err err = { 0 };
+		int requests = k ? registry_fetch_ranges(rb->prefetch_client, rb->windows_digest, want, k, &err) : 0;
+		if (requests < 0)
+			continue; /* a read fetches its window itself */
+		pthread_mutex_lock(&rb->lock);
+		rb->requests += (uint64_t)requests;
+		rb->bytes_fetched += total;
+		rb->bytes_prefetched += total;
+		pthread_mutex_unlock(&rb->lock);
+		for (size_t j = 0; j < k; j++)
+			(void)keep_window(rb, cps[j], want[j].buf, NULL);
+	}
+	return 0;
+}
 
 /* A plain layer's landmarks come from a prefetch list: the spans the
  * decoder will read for each listed file, or for the parts listed, merged
@@ -454,26 +588,73 @@ static int prefetch_listed(struct layer *l, const atomic_bool *stop)
 					}
 					ranges = more;
 				}
-				layer_compressed_range(l, x->stream_off + (from - x->file_off), to - from,
-						       &ranges[n].in, &ranges[n].end);
+				uint64_t at = x->stream_off + (from - x->file_off);
+				layer_compressed_range(l, at, to - from, &ranges[n].in, &ranges[n].end);
+				ranges[n].from = layer_checkpoint_before(l, at);
 				n++;
 			}
 		}
 	}
 	if (n > 1)
 		qsort(ranges, n, sizeof(*ranges), by_start);
-	int r = 0;
-	for (size_t i = 0; i < n && r != -ECANCELED;) {
+	size_t n_merged = 0;
+	for (size_t i = 0; i < n;) {
 		struct blob_range merged = ranges[i++];
 		while (i < n && ranges[i].in <= merged.end + PREFETCH_MERGE_GAP) {
 			if (ranges[i].end > merged.end)
 				merged.end = ranges[i].end;
 			i++;
 		}
-		r = prefetch_spans(l->source, merged.in, merged.end, stop, false);
+		ranges[n_merged++] = merged;
 	}
+	int r = prefetch_windows(l, ranges, n_merged, stop);
+	for (size_t i = 0; i < n_merged && r != -ECANCELED; i++)
+		r = prefetch_spans(l->source, ranges[i].in, ranges[i].end, stop, false);
 	free(ranges);
 	return r == -ECANCELED ? r : 0;
+}
+
+/* Every window kept apart, in runs of up to SPAN_READAHEAD_MAX_BYTES of
+ * the windows blob (they lie there in checkpoint order), each run once
+ * on-demand reads pause. */
+static int prefetch_all_windows(struct layer *l, const atomic_bool *stop)
+{
+	struct remote_blob *rb = l->source;
+	for (size_t i = 0; rb->window_client && i < l->n_checkpoints;) {
+		const struct checkpoint *first = &l->checkpoints[i];
+		if (first->window || !first->window_len) {
+			i++;
+			continue;
+		}
+		size_t run = 1;
+		uint64_t len = first->window_stored;
+		for (; i + run < l->n_checkpoints; run++) {
+			const struct checkpoint *next = &l->checkpoints[i + run];
+			if (next->window || !next->window_len || next->window_at != first->window_at + len ||
+			    len + next->window_stored > SPAN_READAHEAD_MAX_BYTES)
+				break;
+			len += next->window_stored;
+		}
+		demand_wait_quiet(stop);
+		if (atomic_load(stop))
+			return -ECANCELED;
+		_cleanup_free_ unsigned char *data = malloc((size_t)len);
+		struct err err = { 0 };
+		if (data && registry_fetch_range(rb->prefetch_client, rb->windows_digest, first->window_at, len, data,
+						 &err) == 0) {
+			pthread_mutex_lock(&rb->lock);
+			rb->bytes_fetched += len;
+			rb->bytes_prefetched += len;
+			rb->requests++;
+			pthread_mutex_unlock(&rb->lock);
+			for (size_t k = 0; k < run; k++) {
+				const struct checkpoint *cp = &l->checkpoints[i + k];
+				(void)keep_window(rb, cp, data + (cp->window_at - first->window_at), NULL);
+			}
+		}
+		i += run;
+	}
+	return 0;
 }
 
 static int remote_blob_prefetch(struct layer *l, bool only_landmark, const atomic_bool *stop)
@@ -481,7 +662,8 @@ static int remote_blob_prefetch(struct layer *l, bool only_landmark, const atomi
 	struct remote_blob *rb = l->source;
 	if (only_landmark)
 		return prefetch_listed(l, stop);
-	return prefetch_spans(rb, 0, rb->blob_size, stop, true);
+	int r = prefetch_all_windows(l, stop);
+	return r < 0 ? r : prefetch_spans(rb, 0, rb->blob_size, stop, true);
 }
 
 static void remote_blob_stats(struct layer *l, struct layer_stats *s)
@@ -507,6 +689,8 @@ static void remote_blob_free(struct remote_blob *rb)
 		pthread_cond_wait(&rb->stream_moved, &rb->lock);
 	pthread_mutex_unlock(&rb->lock);
 	registry_client_free(rb->stream_client);
+	registry_client_free(rb->window_client);
+	pthread_mutex_destroy(&rb->window_lock);
 	if (rb->open_fd >= 0)
 		close(rb->open_fd);
 	free(rb->mem_data);
@@ -529,6 +713,7 @@ static void remote_blob_layer_free(struct layer *l)
 
 static const struct layer_source_ops remote_blob_ops = {
 	.read_blob = remote_blob_read,
+	.read_window = remote_blob_read_window,
 	.read_entry = tar_stream_read_entry,
 	.prefetch = remote_blob_prefetch,
 	.get_stats = remote_blob_stats,
@@ -536,17 +721,27 @@ static const struct layer_source_ops remote_blob_ops = {
 };
 
 int remote_blob_attach(struct layer *l, struct registry_client *client, struct registry_client *prefetch_client,
-		       const char *cache_dir, const struct span_table *spans)
+		       const char *cache_dir, const struct span_table *spans, const struct windows_blob_ref *windows)
 {
 	const char *digest = l->digest;
 	uint64_t blob_size = l->blob_size;
 	if (spans->blob_size != blob_size || spans->span_size == 0 ||
 	    spans->n_spans != (blob_size + spans->span_size - 1) / spans->span_size)
 		return -EINVAL;
+	bool windows_apart = false;
+	for (size_t i = 0; i < l->n_checkpoints; i++) {
+		const struct checkpoint *cp = &l->checkpoints[i];
+		if (cp->window || !cp->window_len)
+			continue;
+		windows_apart = true;
+		if (!windows || cp->window_at > windows->size || cp->window_stored > windows->size - cp->window_at)
+			return -EINVAL;
+	}
 	struct remote_blob *rb = calloc(1, sizeof(*rb));
 	if (!rb)
 		return -ENOMEM;
 	pthread_mutex_init(&rb->lock, NULL);
+	pthread_mutex_init(&rb->window_lock, NULL);
 	pthread_cond_init(&rb->stream_moved, NULL);
 	snprintf(rb->digest, sizeof(rb->digest), "%s", digest);
 	rb->blob_size = blob_size;
@@ -566,6 +761,12 @@ int remote_blob_attach(struct layer *l, struct registry_client *client, struct r
 	/* Without it, misses are fetched whole on the one connection. */
 	rb->stream_client = registry_client_dup(client);
 	rb->prefetch_client = prefetch_client;
+	if (windows_apart) {
+		snprintf(rb->windows_digest, sizeof(rb->windows_digest), "%s", windows->digest);
+		rb->windows_size = windows->size;
+		/* Without it, a read that needs a window fails (EIO). */
+		rb->window_client = registry_client_dup(client);
+	}
 	l->source = rb;
 	l->ops = &remote_blob_ops;
 	return 0;
@@ -607,13 +808,7 @@ int span_table_build(int blob_fd, uint64_t blob_size, const char *layer_digest, 
 			free(out);
 			return -EIO;
 		}
-		char d[DIGEST_SHA256_LEN + 1];
-		digest_sha256(buf, l, d);
-		for (int k = 0; k < 32; k++) {
-			unsigned int byte;
-			sscanf(d + strlen("sha256:") + 2 * k, "%2x", &byte);
-			p[k] = (unsigned char)byte;
-		}
+		digest_sha256_raw(buf, l, p);
 		p += 32;
 	}
 	*ret = out;

@@ -7,7 +7,9 @@
 
 #include "layer.h"
 
-#define SPAN_SIZE_DEFAULT (256u << 10)
+/* With checkpoints 256 KiB of output apart (some 80 KiB of gzip), a span
+ * of 256 KiB fetched up to that much before where decoding starts. */
+#define SPAN_SIZE_DEFAULT (64u << 10)
 
 struct span_table {
 	uint64_t blob_size;
@@ -25,8 +27,16 @@ int span_table_parse(const void *data, size_t len, const char *layer_digest, uin
 
 struct registry_client;
 
+/* The blob of an index's windows kept apart (windows_blob.h). */
+struct windows_blob_ref {
+	const char *digest;
+	uint64_t size;
+};
+
 /* Makes l (opened from a saved index without a local blob) read its blob
- * span by span from the registry.  Takes ownership of both clients, one
- * for reads and one for prefetch, on success only. */
+ * span by span from the registry, and the windows its checkpoints keep
+ * apart from windows (NULL: none; -EINVAL when a checkpoint's window lies
+ * outside it).  Takes ownership of both clients, one for reads and one
+ * for prefetch, on success only. */
 int remote_blob_attach(struct layer *l, struct registry_client *client, struct registry_client *prefetch_client,
-		       const char *cache_dir, const struct span_table *spans);
+		       const char *cache_dir, const struct span_table *spans, const struct windows_blob_ref *windows);

@@ -13,7 +13,6 @@
 #include <zlib.h>
 #include <zstd.h>
 
-#define INPUT_BUFFER_SIZE (128u << 10)
 #define GZIP_WINDOW_SIZE 32768u
 
 struct cursor {
@@ -49,7 +48,11 @@ int checkpoint_add(struct checkpoint_recorder *rec, const struct checkpoint *cp,
 	*slot = *cp;
 	slot->window = NULL;
 	slot->window_len = 0;
-	if (len) {
+	if (len && rec->keep_window) {
+		int r = rec->keep_window(rec->keep_ctx, slot, window, len);
+		if (r < 0)
+			return r;
+	} else if (len) {
 		slot->window = malloc(len);
 		if (!slot->window)
 			return -ENOMEM;
@@ -66,7 +69,7 @@ static int fill_input(struct cursor *c)
 		return 1;
 	if (c->in_off >= c->layer->blob_size)
 		return 0;
-	size_t want = INPUT_BUFFER_SIZE;
+	size_t want = DECODER_INPUT_PIECE;
 	if (c->layer->blob_size - c->in_off < want)
 		want = (size_t)(c->layer->blob_size - c->in_off);
 	int r = blob_read(c->layer, c->in_buf, want, (off_t)c->in_off);
@@ -89,6 +92,17 @@ static int gzip_setup(struct cursor *c, const struct checkpoint *cp)
 	c->in_off = cp->in;
 	c->in_len = c->in_pos = 0;
 	c->z_raw = cp->raw;
+	/* A window kept apart is asked for first: its source then requests
+	 * the bytes after the checkpoint at the same time. */
+	unsigned char fetched[GZIP_WINDOW_SIZE];
+	const unsigned char *window = cp->window;
+	if (cp->raw && cp->window_len && !window) {
+		if (cp->window_len > sizeof(fetched) || !c->layer->ops || !c->layer->ops->read_window)
+			return -EIO;
+		if ((r = c->layer->ops->read_window(c->layer, cp, fetched)) < 0)
+			return r;
+		window = fetched;
+	}
 	if (inflateInit2(&c->z, cp->raw ? -15 : 15 + 32) != Z_OK)
 		return -ENOMEM;
 	c->z_ready = true;
@@ -102,7 +116,7 @@ static int gzip_setup(struct cursor *c, const struct checkpoint *cp)
 			if (inflatePrime(&c->z, cp->bits, byte >> (8 - cp->bits)) != Z_OK)
 				return -EIO;
 		}
-		if (cp->window_len && inflateSetDictionary(&c->z, cp->window, cp->window_len) != Z_OK)
+		if (cp->window_len && inflateSetDictionary(&c->z, window, cp->window_len) != Z_OK)
 			return -EIO;
 	}
 	return 0;
@@ -264,7 +278,7 @@ static int cursor_init(struct cursor *c, struct layer *l)
 {
 	c->layer = l;
 	c->compression = l->compression;
-	c->in_buf = malloc(INPUT_BUFFER_SIZE);
+	c->in_buf = malloc(DECODER_INPUT_PIECE);
 	return c->in_buf ? 0 : -ENOMEM;
 }
 
@@ -340,7 +354,7 @@ uint64_t cursor_position(const struct cursor *c)
 #define CURSORS_PER_LAYER 4
 #define DISCARD_CHUNK (64u << 10)
 
-static const struct checkpoint *checkpoint_before(const struct layer *l, uint64_t off)
+const struct checkpoint *layer_checkpoint_before(const struct layer *l, uint64_t off)
 {
 	size_t lo = 0, hi = l->n_checkpoints;
 	/* checkpoints[0].out == 0 always; find the last with out <= off. */
@@ -361,13 +375,15 @@ void layer_compressed_range(const struct layer *l, uint64_t off, uint64_t len, u
 		*ret_end = off + len;
 		return;
 	}
-	const struct checkpoint *cp = checkpoint_before(l, off);
+	const struct checkpoint *cp = layer_checkpoint_before(l, off);
 	/* A block that starts inside a byte needs that byte too. */
 	*ret_in = cp->in > 0 && cp->bits ? cp->in - 1 : cp->in;
 	*ret_end = l->blob_size;
 	for (size_t k = (size_t)(cp - l->checkpoints) + 1; k < l->n_checkpoints; k++)
 		if (l->checkpoints[k].out >= off + len) {
-			*ret_end = l->checkpoints[k].in + 1 < l->blob_size ? l->checkpoints[k].in + 1 : l->blob_size;
+			/* A decoder reads its input a piece at a time. */
+			uint64_t end = l->checkpoints[k].in + DECODER_INPUT_PIECE;
+			*ret_end = end < l->blob_size ? end : l->blob_size;
 			break;
 		}
 }
@@ -376,7 +392,7 @@ void layer_compressed_range(const struct layer *l, uint64_t off, uint64_t len, u
  * recently used one, reset to the checkpoint.  Caller holds l->lock. */
 static int cursor_for(struct layer *l, uint64_t off, struct cursor **ret)
 {
-	const struct checkpoint *cp = checkpoint_before(l, off);
+	const struct checkpoint *cp = layer_checkpoint_before(l, off);
 	struct cursor *lru = NULL;
 	int r;
 
@@ -719,7 +735,7 @@ int layer_read(struct layer *l, void *buf, size_t len, uint64_t off)
 	if (l->compression == COMPRESSION_NONE)
 		return blob_read(l, buf, len, (off_t)off) == 0 ? 0 : -EIO;
 	while (len > 0) {
-		const struct checkpoint *cp = checkpoint_before(l, off);
+		const struct checkpoint *cp = layer_checkpoint_before(l, off);
 		size_t idx = (size_t)(cp - l->checkpoints);
 		uint64_t end = idx + 1 < l->n_checkpoints ? l->checkpoints[idx + 1].out : l->tar_size;
 		size_t n = end - off < len ? (size_t)(end - off) : len;

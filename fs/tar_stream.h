@@ -7,10 +7,19 @@
 
 #include "layer.h"
 
+/* A decoder reads the compressed blob in pieces of this size: up to that
+ * much past the end of what it decodes.  Small, so that a read through a
+ * remote source fetches little it does not use. */
+#define DECODER_INPUT_PIECE (32u << 10)
+
 struct checkpoint_recorder {
 	struct checkpoint *checkpoints;
 	size_t n, allocated;
 	uint64_t span; /* minimum distance between checkpoints */
+	/* When set, windows go here instead of into memory: it fills the
+	 * slot's window_len and where the window is kept (windows_blob.h). */
+	int (*keep_window)(void *ctx, struct checkpoint *slot, const void *window, size_t len);
+	void *keep_ctx;
 };
 
 static inline bool checkpoint_due(const struct checkpoint_recorder *rec, uint64_t out)
@@ -36,6 +45,8 @@ ssize_t tar_stream_read_entry(struct layer *l, const struct entry *e, void *buf,
 void tar_stream_release(struct layer *l);
 /* Waits until the decoded spans queued for the cache are written. */
 void decoded_keep_flush(void);
+/* The last checkpoint at or before off of the uncompressed stream. */
+const struct checkpoint *layer_checkpoint_before(const struct layer *l, uint64_t off);
 /* The compressed bytes [*ret_in, *ret_end) a decoder reads for the stream
  * bytes [off, off+len). */
 void layer_compressed_range(const struct layer *l, uint64_t off, uint64_t len, uint64_t *ret_in, uint64_t *ret_end);

@@ -30,6 +30,14 @@ void digest_sha256(const void *data, size_t len, char ret[DIGEST_SHA256_LEN + 1]
 	digester_final(&d, ret);
 }
 
+void digest_sha256_raw(const void *data, size_t len, unsigned char ret[32])
+{
+	struct sha256_ctx ctx;
+	sha256_init(&ctx);
+	sha256_update(&ctx, len, data);
+	sha256_digest(&ctx, SHA256_DIGEST_SIZE, ret);
+}
+
 struct digester *digester_new(void)
 {
 	struct digester *d = malloc(sizeof(*d));

@@ -39,6 +39,8 @@ char *image_ref_format(const struct image_ref *ref);
 /* True for "sha256:" followed by exactly 64 lowercase hex digits. */
 bool digest_is_valid(const char *digest);
 void digest_sha256(const void *data, size_t len, char ret[DIGEST_SHA256_LEN + 1]);
+/* The same as 32 bytes, as imgfs's own tables keep digests. */
+void digest_sha256_raw(const void *data, size_t len, unsigned char ret[32]);
 
 struct digester;
 struct digester *digester_new(void);

@@ -65,8 +65,12 @@ def index_push(t):
     listed = index_request(t)
     t.tap.ok([(m["digest"], m.get("artifactType")) for m in listed] == [(t.artifact, "application/vnd.imgfs.index.v1")],
              "without a referrers API the sha256-<hex> tag lists the index", listed)
-    t.tap.ok(t.art.get("subject", {}).get("digest") == t.manifest_digest and len(t.art["layers"]) == 6,
-             "the artifact refers to the image and has an index and a span table per layer", t.art.get("subject"))
+    kinds = sorted(d["mediaType"].split(".")[-1] for d in t.art["layers"])
+    t.tap.ok(t.art.get("subject", {}).get("digest") == t.manifest_digest
+             and kinds == ["v1"] * 3 + ["v1"] + ["v2"] * 3 and
+             sum(d["mediaType"] == "application/vnd.imgfs.layer-windows.v1" for d in t.art["layers"]) == 1,
+             "the artifact refers to the image and has an index and a span table per layer, and the windows"
+             " of the gzip layer's checkpoints", (t.art.get("subject"), kinds))
     r = run([IMGFS, "index", "push", "--cache", os.path.join(t.work, "cache-push"), t.ref])
     t.tap.ok(r.returncode == 0 and len(index_request(t)) == 1, "pushing again lists it once")
 
@@ -150,8 +154,8 @@ def record_then_prefetch_list(t):
     t.tap.ok(before["prefetch_done"] and 0 < before["bytes_prefetched"] < before["image_size"] and ok_bytes and
              after["range_requests"] == before["range_requests"],
              "the listed files and parts were fetched ahead: reading them needs no request", (before, after))
-    t.tap.ok(0 < before["range_requests"] * 2 <= before["bytes_prefetched"] // (256 << 10),
-             "a run of missing 256 KiB spans is one request, not one each", before)
+    t.tap.ok(0 < before["range_requests"] * 2 <= before["bytes_prefetched"] // (64 << 10),
+             "a run of missing 64 KiB spans is one request, not one each (and the windows, one)", before)
     t.tap.ok(read(f"{mnt}/usr/big.bin") == deterministic_bytes(1, 8 << 20) and
              imgfs_stats(mnt)["range_requests"] > after["range_requests"],
              "the parts not listed were not: reading all of big.bin fetches", imgfs_stats(mnt))
@@ -251,30 +255,45 @@ def foreign_index_repo(t):
         m.umount()
 
 
+def windows_blob(t):
+    return next(d for d in t.art["layers"] if d["mediaType"] == "application/vnd.imgfs.layer-windows.v1")
+
+
 @suite.case
 def compressed_index(t):
-    """The layer index goes up as one zstd frame (its windows are the layer's own data), and an
-    index an older imgfs pushed, as it is, still mounts lazily."""
+    """The layer index goes up as one zstd frame without its checkpoints' windows, which
+    lie in a blob of their own; an index an older imgfs pushed (windows inside, as
+    it is) still mounts lazily."""
     indexes = [d for d in t.art["layers"] if d["mediaType"].startswith("application/vnd.imgfs.layer-index")]
     raw = []
     for d in indexes:
         r = subprocess.run(["zstd", "-dc"], input=read(t.reg.blob_path(d["digest"])), stdout=subprocess.PIPE)
         raw.append(r.stdout if r.returncode == 0 else b"")
-    t.tap.ok(len(indexes) == 3 and all(d["mediaType"] == "application/vnd.imgfs.layer-index.v1+zstd" for d in indexes)
-             and all(x.startswith(b"IMGFSIX1") for x in raw)
+    t.tap.ok(len(indexes) == 3 and all(d["mediaType"] == "application/vnd.imgfs.layer-index.v2" for d in indexes)
+             and all(x.startswith(b"IMGFSIX2") for x in raw)
              and sum(d["size"] for d in indexes) * 2 < sum(len(x) for x in raw),
-             "each layer index is a zstd frame of the saved form, less than half its size",
+             "each layer index is a zstd frame, less than half its size",
              [(d["mediaType"], d["size"], len(x)) for d, x in zip(indexes, raw)])
-    # The same artifact as an older imgfs pushed it, in the index repository of a copy of the
-    # image that has no index of its own (one next to the image is looked for first).
+    gzip_layer = windows_blob(t)["annotations"]["io.imgfs.layer.digest"]
+    older_form = read(os.path.join(t.work, "cache-push", "index", "sha256", gzip_layer.split(":")[1]))
+    gzip_index = next(d for d in indexes if d["annotations"]["io.imgfs.layer.digest"] == gzip_layer)
+    t.tap.ok(older_form.startswith(b"IMGFSIX1") and gzip_index["size"] * 20 < len(older_form),
+             "the gzip layer's index a mount fetches is a twentieth of the older form with its windows inside,"
+             " although its checkpoints lie eight times closer", (gzip_index["size"], len(older_form)))
+    # The same artifact as an older imgfs pushed it (its saved index as it is, no windows
+    # blob), in the index repository of a copy of the image that has no index of its own
+    # (one next to the image is looked for first).
     copy_digest, _ = push_rich(t.reg, "older/app", "v1", ["gzip", "zstd", "none"])
     repo = "older/imgfs-index"
     layers = []
     for d in t.art["layers"]:
+        layer = d["annotations"]["io.imgfs.layer.digest"]
         if d in indexes:
-            blob = raw[indexes.index(d)]
+            blob = read(os.path.join(t.work, "cache-push", "index", "sha256", layer.split(":")[1]))
             d = dict(d, mediaType="application/vnd.imgfs.layer-index.v1", size=len(blob),
                      digest=t.reg.push_blob(repo, blob))
+        elif d["mediaType"] == "application/vnd.imgfs.layer-windows.v1":
+            continue
         else:
             t.reg.push_blob(repo, read(t.reg.blob_path(d["digest"])))
         layers.append(d)
@@ -293,11 +312,38 @@ def compressed_index(t):
         s = imgfs_stats(t.mnt)
         fetched = [d["digest"] for d in layers if d["mediaType"] == "application/vnd.imgfs.layer-index.v1"
                    and f"/v2/{repo}/blobs/{d['digest']}" in t.reg.access_log()[seen:]]
+        big = deterministic_bytes(1, 8 << 20)
+        with open(f"{t.mnt}/usr/big.bin", "rb") as f:
+            f.seek(6 << 20)
+            middle = f.read(4096)
         t.tap.ok(copy_digest == t.manifest_digest and s["layers_fetched_whole"] == 0 and len(fetched) == 3 and
-                 read(f"{t.mnt}/usr/share/many/f1234") == b"file 1234\n",
+                 read(f"{t.mnt}/usr/share/many/f1234") == b"file 1234\n" and
+                 middle == big[6 << 20:(6 << 20) + 4096],
                  "no layer fetched whole: the three uncompressed indexes were fetched and read as before",
                  (s, fetched, m.stderr()))
         m.umount()
+
+
+@suite.case
+def window_fetched_with_the_read(t):
+    """A read that starts decoding at a checkpoint fetches that checkpoint's window, one
+    request beside the one for the bytes after it, and little it does not need."""
+    m = Mount(t.ref, t.mnt, os.path.join(t.work, "cache-w"), ["--prefetch", "none"])
+    if not t.tap.ok(m.ok, "mount on a clean cache", m.stderr()):
+        return
+    seen = len(t.reg.access_log())
+    big = deterministic_bytes(1, 8 << 20)
+    with open(f"{t.mnt}/usr/big.bin", "rb") as f:
+        f.seek(6 << 20)
+        middle = f.read(4096)
+    s = imgfs_stats(t.mnt)
+    log = t.reg.access_log()[seen:]
+    windows = windows_blob(t)["digest"]
+    t.tap.ok(middle == big[6 << 20:(6 << 20) + 4096] and log.count(f"/blobs/{windows} ") == 1 and
+             s["range_requests"] == 2 and s["bytes_fetched_ranges"] < 1 << 20,
+             "a read 6 MiB into an incompressible file: its window and the bytes after its checkpoint,"
+             " two requests, under 1 MiB (with windows inside the index, checkpoints lay 2 MiB apart)", (s, log))
+    m.umount()
 
 
 @suite.case
@@ -382,8 +428,9 @@ def background_fetch(t):
     while not imgfs_stats(mnt)["prefetch_done"] and time.time() < deadline:
         time.sleep(0.2)
     s = imgfs_stats(mnt)
-    t.tap.ok(s["prefetch_done"] == 1 and s["bytes_fetched_ranges"] <= s["image_size"] and
-             s["bytes_fetched_whole"] == 0, "the background fetch takes at most the image's size", s)
+    t.tap.ok(s["prefetch_done"] == 1 and s["bytes_fetched_ranges"] <= s["image_size"] + windows_blob(t)["size"] and
+             s["bytes_fetched_whole"] == 0,
+             "the background fetch takes at most the image's size and its checkpoints' windows", s)
     before = imgfs_stats(mnt)["range_requests"]
     got = snapshot(mnt)
     t.tap.ok(got == t.want() and imgfs_stats(mnt)["range_requests"] == before,
@@ -406,6 +453,27 @@ def corrupt_span(t):
     if t.tap.ok(m.ok, "mount with a damaged layer in the registry", m.stderr()):
         t.tap.ok(errno_of_read(f"{mnt}/usr/big.bin") == errno.EIO, "a read through the damaged span fails with EIO")
         t.tap.ok(read(f"{mnt}/usr/share/many/f0007") == b"file 7\n", "files in intact spans still read")
+        m.umount()
+
+
+@suite.case
+def damaged_windows(t):
+    """Windows whose bytes are not the ones the index names: EIO, never wrong bytes."""
+    with open(t.reg.blob_path(windows_blob(t)["digest"]), "r+b") as f:
+        f.write(b"\0" * windows_blob(t)["size"])
+    m = Mount(t.ref, t.mnt, os.path.join(t.work, "cache-dw"), ["--prefetch", "none"])
+    if t.tap.ok(m.ok, "mount with a damaged windows blob in the registry", m.stderr()):
+        with open(f"{t.mnt}/usr/share/many/f0001", "rb") as f:
+            first = f.read()
+        t.tap.ok(first == b"file 1\n", "a file decoded from the layer's start (no window) reads")
+        try:
+            with open(f"{t.mnt}/usr/big.bin", "rb") as f:
+                f.seek(7 << 20)
+                f.read(4096)
+            got = 0
+        except OSError as e:
+            got = e.errno
+        t.tap.ok(got == errno.EIO, "a read that starts at a checkpoint whose window is damaged fails with EIO", got)
         m.umount()
 
 

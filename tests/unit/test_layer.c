@@ -16,6 +16,7 @@
 #include "scan.h"
 #include "tar_stream.h"
 #include "toc.h"
+#include "windows_blob.h"
 #include "remote_blob.h"
 #include "tap.h"
 #include "tree.h"
@@ -135,6 +136,84 @@ static void saved_compressed(const char *name, enum layer_compression c, int fd,
 	unlink(zpath);
 }
 
+/* ---- windows apart: the index a push sends --------------------------------- */
+
+static struct {
+	int blob_fd;
+	const unsigned char *windows;
+	size_t windows_len;
+	unsigned window_reads;
+} apart;
+
+static int apart_read_blob(struct layer *l, void *buf, size_t len, uint64_t off)
+{
+	(void)l;
+	return read_full_at(apart.blob_fd, buf, len, (off_t)off);
+}
+
+static int apart_read_window(struct layer *l, const struct checkpoint *cp, unsigned char *out)
+{
+	(void)l;
+	apart.window_reads++;
+	if (cp->window_at > apart.windows_len || cp->window_stored > apart.windows_len - cp->window_at)
+		return -EIO;
+	return window_unpack(cp, apart.windows + cp->window_at, cp->window_stored, out) < 0 ? -EIO : 0;
+}
+
+static const struct layer_source_ops apart_ops = {
+	.read_blob = apart_read_blob,
+	.read_window = apart_read_window,
+	.read_entry = tar_stream_read_entry,
+	.free = tar_stream_release,
+};
+
+/* The index with its windows apart reads the same bytes, each read fetching
+ * the one window it starts from, and a damaged window is an error. */
+static void windows_apart(const char *name, enum layer_compression c, int fd, struct layer *l, const unsigned char *big)
+{
+	struct windows_blob w = { 0 };
+	struct checkpoint *cps = NULL;
+	size_t n_cps = 0;
+	void *index = NULL;
+	size_t index_len = 0;
+	ok(windows_blob_build(l, &w, &cps, &n_cps) == 0 && n_cps >= 8 * l->n_checkpoints - 8 &&
+	       layer_index_windows_apart(l, cps, n_cps, &index, &index_len) == 0,
+	   "%s: %zu checkpoints with windows apart (%zu with windows inside), %zu bytes of windows", name, n_cps,
+	   l->n_checkpoints, w.len);
+	char path[] = "/tmp/imgfs-index-XXXXXX";
+	int tmp = mkstemp(path);
+	ok(write_full(tmp, index, index_len) == 0, "%s: the index with windows apart is written", name);
+	close(tmp);
+	struct layer *again = NULL;
+	int dfd = dup(fd);
+	ok(layer_open_saved("sha256:test", c, dfd, path, &again) == -ENOENT,
+	   "%s: a local blob does not take an index whose windows are elsewhere", name);
+	close(dfd);
+	ok(layer_open_saved("sha256:test", c, -1, path, &again) == 0 && again->n_checkpoints == n_cps &&
+	       again->checkpoints[1].window == NULL && again->checkpoints[1].window_len == 32768,
+	   "%s: it loads, its windows left to fetch", name);
+	if (again) {
+		apart = (typeof(apart)){ .blob_fd = fd, .windows = w.data, .windows_len = w.len };
+		again->ops = &apart_ops;
+		const struct entry *b2 = find(again, "big");
+		unsigned char chunk[1000];
+		ok(b2 && layer_read_entry(again, b2, chunk, 1000, 6000000) == 1000 &&
+		       memcmp(chunk, big + 6000000, 1000) == 0 && apart.window_reads == 1,
+		   "%s: a read 6 MB in reads the same bytes through one window", name);
+		ok(layer_read_entry(again, b2, chunk, 1000, 3000000) == 1000 &&
+		       memcmp(chunk, big + 3000000, 1000) == 0 && apart.window_reads == 2,
+		   "%s: another one further back through its own window", name);
+		w.data[again->checkpoints[n_cps / 2].window_at + 20] ^= 1;
+		ok(layer_read_entry(again, b2, chunk, 1000, again->checkpoints[n_cps / 2].out + 10) == -EIO,
+		   "%s: a read that starts at a damaged window fails", name);
+		layer_free(again);
+	}
+	unlink(path);
+	free(index);
+	free(cps);
+	free(w.data);
+}
+
 static void test_format(enum layer_compression c, const char *name, const unsigned char *big)
 {
 	int fd = write_tar(c, big);
@@ -194,6 +273,8 @@ static void test_format(enum layer_compression c, const char *name, const unsign
 		layer_free(again);
 	}
 	saved_compressed(name, c, fd, path, l);
+	if (c == COMPRESSION_GZIP)
+		windows_apart(name, c, fd, l, big);
 	int dfd = dup(fd);
 	ok(layer_open_saved("sha256:other", c, dfd, path, &again) == -ENOENT, "%s: an index of another layer is stale",
 	   name);
