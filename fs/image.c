@@ -217,8 +217,8 @@ static int open_indexed_layer(const struct image_ref *ref, struct registry_clien
 	const struct descriptor *spans = index_artifact_blob(artifact, d->digest, IMGFS_MEDIA_TYPE_LAYER_SPANS);
 	if (!index || !spans)
 		return -ENOENT;
-	struct windows_blob_ref windows_ref = { windows ? windows->digest : NULL,
-						windows ? (uint64_t)windows->size : 0 };
+	if (!windows || strcmp(index->media_type, IMGFS_MEDIA_TYPE_LAYER_INDEX_V2) != 0)
+		windows = NULL;
 	int fd;
 	bool cached;
 	int r = blob_cache_fetch(index_client, opts->cache_dir, index, &fd, &cached, err);
@@ -244,25 +244,32 @@ static int open_indexed_layer(const struct image_ref *ref, struct registry_clien
 		return err_set(err, EBADMSG, "layer %s: its imgfs index %s does not describe it", d->digest,
 			       index->digest);
 	}
-	struct registry_client *read_client, *prefetch_client;
-	if ((r = registry_client_new(ref, &opts->registry, &read_client, err)) < 0) {
-		layer_free(l);
-		return r;
+	struct registry_client *read_client = NULL, *prefetch_client = NULL;
+	/* The windows lie beside the index, which may be in another repository. */
+	struct windows_blob_ref windows_ref = { 0 };
+	if (windows)
+		windows_ref = (struct windows_blob_ref){ windows->digest, (uint64_t)windows->size,
+							 registry_client_dup(index_client) };
+	r = registry_client_new(ref, &opts->registry, &read_client, err);
+	if (r == 0)
+		r = registry_client_new(ref, &opts->registry, &prefetch_client, err);
+	if (r == 0 && windows && !windows_ref.client)
+		r = -ENOMEM;
+	if (r == 0) {
+		r = remote_blob_attach(l, read_client, prefetch_client, opts->cache_dir, &st,
+				       windows ? &windows_ref : NULL);
+		if (r == -EBADMSG)
+			r = err_set(err, EBADMSG, "layer %s: its imgfs index %s does not match its windows blob",
+				    d->digest, index->digest);
+		else if (r < 0)
+			r = err_set(err, -r, "layer %s: %s", d->digest, strerror(-r));
 	}
-	if ((r = registry_client_new(ref, &opts->registry, &prefetch_client, err)) < 0) {
-		registry_client_free(read_client);
-		layer_free(l);
-		return r;
-	}
-	if ((r = remote_blob_attach(l, read_client, prefetch_client, opts->cache_dir, &st,
-				    windows ? &windows_ref : NULL)) < 0) {
+	if (r < 0) {
 		registry_client_free(read_client);
 		registry_client_free(prefetch_client);
+		registry_client_free(windows_ref.client);
 		layer_free(l);
-		if (r == -EINVAL)
-			return err_set(err, EBADMSG, "layer %s: its imgfs index %s does not match its windows blob",
-				       d->digest, index->digest);
-		return err_set(err, -r, "layer %s: %s", d->digest, strerror(-r));
+		return r;
 	}
 	*ret = l;
 	return 0;

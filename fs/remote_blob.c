@@ -45,11 +45,12 @@ struct remote_blob {
 	size_t stream_first, stream_next, stream_end;
 	unsigned char *stream_buf;
 	pthread_cond_t stream_moved; /* stream_next moved or the stream ended */
-	/* The windows blob of an index pushed with its windows apart; its
-	 * own connection, so that a window comes beside the stream. */
+	/* The windows blob of an index pushed with its windows apart, in the
+	 * index's repository; its own connection, so that a window comes
+	 * beside the stream, and one for prefetch. */
 	char windows_digest[72];
 	uint64_t windows_size;
-	struct registry_client *window_client;
+	struct registry_client *window_client, *window_prefetch_client;
 	pthread_mutex_t window_lock; /* guards window_client */
 };
 
@@ -516,7 +517,7 @@ static int by_start(const void *a, const void *b)
 static int prefetch_windows(struct layer *l, const struct blob_range *ranges, size_t n, const atomic_bool *stop)
 {
 	struct remote_blob *rb = l->source;
-	if (!rb->window_client)
+	if (!rb->window_prefetch_client)
 		return 0;
 	_cleanup_free_ struct byterange *want = calloc(WINDOWS_PER_REQUEST, sizeof(*want));
 	_cleanup_free_ const struct checkpoint **cps = calloc(WINDOWS_PER_REQUEST, sizeof(*cps));
@@ -544,7 +545,8 @@ static int prefetch_windows(struct layer *l, const struct blob_range *ranges, si
 		for (size_t j = 0, at = 0; j < k; at += want[j++].len)
 			want[j].buf = buf + at;
 		struct err err = { 0 };
-		int requests = k ? registry_fetch_ranges(rb->prefetch_client, rb->windows_digest, want, k, &err) : 0;
+		int requests =
+		    k ? registry_fetch_ranges(rb->window_prefetch_client, rb->windows_digest, want, k, &err) : 0;
 		if (requests < 0)
 			continue; /* a read fetches its window itself */
 		pthread_mutex_lock(&rb->lock);
@@ -620,7 +622,7 @@ static int prefetch_listed(struct layer *l, const atomic_bool *stop)
 static int prefetch_all_windows(struct layer *l, const atomic_bool *stop)
 {
 	struct remote_blob *rb = l->source;
-	for (size_t i = 0; rb->window_client && i < l->n_checkpoints;) {
+	for (size_t i = 0; rb->window_prefetch_client && i < l->n_checkpoints;) {
 		const struct checkpoint *first = &l->checkpoints[i];
 		if (first->window || !first->window_len) {
 			i++;
@@ -690,6 +692,7 @@ static void remote_blob_free(struct remote_blob *rb)
 	pthread_mutex_unlock(&rb->lock);
 	registry_client_free(rb->stream_client);
 	registry_client_free(rb->window_client);
+	registry_client_free(rb->window_prefetch_client);
 	pthread_mutex_destroy(&rb->window_lock);
 	if (rb->open_fd >= 0)
 		close(rb->open_fd);
@@ -728,14 +731,11 @@ int remote_blob_attach(struct layer *l, struct registry_client *client, struct r
 	if (spans->blob_size != blob_size || spans->span_size == 0 ||
 	    spans->n_spans != (blob_size + spans->span_size - 1) / spans->span_size)
 		return -EINVAL;
-	bool windows_apart = false;
 	for (size_t i = 0; i < l->n_checkpoints; i++) {
 		const struct checkpoint *cp = &l->checkpoints[i];
-		if (cp->window || !cp->window_len)
-			continue;
-		windows_apart = true;
-		if (!windows || cp->window_at > windows->size || cp->window_stored > windows->size - cp->window_at)
-			return -EINVAL;
+		if (!cp->window && cp->window_len &&
+		    (!windows || cp->window_at > windows->size || cp->window_stored > windows->size - cp->window_at))
+			return -EBADMSG;
 	}
 	struct remote_blob *rb = calloc(1, sizeof(*rb));
 	if (!rb)
@@ -761,11 +761,12 @@ int remote_blob_attach(struct layer *l, struct registry_client *client, struct r
 	/* Without it, misses are fetched whole on the one connection. */
 	rb->stream_client = registry_client_dup(client);
 	rb->prefetch_client = prefetch_client;
-	if (windows_apart) {
+	if (windows) {
 		snprintf(rb->windows_digest, sizeof(rb->windows_digest), "%s", windows->digest);
 		rb->windows_size = windows->size;
-		/* Without it, a read that needs a window fails (EIO). */
-		rb->window_client = registry_client_dup(client);
+		rb->window_client = windows->client;
+		/* Without it, the prefetch leaves windows to the reads. */
+		rb->window_prefetch_client = registry_client_dup(windows->client);
 	}
 	l->source = rb;
 	l->ops = &remote_blob_ops;

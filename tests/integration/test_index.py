@@ -238,8 +238,13 @@ def foreign_index_repo(t):
         if not t.tap.ok(r.returncode == 0, f"mount with the index repository from {how}", r.stderr):
             continue
         s = imgfs_stats(t.mnt)
-        t.tap.ok(s["layers_fetched_whole"] == 0 and read(f"{t.mnt}/usr/share/many/f0001") == b"file 1\n",
-                 f"{how}: no layer fetched whole, files read through the index found there", s)
+        with open(f"{t.mnt}/usr/big.bin", "rb") as f:
+            f.seek(6 << 20)
+            middle = f.read(4096)
+        t.tap.ok(s["layers_fetched_whole"] == 0 and read(f"{t.mnt}/usr/share/many/f0001") == b"file 1\n"
+                 and middle == deterministic_bytes(1, 8 << 20)[6 << 20:(6 << 20) + 4096],
+                 f"{how}: no layer fetched whole, files read through the index found there (and the window"
+                 " of a checkpoint, from that repository)", s)
         run([IMGFS, "umount", t.mnt])
     m = Mount(ref, t.mnt, os.path.join(t.work, "cache-v9"), ["--prefetch", "none"])
     t.tap.ok(m.ok and imgfs_stats(t.mnt)["layers_fetched_whole"] == 3, "without it the layers are fetched whole")
