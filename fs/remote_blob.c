@@ -403,7 +403,10 @@ static int keep_window(struct remote_blob *rb, const struct checkpoint *cp, cons
 
 /* The window a decoder starts from at cp.  The decoder reads the bytes
  * after cp next: their request goes out first, on the stream's
- * connection, so that both arrive after one round trip, not two. */
+ * connection, so that both arrive after one round trip, not two.  The
+ * windows of the checkpoints whose bytes that request brings come along
+ * (they lie next to each other): a later read that starts at one of them
+ * then makes no request at all. */
 static int remote_blob_read_window(struct layer *l, const struct checkpoint *cp, unsigned char *out)
 {
 	struct remote_blob *rb = l->source;
@@ -412,28 +415,39 @@ static int remote_blob_read_window(struct layer *l, const struct checkpoint *cp,
 		return -EIO;
 	if (cached_window(rb, cp, out) == 0)
 		return 0;
-	uint64_t from = cp->bits ? cp->in - 1 : cp->in;
-	if (from < rb->blob_size) {
-		pthread_mutex_lock(&rb->lock);
-		size_t i = (size_t)(from / rb->span_size);
-		if (!span_cached(rb, i) && !span_in_memory(rb, i))
-			(void)stream_begin(rb, i, readahead_limit(l, from));
-		pthread_mutex_unlock(&rb->lock);
+	uint64_t from = cp->bits ? cp->in - 1 : cp->in, reach = readahead_limit(l, from);
+	pthread_mutex_lock(&rb->lock);
+	size_t i = (size_t)(from / rb->span_size);
+	if (!span_cached(rb, i) && !span_in_memory(rb, i))
+		(void)stream_begin(rb, i, reach);
+	pthread_mutex_unlock(&rb->lock);
+	size_t first = (size_t)(cp - l->checkpoints), last = first;
+	uint64_t len = cp->window_stored;
+	while (last + 1 < l->n_checkpoints) {
+		const struct checkpoint *next = &l->checkpoints[last + 1];
+		if (next->in >= from + reach || next->window || !next->window_len ||
+		    next->window_at != cp->window_at + len || next->window_stored > rb->windows_size - next->window_at)
+			break;
+		len += next->window_stored;
+		last++;
 	}
-	_cleanup_free_ unsigned char *stored = malloc(cp->window_stored);
+	_cleanup_free_ unsigned char *stored = malloc((size_t)len);
 	if (!stored)
 		return -ENOMEM;
 	struct err err = { 0 };
 	pthread_mutex_lock(&rb->window_lock);
-	int r =
-	    registry_fetch_range(rb->window_client, rb->windows_digest, cp->window_at, cp->window_stored, stored, &err);
+	int r = registry_fetch_range(rb->window_client, rb->windows_digest, cp->window_at, (size_t)len, stored, &err);
 	pthread_mutex_unlock(&rb->window_lock);
 	if (r < 0)
 		return -EIO;
 	pthread_mutex_lock(&rb->lock);
 	rb->requests++;
-	rb->bytes_fetched += cp->window_stored;
+	rb->bytes_fetched += len;
 	pthread_mutex_unlock(&rb->lock);
+	for (size_t k = first + 1; k <= last; k++) {
+		const struct checkpoint *along = &l->checkpoints[k];
+		(void)keep_window(rb, along, stored + (along->window_at - cp->window_at), NULL);
+	}
 	return keep_window(rb, cp, stored, out);
 }
 
