@@ -109,7 +109,7 @@ static int push_layer(struct registry_client *c, struct layer *l, struct json_ob
 	if ((r = push_part(c, l, IMGFS_MEDIA_TYPE_LAYER_INDEX_V2, packed ? packed : index,
 			   packed ? packed_len : index_len, "index", layers, err)) < 0)
 		return r;
-	if (windows.len && (r = push_part(c, l, IMGFS_MEDIA_TYPE_LAYER_WINDOWS, windows.data, windows.len, "windows",
+	if (windows.len && (r = push_part(c, l, IMGFS_MEDIA_TYPE_LAYER_WINDOWS, windows_data, windows.len, "windows",
 					  layers, err)) < 0)
 		return r;
 	return push_part(c, l, IMGFS_MEDIA_TYPE_LAYER_SPANS, spans, spans_len, "span table", layers, err);

@@ -656,8 +656,8 @@ static int prefetch_all_windows(struct layer *l, const atomic_bool *stop)
 			return -ECANCELED;
 		_cleanup_free_ unsigned char *data = malloc((size_t)len);
 		struct err err = { 0 };
-		if (data && registry_fetch_range(rb->prefetch_client, rb->windows_digest, first->window_at, len, data,
-						 &err) == 0) {
+		if (data && registry_fetch_range(rb->window_prefetch_client, rb->windows_digest, first->window_at, len,
+						 data, &err) == 0) {
 			pthread_mutex_lock(&rb->lock);
 			rb->bytes_fetched += len;
 			rb->bytes_prefetched += len;

@@ -7,9 +7,9 @@
 
 #include "layer.h"
 
-/* A decoder reads the compressed blob in pieces of this size: up to that
- * much past the end of what it decodes.  Small, so that a read through a
- * remote source fetches little it does not use. */
+/* A decoder reads a blob that is not here (blob_fd < 0) in pieces of this
+ * size: up to that much past the end of what it decodes.  Small, so that a
+ * read through a remote source fetches little it does not use. */
 #define DECODER_INPUT_PIECE (32u << 10)
 
 struct checkpoint_recorder {

@@ -50,6 +50,7 @@ def setup(t):
     push_rich(t.reg, "test/rich", "gzip", ["gzip", "gzip", "gzip"], docker=True)
     t.ref = f"{t.reg.host}/test/rich:mixed"
     t.mnt = os.path.join(t.work, "mnt")
+    os.makedirs(t.mnt, exist_ok=True)  # a case run alone mounts there too
     t.push = run([IMGFS, "index", "push", "--cache", os.path.join(t.work, "cache-push"), t.ref])
     t.artifact = t.push.stdout.decode().strip()
     _, _, body = t.reg._request("GET", f"/v2/test/rich/manifests/{t.artifact}",
@@ -257,6 +258,20 @@ def foreign_index_repo(t):
     if t.tap.ok(m.ok, "mount with the profile in the index repository", m.stderr()):
         before, no_requests = prefetched_then_read(t, t.mnt)
         t.tap.ok(before["bytes_prefetched"] > 0 and no_requests, "its files were prefetched", before)
+        m.umount()
+    m = Mount(ref, t.mnt, os.path.join(t.work, "cache-v11"), ["--prefetch", "all", "--index-repo", repo])
+    if t.tap.ok(m.ok, "mount with the index repository and the background fetch of everything", m.stderr()):
+        deadline = time.time() + 60
+        while not imgfs_stats(t.mnt)["prefetch_done"] and time.time() < deadline:
+            time.sleep(0.1)
+        before = imgfs_stats(t.mnt)["range_requests"]
+        with open(f"{t.mnt}/usr/big.bin", "rb") as f:
+            f.seek(6 << 20)
+            middle = f.read(4096)
+        t.tap.ok(middle == deterministic_bytes(1, 8 << 20)[6 << 20:(6 << 20) + 4096]
+                 and imgfs_stats(t.mnt)["range_requests"] == before,
+                 "the background fetch brought the windows from the index repository too: a read in the"
+                 " middle of a file makes no request", (before, imgfs_stats(t.mnt)))
         m.umount()
 
 
