@@ -367,6 +367,33 @@ def window_fetched_with_the_read(t):
 
 
 @suite.case
+def listed_part_prefetched_whole(t):
+    """A listed part that crosses several checkpoints is prefetched with the windows of
+    each: a read in its middle (a page fault into a mapped library, say) makes no request."""
+    listing = os.path.join(t.work, "part.list")
+    with open(listing, "w") as f:
+        f.write(f"/usr/big.bin\t@{1 << 20}+{2 << 20}\n")
+    m = Mount(t.ref, t.mnt, os.path.join(t.work, "cache-lp"), ["--prefetch", "landmark", "--prefetch-list", listing])
+    if not t.tap.ok(m.ok, "mount with a list of one 2 MiB part", m.stderr()):
+        return
+    deadline = time.time() + 60
+    while not imgfs_stats(t.mnt)["prefetch_done"] and time.time() < deadline:
+        time.sleep(0.1)
+    before = imgfs_stats(t.mnt)
+    fd = os.open(f"{t.mnt}/usr/big.bin", os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        middle = os.pread(fd, 4096, (5 << 19) + 12345)
+    finally:
+        os.close(fd)
+    after = imgfs_stats(t.mnt)
+    t.tap.ok(middle == deterministic_bytes(1, 8 << 20)[(5 << 19) + 12345:(5 << 19) + 12345 + 4096]
+             and 0 < before["bytes_prefetched"] and after["range_requests"] == before["range_requests"],
+             "a read 2.5 MiB into the file, 1.5 MiB into the part, needs no request", (before, after))
+    m.umount()
+
+
+@suite.case
 def unusable_profile_ignored(t):
     """A profile whose blob is damaged, or that names none of the image's
     files, is ignored with a warning: the mount goes on."""
