@@ -14,8 +14,8 @@
 /* The same with each checkpoint's window in a windows blob (windows_blob.h). */
 #define INDEX_WINDOWS_APART_MAGIC "IMGFSIX2"
 #define INDEX_MAX_FILE_SIZE (4ull << 30)
-/* A pushed index may come as one zstd frame (IMGFS_MEDIA_TYPE_LAYER_INDEX_ZSTD).
- * Its checkpoint windows are layer data and compress 2-5x; a frame that
+/* A pushed index may come as one zstd frame (IMGFS_MEDIA_TYPE_LAYER_INDEX_ZSTD,
+ * and _V2).  Its checkpoint windows are layer data and compress 2-5x; a frame that
  * claims to expand far more is refused before its output is allocated,
  * and an index that compresses that well is pushed as it is. */
 #define INDEX_ZSTD_MAX_RATIO 64
@@ -95,8 +95,7 @@ static void put_entry_header(struct wbuf *b, const struct entry *e)
 	}
 }
 
-/* Closes the file with the digest of what precedes it and writes it; a
- * file torn by a crash reads as absent, so durable is a choice. */
+/* Closes the bytes with the digest of what precedes them. */
 static void put_closing_digest(struct wbuf *b)
 {
 	char digest[DIGEST_SHA256_LEN + 1];
@@ -105,6 +104,8 @@ static void put_closing_digest(struct wbuf *b)
 	put(b, digest, DIGEST_SHA256_LEN);
 }
 
+/* Closes the file and writes it; a file torn by a crash reads as absent,
+ * so durable is a choice. */
 static int finish_and_write(struct wbuf *b, const char *path, bool durable)
 {
 	put_closing_digest(b);
