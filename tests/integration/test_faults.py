@@ -410,6 +410,10 @@ def umount_during_fetch(t):
             return
         proxy.hold_tail = (45000, 25)
         first = open(os.path.join(mnt, "many/f0"), "rb").read()
+        # The read returns before its read-ahead reaches the held tail.
+        deadline = time.monotonic() + 5
+        while proxy.held_now == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
         held = proxy.held_now
         start = time.monotonic()
         r = run([IMGFS, "umount", mnt])
