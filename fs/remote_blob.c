@@ -374,6 +374,17 @@ static int remote_blob_read(struct layer *l, void *buf, size_t len, uint64_t off
 	return r;
 }
 
+/* Counts what a request brought, ahead of reads when prefetched. */
+static void count_fetched(struct remote_blob *rb, uint64_t requests, uint64_t bytes, bool prefetched)
+{
+	pthread_mutex_lock(&rb->lock);
+	rb->requests += requests;
+	rb->bytes_fetched += bytes;
+	if (prefetched)
+		rb->bytes_prefetched += bytes;
+	pthread_mutex_unlock(&rb->lock);
+}
+
 /* A window from the cache, verified and unpacked into out; -ENOENT when
  * it is not there whole. */
 static int cached_window(const struct remote_blob *rb, const struct checkpoint *cp, unsigned char *out)
@@ -401,6 +412,21 @@ static int keep_window(struct remote_blob *rb, const struct checkpoint *cp, cons
 	return r == 0 ? 0 : -EIO;
 }
 
+/* Keeps the windows that lie whole in data, the run [off, off+len) of the
+ * windows blob, from checkpoint first on (they lie in checkpoint order). */
+static void keep_windows(struct remote_blob *rb, const struct layer *l, size_t first, const unsigned char *data,
+			 uint64_t off, uint64_t len)
+{
+	for (size_t c = first; c < l->n_checkpoints; c++) {
+		const struct checkpoint *cp = &l->checkpoints[c];
+		if (cp->window || !cp->window_len)
+			continue;
+		if (cp->window_at < off || cp->window_at + cp->window_stored > off + len)
+			break;
+		(void)keep_window(rb, cp, data + (cp->window_at - off), NULL);
+	}
+}
+
 /* The window a decoder starts from at cp.  The decoder reads the bytes
  * after cp next: their request goes out first, on the stream's
  * connection, so that both arrive after one round trip, not two.  The
@@ -410,8 +436,8 @@ static int keep_window(struct remote_blob *rb, const struct checkpoint *cp, cons
 static int remote_blob_read_window(struct layer *l, const struct checkpoint *cp, unsigned char *out)
 {
 	struct remote_blob *rb = l->source;
-	if (!rb->window_client || cp->window_at > rb->windows_size ||
-	    cp->window_stored > rb->windows_size - cp->window_at)
+	/* remote_blob_attach() checked that every window lies in the blob. */
+	if (!rb->window_client)
 		return -EIO;
 	if (cached_window(rb, cp, out) == 0)
 		return 0;
@@ -426,7 +452,7 @@ static int remote_blob_read_window(struct layer *l, const struct checkpoint *cp,
 	while (last + 1 < l->n_checkpoints) {
 		const struct checkpoint *next = &l->checkpoints[last + 1];
 		if (next->in >= from + reach || next->window || !next->window_len ||
-		    next->window_at != cp->window_at + len || next->window_stored > rb->windows_size - next->window_at)
+		    next->window_at != cp->window_at + len)
 			break;
 		len += next->window_stored;
 		last++;
@@ -440,14 +466,8 @@ static int remote_blob_read_window(struct layer *l, const struct checkpoint *cp,
 	pthread_mutex_unlock(&rb->window_lock);
 	if (r < 0)
 		return -EIO;
-	pthread_mutex_lock(&rb->lock);
-	rb->requests++;
-	rb->bytes_fetched += len;
-	pthread_mutex_unlock(&rb->lock);
-	for (size_t k = first + 1; k <= last; k++) {
-		const struct checkpoint *along = &l->checkpoints[k];
-		(void)keep_window(rb, along, stored + (along->window_at - cp->window_at), NULL);
-	}
+	count_fetched(rb, 1, len, false);
+	keep_windows(rb, l, first + 1, stored, cp->window_at, len);
 	return keep_window(rb, cp, stored, out);
 }
 
@@ -494,11 +514,7 @@ static int prefetch_spans(struct remote_blob *rb, struct registry_client *client
 		struct err err = { 0 };
 		if (data && registry_fetch_range(client, rb->digest, (uint64_t)i * rb->span_size, (size_t)len, data,
 						 &err) == 0) {
-			pthread_mutex_lock(&rb->lock);
-			rb->bytes_fetched += len;
-			rb->bytes_prefetched += len;
-			rb->requests++;
-			pthread_mutex_unlock(&rb->lock);
+			count_fetched(rb, 1, len, true);
 			for (size_t k = 0, at = 0; k < run; at += span_len(rb, i + k), k++)
 				if (digest_matches(data + at, span_len(rb, i + k), rb->span_digests[i + k]))
 					(void)store_span(rb, i + k, data + at, span_len(rb, i + k));
@@ -633,18 +649,9 @@ static int prefetch_windows(struct layer *l, const struct blob_range *ranges, si
 		    k ? registry_fetch_ranges(rb->window_prefetch_client, rb->windows_digest, want, k, &err) : 0;
 		if (requests < 0)
 			continue; /* the reads fetch their windows themselves */
-		pthread_mutex_lock(&rb->lock);
-		rb->requests += (uint64_t)requests;
-		rb->bytes_fetched += total;
-		rb->bytes_prefetched += total;
-		pthread_mutex_unlock(&rb->lock);
+		count_fetched(rb, (uint64_t)requests, total, true);
 		for (size_t j = 0; j < k; j++)
-			for (size_t c = first_cp[j]; c < l->n_checkpoints; c++) {
-				const struct checkpoint *cp = &l->checkpoints[c];
-				if (cp->window_at + cp->window_stored > want[j].off + want[j].len)
-					break;
-				(void)keep_window(rb, cp, want[j].buf + (cp->window_at - want[j].off), NULL);
-			}
+			keep_windows(rb, l, first_cp[j], want[j].buf, want[j].off, want[j].len);
 	}
 	return 0;
 }
@@ -745,15 +752,8 @@ static int prefetch_all_windows(struct layer *l, const atomic_bool *stop)
 		struct err err = { 0 };
 		if (data && registry_fetch_range(rb->window_prefetch_client, rb->windows_digest, first->window_at, len,
 						 data, &err) == 0) {
-			pthread_mutex_lock(&rb->lock);
-			rb->bytes_fetched += len;
-			rb->bytes_prefetched += len;
-			rb->requests++;
-			pthread_mutex_unlock(&rb->lock);
-			for (size_t k = 0; k < run; k++) {
-				const struct checkpoint *cp = &l->checkpoints[i + k];
-				(void)keep_window(rb, cp, data + (cp->window_at - first->window_at), NULL);
-			}
+			count_fetched(rb, 1, len, true);
+			keep_windows(rb, l, i, data, first->window_at, len);
 		}
 		i += run;
 	}
