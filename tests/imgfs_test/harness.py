@@ -367,6 +367,19 @@ def stats_after_prefetch(mnt, timeout=30):
     return imgfs_stats(mnt)
 
 
+def read_no_readahead(path, off):
+    """4 KiB at off with the kernel's read-ahead off: bytes or errno."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+            return os.pread(fd, 4096, off)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        return e.errno
+
+
 class Mount:
     def __init__(self, ref, mountpoint, cache, extra=()):
         self.dir = mountpoint

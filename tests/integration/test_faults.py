@@ -17,7 +17,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from imgfs_test.faultproxy import MODES, MULTI_MODES, FaultProxy  # noqa: E402
 from imgfs_test.cases import Suite, run_file  # noqa: E402
 from imgfs_test.harness import (IMGFS, Entry, Mount, Registry, imgfs_stats, make_tar, processes_with,  # noqa: E402
-                                push_image, run, snapshot, stats_after_prefetch)
+                                push_image, read_no_readahead, run, snapshot,
+                                stats_after_prefetch)
 from imgfs_test.images import deterministic_bytes  # noqa: E402
 from imgfs_test.lazy import push_estargz  # noqa: E402
 
@@ -432,19 +433,6 @@ def umount_during_fetch(t):
     finally:
         proxy.hold_tail = None
         m.umount()
-
-
-def read_no_readahead(path, off):
-    """4 KiB at off with the kernel's read-ahead off: bytes or errno."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-            return os.pread(fd, 4096, off)
-        finally:
-            os.close(fd)
-    except OSError as e:
-        return e.errno
 
 
 @suite.case

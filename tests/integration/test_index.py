@@ -11,21 +11,28 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from imgfs_test.cases import Suite, run_file  # noqa: E402
-from imgfs_test.harness import (Mount, Registry, diff_snapshots, imgfs_stats, run, skopeo_umoci_unpack,  # noqa: E402
-                                snapshot, IMGFS)
+from imgfs_test.harness import (Mount, Registry, diff_snapshots, imgfs_stats, read_no_readahead, run,  # noqa: E402
+                                skopeo_umoci_unpack, snapshot, stats_after_prefetch, IMGFS)
 from imgfs_test.images import deterministic_bytes, push_rich  # noqa: E402
 
 suite = Suite()
+BIG = deterministic_bytes(1, 8 << 20)  # usr/big.bin of the rich image
 
 
 def read(path):
     with open(path, "rb") as f:
         return f.read()
+
+
+def big_at(mnt, off, n=4096):
+    """Whether n bytes at off of the mount's usr/big.bin are the right ones."""
+    with open(f"{mnt}/usr/big.bin", "rb") as f:
+        f.seek(off)
+        return f.read(n) == BIG[off:off + n]
 
 
 def errno_of_read(path):
@@ -90,10 +97,7 @@ def clean_cache_mount(t):
     s = imgfs_stats(mnt)
     t.tap.ok(0 < s["bytes_fetched_ranges"] <= 5 << 19 and s["range_requests"] <= 4,
              "reading it fetched a few verified spans (to the next checkpoint at most), not the 8.7 MB layer", s)
-    big = deterministic_bytes(1, 8 << 20)
-    with open(f"{mnt}/usr/big.bin", "rb") as f:
-        f.seek(6 << 20)
-        t.tap.ok(f.read(4096) == big[6 << 20:(6 << 20) + 4096], "a read in the middle of a large file")
+    t.tap.ok(big_at(mnt, 6 << 20), "a read in the middle of a large file")
     got = snapshot(mnt)
     t.tap.ok(got == t.want(), "the lazily mounted tree equals the unpack, entry by entry (gzip, zstd, tar layers)",
              diff_snapshots(t.want(), got))
@@ -141,23 +145,20 @@ def record_then_prefetch_list(t):
     m = Mount(t.ref, mnt, os.path.join(t.work, "cache-g"), ["--prefetch", "landmark", "--prefetch-list", listing])
     if not t.tap.ok(m.ok, "mount with --prefetch-list", m.stderr()):
         return
-    deadline = time.time() + 60
-    while not imgfs_stats(mnt)["prefetch_done"] and time.time() < deadline:
-        time.sleep(0.1)
-    before = imgfs_stats(mnt)
+    before = stats_after_prefetch(mnt, 60)
     with open(f"{mnt}/usr/big.bin", "rb") as f:
         f.seek(3 << 20)
         part = f.read(100)
     ok_bytes = (read(f"{mnt}/usr/share/many/f0500") == b"file 500\n" and
                 read(f"{mnt}/etc/hostname") == b"changed\n" and
-                part == deterministic_bytes(1, 8 << 20)[3 << 20:(3 << 20) + 100])
+                part == BIG[3 << 20:(3 << 20) + 100])
     after = imgfs_stats(mnt)
     t.tap.ok(before["prefetch_done"] and 0 < before["bytes_prefetched"] < before["image_size"] and ok_bytes and
              after["range_requests"] == before["range_requests"],
              "the listed files and parts were fetched ahead: reading them needs no request", (before, after))
     t.tap.ok(0 < before["range_requests"] * 2 <= before["bytes_prefetched"] // (64 << 10),
              "a run of missing 64 KiB spans is one request, not one each (and the windows, one)", before)
-    t.tap.ok(read(f"{mnt}/usr/big.bin") == deterministic_bytes(1, 8 << 20) and
+    t.tap.ok(read(f"{mnt}/usr/big.bin") == BIG and
              imgfs_stats(mnt)["range_requests"] > after["range_requests"],
              "the parts not listed were not: reading all of big.bin fetches", imgfs_stats(mnt))
     m.umount()
@@ -177,14 +178,11 @@ def record_listing(t, mnt, name):
 def prefetched_then_read(t, mnt):
     """(stats once the prefetch is done, whether reading what the workload
     of record_listing read then needed no request)."""
-    deadline = time.time() + 60
-    while not imgfs_stats(mnt)["prefetch_done"] and time.time() < deadline:
-        time.sleep(0.1)
-    before = imgfs_stats(mnt)
+    before = stats_after_prefetch(mnt, 60)
     with open(f"{mnt}/usr/big.bin", "rb") as f:
         start = f.read(100)
     ok = (read(f"{mnt}/usr/share/many/f0700") == b"file 700\n" and read(f"{mnt}/etc/hostname") == b"changed\n"
-          and start == deterministic_bytes(1, 8 << 20)[:100])
+          and start == BIG[:100])
     return before, ok and imgfs_stats(mnt)["range_requests"] == before["range_requests"]
 
 
@@ -239,11 +237,8 @@ def foreign_index_repo(t):
         if not t.tap.ok(r.returncode == 0, f"mount with the index repository from {how}", r.stderr):
             continue
         s = imgfs_stats(t.mnt)
-        with open(f"{t.mnt}/usr/big.bin", "rb") as f:
-            f.seek(6 << 20)
-            middle = f.read(4096)
         t.tap.ok(s["layers_fetched_whole"] == 0 and read(f"{t.mnt}/usr/share/many/f0001") == b"file 1\n"
-                 and middle == deterministic_bytes(1, 8 << 20)[6 << 20:(6 << 20) + 4096],
+                 and big_at(t.mnt, 6 << 20),
                  f"{how}: no layer fetched whole, files read through the index found there (and the window"
                  " of a checkpoint, from that repository)", s)
         run([IMGFS, "umount", t.mnt])
@@ -261,15 +256,8 @@ def foreign_index_repo(t):
         m.umount()
     m = Mount(ref, t.mnt, os.path.join(t.work, "cache-v11"), ["--prefetch", "all", "--index-repo", repo])
     if t.tap.ok(m.ok, "mount with the index repository and the background fetch of everything", m.stderr()):
-        deadline = time.time() + 60
-        while not imgfs_stats(t.mnt)["prefetch_done"] and time.time() < deadline:
-            time.sleep(0.1)
-        before = imgfs_stats(t.mnt)["range_requests"]
-        with open(f"{t.mnt}/usr/big.bin", "rb") as f:
-            f.seek(6 << 20)
-            middle = f.read(4096)
-        t.tap.ok(middle == deterministic_bytes(1, 8 << 20)[6 << 20:(6 << 20) + 4096]
-                 and imgfs_stats(t.mnt)["range_requests"] == before,
+        before = stats_after_prefetch(t.mnt, 60)["range_requests"]
+        t.tap.ok(big_at(t.mnt, 6 << 20) and imgfs_stats(t.mnt)["range_requests"] == before,
                  "the background fetch brought the windows from the index repository too: a read in the"
                  " middle of a file makes no request", (before, imgfs_stats(t.mnt)))
         m.umount()
@@ -332,13 +320,8 @@ def compressed_index(t):
         s = imgfs_stats(t.mnt)
         fetched = [d["digest"] for d in layers if d["mediaType"] == "application/vnd.imgfs.layer-index.v1"
                    and f"/v2/{repo}/blobs/{d['digest']}" in t.reg.access_log()[seen:]]
-        big = deterministic_bytes(1, 8 << 20)
-        with open(f"{t.mnt}/usr/big.bin", "rb") as f:
-            f.seek(6 << 20)
-            middle = f.read(4096)
         t.tap.ok(copy_digest == t.manifest_digest and s["layers_fetched_whole"] == 0 and len(fetched) == 3 and
-                 read(f"{t.mnt}/usr/share/many/f1234") == b"file 1234\n" and
-                 middle == big[6 << 20:(6 << 20) + 4096],
+                 read(f"{t.mnt}/usr/share/many/f1234") == b"file 1234\n" and big_at(t.mnt, 6 << 20),
                  "no layer fetched whole: the three uncompressed indexes were fetched and read as before",
                  (s, fetched, m.stderr()))
         m.umount()
@@ -352,14 +335,11 @@ def window_fetched_with_the_read(t):
     if not t.tap.ok(m.ok, "mount on a clean cache", m.stderr()):
         return
     seen = len(t.reg.access_log())
-    big = deterministic_bytes(1, 8 << 20)
-    with open(f"{t.mnt}/usr/big.bin", "rb") as f:
-        f.seek(6 << 20)
-        middle = f.read(4096)
+    right = big_at(t.mnt, 6 << 20)
     s = imgfs_stats(t.mnt)
     log = t.reg.access_log()[seen:]
     windows = windows_blob(t)["digest"]
-    t.tap.ok(middle == big[6 << 20:(6 << 20) + 4096] and log.count(f"/blobs/{windows} ") == 1 and
+    t.tap.ok(right and log.count(f"/blobs/{windows} ") == 1 and
              s["range_requests"] == 2 and s["bytes_fetched_ranges"] < 1 << 20,
              "a read 6 MiB into an incompressible file: its window and the bytes after its checkpoint,"
              " two requests, under 1 MiB (with windows inside the index, checkpoints lay 2 MiB apart)", (s, log))
@@ -376,19 +356,12 @@ def listed_part_prefetched_whole(t):
     m = Mount(t.ref, t.mnt, os.path.join(t.work, "cache-lp"), ["--prefetch", "landmark", "--prefetch-list", listing])
     if not t.tap.ok(m.ok, "mount with a list of one 2 MiB part", m.stderr()):
         return
-    deadline = time.time() + 60
-    while not imgfs_stats(t.mnt)["prefetch_done"] and time.time() < deadline:
-        time.sleep(0.1)
-    before = imgfs_stats(t.mnt)
-    fd = os.open(f"{t.mnt}/usr/big.bin", os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-        middle = os.pread(fd, 4096, (5 << 19) + 12345)
-    finally:
-        os.close(fd)
+    before = stats_after_prefetch(t.mnt, 60)
+    off = (5 << 19) + 12345
+    middle = read_no_readahead(f"{t.mnt}/usr/big.bin", off)
     after = imgfs_stats(t.mnt)
-    t.tap.ok(middle == deterministic_bytes(1, 8 << 20)[(5 << 19) + 12345:(5 << 19) + 12345 + 4096]
-             and 0 < before["bytes_prefetched"] and after["range_requests"] == before["range_requests"],
+    t.tap.ok(middle == BIG[off:off + 4096] and 0 < before["bytes_prefetched"]
+             and after["range_requests"] == before["range_requests"],
              "a read 2.5 MiB into the file, 1.5 MiB into the part, needs no request", (before, after))
     m.umount()
 
@@ -457,7 +430,7 @@ def full_cache_disk(t):
         if t.tap.ok(m.ok, "mount with the cache on a 3 MiB disk", m.stderr()):
             got = read(f"{t.mnt}/usr/big.bin")
             s = imgfs_stats(t.mnt)
-            t.tap.ok(got == deterministic_bytes(1, 8 << 20) and s["bytes_in_memory"] > 0,
+            t.tap.ok(got == BIG and s["bytes_in_memory"] > 0,
                      "an 8 MiB file of an indexed layer reads right through a full cache disk", s)
             m.umount()
     finally:
@@ -471,10 +444,7 @@ def background_fetch(t):
     m = Mount(t.ref, mnt, os.path.join(t.work, "cache-b"))
     if not t.tap.ok(m.ok, "mount with the default background fetch", m.stderr()):
         return
-    deadline = time.time() + 120
-    while not imgfs_stats(mnt)["prefetch_done"] and time.time() < deadline:
-        time.sleep(0.2)
-    s = imgfs_stats(mnt)
+    s = stats_after_prefetch(mnt, 120)
     t.tap.ok(s["prefetch_done"] == 1 and s["bytes_fetched_ranges"] <= s["image_size"] + windows_blob(t)["size"] and
              s["bytes_fetched_whole"] == 0,
              "the background fetch takes at most the image's size and its checkpoints' windows", s)
