@@ -12,6 +12,11 @@ import socket
 import threading
 import time
 
+# What the link serialises and delivers as one piece: a piece's first byte
+# arrives only after all of it has been sent (1.3 ms at 100 Mbit/s), where a
+# link of 1500-byte packets would deliver it at once.
+SEGMENT = 16384
+
 
 class _Direction:
     """One direction of the link: a serialising rate, then a fixed delay."""
@@ -80,7 +85,7 @@ class ShapedLink:
         sender = asyncio.ensure_future(deliver())
         try:
             while not writer.is_closing():
-                data = await reader.read(65536)
+                data = await reader.read(SEGMENT)
                 if not data:
                     break
                 on_data(data, delivered=False)
@@ -100,6 +105,11 @@ class ShapedLink:
         except OSError:
             client_writer.close()
             return
+        # Nagle's algorithm would hold a small write (a response's body
+        # after its header) for the peer's delayed ack, 40 ms here: a link
+        # does not.
+        for w in (client_writer, up_writer):
+            w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         state = {"header": b"", "body_left": 0, "open": 0, "methods": []}
 
         def from_client(data, delivered):
