@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <json-c/json.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <time.h>
 
@@ -82,6 +83,36 @@ static int copy_fallbacks(struct registry_client *c, const struct registry_endpo
 	return 0;
 }
 
+/* Hosts that answered a TLS hello as a plain HTTP server would, in this
+ * process.  A client made later for one of them speaks HTTP from its first
+ * request: else each new connection (a mount opens several per layer)
+ * first failed a TLS handshake, a round trip or more each. */
+#define PLAIN_HOSTS_MAX 16
+static pthread_mutex_t plain_hosts_lock = PTHREAD_MUTEX_INITIALIZER;
+static char *plain_hosts[PLAIN_HOSTS_MAX];
+
+static bool host_speaks_plain_http(const char *host)
+{
+	bool found = false;
+	pthread_mutex_lock(&plain_hosts_lock);
+	for (size_t i = 0; i < PLAIN_HOSTS_MAX && plain_hosts[i] && !found; i++)
+		found = strcmp(plain_hosts[i], host) == 0;
+	pthread_mutex_unlock(&plain_hosts_lock);
+	return found;
+}
+
+/* A host past PLAIN_HOSTS_MAX is learnt again by each client, as before. */
+static void remember_plain_http(const char *host)
+{
+	pthread_mutex_lock(&plain_hosts_lock);
+	size_t i = 0;
+	while (i < PLAIN_HOSTS_MAX && plain_hosts[i] && strcmp(plain_hosts[i], host) != 0)
+		i++;
+	if (i < PLAIN_HOSTS_MAX && !plain_hosts[i])
+		plain_hosts[i] = strdup(host);
+	pthread_mutex_unlock(&plain_hosts_lock);
+}
+
 int registry_client_new(const struct image_ref *ref, const struct registry_options *opts, struct registry_client **ret,
 			struct err *err)
 {
@@ -94,7 +125,9 @@ int registry_client_new(const struct image_ref *ref, const struct registry_optio
 	c->ref.repository = strdup(ref->repository);
 	c->ref.tag = ref->tag ? strdup(ref->tag) : NULL;
 	c->ref.digest = ref->digest ? strdup(ref->digest) : NULL;
-	c->base_url = strdup_printf("https://%s", registry_endpoint_host(ref->domain));
+	const char *host = registry_endpoint_host(ref->domain);
+	c->plain_http = (c->insecure || c->loopback) && host_speaks_plain_http(host);
+	c->base_url = strdup_printf("%s://%s", c->plain_http ? "http" : "https", host);
 	c->platform = opts->platform;
 	c->max_document_size = opts->max_document_size ? opts->max_document_size : MANIFEST_MAX_SIZE;
 	c->stall_seconds = opts->stall_seconds > 0 ? opts->stall_seconds : 30;
@@ -681,6 +714,7 @@ static bool speaks_plain_http(struct registry_client *c)
 	_cleanup_free_ char *http_url = strdup_printf("http://%s", c->base_url + strlen("https://"));
 	if (!http_url)
 		return false;
+	remember_plain_http(c->base_url + strlen("https://"));
 	free(c->base_url);
 	c->base_url = TAKE_PTR(http_url);
 	c->plain_http = true;
