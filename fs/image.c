@@ -223,10 +223,10 @@ static int open_indexed_layer(const struct image_ref *ref, struct registry_clien
 	bool cached;
 	int r = blob_cache_fetch(index_client, opts->cache_dir, index, &fd, &cached, err);
 	if (r < 0)
-		return r;
+		return err_wrap(err, "layer %s: its imgfs index", d->digest);
 	close(fd);
 	if ((r = blob_cache_fetch(index_client, opts->cache_dir, spans, &fd, &cached, err)) < 0)
-		return r;
+		return err_wrap(err, "layer %s: the span table of its imgfs index", d->digest);
 	_cleanup_close_ int spans_fd = fd;
 	_cleanup_free_ char *index_path = cache_path(opts->cache_dir, "blobs", index->digest);
 	_cleanup_free_ unsigned char *table = malloc((size_t)spans->size + 1);
@@ -330,10 +330,13 @@ static int open_layer(struct image *img, const struct image_ref *ref, struct reg
 		int r = open_indexed_layer(ref, artifacts->client, opts, d, compression, artifact, ret, &index_err);
 		if (r == 0)
 			return 0;
-		if (index_err.code && opts->progress) {
+		/* An index found and not used is a warning, not progress: the
+		 * user pays for it in a whole layer's bytes. */
+		void (*say)(const char *line) = opts->notice ? opts->notice : opts->progress;
+		if (index_err.code && say) {
 			char line[1200];
 			snprintf(line, sizeof(line), "fetching the layer whole: %s", index_err.msg);
-			opts->progress(line);
+			say(line);
 		}
 	}
 	return whole_layer_start(client, opts->cache_dir, d, compression, opts->progress, &img->open_failed,

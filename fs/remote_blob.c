@@ -15,6 +15,23 @@
 #include "tar_stream.h"
 #include "windows_blob.h"
 
+/* The one a read waits on, the request that continues it before it ends
+ * (stream_follow()), and one for a read elsewhere meanwhile. */
+#define STREAMS 3
+
+/* An on-demand request: spans [first, end) of one request, each stored as
+ * it arrives, [first, next) handled so far (stream_main).  The range stays
+ * after the request ends, for stream_follow(). */
+struct stream {
+	struct remote_blob *rb;
+	struct registry_client *client;
+	bool busy;
+	bool followed;      /* the request after it was asked for */
+	size_t follow_from; /* a read of a span from here on asks for it */
+	size_t first, next, end;
+	unsigned char *buf;
+};
+
 struct remote_blob {
 	char digest[72];
 	uint64_t blob_size;
@@ -37,14 +54,9 @@ struct remote_blob {
 	size_t mem_span;
 	unsigned char *mem_data;
 	uint64_t bytes_in_memory;
-	/* The on-demand fetch under way on stream_client, if any: spans
-	 * [stream_first, stream_end) of one request, each stored as it
-	 * arrives, [stream_first, stream_next) handled so far (stream_main). */
-	struct registry_client *stream_client;
-	bool streaming;
-	size_t stream_first, stream_next, stream_end;
-	unsigned char *stream_buf;
-	pthread_cond_t stream_moved; /* stream_next moved or the stream ended */
+	/* On-demand fetches under way, each on a connection of its own. */
+	struct stream streams[STREAMS];
+	pthread_cond_t stream_moved; /* a stream's next moved or a stream ended */
 	/* The windows blob of an index pushed with its windows apart, in the
 	 * index's repository; its own connection, so that a window comes
 	 * beside the stream, and one for prefetch. */
@@ -138,11 +150,17 @@ static int store_span(const struct remote_blob *rb, size_t i, const void *data, 
  * checkpoints lie far apart (incompressible data is a little over 2 MiB). */
 #define SPAN_READAHEAD_MAX_BYTES (4u << 20)
 
-/* How far a miss at blob offset off reads ahead: to the first checkpoint
- * more than a decoder's input piece after off (the first one follows the
- * gzip header, and a decoder at a checkpoint reads on past it), and the
- * piece the decoder reads past that. */
-static uint64_t readahead_limit(const struct layer *l, uint64_t off)
+/* What a miss at blob offset off asks for: readahead bytes from there, of
+ * which a decoder starting there needs those before decode_end. */
+struct reach {
+	uint64_t readahead, decode_end;
+};
+
+/* A decoder starting at off needs the bytes to the first checkpoint more
+ * than a decoder's input piece after it (the first one follows the gzip
+ * header, and a decoder at a checkpoint reads on past it), and the piece
+ * it reads past that; a miss takes at least SPAN_READAHEAD_BYTES. */
+static struct reach miss_reach(const struct layer *l, uint64_t off)
 {
 	size_t lo = 0, hi = l->n_checkpoints;
 	while (lo < hi) {
@@ -153,9 +171,12 @@ static uint64_t readahead_limit(const struct layer *l, uint64_t off)
 			hi = mid;
 	}
 	uint64_t to_next = lo < l->n_checkpoints ? l->checkpoints[lo].in - off + DECODER_INPUT_PIECE : 0;
-	if (to_next > SPAN_READAHEAD_MAX_BYTES)
-		return SPAN_READAHEAD_MAX_BYTES;
-	return to_next > SPAN_READAHEAD_BYTES ? to_next : SPAN_READAHEAD_BYTES;
+	struct reach r = { .readahead = to_next, .decode_end = off + to_next };
+	if (r.readahead > SPAN_READAHEAD_MAX_BYTES)
+		r.readahead = SPAN_READAHEAD_MAX_BYTES;
+	else if (r.readahead < SPAN_READAHEAD_BYTES)
+		r.readahead = SPAN_READAHEAD_BYTES;
+	return r;
 }
 
 static bool span_cached(const struct remote_blob *rb, size_t i)
@@ -184,22 +205,23 @@ static size_t spans_to_fetch(const struct remote_blob *rb, size_t i, uint64_t re
  * retry got starts over, and what was handled is not handled again. */
 static void stream_arrived(void *ctx, size_t got)
 {
-	struct remote_blob *rb = ctx;
+	struct stream *st = ctx;
+	struct remote_blob *rb = st->rb;
 	for (;;) {
 		pthread_mutex_lock(&rb->lock);
-		size_t k = rb->stream_next;
-		bool complete = k < rb->stream_end && (k - rb->stream_first) * rb->span_size + span_len(rb, k) <= got;
+		size_t k = st->next;
+		bool complete = k < st->end && (k - st->first) * rb->span_size + span_len(rb, k) <= got;
 		pthread_mutex_unlock(&rb->lock);
 		if (!complete)
 			return;
-		const unsigned char *data = rb->stream_buf + (k - rb->stream_first) * rb->span_size;
+		const unsigned char *data = st->buf + (k - st->first) * rb->span_size;
 		bool ok = digest_matches(data, (size_t)span_len(rb, k), rb->span_digests[k]) &&
 			  store_span(rb, k, data, (size_t)span_len(rb, k)) == 0;
 		pthread_mutex_lock(&rb->lock);
 		if (ok)
 			rb->verified[k] = 1;
 		rb->bytes_fetched += span_len(rb, k);
-		rb->stream_next = k + 1;
+		st->next = k + 1;
 		pthread_cond_broadcast(&rb->stream_moved);
 		pthread_mutex_unlock(&rb->lock);
 	}
@@ -207,45 +229,108 @@ static void stream_arrived(void *ctx, size_t got)
 
 static void *stream_main(void *arg)
 {
-	struct remote_blob *rb = arg;
-	uint64_t off = (uint64_t)rb->stream_first * rb->span_size, end = (uint64_t)rb->stream_end * rb->span_size;
+	struct stream *st = arg;
+	struct remote_blob *rb = st->rb;
+	uint64_t off = (uint64_t)st->first * rb->span_size, end = (uint64_t)st->end * rb->span_size;
 	if (end > rb->blob_size)
 		end = rb->blob_size;
 	struct err err = { 0 };
 	/* A span it did not bring is fetched by its reader. */
-	(void)registry_fetch_range_streaming(rb->stream_client, rb->digest, off, (size_t)(end - off), rb->stream_buf,
-					     stream_arrived, rb, &err);
+	(void)registry_fetch_range_streaming(st->client, rb->digest, off, (size_t)(end - off), st->buf, stream_arrived,
+					     st, &err);
 	pthread_mutex_lock(&rb->lock);
-	rb->streaming = false;
-	free(rb->stream_buf);
-	rb->stream_buf = NULL;
+	st->busy = false;
+	free(st->buf);
+	st->buf = NULL;
 	pthread_cond_broadcast(&rb->stream_moved);
 	pthread_mutex_unlock(&rb->lock);
 	return NULL;
 }
 
-/* Starts the request for span i and the missing ones after it on the
- * stream's thread; -EBUSY when a request is under way or none can start.
- * rb->lock is held. */
-static int stream_begin(struct remote_blob *rb, size_t i, uint64_t readahead)
+/* The stream under way that brings span i, NULL if none; rb->lock is held. */
+static struct stream *stream_bringing(struct remote_blob *rb, size_t i)
 {
-	if (rb->streaming || !rb->stream_client)
+	for (size_t k = 0; k < STREAMS; k++) {
+		struct stream *st = &rb->streams[k];
+		if (st->busy && i >= st->first && i < st->end)
+			return st;
+	}
+	return NULL;
+}
+
+/* Starts the request for span i and the missing ones after it on a stream
+ * of its own; -EBUSY when every stream is under way or none can start.
+ * rb->lock is held. */
+static int stream_begin(struct remote_blob *rb, size_t i, const struct reach *reach)
+{
+	struct stream *st = NULL;
+	for (size_t k = 0; k < STREAMS && !st; k++)
+		if (!rb->streams[k].busy && rb->streams[k].client)
+			st = &rb->streams[k];
+	if (!st)
 		return -EBUSY;
 	uint64_t total;
-	size_t n = spans_to_fetch(rb, i, readahead, &total);
-	if (!(rb->stream_buf = malloc((size_t)total)))
+	size_t n = spans_to_fetch(rb, i, reach->readahead, &total);
+	if (!(st->buf = malloc((size_t)total)))
 		return -ENOMEM;
-	rb->stream_first = rb->stream_next = i;
-	rb->stream_end = i + n;
-	rb->streaming = true;
+	st->first = st->next = i;
+	st->end = i + n;
+	st->busy = true;
+	st->followed = false;
+	/* Past the middle, and past what the decoder that missed needs: a
+	 * read there is of a decoder going on. */
+	size_t needed = (size_t)((reach->decode_end + rb->span_size - 1) / rb->span_size);
+	st->follow_from = needed > i + n / 2 ? needed : i + n / 2;
 	rb->requests++; /* counted now, its bytes as they come: stats are current */
-	if (!start_detached_thread(stream_main, rb)) {
-		rb->streaming = false;
-		free(rb->stream_buf);
-		rb->stream_buf = NULL;
+	if (!start_detached_thread(stream_main, st)) {
+		st->busy = false;
+		free(st->buf);
+		st->buf = NULL;
 		return -EBUSY;
 	}
 	return 0;
+}
+
+/* A reader that has come past the middle of a stream's spans, and past
+ * those the decoder that missed needed, is going on through the blob (a
+ * large file, or the files of a directory in a row): the spans after them
+ * are asked for now, while the stream may still bring its own, if a stream
+ * is left for a read elsewhere.  Waiting for the reader to miss them left
+ * the link idle for a round trip each time: on the shaped link of
+ * tools/bench-link the plain image read through an index started in
+ * 5.8-6.1 s instead of 7.0-7.1 s.  rb->lock is held. */
+static void stream_follow(struct remote_blob *rb, size_t i, uint64_t readahead)
+{
+	size_t idle = 0;
+	struct stream *from = NULL;
+	for (size_t k = 0; k < STREAMS; k++) {
+		struct stream *st = &rb->streams[k];
+		idle += !st->busy && st->client;
+		if (i >= st->follow_from && i < st->end && !st->followed)
+			from = st;
+	}
+	{
+		FILE *dbg = fopen("/tmp/dbg/follow.log", "a");
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		if (dbg) {
+			fprintf(dbg, "%ld.%03ld follow i=%zu from=%p idle=%zu", ts.tv_sec, ts.tv_nsec / 1000000, i,
+				(void *)from, idle);
+			for (size_t k = 0; k < STREAMS; k++)
+				fprintf(dbg, " [%zu,%zu) ff=%zu busy=%d fol=%d", rb->streams[k].first,
+					rb->streams[k].end, rb->streams[k].follow_from, rb->streams[k].busy,
+					rb->streams[k].followed);
+			fprintf(dbg, "\n");
+			fclose(dbg);
+		}
+	}
+	if (!from || idle < 2)
+		return;
+	from->followed = true;
+	size_t next = from->end;
+	const struct reach onward = { .readahead = readahead, .decode_end = 0 };
+	if (next < rb->n_spans && !span_cached(rb, next) && !stream_bringing(rb, next))
+		(void)stream_begin(rb, next, &onward);
 }
 
 /* A miss at span i: fetches it and the spans after it in one request on a
@@ -253,18 +338,20 @@ static int stream_begin(struct remote_blob *rb, size_t i, uint64_t readahead)
  * has passed it without (-EAGAIN: fetch it alone).  The decoder works on
  * each span while the next arrives: on the shaped link of tools/bench-link
  * the plain image read through an index started in 8.9 s instead of
- * 10.9 s (with readahead_limit(); that alone was no faster).  -EBUSY when
- * a request of another stream is under way (the caller fetches on its own
- * connection).  rb->lock is held. */
-static int stream_span(struct remote_blob *rb, size_t i, uint64_t readahead)
+ * 10.9 s (with miss_reach(); that alone was no faster).  -EBUSY when
+ * every stream is under way (the caller fetches on its own connection).
+ * rb->lock is held. */
+static int stream_span(struct remote_blob *rb, size_t i, const struct reach *reach)
 {
-	if (!rb->streaming || i < rb->stream_first || i >= rb->stream_end) {
-		int r = stream_begin(rb, i, readahead);
+	struct stream *st = stream_bringing(rb, i);
+	if (!st) {
+		int r = stream_begin(rb, i, reach);
 		if (r < 0)
 			return r;
+		st = stream_bringing(rb, i);
 	}
-	size_t first = rb->stream_first;
-	while (rb->streaming && rb->stream_first == first && rb->stream_next <= i)
+	size_t first = st->first;
+	while (st->busy && st->first == first && st->next <= i)
 		pthread_cond_wait(&rb->stream_moved, &rb->lock);
 	return rb->verified[i] ? 0 : -EAGAIN;
 }
@@ -316,7 +403,7 @@ static bool span_in_memory(const struct remote_blob *rb, size_t i)
 	return rb->mem_data && rb->mem_span == i;
 }
 
-static int span_fd(struct remote_blob *rb, size_t i, uint64_t readahead)
+static int span_fd(struct remote_blob *rb, size_t i, const struct reach *reach)
 {
 	if (rb->open_fd >= 0 && rb->open_span == i)
 		return rb->open_fd;
@@ -327,13 +414,13 @@ static int span_fd(struct remote_blob *rb, size_t i, uint64_t readahead)
 		rb->misses++;
 		/* A streamed span may be gone already: a cache smaller than the
 		 * request evicts its first spans (--cache-size). */
-		int r = stream_span(rb, i, readahead);
+		int r = stream_span(rb, i, reach);
 		if (r == -ENOMEM)
 			return r;
 		if (r == 0)
 			fd = open_cached_span(rb, i);
 		if (fd < 0) {
-			if ((r = fetch_span(rb, i, readahead)) < 0)
+			if ((r = fetch_span(rb, i, reach->readahead)) < 0)
 				return r;
 			if (span_in_memory(rb, i))
 				return -ENOSPC;
@@ -361,11 +448,14 @@ static int remote_blob_read(struct layer *l, void *buf, size_t len, uint64_t off
 		size_t i = (size_t)(off / rb->span_size);
 		uint64_t in_span = off - (uint64_t)i * rb->span_size;
 		size_t n = (size_t)(span_len(rb, i) - in_span < len ? span_len(rb, i) - in_span : len);
-		int fd = span_in_memory(rb, i) ? -ENOSPC : span_fd(rb, i, readahead_limit(l, off));
+		struct reach reach = miss_reach(l, off);
+		int fd = span_in_memory(rb, i) ? -ENOSPC : span_fd(rb, i, &reach);
 		if (fd == -ENOSPC && span_in_memory(rb, i))
 			memcpy(out, rb->mem_data + in_span, n);
 		else if (fd < 0 || read_full_at(fd, out, n, (off_t)in_span) < 0)
 			r = -EIO;
+		else
+			stream_follow(rb, i, reach.readahead);
 		out += n;
 		off += n;
 		len -= n;
@@ -441,17 +531,18 @@ static int remote_blob_read_window(struct layer *l, const struct checkpoint *cp,
 		return -EIO;
 	if (cached_window(rb, cp, out) == 0)
 		return 0;
-	uint64_t from = cp->bits ? cp->in - 1 : cp->in, reach = readahead_limit(l, from);
+	uint64_t from = cp->bits ? cp->in - 1 : cp->in;
+	struct reach reach = miss_reach(l, from);
 	pthread_mutex_lock(&rb->lock);
 	size_t i = (size_t)(from / rb->span_size);
-	if (!span_cached(rb, i) && !span_in_memory(rb, i))
-		(void)stream_begin(rb, i, reach);
+	if (!span_cached(rb, i) && !span_in_memory(rb, i) && !stream_bringing(rb, i))
+		(void)stream_begin(rb, i, &reach);
 	pthread_mutex_unlock(&rb->lock);
 	size_t first = (size_t)(cp - l->checkpoints), last = first;
 	uint64_t len = cp->window_stored;
 	while (last + 1 < l->n_checkpoints) {
 		const struct checkpoint *next = &l->checkpoints[last + 1];
-		if (next->in >= from + reach || next->window || !next->window_len ||
+		if (next->in >= from + reach.readahead || next->window || !next->window_len ||
 		    next->window_at != cp->window_at + len)
 			break;
 		len += next->window_stored;
@@ -786,12 +877,14 @@ static void remote_blob_free(struct remote_blob *rb)
 {
 	if (!rb)
 		return;
-	/* The stream's thread uses rb until it has said it is done. */
+	/* A stream's thread uses rb until it has said it is done. */
 	pthread_mutex_lock(&rb->lock);
-	while (rb->streaming)
-		pthread_cond_wait(&rb->stream_moved, &rb->lock);
+	for (size_t k = 0; k < STREAMS; k++)
+		while (rb->streams[k].busy)
+			pthread_cond_wait(&rb->stream_moved, &rb->lock);
 	pthread_mutex_unlock(&rb->lock);
-	registry_client_free(rb->stream_client);
+	for (size_t k = 0; k < STREAMS; k++)
+		registry_client_free(rb->streams[k].client);
 	registry_client_free(rb->window_client);
 	registry_client_free(rb->window_prefetch_client);
 	pthread_mutex_destroy(&rb->window_lock);
@@ -859,8 +952,11 @@ int remote_blob_attach(struct layer *l, struct registry_client *client, struct r
 	}
 	memcpy(rb->span_digests, spans->digests, spans->n_spans * 32);
 	rb->client = client;
-	/* Without it, misses are fetched whole on the one connection. */
-	rb->stream_client = registry_client_dup(client);
+	/* Without them, misses are fetched whole on the one connection. */
+	for (size_t k = 0; k < STREAMS; k++) {
+		rb->streams[k].rb = rb;
+		rb->streams[k].client = registry_client_dup(client);
+	}
 	rb->prefetch_client = prefetch_client;
 	if (windows) {
 		snprintf(rb->windows_digest, sizeof(rb->windows_digest), "%s", windows->digest);

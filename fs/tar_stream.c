@@ -356,6 +356,8 @@ uint64_t cursor_position(const struct cursor *c)
 
 #define CURSORS_PER_LAYER 4
 #define DISCARD_CHUNK (64u << 10)
+/* Decoding 1 MiB costs a few milliseconds; fetching a window, a round trip. */
+#define DECODE_ON_RATHER_THAN_FETCH (1u << 20)
 
 const struct checkpoint *layer_checkpoint_before(const struct layer *l, uint64_t off)
 {
@@ -404,15 +406,27 @@ static int cursor_for(struct layer *l, uint64_t off, struct cursor **ret)
 		if (!l->cursors)
 			return -ENOMEM;
 	}
+	/* A window not in memory is a request to its source: a cursor a little
+	 * behind decodes on instead (a read the kernel's read-ahead sent ahead
+	 * of the one before it, say). */
+	bool window_away = cp->raw && cp->window_len && !cp->window;
+	struct cursor *behind = NULL;
 	for (int i = 0; i < CURSORS_PER_LAYER; i++) {
 		struct cursor *c = &l->cursors[i];
 		if (c->valid && c->pos >= cp->out && c->pos <= off) {
 			*ret = c;
 			return 0;
 		}
+		if (window_away && c->valid && c->pos <= off && off - c->pos <= DECODE_ON_RATHER_THAN_FETCH &&
+		    (!behind || c->pos > behind->pos))
+			behind = c;
 		/* Prefer a slot never used, then the least recently used. */
 		if (!lru || (lru->in_buf && (!c->in_buf || c->last_used < lru->last_used)))
 			lru = c;
+	}
+	if (behind) {
+		*ret = behind;
+		return 0;
 	}
 	if (!lru->in_buf && cursor_init(lru, l) < 0)
 		return -ENOMEM;
@@ -423,33 +437,34 @@ static int cursor_for(struct layer *l, uint64_t off, struct cursor **ret)
 	return 0;
 }
 
-/* Decodes len bytes at off through the layer's cursors. */
-static int decode_at(struct layer *l, void *buf, size_t len, uint64_t off)
+/* Decodes len bytes at off through the layer's cursors; l->lock is held. */
+static int decode_locked(struct layer *l, void *buf, size_t len, uint64_t off)
 {
-	pthread_mutex_lock(&l->lock);
 	struct cursor *c;
 	int r = cursor_for(l, off, &c);
 	if (r < 0)
-		goto out;
+		return r;
 	c->last_used = ++l->cursor_clock;
 	while (c->pos < off) {
 		unsigned char discard[DISCARD_CHUNK];
 		uint64_t gap = off - c->pos;
 		ssize_t n = cursor_read(c, discard, gap < sizeof(discard) ? (size_t)gap : sizeof(discard), NULL);
-		if (n <= 0) {
-			r = n < 0 ? (int)n : -EIO;
-			goto out;
-		}
+		if (n <= 0)
+			return n < 0 ? (int)n : -EIO;
 	}
 	for (size_t done = 0; done < len;) {
 		ssize_t n = cursor_read(c, (char *)buf + done, len - done, NULL);
-		if (n <= 0) {
-			r = n < 0 ? (int)n : -EIO;
-			goto out;
-		}
+		if (n <= 0)
+			return n < 0 ? (int)n : -EIO;
 		done += (size_t)n;
 	}
-out:
+	return 0;
+}
+
+static int decode_at(struct layer *l, void *buf, size_t len, uint64_t off)
+{
+	pthread_mutex_lock(&l->lock);
+	int r = decode_locked(l, buf, len, off);
 	pthread_mutex_unlock(&l->lock);
 	return r;
 }
@@ -686,6 +701,36 @@ void decoded_keep_flush(void)
 	pthread_mutex_unlock(&keeper.lock);
 }
 
+static int span_read(struct layer *l, size_t idx, void *buf, size_t len, uint64_t off);
+
+/* Where span idx would start decoding at its checkpoint, whose window is a
+ * request away: the spans from one a cursor stopped at up to idx are
+ * decoded in order and kept instead.  The kernel sends the reads of a file
+ * read through on several threads, and one may come ahead of the one
+ * before it; neither should cost a window. */
+static void decode_spans_before(struct layer *l, size_t idx)
+{
+	const struct checkpoint *cp = &l->checkpoints[idx];
+	if (!cp->raw || !cp->window_len || cp->window || !l->cursors)
+		return;
+	size_t from = idx;
+	pthread_mutex_lock(&l->lock);
+	for (int i = 0; i < CURSORS_PER_LAYER; i++) {
+		const struct cursor *c = &l->cursors[i];
+		if (!c->valid || c->pos >= cp->out || cp->out - c->pos > DECODE_ON_RATHER_THAN_FETCH)
+			continue;
+		size_t j = (size_t)(layer_checkpoint_before(l, c->pos) - l->checkpoints);
+		if (l->checkpoints[j].out == c->pos && (from == idx || j > from))
+			from = j;
+	}
+	pthread_mutex_unlock(&l->lock);
+	for (size_t j = from; j < idx; j++) {
+		unsigned char one;
+		if (span_read(l, j, &one, 1, l->checkpoints[j].out) < 0)
+			return;
+	}
+}
+
 static int span_read(struct layer *l, size_t idx, void *buf, size_t len, uint64_t off)
 {
 	uint64_t start = l->checkpoints[idx].out;
@@ -696,6 +741,7 @@ static int span_read(struct layer *l, size_t idx, void *buf, size_t len, uint64_
 		return 0;
 	if (decoded_read(l, start, end, buf, len, off))
 		return 0;
+	decode_spans_before(l, idx);
 	struct decoded_span *v = calloc(1, sizeof(*v));
 	unsigned char *data = malloc((size_t)(end - start));
 	if (!v || !data) {
@@ -703,8 +749,19 @@ static int span_read(struct layer *l, size_t idx, void *buf, size_t len, uint64_
 		free(data);
 		return decode_at(l, buf, len, off);
 	}
-	int r = decode_at(l, data, (size_t)(end - start), start);
+	/* Spans are decoded and kept under l->lock: one another reader decoded
+	 * meanwhile (decode_spans_before(), say) is found here, not decoded
+	 * again from its checkpoint, which may cost a window. */
+	pthread_mutex_lock(&l->lock);
+	if (span_copy(l, idx, start, buf, len, off)) {
+		pthread_mutex_unlock(&l->lock);
+		free(v);
+		free(data);
+		return 0;
+	}
+	int r = decode_locked(l, data, (size_t)(end - start), start);
 	if (r < 0) {
+		pthread_mutex_unlock(&l->lock);
 		free(v);
 		free(data);
 		return r;
@@ -713,21 +770,13 @@ static int span_read(struct layer *l, size_t idx, void *buf, size_t len, uint64_
 	decoded_keep_later(l, idx, start, end, data);
 	*v = (struct decoded_span){ .layer = l, .index = idx, .data = data, .len = (size_t)(end - start) };
 	pthread_mutex_lock(&span_lock);
-	/* Another reader may have decoded it meanwhile: keep one copy. */
-	bool present = false;
-	for (struct decoded_span *p = spans; p && !present; p = p->next)
-		present = p->layer == l && p->index == idx;
-	if (present) {
-		free(data);
-		free(v);
-	} else {
-		span_evict_locked(v->len);
-		v->last_used = ++span_clock;
-		v->next = spans;
-		spans = v;
-		span_bytes += v->len;
-	}
+	span_evict_locked(v->len);
+	v->last_used = ++span_clock;
+	v->next = spans;
+	spans = v;
+	span_bytes += v->len;
 	pthread_mutex_unlock(&span_lock);
+	pthread_mutex_unlock(&l->lock);
 	return 0;
 }
 

@@ -4,7 +4,9 @@ and lets through at most `rate` bytes per second per direction, shared by
 all connections, as one link would.  It counts the HTTP requests that
 cross it and the most that were outstanding at once (a request is
 outstanding from its first byte until its response, sized by
-Content-Length, has been delivered)."""
+Content-Length, has been delivered), and logs each (`log`): its request
+line, when it went out, when its response was through, and the bytes of
+its body."""
 
 import asyncio
 import re
@@ -40,6 +42,7 @@ class ShapedLink:
         self.outstanding = 0
         self.max_outstanding = 0
         self.bytes_down = 0
+        self.log = []
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", 0))
@@ -61,6 +64,7 @@ class ShapedLink:
 
     def reset(self):
         self.requests = self.max_outstanding = self.bytes_down = 0
+        self.log = []
 
     async def _pump(self, reader, writer, direction, on_data):
         queue = asyncio.Queue()
@@ -110,7 +114,7 @@ class ShapedLink:
         # does not.
         for w in (client_writer, up_writer):
             w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        state = {"header": b"", "body_left": 0, "open": 0, "methods": []}
+        state = {"header": b"", "body_left": 0, "open": 0, "methods": [], "logged": []}
 
         def from_client(data, delivered):
             if delivered:
@@ -119,6 +123,9 @@ class ShapedLink:
                 self.requests += 1
                 state["open"] += 1
                 state["methods"].append(m.group(1))
+                line = data[m.start():].lstrip().split(b"\r\n", 1)[0].decode(errors="replace")
+                state["logged"].append({"request": line, "start": time.monotonic(), "end": None, "bytes": 0})
+                self.log.append(state["logged"][-1])
                 self.outstanding += 1
                 self.max_outstanding = max(self.max_outstanding, self.outstanding)
 
@@ -136,6 +143,8 @@ class ShapedLink:
                     m = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
                     method = state["methods"][0] if state["methods"] else b"GET"
                     state["body_left"] = int(m.group(1)) if m and method != b"HEAD" else 0
+                    if state["logged"]:
+                        state["logged"][0]["bytes"] = state["body_left"]
                     state["header"] = b""
                     if state["body_left"] == 0:
                         self._done(state)
@@ -156,6 +165,8 @@ class ShapedLink:
         state["open"] -= 1
         if state["methods"]:
             state["methods"].pop(0)
+        if state["logged"]:
+            state["logged"].pop(0)["end"] = time.monotonic()
         self.outstanding -= 1
 
     def stop(self):

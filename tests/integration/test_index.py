@@ -18,6 +18,7 @@ from imgfs_test.cases import Suite, run_file  # noqa: E402
 from imgfs_test.harness import (Mount, Registry, diff_snapshots, imgfs_stats, read_no_readahead, run,  # noqa: E402
                                 skopeo_umoci_unpack, snapshot, stats_after_prefetch, IMGFS)
 from imgfs_test.images import deterministic_bytes, push_rich  # noqa: E402
+from imgfs_test.shaper import ShapedLink  # noqa: E402
 
 suite = Suite()
 BIG = deterministic_bytes(1, 8 << 20)  # usr/big.bin of the rich image
@@ -267,6 +268,30 @@ def windows_blob(t):
     return next(d for d in t.art["layers"] if d["mediaType"] == "application/vnd.imgfs.layer-windows.v1")
 
 
+def republish(t, repo, image_repo, change):
+    """The index artifact again, in repo, for a copy of the image pushed as
+    image_repo:v1 (the same manifest digest, and no index beside it):
+    change(descriptor, blob) gives each layer of the artifact as it is to be
+    pushed, (descriptor, blob), or None to leave it out.  Returns the copy's
+    manifest digest and the layers pushed."""
+    copy_digest, _ = push_rich(t.reg, image_repo, "v1", ["gzip", "zstd", "none"])
+    layers = []
+    for d in t.art["layers"]:
+        changed = change(d, read(t.reg.blob_path(d["digest"])))
+        if changed:
+            d, blob = changed
+            layers.append(dict(d, size=len(blob), digest=t.reg.push_blob(repo, blob)))
+    t.reg.push_blob(repo, read(t.reg.blob_path(t.art["config"]["digest"])))
+    art_type = "application/vnd.oci.image.manifest.v1+json"
+    body = json.dumps(dict(t.art, layers=layers)).encode()
+    art = t.reg.push_manifest(repo, "republished", body, art_type)
+    listing = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+               "manifests": [{"mediaType": art_type, "digest": art, "size": len(body),
+                              "artifactType": "application/vnd.imgfs.index.v1"}]}
+    t.reg.push_manifest(repo, f"sha256-{copy_digest.split(':')[1]}", listing, listing["mediaType"])
+    return copy_digest, layers
+
+
 @suite.case
 def compressed_index(t):
     """The layer index goes up as one zstd frame without its checkpoints' windows, which
@@ -291,28 +316,15 @@ def compressed_index(t):
     # The same artifact as an older imgfs pushed it (its saved index as it is, no windows
     # blob), in the index repository of a copy of the image that has no index of its own
     # (one next to the image is looked for first).
-    copy_digest, _ = push_rich(t.reg, "older/app", "v1", ["gzip", "zstd", "none"])
     repo = "older/imgfs-index"
-    layers = []
-    for d in t.art["layers"]:
-        layer = d["annotations"]["io.imgfs.layer.digest"]
+
+    def older(d, blob):
         if d in indexes:
-            blob = read(os.path.join(t.work, "cache-push", "index", "sha256", layer.split(":")[1]))
-            d = dict(d, mediaType="application/vnd.imgfs.layer-index.v1", size=len(blob),
-                     digest=t.reg.push_blob(repo, blob))
-        elif d["mediaType"] == "application/vnd.imgfs.layer-windows.v1":
-            continue
-        else:
-            t.reg.push_blob(repo, read(t.reg.blob_path(d["digest"])))
-        layers.append(d)
-    t.reg.push_blob(repo, read(t.reg.blob_path(t.art["config"]["digest"])))
-    art_type = "application/vnd.oci.image.manifest.v1+json"
-    body = json.dumps(dict(t.art, layers=layers)).encode()
-    older = t.reg.push_manifest(repo, "older", body, art_type)
-    listing = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-               "manifests": [{"mediaType": art_type, "digest": older, "size": len(body),
-                              "artifactType": "application/vnd.imgfs.index.v1"}]}
-    t.reg.push_manifest(repo, f"sha256-{copy_digest.split(':')[1]}", listing, listing["mediaType"])
+            blob = read(os.path.join(t.work, "cache-push", "index", "sha256",
+                                     d["annotations"]["io.imgfs.layer.digest"].split(":")[1]))
+            return dict(d, mediaType="application/vnd.imgfs.layer-index.v1"), blob
+        return None if d["mediaType"] == "application/vnd.imgfs.layer-windows.v1" else (d, blob)
+    copy_digest, layers = republish(t, repo, "older/app", older)
     seen = len(t.reg.access_log())
     m = Mount(f"{t.reg.host}/older/app:v1", t.mnt, os.path.join(t.work, "cache-older"),
               ["--prefetch", "none", "--index-repo", f"{t.reg.host}/{repo}"])
@@ -343,6 +355,34 @@ def window_fetched_with_the_read(t):
              s["range_requests"] == 2 and s["bytes_fetched_ranges"] < 1 << 20,
              "a read 6 MiB into an incompressible file: its window and the bytes after its checkpoint,"
              " two requests, under 1 MiB (with windows inside the index, checkpoints lay 2 MiB apart)", (s, log))
+    m.umount()
+
+
+@suite.case
+def sequential_read_asks_ahead(t):
+    """A reader going on through a large file finds the next bytes asked for before the
+    request it reads from has ended, so the link does not wait a round trip between
+    them; and no more is fetched than the file and a read-ahead."""
+    # Slow enough that the reader, even under a sanitizer, is never the one behind.
+    link = ShapedLink(t.reg.port, rtt=0.02, rate=2e6)
+    t.on_exit(link.stop)
+    gzip_layer = next(d for d in t.art["layers"] if d["mediaType"] == "application/vnd.imgfs.layer-windows.v1")
+    gzip_layer = gzip_layer["annotations"]["io.imgfs.layer.digest"]
+    m = Mount(f"{link.host}/test/rich:mixed", t.mnt, os.path.join(t.work, "cache-seq"), ["--prefetch", "none"])
+    if not t.tap.ok(m.ok, "mount through a link with a 20 ms round trip", m.stderr()):
+        return
+    link.reset()
+    with open(f"{t.mnt}/usr/big.bin", "rb") as f:
+        right = f.read(4 << 20) == BIG[:4 << 20]
+    blob = [r for r in link.log if f"/blobs/{gzip_layer} " in r["request"]]
+    # A request still under way has no end yet.
+    asked_ahead = sum(1 for a, b in zip(blob, blob[1:]) if a["end"] is None or b["start"] < a["end"])
+    fetched = sum(r["bytes"] for r in blob)
+    timeline = [(round(r["start"] - blob[0]["start"], 3), r["end"] and round(r["end"] - blob[0]["start"], 3),
+                 r["bytes"]) for r in blob]
+    t.tap.ok(right and len(blob) >= 6 and asked_ahead * 3 >= len(blob) * 2 and fetched < (4 << 20) * 1.5,
+             "reading the first 4 MiB of usr/big.bin, most of its requests went out before the one before them"
+             " ended", (right, asked_ahead, fetched, timeline))
     m.umount()
 
 
@@ -456,6 +496,30 @@ def background_fetch(t):
 
 
 @suite.case
+def mismatched_windows(t):
+    """An index whose windows lie beyond its windows blob (a blob from another push, say)
+    is not used: a warning names the layer, which is fetched whole and reads right."""
+    def halved(d, blob):
+        if d["mediaType"] == "application/vnd.imgfs.layer-windows.v1":
+            return d, blob[:len(blob) // 2]
+        return d, blob
+    repo = "halved/imgfs-index"
+    republish(t, repo, "halved/app", halved)
+    gzip_layer = windows_blob(t)["annotations"]["io.imgfs.layer.digest"]
+    m = Mount(f"{t.reg.host}/halved/app:v1", t.mnt, os.path.join(t.work, "cache-halved"),
+              ["--prefetch", "none", "--index-repo", f"{t.reg.host}/{repo}"])
+    if t.tap.ok(m.ok, "mount with an index that does not match its windows blob", m.stderr()):
+        s = imgfs_stats(t.mnt)
+        t.tap.ok(f"fetching the layer whole: layer {gzip_layer}: its imgfs index" in m.stderr() and
+                 "does not match its windows blob" in m.stderr(), "a warning names the layer and what is wrong",
+                 m.stderr())
+        t.tap.ok(s["layers_fetched_whole"] == 1 and big_at(t.mnt, 6 << 20) and
+                 read(f"{t.mnt}/usr/share/many/f1234") == b"file 1234\n",
+                 "that layer alone is fetched whole, and reads right", s)
+        m.umount()
+
+
+@suite.case
 def corrupt_span(t):
     """Corrupt bytes from the registry: EIO, never wrong bytes."""
     mnt = t.mnt
@@ -508,6 +572,9 @@ def damaged_index(t):
     if t.tap.ok(m.ok, "mount with a damaged span table in the registry", m.stderr()):
         s = imgfs_stats(mnt)
         t.tap.ok(s["bytes_fetched_whole"] > 0, "that layer was fetched whole, its index not trusted", s)
+        layer = spans["annotations"]["io.imgfs.layer.digest"]
+        t.tap.ok(f"fetching the layer whole: layer {layer}: the span table of its imgfs index: blob {spans['digest']}"
+                 in m.stderr(), "with a warning that names the layer and its damaged span table", m.stderr())
         t.tap.ok(read(f"{mnt}/etc/hostname") == b"changed\n", "and reads right")
         m.umount()
 

@@ -203,8 +203,22 @@ static void windows_apart(const char *name, enum layer_compression c, int fd, st
 		ok(layer_read_entry(again, b2, chunk, 1000, 3000000) == 1000 &&
 		       memcmp(chunk, big + 3000000, 1000) == 0 && apart.window_reads == 2,
 		   "%s: another one further back through its own window", name);
-		w.data[again->checkpoints[n_cps / 2].window_at + 20] ^= 1;
-		ok(layer_read_entry(again, b2, chunk, 1000, again->checkpoints[n_cps / 2].out + 10) == -EIO,
+		/* The read above stopped at the end of its span, k - 1. */
+		size_t k =
+		    (size_t)(layer_checkpoint_before(again, b2->extents[0].stream_off + 3000000) - again->checkpoints) +
+		    2;
+		const struct checkpoint *ahead = &again->checkpoints[k], *between = &again->checkpoints[k - 1];
+		ok(layer_read_entry(again, b2, chunk, 1000, ahead->out - b2->extents[0].stream_off + 10) == 1000 &&
+		       memcmp(chunk, big + (ahead->out - b2->extents[0].stream_off + 10), 1000) == 0 &&
+		       layer_read_entry(again, b2, chunk, 1000, between->out - b2->extents[0].stream_off) == 1000 &&
+		       memcmp(chunk, big + (between->out - b2->extents[0].stream_off), 1000) == 0 &&
+		       apart.window_reads == 2,
+		   "%s: a read a span past where one stopped decodes on to it, and keeps the span between: no window",
+		   name);
+		/* Checkpoint 2 lies before every span decoded so far. */
+		w.data[again->checkpoints[2].window_at + 20] ^= 1;
+		ok(layer_read_entry(again, b2, chunk, 1000,
+				    again->checkpoints[2].out - b2->extents[0].stream_off + 10) == -EIO,
 		   "%s: a read that starts at a damaged window fails", name);
 		layer_free(again);
 	}
