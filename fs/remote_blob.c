@@ -309,21 +309,6 @@ static void stream_follow(struct remote_blob *rb, size_t i, uint64_t readahead)
 		if (i >= st->follow_from && i < st->end && !st->followed)
 			from = st;
 	}
-	{
-		FILE *dbg = fopen("/tmp/dbg/follow.log", "a");
-		struct timespec ts;
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		if (dbg) {
-			fprintf(dbg, "%ld.%03ld follow i=%zu from=%p idle=%zu", ts.tv_sec, ts.tv_nsec / 1000000, i,
-				(void *)from, idle);
-			for (size_t k = 0; k < STREAMS; k++)
-				fprintf(dbg, " [%zu,%zu) ff=%zu busy=%d fol=%d", rb->streams[k].first,
-					rb->streams[k].end, rb->streams[k].follow_from, rb->streams[k].busy,
-					rb->streams[k].followed);
-			fprintf(dbg, "\n");
-			fclose(dbg);
-		}
-	}
 	if (!from || idle < 2)
 		return;
 	from->followed = true;
