@@ -298,7 +298,7 @@ static int stream_begin(struct remote_blob *rb, size_t i, const struct reach *re
  * is left for a read elsewhere.  Waiting for the reader to miss them left
  * the link idle for a round trip each time: on the shaped link of
  * tools/bench-link the plain image read through an index started in
- * 5.8-6.1 s instead of 7.0-7.1 s.  rb->lock is held. */
+ * 5.7 s instead of 7.0 s (foreign row).  rb->lock is held. */
 static void stream_follow(struct remote_blob *rb, size_t i, uint64_t readahead)
 {
 	size_t idle = 0;
