@@ -366,8 +366,7 @@ def sequential_read_asks_ahead(t):
     # Slow enough that the reader, even under a sanitizer, is never the one behind.
     link = ShapedLink(t.reg.port, rtt=0.02, rate=2e6)
     t.on_exit(link.stop)
-    gzip_layer = next(d for d in t.art["layers"] if d["mediaType"] == "application/vnd.imgfs.layer-windows.v1")
-    gzip_layer = gzip_layer["annotations"]["io.imgfs.layer.digest"]
+    gzip_layer = windows_blob(t)["annotations"]["io.imgfs.layer.digest"]
     m = Mount(f"{link.host}/test/rich:mixed", t.mnt, os.path.join(t.work, "cache-seq"), ["--prefetch", "none"])
     if not t.tap.ok(m.ok, "mount through a link with a 20 ms round trip", m.stderr()):
         return
