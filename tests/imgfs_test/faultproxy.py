@@ -37,6 +37,8 @@ class FaultProxy:
         # sends all but its last bytes at once and the rest seconds later,
         # as a long read on a slow link does; counted in held_now too.
         self.hold_tail = None
+        # With it, every such read is held so, not only the next.
+        self.hold_every_tail = False
         # (bytes, seconds): every whole blob answer larger than twice bytes
         # sends all but its last bytes at once and the rest seconds later;
         # whole_held_most counts the most held at the same time.
@@ -190,7 +192,8 @@ class FaultProxy:
             tail = self.hold_tail
             if status != 206 or not tail or size <= 2 * tail[0]:
                 return None
-            self.hold_tail = None
+            if not self.hold_every_tail:
+                self.hold_tail = None
             self.held_now += 1
             return tail
 

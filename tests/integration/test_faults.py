@@ -416,19 +416,25 @@ def umount_during_fetch(t):
     try:
         if not t.tap.ok(m.ok, "mount an image of two files", m.stderr()):
             return
-        proxy.hold_tail = (45000, 25)
+        proxy.hold_tail, proxy.hold_every_tail = (45000, 25), True
         first = open(os.path.join(mnt, "a/small"), "rb").read()
+        # The read-ahead usually comes in the read's own request, whose tail
+        # is held before the read returns; under a sanitizer in CI it once
+        # came in a request of its own, after the read.
+        deadline = time.monotonic() + 10
+        while proxy.held_now == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
         held = proxy.held_now
         start = time.monotonic()
         r = run([IMGFS, "umount", mnt])
         took = time.monotonic() - start
         left = processes_with(mnt)
-        t.tap.ok(first == small and held == 1 and r.returncode == 0 and took < 5 and left == [],
+        t.tap.ok(first == small and held >= 1 and r.returncode == 0 and took < 5 and left == [],
                  "umount returns in seconds, the daemon gone, while the read-ahead is held for 25 s",
                  (held, r, took, left))
         m.ok = r.returncode != 0
     finally:
-        proxy.hold_tail = None
+        proxy.hold_tail, proxy.hold_every_tail = None, False
         m.umount()
 
 
