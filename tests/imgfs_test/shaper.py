@@ -6,7 +6,8 @@ cross it and the most that were outstanding at once (a request is
 outstanding from its first byte until its response, sized by
 Content-Length, has been delivered), and logs each (`log`): its request
 line, when it went out, when its response was through, and the bytes of
-its body."""
+its body; and counts the connections that opened with a TLS hello
+(`tls_hellos`)."""
 
 import asyncio
 import re
@@ -43,6 +44,7 @@ class ShapedLink:
         self.max_outstanding = 0
         self.bytes_down = 0
         self.log = []
+        self.tls_hellos = 0
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", 0))
@@ -63,7 +65,7 @@ class ShapedLink:
         return {"requests": self.requests, "max_outstanding": self.max_outstanding, "bytes_down": self.bytes_down}
 
     def reset(self):
-        self.requests = self.max_outstanding = self.bytes_down = 0
+        self.requests = self.max_outstanding = self.bytes_down = self.tls_hellos = 0
         self.log = []
 
     async def _pump(self, reader, writer, direction, on_data):
@@ -114,11 +116,14 @@ class ShapedLink:
         # does not.
         for w in (client_writer, up_writer):
             w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        state = {"header": b"", "body_left": 0, "open": 0, "methods": [], "logged": []}
+        state = {"header": b"", "body_left": 0, "open": 0, "methods": [], "logged": [], "first": True}
 
         def from_client(data, delivered):
             if delivered:
                 return
+            if state["first"]:
+                state["first"] = False
+                self.tls_hellos += data[:2] == b"\x16\x03"  # a TLS handshake record
             for m in re.finditer(rb"(?:^|\r\n)(GET|HEAD|PUT|POST|PATCH|DELETE) /", data):
                 self.requests += 1
                 state["open"] += 1

@@ -382,6 +382,11 @@ def sequential_read_asks_ahead(t):
     t.tap.ok(right and len(blob) >= 6 and asked_ahead * 3 >= len(blob) * 2 and fetched < (4 << 20) * 1.5,
              "reading the first 4 MiB of usr/big.bin, most of its requests went out before the one before them"
              " ended", (right, asked_ahead, fetched, timeline))
+    # Those requests went out on several connections of their own (streams,
+    # windows); only a mount's first connection tries TLS on this plain HTTP
+    # registry, the others know it from that one.
+    t.tap.ok(link.tls_hellos == 0 and asked_ahead > 0,
+             "no connection the read opened first tried TLS on the plain HTTP registry", (link.tls_hellos, asked_ahead))
     m.umount()
 
 
