@@ -84,6 +84,12 @@ static int fill_input(struct cursor *c)
 	return 1;
 }
 
+/* A raw checkpoint whose window is not in memory: its source fetches it. */
+static bool window_elsewhere(const struct checkpoint *cp)
+{
+	return cp->raw && cp->window_len && !cp->window;
+}
+
 static int gzip_setup(struct cursor *c, const struct checkpoint *cp)
 {
 	int r;
@@ -99,7 +105,7 @@ static int gzip_setup(struct cursor *c, const struct checkpoint *cp)
 	 * the bytes after the checkpoint at the same time. */
 	unsigned char fetched[GZIP_WINDOW_SIZE];
 	const unsigned char *window = cp->window;
-	if (cp->raw && cp->window_len && !window) {
+	if (window_elsewhere(cp)) {
 		if (cp->window_len > sizeof(fetched) || !c->layer->ops || !c->layer->ops->read_window)
 			return -EIO;
 		if ((r = c->layer->ops->read_window(c->layer, cp, fetched)) < 0)
@@ -359,6 +365,12 @@ uint64_t cursor_position(const struct cursor *c)
 /* Decoding 1 MiB costs a few milliseconds; fetching a window, a round trip. */
 #define DECODE_ON_RATHER_THAN_FETCH (1u << 20)
 
+/* Whether cursor c lies at most that far before off. */
+static bool close_behind(const struct cursor *c, uint64_t off)
+{
+	return c->valid && c->pos <= off && off - c->pos <= DECODE_ON_RATHER_THAN_FETCH;
+}
+
 const struct checkpoint *layer_checkpoint_before(const struct layer *l, uint64_t off)
 {
 	size_t lo = 0, hi = l->n_checkpoints;
@@ -409,7 +421,7 @@ static int cursor_for(struct layer *l, uint64_t off, struct cursor **ret)
 	/* A window not in memory is a request to its source: a cursor a little
 	 * behind decodes on instead (a read the kernel's read-ahead sent ahead
 	 * of the one before it, say). */
-	bool window_away = cp->raw && cp->window_len && !cp->window;
+	bool window_away = window_elsewhere(cp);
 	struct cursor *behind = NULL;
 	for (int i = 0; i < CURSORS_PER_LAYER; i++) {
 		struct cursor *c = &l->cursors[i];
@@ -417,8 +429,7 @@ static int cursor_for(struct layer *l, uint64_t off, struct cursor **ret)
 			*ret = c;
 			return 0;
 		}
-		if (window_away && c->valid && c->pos <= off && off - c->pos <= DECODE_ON_RATHER_THAN_FETCH &&
-		    (!behind || c->pos > behind->pos))
+		if (window_away && close_behind(c, off) && (!behind || c->pos > behind->pos))
 			behind = c;
 		/* Prefer a slot never used, then the least recently used. */
 		if (!lru || (lru->in_buf && (!c->in_buf || c->last_used < lru->last_used)))
@@ -711,13 +722,13 @@ static int span_read(struct layer *l, size_t idx, void *buf, size_t len, uint64_
 static void decode_spans_before(struct layer *l, size_t idx)
 {
 	const struct checkpoint *cp = &l->checkpoints[idx];
-	if (!cp->raw || !cp->window_len || cp->window || !l->cursors)
+	if (!window_elsewhere(cp) || !l->cursors)
 		return;
 	size_t from = idx;
 	pthread_mutex_lock(&l->lock);
 	for (int i = 0; i < CURSORS_PER_LAYER; i++) {
 		const struct cursor *c = &l->cursors[i];
-		if (!c->valid || c->pos >= cp->out || cp->out - c->pos > DECODE_ON_RATHER_THAN_FETCH)
+		if (c->pos >= cp->out || !close_behind(c, cp->out))
 			continue;
 		size_t j = (size_t)(layer_checkpoint_before(l, c->pos) - l->checkpoints);
 		if (l->checkpoints[j].out == c->pos && (from == idx || j > from))

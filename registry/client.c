@@ -91,12 +91,21 @@ static int copy_fallbacks(struct registry_client *c, const struct registry_endpo
 static pthread_mutex_t plain_hosts_lock = PTHREAD_MUTEX_INITIALIZER;
 static char *plain_hosts[PLAIN_HOSTS_MAX];
 
+/* Where host is in plain_hosts, else the first free slot, else
+ * PLAIN_HOSTS_MAX; plain_hosts_lock is held. */
+static size_t plain_host_slot_locked(const char *host)
+{
+	size_t i = 0;
+	while (i < PLAIN_HOSTS_MAX && plain_hosts[i] && strcmp(plain_hosts[i], host) != 0)
+		i++;
+	return i;
+}
+
 static bool host_speaks_plain_http(const char *host)
 {
-	bool found = false;
 	pthread_mutex_lock(&plain_hosts_lock);
-	for (size_t i = 0; i < PLAIN_HOSTS_MAX && plain_hosts[i] && !found; i++)
-		found = strcmp(plain_hosts[i], host) == 0;
+	size_t i = plain_host_slot_locked(host);
+	bool found = i < PLAIN_HOSTS_MAX && plain_hosts[i];
 	pthread_mutex_unlock(&plain_hosts_lock);
 	return found;
 }
@@ -105,9 +114,7 @@ static bool host_speaks_plain_http(const char *host)
 static void remember_plain_http(const char *host)
 {
 	pthread_mutex_lock(&plain_hosts_lock);
-	size_t i = 0;
-	while (i < PLAIN_HOSTS_MAX && plain_hosts[i] && strcmp(plain_hosts[i], host) != 0)
-		i++;
+	size_t i = plain_host_slot_locked(host);
 	if (i < PLAIN_HOSTS_MAX && !plain_hosts[i])
 		plain_hosts[i] = strdup(host);
 	pthread_mutex_unlock(&plain_hosts_lock);
