@@ -742,8 +742,45 @@ static void test_toc_size_bound(void)
 	layer_free(l);
 }
 
+/* Modification times as Go writes them, and what is not one (the epoch). */
+static void test_toc_times(void)
+{
+	static const struct {
+		const char *modtime;
+		int64_t sec;
+		uint32_t nsec;
+	} cases[] = {
+		{ "2006-01-02T15:04:05Z", 1136214245, 0 },
+		{ "2006-01-02T15:04:05.5+01:00", 1136214245 - 3600, 500000000 },
+		{ "2006-01-02T15:04:05.123456789123-00:30", 1136214245 + 1800, 123456789 },
+		{ "1969-12-31T23:59:59Z", -1, 0 },
+		{ "2024-02-29T00:00:00Z", 1709164800, 0 },
+		{ "1600-03-01T00:00:00Z", -11670912000, 0 },
+		{ "2006-1-02T15:04:05Z", 0, 0 },
+		{ "2006-13-02T15:04:05Z", 0, 0 },
+		{ "2006-01-02", 0, 0 },
+		{ "", 0, 0 },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char toc[256];
+		snprintf(toc, sizeof(toc),
+			 "{\"version\":1,\"entries\":[{\"name\":\"d\",\"type\":\"dir\",\"modtime\":\"%s\"}]}",
+			 cases[i].modtime);
+		struct layer *l = layer_alloc("sha256:00", COMPRESSION_GZIP, -1);
+		struct err err = { 0 };
+		int r = estargz_parse_toc(l, toc, strlen(toc), 1 << 19, &err);
+		ok(r == 0 && l->n_entries == 1 && l->entries[0].mtime_sec == cases[i].sec &&
+		       l->entries[0].mtime_nsec == cases[i].nsec,
+		   "modtime \"%s\" is %lld.%09u: %lld.%09u", cases[i].modtime, (long long)cases[i].sec, cases[i].nsec,
+		   r == 0 && l->n_entries ? (long long)l->entries[0].mtime_sec : -99LL,
+		   r == 0 && l->n_entries ? l->entries[0].mtime_nsec : 0);
+		layer_free(l);
+	}
+}
+
 int main(void)
 {
+	test_toc_times();
 	test_toc_size_bound();
 	test_cache_sizes();
 	test_file_parts();
