@@ -1,7 +1,8 @@
 /* Guessing what a workload reads next from what it reads: when a read of a
  * chunked layer has to fetch, the files beside it (same directory) are
  * fetched in the background, on connections of their own, once per
- * directory and within a byte budget.  Programs read the files of one
+ * directory, after its second miss of a small file, and within a byte
+ * budget.  Programs read the files of one
  * directory together (a package's modules, a program's data files), and
  * on a link with a real round trip a guess that goes out with the miss
  * saves the round trips the reads would have made one after another
@@ -31,8 +32,8 @@ struct speculation_ops {
 int speculation_new(const struct layer *l, const struct speculation_ops *ops, struct speculation **ret);
 /* Starts the worker threads: in the process that serves the mount. */
 void speculation_start(struct speculation *s);
-/* A read of e had to fetch: queue the rest of its directory, the first
- * time one of its files asks.  Cheap, never blocks on I/O. */
+/* A read of e had to fetch: queue the rest of its directory when this is
+ * its second small file to miss.  Cheap, never blocks on I/O. */
 void speculation_note_miss(struct speculation *s, const struct entry *e);
 /* Stops and joins the workers; a guess under way ends after its request. */
 void speculation_stop(struct speculation *s);

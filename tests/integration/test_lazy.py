@@ -200,29 +200,43 @@ def settled_stats(mnt, key, seconds=10):
 
 @suite.case
 def neighbours_fetched_ahead(t):
-    """A read that had to fetch brings the other files of its directory in
-    the background, on a connection of its own: a program reads a
-    package's files together.  The guess stays in that directory."""
+    """A second read of a directory's small files that has to fetch brings
+    the directory's other files in the background, on a connection of its
+    own: a program reads a package's modules together.  One read does not
+    (a program reads one file of many directories), nor do reads of large
+    files.  The guess stays in that directory."""
     pkg = [Entry("pkg", "dir"), *[Entry(f"pkg/m{i:02}", data=deterministic_bytes(500 + i, 40000)) for i in range(30)]]
     other = [Entry("other", "dir"),
              *[Entry(f"other/o{i}", data=deterministic_bytes(600 + i, 40000)) for i in range(30)]]
-    push_estargz(t.reg, "lazy/dirs", "v1", [pkg + other])
+    large = [Entry("large", "dir"),
+             *[Entry(f"large/l{i}", data=deterministic_bytes(700 + i, 600000)) for i in range(4)]]
+    push_estargz(t.reg, "lazy/dirs", "v1", [pkg + other + large])
     mnt = os.path.join(t.work, "mnt-dirs")
     m = Mount(f"{t.reg.host}/lazy/dirs:v1", mnt, t.cache_of("dirs"), ["--prefetch=none"])
-    if not t.tap.ok(m.ok, "mount an image of two directories of 1.2 MB each", m.stderr()):
+    if not t.tap.ok(m.ok, "mount an image of three directories of 1.2 to 2.4 MB each", m.stderr()):
         return
     try:
+        # The read-ahead of a miss (512 KiB) takes the 12 files after
+        # m00; m29 is past it, and what follows m29 is other/.
         first = read(os.path.join(mnt, "pkg/m00"))
+        once = settled_stats(mnt, "range_requests", seconds=2)
+        last = read(os.path.join(mnt, "pkg/m29"))
         before = settled_stats(mnt, "bytes_speculated")
         wrong = [e.path for e in pkg[1:] if read(os.path.join(mnt, e.path)) != e.data]
         after = imgfs_stats(mnt)
-        t.tap.ok(first == pkg[1].data and not wrong and before.get("bytes_speculated", 0) > 0 and
+        t.tap.ok(first == pkg[1].data and once.get("bytes_speculated", 0) == 0,
+                 "one read of pkg/ guesses nothing", once)
+        t.tap.ok(last == pkg[-1].data and not wrong and before.get("bytes_speculated", 0) > 0 and
                  after["range_requests"] == before["range_requests"],
-                 "after one read of pkg/, every file of pkg/ reads right with no request of its own",
-                 (wrong, before, after))
+                 "after a second read of pkg/ that fetched, every file of pkg/ reads right with no request "
+                 "of its own", (wrong, before, after))
         t.tap.ok(read(os.path.join(mnt, "other/o29")) == other[-1].data and
                  imgfs_stats(mnt)["range_requests"] > after["range_requests"],
                  "a file of another directory was not guessed: its read fetches", imgfs_stats(mnt))
+        guessed = settled_stats(mnt, "bytes_speculated", seconds=2)["bytes_speculated"]
+        wrong = [e.path for e in large[1:] if read(os.path.join(mnt, e.path)) != e.data]
+        t.tap.ok(not wrong and settled_stats(mnt, "range_requests", seconds=2)["bytes_speculated"] == guessed,
+                 "reads of every large file of large/ guess nothing", (wrong, imgfs_stats(mnt)))
     finally:
         m.umount()
 
