@@ -80,20 +80,13 @@ static int push_part(struct registry_client *c, const struct layer *l, const cha
 	return 0;
 }
 
-/* Pushes the index, its windows and the span table of one layer; adds
- * their descriptors. */
-static int push_layer(struct registry_client *c, struct layer *l, struct json_object *layers, struct err *err)
+/* The index, windows and span table of one layer, its windows built. */
+static int push_layer_parts(struct registry_client *c, struct layer *l, const struct windows_blob *windows,
+			    const struct checkpoint *cps, size_t n_cps, struct json_object *layers, struct err *err)
 {
-	struct windows_blob windows = { 0 };
-	_cleanup_free_ struct checkpoint *cps = NULL;
-	size_t n_cps = 0;
-	int r = windows_blob_build(l, &windows, &cps, &n_cps);
-	_cleanup_free_ unsigned char *windows_data = windows.data;
-	if (r < 0)
-		return err_set(err, -r, "layer %s: cannot decode it to place its checkpoints: %s", l->digest,
-			       strerror(-r));
 	_cleanup_free_ void *index = NULL;
 	size_t index_len;
+	int r;
 	if ((r = layer_index_windows_apart(l, cps, n_cps, &index, &index_len)) < 0)
 		return err_set(err, -r, "layer %s: cannot write its index: %s", l->digest, strerror(-r));
 	_cleanup_free_ unsigned char *spans = NULL;
@@ -109,10 +102,29 @@ static int push_layer(struct registry_client *c, struct layer *l, struct json_ob
 	if ((r = push_part(c, l, IMGFS_MEDIA_TYPE_LAYER_INDEX_V2, packed ? packed : index,
 			   packed ? packed_len : index_len, "index", layers, err)) < 0)
 		return r;
-	if (windows.len && (r = push_part(c, l, IMGFS_MEDIA_TYPE_LAYER_WINDOWS, windows_data, windows.len, "windows",
-					  layers, err)) < 0)
+	if (windows->len && (r = push_part(c, l, IMGFS_MEDIA_TYPE_LAYER_WINDOWS, windows->data, windows->len, "windows",
+					   layers, err)) < 0)
 		return r;
 	return push_part(c, l, IMGFS_MEDIA_TYPE_LAYER_SPANS, spans, spans_len, "span table", layers, err);
+}
+
+/* Pushes the index, its windows and the span table of one layer; adds
+ * their descriptors. */
+static int push_layer(struct registry_client *c, struct layer *l, const char *tmp_dir, struct json_object *layers,
+		      struct err *err)
+{
+	struct windows_blob windows;
+	_cleanup_free_ struct checkpoint *cps = NULL;
+	size_t n_cps = 0;
+	int r = windows_blob_build(l, tmp_dir, &windows, &cps, &n_cps);
+	if (r == 0)
+		r = push_layer_parts(c, l, &windows, cps, n_cps, layers, err);
+	else
+		r = err_set(err, -r,
+			    "layer %s: cannot decode it to place its checkpoints, their windows in a file in %s: %s",
+			    l->digest, tmp_dir, strerror(-r));
+	windows_blob_done(&windows);
+	return r;
 }
 
 /* Pushes an artifact of artifact_type with these layer descriptors that
@@ -175,7 +187,7 @@ int index_artifact_push(struct image *img, const struct image_ref *ref, const st
 		 * carry their own table of contents. */
 		if (l->blob_fd < 0)
 			continue;
-		r = push_layer(c, l, layers, err);
+		r = push_layer(c, l, opts->cache_dir, layers, err);
 		pushed++;
 	}
 	if (r == 0 && pushed == 0)

@@ -2,6 +2,8 @@
  * back from it. */
 #include "windows_blob.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <zstd.h>
 
 #include "registry.h"
@@ -15,17 +17,46 @@ static int keep_window(void *ctx, struct checkpoint *slot, const void *window, s
 {
 	struct windows_blob *w = ctx;
 	size_t bound = ZSTD_compressBound(len);
-	if (grow_array((void **)&w->data, &w->cap, w->len + bound, 1) < 0)
+	_cleanup_free_ unsigned char *packed = malloc(bound);
+	if (!packed)
 		return -ENOMEM;
-	size_t n = ZSTD_compress(w->data + w->len, bound, window, len, WINDOW_ZSTD_LEVEL);
+	size_t n = ZSTD_compress(packed, bound, window, len, WINDOW_ZSTD_LEVEL);
 	if (ZSTD_isError(n))
 		return -EIO;
+	int r = write_full_at(w->fd, packed, n, (off_t)w->len);
+	if (r < 0)
+		return r;
 	slot->window_len = (uint32_t)len;
 	slot->window_at = w->len;
 	slot->window_stored = (uint32_t)n;
-	digest_sha256_raw(w->data + w->len, n, slot->window_sha256);
+	digest_sha256_raw(packed, n, slot->window_sha256);
 	w->len += n;
 	return 0;
+}
+
+/* An unlinked file in dir: O_TMPFILE where the file system has it. */
+static int unlinked_file(const char *dir)
+{
+	int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	if (fd >= 0 || (errno != EOPNOTSUPP && errno != EISDIR))
+		return fd < 0 ? -errno : fd;
+	_cleanup_free_ char *path = strdup_printf("%s/.windows-XXXXXX", dir);
+	if (!path)
+		return -ENOMEM;
+	fd = mkostemp(path, O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	unlink(path);
+	return fd;
+}
+
+void windows_blob_done(struct windows_blob *w)
+{
+	if (w->data)
+		munmap((void *)w->data, w->len);
+	if (w->fd >= 0)
+		close(w->fd);
+	*w = (struct windows_blob){ .fd = -1 };
 }
 
 static int copy_checkpoints(const struct layer *l, struct checkpoint **ret, size_t *ret_n)
@@ -43,10 +74,16 @@ static int copy_checkpoints(const struct layer *l, struct checkpoint **ret, size
 	return 0;
 }
 
-int windows_blob_build(struct layer *l, struct windows_blob *w, struct checkpoint **ret, size_t *ret_n)
+int windows_blob_build(struct layer *l, const char *tmp_dir, struct windows_blob *w, struct checkpoint **ret,
+		       size_t *ret_n)
 {
+	*w = (struct windows_blob){ .fd = -1 };
 	if (l->compression != COMPRESSION_GZIP)
 		return copy_checkpoints(l, ret, ret_n);
+	int fd = unlinked_file(tmp_dir);
+	if (fd < 0)
+		return fd;
+	w->fd = fd;
 	struct checkpoint_recorder rec = { .span = WINDOWED_CHECKPOINT_SPAN,
 					   .keep_window = keep_window,
 					   .keep_ctx = w };
@@ -63,6 +100,13 @@ int windows_blob_build(struct layer *l, struct windows_blob *w, struct checkpoin
 	if (r == 0 && cursor_position(c) != l->tar_size)
 		r = -EIO;
 	cursor_free(c);
+	if (r == 0 && w->len) {
+		void *map = mmap(NULL, w->len, PROT_READ, MAP_SHARED, w->fd, 0);
+		if (map == MAP_FAILED)
+			r = -errno;
+		else
+			w->data = map;
+	}
 	if (r < 0) {
 		free(rec.checkpoints);
 		return r;

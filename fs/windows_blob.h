@@ -13,17 +13,23 @@
 
 #define WINDOWED_CHECKPOINT_SPAN (256u << 10)
 
-/* The windows blob an index push builds. */
+/* The windows blob an index push builds, in an unlinked file: a large
+ * image's is hundreds of megabytes, which the heap would hold until the
+ * push ends and the page cache can give back. */
 struct windows_blob {
-	unsigned char *data;
-	size_t len, cap;
+	int fd;
+	size_t len;
+	const unsigned char *data; /* all of it, mapped by windows_blob_build() */
 };
 
 /* Decodes the layer's local blob once and records a checkpoint every
- * WINDOWED_CHECKPOINT_SPAN bytes of output into *ret, their windows
- * appended to w (gzip; other layers keep their checkpoints, which need no
- * window).  The caller frees *ret and w->data. */
-int windows_blob_build(struct layer *l, struct windows_blob *w, struct checkpoint **ret, size_t *ret_n);
+ * WINDOWED_CHECKPOINT_SPAN bytes of output into *ret, their windows into
+ * w, in a file made in tmp_dir (gzip; other layers keep their checkpoints,
+ * which need no window, and w stays empty).  The caller frees *ret and
+ * calls windows_blob_done(w), on failure too. */
+int windows_blob_build(struct layer *l, const char *tmp_dir, struct windows_blob *w, struct checkpoint **ret,
+		       size_t *ret_n);
+void windows_blob_done(struct windows_blob *w);
 
 /* A window as the windows blob stores it (len bytes), checked against
  * cp's digest and unpacked into out (cp->window_len bytes); -EBADMSG when

@@ -171,15 +171,19 @@ static const struct layer_source_ops apart_ops = {
  * the one window it starts from, and a damaged window is an error. */
 static void windows_apart(const char *name, enum layer_compression c, int fd, struct layer *l, const unsigned char *big)
 {
-	struct windows_blob w = { 0 };
+	struct windows_blob w;
+	unsigned char *windows = NULL;
 	struct checkpoint *cps = NULL;
 	size_t n_cps = 0;
 	void *index = NULL;
 	size_t index_len = 0;
-	ok(windows_blob_build(l, &w, &cps, &n_cps) == 0 && n_cps >= 8 * l->n_checkpoints - 8 &&
+	ok(windows_blob_build(l, "/tmp", &w, &cps, &n_cps) == 0 && n_cps >= 8 * l->n_checkpoints - 8 &&
 	       layer_index_windows_apart(l, cps, n_cps, &index, &index_len) == 0,
 	   "%s: %zu checkpoints with windows apart (%zu with windows inside), %zu bytes of windows", name, n_cps,
 	   l->n_checkpoints, w.len);
+	struct stat st;
+	ok(w.fd >= 0 && fstat(w.fd, &st) == 0 && (size_t)st.st_size == w.len && st.st_nlink == 0,
+	   "%s: the windows are in an unlinked file, not on the heap", name);
 	char path[] = "/tmp/imgfs-index-XXXXXX";
 	int tmp = mkstemp(path);
 	ok(write_full(tmp, index, index_len) == 0, "%s: the index with windows apart is written", name);
@@ -193,7 +197,11 @@ static void windows_apart(const char *name, enum layer_compression c, int fd, st
 	       again->checkpoints[1].window == NULL && again->checkpoints[1].window_len == 32768,
 	   "%s: it loads, its windows left to fetch", name);
 	if (again) {
-		apart = (typeof(apart)){ .blob_fd = fd, .windows = w.data, .windows_len = w.len };
+		/* A copy, to damage below: the blob's own map is read-only. */
+		windows = malloc(w.len);
+		if (windows)
+			memcpy(windows, w.data, w.len);
+		apart = (typeof(apart)){ .blob_fd = fd, .windows = windows, .windows_len = windows ? w.len : 0 };
 		again->ops = &apart_ops;
 		const struct entry *b2 = find(again, "big");
 		unsigned char chunk[1000];
@@ -216,7 +224,8 @@ static void windows_apart(const char *name, enum layer_compression c, int fd, st
 		   "%s: a read a span past where one stopped decodes on to it, and keeps the span between: no window",
 		   name);
 		/* Checkpoint 2 lies before every span decoded so far. */
-		w.data[again->checkpoints[2].window_at + 20] ^= 1;
+		if (windows)
+			windows[again->checkpoints[2].window_at + 20] ^= 1;
 		ok(layer_read_entry(again, b2, chunk, 1000,
 				    again->checkpoints[2].out - b2->extents[0].stream_off + 10) == -EIO,
 		   "%s: a read that starts at a damaged window fails", name);
@@ -225,7 +234,8 @@ static void windows_apart(const char *name, enum layer_compression c, int fd, st
 	unlink(path);
 	free(index);
 	free(cps);
-	free(w.data);
+	free(windows);
+	windows_blob_done(&w);
 }
 
 static void test_format(enum layer_compression c, const char *name, const unsigned char *big)
