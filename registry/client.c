@@ -516,6 +516,12 @@ static int http_request(struct registry_client *c, const char *url, const char *
 		c->fresh_connection = false;
 		curl->slist_free_all(headers);
 		curl->easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &resp->status);
+		char *effective = NULL;
+		long redirects = 0;
+		if (code == CURLE_OK && curl->easy_getinfo(c->curl, CURLINFO_REDIRECT_COUNT, &redirects) == CURLE_OK &&
+		    redirects > 0 && curl->easy_getinfo(c->curl, CURLINFO_EFFECTIVE_URL, &effective) == CURLE_OK &&
+		    effective && !(resp->effective_url = strdup(effective)))
+			return -ENOMEM;
 
 		if (code == CURLE_ABORTED_BY_CALLBACK)
 			return given_up_error(what, err);

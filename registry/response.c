@@ -10,7 +10,9 @@ static void headers_clear(struct response *r)
 	free(r->docker_digest);
 	free(r->location);
 	free(r->content_range);
+	free(r->effective_url);
 	r->www_authenticate = r->content_type = r->docker_digest = r->location = r->content_range = NULL;
+	r->effective_url = NULL;
 	r->retry_after = 0;
 }
 

@@ -25,6 +25,8 @@ struct response {
 	char *docker_digest;
 	char *location;
 	char *content_range;
+	/* Where the request ended when it was redirected. */
+	char *effective_url;
 	long retry_after;
 	const struct body_writer *writer;
 	/* The memory writer's body; an error body with any writer. */

@@ -1,7 +1,9 @@
 """A registry front of our own, between imgfs and a real docker-registry:
 it demands bearer tokens (issued by its own token endpoint against basic
-credentials), redirects blob downloads to a second loopback host, and can
-answer with 503 or 429 first.  It records what it saw, so tests can check
+credentials), redirects blob downloads to a second loopback host with a
+signature that host checks (as object storage and CDNs do; expire_locations()
+makes every signature given so far invalid), and can answer with 503 or 429
+first.  It records what it saw, so tests can check
 what imgfs sent where."""
 
 import base64
@@ -24,6 +26,8 @@ class AuthProxy:
         self.fail_first = dict(fail_first or {})  # path suffix -> [status, ...] to answer first
         self.token_expires = token_expires
         self.requests = []
+        self.signatures = set()  # of the Locations given; the storage host refuses others
+        self.storage_requests = []  # (path, Range header) the storage host answered
         # An identity token, as a browser login gives docker: exchanged by a
         # POST of OAuth2's refresh_token grant.
         self.refresh_token = "rt-" + secrets.token_hex(8)
@@ -60,8 +64,10 @@ class AuthProxy:
                     self.wfile.write(body)
                     return
                 if "/blobs/" in self.path:
+                    signature = secrets.token_hex(8)
+                    proxy.signatures.add(signature)
                     self.send_response(307)
-                    self.send_header("Location", f"http://{proxy.blob_host}/storage{self.path}")
+                    self.send_header("Location", f"http://{proxy.blob_host}/storage{self.path}?sig={signature}")
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
@@ -91,7 +97,16 @@ class AuthProxy:
 
             def do_GET(self):
                 proxy.blob_host_auth_headers.append(self.headers.get("Authorization"))
-                proxy.forward(self, self.path[len("/storage"):])
+                path, _, query = self.path[len("/storage"):].partition("?sig=")
+                if query not in proxy.signatures:
+                    body = b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>"
+                    self.send_response(403)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                proxy.storage_requests.append((path, self.headers.get("Range")))
+                proxy.forward(self, path)
 
         self.front = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Front)
         self.storage = http.server.ThreadingHTTPServer(("127.0.0.2", 0), Storage)
@@ -115,16 +130,21 @@ class AuthProxy:
         handler.end_headers()
         handler.wfile.write(body)
 
+    def expire_locations(self):
+        self.signatures.clear()
+
     def forward(self, handler, path):
-        req = urllib.request.Request(f"http://{self.upstream}{path}",
-                                     headers={"Accept": handler.headers.get("Accept", "*/*")})
+        headers = {"Accept": handler.headers.get("Accept", "*/*")}
+        if handler.headers.get("Range"):
+            headers["Range"] = handler.headers["Range"]
+        req = urllib.request.Request(f"http://{self.upstream}{path}", headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=60) as r:
                 body, status, headers = r.read(), r.status, r.headers
         except urllib.error.HTTPError as e:
             body, status, headers = e.read(), e.code, e.headers
         handler.send_response(status)
-        for h in ("Content-Type", "Docker-Content-Digest"):
+        for h in ("Content-Type", "Docker-Content-Digest", "Content-Range"):
             if headers.get(h):
                 handler.send_header(h, headers[h])
         handler.send_header("Content-Length", str(len(body)))

@@ -272,4 +272,44 @@ def lazy_through_token_front(t):
         m.umount()
 
 
+@suite.case
+def redirect_remembered(t):
+    """A blob the registry redirected is read from where it was sent, without
+    asking the registry again: one round trip a lazy read instead of two,
+    against registries that keep blobs behind a CDN (Docker Hub).  A
+    location that the storage refuses (expired) is learnt again through the
+    registry, and the read succeeds."""
+    credentials(t, auth_file=SECRET)
+    files = [Entry(f"f{i}", data=deterministic_bytes(40 + i, 1 << 20)) for i in range(8)]
+    push_estargz(t.reg, "private/redirected", "v1", [files], chunk_size=1 << 20)
+    mnt = os.path.join(t.work, "mnt-redirected")
+    m = Mount(f"{t.proxy.front_host}/private/redirected:v1", mnt, os.path.join(t.work, "cache-redirected"),
+              ["--prefetch=none"])
+    if not t.tap.ok(m.ok, "mount an eStargz image whose blobs the registry redirects", m.stderr()):
+        return
+    try:
+        def blob_gets():
+            return [p for p in t.proxy.requests if "/blobs/" in p]
+
+        before, stored = len(blob_gets()), len(t.proxy.storage_requests)
+        # One at a time, each a miss (1 MiB chunks, apart from the read-ahead).
+        wrong = [e.path for e in files[::2] if read_file(os.path.join(mnt, e.path)) != e.data]
+        ranges = [r for _, r in t.proxy.storage_requests[stored:] if r]
+        t.tap.ok(not wrong and len(ranges) >= 4 and len(blob_gets()) - before <= 1,
+                 "after the first, ranges of the blob go to the storage host, not the registry",
+                 (wrong, len(ranges), blob_gets()[before:]))
+        t.proxy.expire_locations()
+        before = len(blob_gets())
+        wrong = [e.path for e in files[1::2] if read_file(os.path.join(mnt, e.path)) != e.data]
+        t.tap.ok(not wrong and len(blob_gets()) - before == 1,
+                 "an expired location is learnt again through the registry, once", (wrong, blob_gets()[before:]))
+    finally:
+        m.umount()
+
+
+def read_file(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
 run_file(suite)
