@@ -450,6 +450,17 @@ static void watch_transfer(struct registry_client *c, const struct curl_lib *cur
 	}
 }
 
+/* Where a request that was redirected ended, for locations.h. */
+static int note_redirect(struct registry_client *c, const struct curl_lib *curl, struct response *resp)
+{
+	char *effective = NULL;
+	long redirects = 0;
+	if (curl->easy_getinfo(c->curl, CURLINFO_REDIRECT_COUNT, &redirects) != CURLE_OK || redirects == 0 ||
+	    curl->easy_getinfo(c->curl, CURLINFO_EFFECTIVE_URL, &effective) != CURLE_OK || !effective)
+		return 0;
+	return (resp->effective_url = strdup(effective)) ? 0 : -ENOMEM;
+}
+
 /* Performs one request with retries on transient failures.  Authorization is
  * passed as a header; libcurl (>= 7.58) does not send custom Authorization
  * headers to a different host when following a redirect, which is what keeps
@@ -516,11 +527,7 @@ static int http_request(struct registry_client *c, const char *url, const char *
 		c->fresh_connection = false;
 		curl->slist_free_all(headers);
 		curl->easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &resp->status);
-		char *effective = NULL;
-		long redirects = 0;
-		if (code == CURLE_OK && curl->easy_getinfo(c->curl, CURLINFO_REDIRECT_COUNT, &redirects) == CURLE_OK &&
-		    redirects > 0 && curl->easy_getinfo(c->curl, CURLINFO_EFFECTIVE_URL, &effective) == CURLE_OK &&
-		    effective && !(resp->effective_url = strdup(effective)))
+		if (code == CURLE_OK && note_redirect(c, curl, resp) < 0)
 			return -ENOMEM;
 
 		if (code == CURLE_ABORTED_BY_CALLBACK)
