@@ -86,43 +86,6 @@ static bool blob_is_cached(const struct image_options *opts, const struct descri
 	return path && stat(path, &st) == 0 && S_ISREG(st.st_mode) && st.st_size == d->size;
 }
 
-/* A client of the index repository, with none of the image's endpoints
- * (mirrors, insecurity) but the same credentials and certificates. */
-static int index_repo_client(const struct image_options *opts, struct registry_client **ret, struct err *err)
-{
-	struct image_ref ref = { 0 };
-	struct registry_options repo_opts = opts->registry;
-	repo_opts.fallbacks = NULL;
-	repo_opts.n_fallbacks = 0;
-	repo_opts.insecure = false;
-	int r = image_ref_parse(opts->index_repo, &ref, err);
-	if (r == 0)
-		r = registry_client_new(&ref, &repo_opts, ret, err);
-	image_ref_done(&ref);
-	return r;
-}
-
-/* The newest artifact of type that refers to img: from the image's own
- * repository, else from the index repository, in which case *ret_owned is
- * the client that found it (the caller frees it).  -ENOENT: none. */
-static int find_referring(struct image *img, struct registry_client *client, const struct image_options *opts,
-			  const char *type, struct manifest *ret, struct registry_client **ret_owned, struct err *err)
-{
-	*ret_owned = NULL;
-	int r = index_artifact_find(client, img->manifest_digest, type, ret, err);
-	if (r == 0 || !opts->index_repo)
-		return r;
-	struct registry_client *repo;
-	if ((r = index_repo_client(opts, &repo, err)) < 0)
-		return r;
-	r = index_artifact_find(repo, img->manifest_digest, type, ret, err);
-	if (r == 0)
-		*ret_owned = repo;
-	else
-		registry_client_free(repo);
-	return r;
-}
-
 /* The profile an earlier mount found for this manifest, when its blob is
  * still in the cache. */
 static void profile_from_record(struct image *img, const struct image_options *opts)
@@ -152,8 +115,8 @@ static const struct manifest *find_artifact(struct image *img, struct registry_c
 	if (!a->looked) {
 		a->looked = true;
 		struct err err = { 0 };
-		a->found =
-		    find_referring(img, client, opts, IMGFS_INDEX_ARTIFACT_TYPE, &a->artifact, &a->owned, &err) == 0;
+		a->found = index_artifact_find_anywhere(client, opts, img->manifest_digest, IMGFS_INDEX_ARTIFACT_TYPE,
+							&a->artifact, &a->owned, &err) == 0;
 		a->client = a->owned ? a->owned : client;
 		if (!a->found && err.code && opts->progress) {
 			char line[1200];
@@ -173,7 +136,8 @@ static void find_profile(struct image *img, struct registry_client *client, cons
 	struct manifest profile;
 	struct registry_client *owned;
 	struct err err = { 0 };
-	int r = find_referring(img, client, opts, IMGFS_PROFILE_ARTIFACT_TYPE, &profile, &owned, &err);
+	int r = index_artifact_find_anywhere(client, opts, img->manifest_digest, IMGFS_PROFILE_ARTIFACT_TYPE, &profile,
+					     &owned, &err);
 	if (r == 0) {
 		const struct descriptor *d = profile.n_layers == 1 ? &profile.layers[0] : NULL;
 		int fd;
@@ -199,9 +163,27 @@ static void find_profile(struct image *img, struct registry_client *client, cons
 	}
 }
 
+/* A blob fetched into the cache on a thread of its own. */
+struct blob_into_cache {
+	struct registry_client *client;
+	const struct image_options *opts;
+	const struct descriptor *d;
+	int fd, r;
+	struct err err;
+	struct background_job job;
+};
+
+static void *blob_into_cache_main(void *arg)
+{
+	struct blob_into_cache *b = arg;
+	bool cached;
+	b->r = blob_cache_fetch(b->client, b->opts->cache_dir, b->d, &b->fd, &cached, &b->err);
+	return NULL;
+}
+
 /* A plain layer read lazily through its pushed index: the index and the
- * span table come into the cache (verified by digest), the blob stays in the
- * registry. */
+ * span table come into the cache (verified by digest; both at once, a round
+ * trip less), the blob stays in the registry. */
 static int open_indexed_layer(const struct image_ref *ref, struct registry_client *index_client,
 			      const struct image_options *opts, const struct descriptor *d,
 			      enum layer_compression compression, const struct manifest *artifact, struct layer **ret,
@@ -219,15 +201,29 @@ static int open_indexed_layer(const struct image_ref *ref, struct registry_clien
 		return -ENOENT;
 	if (!windows || strcmp(index->media_type, IMGFS_MEDIA_TYPE_LAYER_INDEX_V2) != 0)
 		windows = NULL;
+	struct blob_into_cache table_fetch = { .client = registry_client_dup(index_client), .opts = opts, .d = spans };
+	if (table_fetch.client)
+		background_job_start(&table_fetch.job, blob_into_cache_main, &table_fetch);
 	int fd;
 	bool cached;
 	int r = blob_cache_fetch(index_client, opts->cache_dir, index, &fd, &cached, err);
+	if (r == 0)
+		close(fd);
+	if (table_fetch.client) {
+		background_job_join(&table_fetch.job);
+		registry_client_free(table_fetch.client);
+	} else {
+		table_fetch.r =
+		    blob_cache_fetch(index_client, opts->cache_dir, spans, &table_fetch.fd, &cached, &table_fetch.err);
+	}
+	_cleanup_close_ int spans_fd = table_fetch.r == 0 ? table_fetch.fd : -1;
 	if (r < 0)
 		return err_wrap(err, "layer %s: its imgfs index", d->digest);
-	close(fd);
-	if ((r = blob_cache_fetch(index_client, opts->cache_dir, spans, &fd, &cached, err)) < 0)
+	if (table_fetch.r < 0) {
+		if (err)
+			*err = table_fetch.err;
 		return err_wrap(err, "layer %s: the span table of its imgfs index", d->digest);
-	_cleanup_close_ int spans_fd = fd;
+	}
 	_cleanup_free_ char *index_path = cache_path(opts->cache_dir, "blobs", index->digest);
 	_cleanup_free_ unsigned char *table = malloc((size_t)spans->size + 1);
 	struct span_table st;

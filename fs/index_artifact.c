@@ -42,6 +42,74 @@ int index_artifact_find(struct registry_client *c, const char *manifest_digest, 
 	return r;
 }
 
+/* A client of the index repository, with none of the image's endpoints
+ * (mirrors, insecurity) but the same credentials and certificates. */
+static int index_repo_client(const struct image_options *opts, struct registry_client **ret, struct err *err)
+{
+	struct image_ref ref = { 0 };
+	struct registry_options repo_opts = opts->registry;
+	repo_opts.fallbacks = NULL;
+	repo_opts.n_fallbacks = 0;
+	repo_opts.insecure = false;
+	int r = image_ref_parse(opts->index_repo, &ref, err);
+	if (r == 0)
+		r = registry_client_new(&ref, &repo_opts, ret, err);
+	image_ref_done(&ref);
+	return r;
+}
+
+/* An artifact looked up in the index repository (index_artifact_find_anywhere()). */
+struct index_repo_lookup {
+	const char *manifest_digest;
+	const struct image_options *opts;
+	const char *type;
+	struct manifest found;
+	struct registry_client *client;
+	struct err err;
+	int r;
+	struct background_job job;
+};
+
+static void *index_repo_lookup_main(void *arg)
+{
+	struct index_repo_lookup *s = arg;
+	s->r = index_repo_client(s->opts, &s->client, &s->err);
+	if (s->r == 0)
+		s->r = index_artifact_find(s->client, s->manifest_digest, s->type, &s->found, &s->err);
+	if (s->r < 0)
+		s->client = registry_client_free(s->client);
+	return NULL;
+}
+
+int index_artifact_find_anywhere(struct registry_client *c, const struct image_options *opts,
+				 const char *manifest_digest, const char *artifact_type, struct manifest *ret,
+				 struct registry_client **ret_owned, struct err *err)
+{
+	*ret_owned = NULL;
+	if (!opts->index_repo)
+		return index_artifact_find(c, manifest_digest, artifact_type, ret, err);
+	/* Both repositories at once: on a registry without the referrers API
+	 * each lookup is two round trips, and an index repository is there
+	 * because the image's own usually has none (one may not push to it). */
+	struct index_repo_lookup other = { .manifest_digest = manifest_digest, .opts = opts, .type = artifact_type };
+	background_job_start(&other.job, index_repo_lookup_main, &other);
+	int r = index_artifact_find(c, manifest_digest, artifact_type, ret, err);
+	background_job_join(&other.job);
+	if (r == 0) {
+		if (other.r == 0)
+			manifest_done(&other.found);
+		registry_client_free(other.client);
+		return 0;
+	}
+	if (err)
+		*err = other.err;
+	if (other.r == 0) {
+		*ret = other.found;
+		*ret_owned = other.client;
+	}
+	return other.r;
+}
+
 const struct descriptor *index_artifact_blob(const struct manifest *artifact, const char *layer_digest,
 					     const char *media_type)
 {

@@ -33,6 +33,12 @@ struct artifact_subject {
  * manifest_digest, verified by its digest; -ENOENT when there is none. */
 int index_artifact_find(struct registry_client *c, const char *manifest_digest, const char *artifact_type,
 			struct manifest *ret, struct err *err);
+/* The same in c's repository, else in opts->index_repo (both asked at
+ * once), in which case *ret_owned is a client of that repository (the
+ * caller frees it) and err says why the index repository had none. */
+int index_artifact_find_anywhere(struct registry_client *c, const struct image_options *opts,
+				 const char *manifest_digest, const char *artifact_type, struct manifest *ret,
+				 struct registry_client **ret_owned, struct err *err);
 /* The artifact's blob of media_type for a layer, or NULL. */
 const struct descriptor *index_artifact_blob(const struct manifest *artifact, const char *layer_digest,
 					     const char *media_type);
