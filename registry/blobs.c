@@ -107,22 +107,22 @@ int registry_fetch_blob_streaming(struct registry_client *c, const char *digest,
 	return r;
 }
 
-/* A GET of ranges of digest (path: the registry's URL of it): straight to
- * where the registry redirected the blob before (locations.h), else
- * through the registry, remembering where it redirects. */
-static int get_ranges(struct registry_client *c, const char *digest, const char *path, const char *range,
-		      struct response *resp, const char *what, struct err *err)
+/* A GET of ranges of a blob (path: the registry's path of it): straight to
+ * where the registry redirected it before (locations.h), else through the
+ * registry, remembering where it redirects. */
+static int get_ranges(struct registry_client *c, const char *path, const char *range, struct response *resp,
+		      const char *what, struct err *err)
 {
-	_cleanup_free_ char *direct = blob_location_find(c->base_url, digest);
+	_cleanup_free_ char *direct = blob_location_find(c->base_url, path);
 	if (direct) {
 		struct err ignored = { 0 };
 		if (registry_get(c, direct, NULL, range, resp, what, &ignored) == 0)
 			return 0;
-		blob_location_forget(c->base_url, digest, direct);
+		blob_location_forget(c->base_url, path, direct);
 	}
 	int r = registry_get(c, path, NULL, range, resp, what, err);
 	if (r == 0 && resp->effective_url)
-		blob_location_learn(c->base_url, digest, resp->effective_url);
+		blob_location_learn(c->base_url, path, resp->effective_url);
 	return r;
 }
 
@@ -149,7 +149,7 @@ int registry_fetch_range_streaming(struct registry_client *c, const char *digest
 	response_to_range(&resp, buf, len, off);
 	resp.range.arrived = arrived;
 	resp.range.arrived_ctx = ctx;
-	int r = get_ranges(c, digest, path, range, &resp, what, err);
+	int r = get_ranges(c, path, range, &resp, what, err);
 	if (r == 0 && resp.range.got != len)
 		r = err_set(err, EIO, "%s: got %zu bytes", what, resp.range.got);
 	response_done(&resp);
@@ -207,7 +207,7 @@ int registry_fetch_ranges(struct registry_client *c, const char *digest, struct 
 		return -ENOMEM;
 	struct response resp;
 	response_to_ranges(&resp, ranges, n);
-	int r = get_ranges(c, digest, path, header, &resp, what, err);
+	int r = get_ranges(c, path, header, &resp, what, err);
 	/* A server that sent one range, or the whole blob, will do so again. */
 	if (r == 0 && (resp.status == 200 || resp.content_range))
 		c->single_ranges = true;

@@ -15,7 +15,7 @@
 #define BLOB_LOCATIONS_MAX 64
 
 struct blob_location {
-	char *key; /* base_url, a space, the digest */
+	char *key; /* base_url, a space, the path */
 	char *url;
 	struct timespec learnt;
 };
@@ -23,9 +23,9 @@ struct blob_location {
 static pthread_mutex_t locations_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct blob_location locations[BLOB_LOCATIONS_MAX];
 
-static char *location_key(const char *base_url, const char *digest)
+static char *location_key(const char *base_url, const char *path)
 {
-	return strdup_printf("%s %s", base_url, digest);
+	return strdup_printf("%s %s", base_url, path);
 }
 
 /* The slot of key, else NULL; locations_lock is held. */
@@ -44,9 +44,9 @@ static void clear_locked(struct blob_location *l)
 	*l = (struct blob_location){ 0 };
 }
 
-char *blob_location_find(const char *base_url, const char *digest)
+char *blob_location_find(const char *base_url, const char *path)
 {
-	_cleanup_free_ char *key = location_key(base_url, digest);
+	_cleanup_free_ char *key = location_key(base_url, path);
 	if (!key)
 		return NULL;
 	struct timespec now;
@@ -62,9 +62,9 @@ char *blob_location_find(const char *base_url, const char *digest)
 	return url;
 }
 
-void blob_location_learn(const char *base_url, const char *digest, const char *url)
+void blob_location_learn(const char *base_url, const char *path, const char *url)
 {
-	char *key = location_key(base_url, digest), *copy = strdup(url);
+	char *key = location_key(base_url, path), *copy = strdup(url);
 	if (!key || !copy) {
 		free(key);
 		free(copy);
@@ -89,9 +89,9 @@ void blob_location_learn(const char *base_url, const char *digest, const char *u
 	pthread_mutex_unlock(&locations_lock);
 }
 
-void blob_location_forget(const char *base_url, const char *digest, const char *url)
+void blob_location_forget(const char *base_url, const char *path, const char *url)
 {
-	_cleanup_free_ char *key = location_key(base_url, digest);
+	_cleanup_free_ char *key = location_key(base_url, path);
 	if (!key)
 		return;
 	pthread_mutex_lock(&locations_lock);

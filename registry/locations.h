@@ -11,11 +11,12 @@
 
 #include <stddef.h>
 
-/* The signed URL the registry at base_url redirected downloads of digest
- * to, learnt less than BLOB_LOCATION_TTL_SECONDS ago; NULL: none (the
+/* The signed URL the registry at base_url redirected downloads of path
+ * (REPOSITORY/blobs/DIGEST: a URL signed for one repository is not used
+ * for another) to, learnt less than five minutes ago; NULL: none (the
  * caller frees it). */
-char *blob_location_find(const char *base_url, const char *digest);
-/* A GET of digest at base_url ended at url. */
-void blob_location_learn(const char *base_url, const char *digest, const char *url);
+char *blob_location_find(const char *base_url, const char *path);
+/* A GET of path at base_url ended at url. */
+void blob_location_learn(const char *base_url, const char *path, const char *url);
 /* url failed: it is asked no more. */
-void blob_location_forget(const char *base_url, const char *digest, const char *url);
+void blob_location_forget(const char *base_url, const char *path, const char *url);

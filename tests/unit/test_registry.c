@@ -552,35 +552,38 @@ static void test_registries_conf(void)
 	}
 }
 
-/* The redirects remembered: by registry and blob, forgotten only as the
+/* The redirects remembered: by registry, repository and blob, forgotten only as the
  * URL that failed, the oldest given up when the table is full. */
 static void test_blob_locations(void)
 {
 	const char *reg = "https://registry.test", *other = "https://mirror.test";
-	blob_location_learn(reg, "sha256:aa", "https://cdn.test/aa?sig=1");
-	char *url = blob_location_find(reg, "sha256:aa");
-	char *elsewhere = blob_location_find(other, "sha256:aa");
-	ok(url && strcmp(url, "https://cdn.test/aa?sig=1") == 0 && !elsewhere,
-	   "a learnt location is found for its registry and blob only: %s", url ? url : "(none)");
+	blob_location_learn(reg, "r/blobs/sha256:aa", "https://cdn.test/aa?sig=1");
+	char *url = blob_location_find(reg, "r/blobs/sha256:aa");
+	char *elsewhere = blob_location_find(other, "r/blobs/sha256:aa");
+	char *other_repo = blob_location_find(reg, "s/blobs/sha256:aa");
+	ok(url && strcmp(url, "https://cdn.test/aa?sig=1") == 0 && !elsewhere && !other_repo,
+	   "a learnt location is found for its registry, repository and blob only: %s", url ? url : "(none)");
+	free(other_repo);
 	free(url);
 	free(elsewhere);
-	blob_location_learn(reg, "sha256:aa", "https://cdn.test/aa?sig=2");
-	blob_location_forget(reg, "sha256:aa", "https://cdn.test/aa?sig=1");
-	url = blob_location_find(reg, "sha256:aa");
+	blob_location_learn(reg, "r/blobs/sha256:aa", "https://cdn.test/aa?sig=2");
+	blob_location_forget(reg, "r/blobs/sha256:aa", "https://cdn.test/aa?sig=1");
+	url = blob_location_find(reg, "r/blobs/sha256:aa");
 	ok(url && strcmp(url, "https://cdn.test/aa?sig=2") == 0,
 	   "forgetting an older URL keeps the one learnt since: %s", url ? url : "(none)");
 	free(url);
-	blob_location_forget(reg, "sha256:aa", "https://cdn.test/aa?sig=2");
-	url = blob_location_find(reg, "sha256:aa");
+	blob_location_forget(reg, "r/blobs/sha256:aa", "https://cdn.test/aa?sig=2");
+	url = blob_location_find(reg, "r/blobs/sha256:aa");
 	ok(!url, "a URL that failed is forgotten");
 	free(url);
 	char digest[32], where[64];
 	for (int i = 0; i <= 64; i++) {
-		snprintf(digest, sizeof(digest), "sha256:%02d", i);
+		snprintf(digest, sizeof(digest), "r/blobs/sha256:%02d", i);
 		snprintf(where, sizeof(where), "https://cdn.test/%02d", i);
 		blob_location_learn(reg, digest, where);
 	}
-	char *first = blob_location_find(reg, "sha256:00"), *last = blob_location_find(reg, "sha256:64");
+	char *first = blob_location_find(reg, "r/blobs/sha256:00"),
+	     *last = blob_location_find(reg, "r/blobs/sha256:64");
 	ok(!first && last && strcmp(last, "https://cdn.test/64") == 0,
 	   "the 65th blob takes the place of the first learnt");
 	free(first);
