@@ -120,14 +120,15 @@ class TlsFiles:
 class Registry:
     """docker-registry on 127.0.0.1 with a throwaway configuration and storage."""
 
-    def __init__(self, workdir, tls=None, name="registry", htpasswd=None):
+    def __init__(self, workdir, tls=None, name="registry", htpasswd=None, storage=None):
         """tls: a TlsFiles; the registry then serves HTTPS only.  htpasswd:
-        (user, password) that docker-registry's basic auth (TLS only) accepts."""
+        (user, password) that docker-registry's basic auth (TLS only) accepts.
+        storage: another registry's, to serve the same images."""
         self.dir = os.path.join(workdir, name)
         os.makedirs(self.dir, exist_ok=True)
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
-        self.storage = os.path.join(self.dir, "storage")
+        self.storage = storage or os.path.join(self.dir, "storage")
         self.scheme = "https" if tls else "http"
         self.ssl_context = None
         http_tls = ""

@@ -6,8 +6,10 @@ cross it and the most that were outstanding at once (a request is
 outstanding from its first byte until its response, sized by
 Content-Length, has been delivered), and logs each (`log`): its request
 line, when it went out, when its response was through, and the bytes of
-its body; and counts the connections that opened with a TLS hello
-(`tls_hellos`)."""
+its body; and counts the connections (`connections`) and those that
+opened with a TLS hello (`tls_hellos`).  With connect_rtt, a connection
+carries its first byte a round trip after it was opened, as after TCP's
+handshake on a real link; the proxy itself accepts at once."""
 
 import asyncio
 import re
@@ -35,8 +37,10 @@ class _Direction:
 
 
 class ShapedLink:
-    def __init__(self, upstream_port, rtt=0.020, rate=100e6 / 8):
+    def __init__(self, upstream_port, rtt=0.020, rate=100e6 / 8, connect_rtt=False):
         self.upstream_port = upstream_port
+        self.connect_delay = rtt if connect_rtt else 0
+        self.connections = 0
         self.up = _Direction(rate, rtt / 2)
         self.down = _Direction(rate, rtt / 2)
         self.requests = 0
@@ -62,10 +66,11 @@ class ShapedLink:
         self.loop.run_forever()
 
     def counters(self):
-        return {"requests": self.requests, "max_outstanding": self.max_outstanding, "bytes_down": self.bytes_down}
+        return {"requests": self.requests, "max_outstanding": self.max_outstanding, "bytes_down": self.bytes_down,
+                "connections": self.connections}
 
     def reset(self):
-        self.requests = self.max_outstanding = self.bytes_down = self.tls_hellos = 0
+        self.requests = self.max_outstanding = self.bytes_down = self.tls_hellos = self.connections = 0
         self.log = []
 
     async def _pump(self, reader, writer, direction, on_data):
@@ -106,6 +111,9 @@ class ShapedLink:
             pass
 
     async def _serve(self, client_reader, client_writer):
+        self.connections += 1
+        if self.connect_delay:
+            await asyncio.sleep(self.connect_delay)
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         except OSError:
