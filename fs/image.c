@@ -279,9 +279,12 @@ struct pending_layer {
 
 /* Opens an indexed plain layer into *ret, or starts opening the others
  * into *pending. */
+struct config_job;
+static int config_checked(struct config_job *c, struct err *err);
+
 static int open_layer(struct image *img, const struct image_ref *ref, struct registry_client *client,
 		      const struct image_options *opts, const struct descriptor *d, struct artifact_lookup *artifacts,
-		      struct layer **ret, struct pending_layer *pending, struct err *err)
+		      struct config_job *config, struct layer **ret, struct pending_layer *pending, struct err *err)
 {
 	enum layer_compression compression;
 	if (layer_compression_from_media_type(d->media_type, &compression) < 0)
@@ -335,6 +338,9 @@ static int open_layer(struct image *img, const struct image_ref *ref, struct reg
 			say(line);
 		}
 	}
+	int r = config_checked(config, err);
+	if (r < 0)
+		return r;
 	return whole_layer_start(client, opts->cache_dir, d, compression, opts->progress, &img->open_failed,
 				 &pending->whole);
 }
@@ -509,6 +515,52 @@ static int load_config(struct image *img, struct registry_client *client, const 
 	return 0;
 }
 
+/* The config, fetched and checked while the layers start to open: a round
+ * trip less before the TOCs and index lookups go out.  A layer about to be
+ * fetched whole waits for it (config_checked()): a platform the config
+ * refuses must stop the mount before that. */
+struct config_job {
+	struct image *img;
+	struct registry_client *client; /* its own: the mount's is in use meanwhile */
+	const struct image_options *opts;
+	const struct descriptor *config;
+	struct err err;
+	int r;
+	bool joined;
+	struct background_job job;
+};
+
+static void *config_job_main(void *arg)
+{
+	struct config_job *c = arg;
+	c->r = load_config(c->img, c->client, c->opts, c->config, &c->err);
+	return NULL;
+}
+
+static void config_job_start(struct config_job *c, struct registry_client *mount_client)
+{
+	c->client = registry_client_dup(mount_client);
+	if (c->client) {
+		background_job_start(&c->job, config_job_main, c);
+	} else {
+		c->r = load_config(c->img, mount_client, c->opts, c->config, &c->err);
+		c->joined = true;
+	}
+}
+
+/* Waits for the config job once; its result, its error into err. */
+static int config_checked(struct config_job *c, struct err *err)
+{
+	if (!c->joined) {
+		background_job_join(&c->job);
+		c->client = registry_client_free(c->client);
+		c->joined = true;
+	}
+	if (c->r < 0 && err)
+		*err = c->err;
+	return c->r;
+}
+
 /* What a reference resolved to: the qualified name (which the cache
  * records) and the endpoint that answered for it (a mirror, or the
  * registry's location), with a client for it. */
@@ -670,12 +722,27 @@ static char *pinned_ref(const struct image_ref *ref, const char *digest)
 	return image_ref_format(&pinned);
 }
 
+/* The layers that were fetched whole, and how the next mounts need not. */
+static void say_fetched_whole(const struct image *img, const struct image_options *opts)
+{
+	if (!img->layers_fetched_whole || !opts->notice || opts->ignore_index_artifacts)
+		return;
+	char line[1024];
+	snprintf(line, sizeof(line),
+		 "%zu of %zu layers of \"%s\" have neither an eStargz/zstd:chunked TOC nor an imgfs index: "
+		 "fetched whole (%.1f MB); \"imgfs index push %s\" makes the next mounts lazy",
+		 img->layers_fetched_whole, img->n_layers, img->ref_text, img->bytes_fetched_whole / 1e6,
+		 img->ref_text);
+	opts->notice(line);
+}
+
 int image_open(const char *ref_text, const struct image_options *opts, struct image **ret, struct err *err)
 {
 	struct resolution res = { 0 };
 	struct manifest m = { 0 };
 	struct artifact_lookup artifacts = { 0 };
 	struct profile_lookup lookup = { 0 };
+	struct config_job config = { .joined = true };
 	struct image *img = NULL;
 	_cleanup_free_ struct pending_layer *pending = NULL;
 	int r;
@@ -701,8 +768,8 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 	const struct image_ref *source = &res.source;
 	opts = &res.opts;
 
-	if ((r = load_config(img, client, opts, &m.config, err)) < 0)
-		goto out;
+	config = (struct config_job){ .img = img, .opts = opts, .config = &m.config };
+	config_job_start(&config, client);
 	lookup = (struct profile_lookup){ .img = img, .opts = opts };
 	if (opts->find_profile && res.from_cache)
 		profile_from_record(img, opts);
@@ -723,12 +790,16 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 		goto out;
 	}
 	for (size_t i = 0; i < m.n_layers && r == 0; i++) {
-		r = open_layer(img, source, client, opts, &m.layers[i], &artifacts, &img->layers[i], &pending[i], err);
+		r = open_layer(img, source, client, opts, &m.layers[i], &artifacts, &config, &img->layers[i],
+			       &pending[i], err);
 		if (r == 0) {
 			img->n_layers++;
 			img->image_size += (uint64_t)m.layers[i].size;
 		}
 	}
+	int checked = config_checked(&config, r < 0 ? NULL : err);
+	if (r == 0)
+		r = checked;
 	int finished = finish_pending_layers(img, pending, m.layers, r < 0, r < 0 ? NULL : err);
 	if (r == 0)
 		r = finished;
@@ -747,16 +818,10 @@ int image_open(const char *ref_text, const struct image_options *opts, struct im
 		img->blob_client = TAKE_PTR(res.client);
 	else if ((r = tree_build(img->layers, img->n_layers, &img->tree, err)) < 0)
 		goto out;
-	if (img->layers_fetched_whole && opts->notice && !opts->ignore_index_artifacts) {
-		char line[1024];
-		snprintf(line, sizeof(line),
-			 "%zu of %zu layers of \"%s\" have neither an eStargz/zstd:chunked TOC nor an imgfs index: "
-			 "fetched whole (%.1f MB); \"imgfs index push %s\" makes the next mounts lazy",
-			 img->layers_fetched_whole, img->n_layers, ref_text, img->bytes_fetched_whole / 1e6, ref_text);
-		opts->notice(line);
-	}
+	say_fetched_whole(img, opts);
 	*ret = TAKE_PTR(img);
 out:
+	(void)config_checked(&config, NULL);
 	profile_lookup_finish(&lookup);
 	if (r < 0 && err && err->code)
 		err_wrap(err, "image \"%s\"", ref_text);
