@@ -277,11 +277,11 @@ struct pending_layer {
 	struct whole_layer *whole;    /* plain, with no index: its blob */
 };
 
-/* Opens an indexed plain layer into *ret, or starts opening the others
- * into *pending. */
 struct config_job;
 static int config_checked(struct config_job *c, struct err *err);
 
+/* Opens an indexed plain layer into *ret, or starts opening the others
+ * into *pending; one to fetch whole once config's check has passed. */
 static int open_layer(struct image *img, const struct image_ref *ref, struct registry_client *client,
 		      const struct image_options *opts, const struct descriptor *d, struct artifact_lookup *artifacts,
 		      struct config_job *config, struct layer **ret, struct pending_layer *pending, struct err *err)
