@@ -26,8 +26,9 @@ static int64_t jint(struct json_object *o, const char *key)
 
 /* Days from 1970-01-01 to the date (proleptic Gregorian), by whole
  * 400-year eras.  Not timegm(): glibc takes its time-zone lock in every
- * call, and the two threads that parse a large TOC waited on it for a
- * fifth of a mount (perf, the bench image's 2 MB TOC). */
+ * call, once per entry here, and a large TOC is parsed on two threads
+ * (with use_c_locale(), the bench image's 12.6 MB TOC parsed in 78 ms
+ * instead of 86-99 ms). */
 static int64_t days_from_civil(int64_t year, int month, int day)
 {
 	year -= month <= 2;
@@ -392,12 +393,11 @@ static const char *find_split(struct json_tokener *tok, const char *p, const cha
 }
 
 /* json-c copies the calling thread's locale in every
- * json_tokener_parse_ex() (duplocale() and newlocale(), each under glibc's
- * process-wide locale lock), once per TOC entry here, unless that locale
- * is the C locale object, which both hand back untouched.  The two threads
- * that parse a large TOC spent a fifth of a mount waiting on each other in
- * that lock (perf, the bench image's 2 MB TOC).  Numbers in JSON are read
- * in the C locale anyway.  Returns what restore_locale() takes. */
+ * json_tokener_parse_ex() (duplocale() and newlocale(), each a malloc under
+ * glibc's process-wide locale lock), once per TOC entry here, unless that
+ * locale is the C locale object, which both hand back untouched: the two
+ * threads that parse a large TOC took turns in that lock.  Numbers in JSON
+ * are read in the C locale anyway.  Returns what restore_locale() takes. */
 static locale_t use_c_locale(void)
 {
 	locale_t c = newlocale(LC_ALL_MASK, "C", (locale_t)0);
