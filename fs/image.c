@@ -213,8 +213,9 @@ static int open_indexed_layer(const struct image_ref *ref, struct registry_clien
 		background_job_join(&table_fetch.job);
 		registry_client_free(table_fetch.client);
 	} else {
-		table_fetch.r =
-		    blob_cache_fetch(index_client, opts->cache_dir, spans, &table_fetch.fd, &cached, &table_fetch.err);
+		/* No second connection: the same fetch, after the index, on this one. */
+		table_fetch.client = index_client;
+		blob_into_cache_main(&table_fetch);
 	}
 	_cleanup_close_ int spans_fd = table_fetch.r == 0 ? table_fetch.fd : -1;
 	if (r < 0)
@@ -543,7 +544,9 @@ static void config_job_start(struct config_job *c, struct registry_client *mount
 	if (c->client) {
 		background_job_start(&c->job, config_job_main, c);
 	} else {
-		c->r = load_config(c->img, mount_client, c->opts, c->config, &c->err);
+		/* No second connection: here, on the mount's (not freed: joined). */
+		c->client = mount_client;
+		config_job_main(c);
 		c->joined = true;
 	}
 }
