@@ -4,7 +4,7 @@
  * with one Range request, verified, kept in the chunk cache under its
  * digest, and only then decoded.  The decoders above read the blob through
  * remote_blob_read() as they would read a local file. */
-#include "remote_blob.h"
+#include "remote_blob_internal.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -14,57 +14,6 @@
 #include "registry.h"
 #include "tar_stream.h"
 #include "windows_blob.h"
-
-/* The one a read waits on, the request that continues it before it ends
- * (stream_follow()), and one for a read elsewhere meanwhile. */
-#define STREAMS 3
-
-/* An on-demand request: spans [first, end) of one request, each stored as
- * it arrives, [first, next) handled so far (stream_main).  The range stays
- * after the request ends, for stream_follow(). */
-struct stream {
-	struct remote_blob *rb;
-	struct registry_client *client;
-	bool busy;
-	bool followed;      /* the request after it was asked for */
-	size_t follow_from; /* a read of a span from here on asks for it */
-	size_t first, next, end;
-	unsigned char *buf;
-};
-
-struct remote_blob {
-	char digest[72];
-	uint64_t blob_size;
-	uint32_t span_size;
-	size_t n_spans;
-	unsigned char (*span_digests)[32];
-	char *cache_dir;
-	/* lock guards the on-demand client, the verified bitmap and the
-	 * counters; it is held across a fetch, as reads of one layer are
-	 * serialised by the layer's cursor lock anyway. */
-	pthread_mutex_t lock;
-	struct registry_client *client, *prefetch_client;
-	unsigned char *verified;
-	uint64_t bytes_fetched, requests, hits, misses, bytes_prefetched;
-	/* The span last read, kept open: decoders read a span in many pieces. */
-	size_t open_span;
-	int open_fd;
-	/* The last span the cache could not take (a full disk), verified: it
-	 * is read from memory instead. */
-	size_t mem_span;
-	unsigned char *mem_data;
-	uint64_t bytes_in_memory;
-	/* On-demand fetches under way, each on a connection of its own. */
-	struct stream streams[STREAMS];
-	pthread_cond_t stream_moved; /* a stream's next moved or a stream ended */
-	/* The windows blob of an index pushed with its windows apart, in the
-	 * index's repository; its own connection, so that a window comes
-	 * beside the stream, and one for prefetch. */
-	char windows_digest[72];
-	uint64_t windows_size;
-	struct registry_client *window_client, *window_prefetch_client;
-	pthread_mutex_t window_lock; /* guards window_client */
-};
 
 static void hex_of(const unsigned char d[32], char out[65])
 {
@@ -84,13 +33,13 @@ static char *span_path(const struct remote_blob *rb, size_t i)
 	return chunk_path(rb, rb->span_digests[i]);
 }
 
-static uint64_t span_len(const struct remote_blob *rb, size_t i)
+uint64_t rb_span_len(const struct remote_blob *rb, size_t i)
 {
 	uint64_t start = (uint64_t)i * rb->span_size;
 	return rb->blob_size - start < rb->span_size ? rb->blob_size - start : rb->span_size;
 }
 
-static bool digest_matches(const void *data, size_t len, const unsigned char want[32])
+bool rb_digest_matches(const void *data, size_t len, const unsigned char want[32])
 {
 	unsigned char got[32];
 	digest_sha256_raw(data, len, got);
@@ -99,7 +48,7 @@ static bool digest_matches(const void *data, size_t len, const unsigned char wan
 
 /* Opens span i from the cache, verifying it the first time this mount uses
  * it (cached spans are not fsynced: a crash may leave a damaged one). */
-static int open_cached_span(struct remote_blob *rb, size_t i)
+int rb_open_cached_span(struct remote_blob *rb, size_t i)
 {
 	_cleanup_free_ char *path = span_path(rb, i);
 	if (!path)
@@ -108,14 +57,14 @@ static int open_cached_span(struct remote_blob *rb, size_t i)
 	if (fd < 0)
 		return -errno;
 	struct stat st;
-	if (fstat(fd, &st) < 0 || (uint64_t)st.st_size != span_len(rb, i)) {
+	if (fstat(fd, &st) < 0 || (uint64_t)st.st_size != rb_span_len(rb, i)) {
 		close(fd);
 		return -ENOENT;
 	}
 	if (!rb->verified[i]) {
-		_cleanup_free_ unsigned char *data = malloc(span_len(rb, i) ? span_len(rb, i) : 1);
-		if (!data || read_full_at(fd, data, span_len(rb, i), 0) < 0 ||
-		    !digest_matches(data, span_len(rb, i), rb->span_digests[i])) {
+		_cleanup_free_ unsigned char *data = malloc(rb_span_len(rb, i) ? rb_span_len(rb, i) : 1);
+		if (!data || read_full_at(fd, data, rb_span_len(rb, i), 0) < 0 ||
+		    !rb_digest_matches(data, rb_span_len(rb, i), rb->span_digests[i])) {
 			close(fd);
 			return -ENOENT;
 		}
@@ -127,7 +76,7 @@ static int open_cached_span(struct remote_blob *rb, size_t i)
 
 /* Puts a verified span into the cache: whole or not at all, no fsync (a
  * span is hashed again the first time a mount uses it). */
-static int store_span(const struct remote_blob *rb, size_t i, const void *data, size_t len)
+int rb_store_span(const struct remote_blob *rb, size_t i, const void *data, size_t len)
 {
 	_cleanup_free_ char *path = span_path(rb, i);
 	if (!path)
@@ -143,12 +92,11 @@ static int store_span(const struct remote_blob *rb, size_t i, const void *data, 
  * link with a real round trip a request costs more than 256 KiB. */
 #define SPAN_READAHEAD_BYTES (512u << 10)
 /* ... or up to the next checkpoint, when that is further but not beyond
- * this: a read decodes the stream from a checkpoint to the next (2 MiB of
- * tar, or 256 KiB with windows apart; kept decoded in memory,
- * tar_stream.c), so one request takes it all
- * instead of one every 512 KiB.  The bound is for an index whose
- * checkpoints lie far apart (incompressible data is a little over 2 MiB). */
-#define SPAN_READAHEAD_MAX_BYTES (4u << 20)
+ * SPAN_READAHEAD_MAX_BYTES: a read decodes the stream from a checkpoint to
+ * the next (2 MiB of tar, or 256 KiB with windows apart; kept decoded in
+ * memory, tar_stream.c), so one request takes it all instead of one every
+ * 512 KiB.  The bound is for an index whose checkpoints lie far apart
+ * (incompressible data is a little over 2 MiB). */
 
 /* What a miss at blob offset off asks for: readahead bytes from there, of
  * which a decoder starting there needs those before decode_end. */
@@ -185,7 +133,7 @@ static bool span_cached(const struct remote_blob *rb, size_t i)
 		return true;
 	_cleanup_free_ char *path = span_path(rb, i);
 	struct stat st;
-	return path && stat(path, &st) == 0 && (uint64_t)st.st_size == span_len(rb, i);
+	return path && stat(path, &st) == 0 && (uint64_t)st.st_size == rb_span_len(rb, i);
 }
 
 /* How many spans from i on a miss fetches: i and the missing ones after
@@ -193,9 +141,9 @@ static bool span_cached(const struct remote_blob *rb, size_t i)
 static size_t spans_to_fetch(const struct remote_blob *rb, size_t i, uint64_t readahead, uint64_t *ret_total)
 {
 	size_t n = 1;
-	uint64_t total = span_len(rb, i);
+	uint64_t total = rb_span_len(rb, i);
 	while (i + n < rb->n_spans && total < readahead && !span_cached(rb, i + n))
-		total += span_len(rb, i + n++);
+		total += rb_span_len(rb, i + n++);
 	*ret_total = total;
 	return n;
 }
@@ -210,17 +158,17 @@ static void stream_arrived(void *ctx, size_t got)
 	for (;;) {
 		pthread_mutex_lock(&rb->lock);
 		size_t k = st->next;
-		bool complete = k < st->end && (k - st->first) * rb->span_size + span_len(rb, k) <= got;
+		bool complete = k < st->end && (k - st->first) * rb->span_size + rb_span_len(rb, k) <= got;
 		pthread_mutex_unlock(&rb->lock);
 		if (!complete)
 			return;
 		const unsigned char *data = st->buf + (k - st->first) * rb->span_size;
-		bool ok = digest_matches(data, (size_t)span_len(rb, k), rb->span_digests[k]) &&
-			  store_span(rb, k, data, (size_t)span_len(rb, k)) == 0;
+		bool ok = rb_digest_matches(data, (size_t)rb_span_len(rb, k), rb->span_digests[k]) &&
+			  rb_store_span(rb, k, data, (size_t)rb_span_len(rb, k)) == 0;
 		pthread_mutex_lock(&rb->lock);
 		if (ok)
 			rb->verified[k] = 1;
-		rb->bytes_fetched += span_len(rb, k);
+		rb->bytes_fetched += rb_span_len(rb, k);
 		st->next = k + 1;
 		pthread_cond_broadcast(&rb->stream_moved);
 		pthread_mutex_unlock(&rb->lock);
@@ -356,18 +304,18 @@ static int fetch_span(struct remote_blob *rb, size_t i, uint64_t readahead)
 		return -EIO;
 	rb->bytes_fetched += total;
 	rb->requests++;
-	size_t len = (size_t)span_len(rb, i);
+	size_t len = (size_t)rb_span_len(rb, i);
 	/* Never keep or serve bytes the index does not vouch for. */
-	if (!digest_matches(data, len, rb->span_digests[i]))
+	if (!rb_digest_matches(data, len, rb->span_digests[i]))
 		return -EIO;
 	for (size_t k = 1; k < n; k++) {
 		const unsigned char *ahead = data + k * (size_t)rb->span_size;
-		size_t ahead_len = (size_t)span_len(rb, i + k);
-		if (digest_matches(ahead, ahead_len, rb->span_digests[i + k]) &&
-		    store_span(rb, i + k, ahead, ahead_len) == 0)
+		size_t ahead_len = (size_t)rb_span_len(rb, i + k);
+		if (rb_digest_matches(ahead, ahead_len, rb->span_digests[i + k]) &&
+		    rb_store_span(rb, i + k, ahead, ahead_len) == 0)
 			rb->verified[i + k] = 1;
 	}
-	if (store_span(rb, i, data, len) < 0) {
+	if (rb_store_span(rb, i, data, len) < 0) {
 		/* The cache disk is full: the span is served from memory. */
 		unsigned char *span = malloc(len ? len : 1);
 		if (!span)
@@ -392,7 +340,7 @@ static int span_fd(struct remote_blob *rb, size_t i, const struct reach *reach)
 {
 	if (rb->open_fd >= 0 && rb->open_span == i)
 		return rb->open_fd;
-	int fd = open_cached_span(rb, i);
+	int fd = rb_open_cached_span(rb, i);
 	if (fd >= 0) {
 		rb->hits++;
 	} else {
@@ -403,13 +351,13 @@ static int span_fd(struct remote_blob *rb, size_t i, const struct reach *reach)
 		if (r == -ENOMEM)
 			return r;
 		if (r == 0)
-			fd = open_cached_span(rb, i);
+			fd = rb_open_cached_span(rb, i);
 		if (fd < 0) {
 			if ((r = fetch_span(rb, i, reach->readahead)) < 0)
 				return r;
 			if (span_in_memory(rb, i))
 				return -ENOSPC;
-			if ((fd = open_cached_span(rb, i)) < 0)
+			if ((fd = rb_open_cached_span(rb, i)) < 0)
 				return fd;
 		}
 	}
@@ -432,7 +380,7 @@ static int remote_blob_read(struct layer *l, void *buf, size_t len, uint64_t off
 	while (len > 0 && r == 0) {
 		size_t i = (size_t)(off / rb->span_size);
 		uint64_t in_span = off - (uint64_t)i * rb->span_size;
-		size_t n = (size_t)(span_len(rb, i) - in_span < len ? span_len(rb, i) - in_span : len);
+		size_t n = (size_t)(rb_span_len(rb, i) - in_span < len ? rb_span_len(rb, i) - in_span : len);
 		struct reach reach = miss_reach(l, off);
 		int fd = span_in_memory(rb, i) ? -ENOSPC : span_fd(rb, i, &reach);
 		if (fd == -ENOSPC && span_in_memory(rb, i))
@@ -450,7 +398,7 @@ static int remote_blob_read(struct layer *l, void *buf, size_t len, uint64_t off
 }
 
 /* Counts what a request brought, ahead of reads when prefetched. */
-static void count_fetched(struct remote_blob *rb, uint64_t requests, uint64_t bytes, bool prefetched)
+void rb_count_fetched(struct remote_blob *rb, uint64_t requests, uint64_t bytes, bool prefetched)
 {
 	pthread_mutex_lock(&rb->lock);
 	rb->requests += requests;
@@ -462,7 +410,7 @@ static void count_fetched(struct remote_blob *rb, uint64_t requests, uint64_t by
 
 /* A window from the cache, verified and unpacked into out; -ENOENT when
  * it is not there whole. */
-static int cached_window(const struct remote_blob *rb, const struct checkpoint *cp, unsigned char *out)
+int rb_cached_window(const struct remote_blob *rb, const struct checkpoint *cp, unsigned char *out)
 {
 	_cleanup_free_ char *path = chunk_path(rb, cp->window_sha256);
 	_cleanup_close_ int fd = path ? open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW) : -1;
@@ -489,8 +437,8 @@ static int keep_window(struct remote_blob *rb, const struct checkpoint *cp, cons
 
 /* Keeps the windows that lie whole in data, the run [off, off+len) of the
  * windows blob, from checkpoint first on (they lie in checkpoint order). */
-static void keep_windows(struct remote_blob *rb, const struct layer *l, size_t first, const unsigned char *data,
-			 uint64_t off, uint64_t len)
+void rb_keep_windows(struct remote_blob *rb, const struct layer *l, size_t first, const unsigned char *data,
+		     uint64_t off, uint64_t len)
 {
 	for (size_t c = first; c < l->n_checkpoints; c++) {
 		const struct checkpoint *cp = &l->checkpoints[c];
@@ -514,7 +462,7 @@ static int remote_blob_read_window(struct layer *l, const struct checkpoint *cp,
 	/* remote_blob_attach() checked that every window lies in the blob. */
 	if (!rb->window_client)
 		return -EIO;
-	if (cached_window(rb, cp, out) == 0)
+	if (rb_cached_window(rb, cp, out) == 0)
 		return 0;
 	uint64_t from = cp->bits ? cp->in - 1 : cp->in;
 	struct reach reach = miss_reach(l, from);
@@ -542,307 +490,9 @@ static int remote_blob_read_window(struct layer *l, const struct checkpoint *cp,
 	pthread_mutex_unlock(&rb->window_lock);
 	if (r < 0)
 		return -EIO;
-	count_fetched(rb, 1, len, false);
-	keep_windows(rb, l, first + 1, stored, cp->window_at, len);
+	rb_count_fetched(rb, 1, len, false);
+	rb_keep_windows(rb, l, first + 1, stored, cp->window_at, len);
 	return keep_window(rb, cp, stored, out);
-}
-
-static bool span_present(struct remote_blob *rb, size_t i)
-{
-	pthread_mutex_lock(&rb->lock);
-	int fd = open_cached_span(rb, i);
-	pthread_mutex_unlock(&rb->lock);
-	if (fd >= 0)
-		close(fd);
-	return fd >= 0;
-}
-
-/* Fetches the spans of [off, end) that are not cached, each run of missing
- * spans (up to SPAN_READAHEAD_MAX_BYTES) in one request: a request per
- * span cost a round trip per 256 KiB.  With yield, each run waits until
- * on-demand reads pause. */
-static int prefetch_spans(struct remote_blob *rb, struct registry_client *client, uint64_t off, uint64_t end,
-			  const atomic_bool *stop, bool yield)
-{
-	if (end > rb->blob_size)
-		end = rb->blob_size;
-	if (off >= end)
-		return 0;
-	size_t last = (size_t)((end - 1) / rb->span_size);
-	for (size_t i = (size_t)(off / rb->span_size); i <= last;) {
-		if (atomic_load(stop))
-			return -ECANCELED;
-		if (span_present(rb, i)) {
-			i++;
-			continue;
-		}
-		size_t run = 1;
-		uint64_t len = span_len(rb, i);
-		while (i + run <= last && len + span_len(rb, i + run) <= SPAN_READAHEAD_MAX_BYTES &&
-		       !span_present(rb, i + run))
-			len += span_len(rb, i + run++);
-		/* The connection is ours alone; the lock only covers the
-		 * bookkeeping, so on-demand reads never wait behind this fetch
-		 * for long.  Two fetches of one span store the same bytes. */
-		if (yield)
-			demand_wait_quiet(stop);
-		_cleanup_free_ unsigned char *data = malloc((size_t)len);
-		struct err err = { 0 };
-		if (data && registry_fetch_range(client, rb->digest, (uint64_t)i * rb->span_size, (size_t)len, data,
-						 &err) == 0) {
-			count_fetched(rb, 1, len, true);
-			for (size_t k = 0, at = 0; k < run; at += span_len(rb, i + k), k++)
-				if (digest_matches(data + at, span_len(rb, i + k), rb->span_digests[i + k]))
-					(void)store_span(rb, i + k, data + at, span_len(rb, i + k));
-		}
-		i += run;
-	}
-	return 0;
-}
-
-struct blob_range {
-	uint64_t in, end;
-	const struct checkpoint *from, *to; /* where decoding it starts, and the last it crosses */
-	uint32_t rank;                      /* the first file listed there, by its rank */
-};
-
-static int by_start(const void *a, const void *b)
-{
-	const struct blob_range *x = a, *y = b;
-	return x->in < y->in ? -1 : x->in > y->in;
-}
-
-static int by_rank(const void *a, const void *b)
-{
-	const struct blob_range *x = a, *y = b;
-	return x->rank != y->rank ? (x->rank < y->rank ? -1 : 1) : by_start(a, b);
-}
-
-/* Workers that fetch a prefetch list's runs, each on a connection of its
- * own: one after another, each run cost a round trip before the next
- * began, and the workload overtook them. */
-#define LISTED_WORKERS 4
-
-struct listed_runs {
-	struct remote_blob *rb;
-	const struct blob_range *runs;
-	size_t n;
-	atomic_size_t next; /* the first run no worker took yet */
-	const atomic_bool *stop;
-};
-
-struct listed_worker {
-	struct listed_runs *job;
-	struct registry_client *client;
-	struct background_job thread;
-};
-
-static void *listed_worker_main(void *arg)
-{
-	struct listed_worker *w = arg;
-	struct listed_runs *job = w->job;
-	for (size_t i; (i = atomic_fetch_add(&job->next, 1)) < job->n;)
-		if (prefetch_spans(job->rb, w->client, job->runs[i].in, job->runs[i].end, job->stop, false) < 0)
-			break;
-	return NULL;
-}
-
-/* The runs in the order of their files' first reads (the list's order),
- * taken by up to LISTED_WORKERS workers: the prefetch connection and
- * copies of it. */
-static int prefetch_runs(struct remote_blob *rb, const struct blob_range *runs, size_t n, const atomic_bool *stop)
-{
-	struct listed_runs job = { .rb = rb, .runs = runs, .n = n, .stop = stop };
-	struct listed_worker workers[LISTED_WORKERS] = { { .job = &job, .client = rb->prefetch_client } };
-	size_t n_workers = 1;
-	for (; n_workers < LISTED_WORKERS && n_workers < n; n_workers++) {
-		workers[n_workers] =
-		    (struct listed_worker){ .job = &job, .client = registry_client_dup(rb->prefetch_client) };
-		if (!workers[n_workers].client)
-			break;
-	}
-	for (size_t i = 0; i < n_workers; i++)
-		background_job_start(&workers[i].thread, listed_worker_main, &workers[i]);
-	for (size_t i = 0; i < n_workers; i++) {
-		background_job_join(&workers[i].thread);
-		if (i > 0)
-			registry_client_free(workers[i].client);
-	}
-	return atomic_load(stop) ? -ECANCELED : 0;
-}
-
-/* Ranges closer than this are fetched as one: the gap costs less than the
- * round trip of another request on a real link. */
-#define PREFETCH_MERGE_GAP (256u << 10)
-
-/* Runs of windows one request asks for at most: each is a range of its
- * Range header. */
-#define WINDOWS_PER_REQUEST 256
-
-/* The windows of the checkpoints in the merged ranges (a read in the
- * middle of a listed part starts at the checkpoint before it), one range
- * of the windows blob each, a few requests of many ranges, before the
- * spans: reading a prefetched file then makes no request of its own. */
-static int prefetch_windows(struct layer *l, const struct blob_range *ranges, size_t n, const atomic_bool *stop)
-{
-	struct remote_blob *rb = l->source;
-	if (!rb->window_prefetch_client)
-		return 0;
-	_cleanup_free_ struct byterange *want = calloc(WINDOWS_PER_REQUEST, sizeof(*want));
-	_cleanup_free_ size_t *first_cp = calloc(WINDOWS_PER_REQUEST, sizeof(*first_cp));
-	if (!want || !first_cp)
-		return -ENOMEM;
-	uint64_t done = 0; /* the windows blob up to here is asked for already */
-	for (size_t i = 0; i < n;) {
-		size_t k = 0;
-		for (; i < n && k < WINDOWS_PER_REQUEST; i++) {
-			size_t a = (size_t)(ranges[i].from - l->checkpoints),
-			       b = (size_t)(ranges[i].to - l->checkpoints);
-			while (a <= b && (l->checkpoints[a].window || !l->checkpoints[a].window_len ||
-					  l->checkpoints[a].window_at < done))
-				a++;
-			if (a > b)
-				continue;
-			const struct checkpoint *last = &l->checkpoints[b];
-			first_cp[k] = a;
-			want[k++] = (struct byterange){ .off = l->checkpoints[a].window_at,
-							.len = last->window_at + last->window_stored -
-							       l->checkpoints[a].window_at };
-			done = last->window_at + last->window_stored;
-		}
-		if (atomic_load(stop))
-			return -ECANCELED;
-		size_t total = 0;
-		for (size_t j = 0; j < k; j++)
-			total += want[j].len;
-		_cleanup_free_ unsigned char *buf = malloc(total ? total : 1);
-		if (!buf)
-			return -ENOMEM;
-		for (size_t j = 0, at = 0; j < k; at += want[j++].len)
-			want[j].buf = buf + at;
-		struct err err = { 0 };
-		int requests =
-		    k ? registry_fetch_ranges(rb->window_prefetch_client, rb->windows_digest, want, k, &err) : 0;
-		if (requests < 0)
-			continue; /* the reads fetch their windows themselves */
-		count_fetched(rb, (uint64_t)requests, total, true);
-		for (size_t j = 0; j < k; j++)
-			keep_windows(rb, l, first_cp[j], want[j].buf, want[j].off, want[j].len);
-	}
-	return 0;
-}
-
-/* A plain layer's landmarks come from a prefetch list: the spans the
- * decoder will read for each listed file, or for the parts listed, merged
- * into few long requests. */
-static int prefetch_listed(struct layer *l, const atomic_bool *stop)
-{
-	struct blob_range *ranges = NULL;
-	size_t n = 0, cap = 0;
-	for (size_t i = 0; i < l->n_entries; i++) {
-		const struct entry *e = &l->entries[i];
-		uint32_t n_parts = e->prefetch_parts ? e->n_prefetch_parts : 1;
-		for (uint32_t k = 0; e->prefetch && k < e->n_extents; k++) {
-			const struct extent *x = &e->extents[k];
-			for (uint32_t p = 0; p < n_parts; p++) {
-				uint64_t from = x->file_off, to = x->file_off + x->len;
-				if (e->prefetch_parts) {
-					const struct file_part *part = &e->prefetch_parts[p];
-					from = part->off > from ? part->off : from;
-					to = part->off + part->len < to ? part->off + part->len : to;
-				}
-				if (from >= to)
-					continue;
-				if (n == cap) {
-					struct blob_range *more =
-					    realloc(ranges, (cap = cap ? 2 * cap : 256) * sizeof(*more));
-					if (!more) {
-						free(ranges);
-						return -ENOMEM;
-					}
-					ranges = more;
-				}
-				uint64_t at = x->stream_off + (from - x->file_off);
-				layer_compressed_range(l, at, to - from, &ranges[n].in, &ranges[n].end);
-				ranges[n].from = layer_checkpoint_before(l, at);
-				ranges[n].to = layer_checkpoint_before(l, at + (to - from) - 1);
-				ranges[n].rank = e->prefetch_rank ? e->prefetch_rank : UINT32_MAX;
-				n++;
-			}
-		}
-	}
-	if (n > 1)
-		qsort(ranges, n, sizeof(*ranges), by_start);
-	size_t n_merged = 0;
-	for (size_t i = 0; i < n;) {
-		struct blob_range merged = ranges[i++];
-		while (i < n && ranges[i].in <= merged.end + PREFETCH_MERGE_GAP) {
-			if (ranges[i].end > merged.end)
-				merged.end = ranges[i].end;
-			if (ranges[i].rank < merged.rank)
-				merged.rank = ranges[i].rank;
-			if (ranges[i].to > merged.to)
-				merged.to = ranges[i].to;
-			i++;
-		}
-		ranges[n_merged++] = merged;
-	}
-	if (n_merged == 0)
-		return 0; /* ranges is NULL: nothing of this layer is listed */
-	int r = prefetch_windows(l, ranges, n_merged, stop);
-	if (r != -ECANCELED) {
-		qsort(ranges, n_merged, sizeof(*ranges), by_rank);
-		r = prefetch_runs(l->source, ranges, n_merged, stop);
-	}
-	free(ranges);
-	return r == -ECANCELED ? r : 0;
-}
-
-/* Every window kept apart that the cache lacks, in runs of up to
- * SPAN_READAHEAD_MAX_BYTES of the windows blob (they lie there in
- * checkpoint order), each run once on-demand reads pause. */
-static int prefetch_all_windows(struct layer *l, const atomic_bool *stop)
-{
-	struct remote_blob *rb = l->source;
-	unsigned char scratch[32768];
-	for (size_t i = 0; rb->window_prefetch_client && i < l->n_checkpoints;) {
-		const struct checkpoint *first = &l->checkpoints[i];
-		if (first->window || !first->window_len || cached_window(rb, first, scratch) == 0) {
-			i++;
-			continue;
-		}
-		size_t run = 1;
-		uint64_t len = first->window_stored;
-		for (; i + run < l->n_checkpoints; run++) {
-			const struct checkpoint *next = &l->checkpoints[i + run];
-			if (next->window || !next->window_len || next->window_at != first->window_at + len ||
-			    len + next->window_stored > SPAN_READAHEAD_MAX_BYTES ||
-			    cached_window(rb, next, scratch) == 0)
-				break;
-			len += next->window_stored;
-		}
-		demand_wait_quiet(stop);
-		if (atomic_load(stop))
-			return -ECANCELED;
-		_cleanup_free_ unsigned char *data = malloc((size_t)len);
-		struct err err = { 0 };
-		if (data && registry_fetch_range(rb->window_prefetch_client, rb->windows_digest, first->window_at, len,
-						 data, &err) == 0) {
-			count_fetched(rb, 1, len, true);
-			keep_windows(rb, l, i, data, first->window_at, len);
-		}
-		i += run;
-	}
-	return 0;
-}
-
-static int remote_blob_prefetch(struct layer *l, bool only_landmark, const atomic_bool *stop)
-{
-	struct remote_blob *rb = l->source;
-	if (only_landmark)
-		return prefetch_listed(l, stop);
-	int r = prefetch_all_windows(l, stop);
-	return r < 0 ? r : prefetch_spans(rb, rb->prefetch_client, 0, rb->blob_size, stop, true);
 }
 
 static void remote_blob_stats(struct layer *l, struct layer_stats *s)

@@ -1,0 +1,81 @@
+/* What remote_blob.c (reads, on demand) and remote_prefetch.c (the
+ * background fetch of a prefetch list or of the whole blob) share about a
+ * remote blob (private to those two files). */
+#pragma once
+
+#include <pthread.h>
+
+#include "remote_blob.h"
+
+/* The most one request for spans asks for. */
+#define SPAN_READAHEAD_MAX_BYTES (4u << 20)
+
+/* The one a read waits on, the request that continues it before it ends
+ * (stream_follow()), and one for a read elsewhere meanwhile. */
+#define STREAMS 3
+
+/* An on-demand request: spans [first, end) of one request, each stored as
+ * it arrives, [first, next) handled so far (stream_main).  The range stays
+ * after the request ends, for stream_follow(). */
+struct stream {
+	struct remote_blob *rb;
+	struct registry_client *client;
+	bool busy;
+	bool followed;      /* the request after it was asked for */
+	size_t follow_from; /* a read of a span from here on asks for it */
+	size_t first, next, end;
+	unsigned char *buf;
+};
+
+struct remote_blob {
+	char digest[72];
+	uint64_t blob_size;
+	uint32_t span_size;
+	size_t n_spans;
+	unsigned char (*span_digests)[32];
+	char *cache_dir;
+	/* lock guards the on-demand client, the verified bitmap and the
+	 * counters; it is held across a fetch, as reads of one layer are
+	 * serialised by the layer's cursor lock anyway. */
+	pthread_mutex_t lock;
+	struct registry_client *client, *prefetch_client;
+	unsigned char *verified;
+	uint64_t bytes_fetched, requests, hits, misses, bytes_prefetched;
+	/* The span last read, kept open: decoders read a span in many pieces. */
+	size_t open_span;
+	int open_fd;
+	/* The last span the cache could not take (a full disk), verified: it
+	 * is read from memory instead. */
+	size_t mem_span;
+	unsigned char *mem_data;
+	uint64_t bytes_in_memory;
+	/* On-demand fetches under way, each on a connection of its own. */
+	struct stream streams[STREAMS];
+	pthread_cond_t stream_moved; /* a stream's next moved or a stream ended */
+	/* The windows blob of an index pushed with its windows apart, in the
+	 * index's repository; its own connection, so that a window comes
+	 * beside the stream, and one for prefetch. */
+	char windows_digest[72];
+	uint64_t windows_size;
+	struct registry_client *window_client, *window_prefetch_client;
+	pthread_mutex_t window_lock; /* guards window_client */
+};
+
+uint64_t rb_span_len(const struct remote_blob *rb, size_t i);
+bool rb_digest_matches(const void *data, size_t len, const unsigned char want[32]);
+/* Span i from the cache, verified the first time this mount uses it; -1
+ * when it is not there whole.  rb->lock is held. */
+int rb_open_cached_span(struct remote_blob *rb, size_t i);
+/* Keeps a verified span in the cache. */
+int rb_store_span(const struct remote_blob *rb, size_t i, const void *data, size_t len);
+/* Counts what a request brought, ahead of reads when prefetched. */
+void rb_count_fetched(struct remote_blob *rb, uint64_t requests, uint64_t bytes, bool prefetched);
+/* A window from the cache, verified and unpacked into out; -ENOENT when it
+ * is not there whole. */
+int rb_cached_window(const struct remote_blob *rb, const struct checkpoint *cp, unsigned char *out);
+/* Keeps the windows that lie whole in data, the run [off, off+len) of the
+ * windows blob, from checkpoint first on. */
+void rb_keep_windows(struct remote_blob *rb, const struct layer *l, size_t first, const unsigned char *data,
+		     uint64_t off, uint64_t len);
+/* The layer source's prefetch operation (layer_prefetch()). */
+int remote_blob_prefetch(struct layer *l, bool only_landmark, const atomic_bool *stop);
