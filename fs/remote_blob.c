@@ -6,86 +6,9 @@
  * remote_blob_read() as they would read a local file. */
 #include "remote_blob_internal.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-
-#include "cache.h"
 #include "demand.h"
 #include "registry.h"
 #include "tar_stream.h"
-#include "windows_blob.h"
-
-static void hex_of(const unsigned char d[32], char out[65])
-{
-	for (int i = 0; i < 32; i++)
-		sprintf(out + 2 * i, "%02x", d[i]);
-}
-
-static char *chunk_path(const struct remote_blob *rb, const unsigned char digest[32])
-{
-	char hex[65];
-	hex_of(digest, hex);
-	return strdup_printf("%s/chunks/sha256/%s", rb->cache_dir, hex);
-}
-
-static char *span_path(const struct remote_blob *rb, size_t i)
-{
-	return chunk_path(rb, rb->span_digests[i]);
-}
-
-uint64_t rb_span_len(const struct remote_blob *rb, size_t i)
-{
-	uint64_t start = (uint64_t)i * rb->span_size;
-	return rb->blob_size - start < rb->span_size ? rb->blob_size - start : rb->span_size;
-}
-
-bool rb_digest_matches(const void *data, size_t len, const unsigned char want[32])
-{
-	unsigned char got[32];
-	digest_sha256_raw(data, len, got);
-	return memcmp(got, want, 32) == 0;
-}
-
-/* Opens span i from the cache, verifying it the first time this mount uses
- * it (cached spans are not fsynced: a crash may leave a damaged one). */
-int rb_open_cached_span(struct remote_blob *rb, size_t i)
-{
-	_cleanup_free_ char *path = span_path(rb, i);
-	if (!path)
-		return -ENOMEM;
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-	if (fd < 0)
-		return -errno;
-	struct stat st;
-	if (fstat(fd, &st) < 0 || (uint64_t)st.st_size != rb_span_len(rb, i)) {
-		close(fd);
-		return -ENOENT;
-	}
-	if (!rb->verified[i]) {
-		_cleanup_free_ unsigned char *data = malloc(rb_span_len(rb, i) ? rb_span_len(rb, i) : 1);
-		if (!data || read_full_at(fd, data, rb_span_len(rb, i), 0) < 0 ||
-		    !rb_digest_matches(data, rb_span_len(rb, i), rb->span_digests[i])) {
-			close(fd);
-			return -ENOENT;
-		}
-		rb->verified[i] = 1;
-		cache_note_used(fd);
-	}
-	return fd;
-}
-
-/* Puts a verified span into the cache: whole or not at all, no fsync (a
- * span is hashed again the first time a mount uses it). */
-int rb_store_span(const struct remote_blob *rb, size_t i, const void *data, size_t len)
-{
-	_cleanup_free_ char *path = span_path(rb, i);
-	if (!path)
-		return -ENOMEM;
-	int r = write_file_replace(path, data, len);
-	if (r == 0)
-		cache_note_stored(len);
-	return r;
-}
 
 /* A miss also takes the spans after it that the cache lacks, up to this
  * many bytes in all: a decoder reads on from where it started, and over a
@@ -127,22 +50,13 @@ static struct reach miss_reach(const struct layer *l, uint64_t off)
 	return r;
 }
 
-static bool span_cached(const struct remote_blob *rb, size_t i)
-{
-	if (rb->verified[i])
-		return true;
-	_cleanup_free_ char *path = span_path(rb, i);
-	struct stat st;
-	return path && stat(path, &st) == 0 && (uint64_t)st.st_size == rb_span_len(rb, i);
-}
-
 /* How many spans from i on a miss fetches: i and the missing ones after
  * it, until they hold readahead bytes. */
 static size_t spans_to_fetch(const struct remote_blob *rb, size_t i, uint64_t readahead, uint64_t *ret_total)
 {
 	size_t n = 1;
 	uint64_t total = rb_span_len(rb, i);
-	while (i + n < rb->n_spans && total < readahead && !span_cached(rb, i + n))
+	while (i + n < rb->n_spans && total < readahead && !rb_span_cached(rb, i + n))
 		total += rb_span_len(rb, i + n++);
 	*ret_total = total;
 	return n;
@@ -262,7 +176,7 @@ static void stream_follow(struct remote_blob *rb, size_t i, uint64_t readahead)
 	from->followed = true;
 	size_t next = from->end;
 	const struct reach onward = { .readahead = readahead, .decode_end = 0 };
-	if (next < rb->n_spans && !span_cached(rb, next) && !stream_bringing(rb, next))
+	if (next < rb->n_spans && !rb_span_cached(rb, next) && !stream_bringing(rb, next))
 		(void)stream_begin(rb, next, &onward);
 }
 
@@ -397,59 +311,6 @@ static int remote_blob_read(struct layer *l, void *buf, size_t len, uint64_t off
 	return r;
 }
 
-/* Counts what a request brought, ahead of reads when prefetched. */
-void rb_count_fetched(struct remote_blob *rb, uint64_t requests, uint64_t bytes, bool prefetched)
-{
-	pthread_mutex_lock(&rb->lock);
-	rb->requests += requests;
-	rb->bytes_fetched += bytes;
-	if (prefetched)
-		rb->bytes_prefetched += bytes;
-	pthread_mutex_unlock(&rb->lock);
-}
-
-/* A window from the cache, verified and unpacked into out; -ENOENT when
- * it is not there whole. */
-int rb_cached_window(const struct remote_blob *rb, const struct checkpoint *cp, unsigned char *out)
-{
-	_cleanup_free_ char *path = chunk_path(rb, cp->window_sha256);
-	_cleanup_close_ int fd = path ? open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW) : -1;
-	_cleanup_free_ unsigned char *stored = malloc(cp->window_stored);
-	if (fd < 0 || !stored || read_full_at(fd, stored, cp->window_stored, 0) < 0 ||
-	    window_unpack(cp, stored, cp->window_stored, out) < 0)
-		return -ENOENT;
-	cache_note_used(fd);
-	return 0;
-}
-
-/* Checks a fetched window, unpacks it into out (when not NULL) and keeps
- * it in the cache. */
-static int keep_window(struct remote_blob *rb, const struct checkpoint *cp, const unsigned char *stored,
-		       unsigned char *out)
-{
-	unsigned char scratch[32768];
-	int r = window_unpack(cp, stored, cp->window_stored, out ? out : scratch);
-	_cleanup_free_ char *path = r == 0 ? chunk_path(rb, cp->window_sha256) : NULL;
-	if (path && write_file_replace(path, stored, cp->window_stored) == 0)
-		cache_note_stored(cp->window_stored);
-	return r == 0 ? 0 : -EIO;
-}
-
-/* Keeps the windows that lie whole in data, the run [off, off+len) of the
- * windows blob, from checkpoint first on (they lie in checkpoint order). */
-void rb_keep_windows(struct remote_blob *rb, const struct layer *l, size_t first, const unsigned char *data,
-		     uint64_t off, uint64_t len)
-{
-	for (size_t c = first; c < l->n_checkpoints; c++) {
-		const struct checkpoint *cp = &l->checkpoints[c];
-		if (cp->window || !cp->window_len)
-			continue;
-		if (cp->window_at < off || cp->window_at + cp->window_stored > off + len)
-			break;
-		(void)keep_window(rb, cp, data + (cp->window_at - off), NULL);
-	}
-}
-
 /* The window a decoder starts from at cp.  The decoder reads the bytes
  * after cp next: their request goes out first, on the stream's
  * connection, so that both arrive after one round trip, not two.  The
@@ -468,7 +329,7 @@ static int remote_blob_read_window(struct layer *l, const struct checkpoint *cp,
 	struct reach reach = miss_reach(l, from);
 	pthread_mutex_lock(&rb->lock);
 	size_t i = (size_t)(from / rb->span_size);
-	if (!span_cached(rb, i) && !span_in_memory(rb, i) && !stream_bringing(rb, i))
+	if (!rb_span_cached(rb, i) && !span_in_memory(rb, i) && !stream_bringing(rb, i))
 		(void)stream_begin(rb, i, &reach);
 	pthread_mutex_unlock(&rb->lock);
 	size_t first = (size_t)(cp - l->checkpoints), last = first;
@@ -492,7 +353,7 @@ static int remote_blob_read_window(struct layer *l, const struct checkpoint *cp,
 		return -EIO;
 	rb_count_fetched(rb, 1, len, false);
 	rb_keep_windows(rb, l, first + 1, stored, cp->window_at, len);
-	return keep_window(rb, cp, stored, out);
+	return rb_keep_window(rb, cp, stored, out);
 }
 
 static void remote_blob_stats(struct layer *l, struct layer_stats *s)

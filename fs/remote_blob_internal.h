@@ -66,6 +66,8 @@ bool rb_digest_matches(const void *data, size_t len, const unsigned char want[32
 /* Span i from the cache, verified the first time this mount uses it; -1
  * when it is not there whole.  rb->lock is held. */
 int rb_open_cached_span(struct remote_blob *rb, size_t i);
+/* Whether span i is verified or in the cache whole (not checked yet). */
+bool rb_span_cached(const struct remote_blob *rb, size_t i);
 /* Keeps a verified span in the cache. */
 int rb_store_span(const struct remote_blob *rb, size_t i, const void *data, size_t len);
 /* Counts what a request brought, ahead of reads when prefetched. */
@@ -73,6 +75,10 @@ void rb_count_fetched(struct remote_blob *rb, uint64_t requests, uint64_t bytes,
 /* A window from the cache, verified and unpacked into out; -ENOENT when it
  * is not there whole. */
 int rb_cached_window(const struct remote_blob *rb, const struct checkpoint *cp, unsigned char *out);
+/* Checks a fetched window, unpacks it into out (when not NULL) and keeps
+ * it in the cache. */
+int rb_keep_window(struct remote_blob *rb, const struct checkpoint *cp, const unsigned char *stored,
+		   unsigned char *out);
 /* Keeps the windows that lie whole in data, the run [off, off+len) of the
  * windows blob, from checkpoint first on. */
 void rb_keep_windows(struct remote_blob *rb, const struct layer *l, size_t first, const unsigned char *data,

@@ -5,7 +5,6 @@
 #include "demand.h"
 #include "registry.h"
 #include "tar_stream.h"
-#include "windows_blob.h"
 
 static bool span_present(struct remote_blob *rb, size_t i)
 {
