@@ -143,6 +143,12 @@ ssize_t layer_read_entry(struct layer *l, const struct entry *e, void *buf, size
 	return l->ops->read_entry(l, e, buf, len, off);
 }
 
+void layer_read_ahead_file(struct layer *l, const struct entry *e)
+{
+	if (l->blob_fd < 0 && l->ops && l->ops->read_ahead_file)
+		l->ops->read_ahead_file(l, e);
+}
+
 void layer_get_stats(struct layer *l, struct layer_stats *ret)
 {
 	memset(ret, 0, sizeof(*ret));

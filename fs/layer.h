@@ -108,7 +108,8 @@ struct layer_stats {
 	/* Reads that fetched bytes themselves rather than wait for the
 	 * background request that had them. */
 	uint64_t reads_ahead_of_prefetch;
-	/* Fetched as the neighbours of a read that had to fetch (speculate.h). */
+	/* Fetched on a guess: the neighbours of a read that had to fetch
+	 * (speculate.h), the rest of a file whose head was read. */
 	uint64_t bytes_speculated;
 };
 
@@ -137,6 +138,9 @@ struct layer_source_ops {
 	void (*stop_background)(struct layer *l);
 	/* Frees the source's state (l->source), before the entries are freed. */
 	void (*free)(struct layer *l);
+	/* See layer_read_ahead_file(); NULL where reads fetch ahead by
+	 * themselves (a chunked layer's chunks beside a miss, elf_guess.h). */
+	void (*read_ahead_file)(struct layer *l, const struct entry *e);
 	/* Fetches for several readers at once, each on a connection of its
 	 * own: a guess of what is read next can run ahead of the reads
 	 * (elf_guess.h).  Where reads of a layer take turns (a tar stream
@@ -184,6 +188,10 @@ int file_parts_parse(const char *text, struct file_part **ret, uint32_t *ret_n);
 bool entry_part_listed(const struct entry *e, uint64_t off, uint64_t len);
 /* Reads a file's bytes, zero-filling holes; returns bytes read, 0 past the end. */
 ssize_t layer_read_entry(struct layer *l, const struct entry *e, void *buf, size_t len, uint64_t off);
+/* The first read of e, at its start, was served: a source that fetches
+ * starts fetching the rest of e, which is likely read next, without
+ * waiting for it.  Never blocks on I/O. */
+void layer_read_ahead_file(struct layer *l, const struct entry *e);
 /* Zero counters for a source that keeps none. */
 void layer_get_stats(struct layer *l, struct layer_stats *ret);
 /* Fetches the layer's contents into the cache: with only_landmark, just

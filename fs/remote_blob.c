@@ -50,6 +50,26 @@ static struct reach miss_reach(const struct layer *l, uint64_t off)
 	return r;
 }
 
+/* The end of the large file whose blob range holds off, 0 if none is
+ * known; rb->lock is held. */
+static uint64_t large_file_end(const struct remote_blob *rb, uint64_t off)
+{
+	for (size_t k = 0; k < LARGE_FILES_KEPT; k++)
+		if (off >= rb->large_files[k].in && off < rb->large_files[k].end)
+			return rb->large_files[k].end;
+	return 0;
+}
+
+/* A miss inside a large file reads ahead to the file's end at most (what
+ * follows it is another file, whose reads fetch it), but never less than
+ * its decoder needs.  rb->lock is held. */
+static void reach_within_file(const struct remote_blob *rb, uint64_t off, struct reach *reach)
+{
+	uint64_t end = large_file_end(rb, off);
+	if (end && off + reach->readahead > end)
+		reach->readahead = end > reach->decode_end ? end - off : reach->decode_end - off;
+}
+
 /* How many spans from i on a miss fetches: i and the missing ones after
  * it, until they hold readahead bytes. */
 static size_t spans_to_fetch(const struct remote_blob *rb, size_t i, uint64_t readahead, uint64_t *ret_total)
@@ -174,6 +194,9 @@ static void stream_follow(struct remote_blob *rb, size_t i, uint64_t readahead)
 	if (!from || idle < 2)
 		return;
 	from->followed = true;
+	uint64_t file_end = large_file_end(rb, (uint64_t)from->first * rb->span_size);
+	if (file_end && (uint64_t)from->end * rb->span_size >= file_end)
+		return; /* what follows is another file */
 	size_t next = from->end;
 	const struct reach onward = { .readahead = readahead, .decode_end = 0 };
 	if (next < rb->n_spans && !rb_span_cached(rb, next) && !stream_bringing(rb, next))
@@ -245,6 +268,42 @@ static int fetch_span(struct remote_blob *rb, size_t i, uint64_t readahead)
 	return 0;
 }
 
+/* The head of e was read: a program, a library the loader maps or a data
+ * file is read on from there, and a miss at a time costs a round trip
+ * each (tools/bench-link's numpy start read python3.11, libcrypto and
+ * numpy's core module in 8 to 15 requests each, one after another).  The
+ * rest of the file, up to SPAN_READAHEAD_MAX_BYTES of the blob, goes out
+ * now in one request, on a stream of its own when one more stays free for
+ * a read elsewhere.  Files of the prefetch list are left to the prefetch. */
+static void remote_blob_read_ahead_file(struct layer *l, const struct entry *e)
+{
+	struct remote_blob *rb = l->source;
+	if (e->n_extents == 0 || e->prefetch)
+		return;
+	const struct extent *first = &e->extents[0], *last = &e->extents[e->n_extents - 1];
+	uint64_t in, end;
+	layer_compressed_range(l, first->stream_off, last->stream_off + last->len - first->stream_off, &in, &end);
+	if (end <= in)
+		return;
+	pthread_mutex_lock(&rb->lock);
+	if (end - in > SPAN_READAHEAD_BYTES)
+		rb->large_files[rb->large_files_next++ % LARGE_FILES_KEPT] = (struct blob_extent){ in, end };
+	if (end - in > SPAN_READAHEAD_MAX_BYTES)
+		end = in + SPAN_READAHEAD_MAX_BYTES;
+	size_t i = (size_t)(in / rb->span_size), stop = (size_t)((end - 1) / rb->span_size) + 1;
+	while (i < stop && (rb_span_cached(rb, i) || stream_bringing(rb, i)))
+		i++;
+	size_t idle = 0;
+	for (size_t k = 0; k < STREAMS; k++)
+		idle += !rb->streams[k].busy && rb->streams[k].client;
+	const struct reach rest = { .readahead = (uint64_t)(stop - i) * rb->span_size, .decode_end = 0 };
+	if (i < stop && idle >= 2 && stream_begin(rb, i, &rest) == 0) {
+		struct stream *st = stream_bringing(rb, i);
+		rb->bytes_read_ahead += st ? (uint64_t)(st->end - st->first) * rb->span_size : 0;
+	}
+	pthread_mutex_unlock(&rb->lock);
+}
+
 static bool span_in_memory(const struct remote_blob *rb, size_t i)
 {
 	return rb->mem_data && rb->mem_span == i;
@@ -296,6 +355,7 @@ static int remote_blob_read(struct layer *l, void *buf, size_t len, uint64_t off
 		uint64_t in_span = off - (uint64_t)i * rb->span_size;
 		size_t n = (size_t)(rb_span_len(rb, i) - in_span < len ? rb_span_len(rb, i) - in_span : len);
 		struct reach reach = miss_reach(l, off);
+		reach_within_file(rb, off, &reach);
 		int fd = span_in_memory(rb, i) ? -ENOSPC : span_fd(rb, i, &reach);
 		if (fd == -ENOSPC && span_in_memory(rb, i))
 			memcpy(out, rb->mem_data + in_span, n);
@@ -366,6 +426,7 @@ static void remote_blob_stats(struct layer *l, struct layer_stats *s)
 	s->chunk_misses = rb->misses;
 	s->bytes_prefetched = rb->bytes_prefetched;
 	s->bytes_in_memory = rb->bytes_in_memory;
+	s->bytes_speculated = rb->bytes_read_ahead;
 	pthread_mutex_unlock(&rb->lock);
 }
 
@@ -411,6 +472,7 @@ static const struct layer_source_ops remote_blob_ops = {
 	.prefetch = remote_blob_prefetch,
 	.get_stats = remote_blob_stats,
 	.free = remote_blob_layer_free,
+	.read_ahead_file = remote_blob_read_ahead_file,
 };
 
 int remote_blob_attach(struct layer *l, struct registry_client *client, struct registry_client *prefetch_client,

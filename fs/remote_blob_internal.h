@@ -13,6 +13,7 @@
 /* The one a read waits on, the request that continues it before it ends
  * (stream_follow()), and one for a read elsewhere meanwhile. */
 #define STREAMS 3
+#define LARGE_FILES_KEPT 8
 
 /* An on-demand request: spans [first, end) of one request, each stored as
  * it arrives, [first, next) handled so far (stream_main).  The range stays
@@ -59,6 +60,14 @@ struct remote_blob {
 	uint64_t windows_size;
 	struct registry_client *window_client, *window_prefetch_client;
 	pthread_mutex_t window_lock; /* guards window_client */
+	/* The blob ranges of the last large files whose head was read
+	 * (remote_blob_read_ahead_file()), in a ring: a read inside one reads
+	 * ahead only to its end. */
+	struct blob_extent {
+		uint64_t in, end;
+	} large_files[LARGE_FILES_KEPT];
+	size_t large_files_next;
+	uint64_t bytes_read_ahead; /* of files whose head was read */
 };
 
 uint64_t rb_span_len(const struct remote_blob *rb, size_t i);

@@ -470,8 +470,11 @@ ssize_t tree_read(const struct tree_inode *i, void *buf, size_t size, uint64_t o
 		return 0;
 	note_read(i, off, size);
 	ssize_t n = layer_read_entry(i->layer, i->entry, buf, size, off);
-	if (first && off == 0 && n > 0 && head_hook)
-		head_hook(head_hook_ctx, i, buf, (size_t)n);
+	if (first && off == 0 && n > 0) {
+		layer_read_ahead_file(i->layer, i->entry);
+		if (head_hook)
+			head_hook(head_hook_ctx, i, buf, (size_t)n);
+	}
 	/* Never hand out bytes we could not decode or verify. */
 	return n < 0 ? -EIO : n;
 }
