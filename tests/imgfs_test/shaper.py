@@ -1,7 +1,8 @@
 """A shaped link in userspace (this kernel has no netem): a TCP proxy on
 loopback that delays every byte by half the round trip in each direction
 and lets through at most `rate` bytes per second per direction, shared by
-all connections, as one link would.  It counts the HTTP requests that
+all connections, as one link would: one FIFO queue, or with fair the
+connections taking turns (see _Direction).  It counts the HTTP requests that
 cross it and the most that were outstanding at once (a request is
 outstanding from its first byte until its response, sized by
 Content-Length, has been delivered), and logs each (`log`): its request
@@ -12,6 +13,7 @@ carries its first byte a round trip after it was opened, as after TCP's
 handshake on a real link; the proxy itself accepts at once."""
 
 import asyncio
+import collections
 import re
 import socket
 import threading
@@ -23,26 +25,67 @@ import time
 SEGMENT = 16384
 
 
+# How late the fair link's sender may wake for a segment and still count
+# its time from when the segment was due: the event loop's timers are
+# coarser than a segment's 1.3 ms, and counting from each late wake-up
+# would lower the rate.
+SLACK = 0.005
+
+
 class _Direction:
-    """One direction of the link: a serialising rate, then a fixed delay."""
+    """One direction of the link: a serialising rate, then a fixed delay.
+    FIFO: every segment is sent in the order the far end produced it, so a
+    response waits behind all of one produced before it on any connection.
+    Fair: the connections with segments waiting take turns, a segment each,
+    as Linux's default queueing discipline (fq_codel) serves flows at a
+    bottleneck; a real link also bounds what a TCP connection has in flight
+    by its window, where this proxy reads its upstream at once."""
 
-    def __init__(self, rate, delay):
-        self.rate, self.delay = rate, delay
+    def __init__(self, rate, delay, fair):
+        self.rate, self.delay, self.fair = rate, delay, fair
         self.free_at = 0.0
+        self.waiting = collections.OrderedDict()  # flow -> its segments (size, put)
+        self.kick = None
 
-    def schedule(self, n):
+    def _take_turn(self, n):
         now = time.monotonic()
-        self.free_at = max(self.free_at, now) + n / self.rate
+        self.free_at = (self.free_at if self.fair and now - self.free_at < SLACK else max(self.free_at, now)) \
+            + n / self.rate
         return self.free_at + self.delay
+
+    def send(self, flow, n, put):
+        """Sends n bytes of flow: put(at) is called with when they arrive."""
+        if not self.fair:
+            put(self._take_turn(n))
+            return
+        self.waiting.setdefault(flow, collections.deque()).append((n, put))
+        self.kick.set()
+
+    async def transmit(self):
+        self.kick = asyncio.Event()
+        while True:
+            if not self.waiting:
+                self.kick.clear()
+                await self.kick.wait()
+                continue
+            flow, segments = next(iter(self.waiting.items()))
+            n, put = segments.popleft()
+            del self.waiting[flow]
+            if segments:
+                self.waiting[flow] = segments  # behind the others: its turn is over
+            put(self._take_turn(n))
+            wait = self.free_at - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
 
 
 class ShapedLink:
-    def __init__(self, upstream_port, rtt=0.020, rate=100e6 / 8, connect_rtt=False):
+    def __init__(self, upstream_port, rtt=0.020, rate=100e6 / 8, connect_rtt=False, fair=False):
         self.upstream_port = upstream_port
         self.connect_delay = rtt if connect_rtt else 0
         self.connections = 0
-        self.up = _Direction(rate, rtt / 2)
-        self.down = _Direction(rate, rtt / 2)
+        self.up = _Direction(rate, rtt / 2, fair)
+        self.down = _Direction(rate, rtt / 2, fair)
         self.requests = 0
         self.outstanding = 0
         self.max_outstanding = 0
@@ -62,6 +105,8 @@ class ShapedLink:
 
     def _run(self):
         asyncio.set_event_loop(self.loop)
+        if self.up.fair:
+            self._senders = [self.loop.create_task(d.transmit()) for d in (self.up, self.down)]
         self.server = self.loop.run_until_complete(asyncio.start_server(self._serve, sock=self._listener))
         self.loop.run_forever()
 
@@ -100,10 +145,10 @@ class ShapedLink:
                 if not data:
                     break
                 on_data(data, delivered=False)
-                queue.put_nowait((direction.schedule(len(data)), data))
+                direction.send(queue, len(data), lambda at, data=data: queue.put_nowait((at, data)))
         except ConnectionError:
             pass
-        queue.put_nowait(None)
+        direction.send(queue, 0, lambda at: queue.put_nowait(None))  # after what is still waiting its turn
         await sender
         try:
             writer.write_eof()
@@ -183,5 +228,10 @@ class ShapedLink:
         self.outstanding -= 1
 
     def stop(self):
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        def cancel_all():
+            # Their cancellation runs before the loop stops: no task is left pending.
+            for task in asyncio.all_tasks(self.loop):
+                task.cancel()
+            self.loop.call_soon(self.loop.stop)
+        self.loop.call_soon_threadsafe(cancel_all)
         self._thread.join(timeout=5)
