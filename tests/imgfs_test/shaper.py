@@ -35,11 +35,12 @@ SLACK = 0.005
 class _Direction:
     """One direction of the link: a serialising rate, then a fixed delay.
     FIFO: every segment is sent in the order the far end produced it, so a
-    response waits behind all of one produced before it on any connection.
-    Fair: the connections with segments waiting take turns, a segment each,
-    as Linux's default queueing discipline (fq_codel) serves flows at a
-    bottleneck; a real link also bounds what a TCP connection has in flight
-    by its window, where this proxy reads its upstream at once."""
+    response waits behind all of one produced before it on any connection,
+    as at a bottleneck whose buffer holds all of it (this proxy reads its
+    upstream at once, where TCP's window would bound what a connection has
+    queued).  Fair: the connections with segments waiting take turns, a
+    segment each, as a bottleneck with flow queueing (fq_codel, cake)
+    serves flows."""
 
     def __init__(self, rate, delay, fair):
         self.rate, self.delay, self.fair = rate, delay, fair
