@@ -71,42 +71,16 @@ static void reach_within_file(const struct remote_blob *rb, uint64_t off, struct
 }
 
 /* How many spans from i on a miss fetches: i and the missing ones after
- * it, until they hold readahead bytes. */
+ * it that no background request brings, until they hold readahead bytes. */
 static size_t spans_to_fetch(const struct remote_blob *rb, size_t i, uint64_t readahead, uint64_t *ret_total)
 {
 	size_t n = 1;
 	uint64_t total = rb_span_len(rb, i);
-	while (i + n < rb->n_spans && total < readahead && !rb_span_cached(rb, i + n))
+	while (i + n < rb->n_spans && total < readahead && !rb_span_cached(rb, i + n) &&
+	       !rb_background_bringing(rb, i + n))
 		total += rb_span_len(rb, i + n++);
 	*ret_total = total;
 	return n;
-}
-
-/* The transfer's progress: every span now complete is verified and stored
- * (one that fails is left for a reader to fetch again alone).  After a
- * retry got starts over, and what was handled is not handled again. */
-static void stream_arrived(void *ctx, size_t got)
-{
-	struct stream *st = ctx;
-	struct remote_blob *rb = st->rb;
-	for (;;) {
-		pthread_mutex_lock(&rb->lock);
-		size_t k = st->next;
-		bool complete = k < st->end && (k - st->first) * rb->span_size + rb_span_len(rb, k) <= got;
-		pthread_mutex_unlock(&rb->lock);
-		if (!complete)
-			return;
-		const unsigned char *data = st->buf + (k - st->first) * rb->span_size;
-		bool ok = rb_digest_matches(data, (size_t)rb_span_len(rb, k), rb->span_digests[k]) &&
-			  rb_store_span(rb, k, data, (size_t)rb_span_len(rb, k)) == 0;
-		pthread_mutex_lock(&rb->lock);
-		if (ok)
-			rb->verified[k] = 1;
-		rb->bytes_fetched += rb_span_len(rb, k);
-		st->next = k + 1;
-		pthread_cond_broadcast(&rb->stream_moved);
-		pthread_mutex_unlock(&rb->lock);
-	}
 }
 
 static void *stream_main(void *arg)
@@ -118,25 +92,14 @@ static void *stream_main(void *arg)
 		end = rb->blob_size;
 	struct err err = { 0 };
 	/* A span it did not bring is fetched by its reader. */
-	(void)registry_fetch_range_streaming(st->client, rb->digest, off, (size_t)(end - off), st->buf, stream_arrived,
-					     st, &err);
+	(void)registry_fetch_range_streaming(st->client, rb->digest, off, (size_t)(end - off), st->buf,
+					     rb_stream_arrived, st, &err);
 	pthread_mutex_lock(&rb->lock);
 	st->busy = false;
 	free(st->buf);
 	st->buf = NULL;
 	pthread_cond_broadcast(&rb->stream_moved);
 	pthread_mutex_unlock(&rb->lock);
-	return NULL;
-}
-
-/* The stream under way that brings span i, NULL if none; rb->lock is held. */
-static struct stream *stream_bringing(struct remote_blob *rb, size_t i)
-{
-	for (size_t k = 0; k < STREAMS; k++) {
-		struct stream *st = &rb->streams[k];
-		if (st->busy && i >= st->first && i < st->end)
-			return st;
-	}
 	return NULL;
 }
 
@@ -199,7 +162,7 @@ static void stream_follow(struct remote_blob *rb, size_t i, uint64_t readahead)
 		return; /* what follows is another file */
 	size_t next = from->end;
 	const struct reach onward = { .readahead = readahead, .decode_end = 0 };
-	if (next < rb->n_spans && !rb_span_cached(rb, next) && !stream_bringing(rb, next))
+	if (next < rb->n_spans && !rb_span_cached(rb, next) && !rb_stream_bringing(rb, next))
 		(void)stream_begin(rb, next, &onward);
 }
 
@@ -213,12 +176,12 @@ static void stream_follow(struct remote_blob *rb, size_t i, uint64_t readahead)
  * rb->lock is held. */
 static int stream_span(struct remote_blob *rb, size_t i, const struct reach *reach)
 {
-	struct stream *st = stream_bringing(rb, i);
+	struct stream *st = rb_stream_bringing(rb, i);
 	if (!st) {
 		int r = stream_begin(rb, i, reach);
 		if (r < 0)
 			return r;
-		st = stream_bringing(rb, i);
+		st = rb_stream_bringing(rb, i);
 	}
 	size_t first = st->first;
 	while (st->busy && st->first == first && st->next <= i)
@@ -291,14 +254,14 @@ static void remote_blob_read_ahead_file(struct layer *l, const struct entry *e)
 	if (end - in > SPAN_READAHEAD_MAX_BYTES)
 		end = in + SPAN_READAHEAD_MAX_BYTES;
 	size_t i = (size_t)(in / rb->span_size), stop = (size_t)((end - 1) / rb->span_size) + 1;
-	while (i < stop && (rb_span_cached(rb, i) || stream_bringing(rb, i)))
+	while (i < stop && (rb_span_cached(rb, i) || rb_stream_bringing(rb, i)))
 		i++;
 	size_t idle = 0;
 	for (size_t k = 0; k < STREAMS; k++)
 		idle += !rb->streams[k].busy && rb->streams[k].client;
 	const struct reach rest = { .readahead = (uint64_t)(stop - i) * rb->span_size, .decode_end = 0 };
 	if (i < stop && idle >= 2 && stream_begin(rb, i, &rest) == 0) {
-		struct stream *st = stream_bringing(rb, i);
+		struct stream *st = rb_stream_bringing(rb, i);
 		rb->bytes_read_ahead += st ? (uint64_t)(st->end - st->first) * rb->span_size : 0;
 	}
 	pthread_mutex_unlock(&rb->lock);
@@ -309,11 +272,44 @@ static bool span_in_memory(const struct remote_blob *rb, size_t i)
 	return rb->mem_data && rb->mem_span == i;
 }
 
+/* How long a read waits for a background request that brings its span
+ * before it fetches the span itself: a request is at most 4 MiB, under a
+ * second even when the prefetch's workers share a 100 Mbit/s link; past
+ * this it is stalled or crawling (as chunk_fetch.c's). */
+#define BACKGROUND_PATIENCE_MS 1500
+
+/* Waits for the background request that brings span i, if one does; true
+ * once it has passed span i.  rb->lock is held. */
+static bool background_brought(struct remote_blob *rb, size_t i)
+{
+	struct timespec due;
+	clock_gettime(CLOCK_REALTIME, &due);
+	due.tv_sec += BACKGROUND_PATIENCE_MS / 1000;
+	due.tv_nsec += BACKGROUND_PATIENCE_MS % 1000 * 1000000L;
+	if (due.tv_nsec >= 1000000000L) {
+		due.tv_sec++;
+		due.tv_nsec -= 1000000000L;
+	}
+	bool waited = false;
+	for (;;) {
+		const struct stream *bg = rb_background_bringing(rb, i);
+		if (!bg || bg->next > i)
+			return bg || waited;
+		waited = true;
+		if (pthread_cond_timedwait(&rb->stream_moved, &rb->lock, &due) == ETIMEDOUT) {
+			rb->reads_ahead_of_prefetch++;
+			return false;
+		}
+	}
+}
+
 static int span_fd(struct remote_blob *rb, size_t i, const struct reach *reach)
 {
 	if (rb->open_fd >= 0 && rb->open_span == i)
 		return rb->open_fd;
 	int fd = rb_open_cached_span(rb, i);
+	if (fd < 0 && background_brought(rb, i))
+		fd = rb_open_cached_span(rb, i);
 	if (fd >= 0) {
 		rb->hits++;
 	} else {
@@ -389,7 +385,7 @@ static int remote_blob_read_window(struct layer *l, const struct checkpoint *cp,
 	struct reach reach = miss_reach(l, from);
 	pthread_mutex_lock(&rb->lock);
 	size_t i = (size_t)(from / rb->span_size);
-	if (!rb_span_cached(rb, i) && !span_in_memory(rb, i) && !stream_bringing(rb, i))
+	if (!rb_span_cached(rb, i) && !span_in_memory(rb, i) && !rb_stream_bringing(rb, i))
 		(void)stream_begin(rb, i, &reach);
 	pthread_mutex_unlock(&rb->lock);
 	size_t first = (size_t)(cp - l->checkpoints), last = first;
@@ -427,6 +423,7 @@ static void remote_blob_stats(struct layer *l, struct layer_stats *s)
 	s->bytes_prefetched = rb->bytes_prefetched;
 	s->bytes_in_memory = rb->bytes_in_memory;
 	s->bytes_speculated = rb->bytes_read_ahead;
+	s->reads_ahead_of_prefetch = rb->reads_ahead_of_prefetch;
 	pthread_mutex_unlock(&rb->lock);
 }
 
@@ -438,6 +435,9 @@ static void remote_blob_free(struct remote_blob *rb)
 	pthread_mutex_lock(&rb->lock);
 	for (size_t k = 0; k < STREAMS; k++)
 		while (rb->streams[k].busy)
+			pthread_cond_wait(&rb->stream_moved, &rb->lock);
+	for (size_t k = 0; k < BACKGROUND_RUNS; k++)
+		while (rb->background[k].busy)
 			pthread_cond_wait(&rb->stream_moved, &rb->lock);
 	pthread_mutex_unlock(&rb->lock);
 	for (size_t k = 0; k < STREAMS; k++)

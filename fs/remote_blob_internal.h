@@ -14,6 +14,8 @@
  * (stream_follow()), and one for a read elsewhere meanwhile. */
 #define STREAMS 3
 #define LARGE_FILES_KEPT 8
+/* The prefetch's workers (remote_prefetch.c) and its windows. */
+#define BACKGROUND_RUNS 5
 
 /* An on-demand request: spans [first, end) of one request, each stored as
  * it arrives, [first, next) handled so far (stream_main).  The range stays
@@ -23,6 +25,7 @@ struct stream {
 	struct registry_client *client;
 	bool busy;
 	bool followed;      /* the request after it was asked for */
+	bool background;    /* a prefetch's: its bytes count as prefetched */
 	size_t follow_from; /* a read of a span from here on asks for it */
 	size_t first, next, end;
 	unsigned char *buf;
@@ -52,6 +55,10 @@ struct remote_blob {
 	uint64_t bytes_in_memory;
 	/* On-demand fetches under way, each on a connection of its own. */
 	struct stream streams[STREAMS];
+	/* The background fetch's requests under way (rb_fetch_missing_spans()):
+	 * a read of a span one brings waits for it. */
+	struct stream background[BACKGROUND_RUNS];
+	uint64_t reads_ahead_of_prefetch;
 	pthread_cond_t stream_moved; /* a stream's next moved or a stream ended */
 	/* The windows blob of an index pushed with its windows apart, in the
 	 * index's repository; its own connection, so that a window comes
@@ -75,6 +82,14 @@ bool rb_digest_matches(const void *data, size_t len, const unsigned char want[32
 /* Span i from the cache, verified the first time this mount uses it; -1
  * when it is not there whole.  rb->lock is held. */
 int rb_open_cached_span(struct remote_blob *rb, size_t i);
+/* The progress of a stream's transfer (registry_fetch_range_streaming()):
+ * every span now complete is verified and stored (one that fails is left
+ * for a reader to fetch again alone). */
+void rb_stream_arrived(void *ctx, size_t got);
+/* The on-demand stream, or the background request, under way that brings
+ * span i; NULL if none.  rb->lock is held. */
+struct stream *rb_stream_bringing(struct remote_blob *rb, size_t i);
+const struct stream *rb_background_bringing(const struct remote_blob *rb, size_t i);
 /* Whether span i is verified or in the cache whole (not checked yet). */
 bool rb_span_cached(const struct remote_blob *rb, size_t i);
 /* Keeps a verified span in the cache. */

@@ -91,6 +91,55 @@ bool rb_span_cached(const struct remote_blob *rb, size_t i)
 	return path && stat(path, &st) == 0 && (uint64_t)st.st_size == rb_span_len(rb, i);
 }
 
+/* After a retry got starts over, and what was handled is not handled
+ * again. */
+void rb_stream_arrived(void *ctx, size_t got)
+{
+	struct stream *st = ctx;
+	struct remote_blob *rb = st->rb;
+	for (;;) {
+		pthread_mutex_lock(&rb->lock);
+		size_t k = st->next;
+		bool complete = k < st->end && (k - st->first) * rb->span_size + rb_span_len(rb, k) <= got;
+		pthread_mutex_unlock(&rb->lock);
+		if (!complete)
+			return;
+		const unsigned char *data = st->buf + (k - st->first) * rb->span_size;
+		bool ok = rb_digest_matches(data, (size_t)rb_span_len(rb, k), rb->span_digests[k]) &&
+			  rb_store_span(rb, k, data, (size_t)rb_span_len(rb, k)) == 0;
+		pthread_mutex_lock(&rb->lock);
+		if (ok)
+			rb->verified[k] = 1;
+		rb->bytes_fetched += rb_span_len(rb, k);
+		if (st->background)
+			rb->bytes_prefetched += rb_span_len(rb, k);
+		st->next = k + 1;
+		pthread_cond_broadcast(&rb->stream_moved);
+		pthread_mutex_unlock(&rb->lock);
+	}
+}
+
+/* The stream under way that brings span i, NULL if none; rb->lock is held. */
+struct stream *rb_stream_bringing(struct remote_blob *rb, size_t i)
+{
+	for (size_t k = 0; k < STREAMS; k++) {
+		struct stream *st = &rb->streams[k];
+		if (st->busy && i >= st->first && i < st->end)
+			return st;
+	}
+	return NULL;
+}
+
+/* The background request under way that brings span i, NULL if none;
+ * rb->lock is held. */
+const struct stream *rb_background_bringing(const struct remote_blob *rb, size_t i)
+{
+	for (size_t k = 0; k < BACKGROUND_RUNS; k++)
+		if (rb->background[k].busy && i >= rb->background[k].first && i < rb->background[k].end)
+			return &rb->background[k];
+	return NULL;
+}
+
 /* Counts what a request brought, ahead of reads when prefetched. */
 void rb_count_fetched(struct remote_blob *rb, uint64_t requests, uint64_t bytes, bool prefetched)
 {

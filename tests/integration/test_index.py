@@ -466,6 +466,34 @@ def listed_part_prefetched_whole(t):
 
 
 @suite.case
+def read_waits_for_prefetch(t):
+    """A read of bytes that the prefetch is already fetching waits for them rather than
+    fetch them a second time: no span crosses the link twice."""
+    link = ShapedLink(t.reg.port, rtt=0.02, rate=8e6, fair=True)
+    t.on_exit(link.stop)
+    listing = os.path.join(t.work, "big.list")
+    with open(listing, "w") as f:
+        f.write("/usr/big.bin\n")
+    m = Mount(f"{link.host}/test/rich:mixed", t.mnt, os.path.join(t.work, "cache-wait"),
+              ["--prefetch", "landmark", "--prefetch-list", listing])
+    if not t.tap.ok(m.ok, "mount through a link of 8 MB/s, prefetching usr/big.bin", m.stderr()):
+        return
+    deadline = time.time() + 10
+    while imgfs_stats(t.mnt)["bytes_prefetched"] == 0 and time.time() < deadline:
+        time.sleep(0.02)  # its requests are under way
+    off = (2 << 20) + 4321
+    middle = read_no_readahead(f"{t.mnt}/usr/big.bin", off)
+    s = stats_after_prefetch(t.mnt, 60)
+    gzip_layer = windows_blob(t)["annotations"]["io.imgfs.layer.digest"]
+    fetched = sum(r["bytes"] for r in link.log if f"/blobs/{gzip_layer} " in r["request"])
+    # The file is incompressible: its spans and the few before it from its checkpoint come to
+    # little over its 8 MiB; a second fetch of the read's spans would add its read-ahead, 512 KiB.
+    t.tap.ok(middle == BIG[off:off + 4096] and s["reads_ahead_of_prefetch"] == 0 and fetched < len(BIG) + (384 << 10),
+             "a read 2 MiB into usr/big.bin, in the prefetch's first request, fetched nothing again", (fetched, s))
+    m.umount()
+
+
+@suite.case
 def unusable_profile_ignored(t):
     """A profile whose blob is damaged, or that names none of the image's
     files, is ignored with a warning: the mount goes on."""
