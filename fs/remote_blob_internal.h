@@ -1,6 +1,6 @@
-/* What remote_blob.c (reads, on demand) and remote_prefetch.c (the
- * background fetch of a prefetch list or of the whole blob) share about a
- * remote blob (private to those two files). */
+/* What remote_blob.c (reads, on demand), remote_prefetch.c (the background
+ * fetch of a prefetch list or of the whole blob) and remote_span.c (spans
+ * and windows in the cache) share about a remote blob (private to them). */
 #pragma once
 
 #include <pthread.h>
@@ -14,8 +14,9 @@
  * (stream_follow()), and one for a read elsewhere meanwhile. */
 #define STREAMS 3
 #define LARGE_FILES_KEPT 8
-/* The prefetch's workers (remote_prefetch.c) and its windows. */
-#define BACKGROUND_RUNS 5
+/* Background requests that reads see at once: one per worker of a
+ * prefetch list (remote_prefetch.c); one more would only be unseen. */
+#define BACKGROUND_RUNS 4
 
 /* An on-demand request: spans [first, end) of one request, each stored as
  * it arrives, [first, next) handled so far (stream_main).  The range stays

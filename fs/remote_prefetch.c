@@ -2,8 +2,6 @@
  * files a prefetch list names, or of the whole blob (see remote_blob.h). */
 #include "remote_blob_internal.h"
 
-#include <limits.h>
-
 #include "demand.h"
 #include "registry.h"
 #include "tar_stream.h"
@@ -13,11 +11,12 @@
 static bool span_present(struct remote_blob *rb, size_t i)
 {
 	pthread_mutex_lock(&rb->lock);
-	int fd = rb_stream_bringing(rb, i) || rb_background_bringing(rb, i) ? INT_MAX : rb_open_cached_span(rb, i);
+	bool coming = rb_stream_bringing(rb, i) || rb_background_bringing(rb, i);
+	int fd = coming ? -1 : rb_open_cached_span(rb, i);
 	pthread_mutex_unlock(&rb->lock);
-	if (fd >= 0 && fd != INT_MAX)
+	if (fd >= 0)
 		close(fd);
-	return fd >= 0;
+	return coming || fd >= 0;
 }
 
 /* One request for spans [i, i+run), each verified and stored as it
@@ -108,7 +107,7 @@ static int by_rank(const void *a, const void *b)
 /* Workers that fetch a prefetch list's runs, each on a connection of its
  * own: one after another, each run cost a round trip before the next
  * began, and the workload overtook them. */
-#define LISTED_WORKERS 4
+#define LISTED_WORKERS BACKGROUND_RUNS
 
 struct listed_runs {
 	struct remote_blob *rb;
