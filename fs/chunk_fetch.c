@@ -283,15 +283,8 @@ static bool inflight_add_locked(struct remote *rem, const struct chunk *c, bool 
 		return false;
 	struct inflight *in = &rem->inflight[rem->n_inflight++];
 	*in = (struct inflight){ c, background, { 0, 0 } };
-	if (background) {
-		clock_gettime(CLOCK_MONOTONIC, &in->due);
-		in->due.tv_sec += BACKGROUND_PATIENCE_MS / 1000;
-		in->due.tv_nsec += (BACKGROUND_PATIENCE_MS % 1000) * 1000000L;
-		if (in->due.tv_nsec >= 1000000000L) {
-			in->due.tv_sec++;
-			in->due.tv_nsec -= 1000000000L;
-		}
-	}
+	if (background)
+		deadline_after(CLOCK_MONOTONIC, &in->due, BACKGROUND_PATIENCE_MS);
 	return true;
 }
 

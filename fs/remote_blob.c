@@ -283,13 +283,7 @@ static bool span_in_memory(const struct remote_blob *rb, size_t i)
 static bool background_brought(struct remote_blob *rb, size_t i)
 {
 	struct timespec due;
-	clock_gettime(CLOCK_REALTIME, &due);
-	due.tv_sec += BACKGROUND_PATIENCE_MS / 1000;
-	due.tv_nsec += BACKGROUND_PATIENCE_MS % 1000 * 1000000L;
-	if (due.tv_nsec >= 1000000000L) {
-		due.tv_sec++;
-		due.tv_nsec -= 1000000000L;
-	}
+	deadline_after(CLOCK_REALTIME, &due, BACKGROUND_PATIENCE_MS);
 	bool waited = false;
 	for (;;) {
 		const struct stream *bg = rb_background_bringing(rb, i);

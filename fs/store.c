@@ -376,17 +376,6 @@ static struct store_layer *layer_find(struct store_ref *r, const char *digest)
 	return NULL;
 }
 
-static void deadline_after(struct timespec *t, unsigned ms)
-{
-	clock_gettime(CLOCK_REALTIME, t);
-	t->tv_sec += ms / 1000;
-	t->tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (t->tv_nsec >= 1000000000L) {
-		t->tv_sec++;
-		t->tv_nsec -= 1000000000L;
-	}
-}
-
 /* The layer of r named digest.  When none of r's images has it, asks the
  * registry again (at most every RETRY_SECONDS), and waits for the answer
  * at most the resolve timeout. */
@@ -402,7 +391,7 @@ static struct store_layer *ref_layer(struct store_ref *r, const char *digest)
 		r->thread_started = r->resolving = pthread_create(&r->thread, NULL, resolve_main, r) == 0;
 	}
 	struct timespec deadline;
-	deadline_after(&deadline, r->store->opts.resolve_timeout_ms);
+	deadline_after(CLOCK_REALTIME, &deadline, r->store->opts.resolve_timeout_ms);
 	while (!l && r->resolving) {
 		if (pthread_cond_timedwait(&r->changed, &r->lock, &deadline) == ETIMEDOUT)
 			break;

@@ -358,6 +358,17 @@ int remove_tree(const char *path)
 	return -err;
 }
 
+void deadline_after(clockid_t clock, struct timespec *t, unsigned ms)
+{
+	clock_gettime(clock, t);
+	t->tv_sec += ms / 1000;
+	t->tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (t->tv_nsec >= 1000000000L) {
+		t->tv_sec++;
+		t->tv_nsec -= 1000000000L;
+	}
+}
+
 bool pidfd_wait_exit(int pidfd, int timeout_ms)
 {
 	struct pollfd p = { pidfd, POLLIN, 0 };

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ---- ownership --------------------------------------------------------- */
@@ -140,6 +141,9 @@ int remove_tree(const char *path);
 
 /* ---- processes ------------------------------------------------------------ */
 
+/* Now on clock, plus ms: the deadline of a pthread_cond_timedwait() on a
+ * condition variable of that clock. */
+void deadline_after(clockid_t clock, struct timespec *t, unsigned ms);
 /* Waits up to timeout_ms for the process behind pidfd (see pidfd_open(2)) to
  * exit; false on a timeout, or when pidfd is -1. */
 bool pidfd_wait_exit(int pidfd, int timeout_ms);
