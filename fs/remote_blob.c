@@ -136,6 +136,16 @@ static int stream_begin(struct remote_blob *rb, size_t i, const struct reach *re
 	return 0;
 }
 
+/* Whether a stream can start on a guess with one more left free for a
+ * read elsewhere; rb->lock is held. */
+static bool stream_to_spare(const struct remote_blob *rb)
+{
+	size_t idle = 0;
+	for (size_t k = 0; k < STREAMS; k++)
+		idle += !rb->streams[k].busy && rb->streams[k].client;
+	return idle >= 2;
+}
+
 /* A reader that has come past the middle of a stream's spans, and past
  * those the decoder that missed needed, is going on through the blob (a
  * large file, or the files of a directory in a row): the spans after them
@@ -146,15 +156,13 @@ static int stream_begin(struct remote_blob *rb, size_t i, const struct reach *re
  * 5.7 s instead of 7.0 s (foreign row).  rb->lock is held. */
 static void stream_follow(struct remote_blob *rb, size_t i, uint64_t readahead)
 {
-	size_t idle = 0;
 	struct stream *from = NULL;
 	for (size_t k = 0; k < STREAMS; k++) {
 		struct stream *st = &rb->streams[k];
-		idle += !st->busy && st->client;
 		if (i >= st->follow_from && i < st->end && !st->followed)
 			from = st;
 	}
-	if (!from || idle < 2)
+	if (!from || !stream_to_spare(rb))
 		return;
 	from->followed = true;
 	uint64_t file_end = large_file_end(rb, (uint64_t)from->first * rb->span_size);
@@ -256,11 +264,8 @@ static void remote_blob_read_ahead_file(struct layer *l, const struct entry *e)
 	size_t i = (size_t)(in / rb->span_size), stop = (size_t)((end - 1) / rb->span_size) + 1;
 	while (i < stop && (rb_span_cached(rb, i) || rb_stream_bringing(rb, i)))
 		i++;
-	size_t idle = 0;
-	for (size_t k = 0; k < STREAMS; k++)
-		idle += !rb->streams[k].busy && rb->streams[k].client;
 	const struct reach rest = { .readahead = (uint64_t)(stop - i) * rb->span_size, .decode_end = 0 };
-	if (i < stop && idle >= 2 && stream_begin(rb, i, &rest) == 0) {
+	if (i < stop && stream_to_spare(rb) && stream_begin(rb, i, &rest) == 0) {
 		struct stream *st = rb_stream_bringing(rb, i);
 		rb->bytes_read_ahead += st ? (uint64_t)(st->end - st->first) * rb->span_size : 0;
 	}
