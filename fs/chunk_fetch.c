@@ -204,11 +204,12 @@ static int fetch_background(struct remote *r, struct registry_client *client, ui
 	return ret;
 }
 
-/* Several ranges on the caller's own connection, as fetch_background. */
+/* Several ranges on the caller's own connection, as fetch_background,
+ * arrived(ctx) told as their bytes come. */
 static int fetch_ranges_background(struct remote *r, struct registry_client *client, struct byterange *ranges, size_t n,
-				   struct err *err)
+				   void (*arrived)(void *ctx), void *ctx, struct err *err)
 {
-	int requests = registry_fetch_ranges(client, r->digest, ranges, n, err);
+	int requests = registry_fetch_ranges_streaming(client, r->digest, ranges, n, arrived, ctx, err);
 	if (requests < 0)
 		return requests;
 	uint64_t bytes = 0;
@@ -644,6 +645,45 @@ static int fetch_entries(struct remote *rem, const struct entry *const *v, size_
 
 #define LANDMARK_WORKERS 4
 
+/* A job's request under way: its chunks are stored as their bytes come in,
+ * so that a reader waiting for one of them waits for it, not for the whole
+ * request (a guess of a package's modules is several MB, a quarter of a
+ * second on a 100 Mbit/s link). */
+struct job_arrival {
+	struct remote *rem;
+	const struct span_job *j;
+	const struct byterange *ranges;
+	const size_t *range_of;
+	bool handled[JOB_CHUNKS]; /* stored, or failed its digest */
+	bool failed[JOB_CHUNKS];  /* still claimed, to fetch again alone */
+};
+
+static void job_arrived(void *ctx)
+{
+	struct job_arrival *a = ctx;
+	const struct span_job *j = a->j;
+	for (size_t s = 0; s < j->n_spans; s++) {
+		const struct byterange *r = &a->ranges[a->range_of[s]];
+		for (size_t k = j->first[s]; k < span_job_end(j, s); k++) {
+			const struct chunk *c = j->chunks[k];
+			if (a->handled[k])
+				continue;
+			if (c->comp_end - r->off > r->got)
+				break;
+			a->handled[k] = true;
+			if (pack_store_chunk(&a->rem->pack, c, r->buf + (c->comp_off - r->off),
+					     (size_t)(c->comp_end - c->comp_off)) < 0) {
+				a->failed[k] = true;
+				continue;
+			}
+			pthread_mutex_lock(&a->rem->lock);
+			a->rem->chunk_misses++;
+			pthread_mutex_unlock(&a->rem->lock);
+			chunk_release(a->rem, c);
+		}
+	}
+}
+
 /* Fetches the job's claimed chunks and releases them. */
 static void fetch_job(struct remote *rem, struct span_job *j, struct registry_client *client)
 {
@@ -653,20 +693,27 @@ static void fetch_job(struct remote *rem, struct span_job *j, struct registry_cl
 	unsigned char *buf = apart ? malloc(total) : NULL;
 	for (size_t k = 0, used = 0; buf && k < n_ranges; used += ranges[k++].len)
 		ranges[k].buf = buf + used;
-	struct err err = { 0 };
-	if (!buf || fetch_ranges_background(rem, client, ranges, n_ranges, &err) < 0)
-		apart = false;
-	/* In the order the files are wanted, not the order they arrived in. */
+	struct job_arrival *arrival = buf ? calloc(1, sizeof(*arrival)) : NULL;
+	if (arrival) {
+		*arrival = (struct job_arrival){ .rem = rem, .j = j, .ranges = ranges, .range_of = range_of };
+		struct err err = { 0 };
+		(void)fetch_ranges_background(rem, client, ranges, n_ranges, job_arrived, arrival, &err);
+	}
+	/* What did not come, or failed its digest: a span that got nothing in
+	 * one request again, the rest chunk by chunk. */
 	for (size_t s = 0; s < j->n_spans; s++) {
 		const struct chunk **span = &j->chunks[j->first[s]];
-		size_t n = span_job_end(j, s) - j->first[s];
-		if (apart) {
-			const struct byterange *r = &ranges[range_of[s]];
-			store_batch(rem, span, n, r->buf + (span[0]->comp_off - r->off), span[0]->comp_off, client);
-		} else {
+		size_t n = span_job_end(j, s) - j->first[s], left = 0;
+		const struct chunk *leftover[JOB_CHUNKS];
+		for (size_t k = j->first[s]; k < j->first[s] + n; k++)
+			if (!arrival || !arrival->handled[k] || arrival->failed[k])
+				leftover[left++] = j->chunks[k];
+		if (left == n)
 			fetch_batch(rem, span, n, client);
-		}
+		else
+			store_batch(rem, leftover, left, NULL, 0, client);
 	}
+	free(arrival);
 	free(buf);
 	j->n_chunks = j->n_spans = 0;
 	j->bytes = 0;

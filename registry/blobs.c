@@ -158,19 +158,34 @@ int registry_fetch_range_streaming(struct registry_client *c, const char *digest
 
 #define RANGES_PER_REQUEST 64 /* keeps the Range header near 2 KiB */
 
+struct range_arrival {
+	struct byterange *range;
+	void (*arrived)(void *ctx);
+	void *ctx;
+};
+
+static void range_arrived(void *ctx, size_t got)
+{
+	struct range_arrival *a = ctx;
+	a->range->got = got;
+	if (a->arrived)
+		a->arrived(a->ctx);
+}
+
 /* Fetches the ranges that are not complete, one request each; returns how
  * many requests that took. */
 static int fetch_ranges_alone(struct registry_client *c, const char *digest, struct byterange *ranges, size_t n,
-			      struct err *err)
+			      void (*arrived)(void *ctx), void *ctx, struct err *err)
 {
 	int requests = 0;
 	for (size_t i = 0; i < n; i++) {
 		if (ranges[i].got == ranges[i].len)
 			continue;
-		int r = registry_fetch_range(c, digest, ranges[i].off, ranges[i].len, ranges[i].buf, err);
+		struct range_arrival a = { &ranges[i], arrived, ctx };
+		int r = registry_fetch_range_streaming(c, digest, ranges[i].off, ranges[i].len, ranges[i].buf,
+						       range_arrived, &a, err);
 		if (r < 0)
 			return r;
-		ranges[i].got = ranges[i].len;
 		requests++;
 	}
 	return requests;
@@ -179,17 +194,24 @@ static int fetch_ranges_alone(struct registry_client *c, const char *digest, str
 int registry_fetch_ranges(struct registry_client *c, const char *digest, struct byterange *ranges, size_t n,
 			  struct err *err)
 {
+	return registry_fetch_ranges_streaming(c, digest, ranges, n, NULL, NULL, err);
+}
+
+int registry_fetch_ranges_streaming(struct registry_client *c, const char *digest, struct byterange *ranges, size_t n,
+				    void (*arrived)(void *ctx), void *ctx, struct err *err)
+{
 	for (size_t i = 0; i < n; i++)
 		ranges[i].got = 0;
 	if (n > RANGES_PER_REQUEST) {
-		int first = registry_fetch_ranges(c, digest, ranges, RANGES_PER_REQUEST, err);
+		int first = registry_fetch_ranges_streaming(c, digest, ranges, RANGES_PER_REQUEST, arrived, ctx, err);
 		if (first < 0)
 			return first;
-		int rest = registry_fetch_ranges(c, digest, ranges + RANGES_PER_REQUEST, n - RANGES_PER_REQUEST, err);
+		int rest = registry_fetch_ranges_streaming(c, digest, ranges + RANGES_PER_REQUEST,
+							   n - RANGES_PER_REQUEST, arrived, ctx, err);
 		return rest < 0 ? rest : first + rest;
 	}
 	if (n <= 1 || c->single_ranges)
-		return fetch_ranges_alone(c, digest, ranges, n, err);
+		return fetch_ranges_alone(c, digest, ranges, n, arrived, ctx, err);
 
 	_cleanup_free_ char *path = strdup_printf("%s/blobs/%s", c->ref.repository, digest);
 	char header[32 + RANGES_PER_REQUEST * 42] = "Range: bytes=", what[1024];
@@ -207,6 +229,8 @@ int registry_fetch_ranges(struct registry_client *c, const char *digest, struct 
 		return -ENOMEM;
 	struct response resp;
 	response_to_ranges(&resp, ranges, n);
+	resp.multi.arrived = arrived;
+	resp.multi.arrived_ctx = ctx;
 	int r = get_ranges(c, path, header, &resp, what, err);
 	/* A server that sent one range, or the whole blob, will do so again. */
 	if (r == 0 && (resp.status == 200 || resp.content_range))
@@ -214,7 +238,7 @@ int registry_fetch_ranges(struct registry_client *c, const char *digest, struct 
 	response_done(&resp);
 	if (r < 0)
 		return r;
-	int alone = fetch_ranges_alone(c, digest, ranges, n, err);
+	int alone = fetch_ranges_alone(c, digest, ranges, n, arrived, ctx, err);
 	return alone < 0 ? alone : 1 + alone;
 }
 

@@ -284,6 +284,13 @@ struct byterange {
  * registry_fetch_range, the bytes are NOT verified. */
 int registry_fetch_ranges(struct registry_client *c, const char *digest, struct byterange *ranges, size_t n,
 			  struct err *err);
+/* As registry_fetch_ranges, and each time more bytes came, arrived(ctx) is
+ * called on the fetching thread: each range's got counts the bytes of its
+ * buf that are in, from its start where the server sends parts whole (a
+ * caller verifies what it uses, as ever).  A request tried again starts
+ * its ranges over: their got go back to 0 and their buf is written again. */
+int registry_fetch_ranges_streaming(struct registry_client *c, const char *digest, struct byterange *ranges, size_t n,
+				    void (*arrived)(void *ctx), void *ctx, struct err *err);
 
 /* The streaming parser of multipart/byteranges bodies, for tests and
  * fuzzing.  NULL when content_type is not multipart/byteranges with a

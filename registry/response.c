@@ -194,6 +194,8 @@ static size_t ranges_write(struct response *r, const char *buf, size_t len)
 		r->stopped_early = true;
 		return 0;
 	}
+	if (r->multi.arrived)
+		r->multi.arrived(r->multi.arrived_ctx);
 	return len;
 }
 

@@ -68,6 +68,9 @@ struct response {
 		struct byterange *ranges;
 		size_t n;
 		struct byteranges *parser;
+		/* Told each time more bytes came, as the ranges' got say. */
+		void (*arrived)(void *ctx);
+		void *arrived_ctx;
 	} multi;
 };
 
