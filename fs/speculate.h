@@ -2,11 +2,12 @@
  * chunked layer has to fetch, the files beside it (same directory) are
  * fetched in the background, on connections of their own, once per
  * directory, after its second miss of a small file, and within a byte
- * budget.  Programs read the files of one
- * directory together (a package's modules, a program's data files), and
- * on a link with a real round trip a guess that goes out with the miss
- * saves the round trips the reads would have made one after another
- * (private to fs/; chunk_fetch.c is its one user). */
+ * budget; and at the first miss of a module of a Python package (a
+ * directory with an __init__.py), the modules of the whole package.
+ * Programs read the files of one directory together (a package's modules,
+ * a program's data files), and on a link with a real round trip a guess
+ * that goes out with the miss saves the round trips the reads would have
+ * made one after another (private to fs/; chunk_fetch.c is its one user). */
 #pragma once
 
 #include <stdatomic.h>
@@ -32,8 +33,10 @@ struct speculation_ops {
 int speculation_new(const struct layer *l, const struct speculation_ops *ops, struct speculation **ret);
 /* Starts the worker threads: in the process that serves the mount. */
 void speculation_start(struct speculation *s);
-/* A read of e had to fetch: queue the rest of its directory when this is
- * its second small file to miss.  Cheap, never blocks on I/O. */
+/* A read of e has to fetch (called as its request goes out): queue the
+ * rest of its directory when this is its second small file to miss, and
+ * its package when it is the package's first module to.  Cheap, never
+ * blocks on I/O. */
 void speculation_note_miss(struct speculation *s, const struct entry *e);
 /* Stops and joins the workers; a guess under way ends after its request. */
 void speculation_stop(struct speculation *s);

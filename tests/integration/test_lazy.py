@@ -242,6 +242,65 @@ def neighbours_fetched_ahead(t):
 
 
 @suite.case
+def package_fetched_ahead(t):
+    """The first module of a Python package to miss brings the package's
+    other modules of its kind (compiled for the same interpreter) and its
+    extension modules, in its subpackages too, in the background: an
+    interpreter imports a package's subpackages one after another.  Its
+    tests, the sources beside compiled modules and directories outside a
+    package are not guessed.  Counted by requests."""
+    def pyc(path, seed):
+        return Entry(path, data=deterministic_bytes(seed, 30000))
+
+    def filler(path, seed):  # past the read-ahead of a miss, and apart from what follows
+        return Entry(path, data=deterministic_bytes(seed, 1 << 20))
+    tree = [Entry(d, "dir") for d in ("lib", "lib/app", "lib/app/__pycache__", "lib/app/core",
+                                      "lib/app/core/__pycache__", "lib/app/tests", "lib/app/tests/__pycache__",
+                                      "lib/plain", "lib/plain/__pycache__")]
+    tree += [Entry("lib/app/__init__.py", data=b"from . import core\n"),
+             pyc("lib/app/__pycache__/__init__.cpython-311.pyc", 801), filler("lib/app/data.bin", 802),
+             Entry("lib/app/core/__init__.py", data=b"from . import a, b\n"),
+             pyc("lib/app/core/a.py", 803), pyc("lib/app/core/__pycache__/a.cpython-311.pyc", 804),
+             pyc("lib/app/core/__pycache__/b.cpython-311.pyc", 805),
+             Entry("lib/app/core/_speed.cpython-311-x86_64-linux-gnu.so", data=deterministic_bytes(806, 60000)),
+             filler("lib/app/core/data.bin", 807), Entry("lib/app/tests/__init__.py", data=b"\n"),
+             pyc("lib/app/tests/__pycache__/test_a.cpython-311.pyc", 808), filler("lib/app/tests/data.bin", 809),
+             pyc("lib/plain/__pycache__/p.cpython-311.pyc", 810), filler("lib/plain/data.bin", 811),
+             pyc("lib/plain/__pycache__/q.cpython-311.pyc", 812)]
+    data = {e.path: e.data for e in tree if e.data is not None}
+    push_estargz(t.reg, "lazy/package", "v1", [tree])
+    mnt = os.path.join(t.work, "mnt-package")
+    m = Mount(f"{t.reg.host}/lazy/package:v1", mnt, t.cache_of("package"), ["--prefetch=none"])
+    if not t.tap.ok(m.ok, "mount an image with a Python package of a subpackage and tests", m.stderr()):
+        return
+    try:
+        def reads_right(*paths):
+            return all(read(os.path.join(mnt, p)) == data[p] for p in paths)
+        first = reads_right("lib/app/__pycache__/__init__.cpython-311.pyc")
+        before = settled_stats(mnt, "bytes_speculated")
+        guessed = reads_right("lib/app/core/__pycache__/a.cpython-311.pyc",
+                              "lib/app/core/__pycache__/b.cpython-311.pyc",
+                              "lib/app/core/_speed.cpython-311-x86_64-linux-gnu.so")
+        after = imgfs_stats(mnt)
+        t.tap.ok(first and guessed and before.get("bytes_speculated", 0) > 0 and
+                 after["range_requests"] == before["range_requests"],
+                 "after the package's first module, its subpackage's compiled and extension modules read right "
+                 "with no request of their own", (before, after))
+        t.tap.ok(reads_right("lib/app/tests/__pycache__/test_a.cpython-311.pyc") and
+                 imgfs_stats(mnt)["range_requests"] > after["range_requests"],
+                 "the package's tests were not guessed: their read fetches", imgfs_stats(mnt))
+        after = imgfs_stats(mnt)
+        t.tap.ok(reads_right("lib/app/core/a.py") and imgfs_stats(mnt)["range_requests"] > after["range_requests"],
+                 "a source beside its compiled module was not guessed: its read fetches", imgfs_stats(mnt))
+        guessed = settled_stats(mnt, "bytes_speculated", seconds=2)["bytes_speculated"]
+        plain = reads_right("lib/plain/__pycache__/p.cpython-311.pyc")
+        t.tap.ok(plain and settled_stats(mnt, "range_requests", seconds=2)["bytes_speculated"] == guessed,
+                 "the first module of a directory outside any package guesses nothing", imgfs_stats(mnt))
+    finally:
+        m.umount()
+
+
+@suite.case
 def libraries_fetched_ahead(t):
     """The first read of a program's head brings what the loader reads
     next: the program's dynamic section and the libraries it needs, found
