@@ -502,7 +502,7 @@ static void fetch_demand(struct remote *rem, const struct chunk **batch, size_t 
  * holds it, which stays open as long as rem.  Concurrent requests for one
  * chunk fetch it once.  Lock order: rem->lock is never held across
  * pack_lookup(). */
-static int chunk_ready(struct remote *rem, const struct chunk *c, bool *ret_fetched)
+static int chunk_ready(struct remote *rem, const struct entry *e, const struct chunk *c, bool *ret_fetched)
 {
 	int fd;
 	for (;;) {
@@ -552,6 +552,7 @@ static int chunk_ready(struct remote *rem, const struct chunk *c, bool *ret_fetc
 	pthread_mutex_unlock(&rem->lock);
 	if (!claimed)
 		return -ENOMEM;
+	bool first_miss = !*ret_fetched;
 	*ret_fetched = true;
 	if (!chunk_bounds_valid(c)) {
 		chunk_release(rem, c);
@@ -569,6 +570,9 @@ static int chunk_ready(struct remote *rem, const struct chunk *c, bool *ret_fetc
 		batch[n++] = next;
 		extra += len;
 	}
+	/* The guess goes out with the miss, not a round trip after it. */
+	if (first_miss)
+		speculation_note_miss(rem->speculation, e);
 	fetch_demand(rem, batch, n);
 	fd = pack_verified(&rem->pack, c);
 	return fd < 0 ? -EIO : fd;
@@ -871,7 +875,7 @@ static ssize_t chunked_read_entry(struct layer *l, const struct entry *e, void *
 		/* A chunk the full cache disk could not take is served from memory. */
 		if (pack_read_memory(&rem->pack, c, dst, start - c->file_off, (size_t)(end - start)) == 0)
 			continue;
-		int fd = chunk_ready(rem, c, &fetched);
+		int fd = chunk_ready(rem, e, c, &fetched);
 		if (fd < 0) {
 			if (pack_read_memory(&rem->pack, c, dst, start - c->file_off, (size_t)(end - start)) == 0)
 				continue;
@@ -882,8 +886,6 @@ static ssize_t chunked_read_entry(struct layer *l, const struct entry *e, void *
 		if (r < 0)
 			return -EIO;
 	}
-	if (fetched)
-		speculation_note_miss(rem->speculation, e);
 	return (ssize_t)len;
 }
 
