@@ -1,6 +1,7 @@
 /* The files beside a miss, fetched ahead: see speculate.h. */
 #include "speculate.h"
 
+#include "py_package.h"
 #include "registry.h"
 
 /* A directory's guess stops here: one range of this size is ~170 ms on a
@@ -48,21 +49,14 @@ struct speculation {
 	/* Regular files with chunks, by directory then blob order. */
 	const struct entry **by_dir;
 	uint32_t n_files;
-	uint32_t *place;     /* per entry: its index in by_dir, NOWHERE if none */
-	uint32_t *dir_first; /* per index in by_dir: where its directory starts */
-	uint32_t *dir_end;   /* and ends */
-	/* The files in Python packages, by their topmost package then blob
-	 * order (package_place: per index in by_dir, NOWHERE if in none). */
-	const struct entry **by_package;
-	uint32_t n_package_files;
-	uint32_t *package_place;
-	uint32_t *package_first, *package_end; /* per index in by_package */
-	uint32_t *root_len;                    /* per index in by_package: its package's path */
+	uint32_t *place;              /* per entry: its index in by_dir, NOWHERE if none */
+	uint32_t *dir_first;          /* per index in by_dir: where its directory starts */
+	uint32_t *dir_end;            /* and ends */
+	struct py_packages *packages; /* NULL: the layer has none */
 
 	pthread_mutex_t lock; /* over the fields below */
 	pthread_cond_t wake;
-	uint8_t *misses;          /* per index of a directory's start: small-file misses seen, up to its guess */
-	uint8_t *package_guessed; /* per index of a package's start in by_package */
+	uint8_t *misses; /* per index of a directory's start: small-file misses seen, up to its guess */
 	uint32_t queue[QUEUE_LEN];
 	size_t queue_head, queue_len;
 	uint64_t claimed;
@@ -96,129 +90,6 @@ static int by_dir_then_offset(const void *a, const void *b)
 	return xo < yo ? -1 : xo > yo;
 }
 
-/* A directory, named by a prefix of a path. */
-struct dir_ref {
-	const char *path;
-	size_t len;
-};
-
-static int by_dir_ref(const void *a, const void *b)
-{
-	const struct dir_ref *x = a, *y = b;
-	int c = memcmp(x->path, y->path, x->len < y->len ? x->len : y->len);
-	return c ? c : (x->len > y->len) - (x->len < y->len);
-}
-
-/* The length of the directory above the one path[0, len) names; 0 at the top. */
-static size_t parent_len(const char *path, size_t len)
-{
-	while (len > 0 && path[len - 1] != '/')
-		len--;
-	return len ? len - 1 : 0;
-}
-
-static bool is_package(const struct dir_ref *packages, size_t n, const char *path, size_t len)
-{
-	const struct dir_ref key = { path, len };
-	return len > 0 && bsearch(&key, packages, n, sizeof(*packages), by_dir_ref);
-}
-
-/* The topmost package a file is part of (the length of its path, 0 for
- * none): the interpreter imports a package's parents first, so a start
- * that reaches numpy/core has read numpy.  Compiled modules belong to the
- * directory above their __pycache__. */
-static size_t package_root(const struct dir_ref *packages, size_t n, const char *path)
-{
-	static const char cache_dir[] = "__pycache__";
-	size_t dir = dir_len_of(path), parent = parent_len(path, dir);
-	size_t name = parent ? parent + 1 : 0;
-	if (dir - name == sizeof(cache_dir) - 1 && !memcmp(path + name, cache_dir, dir - name))
-		dir = parent;
-	size_t root = 0;
-	for (; is_package(packages, n, path, dir); dir = parent_len(path, dir))
-		root = dir;
-	return root;
-}
-
-struct package_key {
-	const struct entry *e;
-	size_t root_len;
-};
-
-static int by_package_then_offset(const void *a, const void *b)
-{
-	const struct package_key *x = a, *y = b;
-	size_t xl = x->root_len, yl = y->root_len;
-	int c = memcmp(x->e->path, y->e->path, xl < yl ? xl : yl);
-	if (c || xl != yl)
-		return c ? c : (xl < yl ? -1 : 1);
-	uint64_t xo = x->e->chunks[0].comp_off, yo = y->e->chunks[0].comp_off;
-	return xo < yo ? -1 : xo > yo;
-}
-
-static bool has_suffix(const char *s, const char *suffix)
-{
-	size_t n = strlen(s), k = strlen(suffix);
-	return n >= k && !memcmp(s + n - k, suffix, k);
-}
-
-static const char *base_name(const char *path)
-{
-	const char *slash = strrchr(path, '/');
-	return slash ? slash + 1 : path;
-}
-
-/* Groups the files of s->by_dir by the Python package they are part of,
- * packages being the directories of l with an __init__.py. */
-static int index_packages(struct speculation *s, const struct layer *l)
-{
-	size_t n_packages = 0;
-	for (size_t i = 0; i < l->n_entries; i++)
-		n_packages += !strcmp(base_name(l->entries[i].path), "__init__.py");
-	if (!n_packages)
-		return 0;
-	struct dir_ref *packages = malloc(n_packages * sizeof(*packages));
-	struct package_key *keys = malloc(s->n_files * sizeof(*keys) + 1);
-	s->by_package = calloc(s->n_files, sizeof(*s->by_package));
-	s->package_first = calloc(s->n_files, sizeof(*s->package_first));
-	s->package_end = calloc(s->n_files, sizeof(*s->package_end));
-	s->root_len = calloc(s->n_files, sizeof(*s->root_len));
-	s->package_guessed = calloc(s->n_files, sizeof(*s->package_guessed));
-	if (!packages || !keys || !s->by_package || !s->package_first || !s->package_end || !s->root_len ||
-	    !s->package_guessed) {
-		free(packages);
-		free(keys);
-		return -ENOMEM;
-	}
-	n_packages = 0;
-	for (size_t i = 0; i < l->n_entries; i++)
-		if (!strcmp(base_name(l->entries[i].path), "__init__.py"))
-			packages[n_packages++] = (struct dir_ref){ l->entries[i].path, dir_len_of(l->entries[i].path) };
-	qsort(packages, n_packages, sizeof(*packages), by_dir_ref);
-	for (uint32_t i = 0; i < s->n_files; i++) {
-		size_t root = package_root(packages, n_packages, s->by_dir[i]->path);
-		if (root)
-			keys[s->n_package_files++] = (struct package_key){ s->by_dir[i], root };
-	}
-	free(packages);
-	qsort(keys, s->n_package_files, sizeof(*keys), by_package_then_offset);
-	for (uint32_t i = 0, first = 0; i < s->n_package_files; i++) {
-		if (i > 0 && by_dir_ref(&(struct dir_ref){ keys[i].e->path, keys[i].root_len },
-					&(struct dir_ref){ keys[first].e->path, keys[first].root_len }))
-			first = i;
-		s->by_package[i] = keys[i].e;
-		s->package_first[i] = first;
-		s->root_len[i] = (uint32_t)keys[i].root_len;
-		s->package_place[s->place[keys[i].e - s->entries]] = i;
-	}
-	free(keys);
-	for (uint32_t i = s->n_package_files; i-- > 0;)
-		s->package_end[i] = i + 1 == s->n_package_files || s->package_first[i + 1] != s->package_first[i]
-					? i + 1
-					: s->package_end[i + 1];
-	return 0;
-}
-
 int speculation_new(const struct layer *l, const struct speculation_ops *ops, struct speculation **ret)
 {
 	if (l->n_entries >= PACKAGE_GUESS)
@@ -237,8 +108,7 @@ int speculation_new(const struct layer *l, const struct speculation_ops *ops, st
 	s->dir_first = calloc(n, sizeof(*s->dir_first));
 	s->dir_end = calloc(n, sizeof(*s->dir_end));
 	s->misses = calloc(n, sizeof(*s->misses));
-	s->package_place = malloc(n * sizeof(*s->package_place));
-	if (!s->by_dir || !s->place || !s->dir_first || !s->dir_end || !s->misses || !s->package_place) {
+	if (!s->by_dir || !s->place || !s->dir_first || !s->dir_end || !s->misses) {
 		speculation_free(s);
 		return -ENOMEM;
 	}
@@ -248,7 +118,7 @@ int speculation_new(const struct layer *l, const struct speculation_ops *ops, st
 		return -ENOMEM;
 	}
 	for (size_t i = 0; i < l->n_entries; i++) {
-		s->place[i] = s->package_place[i] = NOWHERE;
+		s->place[i] = NOWHERE;
 		if (l->entries[i].type == ENTRY_REG && l->entries[i].n_chunks > 0)
 			keys[s->n_files++] = (struct sort_key){ &l->entries[i], dir_len_of(l->entries[i].path) };
 	}
@@ -265,7 +135,7 @@ int speculation_new(const struct layer *l, const struct speculation_ops *ops, st
 	for (uint32_t i = s->n_files; i-- > 0;)
 		s->dir_end[i] =
 		    i + 1 == s->n_files || s->dir_first[i + 1] != s->dir_first[i] ? i + 1 : s->dir_end[i + 1];
-	int r = index_packages(s, l);
+	int r = py_packages_new(l->entries, l->n_entries, &s->packages);
 	if (r < 0) {
 		speculation_free(s);
 		return r;
@@ -287,31 +157,6 @@ static size_t dir_guess(const struct speculation *s, uint32_t place, const struc
 	return n;
 }
 
-/* Programs do not import their tests at start, and a package's tests are
- * often most of it (numpy's: half its compiled modules). */
-static bool in_tests(const char *path_in_package)
-{
-	return strstr(path_in_package, "/tests/") || strstr(path_in_package, "/test/") ||
-	       strstr(path_in_package, "/testing/");
-}
-
-/* The package of the module at place: its modules of the missed one's
- * kind (compiled for the same interpreter, or sources where it ran from
- * sources), and its extension modules, in blob order. */
-static size_t package_guess(const struct speculation *s, uint32_t place, const struct entry **out)
-{
-	uint32_t at = s->package_place[place];
-	const char *kind = strchr(base_name(s->by_dir[place]->path), '.');
-	size_t n = 0;
-	for (uint32_t i = s->package_first[at]; i < s->package_end[at] && n < PACKAGE_FILES; i++) {
-		const char *path = s->by_package[i]->path;
-		if (i != at && !in_tests(path + s->root_len[i]) &&
-		    ((kind && has_suffix(path, kind)) || has_suffix(path, ".so")))
-			out[n++] = s->by_package[i];
-	}
-	return n;
-}
-
 static void *worker_main(void *arg)
 {
 	struct speculation *s = arg;
@@ -330,7 +175,8 @@ static void *worker_main(void *arg)
 		pthread_mutex_unlock(&s->lock);
 		bool package = place & PACKAGE_GUESS;
 		place &= ~PACKAGE_GUESS;
-		size_t n = package ? package_guess(s, place, files) : dir_guess(s, place, files);
+		size_t n = package ? py_package_guess(s->packages, s->by_dir[place], files, PACKAGE_FILES)
+				   : dir_guess(s, place, files);
 		uint64_t most = package ? PACKAGE_BYTES : DIR_BYTES;
 		uint64_t claimed = n && budget ? s->ops.fetch(s->ops.ctx, files, n, FILE_BYTES,
 							      budget < most ? budget : most, client, &s->stop)
@@ -369,15 +215,9 @@ static void queue_locked(struct speculation *s, uint32_t item)
 /* The first module of a package to miss queues the package's guess. */
 static void note_package_miss(struct speculation *s, const struct entry *e, uint32_t place)
 {
-	uint32_t at = s->package_place[place];
-	if (at == NOWHERE || !(has_suffix(e->path, ".py") || has_suffix(e->path, ".pyc")))
-		return;
-	uint32_t first = s->package_first[at];
 	pthread_mutex_lock(&s->lock);
-	if (s->running && !s->package_guessed[first]) {
-		s->package_guessed[first] = 1;
+	if (s->running && py_package_first_miss(s->packages, e))
 		queue_locked(s, place | PACKAGE_GUESS);
-	}
 	pthread_mutex_unlock(&s->lock);
 }
 
@@ -427,11 +267,6 @@ void speculation_free(struct speculation *s)
 	free(s->dir_first);
 	free(s->dir_end);
 	free(s->misses);
-	free(s->by_package);
-	free(s->package_place);
-	free(s->package_first);
-	free(s->package_end);
-	free(s->root_len);
-	free(s->package_guessed);
+	py_packages_free(s->packages);
 	free(s);
 }
