@@ -149,6 +149,12 @@ void layer_read_ahead_file(struct layer *l, const struct entry *e)
 		l->ops->read_ahead_file(l, e);
 }
 
+void layer_first_read_begins(struct layer *l, const struct entry *e)
+{
+	if (l->blob_fd < 0 && l->ops && l->ops->first_read_begins)
+		l->ops->first_read_begins(l, e);
+}
+
 void layer_get_stats(struct layer *l, struct layer_stats *ret)
 {
 	memset(ret, 0, sizeof(*ret));

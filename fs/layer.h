@@ -127,6 +127,9 @@ struct layer_source_ops {
 	 * into out), verified; called with l->lock held.  NULL: no source of
 	 * this kind has such checkpoints. */
 	int (*read_window)(struct layer *l, const struct checkpoint *cp, unsigned char *out);
+	/* Whether read_window() would find cp's window without a request (in
+	 * the cache, fetched ahead); NULL: never. */
+	bool (*window_at_hand)(struct layer *l, const struct checkpoint *cp);
 	/* A file's bytes; [off, off+len) lies within the file. */
 	ssize_t (*read_entry)(struct layer *l, const struct entry *e, void *buf, size_t len, uint64_t off);
 	/* See layer_prefetch(). */
@@ -141,6 +144,9 @@ struct layer_source_ops {
 	/* See layer_read_ahead_file(); NULL where reads fetch ahead by
 	 * themselves (a chunked layer's chunks beside a miss, elf_guess.h). */
 	void (*read_ahead_file)(struct layer *l, const struct entry *e);
+	/* See layer_first_read_begins(); NULL where a read's miss says it
+	 * (chunk_fetch.c notes its own). */
+	void (*first_read_begins)(struct layer *l, const struct entry *e);
 	/* Fetches for several readers at once, each on a connection of its
 	 * own: a guess of what is read next can run ahead of the reads
 	 * (elf_guess.h).  Where reads of a layer take turns (a tar stream
@@ -192,6 +198,11 @@ ssize_t layer_read_entry(struct layer *l, const struct entry *e, void *buf, size
  * starts fetching the rest of e, which is likely read next, without
  * waiting for it.  Never blocks on I/O. */
 void layer_read_ahead_file(struct layer *l, const struct entry *e);
+/* The first read of e, at its start, is about to be served: a source that
+ * guesses what is read next from what has to be fetched can send its
+ * guess with the read's own request instead of a round trip after it.
+ * Never blocks on I/O. */
+void layer_first_read_begins(struct layer *l, const struct entry *e);
 /* Zero counters for a source that keeps none. */
 void layer_get_stats(struct layer *l, struct layer_stats *ret);
 /* Fetches the layer's contents into the cache: with only_landmark, just

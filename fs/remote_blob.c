@@ -272,6 +272,24 @@ static void remote_blob_read_ahead_file(struct layer *l, const struct entry *e)
 	pthread_mutex_unlock(&rb->lock);
 }
 
+/* A module whose first read has to fetch may be the first of its package
+ * to: the guess goes out beside the read's request. */
+static void remote_blob_first_read_begins(struct layer *l, const struct entry *e)
+{
+	struct remote_blob *rb = l->source;
+	if (!rb->guess || e->n_extents == 0)
+		return;
+	uint64_t in, end;
+	layer_compressed_range(l, e->extents[0].stream_off, 1, &in, &end);
+	size_t head = (size_t)(in / rb->span_size);
+	pthread_mutex_lock(&rb->lock);
+	bool missed = head < rb->n_spans && !rb_span_cached(rb, head) && !rb_stream_bringing(rb, head) &&
+		      !rb_background_bringing(rb, head);
+	pthread_mutex_unlock(&rb->lock);
+	if (missed)
+		remote_guess_note(rb->guess, e);
+}
+
 static bool span_in_memory(const struct remote_blob *rb, size_t i)
 {
 	return rb->mem_data && rb->mem_span == i;
@@ -372,6 +390,11 @@ static int remote_blob_read(struct layer *l, void *buf, size_t len, uint64_t off
  * windows of the checkpoints whose bytes that request brings come along
  * (they lie next to each other): a later read that starts at one of them
  * then makes no request at all. */
+static bool remote_blob_window_at_hand(struct layer *l, const struct checkpoint *cp)
+{
+	return rb_window_at_hand(l->source, cp);
+}
+
 static int remote_blob_read_window(struct layer *l, const struct checkpoint *cp, unsigned char *out)
 {
 	struct remote_blob *rb = l->source;
@@ -430,6 +453,7 @@ static void remote_blob_free(struct remote_blob *rb)
 {
 	if (!rb)
 		return;
+	remote_guess_free(rb->guess);
 	/* A stream's thread uses rb until it has said it is done. */
 	pthread_mutex_lock(&rb->lock);
 	for (size_t k = 0; k < STREAMS; k++)
@@ -467,11 +491,13 @@ static void remote_blob_layer_free(struct layer *l)
 static const struct layer_source_ops remote_blob_ops = {
 	.read_blob = remote_blob_read,
 	.read_window = remote_blob_read_window,
+	.window_at_hand = remote_blob_window_at_hand,
 	.read_entry = tar_stream_read_entry,
 	.prefetch = remote_blob_prefetch,
 	.get_stats = remote_blob_stats,
 	.free = remote_blob_layer_free,
 	.read_ahead_file = remote_blob_read_ahead_file,
+	.first_read_begins = remote_blob_first_read_begins,
 };
 
 int remote_blob_attach(struct layer *l, struct registry_client *client, struct registry_client *prefetch_client,
@@ -522,6 +548,8 @@ int remote_blob_attach(struct layer *l, struct registry_client *client, struct r
 		/* Without it, the prefetch leaves windows to the reads. */
 		rb->window_prefetch_client = registry_client_dup(windows->client);
 	}
+	/* Without it, reads of a package's modules fetch them one by one. */
+	(void)remote_guess_new(l, prefetch_client, windows ? windows->client : NULL, &rb->guess);
 	l->source = rb;
 	l->ops = &remote_blob_ops;
 	return 0;

@@ -75,7 +75,8 @@ struct remote_blob {
 		uint64_t in, end;
 	} large_files[LARGE_FILES_KEPT];
 	size_t large_files_next;
-	uint64_t bytes_read_ahead; /* of files whose head was read */
+	uint64_t bytes_read_ahead;  /* of files whose head was read */
+	struct remote_guess *guess; /* NULL: the layer has no Python package */
 };
 
 uint64_t rb_span_len(const struct remote_blob *rb, size_t i);
@@ -100,6 +101,8 @@ void rb_count_fetched(struct remote_blob *rb, uint64_t requests, uint64_t bytes,
 /* A window from the cache, verified and unpacked into out; -ENOENT when it
  * is not there whole. */
 int rb_cached_window(const struct remote_blob *rb, const struct checkpoint *cp, unsigned char *out);
+/* Whether the cache has cp's window (not checked yet). */
+bool rb_window_at_hand(const struct remote_blob *rb, const struct checkpoint *cp);
 /* Checks a fetched window, unpacks it into out (when not NULL) and keeps
  * it in the cache. */
 int rb_keep_window(struct remote_blob *rb, const struct checkpoint *cp, const unsigned char *stored,
@@ -108,5 +111,23 @@ int rb_keep_window(struct remote_blob *rb, const struct checkpoint *cp, const un
  * windows blob, from checkpoint first on. */
 void rb_keep_windows(struct remote_blob *rb, const struct layer *l, size_t first, const unsigned char *data,
 		     uint64_t off, uint64_t len);
+/* Fetches files[0, n) in the background as a prefetch list's (their
+ * spans and windows, in few long requests on client and copies of it, in
+ * their order), each up to its first head bytes, up to budget bytes of
+ * the blob in all. */
+int rb_prefetch_files(struct layer *l, const struct entry *const *files, size_t n, uint64_t head, uint64_t budget,
+		      struct registry_client *client, struct registry_client *window_client, const atomic_bool *stop);
+/* The package guess (remote_guess.c), with connections copied from
+ * client and window_client (NULL: no windows apart); *ret is NULL for a
+ * layer with no Python package. */
+struct remote_guess;
+int remote_guess_new(struct layer *l, const struct registry_client *client, const struct registry_client *window_client,
+		     struct remote_guess **ret);
+/* A read at the start of e has to fetch: when e is the first module of its
+ * package to, the package is fetched in the background.  Never blocks on
+ * I/O. */
+void remote_guess_note(struct remote_guess *g, const struct entry *e);
+/* Stops the guess (a request under way ends first) and frees it. */
+void remote_guess_free(struct remote_guess *g);
 /* The layer source's prefetch operation (layer_prefetch()). */
 int remote_blob_prefetch(struct layer *l, bool only_landmark, const atomic_bool *stop);

@@ -136,14 +136,14 @@ static void *listed_worker_main(void *arg)
 /* The runs in the order of their files' first reads (the list's order),
  * taken by up to LISTED_WORKERS workers: the prefetch connection and
  * copies of it. */
-static int prefetch_runs(struct remote_blob *rb, const struct blob_range *runs, size_t n, const atomic_bool *stop)
+static int prefetch_runs(struct remote_blob *rb, const struct blob_range *runs, size_t n,
+			 struct registry_client *client, const atomic_bool *stop)
 {
 	struct listed_runs job = { .rb = rb, .runs = runs, .n = n, .stop = stop };
-	struct listed_worker workers[LISTED_WORKERS] = { { .job = &job, .client = rb->prefetch_client } };
+	struct listed_worker workers[LISTED_WORKERS] = { { .job = &job, .client = client } };
 	size_t n_workers = 1;
 	for (; n_workers < LISTED_WORKERS && n_workers < n; n_workers++) {
-		workers[n_workers] =
-		    (struct listed_worker){ .job = &job, .client = registry_client_dup(rb->prefetch_client) };
+		workers[n_workers] = (struct listed_worker){ .job = &job, .client = registry_client_dup(client) };
 		if (!workers[n_workers].client)
 			break;
 	}
@@ -169,10 +169,11 @@ static int prefetch_runs(struct remote_blob *rb, const struct blob_range *runs, 
  * middle of a listed part starts at the checkpoint before it), one range
  * of the windows blob each, a few requests of many ranges, before the
  * spans: reading a prefetched file then makes no request of its own. */
-static int prefetch_windows(struct layer *l, const struct blob_range *ranges, size_t n, const atomic_bool *stop)
+static int prefetch_windows(struct layer *l, const struct blob_range *ranges, size_t n, struct registry_client *client,
+			    const atomic_bool *stop)
 {
 	struct remote_blob *rb = l->source;
-	if (!rb->window_prefetch_client)
+	if (!client)
 		return 0;
 	_cleanup_free_ struct byterange *want = calloc(WINDOWS_PER_REQUEST, sizeof(*want));
 	_cleanup_free_ size_t *first_cp = calloc(WINDOWS_PER_REQUEST, sizeof(*first_cp));
@@ -207,8 +208,7 @@ static int prefetch_windows(struct layer *l, const struct blob_range *ranges, si
 		for (size_t j = 0, at = 0; j < k; at += want[j++].len)
 			want[j].buf = buf + at;
 		struct err err = { 0 };
-		int requests =
-		    k ? registry_fetch_ranges(rb->window_prefetch_client, rb->windows_digest, want, k, &err) : 0;
+		int requests = k ? registry_fetch_ranges(client, rb->windows_digest, want, k, &err) : 0;
 		if (requests < 0)
 			continue; /* the reads fetch their windows themselves */
 		rb_count_fetched(rb, (uint64_t)requests, total, true);
@@ -218,45 +218,43 @@ static int prefetch_windows(struct layer *l, const struct blob_range *ranges, si
 	return 0;
 }
 
-/* A plain layer's landmarks come from a prefetch list: the spans the
- * decoder will read for each listed file, or for the parts listed, merged
- * into few long requests. */
-static int prefetch_listed(struct layer *l, const atomic_bool *stop)
+/* Parts of files to fetch, as blob ranges. */
+struct range_list {
+	struct blob_range *v;
+	size_t n, cap;
+};
+
+/* Adds the blob range that decoding [from, to) of e's extent x reads. */
+static int range_list_add(const struct layer *l, struct range_list *rl, const struct extent *x, uint64_t from,
+			  uint64_t to, uint32_t rank)
 {
-	struct blob_range *ranges = NULL;
-	size_t n = 0, cap = 0;
-	for (size_t i = 0; i < l->n_entries; i++) {
-		const struct entry *e = &l->entries[i];
-		uint32_t n_parts = e->prefetch_parts ? e->n_prefetch_parts : 1;
-		for (uint32_t k = 0; e->prefetch && k < e->n_extents; k++) {
-			const struct extent *x = &e->extents[k];
-			for (uint32_t p = 0; p < n_parts; p++) {
-				uint64_t from = x->file_off, to = x->file_off + x->len;
-				if (e->prefetch_parts) {
-					const struct file_part *part = &e->prefetch_parts[p];
-					from = part->off > from ? part->off : from;
-					to = part->off + part->len < to ? part->off + part->len : to;
-				}
-				if (from >= to)
-					continue;
-				if (n == cap) {
-					struct blob_range *more =
-					    realloc(ranges, (cap = cap ? 2 * cap : 256) * sizeof(*more));
-					if (!more) {
-						free(ranges);
-						return -ENOMEM;
-					}
-					ranges = more;
-				}
-				uint64_t at = x->stream_off + (from - x->file_off);
-				layer_compressed_range(l, at, to - from, &ranges[n].in, &ranges[n].end);
-				ranges[n].from = layer_checkpoint_before(l, at);
-				ranges[n].to = layer_checkpoint_before(l, at + (to - from) - 1);
-				ranges[n].rank = e->prefetch_rank ? e->prefetch_rank : UINT32_MAX;
-				n++;
-			}
-		}
+	if (from >= to)
+		return 0;
+	if (rl->n == rl->cap) {
+		size_t cap = rl->cap ? 2 * rl->cap : 256;
+		struct blob_range *more = realloc(rl->v, cap * sizeof(*more));
+		if (!more)
+			return -ENOMEM;
+		rl->v = more;
+		rl->cap = cap;
 	}
+	struct blob_range *r = &rl->v[rl->n++];
+	uint64_t at = x->stream_off + (from - x->file_off);
+	layer_compressed_range(l, at, to - from, &r->in, &r->end);
+	r->from = layer_checkpoint_before(l, at);
+	r->to = layer_checkpoint_before(l, at + (to - from) - 1);
+	r->rank = rank;
+	return 0;
+}
+
+/* Fetches the ranges, merged into few long requests, their windows first,
+ * in the order of their ranks; those in the blob's first budget bytes of
+ * them (in blob order) only. */
+static int fetch_range_list(struct layer *l, struct range_list *rl, uint64_t budget, struct registry_client *client,
+			    struct registry_client *window_client, const atomic_bool *stop)
+{
+	struct blob_range *ranges = rl->v;
+	size_t n = rl->n;
 	if (n > 1)
 		qsort(ranges, n, sizeof(*ranges), by_start);
 	size_t n_merged = 0;
@@ -274,14 +272,64 @@ static int prefetch_listed(struct layer *l, const atomic_bool *stop)
 		ranges[n_merged++] = merged;
 	}
 	if (n_merged == 0)
-		return 0; /* ranges is NULL: nothing of this layer is listed */
-	int r = prefetch_windows(l, ranges, n_merged, stop);
+		return 0;
+	uint64_t total = 0;
+	size_t n_kept = 0;
+	for (; n_kept < n_merged && total + (ranges[n_kept].end - ranges[n_kept].in) <= budget; n_kept++)
+		total += ranges[n_kept].end - ranges[n_kept].in;
+	int r = prefetch_windows(l, ranges, n_kept, window_client, stop);
 	if (r != -ECANCELED) {
-		qsort(ranges, n_merged, sizeof(*ranges), by_rank);
-		r = prefetch_runs(l->source, ranges, n_merged, stop);
+		qsort(ranges, n_kept, sizeof(*ranges), by_rank);
+		r = prefetch_runs(l->source, ranges, n_kept, client, stop);
 	}
-	free(ranges);
 	return r == -ECANCELED ? r : 0;
+}
+
+/* A plain layer's landmarks come from a prefetch list: the spans the
+ * decoder will read for each listed file, or for the parts listed. */
+static int prefetch_listed(struct layer *l, const atomic_bool *stop)
+{
+	struct remote_blob *rb = l->source;
+	struct range_list rl = { 0 };
+	int r = 0;
+	for (size_t i = 0; i < l->n_entries && r == 0; i++) {
+		const struct entry *e = &l->entries[i];
+		uint32_t n_parts = e->prefetch_parts ? e->n_prefetch_parts : 1;
+		uint32_t rank = e->prefetch_rank ? e->prefetch_rank : UINT32_MAX;
+		for (uint32_t k = 0; e->prefetch && k < e->n_extents && r == 0; k++) {
+			const struct extent *x = &e->extents[k];
+			for (uint32_t p = 0; p < n_parts && r == 0; p++) {
+				uint64_t from = x->file_off, to = x->file_off + x->len;
+				if (e->prefetch_parts) {
+					const struct file_part *part = &e->prefetch_parts[p];
+					from = part->off > from ? part->off : from;
+					to = part->off + part->len < to ? part->off + part->len : to;
+				}
+				r = range_list_add(l, &rl, x, from, to, rank);
+			}
+		}
+	}
+	if (r == 0)
+		r = fetch_range_list(l, &rl, UINT64_MAX, rb->prefetch_client, rb->window_prefetch_client, stop);
+	free(rl.v);
+	return r;
+}
+
+int rb_prefetch_files(struct layer *l, const struct entry *const *files, size_t n, uint64_t head, uint64_t budget,
+		      struct registry_client *client, struct registry_client *window_client, const atomic_bool *stop)
+{
+	struct range_list rl = { 0 };
+	int r = 0;
+	for (size_t i = 0; i < n && r == 0; i++)
+		for (uint32_t k = 0; k < files[i]->n_extents && r == 0; k++) {
+			const struct extent *x = &files[i]->extents[k];
+			uint64_t to = x->file_off + x->len < head ? x->file_off + x->len : head;
+			r = range_list_add(l, &rl, x, x->file_off, to, (uint32_t)i);
+		}
+	if (r == 0)
+		r = fetch_range_list(l, &rl, budget, client, window_client, stop);
+	free(rl.v);
+	return r;
 }
 
 /* Every window kept apart that the cache lacks, in runs of up to

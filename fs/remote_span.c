@@ -165,6 +165,12 @@ int rb_cached_window(const struct remote_blob *rb, const struct checkpoint *cp, 
 	return 0;
 }
 
+bool rb_window_at_hand(const struct remote_blob *rb, const struct checkpoint *cp)
+{
+	_cleanup_free_ char *path = chunk_path(rb, cp->window_sha256);
+	return path && access(path, F_OK) == 0;
+}
+
 /* Checks a fetched window, unpacks it into out (when not NULL) and keeps
  * it in the cache. */
 int rb_keep_window(struct remote_blob *rb, const struct checkpoint *cp, const unsigned char *stored, unsigned char *out)

@@ -90,6 +90,15 @@ static bool window_elsewhere(const struct checkpoint *cp)
 	return cp->raw && cp->window_len && !cp->window;
 }
 
+/* Whether starting at cp costs a request for its window.  Not when the
+ * source has it at hand (fetched ahead with the blob after it): decoding
+ * on from a cursor behind instead would need the blob between, which
+ * nothing fetched. */
+static bool window_costs_request(struct layer *l, const struct checkpoint *cp)
+{
+	return window_elsewhere(cp) && !(l->ops && l->ops->window_at_hand && l->ops->window_at_hand(l, cp));
+}
+
 static int gzip_setup(struct cursor *c, const struct checkpoint *cp)
 {
 	int r;
@@ -421,7 +430,7 @@ static int cursor_for(struct layer *l, uint64_t off, struct cursor **ret)
 	/* A window not in memory is a request to its source: a cursor a little
 	 * behind decodes on instead (a read the kernel's read-ahead sent ahead
 	 * of the one before it, say). */
-	bool window_away = window_elsewhere(cp);
+	bool window_away = window_costs_request(l, cp);
 	struct cursor *behind = NULL;
 	for (int i = 0; i < CURSORS_PER_LAYER; i++) {
 		struct cursor *c = &l->cursors[i];
@@ -722,7 +731,7 @@ static int span_read(struct layer *l, size_t idx, void *buf, size_t len, uint64_
 static void decode_spans_before(struct layer *l, size_t idx)
 {
 	const struct checkpoint *cp = &l->checkpoints[idx];
-	if (!window_elsewhere(cp) || !l->cursors)
+	if (!window_costs_request(l, cp) || !l->cursors)
 		return;
 	size_t from = idx;
 	pthread_mutex_lock(&l->lock);

@@ -469,6 +469,8 @@ ssize_t tree_read(const struct tree_inode *i, void *buf, size_t size, uint64_t o
 	if (off >= i->size || size == 0)
 		return 0;
 	note_read(i, off, size);
+	if (first && off == 0)
+		layer_first_read_begins(i->layer, i->entry);
 	ssize_t n = layer_read_entry(i->layer, i->entry, buf, size, off);
 	if (first && off == 0 && n > 0) {
 		layer_read_ahead_file(i->layer, i->entry);

@@ -27,6 +27,31 @@ def deterministic_bytes(seed, n):
     return random.Random(seed).randbytes(n)
 
 
+def python_package_tree():
+    """A Python package (lib/app) with a subpackage (core: compiled modules, a source, an
+    extension module) and tests, and a directory of compiled modules outside any package;
+    1 MiB of incompressible data between them keeps each apart from the read-ahead of a
+    miss of the one before."""
+    def pyc(path, seed):
+        return Entry(path, data=deterministic_bytes(seed, 30000))
+
+    def filler(path, seed):
+        return Entry(path, data=deterministic_bytes(seed, 1 << 20))
+    tree = [Entry(d, "dir") for d in ("lib", "lib/app", "lib/app/__pycache__", "lib/app/core",
+                                      "lib/app/core/__pycache__", "lib/app/tests", "lib/app/tests/__pycache__",
+                                      "lib/plain", "lib/plain/__pycache__")]
+    return tree + [Entry("lib/app/__init__.py", data=b"from . import core\n"),
+                   pyc("lib/app/__pycache__/__init__.cpython-311.pyc", 801), filler("lib/app/data.bin", 802),
+                   Entry("lib/app/core/__init__.py", data=b"from . import a, b\n"),
+                   pyc("lib/app/core/a.py", 803), pyc("lib/app/core/__pycache__/a.cpython-311.pyc", 804),
+                   pyc("lib/app/core/__pycache__/b.cpython-311.pyc", 805),
+                   Entry("lib/app/core/_speed.cpython-311-x86_64-linux-gnu.so", data=deterministic_bytes(806, 60000)),
+                   filler("lib/app/core/data.bin", 807), Entry("lib/app/tests/__init__.py", data=b"\n"),
+                   pyc("lib/app/tests/__pycache__/test_a.cpython-311.pyc", 808), filler("lib/app/tests/data.bin", 809),
+                   pyc("lib/plain/__pycache__/p.cpython-311.pyc", 810), filler("lib/plain/data.bin", 811),
+                   pyc("lib/plain/__pycache__/q.cpython-311.pyc", 812)]
+
+
 def rich_layers():
     """Three layers; compressions are applied by the caller."""
     big_dir = [Entry("usr/share/many", "dir")]

@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from imgfs_test.cases import Suite, run_file  # noqa: E402
 from imgfs_test.harness import (Entry, Mount, Registry, diff_snapshots, imgfs_stats, make_tar, push_image,  # noqa: E402
                                 read_no_readahead, run, skopeo_umoci_unpack, snapshot, stats_after_prefetch, IMGFS)
-from imgfs_test.images import deterministic_bytes, push_rich  # noqa: E402
+from imgfs_test.images import deterministic_bytes, push_rich, python_package_tree  # noqa: E402
 from imgfs_test.shaper import ShapedLink  # noqa: E402
 
 suite = Suite()
@@ -419,6 +419,38 @@ def file_read_on_after_its_head(t):
     t.tap.ok(head == BIG[:4096] and later == BIG[1 << 20:(1 << 20) + 4096] and before["bytes_speculated"] > 1 << 20
              and after["range_requests"] == before["range_requests"],
              "after its first 4 KiB, a read 1 MiB into usr/big.bin needs no request", (before, after))
+    m.umount()
+
+
+@suite.case
+def package_fetched_ahead(t):
+    """On a layer read through an index too, the first module of a Python package whose
+    read has to fetch brings the package's modules of its kind and its extension modules
+    in the background, its tests left out: counted by requests."""
+    tree = python_package_tree()
+    data = {e.path: e.data for e in tree if e.data is not None}
+    push_image(t.reg, "test/package", "v1", [(make_tar(tree), "gzip")])
+    ref = f"{t.reg.host}/test/package:v1"
+    push = run([IMGFS, "index", "push", "--cache", os.path.join(t.work, "cache-push"), ref])
+    m = Mount(ref, t.mnt, os.path.join(t.work, "cache-package"), ["--prefetch", "none"])
+    if not t.tap.ok(push.returncode == 0 and m.ok, "an image with a Python package, indexed and mounted",
+                    (push.stderr, m.stderr())):
+        return
+
+    def reads_right(*paths):
+        return all(read(f"{t.mnt}/{p}") == data[p] for p in paths)
+    first = reads_right("lib/app/__pycache__/__init__.cpython-311.pyc")
+    before = settled_stats(t.mnt)
+    guessed = reads_right("lib/app/core/__pycache__/a.cpython-311.pyc", "lib/app/core/__pycache__/b.cpython-311.pyc",
+                          "lib/app/core/_speed.cpython-311-x86_64-linux-gnu.so")
+    after = imgfs_stats(t.mnt)
+    t.tap.ok(first and guessed and before["bytes_prefetched"] > 0 and
+             after["range_requests"] == before["range_requests"],
+             "after the package's first module, its subpackage's modules read right with no request of their own",
+             (before, after))
+    t.tap.ok(reads_right("lib/app/tests/__pycache__/test_a.cpython-311.pyc") and
+             imgfs_stats(t.mnt)["range_requests"] > after["range_requests"],
+             "the package's tests were not guessed: their read fetches", imgfs_stats(t.mnt))
     m.umount()
 
 

@@ -17,7 +17,7 @@ from imgfs_test.cases import Suite, run_file  # noqa: E402
 from imgfs_test.harness import (IMGFS, Entry, Mount, Registry, diff_snapshots, imgfs_stats, is_mounted,  # noqa: E402
                                 make_tar, push_image, skopeo_copy, skopeo_umoci_unpack, snapshot,
                                 stats_after_prefetch)
-from imgfs_test.images import deterministic_bytes  # noqa: E402
+from imgfs_test.images import deterministic_bytes, python_package_tree  # noqa: E402
 from imgfs_test.lazy import push_estargz  # noqa: E402
 
 suite = Suite()
@@ -249,24 +249,7 @@ def package_fetched_ahead(t):
     interpreter imports a package's subpackages one after another.  Its
     tests, the sources beside compiled modules and directories outside a
     package are not guessed.  Counted by requests."""
-    def pyc(path, seed):
-        return Entry(path, data=deterministic_bytes(seed, 30000))
-
-    def filler(path, seed):  # past the read-ahead of a miss, and apart from what follows
-        return Entry(path, data=deterministic_bytes(seed, 1 << 20))
-    tree = [Entry(d, "dir") for d in ("lib", "lib/app", "lib/app/__pycache__", "lib/app/core",
-                                      "lib/app/core/__pycache__", "lib/app/tests", "lib/app/tests/__pycache__",
-                                      "lib/plain", "lib/plain/__pycache__")]
-    tree += [Entry("lib/app/__init__.py", data=b"from . import core\n"),
-             pyc("lib/app/__pycache__/__init__.cpython-311.pyc", 801), filler("lib/app/data.bin", 802),
-             Entry("lib/app/core/__init__.py", data=b"from . import a, b\n"),
-             pyc("lib/app/core/a.py", 803), pyc("lib/app/core/__pycache__/a.cpython-311.pyc", 804),
-             pyc("lib/app/core/__pycache__/b.cpython-311.pyc", 805),
-             Entry("lib/app/core/_speed.cpython-311-x86_64-linux-gnu.so", data=deterministic_bytes(806, 60000)),
-             filler("lib/app/core/data.bin", 807), Entry("lib/app/tests/__init__.py", data=b"\n"),
-             pyc("lib/app/tests/__pycache__/test_a.cpython-311.pyc", 808), filler("lib/app/tests/data.bin", 809),
-             pyc("lib/plain/__pycache__/p.cpython-311.pyc", 810), filler("lib/plain/data.bin", 811),
-             pyc("lib/plain/__pycache__/q.cpython-311.pyc", 812)]
+    tree = python_package_tree()
     data = {e.path: e.data for e in tree if e.data is not None}
     push_estargz(t.reg, "lazy/package", "v1", [tree])
     mnt = os.path.join(t.work, "mnt-package")
