@@ -930,6 +930,11 @@ static void chunked_free(struct layer *l)
 	l->source = NULL;
 }
 
+static void chunked_first_read_begins(struct layer *l, const struct entry *e)
+{
+	speculation_note_first_read(((struct remote *)l->source)->speculation, e);
+}
+
 static const struct layer_source_ops chunked_ops = {
 	.read_entry = chunked_read_entry,
 	.prefetch = chunked_prefetch,
@@ -937,6 +942,7 @@ static const struct layer_source_ops chunked_ops = {
 	.start_background = chunked_start_background,
 	.stop_background = chunked_stop_background,
 	.free = chunked_free,
+	.first_read_begins = chunked_first_read_begins,
 	.concurrent_reads = true,
 };
 

@@ -144,8 +144,7 @@ struct layer_source_ops {
 	/* See layer_read_ahead_file(); NULL where reads fetch ahead by
 	 * themselves (a chunked layer's chunks beside a miss, elf_guess.h). */
 	void (*read_ahead_file)(struct layer *l, const struct entry *e);
-	/* See layer_first_read_begins(); NULL where a read's miss says it
-	 * (chunk_fetch.c notes its own). */
+	/* See layer_first_read_begins(); NULL: no guess listens. */
 	void (*first_read_begins)(struct layer *l, const struct entry *e);
 	/* Fetches for several readers at once, each on a connection of its
 	 * own: a guess of what is read next can run ahead of the reads

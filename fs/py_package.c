@@ -185,7 +185,7 @@ static uint32_t place_of(const struct py_packages *p, const struct entry *e)
 	return index < p->n_entries ? p->place[index] : NOWHERE;
 }
 
-bool py_package_first_miss(struct py_packages *p, const struct entry *e)
+bool py_package_first_read(struct py_packages *p, const struct entry *e)
 {
 	uint32_t at = p ? place_of(p, e) : NOWHERE;
 	if (at == NOWHERE || !(has_suffix(e->path, ".py") || has_suffix(e->path, ".pyc")))

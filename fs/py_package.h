@@ -18,7 +18,7 @@ int py_packages_new(const struct entry *entries, size_t n, struct py_packages **
 void py_packages_free(struct py_packages *p);
 /* True once per package: for the first of its modules (.py, .pyc) to get
  * here.  Thread-safe. */
-bool py_package_first_miss(struct py_packages *p, const struct entry *e);
+bool py_package_first_read(struct py_packages *p, const struct entry *e);
 /* The guess at module e: its package's other modules of e's kind
  * (compiled for the same interpreter, or sources where it runs from
  * sources) and its extension modules (.so), its tests left out, in blob

@@ -272,22 +272,10 @@ static void remote_blob_read_ahead_file(struct layer *l, const struct entry *e)
 	pthread_mutex_unlock(&rb->lock);
 }
 
-/* A module whose first read has to fetch may be the first of its package
- * to: the guess goes out beside the read's request. */
+/* The guess goes out beside the read's request, not a round trip after. */
 static void remote_blob_first_read_begins(struct layer *l, const struct entry *e)
 {
-	struct remote_blob *rb = l->source;
-	if (!rb->guess || e->n_extents == 0)
-		return;
-	uint64_t in, end;
-	layer_compressed_range(l, e->extents[0].stream_off, 1, &in, &end);
-	size_t head = (size_t)(in / rb->span_size);
-	pthread_mutex_lock(&rb->lock);
-	bool missed = head < rb->n_spans && !rb_span_cached(rb, head) && !rb_stream_bringing(rb, head) &&
-		      !rb_background_bringing(rb, head);
-	pthread_mutex_unlock(&rb->lock);
-	if (missed)
-		remote_guess_note(rb->guess, e);
+	remote_guess_note(((struct remote_blob *)l->source)->guess, e);
 }
 
 static bool span_in_memory(const struct remote_blob *rb, size_t i)

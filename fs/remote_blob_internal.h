@@ -123,9 +123,9 @@ int rb_prefetch_files(struct layer *l, const struct entry *const *files, size_t 
 struct remote_guess;
 int remote_guess_new(struct layer *l, const struct registry_client *client, const struct registry_client *window_client,
 		     struct remote_guess **ret);
-/* A read at the start of e has to fetch: when e is the first module of its
- * package to, the package is fetched in the background.  Never blocks on
- * I/O. */
+/* The first read of e is about to be served: when e is the first module of
+ * its package read and not in the prefetch set, the package is fetched in
+ * the background (speculate.h says why).  Never blocks on I/O. */
 void remote_guess_note(struct remote_guess *g, const struct entry *e);
 /* Stops the guess (a request under way ends first) and frees it. */
 void remote_guess_free(struct remote_guess *g);

@@ -1,7 +1,7 @@
 /* The package guess of a layer read through an index (py_package.h): the
- * first module of a Python package whose read has to fetch has the
- * package's modules fetched in the background, as a prefetch list's, on
- * connections of their own, while the interpreter runs the one it read. */
+ * first module of a Python package that is read has the package's modules
+ * fetched in the background, as a prefetch list's, on connections of
+ * their own, while the interpreter runs the one it read. */
 #include "remote_blob_internal.h"
 
 #include "py_package.h"
@@ -81,7 +81,7 @@ static void *guess_main(void *arg)
 
 void remote_guess_note(struct remote_guess *g, const struct entry *e)
 {
-	if (!g || !py_package_first_miss(g->packages, e))
+	if (!g || e->prefetch || !py_package_first_read(g->packages, e))
 		return;
 	pthread_mutex_lock(&g->lock);
 	/* The thread starts with the first guess: in the process that serves

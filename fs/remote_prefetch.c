@@ -185,8 +185,9 @@ static int prefetch_windows(struct layer *l, const struct blob_range *ranges, si
 		for (; i < n && k < WINDOWS_PER_REQUEST; i++) {
 			size_t a = (size_t)(ranges[i].from - l->checkpoints),
 			       b = (size_t)(ranges[i].to - l->checkpoints);
-			while (a <= b && (l->checkpoints[a].window || !l->checkpoints[a].window_len ||
-					  l->checkpoints[a].window_at < done))
+			while (a <= b &&
+			       (l->checkpoints[a].window || !l->checkpoints[a].window_len ||
+				l->checkpoints[a].window_at < done || rb_window_at_hand(rb, &l->checkpoints[a])))
 				a++;
 			if (a > b)
 				continue;

@@ -212,23 +212,28 @@ static void queue_locked(struct speculation *s, uint32_t item)
 	}
 }
 
-/* The first module of a package to miss queues the package's guess. */
-static void note_package_miss(struct speculation *s, const struct entry *e, uint32_t place)
+/* The place of e, NOWHERE for a file with no chunks. */
+static uint32_t place_of(const struct speculation *s, const struct entry *e)
 {
+	size_t index = (size_t)(e - s->entries);
+	return index < s->n_entries ? s->place[index] : NOWHERE;
+}
+
+void speculation_note_first_read(struct speculation *s, const struct entry *e)
+{
+	uint32_t place = place_of(s, e);
+	if (place == NOWHERE || e->prefetch)
+		return;
 	pthread_mutex_lock(&s->lock);
-	if (s->running && py_package_first_miss(s->packages, e))
+	if (s->running && py_package_first_read(s->packages, e))
 		queue_locked(s, place | PACKAGE_GUESS);
 	pthread_mutex_unlock(&s->lock);
 }
 
 void speculation_note_miss(struct speculation *s, const struct entry *e)
 {
-	size_t index = (size_t)(e - s->entries);
-	if (index >= s->n_entries || s->place[index] == NOWHERE)
-		return;
-	uint32_t place = s->place[index];
-	note_package_miss(s, e, place);
-	if (e->size > SMALL_FILE_BYTES)
+	uint32_t place = place_of(s, e);
+	if (place == NOWHERE || e->size > SMALL_FILE_BYTES)
 		return;
 	uint32_t first = s->dir_first[place];
 	if (s->dir_end[place] - first < 2)

@@ -34,10 +34,15 @@ int speculation_new(const struct layer *l, const struct speculation_ops *ops, st
 /* Starts the worker threads: in the process that serves the mount. */
 void speculation_start(struct speculation *s);
 /* A read of e has to fetch (called as its request goes out): queue the
- * rest of its directory when this is its second small file to miss, and
- * its package when it is the package's first module to.  Cheap, never
- * blocks on I/O. */
+ * rest of its directory when this is its second small file to miss.
+ * Cheap, never blocks on I/O. */
 void speculation_note_miss(struct speculation *s, const struct entry *e);
+/* The first read of e is about to be served: queue its package when it is
+ * the package's first module read and not in the prefetch set (a profile
+ * that lists it lists what its package's start reads).  A module found
+ * fetched (by a neighbour's read-ahead) says no less than one that
+ * misses.  Cheap, never blocks on I/O. */
+void speculation_note_first_read(struct speculation *s, const struct entry *e);
 /* Stops and joins the workers; a guess under way ends after its request. */
 void speculation_stop(struct speculation *s);
 void speculation_free(struct speculation *s);

@@ -424,9 +424,9 @@ def file_read_on_after_its_head(t):
 
 @suite.case
 def package_fetched_ahead(t):
-    """On a layer read through an index too, the first module of a Python package whose
-    read has to fetch brings the package's modules of its kind and its extension modules
-    in the background, its tests left out: counted by requests."""
+    """On a layer read through an index too, the first module of a Python package read
+    brings the package's modules of its kind and its extension modules in the background,
+    its tests left out: counted by requests."""
     tree = python_package_tree()
     data = {e.path: e.data for e in tree if e.data is not None}
     push_image(t.reg, "test/package", "v1", [(make_tar(tree), "gzip")])

@@ -243,7 +243,7 @@ def neighbours_fetched_ahead(t):
 
 @suite.case
 def package_fetched_ahead(t):
-    """The first module of a Python package to miss brings the package's
+    """The first module of a Python package read brings the package's
     other modules of its kind (compiled for the same interpreter) and its
     extension modules, in its subpackages too, in the background: an
     interpreter imports a package's subpackages one after another.  Its
