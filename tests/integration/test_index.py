@@ -422,6 +422,16 @@ def file_read_on_after_its_head(t):
     m.umount()
 
 
+def mount_indexed(t, repo, entries, what):
+    """entries as a one-layer gzip image in repo, indexed, mounted on t.mnt with no prefetch;
+    None, reported as what, when that fails."""
+    push_image(t.reg, repo, "v1", [(make_tar(entries), "gzip")])
+    ref = f"{t.reg.host}/{repo}:v1"
+    push = run([IMGFS, "index", "push", "--cache", os.path.join(t.work, "cache-push"), ref])
+    m = Mount(ref, t.mnt, os.path.join(t.work, "cache-" + repo.replace("/", "-")), ["--prefetch", "none"])
+    return m if t.tap.ok(push.returncode == 0 and m.ok, what, (push.stderr, m.stderr())) else None
+
+
 @suite.case
 def package_fetched_ahead(t):
     """On a layer read through an index too, the first module of a Python package read
@@ -429,12 +439,8 @@ def package_fetched_ahead(t):
     its tests left out: counted by requests."""
     tree = python_package_tree()
     data = {e.path: e.data for e in tree if e.data is not None}
-    push_image(t.reg, "test/package", "v1", [(make_tar(tree), "gzip")])
-    ref = f"{t.reg.host}/test/package:v1"
-    push = run([IMGFS, "index", "push", "--cache", os.path.join(t.work, "cache-push"), ref])
-    m = Mount(ref, t.mnt, os.path.join(t.work, "cache-package"), ["--prefetch", "none"])
-    if not t.tap.ok(push.returncode == 0 and m.ok, "an image with a Python package, indexed and mounted",
-                    (push.stderr, m.stderr())):
+    m = mount_indexed(t, "test/package", tree, "an image with a Python package, indexed and mounted")
+    if not m:
         return
 
     def reads_right(*paths):
@@ -459,12 +465,9 @@ def read_ahead_stops_at_file_end(t):
     """Reading a large file through fetches up to its end, not into the file after it:
     that one is another file, which its own reads fetch if they come."""
     first, second = deterministic_bytes(2, 3 << 20), deterministic_bytes(3, 3 << 20)
-    push_image(t.reg, "test/two", "v1", [(make_tar([Entry("a.bin", data=first), Entry("b.bin", data=second)]), "gzip")])
-    ref = f"{t.reg.host}/test/two:v1"
-    push = run([IMGFS, "index", "push", "--cache", os.path.join(t.work, "cache-push"), ref])
-    m = Mount(ref, t.mnt, os.path.join(t.work, "cache-two"), ["--prefetch", "none"])
-    if not t.tap.ok(push.returncode == 0 and m.ok, "an image of two 3 MiB files, indexed and mounted",
-                    (push.stderr, m.stderr())):
+    m = mount_indexed(t, "test/two", [Entry("a.bin", data=first), Entry("b.bin", data=second)],
+                      "an image of two 3 MiB files, indexed and mounted")
+    if not m:
         return
     whole = read(f"{t.mnt}/a.bin") == first
     fetched = settled_stats(t.mnt)["bytes_fetched_ranges"]
