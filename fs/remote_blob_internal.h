@@ -114,9 +114,11 @@ void rb_keep_windows(struct remote_blob *rb, const struct layer *l, size_t first
 /* Fetches files[0, n) in the background as a prefetch list's (their
  * spans and windows, in few long requests on client and copies of it, in
  * their order), each up to its first head bytes, up to budget bytes of
- * the blob in all. */
+ * the blob in all; *ret_bytes: the blob's bytes it went for (what was
+ * cached among them included). */
 int rb_prefetch_files(struct layer *l, const struct entry *const *files, size_t n, uint64_t head, uint64_t budget,
-		      struct registry_client *client, struct registry_client *window_client, const atomic_bool *stop);
+		      struct registry_client *client, struct registry_client *window_client, const atomic_bool *stop,
+		      uint64_t *ret_bytes);
 /* The package guess (remote_guess.c), with connections copied from
  * client and window_client (NULL: no windows apart); *ret is NULL for a
  * layer with no Python package. */

@@ -15,6 +15,9 @@
  * before it, so a package's modules cost more of the blob than their own
  * size. */
 #define GUESS_BYTES (8ull << 20)
+/* All guesses of one layer: past this a workload reads far more than a
+ * start does, and guessing only competes with its reads. */
+#define LAYER_BYTES (64ull << 20)
 
 struct remote_guess {
 	struct layer *l;
@@ -25,6 +28,7 @@ struct remote_guess {
 	const struct entry *queue[QUEUE_LEN];
 	size_t queue_head, queue_len;
 	bool started;
+	uint64_t spent; /* of LAYER_BYTES; the thread's own */
 	atomic_bool stop;
 	pthread_t thread;
 };
@@ -71,7 +75,11 @@ static void *guess_main(void *arg)
 		g->queue_len--;
 		pthread_mutex_unlock(&g->lock);
 		size_t n = py_package_guess(g->packages, e, files, GUESS_FILES);
-		(void)rb_prefetch_files(g->l, files, n, GUESS_HEAD, GUESS_BYTES, g->client, g->window_client, &g->stop);
+		uint64_t left = g->spent < LAYER_BYTES ? LAYER_BYTES - g->spent : 0, bytes = 0;
+		if (left)
+			(void)rb_prefetch_files(g->l, files, n, GUESS_HEAD, left < GUESS_BYTES ? left : GUESS_BYTES,
+						g->client, g->window_client, &g->stop, &bytes);
+		g->spent += bytes;
 		pthread_mutex_lock(&g->lock);
 	}
 	pthread_mutex_unlock(&g->lock);

@@ -252,10 +252,11 @@ static int range_list_add(const struct layer *l, struct range_list *rl, const st
  * in the order of their ranks; those in the blob's first budget bytes of
  * them (in blob order) only. */
 static int fetch_range_list(struct layer *l, struct range_list *rl, uint64_t budget, struct registry_client *client,
-			    struct registry_client *window_client, const atomic_bool *stop)
+			    struct registry_client *window_client, const atomic_bool *stop, uint64_t *ret_bytes)
 {
 	struct blob_range *ranges = rl->v;
 	size_t n = rl->n;
+	*ret_bytes = 0;
 	if (n > 1)
 		qsort(ranges, n, sizeof(*ranges), by_start);
 	size_t n_merged = 0;
@@ -278,6 +279,7 @@ static int fetch_range_list(struct layer *l, struct range_list *rl, uint64_t bud
 	size_t n_kept = 0;
 	for (; n_kept < n_merged && total + (ranges[n_kept].end - ranges[n_kept].in) <= budget; n_kept++)
 		total += ranges[n_kept].end - ranges[n_kept].in;
+	*ret_bytes = total;
 	int r = prefetch_windows(l, ranges, n_kept, window_client, stop);
 	if (r != -ECANCELED) {
 		qsort(ranges, n_kept, sizeof(*ranges), by_rank);
@@ -310,15 +312,18 @@ static int prefetch_listed(struct layer *l, const atomic_bool *stop)
 			}
 		}
 	}
+	uint64_t bytes;
 	if (r == 0)
-		r = fetch_range_list(l, &rl, UINT64_MAX, rb->prefetch_client, rb->window_prefetch_client, stop);
+		r = fetch_range_list(l, &rl, UINT64_MAX, rb->prefetch_client, rb->window_prefetch_client, stop, &bytes);
 	free(rl.v);
 	return r;
 }
 
 int rb_prefetch_files(struct layer *l, const struct entry *const *files, size_t n, uint64_t head, uint64_t budget,
-		      struct registry_client *client, struct registry_client *window_client, const atomic_bool *stop)
+		      struct registry_client *client, struct registry_client *window_client, const atomic_bool *stop,
+		      uint64_t *ret_bytes)
 {
+	*ret_bytes = 0;
 	struct range_list rl = { 0 };
 	int r = 0;
 	for (size_t i = 0; i < n && r == 0; i++)
@@ -328,7 +333,7 @@ int rb_prefetch_files(struct layer *l, const struct entry *const *files, size_t 
 			r = range_list_add(l, &rl, x, x->file_off, to, (uint32_t)i);
 		}
 	if (r == 0)
-		r = fetch_range_list(l, &rl, budget, client, window_client, stop);
+		r = fetch_range_list(l, &rl, budget, client, window_client, stop, ret_bytes);
 	free(rl.v);
 	return r;
 }
