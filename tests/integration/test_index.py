@@ -513,13 +513,15 @@ def read_waits_for_prefetch(t):
               ["--prefetch", "landmark", "--prefetch-list", listing])
     if not t.tap.ok(m.ok, "mount through a link of 8 MB/s, prefetching usr/big.bin", m.stderr()):
         return
+    gzip_layer = windows_blob(t)["annotations"]["io.imgfs.layer.digest"]
     deadline = time.time() + 10
-    while imgfs_stats(t.mnt)["bytes_prefetched"] == 0 and time.time() < deadline:
-        time.sleep(0.02)  # its requests are under way
+    # The prefetch's first request for the layer's spans is on the link (its windows, fetched
+    # and counted before it, are not enough: on a loaded machine the read came in between).
+    while not any(f"/blobs/{gzip_layer} " in r["request"] for r in link.log) and time.time() < deadline:
+        time.sleep(0.02)
     off = (2 << 20) + 4321
     middle = read_no_readahead(f"{t.mnt}/usr/big.bin", off)
     s = stats_after_prefetch(t.mnt, 60)
-    gzip_layer = windows_blob(t)["annotations"]["io.imgfs.layer.digest"]
     fetched = sum(r["bytes"] for r in link.log if f"/blobs/{gzip_layer} " in r["request"])
     # The file is incompressible: its spans and the few before it from its checkpoint come to
     # little over its 8 MiB; a second fetch of the read's spans would add its read-ahead, 512 KiB.
