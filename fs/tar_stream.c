@@ -429,8 +429,9 @@ static int cursor_for(struct layer *l, uint64_t off, struct cursor **ret)
 	}
 	/* A window not in memory is a request to its source: a cursor a little
 	 * behind decodes on instead (a read the kernel's read-ahead sent ahead
-	 * of the one before it, say). */
-	bool window_away = window_costs_request(l, cp);
+	 * of the one before it, say).  Whether the source has it at hand is
+	 * asked only when such a cursor exists: it is a look into the cache. */
+	bool window_away = window_elsewhere(cp);
 	struct cursor *behind = NULL;
 	for (int i = 0; i < CURSORS_PER_LAYER; i++) {
 		struct cursor *c = &l->cursors[i];
@@ -444,7 +445,7 @@ static int cursor_for(struct layer *l, uint64_t off, struct cursor **ret)
 		if (!lru || (lru->in_buf && (!c->in_buf || c->last_used < lru->last_used)))
 			lru = c;
 	}
-	if (behind) {
+	if (behind && window_costs_request(l, cp)) {
 		*ret = behind;
 		return 0;
 	}
@@ -731,7 +732,7 @@ static int span_read(struct layer *l, size_t idx, void *buf, size_t len, uint64_
 static void decode_spans_before(struct layer *l, size_t idx)
 {
 	const struct checkpoint *cp = &l->checkpoints[idx];
-	if (!window_costs_request(l, cp) || !l->cursors)
+	if (!window_elsewhere(cp) || !l->cursors)
 		return;
 	size_t from = idx;
 	pthread_mutex_lock(&l->lock);
@@ -744,6 +745,8 @@ static void decode_spans_before(struct layer *l, size_t idx)
 			from = j;
 	}
 	pthread_mutex_unlock(&l->lock);
+	if (from == idx || !window_costs_request(l, cp))
+		return;
 	for (size_t j = from; j < idx; j++) {
 		unsigned char one;
 		if (span_read(l, j, &one, 1, l->checkpoints[j].out) < 0)
