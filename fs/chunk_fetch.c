@@ -265,6 +265,7 @@ static bool chunk_bounds_valid(const struct chunk *c)
 
 static bool chunk_claim(struct remote *rem, const struct chunk *c, bool background);
 static void chunk_release(struct remote *rem, const struct chunk *c);
+static void chunk_release_fetched(struct remote *rem, const struct chunk *c);
 
 /* Chunks are stored by slot, so a chunk is in flight as itself: another
  * with the same digest has its own slot to fill. */
@@ -323,10 +324,7 @@ static void store_batch(struct remote *rem, const struct chunk *const *batch, si
 		if (!comp || pack_store_chunk(&rem->pack, batch[i], comp + (batch[i]->comp_off - start),
 					      (size_t)(batch[i]->comp_end - batch[i]->comp_off)) < 0)
 			(void)chunk_fetch(rem, batch[i], bg);
-		pthread_mutex_lock(&rem->lock);
-		rem->chunk_misses++;
-		pthread_mutex_unlock(&rem->lock);
-		chunk_release(rem, batch[i]);
+		chunk_release_fetched(rem, batch[i]);
 	}
 }
 
@@ -413,10 +411,7 @@ static void demand_arrived(void *ctx, size_t got)
 			d->failed[d->n_failed++] = c;
 			continue;
 		}
-		pthread_mutex_lock(&d->rem->lock);
-		d->rem->chunk_misses++;
-		pthread_mutex_unlock(&d->rem->lock);
-		chunk_release(d->rem, c);
+		chunk_release_fetched(d->rem, c);
 	}
 }
 
@@ -492,10 +487,7 @@ static void fetch_demand(struct remote *rem, const struct chunk **batch, size_t 
 	 * came: this chunk alone, tried again. */
 	if (!stored)
 		(void)chunk_fetch(rem, batch[0], NULL);
-	pthread_mutex_lock(&rem->lock);
-	rem->chunk_misses++;
-	pthread_mutex_unlock(&rem->lock);
-	chunk_release(rem, batch[0]);
+	chunk_release_fetched(rem, batch[0]);
 }
 
 /* Makes sure the chunk is in the cache, verified; returns the pack that
@@ -599,6 +591,16 @@ static void chunk_release(struct remote *rem, const struct chunk *c)
 	pthread_mutex_unlock(&rem->lock);
 }
 
+/* A claimed chunk that had to be fetched is in (or failed for good):
+ * counted as a miss, and released. */
+static void chunk_release_fetched(struct remote *rem, const struct chunk *c)
+{
+	pthread_mutex_lock(&rem->lock);
+	rem->chunk_misses++;
+	pthread_mutex_unlock(&rem->lock);
+	chunk_release(rem, c);
+}
+
 /* The background fetch: the chunks of these files (in blob order) in
  * requests of adjacent chunks, on client, each after reads paused.  It
  * waits before it claims a request's chunks, not after: a reader that
@@ -680,10 +682,7 @@ static void job_arrived(void *ctx)
 				a->failed[k] = true;
 				continue;
 			}
-			pthread_mutex_lock(&a->rem->lock);
-			a->rem->chunk_misses++;
-			pthread_mutex_unlock(&a->rem->lock);
-			chunk_release(a->rem, c);
+			chunk_release_fetched(a->rem, c);
 		}
 	}
 }
