@@ -16,6 +16,23 @@
 #define HEAD_SIZE 4096
 #define MAX_DYNAMIC (64u << 10)
 #define MAX_LD_CACHE (1u << 20)
+/* An object's dynamic section lies in its writable segment, near its end:
+ * in a file larger than a chunk or two, the end is fetched beside the
+ * head, not a round trip after it.  TAIL_LEN reaches the dynamic section
+ * of most libraries where chunks are small (zstd:chunked). */
+#define TAIL_FROM (1u << 20)
+#define TAIL_LEN (64u << 10)
+/* The end of a file whose first read has just begun waits this long, so
+ * that the read's own request is the first on the link: the loader needs
+ * the head first (it names the interpreter), and a request answered
+ * before it would delay it by the end's bytes. */
+#define TAIL_BEHIND_READ_NS 3000000L
+
+/* What the guess did for a file, per inode number. */
+enum {
+	SEEN_HEAD = 1 << 0, /* its headers noted or queued */
+	SEEN_TAIL = 1 << 1, /* its end queued */
+};
 
 struct elf_guess {
 	const struct tree *tree;
@@ -23,10 +40,12 @@ struct elf_guess {
 	pthread_cond_t wake;
 	struct guess_task {
 		const struct tree_inode *inode;
-		bool needed; /* a library some object needs, not read yet */
+		bool needed;      /* a library some object needs, not read yet */
+		bool tail;        /* only its end to fetch */
+		bool behind_read; /* the end of a file whose first read just began */
 	} queue[QUEUE_LEN];
 	size_t queue_head, queue_len;
-	unsigned char *seen; /* per inode number: noted or queued already */
+	unsigned char *seen; /* per inode number: SEEN_* */
 	unsigned taken;      /* files queued, at most MAX_FILES */
 	bool stop;
 	const struct tree_inode *ld_cache_inode; /* the image's /etc/ld.so.cache, NULL: none */
@@ -43,13 +62,27 @@ struct elf_guess {
 /* Queues i unless it was seen; the caller holds the lock. */
 static bool enqueue_locked(struct elf_guess *g, const struct tree_inode *i, bool needed)
 {
-	if (i->ino >= g->tree->n_inodes || g->seen[i->ino] || g->taken >= MAX_FILES || g->queue_len == QUEUE_LEN)
+	if (i->ino >= g->tree->n_inodes || (g->seen[i->ino] & SEEN_HEAD) || g->taken >= MAX_FILES ||
+	    g->queue_len == QUEUE_LEN)
 		return false;
-	g->seen[i->ino] = 1;
+	g->seen[i->ino] |= SEEN_HEAD;
 	g->taken++;
-	g->queue[(g->queue_head + g->queue_len++) % QUEUE_LEN] = (struct guess_task){ i, needed };
+	g->queue[(g->queue_head + g->queue_len++) % QUEUE_LEN] = (struct guess_task){ .inode = i, .needed = needed };
 	pthread_cond_signal(&g->wake);
 	return true;
+}
+
+/* Queues the fetch of i's end, once, if i is large enough to have its
+ * end in a chunk of its own; the caller holds the lock. */
+static void enqueue_tail_locked(struct elf_guess *g, const struct tree_inode *i, bool behind_read)
+{
+	if (i->ino >= g->tree->n_inodes || (g->seen[i->ino] & SEEN_TAIL) || i->size < TAIL_FROM ||
+	    g->taken >= MAX_FILES || g->queue_len == QUEUE_LEN)
+		return;
+	g->seen[i->ino] |= SEEN_TAIL;
+	g->queue[(g->queue_head + g->queue_len++) % QUEUE_LEN] =
+	    (struct guess_task){ .inode = i, .tail = true, .behind_read = behind_read };
+	pthread_cond_signal(&g->wake);
 }
 
 /* A file on a layer whose reads fetch, each on its own. */
@@ -57,6 +90,28 @@ static bool guessable(const struct tree_inode *i)
 {
 	return S_ISREG(i->mode) && i->layer && i->entry && i->layer->blob_fd < 0 && i->layer->ops &&
 	       i->layer->ops->concurrent_reads;
+}
+
+/* Named or marked as an object the loader maps: a program (executable)
+ * or a shared library (".so", ".so.N"), whose bytes may not say so yet. */
+static bool may_be_object(const struct tree_inode *i)
+{
+	const char *base = strrchr(i->entry->path, '/');
+	base = base ? base + 1 : i->entry->path;
+	const char *so = strstr(base, ".so");
+	return (i->mode & 0111) || (so && (so[3] == '\0' || so[3] == '.'));
+}
+
+/* A program's or library's first read has begun: its end goes out beside
+ * its head, before the head says where its dynamic section is. */
+static void note_first_read(void *ctx, const struct tree_inode *i)
+{
+	struct elf_guess *g = ctx;
+	if (i->size < TAIL_FROM || !guessable(i) || !may_be_object(i))
+		return;
+	pthread_mutex_lock(&g->lock);
+	enqueue_tail_locked(g, i, true);
+	pthread_mutex_unlock(&g->lock);
 }
 
 static void note_head(void *ctx, const struct tree_inode *i, const void *head, size_t len)
@@ -233,9 +288,20 @@ static void analyse(struct elf_guess *g, const struct tree_inode *i)
 		    !(lib = find_library(g, soname, origin, runpath, layout.machine)) || !guessable(lib))
 			continue;
 		pthread_mutex_lock(&g->lock);
-		enqueue_locked(g, lib, true);
+		if (enqueue_locked(g, lib, true))
+			enqueue_tail_locked(g, lib, false);
 		pthread_mutex_unlock(&g->lock);
 	}
+}
+
+static void fetch_tail(const struct tree_inode *i, bool behind_read)
+{
+	if (behind_read)
+		nanosleep(&(struct timespec){ .tv_nsec = TAIL_BEHIND_READ_NS }, NULL);
+	size_t len = i->size < TAIL_LEN ? (size_t)i->size : TAIL_LEN;
+	_cleanup_free_ unsigned char *buf = malloc(len);
+	if (buf)
+		(void)read_at(i, buf, len, i->size - len);
 }
 
 static void *worker_main(void *arg)
@@ -251,7 +317,10 @@ static void *worker_main(void *arg)
 		g->queue_head = (g->queue_head + 1) % QUEUE_LEN;
 		g->queue_len--;
 		pthread_mutex_unlock(&g->lock);
-		analyse(g, task.inode);
+		if (task.tail)
+			fetch_tail(task.inode, task.behind_read);
+		else
+			analyse(g, task.inode);
 		if (task.needed)
 			atomic_fetch_add(&g->guessed, 1);
 		pthread_mutex_lock(&g->lock);
@@ -284,7 +353,7 @@ struct elf_guess *elf_guess_start(const struct tree *t)
 		elf_guess_stop(g);
 		return NULL;
 	}
-	tree_set_head_hook(note_head, g);
+	tree_set_read_hooks(&(struct tree_read_hooks){ .first_read = note_first_read, .head = note_head, .ctx = g });
 	return g;
 }
 
@@ -292,7 +361,7 @@ void elf_guess_stop(struct elf_guess *g)
 {
 	if (!g)
 		return;
-	tree_set_head_hook(NULL, NULL);
+	tree_set_read_hooks(NULL);
 	pthread_mutex_lock(&g->lock);
 	g->stop = true;
 	pthread_cond_broadcast(&g->wake);

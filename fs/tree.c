@@ -446,13 +446,11 @@ static void note_read(const struct tree_inode *i, uint64_t off, size_t size)
 		atomic_fetch_or(&map[b / 64], 1ull << (b % 64));
 }
 
-static void (*head_hook)(void *ctx, const struct tree_inode *i, const void *head, size_t len);
-static void *head_hook_ctx;
+static struct tree_read_hooks read_hooks;
 
-void tree_set_head_hook(void (*fn)(void *ctx, const struct tree_inode *i, const void *head, size_t len), void *ctx)
+void tree_set_read_hooks(const struct tree_read_hooks *hooks)
 {
-	head_hook = fn;
-	head_hook_ctx = ctx;
+	read_hooks = hooks ? *hooks : (struct tree_read_hooks){ 0 };
 }
 
 ssize_t tree_read(const struct tree_inode *i, void *buf, size_t size, uint64_t off)
@@ -469,13 +467,16 @@ ssize_t tree_read(const struct tree_inode *i, void *buf, size_t size, uint64_t o
 	if (off >= i->size || size == 0)
 		return 0;
 	note_read(i, off, size);
-	if (first && off == 0)
+	if (first && off == 0) {
 		layer_first_read_begins(i->layer, i->entry);
+		if (read_hooks.first_read)
+			read_hooks.first_read(read_hooks.ctx, i);
+	}
 	ssize_t n = layer_read_entry(i->layer, i->entry, buf, size, off);
 	if (first && off == 0 && n > 0) {
 		layer_read_ahead_file(i->layer, i->entry);
-		if (head_hook)
-			head_hook(head_hook_ctx, i, buf, (size_t)n);
+		if (read_hooks.head)
+			read_hooks.head(read_hooks.ctx, i, buf, (size_t)n);
 	}
 	/* Never hand out bytes we could not decode or verify. */
 	return n < 0 ? -EIO : n;

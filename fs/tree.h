@@ -72,9 +72,15 @@ int tree_write_record(const struct tree *t, FILE *out);
 /* Reads a regular file's bytes; 0 at or past its end, -EIO if the layer
  * could not deliver verified bytes.  The first read is recorded. */
 ssize_t tree_read(const struct tree_inode *i, void *buf, size_t size, uint64_t off);
-/* Tells fn of the first bytes of a file the first time they are read
- * (NULL: no one); one hook per process, set before reads are served. */
-void tree_set_head_hook(void (*fn)(void *ctx, const struct tree_inode *i, const void *head, size_t len), void *ctx);
+/* Who hears of a file's first read from its start: first_read as it begins
+ * (its bytes may still be on their way), head once its first bytes are
+ * in.  One set per process (NULL: no one), set before reads are served. */
+struct tree_read_hooks {
+	void (*first_read)(void *ctx, const struct tree_inode *i);
+	void (*head)(void *ctx, const struct tree_inode *i, const void *head, size_t len);
+	void *ctx;
+};
+void tree_set_read_hooks(const struct tree_read_hooks *hooks);
 /* The inode at a path of the image, following symlinks as the kernel
  * would inside it (absolute targets from the image's root); NULL if there
  * is none or the links loop. */

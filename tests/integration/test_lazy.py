@@ -8,12 +8,14 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from imgfs_test import estargz  # noqa: E402
 from imgfs_test.elf import ld_so_cache, shared_object  # noqa: E402
 from imgfs_test.cases import Suite, run_file  # noqa: E402
+from imgfs_test.faultproxy import FaultProxy  # noqa: E402
 from imgfs_test.harness import (IMGFS, Entry, Mount, Registry, diff_snapshots, imgfs_stats, is_mounted,  # noqa: E402
                                 make_tar, push_image, skopeo_copy, skopeo_umoci_unpack, snapshot,
                                 stats_after_prefetch)
@@ -337,6 +339,62 @@ def libraries_fetched_ahead(t):
                  "section make no request", (wrong, before["range_requests"], after["range_requests"]))
     finally:
         m.umount()
+
+
+def read_at(path, off, size=4096):
+    with open(path, "rb") as f:
+        return os.pread(f.fileno(), size, off)
+
+
+def most_held_while(proxy, busy):
+    """The most requests the proxy held at once while busy() was true."""
+    most = 0
+    while busy():
+        most = max(most, proxy.held_now)
+        time.sleep(0.01)
+    return max(most, proxy.held_now)
+
+
+@suite.case
+def object_end_beside_head(t):
+    """A large program's or library's end, where its dynamic section lies,
+    is fetched beside its head rather than a round trip after it: the
+    program's as its first read begins (its bytes cannot say yet that it
+    is one), a needed library's as the guess of it goes out.  Counted by
+    the requests a proxy holds at once (the old way: one after another)."""
+    mib = 1 << 20
+    program = shared_object(3 * mib, 5 * mib // 2, ["libq.so.1"], seed=711)
+    library = shared_object(3 * mib, 5 * mib // 2, seed=712)
+    entries = [Entry(d, "dir") for d in ("usr", "usr/bin", "usr/lib", "usr/lib/x86_64-linux-gnu")]
+    entries += [Entry("usr/bin/prog", data=program, mode=0o755),
+                Entry("usr/lib/x86_64-linux-gnu/libq.so.1", data=library)]
+    push_estargz(t.reg, "lazy/ends", "v1", [entries], chunk_size=mib)
+    proxy = FaultProxy(t.reg.host)
+    proxy.hold_large = (256 << 10, 2)
+    mnt = os.path.join(t.work, "mnt-ends")
+    m = Mount(f"{proxy.host}/lazy/ends:v1", mnt, t.cache_of("ends"), ["--prefetch=none"])
+    try:
+        if not t.tap.ok(m.ok, "mount an image of a large program and library through a proxy", m.stderr()):
+            return
+        got = {}
+        reader = threading.Thread(target=lambda: got.update(head=read_at(os.path.join(mnt, "usr/bin/prog"), 0)))
+        reader.start()
+        with_program = most_held_while(proxy, reader.is_alive)
+        reader.join()
+        deadline = time.monotonic() + 20
+        with_library = most_held_while(
+            proxy, lambda: imgfs_stats(mnt).get("libraries_guessed", 0) < 1 and time.monotonic() < deadline)
+        t.tap.ok(got.get("head") == program[:4096] and with_program >= 2,
+                 "the program's end was asked for while its head was still on its way", with_program)
+        t.tap.ok(with_library >= 2, "the needed library's end went out beside its head", with_library)
+        before = imgfs_stats(mnt)["range_requests"]
+        right = read_at(os.path.join(mnt, "usr/lib/x86_64-linux-gnu/libq.so.1"), 5 * mib // 2) == \
+            library[5 * mib // 2:5 * mib // 2 + 4096]
+        t.tap.ok(right and imgfs_stats(mnt)["range_requests"] == before,
+                 "the library's dynamic section then reads with no request", imgfs_stats(mnt))
+    finally:
+        m.umount()
+        proxy.stop()
 
 
 @suite.case
