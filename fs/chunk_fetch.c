@@ -164,12 +164,18 @@ static void client_give_back(struct remote *r, size_t slot)
 
 int remote_fetch(struct remote *r, uint64_t off, size_t len, void *buf, struct err *err)
 {
+	return remote_fetch_streaming(r, off, len, buf, NULL, NULL, err);
+}
+
+int remote_fetch_streaming(struct remote *r, uint64_t off, size_t len, void *buf,
+			   void (*arrived)(void *ctx, size_t got), void *ctx, struct err *err)
+{
 	demand_note();
 	size_t slot;
 	struct registry_client *client = client_take(r, &slot);
 	if (!client)
 		return err_set(err, ENOMEM, "no connection for a read of layer %s", r->digest);
-	int ret = registry_fetch_range(client, r->digest, off, len, buf, err);
+	int ret = registry_fetch_range_streaming(client, r->digest, off, len, buf, arrived, ctx, err);
 	client_give_back(r, slot);
 	if (ret == 0) {
 		pthread_mutex_lock(&r->lock);

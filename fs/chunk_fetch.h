@@ -17,6 +17,9 @@ void remote_free(struct remote *r);
 /* Bytes [off, off+len) of the blob, as they come: for the footer and the
  * TOC, which the caller verifies. */
 int remote_fetch(struct remote *r, uint64_t off, size_t len, void *buf, struct err *err);
+/* As remote_fetch, calling arrived as registry_fetch_range_streaming() does. */
+int remote_fetch_streaming(struct remote *r, uint64_t off, size_t len, void *buf,
+			   void (*arrived)(void *ctx, size_t got), void *ctx, struct err *err);
 /* Makes l read its chunks through rem, which l owns from then on (on
  * failure the caller keeps both).  With toc_to_save, the layer's
  * start_background saves the parsed TOC to toc_index_path under that TOC

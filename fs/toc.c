@@ -539,15 +539,13 @@ out:
 	return r;
 }
 
-int estargz_parse_toc(struct layer *l, const char *json, size_t len, uint64_t toc_off, struct err *err)
+/* Completes a layer whose entries are all parsed: the prefetch set, spare
+ * memory given back, chunks checked against their files, members' ends. */
+static int toc_finish(const struct toc_parser *tp, struct err *err)
 {
-	struct toc_parser tp = { .layer = l, .toc_off = toc_off, .landmark = SIZE_MAX };
-	locale_t before = use_c_locale();
-	int r = parse_toc_entries(&tp, json, len, err);
-	restore_locale(before);
-	if (r < 0)
-		return r;
-	size_t landmark = tp.landmark;
+	struct layer *l = tp->layer;
+	uint64_t toc_off = tp->toc_off;
+	size_t landmark = tp->landmark;
 	for (size_t i = 0; landmark != SIZE_MAX && i < landmark; i++)
 		l->entries[i].prefetch = l->entries[i].landmark = true;
 	/* Most files have one chunk: what grow_array reserved would be most of
@@ -602,4 +600,142 @@ int estargz_parse_toc(struct layer *l, const char *json, size_t len, uint64_t to
 		}
 	free(offsets);
 	return 0;
+}
+
+int estargz_parse_toc(struct layer *l, const char *json, size_t len, uint64_t toc_off, struct err *err)
+{
+	struct toc_parser tp = { .layer = l, .toc_off = toc_off, .landmark = SIZE_MAX };
+	locale_t before = use_c_locale();
+	int r = parse_toc_entries(&tp, json, len, err);
+	restore_locale(before);
+	return r < 0 ? r : toc_finish(&tp, err);
+}
+
+struct toc_feed {
+	struct toc_parser tp;
+	struct json_tokener *tok;
+	size_t at; /* where the text not parsed yet starts */
+	enum { FEED_HEAD, FEED_ENTRIES, FEED_TAIL, FEED_GAVE_UP } state;
+	bool first;
+};
+
+struct toc_feed *toc_feed_new(struct layer *l, uint64_t toc_off)
+{
+	struct toc_feed *f = calloc(1, sizeof(*f));
+	if (!f)
+		return NULL;
+	f->tp = (struct toc_parser){ .layer = l, .toc_off = toc_off, .landmark = SIZE_MAX };
+	f->first = true;
+	f->tok = json_tokener_new_ex(32);
+	if (!f->tok) {
+		free(f);
+		return NULL;
+	}
+	return f;
+}
+
+struct toc_feed *toc_feed_free(struct toc_feed *f)
+{
+	if (f) {
+		json_tokener_free(f->tok);
+		free(f);
+	}
+	return NULL;
+}
+
+/* Past lit (after white space) at p; NULL if the text says otherwise, or,
+ * with *more set, if it has not come far enough to say. */
+static const char *expect(const char *p, const char *end, const char *lit, bool *more)
+{
+	p = skip_ws(p, end);
+	size_t n = strlen(lit), have = (size_t)(end - p);
+	if (memcmp(p, lit, have < n ? have : n) != 0)
+		return NULL;
+	*more = have < n;
+	return *more ? NULL : p + n;
+}
+
+/* Past the `{"version": N, "entries": [` that the eStargz and zstd:chunked
+ * writers put first; other shapes are left to the whole parse. */
+static const char *match_head(const char *p, const char *end, bool *more)
+{
+	if (!(p = expect(p, end, "{", more)) || !(p = expect(p, end, "\"version\"", more)) ||
+	    !(p = expect(p, end, ":", more)))
+		return NULL;
+	const char *digits = p = skip_ws(p, end);
+	while (p < end && *p >= '0' && *p <= '9')
+		p++;
+	*more = p == end;
+	if (p == end || p == digits || !(p = expect(p, end, ",", more)) || !(p = expect(p, end, "\"entries\"", more)))
+		return NULL;
+	return (p = expect(p, end, ":", more)) ? expect(p, end, "[", more) : NULL;
+}
+
+/* The next whole element of the entries array at p into the layer; 0 when
+ * the text does not hold it all yet, 1 when it was added, -1 to give up. */
+static int feed_element(struct toc_feed *f, const char *p, const char *end, const char **ret_end)
+{
+	if (!f->first) {
+		if (*p != ',')
+			return -1;
+		if ((p = skip_ws(p + 1, end)) == end)
+			return 0;
+	}
+	if (*p != '{')
+		return -1;
+	const char *q = skip_object(p, end);
+	if (!q)
+		return 0;
+	struct json_object *o = NULL;
+	struct err ignored = { 0 };
+	int r = next_value(f->tok, &p, q, &o) < 0 || p != q ? -1 : toc_entry(&f->tp, o, &ignored) < 0 ? -1 : 1;
+	json_object_put(o);
+	*ret_end = q;
+	return r;
+}
+
+void toc_feed_text(struct toc_feed *f, const char *text, size_t len)
+{
+	const char *end = text + len;
+	if (f->state == FEED_HEAD) {
+		bool more = false;
+		const char *p = match_head(text, end, &more);
+		if (!p) {
+			if (!more)
+				f->state = FEED_GAVE_UP;
+			return;
+		}
+		f->at = (size_t)(p - text);
+		f->state = FEED_ENTRIES;
+	}
+	locale_t before = f->state == FEED_ENTRIES ? use_c_locale() : (locale_t)0;
+	while (f->state == FEED_ENTRIES) {
+		const char *p = skip_ws(text + f->at, end), *next = NULL;
+		if (p == end)
+			break;
+		if (*p == ']') {
+			f->at = (size_t)(p + 1 - text);
+			f->state = FEED_TAIL;
+			break;
+		}
+		int r = feed_element(f, p, end, &next);
+		if (r <= 0) {
+			if (r < 0)
+				f->state = FEED_GAVE_UP;
+			break;
+		}
+		f->at = (size_t)(next - text);
+		f->first = false;
+	}
+	restore_locale(before);
+}
+
+int toc_feed_finish(struct toc_feed *f, const char *text, size_t len, struct err *err)
+{
+	toc_feed_text(f, text, len);
+	const char *end = text + len;
+	const char *p = f->state == FEED_TAIL ? skip_ws(text + f->at, end) : end;
+	if (p == end || *p != '}' || skip_ws(p + 1, end) != end)
+		return -EAGAIN;
+	return toc_finish(&f->tp, err);
 }

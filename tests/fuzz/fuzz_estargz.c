@@ -1,5 +1,6 @@
 /* eStargz: the footer parser on the first bytes, then the TOC parser on the
- * rest, then the merge of what it produced. */
+ * rest, then the merge of what it produced; and the TOC fed in two pieces
+ * (toc_feed), which must agree with the whole parse whenever it finishes. */
 #include "chunked.h"
 #include "toc.h"
 #include "tree.h"
@@ -19,7 +20,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	l->blob_fd = -1;
 	pthread_mutex_init(&l->lock, NULL);
 	struct err err = { 0 };
-	if (estargz_parse_toc(l, (const char *)data, size, 1u << 30, &err) == 0) {
+	int whole = estargz_parse_toc(l, (const char *)data, size, 1u << 30, &err);
+	struct layer *fed = layer_alloc("sha256:00", COMPRESSION_GZIP, -1);
+	struct toc_feed *feed = fed ? toc_feed_new(fed, 1u << 30) : NULL;
+	if (feed) {
+		toc_feed_text(feed, (const char *)data, size ? size * data[0] / 256 : 0);
+		if (toc_feed_finish(feed, (const char *)data, size, &err) == 0 &&
+		    (whole != 0 || fed->n_entries != l->n_entries))
+			__builtin_trap();
+	}
+	toc_feed_free(feed);
+	layer_free(fed);
+	if (whole == 0) {
 		struct tree *t = NULL;
 		if (tree_build(&l, 1, &t, &err) == 0)
 			tree_free(t);

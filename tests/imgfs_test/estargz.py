@@ -34,12 +34,13 @@ def _modtime(mtime):
     return datetime.datetime.fromtimestamp(int(mtime), datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def build(entries, chunk_size=4 << 20, landmark_after=0, share_below=0, toc_members=1):
+def build(entries, chunk_size=4 << 20, landmark_after=0, share_below=0, toc_members=1, entries_first=False):
     """entries: harness.Entry list; the first landmark_after of them form the
     prefetch set (0: none, and a .no.prefetch.landmark says so).  Files of
     share_below bytes or fewer share a member with the tar headers around
     them, found by innerOffset, as writers with a minimum chunk size do.
-    toc_members > 1 splits the TOC's tar into that many gzip members.
+    toc_members > 1 splits the TOC's tar into that many gzip members;
+    entries_first puts "entries" before "version" in the TOC's JSON.
     Returns (blob, toc_digest, diff_id, uncompressed_size)."""
     from .harness import tar_header, tar_padding  # the same tar encoding as the other images
 
@@ -94,7 +95,7 @@ def build(entries, chunk_size=4 << 20, landmark_after=0, share_below=0, toc_memb
                 tar_all.write(piece)
             pending = tar_padding(len(e.data))
     flush()
-    toc_json = json.dumps({"version": 1, "entries": toc}).encode()
+    toc_json = json.dumps({"entries": toc, "version": 1} if entries_first else {"version": 1, "entries": toc}).encode()
     toc_offset = out.tell()
     toc_tar = io.BytesIO()
     with tarfile.open(fileobj=toc_tar, mode="w", format=tarfile.USTAR_FORMAT) as t:

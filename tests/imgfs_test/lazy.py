@@ -6,12 +6,11 @@ from . import estargz
 from .harness import LAYER_TYPES, MT_OCI_CONFIG, MT_OCI_MANIFEST, digest_of
 
 
-def push_estargz(reg, repo, tag, layer_entries, bad_toc=False, chunk_size=4 << 20, landmark_after=0, share_below=0,
-                 toc_members=1):
+def push_estargz(reg, repo, tag, layer_entries, bad_toc=False, **build_args):
+    """build_args: estargz.build()'s, for every layer."""
     descriptors, diff_ids = [], []
     for entries in layer_entries:
-        blob, toc_digest, diff_id, size = estargz.build(entries, chunk_size=chunk_size, landmark_after=landmark_after,
-                                                        share_below=share_below, toc_members=toc_members)
+        blob, toc_digest, diff_id, size = estargz.build(entries, **build_args)
         d = reg.push_blob(repo, blob)
         descriptors.append({"mediaType": LAYER_TYPES["gzip"], "digest": d, "size": len(blob),
                             "annotations": {estargz.TOC_ANNOTATION: digest_of(b"wrong") if bad_toc else toc_digest,

@@ -727,6 +727,65 @@ static void test_toc_halves(void)
 	layer_free(l);
 }
 
+/* Feeds text[0, upto) to a fresh layer in pieces of 1 byte to 64 KiB, as
+ * a download hands them over; the feed's finish result. */
+static int feed_in_pieces(const char *text, size_t upto, struct layer **ret, struct err *err)
+{
+	struct layer *l = layer_alloc("sha256:00", COMPRESSION_GZIP, -1);
+	struct toc_feed *f = l ? toc_feed_new(l, 1ull << 40) : NULL;
+	int r = -ENOMEM;
+	if (f) {
+		for (size_t have = 0, piece = 1; have < upto; piece = piece * 3 % 65521 + 1) {
+			have = have + piece < upto ? have + piece : upto;
+			toc_feed_text(f, text, have);
+		}
+		r = toc_feed_finish(f, text, upto, err);
+	}
+	toc_feed_free(f);
+	*ret = l;
+	return r;
+}
+
+/* A TOC parsed as it arrives (toc_feed) is the TOC parsed whole; a shape
+ * it does not take, or text it cannot, is left to the whole parse. */
+static void test_toc_feed(void)
+{
+	size_t len;
+	_cleanup_free_ char *toc = large_toc(false, &len);
+	struct layer *whole = layer_alloc("sha256:00", COMPRESSION_GZIP, -1), *fed = NULL;
+	struct err err = { 0 };
+	int r = feed_in_pieces(toc, len, &fed, &err);
+	ok(estargz_parse_toc(whole, toc, len, 1ull << 40, &err) == 0 && r == 0 && same_entries(whole, fed),
+	   "a TOC fed in pieces of 1 byte to 64 KiB is the TOC parsed whole, landmark and chunks alike: %d %s", r,
+	   err.msg);
+	layer_free(fed);
+	layer_free(whole);
+
+	ok(feed_in_pieces(toc, len - 1, &fed, &err) == -EAGAIN, "text that ends early is left to the whole parse");
+	layer_free(fed);
+
+	_cleanup_free_ char *bad = large_toc(true, &len);
+	ok(feed_in_pieces(bad, len, &fed, &err) == -EAGAIN, "so is an entry of a type it does not know");
+	layer_free(fed);
+
+	static const char *const other_shapes[] = {
+		"{\"entries\":[],\"version\":1}",
+		"{\"version\":1,\"entries\":[],\"extra\":{}}",
+		"{\"version\":\"1\",\"entries\":[]}",
+		"[{\"version\":1,\"entries\":[]}]",
+	};
+	bool all_left = true;
+	for (size_t i = 0; i < ARRAY_SIZE(other_shapes); i++) {
+		all_left = all_left && feed_in_pieces(other_shapes[i], strlen(other_shapes[i]), &fed, &err) == -EAGAIN;
+		layer_free(fed);
+	}
+	ok(all_left, "keys in another order, keys after the entries, a quoted version, or no object are left to it");
+	static const char empty[] = " {\"version\" : 1 ,\n\"entries\": [ ] } \n";
+	ok(feed_in_pieces(empty, strlen(empty), &fed, &err) == 0 && fed->n_entries == 0,
+	   "white space anywhere the writers might put it: %s", err.msg);
+	layer_free(fed);
+}
+
 /* A TOC may not declare a file larger than its layer can decode to: a
  * 2^62-byte file of zeros chunks would make a copy-up loop for ever. */
 static void test_toc_size_bound(void)
@@ -804,6 +863,7 @@ int main(void)
 	test_resolve();
 	test_paths();
 	test_toc_halves();
+	test_toc_feed();
 	test_demand_quiet();
 	return tap_done();
 }
