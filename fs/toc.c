@@ -730,10 +730,30 @@ void toc_feed_text(struct toc_feed *f, const char *text, size_t len)
 	restore_locale(before);
 }
 
+/* The rest of the entries array, from where the feed stopped, parsed as a
+ * whole text is (two halves at once when it is large); false to give up. */
+static bool parse_rest(struct toc_feed *f, const char *text, const char *end)
+{
+	const char *p = skip_ws(text + f->at, end);
+	if (!f->first) {
+		if (p == end || *p != ',' || (p = skip_ws(p + 1, end)) == end || *p == ']')
+			return false;
+	}
+	struct err ignored = { 0 };
+	locale_t before = use_c_locale();
+	int r = parse_entries(&f->tp, f->tok, &p, end, &ignored);
+	restore_locale(before);
+	f->at = (size_t)(p - text);
+	return r == 0;
+}
+
 int toc_feed_finish(struct toc_feed *f, const char *text, size_t len, struct err *err)
 {
-	toc_feed_text(f, text, len);
 	const char *end = text + len;
+	if (f->state == FEED_HEAD)
+		toc_feed_text(f, text, len);
+	if (f->state == FEED_ENTRIES)
+		f->state = parse_rest(f, text, end) ? FEED_TAIL : FEED_GAVE_UP;
 	const char *p = f->state == FEED_TAIL ? skip_ws(text + f->at, end) : end;
 	if (p == end || *p != '}' || skip_ws(p + 1, end) != end)
 		return -EAGAIN;

@@ -8,6 +8,8 @@
 #define TOC_NAME "stargz.index.json"
 /* A bound on one chunk's uncompressed size: what a read holds in memory. */
 #define CHUNK_MAX_SIZE (64u << 20)
+/* A bound on a TOC's JSON. */
+#define TOC_MAX_SIZE (256u << 20)
 
 /* Adds the entries of a TOC JSON (eStargz and zstd:chunked alike) to l;
  * toc_off, where the TOC starts in the blob, bounds the last chunk. */

@@ -11,14 +11,13 @@
 #include "index_io.h"
 #include "registry.h"
 #include "toc.h"
+#include "toc_stream.h"
 
-#include <zlib.h>
 #include <zstd.h>
 
 #define FOOTER_SIZE 51
 #define LEGACY_FOOTER_SIZE 47
 #define TOC_MAX_COMPRESSED (64u << 20)
-#define TOC_MAX_SIZE (256u << 20)
 /* The parsed TOC, saved (chunked_layer_save). */
 #define TOC_INDEX_NAME "%s/chunks/sha256/%s.toc"
 
@@ -166,14 +165,6 @@ static int chunked_layer_new(const char *digest, enum layer_compression compress
 	return r;
 }
 
-/* The TOC is trusted through the digest a verified manifest annotates it with. */
-static int toc_digest_matches(const char *actual, const char *want, struct err *err)
-{
-	if (strcmp(actual, want) != 0)
-		return err_set(err, EBADMSG, "the TOC digest %s does not match the annotation %s", actual, want);
-	return 0;
-}
-
 static int check_toc_digest(const void *data, size_t len, const char *want, struct err *err)
 {
 	char actual[DIGEST_SHA256_LEN + 1];
@@ -185,155 +176,16 @@ static int check_toc_digest(const void *data, size_t len, const char *want, stru
  * well as from a bad blob: a TOC is fetched again before it is an error. */
 #define TOC_FETCH_ATTEMPTS 2
 
-#define TAR_BLOCK 512
-
-/* The size of stargz.index.json from the plain ustar header the eStargz
- * writers put before it; -1 for any other header, which the whole read of
- * the member (libarchive) then judges. */
-static int64_t toc_tar_header(const unsigned char *h)
+/* The member in gz read whole (libarchive), verified and parsed. */
+static int read_toc_member(const unsigned char *gz, size_t gz_len, const char *digest, uint64_t blob_size,
+			   const char *toc_digest, uint64_t toc_off, struct layer **ret, struct err *err)
 {
-	size_t name_len = strlen(TOC_NAME);
-	if (memcmp(h + 257, "ustar", 5) != 0 || (h[156] != '0' && h[156] != '\0') || h[345] != '\0' ||
-	    memcmp(h, TOC_NAME, name_len) != 0 || h[name_len] != '\0')
-		return -1;
-	int k = 124;
-	while (k < 136 && h[k] == ' ')
-		k++;
-	uint64_t size = 0;
-	for (; k < 136 && h[k] != '\0' && h[k] != ' '; k++) {
-		if (h[k] < '0' || h[k] > '7' || size > TOC_MAX_SIZE)
-			return -1;
-		size = size * 8 + (uint64_t)(h[k] - '0');
-	}
-	return size <= TOC_MAX_SIZE ? (int64_t)size : -1;
-}
-
-/* The TOC member inflated, hashed and parsed as its bytes arrive: the parse
- * of a large TOC (12 MB of JSON for 34,000 files, 0.1 s) then ends with
- * its download instead of starting there.  Anything unusual (a request
- * tried again, a tar header other than the writers', a second member)
- * gives up, and the member is read whole once it is in, as before. */
-struct toc_download {
-	const unsigned char *gz; /* where the member's bytes arrive */
-	size_t inflated_from;    /* of them, those inflated */
-	z_stream z;
-	bool z_open, z_done, gave_up;
-	unsigned char *tar;
-	size_t tar_len, tar_cap;
-	size_t json_size; /* from the tar header; SIZE_MAX before it came */
-	size_t hashed;
-	struct digester *digester;
-	struct toc_feed *feed;
-};
-
-static bool download_grow(struct toc_download *d)
-{
-	const size_t most = TOC_MAX_SIZE + (1u << 20); /* the TOC and its tar headers */
-	size_t cap = d->tar_cap ? d->tar_cap * 2 : 1u << 20;
-	if (d->tar_cap >= most)
-		return false;
-	if (cap > most)
-		cap = most;
-	unsigned char *p = realloc(d->tar, cap);
-	if (!p)
-		return false;
-	d->tar = p;
-	d->tar_cap = cap;
-	return true;
-}
-
-/* Hashes and parses the JSON that is in. */
-static void download_use(struct toc_download *d)
-{
-	if (d->json_size == SIZE_MAX) {
-		int64_t size = d->tar_len >= TAR_BLOCK ? toc_tar_header(d->tar) : 0;
-		if (d->tar_len < TAR_BLOCK || size < 0) {
-			d->gave_up = size < 0;
-			return;
-		}
-		d->json_size = (size_t)size;
-	}
-	size_t have = d->tar_len - TAR_BLOCK < d->json_size ? d->tar_len - TAR_BLOCK : d->json_size;
-	digester_update(d->digester, d->tar + TAR_BLOCK + d->hashed, have - d->hashed);
-	d->hashed = have;
-	toc_feed_text(d->feed, (const char *)d->tar + TAR_BLOCK, have);
-}
-
-static void toc_arrived(void *ctx, size_t got)
-{
-	struct toc_download *d = ctx;
-	if (d->gave_up)
-		return;
-	if (got < d->inflated_from || (d->z_done && got > d->inflated_from)) {
-		d->gave_up = true;
-		return;
-	}
-	d->z.next_in = (Bytef *)(uintptr_t)(d->gz + d->inflated_from);
-	d->z.avail_in = (uInt)(got - d->inflated_from);
-	while (d->z.avail_in > 0 && !d->z_done && !d->gave_up) {
-		if (d->tar_len == d->tar_cap && !download_grow(d)) {
-			d->gave_up = true;
-			break;
-		}
-		d->z.next_out = d->tar + d->tar_len;
-		d->z.avail_out = (uInt)(d->tar_cap - d->tar_len);
-		int r = inflate(&d->z, Z_NO_FLUSH);
-		d->tar_len = d->tar_cap - d->z.avail_out;
-		d->z_done = r == Z_STREAM_END;
-		d->gave_up = r != Z_OK && r != Z_STREAM_END && !(r == Z_BUF_ERROR && d->z.avail_out == 0);
-	}
-	d->inflated_from = got - d->z.avail_in;
-	d->gave_up |= d->z_done && d->z.avail_in > 0;
-	if (!d->gave_up)
-		download_use(d);
-}
-
-static int download_start(struct toc_download *d, const unsigned char *gz, struct layer *l, uint64_t toc_off)
-{
-	*d = (struct toc_download){ .gz = gz, .json_size = SIZE_MAX };
-	d->digester = digester_new();
-	d->feed = toc_feed_new(l, toc_off);
-	d->z_open = inflateInit2(&d->z, 16 + MAX_WBITS) == Z_OK;
-	return d->digester && d->feed && d->z_open ? 0 : -ENOMEM;
-}
-
-static void download_done(struct toc_download *d)
-{
-	if (d->z_open)
-		inflateEnd(&d->z);
-	digester_free(d->digester);
-	toc_feed_free(d->feed);
-	free(d->tar);
-}
-
-/* The layer once the whole member is in: the streamed parse when it went
- * through and the text matched its digest, else the member read whole. */
-static int download_finish(struct toc_download *d, const char *digest, uint64_t blob_size, const char *toc_digest,
-			   uint64_t toc_off, size_t gz_len, struct layer **l, struct err *err)
-{
-	if (d->gave_up || !d->z_done || d->json_size == SIZE_MAX || d->hashed != d->json_size) {
-		_cleanup_free_ char *json = NULL;
-		size_t json_len = 0;
-		int r = extract_toc(d->gz, gz_len, &json, &json_len, err);
-		if (r == 0)
-			r = check_toc_digest(json, json_len, toc_digest, err);
-		if (r == 0) {
-			layer_free(TAKE_PTR(*l));
-			r = layer_from_toc(digest, COMPRESSION_GZIP, blob_size, json, json_len, toc_off, l, err);
-		}
-		return r;
-	}
-	char actual[DIGEST_SHA256_LEN + 1];
-	digester_final(d->digester, actual);
-	const char *json = (const char *)d->tar + TAR_BLOCK;
-	int r = toc_digest_matches(actual, toc_digest, err);
+	_cleanup_free_ char *json = NULL;
+	size_t json_len = 0;
+	int r = extract_toc(gz, gz_len, &json, &json_len, err);
 	if (r == 0)
-		r = toc_feed_finish(d->feed, json, d->json_size, err);
-	if (r == -EAGAIN) {
-		layer_free(TAKE_PTR(*l));
-		r = layer_from_toc(digest, COMPRESSION_GZIP, blob_size, json, d->json_size, toc_off, l, err);
-	}
-	return r;
+		r = check_toc_digest(json, json_len, toc_digest, err);
+	return r < 0 ? r : layer_from_toc(digest, COMPRESSION_GZIP, blob_size, json, json_len, toc_off, ret, err);
 }
 
 /* The footer, then the TOC it points to, parsed as it arrives and
@@ -364,16 +216,21 @@ static int fetch_estargz_toc(struct remote *rem, const char *digest, uint64_t bl
 	size_t toc_gz_len = (size_t)(blob_size - footer_len - toc_off);
 	_cleanup_free_ unsigned char *toc_gz = malloc(toc_gz_len);
 	struct layer *l = layer_alloc(digest, COMPRESSION_GZIP, -1);
-	struct toc_download d;
-	r = toc_gz && l ? download_start(&d, toc_gz, l, toc_off) : -ENOMEM;
-	if (r == 0) {
-		l->blob_size = blob_size;
-		*fetched = false;
-		r = remote_fetch_streaming(rem, toc_off, toc_gz_len, toc_gz, toc_arrived, &d, err);
-		*fetched = r == 0;
-		if (r == 0)
-			r = download_finish(&d, digest, blob_size, toc_digest, toc_off, toc_gz_len, &l, err);
-		download_done(&d);
+	struct toc_stream *stream = toc_gz && l ? toc_stream_new(toc_gz, l, toc_off) : NULL;
+	if (!stream) {
+		layer_free(l);
+		return -ENOMEM;
+	}
+	l->blob_size = blob_size;
+	*fetched = false;
+	r = remote_fetch_streaming(rem, toc_off, toc_gz_len, toc_gz, toc_stream_arrived, stream, err);
+	*fetched = r == 0;
+	if (r == 0)
+		r = toc_stream_finish(stream, toc_digest, err);
+	toc_stream_free(stream);
+	if (r == -EAGAIN) {
+		layer_free(TAKE_PTR(l));
+		r = read_toc_member(toc_gz, toc_gz_len, digest, blob_size, toc_digest, toc_off, &l, err);
 	}
 	if (r < 0) {
 		layer_free(l);

@@ -13,9 +13,11 @@
 #include "chunked.h"
 #include "demand.h"
 #include "index_io.h"
+#include "registry.h"
 #include "scan.h"
 #include "tar_stream.h"
 #include "toc.h"
+#include "toc_stream.h"
 #include "windows_blob.h"
 #include "remote_blob.h"
 #include "tap.h"
@@ -786,6 +788,92 @@ static void test_toc_feed(void)
 	layer_free(fed);
 }
 
+/* An eStargz TOC member: a gzipped tar of one entry, stargz.index.json,
+ * written by libarchive in the given format (ustar, as the writers do). */
+static unsigned char *toc_member(const char *json, size_t len, int format, size_t *ret_len)
+{
+	size_t cap = len + (1u << 20), used = 0;
+	unsigned char *out = malloc(cap);
+	struct archive *a = archive_write_new();
+	struct archive_entry *e = archive_entry_new();
+	archive_write_set_format(a, format);
+	archive_write_add_filter_gzip(a);
+	archive_write_set_bytes_in_last_block(a, 1);
+	archive_entry_set_pathname(e, TOC_NAME);
+	archive_entry_set_filetype(e, AE_IFREG);
+	archive_entry_set_perm(e, 0644);
+	archive_entry_set_size(e, (la_int64_t)len);
+	bool ok = out && archive_write_open_memory(a, out, cap, &used) == ARCHIVE_OK &&
+		  archive_write_header(a, e) == ARCHIVE_OK && archive_write_data(a, json, len) == (la_ssize_t)len &&
+		  archive_write_close(a) == ARCHIVE_OK;
+	archive_entry_free(e);
+	archive_write_free(a);
+	if (!ok) {
+		free(out);
+		return NULL;
+	}
+	*ret_len = used;
+	return out;
+}
+
+/* Streams gz into a fresh layer, its bytes arriving in pieces (a request
+ * tried again starts over at restart_at when it is not 0). */
+static int stream_toc(const unsigned char *gz, size_t len, size_t restart_at, const char *want, struct layer **ret,
+		      struct err *err)
+{
+	struct layer *l = layer_alloc("sha256:00", COMPRESSION_GZIP, -1);
+	struct toc_stream *s = l ? toc_stream_new(gz, l, 1ull << 40) : NULL;
+	int r = -ENOMEM;
+	if (s) {
+		for (size_t got = 0, piece = 1; got < len; piece = piece * 5 % 16381 + 1) {
+			got = got + piece < len ? got + piece : len;
+			if (restart_at && got >= restart_at) {
+				toc_stream_arrived(s, piece);
+				restart_at = 0;
+			}
+			toc_stream_arrived(s, got);
+		}
+		r = toc_stream_finish(s, want, err);
+	}
+	toc_stream_free(s);
+	*ret = l;
+	return r;
+}
+
+/* The TOC member parsed as it arrives is the member parsed whole; another
+ * digest is refused; a request tried again is left to the whole read. */
+static void test_toc_stream(void)
+{
+	size_t len, gz_len = 0;
+	_cleanup_free_ char *toc = large_toc(false, &len);
+	_cleanup_free_ unsigned char *gz = toc_member(toc, len, ARCHIVE_FORMAT_TAR_USTAR, &gz_len);
+	char digest[DIGEST_SHA256_LEN + 1];
+	digest_sha256(toc, len, digest);
+	struct layer *whole = layer_alloc("sha256:00", COMPRESSION_GZIP, -1), *streamed = NULL;
+	struct err err = { 0 };
+	int r = gz ? stream_toc(gz, gz_len, 0, digest, &streamed, &err) : -ENOMEM;
+	ok(estargz_parse_toc(whole, toc, len, 1ull << 40, &err) == 0 && r == 0 && same_entries(whole, streamed),
+	   "a %zu-byte TOC member arriving in pieces is the TOC parsed whole: %d %s", gz_len, r, err.msg);
+	layer_free(streamed);
+	layer_free(whole);
+
+	err = (struct err){ 0 };
+	ok(gz &&
+	       stream_toc(gz, gz_len, 0, "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+			  &streamed, &err) == -EBADMSG &&
+	       strstr(err.msg, "does not match the annotation"),
+	   "another digest is refused, saying both: %s", err.msg);
+	layer_free(streamed);
+	ok(gz && stream_toc(gz, gz_len, gz_len / 2, digest, &streamed, &err) == -EAGAIN,
+	   "a request tried again from the start is left to the whole read");
+	layer_free(streamed);
+	_cleanup_free_ unsigned char *pax = toc_member(toc, len, ARCHIVE_FORMAT_TAR_PAX_RESTRICTED, &gz_len);
+	err = (struct err){ 0 };
+	ok(pax && stream_toc(pax, gz_len, 0, digest, &streamed, &err) == 0,
+	   "a pax tar with no extended header (a plain ustar one) streams too: %s", err.msg);
+	layer_free(streamed);
+}
+
 /* A TOC may not declare a file larger than its layer can decode to: a
  * 2^62-byte file of zeros chunks would make a copy-up loop for ever. */
 static void test_toc_size_bound(void)
@@ -864,6 +952,7 @@ int main(void)
 	test_paths();
 	test_toc_halves();
 	test_toc_feed();
+	test_toc_stream();
 	test_demand_quiet();
 	return tap_done();
 }
