@@ -694,20 +694,24 @@ static int feed_element(struct toc_feed *f, const char *p, const char *end, cons
 	return r;
 }
 
+/* Moves past the head once the text holds it, or gives up. */
+static void feed_head(struct toc_feed *f, const char *text, const char *end)
+{
+	bool more = false;
+	const char *p = match_head(text, end, &more);
+	if (p) {
+		f->at = (size_t)(p - text);
+		f->state = FEED_ENTRIES;
+	} else if (!more) {
+		f->state = FEED_GAVE_UP;
+	}
+}
+
 void toc_feed_text(struct toc_feed *f, const char *text, size_t len)
 {
 	const char *end = text + len;
-	if (f->state == FEED_HEAD) {
-		bool more = false;
-		const char *p = match_head(text, end, &more);
-		if (!p) {
-			if (!more)
-				f->state = FEED_GAVE_UP;
-			return;
-		}
-		f->at = (size_t)(p - text);
-		f->state = FEED_ENTRIES;
-	}
+	if (f->state == FEED_HEAD)
+		feed_head(f, text, end);
 	locale_t before = f->state == FEED_ENTRIES ? use_c_locale() : (locale_t)0;
 	while (f->state == FEED_ENTRIES) {
 		const char *p = skip_ws(text + f->at, end), *next = NULL;
@@ -751,7 +755,7 @@ int toc_feed_finish(struct toc_feed *f, const char *text, size_t len, struct err
 {
 	const char *end = text + len;
 	if (f->state == FEED_HEAD)
-		toc_feed_text(f, text, len);
+		feed_head(f, text, end);
 	if (f->state == FEED_ENTRIES)
 		f->state = parse_rest(f, text, end) ? FEED_TAIL : FEED_GAVE_UP;
 	const char *p = f->state == FEED_TAIL ? skip_ws(text + f->at, end) : end;
