@@ -96,9 +96,7 @@ static bool guessable(const struct tree_inode *i)
  * or a shared library (".so", ".so.N"), whose bytes may not say so yet. */
 static bool may_be_object(const struct tree_inode *i)
 {
-	const char *base = strrchr(i->entry->path, '/');
-	base = base ? base + 1 : i->entry->path;
-	const char *so = strstr(base, ".so");
+	const char *so = strstr(path_base_name(i->entry->path), ".so");
 	return (i->mode & 0111) || (so && (so[3] == '\0' || so[3] == '.'));
 }
 
@@ -278,9 +276,7 @@ static void analyse(struct elf_guess *g, const struct tree_inode *i)
 	char runpath[1024] = "", origin[PATH_MAX];
 	if (d.runpath != UINT64_MAX && read_string(i, strtab, d.strsz, d.runpath, runpath, sizeof(runpath)) < 0)
 		runpath[0] = '\0';
-	const char *slash = strrchr(i->entry->path, '/');
-	int dir_len = slash ? (int)(slash - i->entry->path) : 0;
-	snprintf(origin, sizeof(origin), "/%.*s", dir_len, i->entry->path);
+	snprintf(origin, sizeof(origin), "/%.*s", (int)path_dir_len(i->entry->path), i->entry->path);
 	for (unsigned k = 0; k < d.n_needed; k++) {
 		char soname[256];
 		const struct tree_inode *lib;

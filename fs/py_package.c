@@ -30,24 +30,6 @@ static int by_dir_ref(const void *a, const void *b)
 	return c ? c : (x->len > y->len) - (x->len < y->len);
 }
 
-static size_t dir_len_of(const char *path)
-{
-	const char *slash = strrchr(path, '/');
-	return slash ? (size_t)(slash - path) : 0;
-}
-
-static const char *base_name(const char *path)
-{
-	const char *slash = strrchr(path, '/');
-	return slash ? slash + 1 : path;
-}
-
-static bool has_suffix(const char *s, const char *suffix)
-{
-	size_t n = strlen(s), k = strlen(suffix);
-	return n >= k && !memcmp(s + n - k, suffix, k);
-}
-
 /* The length of the directory above the one path[0, len) names; 0 at the top. */
 static size_t parent_len(const char *path, size_t len)
 {
@@ -67,7 +49,7 @@ static bool is_package(const struct dir_ref *packages, size_t n, const char *pat
 static size_t package_root(const struct dir_ref *packages, size_t n, const char *path)
 {
 	static const char cache_dir[] = "__pycache__";
-	size_t dir = dir_len_of(path), parent = parent_len(path, dir);
+	size_t dir = path_dir_len(path), parent = parent_len(path, dir);
 	size_t name = parent ? parent + 1 : 0;
 	if (dir - name == sizeof(cache_dir) - 1 && !memcmp(path + name, cache_dir, dir - name))
 		dir = parent;
@@ -91,7 +73,7 @@ static int by_package_then_blob(const void *a, const void *b)
 
 static bool is_init(const struct entry *e)
 {
-	return !strcmp(base_name(e->path), "__init__.py");
+	return !strcmp(path_base_name(e->path), "__init__.py");
 }
 
 static bool has_data(const struct entry *e)
@@ -128,7 +110,7 @@ int py_packages_new(const struct entry *entries, size_t n, struct py_packages **
 	n_packages = 0;
 	for (size_t i = 0; i < n; i++)
 		if (is_init(&entries[i]))
-			packages[n_packages++] = (struct dir_ref){ entries[i].path, dir_len_of(entries[i].path) };
+			packages[n_packages++] = (struct dir_ref){ entries[i].path, path_dir_len(entries[i].path) };
 	qsort(packages, n_packages, sizeof(*packages), by_dir_ref);
 	for (size_t i = 0; i < n; i++) {
 		p->place[i] = NOWHERE;
@@ -188,7 +170,7 @@ static uint32_t place_of(const struct py_packages *p, const struct entry *e)
 bool py_package_first_read(struct py_packages *p, const struct entry *e)
 {
 	uint32_t at = p ? place_of(p, e) : NOWHERE;
-	if (at == NOWHERE || !(has_suffix(e->path, ".py") || has_suffix(e->path, ".pyc")))
+	if (at == NOWHERE || !(str_has_suffix(e->path, ".py") || str_has_suffix(e->path, ".pyc")))
 		return false;
 	return atomic_exchange(&p->guessed[p->first[at]], 1) == 0;
 }
@@ -206,12 +188,12 @@ size_t py_package_guess(const struct py_packages *p, const struct entry *e, cons
 	uint32_t at = p ? place_of(p, e) : NOWHERE;
 	if (at == NOWHERE)
 		return 0;
-	const char *kind = strchr(base_name(e->path), '.');
+	const char *kind = strchr(path_base_name(e->path), '.');
 	size_t n = 0;
 	for (uint32_t i = p->first[at]; i < p->end[at] && n < max; i++) {
 		const char *path = p->by_package[i]->path;
 		if (i != at && !in_tests(path + p->root_len[i]) &&
-		    ((kind && has_suffix(path, kind)) || has_suffix(path, ".so")))
+		    ((kind && str_has_suffix(path, kind)) || str_has_suffix(path, ".so")))
 			out[n++] = p->by_package[i];
 	}
 	return n;

@@ -66,12 +66,6 @@ struct speculation {
 	size_t n_threads;
 };
 
-static size_t dir_len(const struct entry *e)
-{
-	const char *slash = strrchr(e->path, '/');
-	return slash ? (size_t)(slash - e->path) : 0;
-}
-
 /* A file to sort, its directory's length found once: a layer of 30,000
  * files takes half a million comparisons. */
 struct sort_key {
@@ -120,7 +114,7 @@ int speculation_new(const struct layer *l, const struct speculation_ops *ops, st
 	for (size_t i = 0; i < l->n_entries; i++) {
 		s->place[i] = NOWHERE;
 		if (l->entries[i].type == ENTRY_REG && l->entries[i].n_chunks > 0)
-			keys[s->n_files++] = (struct sort_key){ &l->entries[i], dir_len(&l->entries[i]) };
+			keys[s->n_files++] = (struct sort_key){ &l->entries[i], path_dir_len(l->entries[i].path) };
 	}
 	qsort(keys, s->n_files, sizeof(*keys), by_dir_then_offset);
 	for (uint32_t i = 0, first = 0; i < s->n_files; i++) {

@@ -157,19 +157,13 @@ static struct tree_inode *find_path(struct builder *b, const char *path)
 	return tree_lookup(dir, name);
 }
 
-static const char *basename_of(const char *path)
-{
-	const char *slash = strrchr(path, '/');
-	return slash ? slash + 1 : path;
-}
-
 /* Whiteouts hide what the layers below put there, so they are applied before
  * the layer's own entries, whatever their order in the tar. */
 static int apply_whiteouts(struct builder *b, const struct layer *l)
 {
 	for (size_t k = 0; k < l->n_entries; k++) {
 		const struct entry *e = &l->entries[k];
-		const char *base = basename_of(e->path);
+		const char *base = path_base_name(e->path);
 		if (!str_has_prefix(base, WHITEOUT_PREFIX))
 			continue;
 		size_t dir_len = (size_t)(base - e->path);
@@ -324,7 +318,7 @@ int tree_build(struct layer *const *layers, size_t n, struct tree **ret, struct 
 		r = apply_whiteouts(&b, l);
 		for (size_t k = 0; r >= 0 && k < l->n_entries; k++) {
 			const struct entry *e = &l->entries[k];
-			if (str_has_prefix(basename_of(e->path), WHITEOUT_PREFIX))
+			if (str_has_prefix(path_base_name(e->path), WHITEOUT_PREFIX))
 				continue;
 			r = apply_entry(&b, l, e, err);
 		}
@@ -365,8 +359,8 @@ int tree_build_lower(struct layer *l, struct tree **ret, struct err *err)
 	int r = builder_init(&b);
 	for (size_t k = 0; r >= 0 && k < l->n_entries; k++) {
 		const struct entry *e = &l->entries[k];
-		r = str_has_prefix(basename_of(e->path), WHITEOUT_PREFIX) ? apply_lower_whiteout(&b, e)
-									  : apply_entry(&b, l, e, err);
+		r = str_has_prefix(path_base_name(e->path), WHITEOUT_PREFIX) ? apply_lower_whiteout(&b, e)
+									     : apply_entry(&b, l, e, err);
 	}
 	if (r < 0)
 		return b.tree ? layer_failed(&b, l, r, err) : r;

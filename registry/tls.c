@@ -35,10 +35,10 @@ static char *registry_cert_dir(const char *host, const char *cert_dir)
 	return path;
 }
 
+/* A name with something before its suffix: ".crt" alone is not a CA. */
 static bool has_suffix(const char *name, const char *suffix)
 {
-	size_t n = strlen(name), s = strlen(suffix);
-	return n > s && strcmp(name + n - s, suffix) == 0;
+	return strlen(name) > strlen(suffix) && str_has_suffix(name, suffix);
 }
 
 static int append_ca(struct tls_material *t, const char *path, struct err *err)

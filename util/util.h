@@ -76,6 +76,11 @@ int err_wrap(struct err *err, const char *fmt, ...) __attribute__((format(printf
 /* asprintf that returns NULL on failure instead of leaving the pointer undefined. */
 char *strdup_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 bool str_has_prefix(const char *s, const char *prefix);
+bool str_has_suffix(const char *s, const char *suffix);
+/* Of a '/'-separated path: its last component, and the length of what
+ * comes before the '/' that starts it (0 for a path with none). */
+const char *path_base_name(const char *path);
+size_t path_dir_len(const char *path);
 /* Grows *array to hold at least `want` elements of `size` bytes; -ENOMEM on failure. */
 int grow_array(void **array, size_t *allocated, size_t want, size_t size);
 /* Gives back what grow_array() reserved beyond n elements (kept if realloc fails). */
