@@ -17,7 +17,7 @@ from imgfs_test.elf import ld_so_cache, shared_object  # noqa: E402
 from imgfs_test.cases import Suite, run_file  # noqa: E402
 from imgfs_test.faultproxy import FaultProxy  # noqa: E402
 from imgfs_test.harness import (IMGFS, Entry, Mount, Registry, diff_snapshots, imgfs_stats, is_mounted,  # noqa: E402
-                                make_tar, push_image, skopeo_copy, skopeo_umoci_unpack, snapshot,
+                                make_tar, push_image, read_no_readahead, skopeo_copy, skopeo_umoci_unpack, snapshot,
                                 stats_after_prefetch)
 from imgfs_test.images import deterministic_bytes, python_package_tree  # noqa: E402
 from imgfs_test.lazy import push_estargz  # noqa: E402
@@ -218,8 +218,8 @@ def neighbours_fetched_ahead(t):
     if not t.tap.ok(m.ok, "mount an image of three directories of 1.2 to 2.4 MB each", m.stderr()):
         return
     try:
-        # The read-ahead of a miss (512 KiB) takes the 12 files after
-        # m00; m29 is past it, and what follows m29 is other/.
+        # The read-ahead of a miss (128 KiB of other files) takes the 3
+        # files after m00; m29 is past it, and what follows m29 is other/.
         first = read(os.path.join(mnt, "pkg/m00"))
         once = settled_stats(mnt, "range_requests", seconds=2)
         last = read(os.path.join(mnt, "pkg/m29"))
@@ -239,6 +239,42 @@ def neighbours_fetched_ahead(t):
         wrong = [e.path for e in large[1:] if read(os.path.join(mnt, e.path)) != e.data]
         t.tap.ok(not wrong and settled_stats(mnt, "range_requests", seconds=2)["bytes_speculated"] == guessed,
                  "reads of every large file of large/ guess nothing", (wrong, imgfs_stats(mnt)))
+    finally:
+        m.umount()
+
+
+@suite.case
+def read_ahead_mostly_of_the_file_read(t):
+    """A read that must fetch takes the rest of its own file in the same
+    request, up to 512 KiB, but only 128 KiB of the files after it: those
+    are mostly not what the program reads next.  Counted by requests."""
+    big = deterministic_bytes(800, 600000)
+    small = [Entry(f"d/f{i}", data=deterministic_bytes(810 + i, 40000)) for i in range(8)]
+    push_estargz(t.reg, "lazy/ahead", "v1", [[Entry("big.bin", data=big), Entry("d", "dir"), *small]],
+                 chunk_size=64 << 10)
+    mnt = os.path.join(t.work, "mnt-ahead")
+    m = Mount(f"{t.reg.host}/lazy/ahead:v1", mnt, t.cache_of("ahead"), ["--prefetch=none"])
+    if not t.tap.ok(m.ok, "mount an image of a 600 KB file in 64 KiB chunks and eight 40 KB files", m.stderr()):
+        return
+    try:
+        head = read_no_readahead(os.path.join(mnt, "big.bin"), 0)
+        one = settled_stats(mnt, "range_requests", seconds=1)["range_requests"]
+        rest = [read_no_readahead(os.path.join(mnt, "big.bin"), off) for off in range(4096, 512 << 10, 64 << 10)]
+        after_big = imgfs_stats(mnt)["range_requests"]
+        t.tap.ok(head == big[:4096] and rest == [big[off:off + 4096] for off in range(4096, 512 << 10, 64 << 10)] and
+                 after_big == one,
+                 "a read of big.bin's first 4 KiB brought its first 512 KiB: no request for the rest",
+                 (one, after_big))
+        first = read(os.path.join(mnt, "d/f0"))
+        n_first = settled_stats(mnt, "range_requests", seconds=1)["range_requests"]
+        beside = [read(os.path.join(mnt, e.path)) for e in small[1:4]]
+        n_beside = imgfs_stats(mnt)["range_requests"]
+        further = read(os.path.join(mnt, "d/f4"))
+        n_further = imgfs_stats(mnt)["range_requests"]
+        t.tap.ok(first == small[0].data and beside == [e.data for e in small[1:4]] and n_beside == n_first,
+                 "a read of d/f0 brought the three files after it (120 KB)", (n_first, n_beside))
+        t.tap.ok(further == small[4].data and n_further > n_beside,
+                 "the fourth file after it was not read ahead: its read fetches", (n_beside, n_further))
     finally:
         m.umount()
 
