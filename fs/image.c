@@ -308,12 +308,13 @@ static int open_layer(struct image *img, const struct image_ref *ref, struct reg
 			return -ENOMEM;
 	}
 	if (estargz || zstd_chunked) {
-		/* Lazy: each layer gets its own connections, so layers open and fetch in parallel. */
-		struct registry_client *layer_client, *prefetch_client;
-		int r = registry_client_new(ref, &opts->registry, &layer_client, err);
-		if (r < 0)
-			return r;
-		r = registry_client_new(ref, &opts->registry, &prefetch_client, err);
+		/* Lazy: each layer gets its own connections, so layers open and
+		 * fetch in parallel.  The first takes the manifest's, already
+		 * open: its footer and TOC are what the mount waits for. */
+		struct registry_client *layer_client = registry_client_split(client), *prefetch_client;
+		if (!layer_client)
+			return -ENOMEM;
+		int r = registry_client_new(ref, &opts->registry, &prefetch_client, err);
 		if (r < 0) {
 			registry_client_free(layer_client);
 			return r;

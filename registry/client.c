@@ -241,6 +241,19 @@ struct registry_client *registry_client_dup(const struct registry_client *c)
 	return d;
 }
 
+struct registry_client *registry_client_split(struct registry_client *c)
+{
+	struct registry_client *d = registry_client_dup(c);
+	if (d) {
+		/* libcurl keeps a handle's connections with the handle. */
+		d->curl = c->curl;
+		d->fresh_connection = c->fresh_connection;
+		c->curl = NULL;
+		c->fresh_connection = false;
+	}
+	return d;
+}
+
 struct registry_client *registry_client_free(struct registry_client *c)
 {
 	if (!c)

@@ -239,6 +239,11 @@ void registry_client_cancel_on(struct registry_client *c, const atomic_bool *fla
 /* A second client for the same repository and options, with a connection
  * of its own (a client is not thread-safe: one per thread). */
 struct registry_client *registry_client_dup(const struct registry_client *c);
+/* As registry_client_dup(), but the copy takes c's open connection along
+ * and c opens another when it next asks: where the copy's first request
+ * is the one that waits, it saves a handshake (a round trip, and another
+ * with TLS). */
+struct registry_client *registry_client_split(struct registry_client *c);
 
 /* Resolves ref to an image manifest: fetches it, verifies its digest, and
  * follows an index to the entry for the configured platform. *ret_digest is

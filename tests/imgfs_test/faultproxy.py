@@ -52,6 +52,7 @@ class FaultProxy:
         self.blob_ranges = []
         self.blob_bytes_sent = 0
         self.ranges = []
+        self.requests = []  # (the client's port, naming its connection; path; Range or None), in order
         self.held_now = 0
         self.lock = threading.Lock()
         proxy = self
@@ -63,6 +64,8 @@ class FaultProxy:
                 pass
 
             def do_GET(self):
+                with proxy.lock:
+                    proxy.requests.append((self.client_address[1], self.path, self.headers.get("Range")))
                 if self.path.split("?")[0].rsplit("/", 1)[-1] in proxy.missing_blobs:
                     self.send_response(404)
                     self.send_header("Content-Length", "0")

@@ -244,6 +244,32 @@ def neighbours_fetched_ahead(t):
 
 
 @suite.case
+def layer_opens_on_manifest_connection(t):
+    """A mount waits for the manifest, then for the layer's footer and TOC:
+    those go out on the connection the manifest came on, not on one that
+    must first be opened (a round trip, two with TLS).  Told by the
+    proxy's connections."""
+    proxy = FaultProxy(t.reg.host)
+    mnt = os.path.join(t.work, "mnt-one-connection")
+    m = Mount(f"{proxy.host}/lazy/app:v1", mnt, t.cache_of("one-connection"), ["--prefetch=none"])
+    try:
+        if not t.tap.ok(m.ok, "mount the two-layer image through a proxy", m.stderr()):
+            return
+        manifest = [port for port, path, _ in proxy.requests if "/manifests/" in path]
+        ports_of_layer = {}
+        for port, path, rng in proxy.requests:
+            if "/blobs/" in path and rng:
+                ports_of_layer.setdefault(path, []).append(port)
+        on_manifest = [path for path, ports in ports_of_layer.items()
+                       if len(ports) >= 2 and manifest and set(ports) == {manifest[0]}]
+        t.tap.ok(len(manifest) == 1 and len(ports_of_layer) == 2 and len(on_manifest) == 1,
+                 "one layer's footer and TOC came on the manifest's connection", proxy.requests)
+    finally:
+        m.umount()
+        proxy.stop()
+
+
+@suite.case
 def read_ahead_mostly_of_the_file_read(t):
     """A read that must fetch takes the rest of its own file in the same
     request, up to 512 KiB, but only 128 KiB of the files after it: those
