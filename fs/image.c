@@ -308,9 +308,8 @@ static int open_layer(struct image *img, const struct image_ref *ref, struct reg
 			return -ENOMEM;
 	}
 	if (estargz || zstd_chunked) {
-		/* Lazy: each layer gets its own connections, so layers open and
-		 * fetch in parallel.  The first takes the manifest's, already
-		 * open: its footer and TOC are what the mount waits for. */
+		/* Lazy: each layer gets its own connections, so layers open and fetch
+		 * in parallel; the first takes the manifest's, open already. */
 		struct registry_client *layer_client = registry_client_split(client), *prefetch_client;
 		if (!layer_client)
 			return -ENOMEM;
