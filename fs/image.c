@@ -184,7 +184,7 @@ static void *blob_into_cache_main(void *arg)
 /* A plain layer read lazily through its pushed index: the index and the
  * span table come into the cache (verified by digest; both at once, a round
  * trip less), the blob stays in the registry. */
-static int open_indexed_layer(const struct image_ref *ref, struct registry_client *index_client,
+static int open_indexed_layer(struct registry_client *client, struct registry_client *index_client,
 			      const struct image_options *opts, const struct descriptor *d,
 			      enum layer_compression compression, const struct manifest *artifact, struct layer **ret,
 			      struct err *err)
@@ -241,17 +241,16 @@ static int open_indexed_layer(const struct image_ref *ref, struct registry_clien
 		return err_set(err, EBADMSG, "layer %s: its imgfs index %s does not describe it", d->digest,
 			       index->digest);
 	}
-	struct registry_client *read_client = NULL, *prefetch_client = NULL;
-	/* The windows lie beside the index, which may be in another repository. */
+	/* The windows lie beside the index, which may be in another
+	 * repository.  A layer's first read asks for a window and the blob at
+	 * once: they take the connections open already. */
 	struct windows_blob_ref windows_ref = { 0 };
 	if (windows)
 		windows_ref = (struct windows_blob_ref){ windows->digest, (uint64_t)windows->size,
-							 registry_client_dup(index_client) };
-	r = registry_client_new(ref, &opts->registry, &read_client, err);
-	if (r == 0)
-		r = registry_client_new(ref, &opts->registry, &prefetch_client, err);
-	if (r == 0 && windows && !windows_ref.client)
-		r = -ENOMEM;
+							 registry_client_split(index_client) };
+	struct registry_client *read_client = registry_client_split(client);
+	struct registry_client *prefetch_client = registry_client_dup(client);
+	r = read_client && prefetch_client && (!windows || windows_ref.client) ? 0 : -ENOMEM;
 	if (r == 0) {
 		r = remote_blob_attach(l, read_client, prefetch_client, opts->cache_dir, &st,
 				       windows ? &windows_ref : NULL);
@@ -327,7 +326,7 @@ static int open_layer(struct image *img, const struct image_ref *ref, struct reg
 	if (!opts->ignore_index_artifacts && !blob_is_cached(opts, d) &&
 	    (artifact = find_artifact(img, client, opts, artifacts))) {
 		struct err index_err = { 0 };
-		int r = open_indexed_layer(ref, artifacts->client, opts, d, compression, artifact, ret, &index_err);
+		int r = open_indexed_layer(client, artifacts->client, opts, d, compression, artifact, ret, &index_err);
 		if (r == 0)
 			return 0;
 		/* An index found and not used is a warning, not progress: the
