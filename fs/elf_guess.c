@@ -96,8 +96,7 @@ static bool guessable(const struct tree_inode *i)
  * or a shared library (".so", ".so.N"), whose bytes may not say so yet. */
 static bool may_be_object(const struct tree_inode *i)
 {
-	const char *so = strstr(path_base_name(i->entry->path), ".so");
-	return (i->mode & 0111) || (so && (so[3] == '\0' || so[3] == '.'));
+	return (i->mode & 0111) || elf_name_is_library(path_base_name(i->entry->path));
 }
 
 /* A program's or library's first read has begun: its end goes out beside

@@ -129,3 +129,11 @@ int ld_cache_lookup(const void *cache, size_t len, const char *soname, uint16_t 
 	}
 	return 0;
 }
+
+bool elf_name_is_library(const char *base)
+{
+	for (const char *so = strstr(base, ".so"); so; so = strstr(so + 1, ".so"))
+		if (so[3] == '\0' || so[3] == '.')
+			return true;
+	return false;
+}

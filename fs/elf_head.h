@@ -38,6 +38,11 @@ struct elf_dynamic {
 	uint64_t runpath; /* DT_RUNPATH, else DT_RPATH; UINT64_MAX: none */
 };
 
+/* Whether a file's base name is a shared library's as the loader and
+ * ldconfig name them: ".so" at its end or before a version (".so.6",
+ * "x.sock.so"), not inside a word (".sock", ".sort"). */
+bool elf_name_is_library(const char *base);
+
 /* Parses a dynamic section's entries up to DT_NULL; -EINVAL when it has no
  * string table. */
 int elf_dynamic_parse(const void *dyn, size_t len, struct elf_dynamic *ret);

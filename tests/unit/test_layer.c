@@ -12,6 +12,7 @@
 #include "cache.h"
 #include "chunked.h"
 #include "demand.h"
+#include "elf_head.h"
 #include "index_io.h"
 #include "registry.h"
 #include "scan.h"
@@ -453,6 +454,16 @@ static void test_resolve(void)
 	   "loops, dead links, a file as a directory and missing names resolve to nothing");
 	tree_free(t);
 	layer_free(l);
+}
+
+static void test_library_names(void)
+{
+	static const char *const libraries[] = { "libc.so.6", "libz.so", "x.sock.so", "libq.so.1.2", ".so" };
+	static const char *const others[] = { "x.sock", "data.sort", "libc.s", "so", "libc.sox", "" };
+	for (size_t i = 0; i < ARRAY_SIZE(libraries); i++)
+		ok(elf_name_is_library(libraries[i]), "\"%s\" names a library", libraries[i]);
+	for (size_t i = 0; i < ARRAY_SIZE(others); i++)
+		ok(!elf_name_is_library(others[i]), "\"%s\" names no library", others[i]);
 }
 
 static void test_paths(void)
@@ -950,6 +961,7 @@ int main(void)
 	test_merge();
 	test_resolve();
 	test_paths();
+	test_library_names();
 	test_toc_halves();
 	test_toc_feed();
 	test_toc_stream();
