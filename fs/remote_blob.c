@@ -417,7 +417,7 @@ static int remote_blob_read_window(struct layer *l, const struct checkpoint *cp,
 	pthread_mutex_unlock(&rb->window_lock);
 	if (r < 0)
 		return -EIO;
-	rb_count_fetched(rb, 1, len, false);
+	rb_count_fetched(rb, 1, len, FETCH_ON_DEMAND);
 	rb_keep_windows(rb, l, first + 1, stored, cp->window_at, len);
 	return rb_keep_window(rb, cp, stored, out);
 }
@@ -432,7 +432,7 @@ static void remote_blob_stats(struct layer *l, struct layer_stats *s)
 	s->chunk_misses = rb->misses;
 	s->bytes_prefetched = rb->bytes_prefetched;
 	s->bytes_in_memory = rb->bytes_in_memory;
-	s->bytes_speculated = rb->bytes_read_ahead;
+	s->bytes_speculated = rb->bytes_read_ahead + rb->bytes_guessed;
 	s->reads_ahead_of_prefetch = rb->reads_ahead_of_prefetch;
 	pthread_mutex_unlock(&rb->lock);
 }

@@ -21,12 +21,19 @@
 /* An on-demand request: spans [first, end) of one request, each stored as
  * it arrives, [first, next) handled so far (stream_main).  The range stays
  * after the request ends, for stream_follow(). */
+/* What a request is for, which says what its bytes count as. */
+enum fetch_purpose {
+	FETCH_ON_DEMAND,
+	FETCH_PREFETCH, /* the prefetch set, or everything in the background */
+	FETCH_GUESS,    /* guessed from what was read (remote_guess.c) */
+};
+
 struct stream {
 	struct remote_blob *rb;
 	struct registry_client *client;
 	bool busy;
-	bool followed;      /* the request after it was asked for */
-	bool background;    /* a prefetch's: its bytes count as prefetched */
+	bool followed; /* the request after it was asked for */
+	enum fetch_purpose purpose;
 	size_t follow_from; /* a read of a span from here on asks for it */
 	size_t first, next, end;
 	unsigned char *buf;
@@ -45,7 +52,7 @@ struct remote_blob {
 	pthread_mutex_t lock;
 	struct registry_client *client, *prefetch_client;
 	unsigned char *verified;
-	uint64_t bytes_fetched, requests, hits, misses, bytes_prefetched;
+	uint64_t bytes_fetched, requests, hits, misses, bytes_prefetched, bytes_guessed;
 	/* The span last read, kept open: decoders read a span in many pieces. */
 	size_t open_span;
 	int open_fd;
@@ -96,8 +103,8 @@ const struct stream *rb_background_bringing(const struct remote_blob *rb, size_t
 bool rb_span_cached(const struct remote_blob *rb, size_t i);
 /* Keeps a verified span in the cache. */
 int rb_store_span(const struct remote_blob *rb, size_t i, const void *data, size_t len);
-/* Counts what a request brought, ahead of reads when prefetched. */
-void rb_count_fetched(struct remote_blob *rb, uint64_t requests, uint64_t bytes, bool prefetched);
+/* Counts what a request brought, and as what. */
+void rb_count_fetched(struct remote_blob *rb, uint64_t requests, uint64_t bytes, enum fetch_purpose purpose);
 /* A window from the cache, verified and unpacked into out; -ENOENT when it
  * is not there whole. */
 int rb_cached_window(const struct remote_blob *rb, const struct checkpoint *cp, unsigned char *out);

@@ -25,7 +25,8 @@ static bool span_present(struct remote_blob *rb, size_t i)
  * connections take turns the reads outran the prefetch of a profile and
  * fetched its spans a second time (tools/bench-link, for-prof row on a
  * fair link: 41.9 MB instead of 33.5 MB). */
-static void fetch_run(struct remote_blob *rb, struct registry_client *client, size_t i, size_t run, uint64_t len)
+static void fetch_run(struct remote_blob *rb, struct registry_client *client, size_t i, size_t run, uint64_t len,
+		      enum fetch_purpose purpose)
 {
 	unsigned char *buf = malloc((size_t)len);
 	if (!buf)
@@ -36,7 +37,7 @@ static void fetch_run(struct remote_blob *rb, struct registry_client *client, si
 		if (!rb->background[k].busy)
 			st = &rb->background[k];
 	*st = (struct stream){
-		.rb = rb, .busy = true, .background = true, .first = i, .next = i, .end = i + run, .buf = buf
+		.rb = rb, .busy = true, .purpose = purpose, .first = i, .next = i, .end = i + run, .buf = buf
 	};
 	rb->requests++;
 	pthread_mutex_unlock(&rb->lock);
@@ -56,7 +57,7 @@ static void fetch_run(struct remote_blob *rb, struct registry_client *client, si
  * span cost a round trip per 256 KiB.  With yield, each run waits until
  * on-demand reads pause. */
 static int prefetch_spans(struct remote_blob *rb, struct registry_client *client, uint64_t off, uint64_t end,
-			  const atomic_bool *stop, bool yield)
+			  enum fetch_purpose purpose, const atomic_bool *stop, bool yield)
 {
 	if (end > rb->blob_size)
 		end = rb->blob_size;
@@ -80,7 +81,7 @@ static int prefetch_spans(struct remote_blob *rb, struct registry_client *client
 		 * for long.  Two fetches of one span store the same bytes. */
 		if (yield)
 			demand_wait_quiet(stop);
-		fetch_run(rb, client, i, run, len);
+		fetch_run(rb, client, i, run, len, purpose);
 		i += run;
 	}
 	return 0;
@@ -114,6 +115,7 @@ struct listed_runs {
 	const struct blob_range *runs;
 	size_t n;
 	atomic_size_t next; /* the first run no worker took yet */
+	enum fetch_purpose purpose;
 	const atomic_bool *stop;
 };
 
@@ -128,7 +130,8 @@ static void *listed_worker_main(void *arg)
 	struct listed_worker *w = arg;
 	struct listed_runs *job = w->job;
 	for (size_t i; (i = atomic_fetch_add(&job->next, 1)) < job->n;)
-		if (prefetch_spans(job->rb, w->client, job->runs[i].in, job->runs[i].end, job->stop, false) < 0)
+		if (prefetch_spans(job->rb, w->client, job->runs[i].in, job->runs[i].end, job->purpose, job->stop,
+				   false) < 0)
 			break;
 	return NULL;
 }
@@ -137,9 +140,9 @@ static void *listed_worker_main(void *arg)
  * taken by up to LISTED_WORKERS workers: the prefetch connection and
  * copies of it. */
 static int prefetch_runs(struct remote_blob *rb, const struct blob_range *runs, size_t n,
-			 struct registry_client *client, const atomic_bool *stop)
+			 struct registry_client *client, enum fetch_purpose purpose, const atomic_bool *stop)
 {
-	struct listed_runs job = { .rb = rb, .runs = runs, .n = n, .stop = stop };
+	struct listed_runs job = { .rb = rb, .runs = runs, .n = n, .purpose = purpose, .stop = stop };
 	struct listed_worker workers[LISTED_WORKERS] = { { .job = &job, .client = client } };
 	size_t n_workers = 1;
 	for (; n_workers < LISTED_WORKERS && n_workers < n; n_workers++) {
@@ -170,7 +173,7 @@ static int prefetch_runs(struct remote_blob *rb, const struct blob_range *runs, 
  * of the windows blob each, a few requests of many ranges, before the
  * spans: reading a prefetched file then makes no request of its own. */
 static int prefetch_windows(struct layer *l, const struct blob_range *ranges, size_t n, struct registry_client *client,
-			    const atomic_bool *stop)
+			    enum fetch_purpose purpose, const atomic_bool *stop)
 {
 	struct remote_blob *rb = l->source;
 	if (!client)
@@ -212,7 +215,7 @@ static int prefetch_windows(struct layer *l, const struct blob_range *ranges, si
 		int requests = k ? registry_fetch_ranges(client, rb->windows_digest, want, k, &err) : 0;
 		if (requests < 0)
 			continue; /* the reads fetch their windows themselves */
-		rb_count_fetched(rb, (uint64_t)requests, total, true);
+		rb_count_fetched(rb, (uint64_t)requests, total, purpose);
 		for (size_t j = 0; j < k; j++)
 			rb_keep_windows(rb, l, first_cp[j], want[j].buf, want[j].off, want[j].len);
 	}
@@ -252,7 +255,8 @@ static int range_list_add(const struct layer *l, struct range_list *rl, const st
  * in the order of their ranks; those in the blob's first budget bytes of
  * them (in blob order) only. */
 static int fetch_range_list(struct layer *l, struct range_list *rl, uint64_t budget, struct registry_client *client,
-			    struct registry_client *window_client, const atomic_bool *stop, uint64_t *ret_bytes)
+			    struct registry_client *window_client, enum fetch_purpose purpose, const atomic_bool *stop,
+			    uint64_t *ret_bytes)
 {
 	struct blob_range *ranges = rl->v;
 	size_t n = rl->n;
@@ -280,10 +284,10 @@ static int fetch_range_list(struct layer *l, struct range_list *rl, uint64_t bud
 	for (; n_kept < n_merged && total + (ranges[n_kept].end - ranges[n_kept].in) <= budget; n_kept++)
 		total += ranges[n_kept].end - ranges[n_kept].in;
 	*ret_bytes = total;
-	int r = prefetch_windows(l, ranges, n_kept, window_client, stop);
+	int r = prefetch_windows(l, ranges, n_kept, window_client, purpose, stop);
 	if (r != -ECANCELED) {
 		qsort(ranges, n_kept, sizeof(*ranges), by_rank);
-		r = prefetch_runs(l->source, ranges, n_kept, client, stop);
+		r = prefetch_runs(l->source, ranges, n_kept, client, purpose, stop);
 	}
 	return r == -ECANCELED ? r : 0;
 }
@@ -314,7 +318,8 @@ static int prefetch_listed(struct layer *l, const atomic_bool *stop)
 	}
 	uint64_t bytes;
 	if (r == 0)
-		r = fetch_range_list(l, &rl, UINT64_MAX, rb->prefetch_client, rb->window_prefetch_client, stop, &bytes);
+		r = fetch_range_list(l, &rl, UINT64_MAX, rb->prefetch_client, rb->window_prefetch_client,
+				     FETCH_PREFETCH, stop, &bytes);
 	free(rl.v);
 	return r;
 }
@@ -333,7 +338,7 @@ int rb_prefetch_files(struct layer *l, const struct entry *const *files, size_t 
 			r = range_list_add(l, &rl, x, x->file_off, to, (uint32_t)i);
 		}
 	if (r == 0)
-		r = fetch_range_list(l, &rl, budget, client, window_client, stop, ret_bytes);
+		r = fetch_range_list(l, &rl, budget, client, window_client, FETCH_GUESS, stop, ret_bytes);
 	free(rl.v);
 	return r;
 }
@@ -368,7 +373,7 @@ static int prefetch_all_windows(struct layer *l, const atomic_bool *stop)
 		struct err err = { 0 };
 		if (data && registry_fetch_range(rb->window_prefetch_client, rb->windows_digest, first->window_at, len,
 						 data, &err) == 0) {
-			rb_count_fetched(rb, 1, len, true);
+			rb_count_fetched(rb, 1, len, FETCH_PREFETCH);
 			rb_keep_windows(rb, l, i, data, first->window_at, len);
 		}
 		i += run;
@@ -382,5 +387,5 @@ int remote_blob_prefetch(struct layer *l, bool only_landmark, const atomic_bool 
 	if (only_landmark)
 		return prefetch_listed(l, stop);
 	int r = prefetch_all_windows(l, stop);
-	return r < 0 ? r : prefetch_spans(rb, rb->prefetch_client, 0, rb->blob_size, stop, true);
+	return r < 0 ? r : prefetch_spans(rb, rb->prefetch_client, 0, rb->blob_size, FETCH_PREFETCH, stop, true);
 }

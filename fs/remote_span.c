@@ -93,6 +93,15 @@ bool rb_span_cached(const struct remote_blob *rb, size_t i)
 
 /* After a retry got starts over, and what was handled is not handled
  * again. */
+/* Bytes fetched ahead of reads, by why; rb->lock is held. */
+static void rb_count_purpose_locked(struct remote_blob *rb, enum fetch_purpose purpose, uint64_t bytes)
+{
+	if (purpose == FETCH_PREFETCH)
+		rb->bytes_prefetched += bytes;
+	else if (purpose == FETCH_GUESS)
+		rb->bytes_guessed += bytes;
+}
+
 void rb_stream_arrived(void *ctx, size_t got)
 {
 	struct stream *st = ctx;
@@ -111,8 +120,7 @@ void rb_stream_arrived(void *ctx, size_t got)
 		if (ok)
 			rb->verified[k] = 1;
 		rb->bytes_fetched += rb_span_len(rb, k);
-		if (st->background)
-			rb->bytes_prefetched += rb_span_len(rb, k);
+		rb_count_purpose_locked(rb, st->purpose, rb_span_len(rb, k));
 		st->next = k + 1;
 		pthread_cond_broadcast(&rb->stream_moved);
 		pthread_mutex_unlock(&rb->lock);
@@ -140,14 +148,12 @@ const struct stream *rb_background_bringing(const struct remote_blob *rb, size_t
 	return NULL;
 }
 
-/* Counts what a request brought, ahead of reads when prefetched. */
-void rb_count_fetched(struct remote_blob *rb, uint64_t requests, uint64_t bytes, bool prefetched)
+void rb_count_fetched(struct remote_blob *rb, uint64_t requests, uint64_t bytes, enum fetch_purpose purpose)
 {
 	pthread_mutex_lock(&rb->lock);
 	rb->requests += requests;
 	rb->bytes_fetched += bytes;
-	if (prefetched)
-		rb->bytes_prefetched += bytes;
+	rb_count_purpose_locked(rb, purpose, bytes);
 	pthread_mutex_unlock(&rb->lock);
 }
 
