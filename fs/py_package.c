@@ -3,17 +3,12 @@
 
 #include <stdatomic.h>
 
-#define NOWHERE UINT32_MAX
+#include "file_groups.h"
 
 struct py_packages {
-	const struct entry *entries;
-	size_t n_entries;
-	uint32_t *place; /* per entry: its index in by_package, NOWHERE if in no package */
-	/* The files of packages, by their topmost package then blob order. */
-	const struct entry **by_package;
-	uint32_t n_files;
-	uint32_t *first, *end; /* per index in by_package: its package's files */
-	uint32_t *root_len;    /* per index in by_package: the length of its package's path */
+	/* The files of packages, by their topmost package then blob order;
+	 * a group's prefix is its package's path. */
+	struct file_groups files;
 	atomic_uchar *guessed; /* per index of a package's first file */
 };
 
@@ -59,18 +54,6 @@ static size_t package_root(const struct dir_ref *packages, size_t n, const char 
 	return root;
 }
 
-struct package_key {
-	const struct entry *e;
-	size_t root_len;
-};
-
-static int by_package_then_blob(const void *a, const void *b)
-{
-	const struct package_key *x = a, *y = b;
-	int c = by_dir_ref(&(struct dir_ref){ x->e->path, x->root_len }, &(struct dir_ref){ y->e->path, y->root_len });
-	return c ? c : (x->e > y->e) - (x->e < y->e);
-}
-
 static bool is_init(const struct entry *e)
 {
 	return !strcmp(path_base_name(e->path), "__init__.py");
@@ -91,20 +74,13 @@ int py_packages_new(const struct entry *entries, size_t n, struct py_packages **
 	}
 	if (!n_packages || !n_files)
 		return 0;
-	if (n_files >= NOWHERE)
-		return -EFBIG;
 	struct py_packages *p = calloc(1, sizeof(*p));
 	struct dir_ref *packages = malloc(n_packages * sizeof(*packages));
-	struct package_key *keys = malloc(n_files * sizeof(*keys));
-	if (p) {
-		p->entries = entries;
-		p->n_entries = n;
-		p->place = malloc(n * sizeof(*p->place));
-	}
-	if (!p || !packages || !keys || !p->place) {
+	struct file_group_key *keys = malloc(n_files * sizeof(*keys));
+	if (!p || !packages || !keys) {
+		free(p);
 		free(packages);
 		free(keys);
-		py_packages_free(p);
 		return -ENOMEM;
 	}
 	n_packages = 0;
@@ -112,37 +88,21 @@ int py_packages_new(const struct entry *entries, size_t n, struct py_packages **
 		if (is_init(&entries[i]))
 			packages[n_packages++] = (struct dir_ref){ entries[i].path, path_dir_len(entries[i].path) };
 	qsort(packages, n_packages, sizeof(*packages), by_dir_ref);
+	n_files = 0;
 	for (size_t i = 0; i < n; i++) {
-		p->place[i] = NOWHERE;
 		size_t root = has_data(&entries[i]) ? package_root(packages, n_packages, entries[i].path) : 0;
 		if (root)
-			keys[p->n_files++] = (struct package_key){ &entries[i], root };
+			keys[n_files++] = (struct file_group_key){ &entries[i], root, i };
 	}
 	free(packages);
-	qsort(keys, p->n_files, sizeof(*keys), by_package_then_blob);
-	size_t m = p->n_files ? p->n_files : 1;
-	p->by_package = calloc(m, sizeof(*p->by_package));
-	p->first = calloc(m, sizeof(*p->first));
-	p->end = calloc(m, sizeof(*p->end));
-	p->root_len = calloc(m, sizeof(*p->root_len));
-	p->guessed = calloc(m, sizeof(*p->guessed));
-	if (!p->by_package || !p->first || !p->end || !p->root_len || !p->guessed) {
-		free(keys);
-		py_packages_free(p);
-		return -ENOMEM;
-	}
-	for (uint32_t i = 0, first = 0; i < p->n_files; i++) {
-		if (i > 0 && by_dir_ref(&(struct dir_ref){ keys[i].e->path, keys[i].root_len },
-					&(struct dir_ref){ keys[first].e->path, keys[first].root_len }))
-			first = i;
-		p->by_package[i] = keys[i].e;
-		p->first[i] = first;
-		p->root_len[i] = (uint32_t)keys[i].root_len;
-		p->place[keys[i].e - entries] = i;
-	}
+	int r = file_groups_build(&p->files, entries, n, keys, n_files);
 	free(keys);
-	for (uint32_t i = p->n_files; i-- > 0;)
-		p->end[i] = i + 1 == p->n_files || p->first[i + 1] != p->first[i] ? i + 1 : p->end[i + 1];
+	if (r == 0 && !(p->guessed = calloc(n_files ? n_files : 1, sizeof(*p->guessed))))
+		r = -ENOMEM;
+	if (r < 0) {
+		py_packages_free(p);
+		return r;
+	}
 	*ret = p;
 	return 0;
 }
@@ -151,28 +111,17 @@ void py_packages_free(struct py_packages *p)
 {
 	if (!p)
 		return;
-	free(p->place);
-	free(p->by_package);
-	free(p->first);
-	free(p->end);
-	free(p->root_len);
+	file_groups_done(&p->files);
 	free(p->guessed);
 	free(p);
 }
 
-/* Where e is in by_package, NOWHERE if it is in no package. */
-static uint32_t place_of(const struct py_packages *p, const struct entry *e)
-{
-	size_t index = (size_t)(e - p->entries);
-	return index < p->n_entries ? p->place[index] : NOWHERE;
-}
-
 bool py_package_first_read(struct py_packages *p, const struct entry *e)
 {
-	uint32_t at = p ? place_of(p, e) : NOWHERE;
-	if (at == NOWHERE || !(str_has_suffix(e->path, ".py") || str_has_suffix(e->path, ".pyc")))
+	uint32_t at = p ? file_groups_place(&p->files, e) : FILE_GROUPS_NOWHERE;
+	if (at == FILE_GROUPS_NOWHERE || !(str_has_suffix(e->path, ".py") || str_has_suffix(e->path, ".pyc")))
 		return false;
-	return atomic_exchange(&p->guessed[p->first[at]], 1) == 0;
+	return atomic_exchange(&p->guessed[p->files.first[at]], 1) == 0;
 }
 
 /* Programs do not import their tests at start, and a package's tests are
@@ -185,16 +134,17 @@ static bool in_tests(const char *path_in_package)
 
 size_t py_package_guess(const struct py_packages *p, const struct entry *e, const struct entry **out, size_t max)
 {
-	uint32_t at = p ? place_of(p, e) : NOWHERE;
-	if (at == NOWHERE)
+	const struct file_groups *g = p ? &p->files : NULL;
+	uint32_t at = g ? file_groups_place(g, e) : FILE_GROUPS_NOWHERE;
+	if (at == FILE_GROUPS_NOWHERE)
 		return 0;
 	const char *kind = strchr(path_base_name(e->path), '.');
 	size_t n = 0;
-	for (uint32_t i = p->first[at]; i < p->end[at] && n < max; i++) {
-		const char *path = p->by_package[i]->path;
-		if (i != at && !in_tests(path + p->root_len[i]) &&
+	for (uint32_t i = g->first[at]; i < g->end[at] && n < max; i++) {
+		const char *path = g->files[i]->path;
+		if (i != at && !in_tests(path + g->prefix_len[i]) &&
 		    ((kind && str_has_suffix(path, kind)) || str_has_suffix(path, ".so")))
-			out[n++] = p->by_package[i];
+			out[n++] = g->files[i];
 	}
 	return n;
 }

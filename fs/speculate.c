@@ -1,6 +1,7 @@
 /* The files beside a miss, fetched ahead: see speculate.h. */
 #include "speculate.h"
 
+#include "file_groups.h"
 #include "py_package.h"
 #include "registry.h"
 
@@ -38,20 +39,13 @@
 #define PACKAGE_FILES 2048
 #define WORKERS 2
 #define QUEUE_LEN 32
-#define NOWHERE UINT32_MAX
 /* On a queued place: guess its package, not its directory. */
 #define PACKAGE_GUESS (1u << 31)
 
 struct speculation {
 	struct speculation_ops ops;
-	const struct entry *entries; /* the layer's, to number an entry */
-	size_t n_entries;
 	/* Regular files with chunks, by directory then blob order. */
-	const struct entry **by_dir;
-	uint32_t n_files;
-	uint32_t *place;              /* per entry: its index in by_dir, NOWHERE if none */
-	uint32_t *dir_first;          /* per index in by_dir: where its directory starts */
-	uint32_t *dir_end;            /* and ends */
+	struct file_groups dirs;
 	struct py_packages *packages; /* NULL: the layer has none */
 
 	pthread_mutex_t lock; /* over the fields below */
@@ -66,24 +60,6 @@ struct speculation {
 	size_t n_threads;
 };
 
-/* A file to sort, its directory's length found once: a layer of 30,000
- * files takes half a million comparisons. */
-struct sort_key {
-	const struct entry *e;
-	size_t dir_len;
-};
-
-static int by_dir_then_offset(const void *a, const void *b)
-{
-	const struct sort_key *x = a, *y = b;
-	size_t xl = x->dir_len, yl = y->dir_len;
-	int c = memcmp(x->e->path, y->e->path, xl < yl ? xl : yl);
-	if (c || xl != yl)
-		return c ? c : (xl < yl ? -1 : 1);
-	uint64_t xo = x->e->chunks[0].comp_off, yo = y->e->chunks[0].comp_off;
-	return xo < yo ? -1 : xo > yo;
-}
-
 int speculation_new(const struct layer *l, const struct speculation_ops *ops, struct speculation **ret)
 {
 	if (l->n_entries >= PACKAGE_GUESS)
@@ -92,44 +68,25 @@ int speculation_new(const struct layer *l, const struct speculation_ops *ops, st
 	if (!s)
 		return -ENOMEM;
 	s->ops = *ops;
-	s->entries = l->entries;
-	s->n_entries = l->n_entries;
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_cond_init(&s->wake, NULL);
-	size_t n = l->n_entries ? l->n_entries : 1;
-	s->by_dir = calloc(n, sizeof(*s->by_dir));
-	s->place = malloc(n * sizeof(*s->place));
-	s->dir_first = calloc(n, sizeof(*s->dir_first));
-	s->dir_end = calloc(n, sizeof(*s->dir_end));
+	size_t n = l->n_entries ? l->n_entries : 1, n_files = 0;
 	s->misses = calloc(n, sizeof(*s->misses));
-	if (!s->by_dir || !s->place || !s->dir_first || !s->dir_end || !s->misses) {
-		speculation_free(s);
-		return -ENOMEM;
-	}
-	struct sort_key *keys = malloc(n * sizeof(*keys));
-	if (!keys) {
+	struct file_group_key *keys = malloc(n * sizeof(*keys));
+	if (!s->misses || !keys) {
+		free(keys);
 		speculation_free(s);
 		return -ENOMEM;
 	}
 	for (size_t i = 0; i < l->n_entries; i++) {
-		s->place[i] = NOWHERE;
-		if (l->entries[i].type == ENTRY_REG && l->entries[i].n_chunks > 0)
-			keys[s->n_files++] = (struct sort_key){ &l->entries[i], path_dir_len(l->entries[i].path) };
+		const struct entry *e = &l->entries[i];
+		if (e->type == ENTRY_REG && e->n_chunks > 0)
+			keys[n_files++] = (struct file_group_key){ e, path_dir_len(e->path), e->chunks[0].comp_off };
 	}
-	qsort(keys, s->n_files, sizeof(*keys), by_dir_then_offset);
-	for (uint32_t i = 0, first = 0; i < s->n_files; i++) {
-		if (i > 0 && (keys[i].dir_len != keys[first].dir_len ||
-			      memcmp(keys[i].e->path, keys[first].e->path, keys[i].dir_len)))
-			first = i;
-		s->by_dir[i] = keys[i].e;
-		s->dir_first[i] = first;
-		s->place[keys[i].e - l->entries] = i;
-	}
+	int r = file_groups_build(&s->dirs, l->entries, l->n_entries, keys, n_files);
 	free(keys);
-	for (uint32_t i = s->n_files; i-- > 0;)
-		s->dir_end[i] =
-		    i + 1 == s->n_files || s->dir_first[i + 1] != s->dir_first[i] ? i + 1 : s->dir_end[i + 1];
-	int r = py_packages_new(l->entries, l->n_entries, &s->packages);
+	if (r == 0)
+		r = py_packages_new(l->entries, l->n_entries, &s->packages);
 	if (r < 0) {
 		speculation_free(s);
 		return r;
@@ -142,12 +99,12 @@ int speculation_new(const struct layer *l, const struct speculation_ops *ops, st
  * one before: what follows a file in the blob is likeliest read next. */
 static size_t dir_guess(const struct speculation *s, uint32_t place, const struct entry **out)
 {
-	uint32_t first = s->dir_first[place], end = s->dir_end[place];
+	const struct file_groups *g = &s->dirs;
 	size_t n = 0;
-	for (uint32_t i = place + 1; i < end && n < DIR_FILES; i++)
-		out[n++] = s->by_dir[i];
-	for (uint32_t i = first; i < place && n < DIR_FILES; i++)
-		out[n++] = s->by_dir[i];
+	for (uint32_t i = place + 1; i < g->end[place] && n < DIR_FILES; i++)
+		out[n++] = g->files[i];
+	for (uint32_t i = g->first[place]; i < place && n < DIR_FILES; i++)
+		out[n++] = g->files[i];
 	return n;
 }
 
@@ -169,7 +126,7 @@ static void *worker_main(void *arg)
 		pthread_mutex_unlock(&s->lock);
 		bool package = place & PACKAGE_GUESS;
 		place &= ~PACKAGE_GUESS;
-		size_t n = package ? py_package_guess(s->packages, s->by_dir[place], files, PACKAGE_FILES)
+		size_t n = package ? py_package_guess(s->packages, s->dirs.files[place], files, PACKAGE_FILES)
 				   : dir_guess(s, place, files);
 		uint64_t most = package ? PACKAGE_BYTES : DIR_BYTES;
 		uint64_t claimed = n && budget ? s->ops.fetch(s->ops.ctx, files, n, FILE_BYTES,
@@ -187,7 +144,7 @@ static void *worker_main(void *arg)
 void speculation_start(struct speculation *s)
 {
 	pthread_mutex_lock(&s->lock);
-	if (!s->running && s->n_files > 1) {
+	if (!s->running && s->dirs.n_files > 1) {
 		atomic_store(&s->stop, false);
 		for (; s->n_threads < WORKERS; s->n_threads++)
 			if (pthread_create(&s->threads[s->n_threads], NULL, worker_main, s) != 0)
@@ -206,17 +163,10 @@ static void queue_locked(struct speculation *s, uint32_t item)
 	}
 }
 
-/* The place of e, NOWHERE for a file with no chunks. */
-static uint32_t place_of(const struct speculation *s, const struct entry *e)
-{
-	size_t index = (size_t)(e - s->entries);
-	return index < s->n_entries ? s->place[index] : NOWHERE;
-}
-
 void speculation_note_first_read(struct speculation *s, const struct entry *e)
 {
-	uint32_t place = place_of(s, e);
-	if (place == NOWHERE || e->prefetch)
+	uint32_t place = file_groups_place(&s->dirs, e);
+	if (place == FILE_GROUPS_NOWHERE || e->prefetch)
 		return;
 	pthread_mutex_lock(&s->lock);
 	if (s->running && py_package_first_read(s->packages, e))
@@ -226,11 +176,11 @@ void speculation_note_first_read(struct speculation *s, const struct entry *e)
 
 void speculation_note_miss(struct speculation *s, const struct entry *e)
 {
-	uint32_t place = place_of(s, e);
-	if (place == NOWHERE || e->size > SMALL_FILE_BYTES)
+	uint32_t place = file_groups_place(&s->dirs, e);
+	if (place == FILE_GROUPS_NOWHERE || e->size > SMALL_FILE_BYTES)
 		return;
-	uint32_t first = s->dir_first[place];
-	if (s->dir_end[place] - first < 2)
+	uint32_t first = s->dirs.first[place];
+	if (s->dirs.end[place] - first < 2)
 		return;
 	pthread_mutex_lock(&s->lock);
 	if (s->running && s->misses[first] < MISSES_BEFORE_GUESS && ++s->misses[first] == MISSES_BEFORE_GUESS)
@@ -261,10 +211,7 @@ void speculation_free(struct speculation *s)
 	speculation_stop(s);
 	pthread_mutex_destroy(&s->lock);
 	pthread_cond_destroy(&s->wake);
-	free(s->by_dir);
-	free(s->place);
-	free(s->dir_first);
-	free(s->dir_end);
+	file_groups_done(&s->dirs);
 	free(s->misses);
 	py_packages_free(s->packages);
 	free(s);

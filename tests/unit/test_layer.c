@@ -13,6 +13,7 @@
 #include "chunked.h"
 #include "demand.h"
 #include "elf_head.h"
+#include "file_groups.h"
 #include "index_io.h"
 #include "registry.h"
 #include "scan.h"
@@ -454,6 +455,30 @@ static void test_resolve(void)
 	   "loops, dead links, a file as a directory and missing names resolve to nothing");
 	tree_free(t);
 	layer_free(l);
+}
+
+static void test_file_groups(void)
+{
+	struct entry entries[] = { { .path = (char *)"b/x" },  { .path = (char *)"a/y" },  { .path = (char *)"dir" },
+				   { .path = (char *)"a/x" },  { .path = (char *)"ab/z" }, { .path = (char *)"b/w" },
+				   { .path = (char *)"a/b/c" } };
+	/* Grouped by directory; each group in the order given (here: reversed entry order). */
+	struct file_group_key keys[ARRAY_SIZE(entries)];
+	size_t n = 0;
+	for (size_t i = 0; i < ARRAY_SIZE(entries); i++)
+		if (i != 2)
+			keys[n++] = (struct file_group_key){ &entries[i], path_dir_len(entries[i].path), 100 - i };
+	struct file_groups g;
+	ok(file_groups_build(&g, entries, ARRAY_SIZE(entries), keys, n) == 0, "group six files of seven entries");
+	char order[128] = "";
+	for (uint32_t i = 0; i < g.n_files; i++)
+		snprintf(order + strlen(order), sizeof(order) - strlen(order), "%s%s[%u,%u)", i ? " " : "",
+			 g.files[i]->path, g.first[i], g.end[i]);
+	is_str(order, "a/x[0,2) a/y[0,2) a/b/c[2,3) ab/z[3,4) b/w[4,6) b/x[4,6)", "groups and their bounds");
+	ok(file_groups_place(&g, &entries[2]) == FILE_GROUPS_NOWHERE && file_groups_place(&g, &entries[0]) == 5 &&
+	       g.prefix_len[5] == 1,
+	   "an entry left out has no place; b/x is the last, its group named by 1 byte");
+	file_groups_done(&g);
 }
 
 static void test_library_names(void)
@@ -962,6 +987,7 @@ int main(void)
 	test_resolve();
 	test_paths();
 	test_library_names();
+	test_file_groups();
 	test_toc_halves();
 	test_toc_feed();
 	test_toc_stream();
