@@ -173,26 +173,38 @@ static int check_toc_digest(const void *data, size_t len, const char *want, stru
 }
 
 /* Bytes that fail their checks may come from a broken proxy or CDN node as
- * well as from a bad blob: a TOC is fetched again before it is an error. */
+ * well as from a bad blob: a TOC is fetched again before it is an error.
+ * Not one that matched its digest: that is the publisher's, and fails the
+ * same way every time. */
 #define TOC_FETCH_ATTEMPTS 2
+
+/* How far a fetch of a TOC got, which says whether another is worth it. */
+enum toc_got {
+	TOC_GOT_NOTHING,  /* the request failed, and the client tried it again */
+	TOC_GOT_BYTES,    /* bytes, not yet found to be the publisher's */
+	TOC_GOT_VERIFIED, /* the JSON matched its digest */
+};
 
 /* The member in gz read whole (libarchive), verified and parsed. */
 static int read_toc_member(const unsigned char *gz, size_t gz_len, const char *digest, uint64_t blob_size,
-			   const char *toc_digest, uint64_t toc_off, struct layer **ret, struct err *err)
+			   const char *toc_digest, uint64_t toc_off, struct layer **ret, enum toc_got *got,
+			   struct err *err)
 {
 	_cleanup_free_ char *json = NULL;
 	size_t json_len = 0;
 	int r = extract_toc(gz, gz_len, &json, &json_len, err);
 	if (r == 0)
 		r = check_toc_digest(json, json_len, toc_digest, err);
-	return r < 0 ? r : layer_from_toc(digest, COMPRESSION_GZIP, blob_size, json, json_len, toc_off, ret, err);
+	if (r < 0)
+		return r;
+	*got = TOC_GOT_VERIFIED;
+	return layer_from_toc(digest, COMPRESSION_GZIP, blob_size, json, json_len, toc_off, ret, err);
 }
 
 /* The footer, then the TOC it points to, parsed as it arrives and
- * verified; *fetched tells a failure of the bytes from a failure to get
- * them (which the client retried). */
+ * verified; *got says how far it got. */
 static int fetch_estargz_toc(struct remote *rem, const char *digest, uint64_t blob_size, const char *toc_digest,
-			     struct layer **ret, bool *fetched, struct err *err)
+			     struct layer **ret, enum toc_got *got, struct err *err)
 {
 	unsigned char footer[FOOTER_SIZE];
 	uint64_t toc_off = 0;
@@ -204,7 +216,7 @@ static int fetch_estargz_toc(struct remote *rem, const char *digest, uint64_t bl
 	int r = remote_fetch(rem, blob_size - footer_len, footer_len, footer, err);
 	if (r < 0)
 		return r;
-	*fetched = true;
+	*got = TOC_GOT_BYTES;
 	if (estargz_parse_footer(footer, footer_len, &toc_off) < 0) {
 		footer_len = LEGACY_FOOTER_SIZE;
 		if (estargz_parse_footer(footer + (FOOTER_SIZE - LEGACY_FOOTER_SIZE), LEGACY_FOOTER_SIZE, &toc_off) < 0)
@@ -222,15 +234,19 @@ static int fetch_estargz_toc(struct remote *rem, const char *digest, uint64_t bl
 		return -ENOMEM;
 	}
 	l->blob_size = blob_size;
-	*fetched = false;
+	*got = TOC_GOT_NOTHING;
 	r = remote_fetch_streaming(rem, toc_off, toc_gz_len, toc_gz, toc_stream_arrived, stream, err);
-	*fetched = r == 0;
-	if (r == 0)
-		r = toc_stream_finish(stream, toc_digest, err);
+	bool verified = false;
+	if (r == 0) {
+		*got = TOC_GOT_BYTES;
+		r = toc_stream_finish(stream, toc_digest, &verified, err);
+	}
 	toc_stream_free(stream);
+	if (verified)
+		*got = TOC_GOT_VERIFIED;
 	if (r == -EAGAIN) {
 		layer_free(TAKE_PTR(l));
-		r = read_toc_member(toc_gz, toc_gz_len, digest, blob_size, toc_digest, toc_off, &l, err);
+		r = read_toc_member(toc_gz, toc_gz_len, digest, blob_size, toc_digest, toc_off, &l, got, err);
 	}
 	if (r < 0) {
 		layer_free(l);
@@ -258,12 +274,11 @@ int estargz_open(struct registry_client *client, struct registry_client *prefetc
 	}
 
 	archive_lib_preload(); /* for a TOC not parsed as it arrives */
-	bool fetched = false;
 	struct layer *l = NULL;
 	for (int attempt = 1; attempt <= TOC_FETCH_ATTEMPTS; attempt++) {
-		fetched = false;
-		r = fetch_estargz_toc(rem, digest, blob_size, toc_digest, &l, &fetched, err);
-		if (r == 0 || r == -ENOMEM || !fetched)
+		enum toc_got got = TOC_GOT_NOTHING;
+		r = fetch_estargz_toc(rem, digest, blob_size, toc_digest, &l, &got, err);
+		if (r == 0 || r == -ENOMEM || got != TOC_GOT_BYTES)
 			break;
 	}
 	if (r == 0) {

@@ -174,15 +174,19 @@ struct toc_stream *toc_stream_new(const unsigned char *gz, struct layer *l, uint
 	return s;
 }
 
-int toc_stream_finish(struct toc_stream *s, const char *toc_digest, struct err *err)
+int toc_stream_finish(struct toc_stream *s, const char *toc_digest, bool *ret_verified, struct err *err)
 {
+	*ret_verified = false;
 	stop_parser(s);
 	if (s->gave_up || !s->z_done || !s->json || s->json_len != s->json_size)
 		return -EAGAIN;
 	char actual[DIGEST_SHA256_LEN + 1];
 	digester_final(s->digester, actual);
 	int r = toc_digest_matches(actual, toc_digest, err);
-	return r < 0 ? r : toc_feed_finish(s->feed, s->json, s->json_size, err);
+	if (r < 0)
+		return r;
+	*ret_verified = true;
+	return toc_feed_finish(s->feed, s->json, s->json_size, err);
 }
 
 struct toc_stream *toc_stream_free(struct toc_stream *s)

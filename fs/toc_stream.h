@@ -18,6 +18,7 @@ void toc_stream_arrived(void *ctx, size_t got);
 /* Once all of gz is in: 0 when l holds the TOC, its JSON verified against
  * toc_digest; -EAGAIN when the stream gave up (a shape it does not take,
  * a request tried again), l is then to be thrown away and the member read
- * whole; or the error (-EBADMSG: another digest). */
-int toc_stream_finish(struct toc_stream *s, const char *toc_digest, struct err *err);
+ * whole; or the error (-EBADMSG: another digest).  *ret_verified: the JSON
+ * matched toc_digest (an error after is the TOC's own). */
+int toc_stream_finish(struct toc_stream *s, const char *toc_digest, bool *ret_verified, struct err *err);
 struct toc_stream *toc_stream_free(struct toc_stream *s);

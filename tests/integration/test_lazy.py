@@ -717,4 +717,24 @@ def bad_toc(t):
              "a TOC that does not match its annotation is refused", m.stderr())
 
 
+@suite.case
+def refused_toc_fetched_once(t):
+    """A TOC that matches its digest but describes what imgfs refuses (an
+    entry that leaves the image root) is the publisher's, and fails the
+    same way every time: the mount fails naming it after one fetch of the
+    TOC, not two (a TOC that fails its digest is fetched again)."""
+    push_estargz(t.reg, "lazy/escape", "v1", [[Entry("ok.txt", data=b"fine\n"), Entry("../evil", data=b"bad\n")]])
+    proxy = FaultProxy(t.reg.host)
+    mnt = os.path.join(t.work, "mnt-escape")
+    try:
+        m = Mount(f"{proxy.host}/lazy/escape:v1", mnt, t.cache_of("escape"), ["--prefetch=none"])
+        ranged = [(path, rng) for _, path, rng in proxy.requests if "/blobs/" in path and rng]
+        t.tap.ok(not m.ok and "leaves the image root" in m.stderr() and len(ranged) == 2 and
+                 not os.path.exists(os.path.join(t.work, "evil")),
+                 "refused naming the entry, after one request for the footer and one for the TOC",
+                 (m.stderr(), ranged))
+    finally:
+        proxy.stop()
+
+
 run_file(suite)

@@ -853,10 +853,12 @@ static unsigned char *toc_member(const char *json, size_t len, int format, size_
 }
 
 /* Streams gz into a fresh layer, its bytes arriving in pieces (a request
- * tried again starts over at restart_at when it is not 0). */
+ * tried again starts over at restart_at when it is not 0); *verified: its
+ * JSON matched want. */
 static int stream_toc(const unsigned char *gz, size_t len, size_t restart_at, const char *want, struct layer **ret,
-		      struct err *err)
+		      bool *verified, struct err *err)
 {
+	*verified = false;
 	struct layer *l = layer_alloc("sha256:00", COMPRESSION_GZIP, -1);
 	struct toc_stream *s = l ? toc_stream_new(gz, l, 1ull << 40) : NULL;
 	int r = -ENOMEM;
@@ -869,7 +871,7 @@ static int stream_toc(const unsigned char *gz, size_t len, size_t restart_at, co
 			}
 			toc_stream_arrived(s, got);
 		}
-		r = toc_stream_finish(s, want, err);
+		r = toc_stream_finish(s, want, verified, err);
 	}
 	toc_stream_free(s);
 	*ret = l;
@@ -887,8 +889,10 @@ static void test_toc_stream(void)
 	digest_sha256(toc, len, digest);
 	struct layer *whole = layer_alloc("sha256:00", COMPRESSION_GZIP, -1), *streamed = NULL;
 	struct err err = { 0 };
-	int r = gz ? stream_toc(gz, gz_len, 0, digest, &streamed, &err) : -ENOMEM;
-	ok(estargz_parse_toc(whole, toc, len, 1ull << 40, &err) == 0 && r == 0 && same_entries(whole, streamed),
+	bool verified;
+	int r = gz ? stream_toc(gz, gz_len, 0, digest, &streamed, &verified, &err) : -ENOMEM;
+	ok(estargz_parse_toc(whole, toc, len, 1ull << 40, &err) == 0 && r == 0 && verified &&
+	       same_entries(whole, streamed),
 	   "a %zu-byte TOC member arriving in pieces is the TOC parsed whole: %d %s", gz_len, r, err.msg);
 	layer_free(streamed);
 	layer_free(whole);
@@ -896,16 +900,16 @@ static void test_toc_stream(void)
 	err = (struct err){ 0 };
 	ok(gz &&
 	       stream_toc(gz, gz_len, 0, "sha256:0000000000000000000000000000000000000000000000000000000000000000",
-			  &streamed, &err) == -EBADMSG &&
-	       strstr(err.msg, "does not match the annotation"),
+			  &streamed, &verified, &err) == -EBADMSG &&
+	       !verified && strstr(err.msg, "does not match the annotation"),
 	   "another digest is refused, saying both: %s", err.msg);
 	layer_free(streamed);
-	ok(gz && stream_toc(gz, gz_len, gz_len / 2, digest, &streamed, &err) == -EAGAIN,
+	ok(gz && stream_toc(gz, gz_len, gz_len / 2, digest, &streamed, &verified, &err) == -EAGAIN && !verified,
 	   "a request tried again from the start is left to the whole read");
 	layer_free(streamed);
 	_cleanup_free_ unsigned char *pax = toc_member(toc, len, ARCHIVE_FORMAT_TAR_PAX_RESTRICTED, &gz_len);
 	err = (struct err){ 0 };
-	ok(pax && stream_toc(pax, gz_len, 0, digest, &streamed, &err) == 0,
+	ok(pax && stream_toc(pax, gz_len, 0, digest, &streamed, &verified, &err) == 0,
 	   "a pax tar with no extended header (a plain ustar one) streams too: %s", err.msg);
 	layer_free(streamed);
 }
