@@ -118,14 +118,23 @@ int rb_keep_window(struct remote_blob *rb, const struct checkpoint *cp, const un
  * windows blob, from checkpoint first on. */
 void rb_keep_windows(struct remote_blob *rb, const struct layer *l, size_t first, const unsigned char *data,
 		     uint64_t off, uint64_t len);
+/* The connections of a background fetch: the blob's (blob[0] given, the
+ * others copies of it made when a fetch has work for them, kept for the
+ * next: a connection opened costs a round trip, two with TLS) and the
+ * windows blob's (NULL: none). */
+struct fetch_connections {
+	struct registry_client *blob[BACKGROUND_RUNS];
+	struct registry_client *windows;
+};
+/* Frees the copies (not blob[0], not windows). */
+void rb_connections_done(struct fetch_connections *c);
 /* Fetches files[0, n) in the background as a prefetch list's (their
- * spans and windows, in few long requests on client and copies of it, in
- * their order), each up to its first head bytes, up to budget bytes of
- * the blob in all; *ret_bytes: the blob's bytes it went for (what was
- * cached among them included). */
+ * spans and windows, in few long requests on c's connections, in their
+ * order), each up to its first head bytes, up to budget bytes of the blob
+ * in all; *ret_bytes: the blob's bytes it went for (what was cached among
+ * them included). */
 int rb_prefetch_files(struct layer *l, const struct entry *const *files, size_t n, uint64_t head, uint64_t budget,
-		      struct registry_client *client, struct registry_client *window_client, const atomic_bool *stop,
-		      uint64_t *ret_bytes);
+		      struct fetch_connections *c, const atomic_bool *stop, uint64_t *ret_bytes);
 /* The package guess (remote_guess.c), with connections copied from
  * client and window_client (NULL: no windows apart); *ret is NULL for a
  * layer with no Python package. */

@@ -22,8 +22,8 @@
 struct remote_guess {
 	struct layer *l;
 	struct py_packages *packages;
-	struct registry_client *client, *window_client;
-	pthread_mutex_t lock; /* over the fields below */
+	struct fetch_connections connections; /* kept from one guess to the next */
+	pthread_mutex_t lock;                 /* over the fields below */
 	pthread_cond_t wake;
 	const struct entry *queue[QUEUE_LEN];
 	size_t queue_head, queue_len;
@@ -44,10 +44,10 @@ int remote_guess_new(struct layer *l, const struct registry_client *client, cons
 	if (r < 0 || !packages)
 		return r;
 	struct remote_guess *g = calloc(1, sizeof(*g));
-	if (!g || !(g->client = registry_client_dup(client)) ||
-	    (window_client && !(g->window_client = registry_client_dup(window_client)))) {
+	if (!g || !(g->connections.blob[0] = registry_client_dup(client)) ||
+	    (window_client && !(g->connections.windows = registry_client_dup(window_client)))) {
 		if (g)
-			registry_client_free(g->client);
+			registry_client_free(g->connections.blob[0]);
 		free(g);
 		py_packages_free(packages);
 		return -ENOMEM;
@@ -78,7 +78,7 @@ static void *guess_main(void *arg)
 		uint64_t left = g->spent < LAYER_BYTES ? LAYER_BYTES - g->spent : 0, bytes = 0;
 		if (left)
 			(void)rb_prefetch_files(g->l, files, n, GUESS_HEAD, left < GUESS_BYTES ? left : GUESS_BYTES,
-						g->client, g->window_client, &g->stop, &bytes);
+						&g->connections, &g->stop, &bytes);
 		g->spent += bytes;
 		pthread_mutex_lock(&g->lock);
 	}
@@ -116,8 +116,9 @@ void remote_guess_free(struct remote_guess *g)
 		pthread_join(g->thread, NULL);
 	pthread_mutex_destroy(&g->lock);
 	pthread_cond_destroy(&g->wake);
-	registry_client_free(g->client);
-	registry_client_free(g->window_client);
+	rb_connections_done(&g->connections);
+	registry_client_free(g->connections.blob[0]);
+	registry_client_free(g->connections.windows);
 	py_packages_free(g->packages);
 	free(g);
 }

@@ -110,6 +110,12 @@ static int by_rank(const void *a, const void *b)
  * began, and the workload overtook them. */
 #define LISTED_WORKERS BACKGROUND_RUNS
 
+void rb_connections_done(struct fetch_connections *c)
+{
+	for (size_t i = 1; i < LISTED_WORKERS; i++)
+		c->blob[i] = registry_client_free(c->blob[i]);
+}
+
 struct listed_runs {
 	struct remote_blob *rb;
 	const struct blob_range *runs;
@@ -137,26 +143,22 @@ static void *listed_worker_main(void *arg)
 }
 
 /* The runs in the order of their files' first reads (the list's order),
- * taken by up to LISTED_WORKERS workers: the prefetch connection and
- * copies of it. */
-static int prefetch_runs(struct remote_blob *rb, const struct blob_range *runs, size_t n,
-			 struct registry_client *client, enum fetch_purpose purpose, const atomic_bool *stop)
+ * taken by up to LISTED_WORKERS workers, each on one of c's connections. */
+static int prefetch_runs(struct remote_blob *rb, const struct blob_range *runs, size_t n, struct fetch_connections *c,
+			 enum fetch_purpose purpose, const atomic_bool *stop)
 {
 	struct listed_runs job = { .rb = rb, .runs = runs, .n = n, .purpose = purpose, .stop = stop };
-	struct listed_worker workers[LISTED_WORKERS] = { { .job = &job, .client = client } };
-	size_t n_workers = 1;
+	struct listed_worker workers[LISTED_WORKERS];
+	size_t n_workers = 0;
 	for (; n_workers < LISTED_WORKERS && n_workers < n; n_workers++) {
-		workers[n_workers] = (struct listed_worker){ .job = &job, .client = registry_client_dup(client) };
-		if (!workers[n_workers].client)
+		if (!c->blob[n_workers] && (!n_workers || !(c->blob[n_workers] = registry_client_dup(c->blob[0]))))
 			break;
+		workers[n_workers] = (struct listed_worker){ .job = &job, .client = c->blob[n_workers] };
 	}
 	for (size_t i = 0; i < n_workers; i++)
 		background_job_start(&workers[i].thread, listed_worker_main, &workers[i]);
-	for (size_t i = 0; i < n_workers; i++) {
+	for (size_t i = 0; i < n_workers; i++)
 		background_job_join(&workers[i].thread);
-		if (i > 0)
-			registry_client_free(workers[i].client);
-	}
 	return atomic_load(stop) ? -ECANCELED : 0;
 }
 
@@ -254,9 +256,8 @@ static int range_list_add(const struct layer *l, struct range_list *rl, const st
 /* Fetches the ranges, merged into few long requests, their windows first,
  * in the order of their ranks; those in the blob's first budget bytes of
  * them (in blob order) only. */
-static int fetch_range_list(struct layer *l, struct range_list *rl, uint64_t budget, struct registry_client *client,
-			    struct registry_client *window_client, enum fetch_purpose purpose, const atomic_bool *stop,
-			    uint64_t *ret_bytes)
+static int fetch_range_list(struct layer *l, struct range_list *rl, uint64_t budget, struct fetch_connections *c,
+			    enum fetch_purpose purpose, const atomic_bool *stop, uint64_t *ret_bytes)
 {
 	struct blob_range *ranges = rl->v;
 	size_t n = rl->n;
@@ -284,10 +285,10 @@ static int fetch_range_list(struct layer *l, struct range_list *rl, uint64_t bud
 	for (; n_kept < n_merged && total + (ranges[n_kept].end - ranges[n_kept].in) <= budget; n_kept++)
 		total += ranges[n_kept].end - ranges[n_kept].in;
 	*ret_bytes = total;
-	int r = prefetch_windows(l, ranges, n_kept, window_client, purpose, stop);
+	int r = prefetch_windows(l, ranges, n_kept, c->windows, purpose, stop);
 	if (r != -ECANCELED) {
 		qsort(ranges, n_kept, sizeof(*ranges), by_rank);
-		r = prefetch_runs(l->source, ranges, n_kept, client, purpose, stop);
+		r = prefetch_runs(l->source, ranges, n_kept, c, purpose, stop);
 	}
 	return r == -ECANCELED ? r : 0;
 }
@@ -317,16 +318,16 @@ static int prefetch_listed(struct layer *l, const atomic_bool *stop)
 		}
 	}
 	uint64_t bytes;
+	struct fetch_connections c = { .blob = { rb->prefetch_client }, .windows = rb->window_prefetch_client };
 	if (r == 0)
-		r = fetch_range_list(l, &rl, UINT64_MAX, rb->prefetch_client, rb->window_prefetch_client,
-				     FETCH_PREFETCH, stop, &bytes);
+		r = fetch_range_list(l, &rl, UINT64_MAX, &c, FETCH_PREFETCH, stop, &bytes);
+	rb_connections_done(&c);
 	free(rl.v);
 	return r;
 }
 
 int rb_prefetch_files(struct layer *l, const struct entry *const *files, size_t n, uint64_t head, uint64_t budget,
-		      struct registry_client *client, struct registry_client *window_client, const atomic_bool *stop,
-		      uint64_t *ret_bytes)
+		      struct fetch_connections *c, const atomic_bool *stop, uint64_t *ret_bytes)
 {
 	*ret_bytes = 0;
 	struct range_list rl = { 0 };
@@ -338,7 +339,7 @@ int rb_prefetch_files(struct layer *l, const struct entry *const *files, size_t 
 			r = range_list_add(l, &rl, x, x->file_off, to, (uint32_t)i);
 		}
 	if (r == 0)
-		r = fetch_range_list(l, &rl, budget, client, window_client, FETCH_GUESS, stop, ret_bytes);
+		r = fetch_range_list(l, &rl, budget, c, FETCH_GUESS, stop, ret_bytes);
 	free(rl.v);
 	return r;
 }

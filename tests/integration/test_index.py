@@ -16,6 +16,7 @@ import urllib.error
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from imgfs_test.cases import Suite, run_file  # noqa: E402
+from imgfs_test.faultproxy import FaultProxy  # noqa: E402
 from imgfs_test.harness import (Entry, Mount, Registry, diff_snapshots, imgfs_stats, make_tar, push_image,  # noqa: E402
                                 read_no_readahead, run, skopeo_umoci_unpack, snapshot, stats_after_prefetch, IMGFS)
 from imgfs_test.images import deterministic_bytes, push_rich, python_package_tree  # noqa: E402
@@ -430,6 +431,57 @@ def mount_indexed(t, repo, entries, what):
     push = run([IMGFS, "index", "push", "--cache", os.path.join(t.work, "cache-push"), ref])
     m = Mount(ref, t.mnt, os.path.join(t.work, "cache-" + repo.replace("/", "-")), ["--prefetch", "none"])
     return m if t.tap.ok(push.returncode == 0 and m.ok, what, (push.stderr, m.stderr())) else None
+
+
+@suite.case
+def guesses_keep_their_connections(t):
+    """A package guess fetches its runs on several connections at once; the
+    next guesses fetch on the same ones, not on new ones (each new one costs
+    a round trip, two with TLS, before its first byte).  Told by the
+    proxy's connections: after the first package, the reads of three more
+    open at most the two that on-demand reads may add (they opened two per
+    guess before)."""
+    def package(name, seed):
+        # Three compiled modules 600 KB apart: three runs, too far apart for one request.
+        cache = f"lib/{name}/__pycache__"
+        entries = [Entry(f"lib/{name}", "dir"), Entry(cache, "dir"), Entry(f"lib/{name}/__init__.py", data=b"\n"),
+                   Entry(f"{cache}/__init__.cpython-311.pyc", data=deterministic_bytes(seed, 20000))]
+        for i in range(3):
+            entries += [Entry(f"lib/{name}/data{i}.bin", data=deterministic_bytes(seed + 1 + i, 600000)),
+                        Entry(f"{cache}/m{i}.cpython-311.pyc", data=deterministic_bytes(seed + 5 + i, 20000))]
+        return entries
+    names = ["one", "two", "three", "four"]
+    entries = [Entry("lib", "dir")] + [e for i, name in enumerate(names) for e in package(name, 900 + 20 * i)]
+    push_image(t.reg, "test/two-packages", "v1", [(make_tar(entries), "gzip")])
+    ref = f"{t.reg.host}/test/two-packages:v1"
+    push = run([IMGFS, "index", "push", "--cache", os.path.join(t.work, "cache-push"), ref])
+    proxy = FaultProxy(t.reg.host)
+    m = Mount(f"{proxy.host}/test/two-packages:v1", t.mnt, os.path.join(t.work, "cache-two-packages"),
+              ["--prefetch", "none"])
+    try:
+        if not t.tap.ok(push.returncode == 0 and m.ok, "an image of two packages, indexed, mounted through a proxy",
+                        (push.stderr, m.stderr())):
+            return
+        want = {e.path: e.data for e in entries if e.data is not None}
+
+        def reads_right(name):
+            return all(read(f"{t.mnt}/lib/{name}/__pycache__/{f}") == want[f"lib/{name}/__pycache__/{f}"]
+                       for f in ["__init__.cpython-311.pyc"] + [f"m{i}.cpython-311.pyc" for i in range(3)])
+        first = reads_right("one")
+        settled_stats(t.mnt)
+        seen = {port for port, _, _ in proxy.requests}
+        before = len(proxy.requests)
+        others = []
+        for name in names[1:]:
+            others.append(reads_right(name))
+            settled_stats(t.mnt)
+        new = {port for port, _, _ in proxy.requests[before:]} - seen
+        t.tap.ok(first and all(others) and len(seen) >= 3 and len(new) <= 2,
+                 "the next packages' guesses came on the connections the first one opened",
+                 (len(seen), new, proxy.requests[before:]))
+    finally:
+        m.umount()
+        proxy.stop()
 
 
 @suite.case
