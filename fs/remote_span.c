@@ -91,8 +91,6 @@ bool rb_span_cached(const struct remote_blob *rb, size_t i)
 	return path && stat(path, &st) == 0 && (uint64_t)st.st_size == rb_span_len(rb, i);
 }
 
-/* After a retry got starts over, and what was handled is not handled
- * again. */
 /* Bytes fetched ahead of reads, by why; rb->lock is held. */
 static void rb_count_purpose_locked(struct remote_blob *rb, enum fetch_purpose purpose, uint64_t bytes)
 {
@@ -102,6 +100,8 @@ static void rb_count_purpose_locked(struct remote_blob *rb, enum fetch_purpose p
 		rb->bytes_guessed += bytes;
 }
 
+/* After a retry got starts over, and what was handled is not handled
+ * again. */
 void rb_stream_arrived(void *ctx, size_t got)
 {
 	struct stream *st = ctx;
