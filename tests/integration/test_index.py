@@ -434,6 +434,27 @@ def mount_indexed(t, repo, entries, what):
 
 
 @suite.case
+def large_library_not_read_on(t):
+    """A shared library too large for one read-ahead (over 4 MiB of blob) is
+    mapped and faulted in here and there, not read through: the read of its
+    head does not fetch the rest (a data file that large is: see
+    file_read_on_after_its_head)."""
+    library = deterministic_bytes(950, 6 << 20)
+    entries = [Entry("usr", "dir"), Entry("usr/lib", "dir"), Entry("usr/lib/libbig.so.1", data=library)]
+    m = mount_indexed(t, "test/large-library", entries, "an image of a 6 MiB library, indexed and mounted")
+    if not m:
+        return
+    head = read_no_readahead(f"{t.mnt}/usr/lib/libbig.so.1", 0)
+    before = settled_stats(t.mnt)
+    later = read_no_readahead(f"{t.mnt}/usr/lib/libbig.so.1", 3 << 20)
+    after = imgfs_stats(t.mnt)
+    t.tap.ok(head == library[:4096] and later == library[3 << 20:(3 << 20) + 4096] and
+             before["bytes_speculated"] == 0 and after["range_requests"] > before["range_requests"],
+             "its head read brought nothing more: a read 3 MiB in fetches", (before, after))
+    m.umount()
+
+
+@suite.case
 def guesses_keep_their_connections(t):
     """A package guess fetches its runs on several connections at once; the
     next guesses fetch on the same ones, not on new ones (each new one costs
