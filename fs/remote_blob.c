@@ -246,8 +246,12 @@ static int fetch_span(struct remote_blob *rb, size_t i, uint64_t readahead)
  * numpy's core module in 8 to 15 requests each, one after another).  The
  * rest of the file, up to SPAN_READAHEAD_MAX_BYTES of the blob, goes out
  * now in one request, on a stream of its own when one more stays free for
- * a read elsewhere (not for a library larger than that).  Files of the
- * prefetch list are left to the prefetch. */
+ * a read elsewhere (not for a library larger than that), and the windows
+ * of the checkpoints it crosses on the guess's connection: a program or
+ * library is mapped and faulted in here and there, and each fault at a
+ * checkpoint whose window nothing fetched was a round trip of its own
+ * (python3.11's start made two, liblapack's and libcrypto's one each).
+ * Files of the prefetch list are left to the prefetch. */
 static void remote_blob_read_ahead_file(struct layer *l, const struct entry *e)
 {
 	struct remote_blob *rb = l->source;
@@ -276,11 +280,16 @@ static void remote_blob_read_ahead_file(struct layer *l, const struct entry *e)
 	while (i < stop && (rb_span_cached(rb, i) || rb_stream_bringing(rb, i)))
 		i++;
 	const struct reach rest = { .readahead = (uint64_t)(stop - i) * rb->span_size, .decode_end = 0 };
+	uint64_t read_on_to = 0;
 	if (i < stop && stream_to_spare(rb) && stream_begin(rb, i, &rest) == 0) {
 		struct stream *st = rb_stream_bringing(rb, i);
 		rb->bytes_read_ahead += st ? (uint64_t)(st->end - st->first) * rb->span_size : 0;
+		read_on_to = end;
 	}
 	pthread_mutex_unlock(&rb->lock);
+	/* A data file is read through: its decoder needs no window. */
+	if ((e->mode & 0111) || elf_name_is_library(path_base_name(e->path)))
+		remote_guess_windows(rb->guess, e, read_on_to);
 }
 
 /* The guess goes out beside the read's request, not a round trip after. */

@@ -137,7 +137,7 @@ int rb_prefetch_files(struct layer *l, const struct entry *const *files, size_t 
 		      struct fetch_connections *c, const atomic_bool *stop, uint64_t *ret_bytes);
 /* The package guess (remote_guess.c), with connections copied from
  * client and window_client (NULL: no windows apart); *ret is NULL for a
- * layer with no Python package. */
+ * layer with neither a Python package nor windows apart. */
 struct remote_guess;
 int remote_guess_new(struct layer *l, const struct registry_client *client, const struct registry_client *window_client,
 		     struct remote_guess **ret);
@@ -145,6 +145,15 @@ int remote_guess_new(struct layer *l, const struct registry_client *client, cons
  * its package read and not in the prefetch set, the package is fetched in
  * the background (speculate.h says why).  Never blocks on I/O. */
 void remote_guess_note(struct remote_guess *g, const struct entry *e);
+/* e is read on from its head up to offset end of the blob
+ * (remote_blob_read_ahead_file()): the windows of the checkpoints it
+ * crosses before there are fetched in the background, since a mapped file
+ * is faulted in at places no window was fetched for.  Never blocks on I/O. */
+void remote_guess_windows(struct remote_guess *g, const struct entry *e, uint64_t end);
+/* Fetches the windows kept apart that the cache lacks of the checkpoints
+ * e's bytes cross before offset end of the blob, on client. */
+int rb_prefetch_file_windows(struct layer *l, const struct entry *e, uint64_t end, struct registry_client *client,
+			     const atomic_bool *stop);
 /* Stops the guess (a request under way ends first) and frees it. */
 void remote_guess_free(struct remote_guess *g);
 /* The layer source's prefetch operation (layer_prefetch()). */

@@ -1,7 +1,8 @@
 /* The package guess of a layer read through an index (py_package.h): the
  * first module of a Python package that is read has the package's modules
  * fetched in the background, as a prefetch list's, on connections of
- * their own, while the interpreter runs the one it read. */
+ * their own, while the interpreter runs the one it read.  The same thread
+ * fetches the windows of a file read on from its head. */
 #include "remote_blob_internal.h"
 
 #include "py_package.h"
@@ -26,6 +27,9 @@ struct remote_guess {
 	pthread_mutex_t lock;                 /* over the fields below */
 	pthread_cond_t wake;
 	const struct entry *queue[QUEUE_LEN];
+	/* Not 0: the windows of e's checkpoints before this offset of the
+	 * blob only, not its package. */
+	uint64_t windows_end[QUEUE_LEN];
 	size_t queue_head, queue_len;
 	bool started;
 	uint64_t spent; /* of LAYER_BYTES; the thread's own */
@@ -41,7 +45,7 @@ int remote_guess_new(struct layer *l, const struct registry_client *client, cons
 		return 0;
 	struct py_packages *packages = NULL;
 	int r = py_packages_new(l->entries, l->n_entries, &packages);
-	if (r < 0 || !packages)
+	if (r < 0 || (!packages && !window_client))
 		return r;
 	struct remote_guess *g = calloc(1, sizeof(*g));
 	if (!g || !(g->connections.blob[0] = registry_client_dup(client)) ||
@@ -71,9 +75,15 @@ static void *guess_main(void *arg)
 			continue;
 		}
 		const struct entry *e = g->queue[g->queue_head];
+		uint64_t windows_end = g->windows_end[g->queue_head];
 		g->queue_head = (g->queue_head + 1) % QUEUE_LEN;
 		g->queue_len--;
 		pthread_mutex_unlock(&g->lock);
+		if (windows_end) {
+			(void)rb_prefetch_file_windows(g->l, e, windows_end, g->connections.windows, &g->stop);
+			pthread_mutex_lock(&g->lock);
+			continue;
+		}
 		size_t n = py_package_guess(g->packages, e, files, GUESS_FILES);
 		uint64_t left = g->spent < LAYER_BYTES ? LAYER_BYTES - g->spent : 0, bytes = 0;
 		if (left)
@@ -87,10 +97,8 @@ static void *guess_main(void *arg)
 	return NULL;
 }
 
-void remote_guess_note(struct remote_guess *g, const struct entry *e)
+static void queue(struct remote_guess *g, const struct entry *e, uint64_t windows_end)
 {
-	if (!g || e->prefetch || !py_package_first_read(g->packages, e))
-		return;
 	pthread_mutex_lock(&g->lock);
 	/* The thread starts with the first guess: in the process that serves
 	 * the mount, not in the one that set it up. */
@@ -98,10 +106,23 @@ void remote_guess_note(struct remote_guess *g, const struct entry *e)
 		g->started = pthread_create(&g->thread, NULL, guess_main, g) == 0;
 	/* A full queue drops the guess: reads are outrunning the thread. */
 	if (g->started && g->queue_len < QUEUE_LEN) {
+		g->windows_end[(g->queue_head + g->queue_len) % QUEUE_LEN] = windows_end;
 		g->queue[(g->queue_head + g->queue_len++) % QUEUE_LEN] = e;
 		pthread_cond_signal(&g->wake);
 	}
 	pthread_mutex_unlock(&g->lock);
+}
+
+void remote_guess_note(struct remote_guess *g, const struct entry *e)
+{
+	if (g && !e->prefetch && py_package_first_read(g->packages, e))
+		queue(g, e, 0);
+}
+
+void remote_guess_windows(struct remote_guess *g, const struct entry *e, uint64_t end)
+{
+	if (g && g->connections.windows && end)
+		queue(g, e, end);
 }
 
 void remote_guess_free(struct remote_guess *g)

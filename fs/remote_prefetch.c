@@ -326,6 +326,25 @@ static int prefetch_listed(struct layer *l, const atomic_bool *stop)
 	return r;
 }
 
+int rb_prefetch_file_windows(struct layer *l, const struct entry *e, uint64_t end, struct registry_client *client,
+			     const atomic_bool *stop)
+{
+	if (e->n_extents == 0 || l->n_checkpoints == 0)
+		return 0;
+	struct blob_range r = { .from = layer_checkpoint_before(l, e->extents[0].stream_off) };
+	/* The last checkpoint before end: they lie in blob order. */
+	size_t lo = (size_t)(r.from - l->checkpoints), hi = l->n_checkpoints;
+	while (hi - lo > 1) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (l->checkpoints[mid].in < end)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	r.to = &l->checkpoints[lo];
+	return prefetch_windows(l, &r, 1, client, FETCH_GUESS, stop);
+}
+
 int rb_prefetch_files(struct layer *l, const struct entry *const *files, size_t n, uint64_t head, uint64_t budget,
 		      struct fetch_connections *c, const atomic_bool *stop, uint64_t *ret_bytes)
 {

@@ -434,24 +434,43 @@ def mount_indexed(t, repo, entries, what):
 
 
 @suite.case
-def large_library_not_read_on(t):
-    """A shared library too large for one read-ahead (over 4 MiB of blob) is
-    mapped and faulted in here and there, not read through: the read of its
-    head does not fetch the rest (a data file that large is: see
-    file_read_on_after_its_head)."""
-    library = deterministic_bytes(950, 6 << 20)
-    entries = [Entry("usr", "dir"), Entry("usr/lib", "dir"), Entry("usr/lib/libbig.so.1", data=library)]
-    m = mount_indexed(t, "test/large-library", entries, "an image of a 6 MiB library, indexed and mounted")
-    if not m:
+def libraries_read_on_with_windows(t):
+    """A library's head read brings the rest of it and the windows of the
+    checkpoints it crosses: the loader maps it and faults pages in here and
+    there, and a fault far from where any decoder stopped asks for no window.
+    A library too large for one read-ahead (over 4 MiB of blob) is not read
+    on at all: its head read brings nothing more."""
+    mid, large = deterministic_bytes(950, 3 << 20), deterministic_bytes(951, 6 << 20)
+    entries = [Entry("usr", "dir"), Entry("usr/lib", "dir"), Entry("usr/lib/libmid.so.1", data=mid),
+               Entry("usr/lib/liblarge.so.1", data=large)]
+    push_image(t.reg, "test/libraries", "v1", [(make_tar(entries), "gzip")])
+    ref = f"{t.reg.host}/test/libraries:v1"
+    push = run([IMGFS, "index", "push", "--cache", os.path.join(t.work, "cache-push"), ref])
+    proxy = FaultProxy(t.reg.host)
+    t.on_exit(proxy.stop)
+    m = Mount(f"{proxy.host}/test/libraries:v1", t.mnt, os.path.join(t.work, "cache-libraries"),
+              ["--prefetch", "none"])
+    if not t.tap.ok(push.returncode == 0 and m.ok, "an image of a 3 MiB and a 6 MiB library, indexed and mounted",
+                    (push.stderr, m.stderr())):
         return
-    head = read_no_readahead(f"{t.mnt}/usr/lib/libbig.so.1", 0)
-    before = settled_stats(t.mnt)
-    later = read_no_readahead(f"{t.mnt}/usr/lib/libbig.so.1", 3 << 20)
-    after = imgfs_stats(t.mnt)
-    t.tap.ok(head == library[:4096] and later == library[3 << 20:(3 << 20) + 4096] and
-             before["bytes_speculated"] == 0 and after["range_requests"] > before["range_requests"],
-             "its head read brought nothing more: a read 3 MiB in fetches", (before, after))
-    m.umount()
+    try:
+        head = read_no_readahead(f"{t.mnt}/usr/lib/libmid.so.1", 0)
+        settled_stats(t.mnt)
+        asked = len(proxy.requests)
+        fault = read_no_readahead(f"{t.mnt}/usr/lib/libmid.so.1", 2 << 20)
+        settled_stats(t.mnt)
+        again = proxy.requests[asked:]
+        t.tap.ok(head == mid[:4096] and fault == mid[2 << 20:(2 << 20) + 4096] and not again,
+                 "after libmid's head, a read 2 MiB in (1.9 MiB past any decoder) asks for nothing", again)
+        head = read_no_readahead(f"{t.mnt}/usr/lib/liblarge.so.1", 0)
+        before = settled_stats(t.mnt)
+        fault = read_no_readahead(f"{t.mnt}/usr/lib/liblarge.so.1", 3 << 20)
+        after = imgfs_stats(t.mnt)
+        t.tap.ok(head == large[:4096] and fault == large[3 << 20:(3 << 20) + 4096] and
+                 after["range_requests"] > before["range_requests"],
+                 "liblarge's head read brought nothing more: a read 3 MiB in fetches", (before, after))
+    finally:
+        m.umount()
 
 
 @suite.case
