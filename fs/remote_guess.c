@@ -2,7 +2,7 @@
  * first module of a Python package that is read has the package's modules
  * fetched in the background, as a prefetch list's, on connections of
  * their own, while the interpreter runs the one it read.  The same thread
- * fetches the windows of a file read on from its head. */
+ * fetches the windows of a program or library read on from its head. */
 #include "remote_blob_internal.h"
 
 #include "py_package.h"
