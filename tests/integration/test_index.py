@@ -478,9 +478,9 @@ def guesses_keep_their_connections(t):
     """A package guess fetches its runs on several connections at once; the
     next guesses fetch on the same ones, not on new ones (each new one costs
     a round trip, two with TLS, before its first byte).  Told by the
-    proxy's connections: after the first package, the reads of three more
-    open at most the two that on-demand reads may add (they opened two per
-    guess before)."""
+    proxy's connections: after the first package's guess, the guesses of six
+    more open none but what an on-demand read may (they opened two each
+    before)."""
     def package(name, seed):
         # Three compiled modules 600 KB apart: three runs, too far apart for one request.
         cache = f"lib/{name}/__pycache__"
@@ -490,38 +490,38 @@ def guesses_keep_their_connections(t):
             entries += [Entry(f"lib/{name}/data{i}.bin", data=deterministic_bytes(seed + 1 + i, 600000)),
                         Entry(f"{cache}/m{i}.cpython-311.pyc", data=deterministic_bytes(seed + 5 + i, 20000))]
         return entries
-    names = ["one", "two", "three", "four"]
+    names = ["one", "two", "three", "four", "five", "six", "seven"]
     entries = [Entry("lib", "dir")] + [e for i, name in enumerate(names) for e in package(name, 900 + 20 * i)]
-    push_image(t.reg, "test/two-packages", "v1", [(make_tar(entries), "gzip")])
-    ref = f"{t.reg.host}/test/two-packages:v1"
+    push_image(t.reg, "test/packages", "v1", [(make_tar(entries), "gzip")])
+    ref = f"{t.reg.host}/test/packages:v1"
     push = run([IMGFS, "index", "push", "--cache", os.path.join(t.work, "cache-push"), ref])
     proxy = FaultProxy(t.reg.host)
-    m = Mount(f"{proxy.host}/test/two-packages:v1", t.mnt, os.path.join(t.work, "cache-two-packages"),
+    t.on_exit(proxy.stop)
+    m = Mount(f"{proxy.host}/test/packages:v1", t.mnt, os.path.join(t.work, "cache-packages"),
               ["--prefetch", "none"])
+    if not t.tap.ok(push.returncode == 0 and m.ok, "an image of seven packages, indexed, mounted through a proxy",
+                    (push.stderr, m.stderr())):
+        return
     try:
-        if not t.tap.ok(push.returncode == 0 and m.ok, "an image of two packages, indexed, mounted through a proxy",
-                        (push.stderr, m.stderr())):
-            return
         want = {e.path: e.data for e in entries if e.data is not None}
 
-        def reads_right(name):
-            return all(read(f"{t.mnt}/lib/{name}/__pycache__/{f}") == want[f"lib/{name}/__pycache__/{f}"]
-                       for f in ["__init__.cpython-311.pyc"] + [f"m{i}.cpython-311.pyc" for i in range(3)])
-        first = reads_right("one")
-        settled_stats(t.mnt)
+        def first_module_then_guess(name):
+            """Its first module read, and its guess settled; then its other modules read right."""
+            path = f"lib/{name}/__pycache__/__init__.cpython-311.pyc"
+            first = read(f"{t.mnt}/{path}") == want[path]
+            settled_stats(t.mnt)
+            return first and all(read(f"{t.mnt}/lib/{name}/__pycache__/m{i}.cpython-311.pyc") ==
+                                 want[f"lib/{name}/__pycache__/m{i}.cpython-311.pyc"] for i in range(3))
+        first = first_module_then_guess(names[0])
         seen = {port for port, _, _ in proxy.requests}
         before = len(proxy.requests)
-        others = []
-        for name in names[1:]:
-            others.append(reads_right(name))
-            settled_stats(t.mnt)
+        others = [first_module_then_guess(name) for name in names[1:]]
         new = {port for port, _, _ in proxy.requests[before:]} - seen
         t.tap.ok(first and all(others) and len(seen) >= 3 and len(new) <= 2,
-                 "the next packages' guesses came on the connections the first one opened",
+                 "the next six packages' guesses came on the connections the first one opened",
                  (len(seen), new, proxy.requests[before:]))
     finally:
         m.umount()
-        proxy.stop()
 
 
 @suite.case
