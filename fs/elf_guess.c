@@ -92,19 +92,12 @@ static bool guessable(const struct tree_inode *i)
 	       i->layer->ops->concurrent_reads;
 }
 
-/* Named or marked as an object the loader maps: a program (executable)
- * or a shared library (".so", ".so.N"), whose bytes may not say so yet. */
-static bool may_be_object(const struct tree_inode *i)
-{
-	return (i->mode & 0111) || elf_name_is_library(path_base_name(i->entry->path));
-}
-
 /* A program's or library's first read has begun: its end goes out beside
  * its head, before the head says where its dynamic section is. */
 static void note_first_read(void *ctx, const struct tree_inode *i)
 {
 	struct elf_guess *g = ctx;
-	if (i->size < TAIL_FROM || !guessable(i) || !may_be_object(i))
+	if (i->size < TAIL_FROM || !guessable(i) || !elf_may_be_object(i->mode, i->entry->path))
 		return;
 	pthread_mutex_lock(&g->lock);
 	enqueue_tail_locked(g, i, true);

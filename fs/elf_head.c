@@ -6,6 +6,8 @@
 #include <errno.h>
 #include <string.h>
 
+#include "util.h"
+
 #define LD_CACHE_MAGIC "glibc-ld.so.cache1.1"
 #define LD_CACHE_HEADER_SIZE 48
 #define LD_CACHE_ENTRY_SIZE 24
@@ -136,4 +138,9 @@ bool elf_name_is_library(const char *base)
 		if (so[3] == '\0' || so[3] == '.')
 			return true;
 	return false;
+}
+
+bool elf_may_be_object(uint32_t mode, const char *path)
+{
+	return (mode & 0111) || elf_name_is_library(path_base_name(path));
 }

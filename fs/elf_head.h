@@ -42,6 +42,10 @@ struct elf_dynamic {
  * ldconfig name them: ".so" at its end or before a version (".so.6",
  * "x.sock.so"), not inside a word (".sock", ".sort"). */
 bool elf_name_is_library(const char *base);
+/* Whether the file at path with permission bits mode may be an object the
+ * loader maps, whose bytes may not say so yet: a program (executable) or
+ * a file named as a shared library. */
+bool elf_may_be_object(uint32_t mode, const char *path);
 
 /* Parses a dynamic section's entries up to DT_NULL; -EINVAL when it has no
  * string table. */

@@ -288,7 +288,7 @@ static void remote_blob_read_ahead_file(struct layer *l, const struct entry *e)
 	}
 	pthread_mutex_unlock(&rb->lock);
 	/* A data file is read through: its decoder needs no window. */
-	if ((e->mode & 0111) || elf_name_is_library(path_base_name(e->path)))
+	if (elf_may_be_object(e->mode, e->path))
 		remote_guess_windows(rb->guess, e, read_on_to);
 }
 

@@ -489,6 +489,9 @@ static void test_library_names(void)
 		ok(elf_name_is_library(libraries[i]), "\"%s\" names a library", libraries[i]);
 	for (size_t i = 0; i < ARRAY_SIZE(others); i++)
 		ok(!elf_name_is_library(others[i]), "\"%s\" names no library", others[i]);
+	ok(elf_may_be_object(0755, "usr/bin/python3.11") && elf_may_be_object(0644, "usr/lib/libc.so.6") &&
+	       !elf_may_be_object(0644, "usr/share/x.sock") && !elf_may_be_object(0644, "lib.so.d/data"),
+	   "a program or a library's name may be an object; a data file's is not");
 }
 
 static void test_paths(void)
