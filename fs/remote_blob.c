@@ -34,14 +34,7 @@ struct reach {
  * it reads past that; a miss takes at least SPAN_READAHEAD_BYTES. */
 static struct reach miss_reach(const struct layer *l, uint64_t off)
 {
-	size_t lo = 0, hi = l->n_checkpoints;
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		if (l->checkpoints[mid].in <= off + DECODER_INPUT_PIECE)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
+	size_t lo = layer_checkpoints_before_in(l, off + DECODER_INPUT_PIECE + 1);
 	uint64_t to_next = lo < l->n_checkpoints ? l->checkpoints[lo].in - off + DECODER_INPUT_PIECE : 0;
 	struct reach r = { .readahead = to_next, .decode_end = off + to_next };
 	if (r.readahead > SPAN_READAHEAD_MAX_BYTES)

@@ -332,16 +332,9 @@ int rb_prefetch_file_windows(struct layer *l, const struct entry *e, uint64_t en
 	if (e->n_extents == 0 || l->n_checkpoints == 0)
 		return 0;
 	struct blob_range r = { .from = layer_checkpoint_before(l, e->extents[0].stream_off) };
-	/* The last checkpoint before end: they lie in blob order. */
-	size_t lo = (size_t)(r.from - l->checkpoints), hi = l->n_checkpoints;
-	while (hi - lo > 1) {
-		size_t mid = lo + (hi - lo) / 2;
-		if (l->checkpoints[mid].in < end)
-			lo = mid;
-		else
-			hi = mid;
-	}
-	r.to = &l->checkpoints[lo];
+	/* The last checkpoint before end, if it is not before the first. */
+	size_t before_end = layer_checkpoints_before_in(l, end);
+	r.to = before_end > (size_t)(r.from - l->checkpoints) ? &l->checkpoints[before_end - 1] : r.from;
 	return prefetch_windows(l, &r, 1, client, FETCH_GUESS, stop);
 }
 

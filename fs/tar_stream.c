@@ -394,6 +394,19 @@ const struct checkpoint *layer_checkpoint_before(const struct layer *l, uint64_t
 	return &l->checkpoints[lo];
 }
 
+size_t layer_checkpoints_before_in(const struct layer *l, uint64_t in)
+{
+	size_t lo = 0, hi = l->n_checkpoints;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (l->checkpoints[mid].in < in)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
 void layer_compressed_range(const struct layer *l, uint64_t off, uint64_t len, uint64_t *ret_in, uint64_t *ret_end)
 {
 	if (l->compression == COMPRESSION_NONE || l->n_checkpoints == 0) {

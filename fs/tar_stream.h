@@ -47,6 +47,9 @@ void tar_stream_release(struct layer *l);
 void decoded_keep_flush(void);
 /* The last checkpoint at or before off of the uncompressed stream. */
 const struct checkpoint *layer_checkpoint_before(const struct layer *l, uint64_t off);
+/* How many of l's checkpoints lie before offset in of the compressed blob
+ * (they lie in blob order). */
+size_t layer_checkpoints_before_in(const struct layer *l, uint64_t in);
 /* The compressed bytes [*ret_in, *ret_end) a decoder reads for the stream
  * bytes [off, off+len). */
 void layer_compressed_range(const struct layer *l, uint64_t off, uint64_t len, uint64_t *ret_in, uint64_t *ret_end);
