@@ -423,13 +423,14 @@ def file_read_on_after_its_head(t):
     m.umount()
 
 
-def mount_indexed(t, repo, entries, what):
-    """entries as a one-layer gzip image in repo, indexed, mounted on t.mnt with no prefetch;
-    None, reported as what, when that fails."""
+def mount_indexed(t, repo, entries, what, proxy=None):
+    """entries as a one-layer gzip image in repo, indexed, mounted on t.mnt with no prefetch
+    (through proxy, when given, a FaultProxy of t.reg); None, reported as what, when that fails."""
     push_image(t.reg, repo, "v1", [(make_tar(entries), "gzip")])
     ref = f"{t.reg.host}/{repo}:v1"
     push = run([IMGFS, "index", "push", "--cache", os.path.join(t.work, "cache-push"), ref])
-    m = Mount(ref, t.mnt, os.path.join(t.work, "cache-" + repo.replace("/", "-")), ["--prefetch", "none"])
+    m = Mount(f"{proxy.host}/{repo}:v1" if proxy else ref, t.mnt,
+              os.path.join(t.work, "cache-" + repo.replace("/", "-")), ["--prefetch", "none"])
     return m if t.tap.ok(push.returncode == 0 and m.ok, what, (push.stderr, m.stderr())) else None
 
 
@@ -443,15 +444,11 @@ def libraries_read_on_with_windows(t):
     mid, large = deterministic_bytes(950, 3 << 20), deterministic_bytes(951, 6 << 20)
     entries = [Entry("usr", "dir"), Entry("usr/lib", "dir"), Entry("usr/lib/libmid.so.1", data=mid),
                Entry("usr/lib/liblarge.so.1", data=large)]
-    push_image(t.reg, "test/libraries", "v1", [(make_tar(entries), "gzip")])
-    ref = f"{t.reg.host}/test/libraries:v1"
-    push = run([IMGFS, "index", "push", "--cache", os.path.join(t.work, "cache-push"), ref])
     proxy = FaultProxy(t.reg.host)
     t.on_exit(proxy.stop)
-    m = Mount(f"{proxy.host}/test/libraries:v1", t.mnt, os.path.join(t.work, "cache-libraries"),
-              ["--prefetch", "none"])
-    if not t.tap.ok(push.returncode == 0 and m.ok, "an image of a 3 MiB and a 6 MiB library, indexed and mounted",
-                    (push.stderr, m.stderr())):
+    m = mount_indexed(t, "test/libraries", entries, "an image of a 3 MiB and a 6 MiB library, indexed and mounted",
+                      proxy)
+    if not m:
         return
     try:
         head = read_no_readahead(f"{t.mnt}/usr/lib/libmid.so.1", 0)
@@ -492,15 +489,11 @@ def guesses_keep_their_connections(t):
         return entries
     names = ["one", "two", "three", "four", "five", "six", "seven"]
     entries = [Entry("lib", "dir")] + [e for i, name in enumerate(names) for e in package(name, 900 + 20 * i)]
-    push_image(t.reg, "test/packages", "v1", [(make_tar(entries), "gzip")])
-    ref = f"{t.reg.host}/test/packages:v1"
-    push = run([IMGFS, "index", "push", "--cache", os.path.join(t.work, "cache-push"), ref])
     proxy = FaultProxy(t.reg.host)
     t.on_exit(proxy.stop)
-    m = Mount(f"{proxy.host}/test/packages:v1", t.mnt, os.path.join(t.work, "cache-packages"),
-              ["--prefetch", "none"])
-    if not t.tap.ok(push.returncode == 0 and m.ok, "an image of seven packages, indexed, mounted through a proxy",
-                    (push.stderr, m.stderr())):
+    m = mount_indexed(t, "test/packages", entries, "an image of seven packages, indexed, mounted through a proxy",
+                      proxy)
+    if not m:
         return
     try:
         want = {e.path: e.data for e in entries if e.data is not None}
