@@ -78,6 +78,10 @@ int spec_build(const struct image_process *img, const struct spec_options *o, ch
  * will find it. */
 int find_command(int rootfs_fd, const char *command, const char *path_env);
 
+/* Starts reading what the runtime will read first from rootfs_fd: the
+ * image's users and groups and the program it starts.  Only a hint. */
+void spec_read_ahead(int rootfs_fd, const struct image_process *img, const struct spec_options *o);
+
 /* Resolves USER[:GROUP] (names or numbers) through etc/passwd and etc/group
  * under rootfs_fd, never following a link out of it. */
 int resolve_user(int rootfs_fd, const char *spec, uid_t *ret_uid, gid_t *ret_gid, gid_t **ret_groups,

@@ -334,9 +334,11 @@ static int write_bundle(struct run_options *o, struct container *c, struct err *
 	_cleanup_free_ char *home = NULL, *init = NULL, *json = NULL;
 	if (rootfs_fd < 0)
 		r = err_set(err, errno, "cannot open \"%s\": %s", rootfs, strerror(errno));
-	else
+	else {
+		spec_read_ahead(rootfs_fd, &img, &o->spec);
 		r = resolve_user(rootfs_fd, o->user ? o->user : img.user, &o->spec.uid, &o->spec.gid, &o->spec.groups,
 				 &o->spec.n_groups, &home, err);
+	}
 	if (r == 0 && o->init && !(init = find_helper("launch-init")))
 		r = err_set(err, ENOENT, "--init: cannot find the launch-init program next to launch");
 	char hostname[13];

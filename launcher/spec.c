@@ -113,17 +113,29 @@ void image_process_done(struct image_process *p)
 	*p = (struct image_process){ 0 };
 }
 
-int spec_args(const struct image_process *img, const struct spec_options *o, char ***ret, struct err *err)
+/* The entrypoint and command docker would run; single holds --entrypoint's. */
+static void chosen_args(const struct image_process *img, const struct spec_options *o, char *single[2],
+			char *const **ret_entry, char *const **ret_cmd)
 {
 	char *const *entry = img->entrypoint;
-	char *single[2] = { (char *)o->entrypoint, NULL };
 	char *const *cmd = o->command && o->command[0] ? o->command : img->cmd;
 	if (o->entrypoint) {
 		/* Docker: --entrypoint replaces the image's and drops its Cmd. */
+		single[0] = (char *)o->entrypoint;
+		single[1] = NULL;
 		entry = o->entrypoint[0] ? single : NULL;
 		if (!(o->command && o->command[0]))
 			cmd = NULL;
 	}
+	*ret_entry = entry;
+	*ret_cmd = cmd;
+}
+
+int spec_args(const struct image_process *img, const struct spec_options *o, char ***ret, struct err *err)
+{
+	char *single[2];
+	char *const *entry, *const *cmd;
+	chosen_args(img, o, single, &entry, &cmd);
 	size_t n = strv_len(entry) + strv_len(cmd);
 	if (n == 0)
 		return err_set(err, EINVAL,
@@ -194,18 +206,21 @@ static int open_in_root(int rootfs_fd, const char *path)
 	return -errno;
 }
 
-int find_command(int rootfs_fd, const char *command, const char *path_env)
+/* Opens command (a path, or a name looked up in path_env) as execvp would
+ * find it inside rootfs_fd: its descriptor, -ENOENT or -EACCES. */
+static int open_command(int rootfs_fd, const char *command, const char *path_env)
 {
 	if (!command || !*command)
 		return -ENOENT;
 	if (strchr(command, '/')) {
-		_cleanup_close_ int fd = open_in_root(rootfs_fd, command);
+		int fd = open_in_root(rootfs_fd, command);
 		struct stat st;
 		if (fd < 0)
 			return fd == -ENOTDIR || fd == -ELOOP ? -ENOENT : fd;
-		if (fstat(fd, &st) < 0)
-			return -errno;
-		return S_ISREG(st.st_mode) && (st.st_mode & 0111) ? 0 : -EACCES;
+		int r = fstat(fd, &st) < 0 ? -errno : S_ISREG(st.st_mode) && (st.st_mode & 0111) ? fd : -EACCES;
+		if (r < 0)
+			close(fd);
+		return r;
 	}
 	_cleanup_free_ char *dirs = strdup(path_env && *path_env ? path_env : DEFAULT_PATH);
 	char *save = NULL;
@@ -217,10 +232,19 @@ int find_command(int rootfs_fd, const char *command, const char *path_env)
 		if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
 			continue;
 		if (st.st_mode & 0111)
-			return 0;
+			return TAKE_FD(fd);
 		found = -EACCES; /* as execvp: a later directory may have an executable one */
 	}
 	return found;
+}
+
+int find_command(int rootfs_fd, const char *command, const char *path_env)
+{
+	int fd = open_command(rootfs_fd, command, path_env);
+	if (fd < 0)
+		return fd;
+	close(fd);
+	return 0;
 }
 
 static int read_in_root(int rootfs_fd, const char *path, char **ret)
@@ -382,6 +406,35 @@ int resolve_user(int rootfs_fd, const char *spec, uid_t *ret_uid, gid_t *ret_gid
 	*ret_n_groups = n_groups;
 	*ret_home = TAKE_PTR(home);
 	return 0;
+}
+
+/* Asks for what the start of a container reads from its root, all at once:
+ * on a lazy mount each is a round trip when read in turn (the users, the
+ * groups, then the program the runtime executes).  The kernel reads ahead
+ * in the background; a file that cannot be opened is simply not asked for. */
+void spec_read_ahead(int rootfs_fd, const struct image_process *img, const struct spec_options *o)
+{
+	char *single[2];
+	char *const *entry, *const *cmd;
+	chosen_args(img, o, single, &entry, &cmd);
+	const char *program = entry && entry[0] ? entry[0] : cmd ? cmd[0] : NULL;
+	const char *path_env = NULL;
+	for (char *const *e = img->env; e && *e; e++)
+		if (str_has_prefix(*e, "PATH="))
+			path_env = *e + strlen("PATH=");
+	for (char *const *e = o->env; e && *e; e++)
+		if (str_has_prefix(*e, "PATH="))
+			path_env = *e + strlen("PATH=");
+	int fds[] = { open_in_root(rootfs_fd, "/etc/passwd"), open_in_root(rootfs_fd, "/etc/group"),
+		      open_command(rootfs_fd, program, path_env) };
+	for (size_t i = 0; i < ARRAY_SIZE(fds); i++) {
+		struct stat st;
+		if (fds[i] >= 0 && fstat(fds[i], &st) == 0 && S_ISREG(st.st_mode))
+			(void)posix_fadvise(fds[i], 0, 0, POSIX_FADV_WILLNEED);
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(fds); i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
 }
 
 /* ---- config.json ------------------------------------------------------------------ */

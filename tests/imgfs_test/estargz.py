@@ -113,3 +113,10 @@ def build(entries, chunk_size=4 << 20, landmark_after=0, share_below=0, toc_memb
     uncompressed = tar_all.getvalue()
     return (out.getvalue(), "sha256:" + hashlib.sha256(toc_json).hexdigest(),
             "sha256:" + hashlib.sha256(uncompressed).hexdigest(), len(uncompressed))
+
+
+def file_offsets(blob):
+    """{path: blob offset of its first chunk} from a layer's own TOC."""
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(blob))) as t:
+        toc = json.load(t.extractfile(TOC_NAME))
+    return {e["name"]: e["offset"] for e in toc["entries"] if e["type"] == "reg" and "offset" in e}

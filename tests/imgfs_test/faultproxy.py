@@ -53,6 +53,9 @@ class FaultProxy:
         self.blob_bytes_sent = 0
         self.ranges = []
         self.requests = []  # (the client's port, naming its connection; path; Range or None), in order
+        # ("ask" or "answer", first byte) of every ranged blob read, in the
+        # order they happened: which reads were outstanding together.
+        self.range_events = []
         self.held_now = 0
         self.lock = threading.Lock()
         proxy = self
@@ -181,12 +184,16 @@ class FaultProxy:
         spans = [p.split("-") for p in range_header.split("=", 1)[-1].split(",")]
         size = sum(int(b) - int(a) + 1 for a, b in spans if a.isdigit() and b.isdigit())
         held = self.hold_large is not None and size > self.hold_large[0]
+        first = int(spans[0][0]) if spans[0][0].isdigit() else -1
         with self.lock:
             self.ranges.append((size, held))
+            self.range_events.append(("ask", first))
             if held:
                 self.held_now += 1
         if held:
             time.sleep(self.hold_large[1])
+        with self.lock:
+            self.range_events.append(("answer", first))
         return held
 
     def take_hold_tail(self, status, size):

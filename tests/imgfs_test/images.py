@@ -8,6 +8,10 @@ from .harness import Entry, make_tar, push_image
 
 
 def busybox_layer():
+    return make_tar(busybox_entries())
+
+
+def busybox_entries():
     busybox = shutil.which("busybox")
     with open(busybox, "rb") as f:
         data = f.read()
@@ -20,7 +24,7 @@ def busybox_layer():
                 Entry("etc/group", data=b"root:x:0:\napp:x:1000:\nextra:x:2000:app\n"),
                 Entry("tmp", "dir", mode=0o1777),
                 Entry("root", "dir", mode=0o700)]
-    return make_tar(entries)
+    return entries
 
 
 def deterministic_bytes(seed, n):

@@ -24,7 +24,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from imgfs_test.cases import Suite, run_file  # noqa: E402
 from imgfs_test.harness import (LAUNCH, Entry, Registry, leave_no_containers, make_tar, mounts_under,  # noqa: E402
                                 processes_with, push_image, require_root_and_runc, IMGFS)
-from imgfs_test.images import busybox_layer  # noqa: E402
+from imgfs_test.faultproxy import FaultProxy  # noqa: E402
+from imgfs_test import estargz  # noqa: E402
+from imgfs_test.images import busybox_entries, busybox_layer, deterministic_bytes  # noqa: E402
+from imgfs_test.lazy import push_estargz  # noqa: E402
 
 suite = Suite(needs_root=False)
 tap = suite.tap
@@ -772,6 +775,34 @@ def rm_leaves_nothing(t):
     launch("rm", "-f", "kept")
     tap.ok(cmdline[1:] == [b"keeper"] and processes_with(root) == [] and mounts_under(root) == [],
            "the container's record names its mount's keeper, and rm -f waits for it too", (r, keeper, cmdline))
+
+
+@suite.case
+def start_reads_asked_together(t):
+    """On a lazy image, the users, the groups and the program are asked for
+    at once, not a round trip each."""
+    entries = {e.path: e for e in busybox_entries()}
+    # Each far from the others: no read-ahead or guess of one brings another.
+    order = ["etc", "etc/passwd", "fill-1", "etc/group", "fill-2", "bin", "bin/busybox"]
+    entries["fill-1"] = Entry("fill-1", data=deterministic_bytes(71, 3 << 20))
+    entries["fill-2"] = Entry("fill-2", data=deterministic_bytes(72, 3 << 20))
+    layer = [entries[p] for p in order] + [e for p, e in entries.items() if p not in order]
+    descriptor = push_estargz(t.reg, "test/lazy-start", "v1", [layer])[0]
+    with open(t.reg.blob_path(descriptor["digest"]), "rb") as f:
+        offsets = estargz.file_offsets(f.read())
+    proxy = FaultProxy(t.reg.host)
+    t.on_exit(proxy.stop)
+    proxy.hold_large = (0, 1.0)  # every ranged read waits a second, as if far away
+    r = launch("run", "--rm", "--user", "app", f"{proxy.host}/test/lazy-start:v1", "id")
+    events = proxy.range_events
+    asked = {path: events.index(("ask", offsets[path])) if ("ask", offsets[path]) in events else None
+             for path in ("etc/passwd", "etc/group", "bin/busybox")}
+    first_answer = min((events.index(("answer", o)) for o in (offsets[p] for p in asked) if ("answer", o) in events),
+                       default=None)
+    tap.ok(r.returncode == 0 and r.stdout == b"uid=1000(app) gid=1000(app) groups=1000(app),2000(extra)\n",
+           "the container runs as the image's user, with its groups", r)
+    tap.ok(None not in asked.values() and first_answer is not None and max(asked.values()) < first_answer,
+           "the users, the groups and the program were all asked for before the first came back", (asked, events))
 
 
 run_file(suite)
