@@ -130,6 +130,10 @@ struct layer_source_ops {
 	/* Whether read_window() would find cp's window without a request (in
 	 * the cache, fetched ahead); NULL: never. */
 	bool (*window_at_hand)(struct layer *l, const struct checkpoint *cp);
+	/* Whether the compressed bytes [in, end) are here or a request under
+	 * way brings them: decoding them costs no request of its own.  NULL:
+	 * never known to be. */
+	bool (*blob_coming)(struct layer *l, uint64_t in, uint64_t end);
 	/* A file's bytes; [off, off+len) lies within the file. */
 	ssize_t (*read_entry)(struct layer *l, const struct entry *e, void *buf, size_t len, uint64_t off);
 	/* See layer_prefetch(). */

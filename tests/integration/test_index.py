@@ -9,6 +9,7 @@ last two cases damage the registry's copy of the image: they run last."""
 import errno
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -513,6 +514,47 @@ def guesses_keep_their_connections(t):
         t.tap.ok(first and all(others) and len(seen) >= 3 and len(new) <= 2,
                  "the next six packages' guesses came on the connections the first one opened",
                  (len(seen), new, proxy.requests[before:]))
+    finally:
+        m.umount()
+
+
+@suite.case
+def read_ahead_decodes_on(t):
+    """A read into what a miss's request read ahead, checkpoints past the one that miss
+    started at, decodes on from there instead of asking for its checkpoint's window:
+    the miss asks for its own window only, not for one per checkpoint its read-ahead
+    crosses, and the later reads ask for nothing."""
+    words = [b"layer", b"index", b"window", b"span", b"registry", b"mount", b"decode", b"cache", b"read", b"file"]
+
+    def text(seed):
+        rnd = random.Random(seed)
+        return b" ".join(rnd.choice(words) for _ in range(6000))[:40000]
+    texts = [text(i) for i in range(200)]
+    entries = [Entry("docs", "dir")] + [Entry(f"docs/f{i:03d}.txt", data=d) for i, d in enumerate(texts)]
+    proxy = FaultProxy(t.reg.host)
+    t.on_exit(proxy.stop)
+    m = mount_indexed(t, "test/texts", entries, "an image of 200 text files, indexed, mounted through a proxy", proxy)
+    if not m:
+        return
+    try:
+        layer = t.reg.get_manifest("test/texts", "v1")["layers"][0]["digest"]
+        before = len(proxy.requests)
+        first = read(f"{t.mnt}/docs/f100.txt") == texts[100]
+        settled_stats(t.mnt)
+        asked = proxy.requests[before:]
+        # f106, f112 and f118 lie 240, 490 and 730 KB of tar further: past one
+        # to three checkpoints (every 256 KiB of tar), inside the read-ahead.
+        later = [read(f"{t.mnt}/docs/f{i}.txt") == texts[i] for i in (106, 112, 118)]
+        later_asked = proxy.requests[before + len(asked):]
+        windows = [(path, rng) for _, path, rng in asked if rng and f"/blobs/{layer}" not in path]
+        size = os.path.getsize(t.reg.blob_path(windows[0][0].rsplit("/", 1)[1])) if windows else 0
+        # Checkpoints lie every 256 KiB of the 8 MB of tar: about 31 windows in the blob.
+        one_window = size / (sum(len(d) + 512 for d in texts) / (256 << 10))
+        spans = [r.split("=")[1].split("-") for r in (rng for _, rng in windows)]
+        window_bytes = sum(int(b) - int(a) + 1 for a, b in spans)
+        t.tap.ok(first and all(later) and len(windows) == 1 and window_bytes < 2 * one_window,
+                 "the first read asked for one window (of about %d bytes each)" % one_window, (window_bytes, asked))
+        t.tap.ok(later_asked == [], "reads one to three checkpoints further asked for nothing", later_asked)
     finally:
         m.umount()
 
