@@ -41,7 +41,7 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
 	/* max_write also sets how many pages one read request may carry. */
 	conn->max_write = FUSE_IO_MAX;
-	conn->max_readahead = FUSE_IO_MAX;
+	conn->max_readahead = FUSE_READ_AROUND;
 }
 
 /* The merged tree is the whole mount: its inodes are the FUSE inodes. */

@@ -127,9 +127,9 @@ static char *mounted_type(const char *path)
 }
 
 /* The kernel gives a FUSE mount 128 KiB of read-ahead whatever max_readahead
- * the daemon offers; raising it to FUSE_IO_MAX took the exec of busybox on
- * a new mount from 22 reads to 3.  Only root may, through the mount's bdi in
- * sysfs; for anyone else the default stays, which is only slower.  The
+ * the daemon offers; FUSE_READ_AROUND says why more.  Only root may raise
+ * it, through the mount's bdi in sysfs; for anyone else the default stays,
+ * which is only slower.  The
  * device comes from mountinfo: a stat() of the mount would wait for this
  * daemon, which does not serve requests yet. */
 static void widen_readahead(const char *path)
@@ -158,7 +158,7 @@ static void widen_readahead(const char *path)
 		return;
 	char sysfs[64], value[16];
 	snprintf(sysfs, sizeof(sysfs), "/sys/class/bdi/%u:%u/read_ahead_kb", major, minor);
-	int len = snprintf(value, sizeof(value), "%u", FUSE_IO_MAX / 1024);
+	int len = snprintf(value, sizeof(value), "%u", FUSE_READ_AROUND / 1024);
 	_cleanup_close_ int fd = open(sysfs, O_WRONLY | O_CLOEXEC);
 	if (fd >= 0)
 		(void)!write(fd, value, (size_t)len);

@@ -55,7 +55,7 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	if (conn->capable & FUSE_CAP_CACHE_SYMLINKS)
 		conn->want |= FUSE_CAP_CACHE_SYMLINKS;
 	conn->max_write = FUSE_IO_MAX;
-	conn->max_readahead = FUSE_IO_MAX;
+	conn->max_readahead = FUSE_READ_AROUND;
 }
 
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
