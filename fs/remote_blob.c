@@ -89,6 +89,7 @@ static void *stream_main(void *arg)
 	(void)registry_fetch_range_streaming(st->client, rb->digest, off, (size_t)(end - off), st->buf,
 					     rb_stream_arrived, st, &err);
 	pthread_mutex_lock(&rb->lock);
+	rb_note_transfer(rb, st);
 	st->busy = false;
 	free(st->buf);
 	st->buf = NULL;
@@ -116,6 +117,7 @@ static int stream_begin(struct remote_blob *rb, size_t i, const struct reach *re
 	st->end = i + n;
 	st->busy = true;
 	st->followed = false;
+	rb_stream_asked(st);
 	/* Past the middle, and past what the decoder that missed needs: a
 	 * read there is of a decoder going on. */
 	size_t needed = (size_t)((reach->decode_end + rb->span_size - 1) / rb->span_size);

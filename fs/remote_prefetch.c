@@ -39,12 +39,14 @@ static void fetch_run(struct remote_blob *rb, struct registry_client *client, si
 	*st = (struct stream){
 		.rb = rb, .busy = true, .purpose = purpose, .first = i, .next = i, .end = i + run, .buf = buf
 	};
+	rb_stream_asked(st);
 	rb->requests++;
 	pthread_mutex_unlock(&rb->lock);
 	struct err err = { 0 };
 	(void)registry_fetch_range_streaming(client, rb->digest, (uint64_t)i * rb->span_size, (size_t)len, buf,
 					     rb_stream_arrived, st, &err);
 	pthread_mutex_lock(&rb->lock);
+	rb_note_transfer(rb, st);
 	st->busy = false;
 	st->buf = NULL;
 	pthread_cond_broadcast(&rb->stream_moved);
@@ -53,8 +55,9 @@ static void fetch_run(struct remote_blob *rb, struct registry_client *client, si
 }
 
 /* Fetches the spans of [off, end) that are not cached, each run of missing
- * spans (up to SPAN_READAHEAD_MAX_BYTES) in one request: a request per
- * span cost a round trip per 256 KiB.  With yield, each run waits until
+ * spans (up to SPAN_READAHEAD_MAX_BYTES, a guess's up to what
+ * rb_guess_request_bytes() says) in one request: a request per span cost a
+ * round trip per 256 KiB.  With yield, each run waits until
  * on-demand reads pause. */
 static int prefetch_spans(struct remote_blob *rb, struct registry_client *client, uint64_t off, uint64_t end,
 			  enum fetch_purpose purpose, const atomic_bool *stop, bool yield)
@@ -73,8 +76,10 @@ static int prefetch_spans(struct remote_blob *rb, struct registry_client *client
 		}
 		size_t run = 1;
 		uint64_t len = rb_span_len(rb, i);
-		while (i + run <= last && len + rb_span_len(rb, i + run) <= SPAN_READAHEAD_MAX_BYTES &&
-		       !span_present(rb, i + run))
+		pthread_mutex_lock(&rb->lock);
+		uint64_t most = purpose == FETCH_GUESS ? rb_guess_request_bytes(rb) : SPAN_READAHEAD_MAX_BYTES;
+		pthread_mutex_unlock(&rb->lock);
+		while (i + run <= last && len + rb_span_len(rb, i + run) <= most && !span_present(rb, i + run))
 			len += rb_span_len(rb, i + run++);
 		/* The connection is ours alone; the lock only covers the
 		 * bookkeeping, so on-demand reads never wait behind this fetch

@@ -560,6 +560,47 @@ def read_ahead_decodes_on(t):
 
 
 @suite.case
+def guess_paced_on_slow_link(t):
+    """On a slow link a package guess asks in small requests, one at a time per
+    connection, so that a miss asked for meanwhile waits behind little of it (the
+    link is one queue); the package's modules still come, and their reads ask for
+    nothing."""
+    cache = "lib/slow/__pycache__"
+    modules = {f"{cache}/m{i:02d}.cpython-311.pyc": deterministic_bytes(1100 + i, 60000) for i in range(20)}
+    data_file = deterministic_bytes(1099, 1 << 20)
+    entries = ([Entry("lib", "dir"), Entry("lib/data.bin", data=data_file), Entry("lib/slow", "dir"),
+                Entry(cache, "dir"), Entry("lib/slow/__init__.py", data=b"\n"),
+                Entry(f"{cache}/__init__.cpython-311.pyc", data=deterministic_bytes(1098, 20000))] +
+               [Entry(path, data=body) for path, body in modules.items()])
+    link = ShapedLink(t.reg.port, rtt=0.02, rate=2e6)
+    t.on_exit(link.stop)
+    push_image(t.reg, "test/slow-package", "v1", [(make_tar(entries), "gzip")])
+    push = run([IMGFS, "index", "push", "--cache", os.path.join(t.work, "cache-push"),
+                f"{t.reg.host}/test/slow-package:v1"])
+    m = Mount(f"{link.host}/test/slow-package:v1", t.mnt, os.path.join(t.work, "cache-slow"), ["--prefetch", "none"])
+    if not t.tap.ok(push.returncode == 0 and m.ok, "a package image, indexed, mounted through a 2 MB/s link",
+                    (push.stderr, m.stderr())):
+        return
+    try:
+        layer = t.reg.get_manifest("test/slow-package", "v1")["layers"][0]["digest"]
+        # A file read through first: the link's rate is known from it.
+        warm = read(f"{t.mnt}/lib/data.bin") == data_file
+        settled_stats(t.mnt)
+        seen = len(link.log)
+        first = read(f"{t.mnt}/{cache}/__init__.cpython-311.pyc") == deterministic_bytes(1098, 20000)
+        settled_stats(t.mnt)
+        guess = [r["bytes"] for r in link.log[seen:] if f"/blobs/{layer} " in r["request"]][1:]
+        requests = imgfs_stats(t.mnt)["range_requests"]
+        rest = all(read(f"{t.mnt}/{path}") == body for path, body in modules.items())
+        t.tap.ok(warm and first and rest and imgfs_stats(t.mnt)["range_requests"] == requests,
+                 "the package's modules read right with no request of their own")
+        t.tap.ok(len(guess) >= 3 and max(guess) <= 256 << 10,
+                 "its guess asked in several requests of at most 256 KiB", guess)
+    finally:
+        m.umount()
+
+
+@suite.case
 def package_fetched_ahead(t):
     """On a layer read through an index too, the first module of a Python package read
     brings the package's modules of its kind and its extension modules in the background,
