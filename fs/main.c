@@ -129,9 +129,8 @@ static char *mounted_type(const char *path)
 /* The kernel gives a FUSE mount 128 KiB of read-ahead whatever max_readahead
  * the daemon offers; FUSE_READ_AROUND says why more.  Only root may raise
  * it, through the mount's bdi in sysfs; for anyone else the default stays,
- * which is only slower.  The
- * device comes from mountinfo: a stat() of the mount would wait for this
- * daemon, which does not serve requests yet. */
+ * which is only slower.  The device comes from mountinfo: a stat() of the
+ * mount would wait for this daemon, which does not serve requests yet. */
 static void widen_readahead(const char *path)
 {
 	_cleanup_fclose_ FILE *f = geteuid() == 0 ? fopen("/proc/self/mountinfo", "re") : NULL;

@@ -106,8 +106,9 @@ static bool window_from_span_before(const struct layer *l, const struct checkpoi
 
 /* Whether starting at cp costs a request for its window.  Not when the
  * source has it at hand (fetched ahead with the blob after it), nor when
- * the span before it is decoded: decoding on from a cursor behind instead
- * would need the blob between, which nothing fetched. */
+ * the span before it is decoded (its last bytes are the window); a cursor
+ * behind is then not preferred, as it would need the blob between, which
+ * nothing may have fetched. */
 static bool window_costs_request(struct layer *l, const struct checkpoint *cp)
 {
 	return window_elsewhere(cp) && !(l->ops && l->ops->window_at_hand && l->ops->window_at_hand(l, cp)) &&
@@ -771,7 +772,7 @@ void decoded_keep_flush(void)
 
 static int span_read(struct layer *l, size_t idx, void *buf, size_t len, uint64_t off);
 
-/* The nearest checkpoint before idx, within DECODE_ON_RATHER_THAN_FETCH,
+/* The nearest checkpoint before idx, within DECODE_ON_RATHER_THAN_WINDOW,
  * whose window costs no request, and from which the blob up to idx is here
  * or coming (a miss's request reads ahead past several checkpoints); idx
  * if there is none. */
@@ -825,6 +826,50 @@ static void decode_spans_before(struct layer *l, size_t idx)
 	}
 }
 
+/* Whether a decode from off would go on from a cursor rather than start at
+ * its checkpoint (cursor_for()'s choice: one close behind only when the
+ * checkpoint's window costs a request); l->lock is held. */
+static bool cursor_goes_on(const struct layer *l, uint64_t off, bool window_costly)
+{
+	const struct checkpoint *cp = layer_checkpoint_before(l, off);
+	for (int i = 0; l->cursors && i < CURSORS_PER_LAYER; i++) {
+		const struct cursor *c = &l->cursors[i];
+		if (c->valid && ((c->pos >= cp->out && c->pos <= off) || (window_costly && close_behind(c, off))))
+			return true;
+	}
+	return false;
+}
+
+/* What decoding span idx from its checkpoint reads from a source that
+ * fetches (its window, its blob bytes), fetched before the layer's lock is
+ * taken: a decode holds the lock, and the reads of other files (which the
+ * kernel sends at once: a container's users, groups and program) waited
+ * for this one's round trips before they could ask for their own. */
+static void span_input_fetch(struct layer *l, size_t idx)
+{
+	const struct checkpoint *cp = &l->checkpoints[idx];
+	if (!l->ops || !l->ops->blob_coming)
+		return;
+	bool window_costly = window_costs_request(l, cp);
+	pthread_mutex_lock(&l->lock);
+	bool goes_on = cursor_goes_on(l, cp->out, window_costly);
+	pthread_mutex_unlock(&l->lock);
+	if (goes_on)
+		return;
+	unsigned char piece[DECODER_INPUT_PIECE];
+	if (window_costly && cp->window_len <= sizeof(piece) && l->ops->read_window)
+		(void)l->ops->read_window(l, cp, piece);
+	uint64_t in = cp->in > 0 && cp->bits ? cp->in - 1 : cp->in;
+	uint64_t end = idx + 1 < l->n_checkpoints ? l->checkpoints[idx + 1].in + DECODER_INPUT_PIECE : l->blob_size;
+	if (end > l->blob_size)
+		end = l->blob_size;
+	for (uint64_t at = in; at < end; at += sizeof(piece)) {
+		size_t n = end - at < sizeof(piece) ? (size_t)(end - at) : sizeof(piece);
+		if (blob_read(l, piece, n, at) < 0)
+			return; /* the decode will say */
+	}
+}
+
 static int span_read(struct layer *l, size_t idx, void *buf, size_t len, uint64_t off)
 {
 	uint64_t start = l->checkpoints[idx].out;
@@ -836,6 +881,7 @@ static int span_read(struct layer *l, size_t idx, void *buf, size_t len, uint64_
 	if (decoded_read(l, start, end, buf, len, off))
 		return 0;
 	decode_spans_before(l, idx);
+	span_input_fetch(l, idx);
 	struct decoded_span *v = calloc(1, sizeof(*v));
 	unsigned char *data = malloc((size_t)(end - start));
 	if (!v || !data) {

@@ -12,6 +12,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 
@@ -555,6 +556,44 @@ def read_ahead_decodes_on(t):
         t.tap.ok(first and all(later) and len(windows) == 1 and window_bytes < 2 * one_window,
                  "the first read asked for one window (of about %d bytes each)" % one_window, (window_bytes, asked))
         t.tap.ok(later_asked == [], "reads one to three checkpoints further asked for nothing", later_asked)
+    finally:
+        m.umount()
+
+
+@suite.case
+def reads_of_two_files_ask_together(t):
+    """Two files read at once each ask for their bytes at once: one read does
+    not wait for the other's round trips before it asks for its own (a
+    decode holds the layer's lock; what it will read is fetched before)."""
+    first, second = deterministic_bytes(31, 3 << 20), deterministic_bytes(32, 3 << 20)
+    proxy = FaultProxy(t.reg.host)
+    t.on_exit(proxy.stop)
+    m = mount_indexed(t, "test/together", [Entry("a.bin", data=first), Entry("b.bin", data=second)],
+                      "an image of two 3 MiB files, indexed, mounted through a proxy", proxy)
+    if not m:
+        return
+    try:
+        layer = t.reg.get_manifest("test/together", "v1")["layers"][0]["digest"]
+        proxy.hold_large = (0, 1.0)  # every ranged read waits a second, as if far away
+        seen = len(proxy.requests)
+        events_seen = len(proxy.range_events)
+        off = (1 << 20) + 4096
+        results = {}
+        threads = [threading.Thread(target=lambda n, d: results.__setitem__(n, read_no_readahead(
+            f"{t.mnt}/{n}", off) == d[off:off + 4096]), args=(name, data))
+            for name, data in (("a.bin", first), ("b.bin", second))]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        proxy.hold_large = None
+        blob_asks = [rng for _, path, rng in proxy.requests[seen:] if f"/blobs/{layer}" in path]
+        events = proxy.range_events[events_seen:]
+        first_answer = next((k for k, (what, _) in enumerate(events) if what == "answer"), len(events))
+        asked_before = sum(1 for what, at in events[:first_answer] if what == "ask"
+                           and any(rng.startswith(f"bytes={at}-") for rng in blob_asks))
+        t.tap.ok(results == {"a.bin": True, "b.bin": True} and asked_before >= 2,
+                 "both files' bytes were asked for before the first came back", (results, events, blob_asks))
     finally:
         m.umount()
 
