@@ -410,8 +410,10 @@ int resolve_user(int rootfs_fd, const char *spec, uid_t *ret_uid, gid_t *ret_gid
 
 /* Asks for what the start of a container reads from its root, all at once:
  * on a lazy mount each is a round trip when read in turn (the users, the
- * groups, then the program the runtime executes).  The kernel reads ahead
- * in the background; a file that cannot be opened is simply not asked for. */
+ * groups, then the program the runtime executes).  The program goes first:
+ * it is the most bytes, and the start waits for them last.  The kernel
+ * reads ahead in the background; a file that cannot be opened is simply
+ * not asked for. */
 void spec_read_ahead(int rootfs_fd, const struct image_process *img, const struct spec_options *o)
 {
 	char *single[2];
@@ -425,8 +427,8 @@ void spec_read_ahead(int rootfs_fd, const struct image_process *img, const struc
 	for (char *const *e = o->env; e && *e; e++)
 		if (str_has_prefix(*e, "PATH="))
 			path_env = *e + strlen("PATH=");
-	int fds[] = { open_in_root(rootfs_fd, "/etc/passwd"), open_in_root(rootfs_fd, "/etc/group"),
-		      open_command(rootfs_fd, program, path_env) };
+	int fds[] = { open_command(rootfs_fd, program, path_env), open_in_root(rootfs_fd, "/etc/passwd"),
+		      open_in_root(rootfs_fd, "/etc/group") };
 	for (size_t i = 0; i < ARRAY_SIZE(fds); i++) {
 		struct stat st;
 		if (fds[i] >= 0 && fstat(fds[i], &st) == 0 && S_ISREG(st.st_mode))
