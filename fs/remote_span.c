@@ -115,7 +115,7 @@ void rb_stream_asked(struct stream *st)
 }
 
 /* A transfer this long after its first bytes tells the link's rate. */
-#define RATE_SAMPLE_BYTES (256u << 10)
+#define RATE_SAMPLE_BYTES (1u << 20)
 
 void rb_note_transfer(struct remote_blob *rb, const struct stream *st)
 {
