@@ -152,8 +152,10 @@ struct layer_source_ops {
 	void (*first_read_begins)(struct layer *l, const struct entry *e);
 	/* Fetches for several readers at once, each on a connection of its
 	 * own: a guess of what is read next can run ahead of the reads
-	 * (elf_guess.h).  Where reads of a layer take turns (a tar stream
-	 * decoded through its checkpoints), a guess only makes them wait. */
+	 * (elf_guess.h).  Not a tar stream decoded through its checkpoints:
+	 * there the guess's decodes take turns with the reads' and its
+	 * fetches of library ends are larger than the reads' (tools/bench-link,
+	 * foreign row, with it: 4.22-4.64 s against 3.96-4.08 s). */
 	bool concurrent_reads;
 };
 
