@@ -425,13 +425,14 @@ def file_read_on_after_its_head(t):
     m.umount()
 
 
-def mount_indexed(t, repo, entries, what, proxy=None):
+def mount_indexed(t, repo, entries, what, via=None):
     """entries as a one-layer gzip image in repo, indexed, mounted on t.mnt with no prefetch
-    (through proxy, when given, a FaultProxy of t.reg); None, reported as what, when that fails."""
+    (through via, when given, a FaultProxy or ShapedLink of t.reg); None, reported as what,
+    when that fails."""
     push_image(t.reg, repo, "v1", [(make_tar(entries), "gzip")])
     ref = f"{t.reg.host}/{repo}:v1"
     push = run([IMGFS, "index", "push", "--cache", os.path.join(t.work, "cache-push"), ref])
-    m = Mount(f"{proxy.host}/{repo}:v1" if proxy else ref, t.mnt,
+    m = Mount(f"{via.host}/{repo}:v1" if via else ref, t.mnt,
               os.path.join(t.work, "cache-" + repo.replace("/", "-")), ["--prefetch", "none"])
     return m if t.tap.ok(push.returncode == 0 and m.ok, what, (push.stderr, m.stderr())) else None
 
@@ -615,12 +616,8 @@ def guess_paced_on_slow_link(t):
                [Entry(path, data=body) for path, body in modules.items()])
     link = ShapedLink(t.reg.port, rtt=0.02, rate=2e6)
     t.on_exit(link.stop)
-    push_image(t.reg, "test/slow-package", "v1", [(make_tar(entries), "gzip")])
-    push = run([IMGFS, "index", "push", "--cache", os.path.join(t.work, "cache-push"),
-                f"{t.reg.host}/test/slow-package:v1"])
-    m = Mount(f"{link.host}/test/slow-package:v1", t.mnt, os.path.join(t.work, "cache-slow"), ["--prefetch", "none"])
-    if not t.tap.ok(push.returncode == 0 and m.ok, "a package image, indexed, mounted through a 2 MB/s link",
-                    (push.stderr, m.stderr())):
+    m = mount_indexed(t, "test/slow-package", entries, "a package image, indexed, mounted through a 2 MB/s link", link)
+    if not m:
         return
     try:
         layer = t.reg.get_manifest("test/slow-package", "v1")["layers"][0]["digest"]
