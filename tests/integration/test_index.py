@@ -425,6 +425,13 @@ def file_read_on_after_its_head(t):
     m.umount()
 
 
+def fault_proxy(t):
+    """A FaultProxy in front of t.reg, stopped when the case ends."""
+    proxy = FaultProxy(t.reg.host)
+    t.on_exit(proxy.stop)
+    return proxy
+
+
 def mount_indexed(t, repo, entries, what, via=None):
     """entries as a one-layer gzip image in repo, indexed, mounted on t.mnt with no prefetch
     (through via, when given, a FaultProxy or ShapedLink of t.reg); None, reported as what,
@@ -447,8 +454,7 @@ def libraries_read_on_with_windows(t):
     mid, large = deterministic_bytes(950, 3 << 20), deterministic_bytes(951, 6 << 20)
     entries = [Entry("usr", "dir"), Entry("usr/lib", "dir"), Entry("usr/lib/libmid.so.1", data=mid),
                Entry("usr/lib/liblarge.so.1", data=large)]
-    proxy = FaultProxy(t.reg.host)
-    t.on_exit(proxy.stop)
+    proxy = fault_proxy(t)
     m = mount_indexed(t, "test/libraries", entries, "an image of a 3 MiB and a 6 MiB library, indexed and mounted",
                       proxy)
     if not m:
@@ -492,8 +498,7 @@ def guesses_keep_their_connections(t):
         return entries
     names = ["one", "two", "three", "four", "five", "six", "seven"]
     entries = [Entry("lib", "dir")] + [e for i, name in enumerate(names) for e in package(name, 900 + 20 * i)]
-    proxy = FaultProxy(t.reg.host)
-    t.on_exit(proxy.stop)
+    proxy = fault_proxy(t)
     m = mount_indexed(t, "test/packages", entries, "an image of seven packages, indexed, mounted through a proxy",
                       proxy)
     if not m:
@@ -533,8 +538,7 @@ def read_ahead_decodes_on(t):
         return b" ".join(rnd.choice(words) for _ in range(6000))[:40000]
     texts = [text(i) for i in range(200)]
     entries = [Entry("docs", "dir")] + [Entry(f"docs/f{i:03d}.txt", data=d) for i, d in enumerate(texts)]
-    proxy = FaultProxy(t.reg.host)
-    t.on_exit(proxy.stop)
+    proxy = fault_proxy(t)
     m = mount_indexed(t, "test/texts", entries, "an image of 200 text files, indexed, mounted through a proxy", proxy)
     if not m:
         return
@@ -567,8 +571,7 @@ def reads_of_two_files_ask_together(t):
     not wait for the other's round trips before it asks for its own (a
     decode holds the layer's lock; what it will read is fetched before)."""
     first, second = deterministic_bytes(31, 3 << 20), deterministic_bytes(32, 3 << 20)
-    proxy = FaultProxy(t.reg.host)
-    t.on_exit(proxy.stop)
+    proxy = fault_proxy(t)
     m = mount_indexed(t, "test/together", [Entry("a.bin", data=first), Entry("b.bin", data=second)],
                       "an image of two 3 MiB files, indexed, mounted through a proxy", proxy)
     if not m:
