@@ -413,11 +413,47 @@ static bool remote_blob_bytes_coming(struct layer *l, uint64_t in, uint64_t end)
 	return coming;
 }
 
+/* A window connection for cp, marked as fetching it: its index; -EAGAIN
+ * after a wait, in which another reader may have brought cp (look in the
+ * cache again first). */
+static int window_connection_take(struct remote_blob *rb, const struct checkpoint *cp)
+{
+	int taken = -EAGAIN;
+	pthread_mutex_lock(&rb->window_lock);
+	for (bool waited = false; !waited;) {
+		bool coming = false;
+		int free_one = -1;
+		for (int k = 0; k < WINDOW_CONNECTIONS; k++) {
+			if (rb->window_fetching[k] == cp)
+				coming = true;
+			else if (!rb->window_fetching[k] && rb->window_clients[k] && free_one < 0)
+				free_one = k;
+		}
+		if (!coming && free_one >= 0) {
+			rb->window_fetching[free_one] = cp;
+			taken = free_one;
+			break;
+		}
+		pthread_cond_wait(&rb->window_moved, &rb->window_lock);
+		waited = true;
+	}
+	pthread_mutex_unlock(&rb->window_lock);
+	return taken;
+}
+
+static void window_connection_give(struct remote_blob *rb, int k)
+{
+	pthread_mutex_lock(&rb->window_lock);
+	rb->window_fetching[k] = NULL;
+	pthread_cond_broadcast(&rb->window_moved);
+	pthread_mutex_unlock(&rb->window_lock);
+}
+
 static int remote_blob_read_window(struct layer *l, const struct checkpoint *cp, unsigned char *out)
 {
 	struct remote_blob *rb = l->source;
 	/* remote_blob_attach() checked that every window lies in the blob. */
-	if (!rb->window_client)
+	if (!rb->window_clients[0])
 		return -EIO;
 	if (rb_cached_window(rb, cp, out) == 0)
 		return 0;
@@ -431,20 +467,23 @@ static int remote_blob_read_window(struct layer *l, const struct checkpoint *cp,
 	_cleanup_free_ unsigned char *stored = malloc(cp->window_stored);
 	if (!stored)
 		return -ENOMEM;
+	int k;
+	while ((k = window_connection_take(rb, cp)) < 0)
+		if (rb_cached_window(rb, cp, out) == 0)
+			return 0;
 	struct err err = { 0 };
-	pthread_mutex_lock(&rb->window_lock);
-	/* Another reader at the same checkpoint may have fetched it meanwhile. */
-	int r = rb_cached_window(rb, cp, out) == 0
-		    ? 1
-		    : registry_fetch_range(rb->window_client, rb->windows_digest, cp->window_at, cp->window_stored,
-					   stored, &err);
-	pthread_mutex_unlock(&rb->window_lock);
+	int r = registry_fetch_range(rb->window_clients[k], rb->windows_digest, cp->window_at, cp->window_stored,
+				     stored, &err);
 	if (r < 0)
-		return -EIO;
-	if (r > 0)
-		return 0;
-	rb_count_fetched(rb, 1, cp->window_stored, FETCH_ON_DEMAND);
-	return rb_keep_window(rb, cp, stored, out);
+		r = -EIO;
+	else {
+		rb_count_fetched(rb, 1, cp->window_stored, FETCH_ON_DEMAND);
+		r = rb_keep_window(rb, cp, stored, out);
+	}
+	/* Given back once the window is in the cache, where a reader that
+	 * waited for it looks. */
+	window_connection_give(rb, k);
+	return r;
 }
 
 static void remote_blob_stats(struct layer *l, struct layer_stats *s)
@@ -478,9 +517,11 @@ static void remote_blob_free(struct remote_blob *rb)
 	pthread_mutex_unlock(&rb->lock);
 	for (size_t k = 0; k < STREAMS; k++)
 		registry_client_free(rb->streams[k].client);
-	registry_client_free(rb->window_client);
+	for (size_t k = 0; k < WINDOW_CONNECTIONS; k++)
+		registry_client_free(rb->window_clients[k]);
 	registry_client_free(rb->window_prefetch_client);
 	pthread_mutex_destroy(&rb->window_lock);
+	pthread_cond_destroy(&rb->window_moved);
 	if (rb->open_fd >= 0)
 		close(rb->open_fd);
 	free(rb->mem_data);
@@ -533,6 +574,7 @@ int remote_blob_attach(struct layer *l, struct registry_client *client, struct r
 		return -ENOMEM;
 	pthread_mutex_init(&rb->lock, NULL);
 	pthread_mutex_init(&rb->window_lock, NULL);
+	pthread_cond_init(&rb->window_moved, NULL);
 	pthread_cond_init(&rb->stream_moved, NULL);
 	snprintf(rb->digest, sizeof(rb->digest), "%s", digest);
 	rb->blob_size = blob_size;
@@ -558,7 +600,10 @@ int remote_blob_attach(struct layer *l, struct registry_client *client, struct r
 	if (windows) {
 		snprintf(rb->windows_digest, sizeof(rb->windows_digest), "%s", windows->digest);
 		rb->windows_size = windows->size;
-		rb->window_client = windows->client;
+		rb->window_clients[0] = windows->client;
+		/* Without them, windows come one at a time. */
+		for (size_t k = 1; k < WINDOW_CONNECTIONS; k++)
+			rb->window_clients[k] = registry_client_dup(windows->client);
 		/* Without it, the prefetch leaves windows to the reads. */
 		rb->window_prefetch_client = registry_client_dup(windows->client);
 	}

@@ -17,6 +17,9 @@
 /* Background requests that reads see at once: one per worker of a
  * prefetch list (remote_prefetch.c); one more would only be unseen. */
 #define BACKGROUND_RUNS 4
+/* Windows that reads fetch at once.  A start reads its program, users and
+ * groups together; more than that rarely miss windows at one time. */
+#define WINDOW_CONNECTIONS 3
 
 /* An on-demand request: spans [first, end) of one request, each stored as
  * it arrives, [first, next) handled so far (stream_main).  The range stays
@@ -73,12 +76,17 @@ struct remote_blob {
 	uint64_t reads_ahead_of_prefetch;
 	pthread_cond_t stream_moved; /* a stream's next moved or a stream ended */
 	/* The windows blob of an index pushed with its windows apart, in the
-	 * index's repository; its own connection, so that a window comes
-	 * beside the stream, and one for prefetch. */
+	 * index's repository; connections of its own, so that a window comes
+	 * beside the stream, and one for prefetch.  Reads of different files
+	 * fetch their windows at once, each on a connection (a start's
+	 * program need not wait behind its users' window); window_lock
+	 * guards which connection fetches which window (NULL: free). */
 	char windows_digest[72];
 	uint64_t windows_size;
-	struct registry_client *window_client, *window_prefetch_client;
-	pthread_mutex_t window_lock; /* guards window_client */
+	struct registry_client *window_clients[WINDOW_CONNECTIONS], *window_prefetch_client;
+	const struct checkpoint *window_fetching[WINDOW_CONNECTIONS];
+	pthread_mutex_t window_lock;
+	pthread_cond_t window_moved;
 	/* The blob ranges of the last large files whose head was read
 	 * (remote_blob_read_ahead_file()), in a ring: a read inside one reads
 	 * ahead only to its end. */

@@ -567,9 +567,10 @@ def read_ahead_decodes_on(t):
 
 @suite.case
 def reads_of_two_files_ask_together(t):
-    """Two files read at once each ask for their bytes at once: one read does
-    not wait for the other's round trips before it asks for its own (a
-    decode holds the layer's lock; what it will read is fetched before)."""
+    """Two files read at once each ask for their bytes and their windows at
+    once: one read does not wait for the other's round trips before it asks
+    for its own (a decode holds the layer's lock, so what it will read is
+    fetched before; each window fetched at a time has a connection)."""
     first, second = deterministic_bytes(31, 3 << 20), deterministic_bytes(32, 3 << 20)
     proxy = fault_proxy(t)
     m = mount_indexed(t, "test/together", [Entry("a.bin", data=first), Entry("b.bin", data=second)],
@@ -593,13 +594,19 @@ def reads_of_two_files_ask_together(t):
         for th in threads:
             th.join()
         proxy.hold_large = None
-        blob_asks = [rng for _, path, rng in proxy.requests[seen:] if f"/blobs/{layer}" in path]
+        asks = proxy.requests[seen:]
+        blob_asks = [rng for _, path, rng in asks if f"/blobs/{layer}" in path]
+        window_asks = [rng for _, path, rng in asks if rng and f"/blobs/{layer}" not in path]
         events = proxy.range_events[events_seen:]
         first_answer = next((k for k, (what, _) in enumerate(events) if what == "answer"), len(events))
-        asked_before = sum(1 for what, at in events[:first_answer] if what == "ask"
-                           and any(rng.startswith(f"bytes={at}-") for rng in blob_asks))
-        t.tap.ok(results == {"a.bin": True, "b.bin": True} and asked_before >= 2,
-                 "both files' bytes were asked for before the first came back", (results, events, blob_asks))
+
+        def asked_before(ranges):
+            return sum(1 for what, at in events[:first_answer] if what == "ask"
+                       and any(rng.startswith(f"bytes={at}-") for rng in ranges))
+        t.tap.ok(results == {"a.bin": True, "b.bin": True} and asked_before(blob_asks) >= 2
+                 and len(window_asks) == 2 and asked_before(window_asks) == 2,
+                 "both files' bytes and both their windows were asked for before the first came back",
+                 (results, events, blob_asks, window_asks))
     finally:
         m.umount()
 
