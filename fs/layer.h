@@ -134,6 +134,11 @@ struct layer_source_ops {
 	 * way brings them: decoding them costs no request of its own.  NULL:
 	 * never known to be. */
 	bool (*blob_coming)(struct layer *l, uint64_t in, uint64_t end);
+	/* Brings the compressed bytes [in, end) here, verified, or waits for
+	 * the request under way that brings them, without reading them out:
+	 * what a decode will read, fetched before it takes l->lock.  NULL:
+	 * the source's bytes are always here. */
+	int (*bring_blob)(struct layer *l, uint64_t in, uint64_t end);
 	/* A file's bytes; [off, off+len) lies within the file. */
 	ssize_t (*read_entry)(struct layer *l, const struct entry *e, void *buf, size_t len, uint64_t off);
 	/* See layer_prefetch(). */

@@ -357,7 +357,9 @@ static int span_fd(struct remote_blob *rb, size_t i, const struct reach *reach)
 	return fd;
 }
 
-static int remote_blob_read(struct layer *l, void *buf, size_t len, uint64_t off)
+/* Bytes [off, off+len) of the blob into out, or only here (in the cache,
+ * verified) when out is NULL. */
+static int blob_bytes(struct layer *l, unsigned char *out, size_t len, uint64_t off)
 {
 	struct remote_blob *rb = l->source;
 	if (off > rb->blob_size || len > rb->blob_size - off)
@@ -365,7 +367,6 @@ static int remote_blob_read(struct layer *l, void *buf, size_t len, uint64_t off
 	demand_note();
 	pthread_mutex_lock(&rb->lock);
 	int r = 0;
-	unsigned char *out = buf;
 	while (len > 0 && r == 0) {
 		size_t i = (size_t)(off / rb->span_size);
 		uint64_t in_span = off - (uint64_t)i * rb->span_size;
@@ -373,18 +374,30 @@ static int remote_blob_read(struct layer *l, void *buf, size_t len, uint64_t off
 		struct reach reach = miss_reach(l, off);
 		reach_within_file(rb, off, &reach);
 		int fd = span_in_memory(rb, i) ? -ENOSPC : span_fd(rb, i, &reach);
-		if (fd == -ENOSPC && span_in_memory(rb, i))
-			memcpy(out, rb->mem_data + in_span, n);
-		else if (fd < 0 || read_full_at(fd, out, n, (off_t)in_span) < 0)
+		if (fd == -ENOSPC && span_in_memory(rb, i)) {
+			if (out)
+				memcpy(out, rb->mem_data + in_span, n);
+		} else if (fd < 0 || (out && read_full_at(fd, out, n, (off_t)in_span) < 0))
 			r = -EIO;
 		else
 			stream_follow(rb, i, reach.readahead);
-		out += n;
+		if (out)
+			out += n;
 		off += n;
 		len -= n;
 	}
 	pthread_mutex_unlock(&rb->lock);
 	return r;
+}
+
+static int remote_blob_read(struct layer *l, void *buf, size_t len, uint64_t off)
+{
+	return blob_bytes(l, buf, len, off);
+}
+
+static int remote_blob_bring(struct layer *l, uint64_t in, uint64_t end)
+{
+	return in <= end ? blob_bytes(l, NULL, (size_t)(end - in), in) : -EIO;
 }
 
 /* The window a decoder starts from at cp.  The decoder reads the bytes
@@ -547,6 +560,7 @@ static const struct layer_source_ops remote_blob_ops = {
 	.read_window = remote_blob_read_window,
 	.window_at_hand = remote_blob_window_at_hand,
 	.blob_coming = remote_blob_bytes_coming,
+	.bring_blob = remote_blob_bring,
 	.read_entry = tar_stream_read_entry,
 	.prefetch = remote_blob_prefetch,
 	.get_stats = remote_blob_stats,

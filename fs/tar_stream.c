@@ -848,7 +848,7 @@ static bool cursor_goes_on(const struct layer *l, uint64_t off, bool window_cost
 static void span_input_fetch(struct layer *l, size_t idx)
 {
 	const struct checkpoint *cp = &l->checkpoints[idx];
-	if (!l->ops || !l->ops->blob_coming)
+	if (!l->ops || !l->ops->blob_coming || !l->ops->bring_blob)
 		return;
 	bool window_costly = window_costs_request(l, cp);
 	pthread_mutex_lock(&l->lock);
@@ -856,18 +856,13 @@ static void span_input_fetch(struct layer *l, size_t idx)
 	pthread_mutex_unlock(&l->lock);
 	if (goes_on)
 		return;
-	unsigned char piece[DECODER_INPUT_PIECE];
-	if (window_costly && cp->window_len <= sizeof(piece) && l->ops->read_window)
-		(void)l->ops->read_window(l, cp, piece);
+	unsigned char window[DECODER_INPUT_PIECE];
+	if (window_costly && cp->window_len <= sizeof(window) && l->ops->read_window)
+		(void)l->ops->read_window(l, cp, window);
 	uint64_t in = cp->in > 0 && cp->bits ? cp->in - 1 : cp->in;
 	uint64_t end = idx + 1 < l->n_checkpoints ? l->checkpoints[idx + 1].in + DECODER_INPUT_PIECE : l->blob_size;
-	if (end > l->blob_size)
-		end = l->blob_size;
-	for (uint64_t at = in; at < end; at += sizeof(piece)) {
-		size_t n = end - at < sizeof(piece) ? (size_t)(end - at) : sizeof(piece);
-		if (blob_read(l, piece, n, at) < 0)
-			return; /* the decode will say */
-	}
+	/* A failure is the decode's to report. */
+	(void)l->ops->bring_blob(l, in, end < l->blob_size ? end : l->blob_size);
 }
 
 static int span_read(struct layer *l, size_t idx, void *buf, size_t len, uint64_t off)
