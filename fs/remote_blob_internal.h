@@ -94,10 +94,7 @@ struct remote_blob {
 		uint64_t in, end;
 	} large_files[LARGE_FILES_KEPT];
 	size_t large_files_next;
-	uint64_t bytes_read_ahead; /* of files whose head was read */
-	/* The link as the transfers saw it: the shortest wait for a first
-	 * byte, and the best rate of a long transfer; 0 until measured. */
-	uint64_t link_first_byte_ns, link_bytes_per_s;
+	uint64_t bytes_read_ahead;  /* of files whose head was read */
 	struct remote_guess *guess; /* NULL: the layer has no Python package */
 };
 
@@ -112,11 +109,11 @@ int rb_open_cached_span(struct remote_blob *rb, size_t i);
 void rb_stream_arrived(void *ctx, size_t got);
 /* Marks st asked for now; rb->lock is held. */
 void rb_stream_asked(struct stream *st);
-/* Learns from st's transfer, which has ended; rb->lock is held. */
-void rb_note_transfer(struct remote_blob *rb, const struct stream *st);
+/* Learns the link from st's transfer, which has ended; rb->lock is held. */
+void rb_note_transfer(const struct remote_blob *rb, const struct stream *st);
 /* How large a guess's requests are: see rb_guess_request_bytes() in
- * remote_span.c.  rb->lock is held. */
-uint64_t rb_guess_request_bytes(const struct remote_blob *rb);
+ * remote_span.c. */
+uint64_t rb_guess_request_bytes(void);
 /* The on-demand stream, or the background request, under way that brings
  * span i; NULL if none.  rb->lock is held. */
 struct stream *rb_stream_bringing(struct remote_blob *rb, size_t i);

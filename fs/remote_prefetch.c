@@ -76,9 +76,7 @@ static int prefetch_spans(struct remote_blob *rb, struct registry_client *client
 		}
 		size_t run = 1;
 		uint64_t len = rb_span_len(rb, i);
-		pthread_mutex_lock(&rb->lock);
-		uint64_t most = purpose == FETCH_GUESS ? rb_guess_request_bytes(rb) : SPAN_READAHEAD_MAX_BYTES;
-		pthread_mutex_unlock(&rb->lock);
+		uint64_t most = purpose == FETCH_GUESS ? rb_guess_request_bytes() : SPAN_READAHEAD_MAX_BYTES;
 		while (i + run <= last && len + rb_span_len(rb, i + run) <= most && !span_present(rb, i + run))
 			len += rb_span_len(rb, i + run++);
 		/* The connection is ours alone; the lock only covers the

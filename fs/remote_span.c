@@ -117,21 +117,33 @@ void rb_stream_asked(struct stream *st)
 /* A transfer this long after its first bytes tells the link's rate. */
 #define RATE_SAMPLE_BYTES (1u << 20)
 
-void rb_note_transfer(struct remote_blob *rb, const struct stream *st)
+/* The link as the transfers of every blob saw it: the shortest wait for a
+ * first byte, and the best rate of a long transfer; 0 until measured.  A
+ * server serves one mount, whose layers come from one registry, and a
+ * layer's first guess often comes before any transfer of its own was long
+ * enough to measure (a package in a layer of its own). */
+static struct {
+	pthread_mutex_t lock;
+	uint64_t first_byte_ns, bytes_per_s;
+} link_seen = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+void rb_note_transfer(const struct remote_blob *rb, const struct stream *st)
 {
 	if (!st->first_bytes_ns)
 		return;
 	uint64_t wait = st->first_bytes_ns - st->asked_ns;
-	if (!rb->link_first_byte_ns || wait < rb->link_first_byte_ns)
-		rb->link_first_byte_ns = wait ? wait : 1;
 	uint64_t got = (uint64_t)(st->next - st->first) * rb->span_size, took = monotonic_ns() - st->first_bytes_ns;
 	uint64_t rate = got > st->first_got && got - st->first_got >= RATE_SAMPLE_BYTES && took
 			    ? (got - st->first_got) * 1000000000u / took
 			    : 0;
+	pthread_mutex_lock(&link_seen.lock);
+	if (!link_seen.first_byte_ns || wait < link_seen.first_byte_ns)
+		link_seen.first_byte_ns = wait ? wait : 1;
 	/* The best seen is the link's: a transfer that shared it, or waited
 	 * for a busy CPU, saw less. */
-	if (rate > rb->link_bytes_per_s)
-		rb->link_bytes_per_s = rate;
+	if (rate > link_seen.bytes_per_s)
+		link_seen.bytes_per_s = rate;
+	pthread_mutex_unlock(&link_seen.lock);
 }
 
 /* On a link with one queue, a miss asked for while a guess's bytes are on
@@ -147,13 +159,15 @@ void rb_note_transfer(struct remote_blob *rb, const struct stream *st)
 #define GUESS_REQUEST_MIN (128u << 10)
 #define GUESS_SPLIT_AFTER 8
 
-uint64_t rb_guess_request_bytes(const struct remote_blob *rb)
+uint64_t rb_guess_request_bytes(void)
 {
-	if (!rb->link_first_byte_ns || !rb->link_bytes_per_s ||
-	    (uint64_t)SPAN_READAHEAD_MAX_BYTES * 1000000000u / rb->link_bytes_per_s <=
-		GUESS_SPLIT_AFTER * rb->link_first_byte_ns)
+	pthread_mutex_lock(&link_seen.lock);
+	uint64_t first_byte_ns = link_seen.first_byte_ns, bytes_per_s = link_seen.bytes_per_s;
+	pthread_mutex_unlock(&link_seen.lock);
+	if (!first_byte_ns || !bytes_per_s ||
+	    (uint64_t)SPAN_READAHEAD_MAX_BYTES * 1000000000u / bytes_per_s <= GUESS_SPLIT_AFTER * first_byte_ns)
 		return SPAN_READAHEAD_MAX_BYTES;
-	uint64_t bytes = rb->link_bytes_per_s / 2 * rb->link_first_byte_ns / 1000000000u;
+	uint64_t bytes = bytes_per_s / 2 * first_byte_ns / 1000000000u;
 	return bytes < GUESS_REQUEST_MIN          ? GUESS_REQUEST_MIN
 	       : bytes > SPAN_READAHEAD_MAX_BYTES ? SPAN_READAHEAD_MAX_BYTES
 						  : bytes;

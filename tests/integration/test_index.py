@@ -432,11 +432,11 @@ def fault_proxy(t):
     return proxy
 
 
-def mount_indexed(t, repo, entries, what, via=None):
-    """entries as a one-layer gzip image in repo, indexed, mounted on t.mnt with no prefetch
-    (through via, when given, a FaultProxy or ShapedLink of t.reg); None, reported as what,
-    when that fails."""
-    push_image(t.reg, repo, "v1", [(make_tar(entries), "gzip")])
+def mount_indexed(t, repo, entries, what, via=None, lower=None):
+    """entries as a gzip image in repo (above a layer of lower, when given), indexed,
+    mounted on t.mnt with no prefetch (through via, when given, a FaultProxy or ShapedLink
+    of t.reg); None, reported as what, when that fails."""
+    push_image(t.reg, repo, "v1", [(make_tar(layer), "gzip") for layer in (lower, entries) if layer])
     ref = f"{t.reg.host}/{repo}:v1"
     push = run([IMGFS, "index", "push", "--cache", os.path.join(t.work, "cache-push"), ref])
     m = Mount(f"{via.host}/{repo}:v1" if via else ref, t.mnt,
@@ -616,22 +616,26 @@ def guess_paced_on_slow_link(t):
     """On a slow link a package guess asks in small requests, one at a time per
     connection, so that a miss asked for meanwhile waits behind little of it (the
     link is one queue); the package's modules still come, and their reads ask for
-    nothing."""
+    nothing.  The link is known from what any layer fetched: the package's layer
+    fetched nothing before its guess."""
     cache = "lib/slow/__pycache__"
     modules = {f"{cache}/m{i:02d}.cpython-311.pyc": deterministic_bytes(1100 + i, 60000) for i in range(20)}
     data_file = deterministic_bytes(1099, 3 << 20)
-    entries = ([Entry("lib", "dir"), Entry("lib/data.bin", data=data_file), Entry("lib/slow", "dir"),
-                Entry(cache, "dir"), Entry("lib/slow/__init__.py", data=b"\n"),
+    entries = ([Entry("lib", "dir"), Entry("lib/slow", "dir"), Entry(cache, "dir"),
+                Entry("lib/slow/__init__.py", data=b"\n"),
                 Entry(f"{cache}/__init__.cpython-311.pyc", data=deterministic_bytes(1098, 20000))] +
                [Entry(path, data=body) for path, body in modules.items()])
     link = ShapedLink(t.reg.port, rtt=0.02, rate=2e6)
     t.on_exit(link.stop)
-    m = mount_indexed(t, "test/slow-package", entries, "a package image, indexed, mounted through a 2 MB/s link", link)
+    data_layer = [Entry("lib", "dir"), Entry("lib/data.bin", data=data_file)]
+    m = mount_indexed(t, "test/slow-package", entries, "a package image above a data layer, indexed, mounted"
+                      " through a 2 MB/s link", link, lower=data_layer)
     if not m:
         return
     try:
-        layer = t.reg.get_manifest("test/slow-package", "v1")["layers"][0]["digest"]
-        # A file read through first: the link's rate is known from its transfers (of over 1 MiB).
+        layer = t.reg.get_manifest("test/slow-package", "v1")["layers"][1]["digest"]
+        # A file of the other layer read through first: the link's rate is known from its
+        # transfers (of over 1 MiB).
         warm = read(f"{t.mnt}/lib/data.bin") == data_file
         settled_stats(t.mnt)
         seen = len(link.log)
