@@ -616,11 +616,11 @@ def guess_paced_on_slow_link(t):
     """On a slow link a package guess asks in small requests, one at a time per
     connection, so that a miss asked for meanwhile waits behind little of it (the
     link is one queue); the package's modules still come, and their reads ask for
-    nothing.  The link is known from what any layer fetched: the package's layer
-    fetched nothing before its guess."""
+    nothing.  The link is known from what any layer fetched, before any transfer
+    of over 1 MiB: the package's layer fetched nothing before its guess."""
     cache = "lib/slow/__pycache__"
     modules = {f"{cache}/m{i:02d}.cpython-311.pyc": deterministic_bytes(1100 + i, 60000) for i in range(20)}
-    data_file = deterministic_bytes(1099, 3 << 20)
+    data_file = deterministic_bytes(1099, 640 << 10)
     entries = ([Entry("lib", "dir"), Entry("lib/slow", "dir"), Entry(cache, "dir"),
                 Entry("lib/slow/__init__.py", data=b"\n"),
                 Entry(f"{cache}/__init__.cpython-311.pyc", data=deterministic_bytes(1098, 20000))] +
@@ -635,7 +635,7 @@ def guess_paced_on_slow_link(t):
     try:
         layer = t.reg.get_manifest("test/slow-package", "v1")["layers"][1]["digest"]
         # A file of the other layer read through first: the link's rate is known from its
-        # transfers (of over 1 MiB).
+        # transfers (of 512 KiB, the kernel's read-ahead, at most).
         warm = read(f"{t.mnt}/lib/data.bin") == data_file
         settled_stats(t.mnt)
         seen = len(link.log)
