@@ -193,17 +193,40 @@ static int stream_span(struct remote_blob *rb, size_t i, const struct reach *rea
 	return rb->verified[i] ? 0 : -EAGAIN;
 }
 
+static bool span_in_memory(const struct remote_blob *rb, size_t i)
+{
+	return rb->mem_data && rb->mem_span == i;
+}
+
 /* Fetches span i (and the missing ones after it) on the on-demand
- * connection, verifies each and stores it; rb->lock is held. */
+ * connection, verifies each and stores it; rb->lock is held, and let go
+ * while the bytes come.  0 also when another fetch brought span i
+ * meanwhile. */
 static int fetch_span(struct remote_blob *rb, size_t i, uint64_t readahead)
 {
+	if (rb->client_busy) {
+		while (rb->client_busy)
+			pthread_cond_wait(&rb->stream_moved, &rb->lock);
+		if (span_in_memory(rb, i))
+			return 0;
+		int fd = rb_open_cached_span(rb, i);
+		if (fd >= 0) {
+			close(fd);
+			return 0;
+		}
+	}
 	uint64_t total;
 	size_t n = spans_to_fetch(rb, i, readahead, &total);
 	_cleanup_free_ unsigned char *data = malloc((size_t)total);
 	if (!data)
 		return -ENOMEM;
 	struct err err = { 0 };
+	rb->client_busy = true;
+	pthread_mutex_unlock(&rb->lock);
 	int r = registry_fetch_range(rb->client, rb->digest, (uint64_t)i * rb->span_size, (size_t)total, data, &err);
+	pthread_mutex_lock(&rb->lock);
+	rb->client_busy = false;
+	pthread_cond_broadcast(&rb->stream_moved);
 	if (r < 0)
 		return -EIO;
 	rb->bytes_fetched += total;
@@ -291,11 +314,6 @@ static void remote_blob_read_ahead_file(struct layer *l, const struct entry *e)
 static void remote_blob_first_read_begins(struct layer *l, const struct entry *e)
 {
 	remote_guess_note(((struct remote_blob *)l->source)->guess, e);
-}
-
-static bool span_in_memory(const struct remote_blob *rb, size_t i)
-{
-	return rb->mem_data && rb->mem_span == i;
 }
 
 /* How long a read waits for a background request that brings its span

@@ -53,11 +53,13 @@ struct remote_blob {
 	size_t n_spans;
 	unsigned char (*span_digests)[32];
 	char *cache_dir;
-	/* lock guards the on-demand client, the verified bitmap and the
-	 * counters; it is held across a fetch, as reads of one layer are
-	 * serialised by the layer's cursor lock anyway. */
+	/* lock guards the verified bitmap, the streams and the counters.
+	 * client is for a read that finds every stream busy; one such fetch
+	 * at a time (client_busy), made with lock released: the streams'
+	 * bytes are handled under it as they arrive. */
 	pthread_mutex_t lock;
 	struct registry_client *client, *prefetch_client;
+	bool client_busy;
 	unsigned char *verified;
 	uint64_t bytes_fetched, requests, hits, misses, bytes_prefetched, bytes_guessed;
 	/* The span last read, kept open: decoders read a span in many pieces. */
@@ -74,7 +76,7 @@ struct remote_blob {
 	 * a read of a span one brings waits for it. */
 	struct stream background[BACKGROUND_RUNS];
 	uint64_t reads_ahead_of_prefetch;
-	pthread_cond_t stream_moved; /* a stream's next moved or a stream ended */
+	pthread_cond_t stream_moved; /* a stream's next moved, a stream ended, or client is free */
 	/* The windows blob of an index pushed with its windows apart, in the
 	 * index's repository; connections of its own, so that a window comes
 	 * beside the stream, and one for prefetch.  Reads of different files

@@ -33,6 +33,9 @@ class FaultProxy:
         # first, as a long background request on a slow link would; the
         # ranges asked for are recorded with whether they were held.
         self.hold_large = None
+        # A function of (path, first byte): a ranged read waits while it
+        # says True, looked at again on open_gate().
+        self.gate = None
         # (bytes, seconds): the next ranged read of more than twice bytes
         # sends all but its last bytes at once and the rest seconds later,
         # as a long read on a slow link does; counted in held_now too.
@@ -58,6 +61,7 @@ class FaultProxy:
         self.range_events = []
         self.held_now = 0
         self.lock = threading.Lock()
+        self.gate_moved = threading.Condition(self.lock)
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -94,7 +98,7 @@ class FaultProxy:
                 headers = {"Accept": self.headers.get("Accept", "*/*")}
                 if self.headers.get("Range"):
                     headers["Range"] = self.headers["Range"]
-                    if proxy.hold(headers["Range"]):
+                    if proxy.hold(headers["Range"], self.path):
                         with proxy.lock:
                             proxy.held_now -= 1
                 if "," in headers.get("Range", ""):
@@ -179,8 +183,9 @@ class FaultProxy:
         self.host = f"127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def hold(self, range_header):
-        """Records a Range; holds it when hold_large says so.  True if held."""
+    def hold(self, range_header, path):
+        """Records a Range; holds it when hold_large or gate says so.  True if
+        held by hold_large."""
         spans = [p.split("-") for p in range_header.split("=", 1)[-1].split(",")]
         size = sum(int(b) - int(a) + 1 for a, b in spans if a.isdigit() and b.isdigit())
         held = self.hold_large is not None and size > self.hold_large[0]
@@ -190,11 +195,20 @@ class FaultProxy:
             self.range_events.append(("ask", first))
             if held:
                 self.held_now += 1
+            while self.gate and self.gate(path, first):
+                self.gate_moved.wait()
         if held:
             time.sleep(self.hold_large[1])
         with self.lock:
             self.range_events.append(("answer", first))
         return held
+
+    def open_gate(self, gate=None):
+        """Sets gate (None: every read goes on) and lets the reads it no
+        longer holds go on."""
+        with self.lock:
+            self.gate = gate
+            self.gate_moved.notify_all()
 
     def take_hold_tail(self, status, size):
         """The hold_tail for this answer, if it gets one (once)."""
@@ -228,4 +242,5 @@ class FaultProxy:
             return fault
 
     def stop(self):
+        self.open_gate()
         self.server.shutdown()

@@ -368,6 +368,17 @@ def stats_after_prefetch(mnt, timeout=30):
     return imgfs_stats(mnt)
 
 
+def wait_until(predicate, timeout):
+    """predicate's first true value, looked at every 20 ms for timeout seconds;
+    its last value when none came."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(0.02)
+
+
 def read_no_readahead(path, off):
     """4 KiB at off with the kernel's read-ahead off: bytes or errno."""
     try:

@@ -20,7 +20,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from imgfs_test.cases import Suite, run_file  # noqa: E402
 from imgfs_test.faultproxy import FaultProxy  # noqa: E402
 from imgfs_test.harness import (Entry, Mount, Registry, diff_snapshots, imgfs_stats, make_tar, push_image,  # noqa: E402
-                                read_no_readahead, run, skopeo_umoci_unpack, snapshot, stats_after_prefetch, IMGFS)
+                                read_no_readahead, run, skopeo_umoci_unpack, snapshot, stats_after_prefetch, wait_until,
+                                IMGFS)
 from imgfs_test.images import deterministic_bytes, push_rich, python_package_tree  # noqa: E402
 from imgfs_test.shaper import ShapedLink  # noqa: E402
 
@@ -608,6 +609,58 @@ def reads_of_two_files_ask_together(t):
                  "both files' bytes and both their windows were asked for before the first came back",
                  (results, events, blob_asks, window_asks))
     finally:
+        m.umount()
+
+
+@suite.case
+def read_beside_busy_streams_holds_none_up(t):
+    """A read that finds every stream of its layer busy fetches on a connection of its
+    own, and the reads whose streams answer meanwhile are served: its fetch holds none
+    of them up (counted by which requests the proxy let go, not by time)."""
+    size = 3 << 20
+    bodies = {name: deterministic_bytes(40 + k, size) for k, name in enumerate("abcd")}
+    proxy = fault_proxy(t)
+    m = mount_indexed(t, "test/four", [Entry(f"{name}.bin", data=body) for name, body in bodies.items()],
+                      "an image of four 3 MiB files, indexed, mounted through a proxy", proxy)
+    if not m:
+        return
+    try:
+        layer = t.reg.get_manifest("test/four", "v1")["layers"][0]["digest"]
+        off = (1 << 20) + 4096
+
+        def file_asked(first):
+            # Incompressible files: a file's compressed bytes lie where its tar bytes do.
+            return "abcd"[min(first // size, 3)]
+
+        def blob_asks_of(names):
+            with proxy.lock:
+                return [rng for _, path, rng in proxy.requests if rng and f"/blobs/{layer}" in path
+                        and file_asked(int(rng.split("=")[1].split("-")[0])) in names]
+        held = set("abcd")
+        proxy.open_gate(lambda path, first: f"/blobs/{layer}" in path and file_asked(first) in held)
+        results = {}
+
+        def read_at(name):
+            results[name] = read_no_readahead(f"{t.mnt}/{name}.bin", off) == bodies[name][off:off + 4096]
+        threads = {name: threading.Thread(target=read_at, args=(name,)) for name in "abcd"}
+        for name in "abc":
+            threads[name].start()
+        streams_busy = wait_until(lambda: len(blob_asks_of("abc")) >= 3, 20)
+        threads["d"].start()
+        d_asked = wait_until(lambda: blob_asks_of("d"), 20)
+        held = set("d")
+        proxy.open_gate(lambda path, first: f"/blobs/{layer}" in path and file_asked(first) in held)
+        for name in "abc":
+            threads[name].join(20)
+        served_while_d_held = {name: results.get(name) for name in "abc"}
+        proxy.open_gate()
+        threads["d"].join(20)
+        t.tap.ok(streams_busy and d_asked and served_while_d_held == {"a": True, "b": True, "c": True}
+                 and results.get("d") is True,
+                 "three reads on the layer's streams were served while a fourth read's request was held",
+                 (served_while_d_held, results, blob_asks_of("abcd")))
+    finally:
+        proxy.open_gate()
         m.umount()
 
 
