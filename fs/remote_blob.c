@@ -65,13 +65,15 @@ static void reach_within_file(const struct remote_blob *rb, uint64_t off, struct
 }
 
 /* How many spans from i on a miss fetches: i and the missing ones after
- * it that no background request brings, until they hold readahead bytes. */
-static size_t spans_to_fetch(const struct remote_blob *rb, size_t i, uint64_t readahead, uint64_t *ret_total)
+ * it that no other request brings, until they hold readahead bytes (a
+ * start reads its users, groups and program at once, and the read of the
+ * first span asked for the next 512 KiB again, on the same link). */
+static size_t spans_to_fetch(struct remote_blob *rb, size_t i, uint64_t readahead, uint64_t *ret_total)
 {
 	size_t n = 1;
 	uint64_t total = rb_span_len(rb, i);
 	while (i + n < rb->n_spans && total < readahead && !rb_span_cached(rb, i + n) &&
-	       !rb_background_bringing(rb, i + n))
+	       !rb_background_bringing(rb, i + n) && !rb_stream_bringing(rb, i + n))
 		total += rb_span_len(rb, i + n++);
 	*ret_total = total;
 	return n;

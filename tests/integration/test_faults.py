@@ -18,7 +18,7 @@ from imgfs_test.faultproxy import MODES, MULTI_MODES, FaultProxy  # noqa: E402
 from imgfs_test.cases import Suite, run_file  # noqa: E402
 from imgfs_test.harness import (IMGFS, Entry, Mount, Registry, imgfs_stats, make_tar, processes_with,  # noqa: E402
                                 push_image, read_no_readahead, run, snapshot,
-                                stats_after_prefetch)
+                                stats_after_prefetch, wait_until)
 from imgfs_test.images import deterministic_bytes  # noqa: E402
 from imgfs_test.lazy import push_estargz  # noqa: E402
 
@@ -179,9 +179,7 @@ def stalled_read_holds_up_nothing(t):
     proxy.faults = ["stall"]
     reader = threading.Thread(target=lambda: stalled.update(got=read_at(os.path.join(mnt, "big"), 7)))
     reader.start()
-    deadline = time.monotonic() + 10
-    while len(proxy.injected) == injected and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: len(proxy.injected) != injected, 10)
     start = time.monotonic()
     small = open(os.path.join(mnt, "small"), "rb").read()
     took = time.monotonic() - start
@@ -214,9 +212,7 @@ def copy_up_holds_up_nothing(t):
         done["at"] = time.monotonic()
     writer = threading.Thread(target=write_big)
     writer.start()
-    deadline = time.monotonic() + 10
-    while len(proxy.injected) == injected and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: len(proxy.injected) != injected, 10)
     start = time.monotonic()
     listing = sorted(os.listdir(mnt))
     small = open(os.path.join(mnt, "small"), "rb").read()
@@ -269,9 +265,7 @@ def read_not_behind_background(t):
     try:
         if not t.tap.ok(m.ok, "mount with the background fetch", m.stderr()):
             return
-        deadline = time.monotonic() + 10
-        while proxy.held_now == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: proxy.held_now, 10)
         small_before = sum(1 for _, held in proxy.ranges if not held)
         got = read_at(os.path.join(mnt, "big"), 2)
         still_held = proxy.held_now
@@ -422,9 +416,7 @@ def umount_during_fetch(t):
         # The read-ahead usually comes in the read's own request, whose tail
         # is held before the read returns; under a sanitizer in CI it once
         # came in a request of its own, after the read.
-        deadline = time.monotonic() + 10
-        while proxy.held_now == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: proxy.held_now, 10)
         held = proxy.held_now
         start = time.monotonic()
         r = run([IMGFS, "umount", mnt])

@@ -665,6 +665,50 @@ def read_beside_busy_streams_holds_none_up(t):
 
 
 @suite.case
+def reads_at_once_ask_for_different_bytes(t):
+    """A read whose read-ahead reaches bytes another read's request brings asks only for
+    those before them: a start reads its users, groups and program at once, and the
+    read of the first span asked for the next 512 KiB again."""
+    early, late = deterministic_bytes(51, 20000), deterministic_bytes(52, 20000)
+    # Incompressible: the late file lies a checkpoint or more past the early one.
+    entries = [Entry("early", data=early), Entry("pad", data=deterministic_bytes(53, 300 << 10)),
+               Entry("late", data=late)]
+    proxy = fault_proxy(t)
+    m = mount_indexed(t, "test/at-once", entries, "an image of two small files 300 KiB apart, indexed,"
+                      " mounted through a proxy", proxy)
+    if not m:
+        return
+    try:
+        layer = t.reg.get_manifest("test/at-once", "v1")["layers"][0]["digest"]
+
+        def blob_asks():
+            with proxy.lock:
+                return [rng for _, path, rng in proxy.requests if rng and f"/blobs/{layer}" in path]
+        proxy.open_gate(lambda path, first: f"/blobs/{layer}" in path)
+        results = {}
+
+        def read_head(name, body):
+            results[name] = read_no_readahead(f"{t.mnt}/{name}", 0) == body[:4096]
+        late_reader = threading.Thread(target=read_head, args=("late", late))
+        late_reader.start()
+        late_asked = wait_until(lambda: len(blob_asks()) >= 1, 20)
+        early_reader = threading.Thread(target=read_head, args=("early", early))
+        early_reader.start()
+        early_asked = wait_until(lambda: len(blob_asks()) >= 2, 20)
+        proxy.open_gate()
+        late_reader.join(20)
+        early_reader.join(20)
+        asks = blob_asks()
+        spans = sorted(tuple(int(x) for x in rng.split("=")[1].split("-")) for rng in asks)
+        apart = all(a[1] < b[0] for a, b in zip(spans, spans[1:]))
+        t.tap.ok(late_asked and early_asked and results == {"late": True, "early": True} and apart,
+                 "the two reads' requests asked for different bytes", (results, asks))
+    finally:
+        proxy.open_gate()
+        m.umount()
+
+
+@suite.case
 def guess_paced_on_slow_link(t):
     """On a slow link a package guess asks in small requests, one at a time per
     connection, so that a miss asked for meanwhile waits behind little of it (the
