@@ -79,6 +79,8 @@ static size_t spans_to_fetch(struct remote_blob *rb, size_t i, uint64_t readahea
 	return n;
 }
 
+static void read_ahead_waiting_begin(struct remote_blob *rb);
+
 static void *stream_main(void *arg)
 {
 	struct stream *st = arg;
@@ -96,6 +98,7 @@ static void *stream_main(void *arg)
 	free(st->buf);
 	st->buf = NULL;
 	pthread_cond_broadcast(&rb->stream_moved);
+	read_ahead_waiting_begin(rb);
 	pthread_mutex_unlock(&rb->lock);
 	return NULL;
 }
@@ -260,13 +263,43 @@ static int fetch_span(struct remote_blob *rb, size_t i, uint64_t readahead)
 	return 0;
 }
 
+/* The first span from the one holding blob offset in on, before stop,
+ * that is neither here nor coming; stop if none.  rb->lock is held. */
+static size_t first_span_missing(struct remote_blob *rb, uint64_t in, size_t stop)
+{
+	size_t i = (size_t)(in / rb->span_size);
+	while (i < stop && (rb_span_cached(rb, i) || rb_stream_bringing(rb, i)))
+		i++;
+	return i;
+}
+
+/* Starts the read-ahead of the file whose head was read last, when a
+ * stream is free for it with one more left for a read elsewhere: a start
+ * reads its users, groups and program at once, and their reads held two
+ * of the three streams when the program's head was read, so its rest came
+ * a fault and a round trip at a time (tools/bench-link, l-for row).
+ * rb->lock is held. */
+static void read_ahead_waiting_begin(struct remote_blob *rb)
+{
+	struct blob_extent want = rb->read_ahead_waiting;
+	if (want.end <= want.in || !stream_to_spare(rb))
+		return;
+	rb->read_ahead_waiting = (struct blob_extent){ 0, 0 };
+	size_t stop = (size_t)((want.end - 1) / rb->span_size) + 1, i = first_span_missing(rb, want.in, stop);
+	const struct reach rest = { .readahead = (uint64_t)(stop - i) * rb->span_size, .decode_end = 0 };
+	if (i < stop && stream_begin(rb, i, &rest) == 0) {
+		struct stream *st = rb_stream_bringing(rb, i);
+		rb->bytes_read_ahead += st ? (uint64_t)(st->end - st->first) * rb->span_size : 0;
+	}
+}
+
 /* The head of e was read: a program, a library the loader maps or a data
  * file is read on from there, and a miss at a time costs a round trip
  * each (tools/bench-link's numpy start read python3.11, libcrypto and
  * numpy's core module in 8 to 15 requests each, one after another).  The
  * rest of the file, up to SPAN_READAHEAD_MAX_BYTES of the blob, goes out
- * now in one request, on a stream of its own when one more stays free for
- * a read elsewhere (not for a library larger than that), and the windows
+ * in one request, on a stream of its own once one more stays free for a
+ * read elsewhere (not for a library larger than that), and the windows
  * of the checkpoints it crosses on the guess's connection: a program or
  * library is mapped and faulted in here and there, and each fault at a
  * checkpoint whose window nothing fetched was a round trip of its own
@@ -296,20 +329,17 @@ static void remote_blob_read_ahead_file(struct layer *l, const struct entry *e)
 		}
 		end = in + SPAN_READAHEAD_MAX_BYTES;
 	}
-	size_t i = (size_t)(in / rb->span_size), stop = (size_t)((end - 1) / rb->span_size) + 1;
-	while (i < stop && (rb_span_cached(rb, i) || rb_stream_bringing(rb, i)))
-		i++;
-	const struct reach rest = { .readahead = (uint64_t)(stop - i) * rb->span_size, .decode_end = 0 };
-	uint64_t read_on_to = 0;
-	if (i < stop && stream_to_spare(rb) && stream_begin(rb, i, &rest) == 0) {
-		struct stream *st = rb_stream_bringing(rb, i);
-		rb->bytes_read_ahead += st ? (uint64_t)(st->end - st->first) * rb->span_size : 0;
-		read_on_to = end;
+	size_t stop = (size_t)((end - 1) / rb->span_size) + 1;
+	if (first_span_missing(rb, in, stop) == stop) {
+		pthread_mutex_unlock(&rb->lock);
+		return;
 	}
+	rb->read_ahead_waiting = (struct blob_extent){ in, end };
+	read_ahead_waiting_begin(rb);
 	pthread_mutex_unlock(&rb->lock);
 	/* A data file is read through: its decoder needs no window. */
 	if (elf_may_be_object(e->mode, e->path))
-		remote_guess_windows(rb->guess, e, read_on_to);
+		remote_guess_windows(rb->guess, e, end);
 }
 
 /* The guess goes out beside the read's request, not a round trip after. */
@@ -539,8 +569,10 @@ static void remote_blob_free(struct remote_blob *rb)
 	if (!rb)
 		return;
 	remote_guess_free(rb->guess);
-	/* A stream's thread uses rb until it has said it is done. */
+	/* A stream's thread uses rb until it has said it is done; one that
+	 * ends starts no read-ahead from now on. */
 	pthread_mutex_lock(&rb->lock);
+	rb->read_ahead_waiting = (struct blob_extent){ 0, 0 };
 	for (size_t k = 0; k < STREAMS; k++)
 		while (rb->streams[k].busy)
 			pthread_cond_wait(&rb->stream_moved, &rb->lock);

@@ -96,6 +96,9 @@ struct remote_blob {
 		uint64_t in, end;
 	} large_files[LARGE_FILES_KEPT];
 	size_t large_files_next;
+	/* The rest of the file whose head was read last, when no stream was
+	 * free for it yet (in == end: none): started when one is. */
+	struct blob_extent read_ahead_waiting;
 	uint64_t bytes_read_ahead;  /* of files whose head was read */
 	struct remote_guess *guess; /* NULL: the layer has no Python package */
 };

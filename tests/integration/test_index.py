@@ -665,6 +665,53 @@ def read_beside_busy_streams_holds_none_up(t):
 
 
 @suite.case
+def file_read_on_once_streams_free(t):
+    """A file whose head is read while other reads hold the layer's streams (a start
+    reads its users, groups and program at once) is still read on: its rest is asked
+    for once a stream is free, and a read further in then makes no request of its own."""
+    size = 3 << 20
+    bodies = {name: deterministic_bytes(60 + k, size) for k, name in enumerate(("a", "b", "prog"))}
+    proxy = fault_proxy(t)
+    m = mount_indexed(t, "test/busy-head", [Entry(name, data=body) for name, body in bodies.items()],
+                      "an image of three 3 MiB files, indexed, mounted through a proxy", proxy)
+    if not m:
+        return
+    try:
+        layer = t.reg.get_manifest("test/busy-head", "v1")["layers"][0]["digest"]
+        blob_path = f"/blobs/{layer}"
+        # Incompressible: a and b lie in the blob's first 6 MiB, the reads 1 MiB into them
+        # ask from their checkpoints on, and prog's head decodes from at most one before it.
+        proxy.open_gate(lambda path, first: blob_path in path and first < 2 * size - (1 << 20))
+        off = (1 << 20) + 4096
+        results = {}
+
+        def read_at(name):
+            results[name] = read_no_readahead(f"{t.mnt}/{name}", off) == bodies[name][off:off + 4096]
+        readers = [threading.Thread(target=read_at, args=(name,)) for name in ("a", "b")]
+        for reader in readers:
+            reader.start()
+
+        def blob_asks():
+            with proxy.lock:
+                return sum(1 for _, path, rng in proxy.requests if rng and blob_path in path)
+        streams_busy = wait_until(lambda: blob_asks() >= 2, 20)
+        head = read_no_readahead(f"{t.mnt}/prog", 0) == bodies["prog"][:4096]
+        proxy.open_gate()
+        for reader in readers:
+            reader.join(20)
+        before = settled_stats(t.mnt)
+        later = read_no_readahead(f"{t.mnt}/prog", 2 << 20) == bodies["prog"][2 << 20:(2 << 20) + 4096]
+        after = imgfs_stats(t.mnt)
+        t.tap.ok(streams_busy and head and later and results == {"a": True, "b": True}
+                 and after["range_requests"] == before["range_requests"],
+                 "prog's head read while a's and b's requests were held; a read 2 MiB into it later needed"
+                 " no request", (results, before, after))
+    finally:
+        proxy.open_gate()
+        m.umount()
+
+
+@suite.case
 def reads_at_once_ask_for_different_bytes(t):
     """A read whose read-ahead reaches bytes another read's request brings asks only for
     those before them: a start reads its users, groups and program at once, and the
