@@ -11,6 +11,16 @@
 #include "registry.h"
 #include "tar_stream.h"
 
+/* A library is mapped, and its pages faulted in here and there: what its
+ * loading touches (headers, symbols, relocations) is a small part of a
+ * large one, which is therefore not read ahead from its head.  numpy's
+ * start read 0.3 MB of the 3.3 MB that libopenblas's first 4 MiB of blob
+ * brought, and 0.3 MB of liblapack's 2.9 MB; the libraries under 2 MiB of
+ * blob read ahead (libcrypto 1.5 MB, numpy's core module 1.3 MB) it read
+ * nearly whole (tools/bench-link, foreign row: 3.75-3.85 s and 36.5 MB
+ * against 3.93-3.98 s and 39.1 MB with 4 MiB; 1.5 MiB was no better). */
+#define LIBRARY_READ_AHEAD_MAX_BYTES (2u << 20)
+
 /* A miss also takes the spans after it that the cache lacks, up to this
  * many bytes in all: a decoder reads on from where it started, and over a
  * link with a real round trip a request costs more than 256 KiB. */
@@ -299,7 +309,7 @@ static void read_ahead_waiting_begin(struct remote_blob *rb)
  * numpy's core module in 8 to 15 requests each, one after another).  The
  * rest of the file, up to SPAN_READAHEAD_MAX_BYTES of the blob, goes out
  * in one request, on a stream of its own once one more stays free for a
- * read elsewhere (not for a library larger than that), and the windows
+ * read elsewhere (not for a large library), and the windows
  * of the checkpoints it crosses on the guess's connection: a program or
  * library is mapped and faulted in here and there, and each fault at a
  * checkpoint whose window nothing fetched was a round trip of its own
@@ -318,17 +328,12 @@ static void remote_blob_read_ahead_file(struct layer *l, const struct entry *e)
 	pthread_mutex_lock(&rb->lock);
 	if (end - in > SPAN_READAHEAD_BYTES)
 		rb->large_files[rb->large_files_next++ % LARGE_FILES_KEPT] = (struct blob_extent){ in, end };
-	if (end - in > SPAN_READAHEAD_MAX_BYTES) {
-		/* A library this large is mapped, and its pages faulted in
-		 * here and there: numpy's start read 0.3 MB of the 3.3 MB that
-		 * libopenblas's first 4 MiB of blob brought, when a stream was
-		 * free for them (half the runs, 43.3 MB fetched instead of 41.1). */
-		if (elf_name_is_library(path_base_name(e->path))) {
-			pthread_mutex_unlock(&rb->lock);
-			return;
-		}
-		end = in + SPAN_READAHEAD_MAX_BYTES;
+	if (end - in > LIBRARY_READ_AHEAD_MAX_BYTES && elf_name_is_library(path_base_name(e->path))) {
+		pthread_mutex_unlock(&rb->lock);
+		return;
 	}
+	if (end - in > SPAN_READAHEAD_MAX_BYTES)
+		end = in + SPAN_READAHEAD_MAX_BYTES;
 	size_t stop = (size_t)((end - 1) / rb->span_size) + 1;
 	if (first_span_missing(rb, in, stop) == stop) {
 		pthread_mutex_unlock(&rb->lock);
