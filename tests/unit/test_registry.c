@@ -1,8 +1,14 @@
 /* Reference, challenge, credential and manifest parsing. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <stdlib.h>
 #include <sys/pidfd.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "locations.h"
 #include "registry.h"
@@ -590,10 +596,175 @@ static void test_blob_locations(void)
 	free(last);
 }
 
+/* An HTTP server on loopback that answers ranged reads of one blob, each
+ * in two writes 100 ms apart (the first of them cut off, its connection
+ * closed, when cut_first is set), and anything else that looks like HTTP
+ * with an empty 200; a connection that does not speak it (a TLS hello) is
+ * closed.  One request per connection. */
+struct range_server {
+	int listen_fd;
+	char host[32];
+	const unsigned char *blob;
+	size_t blob_len;
+	bool cut_first;
+	int blob_answers;
+	pthread_t thread;
+};
+
+static bool write_all(int fd, const void *data, size_t len)
+{
+	for (const char *p = data; len > 0;) {
+		ssize_t n = write(fd, p, len);
+		if (n <= 0)
+			return false;
+		p += n;
+		len -= (size_t)n;
+	}
+	return true;
+}
+
+static void range_server_answer(struct range_server *s, int fd)
+{
+	char req[4096] = "";
+	size_t n = 0;
+	while (n < sizeof(req) - 1 && !strstr(req, "\r\n\r\n")) {
+		ssize_t k = read(fd, req + n, sizeof(req) - 1 - n);
+		if (k <= 0)
+			return;
+		n += (size_t)k;
+		req[n] = 0;
+		if (strncmp(req, "GET ", n < 4 ? n : 4) != 0)
+			return;
+	}
+	unsigned long long first, last;
+	const char *range = strstr(req, "Range: bytes=");
+	char head[256];
+	if (!strstr(req, "/blobs/") || !range || sscanf(range, "Range: bytes=%llu-%llu", &first, &last) != 2 ||
+	    last < first || last >= s->blob_len) {
+		snprintf(head, sizeof(head), "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+		(void)write_all(fd, head, strlen(head));
+		return;
+	}
+	size_t len = (size_t)(last - first + 1), half = len / 2;
+	snprintf(head, sizeof(head),
+		 "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes %llu-%llu/%zu\r\nContent-Length: %zu\r\n"
+		 "Connection: close\r\n\r\n",
+		 first, last, s->blob_len, len);
+	bool cut = s->cut_first && s->blob_answers == 0;
+	s->blob_answers++;
+	if (!write_all(fd, head, strlen(head)) || !write_all(fd, s->blob + first, half) || cut)
+		return;
+	usleep(100 * 1000);
+	(void)write_all(fd, s->blob + first + half, len - half);
+}
+
+static void *range_server_main(void *arg)
+{
+	struct range_server *s = arg;
+	for (;;) {
+		int fd = accept(s->listen_fd, NULL, NULL);
+		if (fd < 0)
+			return NULL; /* shut down */
+		range_server_answer(s, fd);
+		close(fd);
+	}
+}
+
+static bool range_server_start(struct range_server *s)
+{
+	struct sockaddr_in addr = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t addr_len = sizeof(addr);
+	s->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (s->listen_fd < 0 || bind(s->listen_fd, (struct sockaddr *)&addr, sizeof(addr)) < 0 ||
+	    listen(s->listen_fd, 8) < 0 || getsockname(s->listen_fd, (struct sockaddr *)&addr, &addr_len) < 0)
+		return false;
+	snprintf(s->host, sizeof(s->host), "127.0.0.1:%u", ntohs(addr.sin_port));
+	return pthread_create(&s->thread, NULL, range_server_main, s) == 0;
+}
+
+static void range_server_stop(struct range_server *s)
+{
+	shutdown(s->listen_fd, SHUT_RDWR);
+	pthread_join(s->thread, NULL);
+	close(s->listen_fd);
+}
+
+/* What arrived() was told, call by call. */
+struct arrivals {
+	size_t got[64];
+	size_t n;
+	bool went_back;
+};
+
+static void note_arrival(void *ctx, size_t got)
+{
+	struct arrivals *a = ctx;
+	if (a->n > 0 && got < a->got[a->n - 1])
+		a->went_back = true;
+	if (a->n < sizeof(a->got) / sizeof(a->got[0]))
+		a->got[a->n++] = got;
+}
+
+static struct registry_client *range_client(const struct range_server *s)
+{
+	char text[128];
+	snprintf(text, sizeof(text), "%s/test/ranges:v1", s->host);
+	struct image_ref ref = { 0 };
+	struct registry_options opts = { .stall_seconds = 5, .fetch_timeout = 30 };
+	struct err err = { 0 };
+	struct registry_client *c = NULL;
+	if (image_ref_parse(text, &ref, &err) == 0 && registry_client_new(&ref, &opts, &c, &err) < 0)
+		c = NULL;
+	image_ref_done(&ref);
+	return c;
+}
+
+/* A ranged read hands over its bytes as they come, and one cut off midway
+ * is asked for again and starts over. */
+static void test_range_streaming(void)
+{
+	size_t blob_len = 300000, off = 1000, len = 200000;
+	unsigned char *blob = malloc(blob_len), *buf = calloc(1, len);
+	struct range_server s = { .blob = blob, .blob_len = blob_len };
+	if (!blob || !buf || !range_server_start(&s)) {
+		ok(false, "an HTTP server on loopback for the ranged reads");
+		free(blob);
+		free(buf);
+		return;
+	}
+	for (size_t i = 0; i < blob_len; i++)
+		blob[i] = (unsigned char)(i * 7 + i / 251);
+	struct registry_client *c = range_client(&s);
+	struct arrivals seen = { 0 };
+	struct err err = { 0 };
+	int r = c ? registry_fetch_range_streaming(c, D64, off, len, buf, note_arrival, &seen, &err) : -EINVAL;
+	ok(r == 0 && memcmp(buf, blob + off, len) == 0 && seen.n >= 2 && seen.got[0] < len &&
+	       seen.got[seen.n - 1] == len && !seen.went_back,
+	   "a ranged read answered in two pieces: %zu calls, the first with %zu of %zu bytes (%s)", seen.n,
+	   seen.n ? seen.got[0] : 0, len, r < 0 ? err.msg : "no error");
+	registry_client_free(c);
+
+	s.cut_first = true;
+	s.blob_answers = 0;
+	memset(buf, 0, len);
+	c = range_client(&s);
+	seen = (struct arrivals){ 0 };
+	r = c ? registry_fetch_range_streaming(c, D64, off, len, buf, note_arrival, &seen, &err) : -EINVAL;
+	ok(r == 0 && memcmp(buf, blob + off, len) == 0 && s.blob_answers == 2 && seen.went_back &&
+	       seen.got[seen.n - 1] == len,
+	   "a ranged read cut off midway is asked for again and starts over: %d answers (%s)", s.blob_answers,
+	   r < 0 ? err.msg : "no error");
+	registry_client_free(c);
+	range_server_stop(&s);
+	free(blob);
+	free(buf);
+}
+
 int main(void)
 {
 	test_blob_locations();
 	test_byteranges();
+	test_range_streaming();
 	test_pidfd_wait_exit();
 	test_dl_open_symbols();
 	test_refs();
