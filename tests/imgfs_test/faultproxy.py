@@ -203,6 +203,11 @@ class FaultProxy:
             self.range_events.append(("answer", first))
         return held
 
+    def ranges_asked(self, blob):
+        """The Range headers of the ranged reads of blob (a digest) asked for so far, in order."""
+        with self.lock:
+            return [rng for _, path, rng in self.requests if rng and f"/blobs/{blob}" in path]
+
     def open_gate(self, gate=None):
         """Sets gate (None: every read goes on) and lets the reads it no
         longer holds go on."""

@@ -635,9 +635,8 @@ def read_beside_busy_streams_holds_none_up(t):
             return "abcd"[min(first // size, 3)]
 
         def blob_asks_of(names):
-            with proxy.lock:
-                return [rng for _, path, rng in proxy.requests if rng and f"/blobs/{layer}" in path
-                        and file_asked(int(rng.split("=")[1].split("-")[0])) in names]
+            return [rng for rng in proxy.ranges_asked(layer)
+                    if file_asked(int(rng.split("=")[1].split("-")[0])) in names]
         held = set("abcd")
         proxy.open_gate(lambda path, first: f"/blobs/{layer}" in path and file_asked(first) in held)
         results = {}
@@ -692,11 +691,7 @@ def file_read_on_once_streams_free(t):
         readers = [threading.Thread(target=read_at, args=(name,)) for name in ("a", "b")]
         for reader in readers:
             reader.start()
-
-        def blob_asks():
-            with proxy.lock:
-                return sum(1 for _, path, rng in proxy.requests if rng and blob_path in path)
-        streams_busy = wait_until(lambda: blob_asks() >= 2, 20)
+        streams_busy = wait_until(lambda: len(proxy.ranges_asked(layer)) >= 2, 20)
         head = read_no_readahead(f"{t.mnt}/prog", 0) == bodies["prog"][:4096]
         proxy.open_gate()
         for reader in readers:
@@ -729,10 +724,6 @@ def reads_at_once_ask_for_different_bytes(t):
         return
     try:
         layer = t.reg.get_manifest("test/at-once", "v1")["layers"][0]["digest"]
-
-        def blob_asks():
-            with proxy.lock:
-                return [rng for _, path, rng in proxy.requests if rng and f"/blobs/{layer}" in path]
         proxy.open_gate(lambda path, first: f"/blobs/{layer}" in path)
         results = {}
 
@@ -740,14 +731,14 @@ def reads_at_once_ask_for_different_bytes(t):
             results[name] = read_no_readahead(f"{t.mnt}/{name}", 0) == body[:4096]
         late_reader = threading.Thread(target=read_head, args=("late", late))
         late_reader.start()
-        late_asked = wait_until(lambda: len(blob_asks()) >= 1, 20)
+        late_asked = wait_until(lambda: len(proxy.ranges_asked(layer)) >= 1, 20)
         early_reader = threading.Thread(target=read_head, args=("early", early))
         early_reader.start()
-        early_asked = wait_until(lambda: len(blob_asks()) >= 2, 20)
+        early_asked = wait_until(lambda: len(proxy.ranges_asked(layer)) >= 2, 20)
         proxy.open_gate()
         late_reader.join(20)
         early_reader.join(20)
-        asks = blob_asks()
+        asks = proxy.ranges_asked(layer)
         spans = sorted(tuple(int(x) for x in rng.split("=")[1].split("-")) for rng in asks)
         apart = all(a[1] < b[0] for a, b in zip(spans, spans[1:]))
         t.tap.ok(late_asked and early_asked and results == {"late": True, "early": True} and apart,
