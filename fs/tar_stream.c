@@ -856,7 +856,7 @@ static void span_input_fetch(struct layer *l, size_t idx)
 	pthread_mutex_unlock(&l->lock);
 	if (goes_on)
 		return;
-	unsigned char window[DECODER_INPUT_PIECE];
+	unsigned char window[GZIP_WINDOW_SIZE];
 	if (window_costly && cp->window_len <= sizeof(window) && l->ops->read_window)
 		(void)l->ops->read_window(l, cp, window);
 	uint64_t in = cp->in > 0 && cp->bits ? cp->in - 1 : cp->in;
