@@ -118,9 +118,9 @@ void rb_stream_asked(struct stream *st)
  * shorter one can measure a burst (bytes that waited in a buffer), which
  * left one start in six unpaced when samples of 256 KiB counted; but a
  * start whose first guess comes before any long transfer (its reads were
- * 512 KiB each) went unpaced in one of four (tools/bench-link, l-for row:
- * 4.3 s against 4.0), so until a long one is seen the best short one
- * stands in. */
+ * 512 KiB each) went unpaced in four launches of eight (the l-for row on
+ * tools/bench-link's link: 4.3-4.4 s against 3.9-4.0), so until a long
+ * one is seen the best short one stands in. */
 #define RATE_SAMPLE_BYTES (1u << 20)
 #define RATE_SAMPLE_SHORT_BYTES (256u << 10)
 
