@@ -486,24 +486,20 @@ static bool remote_blob_bytes_coming(struct layer *l, uint64_t in, uint64_t end)
  * cache again first). */
 static int window_connection_take(struct remote_blob *rb, const struct checkpoint *cp)
 {
-	int taken = -EAGAIN;
 	pthread_mutex_lock(&rb->window_lock);
-	for (bool waited = false; !waited;) {
-		bool coming = false;
-		int free_one = -1;
-		for (int k = 0; k < WINDOW_CONNECTIONS; k++) {
-			if (rb->window_fetching[k] == cp)
-				coming = true;
-			else if (!rb->window_fetching[k] && rb->window_clients[k] && free_one < 0)
-				free_one = k;
-		}
-		if (!coming && free_one >= 0) {
-			rb->window_fetching[free_one] = cp;
-			taken = free_one;
-			break;
-		}
+	bool coming = false;
+	int taken = -1;
+	for (int k = 0; k < WINDOW_CONNECTIONS; k++) {
+		if (rb->window_fetching[k] == cp)
+			coming = true;
+		else if (!rb->window_fetching[k] && rb->window_clients[k] && taken < 0)
+			taken = k;
+	}
+	if (!coming && taken >= 0) {
+		rb->window_fetching[taken] = cp;
+	} else {
 		pthread_cond_wait(&rb->window_moved, &rb->window_lock);
-		waited = true;
+		taken = -EAGAIN;
 	}
 	pthread_mutex_unlock(&rb->window_lock);
 	return taken;

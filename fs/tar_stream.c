@@ -454,6 +454,26 @@ void layer_compressed_range(const struct layer *l, uint64_t off, uint64_t len, u
 
 /* Picks a cursor already positioned in [checkpoint, off], else the least
  * recently used one, reset to the checkpoint.  Caller holds l->lock. */
+/* The cursor a decode from off (after checkpoint cp) goes on from, NULL
+ * when it starts at cp: one between cp and off, else one a little behind
+ * when cp's window is a request to its source (a read the kernel's
+ * read-ahead sent ahead of the one before it, say).  Whether the source
+ * has it at hand is asked only when such a cursor exists: it is a look
+ * into the cache.  l->lock is held. */
+static struct cursor *cursor_going_on(struct layer *l, const struct checkpoint *cp, uint64_t off)
+{
+	bool window_away = window_elsewhere(cp);
+	struct cursor *behind = NULL;
+	for (int i = 0; l->cursors && i < CURSORS_PER_LAYER; i++) {
+		struct cursor *c = &l->cursors[i];
+		if (c->valid && c->pos >= cp->out && c->pos <= off)
+			return c;
+		if (window_away && close_behind(c, off) && (!behind || c->pos > behind->pos))
+			behind = c;
+	}
+	return behind && window_costs_request(l, cp) ? behind : NULL;
+}
+
 static int cursor_for(struct layer *l, uint64_t off, struct cursor **ret)
 {
 	const struct checkpoint *cp = layer_checkpoint_before(l, off);
@@ -465,27 +485,13 @@ static int cursor_for(struct layer *l, uint64_t off, struct cursor **ret)
 		if (!l->cursors)
 			return -ENOMEM;
 	}
-	/* A window not in memory is a request to its source: a cursor a little
-	 * behind decodes on instead (a read the kernel's read-ahead sent ahead
-	 * of the one before it, say).  Whether the source has it at hand is
-	 * asked only when such a cursor exists: it is a look into the cache. */
-	bool window_away = window_elsewhere(cp);
-	struct cursor *behind = NULL;
+	if ((*ret = cursor_going_on(l, cp, off)))
+		return 0;
 	for (int i = 0; i < CURSORS_PER_LAYER; i++) {
 		struct cursor *c = &l->cursors[i];
-		if (c->valid && c->pos >= cp->out && c->pos <= off) {
-			*ret = c;
-			return 0;
-		}
-		if (window_away && close_behind(c, off) && (!behind || c->pos > behind->pos))
-			behind = c;
 		/* Prefer a slot never used, then the least recently used. */
 		if (!lru || (lru->in_buf && (!c->in_buf || c->last_used < lru->last_used)))
 			lru = c;
-	}
-	if (behind && window_costs_request(l, cp)) {
-		*ret = behind;
-		return 0;
 	}
 	if (!lru->in_buf && cursor_init(lru, l) < 0)
 		return -ENOMEM;
@@ -826,20 +832,6 @@ static void decode_spans_before(struct layer *l, size_t idx)
 	}
 }
 
-/* Whether a decode from off would go on from a cursor rather than start at
- * its checkpoint (cursor_for()'s choice: one close behind only when the
- * checkpoint's window costs a request); l->lock is held. */
-static bool cursor_goes_on(const struct layer *l, uint64_t off, bool window_costly)
-{
-	const struct checkpoint *cp = layer_checkpoint_before(l, off);
-	for (int i = 0; l->cursors && i < CURSORS_PER_LAYER; i++) {
-		const struct cursor *c = &l->cursors[i];
-		if (c->valid && ((c->pos >= cp->out && c->pos <= off) || (window_costly && close_behind(c, off))))
-			return true;
-	}
-	return false;
-}
-
 /* What decoding span idx from its checkpoint reads from a source that
  * fetches (its window, its blob bytes), fetched before the layer's lock is
  * taken: a decode holds the lock, and the reads of other files (which the
@@ -850,14 +842,13 @@ static void span_input_fetch(struct layer *l, size_t idx)
 	const struct checkpoint *cp = &l->checkpoints[idx];
 	if (!l->ops || !l->ops->blob_coming || !l->ops->bring_blob)
 		return;
-	bool window_costly = window_costs_request(l, cp);
 	pthread_mutex_lock(&l->lock);
-	bool goes_on = cursor_goes_on(l, cp->out, window_costly);
+	bool goes_on = cursor_going_on(l, cp, cp->out) != NULL;
 	pthread_mutex_unlock(&l->lock);
 	if (goes_on)
 		return;
 	unsigned char window[GZIP_WINDOW_SIZE];
-	if (window_costly && cp->window_len <= sizeof(window) && l->ops->read_window)
+	if (window_costs_request(l, cp) && cp->window_len <= sizeof(window) && l->ops->read_window)
 		(void)l->ops->read_window(l, cp, window);
 	uint64_t in = cp->in > 0 && cp->bits ? cp->in - 1 : cp->in;
 	uint64_t end = idx + 1 < l->n_checkpoints ? l->checkpoints[idx + 1].in + DECODER_INPUT_PIECE : l->blob_size;
